@@ -1,0 +1,296 @@
+//! The `exaone-compress` command line. Thin: every command is a few library calls.
+//! `info`, `generate`, `logits`, `dequant` and `package` are a scripted interface — keep their
+//! flags and output formats stable.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use clap::{Parser, Subcommand};
+use exaone_compress::device::{parse_device, parse_dtype};
+use exaone_compress::model::generate::generate_timed;
+use exaone_compress::model::tokenizer::apply_chat_template;
+use exaone_compress::model::{ChatMessage, GenerateOptions, Sampling, Tokenizer};
+use exaone_compress::{Checkpoint, Exaone4};
+
+#[derive(Parser)]
+#[command(
+    name = "exaone-compress",
+    version,
+    about = "Compress and evaluate EXAONE 4 checkpoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// HF model directory (default: the embedded default model)
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl ModelArgs {
+    fn dir(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(exaone_compress::default_model_dir)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Architecture, parameter count, bytes on disk, dtype, tying
+    Info {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// print one JSON object instead of `key: value` lines
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a continuation of a prompt
+    Generate {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// prompt text (needs tokenizer.json in the model directory)
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        prompt: Option<String>,
+        /// prompt as comma-separated token ids
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<u32>>,
+        /// wrap the prompt in the chat template (user turn + generation prompt)
+        #[arg(long)]
+        chat: bool,
+        /// system message for --chat
+        #[arg(long)]
+        system: Option<String>,
+        /// reasoning mode: open the think block instead of closing it
+        #[arg(long)]
+        think: bool,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 0)]
+        min_new_tokens: usize,
+        /// greedy decoding (default: sample as generation_config.json says, greedy if it says nothing)
+        #[arg(long)]
+        greedy: bool,
+        #[arg(long)]
+        temperature: Option<f64>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// also print the generated ids as a JSON array on its own line
+        #[arg(long)]
+        print_ids: bool,
+        /// auto (f32 on cpu, bf16 on cuda), f32, bf16, f16
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+    },
+    /// Write the f32 logits of every position as a NumPy .npy [n_ids, vocab]
+    Logits {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<u32>,
+        #[arg(long)]
+        out: PathBuf,
+        /// compute dtype (the logits are written as f32 whatever it is)
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Info { m, json } => info(&m, json),
+        Cmd::Generate {
+            m,
+            prompt,
+            ids,
+            chat,
+            system,
+            think,
+            max_new_tokens,
+            min_new_tokens,
+            greedy,
+            temperature,
+            top_p,
+            seed,
+            print_ids,
+            dtype,
+        } => {
+            let dir = m.dir();
+            let device = parse_device(&m.device)?;
+            let dtype = parse_dtype(&dtype, &device)?;
+            let tok = if dir.join("tokenizer.json").exists() {
+                Some(Tokenizer::from_dir(&dir)?)
+            } else {
+                None
+            };
+            let prompt_ids = match (&prompt, ids) {
+                (_, Some(ids)) => ids,
+                (Some(p), None) => {
+                    let tok = tok.as_ref().with_context(|| {
+                        format!(
+                            "{}: no tokenizer.json, so --prompt cannot be encoded; pass --ids",
+                            dir.display()
+                        )
+                    })?;
+                    let text = if chat {
+                        let mut msgs = vec![];
+                        if let Some(s) = &system {
+                            msgs.push(ChatMessage::system(s));
+                        }
+                        msgs.push(ChatMessage::user(p));
+                        apply_chat_template(&msgs, true, think)
+                    } else {
+                        p.clone()
+                    };
+                    tok.encode(&text)?
+                }
+                (None, None) => bail!("give --prompt or --ids"),
+            };
+            let t_load = Instant::now();
+            let ckpt = Checkpoint::open(&dir)?;
+            let model = Exaone4::load(&ckpt, dtype, &device)?;
+            let load_secs = t_load.elapsed().as_secs_f64();
+            let gen_cfg = exaone_compress::model::generate::GenerationConfig::from_dir(&dir);
+            let sampling = if greedy {
+                Sampling::Greedy
+            } else {
+                let do_sample = temperature.is_some() || top_p.is_some() || gen_cfg.do_sample;
+                if do_sample {
+                    Sampling::Sample {
+                        temperature: temperature.or(gen_cfg.temperature).unwrap_or(1.0),
+                        top_p: top_p.or(gen_cfg.top_p),
+                        seed,
+                    }
+                } else {
+                    Sampling::Greedy
+                }
+            };
+            let mut eos = gen_cfg.eos_ids;
+            if eos.is_empty() {
+                eos = model.config.eos_token_ids.clone();
+            }
+            let opts = GenerateOptions {
+                max_new_tokens,
+                min_new_tokens,
+                eos_ids: eos,
+                pad_id: model.config.pad_token_id.unwrap_or(0),
+                sampling,
+            };
+            let n_prompt = prompt_ids.len();
+            let (mut outs, st) = generate_timed(&model, &[prompt_ids], &opts)?;
+            let out = outs.remove(0);
+            if let Some(tok) = &tok {
+                println!("{}", tok.decode(&out, true)?);
+            }
+            if print_ids {
+                println!("{}", serde_json::to_string(&out)?);
+            }
+            eprintln!(
+                "[{} on {} {:?}: load {:.3} s; prefill {} tokens {:.4} s; decode {} tokens {:.4} s ({:.2} ms/token)]",
+                dir.display(),
+                m.device,
+                dtype,
+                load_secs,
+                n_prompt,
+                st.prefill_secs,
+                st.decode_steps,
+                st.decode_secs,
+                1e3 * st.decode_secs / st.decode_steps.max(1) as f64
+            );
+            Ok(())
+        }
+        Cmd::Logits { m, ids, out, dtype } => {
+            let device = parse_device(&m.device)?;
+            let dtype = parse_dtype(&dtype, &device)?;
+            let model = Exaone4::from_dir(&m.dir(), dtype, &device)?;
+            let n = ids.len();
+            let input = Tensor::from_vec(ids, (1, n), &device)?;
+            let logits = model
+                .forward(&input, None)?
+                .squeeze(0)?
+                .to_device(&candle_core::Device::Cpu)?;
+            logits
+                .write_npy(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "wrote {} [{n}, {}] f32",
+                out.display(),
+                model.config.vocab_size
+            );
+            Ok(())
+        }
+    }
+}
+
+fn info(m: &ModelArgs, json: bool) -> Result<()> {
+    let dir = m.dir();
+    let ckpt = Checkpoint::open(&dir)?;
+    let c = &ckpt.config;
+    let full = c
+        .layer_types
+        .iter()
+        .filter(|t| **t == exaone_compress::model::LayerType::FullAttention)
+        .count();
+    let quant = c
+        .raw
+        .get("quantization_config")
+        .and_then(|q| q.get("format"))
+        .and_then(|f| f.as_str())
+        .unwrap_or("none");
+    let storage = ckpt
+        .storage_dtype()
+        .map(|d| format!("{d:?}").to_lowercase())
+        .unwrap_or_default();
+    let v = serde_json::json!({
+        "path": dir.display().to_string(),
+        "architecture": "Exaone4ForCausalLM",
+        "model_type": "exaone4",
+        "parameters": c.num_parameters(),
+        "bytes_on_disk": ckpt.bytes_on_disk(),
+        "dtype": c.dtype.clone().unwrap_or_default(),
+        "storage_dtype": storage,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "lm_head_in_file": ckpt.contains("lm_head.weight"),
+        "num_hidden_layers": c.num_hidden_layers,
+        "full_attention_layers": full,
+        "sliding_attention_layers": c.num_hidden_layers - full,
+        "sliding_window": c.sliding_window,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "attention_heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rope": if c.rope_scaling.is_some() { "llama3" } else { "default" },
+        "quantization": quant,
+        "tensors": ckpt.names().count(),
+        "shards": ckpt.files().count(),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (k, val) in v.as_object().expect("object") {
+            let s = match val {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            println!("{k}: {s}");
+        }
+        for w in c.warnings() {
+            println!("warning: {w}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Compression: quantization (one core, several methods), layer drop, distillation.
+
+pub mod quant;

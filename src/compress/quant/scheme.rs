@@ -1,0 +1,197 @@
+//! A quantization scheme as data: what the quantizers compute and what the compressed-tensors
+//! writer describes, from one value — never two descriptions of one scheme.
+
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumType {
+    Int,
+    Float,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// one scale per output row
+    Channel,
+    /// one scale per `group` consecutive inputs of a row
+    Group(usize),
+}
+
+/// Column visiting order of GPTQ (compressed-tensors' `actorder`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActOrder {
+    /// decreasing Hessian diagonal, groups keep their original columns; no g_idx saved
+    Static,
+    /// decreasing Hessian diagonal, groups formed in permuted order; `weight_g_idx` saved
+    Group,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightScheme {
+    pub num_bits: u32,
+    pub ty: NumType,
+    pub symmetric: bool,
+    pub strategy: Strategy,
+    pub actorder: Option<ActOrder>,
+}
+
+/// Activations quantized at run time, per token, symmetric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationScheme {
+    pub num_bits: u32,
+    pub ty: NumType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scheme {
+    pub weights: WeightScheme,
+    pub input_activations: Option<ActivationScheme>,
+}
+
+impl WeightScheme {
+    /// Integer range [qmin, qmax] (int) — for fp8 the representable magnitude is 448.
+    pub fn qrange(&self) -> (f32, f32) {
+        match self.ty {
+            NumType::Int => {
+                let half = 1i64 << (self.num_bits - 1);
+                (-(half as f32), (half - 1) as f32)
+            }
+            NumType::Float => (-448.0, 448.0),
+        }
+    }
+
+    pub fn group_size(&self, in_features: usize) -> usize {
+        match self.strategy {
+            Strategy::Channel => in_features,
+            Strategy::Group(g) => g,
+        }
+    }
+}
+
+impl Scheme {
+    /// int4 weights in groups, bf16 activations (GPTQ/AWQ/RTN W4A16).
+    pub fn w4a16(group: usize, symmetric: bool) -> Self {
+        Self {
+            weights: WeightScheme {
+                num_bits: 4,
+                ty: NumType::Int,
+                symmetric,
+                strategy: Strategy::Group(group),
+                actorder: None,
+            },
+            input_activations: None,
+        }
+    }
+    /// int8 per-channel weights, int8 dynamic per-token activations (the competition's winner).
+    pub fn w8a8_int8() -> Self {
+        Self {
+            weights: WeightScheme {
+                num_bits: 8,
+                ty: NumType::Int,
+                symmetric: true,
+                strategy: Strategy::Channel,
+                actorder: None,
+            },
+            input_activations: Some(ActivationScheme {
+                num_bits: 8,
+                ty: NumType::Int,
+            }),
+        }
+    }
+    /// fp8 e4m3 per-channel weights, fp8 dynamic per-token activations.
+    pub fn fp8_dynamic() -> Self {
+        Self {
+            weights: WeightScheme {
+                num_bits: 8,
+                ty: NumType::Float,
+                symmetric: true,
+                strategy: Strategy::Channel,
+                actorder: None,
+            },
+            input_activations: Some(ActivationScheme {
+                num_bits: 8,
+                ty: NumType::Float,
+            }),
+        }
+    }
+
+    pub fn with_actorder(mut self, a: Option<ActOrder>) -> Self {
+        self.weights.actorder = a;
+        self
+    }
+
+    /// compressed-tensors' format name for this scheme.
+    pub fn format(&self) -> &'static str {
+        match (self.weights.ty, self.input_activations) {
+            (NumType::Float, _) => "float-quantized",
+            (NumType::Int, Some(_)) => "int-quantized",
+            (NumType::Int, None) => "pack-quantized",
+        }
+    }
+
+    /// A short name for tables: "W4A16-g128-sym", "W8A8-int8", "FP8-dynamic".
+    pub fn name(&self) -> String {
+        let w = &self.weights;
+        match (w.ty, self.input_activations) {
+            (NumType::Float, _) => "FP8-dynamic".into(),
+            (NumType::Int, Some(a)) => format!("W{}A{}-int8", w.num_bits, a.num_bits),
+            (NumType::Int, None) => {
+                let g = match w.strategy {
+                    Strategy::Channel => "ch".to_string(),
+                    Strategy::Group(g) => format!("g{g}"),
+                };
+                format!(
+                    "W{}A16-{g}-{}",
+                    w.num_bits,
+                    if w.symmetric { "sym" } else { "asym" }
+                )
+            }
+        }
+    }
+
+    /// The `config_groups.group_0` entry, exactly as compressed-tensors 0.13.0 serializes it.
+    pub fn config_group(&self) -> Value {
+        let w = &self.weights;
+        let (strategy, group_size) = match w.strategy {
+            Strategy::Channel => ("channel", Value::Null),
+            Strategy::Group(g) => ("group", json!(g)),
+        };
+        let actorder = match (w.strategy, w.actorder) {
+            (Strategy::Group(_), Some(ActOrder::Static)) => json!("static"),
+            (Strategy::Group(_), Some(ActOrder::Group)) => json!("group"),
+            _ => Value::Null,
+        };
+        let weights = json!({
+            "actorder": actorder, "block_structure": null, "dynamic": false, "group_size": group_size,
+            "num_bits": w.num_bits, "observer": "minmax", "observer_kwargs": {}, "scale_dtype": null,
+            "strategy": strategy, "symmetric": w.symmetric,
+            "type": match w.ty { NumType::Int => "int", NumType::Float => "float" },
+            "zp_dtype": if w.symmetric { Value::Null } else { json!("torch.int8") },
+        });
+        let inputs = match self.input_activations {
+            None => Value::Null,
+            Some(a) => json!({
+                "actorder": null, "block_structure": null, "dynamic": true, "group_size": null,
+                "num_bits": a.num_bits, "observer": null, "observer_kwargs": {}, "scale_dtype": null,
+                "strategy": "token", "symmetric": true,
+                "type": match a.ty { NumType::Int => "int", NumType::Float => "float" },
+                "zp_dtype": null,
+            }),
+        };
+        json!({
+            "format": self.format(), "input_activations": inputs, "output_activations": null,
+            "targets": ["Linear"], "weights": weights,
+        })
+    }
+
+    /// The whole `quantization_config` block.
+    pub fn quantization_config(&self, ignore: &[String]) -> Value {
+        json!({
+            "config_groups": {"group_0": self.config_group()},
+            "format": self.format(), "global_compression_ratio": null, "ignore": ignore,
+            "kv_cache_scheme": null, "quant_method": "compressed-tensors",
+            "quantization_status": "compressed", "sparsity_config": {}, "transform_config": {},
+            "version": "0.13.0",
+        })
+    }
+}

@@ -1,0 +1,27 @@
+//! exaone-compress: compress EXAONE 4 checkpoints and judge the result.
+//!
+//! The pipeline, one module per stage: [`model`] (EXAONE 4 on candle) → [`checkpoint`] (HF
+//! directories in and out) → compression → evaluation → results and reports.
+
+pub mod checkpoint;
+pub mod compress;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod model;
+pub mod report;
+pub mod train;
+
+pub use checkpoint::Checkpoint;
+pub use model::{Exaone4, Exaone4Config};
+
+/// The default model shipped in `data/default-model` (used when no `--model` is given).
+/// `EXAONE_COMPRESS_DEFAULT_MODEL` overrides it.
+pub fn default_model_dir() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("EXAONE_COMPRESS_DEFAULT_MODEL") {
+        return p.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("default-model")
+}

@@ -1,0 +1,464 @@
+//! EXAONE 4 for causal LM: embeddings → post-norm decoder layers → final norm → lm_head.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+use super::config::Exaone4Config;
+use super::kv_cache::KvCache;
+use super::layers::{
+    apply_rope, attend, ActQuant, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope,
+};
+use crate::checkpoint::{self, Checkpoint};
+
+/// One decoder layer: attention and MLP, each followed (not preceded) by its RMSNorm.
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub post_attention_layernorm: RmsNorm,
+    pub post_feedforward_layernorm: RmsNorm,
+}
+
+/// What every layer of one forward shares: RoPE tables, masks, the cache.
+pub struct Context<'a> {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// additive f32 masks [b, 1, t, keys] for full and sliding layers (None: nothing masked)
+    pub mask_full: Option<Tensor>,
+    pub mask_sliding: Option<Tensor>,
+    /// first key position attended by sliding layers (keys before it are outside every window)
+    pub sliding_from: usize,
+    pub cache: Option<&'a KvCache>,
+    pub mode: Mode,
+}
+
+impl DecoderLayer {
+    pub fn forward(&self, i: usize, h: &Tensor, ctx: &Context) -> Result<Tensor> {
+        let a = &self.self_attn;
+        let (b, t, _) = h.dims3()?;
+        let q = a
+            .q_proj
+            .forward(h)?
+            .reshape((b, t, a.num_heads, a.head_dim))?;
+        let k = a
+            .k_proj
+            .forward(h)?
+            .reshape((b, t, a.num_kv_heads, a.head_dim))?;
+        let v = a
+            .v_proj
+            .forward(h)?
+            .reshape((b, t, a.num_kv_heads, a.head_dim))?;
+        let q = a.q_norm.forward(&q, ctx.mode)?.transpose(1, 2)?;
+        let k = a.k_norm.forward(&k, ctx.mode)?.transpose(1, 2)?;
+        let v = v.transpose(1, 2)?;
+        let (q, k) = if a.use_rope {
+            (
+                apply_rope(&q, &ctx.cos, &ctx.sin, ctx.mode)?,
+                apply_rope(&k, &ctx.cos, &ctx.sin, ctx.mode)?,
+            )
+        } else {
+            (q, k)
+        };
+        let (from, mask) = match a.window {
+            Some(_) => (ctx.sliding_from, ctx.mask_sliding.as_ref()),
+            None => (0, ctx.mask_full.as_ref()),
+        };
+        let (k, v) = match ctx.cache {
+            Some(c) => c.append(i, &k, &v, from)?,
+            None => (k.narrow(2, from, t - from)?, v.narrow(2, from, t - from)?),
+        };
+        let o = attend(&q, &k, &v, mask, ctx.mode)?;
+        let o = a.o_proj.forward(&o)?;
+        let h = (h + self.post_attention_layernorm.forward(&o, ctx.mode)?)?;
+        let m = self.mlp.forward(&h)?;
+        h + self.post_feedforward_layernorm.forward(&m, ctx.mode)?
+    }
+}
+
+/// The whole model. Weights are plain tensors, so compression code can read and replace them
+/// and training can swap in `Var`s.
+pub struct Exaone4 {
+    pub config: Exaone4Config,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `None` when tied to the embedding
+    pub lm_head: Option<Tensor>,
+    pub mode: Mode,
+    rope: Mutex<Rope>,
+    dtype: DType,
+    device: Device,
+}
+
+/// A mask value that zeroes a softmax weight without producing NaN on fully masked rows.
+const MASKED: f32 = -1e30;
+
+impl Exaone4 {
+    /// Loads a model from an opened checkpoint, computing in `dtype` on `device`.
+    pub fn load(ckpt: &Checkpoint, dtype: DType, device: &Device) -> checkpoint::Result<Self> {
+        let cfg = ckpt.config.clone();
+        // a stray layer beyond num_hidden_layers means the config and weights disagree
+        let stray = format!("model.layers.{}.", cfg.num_hidden_layers);
+        if let Some(n) = ckpt.names().find(|n| n.starts_with(&stray)) {
+            return Err(checkpoint::Error::Invalid(format!(
+                "{}: tensor `{n}` belongs to a layer beyond num_hidden_layers = {} (vLLM raises KeyError on it)",
+                ckpt.dir.display(),
+                cfg.num_hidden_layers
+            )));
+        }
+        // tied: vLLM ignores any lm_head.weight in the file, and so does `build`
+        let mut m = Self::build(
+            cfg,
+            |name, shape| ckpt.get(name, shape, dtype, device),
+            dtype,
+            device,
+        )?;
+        // W8A8 / FP8 checkpoints quantize activations per token at run time: emulate it on the
+        // Linears stored quantized, so quality figures reflect what vLLM computes
+        if let Some(act) = ckpt
+            .quant_info()?
+            .and_then(|q| q.scheme)
+            .and_then(|s| s.input_activations)
+        {
+            let aq = match act.ty {
+                crate::compress::quant::NumType::Int => ActQuant::Int8PerToken,
+                crate::compress::quant::NumType::Float => ActQuant::Fp8PerToken,
+            };
+            for (i, layer) in m.layers.iter_mut().enumerate() {
+                for (n, lin) in layer.linears_mut() {
+                    if ckpt.contains(&format!("model.layers.{i}.{n}.weight_scale")) {
+                        lin.act_quant = Some(aq);
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Opens a model directory and loads it.
+    pub fn from_dir(
+        dir: &std::path::Path,
+        dtype: DType,
+        device: &Device,
+    ) -> checkpoint::Result<Self> {
+        Self::load(&Checkpoint::open(dir)?, dtype, device)
+    }
+
+    /// Builds the model from a source of named tensors (HF names and shapes): a checkpoint, or
+    /// fresh initial weights for training.
+    pub fn build<E: From<candle_core::Error>>(
+        cfg: Exaone4Config,
+        get: impl Fn(&str, &[usize]) -> std::result::Result<Tensor, E>,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, E> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let embed_tokens = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let lin = |n: &str, o: usize, inp: usize| -> std::result::Result<Linear, E> {
+                Ok(Linear::new(get(&format!("{p}.{n}.weight"), &[o, inp])?))
+            };
+            let norm = |n: &str, d: usize| -> std::result::Result<RmsNorm, E> {
+                Ok(RmsNorm {
+                    weight: get(&format!("{p}.{n}.weight"), &[d])?,
+                    eps: cfg.rms_norm_eps,
+                })
+            };
+            layers.push(DecoderLayer {
+                self_attn: Attention {
+                    q_proj: lin("self_attn.q_proj", nq, h)?,
+                    k_proj: lin("self_attn.k_proj", nkv, h)?,
+                    v_proj: lin("self_attn.v_proj", nkv, h)?,
+                    o_proj: lin("self_attn.o_proj", h, nq)?,
+                    q_norm: norm("self_attn.q_norm", hd)?,
+                    k_norm: norm("self_attn.k_norm", hd)?,
+                    num_heads: cfg.num_attention_heads,
+                    num_kv_heads: cfg.num_key_value_heads,
+                    head_dim: hd,
+                    use_rope: cfg.layer_uses_rope(i),
+                    window: cfg.layer_window(i),
+                },
+                mlp: Mlp {
+                    gate_proj: lin("mlp.gate_proj", cfg.intermediate_size, h)?,
+                    up_proj: lin("mlp.up_proj", cfg.intermediate_size, h)?,
+                    down_proj: lin("mlp.down_proj", h, cfg.intermediate_size)?,
+                },
+                post_attention_layernorm: norm("post_attention_layernorm", h)?,
+                post_feedforward_layernorm: norm("post_feedforward_layernorm", h)?,
+            });
+        }
+        let norm = RmsNorm {
+            weight: get("model.norm.weight", &[h])?,
+            eps: cfg.rms_norm_eps,
+        };
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
+        };
+        let rope = Rope::new(&cfg, dtype, device)?;
+        Ok(Self {
+            config: cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            mode: Mode::Inference,
+            rope: Mutex::new(rope),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every weight under its Hugging Face name, in checkpoint order. The one place that knows
+    /// the names: the writer, quantizers and trainers all go through it.
+    pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut out: Vec<(String, &Tensor)> =
+            vec![("model.embed_tokens.weight".into(), &self.embed_tokens)];
+        for (i, l) in self.layers.iter().enumerate() {
+            for (n, t) in l.named_tensors() {
+                out.push((format!("model.layers.{i}.{n}"), t));
+            }
+        }
+        out.push(("model.norm.weight".into(), &self.norm.weight));
+        if let Some(w) = &self.lm_head {
+            out.push(("lm_head.weight".into(), w));
+        }
+        out
+    }
+
+    /// Mutable access to every weight by name (training swaps in `Var`s, quantizers write back).
+    pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out: Vec<(String, &mut Tensor)> =
+            vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens)];
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            for (n, t) in l.named_tensors_mut() {
+                out.push((format!("model.layers.{i}.{n}"), t));
+            }
+        }
+        out.push(("model.norm.weight".into(), &mut self.norm.weight));
+        if let Some(w) = &mut self.lm_head {
+            out.push(("lm_head.weight".into(), w));
+        }
+        out
+    }
+
+    /// A fresh KV cache for `batch` rows of up to `capacity` tokens.
+    pub fn new_cache(&self, batch: usize, capacity: usize, pad: Vec<usize>) -> Result<KvCache> {
+        let c = &self.config;
+        KvCache::new(
+            c.num_hidden_layers,
+            batch,
+            c.num_key_value_heads,
+            c.head_dim,
+            capacity,
+            pad,
+            self.dtype,
+            &self.device,
+        )
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))
+    }
+
+    /// RoPE tables and masks for a forward of `t` new tokens per row after `start` cached ones.
+    pub fn context<'a>(
+        &self,
+        b: usize,
+        t: usize,
+        start: usize,
+        pad: &[usize],
+        cache: Option<&'a KvCache>,
+    ) -> Result<Context<'a>> {
+        let end = start + t;
+        let padded = pad.iter().any(|&p| p > 0);
+        let positions = if padded {
+            let ids: Vec<u32> = (0..b)
+                .flat_map(|r| (start..end).map(move |i| i.saturating_sub(pad[r]) as u32))
+                .collect();
+            Positions::PerRow {
+                ids: Tensor::from_vec(ids, b * t, &self.device)?,
+                b,
+                t,
+            }
+        } else {
+            Positions::Uniform { start, len: t }
+        };
+        let (cos, sin) = {
+            let mut rope = self.rope.lock().expect("rope lock");
+            rope.ensure(end)?;
+            rope.tables(&positions)?
+        };
+        let window = self.config.sliding_window.unwrap_or(usize::MAX);
+        let sliding_from = if cache.is_some() {
+            (start + 1).saturating_sub(window)
+        } else {
+            0
+        };
+        let mask_full = self.mask(b, t, start, 0, pad, None)?;
+        let mask_sliding = match self.config.sliding_window {
+            Some(w) if self.layers.iter().any(|l| l.self_attn.window.is_some()) => {
+                self.mask(b, t, start, sliding_from, pad, Some(w))?
+            }
+            _ => None,
+        };
+        Ok(Context {
+            cos,
+            sin,
+            mask_full,
+            mask_sliding,
+            sliding_from,
+            cache,
+            mode: self.mode,
+        })
+    }
+
+    /// Additive mask [b, 1, t, keys] for queries `start..start+t` over keys `from..start+t`.
+    /// Query i sees key j iff j ≤ i, j is not padding, and i − j < window. A padding query sees
+    /// itself only (its output is never used; this keeps its softmax finite).
+    fn mask(
+        &self,
+        b: usize,
+        t: usize,
+        start: usize,
+        from: usize,
+        pad: &[usize],
+        window: Option<usize>,
+    ) -> Result<Option<Tensor>> {
+        let end = start + t;
+        let keys = end - from;
+        let w = window.unwrap_or(usize::MAX);
+        let mut any = false;
+        let mut m = vec![0f32; b * t * keys];
+        for r in 0..b {
+            for qi in 0..t {
+                let i = start + qi;
+                for kj in 0..keys {
+                    let j = from + kj;
+                    let ok = if i < pad[r] {
+                        j == i
+                    } else {
+                        j <= i && j >= pad[r] && i - j < w
+                    };
+                    if !ok {
+                        m[(r * t + qi) * keys + kj] = MASKED;
+                        any = true;
+                    }
+                }
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::from_vec(m, (b, 1, t, keys), &self.device)?))
+    }
+
+    /// Hidden states after the final norm, [b, t, hidden]. With a cache, appends to it.
+    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let (start, pad) = match cache.as_deref() {
+            Some(c) => (c.len, c.pad.clone()),
+            None => (0, vec![0; b]),
+        };
+        let mut h = self.embed(ids)?;
+        {
+            let ctx = self.context(b, t, start, &pad, cache.as_deref())?;
+            for (i, layer) in self.layers.iter().enumerate() {
+                h = layer.forward(i, &h, &ctx)?;
+            }
+        }
+        if let Some(c) = cache.as_deref_mut() {
+            c.len += t;
+        }
+        self.norm.forward(&h, self.mode)
+    }
+
+    /// lm_head on hidden states: f32 logits [.., vocab].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        Linear::new(w.clone()).forward(hidden)?.to_dtype(DType::F32)
+    }
+
+    /// Logits of every position, f32 [b, t, vocab].
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, cache)?;
+        self.logits(&h)
+    }
+}
+
+impl DecoderLayer {
+    pub fn named_tensors(&self) -> Vec<(&'static str, &Tensor)> {
+        let a = &self.self_attn;
+        vec![
+            ("self_attn.q_proj.weight", &a.q_proj.weight),
+            ("self_attn.k_proj.weight", &a.k_proj.weight),
+            ("self_attn.v_proj.weight", &a.v_proj.weight),
+            ("self_attn.o_proj.weight", &a.o_proj.weight),
+            ("self_attn.q_norm.weight", &a.q_norm.weight),
+            ("self_attn.k_norm.weight", &a.k_norm.weight),
+            ("mlp.gate_proj.weight", &self.mlp.gate_proj.weight),
+            ("mlp.up_proj.weight", &self.mlp.up_proj.weight),
+            ("mlp.down_proj.weight", &self.mlp.down_proj.weight),
+            (
+                "post_attention_layernorm.weight",
+                &self.post_attention_layernorm.weight,
+            ),
+            (
+                "post_feedforward_layernorm.weight",
+                &self.post_feedforward_layernorm.weight,
+            ),
+        ]
+    }
+
+    pub fn named_tensors_mut(&mut self) -> Vec<(&'static str, &mut Tensor)> {
+        let a = &mut self.self_attn;
+        vec![
+            ("self_attn.q_proj.weight", &mut a.q_proj.weight),
+            ("self_attn.k_proj.weight", &mut a.k_proj.weight),
+            ("self_attn.v_proj.weight", &mut a.v_proj.weight),
+            ("self_attn.o_proj.weight", &mut a.o_proj.weight),
+            ("self_attn.q_norm.weight", &mut a.q_norm.weight),
+            ("self_attn.k_norm.weight", &mut a.k_norm.weight),
+            ("mlp.gate_proj.weight", &mut self.mlp.gate_proj.weight),
+            ("mlp.up_proj.weight", &mut self.mlp.up_proj.weight),
+            ("mlp.down_proj.weight", &mut self.mlp.down_proj.weight),
+            (
+                "post_attention_layernorm.weight",
+                &mut self.post_attention_layernorm.weight,
+            ),
+            (
+                "post_feedforward_layernorm.weight",
+                &mut self.post_feedforward_layernorm.weight,
+            ),
+        ]
+    }
+
+    /// The seven Linears by their name inside the layer.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let a = &mut self.self_attn;
+        vec![
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut self.mlp.gate_proj),
+            ("mlp.up_proj", &mut self.mlp.up_proj),
+            ("mlp.down_proj", &mut self.mlp.down_proj),
+        ]
+    }
+}

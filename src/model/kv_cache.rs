@@ -1,0 +1,81 @@
+//! A pre-allocated KV cache: one [b, kv_heads, capacity, head_dim] buffer per layer for K and V,
+//! written in place, so a decoding step costs no concatenation.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+#[derive(Debug)]
+pub struct KvCache {
+    pub(crate) k: Vec<Tensor>,
+    pub(crate) v: Vec<Tensor>,
+    /// tokens already in the cache (the same for every row: rows are left-padded)
+    pub len: usize,
+    pub capacity: usize,
+    /// left padding of each row; keys before it are never attended to
+    pub pad: Vec<usize>,
+}
+
+impl KvCache {
+    pub fn new(
+        layers: usize,
+        batch: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        pad: Vec<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        assert_eq!(pad.len(), batch, "one padding count per row");
+        let mut k = Vec::with_capacity(layers);
+        let mut v = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            k.push(Tensor::zeros(
+                (batch, kv_heads, capacity, head_dim),
+                dtype,
+                device,
+            )?);
+            v.push(Tensor::zeros(
+                (batch, kv_heads, capacity, head_dim),
+                dtype,
+                device,
+            )?);
+        }
+        Ok(Self {
+            k,
+            v,
+            len: 0,
+            capacity,
+            pad,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.pad.len()
+    }
+
+    /// Writes `k_new`/`v_new` [b, kvh, t, d] of layer `i` at the current end and returns the keys
+    /// and values from `from` to the new end.
+    pub(crate) fn append(
+        &self,
+        i: usize,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        from: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let t = k_new.dim(2)?;
+        if self.len + t > self.capacity {
+            candle_core::bail!(
+                "KV cache full: {} + {t} tokens > capacity {}",
+                self.len,
+                self.capacity
+            );
+        }
+        self.k[i].slice_set(&k_new.contiguous()?, 2, self.len)?;
+        self.v[i].slice_set(&v_new.contiguous()?, 2, self.len)?;
+        let end = self.len + t;
+        Ok((
+            self.k[i].narrow(2, from, end - from)?,
+            self.v[i].narrow(2, from, end - from)?,
+        ))
+    }
+}

@@ -1,0 +1,298 @@
+//! The pieces of an EXAONE 4 decoder layer. Each has a fused inference path and a
+//! differentiable path (candle's fused kernels have no backward); `Mode` picks one.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+use super::config::Exaone4Config;
+
+/// Inference uses candle's fused kernels; training needs ops with a backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Inference,
+    Differentiable,
+}
+
+/// How activations entering a Linear are quantized at run time, emulating the serving kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActQuant {
+    /// int8, symmetric, one scale per token (absmax/127), as vLLM's dynamic W8A8
+    Int8PerToken,
+    /// float8 e4m3, one scale per token (absmax/448)
+    Fp8PerToken,
+}
+
+impl ActQuant {
+    /// Quantize-dequantize `x` [.., in] per row (token).
+    pub fn fake_quant(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let absmax = xf.abs()?.max_keepdim(D::Minus1)?;
+        match self {
+            ActQuant::Int8PerToken => {
+                // vLLM's scaled_int8_quant: scale = absmax / 127, q = round(x / scale) clamped
+                let scale = (absmax / 127.0)?.clamp(1e-10f32, f32::MAX)?;
+                let q = xf.broadcast_div(&scale)?.round()?.clamp(-128f32, 127f32)?;
+                q.broadcast_mul(&scale)?.to_dtype(dt)
+            }
+            ActQuant::Fp8PerToken => {
+                let scale = (absmax / 448.0)?.clamp(1e-10f32, f32::MAX)?;
+                let q = xf
+                    .broadcast_div(&scale)?
+                    .to_dtype(DType::F8E4M3)?
+                    .to_dtype(DType::F32)?;
+                q.broadcast_mul(&scale)?.to_dtype(dt)
+            }
+        }
+    }
+}
+
+/// A bias-free Linear, `y = x Wᵀ`, with `weight` [out, in] as in the checkpoint.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub act_quant: Option<ActQuant>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor) -> Self {
+        Self {
+            weight,
+            act_quant: None,
+        }
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.dim(0).unwrap_or(0)
+    }
+    pub fn in_features(&self) -> usize {
+        self.weight.dim(1).unwrap_or(0)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match self.act_quant {
+            Some(q) => q.fake_quant(x)?,
+            None => x.clone(),
+        };
+        let dims = x.dims().to_vec();
+        let (rows, inner) = (
+            dims[..dims.len() - 1].iter().product::<usize>(),
+            dims[dims.len() - 1],
+        );
+        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let mut out = dims;
+        *out.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+/// RMSNorm over the last dimension: f32 statistics, `x · rsqrt(mean(x²) + eps) · weight`.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Inference => {
+                candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)
+            }
+            Mode::Differentiable => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
+        }
+    }
+}
+
+/// RoPE tables (NeoX halves), optionally llama3-scaled, grown on demand.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    cos: Tensor,
+    sin: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+/// Inverse frequencies exactly as transformers computes them (f32), llama3 scaling included.
+pub fn inv_freq(cfg: &Exaone4Config) -> Vec<f32> {
+    let dim = cfg.head_dim;
+    let base = cfg.rope_theta as f32;
+    let mut inv: Vec<f32> = (0..dim / 2)
+        .map(|i| 1.0f32 / base.powf((2 * i) as f32 / dim as f32))
+        .collect();
+    if let Some(s) = &cfg.rope_scaling {
+        let factor = s.factor as f32;
+        let (lo, hi) = (s.low_freq_factor as f32, s.high_freq_factor as f32);
+        let old = s.original_max_position_embeddings as f32;
+        let (low_wl, high_wl) = (old / lo, old / hi);
+        for f in inv.iter_mut() {
+            let wl = 2.0 * std::f32::consts::PI / *f;
+            let scaled = if wl > low_wl { *f / factor } else { *f };
+            let medium = !(wl < high_wl) && !(wl > low_wl);
+            *f = if medium {
+                let s = (old / wl - lo) / (hi - lo);
+                (1.0 - s) * scaled / factor + s * scaled
+            } else {
+                scaled
+            };
+        }
+    }
+    inv
+}
+
+impl Rope {
+    pub fn new(cfg: &Exaone4Config, dtype: DType, device: &Device) -> Result<Self> {
+        let inv_freq = inv_freq(cfg);
+        let empty = Tensor::zeros((0, cfg.head_dim / 2), dtype, device)?;
+        Ok(Self {
+            inv_freq,
+            cos: empty.clone(),
+            sin: empty,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Make sure the tables cover positions `0..len`.
+    pub fn ensure(&mut self, len: usize) -> Result<()> {
+        let have = self.cos.dim(0)?;
+        if have >= len {
+            return Ok(());
+        }
+        let n = len.max(256).next_power_of_two();
+        let half = self.inv_freq.len();
+        let mut freqs = Vec::with_capacity(n * half);
+        for p in 0..n {
+            // f32 product, as transformers computes position · inv_freq in float32
+            freqs.extend(self.inv_freq.iter().map(|f| p as f32 * f));
+        }
+        let freqs = Tensor::from_vec(freqs, (n, half), &Device::Cpu)?;
+        self.cos = freqs.cos()?.to_dtype(self.dtype)?.to_device(&self.device)?;
+        self.sin = freqs.sin()?.to_dtype(self.dtype)?.to_device(&self.device)?;
+        Ok(())
+    }
+
+    /// cos/sin for the given positions: `[t, half]` when every row starts at `start`,
+    /// `[b, t, half]` for per-row positions.
+    pub fn tables(&self, positions: &Positions) -> Result<(Tensor, Tensor)> {
+        match positions {
+            Positions::Uniform { start, len } => Ok((
+                self.cos.narrow(0, *start, *len)?,
+                self.sin.narrow(0, *start, *len)?,
+            )),
+            Positions::PerRow { ids, b, t } => {
+                let c = self.cos.index_select(ids, 0)?.reshape((*b, *t, ()))?;
+                let s = self.sin.index_select(ids, 0)?.reshape((*b, *t, ()))?;
+                Ok((c, s))
+            }
+        }
+    }
+}
+
+/// Position ids of the tokens in one forward.
+#[derive(Clone, Debug)]
+pub enum Positions {
+    Uniform {
+        start: usize,
+        len: usize,
+    },
+    /// flattened [b*t] u32 position ids (left-padded batches)
+    PerRow {
+        ids: Tensor,
+        b: usize,
+        t: usize,
+    },
+}
+
+/// Applies RoPE to `x` [b, h, t, d] with tables [t, d/2] or [b, t, d/2].
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => {
+            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)
+        }
+        Mode::Differentiable => {
+            let d = x.dim(D::Minus1)?;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+            // [t, d] → [1, 1, t, d]; [b, t, d] → [b, 1, t, d]
+            let (cos, sin) = if cos.rank() == 2 {
+                (
+                    cos.unsqueeze(0)?.unsqueeze(0)?,
+                    sin.unsqueeze(0)?.unsqueeze(0)?,
+                )
+            } else {
+                (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
+            };
+            let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+            let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+            let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?
+        }
+    }
+}
+
+/// Multi-head attention with GQA and per-head QK RMSNorm.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub q_norm: RmsNorm,
+    pub k_norm: RmsNorm,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub use_rope: bool,
+    pub window: Option<usize>,
+}
+
+/// Softmax(q kᵀ / √d + mask) v for q [b, h, t, d], k/v [b, kvh, L, d], mask [b, 1, t, L] (f32,
+/// additive). Query heads `g·j .. g·j+g-1` share KV head j; folding the group into the query
+/// rows avoids materialising repeated K/V.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    mode: Mode,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (_, kvh, l, _) = k.dims4()?;
+    let g = h / kvh;
+    let scale = 1.0 / (d as f64).sqrt();
+    let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let mut scores = scores.to_dtype(DType::F32)?;
+    if let Some(m) = mask {
+        scores = scores
+            .reshape((b, kvh, g, t, l))?
+            .broadcast_add(&m.unsqueeze(2)?)?
+            .reshape((b, kvh, g * t, l))?;
+    }
+    let probs = match mode {
+        Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+        Mode::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+    };
+    let out = probs.to_dtype(v.dtype())?.matmul(&v.contiguous()?)?; // [b, kvh, g*t, d]
+    out.reshape((b, h, t, d))?
+        .transpose(1, 2)?
+        .reshape((b, t, h * d))
+}
+
+/// The SiLU-gated MLP.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let a = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(a * self.up_proj.forward(x)?)?)
+    }
+}

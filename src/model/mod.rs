@@ -1,0 +1,16 @@
+//! EXAONE 4 on candle: config, layers, KV cache, the model, generation, tokenizer + chat template.
+
+pub mod config;
+pub mod exaone4;
+pub mod generate;
+pub mod init;
+pub mod kv_cache;
+pub mod layers;
+pub mod tokenizer;
+
+pub use config::{Exaone4Config, LayerType, Llama3Scaling};
+pub use exaone4::{DecoderLayer, Exaone4};
+pub use generate::{generate, GenerateOptions, Sampling};
+pub use kv_cache::KvCache;
+pub use layers::{ActQuant, Linear, Mode};
+pub use tokenizer::{ChatMessage, Tokenizer};

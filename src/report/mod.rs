@@ -1,0 +1,4 @@
+//! Reports: markdown and PNG charts drawn from results.
+
+pub mod chart;
+pub mod train;
