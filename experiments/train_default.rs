@@ -187,6 +187,7 @@ fn main() -> Result<()> {
     // evaluate what was written (bf16 weights), in f32
     let shipped = exaone_compress::Exaone4::from_dir(&a.out, DType::F32, &device)?;
     let ppl_val = perplexity(&shipped, &val_s, 512, 256, 8, None)?;
+    println!("validation perplexity {:.3}", ppl_val.ppl);
     let ppl_test = perplexity(&shipped, &test_s, 512, 256, 8, None)?;
     let unigram = unigram_perplexity(&train_s.ids, &test_s.ids[1..], cfg.vocab_size);
     let mut samples = vec![];

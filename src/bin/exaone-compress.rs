@@ -104,6 +104,26 @@ enum Cmd {
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
+    /// Write the dense bf16 equivalent of a compressed-tensors checkpoint
+    Dequant {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// replace --out if it exists
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Validate a model directory for the evaluation server and zip it as model/ (submit.zip)
+    Package {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "submit.zip")]
+        out: PathBuf,
+        /// only print the problems found; write nothing
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -230,7 +250,41 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Dequant { model, out, overwrite } => dequant(&model, &out, overwrite),
+        Cmd::Package { model, out, check } => package(&model, &out, check),
     }
+}
+
+fn dequant(model: &std::path::Path, out: &std::path::Path, overwrite: bool) -> Result<()> {
+    let ckpt = Checkpoint::open(model)?;
+    if ckpt.quant_info()?.is_none() {
+        eprintln!("note: {} is not quantized; writing a bf16 copy", model.display());
+    }
+    let opts = exaone_compress::checkpoint::WriteOptions { overwrite, ..Default::default() };
+    exaone_compress::checkpoint::compressed_tensors::dequantize_checkpoint(&ckpt, out, &opts)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn package(model: &std::path::Path, out: &std::path::Path, check: bool) -> Result<()> {
+    use exaone_compress::checkpoint::package;
+    if check {
+        let problems = package::validate(model);
+        for p in &problems {
+            println!("problem: {p}");
+        }
+        if !problems.is_empty() {
+            bail!("{} problem(s) in {}", problems.len(), model.display());
+        }
+        println!("ok: {} is ready to package", model.display());
+        return Ok(());
+    }
+    for note in package::package(model, out)? {
+        eprintln!("note: {note}");
+    }
+    let size = std::fs::metadata(out)?.len();
+    println!("wrote {} ({:.1} MiB, model/ at the root)", out.display(), size as f64 / (1 << 20) as f64);
+    Ok(())
 }
 
 fn info(m: &ModelArgs, json: bool) -> Result<()> {

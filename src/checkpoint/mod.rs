@@ -2,6 +2,7 @@
 //! writing them back atomically, and the compressed-tensors format.
 
 pub mod compressed_tensors;
+pub mod package;
 mod reader;
 mod writer;
 

@@ -388,6 +388,46 @@ impl Exaone4 {
         self.norm.forward(&h, self.mode)
     }
 
+    /// The input of every layer and the last layer's output (before the final norm), for
+    /// layer statistics: `layers + 1` tensors [b, t, hidden].
+    pub fn layer_inputs(&self, ids: &Tensor) -> Result<Vec<Tensor>> {
+        let (b, t) = ids.dims2()?;
+        let mut h = self.embed(ids)?;
+        let ctx = self.context(b, t, 0, &vec![0; b], None)?;
+        let mut out = vec![h.clone()];
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(i, &h, &ctx)?;
+            out.push(h.clone());
+        }
+        Ok(out)
+    }
+
+    /// A copy of the model keeping only layers `kept` (in that order), with `num_hidden_layers`
+    /// and `layer_types` edited together. Weights are shared, not copied.
+    pub fn with_layers(&self, kept: &[usize]) -> Result<Self> {
+        if kept.is_empty() || kept.iter().any(|&i| i >= self.layers.len()) {
+            candle_core::bail!("with_layers: {kept:?} is not a non-empty subset of 0..{}", self.layers.len());
+        }
+        let cfg = self.config.with_layers(kept);
+        let rope = Rope::new(&cfg, self.dtype, &self.device)?;
+        Ok(Self {
+            config: cfg,
+            embed_tokens: self.embed_tokens.clone(),
+            layers: kept.iter().map(|&i| self.layers[i].clone()).collect(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            mode: self.mode,
+            rope: Mutex::new(rope),
+            dtype: self.dtype,
+            device: self.device.clone(),
+        })
+    }
+
+    /// A copy sharing every weight (cheap: tensors are reference-counted).
+    pub fn share(&self) -> Self {
+        self.with_layers(&(0..self.layers.len()).collect::<Vec<_>>()).expect("all layers exist")
+    }
+
     /// lm_head on hidden states: f32 logits [.., vocab].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);

@@ -2,6 +2,7 @@
 //! quantized-linear result that RTN, GPTQ and AWQ all produce and the compressed-tensors writer
 //! packs. Arithmetic follows compressed-tensors 0.13.0 (see shared/spec/compressed-tensors.md).
 
+pub mod apply;
 pub mod rtn;
 pub mod scheme;
 

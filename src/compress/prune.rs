@@ -1,0 +1,115 @@
+//! Layer drop: which layers to remove (by index, uniformly, first/last, by Block Influence, by
+//! the measured KL of removing each), and the removal itself with the config surgery loaders
+//! demand (`num_hidden_layers` and `layer_types` together, layers renumbered).
+
+use candle_core::{Result, Tensor, D};
+
+use crate::eval::divergence;
+use crate::model::Exaone4;
+
+/// How to choose the layers to drop.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DropRule {
+    Explicit(Vec<usize>),
+    /// `n` layers spread evenly (n = 1 of 30 drops layer 15, as the reference pipeline did)
+    Uniform(usize),
+    First(usize),
+    Last(usize),
+    /// the `n` layers of lowest Block Influence (ShortGPT) on calibration text
+    BlockInfluence(usize),
+    /// the `n` layers whose removal alone costs the least KL to the full model
+    MeasuredKl(usize),
+}
+
+/// Evenly spaced indices: round((k+1)·L/(n+1)) for k < n.
+pub fn uniform(layers: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|k| (((k + 1) * layers) as f64 / (n + 1) as f64).round() as usize).map(|i| i.min(layers - 1)).collect()
+}
+
+/// The indices of the `n` smallest scores, sorted.
+pub fn lowest(scores: &[f64], n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut out: Vec<usize> = idx.into_iter().take(n).collect();
+    out.sort();
+    out
+}
+
+/// BI_i = 1 − mean over tokens of cos(h_in, h_out) of layer i, on `ids` [b, t].
+pub fn block_influence(model: &Exaone4, ids: &Tensor) -> Result<Vec<f64>> {
+    let hs = model.layer_inputs(ids)?;
+    let mut bi = vec![];
+    for w in hs.windows(2) {
+        let (a, b) = (w[0].to_dtype(candle_core::DType::F32)?, w[1].to_dtype(candle_core::DType::F32)?);
+        let dot = (&a * &b)?.sum(D::Minus1)?;
+        let na = a.sqr()?.sum(D::Minus1)?.sqrt()?;
+        let nb = b.sqr()?.sum(D::Minus1)?.sqrt()?;
+        let cos = (dot / (na * nb)?.clamp(1e-12, f64::MAX)?)?;
+        bi.push(1.0 - cos.mean_all()?.to_scalar::<f32>()? as f64);
+    }
+    Ok(bi)
+}
+
+/// KL(full ‖ full without layer i) on `sequences`, for every i.
+pub fn drop_one_kl(model: &Exaone4, sequences: &[Vec<u32>], batch: usize) -> Result<Vec<f64>> {
+    let n = model.layers.len();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let kept: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+        let student = model.with_layers(&kept)?;
+        out.push(divergence(model, &student, sequences, batch, None)?.kl_mean);
+    }
+    Ok(out)
+}
+
+/// Resolves a rule to layer indices (sorted, unique), checking them.
+pub fn choose(model: &Exaone4, rule: &DropRule, calib: Option<&[Vec<u32>]>) -> Result<Vec<usize>> {
+    let n = model.layers.len();
+    let need = |k: usize| -> Result<()> {
+        if k >= n {
+            candle_core::bail!("cannot drop {k} of {n} layers: at least one must remain");
+        }
+        Ok(())
+    };
+    let calib_ids = || -> Result<&[Vec<u32>]> {
+        calib.filter(|c| !c.is_empty()).ok_or_else(|| candle_core::Error::Msg("this drop rule needs calibration text".into()))
+    };
+    let mut idx = match rule {
+        DropRule::Explicit(v) => {
+            if let Some(bad) = v.iter().find(|&&i| i >= n) {
+                candle_core::bail!("layer {bad} does not exist (the model has {n})");
+            }
+            v.clone()
+        }
+        DropRule::Uniform(k) => {
+            need(*k)?;
+            uniform(n, *k)
+        }
+        DropRule::First(k) => {
+            need(*k)?;
+            (0..*k).collect()
+        }
+        DropRule::Last(k) => {
+            need(*k)?;
+            (n - k..n).collect()
+        }
+        DropRule::BlockInfluence(k) => {
+            need(*k)?;
+            let c = calib_ids()?;
+            let t = c[0].len();
+            let flat: Vec<u32> = c.iter().flat_map(|s| s.iter().copied()).collect();
+            let ids = Tensor::from_vec(flat, (c.len(), t), model.device())?;
+            lowest(&block_influence(model, &ids)?, *k)
+        }
+        DropRule::MeasuredKl(k) => {
+            need(*k)?;
+            lowest(&drop_one_kl(model, calib_ids()?, 8)?, *k)
+        }
+    };
+    idx.sort();
+    idx.dedup();
+    if idx.len() >= n {
+        candle_core::bail!("cannot drop all {n} layers");
+    }
+    Ok(idx)
+}

@@ -1,0 +1,67 @@
+//! How far a compressed model's next-token distribution is from the base's: KL(base ‖ model)
+//! per token (mean, 99th percentile) and top-1 agreement, streamed batch by batch so no logits
+//! are kept.
+
+use candle_core::{Device, Result, Tensor, D};
+use indicatif::ProgressBar;
+
+use crate::model::Exaone4;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Divergence {
+    pub tokens: usize,
+    pub kl_mean: f64,
+    /// standard error of the mean KL over sequences
+    pub kl_stderr: f64,
+    pub kl_p99: f64,
+    /// fraction of positions where both models' argmax agree
+    pub top1: f64,
+}
+
+/// Per-position KL(p ‖ q) [rows] and top-1 agreement [rows] for logits [rows, vocab].
+pub fn kl_rows(base_logits: &Tensor, logits: &Tensor) -> Result<(Vec<f32>, Vec<bool>)> {
+    let lp = candle_nn::ops::log_softmax(base_logits, D::Minus1)?;
+    let lq = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let kl = (lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?;
+    let a = base_logits.argmax(D::Minus1)?;
+    let b = logits.argmax(D::Minus1)?;
+    let same = a.eq(&b)?.to_dtype(candle_core::DType::U8)?;
+    let kl = kl.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+    let same = same.to_device(&Device::Cpu)?.to_vec1::<u8>()?.into_iter().map(|x| x == 1).collect();
+    Ok((kl, same))
+}
+
+/// KL of `model` from `base` over `sequences` (each the same length), `batch` at a time.
+pub fn divergence(base: &Exaone4, model: &Exaone4, sequences: &[Vec<u32>], batch: usize, bar: Option<&ProgressBar>) -> Result<Divergence> {
+    let mut kls: Vec<f32> = vec![];
+    let mut agree = 0usize;
+    let mut seq_means = vec![];
+    if let Some(b) = bar {
+        b.set_length(sequences.len() as u64);
+    }
+    for group in sequences.chunks(batch.max(1)) {
+        let t = group[0].len();
+        let flat: Vec<u32> = group.iter().flat_map(|s| s.iter().copied()).collect();
+        let x_base = Tensor::from_vec(flat.clone(), (group.len(), t), base.device())?;
+        let x_model = Tensor::from_vec(flat, (group.len(), t), model.device())?;
+        let p = base.forward(&x_base, None)?.reshape((group.len() * t, ()))?;
+        let q = model.forward(&x_model, None)?.reshape((group.len() * t, ()))?.to_device(base.device())?;
+        let (kl, same) = kl_rows(&p, &q)?;
+        for s in kl.chunks(t) {
+            seq_means.push(s.iter().map(|&v| v as f64).sum::<f64>() / t as f64);
+        }
+        agree += same.iter().filter(|&&x| x).count();
+        kls.extend(kl);
+        if let Some(b) = bar {
+            b.inc(group.len() as u64);
+        }
+    }
+    let n = kls.len();
+    let mean = kls.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let m = seq_means.len() as f64;
+    let var = seq_means.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (m - 1.0).max(1.0);
+    let mut sorted = kls.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let p99 = sorted[((n as f64 * 0.99) as usize).min(n - 1)] as f64;
+    Ok(Divergence { tokens: n, kl_mean: mean.max(0.0), kl_stderr: (var / m).sqrt(), kl_p99: p99.max(0.0), top1: agree as f64 / n as f64 })
+}
