@@ -250,7 +250,11 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Dequant { model, out, overwrite } => dequant(&model, &out, overwrite),
+        Cmd::Dequant {
+            model,
+            out,
+            overwrite,
+        } => dequant(&model, &out, overwrite),
         Cmd::Package { model, out, check } => package(&model, &out, check),
     }
 }
@@ -258,9 +262,15 @@ fn main() -> Result<()> {
 fn dequant(model: &std::path::Path, out: &std::path::Path, overwrite: bool) -> Result<()> {
     let ckpt = Checkpoint::open(model)?;
     if ckpt.quant_info()?.is_none() {
-        eprintln!("note: {} is not quantized; writing a bf16 copy", model.display());
+        eprintln!(
+            "note: {} is not quantized; writing a bf16 copy",
+            model.display()
+        );
     }
-    let opts = exaone_compress::checkpoint::WriteOptions { overwrite, ..Default::default() };
+    let opts = exaone_compress::checkpoint::WriteOptions {
+        overwrite,
+        ..Default::default()
+    };
     exaone_compress::checkpoint::compressed_tensors::dequantize_checkpoint(&ckpt, out, &opts)?;
     eprintln!("wrote {}", out.display());
     Ok(())
@@ -283,7 +293,11 @@ fn package(model: &std::path::Path, out: &std::path::Path, check: bool) -> Resul
         eprintln!("note: {note}");
     }
     let size = std::fs::metadata(out)?.len();
-    println!("wrote {} ({:.1} MiB, model/ at the root)", out.display(), size as f64 / (1 << 20) as f64);
+    println!(
+        "wrote {} ({:.1} MiB, model/ at the root)",
+        out.display(),
+        size as f64 / (1 << 20) as f64
+    );
     Ok(())
 }
 

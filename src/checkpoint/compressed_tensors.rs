@@ -361,14 +361,21 @@ pub fn dequantize_linear(
 
 /// Writes a quantized model as a compressed-tensors checkpoint: quantized Linears in the
 /// scheme's format, everything else bf16, `quantization_config` in config.json.
-pub fn save_quantized(qm: &crate::compress::quant::apply::QuantizedModel, out: &std::path::Path, opts: &super::WriteOptions) -> Result<()> {
+pub fn save_quantized(
+    qm: &crate::compress::quant::apply::QuantizedModel,
+    out: &std::path::Path,
+    opts: &super::WriteOptions,
+) -> Result<()> {
     let mut tensors = BTreeMap::new();
     for (name, t) in qm.model.named_tensors() {
         let prefix = name.strip_suffix(".weight").unwrap_or(&name);
         if let Some(ql) = qm.linears.get(prefix) {
             tensors.extend(linear_tensors(prefix, ql, &qm.scheme));
         } else {
-            tensors.insert(name.clone(), RawTensor::from_tensor(&t.to_dtype(DType::BF16)?)?);
+            tensors.insert(
+                name.clone(),
+                RawTensor::from_tensor(&t.to_dtype(DType::BF16)?)?,
+            );
         }
     }
     let mut cfg = qm.model.config.clone();
@@ -381,29 +388,51 @@ pub fn save_quantized(qm: &crate::compress::quant::apply::QuantizedModel, out: &
 
 /// Writes the dense bf16 equivalent of a (possibly compressed) checkpoint: every quantized
 /// Linear dequantized exactly as compressed-tensors does, `quantization_config` removed.
-pub fn dequantize_checkpoint(ckpt: &super::Checkpoint, out: &std::path::Path, opts: &super::WriteOptions) -> Result<()> {
+pub fn dequantize_checkpoint(
+    ckpt: &super::Checkpoint,
+    out: &std::path::Path,
+    opts: &super::WriteOptions,
+) -> Result<()> {
     let mut tensors = BTreeMap::new();
-    const AUX: [&str; 5] = [".weight_scale", ".weight_packed", ".weight_shape", ".weight_zero_point", ".weight_g_idx"];
+    const AUX: [&str; 5] = [
+        ".weight_scale",
+        ".weight_packed",
+        ".weight_shape",
+        ".weight_zero_point",
+        ".weight_g_idx",
+    ];
     let names: Vec<String> = ckpt.names().cloned().collect();
     for name in &names {
         if let Some(prefix) = AUX.iter().find_map(|s| name.strip_suffix(s)) {
             if name.ends_with(".weight_scale") {
-                let w = ckpt.dequantized(prefix)?.expect("a weight_scale means a quantized Linear");
+                let w = ckpt
+                    .dequantized(prefix)?
+                    .expect("a weight_scale means a quantized Linear");
                 let info_out = ckpt.info(&format!("{prefix}.weight_scale"))?.shape[0];
                 let t = Tensor::from_vec(w, (info_out, ()), &Device::Cpu)?.to_dtype(DType::BF16)?;
                 tensors.insert(format!("{prefix}.weight"), RawTensor::from_tensor(&t)?);
             }
             continue;
         }
-        if name.strip_suffix(".weight").is_some_and(|p| ckpt.contains(&format!("{p}.weight_scale"))) {
+        if name
+            .strip_suffix(".weight")
+            .is_some_and(|p| ckpt.contains(&format!("{p}.weight_scale")))
+        {
             continue; // an int8/fp8 weight: written dequantized with its scale
         }
         let t = ckpt.raw(name, &Device::Cpu)?;
-        let t = if t.dtype().is_float() { t.to_dtype(DType::BF16)? } else { t };
+        let t = if t.dtype().is_float() {
+            t.to_dtype(DType::BF16)?
+        } else {
+            t
+        };
         tensors.insert(name.clone(), RawTensor::from_tensor(&t)?);
     }
     let mut cfg = ckpt.config.clone();
     cfg.raw.remove("quantization_config");
-    let opts = super::WriteOptions { side_files_from: Some(ckpt.dir.clone()), ..opts.clone() };
+    let opts = super::WriteOptions {
+        side_files_from: Some(ckpt.dir.clone()),
+        ..opts.clone()
+    };
     super::write_model_dir(out, &cfg, None, &tensors, &opts)
 }

@@ -11,15 +11,47 @@ use serde_json::Value;
 use super::{Checkpoint, Error, Result};
 
 const TOP_KEYS: &[&str] = &[
-    "config_groups", "format", "global_compression_ratio", "ignore", "kv_cache_scheme", "quant_method",
-    "quantization_status", "sparsity_config", "transform_config", "version",
+    "config_groups",
+    "format",
+    "global_compression_ratio",
+    "ignore",
+    "kv_cache_scheme",
+    "quant_method",
+    "quantization_status",
+    "sparsity_config",
+    "transform_config",
+    "version",
 ];
-const SCHEME_KEYS: &[&str] = &["format", "input_activations", "output_activations", "targets", "weights"];
+const SCHEME_KEYS: &[&str] = &[
+    "format",
+    "input_activations",
+    "output_activations",
+    "targets",
+    "weights",
+];
 const ARGS_KEYS: &[&str] = &[
-    "actorder", "block_structure", "dynamic", "group_size", "num_bits", "observer", "observer_kwargs", "scale_dtype",
-    "strategy", "symmetric", "type", "zp_dtype",
+    "actorder",
+    "block_structure",
+    "dynamic",
+    "group_size",
+    "num_bits",
+    "observer",
+    "observer_kwargs",
+    "scale_dtype",
+    "strategy",
+    "symmetric",
+    "type",
+    "zp_dtype",
 ];
-const LINEARS: [&str; 7] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+const LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
 
 fn unknown_keys(v: &Value, allowed: &[&str], at: &str, problems: &mut Vec<String>) {
     if let Some(o) = v.as_object() {
@@ -36,7 +68,12 @@ fn unknown_keys(v: &Value, allowed: &[&str], at: &str, problems: &mut Vec<String
 /// Every problem that would make the directory fail to load or be scored wrongly.
 pub fn validate(dir: &Path) -> Vec<String> {
     let mut p = vec![];
-    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         if !dir.join(f).exists() {
             p.push(format!("{f} is missing"));
         }
@@ -65,7 +102,9 @@ pub fn validate(dir: &Path) -> Vec<String> {
             if let Some(i) = rest.split('.').next().and_then(|s| s.parse::<usize>().ok()) {
                 seen.insert(i);
                 if i >= n {
-                    p.push(format!("tensor `{name}` is beyond num_hidden_layers = {n} (vLLM raises KeyError)"));
+                    p.push(format!(
+                        "tensor `{name}` is beyond num_hidden_layers = {n} (vLLM raises KeyError)"
+                    ));
                 }
             }
         }
@@ -80,20 +119,32 @@ pub fn validate(dir: &Path) -> Vec<String> {
     for i in 0..n {
         for l in LINEARS {
             let pre = format!("model.layers.{i}.{l}");
-            if !ck.contains(&format!("{pre}.weight")) && !ck.contains(&format!("{pre}.weight_packed")) {
+            if !ck.contains(&format!("{pre}.weight"))
+                && !ck.contains(&format!("{pre}.weight_packed"))
+            {
                 p.push(format!("`{pre}` has no weight (dense or packed)"));
             }
         }
-        for nrm in ["self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm", "post_feedforward_layernorm"] {
+        for nrm in [
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+            "post_attention_layernorm",
+            "post_feedforward_layernorm",
+        ] {
             if !ck.contains(&format!("model.layers.{i}.{nrm}.weight")) {
                 p.push(format!("`model.layers.{i}.{nrm}.weight` is missing"));
             }
         }
         // vLLM fuses q/k/v and gate/up: the parts must be all quantized or all dense
         for group in [&LINEARS[0..3], &LINEARS[4..6]] {
-            let states: BTreeSet<bool> = group.iter().map(|l| ck.contains(&format!("model.layers.{i}.{l}.weight_scale"))).collect();
+            let states: BTreeSet<bool> = group
+                .iter()
+                .map(|l| ck.contains(&format!("model.layers.{i}.{l}.weight_scale")))
+                .collect();
             if states.len() > 1 {
-                p.push(format!("layer {i}: {group:?} are fused by vLLM but not all quantized alike"));
+                p.push(format!(
+                    "layer {i}: {group:?} are fused by vLLM but not all quantized alike"
+                ));
             }
         }
     }
@@ -109,10 +160,20 @@ pub fn validate(dir: &Path) -> Vec<String> {
         unknown_keys(q, TOP_KEYS, "quantization_config", &mut p);
         if let Some(groups) = q.get("config_groups").and_then(Value::as_object) {
             for (g, s) in groups {
-                unknown_keys(s, SCHEME_KEYS, &format!("quantization_config.config_groups.{g}"), &mut p);
+                unknown_keys(
+                    s,
+                    SCHEME_KEYS,
+                    &format!("quantization_config.config_groups.{g}"),
+                    &mut p,
+                );
                 for a in ["weights", "input_activations", "output_activations"] {
                     if let Some(args) = s.get(a) {
-                        unknown_keys(args, ARGS_KEYS, &format!("quantization_config.config_groups.{g}.{a}"), &mut p);
+                        unknown_keys(
+                            args,
+                            ARGS_KEYS,
+                            &format!("quantization_config.config_groups.{g}.{a}"),
+                            &mut p,
+                        );
                     }
                 }
             }
@@ -132,9 +193,16 @@ pub fn validate(dir: &Path) -> Vec<String> {
 pub fn package(dir: &Path, out: &Path) -> Result<Vec<String>> {
     let problems = validate(dir);
     if !problems.is_empty() {
-        return Err(Error::Invalid(format!("{} is not ready to submit:\n  - {}", dir.display(), problems.join("\n  - "))));
+        return Err(Error::Invalid(format!(
+            "{} is not ready to submit:\n  - {}",
+            dir.display(),
+            problems.join("\n  - ")
+        )));
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::io(parent, e))?;
     {
         let mut zw = zip::ZipWriter::new(std::io::BufWriter::new(tmp.as_file()));
@@ -148,13 +216,22 @@ pub fn package(dir: &Path, out: &Path) -> Result<Vec<String>> {
             let name = e.file_name().to_string_lossy().to_string();
             let path = e.path();
             let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-            let method = if name.ends_with(".safetensors") { zip::CompressionMethod::Stored } else { zip::CompressionMethod::Deflated };
-            let opts = zip::write::SimpleFileOptions::default().compression_method(method).large_file(len >= (1 << 32) - 1);
-            zw.start_file(format!("model/{name}"), opts).map_err(|e| Error::Invalid(format!("zip: {e}")))?;
+            let method = if name.ends_with(".safetensors") {
+                zip::CompressionMethod::Stored
+            } else {
+                zip::CompressionMethod::Deflated
+            };
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(method)
+                .large_file(len >= (1 << 32) - 1);
+            zw.start_file(format!("model/{name}"), opts)
+                .map_err(|e| Error::Invalid(format!("zip: {e}")))?;
             let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             std::io::copy(&mut f, &mut zw).map_err(|e| Error::io(&path, e))?;
         }
-        let w = zw.finish().map_err(|e| Error::Invalid(format!("zip: {e}")))?;
+        let w = zw
+            .finish()
+            .map_err(|e| Error::Invalid(format!("zip: {e}")))?;
         let mut w = w;
         w.flush().map_err(|e| Error::io(out, e))?;
     }
@@ -167,5 +244,7 @@ pub fn package(dir: &Path, out: &Path) -> Result<Vec<String>> {
 }
 
 fn ck_has_redundant_head(dir: &Path) -> bool {
-    Checkpoint::open(dir).map(|c| c.config.tie_word_embeddings && c.contains("lm_head.weight")).unwrap_or(false)
+    Checkpoint::open(dir)
+        .map(|c| c.config.tie_word_embeddings && c.contains("lm_head.weight"))
+        .unwrap_or(false)
 }

@@ -23,7 +23,10 @@ pub enum DropRule {
 
 /// Evenly spaced indices: round((k+1)·L/(n+1)) for k < n.
 pub fn uniform(layers: usize, n: usize) -> Vec<usize> {
-    (0..n).map(|k| (((k + 1) * layers) as f64 / (n + 1) as f64).round() as usize).map(|i| i.min(layers - 1)).collect()
+    (0..n)
+        .map(|k| (((k + 1) * layers) as f64 / (n + 1) as f64).round() as usize)
+        .map(|i| i.min(layers - 1))
+        .collect()
 }
 
 /// The indices of the `n` smallest scores, sorted.
@@ -40,7 +43,10 @@ pub fn block_influence(model: &Exaone4, ids: &Tensor) -> Result<Vec<f64>> {
     let hs = model.layer_inputs(ids)?;
     let mut bi = vec![];
     for w in hs.windows(2) {
-        let (a, b) = (w[0].to_dtype(candle_core::DType::F32)?, w[1].to_dtype(candle_core::DType::F32)?);
+        let (a, b) = (
+            w[0].to_dtype(candle_core::DType::F32)?,
+            w[1].to_dtype(candle_core::DType::F32)?,
+        );
         let dot = (&a * &b)?.sum(D::Minus1)?;
         let na = a.sqr()?.sum(D::Minus1)?.sqrt()?;
         let nb = b.sqr()?.sum(D::Minus1)?.sqrt()?;
@@ -72,7 +78,9 @@ pub fn choose(model: &Exaone4, rule: &DropRule, calib: Option<&[Vec<u32>]>) -> R
         Ok(())
     };
     let calib_ids = || -> Result<&[Vec<u32>]> {
-        calib.filter(|c| !c.is_empty()).ok_or_else(|| candle_core::Error::Msg("this drop rule needs calibration text".into()))
+        calib
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| candle_core::Error::Msg("this drop rule needs calibration text".into()))
     };
     let mut idx = match rule {
         DropRule::Explicit(v) => {

@@ -27,12 +27,23 @@ pub fn kl_rows(base_logits: &Tensor, logits: &Tensor) -> Result<(Vec<f32>, Vec<b
     let b = logits.argmax(D::Minus1)?;
     let same = a.eq(&b)?.to_dtype(candle_core::DType::U8)?;
     let kl = kl.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-    let same = same.to_device(&Device::Cpu)?.to_vec1::<u8>()?.into_iter().map(|x| x == 1).collect();
+    let same = same
+        .to_device(&Device::Cpu)?
+        .to_vec1::<u8>()?
+        .into_iter()
+        .map(|x| x == 1)
+        .collect();
     Ok((kl, same))
 }
 
 /// KL of `model` from `base` over `sequences` (each the same length), `batch` at a time.
-pub fn divergence(base: &Exaone4, model: &Exaone4, sequences: &[Vec<u32>], batch: usize, bar: Option<&ProgressBar>) -> Result<Divergence> {
+pub fn divergence(
+    base: &Exaone4,
+    model: &Exaone4,
+    sequences: &[Vec<u32>],
+    batch: usize,
+    bar: Option<&ProgressBar>,
+) -> Result<Divergence> {
     let mut kls: Vec<f32> = vec![];
     let mut agree = 0usize;
     let mut seq_means = vec![];
@@ -44,8 +55,13 @@ pub fn divergence(base: &Exaone4, model: &Exaone4, sequences: &[Vec<u32>], batch
         let flat: Vec<u32> = group.iter().flat_map(|s| s.iter().copied()).collect();
         let x_base = Tensor::from_vec(flat.clone(), (group.len(), t), base.device())?;
         let x_model = Tensor::from_vec(flat, (group.len(), t), model.device())?;
-        let p = base.forward(&x_base, None)?.reshape((group.len() * t, ()))?;
-        let q = model.forward(&x_model, None)?.reshape((group.len() * t, ()))?.to_device(base.device())?;
+        let p = base
+            .forward(&x_base, None)?
+            .reshape((group.len() * t, ()))?;
+        let q = model
+            .forward(&x_model, None)?
+            .reshape((group.len() * t, ()))?
+            .to_device(base.device())?;
         let (kl, same) = kl_rows(&p, &q)?;
         for s in kl.chunks(t) {
             seq_means.push(s.iter().map(|&v| v as f64).sum::<f64>() / t as f64);
@@ -63,5 +79,11 @@ pub fn divergence(base: &Exaone4, model: &Exaone4, sequences: &[Vec<u32>], batch
     let mut sorted = kls.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let p99 = sorted[((n as f64 * 0.99) as usize).min(n - 1)] as f64;
-    Ok(Divergence { tokens: n, kl_mean: mean.max(0.0), kl_stderr: (var / m).sqrt(), kl_p99: p99.max(0.0), top1: agree as f64 / n as f64 })
+    Ok(Divergence {
+        tokens: n,
+        kl_mean: mean.max(0.0),
+        kl_stderr: (var / m).sqrt(),
+        kl_p99: p99.max(0.0),
+        top1: agree as f64 / n as f64,
+    })
 }

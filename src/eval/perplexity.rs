@@ -63,7 +63,10 @@ pub fn perplexity(
                 .collect();
             let x = Tensor::from_vec(flat, (same.len(), len), &dev)?;
             let logits = model.forward(&x, None)?; // [b, len, V] f32
-            let lp = candle_nn::ops::log_softmax(&logits.narrow(1, 0, len - 1)?.contiguous()?, D::Minus1)?;
+            let lp = candle_nn::ops::log_softmax(
+                &logits.narrow(1, 0, len - 1)?.contiguous()?,
+                D::Minus1,
+            )?;
             let tgt = x
                 .narrow(1, 1, len - 1)?
                 .to_dtype(DType::U32)?

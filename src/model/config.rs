@@ -129,12 +129,14 @@ impl Exaone4Config {
     pub fn from_raw(raw: Map<String, Value>) -> Result<Self> {
         match raw.get("model_type").and_then(Value::as_str) {
             Some("exaone4") => {}
-            Some(other) => return Err(Error::config(
-                "model_type",
-                format!(
+            Some(other) => {
+                return Err(Error::config(
+                    "model_type",
+                    format!(
                     "unknown architecture {other:?}: only \"exaone4\" (EXAONE 4.0) is supported"
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(Error::config(
                     "model_type",
@@ -409,17 +411,18 @@ fn derive_layer_types(
             "missing while sliding_window is null: transformers 4.57 fails to load this (ZeroDivisionError); write layer_types explicitly",
         ));
     }
-    let pattern =
-        match raw.get("sliding_window_pattern") {
-            Some(Value::Number(p)) => p.as_u64().unwrap_or(0) as usize,
-            Some(Value::String(s)) => return Err(Error::config(
+    let pattern = match raw.get("sliding_window_pattern") {
+        Some(Value::Number(p)) => p.as_u64().unwrap_or(0) as usize,
+        Some(Value::String(s)) => {
+            return Err(Error::config(
                 "sliding_window_pattern",
                 format!(
                     "string pattern {s:?} without layer_types: transformers 4.57 raises TypeError"
                 ),
-            )),
-            _ => 4,
-        };
+            ))
+        }
+        _ => 4,
+    };
     if pattern == 0 {
         return Err(Error::config(
             "sliding_window_pattern",

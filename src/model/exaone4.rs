@@ -66,7 +66,10 @@ impl DecoderLayer {
         };
         let (k, v) = match ctx.cache {
             Some(c) => c.append(i, &k, &v, from)?,
-            None => (k.narrow(2, from, t - from)?, v.narrow(2, from, t - from)?),
+            None => (
+                k.narrow(2, from, t - from)?.contiguous()?,
+                v.narrow(2, from, t - from)?.contiguous()?,
+            ),
         };
         let o = attend(&q, &k, &v, mask, ctx.mode)?;
         let o = a.o_proj.forward(&o)?;
@@ -406,7 +409,10 @@ impl Exaone4 {
     /// and `layer_types` edited together. Weights are shared, not copied.
     pub fn with_layers(&self, kept: &[usize]) -> Result<Self> {
         if kept.is_empty() || kept.iter().any(|&i| i >= self.layers.len()) {
-            candle_core::bail!("with_layers: {kept:?} is not a non-empty subset of 0..{}", self.layers.len());
+            candle_core::bail!(
+                "with_layers: {kept:?} is not a non-empty subset of 0..{}",
+                self.layers.len()
+            );
         }
         let cfg = self.config.with_layers(kept);
         let rope = Rope::new(&cfg, self.dtype, &self.device)?;
@@ -425,7 +431,8 @@ impl Exaone4 {
 
     /// A copy sharing every weight (cheap: tensors are reference-counted).
     pub fn share(&self) -> Self {
-        self.with_layers(&(0..self.layers.len()).collect::<Vec<_>>()).expect("all layers exist")
+        self.with_layers(&(0..self.layers.len()).collect::<Vec<_>>())
+            .expect("all layers exist")
     }
 
     /// lm_head on hidden states: f32 logits [.., vocab].
