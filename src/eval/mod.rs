@@ -2,6 +2,10 @@
 
 pub mod divergence;
 pub mod perplexity;
+pub mod speed;
+pub mod tasks;
 
 pub use divergence::{divergence, Divergence};
+pub use speed::{measure as measure_speed, Speed, Timing};
+pub use tasks::{multiple_choice, McItem, McResult};
 pub use perplexity::{perplexity, unigram_perplexity, Perplexity};

@@ -33,8 +33,23 @@ pub struct Context<'a> {
     pub mode: Mode,
 }
 
+/// Sees the input of each Linear during a forward: `(name inside the layer, input)`. q/k/v
+/// share one input (reported as `self_attn.q_proj`), as do gate/up (`mlp.gate_proj`).
+pub type LinearHook<'a> = &'a mut dyn FnMut(&str, &Tensor) -> Result<()>;
+
 impl DecoderLayer {
     pub fn forward(&self, i: usize, h: &Tensor, ctx: &Context) -> Result<Tensor> {
+        self.forward_hooked(i, h, ctx, None)
+    }
+
+    pub fn forward_hooked(&self, i: usize, h: &Tensor, ctx: &Context, mut hook: Option<LinearHook>) -> Result<Tensor> {
+        let mut see = |n: &str, x: &Tensor| -> Result<()> {
+            match hook.as_mut() {
+                Some(f) => f(n, x),
+                None => Ok(()),
+            }
+        };
+        see("self_attn.q_proj", h)?;
         let a = &self.self_attn;
         let (b, t, _) = h.dims3()?;
         let q = a
@@ -72,9 +87,13 @@ impl DecoderLayer {
             ),
         };
         let o = attend(&q, &k, &v, mask, ctx.mode)?;
+        see("self_attn.o_proj", &o)?;
         let o = a.o_proj.forward(&o)?;
         let h = (h + self.post_attention_layernorm.forward(&o, ctx.mode)?)?;
-        let m = self.mlp.forward(&h)?;
+        see("mlp.gate_proj", &h)?;
+        let act = (self.mlp.gate_proj.forward(&h)?.silu()? * self.mlp.up_proj.forward(&h)?)?;
+        see("mlp.down_proj", &act)?;
+        let m = self.mlp.down_proj.forward(&act)?;
         h + self.post_feedforward_layernorm.forward(&m, ctx.mode)?
     }
 }

@@ -3,6 +3,8 @@
 //! packs. Arithmetic follows compressed-tensors 0.13.0 (see shared/spec/compressed-tensors.md).
 
 pub mod apply;
+pub mod awq;
+pub mod gptq;
 pub mod rtn;
 pub mod scheme;
 

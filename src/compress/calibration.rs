@@ -1,0 +1,125 @@
+//! Calibration: token samples, and the sequential layer-by-layer pass that quantizers use.
+//! Activations are captured one layer at a time (never the whole model's), and each layer's
+//! quantized output feeds the next layer's calibration, so later layers see upstream error.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Result, Tensor, D};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data::{rng, TokenStream};
+use crate::model::{DecoderLayer, Exaone4};
+
+/// `n` seeded windows of `len` tokens from a token stream.
+pub fn samples(stream: &TokenStream, n: usize, len: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+    let mut r = rng(seed);
+    let t = stream.sample_windows(n, len, &mut r, &candle_core::Device::Cpu)?;
+    t.to_vec2::<u32>()
+}
+
+/// What is gathered about the input of one Linear (or of the group sharing it).
+#[derive(Default)]
+pub struct Capture {
+    pub hessian: super::quant::gptq::Hessian,
+    /// Σ|x| per input channel, and the row count (AWQ's activation statistic)
+    pub abs_sum: Option<Tensor>,
+    pub rows: usize,
+    /// up to `keep_rows` input rows, for AWQ's loss
+    pub kept: Vec<Tensor>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CaptureOpts {
+    pub hessian: bool,
+    pub abs_mean: bool,
+    pub keep_rows: usize,
+}
+
+impl Capture {
+    fn add(&mut self, x: &Tensor, o: &CaptureOpts) -> Result<()> {
+        let inp = x.dim(D::Minus1)?;
+        let x2 = x.reshape(((), inp))?;
+        if o.hessian {
+            self.hessian.add(&x2)?;
+        }
+        if o.abs_mean {
+            let s = x2.to_dtype(DType::F32)?.abs()?.sum(0)?;
+            self.abs_sum = Some(match &self.abs_sum {
+                None => s,
+                Some(a) => (a + s)?,
+            });
+        }
+        let have: usize = self.kept.iter().map(|t| t.dim(0).unwrap_or(0)).sum();
+        if have < o.keep_rows {
+            let take = (o.keep_rows - have).min(x2.dim(0)?);
+            self.kept.push(x2.narrow(0, 0, take)?.to_dtype(DType::F32)?);
+        }
+        self.rows += x2.dim(0)?;
+        if o.abs_mean {
+            if let Some(a) = &self.abs_sum {
+                let v = a.sum_all()?.to_scalar::<f32>()?;
+                if !v.is_finite() {
+                    candle_core::bail!("calibration activations contain NaN or infinity");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn abs_mean(&self) -> Result<Tensor> {
+        match &self.abs_sum {
+            Some(s) => s / self.rows as f64,
+            None => candle_core::bail!("abs mean was not captured"),
+        }
+    }
+
+    pub fn kept_rows(&self) -> Result<Tensor> {
+        Tensor::cat(&self.kept, 0)
+    }
+}
+
+/// Runs `calib` through `model` layer by layer. For each layer, `captures` of every Linear
+/// input are gathered with the layer as it is; `per_layer(i, layer, captures)` then changes
+/// the layer (quantizes it) and the changed layer's output feeds layer i+1. Returns the model
+/// with every layer changed.
+pub fn sequential(
+    model: &Exaone4,
+    calib: &[Vec<u32>],
+    chunk: usize,
+    opts: CaptureOpts,
+    label: &str,
+    per_layer: &mut dyn FnMut(usize, &mut DecoderLayer, &BTreeMap<String, Capture>) -> Result<()>,
+) -> Result<Exaone4> {
+    if calib.is_empty() {
+        candle_core::bail!("no calibration samples");
+    }
+    let mut m = model.share();
+    let t = calib[0].len();
+    let dev = m.device().clone();
+    // hidden states of every chunk at the current layer's input
+    let mut hs: Vec<Tensor> = vec![];
+    for c in calib.chunks(chunk.max(1)) {
+        let flat: Vec<u32> = c.iter().flat_map(|s| s.iter().copied()).collect();
+        hs.push(m.embed(&Tensor::from_vec(flat, (c.len(), t), &dev)?)?);
+    }
+    let bar = ProgressBar::new(m.layers.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} layer {pos}/{len} (eta {eta}) {msg}").expect("template"));
+    bar.set_prefix(label.to_string());
+    for i in 0..m.layers.len() {
+        let mut caps: BTreeMap<String, Capture> = BTreeMap::new();
+        for h in &hs {
+            let b = h.dim(0)?;
+            let ctx = m.context(b, t, 0, &vec![0; b], None)?;
+            m.layers[i].forward_hooked(i, h, &ctx, Some(&mut |name: &str, x: &Tensor| caps.entry(name.to_string()).or_default().add(x, &opts)))?;
+        }
+        per_layer(i, &mut m.layers[i], &caps)?;
+        for h in hs.iter_mut() {
+            let b = h.dim(0)?;
+            let ctx = m.context(b, t, 0, &vec![0; b], None)?;
+            *h = m.layers[i].forward(i, h, &ctx)?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(m)
+}

@@ -1,0 +1,134 @@
+//! Distillation, on the shared training loop: logit KD (KL(teacher ‖ student) at a
+//! temperature) on calibration text to heal a pruned or quantized student, training only the
+//! parameter groups asked for; and the reference pipeline's lm_head-only step, reproduced.
+
+use candle_core::{Result, Tensor, D};
+
+use crate::data::{rng, TokenStream};
+use crate::model::{generate, Exaone4, GenerateOptions};
+use crate::train::{freeze, make_trainable, train, LogPoint, TrainConfig};
+
+/// What the student may change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamGroup {
+    /// every RMSNorm weight (QK-norms, post-norms, final norm): tiny, and heals a lot
+    Norms,
+    /// the embedding, which is also the lm_head while tied
+    Embedding,
+    /// untie the lm_head and train it alone (+ vocab × hidden parameters on disk)
+    UntiedLmHead,
+    /// every weight of these decoder layers
+    Layers(Vec<usize>),
+}
+
+impl ParamGroup {
+    fn selects(&self, name: &str) -> bool {
+        match self {
+            ParamGroup::Norms => name.ends_with("norm.weight"),
+            ParamGroup::Embedding => name == "model.embed_tokens.weight",
+            ParamGroup::UntiedLmHead => name == "lm_head.weight",
+            ParamGroup::Layers(ls) => ls.iter().any(|i| name.starts_with(&format!("model.layers.{i}."))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DistillConfig {
+    pub train: TrainConfig,
+    pub temperature: f64,
+    pub groups: Vec<ParamGroup>,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub seed: u64,
+}
+
+/// Gives the student its own lm_head (a copy of the embedding) and marks the config untied.
+pub fn untie(model: &mut Exaone4) -> Result<()> {
+    if model.lm_head.is_none() {
+        model.lm_head = Some(model.embed_tokens.copy()?);
+        model.config.tie_word_embeddings = false;
+    }
+    Ok(())
+}
+
+/// T² · mean over positions of KL(softmax(t/T) ‖ softmax(s/T)).
+pub fn kd_loss(teacher_logits: &Tensor, student_logits: &Tensor, temperature: f64) -> Result<Tensor> {
+    let v = teacher_logits.dim(D::Minus1)?;
+    let t = (teacher_logits.reshape(((), v))? / temperature)?;
+    let s = (student_logits.reshape(((), v))? / temperature)?;
+    let lt = candle_nn::ops::log_softmax(&t, D::Minus1)?;
+    let ls = candle_nn::ops::log_softmax(&s, D::Minus1)?;
+    let kl = (lt.exp()? * (lt - ls)?)?.sum(D::Minus1)?.mean_all()?;
+    kl * (temperature * temperature)
+}
+
+/// Logit distillation of `student` towards `teacher` on windows of `stream`.
+pub fn distill(teacher: &Exaone4, student: &mut Exaone4, stream: &TokenStream, val: &[Tensor], cfg: &DistillConfig) -> Result<Vec<LogPoint>> {
+    if cfg.groups.contains(&ParamGroup::UntiedLmHead) {
+        untie(student)?;
+    }
+    let groups = cfg.groups.clone();
+    let vars = make_trainable(student, &|n| groups.iter().any(|g| g.selects(n)))?;
+    if vars.is_empty() {
+        candle_core::bail!("distill: the chosen parameter groups select no weights");
+    }
+    let mut r = rng(cfg.seed);
+    let dev = student.device().clone();
+    let temp = cfg.temperature;
+    let log = train(
+        student,
+        &vars,
+        &cfg.train,
+        &mut |s, _| {
+            let x = stream.sample_windows(cfg.batch, cfg.seq_len, &mut r, &dev)?;
+            let t = teacher.forward(&x.to_device(teacher.device())?, None)?.to_device(&dev)?.detach();
+            Ok((kd_loss(&t, &s.forward(&x, None)?, temp)?, cfg.batch * cfg.seq_len))
+        },
+        &mut |s| {
+            let mut tot = 0.0;
+            for x in val {
+                let t = teacher.forward(&x.to_device(teacher.device())?, None)?.to_device(&dev)?;
+                tot += kd_loss(&t, &s.forward(x, None)?, 1.0)?.to_scalar::<f32>()? as f64;
+            }
+            Ok(tot / val.len().max(1) as f64)
+        },
+        "distill",
+    )?;
+    freeze(student);
+    Ok(log)
+}
+
+/// The reference pipeline's "distillation": untie lm_head and train it alone with
+/// cross-entropy on answers the teacher generated for `prompts` (20 prompts, lr 5e-6, one
+/// epoch in the original). Kept to show what it does (almost nothing) and what it costs
+/// (vocab × hidden more parameters on disk).
+pub fn reference_lm_head_step(teacher: &Exaone4, student: &mut Exaone4, prompts: &[Vec<u32>], eos: u32, lr: f64, max_new: usize) -> Result<Vec<LogPoint>> {
+    let mut seqs = vec![];
+    for p in prompts {
+        let ans = generate(teacher, std::slice::from_ref(p), &GenerateOptions::greedy(max_new, vec![eos]))?.remove(0);
+        let mut s = p.clone();
+        s.extend(&ans);
+        seqs.push((p.len(), s));
+    }
+    untie(student)?;
+    let vars = make_trainable(student, &|n| n == "lm_head.weight")?;
+    let dev = student.device().clone();
+    let cfg = TrainConfig { steps: seqs.len(), lr, warmup_steps: 0, min_lr_ratio: 1.0, weight_decay: 0.0, ..Default::default() };
+    let log = train(
+        student,
+        &vars,
+        &cfg,
+        &mut |s, step| {
+            let (plen, seq) = (seqs[step].0, &seqs[step].1);
+            let n = seq.len();
+            let x = Tensor::from_vec(seq[..n - 1].to_vec(), (1, n - 1), &dev)?;
+            let y = Tensor::from_vec(seq[plen..].to_vec(), n - plen, &dev)?;
+            let logits = s.forward(&x, None)?.squeeze(0)?.narrow(0, plen - 1, n - plen)?;
+            Ok((candle_nn::loss::cross_entropy(&logits, &y)?, n - plen))
+        },
+        &mut |_| Ok(f64::NAN),
+        "lm_head (reference)",
+    )?;
+    freeze(student);
+    Ok(log)
+}

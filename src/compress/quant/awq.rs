@@ -1,0 +1,106 @@
+//! AWQ for EXAONE 4: per-channel scales that move quantization difficulty from a Linear's
+//! inputs into its weights, found by grid search on calibration activations, then RTN.
+//! EXAONE 4 is post-norm, so only up→down and v→o can absorb a scale. llm-compressor skips v→o
+//! under GQA (v_proj has fewer outputs than o_proj inputs); here it is done exactly: o_proj
+//! input column h·d + j shares the scale of v_proj row kv·d + j for the query heads h of kv.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::{rtn::rtn_values, to_f32_matrix, Scheme};
+
+#[derive(Clone, Debug)]
+pub struct AwqConfig {
+    pub grid: usize,
+    /// also smooth v→o (GQA-aware); false reproduces llm-compressor's up→down only
+    pub v_to_o: bool,
+}
+
+impl Default for AwqConfig {
+    fn default() -> Self {
+        Self { grid: 20, v_to_o: true }
+    }
+}
+
+/// Mean over rows of |W| normalised per group by the group's max: AWQ's weight statistic [in].
+fn w_mean(w: &[f32], out: usize, inp: usize, group: usize) -> Vec<f32> {
+    let mut m = vec![0f32; inp];
+    for r in 0..out {
+        for g0 in (0..inp).step_by(group) {
+            let g1 = (g0 + group).min(inp);
+            let row = &w[r * inp + g0..r * inp + g1];
+            let mx = row.iter().fold(0f32, |a, &x| a.max(x.abs())) + 1e-6;
+            for (k, &x) in row.iter().enumerate() {
+                m[g0 + k] += x.abs() / mx;
+            }
+        }
+    }
+    m.iter_mut().for_each(|x| *x /= out as f32);
+    m
+}
+
+/// Output MSE of x Wᵀ against x Q(W·s)ᵀ/s for the balance layer `w` [out, in] on rows `x`.
+fn loss(x: &Tensor, w: &[f32], out: usize, inp: usize, s: &[f32], scheme: &Scheme, reference: &Tensor) -> Result<f64> {
+    let mut ws = w.to_vec();
+    for r in 0..out {
+        for c in 0..inp {
+            ws[r * inp + c] *= s[c];
+        }
+    }
+    let q = rtn_values(&ws, out, inp, &scheme.weights).dequantized();
+    let back: Vec<f32> = q.iter().enumerate().map(|(k, &v)| v / s[k % inp]).collect();
+    let wt = Tensor::from_vec(back, (out, inp), x.device())?;
+    let y = x.matmul(&wt.t()?)?;
+    (y - reference)?.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+/// Grid-searches the scale for balance layer `w` [out, in] whose inputs are `x` [rows, in],
+/// with per-channel activation means `x_mean` [in]. `tie` maps each of the `k` free scales to
+/// the input columns it multiplies (identity for up→down, the GQA expansion for v→o).
+/// Returns the `k` scales (1.0 = no change is among the candidates at ratio 0 only if it wins).
+pub fn search(x: &Tensor, w: &Tensor, x_mean: &[f32], tie: &[usize], k: usize, scheme: &Scheme, cfg: &AwqConfig) -> Result<(Vec<f32>, f64, f64)> {
+    let (wv, out, inp) = to_f32_matrix(w)?;
+    let group = scheme.weights.group_size(inp);
+    let wm_full = w_mean(&wv, out, inp, group);
+    // reduce column statistics to the k free scales
+    let reduce = |v: &[f32]| -> Vec<f32> {
+        let mut s = vec![0f32; k];
+        let mut n = vec![0f32; k];
+        for (c, &t) in tie.iter().enumerate() {
+            s[t] += v[c];
+            n[t] += 1.0;
+        }
+        s.iter().zip(&n).map(|(a, b)| a / b).collect()
+    };
+    let (xm, wm) = (reduce(x_mean), reduce(&wm_full));
+    let x = x.to_dtype(DType::F32)?;
+    let reference = x.matmul(&Tensor::from_vec(wv.clone(), (out, inp), x.device())?.t()?)?;
+    let ones = vec![1f32; inp];
+    let base_loss = loss(&x, &wv, out, inp, &ones, scheme, &reference)?;
+    let (mut best, mut best_loss) = (vec![1f32; k], base_loss);
+    for i in 0..cfg.grid {
+        let r = i as f32 / cfg.grid as f32;
+        let mut s: Vec<f32> = xm.iter().zip(&wm).map(|(&a, &b)| (a.powf(r) / (b.powf(1.0 - r) + 1e-4)).max(1e-4)).collect();
+        let (mx, mn) = s.iter().fold((f32::MIN, f32::MAX), |(a, b), &v| (a.max(v), b.min(v)));
+        let norm = (mx * mn).sqrt();
+        s.iter_mut().for_each(|v| *v /= norm);
+        let full: Vec<f32> = tie.iter().map(|&t| s[t]).collect();
+        let l = loss(&x, &wv, out, inp, &full, scheme, &reference)?;
+        if l < best_loss {
+            best_loss = l;
+            best = s;
+        }
+    }
+    Ok((best, base_loss, best_loss))
+}
+
+/// Multiplies columns of `w` [out, in] by `s_cols` and returns the new weight.
+pub fn scale_columns(w: &Tensor, s_cols: &[f32]) -> Result<Tensor> {
+    let s = Tensor::from_vec(s_cols.to_vec(), (1, s_cols.len()), &Device::Cpu)?.to_dtype(w.dtype())?.to_device(w.device())?;
+    w.broadcast_mul(&s)
+}
+
+/// Divides rows of `w` [out, in] by `s_rows`.
+pub fn unscale_rows(w: &Tensor, s_rows: &[f32]) -> Result<Tensor> {
+    let s = Tensor::from_vec(s_rows.to_vec(), (s_rows.len(), 1), &Device::Cpu)?.to_dtype(w.dtype())?.to_device(w.device())?;
+    w.broadcast_div(&s)
+}

@@ -1,0 +1,74 @@
+//! Speed as the competition measures it: time per generated token (decode, batch 1) with
+//! warm-up and repeats, reported as median and spread; prefill throughput; model load time is
+//! measured by the caller, separately.
+
+use std::time::Instant;
+
+use candle_core::{Result, Tensor};
+
+use crate::model::Exaone4;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Timing {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub repeats: usize,
+}
+
+impl Timing {
+    pub fn from(mut v: Vec<f64>) -> Self {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) };
+        Self { median, min: v[0], max: v[n - 1], repeats: n }
+    }
+    /// (max − min) / median: the relative spread
+    pub fn spread(&self) -> f64 {
+        (self.max - self.min) / self.median
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Speed {
+    /// seconds per generated token at batch 1 (the competition's T)
+    pub decode_s_per_token: Timing,
+    /// prompt tokens per second
+    pub prefill_tokens_per_s: Timing,
+}
+
+fn sync(model: &Exaone4) -> Result<()> {
+    model.device().synchronize()
+}
+
+/// Decodes `new_tokens` after a `prompt_len` prompt, `repeats` times after `warmup` runs.
+pub fn measure(model: &Exaone4, prompt_len: usize, new_tokens: usize, warmup: usize, repeats: usize) -> Result<Speed> {
+    let dev = model.device().clone();
+    let prompt: Vec<u32> = (0..prompt_len).map(|i| (4 + (i * 7919) % (model.config.vocab_size - 4)) as u32).collect();
+    let mut dec = vec![];
+    let mut pre = vec![];
+    for run in 0..warmup + repeats {
+        let mut cache = model.new_cache(1, prompt_len + new_tokens + 1, vec![0])?;
+        let x = Tensor::from_vec(prompt.clone(), (1, prompt_len), &dev)?;
+        sync(model)?;
+        let t0 = Instant::now();
+        let h = model.forward_hidden(&x, Some(&mut cache))?;
+        let mut next = model.logits(&h.narrow(1, prompt_len - 1, 1)?)?.argmax(candle_core::D::Minus1)?;
+        sync(model)?;
+        let t_pre = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..new_tokens {
+            let id = next.flatten_all()?.to_vec1::<u32>()?[0];
+            let x = Tensor::from_vec(vec![id], (1, 1), &dev)?;
+            let h = model.forward_hidden(&x, Some(&mut cache))?;
+            next = model.logits(&h)?.argmax(candle_core::D::Minus1)?;
+        }
+        let _ = next.flatten_all()?.to_vec1::<u32>()?;
+        let t_dec = t1.elapsed().as_secs_f64();
+        if run >= warmup {
+            pre.push(prompt_len as f64 / t_pre);
+            dec.push(t_dec / new_tokens as f64);
+        }
+    }
+    Ok(Speed { decode_s_per_token: Timing::from(dec), prefill_tokens_per_s: Timing::from(pre) })
+}
