@@ -110,3 +110,85 @@ pub fn line_chart(
     root.present()?;
     Ok(())
 }
+
+/// A labelled point with an optional vertical error bar.
+pub struct Point {
+    pub label: String,
+    pub x: f64,
+    pub y: f64,
+    pub y_err: Option<f64>,
+}
+
+/// Indices of the Pareto-optimal points when lower x and lower y are both better.
+pub fn pareto_front(points: &[Point]) -> Vec<usize> {
+    let mut front: Vec<usize> = (0..points.len())
+        .filter(|&i| {
+            !points.iter().enumerate().any(|(j, q)| {
+                j != i && q.x <= points[i].x && q.y <= points[i].y && (q.x < points[i].x || q.y < points[i].y)
+            })
+        })
+        .collect();
+    front.sort_by(|&a, &b| points[a].x.total_cmp(&points[b].x));
+    front
+}
+
+/// Points with labels and error bars; the Pareto front (lower x, lower y better) is joined by a line.
+pub fn scatter_pareto(path: &Path, title: &str, x_label: &str, y_label: &str, points: &[Point]) -> ChartResult<()> {
+    ensure_font();
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let xs = points.iter().map(|p| p.x).filter(|x| x.is_finite());
+    let ys = points.iter().flat_map(|p| [p.y - p.y_err.unwrap_or(0.0), p.y + p.y_err.unwrap_or(0.0)]).filter(|y| y.is_finite());
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    let (px, py) = (((x1 - x0) * 0.15).max(1e-9), ((y1 - y0) * 0.1).max(1e-9));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style(("sans-serif", 14)).draw()?;
+    let front = pareto_front(points);
+    chart
+        .draw_series(LineSeries::new(front.iter().map(|&i| (points[i].x, points[i].y)), RED.stroke_width(2)))?
+        .label("Pareto front (lower is better on both axes)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
+    for (i, p) in points.iter().enumerate() {
+        let c = if front.contains(&i) { RED.to_rgba() } else { BLUE.to_rgba() };
+        if let Some(e) = p.y_err {
+            chart.draw_series(std::iter::once(ErrorBar::new_vertical(p.x, p.y - e, p.y, p.y + e, c.stroke_width(1), 8)))?;
+        }
+        chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 5, c.filled())))?;
+        chart.draw_series(std::iter::once(Text::new(p.label.clone(), (p.x, p.y), ("sans-serif", 13).into_font())))?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Vertical bars, one per label.
+pub fn bars(path: &Path, title: &str, x_label: &str, y_label: &str, values: &[(String, f64)]) -> ChartResult<()> {
+    ensure_font();
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let ymax = values.iter().map(|v| v.1).fold(0f64, f64::max).max(1e-12) * 1.1;
+    let n = values.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_labels(n)
+        .x_label_formatter(&|x| values.get(x.floor() as usize).map(|v| v.0.clone()).unwrap_or_default())
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    chart.draw_series(values.iter().enumerate().map(|(i, v)| Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, v.1)], BLUE.mix(0.7).filled())))?;
+    root.present()?;
+    Ok(())
+}

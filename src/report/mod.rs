@@ -1,4 +1,5 @@
 //! Reports: markdown and PNG charts drawn from results.
 
 pub mod chart;
+pub mod study;
 pub mod train;

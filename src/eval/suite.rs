@@ -1,0 +1,116 @@
+//! One evaluation of one variant, every measure at once, recorded as rows: the unit the
+//! experiment binaries compose.
+
+use std::path::Path;
+
+
+use super::{divergence, measure_speed, multiple_choice, perplexity, McItem};
+use crate::data::TokenStream;
+use crate::model::{Exaone4, Tokenizer};
+use crate::record::Results;
+
+/// What every variant is measured on.
+pub struct Suite {
+    pub tokenizer: Tokenizer,
+    /// perplexity text (a prefix of the test split)
+    pub test: TokenStream,
+    pub ppl_window: usize,
+    /// sequences for KL to the base
+    pub kl_sequences: Vec<Vec<u32>>,
+    pub mc_items: Vec<McItem>,
+    pub speed_prompt: usize,
+    pub speed_new_tokens: usize,
+    pub speed_warmup: usize,
+    pub speed_repeats: usize,
+    pub batch: usize,
+}
+
+/// Weight bytes a decoder step reads: every Linear's stored weights (+ scales), norms, and the
+/// lm_head (the embedding lookup reads one row). `bits(prefix)` gives a Linear's weight bits and
+/// the group size of its scales (None: dense bf16).
+pub fn weight_bytes_per_token(model: &Exaone4, bits: &dyn Fn(&str) -> Option<(u32, usize)>) -> f64 {
+    let mut total = 0f64;
+    for (name, t) in model.named_tensors() {
+        let n = t.elem_count() as f64;
+        if name == "model.embed_tokens.weight" {
+            if model.lm_head.is_none() {
+                total += 2.0 * n; // tied: the lm_head reads the whole matrix
+            }
+            continue;
+        }
+        let prefix = name.strip_suffix(".weight").unwrap_or(&name);
+        total += match bits(prefix) {
+            Some((b, group)) => n * b as f64 / 8.0 + 2.0 * n / group as f64,
+            None => 2.0 * n,
+        };
+    }
+    total
+}
+
+/// Directory size in bytes.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()).unwrap_or(0)
+}
+
+impl Suite {
+    /// Measures `model` against `base` and adds the rows for `variant`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate(
+        &self,
+        results: &mut Results,
+        variant: &str,
+        method: &str,
+        params: &serde_json::Value,
+        base: &Exaone4,
+        model: &Exaone4,
+        size_bytes: u64,
+        weight_bytes: f64,
+    ) -> crate::checkpoint::Result<()> {
+        let add = |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| r.add(variant, method, params, m, v, s, u);
+        add(results, "layers", model.layers.len() as f64, None, "");
+        add(results, "parameters", model.config.num_parameters() as f64, None, "");
+        add(results, "size_mib", size_bytes as f64 / (1u64 << 20) as f64, None, "MiB");
+        add(results, "weight_mb_per_token", weight_bytes / 1e6, None, "MB");
+        let p = perplexity(model, &self.test, self.ppl_window, self.ppl_window / 2, self.batch, None)?;
+        // s.e. of mean NLL carried to the perplexity scale (first order)
+        add(results, "test_ppl", p.ppl, Some(p.ppl * p.nll_stderr), "");
+        add(results, "test_bits_per_byte", p.bits_per_byte, None, "bits");
+        let d = divergence(base, model, &self.kl_sequences, self.batch, None)?;
+        add(results, "kl_mean", d.kl_mean, Some(d.kl_stderr), "nats");
+        add(results, "kl_p99", d.kl_p99, None, "nats");
+        add(results, "top1", d.top1, None, "");
+        if !self.mc_items.is_empty() {
+            let mc = multiple_choice(model, &self.tokenizer, &self.mc_items)?;
+            add(results, "mc_acc", mc.acc, Some(mc.acc_stderr), "");
+            add(results, "mc_acc_norm", mc.acc_norm, None, "");
+            add(results, "mc_chance", mc.chance, None, "");
+        }
+        if self.speed_repeats > 0 {
+            let s = measure_speed(model, self.speed_prompt, self.speed_new_tokens, self.speed_warmup, self.speed_repeats)?;
+            let t = &s.decode_s_per_token;
+            add(results, "decode_ms_per_token", 1e3 * t.median, Some(1e3 * (t.max - t.min)), "ms");
+            add(results, "decode_ms_min", 1e3 * t.min, None, "ms");
+            add(results, "prefill_tokens_per_s", s.prefill_tokens_per_s.median, Some(s.prefill_tokens_per_s.max - s.prefill_tokens_per_s.min), "tokens/s");
+        }
+        Ok(())
+    }
+}
+
+/// Adds PerfNorm, SpeedNorm and Score for every variant against `base_variant`:
+/// PerfNorm = base ppl / variant ppl (a perplexity proxy for accuracy), SpeedNorm from the
+/// predicted time per token (weight bytes), Score = ½·PerfNorm + ½·SpeedNorm.
+pub fn add_scores(results: &mut Results, base_variant: &str) {
+    let (Some(bp), Some(bb)) = (results.get(base_variant, "test_ppl"), results.get(base_variant, "weight_mb_per_token")) else { return };
+    for v in results.variants() {
+        let (Some(p), Some(b)) = (results.get(&v, "test_ppl"), results.get(&v, "weight_mb_per_token")) else { continue };
+        let method = results.method_of(&v);
+        let perf = bp / p;
+        let speedup = bb / b;
+        let speed = (1.0 - 1.0 / speedup).max(-1.0);
+        let params = serde_json::json!({});
+        results.add(&v, &method, &params, "predicted_speedup", speedup, None, "×");
+        results.add(&v, &method, &params, "perf_norm", perf, None, "");
+        results.add(&v, &method, &params, "speed_norm", speed, None, "");
+        results.add(&v, &method, &params, "score", 0.5 * perf + 0.5 * speed, None, "");
+    }
+}

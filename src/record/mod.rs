@@ -1,0 +1,151 @@
+//! Results as data: one long table (a row per variant × metric) with everything needed to
+//! regenerate a report from the file alone — what produced the number, where, when, and how
+//! noisy it is. Stored as parquet (and CSV for humans) through polars.
+//!
+//! Schema (all columns always present):
+//! | column | type | meaning |
+//! |---|---|---|
+//! | experiment | str | e.g. `eight_cases` |
+//! | variant | str | e.g. `pruned+quantized` |
+//! | method | str | the pipeline, e.g. `drop[kl,1] → gptq[W4A16-g128-sym]` |
+//! | params | str | JSON of the method's parameters |
+//! | metric | str | e.g. `test_ppl`, `kl_mean`, `decode_ms_per_token` |
+//! | value | f64 | the figure |
+//! | spread | f64 (null) | its uncertainty: a standard error, or (max−min) of repeats |
+//! | unit | str | e.g. `ms`, `nats`, `MiB`, `` |
+//! | device | str | where it was measured |
+//! | model | str | the base model directory |
+//! | commit | str | git commit of the code |
+//! | timestamp | str | RFC 3339 UTC |
+
+use std::path::Path;
+
+use polars::prelude::*;
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub variant: String,
+    pub method: String,
+    pub params: String,
+    pub metric: String,
+    pub value: f64,
+    pub spread: Option<f64>,
+    pub unit: String,
+}
+
+/// A table under construction, with the context every row shares.
+#[derive(Clone, Debug)]
+pub struct Results {
+    pub experiment: String,
+    pub device: String,
+    pub model: String,
+    pub commit: String,
+    pub timestamp: String,
+    pub rows: Vec<Row>,
+}
+
+/// The current git commit (short), or "unknown".
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Now, as RFC 3339 UTC (seconds).
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // civil from days (Howard Hinnant's algorithm)
+    let z = days as i64 + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+impl Results {
+    pub fn new(experiment: &str, device: &str, model: &str) -> Self {
+        Self { experiment: experiment.into(), device: device.into(), model: model.into(), commit: git_commit(), timestamp: now_utc(), rows: vec![] }
+    }
+
+    pub fn add(&mut self, variant: &str, method: &str, params: &serde_json::Value, metric: &str, value: f64, spread: Option<f64>, unit: &str) {
+        self.rows.push(Row { variant: variant.into(), method: method.into(), params: params.to_string(), metric: metric.into(), value, spread, unit: unit.into() });
+    }
+
+    /// The value of `metric` for `variant`, if recorded.
+    pub fn get(&self, variant: &str, metric: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.variant == variant && r.metric == metric).map(|r| r.value)
+    }
+
+    pub fn spread(&self, variant: &str, metric: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.variant == variant && r.metric == metric).and_then(|r| r.spread)
+    }
+
+    /// Variants in the order first recorded.
+    pub fn variants(&self) -> Vec<String> {
+        let mut v: Vec<String> = vec![];
+        for r in &self.rows {
+            if !v.contains(&r.variant) {
+                v.push(r.variant.clone());
+            }
+        }
+        v
+    }
+
+    pub fn method_of(&self, variant: &str) -> String {
+        self.rows.iter().find(|r| r.variant == variant).map(|r| r.method.clone()).unwrap_or_default()
+    }
+
+    pub fn to_dataframe(&self) -> PolarsResult<DataFrame> {
+        let n = self.rows.len();
+        let col = |f: &dyn Fn(&Row) -> String| -> Vec<String> { self.rows.iter().map(f).collect() };
+        df!(
+            "experiment" => vec![self.experiment.clone(); n],
+            "variant" => col(&|r| r.variant.clone()),
+            "method" => col(&|r| r.method.clone()),
+            "params" => col(&|r| r.params.clone()),
+            "metric" => col(&|r| r.metric.clone()),
+            "value" => self.rows.iter().map(|r| r.value).collect::<Vec<f64>>(),
+            "spread" => self.rows.iter().map(|r| r.spread).collect::<Vec<Option<f64>>>(),
+            "unit" => col(&|r| r.unit.clone()),
+            "device" => vec![self.device.clone(); n],
+            "model" => vec![self.model.clone(); n],
+            "commit" => vec![self.commit.clone(); n],
+            "timestamp" => vec![self.timestamp.clone(); n],
+        )
+    }
+
+    /// Writes `dir/results.parquet` and `dir/results.csv`.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut df = self.to_dataframe()?;
+        ParquetWriter::new(std::fs::File::create(dir.join("results.parquet"))?).finish(&mut df)?;
+        CsvWriter::new(std::fs::File::create(dir.join("results.csv"))?).finish(&mut df)?;
+        Ok(())
+    }
+
+    /// Reads a results.parquet back (for regenerating a report from the file alone).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let df = ParquetReader::new(std::fs::File::open(path)?).finish()?;
+        let s = |c: &str| -> anyhow::Result<Vec<String>> { Ok(df.column(c)?.str()?.iter().map(|x| x.unwrap_or("").to_string()).collect()) };
+        let (variant, method, params, metric, unit) = (s("variant")?, s("method")?, s("params")?, s("metric")?, s("unit")?);
+        let value: Vec<f64> = df.column("value")?.f64()?.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+        let spread: Vec<Option<f64>> = df.column("spread")?.f64()?.iter().collect();
+        let first = |c: &str| -> anyhow::Result<String> { Ok(s(c)?.first().cloned().unwrap_or_default()) };
+        let rows = (0..value.len())
+            .map(|i| Row { variant: variant[i].clone(), method: method[i].clone(), params: params[i].clone(), metric: metric[i].clone(), value: value[i], spread: spread[i], unit: unit[i].clone() })
+            .collect();
+        Ok(Self { experiment: first("experiment")?, device: first("device")?, model: first("model")?, commit: first("commit")?, timestamp: first("timestamp")?, rows })
+    }
+}

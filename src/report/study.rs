@@ -1,0 +1,165 @@
+//! The report of a compression study, drawn from its results table alone: what was run, one
+//! row per variant, charts, a recommendation per objective, and how noisy each figure is.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::chart::{bars, pareto_front, scatter_pareto, Point};
+use crate::record::Results;
+
+/// How to render: `redact_timings` replaces every time-derived figure (for snapshot tests).
+#[derive(Clone, Debug, Default)]
+pub struct ReportOptions {
+    pub title: String,
+    pub command: String,
+    pub notes: Vec<String>,
+    pub redact_timings: bool,
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+fn timed(o: &ReportOptions, s: String) -> String {
+    if o.redact_timings {
+        "[timing]".into()
+    } else {
+        s
+    }
+}
+
+/// The markdown text of the report.
+pub fn markdown(r: &Results, o: &ReportOptions) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# {}\n", o.title);
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let _ = writeln!(md, "| command | `{}` |", o.command);
+    let _ = writeln!(md, "| model | `{}` |", r.model);
+    let _ = writeln!(md, "| device | {} |", r.device);
+    let _ = writeln!(md, "| commit | {} |", if o.redact_timings { "[commit]".to_string() } else { r.commit.clone() });
+    let _ = writeln!(md, "| when | {} |", if o.redact_timings { "[timestamp]".to_string() } else { r.timestamp.clone() });
+    let _ = writeln!(md, "| results | `results.parquet` (long format, one row per variant × metric; `results.csv` the same) |\n");
+    for n in &o.notes {
+        let _ = writeln!(md, "> {n}\n");
+    }
+    let _ = writeln!(md, "## Results\n");
+    let _ = writeln!(
+        md,
+        "| variant | method | layers | size (MiB) | weight bytes/token (MB) | test ppl (± s.e.) | KL to base (nats, mean ± s.e.) | KL p99 | top-1 agree | MC acc | decode ms/token (median [min–max]) | predicted speed-up (bytes) | PerfNorm | SpeedNorm | Score |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for v in r.variants() {
+        let g = |m: &str| r.get(&v, m);
+        let ppl = g("test_ppl");
+        let ppl_se = r.spread(&v, "test_ppl");
+        let dec = g("decode_ms_per_token");
+        let dec_s = timed(o, match (dec, r.spread(&v, "decode_ms_per_token")) {
+            (Some(d), Some(s)) => format!("{d:.3} [{:.3}–{:.3}]", g("decode_ms_min").unwrap_or(d), g("decode_ms_min").unwrap_or(d) + s),
+            (Some(d), None) => format!("{d:.3}"),
+            _ => "–".into(),
+        });
+        let _ = writeln!(
+            md,
+            "| {v} | {} | {} | {} | {} | {} ± {} | {} ± {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.method_of(&v),
+            fmt(g("layers"), 0),
+            fmt(g("size_mib"), 2),
+            fmt(g("weight_mb_per_token"), 2),
+            fmt(ppl, 3),
+            fmt(ppl_se, 3),
+            fmt(g("kl_mean"), 4),
+            fmt(r.spread(&v, "kl_mean"), 4),
+            fmt(g("kl_p99"), 3),
+            fmt(g("top1"), 3),
+            fmt(g("mc_acc"), 3),
+            dec_s,
+            fmt(g("predicted_speedup"), 2),
+            fmt(g("perf_norm"), 3),
+            timed(o, fmt(g("speed_norm"), 3)),
+            timed(o, fmt(g("score"), 3)),
+        );
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(md, "![quality vs size](quality_vs_size.png)\n");
+    let _ = writeln!(md, "![quality vs time per token](quality_vs_time.png)\n");
+    let _ = writeln!(md, "![perplexity per variant](perplexity.png)\n");
+    if r.rows.iter().any(|x| x.metric.starts_with("drop_one_kl_layer_")) {
+        let _ = writeln!(md, "![drop-one KL per layer](layer_importance.png)\n");
+    }
+    let _ = writeln!(md, "## Recommendation\n");
+    for line in recommend(r, o) {
+        let _ = writeln!(md, "- {line}");
+    }
+    let _ = writeln!(md, "\n## How noisy these figures are\n");
+    let _ = writeln!(md, "- Perplexity: ± is the standard error of the mean NLL over scoring windows, shown on the perplexity scale; differences smaller than about twice the larger ± are not significant.");
+    let _ = writeln!(md, "- KL: mean over every scored position against the base model's next-token distribution, ± the standard error over sequences; p99 is the 99th percentile per position.");
+    let _ = writeln!(md, "- MC accuracy: log-likelihood choice on the shipped multiple-choice items; its binomial standard error is in the parquet (`spread`). A small model sits near chance, so PerfNorm here uses perplexity (base ppl / variant ppl) unless stated otherwise.");
+    let _ = writeln!(md, "- Time per token: median of repeated timed decodes after warm-up on the device named above; the bracket is [min–max]. Quantized variants run here with dequantized weights (a quality emulation), so their measured time is the dense model's: the predicted speed-up column (weight bytes read per decoded token, base ÷ variant) is what ranks them on a bandwidth-bound GPU such as the evaluation's L4.");
+    let _ = writeln!(md, "- The competition server itself scored identical submissions up to ±0.1 apart: treat Score differences below that as noise.");
+    md
+}
+
+fn recommend(r: &Results, o: &ReportOptions) -> Vec<String> {
+    let vs: Vec<String> = r.variants().into_iter().filter(|v| v != "original").collect();
+    let mut out = vec![];
+    let best = |key: &dyn Fn(&String) -> Option<f64>| -> Option<String> {
+        vs.iter().filter_map(|v| key(v).filter(|x| x.is_finite()).map(|k| (v.clone(), k))).min_by(|a, b| a.1.total_cmp(&b.1)).map(|x| x.0)
+    };
+    if let Some(v) = best(&|v| r.get(v, "kl_mean")) {
+        out.push(format!("quality-first: **{v}** — the lowest KL to the base ({:.4} nats/token), test ppl {:.3}.", r.get(&v, "kl_mean").unwrap_or(f64::NAN), r.get(&v, "test_ppl").unwrap_or(f64::NAN)));
+    }
+    let base_ppl = r.get("original", "test_ppl").unwrap_or(f64::NAN);
+    if let Some(v) = best(&|v| {
+        let ok = r.get(v, "test_ppl").map(|p| p <= base_ppl * 1.10).unwrap_or(false);
+        if ok { r.get(v, "predicted_speedup").map(|s| -s) } else { None }
+    }) {
+        out.push(format!(
+            "speed-first (within 10% of the base's perplexity): **{v}** — predicted {:.2}× fewer weight bytes per decoded token.",
+            r.get(&v, "predicted_speedup").unwrap_or(f64::NAN)
+        ));
+    }
+    if let Some(v) = best(&|v| {
+        let ok = r.get(v, "test_ppl").map(|p| p <= base_ppl * 1.10).unwrap_or(false);
+        if ok { r.get(v, "size_mib") } else { None }
+    }) {
+        out.push(format!("size-first (within 10% of the base's perplexity): **{v}** — {:.2} MiB on disk.", r.get(&v, "size_mib").unwrap_or(f64::NAN)));
+    }
+    if !o.redact_timings {
+        if let Some(v) = best(&|v| r.get(v, "score").map(|s| -s)) {
+            out.push(format!("competition proxy (0.5·PerfNorm + 0.5·SpeedNorm with the predicted speed-up): **{v}**, Score {:.3}.", r.get(&v, "score").unwrap_or(f64::NAN)));
+        }
+    }
+    out
+}
+
+/// Writes README.md and the charts into `dir`.
+pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let pts = |x_metric: &str| -> Vec<Point> {
+        r.variants()
+            .into_iter()
+            .filter_map(|v| {
+                Some(Point { label: v.clone(), x: r.get(&v, x_metric)?, y: r.get(&v, "test_ppl")?, y_err: r.spread(&v, "test_ppl") })
+            })
+            .collect()
+    };
+    let e = |x: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("chart: {x}");
+    scatter_pareto(&dir.join("quality_vs_size.png"), "Quality vs size", "size on disk (MiB)", "test perplexity", &pts("size_mib")).map_err(e)?;
+    scatter_pareto(&dir.join("quality_vs_time.png"), "Quality vs predicted time per token", "weight bytes read per decoded token (MB)", "test perplexity", &pts("weight_mb_per_token")).map_err(e)?;
+    let ppl: Vec<(String, f64)> = r.variants().into_iter().filter_map(|v| Some((v.clone(), r.get(&v, "test_ppl")?))).collect();
+    bars(&dir.join("perplexity.png"), "Test perplexity per variant", "variant", "perplexity", &ppl).map_err(e)?;
+    let layers: Vec<(String, f64)> = r
+        .rows
+        .iter()
+        .filter_map(|x| x.metric.strip_prefix("drop_one_kl_layer_").map(|i| (i.to_string(), x.value)))
+        .collect();
+    if !layers.is_empty() {
+        bars(&dir.join("layer_importance.png"), "KL to the full model when one layer is dropped", "layer", "KL (nats/token)", &layers).map_err(e)?;
+    }
+    std::fs::write(dir.join("README.md"), markdown(r, o))?;
+    let _ = pareto_front;
+    Ok(())
+}
