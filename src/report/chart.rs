@@ -160,7 +160,7 @@ pub fn scatter_pareto(path: &Path, title: &str, x_label: &str, y_label: &str, po
             chart.draw_series(std::iter::once(ErrorBar::new_vertical(p.x, p.y - e, p.y, p.y + e, c.stroke_width(1), 8)))?;
         }
         chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 5, c.filled())))?;
-        chart.draw_series(std::iter::once(Text::new(p.label.clone(), (p.x, p.y), ("sans-serif", 13).into_font())))?;
+        chart.draw_series(std::iter::once(EmptyElement::at((p.x, p.y)) + Text::new(p.label.clone(), (8, -6), ("sans-serif", 13).into_font())))?;
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).draw()?;
     root.present()?;

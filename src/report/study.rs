@@ -103,7 +103,8 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
 }
 
 fn recommend(r: &Results, o: &ReportOptions) -> Vec<String> {
-    let vs: Vec<String> = r.variants().into_iter().filter(|v| v != "original").collect();
+    // only variants that compress something: same-size variants (distillation alone) are not options
+    let vs: Vec<String> = r.variants().into_iter().filter(|v| v != "original" && r.get(v, "predicted_speedup").unwrap_or(1.0) > 1.01).collect();
     let mut out = vec![];
     let best = |key: &dyn Fn(&String) -> Option<f64>| -> Option<String> {
         vs.iter().filter_map(|v| key(v).filter(|x| x.is_finite()).map(|k| (v.clone(), k))).min_by(|a, b| a.1.total_cmp(&b.1)).map(|x| x.0)
