@@ -14,7 +14,9 @@ use exaone_compress::checkpoint::{compressed_tensors::save_quantized, save_model
 use exaone_compress::compress::calibration::samples;
 use exaone_compress::compress::distill::{distill, DistillConfig, ParamGroup};
 use exaone_compress::compress::prune::{choose, drop_one_kl, DropRule};
-use exaone_compress::compress::quant::apply::{quantize_awq, quantize_gptq, quantize_rtn, QuantizedModel};
+use exaone_compress::compress::quant::apply::{
+    quantize_awq, quantize_gptq, quantize_rtn, QuantizedModel,
+};
 use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme, Strategy};
 use exaone_compress::data::{read_documents, split_path, TokenStream};
 use exaone_compress::device::{parse_device, parse_dtype};
@@ -66,20 +68,36 @@ fn main() -> Result<()> {
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
-    let base = Exaone4::from_dir(&dir, dtype, &device).with_context(|| format!("loading {}", dir.display()))?;
+    let base = Exaone4::from_dir(&dir, dtype, &device)
+        .with_context(|| format!("loading {}", dir.display()))?;
     // a checkpoint without a tokenizer (e.g. random weights) is measured with the default
     // model's token ids: speed is real, quality is not
-    let tok_dir = if dir.join("tokenizer.json").exists() { dir.clone() } else { default_model_dir() };
+    let tok_dir = if dir.join("tokenizer.json").exists() {
+        dir.clone()
+    } else {
+        default_model_dir()
+    };
     let tok = Tokenizer::from_dir(&tok_dir)?;
     let eos = tok.token_id("[|endofturn|]").unwrap_or(2);
-    let stream = |s: &str| -> Result<TokenStream> { Ok(TokenStream::from_lines(&tok, &read_documents(&split_path(s))?, Some(eos))?) };
+    let stream = |s: &str| -> Result<TokenStream> {
+        Ok(TokenStream::from_lines(
+            &tok,
+            &read_documents(&split_path(s))?,
+            Some(eos),
+        )?)
+    };
     let (train, val, mut test) = (stream("train")?, stream("val")?, stream("test")?);
     test.ids.truncate(a.eval_tokens);
     test.bytes = (test.bytes as f64 * a.eval_tokens as f64 / test.ids.len().max(1) as f64) as usize;
     let calib = samples(&train, a.calib_samples, a.calib_len, a.seed)?;
-    let mut mc = load_kmmlu(&exaone_compress::data::data_dir().join("benchmarks/kmmlu_criminal_law_test.json"), "kmmlu_criminal_law")?;
+    let mut mc = load_kmmlu(
+        &exaone_compress::data::data_dir().join("benchmarks/kmmlu_criminal_law_test.json"),
+        "kmmlu_criminal_law",
+    )?;
     mc.truncate(a.mc_items / 2);
-    let mut bb = load_bigbench(&exaone_compress::data::data_dir().join("benchmarks/bigbench_mc_subset.jsonl"))?;
+    let mut bb = load_bigbench(
+        &exaone_compress::data::data_dir().join("benchmarks/bigbench_mc_subset.jsonl"),
+    )?;
     bb.truncate(a.mc_items - mc.len());
     mc.extend(bb);
     let suite = Suite {
@@ -98,17 +116,34 @@ fn main() -> Result<()> {
         Some(p) => p.clone(),
         None => tempfile::tempdir()?.keep(),
     };
-    let mut results = Results::new("eight_cases", &format!("{} ({:?})", a.device, dtype), &dir.display().to_string());
+    let mut results = Results::new(
+        "eight_cases",
+        &format!("{} ({:?})", a.device, dtype),
+        &dir.display().to_string(),
+    );
     let mut log: Vec<String> = vec![];
 
     // what each step does, shared by the combinations
     let w4 = Scheme::w4a16(128, true);
     let w8 = Scheme::w8a8_int8();
-    let gptq = |m: &Exaone4, log: &mut Vec<String>| quantize_gptq(m, &w4, &calib, &GptqConfig::default(), &|_| false, log);
-    let kd_val: Vec<_> = calib.iter().take(2).map(|s| candle_core::Tensor::from_vec(s.clone(), (1, s.len()), &device)).collect::<candle_core::Result<_>>()?;
+    let gptq = |m: &Exaone4, log: &mut Vec<String>| {
+        quantize_gptq(m, &w4, &calib, &GptqConfig::default(), &|_| false, log)
+    };
+    let kd_val: Vec<_> = calib
+        .iter()
+        .take(2)
+        .map(|s| candle_core::Tensor::from_vec(s.clone(), (1, s.len()), &device))
+        .collect::<candle_core::Result<_>>()?;
     let heal = |student: &mut Exaone4| -> Result<()> {
         let cfg = DistillConfig {
-            train: TrainConfig { steps: a.distill_steps, lr: 1e-3, warmup_steps: a.distill_steps / 10, weight_decay: 0.0, eval_every: 0, ..Default::default() },
+            train: TrainConfig {
+                steps: a.distill_steps,
+                lr: 1e-3,
+                warmup_steps: a.distill_steps / 10,
+                weight_decay: 0.0,
+                eval_every: 0,
+                ..Default::default()
+            },
             temperature: 1.0,
             groups: vec![ParamGroup::Norms],
             batch: 8,
@@ -118,23 +153,62 @@ fn main() -> Result<()> {
         distill(&base, student, &train, &kd_val, &cfg)?;
         Ok(())
     };
-    let layer_kl = drop_one_kl(&base, &suite.kl_sequences[..4.min(suite.kl_sequences.len())], 4)?;
+    let layer_kl = drop_one_kl(
+        &base,
+        &suite.kl_sequences[..4.min(suite.kl_sequences.len())],
+        4,
+    )?;
     for (i, k) in layer_kl.iter().enumerate() {
-        results.add("original", "none", &json!({}), &format!("drop_one_kl_layer_{i}"), *k, None, "nats");
+        results.add(
+            "original",
+            "none",
+            &json!({}),
+            &format!("drop_one_kl_layer_{i}"),
+            *k,
+            None,
+            "nats",
+        );
     }
-    let drop = choose(&base, &DropRule::Explicit(exaone_compress::compress::prune::lowest(&layer_kl, a.drop_layers)), None)?;
-    let kept: Vec<usize> = (0..base.layers.len()).filter(|i| !drop.contains(i)).collect();
+    let drop = choose(
+        &base,
+        &DropRule::Explicit(exaone_compress::compress::prune::lowest(
+            &layer_kl,
+            a.drop_layers,
+        )),
+        None,
+    )?;
+    let kept: Vec<usize> = (0..base.layers.len())
+        .filter(|i| !drop.contains(i))
+        .collect();
     let prune = |m: &Exaone4| m.with_layers(&kept);
 
     // evaluate and size one variant
-    let run = |name: &str, method: String, params: serde_json::Value, model: &Exaone4, q: Option<&QuantizedModel>, results: &mut Results| -> Result<()> {
+    let run = |name: &str,
+               method: String,
+               params: serde_json::Value,
+               model: &Exaone4,
+               q: Option<&QuantizedModel>,
+               results: &mut Results|
+     -> Result<()> {
         let out = ck_root.join(name.replace(['+', ' '], "_"));
-        let opts = WriteOptions { side_files_from: Some(tok_dir.clone()), overwrite: true, ..Default::default() };
+        let opts = WriteOptions {
+            side_files_from: Some(tok_dir.clone()),
+            overwrite: true,
+            ..Default::default()
+        };
         let bits: BTreeMap<String, (u32, usize)> = match q {
             Some(q) => {
                 save_quantized(q, &out, &opts)?;
-                let g = match q.scheme.weights.strategy { Strategy::Group(g) => g, Strategy::Channel => model.config.hidden_size.max(model.config.intermediate_size) };
-                q.linears.keys().map(|p| (p.clone(), (q.scheme.weights.num_bits, g))).collect()
+                let g = match q.scheme.weights.strategy {
+                    Strategy::Group(g) => g,
+                    Strategy::Channel => {
+                        model.config.hidden_size.max(model.config.intermediate_size)
+                    }
+                };
+                q.linears
+                    .keys()
+                    .map(|p| (p.clone(), (q.scheme.weights.num_bits, g)))
+                    .collect()
             }
             None => {
                 save_model(model, &out, Some(candle_core::DType::BF16), &opts)?;
@@ -143,44 +217,151 @@ fn main() -> Result<()> {
         };
         let wb = weight_bytes_per_token(model, &|p| bits.get(p).copied());
         eprintln!("evaluating {name} ({method})");
-        suite.evaluate(results, name, &method, &params, &base, model, dir_bytes(&out), wb)?;
+        suite.evaluate(
+            results,
+            name,
+            &method,
+            &params,
+            &base,
+            model,
+            dir_bytes(&out),
+            wb,
+        )?;
         Ok(())
     };
     let pr = json!({"drop": drop, "rule": "lowest drop-one KL"});
     let gp = json!({"scheme": w4.name(), "calib": [a.calib_samples, a.calib_len], "damp": 0.01, "block": 128});
     let dp = json!({"groups": ["norms"], "steps": a.distill_steps, "loss": "KL(teacher||student)", "T": 1.0});
 
-    run("original", "none".into(), json!({}), &base, None, &mut results)?;
+    run(
+        "original",
+        "none".into(),
+        json!({}),
+        &base,
+        None,
+        &mut results,
+    )?;
     let mut distilled = base.share();
     heal(&mut distilled)?;
-    run("distilled", "kd[norms]".into(), dp.clone(), &distilled, None, &mut results)?;
+    run(
+        "distilled",
+        "kd[norms]".into(),
+        dp.clone(),
+        &distilled,
+        None,
+        &mut results,
+    )?;
     let pruned = prune(&base)?;
-    run("pruned", format!("drop{drop:?}"), pr.clone(), &pruned, None, &mut results)?;
+    run(
+        "pruned",
+        format!("drop{drop:?}"),
+        pr.clone(),
+        &pruned,
+        None,
+        &mut results,
+    )?;
     let q = gptq(&base, &mut log)?;
-    run("quantized", "gptq W4A16".into(), gp.clone(), &q.model, Some(&q), &mut results)?;
+    run(
+        "quantized",
+        "gptq W4A16".into(),
+        gp.clone(),
+        &q.model,
+        Some(&q),
+        &mut results,
+    )?;
     let mut dp_model = prune(&base)?;
     heal(&mut dp_model)?;
-    run("distilled+pruned", format!("drop{drop:?} → kd[norms]"), json!({"prune": pr, "distill": dp}), &dp_model, None, &mut results)?;
+    run(
+        "distilled+pruned",
+        format!("drop{drop:?} → kd[norms]"),
+        json!({"prune": pr, "distill": dp}),
+        &dp_model,
+        None,
+        &mut results,
+    )?;
     let q = gptq(&pruned, &mut log)?;
-    run("pruned+quantized", format!("drop{drop:?} → gptq W4A16"), json!({"prune": pr, "quant": gp}), &q.model, Some(&q), &mut results)?;
+    run(
+        "pruned+quantized",
+        format!("drop{drop:?} → gptq W4A16"),
+        json!({"prune": pr, "quant": gp}),
+        &q.model,
+        Some(&q),
+        &mut results,
+    )?;
     let mut dq = gptq(&base, &mut log)?;
     heal(&mut dq.model)?;
-    run("distilled+quantized", "gptq W4A16 → kd[norms]".into(), json!({"quant": gp, "distill": dp}), &dq.model, Some(&dq), &mut results)?;
+    run(
+        "distilled+quantized",
+        "gptq W4A16 → kd[norms]".into(),
+        json!({"quant": gp, "distill": dp}),
+        &dq.model,
+        Some(&dq),
+        &mut results,
+    )?;
     let mut all = gptq(&dp_model, &mut log)?;
     heal(&mut all.model)?;
-    run("all three", format!("drop{drop:?} → kd[norms] → gptq W4A16 → kd[norms]"), json!({"prune": pr, "quant": gp, "distill": dp}), &all.model, Some(&all), &mut results)?;
+    run(
+        "all three",
+        format!("drop{drop:?} → kd[norms] → gptq W4A16 → kd[norms]"),
+        json!({"prune": pr, "quant": gp, "distill": dp}),
+        &all.model,
+        Some(&all),
+        &mut results,
+    )?;
     // what won in the competition, and the W4A16 methods side by side
     let q = quantize_rtn(&base, &w8, &|_| false)?;
-    run("W8A8 (min-max)", "rtn W8A8-int8".into(), json!({"scheme": w8.name()}), &q.model, Some(&q), &mut results)?;
+    run(
+        "W8A8 (min-max)",
+        "rtn W8A8-int8".into(),
+        json!({"scheme": w8.name()}),
+        &q.model,
+        Some(&q),
+        &mut results,
+    )?;
     let q = quantize_rtn(&pruned, &w8, &|_| false)?;
-    run("pruned+W8A8", format!("drop{drop:?} → rtn W8A8-int8"), json!({"prune": pr, "scheme": w8.name()}), &q.model, Some(&q), &mut results)?;
+    run(
+        "pruned+W8A8",
+        format!("drop{drop:?} → rtn W8A8-int8"),
+        json!({"prune": pr, "scheme": w8.name()}),
+        &q.model,
+        Some(&q),
+        &mut results,
+    )?;
     let q = quantize_rtn(&base, &w4, &|_| false)?;
-    run("RTN W4A16", "rtn W4A16".into(), json!({"scheme": w4.name()}), &q.model, Some(&q), &mut results)?;
-    let q = quantize_awq(&base, &w4, &calib, &AwqConfig::default(), &|_| false, &mut log)?;
-    run("AWQ W4A16", "awq(up→down, v→o GQA) W4A16".into(), json!({"scheme": w4.name(), "grid": 20}), &q.model, Some(&q), &mut results)?;
+    run(
+        "RTN W4A16",
+        "rtn W4A16".into(),
+        json!({"scheme": w4.name()}),
+        &q.model,
+        Some(&q),
+        &mut results,
+    )?;
+    let q = quantize_awq(
+        &base,
+        &w4,
+        &calib,
+        &AwqConfig::default(),
+        &|_| false,
+        &mut log,
+    )?;
+    run(
+        "AWQ W4A16",
+        "awq(up→down, v→o GQA) W4A16".into(),
+        json!({"scheme": w4.name(), "grid": 20}),
+        &q.model,
+        Some(&q),
+        &mut results,
+    )?;
     let f8 = Scheme::fp8_dynamic();
     let q = quantize_rtn(&base, &f8, &|_| false)?;
-    run("FP8 dynamic", "rtn FP8".into(), json!({"scheme": f8.name()}), &q.model, Some(&q), &mut results)?;
+    run(
+        "FP8 dynamic",
+        "rtn FP8".into(),
+        json!({"scheme": f8.name()}),
+        &q.model,
+        Some(&q),
+        &mut results,
+    )?;
 
     add_scores(&mut results, "original");
     results.save(&a.out)?;

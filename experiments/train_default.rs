@@ -62,6 +62,10 @@ struct Args {
     out: PathBuf,
     #[arg(long, default_value = "reports/default-model")]
     report: PathBuf,
+    /// safety stop: end training after this many minutes even if steps remain (the report
+    /// then says how many steps ran)
+    #[arg(long)]
+    max_minutes: Option<f64>,
 }
 
 fn config(a: &Args, vocab: usize) -> Result<Exaone4Config> {
@@ -227,7 +231,7 @@ fn main() -> Result<()> {
             unigram_test_ppl: unigram,
             samples,
             seed: a.seed,
-            steps: a.steps,
+            steps: log.len(),
             batch: a.batch,
             seq_len: a.seq_len,
             lr: a.lr,

@@ -118,3 +118,31 @@ fn bf16_compute_stays_close_to_f32() {
         "bf16 path suspiciously exact ({e}): is it really computing in bf16?"
     );
 }
+
+#[test]
+fn sampling_is_seeded_and_tends_to_greedy_at_low_temperature() {
+    use exaone_compress::model::Sampling;
+    let (m, r) = (load("full_tied"), reference("full_tied"));
+    let prompt = vec![r.input_ids[..r.prompt_len].to_vec()];
+    let opts = |temperature: f64, top_p: Option<f64>, seed: u64| GenerateOptions {
+        max_new_tokens: 24,
+        min_new_tokens: 24,
+        eos_ids: vec![361],
+        pad_id: 0,
+        sampling: Sampling::Sample {
+            temperature,
+            top_p,
+            seed,
+        },
+    };
+    let a = generate(&m, &prompt, &opts(1.5, Some(0.95), 1)).unwrap();
+    let b = generate(&m, &prompt, &opts(1.5, Some(0.95), 1)).unwrap();
+    let c = generate(&m, &prompt, &opts(1.5, Some(0.95), 2)).unwrap();
+    assert_eq!(a, b, "same seed, same tokens");
+    assert_ne!(a, c, "another seed, other tokens");
+    let cold = generate(&m, &prompt, &opts(1e-4, None, 3)).unwrap();
+    assert_eq!(
+        cold[0], r.greedy_min_new_tokens,
+        "temperature → 0 is greedy"
+    );
+}

@@ -22,11 +22,17 @@ fn mini_study_report_snapshot() {
     let base = Exaone4::from_dir(&dir, DType::F32, &Device::Cpu).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let eos = tok.token_id("[|endofturn|]").unwrap();
-    let stream = |s: &str| TokenStream::from_lines(&tok, &read_documents(&split_path(s)).unwrap(), Some(eos)).unwrap();
+    let stream = |s: &str| {
+        TokenStream::from_lines(&tok, &read_documents(&split_path(s)).unwrap(), Some(eos)).unwrap()
+    };
     let mut test = stream("test");
     test.ids.truncate(1024);
     let val = stream("val");
-    let mut mc = load_kmmlu(&exaone_compress::data::data_dir().join("benchmarks/kmmlu_criminal_law_test.json"), "kmmlu").unwrap();
+    let mut mc = load_kmmlu(
+        &exaone_compress::data::data_dir().join("benchmarks/kmmlu_criminal_law_test.json"),
+        "kmmlu",
+    )
+    .unwrap();
     mc.truncate(8);
     let suite = Suite {
         tokenizer: tok,
@@ -48,24 +54,64 @@ fn mini_study_report_snapshot() {
         (dir_bytes(&out), weight_bytes_per_token(m, &|_| None))
     };
     let (b, w) = dense(&base, "original");
-    suite.evaluate(&mut r, "original", "none", &json!({}), &base, &base, b, w).unwrap();
-    let pruned = base.with_layers(&(0..base.layers.len()).filter(|&i| i != base.layers.len() / 2).collect::<Vec<_>>()).unwrap();
+    suite
+        .evaluate(&mut r, "original", "none", &json!({}), &base, &base, b, w)
+        .unwrap();
+    let pruned = base
+        .with_layers(
+            &(0..base.layers.len())
+                .filter(|&i| i != base.layers.len() / 2)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
     let (b, w) = dense(&pruned, "pruned");
-    suite.evaluate(&mut r, "pruned", "drop[middle]", &json!({}), &base, &pruned, b, w).unwrap();
-    for (name, scheme) in [("RTN W4A16", Scheme::w4a16(128, true)), ("W8A8", Scheme::w8a8_int8())] {
+    suite
+        .evaluate(
+            &mut r,
+            "pruned",
+            "drop[middle]",
+            &json!({}),
+            &base,
+            &pruned,
+            b,
+            w,
+        )
+        .unwrap();
+    for (name, scheme) in [
+        ("RTN W4A16", Scheme::w4a16(128, true)),
+        ("W8A8", Scheme::w8a8_int8()),
+    ] {
         let q = quantize_rtn(&base, &scheme, &|_| false).unwrap();
         let out = tmp.path().join(name.replace(' ', "_"));
         save_quantized(&q, &out, &WriteOptions::default()).unwrap();
         let bits = scheme.weights.num_bits;
         let g = if bits == 4 { 128 } else { 2048 };
-        let w = weight_bytes_per_token(&q.model, &|p| q.linears.contains_key(p).then_some((bits, g)));
-        suite.evaluate(&mut r, name, &format!("rtn {}", scheme.name()), &json!({}), &base, &q.model, dir_bytes(&out), w).unwrap();
+        let w = weight_bytes_per_token(&q.model, &|p| {
+            q.linears.contains_key(p).then_some((bits, g))
+        });
+        suite
+            .evaluate(
+                &mut r,
+                name,
+                &format!("rtn {}", scheme.name()),
+                &json!({}),
+                &base,
+                &q.model,
+                dir_bytes(&out),
+                w,
+            )
+            .unwrap();
     }
     add_scores(&mut r, "original");
     // the study's own sanity: compression costs quality, never improves KL from zero
     assert_eq!(r.get("original", "kl_mean").map(|k| k < 1e-6), Some(true));
     assert!(r.get("RTN W4A16", "kl_mean").unwrap() > r.get("W8A8", "kl_mean").unwrap());
-    let opts = ReportOptions { title: "Mini study".into(), command: "cargo test --release --test report_snapshot".into(), notes: vec![], redact_timings: true };
+    let opts = ReportOptions {
+        title: "Mini study".into(),
+        command: "cargo test --release --test report_snapshot".into(),
+        notes: vec![],
+        redact_timings: true,
+    };
     insta::assert_snapshot!(markdown(&r, &opts));
     // the parquet round-trips
     r.save(tmp.path()).unwrap();

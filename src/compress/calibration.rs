@@ -103,14 +103,26 @@ pub fn sequential(
         hs.push(m.embed(&Tensor::from_vec(flat, (c.len(), t), &dev)?)?);
     }
     let bar = ProgressBar::new(m.layers.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} layer {pos}/{len} (eta {eta}) {msg}").expect("template"));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} layer {pos}/{len} (eta {eta}) {msg}",
+        )
+        .expect("template"),
+    );
     bar.set_prefix(label.to_string());
     for i in 0..m.layers.len() {
         let mut caps: BTreeMap<String, Capture> = BTreeMap::new();
         for h in &hs {
             let b = h.dim(0)?;
             let ctx = m.context(b, t, 0, &vec![0; b], None)?;
-            m.layers[i].forward_hooked(i, h, &ctx, Some(&mut |name: &str, x: &Tensor| caps.entry(name.to_string()).or_default().add(x, &opts)))?;
+            m.layers[i].forward_hooked(
+                i,
+                h,
+                &ctx,
+                Some(&mut |name: &str, x: &Tensor| {
+                    caps.entry(name.to_string()).or_default().add(x, &opts)
+                }),
+            )?;
         }
         per_layer(i, &mut m.layers[i], &caps)?;
         for h in hs.iter_mut() {

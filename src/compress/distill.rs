@@ -27,7 +27,9 @@ impl ParamGroup {
             ParamGroup::Norms => name.ends_with("norm.weight"),
             ParamGroup::Embedding => name == "model.embed_tokens.weight",
             ParamGroup::UntiedLmHead => name == "lm_head.weight",
-            ParamGroup::Layers(ls) => ls.iter().any(|i| name.starts_with(&format!("model.layers.{i}."))),
+            ParamGroup::Layers(ls) => ls
+                .iter()
+                .any(|i| name.starts_with(&format!("model.layers.{i}."))),
         }
     }
 }
@@ -52,7 +54,11 @@ pub fn untie(model: &mut Exaone4) -> Result<()> {
 }
 
 /// T² · mean over positions of KL(softmax(t/T) ‖ softmax(s/T)).
-pub fn kd_loss(teacher_logits: &Tensor, student_logits: &Tensor, temperature: f64) -> Result<Tensor> {
+pub fn kd_loss(
+    teacher_logits: &Tensor,
+    student_logits: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
     let v = teacher_logits.dim(D::Minus1)?;
     let t = (teacher_logits.reshape(((), v))? / temperature)?;
     let s = (student_logits.reshape(((), v))? / temperature)?;
@@ -63,7 +69,13 @@ pub fn kd_loss(teacher_logits: &Tensor, student_logits: &Tensor, temperature: f6
 }
 
 /// Logit distillation of `student` towards `teacher` on windows of `stream`.
-pub fn distill(teacher: &Exaone4, student: &mut Exaone4, stream: &TokenStream, val: &[Tensor], cfg: &DistillConfig) -> Result<Vec<LogPoint>> {
+pub fn distill(
+    teacher: &Exaone4,
+    student: &mut Exaone4,
+    stream: &TokenStream,
+    val: &[Tensor],
+    cfg: &DistillConfig,
+) -> Result<Vec<LogPoint>> {
     if cfg.groups.contains(&ParamGroup::UntiedLmHead) {
         untie(student)?;
     }
@@ -81,13 +93,21 @@ pub fn distill(teacher: &Exaone4, student: &mut Exaone4, stream: &TokenStream, v
         &cfg.train,
         &mut |s, _| {
             let x = stream.sample_windows(cfg.batch, cfg.seq_len, &mut r, &dev)?;
-            let t = teacher.forward(&x.to_device(teacher.device())?, None)?.to_device(&dev)?.detach();
-            Ok((kd_loss(&t, &s.forward(&x, None)?, temp)?, cfg.batch * cfg.seq_len))
+            let t = teacher
+                .forward(&x.to_device(teacher.device())?, None)?
+                .to_device(&dev)?
+                .detach();
+            Ok((
+                kd_loss(&t, &s.forward(&x, None)?, temp)?,
+                cfg.batch * cfg.seq_len,
+            ))
         },
         &mut |s| {
             let mut tot = 0.0;
             for x in val {
-                let t = teacher.forward(&x.to_device(teacher.device())?, None)?.to_device(&dev)?;
+                let t = teacher
+                    .forward(&x.to_device(teacher.device())?, None)?
+                    .to_device(&dev)?;
                 tot += kd_loss(&t, &s.forward(x, None)?, 1.0)?.to_scalar::<f32>()? as f64;
             }
             Ok(tot / val.len().max(1) as f64)
@@ -102,10 +122,22 @@ pub fn distill(teacher: &Exaone4, student: &mut Exaone4, stream: &TokenStream, v
 /// cross-entropy on answers the teacher generated for `prompts` (20 prompts, lr 5e-6, one
 /// epoch in the original). Kept to show what it does (almost nothing) and what it costs
 /// (vocab × hidden more parameters on disk).
-pub fn reference_lm_head_step(teacher: &Exaone4, student: &mut Exaone4, prompts: &[Vec<u32>], eos: u32, lr: f64, max_new: usize) -> Result<Vec<LogPoint>> {
+pub fn reference_lm_head_step(
+    teacher: &Exaone4,
+    student: &mut Exaone4,
+    prompts: &[Vec<u32>],
+    eos: u32,
+    lr: f64,
+    max_new: usize,
+) -> Result<Vec<LogPoint>> {
     let mut seqs = vec![];
     for p in prompts {
-        let ans = generate(teacher, std::slice::from_ref(p), &GenerateOptions::greedy(max_new, vec![eos]))?.remove(0);
+        let ans = generate(
+            teacher,
+            std::slice::from_ref(p),
+            &GenerateOptions::greedy(max_new, vec![eos]),
+        )?
+        .remove(0);
         let mut s = p.clone();
         s.extend(&ans);
         seqs.push((p.len(), s));
@@ -113,7 +145,14 @@ pub fn reference_lm_head_step(teacher: &Exaone4, student: &mut Exaone4, prompts:
     untie(student)?;
     let vars = make_trainable(student, &|n| n == "lm_head.weight")?;
     let dev = student.device().clone();
-    let cfg = TrainConfig { steps: seqs.len(), lr, warmup_steps: 0, min_lr_ratio: 1.0, weight_decay: 0.0, ..Default::default() };
+    let cfg = TrainConfig {
+        steps: seqs.len(),
+        lr,
+        warmup_steps: 0,
+        min_lr_ratio: 1.0,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
     let log = train(
         student,
         &vars,
@@ -123,7 +162,10 @@ pub fn reference_lm_head_step(teacher: &Exaone4, student: &mut Exaone4, prompts:
             let n = seq.len();
             let x = Tensor::from_vec(seq[..n - 1].to_vec(), (1, n - 1), &dev)?;
             let y = Tensor::from_vec(seq[plen..].to_vec(), n - plen, &dev)?;
-            let logits = s.forward(&x, None)?.squeeze(0)?.narrow(0, plen - 1, n - plen)?;
+            let logits = s
+                .forward(&x, None)?
+                .squeeze(0)?
+                .narrow(0, plen - 1, n - plen)?;
             Ok((candle_nn::loss::cross_entropy(&logits, &y)?, n - plen))
         },
         &mut |_| Ok(f64::NAN),

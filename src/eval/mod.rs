@@ -7,6 +7,6 @@ pub mod suite;
 pub mod tasks;
 
 pub use divergence::{divergence, Divergence};
+pub use perplexity::{perplexity, unigram_perplexity, Perplexity};
 pub use speed::{measure as measure_speed, Speed, Timing};
 pub use tasks::{multiple_choice, McItem, McResult};
-pub use perplexity::{perplexity, unigram_perplexity, Perplexity};

@@ -20,8 +20,17 @@ impl Timing {
     pub fn from(mut v: Vec<f64>) -> Self {
         v.sort_by(|a, b| a.total_cmp(b));
         let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) };
-        Self { median, min: v[0], max: v[n - 1], repeats: n }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            repeats: n,
+        }
     }
     /// (max − min) / median: the relative spread
     pub fn spread(&self) -> f64 {
@@ -42,9 +51,17 @@ fn sync(model: &Exaone4) -> Result<()> {
 }
 
 /// Decodes `new_tokens` after a `prompt_len` prompt, `repeats` times after `warmup` runs.
-pub fn measure(model: &Exaone4, prompt_len: usize, new_tokens: usize, warmup: usize, repeats: usize) -> Result<Speed> {
+pub fn measure(
+    model: &Exaone4,
+    prompt_len: usize,
+    new_tokens: usize,
+    warmup: usize,
+    repeats: usize,
+) -> Result<Speed> {
     let dev = model.device().clone();
-    let prompt: Vec<u32> = (0..prompt_len).map(|i| (4 + (i * 7919) % (model.config.vocab_size - 4)) as u32).collect();
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|i| (4 + (i * 7919) % (model.config.vocab_size - 4)) as u32)
+        .collect();
     let mut dec = vec![];
     let mut pre = vec![];
     for run in 0..warmup + repeats {
@@ -53,7 +70,9 @@ pub fn measure(model: &Exaone4, prompt_len: usize, new_tokens: usize, warmup: us
         sync(model)?;
         let t0 = Instant::now();
         let h = model.forward_hidden(&x, Some(&mut cache))?;
-        let mut next = model.logits(&h.narrow(1, prompt_len - 1, 1)?)?.argmax(candle_core::D::Minus1)?;
+        let mut next = model
+            .logits(&h.narrow(1, prompt_len - 1, 1)?)?
+            .argmax(candle_core::D::Minus1)?;
         sync(model)?;
         let t_pre = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
@@ -70,5 +89,8 @@ pub fn measure(model: &Exaone4, prompt_len: usize, new_tokens: usize, warmup: us
             dec.push(t_dec / new_tokens as f64);
         }
     }
-    Ok(Speed { decode_s_per_token: Timing::from(dec), prefill_tokens_per_s: Timing::from(pre) })
+    Ok(Speed {
+        decode_s_per_token: Timing::from(dec),
+        prefill_tokens_per_s: Timing::from(pre),
+    })
 }

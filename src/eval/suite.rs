@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-
 use super::{divergence, measure_speed, multiple_choice, perplexity, McItem};
 use crate::data::TokenStream;
 use crate::model::{Exaone4, Tokenizer};
@@ -49,7 +48,15 @@ pub fn weight_bytes_per_token(model: &Exaone4, bits: &dyn Fn(&str) -> Option<(u3
 
 /// Directory size in bytes.
 pub fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 impl Suite {
@@ -66,12 +73,39 @@ impl Suite {
         size_bytes: u64,
         weight_bytes: f64,
     ) -> crate::checkpoint::Result<()> {
-        let add = |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| r.add(variant, method, params, m, v, s, u);
+        let add = |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| {
+            r.add(variant, method, params, m, v, s, u)
+        };
         add(results, "layers", model.layers.len() as f64, None, "");
-        add(results, "parameters", model.config.num_parameters() as f64, None, "");
-        add(results, "size_mib", size_bytes as f64 / (1u64 << 20) as f64, None, "MiB");
-        add(results, "weight_mb_per_token", weight_bytes / 1e6, None, "MB");
-        let p = perplexity(model, &self.test, self.ppl_window, self.ppl_window / 2, self.batch, None)?;
+        add(
+            results,
+            "parameters",
+            model.config.num_parameters() as f64,
+            None,
+            "",
+        );
+        add(
+            results,
+            "size_mib",
+            size_bytes as f64 / (1u64 << 20) as f64,
+            None,
+            "MiB",
+        );
+        add(
+            results,
+            "weight_mb_per_token",
+            weight_bytes / 1e6,
+            None,
+            "MB",
+        );
+        let p = perplexity(
+            model,
+            &self.test,
+            self.ppl_window,
+            self.ppl_window / 2,
+            self.batch,
+            None,
+        )?;
         // s.e. of mean NLL carried to the perplexity scale (first order)
         add(results, "test_ppl", p.ppl, Some(p.ppl * p.nll_stderr), "");
         add(results, "test_bits_per_byte", p.bits_per_byte, None, "bits");
@@ -86,11 +120,29 @@ impl Suite {
             add(results, "mc_chance", mc.chance, None, "");
         }
         if self.speed_repeats > 0 {
-            let s = measure_speed(model, self.speed_prompt, self.speed_new_tokens, self.speed_warmup, self.speed_repeats)?;
+            let s = measure_speed(
+                model,
+                self.speed_prompt,
+                self.speed_new_tokens,
+                self.speed_warmup,
+                self.speed_repeats,
+            )?;
             let t = &s.decode_s_per_token;
-            add(results, "decode_ms_per_token", 1e3 * t.median, Some(1e3 * (t.max - t.min)), "ms");
+            add(
+                results,
+                "decode_ms_per_token",
+                1e3 * t.median,
+                Some(1e3 * (t.max - t.min)),
+                "ms",
+            );
             add(results, "decode_ms_min", 1e3 * t.min, None, "ms");
-            add(results, "prefill_tokens_per_s", s.prefill_tokens_per_s.median, Some(s.prefill_tokens_per_s.max - s.prefill_tokens_per_s.min), "tokens/s");
+            add(
+                results,
+                "prefill_tokens_per_s",
+                s.prefill_tokens_per_s.median,
+                Some(s.prefill_tokens_per_s.max - s.prefill_tokens_per_s.min),
+                "tokens/s",
+            );
         }
         Ok(())
     }
@@ -100,17 +152,43 @@ impl Suite {
 /// PerfNorm = base ppl / variant ppl (a perplexity proxy for accuracy), SpeedNorm from the
 /// predicted time per token (weight bytes), Score = ½·PerfNorm + ½·SpeedNorm.
 pub fn add_scores(results: &mut Results, base_variant: &str) {
-    let (Some(bp), Some(bb)) = (results.get(base_variant, "test_ppl"), results.get(base_variant, "weight_mb_per_token")) else { return };
+    let (Some(bp), Some(bb)) = (
+        results.get(base_variant, "test_ppl"),
+        results.get(base_variant, "weight_mb_per_token"),
+    ) else {
+        return;
+    };
     for v in results.variants() {
-        let (Some(p), Some(b)) = (results.get(&v, "test_ppl"), results.get(&v, "weight_mb_per_token")) else { continue };
+        let (Some(p), Some(b)) = (
+            results.get(&v, "test_ppl"),
+            results.get(&v, "weight_mb_per_token"),
+        ) else {
+            continue;
+        };
         let method = results.method_of(&v);
         let perf = bp / p;
         let speedup = bb / b;
         let speed = (1.0 - 1.0 / speedup).max(-1.0);
         let params = serde_json::json!({});
-        results.add(&v, &method, &params, "predicted_speedup", speedup, None, "×");
+        results.add(
+            &v,
+            &method,
+            &params,
+            "predicted_speedup",
+            speedup,
+            None,
+            "×",
+        );
         results.add(&v, &method, &params, "perf_norm", perf, None, "");
         results.add(&v, &method, &params, "speed_norm", speed, None, "");
-        results.add(&v, &method, &params, "score", 0.5 * perf + 0.5 * speed, None, "");
+        results.add(
+            &v,
+            &method,
+            &params,
+            "score",
+            0.5 * perf + 0.5 * speed,
+            None,
+            "",
+        );
     }
 }

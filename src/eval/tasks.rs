@@ -17,7 +17,10 @@ pub struct McItem {
 }
 
 fn bad(path: &Path, msg: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {msg}", path.display()))
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{}: {msg}", path.display()),
+    )
 }
 
 /// BIG-bench style JSONL: `{task, input, choices, label}` a line.
@@ -27,13 +30,30 @@ pub fn load_bigbench(path: &Path) -> std::io::Result<Vec<McItem>> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| bad(path, format!("line {}: {e}", i + 1)))?;
-            let choices: Vec<String> = v["choices"].as_array().ok_or_else(|| bad(path, format!("line {}: no choices", i + 1)))?.iter().filter_map(|c| c.as_str().map(str::to_string)).collect();
-            let label = v["label"].as_u64().ok_or_else(|| bad(path, format!("line {}: no label", i + 1)))? as usize;
+            let v: serde_json::Value =
+                serde_json::from_str(l).map_err(|e| bad(path, format!("line {}: {e}", i + 1)))?;
+            let choices: Vec<String> = v["choices"]
+                .as_array()
+                .ok_or_else(|| bad(path, format!("line {}: no choices", i + 1)))?
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect();
+            let label = v["label"]
+                .as_u64()
+                .ok_or_else(|| bad(path, format!("line {}: no label", i + 1)))?
+                as usize;
             if label >= choices.len() {
-                return Err(bad(path, format!("line {}: label {label} out of range", i + 1)));
+                return Err(bad(
+                    path,
+                    format!("line {}: label {label} out of range", i + 1),
+                ));
             }
-            Ok(McItem { task: v["task"].as_str().unwrap_or("bigbench").to_string(), prompt: v["input"].as_str().unwrap_or("").to_string(), choices, label })
+            Ok(McItem {
+                task: v["task"].as_str().unwrap_or("bigbench").to_string(),
+                prompt: v["input"].as_str().unwrap_or("").to_string(),
+                choices,
+                label,
+            })
         })
         .collect()
 }
@@ -41,18 +61,39 @@ pub fn load_bigbench(path: &Path) -> std::io::Result<Vec<McItem>> {
 /// KMMLU style JSON array: `{question, answer (1-4), A, B, C, D}`, prompted as in KMMLU's
 /// direct evaluation (question, lettered options, "정답:") with the letters as choices.
 pub fn load_kmmlu(path: &Path, task: &str) -> std::io::Result<Vec<McItem>> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?).map_err(|e| bad(path, e.to_string()))?;
-    let arr = v.as_array().ok_or_else(|| bad(path, "expected a JSON array".into()))?;
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)
+        .map_err(|e| bad(path, e.to_string()))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| bad(path, "expected a JSON array".into()))?;
     arr.iter()
         .enumerate()
         .map(|(i, q)| {
-            let ans = q["answer"].as_u64().ok_or_else(|| bad(path, format!("item {i}: no answer")))? as usize;
+            let ans = q["answer"]
+                .as_u64()
+                .ok_or_else(|| bad(path, format!("item {i}: no answer")))?
+                as usize;
             if !(1..=4).contains(&ans) {
                 return Err(bad(path, format!("item {i}: answer {ans} not in 1..=4")));
             }
             let opt = |k: &str| q[k].as_str().unwrap_or("").to_string();
-            let prompt = format!("{}\nA. {}\nB. {}\nC. {}\nD. {}\n정답:", q["question"].as_str().unwrap_or(""), opt("A"), opt("B"), opt("C"), opt("D"));
-            Ok(McItem { task: task.to_string(), prompt, choices: ["A", "B", "C", "D"].iter().map(|c| format!(" {c}")).collect(), label: ans - 1 })
+            let prompt = format!(
+                "{}\nA. {}\nB. {}\nC. {}\nD. {}\n정답:",
+                q["question"].as_str().unwrap_or(""),
+                opt("A"),
+                opt("B"),
+                opt("C"),
+                opt("D")
+            );
+            Ok(McItem {
+                task: task.to_string(),
+                prompt,
+                choices: ["A", "B", "C", "D"]
+                    .iter()
+                    .map(|c| format!(" {c}"))
+                    .collect(),
+                label: ans - 1,
+            })
         })
         .collect()
 }
@@ -70,12 +111,20 @@ pub struct McResult {
 
 /// Scores `items`: each option's log-likelihood given the prompt, one forward per item (all its
 /// options batched, right-padded).
-pub fn multiple_choice(model: &Exaone4, tok: &Tokenizer, items: &[McItem]) -> crate::checkpoint::Result<McResult> {
+pub fn multiple_choice(
+    model: &Exaone4,
+    tok: &Tokenizer,
+    items: &[McItem],
+) -> crate::checkpoint::Result<McResult> {
     let dev = model.device().clone();
     let (mut right, mut right_norm, mut inv_choices) = (0usize, 0usize, 0f64);
     for it in items {
         let p = tok.encode(&it.prompt)?;
-        let conts: Vec<Vec<u32>> = it.choices.iter().map(|c| tok.encode(c)).collect::<std::result::Result<_, _>>()?;
+        let conts: Vec<Vec<u32>> = it
+            .choices
+            .iter()
+            .map(|c| tok.encode(c))
+            .collect::<std::result::Result<_, _>>()?;
         let len = conts.iter().map(|c| p.len() + c.len()).max().unwrap_or(1);
         let mut flat = vec![];
         for c in &conts {
@@ -85,7 +134,8 @@ pub fn multiple_choice(model: &Exaone4, tok: &Tokenizer, items: &[McItem]) -> cr
             flat.extend(s);
         }
         let x = Tensor::from_vec(flat.clone(), (conts.len(), len), &dev)?;
-        let lp = candle_nn::ops::log_softmax(&model.forward(&x, None)?, D::Minus1)?.to_device(&Device::Cpu)?;
+        let lp = candle_nn::ops::log_softmax(&model.forward(&x, None)?, D::Minus1)?
+            .to_device(&Device::Cpu)?;
         let lp = lp.to_vec3::<f32>()?;
         let mut best = (f64::MIN, 0);
         let mut best_norm = (f64::MIN, 0);
@@ -108,5 +158,11 @@ pub fn multiple_choice(model: &Exaone4, tok: &Tokenizer, items: &[McItem]) -> cr
     }
     let n = items.len().max(1) as f64;
     let acc = right as f64 / n;
-    Ok(McResult { items: items.len(), acc, acc_norm: right_norm as f64 / n, acc_stderr: (acc * (1.0 - acc) / n).sqrt(), chance: n / inv_choices })
+    Ok(McResult {
+        items: items.len(),
+        acc,
+        acc_norm: right_norm as f64 / n,
+        acc_stderr: (acc * (1.0 - acc) / n).sqrt(),
+        chance: n / inv_choices,
+    })
 }

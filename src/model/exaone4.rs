@@ -42,7 +42,13 @@ impl DecoderLayer {
         self.forward_hooked(i, h, ctx, None)
     }
 
-    pub fn forward_hooked(&self, i: usize, h: &Tensor, ctx: &Context, mut hook: Option<LinearHook>) -> Result<Tensor> {
+    pub fn forward_hooked(
+        &self,
+        i: usize,
+        h: &Tensor,
+        ctx: &Context,
+        mut hook: Option<LinearHook>,
+    ) -> Result<Tensor> {
         let mut see = |n: &str, x: &Tensor| -> Result<()> {
             match hook.as_mut() {
                 Some(f) => f(n, x),

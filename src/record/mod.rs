@@ -58,7 +58,10 @@ pub fn git_commit() -> String {
 
 /// Now, as RFC 3339 UTC (seconds).
 pub fn now_utc() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86400, secs % 86400);
     // civil from days (Howard Hinnant's algorithm)
     let z = days as i64 + 719468;
@@ -71,25 +74,60 @@ pub fn now_utc() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl Results {
     pub fn new(experiment: &str, device: &str, model: &str) -> Self {
-        Self { experiment: experiment.into(), device: device.into(), model: model.into(), commit: git_commit(), timestamp: now_utc(), rows: vec![] }
+        Self {
+            experiment: experiment.into(),
+            device: device.into(),
+            model: model.into(),
+            commit: git_commit(),
+            timestamp: now_utc(),
+            rows: vec![],
+        }
     }
 
-    pub fn add(&mut self, variant: &str, method: &str, params: &serde_json::Value, metric: &str, value: f64, spread: Option<f64>, unit: &str) {
-        self.rows.push(Row { variant: variant.into(), method: method.into(), params: params.to_string(), metric: metric.into(), value, spread, unit: unit.into() });
+    pub fn add(
+        &mut self,
+        variant: &str,
+        method: &str,
+        params: &serde_json::Value,
+        metric: &str,
+        value: f64,
+        spread: Option<f64>,
+        unit: &str,
+    ) {
+        self.rows.push(Row {
+            variant: variant.into(),
+            method: method.into(),
+            params: params.to_string(),
+            metric: metric.into(),
+            value,
+            spread,
+            unit: unit.into(),
+        });
     }
 
     /// The value of `metric` for `variant`, if recorded.
     pub fn get(&self, variant: &str, metric: &str) -> Option<f64> {
-        self.rows.iter().find(|r| r.variant == variant && r.metric == metric).map(|r| r.value)
+        self.rows
+            .iter()
+            .find(|r| r.variant == variant && r.metric == metric)
+            .map(|r| r.value)
     }
 
     pub fn spread(&self, variant: &str, metric: &str) -> Option<f64> {
-        self.rows.iter().find(|r| r.variant == variant && r.metric == metric).and_then(|r| r.spread)
+        self.rows
+            .iter()
+            .find(|r| r.variant == variant && r.metric == metric)
+            .and_then(|r| r.spread)
     }
 
     /// Variants in the order first recorded.
@@ -104,7 +142,11 @@ impl Results {
     }
 
     pub fn method_of(&self, variant: &str) -> String {
-        self.rows.iter().find(|r| r.variant == variant).map(|r| r.method.clone()).unwrap_or_default()
+        self.rows
+            .iter()
+            .find(|r| r.variant == variant)
+            .map(|r| r.method.clone())
+            .unwrap_or_default()
     }
 
     pub fn to_dataframe(&self) -> PolarsResult<DataFrame> {
@@ -138,14 +180,48 @@ impl Results {
     /// Reads a results.parquet back (for regenerating a report from the file alone).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let df = ParquetReader::new(std::fs::File::open(path)?).finish()?;
-        let s = |c: &str| -> anyhow::Result<Vec<String>> { Ok(df.column(c)?.str()?.iter().map(|x| x.unwrap_or("").to_string()).collect()) };
-        let (variant, method, params, metric, unit) = (s("variant")?, s("method")?, s("params")?, s("metric")?, s("unit")?);
-        let value: Vec<f64> = df.column("value")?.f64()?.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
-        let spread: Vec<Option<f64>> = df.column("spread")?.f64()?.iter().collect();
-        let first = |c: &str| -> anyhow::Result<String> { Ok(s(c)?.first().cloned().unwrap_or_default()) };
-        let rows = (0..value.len())
-            .map(|i| Row { variant: variant[i].clone(), method: method[i].clone(), params: params[i].clone(), metric: metric[i].clone(), value: value[i], spread: spread[i], unit: unit[i].clone() })
+        let s = |c: &str| -> anyhow::Result<Vec<String>> {
+            Ok(df
+                .column(c)?
+                .str()?
+                .iter()
+                .map(|x| x.unwrap_or("").to_string())
+                .collect())
+        };
+        let (variant, method, params, metric, unit) = (
+            s("variant")?,
+            s("method")?,
+            s("params")?,
+            s("metric")?,
+            s("unit")?,
+        );
+        let value: Vec<f64> = df
+            .column("value")?
+            .f64()?
+            .iter()
+            .map(|x| x.unwrap_or(f64::NAN))
             .collect();
-        Ok(Self { experiment: first("experiment")?, device: first("device")?, model: first("model")?, commit: first("commit")?, timestamp: first("timestamp")?, rows })
+        let spread: Vec<Option<f64>> = df.column("spread")?.f64()?.iter().collect();
+        let first =
+            |c: &str| -> anyhow::Result<String> { Ok(s(c)?.first().cloned().unwrap_or_default()) };
+        let rows = (0..value.len())
+            .map(|i| Row {
+                variant: variant[i].clone(),
+                method: method[i].clone(),
+                params: params[i].clone(),
+                metric: metric[i].clone(),
+                value: value[i],
+                spread: spread[i],
+                unit: unit[i].clone(),
+            })
+            .collect();
+        Ok(Self {
+            experiment: first("experiment")?,
+            device: first("device")?,
+            model: first("model")?,
+            commit: first("commit")?,
+            timestamp: first("timestamp")?,
+            rows,
+        })
     }
 }

@@ -124,7 +124,10 @@ pub fn pareto_front(points: &[Point]) -> Vec<usize> {
     let mut front: Vec<usize> = (0..points.len())
         .filter(|&i| {
             !points.iter().enumerate().any(|(j, q)| {
-                j != i && q.x <= points[i].x && q.y <= points[i].y && (q.x < points[i].x || q.y < points[i].y)
+                j != i
+                    && q.x <= points[i].x
+                    && q.y <= points[i].y
+                    && (q.x < points[i].x || q.y < points[i].y)
             })
         })
         .collect();
@@ -133,12 +136,21 @@ pub fn pareto_front(points: &[Point]) -> Vec<usize> {
 }
 
 /// Points with labels and error bars; the Pareto front (lower x, lower y better) is joined by a line.
-pub fn scatter_pareto(path: &Path, title: &str, x_label: &str, y_label: &str, points: &[Point]) -> ChartResult<()> {
+pub fn scatter_pareto(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    points: &[Point],
+) -> ChartResult<()> {
     ensure_font();
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let xs = points.iter().map(|p| p.x).filter(|x| x.is_finite());
-    let ys = points.iter().flat_map(|p| [p.y - p.y_err.unwrap_or(0.0), p.y + p.y_err.unwrap_or(0.0)]).filter(|y| y.is_finite());
+    let ys = points
+        .iter()
+        .flat_map(|p| [p.y - p.y_err.unwrap_or(0.0), p.y + p.y_err.unwrap_or(0.0)])
+        .filter(|y| y.is_finite());
     let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
     let (px, py) = (((x1 - x0) * 0.15).max(1e-9), ((y1 - y0) * 0.1).max(1e-9));
@@ -148,27 +160,60 @@ pub fn scatter_pareto(path: &Path, title: &str, x_label: &str, y_label: &str, po
         .x_label_area_size(45)
         .y_label_area_size(80)
         .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style(("sans-serif", 14)).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .draw()?;
     let front = pareto_front(points);
     chart
-        .draw_series(LineSeries::new(front.iter().map(|&i| (points[i].x, points[i].y)), RED.stroke_width(2)))?
+        .draw_series(LineSeries::new(
+            front.iter().map(|&i| (points[i].x, points[i].y)),
+            RED.stroke_width(2),
+        ))?
         .label("Pareto front (lower is better on both axes)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
     for (i, p) in points.iter().enumerate() {
-        let c = if front.contains(&i) { RED.to_rgba() } else { BLUE.to_rgba() };
+        let c = if front.contains(&i) {
+            RED.to_rgba()
+        } else {
+            BLUE.to_rgba()
+        };
         if let Some(e) = p.y_err {
-            chart.draw_series(std::iter::once(ErrorBar::new_vertical(p.x, p.y - e, p.y, p.y + e, c.stroke_width(1), 8)))?;
+            chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                p.x,
+                p.y - e,
+                p.y,
+                p.y + e,
+                c.stroke_width(1),
+                8,
+            )))?;
         }
         chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 5, c.filled())))?;
-        chart.draw_series(std::iter::once(EmptyElement::at((p.x, p.y)) + Text::new(p.label.clone(), (8, -6), ("sans-serif", 13).into_font())))?;
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((p.x, p.y))
+                + Text::new(p.label.clone(), (8, -6), ("sans-serif", 13).into_font()),
+        ))?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()?;
     root.present()?;
     Ok(())
 }
 
 /// Vertical bars, one per label.
-pub fn bars(path: &Path, title: &str, x_label: &str, y_label: &str, values: &[(String, f64)]) -> ChartResult<()> {
+pub fn bars(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    values: &[(String, f64)],
+) -> ChartResult<()> {
     ensure_font();
     let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -185,10 +230,20 @@ pub fn bars(path: &Path, title: &str, x_label: &str, y_label: &str, values: &[(S
         .x_desc(x_label)
         .y_desc(y_label)
         .x_labels(n)
-        .x_label_formatter(&|x| values.get(x.floor() as usize).map(|v| v.0.clone()).unwrap_or_default())
+        .x_label_formatter(&|x| {
+            values
+                .get(x.floor() as usize)
+                .map(|v| v.0.clone())
+                .unwrap_or_default()
+        })
         .label_style(("sans-serif", 13))
         .draw()?;
-    chart.draw_series(values.iter().enumerate().map(|(i, v)| Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, v.1)], BLUE.mix(0.7).filled())))?;
+    chart.draw_series(values.iter().enumerate().map(|(i, v)| {
+        Rectangle::new(
+            [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, v.1)],
+            BLUE.mix(0.7).filled(),
+        )
+    }))?;
     root.present()?;
     Ok(())
 }

@@ -39,8 +39,24 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let _ = writeln!(md, "| command | `{}` |", o.command);
     let _ = writeln!(md, "| model | `{}` |", r.model);
     let _ = writeln!(md, "| device | {} |", r.device);
-    let _ = writeln!(md, "| commit | {} |", if o.redact_timings { "[commit]".to_string() } else { r.commit.clone() });
-    let _ = writeln!(md, "| when | {} |", if o.redact_timings { "[timestamp]".to_string() } else { r.timestamp.clone() });
+    let _ = writeln!(
+        md,
+        "| commit | {} |",
+        if o.redact_timings {
+            "[commit]".to_string()
+        } else {
+            r.commit.clone()
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| when | {} |",
+        if o.redact_timings {
+            "[timestamp]".to_string()
+        } else {
+            r.timestamp.clone()
+        }
+    );
     let _ = writeln!(md, "| results | `results.parquet` (long format, one row per variant × metric; `results.csv` the same) |\n");
     for n in &o.notes {
         let _ = writeln!(md, "> {n}\n");
@@ -50,17 +66,27 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         md,
         "| variant | method | layers | size (MiB) | weight bytes/token (MB) | test ppl (± s.e.) | KL to base (nats, mean ± s.e.) | KL p99 | top-1 agree | MC acc | decode ms/token (median [min–max]) | predicted speed-up (bytes) | PerfNorm | SpeedNorm | Score |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for v in r.variants() {
         let g = |m: &str| r.get(&v, m);
         let ppl = g("test_ppl");
         let ppl_se = r.spread(&v, "test_ppl");
         let dec = g("decode_ms_per_token");
-        let dec_s = timed(o, match (dec, r.spread(&v, "decode_ms_per_token")) {
-            (Some(d), Some(s)) => format!("{d:.3} [{:.3}–{:.3}]", g("decode_ms_min").unwrap_or(d), g("decode_ms_min").unwrap_or(d) + s),
-            (Some(d), None) => format!("{d:.3}"),
-            _ => "–".into(),
-        });
+        let dec_s = timed(
+            o,
+            match (dec, r.spread(&v, "decode_ms_per_token")) {
+                (Some(d), Some(s)) => format!(
+                    "{d:.3} [{:.3}–{:.3}]",
+                    g("decode_ms_min").unwrap_or(d),
+                    g("decode_ms_min").unwrap_or(d) + s
+                ),
+                (Some(d), None) => format!("{d:.3}"),
+                _ => "–".into(),
+            },
+        );
         let _ = writeln!(
             md,
             "| {v} | {} | {} | {} | {} | {} ± {} | {} ± {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -86,7 +112,10 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let _ = writeln!(md, "![quality vs size](quality_vs_size.png)\n");
     let _ = writeln!(md, "![quality vs time per token](quality_vs_time.png)\n");
     let _ = writeln!(md, "![perplexity per variant](perplexity.png)\n");
-    if r.rows.iter().any(|x| x.metric.starts_with("drop_one_kl_layer_")) {
+    if r.rows
+        .iter()
+        .any(|x| x.metric.starts_with("drop_one_kl_layer_"))
+    {
         let _ = writeln!(md, "![drop-one KL per layer](layer_importance.png)\n");
     }
     let _ = writeln!(md, "## Recommendation\n");
@@ -104,18 +133,32 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
 
 fn recommend(r: &Results, o: &ReportOptions) -> Vec<String> {
     // only variants that compress something: same-size variants (distillation alone) are not options
-    let vs: Vec<String> = r.variants().into_iter().filter(|v| v != "original" && r.get(v, "predicted_speedup").unwrap_or(1.0) > 1.01).collect();
+    let vs: Vec<String> = r
+        .variants()
+        .into_iter()
+        .filter(|v| v != "original" && r.get(v, "predicted_speedup").unwrap_or(1.0) > 1.01)
+        .collect();
     let mut out = vec![];
     let best = |key: &dyn Fn(&String) -> Option<f64>| -> Option<String> {
-        vs.iter().filter_map(|v| key(v).filter(|x| x.is_finite()).map(|k| (v.clone(), k))).min_by(|a, b| a.1.total_cmp(&b.1)).map(|x| x.0)
+        vs.iter()
+            .filter_map(|v| key(v).filter(|x| x.is_finite()).map(|k| (v.clone(), k)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|x| x.0)
     };
     if let Some(v) = best(&|v| r.get(v, "kl_mean")) {
         out.push(format!("quality-first: **{v}** — the lowest KL to the base ({:.4} nats/token), test ppl {:.3}.", r.get(&v, "kl_mean").unwrap_or(f64::NAN), r.get(&v, "test_ppl").unwrap_or(f64::NAN)));
     }
     let base_ppl = r.get("original", "test_ppl").unwrap_or(f64::NAN);
     if let Some(v) = best(&|v| {
-        let ok = r.get(v, "test_ppl").map(|p| p <= base_ppl * 1.10).unwrap_or(false);
-        if ok { r.get(v, "predicted_speedup").map(|s| -s) } else { None }
+        let ok = r
+            .get(v, "test_ppl")
+            .map(|p| p <= base_ppl * 1.10)
+            .unwrap_or(false);
+        if ok {
+            r.get(v, "predicted_speedup").map(|s| -s)
+        } else {
+            None
+        }
     }) {
         out.push(format!(
             "speed-first (within 10% of the base's perplexity): **{v}** — predicted {:.2}× fewer weight bytes per decoded token.",
@@ -123,10 +166,20 @@ fn recommend(r: &Results, o: &ReportOptions) -> Vec<String> {
         ));
     }
     if let Some(v) = best(&|v| {
-        let ok = r.get(v, "test_ppl").map(|p| p <= base_ppl * 1.10).unwrap_or(false);
-        if ok { r.get(v, "size_mib") } else { None }
+        let ok = r
+            .get(v, "test_ppl")
+            .map(|p| p <= base_ppl * 1.10)
+            .unwrap_or(false);
+        if ok {
+            r.get(v, "size_mib")
+        } else {
+            None
+        }
     }) {
-        out.push(format!("size-first (within 10% of the base's perplexity): **{v}** — {:.2} MiB on disk.", r.get(&v, "size_mib").unwrap_or(f64::NAN)));
+        out.push(format!(
+            "size-first (within 10% of the base's perplexity): **{v}** — {:.2} MiB on disk.",
+            r.get(&v, "size_mib").unwrap_or(f64::NAN)
+        ));
     }
     if !o.redact_timings {
         if let Some(v) = best(&|v| r.get(v, "score").map(|s| -s)) {
@@ -143,22 +196,63 @@ pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> anyhow::Result<()> {
         r.variants()
             .into_iter()
             .filter_map(|v| {
-                Some(Point { label: v.clone(), x: r.get(&v, x_metric)?, y: r.get(&v, "test_ppl")?, y_err: r.spread(&v, "test_ppl") })
+                Some(Point {
+                    label: v.clone(),
+                    x: r.get(&v, x_metric)?,
+                    y: r.get(&v, "test_ppl")?,
+                    y_err: r.spread(&v, "test_ppl"),
+                })
             })
             .collect()
     };
     let e = |x: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("chart: {x}");
-    scatter_pareto(&dir.join("quality_vs_size.png"), "Quality vs size", "size on disk (MiB)", "test perplexity", &pts("size_mib")).map_err(e)?;
-    scatter_pareto(&dir.join("quality_vs_time.png"), "Quality vs predicted time per token", "weight bytes read per decoded token (MB)", "test perplexity", &pts("weight_mb_per_token")).map_err(e)?;
-    let ppl: Vec<(String, f64)> = r.variants().into_iter().filter_map(|v| Some((v.clone(), r.get(&v, "test_ppl")?))).collect();
-    bars(&dir.join("perplexity.png"), "Test perplexity per variant", "variant", "perplexity", &ppl).map_err(e)?;
+    scatter_pareto(
+        &dir.join("quality_vs_size.png"),
+        "Quality vs size",
+        "size on disk (MiB)",
+        "test perplexity",
+        &pts("size_mib"),
+    )
+    .map_err(e)?;
+    scatter_pareto(
+        &dir.join("quality_vs_time.png"),
+        "Quality vs predicted time per token",
+        "weight bytes read per decoded token (MB)",
+        "test perplexity",
+        &pts("weight_mb_per_token"),
+    )
+    .map_err(e)?;
+    let ppl: Vec<(String, f64)> = r
+        .variants()
+        .into_iter()
+        .filter_map(|v| Some((v.clone(), r.get(&v, "test_ppl")?)))
+        .collect();
+    bars(
+        &dir.join("perplexity.png"),
+        "Test perplexity per variant",
+        "variant",
+        "perplexity",
+        &ppl,
+    )
+    .map_err(e)?;
     let layers: Vec<(String, f64)> = r
         .rows
         .iter()
-        .filter_map(|x| x.metric.strip_prefix("drop_one_kl_layer_").map(|i| (i.to_string(), x.value)))
+        .filter_map(|x| {
+            x.metric
+                .strip_prefix("drop_one_kl_layer_")
+                .map(|i| (i.to_string(), x.value))
+        })
         .collect();
     if !layers.is_empty() {
-        bars(&dir.join("layer_importance.png"), "KL to the full model when one layer is dropped", "layer", "KL (nats/token)", &layers).map_err(e)?;
+        bars(
+            &dir.join("layer_importance.png"),
+            "KL to the full model when one layer is dropped",
+            "layer",
+            "KL (nats/token)",
+            &layers,
+        )
+        .map_err(e)?;
     }
     std::fs::write(dir.join("README.md"), markdown(r, o))?;
     let _ = pareto_front;

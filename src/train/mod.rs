@@ -24,6 +24,8 @@ pub struct TrainConfig {
     /// clip the global gradient norm to this (0: no clipping)
     pub grad_clip: f64,
     pub eval_every: usize,
+    /// stop (after a final evaluation) once this much wall time has passed
+    pub max_secs: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -38,6 +40,7 @@ impl Default for TrainConfig {
             beta2: 0.95,
             grad_clip: 1.0,
             eval_every: 0,
+            max_secs: None,
         }
     }
 }
@@ -167,7 +170,8 @@ pub fn train(
         if !loss_v.is_finite() {
             candle_core::bail!("{label}: loss became {loss_v} at step {step} (lr {lr:.2e}); lower the learning rate");
         }
-        let last = step + 1 == cfg.steps;
+        let out_of_time = cfg.max_secs.is_some_and(|m| t0.elapsed().as_secs_f64() > m);
+        let last = step + 1 == cfg.steps || out_of_time;
         let eval_loss = if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) || last {
             model.mode = Mode::Inference;
             let e = eval_fn(model)?;

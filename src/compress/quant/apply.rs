@@ -121,7 +121,11 @@ pub fn quantize_gptq(
     use crate::compress::calibration::{sequential, CaptureOpts};
     let mut linears = BTreeMap::new();
     let mut ignore = vec!["lm_head".to_string()];
-    let opts = CaptureOpts { hessian: true, abs_mean: false, keep_rows: 0 };
+    let opts = CaptureOpts {
+        hessian: true,
+        abs_mean: false,
+        keep_rows: 0,
+    };
     let aq = act_quant(scheme);
     let mut m = sequential(model, calib, 8, opts, "GPTQ", &mut |i, layer, caps| {
         let dt = layer.self_attn.q_proj.weight.dtype();
@@ -131,13 +135,23 @@ pub fn quantize_gptq(
                 ignore.push(p);
                 continue;
             }
-            let h = caps[capture_of(n)].hessian.h.as_ref().expect("hessian captured");
+            let h = caps[capture_of(n)]
+                .hessian
+                .h
+                .as_ref()
+                .expect("hessian captured");
             let (ql, rep) = super::gptq::gptq(&lin.weight, h, scheme, cfg)?;
             if rep.retries > 0 {
-                log.push(format!("{p}: Cholesky failed at damping {:.0e}; succeeded at {:.0e}", cfg.damp, rep.damp_used));
+                log.push(format!(
+                    "{p}: Cholesky failed at damping {:.0e}; succeeded at {:.0e}",
+                    cfg.damp, rep.damp_used
+                ));
             }
             if rep.dead_columns > 0 {
-                log.push(format!("{p}: {} dead input columns zeroed", rep.dead_columns));
+                log.push(format!(
+                    "{p}: {} dead input columns zeroed",
+                    rep.dead_columns
+                ));
             }
             lin.weight = ql.dequantized_tensor(dt, &lin.weight.device().clone())?;
             lin.act_quant = aq;
@@ -146,9 +160,16 @@ pub fn quantize_gptq(
         Ok(())
     })?;
     for (_, t) in m.named_tensors_mut() {
-        *t = t.to_dtype(candle_core::DType::BF16)?.to_dtype(model.dtype())?;
+        *t = t
+            .to_dtype(candle_core::DType::BF16)?
+            .to_dtype(model.dtype())?;
     }
-    Ok(QuantizedModel { model: m, linears, scheme: *scheme, ignore })
+    Ok(QuantizedModel {
+        model: m,
+        linears,
+        scheme: *scheme,
+        ignore,
+    })
 }
 
 /// AWQ (W4A16): smooth up→down and (GQA-aware) v→o layer by layer, then RTN every Linear.
@@ -164,15 +185,31 @@ pub fn quantize_awq(
     use crate::compress::calibration::{sequential, CaptureOpts};
     let mut linears = BTreeMap::new();
     let mut ignore = vec!["lm_head".to_string()];
-    let opts = CaptureOpts { hessian: false, abs_mean: true, keep_rows: 4096 };
-    let (heads, kvh, hd) = (model.config.num_attention_heads, model.config.num_key_value_heads, model.config.head_dim);
+    let opts = CaptureOpts {
+        hessian: false,
+        abs_mean: true,
+        keep_rows: 4096,
+    };
+    let (heads, kvh, hd) = (
+        model.config.num_attention_heads,
+        model.config.num_key_value_heads,
+        model.config.head_dim,
+    );
     let aq = act_quant(scheme);
     let mut m = sequential(model, calib, 8, opts, "AWQ", &mut |i, layer, caps| {
         // up → down
         let cap = &caps["mlp.down_proj"];
         let xm: Vec<f32> = cap.abs_mean()?.to_vec1()?;
         let tie: Vec<usize> = (0..xm.len()).collect();
-        let (s, l0, l1) = search(&cap.kept_rows()?, &layer.mlp.down_proj.weight, &xm, &tie, xm.len(), scheme, cfg)?;
+        let (s, l0, l1) = search(
+            &cap.kept_rows()?,
+            &layer.mlp.down_proj.weight,
+            &xm,
+            &tie,
+            xm.len(),
+            scheme,
+            cfg,
+        )?;
         layer.mlp.down_proj.weight = scale_columns(&layer.mlp.down_proj.weight, &s)?;
         layer.mlp.up_proj.weight = unscale_rows(&layer.mlp.up_proj.weight, &s)?;
         log.push(format!("layer {i} up→down: output MSE {l0:.3e} → {l1:.3e}"));
@@ -181,12 +218,24 @@ pub fn quantize_awq(
             let xm: Vec<f32> = cap.abs_mean()?.to_vec1()?;
             let g = heads / kvh;
             // o_proj column h·hd + j  ↔  v_proj row (h / g)·hd + j
-            let tie: Vec<usize> = (0..heads * hd).map(|c| (c / hd / g) * hd + c % hd).collect();
-            let (s, l0, l1) = search(&cap.kept_rows()?, &layer.self_attn.o_proj.weight, &xm, &tie, kvh * hd, scheme, cfg)?;
+            let tie: Vec<usize> = (0..heads * hd)
+                .map(|c| (c / hd / g) * hd + c % hd)
+                .collect();
+            let (s, l0, l1) = search(
+                &cap.kept_rows()?,
+                &layer.self_attn.o_proj.weight,
+                &xm,
+                &tie,
+                kvh * hd,
+                scheme,
+                cfg,
+            )?;
             let full: Vec<f32> = tie.iter().map(|&t| s[t]).collect();
             layer.self_attn.o_proj.weight = scale_columns(&layer.self_attn.o_proj.weight, &full)?;
             layer.self_attn.v_proj.weight = unscale_rows(&layer.self_attn.v_proj.weight, &s)?;
-            log.push(format!("layer {i} v→o (GQA): output MSE {l0:.3e} → {l1:.3e}"));
+            log.push(format!(
+                "layer {i} v→o (GQA): output MSE {l0:.3e} → {l1:.3e}"
+            ));
         }
         let dt = layer.self_attn.q_proj.weight.dtype();
         for (n, lin) in layer.linears_mut() {
@@ -203,7 +252,14 @@ pub fn quantize_awq(
         Ok(())
     })?;
     for (_, t) in m.named_tensors_mut() {
-        *t = t.to_dtype(candle_core::DType::BF16)?.to_dtype(model.dtype())?;
+        *t = t
+            .to_dtype(candle_core::DType::BF16)?
+            .to_dtype(model.dtype())?;
     }
-    Ok(QuantizedModel { model: m, linears, scheme: *scheme, ignore })
+    Ok(QuantizedModel {
+        model: m,
+        linears,
+        scheme: *scheme,
+        ignore,
+    })
 }

@@ -17,7 +17,10 @@ pub struct AwqConfig {
 
 impl Default for AwqConfig {
     fn default() -> Self {
-        Self { grid: 20, v_to_o: true }
+        Self {
+            grid: 20,
+            v_to_o: true,
+        }
     }
 }
 
@@ -39,7 +42,15 @@ fn w_mean(w: &[f32], out: usize, inp: usize, group: usize) -> Vec<f32> {
 }
 
 /// Output MSE of x Wᵀ against x Q(W·s)ᵀ/s for the balance layer `w` [out, in] on rows `x`.
-fn loss(x: &Tensor, w: &[f32], out: usize, inp: usize, s: &[f32], scheme: &Scheme, reference: &Tensor) -> Result<f64> {
+fn loss(
+    x: &Tensor,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    s: &[f32],
+    scheme: &Scheme,
+    reference: &Tensor,
+) -> Result<f64> {
     let mut ws = w.to_vec();
     for r in 0..out {
         for c in 0..inp {
@@ -50,14 +61,26 @@ fn loss(x: &Tensor, w: &[f32], out: usize, inp: usize, s: &[f32], scheme: &Schem
     let back: Vec<f32> = q.iter().enumerate().map(|(k, &v)| v / s[k % inp]).collect();
     let wt = Tensor::from_vec(back, (out, inp), x.device())?;
     let y = x.matmul(&wt.t()?)?;
-    (y - reference)?.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    (y - reference)?
+        .sqr()?
+        .mean_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
 }
 
 /// Grid-searches the scale for balance layer `w` [out, in] whose inputs are `x` [rows, in],
 /// with per-channel activation means `x_mean` [in]. `tie` maps each of the `k` free scales to
 /// the input columns it multiplies (identity for up→down, the GQA expansion for v→o).
 /// Returns the `k` scales (1.0 = no change is among the candidates at ratio 0 only if it wins).
-pub fn search(x: &Tensor, w: &Tensor, x_mean: &[f32], tie: &[usize], k: usize, scheme: &Scheme, cfg: &AwqConfig) -> Result<(Vec<f32>, f64, f64)> {
+pub fn search(
+    x: &Tensor,
+    w: &Tensor,
+    x_mean: &[f32],
+    tie: &[usize],
+    k: usize,
+    scheme: &Scheme,
+    cfg: &AwqConfig,
+) -> Result<(Vec<f32>, f64, f64)> {
     let (wv, out, inp) = to_f32_matrix(w)?;
     let group = scheme.weights.group_size(inp);
     let wm_full = w_mean(&wv, out, inp, group);
@@ -79,8 +102,14 @@ pub fn search(x: &Tensor, w: &Tensor, x_mean: &[f32], tie: &[usize], k: usize, s
     let (mut best, mut best_loss) = (vec![1f32; k], base_loss);
     for i in 0..cfg.grid {
         let r = i as f32 / cfg.grid as f32;
-        let mut s: Vec<f32> = xm.iter().zip(&wm).map(|(&a, &b)| (a.powf(r) / (b.powf(1.0 - r) + 1e-4)).max(1e-4)).collect();
-        let (mx, mn) = s.iter().fold((f32::MIN, f32::MAX), |(a, b), &v| (a.max(v), b.min(v)));
+        let mut s: Vec<f32> = xm
+            .iter()
+            .zip(&wm)
+            .map(|(&a, &b)| (a.powf(r) / (b.powf(1.0 - r) + 1e-4)).max(1e-4))
+            .collect();
+        let (mx, mn) = s
+            .iter()
+            .fold((f32::MIN, f32::MAX), |(a, b), &v| (a.max(v), b.min(v)));
         let norm = (mx * mn).sqrt();
         s.iter_mut().for_each(|v| *v /= norm);
         let full: Vec<f32> = tie.iter().map(|&t| s[t]).collect();
@@ -95,12 +124,16 @@ pub fn search(x: &Tensor, w: &Tensor, x_mean: &[f32], tie: &[usize], k: usize, s
 
 /// Multiplies columns of `w` [out, in] by `s_cols` and returns the new weight.
 pub fn scale_columns(w: &Tensor, s_cols: &[f32]) -> Result<Tensor> {
-    let s = Tensor::from_vec(s_cols.to_vec(), (1, s_cols.len()), &Device::Cpu)?.to_dtype(w.dtype())?.to_device(w.device())?;
+    let s = Tensor::from_vec(s_cols.to_vec(), (1, s_cols.len()), &Device::Cpu)?
+        .to_dtype(w.dtype())?
+        .to_device(w.device())?;
     w.broadcast_mul(&s)
 }
 
 /// Divides rows of `w` [out, in] by `s_rows`.
 pub fn unscale_rows(w: &Tensor, s_rows: &[f32]) -> Result<Tensor> {
-    let s = Tensor::from_vec(s_rows.to_vec(), (s_rows.len(), 1), &Device::Cpu)?.to_dtype(w.dtype())?.to_device(w.device())?;
+    let s = Tensor::from_vec(s_rows.to_vec(), (s_rows.len(), 1), &Device::Cpu)?
+        .to_dtype(w.dtype())?
+        .to_device(w.device())?;
     w.broadcast_div(&s)
 }

@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{dequantize, observe, quantize, QLinear, Scheme};
 use super::ActOrder;
+use super::{dequantize, observe, quantize, QLinear, Scheme};
 
 #[derive(Clone, Debug)]
 pub struct GptqConfig {
@@ -19,7 +19,11 @@ pub struct GptqConfig {
 
 impl Default for GptqConfig {
     fn default() -> Self {
-        Self { damp: 0.01, block: 128, max_damp_retries: 4 }
+        Self {
+            damp: 0.01,
+            block: 128,
+            max_damp_retries: 4,
+        }
     }
 }
 
@@ -149,11 +153,24 @@ fn hinv_upper(h: &[f64], n: usize, cfg: &GptqConfig) -> Result<(Vec<f64>, f64, u
 }
 
 /// GPTQ of weight `w` [out, in] given its input Hessian `h` [in, in].
-pub fn gptq(w: &Tensor, h: &Tensor, scheme: &Scheme, cfg: &GptqConfig) -> Result<(QLinear, GptqReport)> {
+pub fn gptq(
+    w: &Tensor,
+    h: &Tensor,
+    scheme: &Scheme,
+    cfg: &GptqConfig,
+) -> Result<(QLinear, GptqReport)> {
     let s = &scheme.weights;
     let (out, inp) = w.dims2()?;
-    let mut wv: Vec<f64> = w.to_dtype(DType::F64)?.to_device(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1()?;
-    let mut hv: Vec<f64> = h.to_dtype(DType::F64)?.to_device(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1()?;
+    let mut wv: Vec<f64> = w
+        .to_dtype(DType::F64)?
+        .to_device(&candle_core::Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut hv: Vec<f64> = h
+        .to_dtype(DType::F64)?
+        .to_device(&candle_core::Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?;
     // dead inputs: no signal, so the weight column cannot matter; zero it, keep H invertible
     let mut dead = 0;
     for d in 0..inp {
@@ -187,7 +204,15 @@ pub fn gptq(w: &Tensor, h: &Tensor, scheme: &Scheme, cfg: &GptqConfig) -> Result
     };
     let w32: Vec<f32> = wv.iter().map(|&x| x as f32).collect();
     let (scale, zp) = observe(&w32, out, inp, s, g_idx.as_deref());
-    let mut ql = QLinear { scheme: *s, out, inp, q: vec![0.0; out * inp], scale, zp, g_idx };
+    let mut ql = QLinear {
+        scheme: *s,
+        out,
+        inp,
+        q: vec![0.0; out * inp],
+        scale,
+        zp,
+        g_idx,
+    };
     let ng = ql.n_groups();
     // permuted copies
     let mut wp = vec![0f64; out * inp];
@@ -241,5 +266,12 @@ pub fn gptq(w: &Tensor, h: &Tensor, scheme: &Scheme, cfg: &GptqConfig) -> Result
         }
         b0 = b1;
     }
-    Ok((ql, GptqReport { damp_used, retries, dead_columns: dead }))
+    Ok((
+        ql,
+        GptqReport {
+            damp_used,
+            retries,
+            dead_columns: dead,
+        },
+    ))
 }
