@@ -225,3 +225,22 @@ impl Results {
         })
     }
 }
+
+impl Results {
+    /// evcxr (Jupyter) rich display: the table as HTML.
+    pub fn evcxr_display(&self) {
+        let mut h = String::from("<table><tr><th>variant</th><th>metric</th><th>value</th><th>spread</th><th>unit</th></tr>");
+        for r in &self.rows {
+            h += &format!(
+                "<tr><td>{}</td><td>{}</td><td>{:.5}</td><td>{}</td><td>{}</td></tr>",
+                r.variant,
+                r.metric,
+                r.value,
+                r.spread.map(|s| format!("{s:.5}")).unwrap_or_default(),
+                r.unit
+            );
+        }
+        h += "</table>";
+        println!("EVCXR_BEGIN_CONTENT text/html\n{h}\nEVCXR_END_CONTENT");
+    }
+}
