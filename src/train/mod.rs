@@ -191,7 +191,13 @@ pub fn train(
         bar.inc(1);
         if bar.is_hidden() && eval_loss.is_some() {
             // no terminal (a log file): one plain line per evaluation instead of the bar
-            eprintln!("{label} step {}/{} loss {loss_v:.4} val {:.4} lr {lr:.2e} {:.0} tok/s {secs:.0} s", step + 1, cfg.steps, eval_loss.unwrap_or(f64::NAN), tokens as f64 / secs);
+            eprintln!(
+                "{label} step {}/{} loss {loss_v:.4} val {:.4} lr {lr:.2e} {:.0} tok/s {secs:.0} s",
+                step + 1,
+                cfg.steps,
+                eval_loss.unwrap_or(f64::NAN),
+                tokens as f64 / secs
+            );
         }
         log.push(LogPoint {
             step,
