@@ -96,6 +96,8 @@ def main():
     hf32 = Exaone4ForCausalLM.from_pretrained(a.dir, dtype=torch.float32).to(dev).eval()
     with torch.no_grad():
         ref_f32 = hf32(ids.to(dev)).logits[0].float().cpu().numpy()
+        greedy_hf32 = hf32.generate(prompt.to(dev), do_sample=False, max_new_tokens=a.new, min_new_tokens=a.new,
+                                    eos_token_id=361, pad_token_id=0)[0, 16:].tolist()
     del hf32
     torch.cuda.empty_cache()
 
@@ -119,6 +121,12 @@ def main():
         res["ours_load_s"] = float(m.group(1))
         res["ours_prefill_s"] = float(m.group(3))
         res["ours_decode_tokens_per_s"] = int(m.group(4)) / float(m.group(5))
+    out32, _, _ = run([a.runner, a.bin, "generate", "--model", a.dir, "--device", "cuda", "--dtype", "f32",
+                       "--ids", ",".join(map(str, prompt[0].tolist())), "--greedy", "--print-ids",
+                       "--max-new-tokens", str(a.new), "--min-new-tokens", str(a.new)])
+    greedy_ours32 = json.loads(out32.strip().splitlines()[-1])
+    res["greedy_f32_identical"] = greedy_ours32 == greedy_hf32
+    print("greedy f32 (ours CUDA vs HF CUDA) identical:", greedy_ours32 == greedy_hf32)
     same = next((i for i, (x, y) in enumerate(zip(greedy_ours, greedy_hf)) if x != y), None)
     res["greedy_hf"], res["greedy_ours"] = greedy_hf, greedy_ours
     res["greedy_first_divergence"] = same

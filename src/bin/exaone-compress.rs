@@ -114,6 +114,48 @@ enum Cmd {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Quantize every decoder Linear and write a compressed-tensors checkpoint
+    Quantize {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// w4a16, w4a16-asym, w8a8 (int8, dynamic per-token activations), fp8
+        #[arg(long)]
+        scheme: String,
+        /// rtn, gptq or awq (awq: W4A16 only)
+        #[arg(long, default_value = "rtn")]
+        method: String,
+        #[arg(long, default_value_t = 128)]
+        group: usize,
+        /// GPTQ act-order: static (no g_idx) or group (g_idx saved)
+        #[arg(long)]
+        actorder: Option<String>,
+        /// calibration text (.jsonl with "text", or plain lines); default: the shipped train split
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        calib_samples: usize,
+        #[arg(long, default_value_t = 256)]
+        calib_len: usize,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Drop decoder layers (config surgery and renumbering included)
+    Prune {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// explicit layer indices, e.g. 15 or 3,7
+        #[arg(long, value_delimiter = ',')]
+        drop: Option<Vec<usize>>,
+        /// uniform:N, first:N, last:N, bi:N (Block Influence), kl:N (measured KL)
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Validate a model directory for the evaluation server and zip it as model/ (submit.zip)
     Package {
         #[arg(long)]
@@ -256,7 +298,104 @@ fn main() -> Result<()> {
             overwrite,
         } => dequant(&model, &out, overwrite),
         Cmd::Package { model, out, check } => package(&model, &out, check),
+        Cmd::Quantize { m, scheme, method, group, actorder, calib, calib_samples, calib_len, out, overwrite } => {
+            quantize(&m, &scheme, &method, group, actorder.as_deref(), calib, calib_samples, calib_len, &out, overwrite)
+        }
+        Cmd::Prune { m, drop, rule, out, overwrite } => prune(&m, drop, rule.as_deref(), &out, overwrite),
     }
+}
+
+fn calibration(dir: &std::path::Path, file: Option<PathBuf>, n: usize, len: usize) -> Result<Vec<Vec<u32>>> {
+    use exaone_compress::data::{read_documents, split_path, TokenStream};
+    let tok_dir = if dir.join("tokenizer.json").exists() { dir.to_path_buf() } else { exaone_compress::default_model_dir() };
+    let tok = Tokenizer::from_dir(&tok_dir)?;
+    let path = file.unwrap_or_else(|| split_path("train"));
+    let docs = read_documents(&path).with_context(|| format!("reading calibration text {}", path.display()))?;
+    let stream = TokenStream::from_lines(&tok, &docs, tok.token_id("[|endofturn|]"))?;
+    Ok(exaone_compress::compress::calibration::samples(&stream, n, len, 0)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quantize(
+    m: &ModelArgs,
+    scheme: &str,
+    method: &str,
+    group: usize,
+    actorder: Option<&str>,
+    calib: Option<PathBuf>,
+    n: usize,
+    len: usize,
+    out: &std::path::Path,
+    overwrite: bool,
+) -> Result<()> {
+    use exaone_compress::compress::quant::{apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme};
+    let dir = m.dir();
+    let device = parse_device(&m.device)?;
+    let dtype = parse_dtype("auto", &device)?;
+    let base = Exaone4::from_dir(&dir, dtype, &device)?;
+    let mut s = match scheme {
+        "w4a16" => Scheme::w4a16(group, true),
+        "w4a16-asym" => Scheme::w4a16(group, false),
+        "w8a8" => Scheme::w8a8_int8(),
+        "fp8" => Scheme::fp8_dynamic(),
+        other => bail!("unknown scheme {other:?} (w4a16, w4a16-asym, w8a8, fp8)"),
+    };
+    s = s.with_actorder(match actorder {
+        None => None,
+        Some("static") => Some(ActOrder::Static),
+        Some("group") => Some(ActOrder::Group),
+        Some(o) => bail!("unknown actorder {o:?} (static, group)"),
+    });
+    let mut log = vec![];
+    let t0 = Instant::now();
+    let q = match method {
+        "rtn" => apply::quantize_rtn(&base, &s, &|_| false)?,
+        "gptq" => apply::quantize_gptq(&base, &s, &calibration(&dir, calib, n, len)?, &GptqConfig::default(), &|_| false, &mut log)?,
+        "awq" => apply::quantize_awq(&base, &s, &calibration(&dir, calib, n, len)?, &AwqConfig::default(), &|_| false, &mut log)?,
+        other => bail!("unknown method {other:?} (rtn, gptq, awq)"),
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    for l in &log {
+        eprintln!("{l}");
+    }
+    let opts = exaone_compress::checkpoint::WriteOptions { side_files_from: Some(dir.clone()), overwrite, ..Default::default() };
+    exaone_compress::checkpoint::compressed_tensors::save_quantized(&q, out, &opts)?;
+    eprintln!("{method} {} of {} Linears in {secs:.2} s; wrote {}", s.name(), q.linears.len(), out.display());
+    Ok(())
+}
+
+fn prune(m: &ModelArgs, drop: Option<Vec<usize>>, rule: Option<&str>, out: &std::path::Path, overwrite: bool) -> Result<()> {
+    use exaone_compress::compress::prune::{choose, DropRule};
+    let dir = m.dir();
+    let device = parse_device(&m.device)?;
+    let base = Exaone4::from_dir(&dir, parse_dtype("auto", &device)?, &device)?;
+    let rule = match (drop, rule) {
+        (Some(d), None) => DropRule::Explicit(d),
+        (None, Some(r)) => {
+            let (kind, n) = r.split_once(':').with_context(|| format!("--rule {r:?}: expected KIND:N"))?;
+            let n: usize = n.parse().with_context(|| format!("--rule {r:?}: N must be a number"))?;
+            match kind {
+                "uniform" => DropRule::Uniform(n),
+                "first" => DropRule::First(n),
+                "last" => DropRule::Last(n),
+                "bi" => DropRule::BlockInfluence(n),
+                "kl" => DropRule::MeasuredKl(n),
+                other => bail!("unknown rule {other:?} (uniform, first, last, bi, kl)"),
+            }
+        }
+        _ => bail!("give exactly one of --drop and --rule"),
+    };
+    let calib = match rule {
+        DropRule::BlockInfluence(_) | DropRule::MeasuredKl(_) => Some(calibration(&dir, None, 16, 256)?),
+        _ => None,
+    };
+    let dropped = choose(&base, &rule, calib.as_deref())?;
+    let kept: Vec<usize> = (0..base.layers.len()).filter(|i| !dropped.contains(i)).collect();
+    let small = base.with_layers(&kept)?;
+    let opts = exaone_compress::checkpoint::WriteOptions { side_files_from: Some(dir.clone()), overwrite, ..Default::default() };
+    exaone_compress::checkpoint::save_model(&small, out, Some(candle_core::DType::BF16), &opts)?;
+    eprintln!("dropped layers {dropped:?}; {} remain; wrote {}", kept.len(), out.display());
+    Ok(())
 }
 
 fn dequant(model: &std::path::Path, out: &std::path::Path, overwrite: bool) -> Result<()> {
