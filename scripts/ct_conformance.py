@@ -20,7 +20,7 @@ import torch
 import transformers
 import compressed_tensors
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, Exaone4ForCausalLM
 from transformers.utils.quantization_config import CompressedTensorsConfig
 
 CASES = [
@@ -86,11 +86,16 @@ def main():
             row["linears_compared"] = n_t
             row["linears_not_bit_exact"] = n_bad
             row["max_abs_diff"] = max_diff
-            # logits: HF on the decompressed weights (f32 compute) vs ours on the dense twin
+            # logits: transformers' Exaone4ForCausalLM in f32 on the weights compressed-tensors
+            # decompressed, vs ours on the dense twin
             x = torch.tensor([ids])
+            plain = Exaone4ForCausalLM(AutoConfig.from_pretrained(dense)).float().eval()
+            missing, _ = plain.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+            plain.tie_weights()
+            row["missing_after_decompress"] = [m for m in missing if m != "lm_head.weight"]
             with torch.no_grad():
-                ref = hf.float()(x).logits[0].numpy()
-            del hf
+                ref = plain(x).logits[0].numpy()
+            del hf, plain
             o = f"{work}/{name}.npy"
             sh([a.runner, a.bin, "logits", "--model", dense, "--ids", ",".join(map(str, ids)), "--out", o])
             mine = np.load(o)
