@@ -22,7 +22,7 @@ use exaone_compress::model::init::random_model;
 use exaone_compress::model::tokenizer::{apply_chat_template, train_bpe};
 use exaone_compress::model::{generate, ChatMessage, Exaone4Config, GenerateOptions, Tokenizer};
 use exaone_compress::report::train as train_report;
-use exaone_compress::train::{lm_loss, make_trainable, train, TrainConfig};
+use exaone_compress::train::{lm_loss, make_trainable, TrainConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -66,6 +66,9 @@ struct Args {
     /// then says how many steps ran)
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// save a checkpoint (bf16, atomically replaced) to `<out>.checkpoint` every N steps
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
 }
 
 fn config(a: &Args, vocab: usize) -> Result<Exaone4Config> {
@@ -142,7 +145,8 @@ fn main() -> Result<()> {
             .collect::<candle_core::Result<_>>()?
     };
     let t0 = Instant::now();
-    let log = train(
+    let ckpt_dir = a.out.with_extension("checkpoint");
+    let log = exaone_compress::train::train_with_checkpoints(
         &mut model,
         &vars,
         &tc,
@@ -157,8 +161,13 @@ fn main() -> Result<()> {
             }
             Ok(s / val_batches.len() as f64)
         },
+        &mut |m, step| {
+            let o = WriteOptions { overwrite: true, ..Default::default() };
+            save_model(m, &ckpt_dir, Some(DType::BF16), &o).map_err(|e| candle_core::Error::Msg(format!("checkpoint at step {step}: {e}")))
+        },
         "train",
     )?;
+    let _ = std::fs::remove_dir_all(&ckpt_dir);
     let train_secs = t0.elapsed().as_secs_f64();
     exaone_compress::train::freeze(&mut model);
 

@@ -26,6 +26,8 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// stop (after a final evaluation) once this much wall time has passed
     pub max_secs: Option<f64>,
+    /// call the checkpoint hook every this many steps (0: never)
+    pub checkpoint_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -41,6 +43,7 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             eval_every: 0,
             max_secs: None,
+            checkpoint_every: 0,
         }
     }
 }
@@ -127,6 +130,20 @@ pub fn train(
     cfg: &TrainConfig,
     loss_fn: &mut dyn FnMut(&Exaone4, usize) -> Result<(Tensor, usize)>,
     eval_fn: &mut dyn FnMut(&Exaone4) -> Result<f64>,
+    label: &str,
+) -> Result<Vec<LogPoint>> {
+    train_with_checkpoints(model, vars, cfg, loss_fn, eval_fn, &mut |_, _| Ok(()), label)
+}
+
+/// `train`, calling `checkpoint(model, step)` every `cfg.checkpoint_every` steps (e.g. to save
+/// the weights with `checkpoint::save_model`, which writes atomically).
+pub fn train_with_checkpoints(
+    model: &mut Exaone4,
+    vars: &[(String, Var)],
+    cfg: &TrainConfig,
+    loss_fn: &mut dyn FnMut(&Exaone4, usize) -> Result<(Tensor, usize)>,
+    eval_fn: &mut dyn FnMut(&Exaone4) -> Result<f64>,
+    checkpoint: &mut dyn FnMut(&Exaone4, usize) -> Result<()>,
     label: &str,
 ) -> Result<Vec<LogPoint>> {
     model.mode = Mode::Differentiable;
