@@ -162,8 +162,12 @@ fn main() -> Result<()> {
             Ok(s / val_batches.len() as f64)
         },
         &mut |m, step| {
-            let o = WriteOptions { overwrite: true, ..Default::default() };
-            save_model(m, &ckpt_dir, Some(DType::BF16), &o).map_err(|e| candle_core::Error::Msg(format!("checkpoint at step {step}: {e}")))
+            let o = WriteOptions {
+                overwrite: true,
+                ..Default::default()
+            };
+            save_model(m, &ckpt_dir, Some(DType::BF16), &o)
+                .map_err(|e| candle_core::Error::Msg(format!("checkpoint at step {step}: {e}")))
         },
         "train",
     )?;

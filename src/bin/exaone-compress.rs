@@ -298,21 +298,59 @@ fn main() -> Result<()> {
             overwrite,
         } => dequant(&model, &out, overwrite),
         Cmd::Package { model, out, check } => package(&model, &out, check),
-        Cmd::Quantize { m, scheme, method, group, actorder, calib, calib_samples, calib_len, out, overwrite } => {
-            quantize(&m, &scheme, &method, group, actorder.as_deref(), calib, calib_samples, calib_len, &out, overwrite)
-        }
-        Cmd::Prune { m, drop, rule, out, overwrite } => prune(&m, drop, rule.as_deref(), &out, overwrite),
+        Cmd::Quantize {
+            m,
+            scheme,
+            method,
+            group,
+            actorder,
+            calib,
+            calib_samples,
+            calib_len,
+            out,
+            overwrite,
+        } => quantize(
+            &m,
+            &scheme,
+            &method,
+            group,
+            actorder.as_deref(),
+            calib,
+            calib_samples,
+            calib_len,
+            &out,
+            overwrite,
+        ),
+        Cmd::Prune {
+            m,
+            drop,
+            rule,
+            out,
+            overwrite,
+        } => prune(&m, drop, rule.as_deref(), &out, overwrite),
     }
 }
 
-fn calibration(dir: &std::path::Path, file: Option<PathBuf>, n: usize, len: usize) -> Result<Vec<Vec<u32>>> {
+fn calibration(
+    dir: &std::path::Path,
+    file: Option<PathBuf>,
+    n: usize,
+    len: usize,
+) -> Result<Vec<Vec<u32>>> {
     use exaone_compress::data::{read_documents, split_path, TokenStream};
-    let tok_dir = if dir.join("tokenizer.json").exists() { dir.to_path_buf() } else { exaone_compress::default_model_dir() };
+    let tok_dir = if dir.join("tokenizer.json").exists() {
+        dir.to_path_buf()
+    } else {
+        exaone_compress::default_model_dir()
+    };
     let tok = Tokenizer::from_dir(&tok_dir)?;
     let path = file.unwrap_or_else(|| split_path("train"));
-    let docs = read_documents(&path).with_context(|| format!("reading calibration text {}", path.display()))?;
+    let docs = read_documents(&path)
+        .with_context(|| format!("reading calibration text {}", path.display()))?;
     let stream = TokenStream::from_lines(&tok, &docs, tok.token_id("[|endofturn|]"))?;
-    Ok(exaone_compress::compress::calibration::samples(&stream, n, len, 0)?)
+    Ok(exaone_compress::compress::calibration::samples(
+        &stream, n, len, 0,
+    )?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -328,7 +366,9 @@ fn quantize(
     out: &std::path::Path,
     overwrite: bool,
 ) -> Result<()> {
-    use exaone_compress::compress::quant::{apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme};
+    use exaone_compress::compress::quant::{
+        apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme,
+    };
     let dir = m.dir();
     let device = parse_device(&m.device)?;
     let dtype = parse_dtype("auto", &device)?;
@@ -350,21 +390,50 @@ fn quantize(
     let t0 = Instant::now();
     let q = match method {
         "rtn" => apply::quantize_rtn(&base, &s, &|_| false)?,
-        "gptq" => apply::quantize_gptq(&base, &s, &calibration(&dir, calib, n, len)?, &GptqConfig::default(), &|_| false, &mut log)?,
-        "awq" => apply::quantize_awq(&base, &s, &calibration(&dir, calib, n, len)?, &AwqConfig::default(), &|_| false, &mut log)?,
+        "gptq" => apply::quantize_gptq(
+            &base,
+            &s,
+            &calibration(&dir, calib, n, len)?,
+            &GptqConfig::default(),
+            &|_| false,
+            &mut log,
+        )?,
+        "awq" => apply::quantize_awq(
+            &base,
+            &s,
+            &calibration(&dir, calib, n, len)?,
+            &AwqConfig::default(),
+            &|_| false,
+            &mut log,
+        )?,
         other => bail!("unknown method {other:?} (rtn, gptq, awq)"),
     };
     let secs = t0.elapsed().as_secs_f64();
     for l in &log {
         eprintln!("{l}");
     }
-    let opts = exaone_compress::checkpoint::WriteOptions { side_files_from: Some(dir.clone()), overwrite, ..Default::default() };
+    let opts = exaone_compress::checkpoint::WriteOptions {
+        side_files_from: Some(dir.clone()),
+        overwrite,
+        ..Default::default()
+    };
     exaone_compress::checkpoint::compressed_tensors::save_quantized(&q, out, &opts)?;
-    eprintln!("{method} {} of {} Linears in {secs:.2} s; wrote {}", s.name(), q.linears.len(), out.display());
+    eprintln!(
+        "{method} {} of {} Linears in {secs:.2} s; wrote {}",
+        s.name(),
+        q.linears.len(),
+        out.display()
+    );
     Ok(())
 }
 
-fn prune(m: &ModelArgs, drop: Option<Vec<usize>>, rule: Option<&str>, out: &std::path::Path, overwrite: bool) -> Result<()> {
+fn prune(
+    m: &ModelArgs,
+    drop: Option<Vec<usize>>,
+    rule: Option<&str>,
+    out: &std::path::Path,
+    overwrite: bool,
+) -> Result<()> {
     use exaone_compress::compress::prune::{choose, DropRule};
     let dir = m.dir();
     let device = parse_device(&m.device)?;
@@ -372,8 +441,12 @@ fn prune(m: &ModelArgs, drop: Option<Vec<usize>>, rule: Option<&str>, out: &std:
     let rule = match (drop, rule) {
         (Some(d), None) => DropRule::Explicit(d),
         (None, Some(r)) => {
-            let (kind, n) = r.split_once(':').with_context(|| format!("--rule {r:?}: expected KIND:N"))?;
-            let n: usize = n.parse().with_context(|| format!("--rule {r:?}: N must be a number"))?;
+            let (kind, n) = r
+                .split_once(':')
+                .with_context(|| format!("--rule {r:?}: expected KIND:N"))?;
+            let n: usize = n
+                .parse()
+                .with_context(|| format!("--rule {r:?}: N must be a number"))?;
             match kind {
                 "uniform" => DropRule::Uniform(n),
                 "first" => DropRule::First(n),
@@ -386,15 +459,27 @@ fn prune(m: &ModelArgs, drop: Option<Vec<usize>>, rule: Option<&str>, out: &std:
         _ => bail!("give exactly one of --drop and --rule"),
     };
     let calib = match rule {
-        DropRule::BlockInfluence(_) | DropRule::MeasuredKl(_) => Some(calibration(&dir, None, 16, 256)?),
+        DropRule::BlockInfluence(_) | DropRule::MeasuredKl(_) => {
+            Some(calibration(&dir, None, 16, 256)?)
+        }
         _ => None,
     };
     let dropped = choose(&base, &rule, calib.as_deref())?;
-    let kept: Vec<usize> = (0..base.layers.len()).filter(|i| !dropped.contains(i)).collect();
+    let kept: Vec<usize> = (0..base.layers.len())
+        .filter(|i| !dropped.contains(i))
+        .collect();
     let small = base.with_layers(&kept)?;
-    let opts = exaone_compress::checkpoint::WriteOptions { side_files_from: Some(dir.clone()), overwrite, ..Default::default() };
+    let opts = exaone_compress::checkpoint::WriteOptions {
+        side_files_from: Some(dir.clone()),
+        overwrite,
+        ..Default::default()
+    };
     exaone_compress::checkpoint::save_model(&small, out, Some(candle_core::DType::BF16), &opts)?;
-    eprintln!("dropped layers {dropped:?}; {} remain; wrote {}", kept.len(), out.display());
+    eprintln!(
+        "dropped layers {dropped:?}; {} remain; wrote {}",
+        kept.len(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -132,7 +132,15 @@ pub fn train(
     eval_fn: &mut dyn FnMut(&Exaone4) -> Result<f64>,
     label: &str,
 ) -> Result<Vec<LogPoint>> {
-    train_with_checkpoints(model, vars, cfg, loss_fn, eval_fn, &mut |_, _| Ok(()), label)
+    train_with_checkpoints(
+        model,
+        vars,
+        cfg,
+        loss_fn,
+        eval_fn,
+        &mut |_, _| Ok(()),
+        label,
+    )
 }
 
 /// `train`, calling `checkpoint(model, step)` every `cfg.checkpoint_every` steps (e.g. to save
@@ -225,6 +233,24 @@ pub fn train_with_checkpoints(
             eval_loss,
             secs,
         });
+        if cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0 {
+            checkpoint(model, step + 1)?;
+        }
+        if out_of_time {
+            bar.println(format!(
+                "{label}: stopped after {} of {} steps (time limit)",
+                step + 1,
+                cfg.steps
+            ));
+            if bar.is_hidden() {
+                eprintln!(
+                    "{label}: stopped after {} of {} steps (time limit)",
+                    step + 1,
+                    cfg.steps
+                );
+            }
+            break;
+        }
     }
     bar.finish();
     model.mode = Mode::Inference;
