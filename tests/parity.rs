@@ -97,7 +97,7 @@ fn left_padded_batch_equals_rows_generated_alone() {
         let batched = generate(&m, &prompts, &o).unwrap();
         assert_eq!(batched[0], r.greedy[..16].to_vec(), "{name}: row 0 vs HF");
         for (i, p) in prompts.iter().enumerate() {
-            let alone = generate(&m, &[p.clone()], &o).unwrap().remove(0);
+            let alone = generate(&m, std::slice::from_ref(p), &o).unwrap().remove(0);
             assert_eq!(batched[i], alone, "{name}: row {i} batched vs alone");
         }
     }

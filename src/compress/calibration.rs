@@ -78,6 +78,10 @@ impl Capture {
     }
 }
 
+/// What a layer-by-layer method does to layer `i`, given the captures of its inputs.
+pub type PerLayer<'a> =
+    dyn FnMut(usize, &mut DecoderLayer, &BTreeMap<String, Capture>) -> Result<()> + 'a;
+
 /// Runs `calib` through `model` layer by layer. For each layer, `captures` of every Linear
 /// input are gathered with the layer as it is; `per_layer(i, layer, captures)` then changes
 /// the layer (quantizes it) and the changed layer's output feeds layer i+1. Returns the model
@@ -88,7 +92,7 @@ pub fn sequential(
     chunk: usize,
     opts: CaptureOpts,
     label: &str,
-    per_layer: &mut dyn FnMut(usize, &mut DecoderLayer, &BTreeMap<String, Capture>) -> Result<()>,
+    per_layer: &mut PerLayer,
 ) -> Result<Exaone4> {
     if calib.is_empty() {
         candle_core::bail!("no calibration samples");

@@ -397,7 +397,7 @@ impl Exaone4 {
     }
 
     /// Hidden states after the final norm, [b, t, hidden]. With a cache, appends to it.
-    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let (start, pad) = match cache.as_deref() {
             Some(c) => (c.len, c.pad.clone()),
@@ -410,7 +410,7 @@ impl Exaone4 {
                 h = layer.forward(i, &h, &ctx)?;
             }
         }
-        if let Some(c) = cache.as_deref_mut() {
+        if let Some(c) = cache {
             c.len += t;
         }
         self.norm.forward(&h, self.mode)

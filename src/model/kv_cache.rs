@@ -15,6 +15,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         layers: usize,
         batch: usize,

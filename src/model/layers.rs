@@ -130,7 +130,8 @@ pub fn inv_freq(cfg: &Exaone4Config) -> Vec<f32> {
         for f in inv.iter_mut() {
             let wl = 2.0 * std::f32::consts::PI / *f;
             let scaled = if wl > low_wl { *f / factor } else { *f };
-            let medium = !(wl < high_wl) && !(wl > low_wl);
+            // NaN-free here: wl is finite and positive
+            let medium = wl >= high_wl && wl <= low_wl;
             *f = if medium {
                 let s = (old / wl - lo) / (hi - lo);
                 (1.0 - s) * scaled / factor + s * scaled

@@ -94,6 +94,7 @@ impl Results {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         variant: &str,

@@ -61,6 +61,11 @@ impl TrainConfig {
     }
 }
 
+/// Computes one step's loss and its token count.
+pub type LossFn<'a> = dyn FnMut(&Exaone4, usize) -> Result<(Tensor, usize)> + 'a;
+/// Computes the validation loss.
+pub type EvalFn<'a> = dyn FnMut(&Exaone4) -> Result<f64> + 'a;
+
 /// One logged point of a run.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LogPoint {
@@ -128,8 +133,8 @@ pub fn train(
     model: &mut Exaone4,
     vars: &[(String, Var)],
     cfg: &TrainConfig,
-    loss_fn: &mut dyn FnMut(&Exaone4, usize) -> Result<(Tensor, usize)>,
-    eval_fn: &mut dyn FnMut(&Exaone4) -> Result<f64>,
+    loss_fn: &mut LossFn,
+    eval_fn: &mut EvalFn,
     label: &str,
 ) -> Result<Vec<LogPoint>> {
     train_with_checkpoints(
@@ -149,8 +154,8 @@ pub fn train_with_checkpoints(
     model: &mut Exaone4,
     vars: &[(String, Var)],
     cfg: &TrainConfig,
-    loss_fn: &mut dyn FnMut(&Exaone4, usize) -> Result<(Tensor, usize)>,
-    eval_fn: &mut dyn FnMut(&Exaone4) -> Result<f64>,
+    loss_fn: &mut LossFn,
+    eval_fn: &mut EvalFn,
     checkpoint: &mut dyn FnMut(&Exaone4, usize) -> Result<()>,
     label: &str,
 ) -> Result<Vec<LogPoint>> {
