@@ -5,13 +5,7 @@
 #   usage: bash scripts/gpu_session.sh STEPS
 set -uo pipefail
 STEPS="${1:-2000}"
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site
-python3 -c "import lzma,glob,os
-for f in glob.glob('.gpu/*.xz'):
-    open(f[:-3],'wb').write(lzma.open(f).read()); os.remove(f)" || exit 1
-chmod +x .gpu/*
+source scripts/gpu_setup.sh
 export GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 echo "== $GPU_NAME"
 echo "== train the default model ($STEPS steps)"

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::Result;
 
 use super::{rtn::rtn, QLinear, Scheme};
-use crate::model::{ActQuant, Exaone4};
+use crate::model::{ActQuant, Exaone4, Linear};
 
 /// A model whose Linears were quantized, and the quantized values to write.
 pub struct QuantizedModel {
@@ -48,6 +48,40 @@ pub fn install(
         }
     }
     Ok(())
+}
+
+/// Replaces a Linear's weight by its dequantized quantization and records the quantized values.
+fn put(
+    lin: &mut Linear,
+    ql: QLinear,
+    prefix: String,
+    aq: Option<ActQuant>,
+    linears: &mut BTreeMap<String, QLinear>,
+) -> Result<()> {
+    lin.weight = ql.dequantized_tensor(lin.weight.dtype(), &lin.weight.device().clone())?;
+    lin.act_quant = aq;
+    linears.insert(prefix, ql);
+    Ok(())
+}
+
+/// The quantized model as the checkpoint will hold it: every weight not quantized rounded to
+/// bf16 (quantized ones already are).
+fn finish(
+    mut m: Exaone4,
+    linears: BTreeMap<String, QLinear>,
+    scheme: &Scheme,
+    ignore: Vec<String>,
+) -> Result<QuantizedModel> {
+    let dt = m.dtype();
+    for (_, t) in m.named_tensors_mut() {
+        *t = t.to_dtype(candle_core::DType::BF16)?.to_dtype(dt)?;
+    }
+    Ok(QuantizedModel {
+        model: m,
+        linears,
+        scheme: *scheme,
+        ignore,
+    })
 }
 
 /// Every decoder Linear prefix of `model`, in order.
@@ -127,8 +161,7 @@ pub fn quantize_gptq(
         keep_rows: 0,
     };
     let aq = act_quant(scheme);
-    let mut m = sequential(model, calib, 8, opts, "GPTQ", &mut |i, layer, caps| {
-        let dt = layer.self_attn.q_proj.weight.dtype();
+    let m = sequential(model, calib, 8, opts, "GPTQ", &mut |i, layer, caps| {
         for (n, lin) in layer.linears_mut() {
             let p = format!("model.layers.{i}.{n}");
             if skip(&p) {
@@ -153,23 +186,11 @@ pub fn quantize_gptq(
                     rep.dead_columns
                 ));
             }
-            lin.weight = ql.dequantized_tensor(dt, &lin.weight.device().clone())?;
-            lin.act_quant = aq;
-            linears.insert(p, ql);
+            put(lin, ql, p, aq, &mut linears)?;
         }
         Ok(())
     })?;
-    for (_, t) in m.named_tensors_mut() {
-        *t = t
-            .to_dtype(candle_core::DType::BF16)?
-            .to_dtype(model.dtype())?;
-    }
-    Ok(QuantizedModel {
-        model: m,
-        linears,
-        scheme: *scheme,
-        ignore,
-    })
+    finish(m, linears, scheme, ignore)
 }
 
 /// AWQ (W4A16): smooth up→down and (GQA-aware) v→o layer by layer, then RTN every Linear.
@@ -196,7 +217,8 @@ pub fn quantize_awq(
         model.config.head_dim,
     );
     let aq = act_quant(scheme);
-    let mut m = sequential(model, calib, 8, opts, "AWQ", &mut |i, layer, caps| {
+    let m = sequential(model, calib, 8, opts, "AWQ", &mut |i, layer, caps| {
+        let mut smooth: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
         // up → down
         let cap = &caps["mlp.down_proj"];
         let xm: Vec<f32> = cap.abs_mean()?.to_vec1()?;
@@ -212,6 +234,7 @@ pub fn quantize_awq(
         )?;
         layer.mlp.down_proj.weight = scale_columns(&layer.mlp.down_proj.weight, &s)?;
         layer.mlp.up_proj.weight = unscale_rows(&layer.mlp.up_proj.weight, &s)?;
+        smooth.insert("mlp.down_proj", s.clone());
         log.push(format!("layer {i} up→down: output MSE {l0:.3e} → {l1:.3e}"));
         if cfg.v_to_o {
             let cap = &caps["self_attn.o_proj"];
@@ -233,33 +256,37 @@ pub fn quantize_awq(
             let full: Vec<f32> = tie.iter().map(|&t| s[t]).collect();
             layer.self_attn.o_proj.weight = scale_columns(&layer.self_attn.o_proj.weight, &full)?;
             layer.self_attn.v_proj.weight = unscale_rows(&layer.self_attn.v_proj.weight, &s)?;
+            smooth.insert("self_attn.o_proj", full.clone());
             log.push(format!(
                 "layer {i} v→o (GQA): output MSE {l0:.3e} → {l1:.3e}"
             ));
         }
-        let dt = layer.self_attn.q_proj.weight.dtype();
         for (n, lin) in layer.linears_mut() {
             let p = format!("model.layers.{i}.{n}");
             if skip(&p) {
                 ignore.push(p);
                 continue;
             }
-            let ql = rtn(&lin.weight, &scheme.weights)?;
-            lin.weight = ql.dequantized_tensor(dt, &lin.weight.device().clone())?;
-            lin.act_quant = aq;
-            linears.insert(p, ql);
+            let ql = if cfg.clip_steps > 0 {
+                // the inputs this Linear sees after smoothing (v/up outputs were divided by s,
+                // so o/down inputs are the captured rows divided by s)
+                let cap = &caps[capture_of(n)];
+                let mut x = cap.kept_rows()?;
+                let rows = x.dim(0)?.min(cfg.clip_rows);
+                x = x.narrow(0, 0, rows)?;
+                if let Some(s) = smooth.get(n) {
+                    x = super::awq::scale_columns(
+                        &x,
+                        &s.iter().map(|v| 1.0 / v).collect::<Vec<f32>>(),
+                    )?;
+                }
+                super::awq::rtn_clipped(&lin.weight, &x, scheme, cfg.clip_steps)?
+            } else {
+                rtn(&lin.weight, &scheme.weights)?
+            };
+            put(lin, ql, p, aq, &mut linears)?;
         }
         Ok(())
     })?;
-    for (_, t) in m.named_tensors_mut() {
-        *t = t
-            .to_dtype(candle_core::DType::BF16)?
-            .to_dtype(model.dtype())?;
-    }
-    Ok(QuantizedModel {
-        model: m,
-        linears,
-        scheme: *scheme,
-        ignore,
-    })
+    finish(m, linears, scheme, ignore)
 }

@@ -13,6 +13,11 @@ pub struct AwqConfig {
     pub grid: usize,
     /// also smooth v→o (GQA-aware); false reproduces llm-compressor's up→down only
     pub v_to_o: bool,
+    /// weight clipping search steps (AutoAWQ's auto-clip; 0 = plain RTN after scaling, as
+    /// llm-compressor does)
+    pub clip_steps: usize,
+    /// input rows used by the clipping search
+    pub clip_rows: usize,
 }
 
 impl Default for AwqConfig {
@@ -20,6 +25,8 @@ impl Default for AwqConfig {
         Self {
             grid: 20,
             v_to_o: true,
+            clip_steps: 10,
+            clip_rows: 256,
         }
     }
 }
@@ -136,4 +143,62 @@ pub fn unscale_rows(w: &Tensor, s_rows: &[f32]) -> Result<Tensor> {
         .to_dtype(w.dtype())?
         .to_device(w.device())?;
     w.broadcast_div(&s)
+}
+
+/// AWQ's weight clipping: for every (row, group) choose the range shrink α (from 1.0 down to
+/// 0.5) whose quantization error on sample inputs `x` [n, in] is least, then round to nearest.
+/// The scales and zero points stay min-max in form (computed from α·min, α·max), so the
+/// on-disk format is unchanged.
+pub fn rtn_clipped(
+    w: &Tensor,
+    x: &Tensor,
+    scheme: &Scheme,
+    steps: usize,
+) -> Result<super::QLinear> {
+    use super::{dequantize, qparams, quantize};
+    let s = &scheme.weights;
+    let (wv, out, inp) = to_f32_matrix(w)?;
+    let xv: Vec<f32> = x
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?;
+    let n = xv.len() / inp;
+    let gs = s.group_size(inp);
+    let ng = inp.div_ceil(gs);
+    let mut ql = super::rtn::rtn_values(&wv, out, inp, s);
+    let mut err = vec![0f64; n];
+    for r in 0..out {
+        for g in 0..ng {
+            let (c0, c1) = (g * gs, ((g + 1) * gs).min(inp));
+            let row = &wv[r * inp + c0..r * inp + c1];
+            let (mn, mx) = row
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let mut best = (f64::MAX, ql.scale[r * ng + g], ql.zp[r * ng + g]);
+            for k in 0..steps {
+                let alpha = 1.0 - 0.5 * k as f32 / steps as f32;
+                let (sc, zp) = qparams(alpha * mn, alpha * mx, s);
+                err.iter_mut().for_each(|e| *e = 0.0);
+                for (j, &wj) in row.iter().enumerate() {
+                    let d = (wj - dequantize(quantize(wj, sc, zp, s), sc, zp)) as f64;
+                    if d != 0.0 {
+                        for (t, e) in err.iter_mut().enumerate() {
+                            *e += xv[t * inp + c0 + j] as f64 * d;
+                        }
+                    }
+                }
+                let tot: f64 = err.iter().map(|e| e * e).sum();
+                if tot < best.0 {
+                    best = (tot, sc, zp);
+                }
+            }
+            ql.scale[r * ng + g] = best.1;
+            ql.zp[r * ng + g] = best.2;
+            for c in c0..c1 {
+                ql.q[r * inp + c] = quantize(wv[r * inp + c], best.1, best.2, s);
+            }
+        }
+    }
+    Ok(ql)
 }
