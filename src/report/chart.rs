@@ -224,26 +224,25 @@ pub fn bars(
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)?;
+        .build_cartesian_2d((0..n).into_segmented(), 0f64..ymax)?;
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
         .x_labels(n)
-        .x_label_formatter(&|x| {
-            values
-                .get(x.floor() as usize)
-                .map(|v| v.0.clone())
-                .unwrap_or_default()
+        .disable_x_mesh()
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => values.get(*i).map(|v| v.0.clone()).unwrap_or_default(),
+            SegmentValue::Last => String::new(),
         })
         .label_style(("sans-serif", 13))
         .draw()?;
-    chart.draw_series(values.iter().enumerate().map(|(i, v)| {
-        Rectangle::new(
-            [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, v.1)],
-            BLUE.mix(0.7).filled(),
-        )
-    }))?;
+    chart.draw_series(
+        Histogram::vertical(&chart)
+            .style(BLUE.mix(0.7).filled())
+            .margin(8)
+            .data(values.iter().enumerate().map(|(i, v)| (i, v.1))),
+    )?;
     root.present()?;
     Ok(())
 }
