@@ -44,8 +44,12 @@ pub struct Results {
     pub rows: Vec<Row>,
 }
 
-/// The current git commit (short), or "unknown".
+/// The current git commit (short): `EXAONE_COMPRESS_COMMIT` if set (a copy without `.git`, as
+/// on the GPU machine), else `git rev-parse`, else "unknown".
 pub fn git_commit() -> String {
+    if let Ok(c) = std::env::var("EXAONE_COMPRESS_COMMIT") {
+        return c;
+    }
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
