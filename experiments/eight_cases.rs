@@ -18,7 +18,7 @@ use exaone_compress::compress::quant::apply::{
     quantize_awq, quantize_gptq, quantize_rtn, QuantizedModel,
 };
 use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme, Strategy};
-use exaone_compress::data::{read_documents, split_path, TokenStream};
+use exaone_compress::data::default_splits;
 use exaone_compress::device::{parse_device, parse_dtype};
 use exaone_compress::eval::suite::{add_scores, dir_bytes, weight_bytes_per_token, Suite};
 use exaone_compress::eval::tasks::{load_bigbench, load_kmmlu};
@@ -72,21 +72,13 @@ fn main() -> Result<()> {
         .with_context(|| format!("loading {}", dir.display()))?;
     // a checkpoint without a tokenizer (e.g. random weights) is measured with the default
     // model's token ids: speed is real, quality is not
-    let tok_dir = if dir.join("tokenizer.json").exists() {
-        dir.clone()
-    } else {
+    let (tok, fell_back) = Tokenizer::for_model(&dir)?;
+    let tok_dir = if fell_back {
         default_model_dir()
+    } else {
+        dir.clone()
     };
-    let tok = Tokenizer::from_dir(&tok_dir)?;
-    let eos = tok.token_id("[|endofturn|]").unwrap_or(2);
-    let stream = |s: &str| -> Result<TokenStream> {
-        Ok(TokenStream::from_lines(
-            &tok,
-            &read_documents(&split_path(s))?,
-            Some(eos),
-        )?)
-    };
-    let (train, val, mut test) = (stream("train")?, stream("val")?, stream("test")?);
+    let (train, val, mut test) = default_splits(&tok, tok.token_id("[|endofturn|]"))?;
     test.ids.truncate(a.eval_tokens);
     test.bytes = (test.bytes as f64 * a.eval_tokens as f64 / test.ids.len().max(1) as f64) as usize;
     let calib = samples(&train, a.calib_samples, a.calib_len, a.seed)?;

@@ -14,7 +14,7 @@ use exaone_compress::compress::quant::apply::{
     quantize_awq, quantize_gptq, quantize_rtn, QuantizedModel,
 };
 use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme, Strategy};
-use exaone_compress::data::{read_documents, split_path, TokenStream};
+use exaone_compress::data::default_splits;
 use exaone_compress::device::{parse_device, parse_dtype};
 use exaone_compress::eval::suite::{add_scores, dir_bytes, weight_bytes_per_token, Suite};
 use exaone_compress::model::Tokenizer;
@@ -46,21 +46,8 @@ fn main() -> Result<()> {
     let device = parse_device(&a.device)?;
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
     let base = Exaone4::from_dir(&dir, parse_dtype("auto", &device)?, &device)?;
-    let tok_dir = if dir.join("tokenizer.json").exists() {
-        dir.clone()
-    } else {
-        default_model_dir()
-    };
-    let tok = Tokenizer::from_dir(&tok_dir)?;
-    let eos = tok.token_id("[|endofturn|]");
-    let stream = |s: &str| -> Result<TokenStream> {
-        Ok(TokenStream::from_lines(
-            &tok,
-            &read_documents(&split_path(s))?,
-            eos,
-        )?)
-    };
-    let (train, val, mut test) = (stream("train")?, stream("val")?, stream("test")?);
+    let (tok, _) = Tokenizer::for_model(&dir)?;
+    let (train, val, mut test) = default_splits(&tok, tok.token_id("[|endofturn|]"))?;
     test.ids.truncate(a.eval_tokens);
     let calib = samples(&train, a.calib_samples, a.calib_len, 0)?;
     let suite = Suite {

@@ -249,3 +249,16 @@ pub fn build_default_corpus(corpora: &Path, out: &Path) -> std::io::Result<Corpu
     }
     Ok(stats)
 }
+
+/// The shipped train/val/test splits tokenized with `tok`, documents separated by `eos`.
+pub fn default_splits(
+    tok: &Tokenizer,
+    eos: Option<u32>,
+) -> crate::checkpoint::Result<(TokenStream, TokenStream, TokenStream)> {
+    let load = |s: &str| -> crate::checkpoint::Result<TokenStream> {
+        let path = split_path(s);
+        let docs = read_documents(&path).map_err(|e| crate::checkpoint::Error::io(&path, e))?;
+        TokenStream::from_lines(tok, &docs, eos)
+    };
+    Ok((load("train")?, load("val")?, load("test")?))
+}

@@ -338,12 +338,7 @@ fn calibration(
     len: usize,
 ) -> Result<Vec<Vec<u32>>> {
     use exaone_compress::data::{read_documents, split_path, TokenStream};
-    let tok_dir = if dir.join("tokenizer.json").exists() {
-        dir.to_path_buf()
-    } else {
-        exaone_compress::default_model_dir()
-    };
-    let tok = Tokenizer::from_dir(&tok_dir)?;
+    let (tok, _) = Tokenizer::for_model(dir)?;
     let path = file.unwrap_or_else(|| split_path("train"));
     let docs = read_documents(&path)
         .with_context(|| format!("reading calibration text {}", path.display()))?;

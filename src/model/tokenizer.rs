@@ -61,6 +61,17 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// The tokenizer of model directory `dir`, or the default model's when it has none (a
+    /// random-weight checkpoint): token ids then still mean something to the harness, text
+    /// quality does not. Returns whether it fell back.
+    pub fn for_model(dir: &Path) -> Result<(Self, bool)> {
+        if dir.join("tokenizer.json").exists() {
+            Ok((Self::from_dir(dir)?, false))
+        } else {
+            Ok((Self::from_dir(&crate::default_model_dir())?, true))
+        }
+    }
+
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| {

@@ -232,7 +232,9 @@ pub fn bars(
         .x_labels(n)
         .disable_x_mesh()
         .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => values.get(*i).map(|v| v.0.clone()).unwrap_or_default(),
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                values.get(*i).map(|v| v.0.clone()).unwrap_or_default()
+            }
             SegmentValue::Last => String::new(),
         })
         .label_style(("sans-serif", 13))
