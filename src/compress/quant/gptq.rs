@@ -147,7 +147,8 @@ fn hinv_upper(h: &[f64], n: usize, cfg: &GptqConfig) -> Result<(Vec<f64>, f64, u
                 return Ok((u, damp, retry));
             }
         }
-        damp *= 10.0;
+        // from zero, multiplying does nothing: start at the usual 1%
+        damp = if damp > 0.0 { damp * 10.0 } else { 0.01 };
     }
     candle_core::bail!("GPTQ: the Hessian is not positive definite even with damping {damp:.1e} × mean(diag H); the calibration data is too small or degenerate")
 }
