@@ -264,10 +264,9 @@ pub fn attend(
     let (_, kvh, l, _) = k.dims4()?;
     let g = h / kvh;
     let scale = 1.0 / (d as f64).sqrt();
-    // scores in f32 even for bf16 models: SDPA/flash kernels (what HF and vLLM run) never round
-    // QKᵀ to bf16, and doing so flips near-tied greedy choices
-    let q = q.contiguous()?.reshape((b, kvh, g * t, d))?.to_dtype(DType::F32)?;
-    let mut scores = (q.matmul(&k.to_dtype(DType::F32)?.t()?)? * scale)?;
+    let q = q.contiguous()?.reshape((b, kvh, g * t, d))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let mut scores = scores.to_dtype(DType::F32)?;
     if let Some(m) = mask {
         scores = scores
             .reshape((b, kvh, g, t, l))?
