@@ -2,6 +2,7 @@
 //! (transformers 4.57.3, compressed-tensors 0.13.0, vLLM 0.14.1) will demand, then zipped with
 //! `model/` at the root. A directory with problems gets the full list and no zip.
 
+use crate::model::exaone4::LINEAR_NAMES;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -42,15 +43,6 @@ const ARGS_KEYS: &[&str] = &[
     "symmetric",
     "type",
     "zp_dtype",
-];
-const LINEARS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
 ];
 
 fn unknown_keys(v: &Value, allowed: &[&str], at: &str, problems: &mut Vec<String>) {
@@ -117,7 +109,7 @@ pub fn validate(dir: &Path) -> Vec<String> {
         }
     };
     for i in 0..n {
-        for l in LINEARS {
+        for l in LINEAR_NAMES {
             let pre = format!("model.layers.{i}.{l}");
             if !ck.contains(&format!("{pre}.weight"))
                 && !ck.contains(&format!("{pre}.weight_packed"))
@@ -136,7 +128,7 @@ pub fn validate(dir: &Path) -> Vec<String> {
             }
         }
         // vLLM fuses q/k/v and gate/up: the parts must be all quantized or all dense
-        for group in [&LINEARS[0..3], &LINEARS[4..6]] {
+        for group in [&LINEAR_NAMES[0..3], &LINEAR_NAMES[4..6]] {
             let states: BTreeSet<bool> = group
                 .iter()
                 .map(|l| ck.contains(&format!("model.layers.{i}.{l}.weight_scale")))

@@ -11,6 +11,17 @@ use super::layers::{
 };
 use crate::checkpoint::{self, Checkpoint};
 
+/// The seven Linears of a decoder layer, by their name inside the layer, in checkpoint order.
+pub const LINEAR_NAMES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 /// One decoder layer: attention and MLP, each followed (not preceded) by its RMSNorm.
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {

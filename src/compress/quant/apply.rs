@@ -1,6 +1,7 @@
 //! Quantizing a whole model: every decoder Linear (unless skipped) through one method, the
 //! dense weights replaced by their dequantized values so the model runs as the checkpoint will.
 
+use crate::model::exaone4::LINEAR_NAMES;
 use std::collections::BTreeMap;
 
 use candle_core::Result;
@@ -86,17 +87,12 @@ fn finish(
 
 /// Every decoder Linear prefix of `model`, in order.
 pub fn linear_prefixes(model: &Exaone4) -> Vec<String> {
-    const NAMES: [&str; 7] = [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ];
     (0..model.layers.len())
-        .flat_map(|i| NAMES.iter().map(move |n| format!("model.layers.{i}.{n}")))
+        .flat_map(|i| {
+            LINEAR_NAMES
+                .iter()
+                .map(move |n| format!("model.layers.{i}.{n}"))
+        })
         .collect()
 }
 

@@ -205,15 +205,7 @@ pub fn gptq(
     };
     let w32: Vec<f32> = wv.iter().map(|&x| x as f32).collect();
     let (scale, zp) = observe(&w32, out, inp, s, g_idx.as_deref());
-    let mut ql = QLinear {
-        scheme: *s,
-        out,
-        inp,
-        q: vec![0.0; out * inp],
-        scale,
-        zp,
-        g_idx,
-    };
+    let mut ql = QLinear::new(*s, out, inp, scale, zp, g_idx);
     let ng = ql.n_groups();
     // permuted copies
     let mut wp = vec![0f64; out * inp];

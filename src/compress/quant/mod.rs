@@ -76,6 +76,26 @@ pub struct QLinear {
 }
 
 impl QLinear {
+    /// A quantized Linear with its scales and zero points, grid values still to be filled.
+    pub fn new(
+        scheme: WeightScheme,
+        out: usize,
+        inp: usize,
+        scale: Vec<f32>,
+        zp: Vec<f32>,
+        g_idx: Option<Vec<u32>>,
+    ) -> Self {
+        Self {
+            scheme,
+            out,
+            inp,
+            q: vec![0.0; out * inp],
+            scale,
+            zp,
+            g_idx,
+        }
+    }
+
     pub fn n_groups(&self) -> usize {
         match self.scheme.strategy {
             Strategy::Channel => 1,

@@ -11,15 +11,7 @@ pub fn rtn(w: &Tensor, s: &WeightScheme) -> Result<QLinear> {
 
 pub fn rtn_values(w: &[f32], out: usize, inp: usize, s: &WeightScheme) -> QLinear {
     let (scale, zp) = observe(w, out, inp, s, None);
-    let mut ql = QLinear {
-        scheme: *s,
-        out,
-        inp,
-        q: vec![0.0; out * inp],
-        scale,
-        zp,
-        g_idx: None,
-    };
+    let mut ql = QLinear::new(*s, out, inp, scale, zp, None);
     let ng = ql.n_groups();
     for r in 0..out {
         for c in 0..inp {
