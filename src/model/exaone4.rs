@@ -532,6 +532,20 @@ impl DecoderLayer {
     }
 
     /// The seven Linears by their name inside the layer.
+    pub fn linears(&self) -> Vec<(&'static str, &Linear)> {
+        let a = &self.self_attn;
+        vec![
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &self.mlp.gate_proj),
+            ("mlp.up_proj", &self.mlp.up_proj),
+            ("mlp.down_proj", &self.mlp.down_proj),
+        ]
+    }
+
+    /// The seven Linears by their name inside the layer, mutable.
     pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
         let a = &mut self.self_attn;
         vec![

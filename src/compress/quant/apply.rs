@@ -158,31 +158,41 @@ pub fn quantize_gptq(
     };
     let aq = act_quant(scheme);
     let m = sequential(model, calib, 8, opts, "GPTQ", &mut |i, layer, caps| {
-        for (n, lin) in layer.linears_mut() {
+        // Linears sharing an input share its Hessian: quantize each such group as one matrix
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for n in LINEAR_NAMES {
             let p = format!("model.layers.{i}.{n}");
             if skip(&p) {
                 ignore.push(p);
-                continue;
+            } else {
+                groups.entry(capture_of(n)).or_default().push(n);
             }
-            let h = caps[capture_of(n)]
-                .hessian
-                .h
-                .as_ref()
-                .expect("hessian captured");
-            let (ql, rep) = super::gptq::gptq(&lin.weight, h, scheme, cfg)?;
+        }
+        let mut done: BTreeMap<&str, QLinear> = BTreeMap::new();
+        for (cap, names) in &groups {
+            let h = caps[*cap].hessian.h.as_ref().expect("hessian captured");
+            let lins: BTreeMap<&str, &Linear> = layer.linears().into_iter().collect();
+            let ws: Vec<&candle_core::Tensor> = names.iter().map(|n| &lins[n].weight).collect();
+            let (qs, rep) = super::gptq::gptq_shared(&ws, h, scheme, cfg)?;
+            let who = format!("model.layers.{i}.{}", names.join("+"));
             if rep.retries > 0 {
                 log.push(format!(
-                    "{p}: Cholesky failed at damping {:.0e}; succeeded at {:.0e}",
+                    "{who}: Cholesky failed at damping {:.0e}; succeeded at {:.0e}",
                     cfg.damp, rep.damp_used
                 ));
             }
             if rep.dead_columns > 0 {
                 log.push(format!(
-                    "{p}: {} dead input columns zeroed",
+                    "{who}: {} dead input columns zeroed",
                     rep.dead_columns
                 ));
             }
-            put(lin, ql, p, aq, &mut linears)?;
+            done.extend(names.iter().copied().zip(qs));
+        }
+        for (n, lin) in layer.linears_mut() {
+            if let Some(ql) = done.remove(n) {
+                put(lin, ql, format!("model.layers.{i}.{n}"), aq, &mut linears)?;
+            }
         }
         Ok(())
     })?;

@@ -113,6 +113,28 @@ impl QLinear {
         }
     }
 
+    /// Splits a stacked quantization (Linears quantized together) back into Linears of
+    /// `rows` output rows each.
+    pub fn split_rows(self, rows: &[usize]) -> Vec<QLinear> {
+        let ng = self.n_groups();
+        let mut r0 = 0;
+        rows.iter()
+            .map(|&n| {
+                let part = QLinear {
+                    scheme: self.scheme,
+                    out: n,
+                    inp: self.inp,
+                    q: self.q[r0 * self.inp..(r0 + n) * self.inp].to_vec(),
+                    scale: self.scale[r0 * ng..(r0 + n) * ng].to_vec(),
+                    zp: self.zp[r0 * ng..(r0 + n) * ng].to_vec(),
+                    g_idx: self.g_idx.clone(),
+                };
+                r0 += n;
+                part
+            })
+            .collect()
+    }
+
     /// The dequantized weight [out, inp] as f32 values (bf16-exact).
     pub fn dequantized(&self) -> Vec<f32> {
         let ng = self.n_groups();
