@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{rtn::rtn_values, to_f32_matrix, Scheme};
+use super::{fake_quantize, to_f32_matrix, Scheme};
 
 #[derive(Clone, Debug)]
 pub struct AwqConfig {
@@ -48,26 +48,12 @@ fn w_mean(w: &[f32], out: usize, inp: usize, group: usize) -> Vec<f32> {
     m
 }
 
-/// Output MSE of x Wᵀ against x Q(W·s)ᵀ/s for the balance layer `w` [out, in] on rows `x`.
-fn loss(
-    x: &Tensor,
-    w: &[f32],
-    out: usize,
-    inp: usize,
-    s: &[f32],
-    scheme: &Scheme,
-    reference: &Tensor,
-) -> Result<f64> {
-    let mut ws = w.to_vec();
-    for r in 0..out {
-        for c in 0..inp {
-            ws[r * inp + c] *= s[c];
-        }
-    }
-    let q = rtn_values(&ws, out, inp, &scheme.weights).dequantized();
-    let back: Vec<f32> = q.iter().enumerate().map(|(k, &v)| v / s[k % inp]).collect();
-    let wt = Tensor::from_vec(back, (out, inp), x.device())?;
-    let y = x.matmul(&wt.t()?)?;
+/// Output MSE of x·Wᵀ against x·(Q(W·s)/s)ᵀ for the balance layer `w` [out, in] on rows `x`,
+/// all on `x`'s device.
+fn loss(x: &Tensor, w: &Tensor, s: &[f32], scheme: &Scheme, reference: &Tensor) -> Result<f64> {
+    let s = Tensor::from_vec(s.to_vec(), (1, s.len()), x.device())?;
+    let q = fake_quantize(&w.broadcast_mul(&s)?, &scheme.weights, None)?;
+    let y = x.matmul(&q.broadcast_div(&s)?.t()?)?;
     (y - reference)?
         .sqr()?
         .mean_all()?
@@ -103,9 +89,10 @@ pub fn search(
     };
     let (xm, wm) = (reduce(x_mean), reduce(&wm_full));
     let x = x.to_dtype(DType::F32)?;
-    let reference = x.matmul(&Tensor::from_vec(wv.clone(), (out, inp), x.device())?.t()?)?;
+    let wt = Tensor::from_vec(wv, (out, inp), x.device())?;
+    let reference = x.matmul(&wt.t()?)?;
     let ones = vec![1f32; inp];
-    let base_loss = loss(&x, &wv, out, inp, &ones, scheme, &reference)?;
+    let base_loss = loss(&x, &wt, &ones, scheme, &reference)?;
     let (mut best, mut best_loss) = (vec![1f32; k], base_loss);
     for i in 0..cfg.grid {
         let r = i as f32 / cfg.grid as f32;
@@ -120,7 +107,7 @@ pub fn search(
         let norm = (mx * mn).sqrt();
         s.iter_mut().for_each(|v| *v /= norm);
         let full: Vec<f32> = tie.iter().map(|&t| s[t]).collect();
-        let l = loss(&x, &wv, out, inp, &full, scheme, &reference)?;
+        let l = loss(&x, &wt, &full, scheme, &reference)?;
         if l < best_loss {
             best_loss = l;
             best = s;
@@ -148,55 +135,61 @@ pub fn unscale_rows(w: &Tensor, s_rows: &[f32]) -> Result<Tensor> {
 /// AWQ's weight clipping: for every (row, group) choose the range shrink α (from 1.0 down to
 /// 0.5) whose quantization error on sample inputs `x` [n, in] is least, then round to nearest.
 /// The scales and zero points stay min-max in form (computed from α·min, α·max), so the
-/// on-disk format is unchanged.
+/// on-disk format is unchanged. The search runs on `w`'s device: per α, the error of every
+/// (row, group) on the samples is one batched matmul.
 pub fn rtn_clipped(
     w: &Tensor,
     x: &Tensor,
     scheme: &Scheme,
     steps: usize,
 ) -> Result<super::QLinear> {
-    use super::{dequantize, qparams, quantize};
+    use super::{qparams, quantize};
     let s = &scheme.weights;
-    let (wv, out, inp) = to_f32_matrix(w)?;
-    let xv: Vec<f32> = x
-        .to_dtype(DType::F32)?
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1()?;
-    let n = xv.len() / inp;
+    let dev = w.device();
+    let (out, inp) = w.dims2()?;
     let gs = s.group_size(inp);
-    let ng = inp.div_ceil(gs);
-    let mut ql = super::rtn::rtn_values(&wv, out, inp, s);
-    let mut err = vec![0f64; n];
+    let ng = inp / gs;
+    let n = x.dim(0)?;
+    let wf = w.to_dtype(DType::F32)?;
+    // [ng, n, gs]: the sample inputs of each group
+    let xg = x
+        .to_dtype(DType::F32)?
+        .to_device(dev)?
+        .reshape((n, ng, gs))?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let alphas: Vec<f32> = (0..steps.max(1))
+        .map(|k| 1.0 - 0.5 * k as f32 / steps.max(1) as f32)
+        .collect();
+    let mut errs = vec![];
+    for &a in &alphas {
+        let shrink = Tensor::full(a, (out, ng), dev)?;
+        let d = (&wf - fake_quantize(&wf, s, Some(&shrink))?)?;
+        // [ng, gs, out]
+        let dg = d.reshape((out, ng, gs))?.permute((1, 2, 0))?.contiguous()?;
+        // Σ_t (x_t,g · Δw_r,g)² → [ng, out]
+        errs.push(xg.matmul(&dg)?.sqr()?.sum(1)?.t()?.contiguous()?);
+    }
+    // [steps, out, ng] → the first α with the least error, per (row, group)
+    let best: Vec<u32> = Tensor::stack(&errs, 0)?
+        .argmin(0)?
+        .flatten_all()?
+        .to_device(&Device::Cpu)?
+        .to_vec1()?;
+    let (wv, _, _) = to_f32_matrix(w)?;
+    let mut ql = super::QLinear::new(*s, out, inp, vec![0.0; out * ng], vec![0.0; out * ng], None);
     for r in 0..out {
         for g in 0..ng {
-            let (c0, c1) = (g * gs, ((g + 1) * gs).min(inp));
-            let row = &wv[r * inp + c0..r * inp + c1];
+            let row = &wv[r * inp + g * gs..r * inp + (g + 1) * gs];
             let (mn, mx) = row
                 .iter()
                 .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-            let mut best = (f64::MAX, ql.scale[r * ng + g], ql.zp[r * ng + g]);
-            for k in 0..steps {
-                let alpha = 1.0 - 0.5 * k as f32 / steps as f32;
-                let (sc, zp) = qparams(alpha * mn, alpha * mx, s);
-                err.iter_mut().for_each(|e| *e = 0.0);
-                for (j, &wj) in row.iter().enumerate() {
-                    let d = (wj - dequantize(quantize(wj, sc, zp, s), sc, zp)) as f64;
-                    if d != 0.0 {
-                        for (t, e) in err.iter_mut().enumerate() {
-                            *e += xv[t * inp + c0 + j] as f64 * d;
-                        }
-                    }
-                }
-                let tot: f64 = err.iter().map(|e| e * e).sum();
-                if tot < best.0 {
-                    best = (tot, sc, zp);
-                }
-            }
-            ql.scale[r * ng + g] = best.1;
-            ql.zp[r * ng + g] = best.2;
-            for c in c0..c1 {
-                ql.q[r * inp + c] = quantize(wv[r * inp + c], best.1, best.2, s);
+            let a = alphas[best[r * ng + g] as usize];
+            let (sc, zp) = qparams(a * mn, a * mx, s);
+            ql.scale[r * ng + g] = sc;
+            ql.zp[r * ng + g] = zp;
+            for (j, &v) in row.iter().enumerate() {
+                ql.q[r * inp + g * gs + j] = quantize(v, sc, zp, s);
             }
         }
     }
