@@ -5,22 +5,20 @@
 //!   cargo run --release --bin eight_cases                       # default model, CPU, minutes
 //!   cargo run --release --features cuda --bin eight_cases -- --model /path/to/EXAONE-4.0-1.2B --device cuda
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use exaone_compress::checkpoint::{compressed_tensors::save_quantized, save_model, WriteOptions};
 use exaone_compress::compress::calibration::samples;
 use exaone_compress::compress::distill::{distill, DistillConfig, ParamGroup};
 use exaone_compress::compress::prune::{choose, drop_one_kl, DropRule};
 use exaone_compress::compress::quant::apply::{
     quantize_awq, quantize_gptq, quantize_rtn, QuantizedModel,
 };
-use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme, Strategy};
+use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme};
 use exaone_compress::data::default_splits;
 use exaone_compress::device::{parse_device, parse_dtype};
-use exaone_compress::eval::suite::{add_scores, dir_bytes, weight_bytes_per_token, Suite};
+use exaone_compress::eval::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 use exaone_compress::eval::tasks::{load_bigbench, load_kmmlu};
 use exaone_compress::model::Tokenizer;
 use exaone_compress::record::Results;
@@ -61,6 +59,10 @@ struct Args {
     distill_steps: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// the checkpoint has random weights (a shape-only stand-in): the report flags every
+    /// quality column as meaningless and recommends nothing
+    #[arg(long)]
+    random_weights: bool,
 }
 
 fn main() -> Result<()> {
@@ -92,18 +94,10 @@ fn main() -> Result<()> {
     )?;
     bb.truncate(a.mc_items - mc.len());
     mc.extend(bb);
-    let suite = Suite {
-        tokenizer: tok,
-        ppl_window: 512.min(a.eval_tokens),
-        test,
-        kl_sequences: samples(&val, a.kl_sequences, 256, a.seed + 1)?,
-        mc_items: mc,
-        speed_prompt: 64,
-        speed_new_tokens: 32,
-        speed_warmup: 1,
-        speed_repeats: a.speed_repeats,
-        batch: 8,
-    };
+    let mut suite = Suite::new(tok, test, samples(&val, a.kl_sequences, 256, a.seed + 1)?);
+    suite.mc_items = mc;
+    suite.speed_repeats = a.speed_repeats;
+    suite.legacy_prompts = LEGACY_PROMPTS.map(String::from).to_vec();
     let ck_root = match &a.checkpoints {
         Some(p) => p.clone(),
         None => tempfile::tempdir()?.keep(),
@@ -126,23 +120,23 @@ fn main() -> Result<()> {
         .take(2)
         .map(|s| candle_core::Tensor::from_vec(s.clone(), (1, s.len()), &device))
         .collect::<candle_core::Result<_>>()?;
+    let kd_cfg = DistillConfig {
+        train: TrainConfig {
+            steps: a.distill_steps,
+            lr: 1e-3,
+            warmup_steps: a.distill_steps / 10,
+            weight_decay: 0.0,
+            eval_every: 0,
+            ..Default::default()
+        },
+        temperature: 1.0,
+        groups: vec![ParamGroup::Norms],
+        batch: 8,
+        seq_len: a.calib_len,
+        seed: a.seed + 7,
+    };
     let heal = |student: &mut Exaone4| -> Result<()> {
-        let cfg = DistillConfig {
-            train: TrainConfig {
-                steps: a.distill_steps,
-                lr: 1e-3,
-                warmup_steps: a.distill_steps / 10,
-                weight_decay: 0.0,
-                eval_every: 0,
-                ..Default::default()
-            },
-            temperature: 1.0,
-            groups: vec![ParamGroup::Norms],
-            batch: 8,
-            seq_len: a.calib_len,
-            seed: a.seed + 7,
-        };
-        distill(&base, student, &train, &kd_val, &cfg)?;
+        distill(&base, student, &train, &kd_val, &kd_cfg)?;
         Ok(())
     };
     let layer_kl = drop_one_kl(
@@ -174,7 +168,12 @@ fn main() -> Result<()> {
         .collect();
     let prune = |m: &Exaone4| m.with_layers(&kept);
 
-    // evaluate and size one variant
+    // write, size and evaluate one variant
+    let save = SaveTo {
+        dir: &ck_root,
+        side_files_from: Some(tok_dir.clone()),
+        remove_after: a.checkpoints.is_none(),
+    };
     let run = |name: &str,
                method: String,
                params: serde_json::Value,
@@ -182,43 +181,7 @@ fn main() -> Result<()> {
                q: Option<&QuantizedModel>,
                results: &mut Results|
      -> Result<()> {
-        let out = ck_root.join(name.replace(['+', ' '], "_"));
-        let opts = WriteOptions {
-            side_files_from: Some(tok_dir.clone()),
-            overwrite: true,
-            ..Default::default()
-        };
-        let bits: BTreeMap<String, (u32, usize)> = match q {
-            Some(q) => {
-                save_quantized(q, &out, &opts)?;
-                let g = match q.scheme.weights.strategy {
-                    Strategy::Group(g) => g,
-                    Strategy::Channel => {
-                        model.config.hidden_size.max(model.config.intermediate_size)
-                    }
-                };
-                q.linears
-                    .keys()
-                    .map(|p| (p.clone(), (q.scheme.weights.num_bits, g)))
-                    .collect()
-            }
-            None => {
-                save_model(model, &out, Some(candle_core::DType::BF16), &opts)?;
-                BTreeMap::new()
-            }
-        };
-        let wb = weight_bytes_per_token(model, &|p| bits.get(p).copied());
-        eprintln!("evaluating {name} ({method})");
-        suite.evaluate(
-            results,
-            name,
-            &method,
-            &params,
-            &base,
-            model,
-            dir_bytes(&out),
-            wb,
-        )?;
+        suite.measure(results, name, &method, &params, &base, model, q, &save)?;
         Ok(())
     };
     let pr = json!({"drop": drop, "rule": "lowest drop-one KL"});
@@ -271,16 +234,22 @@ fn main() -> Result<()> {
         None,
         &mut results,
     )?;
-    let q = gptq(&pruned, &mut log)?;
+    let pq = gptq(&pruned, &mut log)?;
     run(
         "pruned+quantized",
         format!("drop{drop:?} → gptq W4A16"),
         json!({"prune": pr, "quant": gp}),
-        &q.model,
-        Some(&q),
+        &pq.model,
+        Some(&pq),
         &mut results,
     )?;
-    let mut dq = gptq(&base, &mut log)?;
+    // the same GPTQ result as "quantized" (deterministic), healed
+    let mut dq = QuantizedModel {
+        model: q.model.share(),
+        linears: q.linears.clone(),
+        scheme: q.scheme,
+        ignore: q.ignore.clone(),
+    };
     heal(&mut dq.model)?;
     run(
         "distilled+quantized",
@@ -362,9 +331,17 @@ fn main() -> Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         notes: vec![
             format!("Dropped layer(s) {drop:?}: the lowest KL to the full model when removed alone (chart below)."),
-            format!("Calibration: {} × {} tokens of the training split; distillation: {} steps (4 × 128 tokens each, lr 5e-3) of KL to the base, training the norms only.", a.calib_samples, a.calib_len, a.distill_steps),
-        ],
+            format!(
+                "Calibration: {} × {} tokens of the training split; distillation: {} steps of {} × {} tokens, lr {:.0e} (warm-up {} steps), KL(teacher‖student) at T = {}, training {:?} only.",
+                a.calib_samples, a.calib_len, kd_cfg.train.steps, kd_cfg.batch, kd_cfg.seq_len,
+                kd_cfg.train.lr, kd_cfg.train.warmup_steps, kd_cfg.temperature, kd_cfg.groups
+            ),
+        ]
+        .into_iter()
+        .chain(fell_back.then(|| "The checkpoint has no tokenizer: every text was tokenized with the default model's tokenizer (ids below 4096).".to_string()))
+        .collect(),
         redact_timings: false,
+        quality_meaningless: a.random_weights,
     };
     study::write(&a.out, &results, &opts)?;
     std::fs::write(a.out.join("log.txt"), log.join("\n") + "\n")?;

@@ -8,15 +8,14 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use exaone_compress::checkpoint::{compressed_tensors::save_quantized, WriteOptions};
 use exaone_compress::compress::calibration::samples;
 use exaone_compress::compress::quant::apply::{
     quantize_awq, quantize_gptq, quantize_rtn, QuantizedModel,
 };
-use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme, Strategy};
+use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme};
 use exaone_compress::data::default_splits;
 use exaone_compress::device::{parse_device, parse_dtype};
-use exaone_compress::eval::suite::{add_scores, dir_bytes, weight_bytes_per_token, Suite};
+use exaone_compress::eval::suite::{add_scores, SaveTo, Suite};
 use exaone_compress::model::Tokenizer;
 use exaone_compress::record::Results;
 use exaone_compress::report::study::{self, ReportOptions};
@@ -50,58 +49,21 @@ fn main() -> Result<()> {
     let (train, val, mut test) = default_splits(&tok, tok.token_id("[|endofturn|]"))?;
     test.ids.truncate(a.eval_tokens);
     let calib = samples(&train, a.calib_samples, a.calib_len, 0)?;
-    let suite = Suite {
-        tokenizer: tok,
-        test,
-        ppl_window: 512,
-        kl_sequences: samples(&val, a.kl_sequences, 256, 1)?,
-        mc_items: vec![],
-        speed_prompt: 0,
-        speed_new_tokens: 0,
-        speed_warmup: 0,
-        speed_repeats: 0,
-        batch: 8,
-    };
+    let suite = Suite::new(tok, test, samples(&val, a.kl_sequences, 256, 1)?);
     let mut r = Results::new("quantize", &a.device, &dir.display().to_string());
     let tmp = tempfile::tempdir()?;
     let mut log = vec![];
     let w4 = Scheme::w4a16(128, true);
+    let save = SaveTo {
+        dir: tmp.path(),
+        side_files_from: None,
+        remove_after: true,
+    };
+    let params = json!({"calib": [a.calib_samples, a.calib_len]});
     let eval =
         |r: &mut Results, name: &str, method: &str, q: Option<&QuantizedModel>| -> Result<()> {
-            let out = tmp.path().join(name.replace(' ', "_"));
-            let (model, bits) = match q {
-                Some(q) => {
-                    save_quantized(q, &out, &WriteOptions::default())?;
-                    let g = match q.scheme.weights.strategy {
-                        Strategy::Group(g) => g,
-                        Strategy::Channel => q.model.config.intermediate_size,
-                    };
-                    (&q.model, Some((q.scheme.weights.num_bits, g, q)))
-                }
-                None => {
-                    exaone_compress::checkpoint::save_model(
-                        &base,
-                        &out,
-                        Some(candle_core::DType::BF16),
-                        &WriteOptions::default(),
-                    )?;
-                    (&base, None)
-                }
-            };
-            let wb = weight_bytes_per_token(model, &|p| {
-                bits.and_then(|(b, g, q)| q.linears.contains_key(p).then_some((b, g)))
-            });
-            eprintln!("evaluating {name}");
-            suite.evaluate(
-                r,
-                name,
-                method,
-                &json!({"calib": [a.calib_samples, a.calib_len]}),
-                &base,
-                model,
-                dir_bytes(&out),
-                wb,
-            )?;
+            let model = q.map(|q| &q.model).unwrap_or(&base);
+            suite.measure(r, name, method, &params, &base, model, q, &save)?;
             Ok(())
         };
     eval(&mut r, "original", "none", None)?;
@@ -189,6 +151,7 @@ fn main() -> Result<()> {
             a.calib_samples, a.calib_len, a.kl_sequences
         )],
         redact_timings: false,
+        quality_meaningless: false,
     };
     study::write(&a.out, &r, &opts)?;
     std::fs::write(a.out.join("log.txt"), log.join("\n") + "\n")?;

@@ -3,12 +3,11 @@
 //! drop, RTN W4A16, W8A8) keeps it fast on two cores.
 
 use candle_core::{DType, Device};
-use exaone_compress::checkpoint::{compressed_tensors::save_quantized, save_model, WriteOptions};
 use exaone_compress::compress::calibration::samples;
 use exaone_compress::compress::quant::apply::quantize_rtn;
 use exaone_compress::compress::quant::Scheme;
 use exaone_compress::data::{read_documents, split_path, TokenStream};
-use exaone_compress::eval::suite::{add_scores, dir_bytes, weight_bytes_per_token, Suite};
+use exaone_compress::eval::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 use exaone_compress::eval::tasks::load_kmmlu;
 use exaone_compress::model::Tokenizer;
 use exaone_compress::record::Results;
@@ -34,28 +33,30 @@ fn mini_study_report_snapshot() {
     )
     .unwrap();
     mc.truncate(8);
-    let suite = Suite {
-        tokenizer: tok,
-        test,
-        ppl_window: 256,
-        kl_sequences: samples(&val, 4, 128, 1).unwrap(),
-        mc_items: mc,
-        speed_prompt: 0,
-        speed_new_tokens: 0,
-        speed_warmup: 0,
-        speed_repeats: 0,
-        batch: 4,
-    };
+    let mut suite = Suite::new(tok, test, samples(&val, 4, 128, 1).unwrap());
+    suite.ppl_window = 256;
+    suite.mc_items = mc;
+    suite.batch = 4;
+    suite.legacy_prompts = LEGACY_PROMPTS[..2].iter().map(|s| s.to_string()).collect();
+    suite.legacy_new_tokens = 8;
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = Results::new("mini", "cpu (F32)", "data/default-model");
-    let dense = |m: &Exaone4, name: &str| {
-        let out = tmp.path().join(name);
-        save_model(m, &out, Some(DType::BF16), &WriteOptions::default()).unwrap();
-        (dir_bytes(&out), weight_bytes_per_token(m, &|_| None))
+    let save = SaveTo {
+        dir: tmp.path(),
+        side_files_from: None,
+        remove_after: false,
     };
-    let (b, w) = dense(&base, "original");
+    let mut r = Results::new("mini", "cpu (F32)", "data/default-model");
     suite
-        .evaluate(&mut r, "original", "none", &json!({}), &base, &base, b, w)
+        .measure(
+            &mut r,
+            "original",
+            "none",
+            &json!({}),
+            &base,
+            &base,
+            None,
+            &save,
+        )
         .unwrap();
     let pruned = base
         .with_layers(
@@ -64,17 +65,16 @@ fn mini_study_report_snapshot() {
                 .collect::<Vec<_>>(),
         )
         .unwrap();
-    let (b, w) = dense(&pruned, "pruned");
     suite
-        .evaluate(
+        .measure(
             &mut r,
             "pruned",
             "drop[middle]",
             &json!({}),
             &base,
             &pruned,
-            b,
-            w,
+            None,
+            &save,
         )
         .unwrap();
     for (name, scheme) in [
@@ -82,26 +82,22 @@ fn mini_study_report_snapshot() {
         ("W8A8", Scheme::w8a8_int8()),
     ] {
         let q = quantize_rtn(&base, &scheme, &|_| false).unwrap();
-        let out = tmp.path().join(name.replace(' ', "_"));
-        save_quantized(&q, &out, &WriteOptions::default()).unwrap();
-        let bits = scheme.weights.num_bits;
-        let g = if bits == 4 { 128 } else { 2048 };
-        let w = weight_bytes_per_token(&q.model, &|p| {
-            q.linears.contains_key(p).then_some((bits, g))
-        });
+        let method = format!("rtn {}", scheme.name());
         suite
-            .evaluate(
+            .measure(
                 &mut r,
                 name,
-                &format!("rtn {}", scheme.name()),
+                &method,
                 &json!({}),
                 &base,
                 &q.model,
-                dir_bytes(&out),
-                w,
+                Some(&q),
+                &save,
             )
             .unwrap();
     }
+    // the checkpoints were written where they were measured
+    assert!(tmp.path().join("RTN_W4A16/config.json").exists());
     add_scores(&mut r, "original");
     // the study's own sanity: compression costs quality, never improves KL from zero
     assert_eq!(r.get("original", "kl_mean").map(|k| k < 1e-6), Some(true));
@@ -111,6 +107,7 @@ fn mini_study_report_snapshot() {
         command: "cargo test --release --test report_snapshot".into(),
         notes: vec![],
         redact_timings: true,
+        quality_meaningless: false,
     };
     insta::assert_snapshot!(markdown(&r, &opts));
     // the parquet round-trips

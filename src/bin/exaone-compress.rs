@@ -382,13 +382,18 @@ fn quantize(
         Some(o) => bail!("unknown actorder {o:?} (static, group)"),
     });
     let mut log = vec![];
+    let calib = match method {
+        "gptq" | "awq" => calibration(&dir, calib, n, len)?,
+        _ => vec![],
+    };
+    // timed: the quantization itself (calibration passes included), not loading or tokenizing
     let t0 = Instant::now();
     let q = match method {
         "rtn" => apply::quantize_rtn(&base, &s, &|_| false)?,
         "gptq" => apply::quantize_gptq(
             &base,
             &s,
-            &calibration(&dir, calib, n, len)?,
+            &calib,
             &GptqConfig::default(),
             &|_| false,
             &mut log,
@@ -396,7 +401,7 @@ fn quantize(
         "awq" => apply::quantize_awq(
             &base,
             &s,
-            &calibration(&dir, calib, n, len)?,
+            &calib,
             &AwqConfig::default(),
             &|_| false,
             &mut log,

@@ -22,6 +22,29 @@ pub struct Suite {
     pub speed_warmup: usize,
     pub speed_repeats: usize,
     pub batch: usize,
+    /// the reference pipeline's measures, kept as legacy columns: greedy answers to these chat
+    /// prompts compared with the base model's (similarity, exact match, empty answers)
+    pub legacy_prompts: Vec<String>,
+    pub legacy_new_tokens: usize,
+    /// the base model's legacy answers, generated once
+    pub legacy_base: std::sync::OnceLock<Vec<String>>,
+}
+
+/// Prompts in the spirit of the reference pipeline's fixed ones (Korean and English questions).
+pub const LEGACY_PROMPTS: [&str; 4] = [
+    "한국의 수도는 어디인가요?",
+    "Explain in one sentence what a language model is.",
+    "다음 문장을 영어로 번역하세요: 오늘은 날씨가 좋습니다.",
+    "What is 12 plus 30?",
+];
+
+/// Where a variant's checkpoint is written before it is measured, and what goes beside it.
+pub struct SaveTo<'a> {
+    pub dir: &'a Path,
+    /// tokenizer and generation files copied from here
+    pub side_files_from: Option<std::path::PathBuf>,
+    /// delete the checkpoint once measured
+    pub remove_after: bool,
 }
 
 /// Weight bytes a decoder step reads: every Linear's stored weights (+ scales), norms, and the
@@ -60,6 +83,114 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 }
 
 impl Suite {
+    /// A suite on `test` text and `kl_sequences`, with no task items, no speed runs and no
+    /// legacy prompts; set the public fields for more.
+    pub fn new(tokenizer: Tokenizer, test: TokenStream, kl_sequences: Vec<Vec<u32>>) -> Self {
+        Self {
+            tokenizer,
+            ppl_window: 512.min(test.ids.len().max(2)),
+            test,
+            kl_sequences,
+            mc_items: vec![],
+            speed_prompt: 64,
+            speed_new_tokens: 32,
+            speed_warmup: 1,
+            speed_repeats: 0,
+            batch: 8,
+            legacy_prompts: vec![],
+            legacy_new_tokens: 32,
+            legacy_base: Default::default(),
+        }
+    }
+
+    /// Writes a variant as its checkpoint (compressed-tensors when `q` is given, else bf16),
+    /// then measures it: size on disk, weight bytes per token, and `evaluate`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn measure(
+        &self,
+        results: &mut Results,
+        variant: &str,
+        method: &str,
+        params: &serde_json::Value,
+        base: &Exaone4,
+        model: &Exaone4,
+        q: Option<&crate::compress::quant::apply::QuantizedModel>,
+        save: &SaveTo,
+    ) -> crate::checkpoint::Result<()> {
+        use crate::checkpoint::{compressed_tensors::save_quantized, save_model, WriteOptions};
+        use crate::compress::quant::Strategy;
+        let out = save
+            .dir
+            .join(variant.replace(['+', ' ', '(', ')', '/'], "_"));
+        let opts = WriteOptions {
+            side_files_from: save.side_files_from.clone(),
+            overwrite: true,
+            ..Default::default()
+        };
+        let bits: std::collections::BTreeMap<String, (u32, usize)> = match q {
+            Some(q) => {
+                save_quantized(q, &out, &opts)?;
+                q.linears
+                    .iter()
+                    .map(|(p, l)| {
+                        // per-channel: one scale per row, i.e. a group as wide as the input
+                        let g = match q.scheme.weights.strategy {
+                            Strategy::Group(g) => g,
+                            Strategy::Channel => l.inp,
+                        };
+                        (p.clone(), (q.scheme.weights.num_bits, g))
+                    })
+                    .collect()
+            }
+            None => {
+                save_model(model, &out, Some(candle_core::DType::BF16), &opts)?;
+                Default::default()
+            }
+        };
+        let wb = weight_bytes_per_token(model, &|p| bits.get(p).copied());
+        eprintln!("evaluating {variant} ({method})");
+        self.evaluate(
+            results,
+            variant,
+            method,
+            params,
+            base,
+            model,
+            dir_bytes(&out),
+            wb,
+        )?;
+        if save.remove_after {
+            std::fs::remove_dir_all(&out).map_err(|source| crate::checkpoint::Error::Io {
+                path: out.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Greedy answers to the legacy prompts, as text.
+    fn legacy_answers(&self, model: &Exaone4) -> crate::checkpoint::Result<Vec<String>> {
+        use crate::model::tokenizer::apply_chat_template;
+        use crate::model::{generate, ChatMessage, GenerateOptions};
+        let eos: Vec<u32> = self
+            .tokenizer
+            .token_id("[|endofturn|]")
+            .into_iter()
+            .collect();
+        let mut out = vec![];
+        for p in &self.legacy_prompts {
+            let ids = self.tokenizer.encode(&apply_chat_template(
+                &[ChatMessage::user(p)],
+                true,
+                false,
+            ))?;
+            let opts = GenerateOptions::greedy(self.legacy_new_tokens, eos.clone());
+            let g = generate(model, &[ids], &opts)?;
+            out.push(self.tokenizer.decode(&g[0], true)?.trim().to_string());
+        }
+        Ok(out)
+    }
+
     /// Measures `model` against `base` and adds the rows for `variant`.
     #[allow(clippy::too_many_arguments)]
     pub fn evaluate(
@@ -118,6 +249,28 @@ impl Suite {
             add(results, "mc_acc", mc.acc, Some(mc.acc_stderr), "");
             add(results, "mc_acc_norm", mc.acc_norm, None, "");
             add(results, "mc_chance", mc.chance, None, "");
+        }
+        if !self.legacy_prompts.is_empty() {
+            let ours = self.legacy_answers(model)?;
+            let theirs = match self.legacy_base.get() {
+                Some(b) => b,
+                None => {
+                    let b = self.legacy_answers(base)?;
+                    self.legacy_base.get_or_init(|| b)
+                }
+            };
+            let n = ours.len() as f64;
+            let sim: f64 = ours
+                .iter()
+                .zip(theirs)
+                .map(|(a, b)| similar::TextDiff::from_chars(a.as_str(), b.as_str()).ratio() as f64)
+                .sum::<f64>()
+                / n;
+            let exact = ours.iter().zip(theirs).filter(|(a, b)| a == b).count() as f64 / n;
+            let empty = ours.iter().filter(|a| a.is_empty()).count() as f64 / n;
+            add(results, "legacy_similarity", sim, None, "");
+            add(results, "legacy_exact_match", exact, None, "");
+            add(results, "legacy_empty_answers", empty, None, "");
         }
         if self.speed_repeats > 0 {
             let s = measure_speed(

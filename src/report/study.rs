@@ -14,6 +14,9 @@ pub struct ReportOptions {
     pub command: String,
     pub notes: Vec<String>,
     pub redact_timings: bool,
+    /// the weights are random (a shape-only checkpoint): speed and size are real, every
+    /// quality figure is noise, and no quality-based recommendation is made
+    pub quality_meaningless: bool,
 }
 
 fn fmt(v: Option<f64>, digits: usize) -> String {
@@ -58,6 +61,9 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         }
     );
     let _ = writeln!(md, "| results | `results.parquet` (long format, one row per variant × metric; `results.csv` the same) |\n");
+    if o.quality_meaningless {
+        let _ = writeln!(md, "> **Random weights: the quality columns (perplexity, KL, top-1, MC accuracy, PerfNorm, Score) mean nothing here.** Speed, size and bytes per token are real.\n");
+    }
     for n in &o.notes {
         let _ = writeln!(md, "> {n}\n");
     }
@@ -109,6 +115,25 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         );
     }
     let _ = writeln!(md);
+    if r.rows.iter().any(|x| x.metric == "legacy_similarity") {
+        let _ = writeln!(md, "Legacy measures (the reference pipeline's): greedy answers to fixed chat prompts compared with the base model's answers. Kept for comparison only: an empty answer from both sides counts as a perfect match, which is how the reference table reported 1.0 for broken models.\n");
+        let _ = writeln!(
+            md,
+            "| variant | similarity to base answers | exact match | empty answers |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|");
+        for v in r.variants() {
+            let g = |m: &str| r.get(&v, m);
+            let _ = writeln!(
+                md,
+                "| {v} | {} | {} | {} |",
+                fmt(g("legacy_similarity"), 3),
+                fmt(g("legacy_exact_match"), 2),
+                fmt(g("legacy_empty_answers"), 2)
+            );
+        }
+        let _ = writeln!(md);
+    }
     let _ = writeln!(md, "![quality vs size](quality_vs_size.png)\n");
     let _ = writeln!(md, "![quality vs time per token](quality_vs_time.png)\n");
     let _ = writeln!(md, "![perplexity per variant](perplexity.png)\n");
@@ -119,8 +144,15 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         let _ = writeln!(md, "![drop-one KL per layer](layer_importance.png)\n");
     }
     let _ = writeln!(md, "## Recommendation\n");
-    for line in recommend(r, o) {
-        let _ = writeln!(md, "- {line}");
+    if o.quality_meaningless {
+        let _ = writeln!(
+            md,
+            "- None: with random weights only the speed and size columns can be compared."
+        );
+    } else {
+        for line in recommend(r, o) {
+            let _ = writeln!(md, "- {line}");
+        }
     }
     let _ = writeln!(md, "\n## How noisy these figures are\n");
     let _ = writeln!(md, "- Perplexity: ± is the standard error of the mean NLL over scoring windows, shown on the perplexity scale; differences smaller than about twice the larger ± are not significant.");

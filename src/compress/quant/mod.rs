@@ -220,7 +220,9 @@ pub fn fake_quantize(w: &Tensor, s: &WeightScheme, shrink: Option<&Tensor>) -> R
     let (out, inp) = w.dims2()?;
     let gs = s.group_size(inp);
     if inp % gs != 0 {
-        candle_core::bail!("fake_quantize: {inp} input columns are not a multiple of the group size {gs}");
+        candle_core::bail!(
+            "fake_quantize: {inp} input columns are not a multiple of the group size {gs}"
+        );
     }
     let ng = inp / gs;
     let dev = w.device();
@@ -238,10 +240,18 @@ pub fn fake_quantize(w: &Tensor, s: &WeightScheme, shrink: Option<&Tensor>) -> R
     let eps = mn.ones_like()?.affine(f32::EPSILON as f64, 0.0)?;
     let (scale, zp) = if s.symmetric {
         let absmax = mn.abs()?.maximum(&mx)?;
-        let scale = round_bf16_t(&absmax.broadcast_div(&scalar((qmax - qmin) / 2.0)?)?.maximum(&eps)?)?;
+        let scale = round_bf16_t(
+            &absmax
+                .broadcast_div(&scalar((qmax - qmin) / 2.0)?)?
+                .maximum(&eps)?,
+        )?;
         (scale, zero)
     } else {
-        let scale = round_bf16_t(&(mx - &mn)?.broadcast_div(&scalar(qmax - qmin)?)?.maximum(&eps)?)?;
+        let scale = round_bf16_t(
+            &(mx - &mn)?
+                .broadcast_div(&scalar(qmax - qmin)?)?
+                .maximum(&eps)?,
+        )?;
         let zp = (mn.broadcast_div(&scale)?.neg()? + qmin as f64)?;
         (scale.clone(), round_ties_even(&zp.clamp(qmin, qmax)?)?)
     };
@@ -290,7 +300,8 @@ mod tests {
                         let mx = row.iter().fold(f32::MIN, |m, &x| m.max(x));
                         let (sc, zp) = qparams(a * mn, a * mx, &s);
                         for (j, &x) in row.iter().enumerate() {
-                            want[r * inp + g * gs + j] = dequantize(quantize(x, sc, zp, &s), sc, zp);
+                            want[r * inp + g * gs + j] =
+                                dequantize(quantize(x, sc, zp, &s), sc, zp);
                         }
                     }
                 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Fifth GPU-machine session (issue #4, item 8): time to GPTQ/AWQ/RTN-quantize a random-weight
+# EXAONE-4.0-1.2B-shaped checkpoint with 128 × 512 calibration tokens, ours and llm-compressor
+# 0.9.0.2's, same call, same GPU. Ours runs twice (spread); llm-compressor once (it is slow).
+set -uo pipefail
+source scripts/gpu_setup.sh
+python3 - <<'PY'
+import torch
+from transformers import Exaone4Config, Exaone4ForCausalLM
+import importlib.util
+spec = importlib.util.spec_from_file_location("gp", "scripts/gpu_parity.py"); gp = importlib.util.module_from_spec(spec); spec.loader.exec_module(gp)
+torch.manual_seed(0)
+Exaone4ForCausalLM(Exaone4Config(**gp.CFG)).to(torch.bfloat16).save_pretrained("/tmp/exaone12-random")
+PY
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+# smoke test on the default model first: a failure here explains everything after it
+.gpu/run-on-gpu.sh .gpu/exaone-compress quantize --model data/default-model --device cuda --scheme w4a16 --method gptq --out /tmp/q-smoke 2>&1 | tail -2
+.gpu/run-on-gpu.sh .gpu/exaone-compress quantize --model data/default-model --device cuda --scheme w4a16 --method awq --out /tmp/q-smoke2 2>&1 | tail -2
+ours() {
+  for m in gptq awq rtn; do
+    /usr/bin/time -f "wall %e s, max RSS %M KiB" .gpu/run-on-gpu.sh .gpu/exaone-compress quantize \
+      --model /tmp/exaone12-random --device cuda --scheme w4a16 --method $m \
+      --calib-samples 128 --calib-len 512 --out /tmp/q-$m --overwrite 2>&1 \
+      | grep -v "^\s*$" | tail -3 | sed "s/^/ours $m run $1: /" | tee -a "$OUT/ours.txt"
+  done
+}
+ours 1
+timeout 380 python3 scripts/llmc_time.py --model /tmp/exaone12-random --samples 128 --len 512 \
+  --methods gptq,awq,rtn --out "$OUT/llmc_time.json" 2>&1 | grep '^{' | tee "$OUT/llmc.txt"
+ours 2
