@@ -21,10 +21,11 @@ ours() {
     /usr/bin/time -f "wall %e s, max RSS %M KiB" .gpu/run-on-gpu.sh .gpu/exaone-compress quantize \
       --model /tmp/exaone12-random --device cuda --scheme w4a16 --method $m \
       --calib-samples 128 --calib-len 512 --out /tmp/q-$m --overwrite 2>&1 \
-      | grep -v "^\s*$" | tail -3 | sed "s/^/ours $m run $1: /" | tee -a "$OUT/ours.txt"
+      | grep -v "^\s*$" | grep -v "output MSE" | tail -3 | sed "s/^/ours $m run $1: /" | tee -a "$OUT/ours.txt"
   done
 }
 ours 1
-timeout 380 python3 scripts/llmc_time.py --model /tmp/exaone12-random --samples 128 --len 512 \
-  --methods gptq,awq,rtn --out "$OUT/llmc_time.json" 2>&1 | grep '^{' | tee "$OUT/llmc.txt"
-ours 2
+timeout 420 python3 scripts/llmc_time.py --model /tmp/exaone12-random --samples 128 --len 512 \
+  --methods "${LLMC_METHODS:-gptq,awq,rtn}" --out "$OUT/llmc_time.json" > /tmp/llmc.log 2>&1
+grep '^{' /tmp/llmc.log | tee "$OUT/llmc.txt"; grep -v '^{' /tmp/llmc.log | tail -5
+[ -n "${SECOND:-}" ] && ours 2

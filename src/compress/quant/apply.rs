@@ -157,7 +157,9 @@ pub fn quantize_gptq(
         keep_rows: 0,
     };
     let aq = act_quant(scheme);
+    let (t_all, mut t_layers, mut secs) = (std::time::Instant::now(), 0f64, [0f64; 4]);
     let m = sequential(model, calib, 8, opts, "GPTQ", &mut |i, layer, caps| {
+        let t_layer = std::time::Instant::now();
         // Linears sharing an input share its Hessian: quantize each such group as one matrix
         let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for n in LINEAR_NAMES {
@@ -188,14 +190,26 @@ pub fn quantize_gptq(
                 ));
             }
             done.extend(names.iter().copied().zip(qs));
+            secs.iter_mut().zip(rep.secs).for_each(|(a, b)| *a += b);
         }
         for (n, lin) in layer.linears_mut() {
             if let Some(ql) = done.remove(n) {
                 put(lin, ql, format!("model.layers.{i}.{n}"), aq, &mut linears)?;
             }
         }
+        t_layers += t_layer.elapsed().as_secs_f64();
         Ok(())
     })?;
+    let total = t_all.elapsed().as_secs_f64();
+    log.push(format!(
+        "GPTQ {total:.1} s: calibration passes {:.1} s; per Linear group: prepare {:.1} s, factorise H {:.1} s, column loops {:.1} s, lazy updates {:.1} s; into the model {:.1} s",
+        total - t_layers,
+        secs[0],
+        secs[1],
+        secs[2],
+        secs[3],
+        t_layers - secs.iter().sum::<f64>()
+    ));
     finish(m, linears, scheme, ignore)
 }
 
@@ -223,7 +237,9 @@ pub fn quantize_awq(
         model.config.head_dim,
     );
     let aq = act_quant(scheme);
+    let (t_all, mut t_layers) = (std::time::Instant::now(), 0f64);
     let m = sequential(model, calib, 8, opts, "AWQ", &mut |i, layer, caps| {
+        let t_layer = std::time::Instant::now();
         let mut smooth: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
         // up → down
         let cap = &caps["mlp.down_proj"];
@@ -292,7 +308,13 @@ pub fn quantize_awq(
             };
             put(lin, ql, p, aq, &mut linears)?;
         }
+        t_layers += t_layer.elapsed().as_secs_f64();
         Ok(())
     })?;
+    let total = t_all.elapsed().as_secs_f64();
+    log.push(format!(
+        "AWQ {total:.1} s: calibration passes {:.1} s; scale and clipping searches, quantization {t_layers:.1} s",
+        total - t_layers
+    ));
     finish(m, linears, scheme, ignore)
 }

@@ -5,6 +5,7 @@
 //! input column h·d + j shares the scale of v_proj row kv·d + j for the query heads h of kv.
 
 use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
 
 use super::{fake_quantize, to_f32_matrix, Scheme};
 
@@ -33,17 +34,29 @@ impl Default for AwqConfig {
 
 /// Mean over rows of |W| normalised per group by the group's max: AWQ's weight statistic [in].
 fn w_mean(w: &[f32], out: usize, inp: usize, group: usize) -> Vec<f32> {
-    let mut m = vec![0f32; inp];
-    for r in 0..out {
-        for g0 in (0..inp).step_by(group) {
-            let g1 = (g0 + group).min(inp);
-            let row = &w[r * inp + g0..r * inp + g1];
-            let mx = row.iter().fold(0f32, |a, &x| a.max(x.abs())) + 1e-6;
-            for (k, &x) in row.iter().enumerate() {
-                m[g0 + k] += x.abs() / mx;
-            }
-        }
-    }
+    let mut m = (0..out)
+        .into_par_iter()
+        .fold(
+            || vec![0f32; inp],
+            |mut m, r| {
+                for g0 in (0..inp).step_by(group) {
+                    let g1 = (g0 + group).min(inp);
+                    let row = &w[r * inp + g0..r * inp + g1];
+                    let mx = row.iter().fold(0f32, |a, &x| a.max(x.abs())) + 1e-6;
+                    for (k, &x) in row.iter().enumerate() {
+                        m[g0 + k] += x.abs() / mx;
+                    }
+                }
+                m
+            },
+        )
+        .reduce(
+            || vec![0f32; inp],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
     m.iter_mut().for_each(|x| *x /= out as f32);
     m
 }
@@ -178,20 +191,22 @@ pub fn rtn_clipped(
         .to_vec1()?;
     let (wv, _, _) = to_f32_matrix(w)?;
     let mut ql = super::QLinear::new(*s, out, inp, vec![0.0; out * ng], vec![0.0; out * ng], None);
-    for r in 0..out {
-        for g in 0..ng {
-            let row = &wv[r * inp + g * gs..r * inp + (g + 1) * gs];
-            let (mn, mx) = row
-                .iter()
-                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-            let a = alphas[best[r * ng + g] as usize];
-            let (sc, zp) = qparams(a * mn, a * mx, s);
-            ql.scale[r * ng + g] = sc;
-            ql.zp[r * ng + g] = zp;
-            for (j, &v) in row.iter().enumerate() {
-                ql.q[r * inp + g * gs + j] = quantize(v, sc, zp, s);
+    ql.q.par_chunks_mut(inp)
+        .zip(ql.scale.par_chunks_mut(ng))
+        .zip(ql.zp.par_chunks_mut(ng))
+        .enumerate()
+        .for_each(|(r, ((qrow, sc), zr))| {
+            for g in 0..ng {
+                let row = &wv[r * inp + g * gs..r * inp + (g + 1) * gs];
+                let (mn, mx) = row
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let a = alphas[best[r * ng + g] as usize];
+                (sc[g], zr[g]) = qparams(a * mn, a * mx, s);
+                for (j, &v) in row.iter().enumerate() {
+                    qrow[g * gs + j] = quantize(v, sc[g], zr[g], s);
+                }
             }
-        }
-    }
+        });
     Ok(ql)
 }

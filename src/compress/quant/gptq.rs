@@ -77,6 +77,9 @@ pub struct GptqReport {
     pub damp_used: f64,
     pub retries: usize,
     pub dead_columns: usize,
+    /// seconds spent: preparing (copies, observing scales), factorising H, the blocks' column
+    /// loops (CPU), the lazy updates (device)
+    pub secs: [f64; 4],
 }
 
 /// Below this width the factorisation runs on the CPU (the recursion's leaves).
@@ -200,6 +203,12 @@ pub fn gptq_shared(
 ) -> Result<(Vec<QLinear>, GptqReport)> {
     let s = &scheme.weights;
     let dev = ws[0].device().clone();
+    let mut secs = [0f64; 4];
+    let mut t = std::time::Instant::now();
+    let mut lap = |i: usize, t: &mut std::time::Instant| {
+        secs[i] += t.elapsed().as_secs_f64();
+        *t = std::time::Instant::now();
+    };
     let rows: Vec<usize> = ws.iter().map(|w| w.dim(0)).collect::<Result<_>>()?;
     let w = Tensor::cat(ws, 0)?.to_dtype(DType::F64)?;
     let (out, inp) = w.dims2()?;
@@ -259,7 +268,11 @@ pub fn gptq_shared(
     let perm_t = Tensor::from_vec(perm.iter().map(|&p| p as u32).collect(), inp, &dev)?;
     let hp = h.index_select(&perm_t, 0)?.index_select(&perm_t, 1)?;
     let mean_diag = diag.iter().sum::<f64>() / inp as f64;
+    lap(0, &mut t);
     let (u, damp_used, retries) = hinv_upper(&hp, mean_diag, cfg)?;
+    // the diagonal blocks, for the CPU loops: one download
+    let u_cpu: Vec<f64> = u.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    lap(1, &mut t);
     // the columns not yet quantized, in visiting order, updated block by block on the device
     let mut rest = w.index_select(&perm_t, 1)?;
     let ng = ql.n_groups();
@@ -268,17 +281,17 @@ pub fn gptq_shared(
     while b0 < inp {
         let bw = cfg.block.min(inp - b0);
         let b1 = b0 + bw;
+        // contiguous on the device first: a view would download the whole matrix
         let mut blk: Vec<f64> = rest
             .narrow(1, 0, bw)?
+            .contiguous()?
             .to_device(&Device::Cpu)?
             .flatten_all()?
             .to_vec1()?;
-        let ub: Vec<f64> = u
-            .narrow(0, b0, bw)?
-            .narrow(1, b0, bw)?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?;
+        let ub: Vec<f64> = (0..bw)
+            .flat_map(|j| u_cpu[(b0 + j) * inp + b0..(b0 + j) * inp + b1].iter().copied())
+            .collect();
+        lap(3, &mut t);
         let mut err = vec![0f64; out * bw];
         let (scales, zps) = (&ql.scale, &ql.zp);
         let mut qcols = vec![0f32; out * bw];
@@ -300,11 +313,14 @@ pub fn gptq_shared(
                     }
                 }
             });
-        for r in 0..out {
-            for j in 0..bw {
-                ql.q[r * inp + perm[b0 + j]] = qcols[r * bw + j];
-            }
-        }
+        ql.q.par_chunks_mut(inp)
+            .zip(qcols.par_chunks(bw))
+            .for_each(|(qrow, qc)| {
+                for j in 0..bw {
+                    qrow[perm[b0 + j]] = qc[j];
+                }
+            });
+        lap(2, &mut t);
         // the block's errors onto every later column: W[:, b1..] -= E · U[b0..b1, b1..]
         rest = if b1 < inp {
             let e = Tensor::from_vec(err, (out, bw), &dev)?;
@@ -315,12 +331,14 @@ pub fn gptq_shared(
         };
         b0 = b1;
     }
+    lap(3, &mut t);
     Ok((
         ql.split_rows(&rows),
         GptqReport {
             damp_used,
             retries,
             dead_columns: n_dead,
+            secs,
         },
     ))
 }

@@ -137,15 +137,15 @@ impl QLinear {
 
     /// The dequantized weight [out, inp] as f32 values (bf16-exact).
     pub fn dequantized(&self) -> Vec<f32> {
+        use rayon::prelude::*;
         let ng = self.n_groups();
         let mut w = vec![0f32; self.out * self.inp];
-        for r in 0..self.out {
-            for c in 0..self.inp {
+        w.par_chunks_mut(self.inp).enumerate().for_each(|(r, row)| {
+            for (c, x) in row.iter_mut().enumerate() {
                 let g = r * ng + self.group_of(c);
-                w[r * self.inp + c] =
-                    dequantize(self.q[r * self.inp + c], self.scale[g], self.zp[g]);
+                *x = dequantize(self.q[r * self.inp + c], self.scale[g], self.zp[g]);
             }
-        }
+        });
         w
     }
 
@@ -169,28 +169,30 @@ pub fn observe(
         Strategy::Channel => 1,
         Strategy::Group(g) => inp.div_ceil(g),
     };
-    let mut mins = vec![f32::MAX; out * ng];
-    let mut maxs = vec![f32::MIN; out * ng];
-    for r in 0..out {
-        for c in 0..inp {
-            let g = match (g_idx, s.strategy) {
-                (Some(gi), _) => gi[c] as usize,
-                (None, Strategy::Channel) => 0,
-                (None, Strategy::Group(gs)) => c / gs,
-            };
-            let x = w[r * inp + c];
-            let k = r * ng + g;
-            mins[k] = mins[k].min(x);
-            maxs[k] = maxs[k].max(x);
-        }
-    }
+    use rayon::prelude::*;
     let mut scale = vec![0f32; out * ng];
     let mut zp = vec![0f32; out * ng];
-    for k in 0..out * ng {
-        let (sc, z) = qparams(mins[k], maxs[k], s);
-        scale[k] = sc;
-        zp[k] = z;
-    }
+    scale
+        .par_chunks_mut(ng)
+        .zip(zp.par_chunks_mut(ng))
+        .enumerate()
+        .for_each(|(r, (sc, z))| {
+            let mut mins = vec![f32::MAX; ng];
+            let mut maxs = vec![f32::MIN; ng];
+            for c in 0..inp {
+                let g = match (g_idx, s.strategy) {
+                    (Some(gi), _) => gi[c] as usize,
+                    (None, Strategy::Channel) => 0,
+                    (None, Strategy::Group(gs)) => c / gs,
+                };
+                let x = w[r * inp + c];
+                mins[g] = mins[g].min(x);
+                maxs[g] = maxs[g].max(x);
+            }
+            for g in 0..ng {
+                (sc[g], z[g]) = qparams(mins[g], maxs[g], s);
+            }
+        });
     (scale, zp)
 }
 

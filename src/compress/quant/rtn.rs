@@ -1,6 +1,7 @@
 //! Round-to-nearest: min-max scales, every weight rounded on its own. The floor.
 
 use candle_core::{Result, Tensor};
+use rayon::prelude::*;
 
 use super::{observe, quantize, to_f32_matrix, QLinear, WeightScheme};
 
@@ -13,11 +14,13 @@ pub fn rtn_values(w: &[f32], out: usize, inp: usize, s: &WeightScheme) -> QLinea
     let (scale, zp) = observe(w, out, inp, s, None);
     let mut ql = QLinear::new(*s, out, inp, scale, zp, None);
     let ng = ql.n_groups();
-    for r in 0..out {
-        for c in 0..inp {
-            let g = r * ng + ql.group_of(c);
-            ql.q[r * inp + c] = quantize(w[r * inp + c], ql.scale[g], ql.zp[g], s);
+    let (scale, zp) = (&ql.scale, &ql.zp);
+    let gs = s.group_size(inp);
+    ql.q.par_chunks_mut(inp).enumerate().for_each(|(r, row)| {
+        for (c, q) in row.iter_mut().enumerate() {
+            let g = r * ng + c / gs;
+            *q = quantize(w[r * inp + c], scale[g], zp[g], s);
         }
-    }
+    });
     ql
 }
