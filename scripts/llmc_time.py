@@ -11,7 +11,7 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def recipe(method):
@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--len", type=int, default=512)
     ap.add_argument("--methods", default="gptq,awq,rtn")
     ap.add_argument("--out", required=True)
+    # oneshot wants a processor when given a dataset; a shape-only checkpoint has none
+    ap.add_argument("--tokenizer", default="data/default-model")
     a = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(10, 4096, (a.samples, a.len), generator=g).tolist()
@@ -43,8 +45,8 @@ def main():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         t = time.time()
-        oneshot(model=model, dataset=ds, recipe=recipe(m), max_seq_length=a.len,
-                num_calibration_samples=a.samples)
+        oneshot(model=model, processor=AutoTokenizer.from_pretrained(a.tokenizer), dataset=ds,
+                recipe=recipe(m), max_seq_length=a.len, num_calibration_samples=a.samples)
         torch.cuda.synchronize()
         row = {"method": m, "seconds": round(time.time() - t, 2),
                "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
