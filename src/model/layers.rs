@@ -22,6 +22,45 @@ pub enum ActQuant {
     Fp8PerToken,
 }
 
+/// Round half to even, elementwise (candle's `round` sends halves away from zero; CUDA's
+/// `__float2int_rn`, which vLLM's quantization kernels use, and torch round to even).
+pub fn round_ties_even(x: &Tensor) -> Result<Tensor> {
+    let r = x.round()?;
+    let frac = (x - x.floor()?)?;
+    let tie = frac.eq(&frac.ones_like()?.affine(0.5, 0.0)?)?;
+    // at a tie, the even neighbour is 2·round(x/2)
+    let even = ((x * 0.5)?.round()? * 2.0)?;
+    tie.where_cond(&even, &r)
+}
+
+/// Rounds f32 values to the nearest float8 e4m3 value (ties to even, saturating at ±448) by
+/// arithmetic, on any device. (candle 0.11's CUDA cast to F8E4M3 asks for a kernel name that
+/// does not exist, so the cast cannot be used there.)
+pub fn round_fp8_e4m3(x: &Tensor) -> Result<Tensor> {
+    let a = x.abs()?.clamp(0f32, 448f32)?;
+    // the binade: 2^e ≤ a < 2^(e+1), e ≥ −6 (below that, the subnormal spacing 2^−9)
+    let ln2 = std::f64::consts::LN_2;
+    let e = (a.log()? / ln2)?.floor()?.clamp(-6f32, 8f32)?;
+    // exp of an integer multiple of ln 2 is within an ulp of the power of two: snap it
+    let pow2 = |e: &Tensor| -> Result<Tensor> {
+        (e * ln2)?
+            .exp()?
+            .to_dtype(DType::BF16)?
+            .to_dtype(DType::F32)
+    };
+    let p = pow2(&e)?;
+    // log's rounding can put a exactly at a power of two one binade low, or just below it high
+    let up = a.ge(&(&p * 2.0)?)?.to_dtype(DType::F32)?;
+    let down = a
+        .lt(&p)?
+        .to_dtype(DType::F32)?
+        .mul(&e.gt(-6f64)?.to_dtype(DType::F32)?)?;
+    let e = ((e + up)? - down)?;
+    let step = (pow2(&e)? * 0.125)?;
+    let q = (round_ties_even(&(a / &step)?)? * step)?;
+    q.mul(&x.sign()?)
+}
+
 impl ActQuant {
     /// Quantize-dequantize `x` [.., in] per row (token).
     pub fn fake_quant(&self, x: &Tensor) -> Result<Tensor> {
@@ -32,15 +71,12 @@ impl ActQuant {
             ActQuant::Int8PerToken => {
                 // vLLM's scaled_int8_quant: scale = absmax / 127, q = round(x / scale) clamped
                 let scale = (absmax / 127.0)?.clamp(1e-10f32, f32::MAX)?;
-                let q = xf.broadcast_div(&scale)?.round()?.clamp(-128f32, 127f32)?;
+                let q = round_ties_even(&xf.broadcast_div(&scale)?)?.clamp(-128f32, 127f32)?;
                 q.broadcast_mul(&scale)?.to_dtype(dt)
             }
             ActQuant::Fp8PerToken => {
                 let scale = (absmax / 448.0)?.clamp(1e-10f32, f32::MAX)?;
-                let q = xf
-                    .broadcast_div(&scale)?
-                    .to_dtype(DType::F8E4M3)?
-                    .to_dtype(DType::F32)?;
+                let q = round_fp8_e4m3(&xf.broadcast_div(&scale)?)?;
                 q.broadcast_mul(&scale)?.to_dtype(dt)
             }
         }
@@ -295,5 +331,49 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.gate_proj.forward(x)?.silu()?;
         self.down_proj.forward(&(a * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[cfg(test)]
+mod fp8_tests {
+    use super::*;
+
+    /// Every e4m3 value, the midpoints between neighbours (ties), points just either side of
+    /// them, zero, subnormals and values beyond ±448: the arithmetic rounding equals the float8
+    /// crate's (round to nearest even, as torch), after saturation.
+    #[test]
+    fn arithmetic_fp8_rounding_equals_the_cast() {
+        let mut grid: Vec<f32> = (0u8..=0x7e)
+            .map(|b| float8::F8E4M3::from_bits(b).to_f32())
+            .collect();
+        grid.sort_by(f32::total_cmp);
+        let mut xs = vec![0.0f32, 1e-6, 500.0, 448.0, 460.0, 1e-3];
+        for w in grid.windows(2) {
+            let m = 0.5 * (w[0] + w[1]);
+            xs.extend([w[0], m, m * (1.0 + 1e-6), m * (1.0 - 1e-6), w[1]]);
+        }
+        let xs: Vec<f32> = xs.iter().flat_map(|&x| [x, -x]).collect();
+        let want: Vec<f32> = xs
+            .iter()
+            .map(|&x| float8::F8E4M3::from_f32(x.clamp(-448.0, 448.0)).to_f32())
+            .collect();
+        let got: Vec<f32> = round_fp8_e4m3(&Tensor::new(xs.as_slice(), &Device::Cpu).unwrap())
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for ((x, w), g) in xs.iter().zip(&want).zip(&got) {
+            assert_eq!(w, g, "x = {x:e}");
+        }
+    }
+
+    #[test]
+    fn int8_rounding_sends_ties_to_even() {
+        let x = Tensor::new(
+            &[0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4, -2.6],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let r: Vec<f32> = round_ties_even(&x).unwrap().to_vec1().unwrap();
+        assert_eq!(r, vec![0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 2.0, -3.0]);
     }
 }

@@ -289,7 +289,11 @@ pub fn gptq_shared(
             .flatten_all()?
             .to_vec1()?;
         let ub: Vec<f64> = (0..bw)
-            .flat_map(|j| u_cpu[(b0 + j) * inp + b0..(b0 + j) * inp + b1].iter().copied())
+            .flat_map(|j| {
+                u_cpu[(b0 + j) * inp + b0..(b0 + j) * inp + b1]
+                    .iter()
+                    .copied()
+            })
             .collect();
         lap(3, &mut t);
         let mut err = vec![0f64; out * bw];

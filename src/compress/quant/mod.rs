@@ -8,6 +8,7 @@ pub mod gptq;
 pub mod rtn;
 pub mod scheme;
 
+use crate::model::layers::round_ties_even;
 use candle_core::{DType, Device, Result, Tensor};
 pub use scheme::{ActOrder, ActivationScheme, NumType, Scheme, Strategy, WeightScheme};
 
@@ -194,16 +195,6 @@ pub fn observe(
             }
         });
     (scale, zp)
-}
-
-/// Round half to even, elementwise (candle's `round` sends halves away from zero).
-fn round_ties_even(x: &Tensor) -> Result<Tensor> {
-    let r = x.round()?;
-    let frac = (x - x.floor()?)?;
-    let tie = frac.eq(&frac.ones_like()?.affine(0.5, 0.0)?)?;
-    // at a tie, the even neighbour is 2·round(x/2)
-    let even = ((x * 0.5)?.round()? * 2.0)?;
-    tie.where_cond(&even, &r)
 }
 
 /// Rounds an f32 tensor to bf16 values.
