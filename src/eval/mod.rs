@@ -3,6 +3,7 @@
 pub mod divergence;
 pub mod perplexity;
 pub mod speed;
+pub mod study;
 pub mod suite;
 pub mod tasks;
 

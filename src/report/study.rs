@@ -143,6 +143,12 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     {
         let _ = writeln!(md, "![drop-one KL per layer](layer_importance.png)\n");
     }
+    if r.rows
+        .iter()
+        .any(|x| x.metric.starts_with("block_influence_layer_"))
+    {
+        let _ = writeln!(md, "![Block Influence per layer](block_influence.png)\n");
+    }
     let _ = writeln!(md, "## Recommendation\n");
     if o.quality_meaningless {
         let _ = writeln!(
@@ -283,6 +289,25 @@ pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> anyhow::Result<()> {
             "layer",
             "KL (nats/token)",
             &layers,
+        )
+        .map_err(e)?;
+    }
+    let bi: Vec<(String, f64)> = r
+        .rows
+        .iter()
+        .filter_map(|x| {
+            x.metric
+                .strip_prefix("block_influence_layer_")
+                .map(|i| (i.to_string(), x.value))
+        })
+        .collect();
+    if !bi.is_empty() {
+        bars(
+            &dir.join("block_influence.png"),
+            "Block Influence per layer (1 − cos(h_in, h_out))",
+            "layer",
+            "Block Influence",
+            &bi,
         )
         .map_err(e)?;
     }

@@ -1,0 +1,21 @@
+//! The base model measured alone — perplexity and bits per byte, KL (zero, a self-check), task
+//! accuracy, time per token, the legacy answers: the row every other study compares against.
+//!
+//!   cargo run --release --bin baseline [-- --model DIR --device cuda]
+
+use anyhow::Result;
+use clap::Parser;
+use exaone_compress::eval::study::{Study, StudyArgs};
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    study: StudyArgs,
+}
+
+fn main() -> Result<()> {
+    let mut s = Study::load("baseline", Args::parse().study)?;
+    let base = s.base.share();
+    s.measure("original", "none", serde_json::json!({}), &base, None)?;
+    s.finish("Baseline", vec![], &[])
+}

@@ -1,0 +1,41 @@
+//! Any checkpoints side by side against a base — ours, llm-compressor's, candidates for a
+//! submission: each loaded as it is (compressed-tensors dequantized, W8A8/FP8 activations
+//! quantized at run time), measured by the same suite.
+//!
+//!   cargo run --release --bin compare -- --variant w8a8=/tmp/q-w8a8 --variant gptq=/tmp/q-gptq
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use exaone_compress::eval::study::{Study, StudyArgs};
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    study: StudyArgs,
+    /// NAME=DIR, repeated: a checkpoint directory to measure against the base (--model)
+    #[arg(long = "variant", required = true)]
+    variants: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let variants: Vec<(String, PathBuf)> = a
+        .variants
+        .iter()
+        .map(|v| {
+            let (n, d) = v
+                .split_once('=')
+                .with_context(|| format!("--variant {v:?}: expected NAME=DIR"))?;
+            Ok((n.to_string(), PathBuf::from(d)))
+        })
+        .collect::<Result<_>>()?;
+    let mut s = Study::load("compare", a.study)?;
+    let base_dir = s.dir.clone();
+    s.measure_dir("original", &base_dir)?;
+    for (name, dir) in &variants {
+        s.measure_dir(name, dir)?;
+    }
+    s.finish("Checkpoints compared", vec![], &[])
+}

@@ -1,0 +1,84 @@
+//! Which layers to drop: every layer's Block Influence (1 − cos(h_in, h_out)) and its measured
+//! drop-one KL, then the same number of layers dropped by each rule — uniform (the reference
+//! pipeline's), last, lowest Block Influence, lowest measured KL — and each result measured.
+//!
+//!   cargo run --release --bin prune [-- --drop-layers 2 --model DIR --device cuda]
+
+use anyhow::Result;
+use candle_core::Tensor;
+use clap::Parser;
+use exaone_compress::compress::prune::{block_influence, choose, drop_one_kl, lowest, DropRule};
+use exaone_compress::eval::study::{Study, StudyArgs};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    study: StudyArgs,
+    #[arg(long, default_value_t = 1)]
+    drop_layers: usize,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let mut s = Study::load("prune", a.study)?;
+    let base = s.base.share();
+    let n = a.drop_layers;
+    let probe: Vec<u32> = s.calib.iter().take(8).flatten().copied().collect();
+    let len = s.calib[0].len();
+    let ids = Tensor::from_vec(probe, (s.calib.len().min(8), len), base.device())?;
+    let bi = block_influence(&base, &ids)?;
+    let kl_probe = s.suite.kl_sequences[..4.min(s.suite.kl_sequences.len())].to_vec();
+    let kl = drop_one_kl(&base, &kl_probe, 4)?;
+    for (i, (b, k)) in bi.iter().zip(&kl).enumerate() {
+        let none = json!({});
+        s.results.add(
+            "original",
+            "none",
+            &none,
+            &format!("block_influence_layer_{i}"),
+            *b,
+            None,
+            "",
+        );
+        s.results.add(
+            "original",
+            "none",
+            &none,
+            &format!("drop_one_kl_layer_{i}"),
+            *k,
+            None,
+            "nats",
+        );
+    }
+    s.measure("original", "none", json!({}), &base, None)?;
+    let rules = [
+        ("uniform", DropRule::Uniform(n)),
+        ("last", DropRule::Last(n)),
+        ("lowest Block Influence", DropRule::Explicit(lowest(&bi, n))),
+        ("lowest drop-one KL", DropRule::Explicit(lowest(&kl, n))),
+    ];
+    let mut notes = vec![];
+    for (name, rule) in rules {
+        let drop = choose(&base, &rule, None)?;
+        let kept: Vec<usize> = (0..base.layers.len())
+            .filter(|i| !drop.contains(i))
+            .collect();
+        let m = base.with_layers(&kept)?;
+        let variant = format!("{name} {drop:?}");
+        s.measure(
+            &variant,
+            &format!("drop{drop:?}"),
+            json!({"rule": name, "drop": drop}),
+            &m,
+            None,
+        )?;
+        notes.push(format!("{name}: drops {drop:?}"));
+    }
+    notes.push(format!(
+        "Block Influence on {} × {len} calibration tokens; drop-one KL on {} × 256 validation tokens.",
+        ids.dim(0)?,
+        kl_probe.len()
+    ));
+    s.finish("Which layers to drop", notes, &[])
+}

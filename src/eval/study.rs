@@ -1,0 +1,250 @@
+//! What every experiment binary starts from: the command-line options they share, the base
+//! model, its tokenizer (or the default model's, for shape-only checkpoints), the text splits,
+//! calibration samples and the evaluation suite. One place, so every study measures the same way.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::suite::{SaveTo, Suite, LEGACY_PROMPTS};
+use super::tasks::{load_bigbench, load_kmmlu};
+use crate::compress::calibration::samples;
+use crate::data::{data_dir, default_splits, TokenStream};
+use crate::default_model_dir;
+use crate::device::{parse_device, parse_dtype};
+use crate::model::{Exaone4, Tokenizer};
+use crate::record::Results;
+use crate::report::study::ReportOptions;
+
+/// The options every experiment binary takes (flatten into its own clap `Args`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct StudyArgs {
+    /// checkpoint directory (default: the embedded default model)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// auto (f32 on CPU, bf16 on CUDA), f32, bf16, f16
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// where the report, charts and results.parquet go (default: reports/<experiment>)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// keep every variant's checkpoint here (default: measured in a temporary directory)
+    #[arg(long)]
+    pub checkpoints: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    pub calib_samples: usize,
+    #[arg(long, default_value_t = 256)]
+    pub calib_len: usize,
+    /// perplexity tokens (a prefix of the test split)
+    #[arg(long, default_value_t = 8192)]
+    pub eval_tokens: usize,
+    /// sequences of 256 validation tokens for KL to the base
+    #[arg(long, default_value_t = 16)]
+    pub kl_sequences: usize,
+    /// multiple-choice items (half KMMLU, half BIG-bench)
+    #[arg(long, default_value_t = 40)]
+    pub mc_items: usize,
+    /// timed decode repeats per variant (0: no speed columns)
+    #[arg(long, default_value_t = 3)]
+    pub speed_repeats: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// the checkpoint has random weights (a shape-only stand-in): the report flags every
+    /// quality column as meaningless and recommends nothing
+    #[arg(long)]
+    pub random_weights: bool,
+}
+
+/// A study's starting point.
+pub struct Study {
+    pub args: StudyArgs,
+    pub experiment: String,
+    pub dir: PathBuf,
+    pub base: Exaone4,
+    pub train: TokenStream,
+    pub val: TokenStream,
+    pub calib: Vec<Vec<u32>>,
+    pub suite: Suite,
+    /// where tokenizer files for written checkpoints come from
+    pub tok_dir: PathBuf,
+    /// the checkpoint had no tokenizer; the default model's was used
+    pub tokenizer_fell_back: bool,
+    pub results: Results,
+    ck_root: PathBuf,
+}
+
+impl Study {
+    pub fn load(experiment: &str, args: StudyArgs) -> Result<Self> {
+        let device = parse_device(&args.device)?;
+        let dtype = parse_dtype(&args.dtype, &device)?;
+        let dir = args.model.clone().unwrap_or_else(default_model_dir);
+        let base = Exaone4::from_dir(&dir, dtype, &device)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        // a checkpoint without a tokenizer (e.g. random weights) is measured with the default
+        // model's token ids: speed is real, quality is not
+        let (tok, fell_back) = Tokenizer::for_model(&dir)?;
+        let tok_dir = if fell_back {
+            default_model_dir()
+        } else {
+            dir.clone()
+        };
+        let (train, val, mut test) = default_splits(&tok, tok.token_id("[|endofturn|]"))?;
+        let all = test.ids.len().max(1);
+        test.ids.truncate(args.eval_tokens);
+        test.bytes = (test.bytes as f64 * test.ids.len() as f64 / all as f64) as usize;
+        let calib = samples(&train, args.calib_samples, args.calib_len, args.seed)?;
+        let mut mc = load_kmmlu(
+            &data_dir().join("benchmarks/kmmlu_criminal_law_test.json"),
+            "kmmlu_criminal_law",
+        )?;
+        mc.truncate(args.mc_items / 2);
+        let mut bb = load_bigbench(&data_dir().join("benchmarks/bigbench_mc_subset.jsonl"))?;
+        bb.truncate(args.mc_items - mc.len());
+        mc.extend(bb);
+        let mut suite = Suite::new(
+            tok,
+            test,
+            samples(&val, args.kl_sequences, 256, args.seed + 1)?,
+        );
+        suite.mc_items = mc;
+        suite.speed_repeats = args.speed_repeats;
+        suite.legacy_prompts = LEGACY_PROMPTS.map(String::from).to_vec();
+        let results = Results::new(
+            experiment,
+            &format!("{} ({:?})", args.device, dtype),
+            &dir.display().to_string(),
+        );
+        let ck_root = match &args.checkpoints {
+            Some(p) => p.clone(),
+            None => tempfile::tempdir()?.keep(),
+        };
+        Ok(Self {
+            experiment: experiment.into(),
+            args,
+            dir,
+            base,
+            train,
+            val,
+            calib,
+            suite,
+            tok_dir,
+            tokenizer_fell_back: fell_back,
+            results,
+            ck_root,
+        })
+    }
+
+    /// Writes, sizes and evaluates one variant against the base.
+    pub fn measure(
+        &mut self,
+        variant: &str,
+        method: &str,
+        params: serde_json::Value,
+        model: &Exaone4,
+        q: Option<&crate::compress::quant::apply::QuantizedModel>,
+    ) -> Result<()> {
+        let save = SaveTo {
+            dir: &self.ck_root,
+            side_files_from: Some(self.tok_dir.clone()),
+            remove_after: self.args.checkpoints.is_none(),
+        };
+        self.suite.measure(
+            &mut self.results,
+            variant,
+            method,
+            &params,
+            &self.base,
+            model,
+            q,
+            &save,
+        )?;
+        Ok(())
+    }
+
+    /// Loads a checkpoint directory as it is (compressed-tensors ones dequantized, W8A8/FP8
+    /// activations quantized at run time) and evaluates it; size is the directory's, weight
+    /// bytes per token follow its quantization_config.
+    pub fn measure_dir(&mut self, variant: &str, dir: &std::path::Path) -> Result<()> {
+        use crate::compress::quant::Strategy;
+        let ck = crate::checkpoint::Checkpoint::open(dir)?;
+        let info = ck.quant_info()?;
+        let model = Exaone4::load(&ck, self.base.dtype(), self.base.device())
+            .with_context(|| format!("loading {}", dir.display()))?;
+        let method = match &info {
+            Some(i) => i
+                .scheme
+                .map(|s| s.name())
+                .unwrap_or_else(|| i.format.clone()),
+            None => "dense".into(),
+        };
+        let bits = |p: &str| -> Option<(u32, usize)> {
+            let i = info.as_ref()?;
+            let s = i.scheme?;
+            if p == "lm_head" || i.ignore.iter().any(|x| x == p) {
+                return None;
+            }
+            let inp = model.config.hidden_size.max(model.config.intermediate_size);
+            Some((
+                s.weights.num_bits,
+                match s.weights.strategy {
+                    Strategy::Group(g) => g,
+                    Strategy::Channel => inp,
+                },
+            ))
+        };
+        let wb = super::suite::weight_bytes_per_token(&model, &|p| {
+            p.contains(".layers.").then(|| bits(p)).flatten()
+        });
+        eprintln!("evaluating {variant} ({})", dir.display());
+        self.suite.evaluate(
+            &mut self.results,
+            variant,
+            &method,
+            &serde_json::json!({"dir": dir.display().to_string()}),
+            &self.base,
+            &model,
+            super::suite::dir_bytes(dir),
+            wb,
+        )?;
+        Ok(())
+    }
+
+    /// Report options with the command line and the caveats every study carries.
+    pub fn report_options(&self, title: &str, mut notes: Vec<String>) -> ReportOptions {
+        if self.tokenizer_fell_back {
+            notes.push("The checkpoint has no tokenizer: every text was tokenized with the default model's tokenizer (ids below 4096).".into());
+        }
+        ReportOptions {
+            title: title.into(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            notes,
+            redact_timings: false,
+            quality_meaningless: self.args.random_weights,
+        }
+    }
+
+    /// Adds the scores, writes results, charts and report, and prints the report.
+    pub fn finish(mut self, title: &str, notes: Vec<String>, log: &[String]) -> Result<()> {
+        super::suite::add_scores(&mut self.results, "original");
+        let out = self
+            .args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("reports").join(&self.experiment));
+        self.results.save(&out)?;
+        let opts = self.report_options(title, notes);
+        crate::report::study::write(&out, &self.results, &opts)?;
+        if !log.is_empty() {
+            std::fs::write(out.join("log.txt"), log.join("\n") + "\n")?;
+        }
+        println!("{}", crate::report::study::markdown(&self.results, &opts));
+        eprintln!("wrote {}", out.display());
+        if self.args.checkpoints.is_none() {
+            let _ = std::fs::remove_dir_all(&self.ck_root);
+        }
+        Ok(())
+    }
+}
