@@ -14,7 +14,7 @@ Exaone4ForCausalLM(Exaone4Config(**gp.CFG)).to(torch.bfloat16).save_pretrained("
 PY
 NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 echo "$NAME"
-/usr/bin/time -f "eight_cases wall %e s, max RSS %M KiB" timeout 560 .gpu/run-on-gpu.sh .gpu/eight_cases \
+/usr/bin/time -f "eight_cases wall %e s, max RSS %M KiB" timeout 575 .gpu/run-on-gpu.sh .gpu/eight_cases \
   --model /tmp/exaone12-random --device cuda --random-weights --out "$OUT/eight_cases" \
   "$@" > /tmp/ec.log 2>&1
 tail -4 /tmp/ec.log; grep -iE "error|panic" /tmp/ec.log | head -5
