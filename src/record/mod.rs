@@ -44,20 +44,11 @@ pub struct Results {
     pub rows: Vec<Row>,
 }
 
-/// The current git commit (short): `EXAONE_COMPRESS_COMMIT` if set (a copy without `.git`, as
-/// on the GPU machine), else `git rev-parse`, else "unknown".
+/// The commit of the code that is running (short): `EXAONE_COMPRESS_COMMIT` if set, else the
+/// commit the binary was built from (`+changes` when the tree had uncommitted edits).
 pub fn git_commit() -> String {
-    if let Ok(c) = std::env::var("EXAONE_COMPRESS_COMMIT") {
-        return c;
-    }
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    std::env::var("EXAONE_COMPRESS_COMMIT")
+        .unwrap_or_else(|_| env!("EXAONE_COMPRESS_BUILD_COMMIT").to_string())
 }
 
 /// Now, as RFC 3339 UTC (seconds).
