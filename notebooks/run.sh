@@ -4,6 +4,12 @@
 #   pip install jupyter nbconvert && cargo install evcxr_jupyter && evcxr_jupyter --install
 set -euo pipefail
 cd "$(dirname "$0")"
+# one evcxr build directory for every notebook: the crate and its dependencies (opt-level 2)
+# compile once (~25 min on 2 cores), not once per notebook
+export EVCXR_TMPDIR="${EVCXR_TMPDIR:-${TMPDIR:-/tmp}/exaone-compress-evcxr}"
+mkdir -p "$EVCXR_TMPDIR"
 for nb in *.ipynb; do
-  jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 "$nb"
+  start=$(date +%s)
+  jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 "$nb"
+  echo "$nb: executed in $(( $(date +%s) - start )) s"
 done

@@ -248,3 +248,20 @@ pub fn bars(
     root.present()?;
     Ok(())
 }
+
+/// A chart written to a PNG file, shown inline in an evcxr (Jupyter) notebook when it is the
+/// value of a cell.
+pub struct Png(pub std::path::PathBuf);
+
+impl Png {
+    pub fn evcxr_display(&self) {
+        use base64::Engine;
+        match std::fs::read(&self.0) {
+            Ok(bytes) => println!(
+                "EVCXR_BEGIN_CONTENT image/png\n{}\nEVCXR_END_CONTENT",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            ),
+            Err(e) => println!("{}: {e}", self.0.display()),
+        }
+    }
+}
