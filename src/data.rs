@@ -27,8 +27,9 @@ pub fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {
         .collect())
 }
 
-/// Reads documents from a `.jsonl` file (the `text` field of each line) or a plain text file
-/// (each non-empty line). A malformed JSONL line is an error naming the file and line.
+/// Reads documents from a `.jsonl` file — each line's `text`, or its `messages`
+/// (`[{"role", "content"}, ...]`) rendered through EXAONE 4's chat template — or a plain text
+/// file (each non-empty line). A malformed JSONL line is an error naming the file and line.
 pub fn read_documents(path: &Path) -> std::io::Result<Vec<String>> {
     let is_jsonl = path.extension().is_some_and(|e| e == "jsonl");
     let lines = read_lines(path)?;
@@ -45,13 +46,41 @@ pub fn read_documents(path: &Path) -> std::io::Result<Vec<String>> {
                     format!("{}:{}: {e}", path.display(), i + 1),
                 )
             })?;
+            // a conversation is rendered through EXAONE 4's chat template, as the model sees it
+            if let Some(msgs) = v.get("messages").and_then(|m| m.as_array()) {
+                let turns: Option<Vec<crate::model::ChatMessage>> = msgs
+                    .iter()
+                    .map(|m| {
+                        Some(crate::model::ChatMessage::new(
+                            m.get("role")?.as_str()?,
+                            m.get("content")?.as_str()?,
+                        ))
+                    })
+                    .collect();
+                return turns
+                    .map(|t| crate::model::tokenizer::apply_chat_template(&t, false, false))
+                    .ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!(
+                                "{}:{}: every message needs string \"role\" and \"content\"",
+                                path.display(),
+                                i + 1
+                            ),
+                        )
+                    });
+            }
             v.get("text")
                 .and_then(|t| t.as_str())
                 .map(str::to_string)
                 .ok_or_else(|| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!("{}:{}: no string field \"text\"", path.display(), i + 1),
+                        format!(
+                            "{}:{}: no string field \"text\" (or \"messages\")",
+                            path.display(),
+                            i + 1
+                        ),
                     )
                 })
         })

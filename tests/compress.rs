@@ -255,3 +255,26 @@ fn a_good_directory_zips_under_model() {
             && names.contains(&"model/config.json".to_string())
     );
 }
+
+/// Calibration text: JSONL `text` lines as they are, `messages` lines through the chat
+/// template, and a malformed line is an error naming file and line.
+#[test]
+fn calibration_jsonl_text_and_chat_messages() {
+    use exaone_compress::data::read_documents;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("calib.jsonl");
+    std::fs::write(
+        &p,
+        "{\"text\": \"plain line\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"안녕\"}, {\"role\": \"assistant\", \"content\": \"네\"}]}\n",
+    )
+    .unwrap();
+    let docs = read_documents(&p).unwrap();
+    assert_eq!(docs[0], "plain line");
+    assert_eq!(
+        docs[1],
+        "[|user|]\n안녕[|endofturn|]\n[|assistant|]\n<think>\n\n</think>\n\n네[|endofturn|]\n"
+    );
+    std::fs::write(&p, "{\"text\": \"ok\"}\n{\"messages\": [{\"role\": 1}]}\n").unwrap();
+    let e = read_documents(&p).unwrap_err().to_string();
+    assert!(e.contains("calib.jsonl:2"), "{e}");
+}

@@ -136,6 +136,10 @@ enum Cmd {
         calib_samples: usize,
         #[arg(long, default_value_t = 256)]
         calib_len: usize,
+        /// wrap each calibration text as a user turn of the chat template (JSONL lines with
+        /// "messages" always go through the template)
+        #[arg(long)]
+        calib_chat: bool,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -307,6 +311,7 @@ fn main() -> Result<()> {
             calib,
             calib_samples,
             calib_len,
+            calib_chat,
             out,
             overwrite,
         } => quantize(
@@ -315,9 +320,12 @@ fn main() -> Result<()> {
             &method,
             group,
             actorder.as_deref(),
-            calib,
-            calib_samples,
-            calib_len,
+            Calib {
+                file: calib,
+                n: calib_samples,
+                len: calib_len,
+                chat: calib_chat,
+            },
             &out,
             overwrite,
         ),
@@ -331,17 +339,29 @@ fn main() -> Result<()> {
     }
 }
 
-fn calibration(
-    dir: &std::path::Path,
+/// Where calibration samples come from.
+struct Calib {
     file: Option<PathBuf>,
     n: usize,
     len: usize,
-) -> Result<Vec<Vec<u32>>> {
+    /// wrap plain texts as user turns of the chat template
+    chat: bool,
+}
+
+fn calibration(dir: &std::path::Path, c: Calib) -> Result<Vec<Vec<u32>>> {
     use exaone_compress::data::{read_documents, split_path, TokenStream};
+    use exaone_compress::model::{tokenizer::apply_chat_template, ChatMessage};
     let (tok, _) = Tokenizer::for_model(dir)?;
-    let path = file.unwrap_or_else(|| split_path("train"));
-    let docs = read_documents(&path)
+    let (n, len) = (c.n, c.len);
+    let path = c.file.unwrap_or_else(|| split_path("train"));
+    let mut docs = read_documents(&path)
         .with_context(|| format!("reading calibration text {}", path.display()))?;
+    if c.chat {
+        docs = docs
+            .iter()
+            .map(|d| apply_chat_template(&[ChatMessage::user(d)], false, false))
+            .collect();
+    }
     let stream = TokenStream::from_lines(&tok, &docs, tok.token_id("[|endofturn|]"))?;
     Ok(exaone_compress::compress::calibration::samples(
         &stream, n, len, 0,
@@ -355,9 +375,7 @@ fn quantize(
     method: &str,
     group: usize,
     actorder: Option<&str>,
-    calib: Option<PathBuf>,
-    n: usize,
-    len: usize,
+    calib: Calib,
     out: &std::path::Path,
     overwrite: bool,
 ) -> Result<()> {
@@ -383,7 +401,7 @@ fn quantize(
     });
     let mut log = vec![];
     let calib = match method {
-        "gptq" | "awq" => calibration(&dir, calib, n, len)?,
+        "gptq" | "awq" => calibration(&dir, calib)?,
         _ => vec![],
     };
     // timed: the quantization itself (calibration passes included), not loading or tokenizing
@@ -459,9 +477,15 @@ fn prune(
         _ => bail!("give exactly one of --drop and --rule"),
     };
     let calib = match rule {
-        DropRule::BlockInfluence(_) | DropRule::MeasuredKl(_) => {
-            Some(calibration(&dir, None, 16, 256)?)
-        }
+        DropRule::BlockInfluence(_) | DropRule::MeasuredKl(_) => Some(calibration(
+            &dir,
+            Calib {
+                file: None,
+                n: 16,
+                len: 256,
+                chat: false,
+            },
+        )?),
         _ => None,
     };
     let dropped = choose(&base, &rule, calib.as_deref())?;
