@@ -251,6 +251,7 @@ pub fn bars(
 
 /// A chart written to a PNG file, shown inline in an evcxr (Jupyter) notebook when it is the
 /// value of a cell.
+#[derive(Debug)]
 pub struct Png(pub std::path::PathBuf);
 
 impl Png {
