@@ -1,5 +1,6 @@
 //! CI cannot afford evcxr_jupyter (a 30-minute build), so it checks the notebooks cheaply: valid
-//! notebook JSON, the Rust kernel, the crate pulled in by path. `notebooks/run.sh` executes them.
+//! notebook JSON, the Rust kernel, the crate pulled in by path, and that they were committed
+//! executed without errors. `notebooks/run.sh` executes them.
 
 use std::path::PathBuf;
 
@@ -38,6 +39,26 @@ fn notebooks_are_rust_notebooks_on_this_crate() {
             "{}",
             p.display()
         );
+        // committed executed (notebooks/run.sh): every cell past the :dep one produced output,
+        // and none an error
+        for c in v["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["cell_type"] == "code")
+        {
+            let outs = c["outputs"].as_array().unwrap();
+            assert!(
+                outs.iter().all(|o| o["output_type"] != "error"),
+                "{}: a cell failed when it was last run",
+                p.display()
+            );
+            assert!(
+                c["execution_count"].is_number(),
+                "{}: a cell was not executed; run notebooks/run.sh",
+                p.display()
+            );
+        }
     }
     assert!(n >= 2, "at least the two notebooks");
 }
