@@ -1,7 +1,7 @@
 //! Charts draw on a machine with no fonts installed (the font is compiled in) and produce PNGs.
 
 use exaone_compress::report::chart::{
-    bars, line_chart, pareto_front, scatter_pareto, Point, Series,
+    bars, hbars, line_chart, pareto_front, scatter_pareto, Point, Series,
 };
 
 fn is_png(p: &std::path::Path) -> bool {
@@ -55,7 +55,21 @@ fn every_chart_kind_draws_a_png() {
         &[("0".into(), 1.0), ("1".into(), 0.5)],
     )
     .unwrap();
-    for f in ["l.png", "s.png", "b.png"] {
+    hbars(
+        &d.join("h.png"),
+        "ppl",
+        "perplexity",
+        &[
+            (
+                "distilled+pruned+quantized (a long name)".into(),
+                40.0,
+                Some(3.0),
+            ),
+            ("original".into(), 36.0, None),
+        ],
+    )
+    .unwrap();
+    for f in ["l.png", "s.png", "b.png", "h.png"] {
         assert!(is_png(&d.join(f)), "{f}");
     }
     // c is dominated by b (larger and worse): the front is a, b

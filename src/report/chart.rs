@@ -249,6 +249,73 @@ pub fn bars(
     Ok(())
 }
 
+/// Horizontal bars with optional ± error bars, one row per label: readable with many long
+/// labels (variant names), unlike vertical bars.
+pub fn hbars(
+    path: &Path,
+    title: &str,
+    value_label: &str,
+    values: &[(String, f64, Option<f64>)],
+) -> ChartResult<()> {
+    ensure_font();
+    let n = values.len().max(1);
+    let height = (110 + 34 * n) as u32;
+    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let xmax = values
+        .iter()
+        .map(|v| v.1 + v.2.unwrap_or(0.0))
+        .fold(0f64, f64::max)
+        .max(1e-12)
+        * 1.08;
+    let label_w = values
+        .iter()
+        .map(|v| v.0.chars().count())
+        .max()
+        .unwrap_or(8) as u32
+        * 7
+        + 20;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(label_w.min(420))
+        .build_cartesian_2d(0f64..xmax, (0..n).into_segmented())?;
+    chart
+        .configure_mesh()
+        .x_desc(value_label)
+        .y_labels(n)
+        .disable_y_mesh()
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                values.get(*i).map(|v| v.0.clone()).unwrap_or_default()
+            }
+            SegmentValue::Last => String::new(),
+        })
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    chart.draw_series(
+        Histogram::horizontal(&chart)
+            .style(BLUE.mix(0.6).filled())
+            .margin(6)
+            .data(values.iter().enumerate().map(|(i, v)| (i, v.1))),
+    )?;
+    chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
+        v.2.map(|e| {
+            ErrorBar::new_horizontal(
+                SegmentValue::CenterOf(i),
+                v.1 - e,
+                v.1,
+                v.1 + e,
+                BLACK.stroke_width(2),
+                10,
+            )
+        })
+    }))?;
+    root.present()?;
+    Ok(())
+}
+
 /// A chart written to a PNG file, shown inline in an evcxr (Jupyter) notebook when it is the
 /// value of a cell.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::chart::{bars, pareto_front, scatter_pareto, Point};
+use super::chart::{bars, hbars, pareto_front, scatter_pareto, Point};
 use crate::record::Results;
 
 /// How to render: `redact_timings` replaces every time-derived figure (for snapshot tests).
@@ -260,16 +260,15 @@ pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> anyhow::Result<()> {
         &pts("weight_mb_per_token"),
     )
     .map_err(e)?;
-    let ppl: Vec<(String, f64)> = r
+    let ppl: Vec<(String, f64, Option<f64>)> = r
         .variants()
         .into_iter()
-        .filter_map(|v| Some((v.clone(), r.get(&v, "test_ppl")?)))
+        .filter_map(|v| Some((v.clone(), r.get(&v, "test_ppl")?, r.spread(&v, "test_ppl"))))
         .collect();
-    bars(
+    hbars(
         &dir.join("perplexity.png"),
-        "Test perplexity per variant",
-        "variant",
-        "perplexity",
+        "Test perplexity per variant (± standard error)",
+        "test perplexity",
         &ppl,
     )
     .map_err(e)?;
