@@ -3,14 +3,7 @@
 # EXAONE-4.0-1.2B-shaped checkpoint, same call, same GPU.
 set -uo pipefail
 source scripts/gpu_setup.sh
-python3 - <<'PY'
-import torch
-from transformers import Exaone4Config, Exaone4ForCausalLM
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("gp", "scripts/gpu_parity.py"); gp = importlib.util.module_from_spec(spec); spec.loader.exec_module(gp)
-torch.manual_seed(0)
-Exaone4ForCausalLM(Exaone4Config(**gp.CFG)).to(torch.bfloat16).save_pretrained("/tmp/exaone12-random")
-PY
+python3 scripts/random_12b.py /tmp/exaone12-random
 NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 python3 scripts/hf_bench.py /tmp/exaone12-random /tmp/hf_bench.json 2>&1 | grep -v Warning | tail -8
 cp /tmp/hf_bench.json "$OUT/"

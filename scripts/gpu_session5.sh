@@ -4,14 +4,7 @@
 # 0.9.0.2's, same call, same GPU. Ours runs twice (spread); llm-compressor once (it is slow).
 set -uo pipefail
 source scripts/gpu_setup.sh
-python3 - <<'PY'
-import torch
-from transformers import Exaone4Config, Exaone4ForCausalLM
-import importlib.util
-spec = importlib.util.spec_from_file_location("gp", "scripts/gpu_parity.py"); gp = importlib.util.module_from_spec(spec); spec.loader.exec_module(gp)
-torch.manual_seed(0)
-Exaone4ForCausalLM(Exaone4Config(**gp.CFG)).to(torch.bfloat16).save_pretrained("/tmp/exaone12-random")
-PY
+python3 scripts/random_12b.py /tmp/exaone12-random
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 # smoke test on the default model first: a failure here explains everything after it
 [ -z "${SKIP_SMOKE:-}" ] && .gpu/run-on-gpu.sh .gpu/exaone-compress quantize --model data/default-model --device cuda --scheme w4a16 --method gptq --out /tmp/q-smoke 2>&1 | tail -2

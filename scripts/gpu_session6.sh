@@ -4,14 +4,7 @@
 # columns flagged as meaningless. Wall time from /usr/bin/time.
 set -uo pipefail
 source scripts/gpu_setup.sh
-python3 - <<'PY'
-import torch
-from transformers import Exaone4Config, Exaone4ForCausalLM
-import importlib.util
-spec = importlib.util.spec_from_file_location("gp", "scripts/gpu_parity.py"); gp = importlib.util.module_from_spec(spec); spec.loader.exec_module(gp)
-torch.manual_seed(0)
-Exaone4ForCausalLM(Exaone4Config(**gp.CFG)).to(torch.bfloat16).save_pretrained("/tmp/exaone12-random")
-PY
+python3 scripts/random_12b.py /tmp/exaone12-random
 NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 echo "$NAME"
 /usr/bin/time -f "eight_cases wall %e s, max RSS %M KiB" timeout 575 .gpu/run-on-gpu.sh .gpu/eight_cases \
