@@ -206,6 +206,14 @@ pub fn scatter_pareto(
     Ok(())
 }
 
+/// The label of a bar's segment (none past the last bar).
+fn segment_label(s: &SegmentValue<usize>, label: &dyn Fn(usize) -> Option<String>) -> String {
+    match s {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => label(*i).unwrap_or_default(),
+        SegmentValue::Last => String::new(),
+    }
+}
+
 /// Vertical bars, one per label.
 pub fn bars(
     path: &Path,
@@ -231,12 +239,7 @@ pub fn bars(
         .y_desc(y_label)
         .x_labels(n)
         .disable_x_mesh()
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
-                values.get(*i).map(|v| v.0.clone()).unwrap_or_default()
-            }
-            SegmentValue::Last => String::new(),
-        })
+        .x_label_formatter(&|x| segment_label(x, &|i| values.get(i).map(|v| v.0.clone())))
         .label_style(("sans-serif", 13))
         .draw()?;
     chart.draw_series(
@@ -286,12 +289,7 @@ pub fn hbars(
         .x_desc(value_label)
         .y_labels(n)
         .disable_y_mesh()
-        .y_label_formatter(&|y| match y {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
-                values.get(*i).map(|v| v.0.clone()).unwrap_or_default()
-            }
-            SegmentValue::Last => String::new(),
-        })
+        .y_label_formatter(&|y| segment_label(y, &|i| values.get(i).map(|v| v.0.clone())))
         .label_style(("sans-serif", 13))
         .draw()?;
     chart.draw_series(
