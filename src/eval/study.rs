@@ -168,7 +168,6 @@ impl Study {
     /// activations quantized at run time) and evaluates it; size is the directory's, weight
     /// bytes per token follow its quantization_config.
     pub fn measure_dir(&mut self, variant: &str, dir: &std::path::Path) -> Result<()> {
-        use crate::compress::quant::Strategy;
         let ck = crate::checkpoint::Checkpoint::open(dir)?;
         let info = ck.quant_info()?;
         let model = Exaone4::load(&ck, self.base.dtype(), self.base.device())
@@ -180,24 +179,18 @@ impl Study {
                 .unwrap_or_else(|| i.format.clone()),
             None => "dense".into(),
         };
-        let bits = |p: &str| -> Option<(u32, usize)> {
+        let bits = |p: &str| -> Option<(u32, Option<usize>)> {
             let i = info.as_ref()?;
             let s = i.scheme?;
-            if p == "lm_head" || i.ignore.iter().any(|x| x == p) {
+            if !p.contains(".layers.") || i.ignore.iter().any(|x| x == p) {
                 return None;
             }
-            let inp = model.config.hidden_size.max(model.config.intermediate_size);
             Some((
                 s.weights.num_bits,
-                match s.weights.strategy {
-                    Strategy::Group(g) => g,
-                    Strategy::Channel => inp,
-                },
+                super::suite::scale_group(s.weights.strategy),
             ))
         };
-        let wb = super::suite::weight_bytes_per_token(&model, &|p| {
-            p.contains(".layers.").then(|| bits(p)).flatten()
-        });
+        let wb = super::suite::weight_bytes_per_token(&model, &bits);
         eprintln!("evaluating {variant} ({})", dir.display());
         self.suite.evaluate(
             &mut self.results,

@@ -49,8 +49,11 @@ pub struct SaveTo<'a> {
 
 /// Weight bytes a decoder step reads: every Linear's stored weights (+ scales), norms, and the
 /// lm_head (the embedding lookup reads one row). `bits(prefix)` gives a Linear's weight bits and
-/// the group size of its scales (None: dense bf16).
-pub fn weight_bytes_per_token(model: &Exaone4, bits: &dyn Fn(&str) -> Option<(u32, usize)>) -> f64 {
+/// the group size of its scales, None for one scale per output row (None overall: dense bf16).
+pub fn weight_bytes_per_token(
+    model: &Exaone4,
+    bits: &dyn Fn(&str) -> Option<(u32, Option<usize>)>,
+) -> f64 {
     let mut total = 0f64;
     for (name, t) in model.named_tensors() {
         let n = t.elem_count() as f64;
@@ -62,11 +65,25 @@ pub fn weight_bytes_per_token(model: &Exaone4, bits: &dyn Fn(&str) -> Option<(u3
         }
         let prefix = name.strip_suffix(".weight").unwrap_or(&name);
         total += match bits(prefix) {
-            Some((b, group)) => n * b as f64 / 8.0 + 2.0 * n / group as f64,
+            Some((b, group)) => {
+                let scales = match group {
+                    Some(g) => n / g as f64,
+                    None => t.dim(0).unwrap_or(0) as f64,
+                };
+                n * b as f64 / 8.0 + 2.0 * scales
+            }
             None => 2.0 * n,
         };
     }
     total
+}
+
+/// The group size of a scheme's scales for `weight_bytes_per_token` (None: one per row).
+pub fn scale_group(s: crate::compress::quant::Strategy) -> Option<usize> {
+    match s {
+        crate::compress::quant::Strategy::Group(g) => Some(g),
+        crate::compress::quant::Strategy::Channel => None,
+    }
 }
 
 /// Directory size in bytes.
@@ -118,7 +135,6 @@ impl Suite {
         save: &SaveTo,
     ) -> crate::checkpoint::Result<()> {
         use crate::checkpoint::{compressed_tensors::save_quantized, save_model, WriteOptions};
-        use crate::compress::quant::Strategy;
         let out = save
             .dir
             .join(variant.replace(['+', ' ', '(', ')', '/'], "_"));
@@ -127,19 +143,13 @@ impl Suite {
             overwrite: true,
             ..Default::default()
         };
-        let bits: std::collections::BTreeMap<String, (u32, usize)> = match q {
+        let bits: std::collections::BTreeMap<String, (u32, Option<usize>)> = match q {
             Some(q) => {
                 save_quantized(q, &out, &opts)?;
+                let w = &q.scheme.weights;
                 q.linears
-                    .iter()
-                    .map(|(p, l)| {
-                        // per-channel: one scale per row, i.e. a group as wide as the input
-                        let g = match q.scheme.weights.strategy {
-                            Strategy::Group(g) => g,
-                            Strategy::Channel => l.inp,
-                        };
-                        (p.clone(), (q.scheme.weights.num_bits, g))
-                    })
+                    .keys()
+                    .map(|p| (p.clone(), (w.num_bits, scale_group(w.strategy))))
                     .collect()
             }
             None => {
