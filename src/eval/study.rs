@@ -179,7 +179,7 @@ impl Study {
                 .unwrap_or_else(|| i.format.clone()),
             None => "dense".into(),
         };
-        let bits = |p: &str| -> Option<(u32, Option<usize>)> {
+        let bits = |p: &str| -> Option<super::suite::StoredAs> {
             let i = info.as_ref()?;
             let s = i.scheme?;
             if !p.contains(".layers.") || i.ignore.iter().any(|x| x == p) {

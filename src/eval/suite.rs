@@ -50,10 +50,7 @@ pub struct SaveTo<'a> {
 /// Weight bytes a decoder step reads: every Linear's stored weights (+ scales), norms, and the
 /// lm_head (the embedding lookup reads one row). `bits(prefix)` gives a Linear's weight bits and
 /// the group size of its scales, None for one scale per output row (None overall: dense bf16).
-pub fn weight_bytes_per_token(
-    model: &Exaone4,
-    bits: &dyn Fn(&str) -> Option<(u32, Option<usize>)>,
-) -> f64 {
+pub fn weight_bytes_per_token(model: &Exaone4, bits: &dyn Fn(&str) -> Option<StoredAs>) -> f64 {
     let mut total = 0f64;
     for (name, t) in model.named_tensors() {
         let n = t.elem_count() as f64;
@@ -77,6 +74,10 @@ pub fn weight_bytes_per_token(
     }
     total
 }
+
+/// How a quantized Linear is stored: weight bits, and the group size of its scales (None: one
+/// scale per output row).
+pub type StoredAs = (u32, Option<usize>);
 
 /// The group size of a scheme's scales for `weight_bytes_per_token` (None: one per row).
 pub fn scale_group(s: crate::compress::quant::Strategy) -> Option<usize> {
@@ -143,7 +144,7 @@ impl Suite {
             overwrite: true,
             ..Default::default()
         };
-        let bits: std::collections::BTreeMap<String, (u32, Option<usize>)> = match q {
+        let bits: std::collections::BTreeMap<String, StoredAs> = match q {
             Some(q) => {
                 save_quantized(q, &out, &opts)?;
                 let w = &q.scheme.weights;
