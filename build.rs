@@ -19,7 +19,30 @@ fn main() {
         None => "unknown".into(),
     };
     println!("cargo:rustc-env=EXAONE_COMPRESS_BUILD_COMMIT={c}");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_kernels();
+    }
     for p in [".git/HEAD", ".git/index", ".git/refs/heads"] {
         println!("cargo:rerun-if-changed={p}");
     }
+}
+
+/// The runtime's CUDA kernels → PTX for compute capability 8.0, which the driver compiles for
+/// the GPU at hand (Ampere, Ada — the L4 — and Hopper alike).
+fn compile_kernels() {
+    let src = "src/runtime/kernels.cu";
+    println!("cargo:rerun-if-changed={src}");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("kernels.ptx");
+    let nvcc = std::env::var("CUDA_HOME")
+        .map(|h| std::path::Path::new(&h).join("bin").join("nvcc"))
+        .ok()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "nvcc".into());
+    let status = std::process::Command::new(&nvcc)
+        .args(["--ptx", "-arch=compute_80", "-O3", "-std=c++17", "-o"])
+        .arg(&out)
+        .arg(src)
+        .status()
+        .unwrap_or_else(|e| panic!("running {} for {src}: {e} (the cuda feature needs the CUDA toolkit)", nvcc.display()));
+    assert!(status.success(), "nvcc failed on {src}");
 }

@@ -1,20 +1,23 @@
-//! Runtime on one checkpoint: load time, prefill (forward + log-softmax) tokens/s at several
-//! batch × length points, decode time per token at several batch sizes; warm-up, repeats,
-//! median and [min–max]. With `--hf-json` (from scripts/hf_bench.py, run in the same device
-//! call) HF transformers' figures go in the same table and chart.
+//! Runtime of a checkpoint and its compressed variants, ours beside HF transformers (same call,
+//! same GPU): load time; prefill (forward + log-softmax) tokens/s at batch × length points; greedy
+//! decode ms per step at batch 1 and 16 on the candle forward and on the decode engine (eager
+//! launches and CUDA-graph replay; bf16 and W4A16 packed int4); W8A8 prefill on int8 tensor
+//! cores; peak device memory. Warm-up, repeats, median and [max − min]. On CUDA it first checks
+//! every kernel numerically against the f32 reference (runtime::check) and fails if one is off.
 //!
-//!   cargo run --release --features cuda --bin bench_runtime -- --model DIR --device cuda
+//!   bench_runtime --model DIR [--w4a16 DIR] [--w8a8 DIR] --device cuda --hf-json hf.json
 
+#[cfg(feature = "cuda")]
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{Tensor, D};
+use candle_core::{Device, Tensor, D};
 use clap::Parser;
 use exaone_compress::device::{parse_device, parse_dtype};
 use exaone_compress::eval::Timing;
 use exaone_compress::record::Results;
-use exaone_compress::report::chart::bars;
 use exaone_compress::{default_model_dir, Exaone4};
 use serde_json::json;
 
@@ -22,6 +25,12 @@ use serde_json::json;
 struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
+    /// a W4A16 (pack-quantized) compressed-tensors checkpoint of the same model
+    #[arg(long)]
+    w4a16: Option<PathBuf>,
+    /// a W8A8 (int8, dynamic per-token activations) checkpoint of the same model
+    #[arg(long)]
+    w8a8: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "auto")]
@@ -29,14 +38,13 @@ struct Args {
     #[arg(long, default_value = "reports/bench_runtime")]
     out: PathBuf,
     /// prefill points, BATCHxLENGTH
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1x512,1x2048,8x512,8x2048"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "1x512,1x2048,8x512,8x2048")]
     prefill: Vec<String>,
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     decode_batches: Vec<usize>,
+    /// prompt tokens before decoding
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
     #[arg(long, default_value_t = 2)]
@@ -49,13 +57,187 @@ struct Args {
     /// the device's name for the report (e.g. from nvidia-smi)
     #[arg(long, default_value = "")]
     device_name: String,
+    /// the command line to print in the report (default: this process's)
+    #[arg(long)]
+    command: Option<String>,
 }
 
-fn ids(b: usize, t: usize, vocab: usize, dev: &candle_core::Device) -> candle_core::Result<Tensor> {
+fn ids(b: usize, t: usize, vocab: usize, dev: &Device) -> candle_core::Result<Tensor> {
     let v: Vec<u32> = (0..b * t)
         .map(|i| (4 + (i * 7919) % (vocab - 4)) as u32)
         .collect();
     Tensor::from_vec(v, (b, t), dev)
+}
+
+fn point(p: &str) -> (usize, usize) {
+    p.split_once('x')
+        .and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)))
+        .unwrap_or((1, 512))
+}
+
+/// Runs `f` `warmup + repeats` times and keeps the repeats.
+fn timed_n(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<f64>) -> Result<Timing> {
+    let mut v = vec![];
+    for run in 0..warmup + repeats {
+        let x = f()?;
+        if run >= warmup {
+            v.push(x);
+        }
+    }
+    Ok(Timing::from(v))
+}
+
+fn timed(a: &Args, f: impl FnMut() -> Result<f64>) -> Result<Timing> {
+    timed_n(a.warmup, a.repeats, f)
+}
+
+/// Peak device memory in use, sampled every 2 ms on a side thread (whole device: what
+/// nvidia-smi shows, CUDA context included).
+struct MemPeak {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl MemPeak {
+    fn start(device: &Device) -> Option<Self> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = device {
+            use std::sync::atomic::Ordering;
+            let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (p, ctx) = (peak.clone(), d.cuda_stream().context().clone());
+            std::thread::spawn(move || {
+                if ctx.bind_to_thread().is_err() {
+                    return;
+                }
+                use candle_core::cuda::cudarc::driver::result::mem_get_info;
+                while let Ok((free, total)) = mem_get_info() {
+                    p.fetch_max((total - free) as u64, Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            });
+            return Some(Self { peak });
+        }
+        let _ = device;
+        None
+    }
+    /// GiB at the peak since the last call.
+    fn take(&self) -> f64 {
+        let b = self.peak.swap(0, std::sync::atomic::Ordering::Relaxed);
+        b as f64 / (1u64 << 30) as f64
+    }
+}
+
+/// Prefill points and decode batches on the candle forward.
+fn bench_candle(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, mem: &Option<MemPeak>, decode: bool) -> Result<()> {
+    let device = model.device().clone();
+    let vocab = model.config.vocab_size;
+    let p = json!({});
+    if let Some(m) = mem {
+        m.take();
+    }
+    for pt in &a.prefill {
+        let (b, t) = point(pt);
+        let x = ids(b, t, vocab, &device)?;
+        let tm = timed(a, || {
+            device.synchronize()?;
+            let t0 = Instant::now();
+            let lp = candle_nn::ops::log_softmax(&model.forward(&x, None)?, D::Minus1)?;
+            let _ = lp.narrow(1, t - 1, 1)?.sum_all()?.to_scalar::<f32>()?;
+            Ok((b * t) as f64 / t0.elapsed().as_secs_f64())
+        })?;
+        r.add(variant, "candle", &p, &format!("prefill_tok_s_{pt}"), tm.median, Some(tm.max - tm.min), "tokens/s");
+        eprintln!("{variant} prefill {pt}: {:.0} tokens/s [{:.0}–{:.0}]", tm.median, tm.min, tm.max);
+    }
+    if let Some(m) = mem {
+        r.add(variant, "candle", &p, "peak_gib_prefill", m.take(), None, "GiB");
+    }
+    if !decode {
+        return Ok(());
+    }
+    for &b in &a.decode_batches {
+        let x = ids(b, a.prompt_len, vocab, &device)?;
+        let tm = timed(a, || {
+            let mut cache = model.new_cache(b, a.prompt_len + a.new_tokens + 1, vec![0; b])?;
+            let h = model.forward_hidden(&x, Some(&mut cache))?;
+            let mut next = model.logits(&h.narrow(1, a.prompt_len - 1, 1)?)?.argmax(D::Minus1)?;
+            device.synchronize()?;
+            let t0 = Instant::now();
+            for _ in 0..a.new_tokens {
+                let h = model.forward_hidden(&next.reshape((b, 1))?, Some(&mut cache))?;
+                next = model.logits(&h)?.argmax(D::Minus1)?;
+                let _ = next.to_vec2::<u32>()?;
+            }
+            Ok(t0.elapsed().as_secs_f64() / a.new_tokens as f64)
+        })?;
+        r.add(variant, "candle", &p, &format!("decode_ms_b{b}"), 1e3 * tm.median, Some(1e3 * (tm.max - tm.min)), "ms/step");
+        eprintln!("{variant} decode b{b}: {:.2} ms/step [{:.2}–{:.2}]", 1e3 * tm.median, 1e3 * tm.min, 1e3 * tm.max);
+    }
+    if let Some(m) = mem {
+        r.add(variant, "candle", &p, "peak_gib_decode", m.take(), None, "GiB");
+    }
+    Ok(())
+}
+
+/// Greedy decode on the engine, eager and graph-replayed; returns weight bytes per step.
+#[cfg(feature = "cuda")]
+fn bench_engine(a: &Args, r: &mut Results, variant: &str, dir: &Path, mem: &Option<MemPeak>) -> Result<u64> {
+    use exaone_compress::runtime::engine::DecodeEngine;
+    let ckpt = exaone_compress::Checkpoint::open(dir)?;
+    let vocab = ckpt.config.vocab_size;
+    let mut bytes = 0;
+    for &b in &a.decode_batches {
+        let t0 = Instant::now();
+        let mut e = DecodeEngine::load(&ckpt, 0, b, a.prompt_len + a.new_tokens + 1)?;
+        let load_s = t0.elapsed().as_secs_f64();
+        bytes = e.info.weight_bytes_per_step;
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|r| (0..a.prompt_len).map(|i| (4 + ((r * a.prompt_len + i) * 7919) % (vocab - 4)) as u32).collect())
+            .collect();
+        for graph in [false, true] {
+            let name = if graph { variant.to_string() } else { format!("{variant}-eager") };
+            if let Some(m) = mem {
+                m.take();
+            }
+            let tm = match timed(a, || {
+                e.prefill(&prompts)?;
+                e.synchronize()?;
+                let t0 = Instant::now();
+                for _ in 1..a.new_tokens {
+                    e.step(graph)?;
+                }
+                Ok(t0.elapsed().as_secs_f64() / (a.new_tokens - 1) as f64)
+            }) {
+                Ok(t) => t,
+                Err(err) if graph => {
+                    eprintln!("{name} decode b{b}: CUDA graph failed ({err}); eager figures only");
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let p = json!({"graph": graph, "weights": e.info.weights});
+            r.add(&name, "engine", &p, &format!("decode_ms_b{b}"), 1e3 * tm.median, Some(1e3 * (tm.max - tm.min)), "ms/step");
+            if let Some(m) = mem {
+                r.add(&name, "engine", &p, &format!("peak_gib_decode_b{b}"), m.take(), None, "GiB");
+            }
+            eprintln!("{name} decode b{b}: {:.3} ms/step [{:.3}–{:.3}]", 1e3 * tm.median, 1e3 * tm.min, 1e3 * tm.max);
+        }
+        r.add(variant, "engine", &json!({}), &format!("load_s_b{b}"), load_s, None, "s");
+    }
+    Ok(bytes)
+}
+
+/// Device-to-device copy bandwidth (read + write), GB/s: the ceiling for a weight-streaming step.
+fn copy_bandwidth(device: &Device) -> Result<f64> {
+    let x = Tensor::zeros(1usize << 29, candle_core::DType::BF16, device)?;
+    let mut v = vec![];
+    for _ in 0..6 {
+        device.synchronize()?;
+        let t0 = Instant::now();
+        let y = x.copy()?;
+        device.synchronize()?;
+        v.push(2.0 * (1u64 << 30) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+        drop(y);
+    }
+    Ok(Timing::from(v[1..].to_vec()).median)
 }
 
 fn main() -> Result<()> {
@@ -63,170 +245,89 @@ fn main() -> Result<()> {
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
-    let name = if a.device_name.is_empty() {
-        a.device.clone()
-    } else {
-        a.device_name.clone()
-    };
-    let mut r = Results::new(
-        "bench_runtime",
-        &format!("{name} ({dtype:?})"),
-        &dir.display().to_string(),
-    );
+    let name = if a.device_name.is_empty() { a.device.clone() } else { a.device_name.clone() };
+    let mut r = Results::new("bench_runtime", &format!("{name} ({dtype:?})"), &dir.display().to_string());
+    let mem = MemPeak::start(&device);
+    #[allow(unused_mut)] // filled on CUDA builds only
+    let mut checks: Vec<exaone_compress::runtime::Check> = vec![];
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        use exaone_compress::runtime::check;
+        checks.extend(check::attention(&device)?);
+        let (c, same) = check::engine(&dir, &device, "bf16")?;
+        checks.push(c);
+        let mut graph_same = same;
+        if let Some(w4) = &a.w4a16 {
+            let (c, same) = check::engine(w4, &device, "W4A16")?;
+            checks.push(c);
+            graph_same &= same;
+            checks.push(check::linear_kernels(w4, &device, "W4A16")?);
+        }
+        if let Some(w8) = &a.w8a8 {
+            checks.push(check::linear_kernels(w8, &device, "W8A8")?);
+        }
+        for c in &checks {
+            eprintln!("check {}: kernel {:.2e}, bf16 reference {:.2e}, top-1 {:.3} → {}", c.what, c.kernel_err, c.bf16_err, c.top1, if c.passes() { "ok" } else { "FAIL" });
+        }
+        eprintln!("graph replay picks the same tokens as eager launches: {graph_same}");
+        r.add("checks", "runtime::check", &json!({}), "graph_equals_eager", graph_same as u8 as f64, None, "bool");
+    }
     let p = json!({});
-    let mut loads = vec![];
-    for _ in 0..3 {
+    let loads = timed_n(0, 3, || {
         let t0 = Instant::now();
         let m = Exaone4::from_dir(&dir, dtype, &device)?;
         device.synchronize()?;
-        loads.push(t0.elapsed().as_secs_f64());
         drop(m);
+        Ok(t0.elapsed().as_secs_f64())
+    })?;
+    r.add("candle-bf16", "candle", &p, "load_s", loads.median, Some(loads.max - loads.min), "s");
+    {
+        let model = Exaone4::from_dir(&dir, dtype, &device)?;
+        bench_candle(&a, &mut r, "candle-bf16", &model, &mem, true)?;
     }
-    let l = Timing::from(loads);
-    r.add(
-        "ours",
-        "candle",
-        &p,
-        "load_s",
-        l.median,
-        Some(l.max - l.min),
-        "s",
-    );
-    let model = Exaone4::from_dir(&dir, dtype, &device)?;
-    let vocab = model.config.vocab_size;
-    for pt in &a.prefill {
-        let (b, t) = pt
-            .split_once('x')
-            .map(|(b, t)| (b.parse().unwrap_or(1), t.parse().unwrap_or(512)))
-            .unwrap_or((1, 512));
-        let x = ids(b, t, vocab, &device)?;
-        let mut v = vec![];
-        for run in 0..a.warmup + a.repeats {
-            device.synchronize()?;
-            let t0 = Instant::now();
-            let lp = candle_nn::ops::log_softmax(&model.forward(&x, None)?, D::Minus1)?;
-            let _ = lp
-                .narrow(1, t - 1, 1)?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_scalar::<f32>()?;
-            if run >= a.warmup {
-                v.push((b * t) as f64 / t0.elapsed().as_secs_f64());
-            }
+    #[allow(unused_mut)]
+    let mut bytes: Vec<(&str, u64)> = vec![];
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        use exaone_compress::runtime::quantized::attach;
+        bytes.push(("bf16", bench_engine(&a, &mut r, "engine-bf16", &dir, &mem)?));
+        if let Some(w4) = &a.w4a16 {
+            bytes.push(("W4A16", bench_engine(&a, &mut r, "engine-w4a16", w4, &mem)?));
+            let ckpt = exaone_compress::Checkpoint::open(w4)?;
+            let mut m = Exaone4::load(&ckpt, dtype, &device)?;
+            attach(&mut m, &ckpt)?;
+            bench_candle(&a, &mut r, "candle-w4a16", &m, &mem, false)?;
         }
-        let tm = Timing::from(v);
-        r.add(
-            "ours",
-            "candle",
-            &p,
-            &format!("prefill_tok_s_{pt}"),
-            tm.median,
-            Some(tm.max - tm.min),
-            "tokens/s",
-        );
-        eprintln!(
-            "prefill {pt}: {:.0} tokens/s [{:.0}–{:.0}]",
-            tm.median, tm.min, tm.max
-        );
+        if let Some(w8) = &a.w8a8 {
+            let ckpt = exaone_compress::Checkpoint::open(w8)?;
+            let mut m = Exaone4::load(&ckpt, dtype, &device)?;
+            let n = attach(&mut m, &ckpt)?;
+            eprintln!("W8A8: {} Linears on int8 tensor cores", n.int8);
+            bench_candle(&a, &mut r, "candle-w8a8-int8", &m, &mem, false)?;
+        }
     }
-    for &b in &a.decode_batches {
-        let x = ids(b, 128, vocab, &device)?;
-        let mut v = vec![];
-        for run in 0..a.warmup + a.repeats {
-            let mut cache = model.new_cache(b, 128 + a.new_tokens + 1, vec![0; b])?;
-            let h = model.forward_hidden(&x, Some(&mut cache))?;
-            let mut next = model.logits(&h.narrow(1, 127, 1)?)?.argmax(D::Minus1)?;
-            device.synchronize()?;
-            let t0 = Instant::now();
-            for _ in 0..a.new_tokens {
-                let h = model.forward_hidden(&next.reshape((b, 1))?, Some(&mut cache))?;
-                next = model.logits(&h)?.argmax(D::Minus1)?;
-                let _ = next
-                    .to_dtype(candle_core::DType::F32)?
-                    .sum_all()?
-                    .to_scalar::<f32>()?;
-            }
-            if run >= a.warmup {
-                v.push(t0.elapsed().as_secs_f64() / a.new_tokens as f64);
-            }
-        }
-        let tm = Timing::from(v);
-        r.add(
-            "ours",
-            "candle",
-            &p,
-            &format!("decode_ms_b{b}"),
-            1e3 * tm.median,
-            Some(1e3 * (tm.max - tm.min)),
-            "ms/step",
-        );
-        eprintln!(
-            "decode batch {b}: {:.2} ms/step [{:.2}–{:.2}] = {:.0} tokens/s",
-            1e3 * tm.median,
-            1e3 * tm.min,
-            1e3 * tm.max,
-            b as f64 / tm.median
-        );
+    let bw = copy_bandwidth(&device)?;
+    r.add("device", "copy", &p, "copy_gb_s", bw, None, "GB/s");
+    for c in &checks {
+        let p = json!({"what": c.what});
+        r.add("checks", "runtime::check", &p, &format!("kernel_rel_err: {}", c.what), c.kernel_err, None, "");
+        r.add("checks", "runtime::check", &p, &format!("bf16_rel_err: {}", c.what), c.bf16_err, None, "");
+        r.add("checks", "runtime::check", &p, &format!("top1: {}", c.what), c.top1, None, "");
     }
     if let Some(hf) = &a.hf_json {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf)?)?;
         for (k, x) in v["metrics"].as_object().into_iter().flatten() {
-            r.add(
-                "hf",
-                &format!("transformers {}", v["transformers"].as_str().unwrap_or("")),
-                &p,
-                k,
-                x["median"].as_f64().unwrap_or(f64::NAN),
-                x["spread"].as_f64(),
-                x["unit"].as_str().unwrap_or(""),
-            );
+            let method = format!("transformers {}", v["transformers"].as_str().unwrap_or(""));
+            let (m, s, u) = (x["median"].as_f64().unwrap_or(f64::NAN), x["spread"].as_f64(), x["unit"].as_str().unwrap_or(""));
+            r.add("hf", &method, &p, k, m, s, u);
         }
     }
     r.save(&a.out)?;
-    let mut md = format!("# Runtime: ours vs HF transformers\n\nModel `{}`, device {}, commit {}, {}.\n\nCommand: `{}`\n\n| metric | ours (median [spread]) | HF (median [spread]) | ours ÷ HF |\n|---|---|---|---|\n", dir.display(), r.device, r.commit, r.timestamp, std::env::args().collect::<Vec<_>>().join(" "));
-    let mut chart = vec![];
-    for row in r.rows.iter().filter(|x| x.variant == "ours") {
-        let hf = r.get("hf", &row.metric);
-        let ratio = hf.map(|h| {
-            if row.metric.starts_with("prefill") {
-                row.value / h
-            } else {
-                h / row.value
-            }
-        });
-        md += &format!(
-            "| {} ({}) | {:.3} [{:.3}] | {} | {} |\n",
-            row.metric,
-            row.unit,
-            row.value,
-            row.spread.unwrap_or(0.0),
-            hf.map(|h| format!("{h:.3} [{:.3}]", r.spread("hf", &row.metric).unwrap_or(0.0)))
-                .unwrap_or("–".into()),
-            ratio
-                .map(|x| format!("{x:.2}× (speed)"))
-                .unwrap_or("–".into())
-        );
-        if let Some(x) = ratio {
-            chart.push((
-                row.metric
-                    .replace("prefill_tok_s_", "prefill ")
-                    .replace("decode_ms_", "decode "),
-                x,
-            ));
-        }
+    let command = a.command.clone().unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    exaone_compress::report::runtime::write(&r, &a.out, &command, &checks, &bytes, bw)?;
+    let failed: Vec<_> = checks.iter().filter(|c| !c.passes()).map(|c| c.what.clone()).collect();
+    if !failed.is_empty() {
+        anyhow::bail!("numerical checks failed: {failed:?}");
     }
-    md += "\nSpreads are max − min over the repeats (load: 3 loads). Prefill is forward + log-softmax over all positions; decode is a greedy step (forward of one token per row + lm_head + argmax read back).\n";
-    if !chart.is_empty() {
-        bars(
-            &a.out.join("speedup.png"),
-            "Ours vs HF transformers (speed ratio, >1 = ours faster)",
-            "point",
-            "ratio",
-            &chart,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        md += "\n![speed ratio](speedup.png)\n";
-    }
-    std::fs::write(a.out.join("README.md"), md)?;
     Ok(())
 }

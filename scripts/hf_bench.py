@@ -6,6 +6,7 @@
 import json
 import statistics
 import sys
+import threading
 import time
 
 import torch
@@ -19,6 +20,25 @@ WARMUP, REPEATS, NEW = 2, 5, 64
 
 def stat(v, unit):
     return {"median": statistics.median(v), "spread": max(v) - min(v), "unit": unit}
+
+
+class MemPeak:
+    """Peak device memory in use (whole device, as nvidia-smi), sampled every 2 ms: the same
+    measure bench_runtime takes of ours."""
+
+    def __init__(self):
+        self.peak = 0
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        while True:
+            free, total = torch.cuda.mem_get_info()
+            self.peak = max(self.peak, total - free)
+            time.sleep(0.002)
+
+    def take(self):
+        p, self.peak = self.peak, 0
+        return p / 2**30
 
 
 def main():
@@ -36,6 +56,8 @@ def main():
     m["load_s"] = stat(loads, "s")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="sdpa").to("cuda").eval()
     vocab = model.config.vocab_size
+    mem = MemPeak()
+    mem.take()
     for b, t in PREFILL:
         x = (torch.arange(b * t).reshape(b, t) * 7919 % (vocab - 4) + 4).cuda()
         v = []
@@ -49,6 +71,7 @@ def main():
                 v.append(b * t / (time.time() - s))
         m[f"prefill_tok_s_{b}x{t}"] = stat(v, "tokens/s")
         print(f"prefill {b}x{t}: {m[f'prefill_tok_s_{b}x{t}']['median']:.0f} tokens/s", flush=True)
+    m["peak_gib_prefill"] = {"median": mem.take(), "spread": None, "unit": "GiB"}
     for b in DECODE:
         x = (torch.arange(b * 128).reshape(b, 128) * 7919 % (vocab - 4) + 4).cuda()
         v = []
@@ -63,6 +86,7 @@ def main():
                 v.append(1e3 * total / NEW)  # includes the 128-token prefill, amortised
         m[f"decode_ms_b{b}"] = stat(v, "ms/step")
         print(f"decode batch {b}: {m[f'decode_ms_b{b}']['median']:.2f} ms/step", flush=True)
+    m["peak_gib_decode"] = {"median": mem.take(), "spread": None, "unit": "GiB"}
     json.dump({"transformers": transformers.__version__, "torch": torch.__version__,
                "device": torch.cuda.get_device_name(0), "metrics": m}, open(out, "w"), indent=1)
 

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod model;
 pub mod record;
 pub mod report;
+pub mod runtime;
 pub mod train;
 
 pub use checkpoint::Checkpoint;

@@ -42,6 +42,8 @@ pub struct Context<'a> {
     pub sliding_from: usize,
     pub cache: Option<&'a KvCache>,
     pub mode: Mode,
+    /// full-attention layers use the runtime's fused causal attention (no mask is built)
+    pub fused: bool,
 }
 
 /// Sees the input of each Linear during a forward: `(name inside the layer, input)`. q/k/v
@@ -103,7 +105,13 @@ impl DecoderLayer {
                 v.narrow(2, from, t - from)?.contiguous()?,
             ),
         };
-        let o = attend(&q, &k, &v, mask, ctx.mode)?;
+        let o = if ctx.fused && a.window.is_none() {
+            crate::runtime::fused_attention(&q, &k, &v)?.ok_or_else(|| {
+                candle_core::Error::Msg("fused attention chosen but unavailable".into())
+            })?
+        } else {
+            attend(&q, &k, &v, mask, ctx.mode)?
+        };
         see("self_attn.o_proj", &o)?;
         let o = a.o_proj.forward(&o)?;
         let h = (h + self.post_attention_layernorm.forward(&o, ctx.mode)?)?;
@@ -349,7 +357,19 @@ impl Exaone4 {
         } else {
             0
         };
-        let mask_full = self.mask(b, t, start, 0, pad, None)?;
+        // unpadded causal attention needs no mask where the fused kernel runs
+        let fused = self.mode == Mode::Inference
+            && !padded
+            && crate::runtime::fused_attention_available(
+                &self.device,
+                self.dtype,
+                self.config.head_dim,
+            );
+        let mask_full = if fused {
+            None
+        } else {
+            self.mask(b, t, start, 0, pad, None)?
+        };
         let mask_sliding = match self.config.sliding_window {
             Some(w) if self.layers.iter().any(|l| l.self_attn.window.is_some()) => {
                 self.mask(b, t, start, sliding_from, pad, Some(w))?
@@ -364,6 +384,7 @@ impl Exaone4 {
             sliding_from,
             cache,
             mode: self.mode,
+            fused,
         })
     }
 

@@ -83,11 +83,21 @@ impl ActQuant {
     }
 }
 
+/// A Linear computed by a dedicated kernel on its stored (compressed) weights, e.g. int8
+/// tensor cores for W8A8 (see `runtime::quantized`). The Linear's `weight` stays the
+/// dequantized reference that compression and evaluation code read.
+pub trait LinearKernel: Send + Sync + std::fmt::Debug {
+    /// x [rows, in] → [rows, out]
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
 /// A bias-free Linear, `y = x Wᵀ`, with `weight` [out, in] as in the checkpoint.
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub act_quant: Option<ActQuant>,
+    /// when set, the forward runs this instead of `act_quant` + `x Wᵀ`
+    pub kernel: Option<std::sync::Arc<dyn LinearKernel>>,
 }
 
 impl Linear {
@@ -95,6 +105,7 @@ impl Linear {
         Self {
             weight,
             act_quant: None,
+            kernel: None,
         }
     }
     pub fn out_features(&self) -> usize {
@@ -107,16 +118,17 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = match self.act_quant {
-            Some(q) => q.fake_quant(x)?,
-            None => x.clone(),
-        };
         let dims = x.dims().to_vec();
         let (rows, inner) = (
             dims[..dims.len() - 1].iter().product::<usize>(),
             dims[dims.len() - 1],
         );
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, inner))?;
+        let y = match (&self.kernel, self.act_quant) {
+            (Some(k), _) => k.forward(&x2)?,
+            (None, Some(q)) => q.fake_quant(&x2)?.matmul(&self.weight.t()?)?,
+            (None, None) => x2.matmul(&self.weight.t()?)?,
+        };
         let mut out = dims;
         *out.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
         y.reshape(out)

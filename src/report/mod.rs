@@ -1,5 +1,6 @@
 //! Reports: markdown and PNG charts drawn from results.
 
 pub mod chart;
+pub mod runtime;
 pub mod study;
 pub mod train;

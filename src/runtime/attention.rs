@@ -1,0 +1,119 @@
+//! Flash attention as a candle op (forward only: training keeps the differentiable path).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::driver::DevicePtr;
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use half::bf16;
+
+use super::kernels::{allow_smem, func, launch, Arg};
+
+struct Flash {
+    causal: bool,
+}
+
+/// (batch, head, token) strides of a [b, h, t, d] layout whose last dimension is contiguous.
+fn strides(l: &Layout, what: &str) -> Result<[i64; 3]> {
+    let s = l.stride();
+    if s.len() != 4 || s[3] != 1 {
+        candle_core::bail!("flash attention: {what} must be [b, h, t, d] with d contiguous, got strides {s:?}");
+    }
+    Ok([s[0] as i64, s[1] as i64, s[2] as i64])
+}
+
+impl CustomOp3 for Flash {
+    fn name(&self) -> &'static str {
+        "flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("flash attention runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        ql: &Layout,
+        k: &CudaStorage,
+        kl: &Layout,
+        v: &CudaStorage,
+        vl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, h, t, d) = ql.shape().dims4()?;
+        let (kb, hkv, l, kd) = kl.shape().dims4()?;
+        if kb != b || kd != d || vl.shape() != kl.shape() || hkv == 0 || h % hkv != 0 {
+            candle_core::bail!(
+                "flash attention: q {:?}, k {:?}, v {:?} do not fit together",
+                ql.shape(),
+                kl.shape(),
+                vl.shape()
+            );
+        }
+        let (qs, ks, vs) = (strides(ql, "q")?, strides(kl, "k")?, strides(vl, "v")?);
+        let dev = q.device().clone();
+        let stream = dev.cuda_stream();
+        let q_sl = q.as_cuda_slice::<bf16>()?.slice(ql.start_offset()..);
+        let k_sl = k.as_cuda_slice::<bf16>()?.slice(kl.start_offset()..);
+        let v_sl = v.as_cuda_slice::<bf16>()?.slice(vl.start_offset()..);
+        let out = unsafe { dev.alloc::<bf16>(b * t * h * d) }?;
+        let name = if d == 64 { "flash_fwd_64" } else { "flash_fwd_128" };
+        let f = func(&dev, name)?;
+        let smem = 3 * 64 * (d + 8) * 2;
+        allow_smem(&f, smem)?;
+        let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
+        {
+            let (qp, _a) = q_sl.device_ptr(&stream);
+            let (kp, _b) = k_sl.device_ptr(&stream);
+            let (vp, _c) = v_sl.device_ptr(&stream);
+            let (op, _d) = out.device_ptr(&stream);
+            use Arg::*;
+            launch(
+                &stream,
+                &f,
+                (t.div_ceil(64) as u32, h as u32, b as u32),
+                128,
+                smem,
+                &[
+                    P(qp),
+                    P(kp),
+                    P(vp),
+                    P(op),
+                    I(t as i32),
+                    I(l as i32),
+                    I(h as i32),
+                    I(hkv as i32),
+                    L(qs[0]),
+                    L(qs[1]),
+                    L(qs[2]),
+                    L(ks[0]),
+                    L(ks[1]),
+                    L(ks[2]),
+                    L(vs[0]),
+                    L(vs[1]),
+                    L(vs[2]),
+                    I(self.causal as i32),
+                    I(l as i32 - t as i32),
+                    F(scale_log2),
+                ],
+            )?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, t, h, d)),
+        ))
+    }
+}
+
+/// q [b, h, t, d], k/v [b, kvh, L, d] (bf16, CUDA) → [b, t, h·d].
+pub(crate) fn flash(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    q.apply_op3_no_bwd(k, v, &Flash { causal })?
+        .reshape((b, t, h * d))
+}

@@ -1,0 +1,179 @@
+//! Numerical checks of the runtime's kernels against the reference path (candle ops in f32 on
+//! the dequantized weights). Each check reports the kernel's relative error next to the error of
+//! the plain bf16 reference path, so the tolerance is the bf16 noise floor itself: a kernel passes
+//! when its error is at most twice that of computing the reference in bf16.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::engine::DecodeEngine;
+pub use super::Check;
+use crate::checkpoint::Checkpoint;
+use crate::model::layers::{attend, Mode};
+use crate::Exaone4;
+
+
+/// ‖a − b‖ / ‖b‖ over all elements, with a running sum so several steps can be pooled.
+#[derive(Default)]
+struct RelErr {
+    diff: f64,
+    norm: f64,
+}
+
+impl RelErr {
+    fn add(&mut self, a: &[f32], reference: &[f32]) {
+        for (x, y) in a.iter().zip(reference) {
+            self.diff += ((x - y) as f64).powi(2);
+            self.norm += (*y as f64).powi(2);
+        }
+    }
+    fn value(&self) -> f64 {
+        (self.diff / self.norm.max(1e-30)).sqrt()
+    }
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+fn argmax_rows(v: &[f32], width: usize) -> Vec<usize> {
+    v.chunks(width)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+                .0
+        })
+        .collect()
+}
+
+fn agreement(a: &[usize], b: &[usize]) -> f64 {
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64
+}
+
+/// Flash attention vs `attend` with an explicit causal mask, on random inputs: no cache, a
+/// chunk after cached keys, one decoding query; head sizes 64 and 128; GQA 4:1.
+pub fn attention(device: &Device) -> Result<Vec<Check>> {
+    let mut out = vec![];
+    for (t, l, d) in [(130, 130, 64), (37, 300, 64), (1, 77, 64), (100, 100, 128)] {
+        let (b, h, kvh) = (2, 8, 2);
+        let q = Tensor::randn(0f32, 1.0, (b, h, t, d), device)?;
+        let k = Tensor::randn(0f32, 1.0, (b, kvh, l, d), device)?;
+        let v = Tensor::randn(0f32, 1.0, (b, kvh, l, d), device)?;
+        let (qb, kb, vb) = (q.to_dtype(DType::BF16)?, k.to_dtype(DType::BF16)?, v.to_dtype(DType::BF16)?);
+        let off = l - t;
+        let m: Vec<f32> = (0..b * t * l)
+            .map(|i| if (i % l) <= (i / l) % t + off { 0.0 } else { -1e30 })
+            .collect();
+        let mask = Tensor::from_vec(m, (b, 1, t, l), device)?;
+        // the f32 reference sees the same bf16-rounded inputs
+        let up = |x: &Tensor| x.to_dtype(DType::F32);
+        let reference = flat(&attend(&up(&qb)?, &up(&kb)?, &up(&vb)?, Some(&mask), Mode::Inference)?)?;
+        let bf = flat(&attend(&qb, &kb, &vb, Some(&mask), Mode::Inference)?)?;
+        let kern = super::fused_attention(&qb, &kb, &vb)?
+            .ok_or_else(|| candle_core::Error::Msg("fused attention unavailable".into()))?;
+        let kern = flat(&kern)?;
+        let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
+        ek.add(&kern, &reference);
+        eb.add(&bf, &reference);
+        out.push(Check {
+            what: format!("flash attention t={t} L={l} d={d}"),
+            kernel_err: ek.value(),
+            bf16_err: eb.value(),
+            top1: 1.0,
+        });
+    }
+    Ok(out)
+}
+
+fn ids(b: usize, t: usize, vocab: usize, seed: usize) -> Vec<Vec<u32>> {
+    (0..b)
+        .map(|r| (0..t).map(|i| (4 + ((r * t + i + seed) * 7919) % (vocab - 4)) as u32).collect())
+        .collect()
+}
+
+fn to_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    let (b, t) = (rows.len(), rows[0].len());
+    Tensor::from_vec(rows.concat(), (b, t), device)
+}
+
+/// The decode engine (prefill + 6 greedy steps, batch 2) vs the candle model on the same tokens,
+/// and graph replay vs eager launches (which must pick identical tokens).
+pub fn engine(dir: &std::path::Path, device: &Device, label: &str) -> Result<(Check, bool)> {
+    let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let ordinal = match device {
+        Device::Cuda(_) => 0,
+        _ => candle_core::bail!("engine check needs CUDA"),
+    };
+    let (b, t, steps) = (2, 24, 6);
+    let vocab = ckpt.config.vocab_size;
+    let prompt = ids(b, t, vocab, 1);
+    let f32m = Exaone4::load(&ckpt, DType::F32, device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let bf16m = Exaone4::load(&ckpt, DType::BF16, device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut eng = DecodeEngine::load(&ckpt, ordinal, b, t + steps + 2)?;
+    let (mut cf, mut cb) = (f32m.new_cache(b, t + steps + 2, vec![0; b])?, bf16m.new_cache(b, t + steps + 2, vec![0; b])?);
+    let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
+    let (mut picks_k, mut picks_r) = (vec![], vec![]);
+    let mut x = to_tensor(&prompt, device)?;
+    let mut next = eng.prefill(&prompt)?;
+    let mut eager = vec![next.clone()];
+    for s in 0..=steps {
+        if s > 0 {
+            next = eng.step(false)?;
+            eager.push(next.clone());
+        }
+        let last = |m: &Exaone4, c: &mut crate::model::KvCache, x: &Tensor| -> Result<Vec<f32>> {
+            let lg = m.forward(x, Some(c))?;
+            let t = lg.dim(1)?;
+            flat(&lg.narrow(1, t - 1, 1)?)
+        };
+        let rf = last(&f32m, &mut cf, &x)?;
+        let rb = last(&bf16m, &mut cb, &x)?;
+        let k = eng.last_logits()?;
+        ek.add(&k, &rf);
+        eb.add(&rb, &rf);
+        picks_k.extend(argmax_rows(&k, vocab));
+        picks_r.extend(argmax_rows(&rf, vocab));
+        // both continue from the engine's picks
+        x = Tensor::from_vec(next.clone(), (b, 1), device)?;
+    }
+    // the same run replayed as a CUDA graph must pick the same tokens
+    let mut graphed = vec![eng.prefill(&prompt)?];
+    for _ in 0..steps {
+        graphed.push(eng.step(true)?);
+    }
+    Ok((
+        Check {
+            what: format!("decode engine ({label}) logits, prefill + {steps} steps"),
+            kernel_err: ek.value(),
+            bf16_err: eb.value(),
+            top1: agreement(&picks_k, &picks_r),
+        },
+        graphed == eager,
+    ))
+}
+
+/// The candle forward with the quantized Linear kernels attached vs the same model emulating
+/// them on dequantized weights (f32 reference: the emulation in f32), logits of 2 × 64 tokens.
+pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Result<Check> {
+    let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let load = |dt| Exaone4::load(&ckpt, dt, device).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    let (f32m, bf16m, mut km) = (load(DType::F32)?, load(DType::BF16)?, load(DType::BF16)?);
+    let n = super::quantized::attach(&mut km, &ckpt)?;
+    if n.int4 + n.int8 == 0 {
+        candle_core::bail!("{}: no Linear stored as W4A16 or W8A8", dir.display());
+    }
+    let vocab = ckpt.config.vocab_size;
+    let x = to_tensor(&ids(2, 64, vocab, 3), device)?;
+    let rf = flat(&f32m.forward(&x, None)?)?;
+    let rb = flat(&bf16m.forward(&x, None)?)?;
+    let k = flat(&km.forward(&x, None)?)?;
+    let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
+    ek.add(&k, &rf);
+    eb.add(&rb, &rf);
+    Ok(Check {
+        what: format!("{label} Linear kernels ({} int4, {} int8) logits", n.int4, n.int8),
+        kernel_err: ek.value(),
+        bf16_err: eb.value(),
+        top1: agreement(&argmax_rows(&k, vocab), &argmax_rows(&rf, vocab)),
+    })
+}

@@ -1,0 +1,536 @@
+// Hand-written CUDA kernels for the serving path (compiled to PTX by build.rs for compute_80,
+// so the same binary runs on Ampere, Ada (the L4 the competition uses) and Hopper).
+//
+// Conventions: bf16 storage, f32 arithmetic; row-major; a "row" is one token of one sequence.
+// Every kernel that depends on the decoding position reads it from device memory (pos[]), so a
+// decode step can be captured once as a CUDA graph and replayed.
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum (or max) over the block; blockDim.x a multiple of 32. `red` holds 32 floats.
+__device__ float block_reduce(float v, float *red, bool is_max) {
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    __syncthreads();
+    if (l == 0) red[w] = v;
+    __syncthreads();
+    v = l < nw ? red[l] : (is_max ? NEG_INF : 0.f);
+    return is_max ? warp_max(v) : warp_sum(v);
+}
+
+__device__ __forceinline__ float bf(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 tobf(float x) { return __float2bfloat16(x); }
+__device__ __forceinline__ float lo_bf(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float hi_bf(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+// ---------------------------------------------------------------------------------------------
+// Embedding gather: out[r] = table[ids[r]], hidden % 8 == 0.
+extern "C" __global__ void embed_rows(const uint32_t *ids, const bf16 *table, bf16 *out, int hidden) {
+    int r = blockIdx.x;
+    const uint4 *src = (const uint4 *)(table + (size_t)ids[r] * hidden);
+    uint4 *dst = (uint4 *)(out + (size_t)r * hidden);
+    for (int i = threadIdx.x; i < hidden / 8; i += blockDim.x) dst[i] = src[i];
+}
+
+// RMSNorm of input row (blockIdx.x * row_step + row_off): y = bf16(x · rsqrt(mean x² + eps) · w).
+// accumulate = 0: out[blockIdx.x] = y;  accumulate = 1: out[blockIdx.x] += y (bf16 add, as
+// `h + norm(o)` in the post-norm decoder layer).
+extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
+                                        int accumulate, int row_step, int row_off) {
+    __shared__ float red[32];
+    const bf16 *xr = x + (size_t)(blockIdx.x * row_step + row_off) * n;
+    bf16 *o = out + (size_t)blockIdx.x * n;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = bf(xr[i]);
+        ss += v * v;
+    }
+    ss = block_reduce(ss, red, false);
+    float inv = rsqrtf(ss / n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        bf16 y = tobf(bf(xr[i]) * inv * bf(w[i]));
+        o[i] = accumulate ? tobf(bf(o[i]) + bf(y)) : y;
+    }
+}
+
+// SiLU-gated product: gu [R, 2I] = [gate | up] → out [R, I] = bf16(bf16(silu(g)) · u).
+extern "C" __global__ void silu_mul_rows(const bf16 *gu, bf16 *out, int inter) {
+    int r = blockIdx.y;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= inter) return;
+    float g = bf(gu[(size_t)r * 2 * inter + i]);
+    float u = bf(gu[(size_t)r * 2 * inter + inter + i]);
+    bf16 s = tobf(g / (1.f + __expf(-g)));
+    out[(size_t)r * inter + i] = tobf(bf(s) * u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 GEMV for a few rows: y[r, n] = Σ_k x[r, k] · W[n, k]. One warp per output feature,
+// NB activation rows per block row (blockIdx.y tiles the rows). K % 8 == 0.
+template <int NB>
+__device__ void gemv_bf16(const bf16 *__restrict__ W, const bf16 *__restrict__ x, bf16 *__restrict__ y,
+                          int N, int K, int rows) {
+    int n = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (n >= N) return;
+    int r0 = blockIdx.y * NB, nb = min(NB, rows - r0);
+    float acc[NB];
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[b] = 0.f;
+    const uint4 *wr = (const uint4 *)(W + (size_t)n * K);
+    for (int c = lane; c < K / 8; c += 32) {
+        uint4 wv = __ldg(wr + c);
+        float wf[8] = {lo_bf(wv.x), hi_bf(wv.x), lo_bf(wv.y), hi_bf(wv.y),
+                       lo_bf(wv.z), hi_bf(wv.z), lo_bf(wv.w), hi_bf(wv.w)};
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            if (b < nb) {
+                uint4 xv = __ldg((const uint4 *)(x + (size_t)(r0 + b) * K) + c);
+                acc[b] += wf[0] * lo_bf(xv.x) + wf[1] * hi_bf(xv.x) + wf[2] * lo_bf(xv.y) +
+                          wf[3] * hi_bf(xv.y) + wf[4] * lo_bf(xv.z) + wf[5] * hi_bf(xv.z) +
+                          wf[6] * lo_bf(xv.w) + wf[7] * hi_bf(xv.w);
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        float s = warp_sum(acc[b]);
+        if (lane == 0 && b < nb) y[(size_t)(r0 + b) * N + n] = tobf(s);
+    }
+}
+
+extern "C" __global__ void gemv_bf16_1(const bf16 *W, const bf16 *x, bf16 *y, int N, int K, int rows) {
+    gemv_bf16<1>(W, x, y, N, K, rows);
+}
+extern "C" __global__ void gemv_bf16_4(const bf16 *W, const bf16 *x, bf16 *y, int N, int K, int rows) {
+    gemv_bf16<4>(W, x, y, N, K, rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// W4A16 GEMV reading compressed-tensors' pack-quantized weights directly:
+//   P [N, K/8] int32, nibble i of word j = column 8j + i, stored as q + 8 (q in −8..7);
+//   S [N, K/G] scales; Z [N, K/G] zero points (q units) or null for symmetric.
+//   w = (q − z) · s;  y[r, n] = Σ_k x[r, k] · w[n, k].
+// One warp per output feature, each lane takes 32 columns (one uint4) at a time; G % 32 == 0.
+template <int NB>
+__device__ void gemv_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__ S,
+                        const bf16 *__restrict__ Z, const bf16 *__restrict__ x, bf16 *__restrict__ y,
+                        int N, int K, int G, int rows) {
+    int n = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (n >= N) return;
+    int r0 = blockIdx.y * NB, nb = min(NB, rows - r0);
+    int ng = K / G;
+    float acc[NB];
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[b] = 0.f;
+    const uint4 *pr = (const uint4 *)(P + (size_t)n * (K / 8));
+    for (int c = lane; c < K / 32; c += 32) {
+        uint4 pw = __ldg(pr + c);
+        int g = (c * 32) / G;
+        float s = bf(S[(size_t)n * ng + g]);
+        float z = Z ? bf(Z[(size_t)n * ng + g]) : 0.f;
+        float q[32];
+        uint32_t words[4] = {pw.x, pw.y, pw.z, pw.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 8; j++) q[i * 8 + j] = (float)((int)((words[i] >> (4 * j)) & 15u) - 8) - z;
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            if (b < nb) {
+                const uint4 *xr = (const uint4 *)(x + (size_t)(r0 + b) * K + c * 32);
+                float part = 0.f;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    uint4 xv = __ldg(xr + i);
+                    part += q[i * 8 + 0] * lo_bf(xv.x) + q[i * 8 + 1] * hi_bf(xv.x) +
+                            q[i * 8 + 2] * lo_bf(xv.y) + q[i * 8 + 3] * hi_bf(xv.y) +
+                            q[i * 8 + 4] * lo_bf(xv.z) + q[i * 8 + 5] * hi_bf(xv.z) +
+                            q[i * 8 + 6] * lo_bf(xv.w) + q[i * 8 + 7] * hi_bf(xv.w);
+                }
+                acc[b] += s * part;
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        float s = warp_sum(acc[b]);
+        if (lane == 0 && b < nb) y[(size_t)(r0 + b) * N + n] = tobf(s);
+    }
+}
+
+extern "C" __global__ void gemv_w4_1(const uint32_t *P, const bf16 *S, const bf16 *Z, const bf16 *x, bf16 *y,
+                                     int N, int K, int G, int rows) {
+    gemv_w4<1>(P, S, Z, x, y, N, K, G, rows);
+}
+extern "C" __global__ void gemv_w4_4(const uint32_t *P, const bf16 *S, const bf16 *Z, const bf16 *x, bf16 *y,
+                                     int N, int K, int G, int rows) {
+    gemv_w4<4>(P, S, Z, x, y, N, K, G, rows);
+}
+extern "C" __global__ void gemv_w4_16(const uint32_t *P, const bf16 *S, const bf16 *Z, const bf16 *x, bf16 *y,
+                                      int N, int K, int G, int rows) {
+    gemv_w4<16>(P, S, Z, x, y, N, K, G, rows);
+}
+
+// Dequantizes packed int4 weights to bf16 W [N, K] (for many-row products through cuBLAS).
+extern "C" __global__ void dequant_w4(const uint32_t *P, const bf16 *S, const bf16 *Z, bf16 *W, int N, int K,
+                                      int G) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;  // one word = 8 weights
+    if (idx >= (size_t)N * (K / 8)) return;
+    int n = idx / (K / 8), c8 = idx % (K / 8);
+    int g = (c8 * 8) / G, ng = K / G;
+    float s = bf(S[(size_t)n * ng + g]);
+    float z = Z ? bf(Z[(size_t)n * ng + g]) : 0.f;
+    uint32_t w = P[idx];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        W[(size_t)n * K + c8 * 8 + j] = tobf(((float)((int)((w >> (4 * j)) & 15u) - 8) - z) * s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-head QK RMSNorm, RoPE (NeoX halves, tables [positions, D/2]) and the KV-cache write.
+// qkv [R, (Hq + 2·Hkv)·D]; row r belongs to sequence b = r / T, sits in cache slot pos[r] and has
+// RoPE position pos[r] − pad[b]. Writes q_out [R, Hq, D] and kc/vc [B, Hkv, cap, D].
+// One warp per (row, head); lane holds elements lane + 32·j.
+template <int D>
+__device__ void qk_norm_rope_store(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *cos_t,
+                                   const bf16 *sin_t, const int *pos, const int *pad, bf16 *q_out, bf16 *kc,
+                                   bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int use_rope) {
+    constexpr int E = D / 32;  // elements per lane
+    int r = blockIdx.x;
+    int head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (head >= Hq + 2 * Hkv) return;
+    int b = r / T, p = pos[r];
+    const bf16 *src = qkv + (size_t)r * (Hq + 2 * Hkv) * D + (size_t)head * D;
+    float v[E];
+#pragma unroll
+    for (int j = 0; j < E; j++) v[j] = bf(src[lane + 32 * j]);
+    if (head >= Hq + Hkv) {  // V: straight into the cache
+        int kvh = head - Hq - Hkv;
+        bf16 *dst = vc + (((size_t)b * Hkv + kvh) * cap + p) * D;
+#pragma unroll
+        for (int j = 0; j < E; j++) dst[lane + 32 * j] = tobf(v[j]);
+        return;
+    }
+    const bf16 *w = head < Hq ? qw : kw;
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < E; j++) ss += v[j] * v[j];
+    ss = warp_sum(ss);
+    float inv = rsqrtf(ss / D + eps);
+#pragma unroll
+    for (int j = 0; j < E; j++) v[j] = bf(tobf(v[j] * inv * bf(w[lane + 32 * j])));
+    if (use_rope) {
+        int rp = p - pad[b];
+        float o[E];
+#pragma unroll
+        for (int j = 0; j < E; j++) {
+            int i = lane + 32 * j, half = D / 2;
+            int f = i % half;
+            float c = bf(cos_t[(size_t)rp * half + f]), s = bf(sin_t[(size_t)rp * half + f]);
+            // partner element i ± D/2 lives in this lane at j ± E/2
+            float partner = j < E / 2 ? v[j + E / 2] : v[j - E / 2];
+            o[j] = j < E / 2 ? v[j] * c - partner * s : v[j] * c + partner * s;
+        }
+#pragma unroll
+        for (int j = 0; j < E; j++) v[j] = o[j];
+    }
+    bf16 *dst;
+    if (head < Hq) {
+        dst = q_out + ((size_t)r * Hq + head) * D;
+    } else {
+        int kvh = head - Hq;
+        dst = kc + (((size_t)b * Hkv + kvh) * cap + p) * D;
+    }
+#pragma unroll
+    for (int j = 0; j < E; j++) dst[lane + 32 * j] = tobf(v[j]);
+}
+
+extern "C" __global__ void qk_norm_rope_store_64(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
+                                                 const bf16 *s, const int *pos, const int *pad, bf16 *q, bf16 *kc,
+                                                 bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int rope) {
+    qk_norm_rope_store<64>(qkv, qw, kw, c, s, pos, pad, q, kc, vc, Hq, Hkv, T, cap, eps, rope);
+}
+extern "C" __global__ void qk_norm_rope_store_128(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
+                                                  const bf16 *s, const int *pos, const int *pad, bf16 *q, bf16 *kc,
+                                                  bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int rope) {
+    qk_norm_rope_store<128>(qkv, qw, kw, c, s, pos, pad, q, kc, vc, Hq, Hkv, T, cap, eps, rope);
+}
+
+// Attention of row r over its cached keys pad[b] ..= pos[r] (causal by construction: a row only
+// sees slots written before or with it). q [R, Hq, D]; kc/vc [B, Hkv, cap, D]; o [R, Hq·D].
+// One block per (row, query head); scores live in shared memory (cap floats).
+extern "C" __global__ void attn_rows(const bf16 *q, const bf16 *kc, const bf16 *vc, const int *pos,
+                                     const int *pad, bf16 *o, int Hq, int Hkv, int D, int T, int cap,
+                                     float scale) {
+    extern __shared__ float sm[];
+    float *qs = sm;          // D
+    float *part = sm + D;    // 1024 (partial outputs)
+    float *red = part + 1024;  // 32
+    float *sc = red + 32;    // cap
+    int r = blockIdx.x, h = blockIdx.y, b = r / T, kvh = h / (Hq / Hkv);
+    int start = pad[b], end = pos[r] + 1;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = bf(q[((size_t)r * Hq + h) * D + i]);
+    __syncthreads();
+    const bf16 *K = kc + ((size_t)b * Hkv + kvh) * cap * D;
+    const bf16 *V = vc + ((size_t)b * Hkv + kvh) * cap * D;
+    float mx = NEG_INF;
+    for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
+        const uint4 *kr = (const uint4 *)(K + (size_t)j * D);
+        float d = 0.f;
+        for (int c = 0; c < D / 8; c++) {
+            uint4 kv = kr[c];
+            const float *qq = qs + c * 8;
+            d += qq[0] * lo_bf(kv.x) + qq[1] * hi_bf(kv.x) + qq[2] * lo_bf(kv.y) + qq[3] * hi_bf(kv.y) +
+                 qq[4] * lo_bf(kv.z) + qq[5] * hi_bf(kv.z) + qq[6] * lo_bf(kv.w) + qq[7] * hi_bf(kv.w);
+        }
+        d *= scale;
+        sc[j] = d;
+        mx = fmaxf(mx, d);
+    }
+    mx = block_reduce(mx, red, true);
+    float sum = 0.f;
+    for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
+        float e = __expf(sc[j] - mx);
+        sc[j] = e;
+        sum += e;
+    }
+    sum = block_reduce(sum, red, false);  // its barrier also publishes sc[]
+    int parts = blockDim.x / D;  // blockDim.x a multiple of D
+    int d = threadIdx.x % D, pt = threadIdx.x / D;
+    float acc = 0.f;
+    for (int j = start + pt; j < end; j += parts) acc += sc[j] * bf(V[(size_t)j * D + d]);
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    if (pt == 0) {
+        for (int k = 1; k < parts; k++) acc += part[k * D + d];
+        o[((size_t)r * Hq + h) * D + d] = tobf(acc / sum);
+    }
+}
+
+// Greedy pick per row: out[r] = argmax_j logits[r, j] (lowest index among ties).
+extern "C" __global__ void argmax_rows(const bf16 *logits, uint32_t *out, int V) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    const bf16 *x = logits + (size_t)blockIdx.x * V;
+    float best = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float v = bf(x[j]);
+        if (v > best) { best = v; idx = j; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+    }
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    if (l == 0) { bv[w] = best; bi[w] = idx; }
+    __syncthreads();
+    if (w == 0) {
+        int nw = blockDim.x >> 5;
+        best = l < nw ? bv[l] : NEG_INF;
+        idx = l < nw ? bi[l] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+        }
+        if (l == 0) out[blockIdx.x] = (uint32_t)idx;
+    }
+}
+
+// The device-side step of a replayed decode graph: the picked tokens become the next inputs and
+// every sequence moves one cache slot on.
+extern "C" __global__ void advance(const uint32_t *next, uint32_t *ids, int *pos, int B) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b < B) { ids[b] = next[b]; pos[b] += 1; }
+}
+
+// ---------------------------------------------------------------------------------------------
+// W8A8: per-token int8 activation quantization, as vLLM's dynamic scaled_int8_quant:
+// scale = max(|x|) / 127 (at least 1e-10), q = clamp(rint(x / scale)) with ties to even.
+extern "C" __global__ void quant_rows_int8(const bf16 *x, int8_t *q, float *scale, int K) {
+    __shared__ float red[32];
+    const bf16 *xr = x + (size_t)blockIdx.x * K;
+    float m = 0.f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) m = fmaxf(m, fabsf(bf(xr[i])));
+    m = block_reduce(m, red, true);
+    float s = fmaxf(m / 127.f, 1e-10f);
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+        int v = __float2int_rn(bf(xr[i]) / s);
+        q[(size_t)blockIdx.x * K + i] = (int8_t)max(-128, min(127, v));
+    }
+    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+}
+
+// y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]) for the int32 result of an int8 GEMM.
+extern "C" __global__ void int8_epilogue(const int32_t *acc, const float *sx, const float *sw, bf16 *y, int M,
+                                         int N) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)M * N) return;
+    int m = idx / N, n = idx % N;
+    y[idx] = tobf((float)acc[idx] * sx[m] * sw[n]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flash attention (forward, bf16 tensor cores, online softmax; FlashAttention-2's scheme).
+// Q [B, H, T, D], K/V [B, Hkv, L, D] with given batch/head/token strides (D contiguous);
+// O [B, T, H, D] contiguous. Query i sees key j iff j < L and (!causal or j ≤ i + offset).
+// Block: 4 warps × 16 query rows; key tiles of 64; mma.sync m16n8k16.
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+__device__ __forceinline__ uint32_t pack_raw(bf16 lo, bf16 hi) {
+    return (uint32_t)(*(uint16_t *)&lo) | ((uint32_t)(*(uint16_t *)&hi) << 16);
+}
+
+template <int D>
+__device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, int T, int L, int H, int Hkv,
+                          long long q_sb, long long q_sh, long long q_st, long long k_sb, long long k_sh,
+                          long long k_st, long long v_sb, long long v_sh, long long v_st, int causal, int offset,
+                          float scale_log2) {
+    constexpr int BR = 64, BC = 64, DS = D + 8;
+    extern __shared__ __align__(16) unsigned char fsm[];
+    bf16 *Qs = (bf16 *)fsm, *Ks = Qs + BR * DS, *Vs = Ks + BC * DS;
+    int q0 = blockIdx.x * BR, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cc = (lane & 3) * 2;
+    const bf16 *Qb = Q + b * q_sb + h * q_sh;
+    const bf16 *Kb = K + b * k_sb + kvh * k_sh;
+    const bf16 *Vb = V + b * v_sb + kvh * v_sh;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    for (int i = tid; i < BR * D / 8; i += blockDim.x) {
+        int r = i / (D / 8), c = i % (D / 8);
+        *(uint4 *)(Qs + r * DS + c * 8) = q0 + r < T ? *(const uint4 *)(Qb + (q0 + r) * q_st + c * 8) : zero;
+    }
+    __syncthreads();
+    int r0 = warp * 16 + g;
+    uint32_t qa[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        qa[kk][0] = *(const uint32_t *)(Qs + r0 * DS + kk * 16 + cc);
+        qa[kk][1] = *(const uint32_t *)(Qs + (r0 + 8) * DS + kk * 16 + cc);
+        qa[kk][2] = *(const uint32_t *)(Qs + r0 * DS + kk * 16 + cc + 8);
+        qa[kk][3] = *(const uint32_t *)(Qs + (r0 + 8) * DS + kk * 16 + cc + 8);
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    int kend = causal ? min(L, q0 + BR + offset) : L;
+    for (int k0 = 0; k0 < kend; k0 += BC) {
+        __syncthreads();
+        for (int i = tid; i < BC * D / 8; i += blockDim.x) {
+            int r = i / (D / 8), c = i % (D / 8);
+            bool in = k0 + r < L;
+            *(uint4 *)(Ks + r * DS + c * 8) = in ? *(const uint4 *)(Kb + (k0 + r) * k_st + c * 8) : zero;
+            *(uint4 *)(Vs + r * DS + c * 8) = in ? *(const uint4 *)(Vb + (k0 + r) * v_st + c * 8) : zero;
+        }
+        __syncthreads();
+        float s[BC / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                const bf16 *kr = Ks + (nt * 8 + g) * DS + kk * 16 + cc;
+                mma16816(s[nt], qa[kk], *(const uint32_t *)kr, *(const uint32_t *)(kr + 8));
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int row = q0 + r0 + 8 * i;
+            float mx = NEG_INF;
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int key = k0 + nt * 8 + cc + e;
+                    bool ok = key < L && (!causal || key <= row + offset);
+                    float v = ok ? s[nt][2 * i + e] * scale_log2 : NEG_INF;
+                    s[nt][2 * i + e] = v;
+                    mx = fmaxf(mx, v);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(m[i], mx);
+            float base = mnew == NEG_INF ? 0.f : mnew;
+            float alpha = exp2f(m[i] - base);
+            m[i] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float p = exp2f(s[nt][2 * i + e] - base);
+                    s[nt][2 * i + e] = p;
+                    sum += p;
+                }
+            l[i] = l[i] * alpha + sum;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                o[dt][2 * i] *= alpha;
+                o[dt][2 * i + 1] *= alpha;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const bf16 *vr = Vs + (kk * 16 + cc) * DS + g;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                const bf16 *v0 = vr + dt * 8;
+                mma16816(o[dt], pa, pack_raw(v0[0], v0[DS]), pack_raw(v0[8 * DS], v0[9 * DS]));
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        int row = q0 + r0 + 8 * i;
+        if (row >= T) continue;
+        float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        bf16 *orow = O + (((size_t)b * T + row) * H + h) * D;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++)
+            *(__nv_bfloat162 *)(orow + dt * 8 + cc) = __floats2bfloat162_rn(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
+    }
+}
+
+#define FLASH_ARGS                                                                                              \
+    const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, int T, int L, int H, int Hkv, long long q_sb,          \
+        long long q_sh, long long q_st, long long k_sb, long long k_sh, long long k_st, long long v_sb,          \
+        long long v_sh, long long v_st, int causal, int offset, float scale_log2
+#define FLASH_PASS Q, K, V, O, T, L, H, Hkv, q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, causal, offset, scale_log2
+
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_64(FLASH_ARGS) { flash_fwd<64>(FLASH_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_128(FLASH_ARGS) { flash_fwd<128>(FLASH_PASS); }

@@ -1,0 +1,71 @@
+//! The CUDA serving path: what makes a measured speed honest. Hand-written kernels
+//! (`kernels.cu`, built to PTX by build.rs) replace candle's many small launches where it
+//! matters:
+//! - [`fused_attention`]: flash attention (tensor cores, online softmax) for the candle forward,
+//!   so a prefill never materialises a score matrix;
+//! - [`engine::DecodeEngine`] (CUDA builds): a greedy decoder that runs a whole step from
+//!   pre-allocated buffers in ~10 kernels per layer, optionally replayed as one CUDA graph,
+//!   with a W4A16 GEMV that reads compressed-tensors' packed int4 weights directly;
+//! - [`quantized::attach`] (CUDA builds): W8A8 Linears through an int8 tensor-core GEMM
+//!   (cuBLAS) with per-token × per-channel scales, and W4A16 Linears on packed weights, so a
+//!   compressed checkpoint runs as compressed on the candle forward too.
+//!
+//! On a CPU build these report "not available" and callers fall back to the reference path.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+#[cfg(feature = "cuda")]
+mod kernels;
+
+#[cfg(feature = "cuda")]
+mod attention;
+#[cfg(feature = "cuda")]
+pub mod check;
+#[cfg(feature = "cuda")]
+pub mod engine;
+#[cfg(feature = "cuda")]
+pub mod quantized;
+
+/// One numerical check of a kernel (see `check`): its relative L2 error against the f32
+/// reference next to the error of the plain bf16 reference path.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub what: String,
+    pub kernel_err: f64,
+    pub bf16_err: f64,
+    /// share of rows whose top-1 (argmax) agrees with the f32 reference (1.0 where not applicable)
+    pub top1: f64,
+}
+
+impl Check {
+    /// The tolerance: twice the bf16 reference's own error, and never below 1e-3.
+    pub fn passes(&self) -> bool {
+        self.kernel_err <= (2.0 * self.bf16_err).max(1e-3)
+    }
+}
+
+/// Whether [`fused_attention`] runs for this device, dtype and head size.
+pub fn fused_attention_available(device: &Device, dtype: DType, head_dim: usize) -> bool {
+    cfg!(feature = "cuda")
+        && device.is_cuda()
+        && dtype == DType::BF16
+        && (head_dim == 64 || head_dim == 128)
+}
+
+/// softmax(q kᵀ / √d) v with a causal mask aligned to the last query (query i of t sees keys
+/// j ≤ i + L − t), for q [b, h, t, d] and k/v [b, kvh, L, d] (any batch/head/token strides, d
+/// contiguous); GQA when kvh < h. Returns [b, t, h·d], or None where it is not available.
+pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+    if !fused_attention_available(q.device(), q.dtype(), q.dim(3)?) {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        attention::flash(q, k, v, true).map(Some)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (k, v);
+        Ok(None)
+    }
+}

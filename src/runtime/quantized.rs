@@ -1,0 +1,340 @@
+//! Compressed Linears that run as compressed: W4A16 on compressed-tensors' packed int4
+//! weights (a GEMV that unpacks in registers for a few rows; dequantize-then-GEMM beyond), and
+//! W8A8 through an int8 tensor-core GEMM with per-token activation and per-channel weight
+//! scales. The shared pieces (loading packed weights, the GEMMs) serve the decode engine too.
+
+use std::sync::Arc;
+
+use candle_core::cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use candle_core::cuda::CudaDevice;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use half::bf16;
+
+use super::kernels::{addr, cuda_err, func, launch, Arg};
+use crate::checkpoint::{compressed_tensors::unpack_zero_points, Checkpoint};
+use crate::model::layers::LinearKernel;
+use crate::model::{ActQuant, Exaone4};
+
+fn ck(e: crate::checkpoint::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// y[m, n] = x[m, k] · W[n, k]ᵀ in bf16 with f32 accumulation (cuBLAS), by device address.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bf16(blas: &CudaBlas, x: u64, w: u64, y: u64, m: usize, n: usize, k: usize) -> Result<()> {
+    let (alpha, beta) = (1f32, 0f32);
+    // column-major view: yᵀ [n, m] = W [n, k] · xᵀ [k, m]
+    unsafe {
+        blas::gemm_ex(
+            *blas.handle(),
+            bsys::cublasOperation_t::CUBLAS_OP_T,
+            bsys::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            w as *const _,
+            bsys::cudaDataType_t::CUDA_R_16BF,
+            k as i32,
+            x as *const _,
+            bsys::cudaDataType_t::CUDA_R_16BF,
+            k as i32,
+            &beta as *const f32 as *const _,
+            y as *mut _,
+            bsys::cudaDataType_t::CUDA_R_16BF,
+            n as i32,
+            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+        )
+    }
+    .map_err(cuda_err)
+}
+
+/// acc[m, n] = q[m, k] · W[n, k]ᵀ, int8 in, int32 out (tensor cores; k % 4 == 0).
+fn gemm_int8(blas: &CudaBlas, q: u64, w: u64, acc: u64, m: usize, n: usize, k: usize) -> Result<()> {
+    let (alpha, beta) = (1i32, 0i32);
+    unsafe {
+        blas::gemm_ex(
+            *blas.handle(),
+            bsys::cublasOperation_t::CUBLAS_OP_T,
+            bsys::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const i32 as *const _,
+            w as *const _,
+            bsys::cudaDataType_t::CUDA_R_8I,
+            k as i32,
+            q as *const _,
+            bsys::cudaDataType_t::CUDA_R_8I,
+            k as i32,
+            &beta as *const i32 as *const _,
+            acc as *mut _,
+            bsys::cudaDataType_t::CUDA_R_32I,
+            n as i32,
+            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32I,
+            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+        )
+    }
+    .map_err(cuda_err)
+}
+
+/// W4A16 weights as compressed-tensors stores them (pack-quantized, group strategy), on the
+/// device: `packed` [n, k/8] nibbles, `scales` [n, k/group], `zeros` [n, k/group] (asymmetric).
+#[derive(Debug)]
+pub struct PackedInt4 {
+    pub packed: CudaSlice<u32>,
+    pub scales: CudaSlice<bf16>,
+    pub zeros: Option<CudaSlice<bf16>>,
+    pub n: usize,
+    pub k: usize,
+    pub group: usize,
+}
+
+impl PackedInt4 {
+    /// The Linears `prefixes` (stacked along the output dimension, e.g. q/k/v) if every one is
+    /// stored pack-quantized; None if none is; an error for a mix or an unsupported layout.
+    pub fn load(ckpt: &Checkpoint, prefixes: &[String], stream: &Arc<CudaStream>) -> Result<Option<Self>> {
+        let packed_names: Vec<String> = prefixes.iter().map(|p| format!("{p}.weight_packed")).collect();
+        let have = packed_names.iter().filter(|n| ckpt.contains(n)).count();
+        if have == 0 {
+            return Ok(None);
+        }
+        if have != prefixes.len() {
+            candle_core::bail!("{}: {prefixes:?} mix packed int4 and other storage", ckpt.dir.display());
+        }
+        let (mut packed, mut scales, mut zeros) = (vec![], vec![], vec![]);
+        let (mut n, mut k, mut group) = (0, 0, 0);
+        let mut any_zero = false;
+        for p in prefixes {
+            if ckpt.contains(&format!("{p}.weight_g_idx")) {
+                candle_core::bail!("{p}: act-order group indices (g_idx) have no packed kernel here; requantize without them");
+            }
+            let shape: Vec<i64> = ckpt.raw(&format!("{p}.weight_shape"), &Device::Cpu).map_err(ck)?.to_dtype(DType::I64)?.to_vec1()?;
+            let (o, i) = (shape[0] as usize, shape[1] as usize);
+            let s = ckpt.raw(&format!("{p}.weight_scale"), &Device::Cpu).map_err(ck)?.to_dtype(DType::F32)?;
+            let (so, ng) = s.dims2()?;
+            let g = i / ng.max(1);
+            if so != o || g * ng != i || g % 32 != 0 || i % 32 != 0 {
+                candle_core::bail!("{p}: int4 layout [{o}, {i}] with {ng} groups is not supported by the packed kernel (needs group % 32 == 0)");
+            }
+            if k != 0 && (k != i || group != g) {
+                candle_core::bail!("{prefixes:?}: stacked Linears differ in input size or group");
+            }
+            let w: Vec<i32> = ckpt.raw(&format!("{p}.weight_packed"), &Device::Cpu).map_err(ck)?.flatten_all()?.to_vec1()?;
+            packed.extend(w.into_iter().map(|x| x as u32));
+            scales.extend(s.flatten_all()?.to_vec1::<f32>()?.into_iter().map(bf16::from_f32));
+            let zname = format!("{p}.weight_zero_point");
+            let z = if ckpt.contains(&zname) {
+                any_zero = true;
+                let zp: Vec<i32> = ckpt.raw(&zname, &Device::Cpu).map_err(ck)?.flatten_all()?.to_vec1()?;
+                unpack_zero_points(&zp, o, ng)
+            } else {
+                vec![0f32; o * ng]
+            };
+            zeros.extend(z.into_iter().map(bf16::from_f32));
+            n += o;
+            k = i;
+            group = g;
+        }
+        Ok(Some(Self {
+            packed: stream.clone_htod(&packed).map_err(cuda_err)?,
+            scales: stream.clone_htod(&scales).map_err(cuda_err)?,
+            zeros: if any_zero { Some(stream.clone_htod(&zeros).map_err(cuda_err)?) } else { None },
+            n,
+            k,
+            group,
+        }))
+    }
+
+    /// y [rows, n] = x [rows, k] · Wᵀ straight from the packed weights (rows ≤ 64 or so:
+    /// the weights are read once per 16 rows).
+    pub(crate) fn gemv(&self, dev: &CudaDevice, stream: &Arc<CudaStream>, x: u64, y: u64, rows: usize) -> Result<()> {
+        let nb = if rows == 1 { 1 } else if rows <= 4 { 4 } else { 16 };
+        let f = func(dev, &format!("gemv_w4_{nb}"))?;
+        let z = self.zeros.as_ref().map(|z| addr(z, stream)).unwrap_or(0);
+        use Arg::*;
+        launch(
+            stream,
+            &f,
+            (self.n.div_ceil(4) as u32, rows.div_ceil(nb) as u32, 1),
+            128,
+            0,
+            &[P(addr(&self.packed, stream)), P(addr(&self.scales, stream)), P(z), P(x), P(y), I(self.n as i32), I(self.k as i32), I(self.group as i32), I(rows as i32)],
+        )
+    }
+
+    /// Writes the dequantized bf16 weight [n, k] to `w`.
+    pub(crate) fn dequantize_into(&self, dev: &CudaDevice, stream: &Arc<CudaStream>, w: u64) -> Result<()> {
+        let f = func(dev, "dequant_w4")?;
+        let z = self.zeros.as_ref().map(|z| addr(z, stream)).unwrap_or(0);
+        let words = self.n * self.k / 8;
+        use Arg::*;
+        launch(
+            stream,
+            &f,
+            (words.div_ceil(256) as u32, 1, 1),
+            256,
+            0,
+            &[P(addr(&self.packed, stream)), P(addr(&self.scales, stream)), P(z), P(w), I(self.n as i32), I(self.k as i32), I(self.group as i32)],
+        )
+    }
+}
+
+/// Rows up to which the packed GEMV beats dequantize + GEMM.
+pub(crate) const GEMV_MAX_ROWS: usize = 64;
+
+/// A W4A16 Linear on the candle forward.
+#[derive(Debug)]
+pub struct Int4Linear {
+    w: PackedInt4,
+    dev: CudaDevice,
+}
+
+/// A W8A8 Linear: int8 weights [n, k] and per-output-channel scales, activations quantized
+/// per token at run time.
+#[derive(Debug)]
+pub struct Int8Linear {
+    w: CudaSlice<u8>,
+    scale: CudaSlice<f32>,
+    n: usize,
+    k: usize,
+    dev: CudaDevice,
+}
+
+fn input<'a>(s: &'a CudaStorage, l: &Layout) -> Result<(candle_core::cuda::cudarc::driver::CudaView<'a, bf16>, usize, usize)> {
+    let (m, k) = l.shape().dims2()?;
+    if !l.is_contiguous() {
+        candle_core::bail!("quantized Linear: input must be contiguous");
+    }
+    Ok((s.as_cuda_slice::<bf16>()?.slice(l.start_offset()..), m, k))
+}
+
+impl CustomOp1 for Int4Linear {
+    fn name(&self) -> &'static str {
+        "w4a16-linear"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("packed int4 Linear runs on CUDA only")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (x, m, k) = input(s, l)?;
+        if k != self.w.k {
+            candle_core::bail!("w4a16 Linear: input has {k} features, weight {}", self.w.k);
+        }
+        let dev = &self.dev;
+        let stream = dev.cuda_stream();
+        let y = unsafe { dev.alloc::<bf16>(m * self.w.n) }?;
+        {
+            let (xp, _a) = x.device_ptr(&stream);
+            let yp = addr(&y, &stream);
+            if m <= GEMV_MAX_ROWS {
+                self.w.gemv(dev, &stream, xp, yp, m)?;
+            } else {
+                let w = unsafe { dev.alloc::<bf16>(self.w.n * k) }?;
+                self.w.dequantize_into(dev, &stream, addr(&w, &stream))?;
+                gemm_bf16(&dev.cublas_handle(), xp, addr(&w, &stream), yp, m, self.w.n, k)?;
+            }
+        }
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, self.w.n))))
+    }
+}
+
+impl CustomOp1 for Int8Linear {
+    fn name(&self) -> &'static str {
+        "w8a8-linear"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("int8 Linear runs on CUDA only")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (x, m, k) = input(s, l)?;
+        if k != self.k {
+            candle_core::bail!("w8a8 Linear: input has {k} features, weight {}", self.k);
+        }
+        let (dev, n) = (&self.dev, self.n);
+        let stream = dev.cuda_stream();
+        let q = unsafe { dev.alloc::<u8>(m * k) }?;
+        let sx = unsafe { dev.alloc::<f32>(m) }?;
+        let acc = unsafe { dev.alloc::<i32>(m * n) }?;
+        let y = unsafe { dev.alloc::<bf16>(m * n) }?;
+        {
+            let (xp, _a) = x.device_ptr(&stream);
+            let (qp, sxp, accp, yp) = (addr(&q, &stream), addr(&sx, &stream), addr(&acc, &stream), addr(&y, &stream));
+            use Arg::*;
+            launch(&stream, &func(dev, "quant_rows_int8")?, (m as u32, 1, 1), 256, 0, &[P(xp), P(qp), P(sxp), I(k as i32)])?;
+            gemm_int8(&dev.cublas_handle(), qp, addr(&self.w, &stream), accp, m, n, k)?;
+            launch(
+                &stream,
+                &func(dev, "int8_epilogue")?,
+                ((m * n).div_ceil(256) as u32, 1, 1),
+                256,
+                0,
+                &[P(accp), P(sxp), P(addr(&self.scale, &stream)), P(yp), I(m as i32), I(n as i32)],
+            )?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
+    }
+}
+
+impl LinearKernel for Int4Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl LinearKernel for Int8Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+/// What [`attach`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Attached {
+    pub int4: usize,
+    pub int8: usize,
+}
+
+/// Makes every Linear of `model` that `ckpt` stores as W4A16 (pack-quantized) or W8A8 (int8
+/// weights with dynamic per-token int8 activations) run on its stored weights through these
+/// kernels. The model must be on CUDA in bf16; other Linears are left as they are.
+pub fn attach(model: &mut Exaone4, ckpt: &Checkpoint) -> Result<Attached> {
+    let dev = match model.device() {
+        Device::Cuda(d) => d.clone(),
+        _ => candle_core::bail!("quantized kernels need the model on CUDA"),
+    };
+    if model.dtype() != DType::BF16 {
+        candle_core::bail!("quantized kernels need a bf16 model, got {:?}", model.dtype());
+    }
+    let stream = dev.cuda_stream();
+    let mut done = Attached::default();
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        for (name, lin) in layer.linears_mut() {
+            let prefix = format!("model.layers.{i}.{name}");
+            if let Some(w) = PackedInt4::load(ckpt, std::slice::from_ref(&prefix), &stream)? {
+                lin.kernel = Some(Arc::new(Int4Linear { w, dev: dev.clone() }));
+                done.int4 += 1;
+                continue;
+            }
+            let wname = format!("{prefix}.weight");
+            let int8 = ckpt.info(&wname).map(|t| t.dtype == safetensors::Dtype::I8).unwrap_or(false);
+            if int8 && lin.act_quant == Some(ActQuant::Int8PerToken) {
+                let (n, k) = (lin.out_features(), lin.in_features());
+                if k % 4 != 0 {
+                    candle_core::bail!("{prefix}: int8 GEMM needs in_features % 4 == 0, got {k}");
+                }
+                let w = stream.clone_htod(ckpt.bytes(&wname).map_err(ck)?).map_err(cuda_err)?;
+                let s: Vec<f32> = ckpt.raw(&format!("{prefix}.weight_scale"), &Device::Cpu).map_err(ck)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                if s.len() != n {
+                    candle_core::bail!("{prefix}: int8 kernel needs one weight scale per output channel, found {}", s.len());
+                }
+                let scale = stream.clone_htod(&s).map_err(cuda_err)?;
+                lin.kernel = Some(Arc::new(Int8Linear { w, scale, n, k, dev: dev.clone() }));
+                done.int8 += 1;
+            }
+        }
+    }
+    Ok(done)
+}
