@@ -140,7 +140,7 @@ fn bench_candle(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, mem: 
         let tm = timed(a, || {
             device.synchronize()?;
             let t0 = Instant::now();
-            let lp = candle_nn::ops::log_softmax(&model.forward(&x, None)?, D::Minus1)?;
+            let lp = model.log_probs(&model.forward_hidden(&x, None)?)?;
             let _ = lp.narrow(1, t - 1, 1)?.sum_all()?.to_scalar::<f32>()?;
             Ok((b * t) as f64 / t0.elapsed().as_secs_f64())
         })?;
@@ -221,23 +221,74 @@ fn bench_engine(a: &Args, r: &mut Results, variant: &str, dir: &Path, mem: &Opti
             eprintln!("{name} decode b{b}: {:.3} ms/step [{:.3}–{:.3}]", 1e3 * tm.median, 1e3 * tm.min, 1e3 * tm.max);
         }
         r.add(variant, "engine", &json!({}), &format!("load_s_b{b}"), load_s, None, "s");
+        if b == 1 {
+            e.prefill(&prompts)?;
+            for (what, ms, n) in e.profile_step()? {
+                r.add(variant, "engine", &json!({"launches": n}), &format!("profile_ms: {what}"), ms, None, "ms");
+            }
+        }
     }
     Ok(bytes)
 }
 
-/// Device-to-device copy bandwidth (read + write), GB/s: the ceiling for a weight-streaming step.
+/// Device-to-device copy bandwidth between two pre-allocated 1 GiB buffers (read + write
+/// counted), GB/s: the ceiling for a step that streams every weight once.
 fn copy_bandwidth(device: &Device) -> Result<f64> {
-    let x = Tensor::zeros(1usize << 29, candle_core::DType::BF16, device)?;
-    let mut v = vec![];
-    for _ in 0..6 {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let n = 1usize << 30;
+        let src = d.alloc_zeros::<u8>(n)?;
+        let mut dst = d.alloc_zeros::<u8>(n)?;
+        let t = timed_n(2, 8, || {
+            device.synchronize()?;
+            let t0 = Instant::now();
+            d.memcpy_dtod(&src, &mut dst)?;
+            device.synchronize()?;
+            Ok(2.0 * n as f64 / t0.elapsed().as_secs_f64() / 1e9)
+        })?;
+        return Ok(t.median);
+    }
+    let _ = device;
+    Ok(f64::NAN)
+}
+
+/// Where a prefill's time goes: the whole forward + log-softmax, the layers alone, the
+/// lm_head + log-softmax alone, and attention alone (fused kernel, all layers), ms.
+#[cfg(feature = "cuda")]
+fn prefill_breakdown(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, pt: &str) -> Result<()> {
+    let (b, t) = point(pt);
+    let device = model.device().clone();
+    let c = &model.config;
+    let x = ids(b, t, c.vocab_size, &device)?;
+    let sync_ms = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         device.synchronize()?;
         let t0 = Instant::now();
-        let y = x.copy()?;
+        f()?;
         device.synchronize()?;
-        v.push(2.0 * (1u64 << 30) as f64 / t0.elapsed().as_secs_f64() / 1e9);
-        drop(y);
-    }
-    Ok(Timing::from(v[1..].to_vec()).median)
+        Ok(1e3 * t0.elapsed().as_secs_f64())
+    };
+    let layers = timed(a, || sync_ms(&mut || { model.forward_hidden(&x, None)?; Ok(()) }))?;
+    let h = model.forward_hidden(&x, None)?;
+    let head = timed(a, || sync_ms(&mut || { model.log_probs(&h)?; Ok(()) }))?;
+    let dt = model.dtype();
+    let q = Tensor::randn(0f32, 1.0, (b, c.num_attention_heads, t, c.head_dim), &device)?.to_dtype(dt)?;
+    let kv = Tensor::randn(0f32, 1.0, (b, c.num_key_value_heads, t, c.head_dim), &device)?.to_dtype(dt)?;
+    let n = c.num_hidden_layers;
+    let attn = timed(a, || sync_ms(&mut || {
+        for _ in 0..n {
+            exaone_compress::runtime::fused_attention(&q, &kv, &kv)?;
+        }
+        Ok(())
+    }))?;
+    // causal attention: 2 matmuls of b·h·t²/2·d multiply-adds each
+    let flops = 2.0 * 2.0 * (b * c.num_attention_heads) as f64 * (t * t) as f64 / 2.0 * c.head_dim as f64 * n as f64;
+    let p = json!({"point": pt});
+    r.add(variant, "candle", &p, &format!("breakdown_ms {pt}: layers"), layers.median, Some(layers.max - layers.min), "ms");
+    r.add(variant, "candle", &p, &format!("breakdown_ms {pt}: lm_head + log-softmax"), head.median, Some(head.max - head.min), "ms");
+    r.add(variant, "candle", &p, &format!("breakdown_ms {pt}: attention kernel, all layers"), attn.median, Some(attn.max - attn.min), "ms");
+    r.add(variant, "candle", &p, &format!("attention_tflops {pt}"), flops / attn.median / 1e9, None, "TFLOP/s");
+    eprintln!("{variant} prefill {pt}: layers {:.1} ms, lm_head + log-softmax {:.1} ms, attention {:.1} ms ({:.0} TFLOP/s)", layers.median, head.median, attn.median, flops / attn.median / 1e9);
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -284,6 +335,12 @@ fn main() -> Result<()> {
     {
         let model = Exaone4::from_dir(&dir, dtype, &device)?;
         bench_candle(&a, &mut r, "candle-bf16", &model, &mem, true)?;
+        #[cfg(feature = "cuda")]
+        if device.is_cuda() {
+            if let Some(pt) = a.prefill.last() {
+                prefill_breakdown(&a, &mut r, "candle-bf16", &model, pt)?;
+            }
+        }
     }
     #[allow(unused_mut)]
     let mut bytes: Vec<(&str, u64)> = vec![];
@@ -304,6 +361,9 @@ fn main() -> Result<()> {
             let n = attach(&mut m, &ckpt)?;
             eprintln!("W8A8: {} Linears on int8 tensor cores", n.int8);
             bench_candle(&a, &mut r, "candle-w8a8-int8", &m, &mem, false)?;
+            if let Some(pt) = a.prefill.last() {
+                prefill_breakdown(&a, &mut r, "candle-w8a8-int8", &m, pt)?;
+            }
         }
     }
     let bw = copy_bandwidth(&device)?;

@@ -28,10 +28,12 @@ class MemPeak:
 
     def __init__(self):
         self.peak = 0
-        threading.Thread(target=self.run, daemon=True).start()
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
 
     def run(self):
-        while True:
+        while not self.stop:
             free, total = torch.cuda.mem_get_info()
             self.peak = max(self.peak, total - free)
             time.sleep(0.002)
@@ -87,6 +89,8 @@ def main():
         m[f"decode_ms_b{b}"] = stat(v, "ms/step")
         print(f"decode batch {b}: {m[f'decode_ms_b{b}']['median']:.2f} ms/step", flush=True)
     m["peak_gib_decode"] = {"median": mem.take(), "spread": None, "unit": "GiB"}
+    mem.stop = True
+    mem.thread.join()
     json.dump({"transformers": transformers.__version__, "torch": torch.__version__,
                "device": torch.cuda.get_device_name(0), "metrics": m}, open(out, "w"), indent=1)
 

@@ -498,6 +498,13 @@ impl Exaone4 {
         Linear::new(w.clone()).forward(hidden)?.to_dtype(DType::F32)
     }
 
+    /// Log-probabilities of the next token at every position, f32 [b, t, vocab]: lm_head in the
+    /// model's dtype, then one fused log-softmax where the runtime has it.
+    pub fn log_probs(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        crate::runtime::log_softmax_f32(&Linear::new(w.clone()).forward(hidden)?)
+    }
+
     /// Logits of every position, f32 [b, t, vocab].
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let h = self.forward_hidden(ids, cache)?;

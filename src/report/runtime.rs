@@ -85,7 +85,7 @@ pub fn write(
     );
     let _ = writeln!(
         md,
-        "HF: {}. Cells are median [max − min] over the repeats (load: 3 loads). Prefill = forward + log-softmax over every position (tokens/s); decode = one greedy step per batch row after a prompt, picks read back every step (ms/step; HF's `generate` figure amortises its prompt over the steps, ours times the steps alone). Peak memory: whole device, sampled every 2 ms (ours) / torch's peak allocation (HF).\n",
+        "HF: {}. Cells are median [max − min] over the repeats (load: 3 loads). Prefill = forward + log-softmax over every position (tokens/s); decode = one greedy step per batch row after a prompt, picks read back every step (ms/step; HF's `generate` figure amortises its prompt over the steps, ours times the steps alone). Peak memory: whole device (CUDA context included), sampled every 2 ms, ours and HF alike.\n",
         if hf_version.is_empty() { "not measured" } else { &hf_version }
     );
     md += "| metric |";
@@ -119,6 +119,46 @@ pub fn write(
     }
     bar(&mut md, "decode batch 1: HF ms ÷ ours (engine bf16, graph)", inv("engine-bf16", "decode_ms_b1"), inv("hf", "decode_ms_b1"), 5.0);
     bar(&mut md, "decode batch 1: our bf16 ms ÷ W4A16 ms (engine, graph)", inv("engine-w4a16", "decode_ms_b1"), inv("engine-bf16", "decode_ms_b1"), 1.5);
+
+    let profiled: Vec<&str> = ["engine-bf16", "engine-w4a16"]
+        .into_iter()
+        .filter(|v| r.rows.iter().any(|x| x.variant == *v && x.metric.starts_with("profile_ms: ")))
+        .collect();
+    if !profiled.is_empty() {
+        md += "\n## Where a decode step's time goes\n\nEngine, batch 1, one eager step with a timing event after each piece of work (device time between events, summed over the layers; the events add a little time of their own).\n\n| work |";
+        for v in &profiled {
+            let _ = write!(md, " {v} (ms) |");
+        }
+        md += "\n|---|";
+        md += &"---|".repeat(profiled.len());
+        md += "\n";
+        let mut labels: Vec<String> = vec![];
+        for x in r.rows.iter().filter(|x| x.metric.starts_with("profile_ms: ")) {
+            if !labels.contains(&x.metric) {
+                labels.push(x.metric.clone());
+            }
+        }
+        for l in &labels {
+            let _ = write!(md, "| {} |", l.trim_start_matches("profile_ms: "));
+            for v in &profiled {
+                let _ = write!(md, " {} |", r.get(v, l).map(|x| format!("{x:.3}")).unwrap_or("–".into()));
+            }
+            md += "\n";
+        }
+        let _ = write!(md, "| **sum** |");
+        for v in &profiled {
+            let sum: f64 = r.rows.iter().filter(|x| x.variant == *v && x.metric.starts_with("profile_ms: ")).map(|x| x.value).sum();
+            let _ = write!(md, " **{sum:.3}** |");
+        }
+        md += "\n";
+    }
+    let breakdown: Vec<_> = r.rows.iter().filter(|x| x.metric.starts_with("breakdown_ms ") || x.metric.starts_with("attention_tflops")).collect();
+    if !breakdown.is_empty() {
+        md += "\n## Where a prefill's time goes (ours)\n\n| variant | part | median [spread] |\n|---|---|---|\n";
+        for x in breakdown {
+            let _ = writeln!(md, "| {} | {} ({}) | {} |", x.variant, x.metric, x.unit, cell(r, &x.variant, &x.metric));
+        }
+    }
 
     md += "\n## Bytes per decoded token: the model that carries the ranking to other GPUs\n\n";
     let _ = writeln!(

@@ -5,7 +5,7 @@ use candle_core::cuda::cudarc::driver::DevicePtr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use half::bf16;
 
-use super::kernels::{allow_smem, func, launch, Arg};
+use super::kernels::{addr, allow_smem, func, launch, Arg};
 
 struct Flash {
     causal: bool,
@@ -65,7 +65,8 @@ impl CustomOp3 for Flash {
         let out = unsafe { dev.alloc::<bf16>(b * t * h * d) }?;
         let name = if d == 64 { "flash_fwd_64" } else { "flash_fwd_128" };
         let f = func(&dev, name)?;
-        let smem = 3 * 64 * (d + 8) * 2;
+        // Q tile + double-buffered K and V tiles, 64 rows each, rows padded by 8 elements
+        let smem = 5 * 64 * (d + 8) * 2;
         allow_smem(&f, smem)?;
         let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
         {
@@ -116,4 +117,41 @@ pub(crate) fn flash(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<
     let (b, h, t, d) = q.dims4()?;
     q.apply_op3_no_bwd(k, v, &Flash { causal })?
         .reshape((b, t, h * d))
+}
+
+struct LogSoftmax;
+
+impl candle_core::CustomOp1 for LogSoftmax {
+    fn name(&self) -> &'static str {
+        "log-softmax"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("fused log-softmax runs on CUDA only")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        if !l.is_contiguous() {
+            candle_core::bail!("fused log-softmax: input must be contiguous");
+        }
+        let dims = l.shape().dims();
+        let v = *dims.last().unwrap_or(&1);
+        let rows = l.shape().elem_count() / v.max(1);
+        let dev = s.device().clone();
+        let stream = dev.cuda_stream();
+        let out = unsafe { dev.alloc::<f32>(rows * v) }?;
+        let f = func(&dev, "log_softmax_rows")?;
+        let off = l.start_offset();
+        let (is_bf16, xp) = match s.dtype() {
+            candle_core::DType::BF16 => (1, addr(s.as_cuda_slice::<bf16>()?, &stream) + 2 * off as u64),
+            candle_core::DType::F32 => (0, addr(s.as_cuda_slice::<f32>()?, &stream) + 4 * off as u64),
+            other => candle_core::bail!("fused log-softmax: {other:?} input"),
+        };
+        use Arg::*;
+        launch(&stream, &f, (rows as u32, 1, 1), 1024, 0, &[P(xp), P(addr(&out, &stream)), I(v as i32), I(is_bf16)])?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), l.shape().clone()))
+    }
+}
+
+/// log-softmax over the last dimension, f32 out, in one pass over bf16 or f32 input.
+pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&LogSoftmax)
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use candle_core::cuda::cudarc::cublas::CudaBlas;
-use candle_core::cuda::cudarc::driver::{sys, CudaGraph, CudaSlice, CudaStream};
+use candle_core::cuda::cudarc::driver::{sys, CudaEvent, CudaGraph, CudaSlice, CudaStream};
 use candle_core::cuda::CudaDevice;
 use candle_core::{DType, Device, Result};
 use half::bf16;
@@ -96,6 +96,8 @@ pub struct DecodeEngine {
     /// tokens in the cache of every row
     pub len: usize,
     graph: Option<CudaGraph>,
+    /// per-launch timing events while profiling a step
+    prof: std::cell::RefCell<Option<Vec<(&'static str, CudaEvent)>>>,
     pub info: EngineInfo,
 }
 
@@ -243,11 +245,24 @@ impl DecodeEngine {
             max_rows,
             len: 0,
             graph: None,
+            prof: std::cell::RefCell::new(None),
         })
     }
 
     fn a<T>(&self, b: &CudaSlice<T>) -> u64 {
         addr(b, &self.stream)
+    }
+
+    /// While profiling, marks the end of the work launched since the previous mark.
+    fn mark(&self, label: &'static str) -> Result<()> {
+        if let Some(p) = self.prof.borrow_mut().as_mut() {
+            let e = self
+                .stream
+                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(cuda_err)?;
+            p.push((label, e));
+        }
+        Ok(())
     }
 
     fn run(&self, name: &str, grid: (u32, u32, u32), block: u32, smem: usize, args: &[Arg]) -> Result<()> {
@@ -298,11 +313,13 @@ impl DecodeEngine {
         let (qkv, q, att, o, gu, act) = (self.a(&b.qkv), self.a(&b.q), self.a(&b.att), self.a(&b.o), self.a(&b.gu), self.a(&b.act));
         let r = rows as u32;
         self.run("embed_rows", (r, 1, 1), 256, 0, &[P(ids), P(self.a(&self.embed)), P(hb), I(h as i32)])?;
+        self.mark("embed")?;
         let heads = hq + 2 * hkv;
         let attn_smem = (hd + 1024 + 32 + self.capacity) * 4;
         let rope = format!("qk_norm_rope_store_{hd}");
         for (i, l) in self.layers.iter().enumerate() {
             self.linear(&l.qkv, hb, qkv, rows)?;
+            self.mark("qkv GEMV")?;
             self.run(
                 &rope,
                 (r, heads.div_ceil(4) as u32, 1),
@@ -314,6 +331,7 @@ impl DecodeEngine {
                     I(hq as i32), I(hkv as i32), I(t as i32), I(self.capacity as i32), F(eps), I(l.use_rope as i32),
                 ],
             )?;
+            self.mark("qk-norm + RoPE + cache write")?;
             self.run(
                 "attn_rows",
                 (r, hq as u32, 1),
@@ -325,12 +343,19 @@ impl DecodeEngine {
                     F(1.0 / (hd as f32).sqrt()),
                 ],
             )?;
+            self.mark("attention")?;
             self.linear(&l.o, att, o, rows)?;
+            self.mark("o GEMV")?;
             self.run("rmsnorm_rows", (r, 1, 1), 256, 0, &[P(o), P(self.a(&l.post_attn)), P(hb), I(h as i32), F(eps), I(1), I(1), I(0)])?;
+            self.mark("norm + residual")?;
             self.linear(&l.gate_up, hb, gu, rows)?;
+            self.mark("gate/up GEMV")?;
             self.run("silu_mul_rows", (inter.div_ceil(256) as u32, r, 1), 256, 0, &[P(gu), P(act), I(inter as i32)])?;
+            self.mark("SiLU · up")?;
             self.linear(&l.down, act, o, rows)?;
+            self.mark("down GEMV")?;
             self.run("rmsnorm_rows", (r, 1, 1), 256, 0, &[P(o), P(self.a(&l.post_ff)), P(hb), I(h as i32), F(eps), I(1), I(1), I(0)])?;
+            self.mark("norm + residual")?;
         }
         let last = self.a(&b.last);
         self.run(
@@ -340,9 +365,12 @@ impl DecodeEngine {
             0,
             &[P(hb), P(self.a(&self.norm)), P(last), I(h as i32), F(eps), I(0), I(t as i32), I(t as i32 - 1)],
         )?;
+        self.mark("final norm")?;
         let head = self.a(self.lm_head.as_ref().unwrap_or(&self.embed));
         self.dense(head, c.vocab_size, h, last, self.a(&b.logits), self.batch)?;
-        self.run("argmax_rows", (self.batch as u32, 1, 1), 1024, 0, &[P(self.a(&b.logits)), P(self.a(&b.next)), I(c.vocab_size as i32)])
+        self.mark("lm_head GEMV")?;
+        self.run("argmax_rows", (self.batch as u32, 1, 1), 1024, 0, &[P(self.a(&b.logits)), P(self.a(&b.next)), I(c.vocab_size as i32)])?;
+        self.mark("argmax")
     }
 
     pub fn batch(&self) -> usize {
@@ -405,7 +433,39 @@ impl DecodeEngine {
             0,
             &[P(self.a(&b.next)), P(self.a(&b.ids)), P(self.a(&b.pos)), I(self.batch as i32)],
         )?;
+        self.mark("advance")?;
         self.forward_rows(self.batch, 1)
+    }
+
+    /// Runs one eager greedy step with a timing event after every piece of work and returns
+    /// the device time per piece, summed over layers: (what, ms, launches), in step order.
+    pub fn profile_step(&mut self) -> Result<Vec<(String, f64, usize)>> {
+        if self.len == 0 {
+            candle_core::bail!("decode engine: profile before prefill");
+        }
+        self.check_room(1)?;
+        let start = self
+            .stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err)?;
+        *self.prof.borrow_mut() = Some(vec![("start", start)]);
+        let launched = self.step_launches();
+        let marks = self.prof.borrow_mut().take().unwrap_or_default();
+        launched?;
+        self.len += 1;
+        self.synchronize()?;
+        let mut out: Vec<(String, f64, usize)> = vec![];
+        for w in marks.windows(2) {
+            let ms = w[0].1.elapsed_ms(&w[1].1).map_err(cuda_err)? as f64;
+            match out.iter_mut().find(|x| x.0 == w[1].0) {
+                Some(x) => {
+                    x.1 += ms;
+                    x.2 += 1;
+                }
+                None => out.push((w[1].0.to_string(), ms, 1)),
+            }
+        }
+        Ok(out)
     }
 
     /// One greedy step after [`prefill`](Self::prefill): feeds each sequence its last pick and

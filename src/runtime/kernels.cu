@@ -94,17 +94,27 @@ __device__ void gemv_bf16(const bf16 *__restrict__ W, const bf16 *__restrict__ x
 #pragma unroll
     for (int b = 0; b < NB; b++) acc[b] = 0.f;
     const uint4 *wr = (const uint4 *)(W + (size_t)n * K);
-    for (int c = lane; c < K / 8; c += 32) {
-        uint4 wv = __ldg(wr + c);
-        float wf[8] = {lo_bf(wv.x), hi_bf(wv.x), lo_bf(wv.y), hi_bf(wv.y),
-                       lo_bf(wv.z), hi_bf(wv.z), lo_bf(wv.w), hi_bf(wv.w)};
+    const int K8 = K / 8;
+    // four independent 16-byte loads in flight per lane: a lone warp per row must keep enough
+    // bytes moving to approach the memory bandwidth
+    for (int c0 = lane; c0 < K8; c0 += 128) {
+        uint4 wv[4];
 #pragma unroll
-        for (int b = 0; b < NB; b++) {
-            if (b < nb) {
-                uint4 xv = __ldg((const uint4 *)(x + (size_t)(r0 + b) * K) + c);
-                acc[b] += wf[0] * lo_bf(xv.x) + wf[1] * hi_bf(xv.x) + wf[2] * lo_bf(xv.y) +
-                          wf[3] * hi_bf(xv.y) + wf[4] * lo_bf(xv.z) + wf[5] * hi_bf(xv.z) +
-                          wf[6] * lo_bf(xv.w) + wf[7] * hi_bf(xv.w);
+        for (int u = 0; u < 4; u++) wv[u] = c0 + 32 * u < K8 ? __ldg(wr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int c = c0 + 32 * u;
+            if (c >= K8) break;
+            float wf[8] = {lo_bf(wv[u].x), hi_bf(wv[u].x), lo_bf(wv[u].y), hi_bf(wv[u].y),
+                           lo_bf(wv[u].z), hi_bf(wv[u].z), lo_bf(wv[u].w), hi_bf(wv[u].w)};
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                if (b < nb) {
+                    uint4 xv = __ldg((const uint4 *)(x + (size_t)(r0 + b) * K) + c);
+                    acc[b] += wf[0] * lo_bf(xv.x) + wf[1] * hi_bf(xv.x) + wf[2] * lo_bf(xv.y) +
+                              wf[3] * hi_bf(xv.y) + wf[4] * lo_bf(xv.z) + wf[5] * hi_bf(xv.z) +
+                              wf[6] * lo_bf(xv.w) + wf[7] * hi_bf(xv.w);
+                }
             }
         }
     }
@@ -128,6 +138,11 @@ extern "C" __global__ void gemv_bf16_4(const bf16 *W, const bf16 *x, bf16 *y, in
 //   S [N, K/G] scales; Z [N, K/G] zero points (q units) or null for symmetric.
 //   w = (q − z) · s;  y[r, n] = Σ_k x[r, k] · w[n, k].
 // One warp per output feature, each lane takes 32 columns (one uint4) at a time; G % 32 == 0.
+// float(nibble) without an int→float conversion: 2^23 + v has v in its low mantissa bits.
+__device__ __forceinline__ float nib(uint32_t w, int j) {
+    return __uint_as_float(((w >> (4 * j)) & 15u) | 0x4b000000u) - 8388608.f;
+}
+
 template <int NB>
 __device__ void gemv_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__ S,
                         const bf16 *__restrict__ Z, const bf16 *__restrict__ x, bf16 *__restrict__ y,
@@ -135,36 +150,44 @@ __device__ void gemv_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__
     int n = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (n >= N) return;
     int r0 = blockIdx.y * NB, nb = min(NB, rows - r0);
-    int ng = K / G;
+    int ng = K / G, K32 = K / 32;
     float acc[NB];
 #pragma unroll
     for (int b = 0; b < NB; b++) acc[b] = 0.f;
     const uint4 *pr = (const uint4 *)(P + (size_t)n * (K / 8));
-    for (int c = lane; c < K / 32; c += 32) {
-        uint4 pw = __ldg(pr + c);
-        int g = (c * 32) / G;
-        float s = bf(S[(size_t)n * ng + g]);
-        float z = Z ? bf(Z[(size_t)n * ng + g]) : 0.f;
-        float q[32];
-        uint32_t words[4] = {pw.x, pw.y, pw.z, pw.w};
+    for (int c0 = lane; c0 < K32; c0 += 64) {
+        uint4 pw[2];
 #pragma unroll
-        for (int i = 0; i < 4; i++)
+        for (int u = 0; u < 2; u++) pw[u] = c0 + 32 * u < K32 ? __ldg(pr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-            for (int j = 0; j < 8; j++) q[i * 8 + j] = (float)((int)((words[i] >> (4 * j)) & 15u) - 8) - z;
+        for (int u = 0; u < 2; u++) {
+            int c = c0 + 32 * u;
+            if (c >= K32) break;
+            int g = (c * 32) / G;
+            float s = bf(S[(size_t)n * ng + g]);
+            // w = (nibble − 8 − z) · s
+            float off = 8.f + (Z ? bf(Z[(size_t)n * ng + g]) : 0.f);
+            float q[32];
+            uint32_t words[4] = {pw[u].x, pw[u].y, pw[u].z, pw[u].w};
 #pragma unroll
-        for (int b = 0; b < NB; b++) {
-            if (b < nb) {
-                const uint4 *xr = (const uint4 *)(x + (size_t)(r0 + b) * K + c * 32);
-                float part = 0.f;
+            for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    uint4 xv = __ldg(xr + i);
-                    part += q[i * 8 + 0] * lo_bf(xv.x) + q[i * 8 + 1] * hi_bf(xv.x) +
-                            q[i * 8 + 2] * lo_bf(xv.y) + q[i * 8 + 3] * hi_bf(xv.y) +
-                            q[i * 8 + 4] * lo_bf(xv.z) + q[i * 8 + 5] * hi_bf(xv.z) +
-                            q[i * 8 + 6] * lo_bf(xv.w) + q[i * 8 + 7] * hi_bf(xv.w);
+                for (int j = 0; j < 8; j++) q[i * 8 + j] = nib(words[i], j) - off;
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                if (b < nb) {
+                    const uint4 *xr = (const uint4 *)(x + (size_t)(r0 + b) * K + c * 32);
+                    float part = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        uint4 xv = __ldg(xr + i);
+                        part += q[i * 8 + 0] * lo_bf(xv.x) + q[i * 8 + 1] * hi_bf(xv.x) +
+                                q[i * 8 + 2] * lo_bf(xv.y) + q[i * 8 + 3] * hi_bf(xv.y) +
+                                q[i * 8 + 4] * lo_bf(xv.z) + q[i * 8 + 5] * hi_bf(xv.z) +
+                                q[i * 8 + 6] * lo_bf(xv.w) + q[i * 8 + 7] * hi_bf(xv.w);
+                    }
+                    acc[b] += s * part;
                 }
-                acc[b] += s * part;
             }
         }
     }
@@ -363,6 +386,41 @@ extern "C" __global__ void advance(const uint32_t *next, uint32_t *ids, int *pos
     if (b < B) { ids[b] = next[b]; pos[b] += 1; }
 }
 
+// Log-softmax over the last dimension in one read of the logits: out[r, j] = x[r, j] − m − log Σ e^(x − m),
+// bf16 or f32 in (is_bf16), f32 out. One block per row; online max/sum per thread.
+extern "C" __global__ void log_softmax_rows(const void *x, float *out, int V, int is_bf16) {
+    __shared__ float rm[32], rs[32];
+    size_t base = (size_t)blockIdx.x * V;
+    auto at = [&](int j) -> float {
+        return is_bf16 ? bf(((const bf16 *)x)[base + j]) : ((const float *)x)[base + j];
+    };
+    float m = NEG_INF, s = 0.f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float v = at(j);
+        if (v > m) { s = s * __expf(m - v) + 1.f; m = v; } else { s += __expf(v - m); }
+    }
+    // combine (m, s) pairs: warp, then block
+    for (int o = 16; o > 0; o >>= 1) {
+        float om = __shfl_xor_sync(0xffffffffu, m, o), os = __shfl_xor_sync(0xffffffffu, s, o);
+        float nm = fmaxf(m, om);
+        s = (m == NEG_INF ? 0.f : s * __expf(m - nm)) + (om == NEG_INF ? 0.f : os * __expf(om - nm));
+        m = nm;
+    }
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+    if (l == 0) { rm[w] = m; rs[w] = s; }
+    __syncthreads();
+    m = l < nw ? rm[l] : NEG_INF;
+    s = l < nw ? rs[l] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) {
+        float om = __shfl_xor_sync(0xffffffffu, m, o), os = __shfl_xor_sync(0xffffffffu, s, o);
+        float nm = fmaxf(m, om);
+        s = (m == NEG_INF ? 0.f : s * __expf(m - nm)) + (om == NEG_INF ? 0.f : os * __expf(om - nm));
+        m = nm;
+    }
+    float lse = m + logf(s);
+    for (int j = threadIdx.x; j < V; j += blockDim.x) out[base + j] = at(j) - lse;
+}
+
 // ---------------------------------------------------------------------------------------------
 // W8A8: per-token int8 activation quantization, as vLLM's dynamic scaled_int8_quant:
 // scale = max(|x|) / 127 (at least 1e-10), q = clamp(rint(x / scale)) with ties to even.
@@ -407,10 +465,30 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *(uint32_t *)&v;
 }
 
-__device__ __forceinline__ uint32_t pack_raw(bf16 lo, bf16 hi) {
-    return (uint32_t)(*(uint16_t *)&lo) | ((uint32_t)(*(uint16_t *)&hi) << 16);
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
+    unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+    int n = pred ? 16 : 0;  // 0: zero-fill
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm4(uint32_t *r, const void *p) {
+    unsigned sa = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sa));
+}
+__device__ __forceinline__ void ldsm4t(uint32_t *r, const void *p) {
+    unsigned sa = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sa));
 }
 
+// K/V tiles are double-buffered with cp.async (the next tile loads while this one computes);
+// MMA operands come from shared memory through ldmatrix (K as is, V transposed).
 template <int D>
 __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, int T, int L, int H, int Hkv,
                           long long q_sb, long long q_sh, long long q_st, long long k_sb, long long k_sh,
@@ -418,51 +496,70 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
                           float scale_log2) {
     constexpr int BR = 64, BC = 64, DS = D + 8;
     extern __shared__ __align__(16) unsigned char fsm[];
-    bf16 *Qs = (bf16 *)fsm, *Ks = Qs + BR * DS, *Vs = Ks + BC * DS;
+    bf16 *Qs = (bf16 *)fsm;
+    bf16 *Ks = Qs + BR * DS;       // [2][BC * DS]
+    bf16 *Vs = Ks + 2 * BC * DS;   // [2][BC * DS]
     int q0 = blockIdx.x * BR, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cc = (lane & 3) * 2;
     const bf16 *Qb = Q + b * q_sb + h * q_sh;
     const bf16 *Kb = K + b * k_sb + kvh * k_sh;
     const bf16 *Vb = V + b * v_sb + kvh * v_sh;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     for (int i = tid; i < BR * D / 8; i += blockDim.x) {
         int r = i / (D / 8), c = i % (D / 8);
-        *(uint4 *)(Qs + r * DS + c * 8) = q0 + r < T ? *(const uint4 *)(Qb + (q0 + r) * q_st + c * 8) : zero;
+        bool in = q0 + r < T;
+        cp_async16(Qs + r * DS + c * 8, in ? (const void *)(Qb + (q0 + r) * q_st + c * 8) : (const void *)Qb, in);
     }
-    __syncthreads();
-    int r0 = warp * 16 + g;
+    int kend = causal ? min(L, q0 + BR + offset) : L;
+    int ntiles = (kend + BC - 1) / BC;
+    auto load_kv = [&](int tile, int buf) {
+        int k0 = tile * BC;
+        bf16 *ks = Ks + buf * BC * DS, *vs = Vs + buf * BC * DS;
+        for (int i = tid; i < BC * D / 8; i += blockDim.x) {
+            int r = i / (D / 8), c = i % (D / 8);
+            bool in = k0 + r < L;
+            cp_async16(ks + r * DS + c * 8, in ? (const void *)(Kb + (k0 + r) * k_st + c * 8) : (const void *)Kb, in);
+            cp_async16(vs + r * DS + c * 8, in ? (const void *)(Vb + (k0 + r) * v_st + c * 8) : (const void *)Vb, in);
+        }
+    };
+    if (ntiles > 0) load_kv(0, 0);
+    cp_commit();
     uint32_t qa[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-        qa[kk][0] = *(const uint32_t *)(Qs + r0 * DS + kk * 16 + cc);
-        qa[kk][1] = *(const uint32_t *)(Qs + (r0 + 8) * DS + kk * 16 + cc);
-        qa[kk][2] = *(const uint32_t *)(Qs + r0 * DS + kk * 16 + cc + 8);
-        qa[kk][3] = *(const uint32_t *)(Qs + (r0 + 8) * DS + kk * 16 + cc + 8);
-    }
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-    int kend = causal ? min(L, q0 + BR + offset) : L;
-    for (int k0 = 0; k0 < kend; k0 += BC) {
-        __syncthreads();
-        for (int i = tid; i < BC * D / 8; i += blockDim.x) {
-            int r = i / (D / 8), c = i % (D / 8);
-            bool in = k0 + r < L;
-            *(uint4 *)(Ks + r * DS + c * 8) = in ? *(const uint4 *)(Kb + (k0 + r) * k_st + c * 8) : zero;
-            *(uint4 *)(Vs + r * DS + c * 8) = in ? *(const uint4 *)(Vb + (k0 + r) * v_st + c * 8) : zero;
+    int r0 = warp * 16 + g;
+    int lr = lane & 7, lm = lane >> 3;  // ldmatrix: row within a matrix, which matrix
+    for (int tile = 0; tile < max(ntiles, 1); tile++) {
+        if (tile + 1 < ntiles) {
+            load_kv(tile + 1, (tile + 1) & 1);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
         }
         __syncthreads();
+        if (tile == 0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                ldsm4(qa[kk], Qs + (warp * 16 + (lm & 1) * 8 + lr) * DS + kk * 16 + (lm >> 1) * 8);
+        }
+        if (ntiles == 0) break;
+        const bf16 *ks = Ks + (tile & 1) * BC * DS, *vs = Vs + (tile & 1) * BC * DS;
+        int k0 = tile * BC;
         float s[BC / 8][4];
 #pragma unroll
         for (int nt = 0; nt < BC / 8; nt++) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                const bf16 *kr = Ks + (nt * 8 + g) * DS + kk * 16 + cc;
-                mma16816(s[nt], qa[kk], *(const uint32_t *)kr, *(const uint32_t *)(kr + 8));
+            for (int kk = 0; kk < D / 16; kk += 2) {
+                uint32_t kb[4];
+                ldsm4(kb, ks + (nt * 8 + lr) * DS + kk * 16 + lm * 8);
+                mma16816(s[nt], qa[kk], kb[0], kb[1]);
+                mma16816(s[nt], qa[kk + 1], kb[2], kb[3]);
             }
         }
+        bool edge = k0 + BC > L || (causal && k0 + BC - 1 > q0 + offset);
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             int row = q0 + r0 + 8 * i;
@@ -471,9 +568,11 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
             for (int nt = 0; nt < BC / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    int key = k0 + nt * 8 + cc + e;
-                    bool ok = key < L && (!causal || key <= row + offset);
-                    float v = ok ? s[nt][2 * i + e] * scale_log2 : NEG_INF;
+                    float v = s[nt][2 * i + e] * scale_log2;
+                    if (edge) {
+                        int key = k0 + nt * 8 + cc + e;
+                        if (!(key < L && (!causal || key <= row + offset))) v = NEG_INF;
+                    }
                     s[nt][2 * i + e] = v;
                     mx = fmaxf(mx, v);
                 }
@@ -504,13 +603,15 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
             uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            const bf16 *vr = Vs + (kk * 16 + cc) * DS + g;
 #pragma unroll
-            for (int dt = 0; dt < D / 8; dt++) {
-                const bf16 *v0 = vr + dt * 8;
-                mma16816(o[dt], pa, pack_raw(v0[0], v0[DS]), pack_raw(v0[8 * DS], v0[9 * DS]));
+            for (int dt = 0; dt < D / 8; dt += 2) {
+                uint32_t vb[4];
+                ldsm4t(vb, vs + (kk * 16 + (lm & 1) * 8 + lr) * DS + (dt + (lm >> 1)) * 8);
+                mma16816(o[dt], pa, vb[0], vb[1]);
+                mma16816(o[dt + 1], pa, vb[2], vb[3]);
             }
         }
+        __syncthreads();  // this buffer is refilled two tiles on
     }
 #pragma unroll
     for (int i = 0; i < 2; i++) {

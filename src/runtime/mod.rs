@@ -69,3 +69,13 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tens
         Ok(None)
     }
 }
+
+/// log-softmax over the last dimension as f32: one fused pass on CUDA (bf16 or f32 logits);
+/// candle's ops in f32 elsewhere.
+pub fn log_softmax_f32(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F32) {
+        return attention::log_softmax(x);
+    }
+    candle_nn::ops::log_softmax(&x.to_dtype(DType::F32)?, candle_core::D::Minus1)
+}
