@@ -287,6 +287,17 @@ fn prefill_breakdown(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, 
     r.add(variant, "candle", &p, &format!("breakdown_ms {pt}: lm_head + log-softmax"), head.median, Some(head.max - head.min), "ms");
     r.add(variant, "candle", &p, &format!("breakdown_ms {pt}: attention kernel, all layers"), attn.median, Some(attn.max - attn.min), "ms");
     r.add(variant, "candle", &p, &format!("attention_tflops {pt}"), flops / attn.median / 1e9, None, "TFLOP/s");
+    if let Device::Cuda(d) = &device {
+        // the largest Linear of a layer (gate/up) at this point's token count
+        let (m, n, k) = (b * t, 2 * c.intermediate_size, c.hidden_size);
+        let (bf, i8g, i8p) = exaone_compress::runtime::quantized::gemm_timings(d, m, n, k)?;
+        let ops = 2.0 * (m * n * k) as f64;
+        let q = json!({"m": m, "n": n, "k": k});
+        r.add(variant, "cublas", &q, &format!("gemm_tflops {m}x{n}x{k}: bf16"), ops / bf / 1e9, None, "TFLOP/s");
+        r.add(variant, "cublas", &q, &format!("gemm_tflops {m}x{n}x{k}: int8 GEMM alone"), ops / i8g / 1e9, None, "TOP/s");
+        r.add(variant, "cublas", &q, &format!("gemm_tflops {m}x{n}x{k}: int8 quantize + GEMM + epilogue"), ops / i8p / 1e9, None, "TOP/s");
+        eprintln!("GEMM {m}x{n}x{k}: bf16 {bf:.3} ms, int8 GEMM {i8g:.3} ms, int8 path {i8p:.3} ms");
+    }
     eprintln!("{variant} prefill {pt}: layers {:.1} ms, lm_head + log-softmax {:.1} ms, attention {:.1} ms ({:.0} TFLOP/s)", layers.median, head.median, attn.median, flops / attn.median / 1e9);
     Ok(())
 }
@@ -305,13 +316,18 @@ fn main() -> Result<()> {
     if device.is_cuda() {
         use exaone_compress::runtime::check;
         checks.extend(check::attention(&device)?);
-        let (c, same) = check::engine(&dir, &device, "bf16")?;
-        checks.push(c);
-        let mut graph_same = same;
-        if let Some(w4) = &a.w4a16 {
-            let (c, same) = check::engine(w4, &device, "W4A16")?;
+        let mut graph_same = true;
+        for b in [1, 2] {
+            let (c, same) = check::engine(&dir, &device, "bf16", b)?;
             checks.push(c);
             graph_same &= same;
+            if let Some(w4) = &a.w4a16 {
+                let (c, same) = check::engine(w4, &device, "W4A16", b)?;
+                checks.push(c);
+                graph_same &= same;
+            }
+        }
+        if let Some(w4) = &a.w4a16 {
             checks.push(check::linear_kernels(w4, &device, "W4A16")?);
         }
         if let Some(w8) = &a.w8a8 {

@@ -152,7 +152,7 @@ pub fn write(
         }
         md += "\n";
     }
-    let breakdown: Vec<_> = r.rows.iter().filter(|x| x.metric.starts_with("breakdown_ms ") || x.metric.starts_with("attention_tflops")).collect();
+    let breakdown: Vec<_> = r.rows.iter().filter(|x| x.metric.starts_with("breakdown_ms ") || x.metric.starts_with("attention_tflops") || x.metric.starts_with("gemm_tflops")).collect();
     if !breakdown.is_empty() {
         md += "\n## Where a prefill's time goes (ours)\n\n| variant | part | median [spread] |\n|---|---|---|\n";
         for x in breakdown {

@@ -96,15 +96,16 @@ fn to_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     Tensor::from_vec(rows.concat(), (b, t), device)
 }
 
-/// The decode engine (prefill + 6 greedy steps, batch 2) vs the candle model on the same tokens,
-/// and graph replay vs eager launches (which must pick identical tokens).
-pub fn engine(dir: &std::path::Path, device: &Device, label: &str) -> Result<(Check, bool)> {
+/// The decode engine (prefill + 6 greedy steps, `b` sequences: 1 takes the single-row path with
+/// its fused GEMVs, more the general one) vs the candle model on the same tokens, and graph
+/// replay vs eager launches (which must pick identical tokens).
+pub fn engine(dir: &std::path::Path, device: &Device, label: &str, b: usize) -> Result<(Check, bool)> {
     let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let ordinal = match device {
         Device::Cuda(_) => 0,
         _ => candle_core::bail!("engine check needs CUDA"),
     };
-    let (b, t, steps) = (2, 24, 6);
+    let (t, steps) = (24, 6);
     let vocab = ckpt.config.vocab_size;
     let prompt = ids(b, t, vocab, 1);
     let f32m = Exaone4::load(&ckpt, DType::F32, device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -143,7 +144,7 @@ pub fn engine(dir: &std::path::Path, device: &Device, label: &str) -> Result<(Ch
     }
     Ok((
         Check {
-            what: format!("decode engine ({label}) logits, prefill + {steps} steps"),
+            what: format!("decode engine ({label}, batch {b}) logits, prefill + {steps} steps"),
             kernel_err: ek.value(),
             bf16_err: eb.value(),
             top1: agreement(&picks_k, &picks_r),

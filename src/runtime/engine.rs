@@ -54,6 +54,8 @@ struct Buffers {
     pos: CudaSlice<i32>,
     pad: CudaSlice<i32>,
     h: CudaSlice<bf16>,
+    /// the second residual buffer of the single-row path (its GEMVs read one and write the other)
+    h2: CudaSlice<bf16>,
     qkv: CudaSlice<bf16>,
     q: CudaSlice<bf16>,
     att: CudaSlice<bf16>,
@@ -99,6 +101,11 @@ pub struct DecodeEngine {
     /// per-launch timing events while profiling a step
     prof: std::cell::RefCell<Option<Vec<(&'static str, CudaEvent)>>>,
     pub info: EngineInfo,
+}
+
+/// Shared memory of `attn_rows`: q, 8 warps' partial outputs, reduction scratch, the scores.
+fn attn_smem(head_dim: usize, capacity: usize) -> usize {
+    (head_dim + 8 * head_dim + 32 + capacity) * 4
 }
 
 fn upload<T: candle_core::cuda::cudarc::driver::DeviceRepr>(s: &Arc<CudaStream>, v: &[T]) -> Result<CudaSlice<T>> {
@@ -208,6 +215,7 @@ impl DecodeEngine {
             pos: zeros(&s, max_rows)?,
             pad: zeros(&s, batch)?,
             h: zeros(&s, max_rows * h)?,
+            h2: zeros(&s, h)?,
             qkv: zeros(&s, max_rows * (nq + 2 * nkv))?,
             q: zeros(&s, max_rows * nq)?,
             att: zeros(&s, max_rows * nq)?,
@@ -220,7 +228,10 @@ impl DecodeEngine {
             wtmp: widest.map(|n| zeros(&s, n)).transpose()?,
         };
         let (cos, sin) = (upload(&s, &cos)?, upload(&s, &sin)?);
-        super::kernels::allow_smem(&func(&dev, "attn_rows")?, (hd + 1024 + 32 + capacity) * 4)?;
+        super::kernels::allow_smem(&func(&dev, "attn_rows")?, attn_smem(hd, capacity))?;
+        let widest_in = (h.max(inter) + 32) * 4;
+        super::kernels::allow_smem(&func(&dev, "gemv1x_bf16")?, widest_in)?;
+        super::kernels::allow_smem(&func(&dev, "gemv1x_w4")?, widest_in)?;
         s.synchronize().map_err(cuda_err)?;
         Ok(Self {
             info: EngineInfo {
@@ -300,11 +311,110 @@ impl DecodeEngine {
         }
     }
 
+    /// y = x · Wᵀ for one row, x built in shared memory by the GEMV's prologue (`mode`: 0 x = a;
+    /// 1 x = c + rmsnorm(a)·b, also stored to d; 2 x = silu(a[..k])·a[k..]).
+    #[allow(clippy::too_many_arguments)]
+    fn linear1(&self, lin: &Lin, mode: i32, a: u64, b: u64, c: u64, d: u64, y: u64) -> Result<()> {
+        use Arg::*;
+        let eps = self.cfg.rms_norm_eps as f32;
+        let grid = (lin.n.div_ceil(8) as u32, 1, 1);
+        let smem = (lin.k + 32) * 4;
+        match &lin.w {
+            Weights::Dense(w) => self.run(
+                "gemv1x_bf16",
+                grid,
+                256,
+                smem,
+                &[P(self.a(w)), I(mode), P(a), P(b), P(c), P(d), F(eps), P(y), I(lin.n as i32), I(lin.k as i32)],
+            ),
+            Weights::Int4(p) => {
+                let z = p.zeros.as_ref().map(|z| self.a(z)).unwrap_or(0);
+                self.run(
+                    "gemv1x_w4",
+                    grid,
+                    256,
+                    smem,
+                    &[
+                        P(self.a(&p.packed)), P(self.a(&p.scales)), P(z), I(mode), P(a), P(b), P(c), P(d), F(eps), P(y),
+                        I(lin.n as i32), I(lin.k as i32), I(p.group as i32),
+                    ],
+                )
+            }
+        }
+    }
+
+    /// The forward of a single row (batch-1 decoding): six launches per layer, the norms and
+    /// the SiLU gate folded into the GEMVs that consume them; the residual alternates between
+    /// two buffers (h: after the attention block's residual, h2: after the MLP's).
+    fn forward_one(&self) -> Result<()> {
+        use Arg::*;
+        let c = &self.cfg;
+        let (h, hd, hq, hkv) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads);
+        let eps = c.rms_norm_eps as f32;
+        let b = &self.buf;
+        let (ids, pos, pad, ha, hb) = (self.a(&b.ids), self.a(&b.pos), self.a(&b.pad), self.a(&b.h), self.a(&b.h2));
+        let (qkv, q, att, o, gu) = (self.a(&b.qkv), self.a(&b.q), self.a(&b.att), self.a(&b.o), self.a(&b.gu));
+        self.run("embed_rows", (1, 1, 1), 256, 0, &[P(ids), P(self.a(&self.embed)), P(ha), I(h as i32)])?;
+        self.mark("embed")?;
+        let heads = hq + 2 * hkv;
+        let rope = format!("qk_norm_rope_store_{hd}");
+        for (i, l) in self.layers.iter().enumerate() {
+            match i {
+                0 => self.linear1(&l.qkv, 0, ha, 0, 0, 0, qkv)?,
+                _ => self.linear1(&l.qkv, 1, o, self.a(&self.layers[i - 1].post_ff), hb, ha, qkv)?,
+            }
+            self.mark("qkv GEMV (+ norm + residual)")?;
+            self.run(
+                &rope,
+                (1, heads.div_ceil(4) as u32, 1),
+                128,
+                0,
+                &[
+                    P(qkv), P(self.a(&l.q_norm)), P(self.a(&l.k_norm)), P(self.a(&self.cos)), P(self.a(&self.sin)),
+                    P(pos), P(pad), P(q), P(self.a(&self.kc[i])), P(self.a(&self.vc[i])),
+                    I(hq as i32), I(hkv as i32), I(1), I(self.capacity as i32), F(eps), I(l.use_rope as i32),
+                ],
+            )?;
+            self.mark("qk-norm + RoPE + cache write")?;
+            self.run(
+                "attn_rows",
+                (1, hq as u32, 1),
+                256,
+                attn_smem(hd, self.capacity),
+                &[
+                    P(q), P(self.a(&self.kc[i])), P(self.a(&self.vc[i])), P(pos), P(pad), P(att),
+                    I(hq as i32), I(hkv as i32), I(hd as i32), I(1), I(self.capacity as i32),
+                    F(1.0 / (hd as f32).sqrt()),
+                ],
+            )?;
+            self.mark("attention")?;
+            self.linear1(&l.o, 0, att, 0, 0, 0, o)?;
+            self.mark("o GEMV")?;
+            self.linear1(&l.gate_up, 1, o, self.a(&l.post_attn), ha, hb, gu)?;
+            self.mark("gate/up GEMV (+ norm + residual)")?;
+            self.linear1(&l.down, 2, gu, 0, 0, 0, o)?;
+            self.mark("down GEMV (+ SiLU · up)")?;
+        }
+        let last_layer = self.layers.last().expect("at least one layer");
+        self.run("rmsnorm_rows", (1, 1, 1), 256, 0, &[P(o), P(self.a(&last_layer.post_ff)), P(hb), I(h as i32), F(eps), I(1), I(1), I(0)])?;
+        let last = self.a(&b.last);
+        self.run("rmsnorm_rows", (1, 1, 1), 256, 0, &[P(hb), P(self.a(&self.norm)), P(last), I(h as i32), F(eps), I(0), I(1), I(0)])?;
+        self.mark("last norm + residual, final norm")?;
+        let head = self.a(self.lm_head.as_ref().unwrap_or(&self.embed));
+        self.dense(head, c.vocab_size, h, last, self.a(&b.logits), 1)?;
+        self.mark("lm_head GEMV")?;
+        self.run("argmax_rows", (1, 1, 1), 1024, 0, &[P(self.a(&b.logits)), P(self.a(&b.next)), I(c.vocab_size as i32)])?;
+        self.mark("argmax")
+    }
+
     /// One forward of `rows` = batch × `t` tokens whose ids and cache slots are already in
     /// `buf.ids` / `buf.pos` (row r = b·t + i); leaves the greedy pick of each sequence's last
     /// token in `buf.next`. Launches only: nothing here waits for the device.
     fn forward_rows(&self, rows: usize, t: usize) -> Result<()> {
         use Arg::*;
+        if rows == 1 {
+            return self.forward_one();
+        }
         let c = &self.cfg;
         let (h, hd, hq, hkv, inter) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size);
         let eps = c.rms_norm_eps as f32;
@@ -315,7 +425,7 @@ impl DecodeEngine {
         self.run("embed_rows", (r, 1, 1), 256, 0, &[P(ids), P(self.a(&self.embed)), P(hb), I(h as i32)])?;
         self.mark("embed")?;
         let heads = hq + 2 * hkv;
-        let attn_smem = (hd + 1024 + 32 + self.capacity) * 4;
+        let attn_smem = attn_smem(hd, self.capacity);
         let rope = format!("qk_norm_rope_store_{hd}");
         for (i, l) in self.layers.iter().enumerate() {
             self.linear(&l.qkv, hb, qkv, rows)?;
@@ -335,7 +445,7 @@ impl DecodeEngine {
             self.run(
                 "attn_rows",
                 (r, hq as u32, 1),
-                128,
+                256,
                 attn_smem,
                 &[
                     P(q), P(self.a(&self.kc[i])), P(self.a(&self.vc[i])), P(pos), P(pad), P(att),

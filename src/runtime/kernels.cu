@@ -51,22 +51,34 @@ extern "C" __global__ void embed_rows(const uint32_t *ids, const bf16 *table, bf
 
 // RMSNorm of input row (blockIdx.x * row_step + row_off): y = bf16(x · rsqrt(mean x² + eps) · w).
 // accumulate = 0: out[blockIdx.x] = y;  accumulate = 1: out[blockIdx.x] += y (bf16 add, as
-// `h + norm(o)` in the post-norm decoder layer).
+// `h + norm(o)` in the post-norm decoder layer). n % 8 == 0; 16-byte loads.
 extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
                                         int accumulate, int row_step, int row_off) {
     __shared__ float red[32];
-    const bf16 *xr = x + (size_t)(blockIdx.x * row_step + row_off) * n;
-    bf16 *o = out + (size_t)blockIdx.x * n;
+    const uint4 *xr = (const uint4 *)(x + (size_t)(blockIdx.x * row_step + row_off) * n);
+    uint4 *o = (uint4 *)(out + (size_t)blockIdx.x * n);
+    const uint4 *wr = (const uint4 *)w;
     float ss = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = bf(xr[i]);
-        ss += v * v;
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) ss += lo_bf(u[i]) * lo_bf(u[i]) + hi_bf(u[i]) * hi_bf(u[i]);
     }
     ss = block_reduce(ss, red, false);
     float inv = rsqrtf(ss / n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        bf16 y = tobf(bf(xr[i]) * inv * bf(w[i]));
-        o[i] = accumulate ? tobf(bf(o[i]) + bf(y)) : y;
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
+        uint4 v = xr[c], wv = wr[c], prev = accumulate ? o[c] : make_uint4(0, 0, 0, 0);
+        uint32_t u[4] = {v.x, v.y, v.z, v.w}, ww[4] = {wv.x, wv.y, wv.z, wv.w}, pp[4] = {prev.x, prev.y, prev.z, prev.w};
+        uint32_t res[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float y0 = bf(tobf(lo_bf(u[i]) * inv * lo_bf(ww[i]))), y1 = bf(tobf(hi_bf(u[i]) * inv * hi_bf(ww[i])));
+            if (accumulate) { y0 += lo_bf(pp[i]); y1 += hi_bf(pp[i]); }
+            __nv_bfloat162 r = __floats2bfloat162_rn(y0, y1);
+            res[i] = *(uint32_t *)&r;
+        }
+        o[c] = make_uint4(res[0], res[1], res[2], res[3]);
     }
 }
 
@@ -138,9 +150,11 @@ extern "C" __global__ void gemv_bf16_4(const bf16 *W, const bf16 *x, bf16 *y, in
 //   S [N, K/G] scales; Z [N, K/G] zero points (q units) or null for symmetric.
 //   w = (q − z) · s;  y[r, n] = Σ_k x[r, k] · w[n, k].
 // One warp per output feature, each lane takes 32 columns (one uint4) at a time; G % 32 == 0.
-// float(nibble) without an int→float conversion: 2^23 + v has v in its low mantissa bits.
-__device__ __forceinline__ float nib(uint32_t w, int j) {
-    return __uint_as_float(((w >> (4 * j)) & 15u) | 0x4b000000u) - 8388608.f;
+// float(nibble) − off without an int→float conversion: 2^23 + v has v in its low mantissa bits,
+// so one subtraction of off = 2^23 + 8 + zero point removes both (exact: all are integers
+// below 2^24).
+__device__ __forceinline__ float nib(uint32_t w, int j, float magic_off) {
+    return __uint_as_float(((w >> (4 * j)) & 15u) | 0x4b000000u) - magic_off;
 }
 
 template <int NB>
@@ -166,13 +180,13 @@ __device__ void gemv_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__
             int g = (c * 32) / G;
             float s = bf(S[(size_t)n * ng + g]);
             // w = (nibble − 8 − z) · s
-            float off = 8.f + (Z ? bf(Z[(size_t)n * ng + g]) : 0.f);
+            float off = 8388608.f + 8.f + (Z ? bf(Z[(size_t)n * ng + g]) : 0.f);
             float q[32];
             uint32_t words[4] = {pw[u].x, pw[u].y, pw[u].z, pw[u].w};
 #pragma unroll
             for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int j = 0; j < 8; j++) q[i * 8 + j] = nib(words[i], j) - off;
+                for (int j = 0; j < 8; j++) q[i * 8 + j] = nib(words[i], j, off);
 #pragma unroll
             for (int b = 0; b < NB; b++) {
                 if (b < nb) {
@@ -209,6 +223,133 @@ extern "C" __global__ void gemv_w4_4(const uint32_t *P, const bf16 *S, const bf1
 extern "C" __global__ void gemv_w4_16(const uint32_t *P, const bf16 *S, const bf16 *Z, const bf16 *x, bf16 *y,
                                       int N, int K, int G, int rows) {
     gemv_w4<16>(P, S, Z, x, y, N, K, G, rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single-row GEMVs whose input is built once per block in shared memory (f32) by a prologue,
+// which folds the elementwise step before a Linear into it (one launch instead of two):
+//   mode 0: x = a
+//   mode 1: x = bf16(c + bf16(rmsnorm(a)·b)), the post-norm residual; block 0 stores x to d
+//   mode 2: x = bf16(bf16(silu(a[:K]))·a[K:]), the gated MLP activation
+// The results equal the separate kernels' (same roundings).
+__device__ void gemv_prologue(float *xs, float *red, int mode, const bf16 *a, const bf16 *b, const bf16 *c,
+                              bf16 *d, float eps, int K) {
+    const uint4 *a4 = (const uint4 *)a;
+    if (mode == 1) {
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < K / 8; i += blockDim.x) {
+            uint4 v = a4[i];
+            uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) ss += lo_bf(u[k]) * lo_bf(u[k]) + hi_bf(u[k]) * hi_bf(u[k]);
+        }
+        ss = block_reduce(ss, red, false);
+        float inv = rsqrtf(ss / K + eps);
+        for (int i = threadIdx.x; i < K / 8; i += blockDim.x) {
+            uint4 v = a4[i], wv = ((const uint4 *)b)[i], hv = ((const uint4 *)c)[i];
+            uint32_t u[4] = {v.x, v.y, v.z, v.w}, ww[4] = {wv.x, wv.y, wv.z, wv.w}, hh[4] = {hv.x, hv.y, hv.z, hv.w};
+            uint32_t res[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float x0 = bf(tobf(lo_bf(hh[k]) + bf(tobf(lo_bf(u[k]) * inv * lo_bf(ww[k])))));
+                float x1 = bf(tobf(hi_bf(hh[k]) + bf(tobf(hi_bf(u[k]) * inv * hi_bf(ww[k])))));
+                xs[8 * i + 2 * k] = x0;
+                xs[8 * i + 2 * k + 1] = x1;
+                __nv_bfloat162 r2 = __floats2bfloat162_rn(x0, x1);
+                res[k] = *(uint32_t *)&r2;
+            }
+            if (blockIdx.x == 0) ((uint4 *)d)[i] = make_uint4(res[0], res[1], res[2], res[3]);
+        }
+    } else if (mode == 2) {
+        for (int i = threadIdx.x; i < K / 8; i += blockDim.x) {
+            uint4 gv = a4[i], uv = a4[K / 8 + i];
+            uint32_t gg[4] = {gv.x, gv.y, gv.z, gv.w}, uu[4] = {uv.x, uv.y, uv.z, uv.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float g0 = lo_bf(gg[k]), g1 = hi_bf(gg[k]);
+                xs[8 * i + 2 * k] = bf(tobf(bf(tobf(g0 / (1.f + __expf(-g0)))) * lo_bf(uu[k])));
+                xs[8 * i + 2 * k + 1] = bf(tobf(bf(tobf(g1 / (1.f + __expf(-g1)))) * hi_bf(uu[k])));
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < K / 8; i += blockDim.x) {
+            uint4 v = a4[i];
+            uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                xs[8 * i + 2 * k] = lo_bf(u[k]);
+                xs[8 * i + 2 * k + 1] = hi_bf(u[k]);
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// y[n] = Σ_k x[k] W[n, k], bf16 W; one warp per output, 8 warps per block.
+extern "C" __global__ void gemv1x_bf16(const bf16 *__restrict__ W, int mode, const bf16 *a, const bf16 *b,
+                                       const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K) {
+    extern __shared__ float xs[];
+    float *red = xs + K;
+    gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
+    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const uint4 *wr = (const uint4 *)(W + (size_t)n * K);
+    const int K8 = K / 8;
+    float acc = 0.f;
+    for (int c0 = lane; c0 < K8; c0 += 128) {
+        uint4 wv[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) wv[u] = c0 + 32 * u < K8 ? __ldg(wr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int cc = c0 + 32 * u;
+            if (cc >= K8) break;
+            float4 x0 = *(const float4 *)(xs + cc * 8), x1 = *(const float4 *)(xs + cc * 8 + 4);
+            acc += lo_bf(wv[u].x) * x0.x + hi_bf(wv[u].x) * x0.y + lo_bf(wv[u].y) * x0.z + hi_bf(wv[u].y) * x0.w +
+                   lo_bf(wv[u].z) * x1.x + hi_bf(wv[u].z) * x1.y + lo_bf(wv[u].w) * x1.z + hi_bf(wv[u].w) * x1.w;
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[n] = tobf(acc);
+}
+
+// The same for packed int4 weights (as gemv_w4).
+extern "C" __global__ void gemv1x_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__ S,
+                                     const bf16 *__restrict__ Z, int mode, const bf16 *a, const bf16 *b,
+                                     const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K, int G) {
+    extern __shared__ float xs[];
+    float *red = xs + K;
+    gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
+    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= N) return;
+    int ng = K / G, K32 = K / 32;
+    const uint4 *pr = (const uint4 *)(P + (size_t)n * (K / 8));
+    float acc = 0.f;
+    for (int c0 = lane; c0 < K32; c0 += 64) {
+        uint4 pw[2];
+#pragma unroll
+        for (int u = 0; u < 2; u++) pw[u] = c0 + 32 * u < K32 ? __ldg(pr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int cc = c0 + 32 * u;
+            if (cc >= K32) break;
+            int g = (cc * 32) / G;
+            float s = bf(S[(size_t)n * ng + g]);
+            float off = 8388608.f + 8.f + (Z ? bf(Z[(size_t)n * ng + g]) : 0.f);
+            uint32_t words[4] = {pw[u].x, pw[u].y, pw[u].z, pw[u].w};
+            float part = 0.f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float4 x0 = *(const float4 *)(xs + cc * 32 + i * 8), x1 = *(const float4 *)(xs + cc * 32 + i * 8 + 4);
+                part += nib(words[i], 0, off) * x0.x + nib(words[i], 1, off) * x0.y + nib(words[i], 2, off) * x0.z +
+                        nib(words[i], 3, off) * x0.w + nib(words[i], 4, off) * x1.x + nib(words[i], 5, off) * x1.y +
+                        nib(words[i], 6, off) * x1.z + nib(words[i], 7, off) * x1.w;
+            }
+            acc += s * part;
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[n] = tobf(acc);
 }
 
 // Dequantizes packed int4 weights to bf16 W [N, K] (for many-row products through cuBLAS).
@@ -298,17 +439,21 @@ extern "C" __global__ void qk_norm_rope_store_128(const bf16 *qkv, const bf16 *q
 
 // Attention of row r over its cached keys pad[b] ..= pos[r] (causal by construction: a row only
 // sees slots written before or with it). q [R, Hq, D]; kc/vc [B, Hkv, cap, D]; o [R, Hq·D].
-// One block per (row, query head); scores live in shared memory (cap floats).
+// One block of 256 threads per (row, query head): scores one key per thread into shared memory,
+// then each warp sums p·V over its own contiguous run of keys (lanes across D, eight keys in
+// flight), and the warps' partial outputs are added.
 extern "C" __global__ void attn_rows(const bf16 *q, const bf16 *kc, const bf16 *vc, const int *pos,
                                      const int *pad, bf16 *o, int Hq, int Hkv, int D, int T, int cap,
                                      float scale) {
     extern __shared__ float sm[];
-    float *qs = sm;          // D
-    float *part = sm + D;    // 1024 (partial outputs)
-    float *red = part + 1024;  // 32
-    float *sc = red + 32;    // cap
+    const int NW = 8;
+    float *qs = sm;               // D
+    float *part = qs + D;         // NW · D
+    float *red = part + NW * D;   // 32
+    float *sc = red + 32;         // cap
     int r = blockIdx.x, h = blockIdx.y, b = r / T, kvh = h / (Hq / Hkv);
-    int start = pad[b], end = pos[r] + 1;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int start = pad[b], end = pos[r] + 1, n = end - start;
     for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = bf(q[((size_t)r * Hq + h) * D + i]);
     __syncthreads();
     const bf16 *K = kc + ((size_t)b * Hkv + kvh) * cap * D;
@@ -335,15 +480,39 @@ extern "C" __global__ void attn_rows(const bf16 *q, const bf16 *kc, const bf16 *
         sum += e;
     }
     sum = block_reduce(sum, red, false);  // its barrier also publishes sc[]
-    int parts = blockDim.x / D;  // blockDim.x a multiple of D
-    int d = threadIdx.x % D, pt = threadIdx.x / D;
-    float acc = 0.f;
-    for (int j = start + pt; j < end; j += parts) acc += sc[j] * bf(V[(size_t)j * D + d]);
-    part[threadIdx.x] = acc;
+    // lanes hold D/32 elements as bf16 pairs: d = 2·lane + 64·e
+    constexpr int EMAX = 2;
+    float acc[2 * EMAX] = {0.f, 0.f, 0.f, 0.f};
+    int ne = D / 64;
+    int chunk = (n + NW - 1) / NW, j0 = start + warp * chunk, j1 = min(end, j0 + chunk);
+    for (int j = j0; j < j1; j += 8) {
+        uint32_t vv[8][EMAX];
+        float p[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            bool in = j + u < j1;
+            p[u] = in ? sc[j + u] : 0.f;
+#pragma unroll
+            for (int e = 0; e < EMAX; e++)
+                vv[u][e] = (in && e < ne) ? *(const uint32_t *)(V + (size_t)(j + u) * D + 2 * lane + 64 * e) : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+#pragma unroll
+            for (int e = 0; e < EMAX; e++) {
+                acc[2 * e] += p[u] * lo_bf(vv[u][e]);
+                acc[2 * e + 1] += p[u] * hi_bf(vv[u][e]);
+            }
+    }
+    for (int e = 0; e < ne; e++) {
+        part[warp * D + 2 * lane + 64 * e] = acc[2 * e];
+        part[warp * D + 2 * lane + 64 * e + 1] = acc[2 * e + 1];
+    }
     __syncthreads();
-    if (pt == 0) {
-        for (int k = 1; k < parts; k++) acc += part[k * D + d];
-        o[((size_t)r * Hq + h) * D + d] = tobf(acc / sum);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float t = 0.f;
+        for (int w = 0; w < NW; w++) t += part[w * D + d];
+        o[((size_t)r * Hq + h) * D + d] = tobf(t / sum);
     }
 }
 
@@ -426,25 +595,43 @@ extern "C" __global__ void log_softmax_rows(const void *x, float *out, int V, in
 // scale = max(|x|) / 127 (at least 1e-10), q = clamp(rint(x / scale)) with ties to even.
 extern "C" __global__ void quant_rows_int8(const bf16 *x, int8_t *q, float *scale, int K) {
     __shared__ float red[32];
-    const bf16 *xr = x + (size_t)blockIdx.x * K;
+    const uint4 *xr = (const uint4 *)(x + (size_t)blockIdx.x * K);
     float m = 0.f;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) m = fmaxf(m, fabsf(bf(xr[i])));
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) m = fmaxf(m, fmaxf(fabsf(lo_bf(u[i])), fabsf(hi_bf(u[i]))));
+    }
     m = block_reduce(m, red, true);
     float s = fmaxf(m / 127.f, 1e-10f);
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
-        int v = __float2int_rn(bf(xr[i]) / s);
-        q[(size_t)blockIdx.x * K + i] = (int8_t)max(-128, min(127, v));
+    uint2 *qr = (uint2 *)(q + (size_t)blockIdx.x * K);
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w}, packed[2] = {0u, 0u};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int q0 = max(-128, min(127, __float2int_rn(lo_bf(u[i]) / s)));
+            int q1 = max(-128, min(127, __float2int_rn(hi_bf(u[i]) / s)));
+            packed[i / 2] |= ((uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8)) << (16 * (i % 2));
+        }
+        qr[c] = make_uint2(packed[0], packed[1]);
     }
     if (threadIdx.x == 0) scale[blockIdx.x] = s;
 }
 
-// y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]) for the int32 result of an int8 GEMM.
+// y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]) for the int32 result of an int8 GEMM; blockIdx.y = m,
+// four outputs per thread (N % 4 == 0).
 extern "C" __global__ void int8_epilogue(const int32_t *acc, const float *sx, const float *sw, bf16 *y, int M,
                                          int N) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)M * N) return;
-    int m = idx / N, n = idx % N;
-    y[idx] = tobf((float)acc[idx] * sx[m] * sw[n]);
+    int m = blockIdx.y, n4 = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n4 >= N / 4) return;
+    int4 a = ((const int4 *)(acc + (size_t)m * N))[n4];
+    float4 w = ((const float4 *)sw)[n4];
+    float s = sx[m];
+    __nv_bfloat162 lo = __floats2bfloat162_rn((float)a.x * s * w.x, (float)a.y * s * w.y);
+    __nv_bfloat162 hi = __floats2bfloat162_rn((float)a.z * s * w.z, (float)a.w * s * w.w);
+    ((uint2 *)(y + (size_t)m * N))[n4] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -182,8 +182,9 @@ impl PackedInt4 {
     }
 }
 
-/// Rows up to which the packed GEMV beats dequantize + GEMM.
-pub(crate) const GEMV_MAX_ROWS: usize = 64;
+/// Rows up to which the packed GEMV beats dequantize + GEMM (beyond, its f32 FMAs become the
+/// bottleneck while cuBLAS's tensor cores are idle).
+pub(crate) const GEMV_MAX_ROWS: usize = 4;
 
 /// A W4A16 Linear on the candle forward.
 #[derive(Debug)]
@@ -268,7 +269,7 @@ impl CustomOp1 for Int8Linear {
             launch(
                 &stream,
                 &func(dev, "int8_epilogue")?,
-                ((m * n).div_ceil(256) as u32, 1, 1),
+                ((n / 4).div_ceil(256) as u32, m as u32, 1),
                 256,
                 0,
                 &[P(accp), P(sxp), P(addr(&self.scale, &stream)), P(yp), I(m as i32), I(n as i32)],
@@ -322,8 +323,8 @@ pub fn attach(model: &mut Exaone4, ckpt: &Checkpoint) -> Result<Attached> {
             let int8 = ckpt.info(&wname).map(|t| t.dtype == safetensors::Dtype::I8).unwrap_or(false);
             if int8 && lin.act_quant == Some(ActQuant::Int8PerToken) {
                 let (n, k) = (lin.out_features(), lin.in_features());
-                if k % 4 != 0 {
-                    candle_core::bail!("{prefix}: int8 GEMM needs in_features % 4 == 0, got {k}");
+                if k % 8 != 0 || n % 4 != 0 {
+                    candle_core::bail!("{prefix}: the int8 kernels need in_features % 8 == 0 and out_features % 4 == 0, got [{n}, {k}]");
                 }
                 let w = stream.clone_htod(ckpt.bytes(&wname).map_err(ck)?).map_err(cuda_err)?;
                 let s: Vec<f32> = ckpt.raw(&format!("{prefix}.weight_scale"), &Device::Cpu).map_err(ck)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -337,4 +338,43 @@ pub fn attach(model: &mut Exaone4, ckpt: &Checkpoint) -> Result<Attached> {
         }
     }
     Ok(done)
+}
+
+/// Times a bf16 GEMM and the int8 path (quantize + int8 GEMM + epilogue) at [m, k] × [n, k]ᵀ
+/// on `dev`: (bf16 ms, int8 GEMM alone ms, int8 path ms), medians of 10 after 3 warm-ups.
+pub fn gemm_timings(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Result<(f64, f64, f64)> {
+    let stream = dev.cuda_stream();
+    let blas = dev.cublas_handle();
+    let x = stream.alloc_zeros::<bf16>(m * k).map_err(cuda_err)?;
+    let w = stream.alloc_zeros::<bf16>(n * k).map_err(cuda_err)?;
+    let y = stream.alloc_zeros::<bf16>(m * n).map_err(cuda_err)?;
+    let w8 = stream.alloc_zeros::<u8>(n * k).map_err(cuda_err)?;
+    let q = stream.alloc_zeros::<u8>(m * k).map_err(cuda_err)?;
+    let sx = stream.alloc_zeros::<f32>(m).map_err(cuda_err)?;
+    let sw = stream.alloc_zeros::<f32>(n).map_err(cuda_err)?;
+    let acc = stream.alloc_zeros::<i32>(m * n).map_err(cuda_err)?;
+    let (xa, wa, ya, w8a, qa, sxa, swa, acca) = (addr(&x, &stream), addr(&w, &stream), addr(&y, &stream), addr(&w8, &stream), addr(&q, &stream), addr(&sx, &stream), addr(&sw, &stream), addr(&acc, &stream));
+    let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        let mut v = vec![];
+        for i in 0..13 {
+            stream.synchronize().map_err(cuda_err)?;
+            let t0 = std::time::Instant::now();
+            f()?;
+            stream.synchronize().map_err(cuda_err)?;
+            if i >= 3 {
+                v.push(1e3 * t0.elapsed().as_secs_f64());
+            }
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2])
+    };
+    let bf = time(&|| gemm_bf16(&blas, xa, wa, ya, m, n, k))?;
+    let i8g = time(&|| gemm_int8(&blas, qa, w8a, acca, m, n, k))?;
+    let i8p = time(&|| {
+        use Arg::*;
+        launch(&stream, &func(dev, "quant_rows_int8")?, (m as u32, 1, 1), 256, 0, &[P(xa), P(qa), P(sxa), I(k as i32)])?;
+        gemm_int8(&blas, qa, w8a, acca, m, n, k)?;
+        launch(&stream, &func(dev, "int8_epilogue")?, ((n / 4).div_ceil(256) as u32, m as u32, 1), 256, 0, &[P(acca), P(sxa), P(swa), P(ya), I(m as i32), I(n as i32)])
+    })?;
+    Ok((bf, i8g, i8p))
 }
