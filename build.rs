@@ -32,7 +32,8 @@ fn main() {
 fn compile_kernels() {
     let src = "src/runtime/kernels.cu";
     println!("cargo:rerun-if-changed={src}");
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("kernels.ptx");
+    let out =
+        std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("kernels.ptx");
     let nvcc = std::env::var("CUDA_HOME")
         .map(|h| std::path::Path::new(&h).join("bin").join("nvcc"))
         .ok()
@@ -43,6 +44,11 @@ fn compile_kernels() {
         .arg(&out)
         .arg(src)
         .status()
-        .unwrap_or_else(|e| panic!("running {} for {src}: {e} (the cuda feature needs the CUDA toolkit)", nvcc.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {} for {src}: {e} (the cuda feature needs the CUDA toolkit)",
+                nvcc.display()
+            )
+        });
     assert!(status.success(), "nvcc failed on {src}");
 }

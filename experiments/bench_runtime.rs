@@ -38,7 +38,11 @@ struct Args {
     #[arg(long, default_value = "reports/bench_runtime")]
     out: PathBuf,
     /// prefill points, BATCHxLENGTH
-    #[arg(long, value_delimiter = ',', default_value = "1x512,1x2048,8x512,8x2048")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1x512,1x2048,8x512,8x2048"
+    )]
     prefill: Vec<String>,
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     decode_batches: Vec<usize>,
@@ -127,7 +131,14 @@ impl MemPeak {
 }
 
 /// Prefill points and decode batches on the candle forward.
-fn bench_candle(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, mem: &Option<MemPeak>, decode: bool) -> Result<()> {
+fn bench_candle(
+    a: &Args,
+    r: &mut Results,
+    variant: &str,
+    model: &Exaone4,
+    mem: &Option<MemPeak>,
+    decode: bool,
+) -> Result<()> {
     let device = model.device().clone();
     let vocab = model.config.vocab_size;
     let p = json!({});
@@ -144,11 +155,30 @@ fn bench_candle(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, mem: 
             let _ = lp.narrow(1, t - 1, 1)?.sum_all()?.to_scalar::<f32>()?;
             Ok((b * t) as f64 / t0.elapsed().as_secs_f64())
         })?;
-        r.add(variant, "candle", &p, &format!("prefill_tok_s_{pt}"), tm.median, Some(tm.max - tm.min), "tokens/s");
-        eprintln!("{variant} prefill {pt}: {:.0} tokens/s [{:.0}–{:.0}]", tm.median, tm.min, tm.max);
+        r.add(
+            variant,
+            "candle",
+            &p,
+            &format!("prefill_tok_s_{pt}"),
+            tm.median,
+            Some(tm.max - tm.min),
+            "tokens/s",
+        );
+        eprintln!(
+            "{variant} prefill {pt}: {:.0} tokens/s [{:.0}–{:.0}]",
+            tm.median, tm.min, tm.max
+        );
     }
     if let Some(m) = mem {
-        r.add(variant, "candle", &p, "peak_gib_prefill", m.take(), None, "GiB");
+        r.add(
+            variant,
+            "candle",
+            &p,
+            "peak_gib_prefill",
+            m.take(),
+            None,
+            "GiB",
+        );
     }
     if !decode {
         return Ok(());
@@ -158,7 +188,9 @@ fn bench_candle(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, mem: 
         let tm = timed(a, || {
             let mut cache = model.new_cache(b, a.prompt_len + a.new_tokens + 1, vec![0; b])?;
             let h = model.forward_hidden(&x, Some(&mut cache))?;
-            let mut next = model.logits(&h.narrow(1, a.prompt_len - 1, 1)?)?.argmax(D::Minus1)?;
+            let mut next = model
+                .logits(&h.narrow(1, a.prompt_len - 1, 1)?)?
+                .argmax(D::Minus1)?;
             device.synchronize()?;
             let t0 = Instant::now();
             for _ in 0..a.new_tokens {
@@ -168,18 +200,45 @@ fn bench_candle(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, mem: 
             }
             Ok(t0.elapsed().as_secs_f64() / a.new_tokens as f64)
         })?;
-        r.add(variant, "candle", &p, &format!("decode_ms_b{b}"), 1e3 * tm.median, Some(1e3 * (tm.max - tm.min)), "ms/step");
-        eprintln!("{variant} decode b{b}: {:.2} ms/step [{:.2}–{:.2}]", 1e3 * tm.median, 1e3 * tm.min, 1e3 * tm.max);
+        r.add(
+            variant,
+            "candle",
+            &p,
+            &format!("decode_ms_b{b}"),
+            1e3 * tm.median,
+            Some(1e3 * (tm.max - tm.min)),
+            "ms/step",
+        );
+        eprintln!(
+            "{variant} decode b{b}: {:.2} ms/step [{:.2}–{:.2}]",
+            1e3 * tm.median,
+            1e3 * tm.min,
+            1e3 * tm.max
+        );
     }
     if let Some(m) = mem {
-        r.add(variant, "candle", &p, "peak_gib_decode", m.take(), None, "GiB");
+        r.add(
+            variant,
+            "candle",
+            &p,
+            "peak_gib_decode",
+            m.take(),
+            None,
+            "GiB",
+        );
     }
     Ok(())
 }
 
 /// Greedy decode on the engine, eager and graph-replayed; returns weight bytes per step.
 #[cfg(feature = "cuda")]
-fn bench_engine(a: &Args, r: &mut Results, variant: &str, dir: &Path, mem: &Option<MemPeak>) -> Result<u64> {
+fn bench_engine(
+    a: &Args,
+    r: &mut Results,
+    variant: &str,
+    dir: &Path,
+    mem: &Option<MemPeak>,
+) -> Result<u64> {
     use exaone_compress::runtime::engine::DecodeEngine;
     let ckpt = exaone_compress::Checkpoint::open(dir)?;
     let vocab = ckpt.config.vocab_size;
@@ -190,10 +249,18 @@ fn bench_engine(a: &Args, r: &mut Results, variant: &str, dir: &Path, mem: &Opti
         let load_s = t0.elapsed().as_secs_f64();
         bytes = e.info.weight_bytes_per_step;
         let prompts: Vec<Vec<u32>> = (0..b)
-            .map(|r| (0..a.prompt_len).map(|i| (4 + ((r * a.prompt_len + i) * 7919) % (vocab - 4)) as u32).collect())
+            .map(|r| {
+                (0..a.prompt_len)
+                    .map(|i| (4 + ((r * a.prompt_len + i) * 7919) % (vocab - 4)) as u32)
+                    .collect()
+            })
             .collect();
         for graph in [false, true] {
-            let name = if graph { variant.to_string() } else { format!("{variant}-eager") };
+            let name = if graph {
+                variant.to_string()
+            } else {
+                format!("{variant}-eager")
+            };
             if let Some(m) = mem {
                 m.take();
             }
@@ -214,17 +281,54 @@ fn bench_engine(a: &Args, r: &mut Results, variant: &str, dir: &Path, mem: &Opti
                 Err(err) => return Err(err),
             };
             let p = json!({"graph": graph, "weights": e.info.weights});
-            r.add(&name, "engine", &p, &format!("decode_ms_b{b}"), 1e3 * tm.median, Some(1e3 * (tm.max - tm.min)), "ms/step");
+            r.add(
+                &name,
+                "engine",
+                &p,
+                &format!("decode_ms_b{b}"),
+                1e3 * tm.median,
+                Some(1e3 * (tm.max - tm.min)),
+                "ms/step",
+            );
             if let Some(m) = mem {
-                r.add(&name, "engine", &p, &format!("peak_gib_decode_b{b}"), m.take(), None, "GiB");
+                r.add(
+                    &name,
+                    "engine",
+                    &p,
+                    &format!("peak_gib_decode_b{b}"),
+                    m.take(),
+                    None,
+                    "GiB",
+                );
             }
-            eprintln!("{name} decode b{b}: {:.3} ms/step [{:.3}–{:.3}]", 1e3 * tm.median, 1e3 * tm.min, 1e3 * tm.max);
+            eprintln!(
+                "{name} decode b{b}: {:.3} ms/step [{:.3}–{:.3}]",
+                1e3 * tm.median,
+                1e3 * tm.min,
+                1e3 * tm.max
+            );
         }
-        r.add(variant, "engine", &json!({}), &format!("load_s_b{b}"), load_s, None, "s");
+        r.add(
+            variant,
+            "engine",
+            &json!({}),
+            &format!("load_s_b{b}"),
+            load_s,
+            None,
+            "s",
+        );
         if b == 1 {
             e.prefill(&prompts)?;
             for (what, ms, n) in e.profile_step()? {
-                r.add(variant, "engine", &json!({"launches": n}), &format!("profile_ms: {what}"), ms, None, "ms");
+                r.add(
+                    variant,
+                    "engine",
+                    &json!({"launches": n}),
+                    &format!("profile_ms: {what}"),
+                    ms,
+                    None,
+                    "ms",
+                );
             }
         }
     }
@@ -255,7 +359,13 @@ fn copy_bandwidth(device: &Device) -> Result<f64> {
 /// Where a prefill's time goes: the whole forward + log-softmax, the layers alone, the
 /// lm_head + log-softmax alone, and attention alone (fused kernel, all layers), ms.
 #[cfg(feature = "cuda")]
-fn prefill_breakdown(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, pt: &str) -> Result<()> {
+fn prefill_breakdown(
+    a: &Args,
+    r: &mut Results,
+    variant: &str,
+    model: &Exaone4,
+    pt: &str,
+) -> Result<()> {
     let (b, t) = point(pt);
     let device = model.device().clone();
     let c = &model.config;
@@ -267,36 +377,120 @@ fn prefill_breakdown(a: &Args, r: &mut Results, variant: &str, model: &Exaone4, 
         device.synchronize()?;
         Ok(1e3 * t0.elapsed().as_secs_f64())
     };
-    let layers = timed(a, || sync_ms(&mut || { model.forward_hidden(&x, None)?; Ok(()) }))?;
+    let layers = timed(a, || {
+        sync_ms(&mut || {
+            model.forward_hidden(&x, None)?;
+            Ok(())
+        })
+    })?;
     let h = model.forward_hidden(&x, None)?;
-    let head = timed(a, || sync_ms(&mut || { model.log_probs(&h)?; Ok(()) }))?;
+    let head = timed(a, || {
+        sync_ms(&mut || {
+            model.log_probs(&h)?;
+            Ok(())
+        })
+    })?;
     let dt = model.dtype();
-    let q = Tensor::randn(0f32, 1.0, (b, c.num_attention_heads, t, c.head_dim), &device)?.to_dtype(dt)?;
-    let kv = Tensor::randn(0f32, 1.0, (b, c.num_key_value_heads, t, c.head_dim), &device)?.to_dtype(dt)?;
+    let q = Tensor::randn(
+        0f32,
+        1.0,
+        (b, c.num_attention_heads, t, c.head_dim),
+        &device,
+    )?
+    .to_dtype(dt)?;
+    let kv = Tensor::randn(
+        0f32,
+        1.0,
+        (b, c.num_key_value_heads, t, c.head_dim),
+        &device,
+    )?
+    .to_dtype(dt)?;
     let n = c.num_hidden_layers;
-    let attn = timed(a, || sync_ms(&mut || {
-        for _ in 0..n {
-            exaone_compress::runtime::fused_attention(&q, &kv, &kv)?;
-        }
-        Ok(())
-    }))?;
+    let attn = timed(a, || {
+        sync_ms(&mut || {
+            for _ in 0..n {
+                exaone_compress::runtime::fused_attention(&q, &kv, &kv)?;
+            }
+            Ok(())
+        })
+    })?;
     // causal attention: 2 matmuls of b·h·t²/2·d multiply-adds each
-    let flops = 2.0 * 2.0 * (b * c.num_attention_heads) as f64 * (t * t) as f64 / 2.0 * c.head_dim as f64 * n as f64;
+    let flops = 2.0 * 2.0 * (b * c.num_attention_heads) as f64 * (t * t) as f64 / 2.0
+        * c.head_dim as f64
+        * n as f64;
     let p = json!({"point": pt});
-    r.add(variant, "candle", &p, &format!("breakdown_ms {pt}: layers"), layers.median, Some(layers.max - layers.min), "ms");
-    r.add(variant, "candle", &p, &format!("breakdown_ms {pt}: lm_head + log-softmax"), head.median, Some(head.max - head.min), "ms");
-    r.add(variant, "candle", &p, &format!("breakdown_ms {pt}: attention kernel, all layers"), attn.median, Some(attn.max - attn.min), "ms");
-    r.add(variant, "candle", &p, &format!("attention_tflops {pt}"), flops / attn.median / 1e9, None, "TFLOP/s");
+    r.add(
+        variant,
+        "candle",
+        &p,
+        &format!("breakdown_ms {pt}: layers"),
+        layers.median,
+        Some(layers.max - layers.min),
+        "ms",
+    );
+    r.add(
+        variant,
+        "candle",
+        &p,
+        &format!("breakdown_ms {pt}: lm_head + log-softmax"),
+        head.median,
+        Some(head.max - head.min),
+        "ms",
+    );
+    r.add(
+        variant,
+        "candle",
+        &p,
+        &format!("breakdown_ms {pt}: attention kernel, all layers"),
+        attn.median,
+        Some(attn.max - attn.min),
+        "ms",
+    );
+    r.add(
+        variant,
+        "candle",
+        &p,
+        &format!("attention_tflops {pt}"),
+        flops / attn.median / 1e9,
+        None,
+        "TFLOP/s",
+    );
     if let Device::Cuda(d) = &device {
         // the largest Linear of a layer (gate/up) at this point's token count
         let (m, n, k) = (b * t, 2 * c.intermediate_size, c.hidden_size);
         let (bf, i8g, i8p) = exaone_compress::runtime::quantized::gemm_timings(d, m, n, k)?;
         let ops = 2.0 * (m * n * k) as f64;
         let q = json!({"m": m, "n": n, "k": k});
-        r.add(variant, "cublas", &q, &format!("gemm_tflops {m}x{n}x{k}: bf16"), ops / bf / 1e9, None, "TFLOP/s");
-        r.add(variant, "cublas", &q, &format!("gemm_tflops {m}x{n}x{k}: int8 GEMM alone"), ops / i8g / 1e9, None, "TOP/s");
-        r.add(variant, "cublas", &q, &format!("gemm_tflops {m}x{n}x{k}: int8 quantize + GEMM + epilogue"), ops / i8p / 1e9, None, "TOP/s");
-        eprintln!("GEMM {m}x{n}x{k}: bf16 {bf:.3} ms, int8 GEMM {i8g:.3} ms, int8 path {i8p:.3} ms");
+        r.add(
+            variant,
+            "cublas",
+            &q,
+            &format!("gemm_tflops {m}x{n}x{k}: bf16"),
+            ops / bf / 1e9,
+            None,
+            "TFLOP/s",
+        );
+        r.add(
+            variant,
+            "cublas",
+            &q,
+            &format!("gemm_tflops {m}x{n}x{k}: int8 GEMM alone"),
+            ops / i8g / 1e9,
+            None,
+            "TOP/s",
+        );
+        r.add(
+            variant,
+            "cublas",
+            &q,
+            &format!("gemm_tflops {m}x{n}x{k}: int8 quantize + GEMM + epilogue"),
+            ops / i8p / 1e9,
+            None,
+            "TOP/s",
+        );
+        eprintln!(
+            "GEMM {m}x{n}x{k}: bf16 {bf:.3} ms, int8 GEMM {i8g:.3} ms, int8 path {i8p:.3} ms"
+        );
     }
     eprintln!("{variant} prefill {pt}: layers {:.1} ms, lm_head + log-softmax {:.1} ms, attention {:.1} ms ({:.0} TFLOP/s)", layers.median, head.median, attn.median, flops / attn.median / 1e9);
     Ok(())
@@ -307,8 +501,16 @@ fn main() -> Result<()> {
     let device = parse_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
-    let name = if a.device_name.is_empty() { a.device.clone() } else { a.device_name.clone() };
-    let mut r = Results::new("bench_runtime", &format!("{name} ({dtype:?})"), &dir.display().to_string());
+    let name = if a.device_name.is_empty() {
+        a.device.clone()
+    } else {
+        a.device_name.clone()
+    };
+    let mut r = Results::new(
+        "bench_runtime",
+        &format!("{name} ({dtype:?})"),
+        &dir.display().to_string(),
+    );
     let mem = MemPeak::start(&device);
     #[allow(unused_mut)] // filled on CUDA builds only
     let mut checks: Vec<exaone_compress::runtime::Check> = vec![];
@@ -334,10 +536,25 @@ fn main() -> Result<()> {
             checks.push(check::linear_kernels(w8, &device, "W8A8")?);
         }
         for c in &checks {
-            eprintln!("check {}: kernel {:.2e}, bf16 reference {:.2e}, top-1 {:.3} → {}", c.what, c.kernel_err, c.bf16_err, c.top1, if c.passes() { "ok" } else { "FAIL" });
+            eprintln!(
+                "check {}: kernel {:.2e}, bf16 reference {:.2e}, top-1 {:.3} → {}",
+                c.what,
+                c.kernel_err,
+                c.bf16_err,
+                c.top1,
+                if c.passes() { "ok" } else { "FAIL" }
+            );
         }
         eprintln!("graph replay picks the same tokens as eager launches: {graph_same}");
-        r.add("checks", "runtime::check", &json!({}), "graph_equals_eager", graph_same as u8 as f64, None, "bool");
+        r.add(
+            "checks",
+            "runtime::check",
+            &json!({}),
+            "graph_equals_eager",
+            graph_same as u8 as f64,
+            None,
+            "bool",
+        );
     }
     let p = json!({});
     let loads = timed_n(0, 3, || {
@@ -347,7 +564,15 @@ fn main() -> Result<()> {
         drop(m);
         Ok(t0.elapsed().as_secs_f64())
     })?;
-    r.add("candle-bf16", "candle", &p, "load_s", loads.median, Some(loads.max - loads.min), "s");
+    r.add(
+        "candle-bf16",
+        "candle",
+        &p,
+        "load_s",
+        loads.median,
+        Some(loads.max - loads.min),
+        "s",
+    );
     {
         let model = Exaone4::from_dir(&dir, dtype, &device)?;
         bench_candle(&a, &mut r, "candle-bf16", &model, &mem, true)?;
@@ -386,22 +611,57 @@ fn main() -> Result<()> {
     r.add("device", "copy", &p, "copy_gb_s", bw, None, "GB/s");
     for c in &checks {
         let p = json!({"what": c.what});
-        r.add("checks", "runtime::check", &p, &format!("kernel_rel_err: {}", c.what), c.kernel_err, None, "");
-        r.add("checks", "runtime::check", &p, &format!("bf16_rel_err: {}", c.what), c.bf16_err, None, "");
-        r.add("checks", "runtime::check", &p, &format!("top1: {}", c.what), c.top1, None, "");
+        r.add(
+            "checks",
+            "runtime::check",
+            &p,
+            &format!("kernel_rel_err: {}", c.what),
+            c.kernel_err,
+            None,
+            "",
+        );
+        r.add(
+            "checks",
+            "runtime::check",
+            &p,
+            &format!("bf16_rel_err: {}", c.what),
+            c.bf16_err,
+            None,
+            "",
+        );
+        r.add(
+            "checks",
+            "runtime::check",
+            &p,
+            &format!("top1: {}", c.what),
+            c.top1,
+            None,
+            "",
+        );
     }
     if let Some(hf) = &a.hf_json {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf)?)?;
         for (k, x) in v["metrics"].as_object().into_iter().flatten() {
             let method = format!("transformers {}", v["transformers"].as_str().unwrap_or(""));
-            let (m, s, u) = (x["median"].as_f64().unwrap_or(f64::NAN), x["spread"].as_f64(), x["unit"].as_str().unwrap_or(""));
+            let (m, s, u) = (
+                x["median"].as_f64().unwrap_or(f64::NAN),
+                x["spread"].as_f64(),
+                x["unit"].as_str().unwrap_or(""),
+            );
             r.add("hf", &method, &p, k, m, s, u);
         }
     }
     r.save(&a.out)?;
-    let command = a.command.clone().unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let command = a
+        .command
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
     exaone_compress::report::runtime::write(&r, &a.out, &command, &checks, &bytes, bw)?;
-    let failed: Vec<_> = checks.iter().filter(|c| !c.passes()).map(|c| c.what.clone()).collect();
+    let failed: Vec<_> = checks
+        .iter()
+        .filter(|c| !c.passes())
+        .map(|c| c.what.clone())
+        .collect();
     if !failed.is_empty() {
         anyhow::bail!("numerical checks failed: {failed:?}");
     }

@@ -71,18 +71,25 @@ impl DecoderLayer {
         see("self_attn.q_proj", h)?;
         let a = &self.self_attn;
         let (b, t, _) = h.dims3()?;
-        let q = a
-            .q_proj
-            .forward(h)?
-            .reshape((b, t, a.num_heads, a.head_dim))?;
-        let k = a
-            .k_proj
-            .forward(h)?
-            .reshape((b, t, a.num_kv_heads, a.head_dim))?;
-        let v = a
-            .v_proj
-            .forward(h)?
-            .reshape((b, t, a.num_kv_heads, a.head_dim))?;
+        let (nq, nkv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
+        let (q, k, v) = match &a.fused_qkv {
+            Some(kern) => {
+                let y = kern.forward(&h.reshape((b * t, ()))?)?;
+                (
+                    y.narrow(1, 0, nq)?,
+                    y.narrow(1, nq, nkv)?,
+                    y.narrow(1, nq + nkv, nkv)?,
+                )
+            }
+            None => (
+                a.q_proj.forward(h)?,
+                a.k_proj.forward(h)?,
+                a.v_proj.forward(h)?,
+            ),
+        };
+        let q = q.reshape((b, t, a.num_heads, a.head_dim))?;
+        let k = k.reshape((b, t, a.num_kv_heads, a.head_dim))?;
+        let v = v.reshape((b, t, a.num_kv_heads, a.head_dim))?;
         let q = a.q_norm.forward(&q, ctx.mode)?.transpose(1, 2)?;
         let k = a.k_norm.forward(&k, ctx.mode)?.transpose(1, 2)?;
         let v = v.transpose(1, 2)?;
@@ -116,7 +123,7 @@ impl DecoderLayer {
         let o = a.o_proj.forward(&o)?;
         let h = (h + self.post_attention_layernorm.forward(&o, ctx.mode)?)?;
         see("mlp.gate_proj", &h)?;
-        let act = (self.mlp.gate_proj.forward(&h)?.silu()? * self.mlp.up_proj.forward(&h)?)?;
+        let act = self.mlp.activation(&h, ctx.mode)?;
         see("mlp.down_proj", &act)?;
         let m = self.mlp.down_proj.forward(&act)?;
         h + self.post_feedforward_layernorm.forward(&m, ctx.mode)?
@@ -228,11 +235,13 @@ impl Exaone4 {
                     head_dim: hd,
                     use_rope: cfg.layer_uses_rope(i),
                     window: cfg.layer_window(i),
+                    fused_qkv: None,
                 },
                 mlp: Mlp {
                     gate_proj: lin("mlp.gate_proj", cfg.intermediate_size, h)?,
                     up_proj: lin("mlp.up_proj", cfg.intermediate_size, h)?,
                     down_proj: lin("mlp.down_proj", h, cfg.intermediate_size)?,
+                    fused_gate_up: None,
                 },
                 post_attention_layernorm: norm("post_attention_layernorm", h)?,
                 post_feedforward_layernorm: norm("post_feedforward_layernorm", h)?,

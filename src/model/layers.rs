@@ -296,6 +296,9 @@ pub struct Attention {
     pub head_dim: usize,
     pub use_rope: bool,
     pub window: Option<usize>,
+    /// q, k and v in one kernel on their stored weights, stacked along the output (e.g. one
+    /// int8 GEMM with one activation quantization): [rows, hidden] → [rows, q | k | v]
+    pub fused_qkv: Option<std::sync::Arc<dyn LinearKernel>>,
 }
 
 /// Softmax(q kᵀ / √d + mask) v for q [b, h, t, d], k/v [b, kvh, L, d], mask [b, 1, t, L] (f32,
@@ -337,12 +340,30 @@ pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// gate and up in one kernel that returns the gated activation silu(x Gᵀ) · (x Uᵀ)
+    /// directly: [rows, hidden] → [rows, intermediate]
+    pub fused_gate_up: Option<std::sync::Arc<dyn LinearKernel>>,
 }
 
 impl Mlp {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(a * self.up_proj.forward(x)?)?)
+    /// silu(x Gᵀ) · (x Uᵀ), [.., hidden] → [.., intermediate]
+    pub fn activation(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if let Some(k) = &self.fused_gate_up {
+            let dims = x.dims().to_vec();
+            let rows = dims[..dims.len() - 1].iter().product::<usize>();
+            let mut out = dims;
+            *out.last_mut().expect("rank >= 1") = self.down_proj.in_features();
+            return k.forward(&x.reshape((rows, ()))?)?.reshape(out);
+        }
+        let (g, u) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        match mode {
+            Mode::Inference => crate::runtime::silu_mul(&g, &u),
+            Mode::Differentiable => g.silu()? * u,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.down_proj.forward(&self.activation(x, mode)?)
     }
 }
 

@@ -73,7 +73,9 @@ pub fn write(
     let mut metrics: Vec<String> = vec![];
     for row in &r.rows {
         let m = &row.metric;
-        let speed = ["load_s", "prefill_", "decode_", "peak_gib"].iter().any(|p| m.starts_with(p));
+        let speed = ["load_s", "prefill_", "decode_", "peak_gib"]
+            .iter()
+            .any(|p| m.starts_with(p));
         if speed && present.iter().any(|(v, _)| *v == row.variant) && !metrics.contains(m) {
             metrics.push(m.clone());
         }
@@ -96,7 +98,12 @@ pub fn write(
     md += &"---|".repeat(present.len());
     md += "\n";
     for m in &metrics {
-        let unit = r.rows.iter().find(|x| &x.metric == m).map(|x| x.unit.clone()).unwrap_or_default();
+        let unit = r
+            .rows
+            .iter()
+            .find(|x| &x.metric == m)
+            .map(|x| x.unit.clone())
+            .unwrap_or_default();
         let _ = write!(md, "| {m} ({unit}) |");
         for (v, _) in &present {
             let _ = write!(md, " {} |", cell(r, v, m));
@@ -114,15 +121,43 @@ pub fn write(
         .last();
     if let Some(pm) = &big {
         let pt = pm.trim_start_matches("prefill_tok_s_");
-        bar(&mut md, &format!("prefill {pt}: ours bf16 ÷ HF"), r.get("candle-bf16", pm), r.get("hf", pm), 1.0);
-        bar(&mut md, &format!("prefill {pt}: W8A8 int8 ÷ our bf16"), r.get("candle-w8a8-int8", pm), r.get("candle-bf16", pm), 1.0);
+        bar(
+            &mut md,
+            &format!("prefill {pt}: ours bf16 ÷ HF"),
+            r.get("candle-bf16", pm),
+            r.get("hf", pm),
+            1.0,
+        );
+        bar(
+            &mut md,
+            &format!("prefill {pt}: W8A8 int8 ÷ our bf16"),
+            r.get("candle-w8a8-int8", pm),
+            r.get("candle-bf16", pm),
+            1.0,
+        );
     }
-    bar(&mut md, "decode batch 1: HF ms ÷ ours (engine bf16, graph)", inv("engine-bf16", "decode_ms_b1"), inv("hf", "decode_ms_b1"), 5.0);
-    bar(&mut md, "decode batch 1: our bf16 ms ÷ W4A16 ms (engine, graph)", inv("engine-w4a16", "decode_ms_b1"), inv("engine-bf16", "decode_ms_b1"), 1.5);
+    bar(
+        &mut md,
+        "decode batch 1: HF ms ÷ ours (engine bf16, graph)",
+        inv("engine-bf16", "decode_ms_b1"),
+        inv("hf", "decode_ms_b1"),
+        5.0,
+    );
+    bar(
+        &mut md,
+        "decode batch 1: our bf16 ms ÷ W4A16 ms (engine, graph)",
+        inv("engine-w4a16", "decode_ms_b1"),
+        inv("engine-bf16", "decode_ms_b1"),
+        1.5,
+    );
 
     let profiled: Vec<&str> = ["engine-bf16", "engine-w4a16"]
         .into_iter()
-        .filter(|v| r.rows.iter().any(|x| x.variant == *v && x.metric.starts_with("profile_ms: ")))
+        .filter(|v| {
+            r.rows
+                .iter()
+                .any(|x| x.variant == *v && x.metric.starts_with("profile_ms: "))
+        })
         .collect();
     if !profiled.is_empty() {
         md += "\n## Where a decode step's time goes\n\nEngine, batch 1, one eager step with a timing event after each piece of work (device time between events, summed over the layers; the events add a little time of their own).\n\n| work |";
@@ -133,7 +168,11 @@ pub fn write(
         md += &"---|".repeat(profiled.len());
         md += "\n";
         let mut labels: Vec<String> = vec![];
-        for x in r.rows.iter().filter(|x| x.metric.starts_with("profile_ms: ")) {
+        for x in r
+            .rows
+            .iter()
+            .filter(|x| x.metric.starts_with("profile_ms: "))
+        {
             if !labels.contains(&x.metric) {
                 labels.push(x.metric.clone());
             }
@@ -141,22 +180,46 @@ pub fn write(
         for l in &labels {
             let _ = write!(md, "| {} |", l.trim_start_matches("profile_ms: "));
             for v in &profiled {
-                let _ = write!(md, " {} |", r.get(v, l).map(|x| format!("{x:.3}")).unwrap_or("–".into()));
+                let _ = write!(
+                    md,
+                    " {} |",
+                    r.get(v, l).map(|x| format!("{x:.3}")).unwrap_or("–".into())
+                );
             }
             md += "\n";
         }
         let _ = write!(md, "| **sum** |");
         for v in &profiled {
-            let sum: f64 = r.rows.iter().filter(|x| x.variant == *v && x.metric.starts_with("profile_ms: ")).map(|x| x.value).sum();
+            let sum: f64 = r
+                .rows
+                .iter()
+                .filter(|x| x.variant == *v && x.metric.starts_with("profile_ms: "))
+                .map(|x| x.value)
+                .sum();
             let _ = write!(md, " **{sum:.3}** |");
         }
         md += "\n";
     }
-    let breakdown: Vec<_> = r.rows.iter().filter(|x| x.metric.starts_with("breakdown_ms ") || x.metric.starts_with("attention_tflops") || x.metric.starts_with("gemm_tflops")).collect();
+    let breakdown: Vec<_> = r
+        .rows
+        .iter()
+        .filter(|x| {
+            x.metric.starts_with("breakdown_ms ")
+                || x.metric.starts_with("attention_tflops")
+                || x.metric.starts_with("gemm_tflops")
+        })
+        .collect();
     if !breakdown.is_empty() {
         md += "\n## Where a prefill's time goes (ours)\n\n| variant | part | median [spread] |\n|---|---|---|\n";
         for x in breakdown {
-            let _ = writeln!(md, "| {} | {} ({}) | {} |", x.variant, x.metric, x.unit, cell(r, &x.variant, &x.metric));
+            let _ = writeln!(
+                md,
+                "| {} | {} ({}) | {} |",
+                x.variant,
+                x.metric,
+                x.unit,
+                cell(r, &x.variant, &x.metric)
+            );
         }
     }
 
@@ -168,14 +231,20 @@ pub fn write(
     md += "| weights | GB read / step | ceiling here (steps/s) | measured b1 (steps/s) | share of ceiling | ceiling on an L4 (steps/s) |\n|---|---|---|---|---|---|\n";
     for (label, b) in bytes {
         let gb = *b as f64 / 1e9;
-        let v = if *label == "bf16" { "engine-bf16" } else { "engine-w4a16" };
+        let v = if *label == "bf16" {
+            "engine-bf16"
+        } else {
+            "engine-w4a16"
+        };
         let measured = r.get(v, "decode_ms_b1").map(|ms| 1e3 / ms);
         let _ = writeln!(
             md,
             "| {label} | {gb:.3} | {:.0} | {} | {} | {:.0} |",
             copy_gb_s / gb,
             measured.map(|x| format!("{x:.0}")).unwrap_or("–".into()),
-            measured.map(|x| format!("{:.0}%", 100.0 * x / (copy_gb_s / gb))).unwrap_or("–".into()),
+            measured
+                .map(|x| format!("{:.0}%", 100.0 * x / (copy_gb_s / gb)))
+                .unwrap_or("–".into()),
             L4_GB_S / gb
         );
     }
@@ -195,29 +264,57 @@ pub fn write(
             );
         }
         if let Some(g) = r.get("checks", "graph_equals_eager") {
-            let _ = writeln!(md, "\nCUDA-graph replay picks the same tokens as eager launches: {}.", if g > 0.5 { "yes" } else { "NO" });
+            let _ = writeln!(
+                md,
+                "\nCUDA-graph replay picks the same tokens as eager launches: {}.",
+                if g > 0.5 { "yes" } else { "NO" }
+            );
         }
     }
 
     let mut pre = vec![];
     let mut dec = vec![];
-    for row in r.rows.iter().filter(|x| present.iter().any(|(v, _)| *v == x.variant)) {
+    for row in r
+        .rows
+        .iter()
+        .filter(|x| present.iter().any(|(v, _)| *v == x.variant))
+    {
         let s = row.spread;
         if let Some(pt) = row.metric.strip_prefix("prefill_tok_s_") {
-            pre.push((format!("{pt} · {}", row.variant), row.value / 1e3, s.map(|s| s / 2e3)));
+            pre.push((
+                format!("{pt} · {}", row.variant),
+                row.value / 1e3,
+                s.map(|s| s / 2e3),
+            ));
         } else if let Some(b) = row.metric.strip_prefix("decode_ms_b") {
             let b: f64 = b.parse().unwrap_or(1.0);
             let tps = b * 1e3 / row.value;
-            dec.push((format!("batch {b} · {}", row.variant), tps, s.map(|s| tps * s / row.value / 2.0)));
+            dec.push((
+                format!("batch {b} · {}", row.variant),
+                tps,
+                s.map(|s| tps * s / row.value / 2.0),
+            ));
         }
     }
     let err = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("chart: {e}");
     if !pre.is_empty() {
-        hbars(&out.join("prefill.png"), "Prefill + log-softmax (thousand tokens/s, ± half spread)", "k tokens/s", &pre).map_err(err)?;
+        hbars(
+            &out.join("prefill.png"),
+            "Prefill + log-softmax (thousand tokens/s, ± half spread)",
+            "k tokens/s",
+            &pre,
+        )
+        .map_err(err)?;
         md += "\n![prefill](prefill.png)\n";
     }
     if !dec.is_empty() {
-        hbars(&out.join("decode.png"), "Greedy decode (tokens/s over all rows, ± half spread)", "tokens/s", &dec).map_err(err)?;
+        hbars(
+            &out.join("decode.png"),
+            "Greedy decode (tokens/s over all rows, ± half spread)",
+            "tokens/s",
+            &dec,
+        )
+        .map_err(err)?;
         md += "\n![decode](decode.png)\n";
     }
     std::fs::write(out.join("README.md"), md)?;

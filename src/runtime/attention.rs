@@ -15,7 +15,9 @@ struct Flash {
 fn strides(l: &Layout, what: &str) -> Result<[i64; 3]> {
     let s = l.stride();
     if s.len() != 4 || s[3] != 1 {
-        candle_core::bail!("flash attention: {what} must be [b, h, t, d] with d contiguous, got strides {s:?}");
+        candle_core::bail!(
+            "flash attention: {what} must be [b, h, t, d] with d contiguous, got strides {s:?}"
+        );
     }
     Ok([s[0] as i64, s[1] as i64, s[2] as i64])
 }
@@ -63,7 +65,11 @@ impl CustomOp3 for Flash {
         let k_sl = k.as_cuda_slice::<bf16>()?.slice(kl.start_offset()..);
         let v_sl = v.as_cuda_slice::<bf16>()?.slice(vl.start_offset()..);
         let out = unsafe { dev.alloc::<bf16>(b * t * h * d) }?;
-        let name = if d == 64 { "flash_fwd_64" } else { "flash_fwd_128" };
+        let name = if d == 64 {
+            "flash_fwd_64"
+        } else {
+            "flash_fwd_128"
+        };
         let f = func(&dev, name)?;
         // Q tile + double-buffered K and V tiles, 64 rows each, rows padded by 8 elements
         let smem = 5 * 64 * (d + 8) * 2;
@@ -141,12 +147,24 @@ impl candle_core::CustomOp1 for LogSoftmax {
         let f = func(&dev, "log_softmax_rows")?;
         let off = l.start_offset();
         let (is_bf16, xp) = match s.dtype() {
-            candle_core::DType::BF16 => (1, addr(s.as_cuda_slice::<bf16>()?, &stream) + 2 * off as u64),
-            candle_core::DType::F32 => (0, addr(s.as_cuda_slice::<f32>()?, &stream) + 4 * off as u64),
+            candle_core::DType::BF16 => (
+                1,
+                addr(s.as_cuda_slice::<bf16>()?, &stream) + 2 * off as u64,
+            ),
+            candle_core::DType::F32 => {
+                (0, addr(s.as_cuda_slice::<f32>()?, &stream) + 4 * off as u64)
+            }
             other => candle_core::bail!("fused log-softmax: {other:?} input"),
         };
         use Arg::*;
-        launch(&stream, &f, (rows as u32, 1, 1), 1024, 0, &[P(xp), P(addr(&out, &stream)), I(v as i32), I(is_bf16)])?;
+        launch(
+            &stream,
+            &f,
+            (rows as u32, 1, 1),
+            1024,
+            0,
+            &[P(xp), P(addr(&out, &stream)), I(v as i32), I(is_bf16)],
+        )?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), l.shape().clone()))
     }
 }
@@ -154,4 +172,53 @@ impl candle_core::CustomOp1 for LogSoftmax {
 /// log-softmax over the last dimension, f32 out, in one pass over bf16 or f32 input.
 pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&LogSoftmax)
+}
+
+struct SiluMul;
+
+impl candle_core::CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("fused silu·mul runs on CUDA only")
+    }
+    fn cuda_fwd(
+        &self,
+        g: &CudaStorage,
+        gl: &Layout,
+        u: &CudaStorage,
+        ul: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if !gl.is_contiguous() || !ul.is_contiguous() || gl.shape() != ul.shape() {
+            candle_core::bail!("fused silu·mul: contiguous inputs of one shape needed");
+        }
+        let n = gl.shape().elem_count();
+        let dev = g.device().clone();
+        let stream = dev.cuda_stream();
+        let out = unsafe { dev.alloc::<bf16>(n) }?;
+        let gp = addr(g.as_cuda_slice::<bf16>()?, &stream) + 2 * gl.start_offset() as u64;
+        let up = addr(u.as_cuda_slice::<bf16>()?, &stream) + 2 * ul.start_offset() as u64;
+        use Arg::*;
+        launch(
+            &stream,
+            &func(&dev, "silu_mul_flat")?,
+            (n.div_ceil(256) as u32, 1, 1),
+            256,
+            0,
+            &[P(gp), P(up), P(addr(&out, &stream)), L(n as i64)],
+        )?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), gl.shape().clone()))
+    }
+}
+
+/// silu(g) · u in one pass (bf16, CUDA).
+pub(crate) fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &SiluMul)
 }

@@ -11,7 +11,6 @@ use crate::checkpoint::Checkpoint;
 use crate::model::layers::{attend, Mode};
 use crate::Exaone4;
 
-
 /// ‖a − b‖ / ‖b‖ over all elements, with a running sum so several steps can be pooled.
 #[derive(Default)]
 struct RelErr {
@@ -40,7 +39,10 @@ fn argmax_rows(v: &[f32], width: usize) -> Vec<usize> {
         .map(|r| {
             r.iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                )
                 .0
         })
         .collect()
@@ -59,15 +61,31 @@ pub fn attention(device: &Device) -> Result<Vec<Check>> {
         let q = Tensor::randn(0f32, 1.0, (b, h, t, d), device)?;
         let k = Tensor::randn(0f32, 1.0, (b, kvh, l, d), device)?;
         let v = Tensor::randn(0f32, 1.0, (b, kvh, l, d), device)?;
-        let (qb, kb, vb) = (q.to_dtype(DType::BF16)?, k.to_dtype(DType::BF16)?, v.to_dtype(DType::BF16)?);
+        let (qb, kb, vb) = (
+            q.to_dtype(DType::BF16)?,
+            k.to_dtype(DType::BF16)?,
+            v.to_dtype(DType::BF16)?,
+        );
         let off = l - t;
         let m: Vec<f32> = (0..b * t * l)
-            .map(|i| if (i % l) <= (i / l) % t + off { 0.0 } else { -1e30 })
+            .map(|i| {
+                if (i % l) <= (i / l) % t + off {
+                    0.0
+                } else {
+                    -1e30
+                }
+            })
             .collect();
         let mask = Tensor::from_vec(m, (b, 1, t, l), device)?;
         // the f32 reference sees the same bf16-rounded inputs
         let up = |x: &Tensor| x.to_dtype(DType::F32);
-        let reference = flat(&attend(&up(&qb)?, &up(&kb)?, &up(&vb)?, Some(&mask), Mode::Inference)?)?;
+        let reference = flat(&attend(
+            &up(&qb)?,
+            &up(&kb)?,
+            &up(&vb)?,
+            Some(&mask),
+            Mode::Inference,
+        )?)?;
         let bf = flat(&attend(&qb, &kb, &vb, Some(&mask), Mode::Inference)?)?;
         let kern = super::fused_attention(&qb, &kb, &vb)?
             .ok_or_else(|| candle_core::Error::Msg("fused attention unavailable".into()))?;
@@ -87,7 +105,11 @@ pub fn attention(device: &Device) -> Result<Vec<Check>> {
 
 fn ids(b: usize, t: usize, vocab: usize, seed: usize) -> Vec<Vec<u32>> {
     (0..b)
-        .map(|r| (0..t).map(|i| (4 + ((r * t + i + seed) * 7919) % (vocab - 4)) as u32).collect())
+        .map(|r| {
+            (0..t)
+                .map(|i| (4 + ((r * t + i + seed) * 7919) % (vocab - 4)) as u32)
+                .collect()
+        })
         .collect()
 }
 
@@ -99,7 +121,12 @@ fn to_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
 /// The decode engine (prefill + 6 greedy steps, `b` sequences: 1 takes the single-row path with
 /// its fused GEMVs, more the general one) vs the candle model on the same tokens, and graph
 /// replay vs eager launches (which must pick identical tokens).
-pub fn engine(dir: &std::path::Path, device: &Device, label: &str, b: usize) -> Result<(Check, bool)> {
+pub fn engine(
+    dir: &std::path::Path,
+    device: &Device,
+    label: &str,
+    b: usize,
+) -> Result<(Check, bool)> {
     let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let ordinal = match device {
         Device::Cuda(_) => 0,
@@ -108,10 +135,15 @@ pub fn engine(dir: &std::path::Path, device: &Device, label: &str, b: usize) -> 
     let (t, steps) = (24, 6);
     let vocab = ckpt.config.vocab_size;
     let prompt = ids(b, t, vocab, 1);
-    let f32m = Exaone4::load(&ckpt, DType::F32, device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let bf16m = Exaone4::load(&ckpt, DType::BF16, device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let f32m = Exaone4::load(&ckpt, DType::F32, device)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let bf16m = Exaone4::load(&ckpt, DType::BF16, device)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let mut eng = DecodeEngine::load(&ckpt, ordinal, b, t + steps + 2)?;
-    let (mut cf, mut cb) = (f32m.new_cache(b, t + steps + 2, vec![0; b])?, bf16m.new_cache(b, t + steps + 2, vec![0; b])?);
+    let (mut cf, mut cb) = (
+        f32m.new_cache(b, t + steps + 2, vec![0; b])?,
+        bf16m.new_cache(b, t + steps + 2, vec![0; b])?,
+    );
     let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
     let (mut picks_k, mut picks_r) = (vec![], vec![]);
     let mut x = to_tensor(&prompt, device)?;
@@ -157,7 +189,8 @@ pub fn engine(dir: &std::path::Path, device: &Device, label: &str, b: usize) -> 
 /// them on dequantized weights (f32 reference: the emulation in f32), logits of 2 × 64 tokens.
 pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Result<Check> {
     let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let load = |dt| Exaone4::load(&ckpt, dt, device).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    let load =
+        |dt| Exaone4::load(&ckpt, dt, device).map_err(|e| candle_core::Error::Msg(e.to_string()));
     let (f32m, bf16m, mut km) = (load(DType::F32)?, load(DType::BF16)?, load(DType::BF16)?);
     let n = super::quantized::attach(&mut km, &ckpt)?;
     if n.int4 + n.int8 == 0 {
@@ -172,7 +205,10 @@ pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Re
     ek.add(&k, &rf);
     eb.add(&rb, &rf);
     Ok(Check {
-        what: format!("{label} Linear kernels ({} int4, {} int8) logits", n.int4, n.int8),
+        what: format!(
+            "{label} Linear kernels ({} int4, {} int8) logits",
+            n.int4, n.int8
+        ),
         kernel_err: ek.value(),
         bf16_err: eb.value(),
         top1: agreement(&argmax_rows(&k, vocab), &argmax_rows(&rf, vocab)),

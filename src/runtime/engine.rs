@@ -108,11 +108,17 @@ fn attn_smem(head_dim: usize, capacity: usize) -> usize {
     (head_dim + 8 * head_dim + 32 + capacity) * 4
 }
 
-fn upload<T: candle_core::cuda::cudarc::driver::DeviceRepr>(s: &Arc<CudaStream>, v: &[T]) -> Result<CudaSlice<T>> {
+fn upload<T: candle_core::cuda::cudarc::driver::DeviceRepr>(
+    s: &Arc<CudaStream>,
+    v: &[T],
+) -> Result<CudaSlice<T>> {
     s.clone_htod(v).map_err(cuda_err)
 }
 
-fn zeros<T: candle_core::cuda::cudarc::driver::DeviceRepr + candle_core::cuda::cudarc::driver::ValidAsZeroBits>(
+fn zeros<
+    T: candle_core::cuda::cudarc::driver::DeviceRepr
+        + candle_core::cuda::cudarc::driver::ValidAsZeroBits,
+>(
     s: &Arc<CudaStream>,
     n: usize,
 ) -> Result<CudaSlice<T>> {
@@ -120,14 +126,31 @@ fn zeros<T: candle_core::cuda::cudarc::driver::DeviceRepr + candle_core::cuda::c
 }
 
 fn dense(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Vec<bf16>> {
-    ckpt.get(name, shape, DType::BF16, &Device::Cpu).map_err(ck)?.flatten_all()?.to_vec1()
+    ckpt.get(name, shape, DType::BF16, &Device::Cpu)
+        .map_err(ck)?
+        .flatten_all()?
+        .to_vec1()
 }
 
 /// Loads Linears `names` of layer `i` stacked along their outputs.
-fn linear(ckpt: &Checkpoint, s: &Arc<CudaStream>, i: usize, names: &[&str], outs: &[usize], k: usize) -> Result<Lin> {
-    let prefixes: Vec<String> = names.iter().map(|n| format!("model.layers.{i}.{n}")).collect();
+fn linear(
+    ckpt: &Checkpoint,
+    s: &Arc<CudaStream>,
+    i: usize,
+    names: &[&str],
+    outs: &[usize],
+    k: usize,
+) -> Result<Lin> {
+    let prefixes: Vec<String> = names
+        .iter()
+        .map(|n| format!("model.layers.{i}.{n}"))
+        .collect();
     if let Some(p) = PackedInt4::load(ckpt, &prefixes, s)? {
-        return Ok(Lin { n: p.n, k: p.k, w: Weights::Int4(p) });
+        return Ok(Lin {
+            n: p.n,
+            k: p.k,
+            w: Weights::Int4(p),
+        });
     }
     let mut w = vec![];
     for (p, &o) in prefixes.iter().zip(outs) {
@@ -138,7 +161,11 @@ fn linear(ckpt: &Checkpoint, s: &Arc<CudaStream>, i: usize, names: &[&str], outs
         }
         w.extend(dense(ckpt, &format!("{p}.weight"), &[o, k])?);
     }
-    Ok(Lin { w: Weights::Dense(upload(s, &w)?), n: outs.iter().sum(), k })
+    Ok(Lin {
+        w: Weights::Dense(upload(s, &w)?),
+        n: outs.iter().sum(),
+        k,
+    })
 }
 
 impl DecodeEngine {
@@ -146,10 +173,15 @@ impl DecodeEngine {
     pub fn load(ckpt: &Checkpoint, ordinal: usize, batch: usize, capacity: usize) -> Result<Self> {
         let cfg = ckpt.config.clone();
         if (0..cfg.num_hidden_layers).any(|i| cfg.layer_window(i).is_some()) {
-            candle_core::bail!("the decode engine runs full-attention models; this one has sliding-window layers");
+            candle_core::bail!(
+                "the decode engine runs full-attention models; this one has sliding-window layers"
+            );
         }
         let (hd, h) = (cfg.head_dim, cfg.hidden_size);
-        if !(hd == 64 || hd == 128) || h % 8 != 0 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+        if !(hd == 64 || hd == 128)
+            || h % 8 != 0
+            || cfg.num_attention_heads % cfg.num_key_value_heads != 0
+        {
             candle_core::bail!("the decode engine needs head_dim 64 or 128 and hidden % 8 == 0");
         }
         let dev = CudaDevice::new_with_stream(ordinal)?;
@@ -157,7 +189,11 @@ impl DecodeEngine {
         unsafe { dev.disable_event_tracking() };
         let s = dev.cuda_stream();
         let blas = Arc::new(CudaBlas::new(s.clone()).map_err(cuda_err)?);
-        let (nq, nkv, inter) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd, cfg.intermediate_size);
+        let (nq, nkv, inter) = (
+            cfg.num_attention_heads * hd,
+            cfg.num_key_value_heads * hd,
+            cfg.intermediate_size,
+        );
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut bytes: u64 = 0;
         let mut int4 = false;
@@ -186,17 +222,26 @@ impl DecodeEngine {
             }
             layers.push(l);
         }
-        let embed = upload(&s, &dense(ckpt, "model.embed_tokens.weight", &[cfg.vocab_size, h])?)?;
+        let embed = upload(
+            &s,
+            &dense(ckpt, "model.embed_tokens.weight", &[cfg.vocab_size, h])?,
+        )?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(upload(&s, &dense(ckpt, "lm_head.weight", &[cfg.vocab_size, h])?)?)
+            Some(upload(
+                &s,
+                &dense(ckpt, "lm_head.weight", &[cfg.vocab_size, h])?,
+            )?)
         };
         bytes += (cfg.vocab_size * h * 2 + h * 2) as u64;
         let norm = upload(&s, &dense(ckpt, "model.norm.weight", &[h])?)?;
         let half = hd / 2;
         let freqs = inv_freq(&cfg);
-        let (mut cos, mut sin) = (Vec::with_capacity(capacity * half), Vec::with_capacity(capacity * half));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(capacity * half),
+            Vec::with_capacity(capacity * half),
+        );
         for p in 0..capacity {
             for f in &freqs {
                 // f32 product, as the candle path and transformers compute it
@@ -206,10 +251,19 @@ impl DecodeEngine {
             }
         }
         let cache = batch * cfg.num_key_value_heads * capacity * hd;
-        let kc = (0..cfg.num_hidden_layers).map(|_| zeros(&s, cache)).collect::<Result<Vec<_>>>()?;
-        let vc = (0..cfg.num_hidden_layers).map(|_| zeros(&s, cache)).collect::<Result<Vec<_>>>()?;
+        let kc = (0..cfg.num_hidden_layers)
+            .map(|_| zeros(&s, cache))
+            .collect::<Result<Vec<_>>>()?;
+        let vc = (0..cfg.num_hidden_layers)
+            .map(|_| zeros(&s, cache))
+            .collect::<Result<Vec<_>>>()?;
         let max_rows = batch.max(256);
-        let widest = layers.iter().flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down]).filter(|l| matches!(l.w, Weights::Int4(_))).map(|l| l.n * l.k).max();
+        let widest = layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down])
+            .filter(|l| matches!(l.w, Weights::Int4(_)))
+            .map(|l| l.n * l.k)
+            .max();
         let buf = Buffers {
             ids: zeros(&s, max_rows)?,
             pos: zeros(&s, max_rows)?,
@@ -276,8 +330,22 @@ impl DecodeEngine {
         Ok(())
     }
 
-    fn run(&self, name: &str, grid: (u32, u32, u32), block: u32, smem: usize, args: &[Arg]) -> Result<()> {
-        launch(&self.stream, &func(&self.dev, name)?, grid, block, smem, args)
+    fn run(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: usize,
+        args: &[Arg],
+    ) -> Result<()> {
+        launch(
+            &self.stream,
+            &func(&self.dev, name)?,
+            grid,
+            block,
+            smem,
+            args,
+        )
     }
 
     /// y [rows, n] = x [rows, k] · Wᵀ for a bf16 W [n, k], by address: a GEMV for a few rows,
@@ -290,7 +358,11 @@ impl DecodeEngine {
         }
         let nb = if rows == 1 { 1 } else { 4 };
         self.run(
-            if nb == 1 { "gemv_bf16_1" } else { "gemv_bf16_4" },
+            if nb == 1 {
+                "gemv_bf16_1"
+            } else {
+                "gemv_bf16_4"
+            },
             (n.div_ceil(4) as u32, rows.div_ceil(nb) as u32, 1),
             128,
             0,
@@ -302,7 +374,9 @@ impl DecodeEngine {
     fn linear(&self, lin: &Lin, x: u64, y: u64, rows: usize) -> Result<()> {
         match &lin.w {
             Weights::Dense(w) => self.dense(self.a(w), lin.n, lin.k, x, y, rows),
-            Weights::Int4(p) if rows <= GEMV_MAX_ROWS => p.gemv(&self.dev, &self.stream, x, y, rows),
+            Weights::Int4(p) if rows <= GEMV_MAX_ROWS => {
+                p.gemv(&self.dev, &self.stream, x, y, rows)
+            }
             Weights::Int4(p) => {
                 let tmp = self.buf.wtmp.as_ref().expect("allocated for int4 models");
                 p.dequantize_into(&self.dev, &self.stream, self.a(tmp))?;
@@ -325,7 +399,18 @@ impl DecodeEngine {
                 grid,
                 256,
                 smem,
-                &[P(self.a(w)), I(mode), P(a), P(b), P(c), P(d), F(eps), P(y), I(lin.n as i32), I(lin.k as i32)],
+                &[
+                    P(self.a(w)),
+                    I(mode),
+                    P(a),
+                    P(b),
+                    P(c),
+                    P(d),
+                    F(eps),
+                    P(y),
+                    I(lin.n as i32),
+                    I(lin.k as i32),
+                ],
             ),
             Weights::Int4(p) => {
                 let z = p.zeros.as_ref().map(|z| self.a(z)).unwrap_or(0);
@@ -335,8 +420,19 @@ impl DecodeEngine {
                     256,
                     smem,
                     &[
-                        P(self.a(&p.packed)), P(self.a(&p.scales)), P(z), I(mode), P(a), P(b), P(c), P(d), F(eps), P(y),
-                        I(lin.n as i32), I(lin.k as i32), I(p.group as i32),
+                        P(self.a(&p.packed)),
+                        P(self.a(&p.scales)),
+                        P(z),
+                        I(mode),
+                        P(a),
+                        P(b),
+                        P(c),
+                        P(d),
+                        F(eps),
+                        P(y),
+                        I(lin.n as i32),
+                        I(lin.k as i32),
+                        I(p.group as i32),
                     ],
                 )
             }
@@ -349,19 +445,50 @@ impl DecodeEngine {
     fn forward_one(&self) -> Result<()> {
         use Arg::*;
         let c = &self.cfg;
-        let (h, hd, hq, hkv) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads);
+        let (h, hd, hq, hkv) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        );
         let eps = c.rms_norm_eps as f32;
         let b = &self.buf;
-        let (ids, pos, pad, ha, hb) = (self.a(&b.ids), self.a(&b.pos), self.a(&b.pad), self.a(&b.h), self.a(&b.h2));
-        let (qkv, q, att, o, gu) = (self.a(&b.qkv), self.a(&b.q), self.a(&b.att), self.a(&b.o), self.a(&b.gu));
-        self.run("embed_rows", (1, 1, 1), 256, 0, &[P(ids), P(self.a(&self.embed)), P(ha), I(h as i32)])?;
+        let (ids, pos, pad, ha, hb) = (
+            self.a(&b.ids),
+            self.a(&b.pos),
+            self.a(&b.pad),
+            self.a(&b.h),
+            self.a(&b.h2),
+        );
+        let (qkv, q, att, o, gu) = (
+            self.a(&b.qkv),
+            self.a(&b.q),
+            self.a(&b.att),
+            self.a(&b.o),
+            self.a(&b.gu),
+        );
+        self.run(
+            "embed_rows",
+            (1, 1, 1),
+            256,
+            0,
+            &[P(ids), P(self.a(&self.embed)), P(ha), I(h as i32)],
+        )?;
         self.mark("embed")?;
         let heads = hq + 2 * hkv;
         let rope = format!("qk_norm_rope_store_{hd}");
         for (i, l) in self.layers.iter().enumerate() {
             match i {
                 0 => self.linear1(&l.qkv, 0, ha, 0, 0, 0, qkv)?,
-                _ => self.linear1(&l.qkv, 1, o, self.a(&self.layers[i - 1].post_ff), hb, ha, qkv)?,
+                _ => self.linear1(
+                    &l.qkv,
+                    1,
+                    o,
+                    self.a(&self.layers[i - 1].post_ff),
+                    hb,
+                    ha,
+                    qkv,
+                )?,
             }
             self.mark("qkv GEMV (+ norm + residual)")?;
             self.run(
@@ -370,9 +497,22 @@ impl DecodeEngine {
                 128,
                 0,
                 &[
-                    P(qkv), P(self.a(&l.q_norm)), P(self.a(&l.k_norm)), P(self.a(&self.cos)), P(self.a(&self.sin)),
-                    P(pos), P(pad), P(q), P(self.a(&self.kc[i])), P(self.a(&self.vc[i])),
-                    I(hq as i32), I(hkv as i32), I(1), I(self.capacity as i32), F(eps), I(l.use_rope as i32),
+                    P(qkv),
+                    P(self.a(&l.q_norm)),
+                    P(self.a(&l.k_norm)),
+                    P(self.a(&self.cos)),
+                    P(self.a(&self.sin)),
+                    P(pos),
+                    P(pad),
+                    P(q),
+                    P(self.a(&self.kc[i])),
+                    P(self.a(&self.vc[i])),
+                    I(hq as i32),
+                    I(hkv as i32),
+                    I(1),
+                    I(self.capacity as i32),
+                    F(eps),
+                    I(l.use_rope as i32),
                 ],
             )?;
             self.mark("qk-norm + RoPE + cache write")?;
@@ -382,8 +522,17 @@ impl DecodeEngine {
                 256,
                 attn_smem(hd, self.capacity),
                 &[
-                    P(q), P(self.a(&self.kc[i])), P(self.a(&self.vc[i])), P(pos), P(pad), P(att),
-                    I(hq as i32), I(hkv as i32), I(hd as i32), I(1), I(self.capacity as i32),
+                    P(q),
+                    P(self.a(&self.kc[i])),
+                    P(self.a(&self.vc[i])),
+                    P(pos),
+                    P(pad),
+                    P(att),
+                    I(hq as i32),
+                    I(hkv as i32),
+                    I(hd as i32),
+                    I(1),
+                    I(self.capacity as i32),
                     F(1.0 / (hd as f32).sqrt()),
                 ],
             )?;
@@ -396,14 +545,54 @@ impl DecodeEngine {
             self.mark("down GEMV (+ SiLU · up)")?;
         }
         let last_layer = self.layers.last().expect("at least one layer");
-        self.run("rmsnorm_rows", (1, 1, 1), 256, 0, &[P(o), P(self.a(&last_layer.post_ff)), P(hb), I(h as i32), F(eps), I(1), I(1), I(0)])?;
+        self.run(
+            "rmsnorm_rows",
+            (1, 1, 1),
+            256,
+            0,
+            &[
+                P(o),
+                P(self.a(&last_layer.post_ff)),
+                P(hb),
+                I(h as i32),
+                F(eps),
+                I(1),
+                I(1),
+                I(0),
+            ],
+        )?;
         let last = self.a(&b.last);
-        self.run("rmsnorm_rows", (1, 1, 1), 256, 0, &[P(hb), P(self.a(&self.norm)), P(last), I(h as i32), F(eps), I(0), I(1), I(0)])?;
+        self.run(
+            "rmsnorm_rows",
+            (1, 1, 1),
+            256,
+            0,
+            &[
+                P(hb),
+                P(self.a(&self.norm)),
+                P(last),
+                I(h as i32),
+                F(eps),
+                I(0),
+                I(1),
+                I(0),
+            ],
+        )?;
         self.mark("last norm + residual, final norm")?;
         let head = self.a(self.lm_head.as_ref().unwrap_or(&self.embed));
         self.dense(head, c.vocab_size, h, last, self.a(&b.logits), 1)?;
         self.mark("lm_head GEMV")?;
-        self.run("argmax_rows", (1, 1, 1), 1024, 0, &[P(self.a(&b.logits)), P(self.a(&b.next)), I(c.vocab_size as i32)])?;
+        self.run(
+            "argmax_rows",
+            (1, 1, 1),
+            1024,
+            0,
+            &[
+                P(self.a(&b.logits)),
+                P(self.a(&b.next)),
+                I(c.vocab_size as i32),
+            ],
+        )?;
         self.mark("argmax")
     }
 
@@ -416,13 +605,32 @@ impl DecodeEngine {
             return self.forward_one();
         }
         let c = &self.cfg;
-        let (h, hd, hq, hkv, inter) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size);
+        let (h, hd, hq, hkv, inter) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.intermediate_size,
+        );
         let eps = c.rms_norm_eps as f32;
         let b = &self.buf;
         let (ids, pos, pad, hb) = (self.a(&b.ids), self.a(&b.pos), self.a(&b.pad), self.a(&b.h));
-        let (qkv, q, att, o, gu, act) = (self.a(&b.qkv), self.a(&b.q), self.a(&b.att), self.a(&b.o), self.a(&b.gu), self.a(&b.act));
+        let (qkv, q, att, o, gu, act) = (
+            self.a(&b.qkv),
+            self.a(&b.q),
+            self.a(&b.att),
+            self.a(&b.o),
+            self.a(&b.gu),
+            self.a(&b.act),
+        );
         let r = rows as u32;
-        self.run("embed_rows", (r, 1, 1), 256, 0, &[P(ids), P(self.a(&self.embed)), P(hb), I(h as i32)])?;
+        self.run(
+            "embed_rows",
+            (r, 1, 1),
+            256,
+            0,
+            &[P(ids), P(self.a(&self.embed)), P(hb), I(h as i32)],
+        )?;
         self.mark("embed")?;
         let heads = hq + 2 * hkv;
         let attn_smem = attn_smem(hd, self.capacity);
@@ -436,9 +644,22 @@ impl DecodeEngine {
                 128,
                 0,
                 &[
-                    P(qkv), P(self.a(&l.q_norm)), P(self.a(&l.k_norm)), P(self.a(&self.cos)), P(self.a(&self.sin)),
-                    P(pos), P(pad), P(q), P(self.a(&self.kc[i])), P(self.a(&self.vc[i])),
-                    I(hq as i32), I(hkv as i32), I(t as i32), I(self.capacity as i32), F(eps), I(l.use_rope as i32),
+                    P(qkv),
+                    P(self.a(&l.q_norm)),
+                    P(self.a(&l.k_norm)),
+                    P(self.a(&self.cos)),
+                    P(self.a(&self.sin)),
+                    P(pos),
+                    P(pad),
+                    P(q),
+                    P(self.a(&self.kc[i])),
+                    P(self.a(&self.vc[i])),
+                    I(hq as i32),
+                    I(hkv as i32),
+                    I(t as i32),
+                    I(self.capacity as i32),
+                    F(eps),
+                    I(l.use_rope as i32),
                 ],
             )?;
             self.mark("qk-norm + RoPE + cache write")?;
@@ -448,23 +669,68 @@ impl DecodeEngine {
                 256,
                 attn_smem,
                 &[
-                    P(q), P(self.a(&self.kc[i])), P(self.a(&self.vc[i])), P(pos), P(pad), P(att),
-                    I(hq as i32), I(hkv as i32), I(hd as i32), I(t as i32), I(self.capacity as i32),
+                    P(q),
+                    P(self.a(&self.kc[i])),
+                    P(self.a(&self.vc[i])),
+                    P(pos),
+                    P(pad),
+                    P(att),
+                    I(hq as i32),
+                    I(hkv as i32),
+                    I(hd as i32),
+                    I(t as i32),
+                    I(self.capacity as i32),
                     F(1.0 / (hd as f32).sqrt()),
                 ],
             )?;
             self.mark("attention")?;
             self.linear(&l.o, att, o, rows)?;
             self.mark("o GEMV")?;
-            self.run("rmsnorm_rows", (r, 1, 1), 256, 0, &[P(o), P(self.a(&l.post_attn)), P(hb), I(h as i32), F(eps), I(1), I(1), I(0)])?;
+            self.run(
+                "rmsnorm_rows",
+                (r, 1, 1),
+                256,
+                0,
+                &[
+                    P(o),
+                    P(self.a(&l.post_attn)),
+                    P(hb),
+                    I(h as i32),
+                    F(eps),
+                    I(1),
+                    I(1),
+                    I(0),
+                ],
+            )?;
             self.mark("norm + residual")?;
             self.linear(&l.gate_up, hb, gu, rows)?;
             self.mark("gate/up GEMV")?;
-            self.run("silu_mul_rows", (inter.div_ceil(256) as u32, r, 1), 256, 0, &[P(gu), P(act), I(inter as i32)])?;
+            self.run(
+                "silu_mul_rows",
+                (inter.div_ceil(256) as u32, r, 1),
+                256,
+                0,
+                &[P(gu), P(act), I(inter as i32)],
+            )?;
             self.mark("SiLU · up")?;
             self.linear(&l.down, act, o, rows)?;
             self.mark("down GEMV")?;
-            self.run("rmsnorm_rows", (r, 1, 1), 256, 0, &[P(o), P(self.a(&l.post_ff)), P(hb), I(h as i32), F(eps), I(1), I(1), I(0)])?;
+            self.run(
+                "rmsnorm_rows",
+                (r, 1, 1),
+                256,
+                0,
+                &[
+                    P(o),
+                    P(self.a(&l.post_ff)),
+                    P(hb),
+                    I(h as i32),
+                    F(eps),
+                    I(1),
+                    I(1),
+                    I(0),
+                ],
+            )?;
             self.mark("norm + residual")?;
         }
         let last = self.a(&b.last);
@@ -473,13 +739,32 @@ impl DecodeEngine {
             (self.batch as u32, 1, 1),
             256,
             0,
-            &[P(hb), P(self.a(&self.norm)), P(last), I(h as i32), F(eps), I(0), I(t as i32), I(t as i32 - 1)],
+            &[
+                P(hb),
+                P(self.a(&self.norm)),
+                P(last),
+                I(h as i32),
+                F(eps),
+                I(0),
+                I(t as i32),
+                I(t as i32 - 1),
+            ],
         )?;
         self.mark("final norm")?;
         let head = self.a(self.lm_head.as_ref().unwrap_or(&self.embed));
         self.dense(head, c.vocab_size, h, last, self.a(&b.logits), self.batch)?;
         self.mark("lm_head GEMV")?;
-        self.run("argmax_rows", (self.batch as u32, 1, 1), 1024, 0, &[P(self.a(&b.logits)), P(self.a(&b.next)), I(c.vocab_size as i32)])?;
+        self.run(
+            "argmax_rows",
+            (self.batch as u32, 1, 1),
+            1024,
+            0,
+            &[
+                P(self.a(&b.logits)),
+                P(self.a(&b.next)),
+                I(c.vocab_size as i32),
+            ],
+        )?;
         self.mark("argmax")
     }
 
@@ -500,7 +785,9 @@ impl DecodeEngine {
 
     fn read_next(&self) -> Result<Vec<u32>> {
         let mut v = vec![0u32; self.batch];
-        self.stream.memcpy_dtoh(&self.buf.next, &mut v).map_err(cuda_err)?;
+        self.stream
+            .memcpy_dtoh(&self.buf.next, &mut v)
+            .map_err(cuda_err)?;
         Ok(v)
     }
 
@@ -509,7 +796,10 @@ impl DecodeEngine {
     pub fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<u32>> {
         let p = prompts.first().map(|x| x.len()).unwrap_or(0);
         if prompts.len() != self.batch || p == 0 || prompts.iter().any(|x| x.len() != p) {
-            candle_core::bail!("decode engine: needs {} prompts of one non-zero length", self.batch);
+            candle_core::bail!(
+                "decode engine: needs {} prompts of one non-zero length",
+                self.batch
+            );
         }
         // a captured step stays valid: it reads tokens and positions from device buffers
         self.len = 0;
@@ -518,16 +808,27 @@ impl DecodeEngine {
         let mut done = 0;
         while done < p {
             let t = chunk.min(p - done);
-            let ids: Vec<u32> = prompts.iter().flat_map(|x| x[done..done + t].iter().copied()).collect();
-            let pos: Vec<i32> = (0..self.batch).flat_map(|_| (done..done + t).map(|i| i as i32)).collect();
-            self.stream.memcpy_htod(&ids, &mut self.buf.ids).map_err(cuda_err)?;
-            self.stream.memcpy_htod(&pos, &mut self.buf.pos).map_err(cuda_err)?;
+            let ids: Vec<u32> = prompts
+                .iter()
+                .flat_map(|x| x[done..done + t].iter().copied())
+                .collect();
+            let pos: Vec<i32> = (0..self.batch)
+                .flat_map(|_| (done..done + t).map(|i| i as i32))
+                .collect();
+            self.stream
+                .memcpy_htod(&ids, &mut self.buf.ids)
+                .map_err(cuda_err)?;
+            self.stream
+                .memcpy_htod(&pos, &mut self.buf.pos)
+                .map_err(cuda_err)?;
             self.forward_rows(self.batch * t, t)?;
             done += t;
         }
         // decoding steps advance from the last slot written, one row per sequence
         let last = vec![(p - 1) as i32; self.batch];
-        self.stream.memcpy_htod(&last, &mut self.buf.pos).map_err(cuda_err)?;
+        self.stream
+            .memcpy_htod(&last, &mut self.buf.pos)
+            .map_err(cuda_err)?;
         self.len = p;
         self.read_next()
     }
@@ -541,7 +842,12 @@ impl DecodeEngine {
             (1, 1, 1),
             self.batch.next_multiple_of(32) as u32,
             0,
-            &[P(self.a(&b.next)), P(self.a(&b.ids)), P(self.a(&b.pos)), I(self.batch as i32)],
+            &[
+                P(self.a(&b.next)),
+                P(self.a(&b.ids)),
+                P(self.a(&b.pos)),
+                I(self.batch as i32),
+            ],
         )?;
         self.mark("advance")?;
         self.forward_rows(self.batch, 1)
@@ -594,18 +900,32 @@ impl DecodeEngine {
                     .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                     .map_err(cuda_err)?;
                 let launched = self.step_launches();
-                let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(cuda_err);
+                let g = self
+                    .stream
+                    .end_capture(sys::CUgraphInstantiate_flags(0))
+                    .map_err(cuda_err);
                 launched?;
-                self.graph = Some(g?.ok_or_else(|| candle_core::Error::Msg("CUDA graph capture produced no graph".into()))?);
+                self.graph = Some(g?.ok_or_else(|| {
+                    candle_core::Error::Msg("CUDA graph capture produced no graph".into())
+                })?);
             }
-            self.graph.as_ref().expect("captured").launch().map_err(cuda_err)?;
+            self.graph
+                .as_ref()
+                .expect("captured")
+                .launch()
+                .map_err(cuda_err)?;
         }
         self.len += 1;
         self.read_next()
     }
 
     /// Greedy continuation of `prompts` by `new_tokens` tokens (the picks, per sequence).
-    pub fn generate(&mut self, prompts: &[Vec<u32>], new_tokens: usize, graph: bool) -> Result<Vec<Vec<u32>>> {
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        new_tokens: usize,
+        graph: bool,
+    ) -> Result<Vec<Vec<u32>>> {
         let mut out: Vec<Vec<u32>> = vec![vec![]; self.batch];
         if new_tokens == 0 {
             return Ok(out);
@@ -626,7 +946,9 @@ impl DecodeEngine {
     /// The logits behind the last picks, f32 [batch, vocab].
     pub fn last_logits(&self) -> Result<Vec<f32>> {
         let mut v = vec![bf16::ZERO; self.batch * self.cfg.vocab_size];
-        self.stream.memcpy_dtoh(&self.buf.logits, &mut v).map_err(cuda_err)?;
+        self.stream
+            .memcpy_dtoh(&self.buf.logits, &mut v)
+            .map_err(cuda_err)?;
         Ok(v.into_iter().map(f32::from).collect())
     }
 

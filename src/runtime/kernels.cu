@@ -93,6 +93,14 @@ extern "C" __global__ void silu_mul_rows(const bf16 *gu, bf16 *out, int inter) {
     out[(size_t)r * inter + i] = tobf(bf(s) * u);
 }
 
+// out = bf16(bf16(silu(g)) · u) elementwise over n values (candle's silu then mul, in one pass).
+extern "C" __global__ void silu_mul_flat(const bf16 *g, const bf16 *u, bf16 *out, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = bf(g[i]);
+    out[i] = tobf(bf(tobf(x / (1.f + __expf(-x)))) * bf(u[i]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // bf16 GEMV for a few rows: y[r, n] = Σ_k x[r, k] · W[n, k]. One warp per output feature,
 // NB activation rows per block row (blockIdx.y tiles the rows). K % 8 == 0.
@@ -164,43 +172,31 @@ __device__ void gemv_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__
     int n = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (n >= N) return;
     int r0 = blockIdx.y * NB, nb = min(NB, rows - r0);
-    int ng = K / G, K32 = K / 32;
+    int ng = K / G, K8 = K / 8;
     float acc[NB];
 #pragma unroll
     for (int b = 0; b < NB; b++) acc[b] = 0.f;
-    const uint4 *pr = (const uint4 *)(P + (size_t)n * (K / 8));
-    for (int c0 = lane; c0 < K32; c0 += 64) {
-        uint4 pw[2];
+    const uint32_t *pr = P + (size_t)n * K8;
+    for (int c0 = lane; c0 < K8; c0 += 128) {
+        uint32_t pw[4];
 #pragma unroll
-        for (int u = 0; u < 2; u++) pw[u] = c0 + 32 * u < K32 ? __ldg(pr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < 4; u++) pw[u] = c0 + 32 * u < K8 ? __ldg(pr + c0 + 32 * u) : 0u;
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
+        for (int u = 0; u < 4; u++) {
             int c = c0 + 32 * u;
-            if (c >= K32) break;
-            int g = (c * 32) / G;
+            if (c >= K8) break;
+            int g = (c * 8) / G;
             float s = bf(S[(size_t)n * ng + g]);
-            // w = (nibble − 8 − z) · s
             float off = 8388608.f + 8.f + (Z ? bf(Z[(size_t)n * ng + g]) : 0.f);
-            float q[32];
-            uint32_t words[4] = {pw[u].x, pw[u].y, pw[u].z, pw[u].w};
+            float q[8];
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 8; j++) q[i * 8 + j] = nib(words[i], j, off);
+            for (int j = 0; j < 8; j++) q[j] = nib(pw[u], j, off);
 #pragma unroll
             for (int b = 0; b < NB; b++) {
                 if (b < nb) {
-                    const uint4 *xr = (const uint4 *)(x + (size_t)(r0 + b) * K + c * 32);
-                    float part = 0.f;
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        uint4 xv = __ldg(xr + i);
-                        part += q[i * 8 + 0] * lo_bf(xv.x) + q[i * 8 + 1] * hi_bf(xv.x) +
-                                q[i * 8 + 2] * lo_bf(xv.y) + q[i * 8 + 3] * hi_bf(xv.y) +
-                                q[i * 8 + 4] * lo_bf(xv.z) + q[i * 8 + 5] * hi_bf(xv.z) +
-                                q[i * 8 + 6] * lo_bf(xv.w) + q[i * 8 + 7] * hi_bf(xv.w);
-                    }
-                    acc[b] += s * part;
+                    uint4 xv = __ldg((const uint4 *)(x + (size_t)(r0 + b) * K) + c);
+                    acc[b] += s * (q[0] * lo_bf(xv.x) + q[1] * hi_bf(xv.x) + q[2] * lo_bf(xv.y) + q[3] * hi_bf(xv.y) +
+                                   q[4] * lo_bf(xv.z) + q[5] * hi_bf(xv.z) + q[6] * lo_bf(xv.w) + q[7] * hi_bf(xv.w));
                 }
             }
         }
@@ -285,69 +281,73 @@ __device__ void gemv_prologue(float *xs, float *red, int mode, const bf16 *a, co
     __syncthreads();
 }
 
-// y[n] = Σ_k x[k] W[n, k], bf16 W; one warp per output, 8 warps per block.
+// y[n] = Σ_k x[k] W[n, k], bf16 W; one warp per output, 8 warps per block. Each lane loads its
+// whole share of the row (K ≤ 4096: up to 16 × 16 bytes) before the prologue, so the weight
+// stream is in flight while the input is being built.
 extern "C" __global__ void gemv1x_bf16(const bf16 *__restrict__ W, int mode, const bf16 *a, const bf16 *b,
                                        const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K) {
     extern __shared__ float xs[];
     float *red = xs + K;
-    gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
+    constexpr int MAXC = 16;
     int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const uint4 *wr = (const uint4 *)(W + (size_t)n * K);
     const int K8 = K / 8;
+    uint4 wv[MAXC];
+    const uint4 *wr = (const uint4 *)(W + (size_t)min(n, N - 1) * K);
+#pragma unroll
+    for (int u = 0; u < MAXC; u++) wv[u] = lane + 32 * u < K8 ? __ldg(wr + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+    gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
+    if (n >= N) return;
     float acc = 0.f;
-    for (int c0 = lane; c0 < K8; c0 += 128) {
-        uint4 wv[4];
 #pragma unroll
-        for (int u = 0; u < 4; u++) wv[u] = c0 + 32 * u < K8 ? __ldg(wr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int cc = c0 + 32 * u;
-            if (cc >= K8) break;
+    for (int u = 0; u < MAXC; u++) {
+        int cc = lane + 32 * u;
+        if (cc < K8) {
             float4 x0 = *(const float4 *)(xs + cc * 8), x1 = *(const float4 *)(xs + cc * 8 + 4);
             acc += lo_bf(wv[u].x) * x0.x + hi_bf(wv[u].x) * x0.y + lo_bf(wv[u].y) * x0.z + hi_bf(wv[u].y) * x0.w +
                    lo_bf(wv[u].z) * x1.x + hi_bf(wv[u].z) * x1.y + lo_bf(wv[u].w) * x1.z + hi_bf(wv[u].w) * x1.w;
         }
     }
+    // rows longer than the prefetch take the rest in a loop
+    for (int cc = lane + 32 * MAXC; cc < K8; cc += 32) {
+        uint4 w = __ldg(wr + cc);
+        float4 x0 = *(const float4 *)(xs + cc * 8), x1 = *(const float4 *)(xs + cc * 8 + 4);
+        acc += lo_bf(w.x) * x0.x + hi_bf(w.x) * x0.y + lo_bf(w.y) * x0.z + hi_bf(w.y) * x0.w + lo_bf(w.z) * x1.x +
+               hi_bf(w.z) * x1.y + lo_bf(w.w) * x1.z + hi_bf(w.w) * x1.w;
+    }
     acc = warp_sum(acc);
     if (lane == 0) y[n] = tobf(acc);
 }
 
-// The same for packed int4 weights (as gemv_w4).
+// The same for packed int4 weights: one 32-bit word (8 weights) per lane at a time, so a warp's
+// loads are contiguous and its shared-memory reads of x fall in distinct banks.
 extern "C" __global__ void gemv1x_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__ S,
                                      const bf16 *__restrict__ Z, int mode, const bf16 *a, const bf16 *b,
                                      const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K, int G) {
     extern __shared__ float xs[];
     float *red = xs + K;
-    gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
+    constexpr int MAXC = 16;
     int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    int nr = min(n, N - 1), ng = K / G, K8 = K / 8;
+    const uint32_t *pr = P + (size_t)nr * K8;
+    uint32_t pw[MAXC];
+#pragma unroll
+    for (int u = 0; u < MAXC; u++) pw[u] = lane + 32 * u < K8 ? __ldg(pr + lane + 32 * u) : 0u;
+    gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
     if (n >= N) return;
-    int ng = K / G, K32 = K / 32;
-    const uint4 *pr = (const uint4 *)(P + (size_t)n * (K / 8));
     float acc = 0.f;
-    for (int c0 = lane; c0 < K32; c0 += 64) {
-        uint4 pw[2];
+    auto word = [&](uint32_t w, int cc) {
+        int g = (cc * 8) / G;
+        float s = bf(S[(size_t)nr * ng + g]);
+        float off = 8388608.f + 8.f + (Z ? bf(Z[(size_t)nr * ng + g]) : 0.f);
+        float4 x0 = *(const float4 *)(xs + cc * 8), x1 = *(const float4 *)(xs + cc * 8 + 4);
+        float part = nib(w, 0, off) * x0.x + nib(w, 1, off) * x0.y + nib(w, 2, off) * x0.z + nib(w, 3, off) * x0.w +
+                     nib(w, 4, off) * x1.x + nib(w, 5, off) * x1.y + nib(w, 6, off) * x1.z + nib(w, 7, off) * x1.w;
+        acc += s * part;
+    };
 #pragma unroll
-        for (int u = 0; u < 2; u++) pw[u] = c0 + 32 * u < K32 ? __ldg(pr + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-        for (int u = 0; u < 2; u++) {
-            int cc = c0 + 32 * u;
-            if (cc >= K32) break;
-            int g = (cc * 32) / G;
-            float s = bf(S[(size_t)n * ng + g]);
-            float off = 8388608.f + 8.f + (Z ? bf(Z[(size_t)n * ng + g]) : 0.f);
-            uint32_t words[4] = {pw[u].x, pw[u].y, pw[u].z, pw[u].w};
-            float part = 0.f;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float4 x0 = *(const float4 *)(xs + cc * 32 + i * 8), x1 = *(const float4 *)(xs + cc * 32 + i * 8 + 4);
-                part += nib(words[i], 0, off) * x0.x + nib(words[i], 1, off) * x0.y + nib(words[i], 2, off) * x0.z +
-                        nib(words[i], 3, off) * x0.w + nib(words[i], 4, off) * x1.x + nib(words[i], 5, off) * x1.y +
-                        nib(words[i], 6, off) * x1.z + nib(words[i], 7, off) * x1.w;
-            }
-            acc += s * part;
-        }
-    }
+    for (int u = 0; u < MAXC; u++)
+        if (lane + 32 * u < K8) word(pw[u], lane + 32 * u);
+    for (int cc = lane + 32 * MAXC; cc < K8; cc += 32) word(__ldg(pr + cc), cc);
     acc = warp_sum(acc);
     if (lane == 0) y[n] = tobf(acc);
 }
@@ -632,6 +632,28 @@ extern "C" __global__ void int8_epilogue(const int32_t *acc, const float *sx, co
     __nv_bfloat162 lo = __floats2bfloat162_rn((float)a.x * s * w.x, (float)a.y * s * w.y);
     __nv_bfloat162 hi = __floats2bfloat162_rn((float)a.z * s * w.z, (float)a.w * s * w.w);
     ((uint2 *)(y + (size_t)m * N))[n4] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+}
+
+// The gated activation straight from the stacked gate/up int8 GEMM: acc [M, 2I] (gate | up),
+// out [M, I] = bf16(bf16(silu(g))·u) with g, u = bf16(acc · sx · sw) as the plain epilogue would
+// give them. Four outputs per thread (I % 4 == 0).
+extern "C" __global__ void int8_silu_epilogue(const int32_t *acc, const float *sx, const float *sw, bf16 *y,
+                                              int M, int I) {
+    int m = blockIdx.y, i4 = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i4 >= I / 4) return;
+    const int32_t *row = acc + (size_t)m * 2 * I;
+    int4 ga = ((const int4 *)row)[i4], ua = ((const int4 *)(row + I))[i4];
+    float4 gw = ((const float4 *)sw)[i4], uw = ((const float4 *)(sw + I))[i4];
+    float s = sx[m];
+    float g[4] = {bf(tobf((float)ga.x * s * gw.x)), bf(tobf((float)ga.y * s * gw.y)), bf(tobf((float)ga.z * s * gw.z)),
+                  bf(tobf((float)ga.w * s * gw.w))};
+    float u[4] = {bf(tobf((float)ua.x * s * uw.x)), bf(tobf((float)ua.y * s * uw.y)), bf(tobf((float)ua.z * s * uw.z)),
+                  bf(tobf((float)ua.w * s * uw.w))};
+    float v[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = bf(tobf(g[k] / (1.f + __expf(-g[k])))) * u[k];
+    __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
+    ((uint2 *)(y + (size_t)m * I))[i4] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -79,3 +79,12 @@ pub fn log_softmax_f32(x: &Tensor) -> Result<Tensor> {
     }
     candle_nn::ops::log_softmax(&x.to_dtype(DType::F32)?, candle_core::D::Minus1)
 }
+
+/// silu(g) · u: one fused kernel on CUDA in bf16, candle's two ops elsewhere.
+pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if g.device().is_cuda() && g.dtype() == DType::BF16 && u.dtype() == DType::BF16 {
+        return attention::silu_mul(g, u);
+    }
+    g.silu()? * u
+}

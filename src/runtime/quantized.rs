@@ -8,7 +8,9 @@ use std::sync::Arc;
 use candle_core::cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use candle_core::cuda::CudaDevice;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor,
+};
 use half::bf16;
 
 use super::kernels::{addr, cuda_err, func, launch, Arg};
@@ -22,7 +24,15 @@ fn ck(e: crate::checkpoint::Error) -> candle_core::Error {
 
 /// y[m, n] = x[m, k] · W[n, k]ᵀ in bf16 with f32 accumulation (cuBLAS), by device address.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_bf16(blas: &CudaBlas, x: u64, w: u64, y: u64, m: usize, n: usize, k: usize) -> Result<()> {
+pub(crate) fn gemm_bf16(
+    blas: &CudaBlas,
+    x: u64,
+    w: u64,
+    y: u64,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
     let (alpha, beta) = (1f32, 0f32);
     // column-major view: yᵀ [n, m] = W [n, k] · xᵀ [k, m]
     unsafe {
@@ -52,7 +62,15 @@ pub(crate) fn gemm_bf16(blas: &CudaBlas, x: u64, w: u64, y: u64, m: usize, n: us
 }
 
 /// acc[m, n] = q[m, k] · W[n, k]ᵀ, int8 in, int32 out (tensor cores; k % 4 == 0).
-fn gemm_int8(blas: &CudaBlas, q: u64, w: u64, acc: u64, m: usize, n: usize, k: usize) -> Result<()> {
+fn gemm_int8(
+    blas: &CudaBlas,
+    q: u64,
+    w: u64,
+    acc: u64,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
     let (alpha, beta) = (1i32, 0i32);
     unsafe {
         blas::gemm_ex(
@@ -95,14 +113,24 @@ pub struct PackedInt4 {
 impl PackedInt4 {
     /// The Linears `prefixes` (stacked along the output dimension, e.g. q/k/v) if every one is
     /// stored pack-quantized; None if none is; an error for a mix or an unsupported layout.
-    pub fn load(ckpt: &Checkpoint, prefixes: &[String], stream: &Arc<CudaStream>) -> Result<Option<Self>> {
-        let packed_names: Vec<String> = prefixes.iter().map(|p| format!("{p}.weight_packed")).collect();
+    pub fn load(
+        ckpt: &Checkpoint,
+        prefixes: &[String],
+        stream: &Arc<CudaStream>,
+    ) -> Result<Option<Self>> {
+        let packed_names: Vec<String> = prefixes
+            .iter()
+            .map(|p| format!("{p}.weight_packed"))
+            .collect();
         let have = packed_names.iter().filter(|n| ckpt.contains(n)).count();
         if have == 0 {
             return Ok(None);
         }
         if have != prefixes.len() {
-            candle_core::bail!("{}: {prefixes:?} mix packed int4 and other storage", ckpt.dir.display());
+            candle_core::bail!(
+                "{}: {prefixes:?} mix packed int4 and other storage",
+                ckpt.dir.display()
+            );
         }
         let (mut packed, mut scales, mut zeros) = (vec![], vec![], vec![]);
         let (mut n, mut k, mut group) = (0, 0, 0);
@@ -111,9 +139,16 @@ impl PackedInt4 {
             if ckpt.contains(&format!("{p}.weight_g_idx")) {
                 candle_core::bail!("{p}: act-order group indices (g_idx) have no packed kernel here; requantize without them");
             }
-            let shape: Vec<i64> = ckpt.raw(&format!("{p}.weight_shape"), &Device::Cpu).map_err(ck)?.to_dtype(DType::I64)?.to_vec1()?;
+            let shape: Vec<i64> = ckpt
+                .raw(&format!("{p}.weight_shape"), &Device::Cpu)
+                .map_err(ck)?
+                .to_dtype(DType::I64)?
+                .to_vec1()?;
             let (o, i) = (shape[0] as usize, shape[1] as usize);
-            let s = ckpt.raw(&format!("{p}.weight_scale"), &Device::Cpu).map_err(ck)?.to_dtype(DType::F32)?;
+            let s = ckpt
+                .raw(&format!("{p}.weight_scale"), &Device::Cpu)
+                .map_err(ck)?
+                .to_dtype(DType::F32)?;
             let (so, ng) = s.dims2()?;
             let g = i / ng.max(1);
             if so != o || g * ng != i || g % 32 != 0 || i % 32 != 0 {
@@ -122,13 +157,26 @@ impl PackedInt4 {
             if k != 0 && (k != i || group != g) {
                 candle_core::bail!("{prefixes:?}: stacked Linears differ in input size or group");
             }
-            let w: Vec<i32> = ckpt.raw(&format!("{p}.weight_packed"), &Device::Cpu).map_err(ck)?.flatten_all()?.to_vec1()?;
+            let w: Vec<i32> = ckpt
+                .raw(&format!("{p}.weight_packed"), &Device::Cpu)
+                .map_err(ck)?
+                .flatten_all()?
+                .to_vec1()?;
             packed.extend(w.into_iter().map(|x| x as u32));
-            scales.extend(s.flatten_all()?.to_vec1::<f32>()?.into_iter().map(bf16::from_f32));
+            scales.extend(
+                s.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .map(bf16::from_f32),
+            );
             let zname = format!("{p}.weight_zero_point");
             let z = if ckpt.contains(&zname) {
                 any_zero = true;
-                let zp: Vec<i32> = ckpt.raw(&zname, &Device::Cpu).map_err(ck)?.flatten_all()?.to_vec1()?;
+                let zp: Vec<i32> = ckpt
+                    .raw(&zname, &Device::Cpu)
+                    .map_err(ck)?
+                    .flatten_all()?
+                    .to_vec1()?;
                 unpack_zero_points(&zp, o, ng)
             } else {
                 vec![0f32; o * ng]
@@ -141,7 +189,11 @@ impl PackedInt4 {
         Ok(Some(Self {
             packed: stream.clone_htod(&packed).map_err(cuda_err)?,
             scales: stream.clone_htod(&scales).map_err(cuda_err)?,
-            zeros: if any_zero { Some(stream.clone_htod(&zeros).map_err(cuda_err)?) } else { None },
+            zeros: if any_zero {
+                Some(stream.clone_htod(&zeros).map_err(cuda_err)?)
+            } else {
+                None
+            },
             n,
             k,
             group,
@@ -150,8 +202,21 @@ impl PackedInt4 {
 
     /// y [rows, n] = x [rows, k] · Wᵀ straight from the packed weights (rows ≤ 64 or so:
     /// the weights are read once per 16 rows).
-    pub(crate) fn gemv(&self, dev: &CudaDevice, stream: &Arc<CudaStream>, x: u64, y: u64, rows: usize) -> Result<()> {
-        let nb = if rows == 1 { 1 } else if rows <= 4 { 4 } else { 16 };
+    pub(crate) fn gemv(
+        &self,
+        dev: &CudaDevice,
+        stream: &Arc<CudaStream>,
+        x: u64,
+        y: u64,
+        rows: usize,
+    ) -> Result<()> {
+        let nb = if rows == 1 {
+            1
+        } else if rows <= 4 {
+            4
+        } else {
+            16
+        };
         let f = func(dev, &format!("gemv_w4_{nb}"))?;
         let z = self.zeros.as_ref().map(|z| addr(z, stream)).unwrap_or(0);
         use Arg::*;
@@ -161,12 +226,27 @@ impl PackedInt4 {
             (self.n.div_ceil(4) as u32, rows.div_ceil(nb) as u32, 1),
             128,
             0,
-            &[P(addr(&self.packed, stream)), P(addr(&self.scales, stream)), P(z), P(x), P(y), I(self.n as i32), I(self.k as i32), I(self.group as i32), I(rows as i32)],
+            &[
+                P(addr(&self.packed, stream)),
+                P(addr(&self.scales, stream)),
+                P(z),
+                P(x),
+                P(y),
+                I(self.n as i32),
+                I(self.k as i32),
+                I(self.group as i32),
+                I(rows as i32),
+            ],
         )
     }
 
     /// Writes the dequantized bf16 weight [n, k] to `w`.
-    pub(crate) fn dequantize_into(&self, dev: &CudaDevice, stream: &Arc<CudaStream>, w: u64) -> Result<()> {
+    pub(crate) fn dequantize_into(
+        &self,
+        dev: &CudaDevice,
+        stream: &Arc<CudaStream>,
+        w: u64,
+    ) -> Result<()> {
         let f = func(dev, "dequant_w4")?;
         let z = self.zeros.as_ref().map(|z| addr(z, stream)).unwrap_or(0);
         let words = self.n * self.k / 8;
@@ -177,7 +257,15 @@ impl PackedInt4 {
             (words.div_ceil(256) as u32, 1, 1),
             256,
             0,
-            &[P(addr(&self.packed, stream)), P(addr(&self.scales, stream)), P(z), P(w), I(self.n as i32), I(self.k as i32), I(self.group as i32)],
+            &[
+                P(addr(&self.packed, stream)),
+                P(addr(&self.scales, stream)),
+                P(z),
+                P(w),
+                I(self.n as i32),
+                I(self.k as i32),
+                I(self.group as i32),
+            ],
         )
     }
 }
@@ -194,17 +282,76 @@ pub struct Int4Linear {
 }
 
 /// A W8A8 Linear: int8 weights [n, k] and per-output-channel scales, activations quantized
-/// per token at run time.
+/// per token at run time. Several Linears of one input can be stacked along n (one activation
+/// quantization, one GEMM); `gated` stacks gate and up and returns silu(gate) · up.
 #[derive(Debug)]
 pub struct Int8Linear {
     w: CudaSlice<u8>,
     scale: CudaSlice<f32>,
     n: usize,
     k: usize,
+    gated: bool,
     dev: CudaDevice,
 }
 
-fn input<'a>(s: &'a CudaStorage, l: &Layout) -> Result<(candle_core::cuda::cudarc::driver::CudaView<'a, bf16>, usize, usize)> {
+impl Int8Linear {
+    /// The int8 Linears `prefixes` stacked along their outputs, or None unless every one is
+    /// stored as int8 with one scale per output channel.
+    fn load(
+        ckpt: &Checkpoint,
+        prefixes: &[String],
+        gated: bool,
+        dev: &CudaDevice,
+    ) -> Result<Option<Self>> {
+        let stream = dev.cuda_stream();
+        let (mut w, mut scale) = (vec![], vec![]);
+        let mut k = 0;
+        for p in prefixes {
+            let wname = format!("{p}.weight");
+            let info = match ckpt.info(&wname) {
+                Ok(i) if i.dtype == safetensors::Dtype::I8 && i.shape.len() == 2 => i,
+                _ => return Ok(None),
+            };
+            let (n_i, k_i) = (info.shape[0], info.shape[1]);
+            if k != 0 && k != k_i {
+                candle_core::bail!("{prefixes:?}: stacked int8 Linears differ in input size");
+            }
+            let s: Vec<f32> = ckpt
+                .raw(&format!("{p}.weight_scale"), &Device::Cpu)
+                .map_err(ck)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            if s.len() != n_i {
+                return Ok(None);
+            }
+            w.extend_from_slice(ckpt.bytes(&wname).map_err(ck)?);
+            scale.extend(s);
+            k = k_i;
+        }
+        let n = scale.len();
+        if k % 8 != 0 || n % 8 != 0 {
+            candle_core::bail!("{prefixes:?}: the int8 kernels need in_features % 8 == 0 and out_features % 8 == 0, got [{n}, {k}]");
+        }
+        Ok(Some(Self {
+            w: stream.clone_htod(&w).map_err(cuda_err)?,
+            scale: stream.clone_htod(&scale).map_err(cuda_err)?,
+            n,
+            k,
+            gated,
+            dev: dev.clone(),
+        }))
+    }
+}
+
+fn input<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> Result<(
+    candle_core::cuda::cudarc::driver::CudaView<'a, bf16>,
+    usize,
+    usize,
+)> {
     let (m, k) = l.shape().dims2()?;
     if !l.is_contiguous() {
         candle_core::bail!("quantized Linear: input must be contiguous");
@@ -235,10 +382,21 @@ impl CustomOp1 for Int4Linear {
             } else {
                 let w = unsafe { dev.alloc::<bf16>(self.w.n * k) }?;
                 self.w.dequantize_into(dev, &stream, addr(&w, &stream))?;
-                gemm_bf16(&dev.cublas_handle(), xp, addr(&w, &stream), yp, m, self.w.n, k)?;
+                gemm_bf16(
+                    &dev.cublas_handle(),
+                    xp,
+                    addr(&w, &stream),
+                    yp,
+                    m,
+                    self.w.n,
+                    k,
+                )?;
             }
         }
-        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, self.w.n))))
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            Shape::from((m, self.w.n)),
+        ))
     }
 }
 
@@ -255,27 +413,63 @@ impl CustomOp1 for Int8Linear {
             candle_core::bail!("w8a8 Linear: input has {k} features, weight {}", self.k);
         }
         let (dev, n) = (&self.dev, self.n);
+        let n_out = if self.gated { n / 2 } else { n };
         let stream = dev.cuda_stream();
         let q = unsafe { dev.alloc::<u8>(m * k) }?;
         let sx = unsafe { dev.alloc::<f32>(m) }?;
         let acc = unsafe { dev.alloc::<i32>(m * n) }?;
-        let y = unsafe { dev.alloc::<bf16>(m * n) }?;
+        let y = unsafe { dev.alloc::<bf16>(m * n_out) }?;
         {
             let (xp, _a) = x.device_ptr(&stream);
-            let (qp, sxp, accp, yp) = (addr(&q, &stream), addr(&sx, &stream), addr(&acc, &stream), addr(&y, &stream));
+            let (qp, sxp, accp, yp) = (
+                addr(&q, &stream),
+                addr(&sx, &stream),
+                addr(&acc, &stream),
+                addr(&y, &stream),
+            );
             use Arg::*;
-            launch(&stream, &func(dev, "quant_rows_int8")?, (m as u32, 1, 1), 256, 0, &[P(xp), P(qp), P(sxp), I(k as i32)])?;
-            gemm_int8(&dev.cublas_handle(), qp, addr(&self.w, &stream), accp, m, n, k)?;
             launch(
                 &stream,
-                &func(dev, "int8_epilogue")?,
-                ((n / 4).div_ceil(256) as u32, m as u32, 1),
+                &func(dev, "quant_rows_int8")?,
+                (m as u32, 1, 1),
                 256,
                 0,
-                &[P(accp), P(sxp), P(addr(&self.scale, &stream)), P(yp), I(m as i32), I(n as i32)],
+                &[P(xp), P(qp), P(sxp), I(k as i32)],
+            )?;
+            gemm_int8(
+                &dev.cublas_handle(),
+                qp,
+                addr(&self.w, &stream),
+                accp,
+                m,
+                n,
+                k,
+            )?;
+            let epilogue = if self.gated {
+                "int8_silu_epilogue"
+            } else {
+                "int8_epilogue"
+            };
+            launch(
+                &stream,
+                &func(dev, epilogue)?,
+                ((n_out / 4).div_ceil(256) as u32, m as u32, 1),
+                256,
+                0,
+                &[
+                    P(accp),
+                    P(sxp),
+                    P(addr(&self.scale, &stream)),
+                    P(yp),
+                    I(m as i32),
+                    I(n_out as i32),
+                ],
             )?;
         }
-        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), Shape::from((m, n))))
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            Shape::from((m, n_out)),
+        ))
     }
 }
 
@@ -294,46 +488,70 @@ impl LinearKernel for Int8Linear {
 /// What [`attach`] did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Attached {
+    /// Linears on the packed int4 kernels
     pub int4: usize,
+    /// Linears on int8 tensor cores (q/k/v and gate/up counted one by one, though stacked)
     pub int8: usize,
 }
 
 /// Makes every Linear of `model` that `ckpt` stores as W4A16 (pack-quantized) or W8A8 (int8
 /// weights with dynamic per-token int8 activations) run on its stored weights through these
-/// kernels. The model must be on CUDA in bf16; other Linears are left as they are.
+/// kernels; int8 q/k/v and gate/up are stacked (one quantization and one GEMM each, the SiLU
+/// gate in gate/up's epilogue). The model must be on CUDA in bf16; other Linears are left as
+/// they are. The kernels hold their own copy of the weights: attach after any edit to them.
 pub fn attach(model: &mut Exaone4, ckpt: &Checkpoint) -> Result<Attached> {
     let dev = match model.device() {
         Device::Cuda(d) => d.clone(),
         _ => candle_core::bail!("quantized kernels need the model on CUDA"),
     };
     if model.dtype() != DType::BF16 {
-        candle_core::bail!("quantized kernels need a bf16 model, got {:?}", model.dtype());
+        candle_core::bail!(
+            "quantized kernels need a bf16 model, got {:?}",
+            model.dtype()
+        );
     }
     let stream = dev.cuda_stream();
     let mut done = Attached::default();
     for (i, layer) in model.layers.iter_mut().enumerate() {
-        for (name, lin) in layer.linears_mut() {
-            let prefix = format!("model.layers.{i}.{name}");
-            if let Some(w) = PackedInt4::load(ckpt, std::slice::from_ref(&prefix), &stream)? {
-                lin.kernel = Some(Arc::new(Int4Linear { w, dev: dev.clone() }));
-                done.int4 += 1;
-                continue;
+        let p = |n: &str| format!("model.layers.{i}.{n}");
+        let dynamic_int8 = layer
+            .linears()
+            .iter()
+            .all(|(_, l)| l.act_quant == Some(ActQuant::Int8PerToken));
+        if dynamic_int8 {
+            let qkv = [
+                p("self_attn.q_proj"),
+                p("self_attn.k_proj"),
+                p("self_attn.v_proj"),
+            ];
+            if let Some(k) = Int8Linear::load(ckpt, &qkv, false, &dev)? {
+                layer.self_attn.fused_qkv = Some(Arc::new(k));
+                done.int8 += 3;
             }
-            let wname = format!("{prefix}.weight");
-            let int8 = ckpt.info(&wname).map(|t| t.dtype == safetensors::Dtype::I8).unwrap_or(false);
-            if int8 && lin.act_quant == Some(ActQuant::Int8PerToken) {
-                let (n, k) = (lin.out_features(), lin.in_features());
-                if k % 8 != 0 || n % 4 != 0 {
-                    candle_core::bail!("{prefix}: the int8 kernels need in_features % 8 == 0 and out_features % 4 == 0, got [{n}, {k}]");
+            if let Some(k) =
+                Int8Linear::load(ckpt, &[p("mlp.gate_proj"), p("mlp.up_proj")], true, &dev)?
+            {
+                layer.mlp.fused_gate_up = Some(Arc::new(k));
+                done.int8 += 2;
+            }
+            for (name, lin) in [
+                ("self_attn.o_proj", &mut layer.self_attn.o_proj),
+                ("mlp.down_proj", &mut layer.mlp.down_proj),
+            ] {
+                if let Some(k) = Int8Linear::load(ckpt, &[p(name)], false, &dev)? {
+                    lin.kernel = Some(Arc::new(k));
+                    done.int8 += 1;
                 }
-                let w = stream.clone_htod(ckpt.bytes(&wname).map_err(ck)?).map_err(cuda_err)?;
-                let s: Vec<f32> = ckpt.raw(&format!("{prefix}.weight_scale"), &Device::Cpu).map_err(ck)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                if s.len() != n {
-                    candle_core::bail!("{prefix}: int8 kernel needs one weight scale per output channel, found {}", s.len());
-                }
-                let scale = stream.clone_htod(&s).map_err(cuda_err)?;
-                lin.kernel = Some(Arc::new(Int8Linear { w, scale, n, k, dev: dev.clone() }));
-                done.int8 += 1;
+            }
+            continue;
+        }
+        for (name, lin) in layer.linears_mut() {
+            if let Some(w) = PackedInt4::load(ckpt, &[p(name)], &stream)? {
+                lin.kernel = Some(Arc::new(Int4Linear {
+                    w,
+                    dev: dev.clone(),
+                }));
+                done.int4 += 1;
             }
         }
     }
@@ -353,7 +571,16 @@ pub fn gemm_timings(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Result<(f
     let sx = stream.alloc_zeros::<f32>(m).map_err(cuda_err)?;
     let sw = stream.alloc_zeros::<f32>(n).map_err(cuda_err)?;
     let acc = stream.alloc_zeros::<i32>(m * n).map_err(cuda_err)?;
-    let (xa, wa, ya, w8a, qa, sxa, swa, acca) = (addr(&x, &stream), addr(&w, &stream), addr(&y, &stream), addr(&w8, &stream), addr(&q, &stream), addr(&sx, &stream), addr(&sw, &stream), addr(&acc, &stream));
+    let (xa, wa, ya, w8a, qa, sxa, swa, acca) = (
+        addr(&x, &stream),
+        addr(&w, &stream),
+        addr(&y, &stream),
+        addr(&w8, &stream),
+        addr(&q, &stream),
+        addr(&sx, &stream),
+        addr(&sw, &stream),
+        addr(&acc, &stream),
+    );
     let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
         let mut v = vec![];
         for i in 0..13 {
@@ -372,9 +599,23 @@ pub fn gemm_timings(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Result<(f
     let i8g = time(&|| gemm_int8(&blas, qa, w8a, acca, m, n, k))?;
     let i8p = time(&|| {
         use Arg::*;
-        launch(&stream, &func(dev, "quant_rows_int8")?, (m as u32, 1, 1), 256, 0, &[P(xa), P(qa), P(sxa), I(k as i32)])?;
+        launch(
+            &stream,
+            &func(dev, "quant_rows_int8")?,
+            (m as u32, 1, 1),
+            256,
+            0,
+            &[P(xa), P(qa), P(sxa), I(k as i32)],
+        )?;
         gemm_int8(&blas, qa, w8a, acca, m, n, k)?;
-        launch(&stream, &func(dev, "int8_epilogue")?, ((n / 4).div_ceil(256) as u32, m as u32, 1), 256, 0, &[P(acca), P(sxa), P(swa), P(ya), I(m as i32), I(n as i32)])
+        launch(
+            &stream,
+            &func(dev, "int8_epilogue")?,
+            ((n / 4).div_ceil(256) as u32, m as u32, 1),
+            256,
+            0,
+            &[P(acca), P(sxa), P(swa), P(ya), I(m as i32), I(n as i32)],
+        )
     })?;
     Ok((bf, i8g, i8p))
 }
