@@ -391,7 +391,8 @@ impl DecodeEngine {
     fn linear1(&self, lin: &Lin, mode: i32, a: u64, b: u64, c: u64, d: u64, y: u64) -> Result<()> {
         use Arg::*;
         let eps = self.cfg.rms_norm_eps as f32;
-        let grid = (lin.n.div_ceil(8) as u32, 1, 1);
+        // 8 warps of two outputs each
+        let grid = (lin.n.div_ceil(16) as u32, 1, 1);
         let smem = (lin.k + 32) * 4;
         match &lin.w {
             Weights::Dense(w) => self.run(

@@ -281,75 +281,106 @@ __device__ void gemv_prologue(float *xs, float *red, int mode, const bf16 *a, co
     __syncthreads();
 }
 
-// y[n] = Σ_k x[k] W[n, k], bf16 W; one warp per output, 8 warps per block. Each lane loads its
-// whole share of the row (K ≤ 4096: up to 16 × 16 bytes) before the prologue, so the weight
-// stream is in flight while the input is being built.
+// y[n] = Σ_k x[k] W[n, k], bf16 W; each warp computes two outputs (each x read from shared
+// memory serves both), 8 warps per block. Each lane loads its share of both rows (up to
+// K = 2048) before the prologue, so the weight stream is in flight while the input is built.
 extern "C" __global__ void gemv1x_bf16(const bf16 *__restrict__ W, int mode, const bf16 *a, const bf16 *b,
                                        const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K) {
     extern __shared__ float xs[];
     float *red = xs + K;
-    constexpr int MAXC = 16;
-    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    constexpr int MAXC = 8;
+    int n0 = 2 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), lane = threadIdx.x & 31;
     const int K8 = K / 8;
-    uint4 wv[MAXC];
-    const uint4 *wr = (const uint4 *)(W + (size_t)min(n, N - 1) * K);
+    const uint4 *w0 = (const uint4 *)(W + (size_t)min(n0, N - 1) * K);
+    const uint4 *w1 = (const uint4 *)(W + (size_t)min(n0 + 1, N - 1) * K);
+    uint4 wa[MAXC], wb[MAXC];
 #pragma unroll
-    for (int u = 0; u < MAXC; u++) wv[u] = lane + 32 * u < K8 ? __ldg(wr + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+    for (int u = 0; u < MAXC; u++) {
+        bool in = lane + 32 * u < K8;
+        wa[u] = in ? __ldg(w0 + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+        wb[u] = in ? __ldg(w1 + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+    }
     gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
-    if (n >= N) return;
-    float acc = 0.f;
+    if (n0 >= N) return;
+    float acc0 = 0.f, acc1 = 0.f;
+    auto dot = [&](uint4 w, float4 x0, float4 x1) {
+        return lo_bf(w.x) * x0.x + hi_bf(w.x) * x0.y + lo_bf(w.y) * x0.z + hi_bf(w.y) * x0.w + lo_bf(w.z) * x1.x +
+               hi_bf(w.z) * x1.y + lo_bf(w.w) * x1.z + hi_bf(w.w) * x1.w;
+    };
 #pragma unroll
     for (int u = 0; u < MAXC; u++) {
         int cc = lane + 32 * u;
         if (cc < K8) {
             float4 x0 = *(const float4 *)(xs + cc * 8), x1 = *(const float4 *)(xs + cc * 8 + 4);
-            acc += lo_bf(wv[u].x) * x0.x + hi_bf(wv[u].x) * x0.y + lo_bf(wv[u].y) * x0.z + hi_bf(wv[u].y) * x0.w +
-                   lo_bf(wv[u].z) * x1.x + hi_bf(wv[u].z) * x1.y + lo_bf(wv[u].w) * x1.z + hi_bf(wv[u].w) * x1.w;
+            acc0 += dot(wa[u], x0, x1);
+            acc1 += dot(wb[u], x0, x1);
         }
     }
-    // rows longer than the prefetch take the rest in a loop
-    for (int cc = lane + 32 * MAXC; cc < K8; cc += 32) {
-        uint4 w = __ldg(wr + cc);
+    for (int cc = lane + 32 * MAXC; cc < K8; cc += 64) {
+        bool second = cc + 32 < K8;
+        uint4 a0 = __ldg(w0 + cc), b0 = __ldg(w1 + cc);
+        uint4 a1 = second ? __ldg(w0 + cc + 32) : make_uint4(0, 0, 0, 0), b1 = second ? __ldg(w1 + cc + 32) : make_uint4(0, 0, 0, 0);
         float4 x0 = *(const float4 *)(xs + cc * 8), x1 = *(const float4 *)(xs + cc * 8 + 4);
-        acc += lo_bf(w.x) * x0.x + hi_bf(w.x) * x0.y + lo_bf(w.y) * x0.z + hi_bf(w.y) * x0.w + lo_bf(w.z) * x1.x +
-               hi_bf(w.z) * x1.y + lo_bf(w.w) * x1.z + hi_bf(w.w) * x1.w;
+        acc0 += dot(a0, x0, x1);
+        acc1 += dot(b0, x0, x1);
+        if (second) {
+            float4 y0 = *(const float4 *)(xs + (cc + 32) * 8), y1 = *(const float4 *)(xs + (cc + 32) * 8 + 4);
+            acc0 += dot(a1, y0, y1);
+            acc1 += dot(b1, y0, y1);
+        }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) y[n] = tobf(acc);
+    acc0 = warp_sum(acc0);
+    acc1 = warp_sum(acc1);
+    if (lane == 0) {
+        y[n0] = tobf(acc0);
+        if (n0 + 1 < N) y[n0 + 1] = tobf(acc1);
+    }
 }
 
 // The same for packed int4 weights: one 32-bit word (8 weights) per lane at a time, so a warp's
-// loads are contiguous and its shared-memory reads of x fall in distinct banks.
+// loads are contiguous and its shared-memory reads of x fall in distinct banks; two rows per
+// warp; `lg` = log2(words per group).
 extern "C" __global__ void gemv1x_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__ S,
                                      const bf16 *__restrict__ Z, int mode, const bf16 *a, const bf16 *b,
-                                     const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K, int G) {
+                                     const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K, int lg) {
     extern __shared__ float xs[];
     float *red = xs + K;
     constexpr int MAXC = 16;
-    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    int nr = min(n, N - 1), ng = K / G, K8 = K / 8;
-    const uint32_t *pr = P + (size_t)nr * K8;
-    uint32_t pw[MAXC];
+    int n0 = 2 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), lane = threadIdx.x & 31;
+    int K8 = K / 8, ng = K8 >> lg;
+    int na = min(n0, N - 1), nb = min(n0 + 1, N - 1);
+    const uint32_t *pa = P + (size_t)na * K8, *pb = P + (size_t)nb * K8;
+    uint32_t wa[MAXC], wb[MAXC];
 #pragma unroll
-    for (int u = 0; u < MAXC; u++) pw[u] = lane + 32 * u < K8 ? __ldg(pr + lane + 32 * u) : 0u;
+    for (int u = 0; u < MAXC; u++) {
+        bool in = lane + 32 * u < K8;
+        wa[u] = in ? __ldg(pa + lane + 32 * u) : 0u;
+        wb[u] = in ? __ldg(pb + lane + 32 * u) : 0u;
+    }
     gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
-    if (n >= N) return;
-    float acc = 0.f;
-    auto word = [&](uint32_t w, int cc) {
-        int g = (cc * 8) / G;
-        float s = bf(S[(size_t)nr * ng + g]);
-        float off = 8388608.f + 8.f + (Z ? bf(Z[(size_t)nr * ng + g]) : 0.f);
+    if (n0 >= N) return;
+    float acc0 = 0.f, acc1 = 0.f;
+    auto word = [&](uint32_t w, uint32_t v, int cc) {
+        int g = cc >> lg;
+        float sa = bf(S[(size_t)na * ng + g]), sb = bf(S[(size_t)nb * ng + g]);
+        float oa = 8388608.f + 8.f + (Z ? bf(Z[(size_t)na * ng + g]) : 0.f);
+        float ob = 8388608.f + 8.f + (Z ? bf(Z[(size_t)nb * ng + g]) : 0.f);
         float4 x0 = *(const float4 *)(xs + cc * 8), x1 = *(const float4 *)(xs + cc * 8 + 4);
-        float part = nib(w, 0, off) * x0.x + nib(w, 1, off) * x0.y + nib(w, 2, off) * x0.z + nib(w, 3, off) * x0.w +
-                     nib(w, 4, off) * x1.x + nib(w, 5, off) * x1.y + nib(w, 6, off) * x1.z + nib(w, 7, off) * x1.w;
-        acc += s * part;
+        acc0 += sa * (nib(w, 0, oa) * x0.x + nib(w, 1, oa) * x0.y + nib(w, 2, oa) * x0.z + nib(w, 3, oa) * x0.w +
+                      nib(w, 4, oa) * x1.x + nib(w, 5, oa) * x1.y + nib(w, 6, oa) * x1.z + nib(w, 7, oa) * x1.w);
+        acc1 += sb * (nib(v, 0, ob) * x0.x + nib(v, 1, ob) * x0.y + nib(v, 2, ob) * x0.z + nib(v, 3, ob) * x0.w +
+                      nib(v, 4, ob) * x1.x + nib(v, 5, ob) * x1.y + nib(v, 6, ob) * x1.z + nib(v, 7, ob) * x1.w);
     };
 #pragma unroll
     for (int u = 0; u < MAXC; u++)
-        if (lane + 32 * u < K8) word(pw[u], lane + 32 * u);
-    for (int cc = lane + 32 * MAXC; cc < K8; cc += 32) word(__ldg(pr + cc), cc);
-    acc = warp_sum(acc);
-    if (lane == 0) y[n] = tobf(acc);
+        if (lane + 32 * u < K8) word(wa[u], wb[u], lane + 32 * u);
+    for (int cc = lane + 32 * MAXC; cc < K8; cc += 32) word(__ldg(pa + cc), __ldg(pb + cc), cc);
+    acc0 = warp_sum(acc0);
+    acc1 = warp_sum(acc1);
+    if (lane == 0) {
+        y[n0] = tobf(acc0);
+        if (n0 + 1 < N) y[n0 + 1] = tobf(acc1);
+    }
 }
 
 // Dequantizes packed int4 weights to bf16 W [N, K] (for many-row products through cuBLAS).

@@ -151,8 +151,8 @@ impl PackedInt4 {
                 .to_dtype(DType::F32)?;
             let (so, ng) = s.dims2()?;
             let g = i / ng.max(1);
-            if so != o || g * ng != i || g % 32 != 0 || i % 32 != 0 {
-                candle_core::bail!("{p}: int4 layout [{o}, {i}] with {ng} groups is not supported by the packed kernel (needs group % 32 == 0)");
+            if so != o || g * ng != i || g % 32 != 0 || !g.is_power_of_two() || i % 32 != 0 {
+                candle_core::bail!("{p}: int4 layout [{o}, {i}] with {ng} groups is not supported by the packed kernels (they need a power-of-two group of at least 32)");
             }
             if k != 0 && (k != i || group != g) {
                 candle_core::bail!("{prefixes:?}: stacked Linears differ in input size or group");
