@@ -433,7 +433,7 @@ impl DecodeEngine {
                         P(y),
                         I(lin.n as i32),
                         I(lin.k as i32),
-                        I(p.group as i32),
+                        I((p.group / 8).trailing_zeros() as i32),
                     ],
                 )
             }
