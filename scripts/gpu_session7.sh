@@ -13,7 +13,7 @@ if [ -z "${SKIP_SMOKE:-}" ]; then
   done
   run .gpu/bench_runtime --model data/default-model --w4a16 /tmp/d-w4a16 --w8a8 /tmp/d-w8a8 --device cuda \
     --prefill 1x64,2x300 --decode-batches 1,3 --new-tokens 12 --warmup 1 --repeats 2 --out /tmp/smoke 2>&1 | tail -30
-  cp /tmp/smoke/README.md "$OUT/smoke.md" 2>/dev/null
+  cp /tmp/smoke/README.md "$OUT/smoke.md" 2>/dev/null; cp /tmp/hf_bench.json "$OUT/" 2>/dev/null
 fi
 [ -n "${SMOKE_ONLY:-}" ] && exit 0
 python3 scripts/random_12b.py /tmp/exaone12-random
@@ -24,3 +24,4 @@ python3 scripts/hf_bench.py /tmp/exaone12-random /tmp/hf_bench.json 2>&1 | grep 
 run .gpu/bench_runtime --model /tmp/exaone12-random --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r-w8a8 --device cuda \
   --hf-json /tmp/hf_bench.json --device-name "$NAME" --out "$OUT/bench" \
   --command "bash scripts/gpu_session7.sh (bench_runtime --model random-1.2B --w4a16 RTN --w8a8 RTN --device cuda)" "$@" 2>&1 | tail -45
+cp /tmp/hf_bench.json "$OUT/bench/" 2>/dev/null
