@@ -142,6 +142,7 @@ fn bench_candle(
     let device = model.device().clone();
     let vocab = model.config.vocab_size;
     let p = json!({});
+    exaone_compress::runtime::trim_freed_memory(&device)?;
     if let Some(m) = mem {
         m.take();
     }
@@ -230,7 +231,7 @@ fn bench_candle(
     Ok(())
 }
 
-/// Greedy decode on the engine, eager and graph-replayed; returns weight bytes per step.
+/// Greedy decode on the engine, eager and graph-replayed, and the weight bytes it reads per step.
 #[cfg(feature = "cuda")]
 fn bench_engine(
     a: &Args,
@@ -238,16 +239,14 @@ fn bench_engine(
     variant: &str,
     dir: &Path,
     mem: &Option<MemPeak>,
-) -> Result<u64> {
+) -> Result<()> {
     use exaone_compress::runtime::engine::DecodeEngine;
     let ckpt = exaone_compress::Checkpoint::open(dir)?;
     let vocab = ckpt.config.vocab_size;
-    let mut bytes = 0;
     for &b in &a.decode_batches {
         let t0 = Instant::now();
         let mut e = DecodeEngine::load(&ckpt, 0, b, a.prompt_len + a.new_tokens + 1)?;
         let load_s = t0.elapsed().as_secs_f64();
-        bytes = e.info.weight_bytes_per_step;
         let prompts: Vec<Vec<u32>> = (0..b)
             .map(|r| {
                 (0..a.prompt_len)
@@ -317,6 +316,15 @@ fn bench_engine(
             None,
             "s",
         );
+        r.add(
+            variant,
+            "engine",
+            &json!({"weights": e.info.weights, "batch": b}),
+            &format!("weight_bytes_per_step_b{b}"),
+            e.info.weight_bytes_per_step as f64,
+            None,
+            "bytes",
+        );
         if b == 1 {
             e.prefill(&prompts)?;
             for (what, ms, n) in e.profile_step()? {
@@ -332,7 +340,7 @@ fn bench_engine(
             }
         }
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Device-to-device copy bandwidth between two pre-allocated 1 GiB buffers (read + write
@@ -583,14 +591,14 @@ fn main() -> Result<()> {
             }
         }
     }
-    #[allow(unused_mut)]
-    let mut bytes: Vec<(&str, u64)> = vec![];
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
         use exaone_compress::runtime::quantized::attach;
-        bytes.push(("bf16", bench_engine(&a, &mut r, "engine-bf16", &dir, &mem)?));
+        exaone_compress::runtime::trim_freed_memory(&device)?;
+        bench_engine(&a, &mut r, "engine-bf16", &dir, &mem)?;
         if let Some(w4) = &a.w4a16 {
-            bytes.push(("W4A16", bench_engine(&a, &mut r, "engine-w4a16", w4, &mem)?));
+            exaone_compress::runtime::trim_freed_memory(&device)?;
+            bench_engine(&a, &mut r, "engine-w4a16", w4, &mem)?;
             let ckpt = exaone_compress::Checkpoint::open(w4)?;
             let mut m = Exaone4::load(&ckpt, dtype, &device)?;
             attach(&mut m, &ckpt)?;
@@ -656,7 +664,7 @@ fn main() -> Result<()> {
         .command
         .clone()
         .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
-    exaone_compress::report::runtime::write(&r, &a.out, &command, &checks, &bytes, bw)?;
+    exaone_compress::report::runtime::write(&r, &a.out, &command)?;
     let failed: Vec<_> = checks
         .iter()
         .filter(|c| !c.passes())

@@ -2,14 +2,17 @@
 
 use candle_core::{DType, Device};
 
-/// `cpu`, `cuda` or `cuda:N`.
+/// `cpu`, `cuda` or `cuda:N`. A CUDA device keeps freed memory pooled for reuse
+/// (`runtime::keep_freed_memory`).
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::new_cuda(0)?),
-        s if s.starts_with("cuda:") => Ok(Device::new_cuda(s[5..].parse()?)?),
+    let d = match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        s if s.starts_with("cuda:") => Device::new_cuda(s[5..].parse()?)?,
         other => anyhow::bail!("unknown device {other:?} (expected cpu, cuda or cuda:N)"),
-    }
+    };
+    crate::runtime::keep_freed_memory(&d)?;
+    Ok(d)
 }
 
 /// `f32`, `bf16`, `f16`; `auto` is f32 on the CPU (the exact path) and bf16 on a GPU.

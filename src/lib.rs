@@ -1,7 +1,8 @@
 //! exaone-compress: compress EXAONE 4 checkpoints and judge the result.
 //!
 //! The pipeline, one module per stage: [`model`] (EXAONE 4 on candle) → [`checkpoint`] (HF
-//! directories in and out) → compression → evaluation → results and reports.
+//! directories in and out) → compression → evaluation → results and reports; [`runtime`] is
+//! the CUDA serving path that evaluation times compressed models on.
 
 pub mod checkpoint;
 pub mod compress;

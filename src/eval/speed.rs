@@ -94,3 +94,50 @@ pub fn measure(
         prefill_tokens_per_s: Timing::from(pre),
     })
 }
+
+/// Speed as a written checkpoint would run, where the CUDA runtime can run it: the candle forward
+/// with the compressed Linears on their kernels (W4A16 packed int4, W8A8 int8; prefill and the
+/// fallback decode), and decode on the runtime's engine with CUDA-graph replay where it runs the
+/// checkpoint (bf16, W4A16). Returns the speed and whether the engine decoded; None off CUDA,
+/// where the caller times the in-memory model.
+pub fn measure_checkpoint(
+    dir: &std::path::Path,
+    device: &candle_core::Device,
+    prompt_len: usize,
+    new_tokens: usize,
+    warmup: usize,
+    repeats: usize,
+) -> crate::checkpoint::Result<Option<(Speed, bool)>> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() {
+        use crate::runtime::engine::DecodeEngine;
+        let ckpt = crate::Checkpoint::open(dir)?;
+        let mut model = Exaone4::load(&ckpt, candle_core::DType::BF16, device)?;
+        crate::runtime::quantized::attach(&mut model, &ckpt)?;
+        let mut s = measure(&model, prompt_len, new_tokens, warmup, repeats)?;
+        drop(model);
+        let engine = DecodeEngine::load(&ckpt, gpu_id, 1, prompt_len + new_tokens + 1);
+        let Ok(mut e) = engine else {
+            return Ok(Some((s, false)));
+        };
+        let prompt: Vec<u32> = (0..prompt_len)
+            .map(|i| (4 + (i * 7919) % (ckpt.config.vocab_size - 4)) as u32)
+            .collect();
+        let mut dec = vec![];
+        for run in 0..warmup + repeats.max(1) {
+            e.prefill(std::slice::from_ref(&prompt))?;
+            e.synchronize()?;
+            let t0 = Instant::now();
+            for _ in 0..new_tokens {
+                e.step(true)?;
+            }
+            if run >= warmup {
+                dec.push(t0.elapsed().as_secs_f64() / new_tokens.max(1) as f64);
+            }
+        }
+        s.decode_s_per_token = Timing::from(dec);
+        return Ok(Some((s, true)));
+    }
+    let _ = (dir, device, prompt_len, new_tokens, warmup, repeats);
+    Ok(None)
+}

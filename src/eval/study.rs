@@ -201,6 +201,7 @@ impl Study {
             &model,
             super::suite::dir_bytes(dir),
             wb,
+            Some(dir),
         )?;
         Ok(())
     }

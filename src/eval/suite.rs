@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use super::{divergence, measure_speed, multiple_choice, perplexity, McItem};
+use super::{
+    divergence, measure_checkpoint_speed, measure_speed, multiple_choice, perplexity, McItem,
+};
 use crate::data::TokenStream;
 use crate::model::{Exaone4, Tokenizer};
 use crate::record::Results;
@@ -169,6 +171,7 @@ impl Suite {
             model,
             dir_bytes(&out),
             wb,
+            Some(&out),
         )?;
         if save.remove_after {
             std::fs::remove_dir_all(&out).map_err(|source| crate::checkpoint::Error::Io {
@@ -214,6 +217,7 @@ impl Suite {
         model: &Exaone4,
         size_bytes: u64,
         weight_bytes: f64,
+        checkpoint: Option<&std::path::Path>,
     ) -> crate::checkpoint::Result<()> {
         let add = |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| {
             r.add(variant, method, params, m, v, s, u)
@@ -284,13 +288,38 @@ impl Suite {
             add(results, "legacy_empty_answers", empty, None, "");
         }
         if self.speed_repeats > 0 {
-            let s = measure_speed(
-                model,
-                self.speed_prompt,
-                self.speed_new_tokens,
-                self.speed_warmup,
-                self.speed_repeats,
-            )?;
+            // on CUDA a written checkpoint is timed as it runs (compressed kernels, the decode
+            // engine); elsewhere the in-memory model
+            let runtime = match checkpoint {
+                Some(dir) => measure_checkpoint_speed(
+                    dir,
+                    model.device(),
+                    self.speed_prompt,
+                    self.speed_new_tokens,
+                    self.speed_warmup,
+                    self.speed_repeats,
+                )?,
+                None => None,
+            };
+            let s = match runtime {
+                Some((s, engine)) => {
+                    add(
+                        results,
+                        "decode_on_engine",
+                        engine as u8 as f64,
+                        None,
+                        "bool",
+                    );
+                    s
+                }
+                None => measure_speed(
+                    model,
+                    self.speed_prompt,
+                    self.speed_new_tokens,
+                    self.speed_warmup,
+                    self.speed_repeats,
+                )?,
+            };
             let t = &s.decode_s_per_token;
             add(
                 results,

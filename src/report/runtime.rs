@@ -57,14 +57,87 @@ fn bar(md: &mut String, what: &str, ours: Option<f64>, reference: Option<f64>, g
     }
 }
 
-pub fn write(
-    r: &Results,
-    out: &Path,
-    command: &str,
-    checks: &[Check],
-    bytes: &[(&str, u64)],
-    copy_gb_s: f64,
-) -> anyhow::Result<()> {
+/// The numerical checks recorded in `r` (variant `checks`, metrics `kernel_rel_err: …`).
+pub fn checks(r: &Results) -> Vec<Check> {
+    r.rows
+        .iter()
+        .filter(|x| x.variant == "checks")
+        .filter_map(|x| x.metric.strip_prefix("kernel_rel_err: "))
+        .map(|what| Check {
+            what: what.to_string(),
+            kernel_err: r
+                .get("checks", &format!("kernel_rel_err: {what}"))
+                .unwrap_or(f64::NAN),
+            bf16_err: r
+                .get("checks", &format!("bf16_rel_err: {what}"))
+                .unwrap_or(f64::NAN),
+            top1: r
+                .get("checks", &format!("top1: {what}"))
+                .unwrap_or(f64::NAN),
+        })
+        .collect()
+}
+
+/// Writes the report (README.md, prefill.png, decode.png) for the results of a runtime benchmark.
+pub fn write(r: &Results, out: &Path, command: &str) -> anyhow::Result<()> {
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("chart: {e}");
+    let (pre, dec) = chart_values(r);
+    if !pre.is_empty() {
+        let title = "Prefill + log-softmax (thousand tokens/s, ± half spread)";
+        hbars(&out.join("prefill.png"), title, "k tokens/s", &pre).map_err(err)?;
+    }
+    if !dec.is_empty() {
+        let title = "Greedy decode (tokens/s over all rows, ± half spread)";
+        hbars(&out.join("decode.png"), title, "tokens/s", &dec).map_err(err)?;
+    }
+    std::fs::write(out.join("README.md"), markdown(r, command))?;
+    Ok(())
+}
+
+type Bars = Vec<(String, f64, Option<f64>)>;
+
+/// Prefill (k tokens/s) and decode (tokens/s) bars of the variants in the table.
+fn chart_values(r: &Results) -> (Bars, Bars) {
+    let mut pre = vec![];
+    let mut dec = vec![];
+    for row in r
+        .rows
+        .iter()
+        .filter(|x| VARIANTS.iter().any(|(v, _)| *v == x.variant))
+    {
+        let s = row.spread;
+        if let Some(pt) = row.metric.strip_prefix("prefill_tok_s_") {
+            pre.push((
+                format!("{pt} · {}", row.variant),
+                row.value / 1e3,
+                s.map(|s| s / 2e3),
+            ));
+        } else if let Some(b) = row.metric.strip_prefix("decode_ms_b") {
+            let b: f64 = b.parse().unwrap_or(1.0);
+            let tps = b * 1e3 / row.value;
+            dec.push((
+                format!("batch {b} · {}", row.variant),
+                tps,
+                s.map(|s| tps * s / row.value / 2.0),
+            ));
+        }
+    }
+    (pre, dec)
+}
+
+/// The report's markdown, from the results alone (the charts are drawn by [`write`]).
+pub fn markdown(r: &Results, command: &str) -> String {
+    let checks = checks(r);
+    let copy_gb_s = r.get("device", "copy_gb_s").unwrap_or(f64::NAN);
+    let bytes: Vec<(&str, u64)> = [("engine-bf16", "bf16"), ("engine-w4a16", "W4A16")]
+        .into_iter()
+        .filter_map(|(v, label)| {
+            r.rows
+                .iter()
+                .find(|x| x.variant == v && x.metric.starts_with("weight_bytes_per_step"))
+                .map(|x| (label, x.value as u64))
+        })
+        .collect();
     let present: Vec<(&str, &str)> = VARIANTS
         .iter()
         .copied()
@@ -113,12 +186,13 @@ pub fn write(
 
     md += "\n## The speed goals\n\n| goal | measured | bar | verdict |\n|---|---|---|---|\n";
     let inv = |v: &str, m: &str| r.get(v, m).map(|x| 1.0 / x);
+    // the last prefill point measured (the largest, in bench_runtime's order)
     let big = r
         .rows
         .iter()
-        .filter(|x| x.variant == "candle-bf16" && x.metric.starts_with("prefill_tok_s_"))
-        .map(|x| x.metric.clone())
-        .last();
+        .rev()
+        .find(|x| x.variant == "candle-bf16" && x.metric.starts_with("prefill_tok_s_"))
+        .map(|x| x.metric.clone());
     if let Some(pm) = &big {
         let pt = pm.trim_start_matches("prefill_tok_s_");
         bar(
@@ -229,7 +303,7 @@ pub fn write(
         "At batch 1 a decode step streams every weight once, so time/step ≳ weight bytes ÷ memory bandwidth. Measured device-to-device copy bandwidth here: **{copy_gb_s:.0} GB/s** (read + write). The L4 that the competition uses has {L4_GB_S:.0} GB/s (datasheet).\n"
     );
     md += "| weights | GB read / step | ceiling here (steps/s) | measured b1 (steps/s) | share of ceiling | ceiling on an L4 (steps/s) |\n|---|---|---|---|---|---|\n";
-    for (label, b) in bytes {
+    for (label, b) in &bytes {
         let gb = *b as f64 / 1e9;
         let v = if *label == "bf16" {
             "engine-bf16"
@@ -259,7 +333,7 @@ pub fn write(
 
     if !checks.is_empty() {
         md += "\n## Numerical checks (kernels vs the f32 reference on the same weights)\n\nRelative L2 error of the output; the tolerance is twice the error of the plain bf16 reference path (floor 1e-3). Top-1: rows whose argmax matches the f32 reference.\n\n| check | kernel | bf16 reference | top-1 | verdict |\n|---|---|---|---|---|\n";
-        for c in checks {
+        for c in &checks {
             let _ = writeln!(
                 md,
                 "| {} | {:.2e} | {:.2e} | {:.3} | {} |",
@@ -279,51 +353,12 @@ pub fn write(
         }
     }
 
-    let mut pre = vec![];
-    let mut dec = vec![];
-    for row in r
-        .rows
-        .iter()
-        .filter(|x| present.iter().any(|(v, _)| *v == x.variant))
-    {
-        let s = row.spread;
-        if let Some(pt) = row.metric.strip_prefix("prefill_tok_s_") {
-            pre.push((
-                format!("{pt} · {}", row.variant),
-                row.value / 1e3,
-                s.map(|s| s / 2e3),
-            ));
-        } else if let Some(b) = row.metric.strip_prefix("decode_ms_b") {
-            let b: f64 = b.parse().unwrap_or(1.0);
-            let tps = b * 1e3 / row.value;
-            dec.push((
-                format!("batch {b} · {}", row.variant),
-                tps,
-                s.map(|s| tps * s / row.value / 2.0),
-            ));
-        }
-    }
-    let err = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("chart: {e}");
+    let (pre, dec) = chart_values(r);
     if !pre.is_empty() {
-        hbars(
-            &out.join("prefill.png"),
-            "Prefill + log-softmax (thousand tokens/s, ± half spread)",
-            "k tokens/s",
-            &pre,
-        )
-        .map_err(err)?;
         md += "\n![prefill](prefill.png)\n";
     }
     if !dec.is_empty() {
-        hbars(
-            &out.join("decode.png"),
-            "Greedy decode (tokens/s over all rows, ± half spread)",
-            "tokens/s",
-            &dec,
-        )
-        .map_err(err)?;
         md += "\n![decode](decode.png)\n";
     }
-    std::fs::write(out.join("README.md"), md)?;
-    Ok(())
+    md
 }

@@ -180,7 +180,9 @@ impl DecodeEngine {
         let (hd, h) = (cfg.head_dim, cfg.hidden_size);
         if !(hd == 64 || hd == 128)
             || h % 8 != 0
-            || cfg.num_attention_heads % cfg.num_key_value_heads != 0
+            || !cfg
+                .num_attention_heads
+                .is_multiple_of(cfg.num_key_value_heads)
         {
             candle_core::bail!("the decode engine needs head_dim 64 or 128 and hidden % 8 == 0");
         }

@@ -88,3 +88,55 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     }
     g.silu()? * u
 }
+
+/// Keeps device memory that is freed in CUDA's stream-ordered pool (where candle allocates)
+/// instead of returning it to the driver at every synchronisation, the pool's default. As with
+/// PyTorch's caching allocator, a forward that allocates gigabytes of temporaries (logits,
+/// int32 GEMM results) then reuses them rather than mapping them anew each time. No-op off CUDA.
+pub fn keep_freed_memory(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        use candle_core::cuda::cudarc::driver::sys;
+        let ctx = d.cuda_stream().context().clone();
+        ctx.bind_to_thread().map_err(kernels::cuda_err)?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let mut threshold = u64::MAX;
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+                .result()
+                .map_err(kernels::cuda_err)?;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
+            .result()
+            .map_err(kernels::cuda_err)?;
+        }
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// Returns the memory pooled by [`keep_freed_memory`] to the driver (after a synchronisation),
+/// e.g. so that a peak-memory figure measures one phase rather than what earlier ones left.
+pub fn trim_freed_memory(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        use candle_core::cuda::cudarc::driver::sys;
+        device.synchronize()?;
+        let ctx = d.cuda_stream().context().clone();
+        ctx.bind_to_thread().map_err(kernels::cuda_err)?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+                .result()
+                .map_err(kernels::cuda_err)?;
+            sys::cuMemPoolTrimTo(pool, 0)
+                .result()
+                .map_err(kernels::cuda_err)?;
+        }
+    }
+    let _ = device;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The serving runtime's CPU-visible parts: the fused ops fall back to candle's on the CPU, the
+//! model's hooks for stacked kernels (q/k/v in one, gate/up returning the gated activation) give
+//! the same forward as the separate Linears, and the runtime report (its speed verdicts and
+//! numerical-check table) is pinned by a snapshot. The CUDA kernels themselves are checked on
+//! the GPU by `bench_runtime` (runtime::check), which fails when one is off.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use exaone_compress::model::layers::LinearKernel;
+use exaone_compress::record::Results;
+use exaone_compress::runtime;
+use exaone_compress::{default_model_dir, Exaone4};
+use serde_json::json;
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn fused_ops_fall_back_to_candle_on_the_cpu() {
+    let dev = Device::Cpu;
+    assert!(!runtime::fused_attention_available(&dev, DType::BF16, 64));
+    let q = Tensor::randn(0f32, 1.0, (1, 4, 3, 64), &dev).unwrap();
+    let kv = Tensor::randn(0f32, 1.0, (1, 1, 3, 64), &dev).unwrap();
+    assert!(runtime::fused_attention(&q, &kv, &kv).unwrap().is_none());
+    let g = Tensor::randn(0f32, 2.0, (5, 7), &dev).unwrap();
+    let u = Tensor::randn(0f32, 2.0, (5, 7), &dev).unwrap();
+    let want = (g.silu().unwrap() * &u).unwrap();
+    assert_eq!(
+        max_abs_diff(&runtime::silu_mul(&g, &u).unwrap(), &want),
+        0.0
+    );
+    let want = candle_nn::ops::log_softmax(&g, D::Minus1).unwrap();
+    let got = runtime::log_softmax_f32(&g).unwrap();
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+    // log-probabilities of the model are the log-softmax of its logits
+    let m = Exaone4::from_dir(&default_model_dir(), DType::F32, &dev).unwrap();
+    let ids = Tensor::new(&[[5u32, 17, 300, 42]], &dev).unwrap();
+    let h = m.forward_hidden(&ids, None).unwrap();
+    let lp = m.log_probs(&h).unwrap();
+    let want = candle_nn::ops::log_softmax(&m.logits(&h).unwrap(), D::Minus1).unwrap();
+    assert!(max_abs_diff(&lp, &want) < 1e-5);
+}
+
+/// `x Wᵀ` for a stack of weights [Σ out, in]; `gated` returns silu(first half) · second half,
+/// as the int8 gate/up kernel does.
+#[derive(Debug)]
+struct Stacked {
+    w: Tensor,
+    gated: bool,
+}
+
+impl LinearKernel for Stacked {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.w.t()?)?;
+        if !self.gated {
+            return Ok(y);
+        }
+        let n = y.dim(1)? / 2;
+        y.narrow(1, 0, n)?.silu()? * y.narrow(1, n, n)?
+    }
+}
+
+#[test]
+fn stacked_kernels_give_the_separate_linears_forward() {
+    let dev = Device::Cpu;
+    let base = Exaone4::from_dir(&default_model_dir(), DType::F32, &dev).unwrap();
+    let ids = Tensor::new(&[[5u32, 17, 300, 42, 9, 1000], [7, 8, 9, 10, 11, 12]], &dev).unwrap();
+    let want = base.forward(&ids, None).unwrap();
+    let mut m = base.share();
+    for l in m.layers.iter_mut() {
+        let a = &mut l.self_attn;
+        let qkv = Tensor::cat(&[&a.q_proj.weight, &a.k_proj.weight, &a.v_proj.weight], 0).unwrap();
+        a.fused_qkv = Some(Arc::new(Stacked {
+            w: qkv,
+            gated: false,
+        }));
+        // the separate Linears must not be used any more: poison them
+        for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj] {
+            lin.weight = (lin.weight.zeros_like().unwrap() + f64::NAN).unwrap();
+        }
+        let mlp = &mut l.mlp;
+        let gu = Tensor::cat(&[&mlp.gate_proj.weight, &mlp.up_proj.weight], 0).unwrap();
+        mlp.fused_gate_up = Some(Arc::new(Stacked { w: gu, gated: true }));
+        mlp.gate_proj.weight = (mlp.gate_proj.weight.zeros_like().unwrap() + f64::NAN).unwrap();
+        // a per-Linear kernel replaces x Wᵀ
+        let o = a.o_proj.weight.clone();
+        a.o_proj.kernel = Some(Arc::new(Stacked { w: o, gated: false }));
+        a.o_proj.weight = (a.o_proj.weight.zeros_like().unwrap() + f64::NAN).unwrap();
+    }
+    let got = m.forward(&ids, None).unwrap();
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 1e-4, "max |Δlogit| = {d}");
+    // and the kernel hook is what a Linear's forward runs
+    let x = Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (2, 4), &dev).unwrap();
+    let mut lin = exaone_compress::model::Linear::new(w.zeros_like().unwrap());
+    lin.kernel = Some(Arc::new(Stacked {
+        w: w.clone(),
+        gated: false,
+    }));
+    let d = max_abs_diff(
+        &lin.forward(&x).unwrap(),
+        &x.matmul(&w.t().unwrap()).unwrap(),
+    );
+    assert_eq!(d, 0.0);
+}
+
+/// A runtime benchmark's results as bench_runtime records them (values made up, shapes real).
+fn results() -> Results {
+    let mut r = Results::new("bench_runtime", "GPU X (BF16)", "/tmp/model");
+    r.commit = "abc1234".into();
+    r.timestamp = "2026-01-01T00:00:00Z".into();
+    let p = json!({});
+    let mut add = |v: &str, m: &str, x: f64, s: Option<f64>, u: &str| r.add(v, "m", &p, m, x, s, u);
+    add(
+        "hf",
+        "prefill_tok_s_8x2048",
+        100_000.0,
+        Some(700.0),
+        "tokens/s",
+    );
+    add("hf", "decode_ms_b1", 30.0, Some(3.0), "ms/step");
+    add("candle-bf16", "load_s", 0.9, Some(0.02), "s");
+    add(
+        "candle-bf16",
+        "prefill_tok_s_8x2048",
+        110_000.0,
+        Some(600.0),
+        "tokens/s",
+    );
+    add("candle-bf16", "decode_ms_b1", 6.0, Some(0.6), "ms/step");
+    add("engine-bf16", "decode_ms_b1", 2.0, Some(0.002), "ms/step");
+    add(
+        "engine-bf16",
+        "weight_bytes_per_step_b1",
+        2.559e9,
+        None,
+        "bytes",
+    );
+    add("engine-bf16", "profile_ms: qkv GEMV", 0.3, None, "ms");
+    add("engine-w4a16", "decode_ms_b1", 1.25, Some(0.002), "ms/step");
+    add(
+        "engine-w4a16",
+        "weight_bytes_per_step_b1",
+        0.971e9,
+        None,
+        "bytes",
+    );
+    add("engine-w4a16", "profile_ms: qkv GEMV", 0.2, None, "ms");
+    add(
+        "candle-w8a8-int8",
+        "prefill_tok_s_8x2048",
+        105_000.0,
+        Some(500.0),
+        "tokens/s",
+    );
+    add(
+        "candle-bf16",
+        "breakdown_ms 8x2048: layers",
+        128.0,
+        Some(0.2),
+        "ms",
+    );
+    add("device", "copy_gb_s", 3000.0, None, "GB/s");
+    for (what, k, b) in [
+        ("flash attention t=1 L=77 d=64", 2e-3, 3e-3),
+        ("engine (W4A16)", 9e-2, 2e-2),
+    ] {
+        add("checks", &format!("kernel_rel_err: {what}"), k, None, "");
+        add("checks", &format!("bf16_rel_err: {what}"), b, None, "");
+        add("checks", &format!("top1: {what}"), 1.0, None, "");
+    }
+    add("checks", "graph_equals_eager", 1.0, None, "bool");
+    r
+}
+
+#[test]
+fn runtime_report_verdicts_and_checks() {
+    let r = results();
+    let md = exaone_compress::report::runtime::markdown(&r, "bench_runtime --device cuda");
+    // the verdicts follow the bars: prefill 1.1× HF (≥ 1 met), decode 15× HF (≥ 5 met),
+    // W4A16 1.6× bf16 (≥ 1.5 met), W8A8 0.95× bf16 (missed by 5%)
+    assert!(
+        md.contains("| prefill 8x2048: ours bf16 ÷ HF | 1.10× | ≥ 1× | met |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| decode batch 1: HF ms ÷ ours (engine bf16, graph) | 15.00× | ≥ 5× | met |")
+    );
+    assert!(md.contains("(engine, graph) | 1.60× | ≥ 1.5× | met |"));
+    assert!(md.contains("| prefill 8x2048: W8A8 int8 ÷ our bf16 | 0.95× | ≥ 1× | missed by 5% |"));
+    // a kernel beyond twice the bf16 reference's error fails, visibly
+    let checks = exaone_compress::report::runtime::checks(&r);
+    assert_eq!(checks.len(), 2);
+    assert!(checks[0].passes() && !checks[1].passes());
+    assert!(md.contains("| engine (W4A16) | 9.00e-2 | 2.00e-2 | 1.000 | FAIL |"));
+    insta::assert_snapshot!(md);
+}
