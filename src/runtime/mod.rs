@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Result, Tensor};
 mod kernels;
 
 #[cfg(feature = "cuda")]
-mod attention;
+mod ops;
 #[cfg(feature = "cuda")]
 pub mod check;
 #[cfg(feature = "cuda")]
@@ -61,7 +61,7 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tens
     }
     #[cfg(feature = "cuda")]
     {
-        attention::flash(q, k, v, true).map(Some)
+        ops::flash(q, k, v, true).map(Some)
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -75,7 +75,7 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tens
 pub fn log_softmax_f32(x: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F32) {
-        return attention::log_softmax(x);
+        return ops::log_softmax(x);
     }
     candle_nn::ops::log_softmax(&x.to_dtype(DType::F32)?, candle_core::D::Minus1)
 }
@@ -84,7 +84,7 @@ pub fn log_softmax_f32(x: &Tensor) -> Result<Tensor> {
 pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if g.device().is_cuda() && g.dtype() == DType::BF16 && u.dtype() == DType::BF16 {
-        return attention::silu_mul(g, u);
+        return ops::silu_mul(g, u);
     }
     g.silu()? * u
 }

@@ -1,4 +1,5 @@
-//! Flash attention as a candle op (forward only: training keeps the differentiable path).
+//! Candle ops on the runtime's kernels, forward only (training keeps the differentiable path):
+//! flash attention, a one-pass log-softmax, SiLU · mul.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::DevicePtr;
