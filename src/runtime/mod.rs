@@ -18,11 +18,11 @@ use candle_core::{DType, Device, Result, Tensor};
 mod kernels;
 
 #[cfg(feature = "cuda")]
-mod ops;
-#[cfg(feature = "cuda")]
 pub mod check;
 #[cfg(feature = "cuda")]
 pub mod engine;
+#[cfg(feature = "cuda")]
+mod ops;
 #[cfg(feature = "cuda")]
 pub mod quantized;
 
