@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use exaone_compress::eval::study::{Study, StudyArgs};
+use exaone_compress::study::{Study, StudyArgs};
 
 #[derive(Parser)]
 struct Args {

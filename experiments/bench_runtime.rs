@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
 use clap::Parser;
-use exaone_compress::device::{parse_device, parse_dtype};
+use exaone_compress::device::parse_dtype;
 use exaone_compress::eval::Timing;
 use exaone_compress::record::Results;
 use exaone_compress::{default_model_dir, Exaone4};
@@ -506,7 +506,7 @@ fn prefill_breakdown(
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let device = parse_device(&a.device)?;
+    let device = exaone_compress::runtime::open_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
     let name = if a.device_name.is_empty() {
@@ -567,7 +567,7 @@ fn main() -> Result<()> {
     let p = json!({});
     let loads = timed_n(0, 3, || {
         let t0 = Instant::now();
-        let m = Exaone4::from_dir(&dir, dtype, &device)?;
+        let m = exaone_compress::runtime::load_model(&dir, dtype, &device)?;
         device.synchronize()?;
         drop(m);
         Ok(t0.elapsed().as_secs_f64())
@@ -582,7 +582,7 @@ fn main() -> Result<()> {
         "s",
     );
     {
-        let model = Exaone4::from_dir(&dir, dtype, &device)?;
+        let model = exaone_compress::runtime::load_model(&dir, dtype, &device)?;
         bench_candle(&a, &mut r, "candle-bf16", &model, &mem, true)?;
         #[cfg(feature = "cuda")]
         if device.is_cuda() {
@@ -600,13 +600,13 @@ fn main() -> Result<()> {
             exaone_compress::runtime::trim_freed_memory(&device)?;
             bench_engine(&a, &mut r, "engine-w4a16", w4, &mem)?;
             let ckpt = exaone_compress::Checkpoint::open(w4)?;
-            let mut m = Exaone4::load(&ckpt, dtype, &device)?;
+            let mut m = exaone_compress::runtime::load_checkpoint(&ckpt, dtype, &device)?;
             attach(&mut m, &ckpt)?;
             bench_candle(&a, &mut r, "candle-w4a16", &m, &mem, false)?;
         }
         if let Some(w8) = &a.w8a8 {
             let ckpt = exaone_compress::Checkpoint::open(w8)?;
-            let mut m = Exaone4::load(&ckpt, dtype, &device)?;
+            let mut m = exaone_compress::runtime::load_checkpoint(&ckpt, dtype, &device)?;
             let n = attach(&mut m, &ckpt)?;
             eprintln!("W8A8: {} Linears on int8 tensor cores", n.int8);
             bench_candle(&a, &mut r, "candle-w8a8-int8", &m, &mem, false)?;

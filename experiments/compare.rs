@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use exaone_compress::eval::study::{Study, StudyArgs};
+use exaone_compress::study::{Study, StudyArgs};
 
 #[derive(Parser)]
 struct Args {

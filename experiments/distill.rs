@@ -13,7 +13,7 @@ use exaone_compress::compress::distill::{
     distill, reference_lm_head_step, DistillConfig, ParamGroup,
 };
 use exaone_compress::compress::prune::{drop_one_kl, lowest};
-use exaone_compress::eval::study::{Study, StudyArgs};
+use exaone_compress::study::{Study, StudyArgs};
 use exaone_compress::train::TrainConfig;
 use serde_json::json;
 

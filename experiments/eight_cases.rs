@@ -13,7 +13,7 @@ use exaone_compress::compress::quant::apply::{
     quantize_awq, quantize_gptq, quantize_rtn, QuantizedModel,
 };
 use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme};
-use exaone_compress::eval::study::{Study, StudyArgs};
+use exaone_compress::study::{Study, StudyArgs};
 use exaone_compress::train::TrainConfig;
 use exaone_compress::Exaone4;
 use serde_json::json;

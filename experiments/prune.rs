@@ -8,7 +8,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use clap::Parser;
 use exaone_compress::compress::prune::{block_influence, choose, drop_one_kl, lowest, DropRule};
-use exaone_compress::eval::study::{Study, StudyArgs};
+use exaone_compress::study::{Study, StudyArgs};
 use serde_json::json;
 
 #[derive(Parser)]

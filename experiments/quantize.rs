@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use exaone_compress::compress::quant::apply::{quantize_awq, quantize_gptq, quantize_rtn};
 use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme};
-use exaone_compress::eval::study::{Study, StudyArgs};
+use exaone_compress::study::{Study, StudyArgs};
 use serde_json::json;
 
 #[derive(Parser)]

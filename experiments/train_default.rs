@@ -16,7 +16,6 @@ use exaone_compress::checkpoint::{save_model, WriteOptions};
 use exaone_compress::data::{
     build_default_corpus, data_dir, read_documents, rng, split_path, TokenStream,
 };
-use exaone_compress::device::parse_device;
 use exaone_compress::eval::{perplexity, unigram_perplexity};
 use exaone_compress::model::init::random_model;
 use exaone_compress::model::tokenizer::{apply_chat_template, train_bpe};
@@ -106,7 +105,7 @@ fn main() -> Result<()> {
     if a.no_train {
         return Ok(());
     }
-    let device = parse_device(&a.device)?;
+    let device = exaone_compress::runtime::open_device(&a.device)?;
     let tok = Tokenizer::from_dir(&a.out)?;
     let eos = tok
         .token_id("[|endofturn|]")
@@ -202,7 +201,7 @@ fn main() -> Result<()> {
     std::fs::remove_dir_all(&old)?;
 
     // evaluate what was written (bf16 weights), in f32
-    let shipped = exaone_compress::Exaone4::from_dir(&a.out, DType::F32, &device)?;
+    let shipped = exaone_compress::checkpoint::load_model(&a.out, DType::F32, &device)?;
     let ppl_val = perplexity(&shipped, &val_s, 512, 256, 8, None)?;
     println!("validation perplexity {:.3}", ppl_val.ppl);
     let ppl_test = perplexity(&shipped, &test_s, 512, 256, 8, None)?;

@@ -100,7 +100,7 @@ impl TokenStream {
         tok: &Tokenizer,
         lines: &[String],
         sep: Option<u32>,
-    ) -> crate::checkpoint::Result<Self> {
+    ) -> crate::Result<Self> {
         let mut ids = vec![];
         let mut bytes = 0;
         for l in lines {
@@ -283,10 +283,10 @@ pub fn build_default_corpus(corpora: &Path, out: &Path) -> std::io::Result<Corpu
 pub fn default_splits(
     tok: &Tokenizer,
     eos: Option<u32>,
-) -> crate::checkpoint::Result<(TokenStream, TokenStream, TokenStream)> {
-    let load = |s: &str| -> crate::checkpoint::Result<TokenStream> {
+) -> crate::Result<(TokenStream, TokenStream, TokenStream)> {
+    let load = |s: &str| -> crate::Result<TokenStream> {
         let path = split_path(s);
-        let docs = read_documents(&path).map_err(|e| crate::checkpoint::Error::io(&path, e))?;
+        let docs = read_documents(&path).map_err(|e| crate::Error::io(&path, e))?;
         TokenStream::from_lines(tok, &docs, eos)
     };
     Ok((load("train")?, load("val")?, load("test")?))

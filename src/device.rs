@@ -2,21 +2,29 @@
 
 use candle_core::{DType, Device};
 
-/// `cpu`, `cuda` or `cuda:N`. A CUDA device keeps freed memory pooled for reuse
-/// (`runtime::keep_freed_memory`).
-pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    let d = match s {
+use crate::error::{Error, Result};
+
+/// `cpu`, `cuda` or `cuda:N`. (`runtime::open_device` also sets up the CUDA memory pool.)
+pub fn parse_device(s: &str) -> Result<Device> {
+    Ok(match s {
         "cpu" => Device::Cpu,
         "cuda" => Device::new_cuda(0)?,
-        s if s.starts_with("cuda:") => Device::new_cuda(s[5..].parse()?)?,
-        other => anyhow::bail!("unknown device {other:?} (expected cpu, cuda or cuda:N)"),
-    };
-    crate::runtime::keep_freed_memory(&d)?;
-    Ok(d)
+        s if s.starts_with("cuda:") => {
+            let n = s[5..]
+                .parse()
+                .map_err(|_| Error::Flag(format!("--device {s:?}: N in cuda:N must be a number")))?;
+            Device::new_cuda(n)?
+        }
+        other => {
+            return Err(Error::Flag(format!(
+                "unknown device {other:?} (expected cpu, cuda or cuda:N)"
+            )))
+        }
+    })
 }
 
 /// `f32`, `bf16`, `f16`; `auto` is f32 on the CPU (the exact path) and bf16 on a GPU.
-pub fn parse_dtype(s: &str, device: &Device) -> anyhow::Result<DType> {
+pub fn parse_dtype(s: &str, device: &Device) -> Result<DType> {
     Ok(match s {
         "auto" => {
             if device.is_cpu() {
@@ -28,6 +36,10 @@ pub fn parse_dtype(s: &str, device: &Device) -> anyhow::Result<DType> {
         "f32" | "float32" => DType::F32,
         "bf16" | "bfloat16" => DType::BF16,
         "f16" | "float16" => DType::F16,
-        other => anyhow::bail!("unknown dtype {other:?} (expected auto, f32, bf16 or f16)"),
+        other => {
+            return Err(Error::Flag(format!(
+                "unknown dtype {other:?} (expected auto, f32, bf16 or f16)"
+            )))
+        }
     })
 }

@@ -8,14 +8,17 @@ pub mod checkpoint;
 pub mod compress;
 pub mod data;
 pub mod device;
+pub mod error;
 pub mod eval;
 pub mod model;
 pub mod record;
 pub mod report;
 pub mod runtime;
+pub mod study;
 pub mod train;
 
 pub use checkpoint::Checkpoint;
+pub use error::{Error, Result};
 pub use model::{Exaone4, Exaone4Config};
 
 /// The default model shipped in `data/default-model` (used when no `--model` is given).

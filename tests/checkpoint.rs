@@ -214,7 +214,7 @@ fn drop_and_replace(dir: &std::path::Path, out: &std::path::Path) {
 fn missing_and_misshapen_tensors_are_named() {
     let tmp = copy_fixture("full_tied");
     rewrite_without(tmp.path(), "model.layers.1.mlp.up_proj.weight", None);
-    let e = Exaone4::from_dir(tmp.path(), DType::F32, &Device::Cpu)
+    let e = exaone_compress::checkpoint::load_model(tmp.path(), DType::F32, &Device::Cpu)
         .err()
         .unwrap();
     assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
@@ -229,7 +229,7 @@ fn missing_and_misshapen_tensors_are_named() {
         "",
         Some(("model.layers.2.self_attn.k_proj.weight", vec![16, 128])),
     );
-    let e = Exaone4::from_dir(tmp.path(), DType::F32, &Device::Cpu)
+    let e = exaone_compress::checkpoint::load_model(tmp.path(), DType::F32, &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -243,7 +243,7 @@ fn missing_and_misshapen_tensors_are_named() {
     // untied without lm_head
     let tmp = copy_fixture("hybrid_untied");
     rewrite_without(tmp.path(), "lm_head.weight", None);
-    let e = Exaone4::from_dir(tmp.path(), DType::F32, &Device::Cpu)
+    let e = exaone_compress::checkpoint::load_model(tmp.path(), DType::F32, &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -258,7 +258,7 @@ fn config_and_weights_that_disagree_on_depth_are_refused() {
     v["num_hidden_layers"] = json!(2);
     v["layer_types"] = json!(["full_attention", "full_attention"]);
     std::fs::write(&p, v.to_string()).unwrap();
-    let e = Exaone4::from_dir(tmp.path(), DType::F32, &Device::Cpu)
+    let e = exaone_compress::checkpoint::load_model(tmp.path(), DType::F32, &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -287,7 +287,7 @@ fn tied_checkpoint_with_an_lm_head_in_the_file_uses_the_embedding() {
     );
     let out = tmp.path().join("with_head");
     write_model_dir(&out, &ck.config, None, &ts, &WriteOptions::default()).unwrap();
-    let m = Exaone4::from_dir(&out, DType::F32, &Device::Cpu).unwrap();
+    let m = exaone_compress::checkpoint::load_model(&out, DType::F32, &Device::Cpu).unwrap();
     let r = reference("full_tied");
     let ids = Tensor::from_vec(r.input_ids.clone(), (1, r.input_ids.len()), &Device::Cpu).unwrap();
     assert!(
@@ -300,7 +300,7 @@ fn tied_checkpoint_with_an_lm_head_in_the_file_uses_the_embedding() {
 
 #[test]
 fn written_checkpoints_reload_to_the_same_logits_sharded_or_not() {
-    let m = Exaone4::from_dir(&fixture("hybrid_untied"), DType::F32, &Device::Cpu).unwrap();
+    let m = exaone_compress::checkpoint::load_model(&fixture("hybrid_untied"), DType::F32, &Device::Cpu).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let r = reference("hybrid_untied");
     let ids = Tensor::from_vec(r.input_ids.clone(), (1, r.input_ids.len()), &Device::Cpu).unwrap();
@@ -317,7 +317,7 @@ fn written_checkpoints_reload_to_the_same_logits_sharded_or_not() {
             sub == "sharded"
         );
         assert!(out.join("generation_config.json").exists());
-        let back = Exaone4::from_dir(&out, DType::F32, &Device::Cpu).unwrap();
+        let back = exaone_compress::checkpoint::load_model(&out, DType::F32, &Device::Cpu).unwrap();
         let e = rel_err(
             &back.forward(&ids, None).unwrap().squeeze(0).unwrap(),
             &r.logits,
@@ -345,7 +345,7 @@ fn written_checkpoints_reload_to_the_same_logits_sharded_or_not() {
 
 #[test]
 fn writer_never_clobbers_or_leaves_partial_output() {
-    let m = Exaone4::from_dir(&fixture("full_tied"), DType::F32, &Device::Cpu).unwrap();
+    let m = exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::F32, &Device::Cpu).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model");
     std::fs::create_dir(&out).unwrap();

@@ -6,12 +6,12 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{copy_fixture, fixture, reference, rel_err};
 use exaone_compress::checkpoint::compressed_tensors::{
-    dequantize_checkpoint, pack_int4, pack_zero_points, save_quantized, unpack_int4,
+    dequantize_checkpoint, pack_int4, pack_zero_points, unpack_int4,
     unpack_zero_points,
 };
 use exaone_compress::checkpoint::{package, save_model, WriteOptions};
 use exaone_compress::compress::prune::{choose, uniform, DropRule};
-use exaone_compress::compress::quant::apply::quantize_rtn;
+use exaone_compress::compress::quant::apply::{quantize_rtn, save_quantized};
 use exaone_compress::compress::quant::{qparams, Scheme};
 use exaone_compress::model::ActQuant;
 use exaone_compress::{Checkpoint, Exaone4};
@@ -77,7 +77,7 @@ fn tokenizer_files(dir: &std::path::Path) {
 
 #[test]
 fn quantized_checkpoints_reload_to_the_model_that_wrote_them() {
-    let base = Exaone4::from_dir(&fixture("full_tied"), DType::F32, &Device::Cpu).unwrap();
+    let base = exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::F32, &Device::Cpu).unwrap();
     let r = reference("full_tied");
     let tmp = tempfile::tempdir().unwrap();
     let mut errs = std::collections::BTreeMap::new();
@@ -95,7 +95,7 @@ fn quantized_checkpoints_reload_to_the_model_that_wrote_them() {
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
         assert_eq!(cfg["quantization_config"]["format"], scheme.format());
-        let back = Exaone4::load(&ck, DType::F32, &Device::Cpu).unwrap();
+        let back = ck.load_model(DType::F32, &Device::Cpu).unwrap();
         let want_act = match scheme.format() {
             "int-quantized" => Some(ActQuant::Int8PerToken),
             "float-quantized" => Some(ActQuant::Fp8PerToken),
@@ -124,7 +124,7 @@ fn quantized_checkpoints_reload_to_the_model_that_wrote_them() {
         // dequant writes the same weights densely
         let dense = tmp.path().join(format!("{}-dense", scheme.name()));
         dequantize_checkpoint(&ck, &dense, &WriteOptions::default()).unwrap();
-        let d = Exaone4::from_dir(&dense, DType::F32, &Device::Cpu).unwrap();
+        let d = exaone_compress::checkpoint::load_model(&dense, DType::F32, &Device::Cpu).unwrap();
         assert!(Checkpoint::open(&dense)
             .unwrap()
             .quant_info()
@@ -156,7 +156,7 @@ fn quantized_checkpoints_reload_to_the_model_that_wrote_them() {
 
 #[test]
 fn dropped_layers_are_renumbered_and_reload() {
-    let base = Exaone4::from_dir(&fixture("hybrid_untied"), DType::F32, &Device::Cpu).unwrap();
+    let base = exaone_compress::checkpoint::load_model(&fixture("hybrid_untied"), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(uniform(30, 1), vec![15], "the reference pipeline's choice");
     let drop = choose(&base, &DropRule::Explicit(vec![1]), None).unwrap();
     let kept: Vec<usize> = (0..4).filter(|i| !drop.contains(i)).collect();
@@ -180,7 +180,7 @@ fn dropped_layers_are_renumbered_and_reload() {
         ck.names().all(|n| !n.starts_with("model.layers.3.")),
         "no stray layer 3"
     );
-    let back = Exaone4::load(&ck, DType::F32, &Device::Cpu).unwrap();
+    let back = ck.load_model(DType::F32, &Device::Cpu).unwrap();
     let ids = reference("hybrid_untied").input_ids;
     assert!(rel_err(&logits(&back, &ids), &logits(&small, &ids)) < 1e-6);
     // the sliding/full pattern follows the kept layers

@@ -49,7 +49,7 @@ fn tokenizer_and_chat_template_agree_with_hf() {
 
 #[test]
 fn logits_and_greedy_agree_with_hf() {
-    let m = Exaone4::from_dir(&default_model_dir(), DType::F32, &Device::Cpu).unwrap();
+    let m = exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &Device::Cpu).unwrap();
     let r = hf();
     let x = ids(&r["encodings"][0]["ids"]);
     let t = Tensor::from_vec(x.clone(), (1, x.len()), &Device::Cpu).unwrap();

@@ -13,7 +13,7 @@ const FIXTURES: &[&str] = &["full_tied", "hybrid_untied", "full_tied_bf16_sharde
 const TOL: f32 = 1e-4;
 
 fn load(name: &str) -> Exaone4 {
-    Exaone4::from_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap()
+    exaone_compress::checkpoint::load_model(&fixture(name), DType::F32, &Device::Cpu).unwrap()
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn left_padded_batch_equals_rows_generated_alone() {
 #[test]
 fn bf16_compute_stays_close_to_f32() {
     let r = reference("full_tied");
-    let m = Exaone4::from_dir(&fixture("full_tied"), DType::BF16, &Device::Cpu).unwrap();
+    let m = exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::BF16, &Device::Cpu).unwrap();
     let n = r.input_ids.len();
     let ids = Tensor::from_vec(r.input_ids.clone(), (1, n), &Device::Cpu).unwrap();
     let ours = m.forward(&ids, None).unwrap().squeeze(0).unwrap();

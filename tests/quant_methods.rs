@@ -15,7 +15,7 @@ use exaone_compress::{default_model_dir, Exaone4};
 #[test]
 fn gptq_and_awq_beat_rtn_on_the_default_model() {
     let dir = default_model_dir();
-    let base = Exaone4::from_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let base = exaone_compress::checkpoint::load_model(&dir, DType::F32, &Device::Cpu).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let (train, val, _) = default_splits(&tok, tok.token_id("[|endofturn|]")).unwrap();
     let calib = samples(&train, 16, 256, 0).unwrap();

@@ -7,7 +7,7 @@ use exaone_compress::compress::calibration::samples;
 use exaone_compress::compress::quant::apply::quantize_rtn;
 use exaone_compress::compress::quant::Scheme;
 use exaone_compress::data::{read_documents, split_path, TokenStream};
-use exaone_compress::eval::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
+use exaone_compress::study::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 use exaone_compress::eval::tasks::load_kmmlu;
 use exaone_compress::model::Tokenizer;
 use exaone_compress::record::Results;
@@ -18,7 +18,7 @@ use serde_json::json;
 #[test]
 fn mini_study_report_snapshot() {
     let dir = default_model_dir();
-    let base = Exaone4::from_dir(&dir, DType::F32, &Device::Cpu).unwrap();
+    let base = exaone_compress::checkpoint::load_model(&dir, DType::F32, &Device::Cpu).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let eos = tok.token_id("[|endofturn|]").unwrap();
     let stream = |s: &str| {

@@ -44,7 +44,7 @@ fn fused_ops_fall_back_to_candle_on_the_cpu() {
     let got = runtime::log_softmax_f32(&g).unwrap();
     assert_eq!(max_abs_diff(&got, &want), 0.0);
     // log-probabilities of the model are the log-softmax of its logits
-    let m = Exaone4::from_dir(&default_model_dir(), DType::F32, &dev).unwrap();
+    let m = exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
     let ids = Tensor::new(&[[5u32, 17, 300, 42]], &dev).unwrap();
     let h = m.forward_hidden(&ids, None).unwrap();
     let lp = m.log_probs(&h).unwrap();
@@ -74,7 +74,7 @@ impl LinearKernel for Stacked {
 #[test]
 fn stacked_kernels_give_the_separate_linears_forward() {
     let dev = Device::Cpu;
-    let base = Exaone4::from_dir(&default_model_dir(), DType::F32, &dev).unwrap();
+    let base = exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
     let ids = Tensor::new(&[[5u32, 17, 300, 42, 9, 1000], [7, 8, 9, 10, 11, 12]], &dev).unwrap();
     let want = base.forward(&ids, None).unwrap();
     let mut m = base.share();

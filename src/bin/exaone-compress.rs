@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Parser, Subcommand};
-use exaone_compress::device::{parse_device, parse_dtype};
+use exaone_compress::device::parse_dtype;
 use exaone_compress::model::generate::generate_timed;
 use exaone_compress::model::tokenizer::apply_chat_template;
 use exaone_compress::model::{ChatMessage, GenerateOptions, Sampling, Tokenizer};
@@ -193,7 +193,7 @@ fn main() -> Result<()> {
             dtype,
         } => {
             let dir = m.dir();
-            let device = parse_device(&m.device)?;
+            let device = exaone_compress::runtime::open_device(&m.device)?;
             let dtype = parse_dtype(&dtype, &device)?;
             let tok = if dir.join("tokenizer.json").exists() {
                 Some(Tokenizer::from_dir(&dir)?)
@@ -225,7 +225,7 @@ fn main() -> Result<()> {
             };
             let t_load = Instant::now();
             let ckpt = Checkpoint::open(&dir)?;
-            let model = Exaone4::load(&ckpt, dtype, &device)?;
+            let model = exaone_compress::runtime::load_checkpoint(&ckpt, dtype, &device)?;
             let load_secs = t_load.elapsed().as_secs_f64();
             let gen_cfg = exaone_compress::model::generate::GenerationConfig::from_dir(&dir);
             let sampling = if greedy {
@@ -277,9 +277,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Logits { m, ids, out, dtype } => {
-            let device = parse_device(&m.device)?;
+            let device = exaone_compress::runtime::open_device(&m.device)?;
             let dtype = parse_dtype(&dtype, &device)?;
-            let model = Exaone4::from_dir(&m.dir(), dtype, &device)?;
+            let model = exaone_compress::runtime::load_model(&m.dir(), dtype, &device)?;
             let n = ids.len();
             let input = Tensor::from_vec(ids, (1, n), &device)?;
             let logits = model
@@ -383,9 +383,9 @@ fn quantize(
         apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme,
     };
     let dir = m.dir();
-    let device = parse_device(&m.device)?;
+    let device = exaone_compress::runtime::open_device(&m.device)?;
     let dtype = parse_dtype("auto", &device)?;
-    let base = Exaone4::from_dir(&dir, dtype, &device)?;
+    let base = exaone_compress::runtime::load_model(&dir, dtype, &device)?;
     let mut s = match scheme {
         "w4a16" => Scheme::w4a16(group, true),
         "w4a16-asym" => Scheme::w4a16(group, false),
@@ -435,7 +435,7 @@ fn quantize(
         overwrite,
         ..Default::default()
     };
-    exaone_compress::checkpoint::compressed_tensors::save_quantized(&q, out, &opts)?;
+    exaone_compress::compress::quant::apply::save_quantized(&q, out, &opts)?;
     eprintln!(
         "{method} {} of {} Linears in {secs:.2} s; wrote {}",
         s.name(),
@@ -454,8 +454,8 @@ fn prune(
 ) -> Result<()> {
     use exaone_compress::compress::prune::{choose, DropRule};
     let dir = m.dir();
-    let device = parse_device(&m.device)?;
-    let base = Exaone4::from_dir(&dir, parse_dtype("auto", &device)?, &device)?;
+    let device = exaone_compress::runtime::open_device(&m.device)?;
+    let base = exaone_compress::runtime::load_model(&dir, parse_dtype("auto", &device)?, &device)?;
     let rule = match (drop, rule) {
         (Some(d), None) => DropRule::Explicit(d),
         (None, Some(r)) => {

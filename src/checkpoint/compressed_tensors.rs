@@ -8,8 +8,10 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::Dtype;
 use serde_json::Value;
 
-use super::{Error, RawTensor, Result};
-use crate::compress::quant::{dequantize, NumType, QLinear, Scheme, Strategy};
+use super::RawTensor;
+use crate::error::{Error, Result};
+use super::qlinear::{dequantize, QLinear};
+use super::scheme::{NumType, Scheme, Strategy};
 
 /// Packs int4 values (in −8..=7) of a [rows, cols] matrix: `q + 8` as nibbles, column
 /// `8j + i` in bits `4i..4i+4` of word `j`, rows padded with zero nibbles to a multiple of 8.
@@ -214,7 +216,7 @@ pub fn quant_info(config_raw: &serde_json::Map<String, Value>) -> Result<Option<
 }
 
 fn parse_group(g: &Value) -> Result<Scheme> {
-    use crate::compress::quant::{ActOrder, ActivationScheme, WeightScheme};
+    use super::scheme::{ActOrder, ActivationScheme, WeightScheme};
     let w = g
         .get("weights")
         .ok_or_else(|| Error::config("quantization_config.config_groups.weights", "missing"))?;
@@ -357,33 +359,6 @@ pub fn dequantize_linear(
     }
     let _ = Device::Cpu;
     Ok(Some(w))
-}
-
-/// Writes a quantized model as a compressed-tensors checkpoint: quantized Linears in the
-/// scheme's format, everything else bf16, `quantization_config` in config.json.
-pub fn save_quantized(
-    qm: &crate::compress::quant::apply::QuantizedModel,
-    out: &std::path::Path,
-    opts: &super::WriteOptions,
-) -> Result<()> {
-    let mut tensors = BTreeMap::new();
-    for (name, t) in qm.model.named_tensors() {
-        let prefix = name.strip_suffix(".weight").unwrap_or(&name);
-        if let Some(ql) = qm.linears.get(prefix) {
-            tensors.extend(linear_tensors(prefix, ql, &qm.scheme));
-        } else {
-            tensors.insert(
-                name.clone(),
-                RawTensor::from_tensor(&t.to_dtype(DType::BF16)?)?,
-            );
-        }
-    }
-    let mut cfg = qm.model.config.clone();
-    cfg.raw.remove("torch_dtype");
-    cfg.raw.insert("dtype".into(), "bfloat16".into());
-    let mut v = cfg.to_value();
-    v["quantization_config"] = qm.scheme.quantization_config(&qm.ignore);
-    super::write_model_dir(out, &cfg, Some(v), &tensors, opts)
 }
 
 /// Writes the dense bf16 equivalent of a (possibly compressed) checkpoint: every quantized

@@ -2,89 +2,20 @@
 //! writing them back atomically, and the compressed-tensors format.
 
 pub mod compressed_tensors;
+mod load;
 pub mod package;
+pub mod qlinear;
+pub mod scheme;
 mod reader;
 mod writer;
 
+pub use load::load_model;
 pub use reader::{Checkpoint, TensorInfo};
 pub use writer::{write_model_dir, RawTensor, WriteOptions, SIDE_FILES};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Everything that can go wrong reading or writing a checkpoint. Each variant names the file,
-/// field or tensor at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{file}config field `{field}`: {msg}")]
-    Config {
-        field: String,
-        msg: String,
-        file: String,
-    },
-    #[error("{path}: not a readable safetensors file ({msg}); is it truncated?")]
-    Safetensors { path: PathBuf, msg: String },
-    #[error("tensor `{name}` is missing from {dir}")]
-    MissingTensor { name: String, dir: PathBuf },
-    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
-    #[error("tensor `{name}`: unsupported dtype {dtype}")]
-    Dtype { name: String, dtype: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
-
-impl Error {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-    pub fn json(path: &Path, source: serde_json::Error) -> Self {
-        Error::Json {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-    pub fn config(field: &str, msg: impl Into<String>) -> Self {
-        Error::Config {
-            field: field.to_string(),
-            msg: msg.into(),
-            file: String::new(),
-        }
-    }
-    /// Attaches the file a config error came from.
-    pub fn in_file(self, path: &Path) -> Self {
-        match self {
-            Error::Config { field, msg, .. } => Error::Config {
-                field,
-                msg,
-                file: format!("{}: ", path.display()),
-            },
-            e => e,
-        }
-    }
-}
+use crate::error::Result;
 
 /// Saves a model's weights (in `dtype`, or as they are) and config as an HF model directory.
 pub fn save_model(

@@ -9,7 +9,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{Checkpoint, Error, Result};
+use super::Checkpoint;
+use crate::error::{Error, Result};
 
 const TOP_KEYS: &[&str] = &[
     "config_groups",

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use super::{Error, Result};
+use crate::error::{Error, Result};
 use crate::model::Exaone4Config;
 
 /// Where one tensor lives and what it is.

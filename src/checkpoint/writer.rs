@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 use safetensors::{Dtype, View};
 use serde_json::{json, Value};
 
-use super::{Error, Result};
+use crate::error::{Error, Result};
 use crate::model::Exaone4Config;
 
 /// Files of a model directory that are not weights and are carried over unchanged.

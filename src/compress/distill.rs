@@ -2,7 +2,7 @@
 //! temperature) on calibration text to heal a pruned or quantized student, training only the
 //! parameter groups asked for; and the reference pipeline's lm_head-only step, reproduced.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::data::{rng, TokenStream};
 use crate::model::{generate, Exaone4, GenerateOptions};
@@ -51,6 +51,24 @@ pub fn untie(model: &mut Exaone4) -> Result<()> {
         model.config.tie_word_embeddings = false;
     }
     Ok(())
+}
+
+/// Per-position KL(p ‖ q) [rows] and top-1 agreement [rows] for logits [rows, vocab].
+pub fn kl_rows(base_logits: &Tensor, logits: &Tensor) -> Result<(Vec<f32>, Vec<bool>)> {
+    let lp = candle_nn::ops::log_softmax(base_logits, D::Minus1)?;
+    let lq = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let kl = (lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?;
+    let a = base_logits.argmax(D::Minus1)?;
+    let b = logits.argmax(D::Minus1)?;
+    let same = a.eq(&b)?.to_dtype(DType::U8)?;
+    let kl = kl.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+    let same = same
+        .to_device(&Device::Cpu)?
+        .to_vec1::<u8>()?
+        .into_iter()
+        .map(|x| x == 1)
+        .collect();
+    Ok((kl, same))
 }
 
 /// T² · mean over positions of KL(softmax(t/T) ‖ softmax(s/T)).

@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use crate::eval::divergence;
+use crate::compress::distill::kl_rows;
 use crate::model::Exaone4;
 
 /// How to choose the layers to drop.
@@ -63,9 +63,28 @@ pub fn drop_one_kl(model: &Exaone4, sequences: &[Vec<u32>], batch: usize) -> Res
     for i in 0..n {
         let kept: Vec<usize> = (0..n).filter(|&j| j != i).collect();
         let student = model.with_layers(&kept)?;
-        out.push(divergence(model, &student, sequences, batch, None)?.kl_mean);
+        out.push(mean_kl(model, &student, sequences, batch)?);
     }
     Ok(out)
+}
+
+/// Mean over every position of KL(teacher ‖ student) on `sequences` (each the same length).
+fn mean_kl(teacher: &Exaone4, student: &Exaone4, sequences: &[Vec<u32>], batch: usize) -> Result<f64> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for group in sequences.chunks(batch.max(1)) {
+        let t = group[0].len();
+        let flat: Vec<u32> = group.iter().flat_map(|s| s.iter().copied()).collect();
+        let x = Tensor::from_vec(flat, (group.len(), t), teacher.device())?;
+        let p = teacher.forward(&x, None)?.reshape((group.len() * t, ()))?;
+        let q = student.forward(&x, None)?.reshape((group.len() * t, ()))?;
+        let (kl, _) = kl_rows(&p, &q)?;
+        // one running sum in position order, as `eval::divergence` takes its mean
+        for v in &kl {
+            sum += *v as f64;
+        }
+        n += kl.len();
+    }
+    Ok((sum / n.max(1) as f64).max(0.0))
 }
 
 /// Resolves a rule to layer indices (sorted, unique), checking them.

@@ -2,9 +2,10 @@
 //! per token (mean, 99th percentile) and top-1 agreement, streamed batch by batch so no logits
 //! are kept.
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use indicatif::ProgressBar;
 
+pub use crate::compress::distill::kl_rows;
 use crate::model::Exaone4;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -16,24 +17,6 @@ pub struct Divergence {
     pub kl_p99: f64,
     /// fraction of positions where both models' argmax agree
     pub top1: f64,
-}
-
-/// Per-position KL(p ‖ q) [rows] and top-1 agreement [rows] for logits [rows, vocab].
-pub fn kl_rows(base_logits: &Tensor, logits: &Tensor) -> Result<(Vec<f32>, Vec<bool>)> {
-    let lp = candle_nn::ops::log_softmax(base_logits, D::Minus1)?;
-    let lq = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let kl = (lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?;
-    let a = base_logits.argmax(D::Minus1)?;
-    let b = logits.argmax(D::Minus1)?;
-    let same = a.eq(&b)?.to_dtype(candle_core::DType::U8)?;
-    let kl = kl.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-    let same = same
-        .to_device(&Device::Cpu)?
-        .to_vec1::<u8>()?
-        .into_iter()
-        .map(|x| x == 1)
-        .collect();
-    Ok((kl, same))
 }
 
 /// KL of `model` from `base` over `sequences` (each the same length), `batch` at a time.

@@ -3,8 +3,6 @@
 pub mod divergence;
 pub mod perplexity;
 pub mod speed;
-pub mod study;
-pub mod suite;
 pub mod tasks;
 
 pub use divergence::{divergence, Divergence};

@@ -107,12 +107,12 @@ pub fn measure_checkpoint(
     new_tokens: usize,
     warmup: usize,
     repeats: usize,
-) -> crate::checkpoint::Result<Option<(Speed, bool)>> {
+) -> crate::Result<Option<(Speed, bool)>> {
     #[cfg(feature = "cuda")]
     if let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() {
         use crate::runtime::engine::DecodeEngine;
         let ckpt = crate::Checkpoint::open(dir)?;
-        let mut model = Exaone4::load(&ckpt, candle_core::DType::BF16, device)?;
+        let mut model = crate::runtime::load_checkpoint(&ckpt, candle_core::DType::BF16, device)?;
         crate::runtime::quantized::attach(&mut model, &ckpt)?;
         let mut s = measure(&model, prompt_len, new_tokens, warmup, repeats)?;
         drop(model);

@@ -115,7 +115,7 @@ pub fn multiple_choice(
     model: &Exaone4,
     tok: &Tokenizer,
     items: &[McItem],
-) -> crate::checkpoint::Result<McResult> {
+) -> crate::Result<McResult> {
     let dev = model.device().clone();
     let (mut right, mut right_norm, mut inv_choices) = (0usize, 0usize, 0f64);
     for it in items {

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{Error, Result};
+use crate::error::{Error, Result};
 
 /// How one decoder layer attends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,15 +1,13 @@
 //! EXAONE 4 for causal LM: embeddings → post-norm decoder layers → final norm → lm_head.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::Exaone4Config;
 use super::kv_cache::KvCache;
-use super::layers::{
-    apply_rope, attend, ActQuant, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope,
-};
-use crate::checkpoint::{self, Checkpoint};
+use super::kernels::Kernels;
+use super::layers::{apply_rope, attend, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope};
 
 /// The seven Linears of a decoder layer, by their name inside the layer, in checkpoint order.
 pub const LINEAR_NAMES: [&str; 7] = [
@@ -42,8 +40,10 @@ pub struct Context<'a> {
     pub sliding_from: usize,
     pub cache: Option<&'a KvCache>,
     pub mode: Mode,
-    /// full-attention layers use the runtime's fused causal attention (no mask is built)
+    /// full-attention layers use the kernels' causal attention (no mask is built)
     pub fused: bool,
+    /// the model's installed kernels (inference mode only)
+    pub kernels: Option<&'a dyn Kernels>,
 }
 
 /// Sees the input of each Linear during a forward: `(name inside the layer, input)`. q/k/v
@@ -113,9 +113,13 @@ impl DecoderLayer {
             ),
         };
         let o = if ctx.fused && a.window.is_none() {
-            crate::runtime::fused_attention(&q, &k, &v)?.ok_or_else(|| {
-                candle_core::Error::Msg("fused attention chosen but unavailable".into())
-            })?
+            ctx.kernels
+                .map(|kern| kern.causal_attention(&q, &k, &v))
+                .transpose()?
+                .flatten()
+                .ok_or_else(|| {
+                    candle_core::Error::Msg("fused attention chosen but unavailable".into())
+                })?
         } else {
             attend(&q, &k, &v, mask, ctx.mode)?
         };
@@ -123,7 +127,7 @@ impl DecoderLayer {
         let o = a.o_proj.forward(&o)?;
         let h = (h + self.post_attention_layernorm.forward(&o, ctx.mode)?)?;
         see("mlp.gate_proj", &h)?;
-        let act = self.mlp.activation(&h, ctx.mode)?;
+        let act = self.mlp.activation(&h, ctx.mode, ctx.kernels)?;
         see("mlp.down_proj", &act)?;
         let m = self.mlp.down_proj.forward(&act)?;
         h + self.post_feedforward_layernorm.forward(&m, ctx.mode)?
@@ -140,6 +144,8 @@ pub struct Exaone4 {
     /// `None` when tied to the embedding
     pub lm_head: Option<Tensor>,
     pub mode: Mode,
+    /// faster implementations of pieces of the forward, installed by a runtime
+    pub kernels: Option<Arc<dyn Kernels>>,
     rope: Mutex<Rope>,
     dtype: DType,
     device: Device,
@@ -149,56 +155,6 @@ pub struct Exaone4 {
 const MASKED: f32 = -1e30;
 
 impl Exaone4 {
-    /// Loads a model from an opened checkpoint, computing in `dtype` on `device`.
-    pub fn load(ckpt: &Checkpoint, dtype: DType, device: &Device) -> checkpoint::Result<Self> {
-        let cfg = ckpt.config.clone();
-        // a stray layer beyond num_hidden_layers means the config and weights disagree
-        let stray = format!("model.layers.{}.", cfg.num_hidden_layers);
-        if let Some(n) = ckpt.names().find(|n| n.starts_with(&stray)) {
-            return Err(checkpoint::Error::Invalid(format!(
-                "{}: tensor `{n}` belongs to a layer beyond num_hidden_layers = {} (vLLM raises KeyError on it)",
-                ckpt.dir.display(),
-                cfg.num_hidden_layers
-            )));
-        }
-        // tied: vLLM ignores any lm_head.weight in the file, and so does `build`
-        let mut m = Self::build(
-            cfg,
-            |name, shape| ckpt.get(name, shape, dtype, device),
-            dtype,
-            device,
-        )?;
-        // W8A8 / FP8 checkpoints quantize activations per token at run time: emulate it on the
-        // Linears stored quantized, so quality figures reflect what vLLM computes
-        if let Some(act) = ckpt
-            .quant_info()?
-            .and_then(|q| q.scheme)
-            .and_then(|s| s.input_activations)
-        {
-            let aq = match act.ty {
-                crate::compress::quant::NumType::Int => ActQuant::Int8PerToken,
-                crate::compress::quant::NumType::Float => ActQuant::Fp8PerToken,
-            };
-            for (i, layer) in m.layers.iter_mut().enumerate() {
-                for (n, lin) in layer.linears_mut() {
-                    if ckpt.contains(&format!("model.layers.{i}.{n}.weight_scale")) {
-                        lin.act_quant = Some(aq);
-                    }
-                }
-            }
-        }
-        Ok(m)
-    }
-
-    /// Opens a model directory and loads it.
-    pub fn from_dir(
-        dir: &std::path::Path,
-        dtype: DType,
-        device: &Device,
-    ) -> checkpoint::Result<Self> {
-        Self::load(&Checkpoint::open(dir)?, dtype, device)
-    }
-
     /// Builds the model from a source of named tensors (HF names and shapes): a checkpoint, or
     /// fresh initial weights for training.
     pub fn build<E: From<candle_core::Error>>(
@@ -264,6 +220,7 @@ impl Exaone4 {
             norm,
             lm_head,
             mode: Mode::Inference,
+            kernels: None,
             rope: Mutex::new(rope),
             dtype,
             device: device.clone(),
@@ -367,13 +324,14 @@ impl Exaone4 {
             0
         };
         // unpadded causal attention needs no mask where the fused kernel runs
-        let fused = self.mode == Mode::Inference
-            && !padded
-            && crate::runtime::fused_attention_available(
-                &self.device,
-                self.dtype,
-                self.config.head_dim,
-            );
+        let kernels = match self.mode {
+            Mode::Inference => self.kernels.as_deref(),
+            Mode::Differentiable => None,
+        };
+        let fused = !padded
+            && kernels.is_some_and(|k| {
+                k.causal_attention_available(&self.device, self.dtype, self.config.head_dim)
+            });
         let mask_full = if fused {
             None
         } else {
@@ -394,6 +352,7 @@ impl Exaone4 {
             cache,
             mode: self.mode,
             fused,
+            kernels,
         })
     }
 
@@ -489,6 +448,7 @@ impl Exaone4 {
             norm: self.norm.clone(),
             lm_head: self.lm_head.clone(),
             mode: self.mode,
+            kernels: self.kernels.clone(),
             rope: Mutex::new(rope),
             dtype: self.dtype,
             device: self.device.clone(),
@@ -511,7 +471,13 @@ impl Exaone4 {
     /// model's dtype, then one fused log-softmax where the runtime has it.
     pub fn log_probs(&self, hidden: &Tensor) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        crate::runtime::log_softmax_f32(&Linear::new(w.clone()).forward(hidden)?)
+        let logits = Linear::new(w.clone()).forward(hidden)?;
+        if let Some(k) = self.kernels.as_deref() {
+            if let Some(lp) = k.log_softmax(&logits)? {
+                return Ok(lp);
+            }
+        }
+        candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, candle_core::D::Minus1)
     }
 
     /// Logits of every position, f32 [b, t, vocab].

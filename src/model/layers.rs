@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::config::Exaone4Config;
+pub use super::kernels::{Kernels, LinearKernel};
 
 /// Inference uses candle's fused kernels; training needs ops with a backward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -81,14 +82,6 @@ impl ActQuant {
             }
         }
     }
-}
-
-/// A Linear computed by a dedicated kernel on its stored (compressed) weights, e.g. int8
-/// tensor cores for W8A8 (see `runtime::quantized`). The Linear's `weight` stays the
-/// dequantized reference that compression and evaluation code read.
-pub trait LinearKernel: Send + Sync + std::fmt::Debug {
-    /// x [rows, in] → [rows, out]
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
 }
 
 /// A bias-free Linear, `y = x Wᵀ`, with `weight` [out, in] as in the checkpoint.
@@ -347,7 +340,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// silu(x Gᵀ) · (x Uᵀ), [.., hidden] → [.., intermediate]
-    pub fn activation(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    pub fn activation(&self, x: &Tensor, mode: Mode, kernels: Option<&dyn Kernels>) -> Result<Tensor> {
         if let Some(k) = &self.fused_gate_up {
             let dims = x.dims().to_vec();
             let rows = dims[..dims.len() - 1].iter().product::<usize>();
@@ -356,14 +349,16 @@ impl Mlp {
             return k.forward(&x.reshape((rows, ()))?)?.reshape(out);
         }
         let (g, u) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
-        match mode {
-            Mode::Inference => crate::runtime::silu_mul(&g, &u),
-            Mode::Differentiable => g.silu()? * u,
+        if let (Mode::Inference, Some(k)) = (mode, kernels) {
+            if let Some(y) = k.silu_mul(&g, &u)? {
+                return Ok(y);
+            }
         }
+        g.silu()? * u
     }
 
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.down_proj.forward(&self.activation(x, mode)?)
+    pub fn forward(&self, x: &Tensor, mode: Mode, kernels: Option<&dyn Kernels>) -> Result<Tensor> {
+        self.down_proj.forward(&self.activation(x, mode, kernels)?)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::checkpoint::{Error, Result};
+use crate::error::{Error, Result};
 
 /// One turn of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -135,9 +135,9 @@ pub fn engine(
     let (t, steps) = (24, 6);
     let vocab = ckpt.config.vocab_size;
     let prompt = ids(b, t, vocab, 1);
-    let f32m = Exaone4::load(&ckpt, DType::F32, device)
+    let f32m = super::load_checkpoint(&ckpt, DType::F32, device)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let bf16m = Exaone4::load(&ckpt, DType::BF16, device)
+    let bf16m = super::load_checkpoint(&ckpt, DType::BF16, device)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let mut eng = DecodeEngine::load(&ckpt, ordinal, b, t + steps + 2)?;
     let (mut cf, mut cb) = (
@@ -190,7 +190,7 @@ pub fn engine(
 pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Result<Check> {
     let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let load =
-        |dt| Exaone4::load(&ckpt, dt, device).map_err(|e| candle_core::Error::Msg(e.to_string()));
+        |dt| super::load_checkpoint(&ckpt, dt, device).map_err(|e| candle_core::Error::Msg(e.to_string()));
     let (f32m, bf16m, mut km) = (load(DType::F32)?, load(DType::BF16)?, load(DType::BF16)?);
     let n = super::quantized::attach(&mut km, &ckpt)?;
     if n.int4 + n.int8 == 0 {

@@ -20,7 +20,7 @@ use crate::model::exaone4::LINEAR_NAMES;
 use crate::model::layers::inv_freq;
 use crate::model::Exaone4Config;
 
-fn ck(e: crate::checkpoint::Error) -> candle_core::Error {
+fn ck(e: crate::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 

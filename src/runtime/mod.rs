@@ -12,7 +12,11 @@
 //!
 //! On a CPU build these report "not available" and callers fall back to the reference path.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Result, Tensor};
+
+use crate::model::{Exaone4, Kernels};
 
 #[cfg(feature = "cuda")]
 mod kernels;
@@ -87,6 +91,58 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
         return ops::silu_mul(g, u);
     }
     g.silu()? * u
+}
+
+/// The runtime's kernels as the model's hooks ([`Kernels`]): flash attention, the fused
+/// SiLU·mul and the one-pass log-softmax, each declining where it does not run.
+#[derive(Debug, Default)]
+pub struct RuntimeKernels;
+
+impl Kernels for RuntimeKernels {
+    fn causal_attention_available(&self, device: &Device, dtype: DType, head_dim: usize) -> bool {
+        fused_attention_available(device, dtype, head_dim)
+    }
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+        fused_attention(q, k, v)
+    }
+    fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
+        silu_mul(g, u).map(Some)
+    }
+    fn log_softmax(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        log_softmax_f32(x).map(Some)
+    }
+}
+
+/// Installs the runtime's kernels on `model`. Off CUDA every hook declines, so this changes
+/// nothing there; on CUDA the forward runs flash attention and the fused ops.
+pub fn accelerate(model: &mut Exaone4) {
+    model.kernels = Some(Arc::new(RuntimeKernels));
+}
+
+/// The device a command-line word names (`cpu`, `cuda`, `cuda:N`), with CUDA's memory pool set
+/// to keep freed memory ([`keep_freed_memory`]).
+pub fn open_device(s: &str) -> crate::Result<Device> {
+    let d = crate::device::parse_device(s)?;
+    keep_freed_memory(&d)?;
+    Ok(d)
+}
+
+/// Loads a model directory with the runtime's kernels installed (see [`accelerate`]).
+pub fn load_model(dir: &std::path::Path, dtype: DType, device: &Device) -> crate::Result<Exaone4> {
+    let mut m = crate::checkpoint::load_model(dir, dtype, device)?;
+    accelerate(&mut m);
+    Ok(m)
+}
+
+/// Loads an opened checkpoint's model with the runtime's kernels installed.
+pub fn load_checkpoint(
+    ckpt: &crate::checkpoint::Checkpoint,
+    dtype: DType,
+    device: &Device,
+) -> crate::Result<Exaone4> {
+    let mut m = ckpt.load_model(dtype, device)?;
+    accelerate(&mut m);
+    Ok(m)
 }
 
 /// Keeps device memory that is freed in CUDA's stream-ordered pool (where candle allocates)

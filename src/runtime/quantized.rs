@@ -18,7 +18,7 @@ use crate::checkpoint::{compressed_tensors::unpack_zero_points, Checkpoint};
 use crate::model::layers::LinearKernel;
 use crate::model::{ActQuant, Exaone4};
 
-fn ck(e: crate::checkpoint::Error) -> candle_core::Error {
+fn ck(e: crate::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 

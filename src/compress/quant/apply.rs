@@ -4,7 +4,10 @@
 use crate::model::exaone4::LINEAR_NAMES;
 use std::collections::BTreeMap;
 
-use candle_core::Result;
+use candle_core::{DType, Result};
+
+use crate::checkpoint::compressed_tensors::linear_tensors;
+use crate::checkpoint::{write_model_dir, RawTensor, WriteOptions};
 
 use super::{rtn::rtn, QLinear, Scheme};
 use crate::model::{ActQuant, Exaone4, Linear};
@@ -22,10 +25,7 @@ pub struct QuantizedModel {
 
 /// The activation fake-quantization a scheme implies.
 pub fn act_quant(s: &Scheme) -> Option<ActQuant> {
-    s.input_activations.map(|a| match a.ty {
-        super::NumType::Int => ActQuant::Int8PerToken,
-        super::NumType::Float => ActQuant::Fp8PerToken,
-    })
+    s.act_quant()
 }
 
 /// Puts quantized Linears into `model`: dequantized weights, activation quantization. Every
@@ -318,3 +318,31 @@ pub fn quantize_awq(
     ));
     finish(m, linears, scheme, ignore)
 }
+
+/// Writes a quantized model as a compressed-tensors checkpoint: quantized Linears in the
+/// scheme's format, everything else bf16, `quantization_config` in config.json.
+pub fn save_quantized(
+    qm: &QuantizedModel,
+    out: &std::path::Path,
+    opts: &WriteOptions,
+) -> Result<()> {
+    let mut tensors = BTreeMap::new();
+    for (name, t) in qm.model.named_tensors() {
+        let prefix = name.strip_suffix(".weight").unwrap_or(&name);
+        if let Some(ql) = qm.linears.get(prefix) {
+            tensors.extend(linear_tensors(prefix, ql, &qm.scheme));
+        } else {
+            tensors.insert(
+                name.clone(),
+                RawTensor::from_tensor(&t.to_dtype(DType::BF16)?)?,
+            );
+        }
+    }
+    let mut cfg = qm.model.config.clone();
+    cfg.raw.remove("torch_dtype");
+    cfg.raw.insert("dtype".into(), "bfloat16".into());
+    let mut v = cfg.to_value();
+    v["quantization_config"] = qm.scheme.quantization_config(&qm.ignore);
+    write_model_dir(out, &cfg, Some(v), &tensors, opts)
+}
+

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{
+use crate::eval::{
     divergence, measure_checkpoint_speed, measure_speed, multiple_choice, perplexity, McItem,
 };
 use crate::data::TokenStream;
@@ -136,8 +136,9 @@ impl Suite {
         model: &Exaone4,
         q: Option<&crate::compress::quant::apply::QuantizedModel>,
         save: &SaveTo,
-    ) -> crate::checkpoint::Result<()> {
-        use crate::checkpoint::{compressed_tensors::save_quantized, save_model, WriteOptions};
+    ) -> crate::Result<()> {
+        use crate::checkpoint::{save_model, WriteOptions};
+        use crate::compress::quant::apply::save_quantized;
         let out = save
             .dir
             .join(variant.replace(['+', ' ', '(', ')', '/'], "_"));
@@ -174,7 +175,7 @@ impl Suite {
             Some(&out),
         )?;
         if save.remove_after {
-            std::fs::remove_dir_all(&out).map_err(|source| crate::checkpoint::Error::Io {
+            std::fs::remove_dir_all(&out).map_err(|source| crate::Error::Io {
                 path: out.clone(),
                 source,
             })?;
@@ -183,7 +184,7 @@ impl Suite {
     }
 
     /// Greedy answers to the legacy prompts, as text.
-    fn legacy_answers(&self, model: &Exaone4) -> crate::checkpoint::Result<Vec<String>> {
+    fn legacy_answers(&self, model: &Exaone4) -> crate::Result<Vec<String>> {
         use crate::model::tokenizer::apply_chat_template;
         use crate::model::{generate, ChatMessage, GenerateOptions};
         let eos: Vec<u32> = self
@@ -218,7 +219,7 @@ impl Suite {
         size_bytes: u64,
         weight_bytes: f64,
         checkpoint: Option<&std::path::Path>,
-    ) -> crate::checkpoint::Result<()> {
+    ) -> crate::Result<()> {
         let add = |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| {
             r.add(variant, method, params, m, v, s, u)
         };

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::suite::{SaveTo, Suite, LEGACY_PROMPTS};
-use super::tasks::{load_bigbench, load_kmmlu};
+use crate::eval::tasks::{load_bigbench, load_kmmlu};
 use crate::compress::calibration::samples;
 use crate::data::{data_dir, default_splits, TokenStream};
 use crate::default_model_dir;
-use crate::device::{parse_device, parse_dtype};
+use crate::device::parse_dtype;
 use crate::model::{Exaone4, Tokenizer};
 use crate::record::Results;
 use crate::report::study::ReportOptions;
@@ -78,10 +78,10 @@ pub struct Study {
 
 impl Study {
     pub fn load(experiment: &str, args: StudyArgs) -> Result<Self> {
-        let device = parse_device(&args.device)?;
+        let device = crate::runtime::open_device(&args.device)?;
         let dtype = parse_dtype(&args.dtype, &device)?;
         let dir = args.model.clone().unwrap_or_else(default_model_dir);
-        let base = Exaone4::from_dir(&dir, dtype, &device)
+        let base = crate::runtime::load_model(&dir, dtype, &device)
             .with_context(|| format!("loading {}", dir.display()))?;
         // a checkpoint without a tokenizer (e.g. random weights) is measured with the default
         // model's token ids: speed is real, quality is not
@@ -170,7 +170,7 @@ impl Study {
     pub fn measure_dir(&mut self, variant: &str, dir: &std::path::Path) -> Result<()> {
         let ck = crate::checkpoint::Checkpoint::open(dir)?;
         let info = ck.quant_info()?;
-        let model = Exaone4::load(&ck, self.base.dtype(), self.base.device())
+        let model = crate::runtime::load_checkpoint(&ck, self.base.dtype(), self.base.device())
             .with_context(|| format!("loading {}", dir.display()))?;
         let method = match &info {
             Some(i) => i

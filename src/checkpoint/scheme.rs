@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::model::ActQuant;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NumType {
     Int,
@@ -68,7 +70,22 @@ impl WeightScheme {
     }
 }
 
+impl ActivationScheme {
+    /// How the forward emulates these activations' run-time quantization.
+    pub fn act_quant(&self) -> ActQuant {
+        match self.ty {
+            NumType::Int => ActQuant::Int8PerToken,
+            NumType::Float => ActQuant::Fp8PerToken,
+        }
+    }
+}
+
 impl Scheme {
+    /// The activation fake-quantization this scheme implies (None: weight-only).
+    pub fn act_quant(&self) -> Option<ActQuant> {
+        self.input_activations.map(|a| a.act_quant())
+    }
+
     /// int4 weights in groups, bf16 activations (GPTQ/AWQ/RTN W4A16).
     pub fn w4a16(group: usize, symmetric: bool) -> Self {
         Self {

@@ -1,0 +1,50 @@
+//! Building the model from a checkpoint directory: the weights through the reader (compressed
+//! Linears dequantized), and the run-time activation quantization that W8A8/FP8 checkpoints imply.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+
+use super::Checkpoint;
+use crate::error::{Error, Result};
+use crate::model::Exaone4;
+
+impl Checkpoint {
+    /// The model this checkpoint holds, computing in `dtype` on `device`.
+    pub fn load_model(&self, dtype: DType, device: &Device) -> Result<Exaone4> {
+        let cfg = self.config.clone();
+        // a stray layer beyond num_hidden_layers means the config and weights disagree
+        let stray = format!("model.layers.{}.", cfg.num_hidden_layers);
+        if let Some(n) = self.names().find(|n| n.starts_with(&stray)) {
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{n}` belongs to a layer beyond num_hidden_layers = {} (vLLM raises KeyError on it)",
+                self.dir.display(),
+                cfg.num_hidden_layers
+            )));
+        }
+        // tied: vLLM ignores any lm_head.weight in the file, and so does `build`
+        let mut m = Exaone4::build(
+            cfg,
+            |name, shape| self.get(name, shape, dtype, device),
+            dtype,
+            device,
+        )?;
+        // W8A8 / FP8 checkpoints quantize activations per token at run time: emulate it on the
+        // Linears stored quantized, so quality figures reflect what vLLM computes
+        if let Some(aq) = self.quant_info()?.and_then(|q| q.scheme).and_then(|s| s.act_quant()) {
+            for (i, layer) in m.layers.iter_mut().enumerate() {
+                for (n, lin) in layer.linears_mut() {
+                    if self.contains(&format!("model.layers.{i}.{n}.weight_scale")) {
+                        lin.act_quant = Some(aq);
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Opens a model directory and loads its model.
+pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<Exaone4> {
+    Checkpoint::open(dir)?.load_model(dtype, device)
+}

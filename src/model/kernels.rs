@@ -1,0 +1,32 @@
+//! The hooks through which faster code plugs into the forward. The model defines them and
+//! never calls faster code itself: a runtime (the CUDA kernels in `runtime/`) implements
+//! [`Kernels`] and installs it on a model (`Exaone4::kernels`), and each hook may decline
+//! (`None`), in which case the model computes the piece with candle's ops.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Fused implementations of pieces of the inference forward.
+pub trait Kernels: Send + Sync + std::fmt::Debug {
+    /// Whether [`Kernels::causal_attention`] runs for this device, dtype and head size. The
+    /// forward asks before building masks: where it runs, unpadded attention needs none.
+    fn causal_attention_available(&self, device: &Device, dtype: DType, head_dim: usize) -> bool;
+
+    /// softmax(q kᵀ / √d) v with a causal mask aligned to the last query (query i of t sees
+    /// keys j ≤ i + L − t), for q [b, h, t, d] and k/v [b, kvh, L, d]; GQA when kvh < h.
+    /// Returns [b, t, h·d], or None where it does not run.
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>>;
+
+    /// silu(g) · u elementwise, or None.
+    fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>>;
+
+    /// log-softmax over the last dimension, as f32, or None.
+    fn log_softmax(&self, x: &Tensor) -> Result<Option<Tensor>>;
+}
+
+/// A Linear computed by a dedicated kernel on its stored (compressed) weights, e.g. int8
+/// tensor cores for W8A8. The Linear's `weight` stays the dequantized reference that
+/// compression and evaluation code read.
+pub trait LinearKernel: Send + Sync + std::fmt::Debug {
+    /// x [rows, in] → [rows, out]
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
