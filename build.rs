@@ -27,28 +27,38 @@ fn main() {
     }
 }
 
-/// The runtime's CUDA kernels → PTX for compute capability 8.0, which the driver compiles for
-/// the GPU at hand (Ampere, Ada — the L4 — and Hopper alike).
+/// The runtime's CUDA kernels, one concern per file, each → its own PTX module for compute
+/// capability 8.0, which the driver compiles for the GPU at hand (Ampere, Ada — the L4 — and
+/// Hopper alike). `src/runtime/launch/mod.rs` loads each as a module of its own.
 fn compile_kernels() {
-    let src = "src/runtime/kernels.cu";
-    println!("cargo:rerun-if-changed={src}");
-    let out =
-        std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("kernels.ptx");
+    const DIR: &str = "src/runtime/kernels";
+    const UNITS: [&str; 5] = ["attention", "gemv", "norm_rope", "quant", "sampling"];
+    // every file of the folder, headers included, so an edit to common.cuh rebuilds them all
+    println!("cargo:rerun-if-changed={DIR}");
+    for e in std::fs::read_dir(DIR).unwrap_or_else(|e| panic!("reading {DIR}: {e}")) {
+        let p = e.expect("kernel folder entry").path();
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let nvcc = std::env::var("CUDA_HOME")
         .map(|h| std::path::Path::new(&h).join("bin").join("nvcc"))
         .ok()
         .filter(|p| p.exists())
         .unwrap_or_else(|| "nvcc".into());
-    let status = std::process::Command::new(&nvcc)
-        .args(["--ptx", "-arch=compute_80", "-O3", "-std=c++17", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "running {} for {src}: {e} (the cuda feature needs the CUDA toolkit)",
-                nvcc.display()
-            )
-        });
-    assert!(status.success(), "nvcc failed on {src}");
+    for unit in UNITS {
+        let src = format!("{DIR}/{unit}.cu");
+        let out = out_dir.join(format!("{unit}.ptx"));
+        let status = std::process::Command::new(&nvcc)
+            .args(["--ptx", "-arch=compute_80", "-O3", "-std=c++17", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running {} for {src}: {e} (the cuda feature needs the CUDA toolkit)",
+                    nvcc.display()
+                )
+            });
+        assert!(status.success(), "nvcc failed on {src}");
+    }
 }

@@ -5,6 +5,7 @@
 
 use anyhow::Result;
 use clap::Parser;
+use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
 
 #[derive(Parser)]
@@ -16,6 +17,7 @@ struct Args {
 fn main() -> Result<()> {
     let mut s = Study::load("baseline", Args::parse().study)?;
     let base = s.base.share();
-    s.measure("original", "none", serde_json::json!({}), &base, None)?;
-    s.finish("Baseline", vec![], &[])
+    s.measure(&Variant::original(), &base)?;
+    s.finish("Baseline", vec![], &[])?;
+    Ok(())
 }

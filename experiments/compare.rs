@@ -37,5 +37,6 @@ fn main() -> Result<()> {
     for (name, dir) in &variants {
         s.measure_dir(name, dir)?;
     }
-    s.finish("Checkpoints compared", vec![], &[])
+    s.finish("Checkpoints compared", vec![], &[])?;
+    Ok(())
 }

@@ -13,6 +13,7 @@ use exaone_compress::compress::distill::{
     distill, reference_lm_head_step, DistillConfig, ParamGroup,
 };
 use exaone_compress::compress::prune::{drop_one_kl, lowest};
+use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
 use exaone_compress::train::TrainConfig;
 use serde_json::json;
@@ -66,14 +67,8 @@ fn main() -> Result<()> {
         seq_len: calib_len,
         seed: seed + 7,
     };
-    s.measure("original", "none", json!({}), &base, None)?;
-    s.measure(
-        "pruned",
-        &format!("drop{drop:?}"),
-        json!({"drop": drop}),
-        &pruned,
-        None,
-    )?;
+    s.measure(&Variant::original(), &base)?;
+    s.measure(&Variant::new("pruned", &format!("drop{drop:?}"), json!({"drop": drop})), &pruned)?;
     let all_layers = ParamGroup::Layers((0..kept.len()).collect());
     for (name, groups) in [
         ("kd[norms]", vec![ParamGroup::Norms]),
@@ -89,7 +84,7 @@ fn main() -> Result<()> {
         let log = distill(&base, &mut student, &train, &val, &c)?;
         let last = log.last().map(|p| p.loss).unwrap_or(f64::NAN);
         let p = json!({"drop": drop, "groups": format!("{:?}", c.groups), "steps": a.steps, "lr": a.lr, "final_loss": last});
-        s.measure(&format!("pruned + {name}"), name, p, &student, None)?;
+        s.measure(&Variant::new(&format!("pruned + {name}"), name, p), &student)?;
     }
     // the reference pipeline's step, on the unpruned model as it ran it
     let mut lm = base.share();
@@ -97,17 +92,12 @@ fn main() -> Result<()> {
     let eos = s.suite.tokenizer.token_id("[|endofturn|]").unwrap_or(0);
     reference_lm_head_step(&base, &mut lm, &prompts, eos, 5e-6, 32)?;
     let p = json!({"untied": true, "prompts": 20, "lr": 5e-6, "epochs": 1});
-    s.measure(
-        "reference lm_head step",
-        "untie + CE on teacher answers",
-        p,
-        &lm,
-        None,
-    )?;
+    s.measure(&Variant::new("reference lm_head step", "untie + CE on teacher answers", p), &lm)?;
     let notes = vec![
         format!("Student: the base without layer(s) {drop:?} (lowest drop-one KL); layers trained beside the cut: {beside:?} (student numbering)."),
         format!("Distillation: {} steps of 8 × {} tokens, lr {:.0e}, KL(teacher‖student) at T = 1.", a.steps, s.args.calib_len, a.lr),
         "The reference step unties lm_head, so the checkpoint carries a second vocab × hidden matrix: compare its size with the original's (400 MiB on EXAONE-4.0-1.2B).".into(),
     ];
-    s.finish("Healing a pruned model", notes, &[])
+    s.finish("Healing a pruned model", notes, &[])?;
+    Ok(())
 }

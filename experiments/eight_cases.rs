@@ -9,12 +9,10 @@ use anyhow::Result;
 use clap::Parser;
 use exaone_compress::compress::distill::{distill, DistillConfig, ParamGroup};
 use exaone_compress::compress::prune::{choose, drop_one_kl, lowest, DropRule};
-use exaone_compress::compress::quant::apply::{
-    quantize_awq, quantize_gptq, quantize_rtn, QuantizedModel,
-};
+use exaone_compress::compress::quant::apply::{quantize_awq, quantize_gptq, quantize_rtn};
 use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme};
+use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
-use exaone_compress::train::TrainConfig;
 use exaone_compress::Exaone4;
 use serde_json::json;
 
@@ -46,21 +44,12 @@ fn main() -> Result<()> {
         .take(2)
         .map(|x| candle_core::Tensor::from_vec(x.clone(), (1, x.len()), base.device()))
         .collect::<candle_core::Result<_>>()?;
-    let kd = DistillConfig {
-        train: TrainConfig {
-            steps: a.distill_steps,
-            lr: 1e-3,
-            warmup_steps: a.distill_steps / 10,
-            weight_decay: 0.0,
-            eval_every: 0,
-            ..Default::default()
-        },
-        temperature: 1.0,
-        groups: vec![ParamGroup::Norms],
-        batch: 8,
-        seq_len: s.args.calib_len,
-        seed: s.args.seed + 7,
-    };
+    let kd = DistillConfig::heal(
+        vec![ParamGroup::Norms],
+        a.distill_steps,
+        s.args.calib_len,
+        s.args.seed + 7,
+    );
     let train = s.train.clone();
     let heal = |student: &mut Exaone4| -> Result<()> {
         distill(&base, student, &train, &kd_val, &kd)?;
@@ -68,16 +57,9 @@ fn main() -> Result<()> {
     };
     let kl_probe = &s.suite.kl_sequences[..4.min(s.suite.kl_sequences.len())];
     let layer_kl = drop_one_kl(&base, kl_probe, 4)?;
-    for (i, k) in layer_kl.iter().enumerate() {
-        let metric = format!("drop_one_kl_layer_{i}");
-        s.results
-            .add("original", "none", &json!({}), &metric, *k, None, "nats");
-    }
-    let drop = choose(
-        &base,
-        &DropRule::Explicit(lowest(&layer_kl, a.drop_layers)),
-        None,
-    )?;
+    s.record_per_layer("drop_one_kl", &layer_kl, "nats");
+    let rule = DropRule::Explicit(lowest(&layer_kl, a.drop_layers));
+    let drop = choose(&base, &rule, None)?;
     let kept: Vec<usize> = (0..base.layers.len())
         .filter(|i| !drop.contains(i))
         .collect();
@@ -87,105 +69,69 @@ fn main() -> Result<()> {
     let gp = json!({"scheme": w4.name(), "calib": [s.args.calib_samples, s.args.calib_len], "damp": 0.01, "block": 128});
     let dp = json!({"groups": ["norms"], "steps": a.distill_steps, "loss": "KL(teacher||student)", "T": 1.0});
 
-    s.measure("original", "none", json!({}), &base, None)?;
+    let v = |n: &str, m: &str, p: serde_json::Value| Variant::new(n, m, p);
+    let d = format!("drop{drop:?}");
+    s.measure(&Variant::original(), &base)?;
     let mut distilled = base.share();
     heal(&mut distilled)?;
-    s.measure("distilled", "kd[norms]", dp.clone(), &distilled, None)?;
+    s.measure(&v("distilled", "kd[norms]", dp.clone()), &distilled)?;
     let pruned = prune(&base)?;
-    s.measure(
-        "pruned",
-        &format!("drop{drop:?}"),
-        pr.clone(),
-        &pruned,
-        None,
-    )?;
+    s.measure(&v("pruned", &d, pr.clone()), &pruned)?;
     let q = gptq(&base, &mut log)?;
-    s.measure("quantized", "gptq W4A16", gp.clone(), &q.model, Some(&q))?;
+    s.measure_quantized(&v("quantized", "gptq W4A16", gp.clone()), &q)?;
     let mut dp_model = prune(&base)?;
     heal(&mut dp_model)?;
-    s.measure(
-        "distilled+pruned",
-        &format!("drop{drop:?} → kd[norms]"),
+    let (m, p) = (
+        format!("{d} → kd[norms]"),
         json!({"prune": pr, "distill": dp}),
-        &dp_model,
-        None,
-    )?;
+    );
+    s.measure(&v("distilled+pruned", &m, p), &dp_model)?;
     let pq = gptq(&pruned, &mut log)?;
-    s.measure(
-        "pruned+quantized",
-        &format!("drop{drop:?} → gptq W4A16"),
+    let (m, p) = (
+        format!("{d} → gptq W4A16"),
         json!({"prune": pr, "quant": gp}),
-        &pq.model,
-        Some(&pq),
-    )?;
+    );
+    s.measure_quantized(&v("pruned+quantized", &m, p), &pq)?;
     // the same GPTQ result as "quantized" (deterministic), healed
-    let mut dq = QuantizedModel {
-        model: q.model.share(),
-        linears: q.linears.clone(),
-        scheme: q.scheme,
-        ignore: q.ignore.clone(),
-    };
+    let mut dq = q.share();
     heal(&mut dq.model)?;
-    s.measure(
-        "distilled+quantized",
-        "gptq W4A16 → kd[norms]",
-        json!({"quant": gp, "distill": dp}),
-        &dq.model,
-        Some(&dq),
-    )?;
+    let p = json!({"quant": gp, "distill": dp});
+    s.measure_quantized(&v("distilled+quantized", "gptq W4A16 → kd[norms]", p), &dq)?;
     let mut all = gptq(&dp_model, &mut log)?;
     heal(&mut all.model)?;
-    s.measure(
-        "all three",
-        &format!("drop{drop:?} → kd[norms] → gptq W4A16 → kd[norms]"),
-        json!({"prune": pr, "quant": gp, "distill": dp}),
-        &all.model,
-        Some(&all),
-    )?;
+    let m = format!("{d} → kd[norms] → gptq W4A16 → kd[norms]");
+    let p = json!({"prune": pr, "quant": gp, "distill": dp});
+    s.measure_quantized(&v("all three", &m, p), &all)?;
     // what won in the competition, and the W4A16 methods side by side
-    let q = quantize_rtn(&base, &w8, &|_| false)?;
-    let w8p = json!({"scheme": w8.name()});
-    s.measure(
-        "W8A8 (min-max)",
-        "rtn W8A8-int8",
-        w8p.clone(),
-        &q.model,
-        Some(&q),
+    let none = |_: &str| false;
+    let q = quantize_rtn(&base, &w8, &none)?;
+    s.measure_quantized(
+        &v(
+            "W8A8 (min-max)",
+            "rtn W8A8-int8",
+            json!({"scheme": w8.name()}),
+        ),
+        &q,
     )?;
-    let q = quantize_rtn(&pruned, &w8, &|_| false)?;
-    s.measure(
-        "pruned+W8A8",
-        &format!("drop{drop:?} → rtn W8A8-int8"),
+    let q = quantize_rtn(&pruned, &w8, &none)?;
+    let (m, p) = (
+        format!("{d} → rtn W8A8-int8"),
         json!({"prune": pr, "scheme": w8.name()}),
-        &q.model,
-        Some(&q),
+    );
+    s.measure_quantized(&v("pruned+W8A8", &m, p), &q)?;
+    let q = quantize_rtn(&base, &w4, &none)?;
+    s.measure_quantized(
+        &v("RTN W4A16", "rtn W4A16", json!({"scheme": w4.name()})),
+        &q,
     )?;
-    let q = quantize_rtn(&base, &w4, &|_| false)?;
-    let w4p = json!({"scheme": w4.name()});
-    s.measure("RTN W4A16", "rtn W4A16", w4p, &q.model, Some(&q))?;
-    let q = quantize_awq(
-        &base,
-        &w4,
-        &calib,
-        &AwqConfig::default(),
-        &|_| false,
-        &mut log,
-    )?;
-    s.measure(
-        "AWQ W4A16",
-        "awq(up→down, v→o GQA) W4A16",
-        json!({"scheme": w4.name(), "grid": 20}),
-        &q.model,
-        Some(&q),
-    )?;
+    let q = quantize_awq(&base, &w4, &calib, &AwqConfig::default(), &none, &mut log)?;
+    let p = json!({"scheme": w4.name(), "grid": 20});
+    s.measure_quantized(&v("AWQ W4A16", "awq(up→down, v→o GQA) W4A16", p), &q)?;
     let f8 = Scheme::fp8_dynamic();
-    let q = quantize_rtn(&base, &f8, &|_| false)?;
-    s.measure(
-        "FP8 dynamic",
-        "rtn FP8",
-        json!({"scheme": f8.name()}),
-        &q.model,
-        Some(&q),
+    let q = quantize_rtn(&base, &f8, &none)?;
+    s.measure_quantized(
+        &v("FP8 dynamic", "rtn FP8", json!({"scheme": f8.name()})),
+        &q,
     )?;
 
     let notes = vec![
@@ -196,5 +142,6 @@ fn main() -> Result<()> {
             kd.train.lr, kd.train.warmup_steps, kd.temperature, kd.groups
         ),
     ];
-    s.finish("Eight cases, done right", notes, &log)
+    s.finish("Eight cases, done right", notes, &log)?;
+    Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use clap::Parser;
 use exaone_compress::compress::prune::{block_influence, choose, drop_one_kl, lowest, DropRule};
+use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
 use serde_json::json;
 
@@ -31,27 +32,10 @@ fn main() -> Result<()> {
     let kl_probe = s.suite.kl_sequences[..4.min(s.suite.kl_sequences.len())].to_vec();
     let kl = drop_one_kl(&base, &kl_probe, 4)?;
     for (i, (b, k)) in bi.iter().zip(&kl).enumerate() {
-        let none = json!({});
-        s.results.add(
-            "original",
-            "none",
-            &none,
-            &format!("block_influence_layer_{i}"),
-            *b,
-            None,
-            "",
-        );
-        s.results.add(
-            "original",
-            "none",
-            &none,
-            &format!("drop_one_kl_layer_{i}"),
-            *k,
-            None,
-            "nats",
-        );
+        s.results.add(&Variant::original(), &format!("block_influence_layer_{i}"), *b, None, "");
+        s.results.add(&Variant::original(), &format!("drop_one_kl_layer_{i}"), *k, None, "nats");
     }
-    s.measure("original", "none", json!({}), &base, None)?;
+    s.measure(&Variant::original(), &base)?;
     let rules = [
         ("uniform", DropRule::Uniform(n)),
         ("last", DropRule::Last(n)),
@@ -66,13 +50,7 @@ fn main() -> Result<()> {
             .collect();
         let m = base.with_layers(&kept)?;
         let variant = format!("{name} {drop:?}");
-        s.measure(
-            &variant,
-            &format!("drop{drop:?}"),
-            json!({"rule": name, "drop": drop}),
-            &m,
-            None,
-        )?;
+        s.measure(&Variant::new(&variant, &format!("drop{drop:?}"), json!({"rule": name, "drop": drop})), &m)?;
         notes.push(format!("{name}: drops {drop:?}"));
     }
     notes.push(format!(
@@ -80,5 +58,6 @@ fn main() -> Result<()> {
         ids.dim(0)?,
         kl_probe.len()
     ));
-    s.finish("Which layers to drop", notes, &[])
+    s.finish("Which layers to drop", notes, &[])?;
+    Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use exaone_compress::compress::quant::apply::{quantize_awq, quantize_gptq, quantize_rtn};
 use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig, Scheme};
+use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
 use serde_json::json;
 
@@ -26,35 +27,30 @@ fn main() -> Result<()> {
     let p =
         |scheme: &Scheme| json!({"scheme": scheme.name(), "calib": [calib.len(), calib[0].len()]});
     let none = |_: &str| false;
-    s.measure("original", "none", json!({}), &base, None)?;
+    s.measure(&Variant::original(), &base)?;
     let q = quantize_rtn(&base, &w4, &none)?;
-    s.measure("RTN W4A16", "rtn", p(&w4), &q.model, Some(&q))?;
+    s.measure_quantized(&Variant::new("RTN W4A16", "rtn", p(&w4)), &q)?;
     let q = quantize_gptq(&base, &w4, &calib, &GptqConfig::default(), &none, &mut log)?;
-    s.measure("GPTQ W4A16", "gptq", p(&w4), &q.model, Some(&q))?;
+    s.measure_quantized(&Variant::new("GPTQ W4A16", "gptq", p(&w4)), &q)?;
     let no_clip = AwqConfig {
         clip_steps: 0,
         ..Default::default()
     };
     let q = quantize_awq(&base, &w4, &calib, &no_clip, &none, &mut log)?;
-    s.measure(
-        "AWQ W4A16 (no clip)",
-        "awq, scales only",
-        p(&w4),
-        &q.model,
-        Some(&q),
-    )?;
+    s.measure_quantized(&Variant::new("AWQ W4A16 (no clip)", "awq, scales only", p(&w4)), &q)?;
     let q = quantize_awq(&base, &w4, &calib, &AwqConfig::default(), &none, &mut log)?;
-    s.measure("AWQ W4A16", "awq + clip search", p(&w4), &q.model, Some(&q))?;
+    s.measure_quantized(&Variant::new("AWQ W4A16", "awq + clip search", p(&w4)), &q)?;
     let q = quantize_rtn(&base, &w8, &none)?;
-    s.measure("W8A8 (min-max)", "rtn", p(&w8), &q.model, Some(&q))?;
+    s.measure_quantized(&Variant::new("W8A8 (min-max)", "rtn", p(&w8)), &q)?;
     let q = quantize_gptq(&base, &w8, &calib, &GptqConfig::default(), &none, &mut log)?;
-    s.measure("W8A8 GPTQ", "gptq", p(&w8), &q.model, Some(&q))?;
+    s.measure_quantized(&Variant::new("W8A8 GPTQ", "gptq", p(&w8)), &q)?;
     let f8 = Scheme::fp8_dynamic();
     let q = quantize_rtn(&base, &f8, &none)?;
-    s.measure("FP8 dynamic", "rtn", p(&f8), &q.model, Some(&q))?;
+    s.measure_quantized(&Variant::new("FP8 dynamic", "rtn", p(&f8)), &q)?;
     let notes = vec![format!(
         "Calibration: {} × {} tokens of the training split; KL on {} × 256 validation tokens.",
         s.args.calib_samples, s.args.calib_len, s.args.kl_sequences
     )];
-    s.finish("Quantization methods side by side", notes, &log)
+    s.finish("Quantization methods side by side", notes, &log)?;
+    Ok(())
 }

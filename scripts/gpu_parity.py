@@ -2,7 +2,7 @@
 
 transformers writes a random-weight checkpoint of the exact 1.2B shape (bf16), computes its
 logits (bf16 and f32) and a greedy continuation; our CUDA binary (`.gpu/exaone-compress`, built
-as ../shared/tools/cuda/README.md says) loads the same directory and does the same. Prints the
+and carried as scripts/README.md says) loads the same directory and does the same. Prints the
 relative error of the logits, top-1 agreement, whether the greedy ids agree, and timings.
 
     python3 scripts/gpu_parity.py [--bin .gpu/exaone-compress] [--out DIR]

@@ -1,6 +1,6 @@
 """llm-compressor 0.9.0.2's time to quantize a checkpoint W4A16 (GPTQ, AWQ, RTN), for the
 comparison in issue #4: run in the same device call as `exaone-compress quantize` on the same
-checkpoint and GPU (scripts/gpu_session5.sh). Calibration: N seeded random token windows of
+checkpoint and GPU (scripts/gpu/quantize_speed.sh). Calibration: N seeded random token windows of
 length L (the content does not change the work).
 
     python3 scripts/llmc_time.py --model /tmp/exaone12-random --samples 128 --len 512 --out $OUT/llmc_time.json

@@ -1,5 +1,6 @@
 """Writes a random-weight EXAONE-4.0-1.2B-shaped checkpoint (bf16, seed 0) with HF
-transformers, for the GPU-machine sessions: `python3 scripts/random_12b.py /tmp/exaone12-random`."""
+transformers, for the scripts in scripts/gpu/ (through scripts/gpu/random_1_2b.sh):
+`python3 scripts/random_12b.py /tmp/exaone12-random`."""
 import importlib.util
 import sys
 

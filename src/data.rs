@@ -8,6 +8,26 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::model::Tokenizer;
 
+/// The default model shipped in `data/default-model` (used when no `--model` is given).
+/// `EXAONE_COMPRESS_DEFAULT_MODEL` overrides it.
+pub fn default_model_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("EXAONE_COMPRESS_DEFAULT_MODEL") {
+        return p.into();
+    }
+    data_dir().join("default-model")
+}
+
+/// The tokenizer of model directory `dir`, or the default model's when it has none (a
+/// random-weight checkpoint): token ids then still mean something to the harness, text
+/// quality does not. Returns whether it fell back.
+pub fn tokenizer_for_model(dir: &Path) -> crate::Result<(Tokenizer, bool)> {
+    if dir.join("tokenizer.json").exists() {
+        Ok((Tokenizer::from_dir(dir)?, false))
+    } else {
+        Ok((Tokenizer::from_dir(&default_model_dir())?, true))
+    }
+}
+
 /// `data/` of this crate.
 pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
@@ -158,7 +178,7 @@ pub struct CorpusStats {
     pub bytes: usize,
 }
 
-/// Builds the default model's corpus from the offline assets (`../shared/assets/corpora`):
+/// Builds the default model's corpus from the offline corpora (origins in data/README.md):
 /// Korean formal prose (LibreOffice help, Debian FAQ, the Constitution, bills), Korean informal
 /// text (NSMC movie reviews), English prose (Brown), and a small share of chat-formatted
 /// turns made from them, so the model also knows the chat template. Splits are by blocks of
@@ -290,4 +310,11 @@ pub fn default_splits(
         TokenStream::from_lines(tok, &docs, eos)
     };
     Ok((load("train")?, load("val")?, load("test")?))
+}
+
+/// The documents of a shipped split (`train`, `val` or `test`), as [`read_documents`] reads
+/// them; an unreadable split is an error naming its file.
+pub fn split_documents(split: &str) -> crate::Result<Vec<String>> {
+    let path = split_path(split);
+    read_documents(&path).map_err(|e| crate::Error::io(&path, e))
 }

@@ -38,8 +38,25 @@ pub enum Error {
     Dtype { name: String, dtype: String },
     #[error("{0}")]
     Invalid(String),
+    /// An output destination that is occupied: nothing was written and nothing replaced.
+    #[error("{path} already exists (pass --overwrite to replace it); nothing was changed")]
+    Exists { path: PathBuf },
+    /// An output destination that cannot receive the output, and why.
+    #[error("{path}: {msg}")]
+    Output { path: PathBuf, msg: String },
+    /// A stored tensor whose values or shape break a rule of its format: which, and the rule.
+    #[error("tensor `{name}`: {msg}")]
+    BadTensor { name: String, msg: String },
     #[error("{0}")]
     Flag(String),
+    #[error("chart {path}: {msg}")]
+    Chart { path: PathBuf, msg: String },
+    #[error("{context}: {source}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<Error>,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
@@ -78,5 +95,19 @@ impl Error {
             },
             e => e,
         }
+    }
+}
+
+/// Adds what was being done to an error, e.g. `.context(|| format!("loading {}", dir.display()))`.
+pub trait ResultExt<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Context {
+            context: what(),
+            source: Box::new(e.into()),
+        })
     }
 }

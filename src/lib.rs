@@ -9,6 +9,7 @@ pub mod compress;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod fs;
 pub mod eval;
 pub mod model;
 pub mod record;
@@ -20,14 +21,4 @@ pub mod train;
 pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
 pub use model::{Exaone4, Exaone4Config};
-
-/// The default model shipped in `data/default-model` (used when no `--model` is given).
-/// `EXAONE_COMPRESS_DEFAULT_MODEL` overrides it.
-pub fn default_model_dir() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("EXAONE_COMPRESS_DEFAULT_MODEL") {
-        return p.into();
-    }
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data")
-        .join("default-model")
-}
+pub use data::default_model_dir;

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use common::{copy_fixture, fixture, reference, rel_err};
-use exaone_compress::checkpoint::{save_model, write_model_dir, Error, RawTensor, WriteOptions};
+use exaone_compress::checkpoint::{save_model, write_model_dir, RawTensor, WriteOptions};
+use exaone_compress::Error;
 use exaone_compress::model::LayerType;
-use exaone_compress::{Checkpoint, Exaone4, Exaone4Config};
+use exaone_compress::{Checkpoint, Exaone4Config};
 use serde_json::{json, Value};
 
 fn upstream_1_2b() -> Value {

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use common::rel_err;
 use exaone_compress::model::tokenizer::apply_chat_template;
 use exaone_compress::model::{generate, ChatMessage, GenerateOptions, Tokenizer};
-use exaone_compress::{default_model_dir, Exaone4};
+use exaone_compress::default_model_dir;
 
 fn hf() -> serde_json::Value {
     let p = common::fixture("default_model_hf.json");

@@ -10,7 +10,6 @@ use exaone_compress::compress::distill::{
 use exaone_compress::data::TokenStream;
 use exaone_compress::eval::divergence;
 use exaone_compress::train::TrainConfig;
-use exaone_compress::Exaone4;
 
 #[test]
 fn kd_on_the_norms_heals_a_pruned_student() {

@@ -10,9 +10,9 @@ use exaone_compress::data::{read_documents, split_path, TokenStream};
 use exaone_compress::study::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 use exaone_compress::eval::tasks::load_kmmlu;
 use exaone_compress::model::Tokenizer;
-use exaone_compress::record::Results;
+use exaone_compress::record::{Results, Variant};
 use exaone_compress::report::study::{markdown, ReportOptions};
-use exaone_compress::{default_model_dir, Exaone4};
+use exaone_compress::default_model_dir;
 use serde_json::json;
 
 #[test]
@@ -47,16 +47,7 @@ fn mini_study_report_snapshot() {
     };
     let mut r = Results::new("mini", "cpu (F32)", "data/default-model");
     suite
-        .measure(
-            &mut r,
-            "original",
-            "none",
-            &json!({}),
-            &base,
-            &base,
-            None,
-            &save,
-        )
+        .measure(&mut r, &Variant::original(), &base, &base, None, &save)
         .unwrap();
     let pruned = base
         .with_layers(
@@ -68,9 +59,7 @@ fn mini_study_report_snapshot() {
     suite
         .measure(
             &mut r,
-            "pruned",
-            "drop[middle]",
-            &json!({}),
+            &Variant::new("pruned", "drop[middle]", json!({})),
             &base,
             &pruned,
             None,
@@ -82,18 +71,9 @@ fn mini_study_report_snapshot() {
         ("W8A8", Scheme::w8a8_int8()),
     ] {
         let q = quantize_rtn(&base, &scheme, &|_| false).unwrap();
-        let method = format!("rtn {}", scheme.name());
+        let v = Variant::new(name, format!("rtn {}", scheme.name()), json!({}));
         suite
-            .measure(
-                &mut r,
-                name,
-                &method,
-                &json!({}),
-                &base,
-                &q.model,
-                Some(&q),
-                &save,
-            )
+            .measure(&mut r, &v, &base, &q.model, Some(&q), &save)
             .unwrap();
     }
     // the checkpoints were written where they were measured

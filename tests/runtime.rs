@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use exaone_compress::model::layers::LinearKernel;
-use exaone_compress::record::Results;
+use exaone_compress::record::{Results, Variant};
 use exaone_compress::runtime;
-use exaone_compress::{default_model_dir, Exaone4};
+use exaone_compress::default_model_dir;
 use serde_json::json;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -122,7 +122,7 @@ fn results() -> Results {
     r.commit = "abc1234".into();
     r.timestamp = "2026-01-01T00:00:00Z".into();
     let p = json!({});
-    let mut add = |v: &str, m: &str, x: f64, s: Option<f64>, u: &str| r.add(v, "m", &p, m, x, s, u);
+    let mut add = |v: &str, m: &str, x: f64, s: Option<f64>, u: &str| r.add(&Variant::new(v, "m", p.clone()), m, x, s, u);
     add(
         "hf",
         "prefill_tok_s_8x2048",

@@ -9,10 +9,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::{Parser, Subcommand};
 use exaone_compress::device::parse_dtype;
-use exaone_compress::model::generate::generate_timed;
+use exaone_compress::model::generate::{generate_timed, GenerationConfig, GenerationRequest};
 use exaone_compress::model::tokenizer::apply_chat_template;
-use exaone_compress::model::{ChatMessage, GenerateOptions, Sampling, Tokenizer};
-use exaone_compress::{Checkpoint, Exaone4};
+use exaone_compress::model::{ChatMessage, Tokenizer};
+use exaone_compress::Checkpoint;
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +103,9 @@ enum Cmd {
         /// compute dtype (the logits are written as f32 whatever it is)
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// replace --out if it exists
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Write the dense bf16 equivalent of a compressed-tensors checkpoint
     Dequant {
@@ -169,6 +172,9 @@ enum Cmd {
         /// only print the problems found; write nothing
         #[arg(long)]
         check: bool,
+        /// replace --out if it exists
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -193,6 +199,15 @@ fn main() -> Result<()> {
             dtype,
         } => {
             let dir = m.dir();
+            let req = GenerationRequest {
+                max_new_tokens,
+                min_new_tokens,
+                greedy,
+                temperature,
+                top_p,
+                seed,
+            };
+            req.check()?;
             let device = exaone_compress::runtime::open_device(&m.device)?;
             let dtype = parse_dtype(&dtype, &device)?;
             let tok = if dir.join("tokenizer.json").exists() {
@@ -225,34 +240,30 @@ fn main() -> Result<()> {
             };
             let t_load = Instant::now();
             let ckpt = Checkpoint::open(&dir)?;
+            let flag = if prompt.is_some() {
+                "--prompt"
+            } else {
+                "--ids"
+            };
+            if prompt_ids.is_empty() {
+                bail!("{flag}: the prompt holds no tokens");
+            }
+            ckpt.config.check_ids(&prompt_ids, flag)?;
+            let room = exaone_compress::model::generate::max_new_tokens_within(
+                &ckpt.config,
+                prompt_ids.len(),
+                max_new_tokens,
+            );
+            if room < max_new_tokens {
+                eprintln!(
+                    "note: --max-new-tokens {max_new_tokens} capped at {room}: a {}-token prompt leaves {room} positions of max_position_embeddings {}",
+                    prompt_ids.len(),
+                    ckpt.config.max_position_embeddings
+                );
+            }
             let model = exaone_compress::runtime::load_checkpoint(&ckpt, dtype, &device)?;
             let load_secs = t_load.elapsed().as_secs_f64();
-            let gen_cfg = exaone_compress::model::generate::GenerationConfig::from_dir(&dir);
-            let sampling = if greedy {
-                Sampling::Greedy
-            } else {
-                let do_sample = temperature.is_some() || top_p.is_some() || gen_cfg.do_sample;
-                if do_sample {
-                    Sampling::Sample {
-                        temperature: temperature.or(gen_cfg.temperature).unwrap_or(1.0),
-                        top_p: top_p.or(gen_cfg.top_p),
-                        seed,
-                    }
-                } else {
-                    Sampling::Greedy
-                }
-            };
-            let mut eos = gen_cfg.eos_ids;
-            if eos.is_empty() {
-                eos = model.config.eos_token_ids.clone();
-            }
-            let opts = GenerateOptions {
-                max_new_tokens,
-                min_new_tokens,
-                eos_ids: eos,
-                pad_id: model.config.pad_token_id.unwrap_or(0),
-                sampling,
-            };
+            let opts = GenerationConfig::from_dir(&dir).options(&req, &model.config);
             let n_prompt = prompt_ids.len();
             let (mut outs, st) = generate_timed(&model, &[prompt_ids], &opts)?;
             let out = outs.remove(0);
@@ -276,19 +287,32 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Logits { m, ids, out, dtype } => {
+        Cmd::Logits {
+            m,
+            ids,
+            out,
+            dtype,
+            overwrite,
+        } => {
+            use exaone_compress::fs::{check_destination, refuse_overlap, OutputKind};
+            let dir = m.dir();
             let device = exaone_compress::runtime::open_device(&m.device)?;
             let dtype = parse_dtype(&dtype, &device)?;
-            let model = exaone_compress::runtime::load_model(&m.dir(), dtype, &device)?;
+            refuse_overlap(&out, &[dir.as_path()], true)?;
+            check_destination(&out, OutputKind::File, overwrite)?;
+            let ckpt = Checkpoint::open(&dir)?;
+            ckpt.config.check_ids(&ids, "--ids")?;
+            let model = exaone_compress::runtime::load_checkpoint(&ckpt, dtype, &device)?;
             let n = ids.len();
             let input = Tensor::from_vec(ids, (1, n), &device)?;
             let logits = model
                 .forward(&input, None)?
                 .squeeze(0)?
                 .to_device(&candle_core::Device::Cpu)?;
-            logits
-                .write_npy(&out)
-                .with_context(|| format!("writing {}", out.display()))?;
+            exaone_compress::fs::write_output_via_path(&out, overwrite, |tmp| {
+                Ok(logits.write_npy(tmp)?)
+            })
+            .with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
                 "wrote {} [{n}, {}] f32",
                 out.display(),
@@ -301,7 +325,12 @@ fn main() -> Result<()> {
             out,
             overwrite,
         } => dequant(&model, &out, overwrite),
-        Cmd::Package { model, out, check } => package(&model, &out, check),
+        Cmd::Package {
+            model,
+            out,
+            check,
+            overwrite,
+        } => package(&model, &out, check, overwrite),
         Cmd::Quantize {
             m,
             scheme,
@@ -351,7 +380,27 @@ struct Calib {
 fn calibration(dir: &std::path::Path, c: Calib) -> Result<Vec<Vec<u32>>> {
     use exaone_compress::data::{read_documents, split_path, TokenStream};
     use exaone_compress::model::{tokenizer::apply_chat_template, ChatMessage};
-    let (tok, _) = Tokenizer::for_model(dir)?;
+    if c.n == 0 {
+        bail!("--calib-samples 0: at least 1 calibration sample is needed");
+    }
+    if c.len == 0 {
+        bail!("--calib-len 0: calibration samples need at least 1 token");
+    }
+    let (tok, fell_back) = exaone_compress::data::tokenizer_for_model(dir)?;
+    if fell_back {
+        eprintln!(
+            "note: {} has no tokenizer.json: calibrating with the default model's tokenizer",
+            dir.display()
+        );
+    }
+    let vocab = exaone_compress::Exaone4Config::from_file(dir)?.vocab_size;
+    if tok.vocab_size() > vocab {
+        bail!(
+            "calibration: the tokenizer ({}) has {} tokens but the model's vocab_size is {vocab}; give the model directory its own tokenizer.json",
+            if fell_back { "the default model's" } else { "tokenizer.json" },
+            tok.vocab_size()
+        );
+    }
     let (n, len) = (c.n, c.len);
     let path = c.file.unwrap_or_else(|| split_path("train"));
     let mut docs = read_documents(&path)
@@ -383,9 +432,10 @@ fn quantize(
         apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme,
     };
     let dir = m.dir();
-    let device = exaone_compress::runtime::open_device(&m.device)?;
-    let dtype = parse_dtype("auto", &device)?;
-    let base = exaone_compress::runtime::load_model(&dir, dtype, &device)?;
+    // every flag and the destination checked before any long work
+    if group == 0 {
+        bail!("--group 0: a group holds at least 1 input column");
+    }
     let mut s = match scheme {
         "w4a16" => Scheme::w4a16(group, true),
         "w4a16-asym" => Scheme::w4a16(group, false),
@@ -399,6 +449,21 @@ fn quantize(
         Some("group") => Some(ActOrder::Group),
         Some(o) => bail!("unknown actorder {o:?} (static, group)"),
     });
+    if let Err(e) = s.check() {
+        bail!("--scheme {scheme} --group {group}: {e}");
+    }
+    if !["rtn", "gptq", "awq"].contains(&method) {
+        bail!("unknown method {method:?} (rtn, gptq, awq)");
+    }
+    let opts = exaone_compress::checkpoint::WriteOptions {
+        side_files_from: Some(dir.clone()),
+        overwrite,
+        ..Default::default()
+    };
+    opts.check_destination(out)?;
+    let device = exaone_compress::runtime::open_device(&m.device)?;
+    let dtype = parse_dtype("auto", &device)?;
+    let base = exaone_compress::runtime::load_model(&dir, dtype, &device)?;
     let mut log = vec![];
     let calib = match method {
         "gptq" | "awq" => calibration(&dir, calib)?,
@@ -430,11 +495,6 @@ fn quantize(
     for l in &log {
         eprintln!("{l}");
     }
-    let opts = exaone_compress::checkpoint::WriteOptions {
-        side_files_from: Some(dir.clone()),
-        overwrite,
-        ..Default::default()
-    };
     exaone_compress::compress::quant::apply::save_quantized(&q, out, &opts)?;
     eprintln!(
         "{method} {} of {} Linears in {secs:.2} s; wrote {}",
@@ -454,6 +514,12 @@ fn prune(
 ) -> Result<()> {
     use exaone_compress::compress::prune::{choose, DropRule};
     let dir = m.dir();
+    let opts = exaone_compress::checkpoint::WriteOptions {
+        side_files_from: Some(dir.clone()),
+        overwrite,
+        ..Default::default()
+    };
+    opts.check_destination(out)?;
     let device = exaone_compress::runtime::open_device(&m.device)?;
     let base = exaone_compress::runtime::load_model(&dir, parse_dtype("auto", &device)?, &device)?;
     let rule = match (drop, rule) {
@@ -493,11 +559,6 @@ fn prune(
         .filter(|i| !dropped.contains(i))
         .collect();
     let small = base.with_layers(&kept)?;
-    let opts = exaone_compress::checkpoint::WriteOptions {
-        side_files_from: Some(dir.clone()),
-        overwrite,
-        ..Default::default()
-    };
     exaone_compress::checkpoint::save_model(&small, out, Some(candle_core::DType::BF16), &opts)?;
     eprintln!(
         "dropped layers {dropped:?}; {} remain; wrote {}",
@@ -508,6 +569,12 @@ fn prune(
 }
 
 fn dequant(model: &std::path::Path, out: &std::path::Path, overwrite: bool) -> Result<()> {
+    let check = exaone_compress::checkpoint::WriteOptions {
+        side_files_from: Some(model.to_path_buf()),
+        overwrite,
+        ..Default::default()
+    };
+    check.check_destination(out)?;
     let ckpt = Checkpoint::open(model)?;
     if ckpt.quant_info()?.is_none() {
         eprintln!(
@@ -524,7 +591,12 @@ fn dequant(model: &std::path::Path, out: &std::path::Path, overwrite: bool) -> R
     Ok(())
 }
 
-fn package(model: &std::path::Path, out: &std::path::Path, check: bool) -> Result<()> {
+fn package(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    check: bool,
+    overwrite: bool,
+) -> Result<()> {
     use exaone_compress::checkpoint::package;
     if check {
         let problems = package::validate(model);
@@ -537,7 +609,7 @@ fn package(model: &std::path::Path, out: &std::path::Path, check: bool) -> Resul
         println!("ok: {} is ready to package", model.display());
         return Ok(());
     }
-    for note in package::package(model, out)? {
+    for note in package::package_to(model, out, overwrite)? {
         eprintln!("note: {note}");
     }
     let size = std::fs::metadata(out)?.len();

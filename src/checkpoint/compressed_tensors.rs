@@ -8,10 +8,10 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::Dtype;
 use serde_json::Value;
 
-use super::RawTensor;
-use crate::error::{Error, Result};
 use super::qlinear::{dequantize, QLinear};
 use super::scheme::{NumType, Scheme, Strategy};
+use super::RawTensor;
+use crate::error::{Error, Result};
 
 /// Packs int4 values (in −8..=7) of a [rows, cols] matrix: `q + 8` as nibbles, column
 /// `8j + i` in bits `4i..4i+4` of word `j`, rows padded with zero nibbles to a multiple of 8.
@@ -181,6 +181,12 @@ pub fn quant_info(config_raw: &serde_json::Map<String, Value>) -> Result<Option<
     let Some(q) = config_raw.get("quantization_config") else {
         return Ok(None);
     };
+    if !q.is_object() {
+        return Err(Error::config(
+            "quantization_config",
+            format!("expected an object, got {q}"),
+        ));
+    }
     let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
     if method != "compressed-tensors" {
         return Err(Error::config(
@@ -188,26 +194,46 @@ pub fn quant_info(config_raw: &serde_json::Map<String, Value>) -> Result<Option<
             format!("{method:?}: only \"compressed-tensors\" checkpoints are read"),
         ));
     }
-    let format = q
-        .get("format")
-        .and_then(Value::as_str)
+    let format = opt_str(q, "format", "quantization_config")?
         .unwrap_or("")
         .to_string();
-    let ignore = q
-        .get("ignore")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let scheme = q
-        .get("config_groups")
-        .and_then(|g| g.as_object())
-        .and_then(|g| g.values().next())
-        .map(parse_group)
-        .transpose()?;
+    let ignore = match q.get("ignore") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    Error::config(
+                        "quantization_config.ignore",
+                        format!("expected a list of strings, found {v}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Some(x) => {
+            return Err(Error::config(
+                "quantization_config.ignore",
+                format!("expected a list of strings, got {x}"),
+            ))
+        }
+    };
+    let scheme = match q.get("config_groups") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(groups)) => {
+            let mut first = None;
+            for (name, g) in groups {
+                let s = parse_group(name, g)?;
+                first.get_or_insert(s);
+            }
+            first
+        }
+        Some(x) => {
+            return Err(Error::config(
+                "quantization_config.config_groups",
+                format!("expected an object, got {x}"),
+            ))
+        }
+    };
     Ok(Some(QuantInfo {
         format,
         ignore,
@@ -215,56 +241,180 @@ pub fn quant_info(config_raw: &serde_json::Map<String, Value>) -> Result<Option<
     }))
 }
 
-fn parse_group(g: &Value) -> Result<Scheme> {
+fn opt_u64(v: &Value, key: &str, at: &str) -> Result<Option<u64>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_u64().map(Some).ok_or_else(|| {
+            Error::config(
+                &format!("{at}.{key}"),
+                format!("expected a non-negative integer, got {x}"),
+            )
+        }),
+    }
+}
+
+fn opt_str<'a>(v: &'a Value, key: &str, at: &str) -> Result<Option<&'a str>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_str().map(Some).ok_or_else(|| {
+            Error::config(
+                &format!("{at}.{key}"),
+                format!("expected a string, got {x}"),
+            )
+        }),
+    }
+}
+
+fn num_type(v: &Value, at: &str) -> Result<NumType> {
+    match opt_str(v, "type", at)? {
+        None | Some("int") => Ok(NumType::Int),
+        Some("float") => Ok(NumType::Float),
+        Some(o) => Err(Error::config(
+            &format!("{at}.type"),
+            format!("{o:?}: expected \"int\" or \"float\""),
+        )),
+    }
+}
+
+fn bits(v: &Value, at: &str) -> Result<u32> {
+    let b = opt_u64(v, "num_bits", at)?.unwrap_or(8);
+    if !(1..=16).contains(&b) {
+        return Err(Error::config(
+            &format!("{at}.num_bits"),
+            format!("{b}: expected 1 to 16"),
+        ));
+    }
+    Ok(b as u32)
+}
+
+/// Parses one `config_groups` entry, every field checked for its type and range (a field of
+/// the wrong type is an error, never a default), then the scheme checked as a whole.
+fn parse_group(name: &str, g: &Value) -> Result<Scheme> {
     use super::scheme::{ActOrder, ActivationScheme, WeightScheme};
+    let at = format!("quantization_config.config_groups.{name}");
+    if !g.is_object() {
+        return Err(Error::config(&at, format!("expected an object, got {g}")));
+    }
     let w = g
         .get("weights")
-        .ok_or_else(|| Error::config("quantization_config.config_groups.weights", "missing"))?;
-    let bits = w.get("num_bits").and_then(Value::as_u64).unwrap_or(8) as u32;
-    let ty = if w.get("type").and_then(Value::as_str) == Some("float") {
-        NumType::Float
-    } else {
-        NumType::Int
-    };
-    let strategy = match w.get("strategy").and_then(Value::as_str) {
+        .filter(|w| w.is_object())
+        .ok_or_else(|| Error::config(&format!("{at}.weights"), "missing (or not an object)"))?;
+    let wat = format!("{at}.weights");
+    let num_bits = bits(w, &wat)?;
+    let ty = num_type(w, &wat)?;
+    let strategy = match opt_str(w, "strategy", &wat)? {
         Some("group") => {
-            Strategy::Group(w.get("group_size").and_then(Value::as_u64).unwrap_or(128) as usize)
+            let gs = opt_u64(w, "group_size", &wat)?.ok_or_else(|| {
+                Error::config(
+                    &format!("{wat}.group_size"),
+                    "missing for strategy \"group\"",
+                )
+            })?;
+            if gs == 0 || gs > u32::MAX as u64 {
+                return Err(Error::config(
+                    &format!("{wat}.group_size"),
+                    format!("{gs}: must be a positive group size"),
+                ));
+            }
+            Strategy::Group(gs as usize)
         }
         Some("channel") | None => Strategy::Channel,
         Some(other) => {
             return Err(Error::config(
-                "quantization_config.weights.strategy",
-                format!("{other:?} is not supported"),
+                &format!("{wat}.strategy"),
+                format!("{other:?} is not supported (\"group\" or \"channel\")"),
             ))
         }
     };
-    let actorder = match w.get("actorder").and_then(Value::as_str) {
-        Some("static") | Some("weight") => Some(ActOrder::Static),
-        Some("group") | Some("dynamic") => Some(ActOrder::Group),
-        _ => None,
+    let actorder = match w.get("actorder") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(ActOrder::Group),
+        Some(Value::String(s)) => match s.as_str() {
+            "static" | "weight" => Some(ActOrder::Static),
+            "group" | "dynamic" => Some(ActOrder::Group),
+            o => {
+                return Err(Error::config(
+                    &format!("{wat}.actorder"),
+                    format!("{o:?}: expected \"static\", \"weight\", \"group\" or \"dynamic\""),
+                ))
+            }
+        },
+        Some(x) => {
+            return Err(Error::config(
+                &format!("{wat}.actorder"),
+                format!("expected a string or null, got {x}"),
+            ))
+        }
     };
-    let symmetric = w.get("symmetric").and_then(Value::as_bool).unwrap_or(true);
-    let input_activations = g
-        .get("input_activations")
-        .filter(|a| !a.is_null())
-        .map(|a| ActivationScheme {
-            num_bits: a.get("num_bits").and_then(Value::as_u64).unwrap_or(8) as u32,
-            ty: if a.get("type").and_then(Value::as_str) == Some("float") {
-                NumType::Float
-            } else {
-                NumType::Int
-            },
-        });
-    Ok(Scheme {
+    let symmetric = match w.get("symmetric") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(x) => {
+            return Err(Error::config(
+                &format!("{wat}.symmetric"),
+                format!("expected true or false, got {x}"),
+            ))
+        }
+    };
+    let input_activations = match g.get("input_activations") {
+        None | Some(Value::Null) => None,
+        Some(a) if a.is_object() => {
+            let aat = format!("{at}.input_activations");
+            Some(ActivationScheme {
+                num_bits: bits(a, &aat)?,
+                ty: num_type(a, &aat)?,
+            })
+        }
+        Some(x) => {
+            return Err(Error::config(
+                &format!("{at}.input_activations"),
+                format!("expected an object or null, got {x}"),
+            ))
+        }
+    };
+    let scheme = Scheme {
         weights: WeightScheme {
-            num_bits: bits,
+            num_bits,
             ty,
             symmetric,
             strategy,
             actorder,
         },
         input_activations,
-    })
+    };
+    scheme.check().map_err(|msg| {
+        Error::config(
+            &at,
+            format!("{msg} (this reader supports W4A16 packed, W8A8 int8 and FP8)"),
+        )
+    })?;
+    if let Some(f) = opt_str(g, "format", &at)? {
+        if f != scheme.format() {
+            return Err(Error::config(
+                &format!("{at}.format"),
+                format!(
+                    "{f:?}, but the scheme it describes is stored as {:?}",
+                    scheme.format()
+                ),
+            ));
+        }
+    }
+    Ok(scheme)
+}
+
+fn bad(name: &str, msg: impl Into<String>) -> Error {
+    Error::BadTensor {
+        name: name.to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// Reads a 1-D integer tensor (i32 or i64) as i64 values.
+fn int_values(name: &str, t: &Tensor) -> Result<Vec<i64>> {
+    match t.dtype() {
+        DType::I64 | DType::I32 => Ok(t.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?),
+        d => Err(bad(name, format!("dtype {d:?}: expected int32 or int64"))),
+    }
 }
 
 /// Dequantizes the Linear `prefix` of a compressed checkpoint, if it is stored quantized.
@@ -276,39 +426,130 @@ pub fn dequantize_linear(
     bytes: &dyn Fn(&str) -> Result<Vec<u8>>,
     info_dtype: &dyn Fn(&str) -> Option<Dtype>,
 ) -> Result<Option<Vec<f32>>> {
+    Ok(dequantize_linear_shaped(prefix, has, get_raw, bytes, info_dtype)?.map(|(w, _, _)| w))
+}
+
+/// [`dequantize_linear`], also returning the weight's shape (out, in). Every stored tensor is
+/// checked before use: dtypes, shapes against each other, `weight_shape` positive and consistent
+/// with the packed data, group indices within the groups, scales finite; the result is finite.
+pub fn dequantize_linear_shaped(
+    prefix: &str,
+    has: &dyn Fn(&str) -> bool,
+    get_raw: &dyn Fn(&str) -> Result<Tensor>,
+    bytes: &dyn Fn(&str) -> Result<Vec<u8>>,
+    info_dtype: &dyn Fn(&str) -> Option<Dtype>,
+) -> Result<Option<(Vec<f32>, usize, usize)>> {
     let scale_name = format!("{prefix}.weight_scale");
     if !has(&scale_name) {
         return Ok(None);
     }
-    let scale_t = get_raw(&scale_name)?.to_dtype(DType::F32)?;
-    let (out, ng) = scale_t.dims2()?;
-    let scale = scale_t.flatten_all()?.to_vec1::<f32>()?;
+    let scale_t = get_raw(&scale_name)?;
+    if !scale_t.dtype().is_float() {
+        return Err(bad(
+            &scale_name,
+            format!("dtype {:?}: scales are floating point", scale_t.dtype()),
+        ));
+    }
+    let (out, ng) = match *scale_t.dims() {
+        [o, g] => (o, g),
+        ref d => {
+            return Err(bad(
+                &scale_name,
+                format!("shape {d:?}: expected [out_features, groups]"),
+            ))
+        }
+    };
+    if out == 0 || ng == 0 {
+        return Err(bad(
+            &scale_name,
+            format!("shape [{out}, {ng}]: needs at least one row and one group"),
+        ));
+    }
+    let scale = scale_t
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if let Some(k) = scale.iter().position(|x| !x.is_finite()) {
+        return Err(bad(
+            &scale_name,
+            format!(
+                "{} at [{}, {}]: scales must be finite",
+                scale[k],
+                k / ng,
+                k % ng
+            ),
+        ));
+    }
     let packed = format!("{prefix}.weight_packed");
-    let (q, inp) = if has(&packed) {
-        let shape = get_raw(&format!("{prefix}.weight_shape"))?
-            .to_dtype(DType::I64)?
-            .to_vec1::<i64>()?;
-        let (o, inp) = (shape[0] as usize, shape[1] as usize);
-        if o != out {
+    let is_packed = has(&packed);
+    let (q, inp) = if is_packed {
+        let shape_name = format!("{prefix}.weight_shape");
+        let st = get_raw(&shape_name)?;
+        if st.dims() != [2] {
+            return Err(bad(
+                &shape_name,
+                format!(
+                    "shape {:?}: expected [2] (out_features, in_features)",
+                    st.dims()
+                ),
+            ));
+        }
+        let v = int_values(&shape_name, &st)?;
+        let (o, i) = (v[0], v[1]);
+        if o <= 0 || i <= 0 {
+            return Err(bad(
+                &shape_name,
+                format!("[{o}, {i}]: both sizes must be positive"),
+            ));
+        }
+        let (o, inp) = (o as u64, i as u64);
+        if o != out as u64 {
             return Err(Error::Shape {
-                name: format!("{prefix}.weight_shape"),
-                expected: vec![out, inp],
-                found: vec![o, inp],
+                name: shape_name,
+                expected: vec![out, i as usize],
+                found: vec![o as usize, i as usize],
             });
         }
-        let p = get_raw(&packed)?.flatten_all()?.to_vec1::<i32>()?;
-        if p.len() != out * inp.div_ceil(8) {
+        let pt = get_raw(&packed)?;
+        if pt.dtype() != DType::I32 {
+            return Err(bad(
+                &packed,
+                format!("dtype {:?}: packed int4 weights are int32", pt.dtype()),
+            ));
+        }
+        let words = inp.div_ceil(8);
+        if pt.dims() != [out, words as usize] {
             return Err(Error::Shape {
                 name: packed,
-                expected: vec![out, inp.div_ceil(8)],
-                found: vec![p.len() / out.max(1)],
+                expected: vec![out, words as usize],
+                found: pt.dims().to_vec(),
             });
         }
+        let inp = inp as usize;
+        let p = pt.flatten_all()?.to_vec1::<i32>()?;
         (unpack_int4(&p, out, inp), inp)
     } else {
         let wname = format!("{prefix}.weight");
+        let wt = get_raw(&wname)?;
+        let inp = match *wt.dims() {
+            [o, i] if o == out && i > 0 => i,
+            ref d => {
+                return Err(bad(
+                    &wname,
+                    format!("shape {d:?}: expected [{out}, in_features] to match its weight_scale"),
+                ))
+            }
+        };
         let raw = bytes(&wname)?;
-        let inp = raw.len() / out;
+        if raw.len() != out * inp {
+            return Err(bad(
+                &wname,
+                format!(
+                    "{} bytes for shape [{out}, {inp}] of 1-byte values",
+                    raw.len()
+                ),
+            ));
+        }
         let q: Vec<f32> = match info_dtype(&wname) {
             Some(Dtype::I8) => raw.iter().map(|&b| b as i8 as f32).collect(),
             Some(Dtype::F8_E4M3) => raw
@@ -318,17 +559,53 @@ pub fn dequantize_linear(
             other => {
                 return Err(Error::Dtype {
                     name: wname,
-                    dtype: format!("{other:?} next to a weight_scale"),
+                    dtype: format!(
+                        "{other:?} next to a weight_scale (expected int8 or float8_e4m3)"
+                    ),
                 })
             }
         };
         (q, inp)
     };
+    if ng > inp {
+        return Err(bad(
+            &scale_name,
+            format!("{ng} groups for {inp} input columns: more groups than columns"),
+        ));
+    }
     let zp = {
         let name = format!("{prefix}.weight_zero_point");
         if has(&name) {
-            let p = get_raw(&name)?.flatten_all()?.to_vec1::<i32>()?;
-            unpack_zero_points(&p, out, ng)
+            let zt = get_raw(&name)?;
+            if is_packed {
+                let want = [out.div_ceil(8), ng];
+                if zt.dtype() != DType::I32 || zt.dims() != want {
+                    return Err(bad(
+                        &name,
+                        format!(
+                            "{:?} {:?}: packed int4 zero points are int32 of shape {want:?}",
+                            zt.dtype(),
+                            zt.dims()
+                        ),
+                    ));
+                }
+                unpack_zero_points(&zt.flatten_all()?.to_vec1::<i32>()?, out, ng)
+            } else {
+                if zt.dims() != [out, ng] {
+                    return Err(Error::Shape {
+                        name,
+                        expected: vec![out, ng],
+                        found: zt.dims().to_vec(),
+                    });
+                }
+                match info_dtype(&name) {
+                    Some(Dtype::I8) => bytes(&name)?.iter().map(|&b| b as i8 as f32).collect(),
+                    _ => int_values(&name, &zt)?
+                        .into_iter()
+                        .map(|x| x as f32)
+                        .collect(),
+                }
+            }
         } else {
             vec![0f32; out * ng]
         }
@@ -336,14 +613,25 @@ pub fn dequantize_linear(
     let g_idx: Option<Vec<usize>> = {
         let name = format!("{prefix}.weight_g_idx");
         if has(&name) {
-            Some(
-                get_raw(&name)?
-                    .flatten_all()?
-                    .to_vec1::<i32>()?
-                    .into_iter()
-                    .map(|x| x as usize)
-                    .collect(),
-            )
+            let gt = get_raw(&name)?;
+            if gt.dims() != [inp] {
+                return Err(Error::Shape {
+                    name,
+                    expected: vec![inp],
+                    found: gt.dims().to_vec(),
+                });
+            }
+            let v = int_values(&name, &gt)?;
+            if let Some(c) = v.iter().position(|&x| x < 0 || x >= ng as i64) {
+                return Err(bad(
+                    &name,
+                    format!(
+                        "entry {c} is {}: group indices must lie in 0..{ng} (the groups of the weight_scale)",
+                        v[c]
+                    ),
+                ));
+            }
+            Some(v.into_iter().map(|x| x as usize).collect())
         } else {
             None
         }
@@ -357,8 +645,18 @@ pub fn dequantize_linear(
             w[r * inp + c] = dequantize(q[r * inp + c], scale[k], zp[k]);
         }
     }
-    let _ = Device::Cpu;
-    Ok(Some(w))
+    if let Some(k) = w.iter().position(|x| !x.is_finite()) {
+        return Err(bad(
+            &format!("{prefix}.weight"),
+            format!(
+                "dequantizes to {} at [{}, {}]: stored values must give finite weights",
+                w[k],
+                k / inp,
+                k % inp
+            ),
+        ));
+    }
+    Ok(Some((w, out, inp)))
 }
 
 /// Writes the dense bf16 equivalent of a (possibly compressed) checkpoint: every quantized
@@ -380,11 +678,10 @@ pub fn dequantize_checkpoint(
     for name in &names {
         if let Some(prefix) = AUX.iter().find_map(|s| name.strip_suffix(s)) {
             if name.ends_with(".weight_scale") {
-                let w = ckpt
-                    .dequantized(prefix)?
-                    .expect("a weight_scale means a quantized Linear");
-                let info_out = ckpt.info(&format!("{prefix}.weight_scale"))?.shape[0];
-                let t = Tensor::from_vec(w, (info_out, ()), &Device::Cpu)?.to_dtype(DType::BF16)?;
+                let Some((w, out_f, in_f)) = ckpt.dequantized_shaped(prefix)? else {
+                    continue;
+                };
+                let t = Tensor::from_vec(w, (out_f, in_f), &Device::Cpu)?.to_dtype(DType::BF16)?;
                 tensors.insert(format!("{prefix}.weight"), RawTensor::from_tensor(&t)?);
             }
             continue;

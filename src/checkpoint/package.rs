@@ -1,6 +1,12 @@
 //! `submit.zip`: a model directory validated against what the evaluation server's stack
 //! (transformers 4.57.3, compressed-tensors 0.13.0, vLLM 0.14.1) will demand, then zipped with
 //! `model/` at the root. A directory with problems gets the full list and no zip.
+//!
+//! Validation checks contents, not just names: every tensor is read through the reader the
+//! model loads with (shapes against the config, quantized Linears dequantized with every
+//! parameter range-checked and matched against the declared scheme), the tokenizer is loaded and
+//! its ids checked against `vocab_size`, the chat format is rendered and encoded, and a few
+//! tokens are run through the model on the CPU (f32) with finite logits required.
 
 use crate::model::exaone4::LINEAR_NAMES;
 use std::collections::BTreeSet;
@@ -76,6 +82,11 @@ pub fn validate(dir: &Path) -> Vec<String> {
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .is_some_and(|v| v.get("chat_template").is_some_and(|c| !c.is_null()));
+    if let Ok(t) = std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+        if let Err(e) = serde_json::from_str::<Value>(&t) {
+            p.push(format!("tokenizer_config.json: invalid JSON: {e}"));
+        }
+    }
     if !has_template {
         p.push("no chat template (chat_template.jinja or tokenizer_config.json's chat_template): the harness applies it".into());
     }
@@ -179,33 +190,330 @@ pub fn validate(dir: &Path) -> Vec<String> {
             }
         }
     }
+    if let Some(q) = &quant {
+        quantized_linears_match(&ck, q, &mut p);
+    }
+    let tok = tokenizer_problems(dir, c, &mut p);
+    generation_config_problems(dir, c, &mut p);
+    contents(&ck, tok.as_ref(), &mut p);
     p
 }
 
-/// Validates `dir` and writes `out` (a zip whose only top-level entry is `model/`), atomically.
+/// Every quantized Linear stored as its scheme says: the tensors the format has (packed int4
+/// with `weight_shape`, or int8/fp8), a zero point iff asymmetric, `g_idx` iff act-order
+/// "group", as many scale groups as the group size gives; every decoder Linear quantized
+/// unless it is in `ignore`.
+fn quantized_linears_match(
+    ck: &Checkpoint,
+    q: &super::compressed_tensors::QuantInfo,
+    p: &mut Vec<String>,
+) {
+    use super::scheme::{ActOrder, Strategy};
+    let Some(s) = &q.scheme else {
+        return;
+    };
+    let patterns = q.ignore.iter().any(|i| i.starts_with("re:"));
+    for i in 0..ck.config.num_hidden_layers {
+        for l in LINEAR_NAMES {
+            let pre = format!("model.layers.{i}.{l}");
+            let has = |suffix: &str| ck.contains(&format!("{pre}.{suffix}"));
+            let ignored = q.ignore.iter().any(|x| *x == pre);
+            if !has("weight_scale") {
+                if !ignored && !patterns && has("weight") {
+                    p.push(format!("`{pre}` is stored dense but is not in quantization_config.ignore (vLLM expects it quantized)"));
+                }
+                continue;
+            }
+            if ignored {
+                p.push(format!(
+                    "`{pre}` is stored quantized but quantization_config.ignore lists it"
+                ));
+            }
+            let packed = s.format() == "pack-quantized";
+            for (suffix, want) in [
+                ("weight_packed", packed),
+                ("weight_shape", packed),
+                ("weight", !packed),
+                ("weight_zero_point", !s.weights.symmetric),
+                (
+                    "weight_g_idx",
+                    packed && s.weights.actorder == Some(ActOrder::Group),
+                ),
+            ] {
+                if has(suffix) != want {
+                    p.push(format!(
+                        "`{pre}.{suffix}` is {} but the scheme {} (format {}) {} it",
+                        if want { "missing" } else { "present" },
+                        s.name(),
+                        s.format(),
+                        if want { "needs" } else { "has no place for" }
+                    ));
+                }
+            }
+            let (Ok(scale), Ok(Some((_, _, inp)))) = (
+                ck.info(&format!("{pre}.weight_scale")),
+                ck.dequantized_shaped(&pre),
+            ) else {
+                continue; // the load reports why
+            };
+            let groups = match s.weights.strategy {
+                Strategy::Channel => 1,
+                Strategy::Group(g) => inp.div_ceil(g.max(1)),
+            };
+            if scale.shape.get(1) != Some(&groups) {
+                p.push(format!(
+                    "`{pre}.weight_scale` has shape {:?}: the scheme {} gives {groups} group(s) for {inp} input columns",
+                    scale.shape,
+                    s.name()
+                ));
+            }
+        }
+    }
+}
+
+/// Loads the tokenizer, checks its ids against `vocab_size` and that EXAONE 4's chat format
+/// encodes with its special tokens; returns it when it loads.
+fn tokenizer_problems(
+    dir: &Path,
+    c: &crate::model::Exaone4Config,
+    p: &mut Vec<String>,
+) -> Option<crate::model::Tokenizer> {
+    use crate::model::tokenizer::apply_chat_template;
+    use crate::model::{ChatMessage, Tokenizer};
+    if !dir.join("tokenizer.json").exists() {
+        return None; // reported above
+    }
+    let tok = match Tokenizer::from_dir(dir) {
+        Ok(t) => t,
+        Err(e) => {
+            p.push(e.to_string());
+            return None;
+        }
+    };
+    let max_id = tok.inner.get_vocab(true).into_values().max();
+    if let Some(m) = max_id.filter(|&m| m as usize >= c.vocab_size) {
+        p.push(format!(
+            "tokenizer.json has token ids up to {m} but vocab_size is {}: the embedding has no row for them",
+            c.vocab_size
+        ));
+    }
+    for t in ["[|user|]", "[|assistant|]", "[|endofturn|]"] {
+        if tok.token_id(t).is_none() {
+            p.push(format!(
+                "tokenizer.json has no token {t}: EXAONE 4's chat template cannot be encoded"
+            ));
+        }
+    }
+    let text = apply_chat_template(&[ChatMessage::user("Hello")], true, false);
+    match tok.encode(&text) {
+        Ok(ids) if ids.is_empty() => p.push("the chat template renders to no tokens".into()),
+        Ok(_) => {}
+        Err(e) => p.push(format!("the rendered chat template does not encode: {e}")),
+    }
+    // the template the harness applies must be EXAONE's format
+    let template = std::fs::read_to_string(dir.join("chat_template.jinja"))
+        .ok()
+        .or_else(|| {
+            let t = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+            let v: Value = serde_json::from_str(&t).ok()?;
+            match v.get("chat_template")? {
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            }
+        });
+    if let Some(t) = template {
+        if !t.contains("endofturn") {
+            p.push(
+                "the chat template does not close turns with [|endofturn|]: it is not EXAONE 4's"
+                    .into(),
+            );
+        }
+    }
+    Some(tok)
+}
+
+fn generation_config_problems(dir: &Path, c: &crate::model::Exaone4Config, p: &mut Vec<String>) {
+    let path = dir.join("generation_config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let v: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            p.push(format!("generation_config.json: invalid JSON: {e}"));
+            return;
+        }
+    };
+    let num = |k: &str| v.get(k).and_then(Value::as_f64);
+    if let Err(e) = crate::model::generate::check_sampling(
+        num("temperature").filter(|_| v.get("do_sample") == Some(&Value::Bool(true))),
+        num("top_p"),
+        "generation_config.json: temperature",
+        "generation_config.json: top_p",
+    ) {
+        p.push(e);
+    }
+    let ids: Vec<&Value> = match v.get("eos_token_id") {
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(x) => vec![x],
+        None => vec![],
+    };
+    for id in ids {
+        if id.as_u64().is_none_or(|i| i as usize >= c.vocab_size) {
+            p.push(format!(
+                "generation_config.json: eos_token_id {id} is not a token id below vocab_size {}",
+                c.vocab_size
+            ));
+        }
+    }
+}
+
+/// Reads every tensor through the model's own loader (all problems listed, not just the first),
+/// then runs a few tokens through the model on the CPU and requires finite logits.
+fn contents(ck: &Checkpoint, tok: Option<&crate::model::Tokenizer>, p: &mut Vec<String>) {
+    use candle_core::{DType, Device, Tensor};
+    let cpu = Device::Cpu;
+    let model = match ck.load_model(DType::F32, &cpu) {
+        Ok(m) => m,
+        Err(first) => {
+            // list every tensor that fails, each with its reason (placeholders stand in)
+            let found = std::cell::RefCell::new(vec![]);
+            let _ = crate::model::Exaone4::build(
+                ck.config.clone(),
+                |name, shape| -> Result<Tensor> {
+                    match ck.get(name, shape, DType::F32, &cpu) {
+                        Ok(t) => Ok(t),
+                        Err(e) => {
+                            found.borrow_mut().push(e.to_string());
+                            Ok(Tensor::zeros(1, DType::F32, &cpu)?)
+                        }
+                    }
+                },
+                DType::F32,
+                &cpu,
+            );
+            let found = found.into_inner();
+            if found.is_empty() {
+                p.push(first.to_string());
+            }
+            for e in found {
+                if !p.contains(&e) {
+                    p.push(e);
+                }
+            }
+            return;
+        }
+    };
+    // every other stored tensor must be readable and known to vLLM
+    let aux = [
+        ".weight_scale",
+        ".weight_packed",
+        ".weight_shape",
+        ".weight_zero_point",
+        ".weight_g_idx",
+    ];
+    let used: BTreeSet<String> = model.named_tensors().into_iter().map(|(n, _)| n).collect();
+    for name in ck.names() {
+        if used.contains(name) || name.ends_with("rotary_emb.inv_freq") {
+            continue;
+        }
+        let base = aux
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .map(|pre| format!("{pre}.weight"));
+        let known = name == "lm_head.weight"
+            || base.as_ref().is_some_and(|b| used.contains(b))
+            || name
+                .strip_suffix(".weight")
+                .is_some_and(|pre| ck.contains(&format!("{pre}.weight_scale")));
+        if !known {
+            p.push(format!(
+                "tensor `{name}` is not a parameter of this EXAONE 4 model (vLLM raises KeyError on it)"
+            ));
+        } else if let Err(e) = ck.raw(name, &cpu) {
+            p.push(e.to_string());
+        }
+    }
+    // a few tokens: the chat format when there is a tokenizer, else ids spread over the vocab
+    let c = &model.config;
+    let mut ids = tok
+        .and_then(|t| {
+            t.encode(&crate::model::tokenizer::apply_chat_template(
+                &[crate::model::ChatMessage::user("Hello")],
+                true,
+                false,
+            ))
+            .ok()
+        })
+        .filter(|ids| !ids.is_empty() && ids.iter().all(|&i| (i as usize) < c.vocab_size))
+        .unwrap_or_else(|| crate::model::generate::synthetic_ids(c.vocab_size, 8, 0));
+    ids.truncate(c.max_position_embeddings.min(16));
+    let n = ids.len();
+    let logits = Tensor::from_vec(ids, (1, n), &cpu)
+        .and_then(|x| model.forward(&x, None))
+        .and_then(|l| l.flatten_all()?.to_vec1::<f32>());
+    match logits {
+        Ok(v) => {
+            if let Some(k) = v.iter().position(|x| !x.is_finite()) {
+                p.push(format!(
+                    "the model computes non-finite logits ({} at position {}, token {}) on a {n}-token prompt: the weights or the config are broken",
+                    v[k],
+                    k / c.vocab_size,
+                    k % c.vocab_size
+                ));
+            }
+        }
+        Err(e) => p.push(format!("running {n} tokens through the model failed: {e}")),
+    }
+}
+
+/// Validates `dir` and writes `out` (a zip whose only top-level entry is `model/`), atomically,
+/// refusing an existing `out`. See [`package_to`].
 pub fn package(dir: &Path, out: &Path) -> Result<Vec<String>> {
+    package_to(dir, out, false)
+}
+
+/// Validates `dir` and writes `out` (a zip whose only top-level entry is `model/`): checked
+/// first (not inside the model directory nor one of its files; nothing there unless
+/// `overwrite`, and then only a file), validated, then written to a temporary sibling and moved
+/// into place (a no-replace rename without `overwrite`). Returns notes for the user.
+pub fn package_to(dir: &Path, out: &Path, overwrite: bool) -> Result<Vec<String>> {
+    crate::fs::refuse_overlap(out, &[dir], true)?;
+    crate::fs::check_destination(out, crate::fs::OutputKind::File, overwrite)?;
+    let mut notes = vec![];
     let problems = validate(dir);
     if !problems.is_empty() {
         return Err(Error::Invalid(format!(
-            "{} is not ready to submit:\n  - {}",
+            "{} is not ready to submit ({} problem(s)); no zip was written:\n  - {}",
             dir.display(),
+            problems.len(),
             problems.join("\n  - ")
         )));
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(parent).map_err(|e| Error::io(parent, e))?;
-    {
-        let mut zw = zip::ZipWriter::new(std::io::BufWriter::new(tmp.as_file()));
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_file())
-            .collect();
-        files.sort_by_key(|e| e.file_name());
-        for e in files {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .collect();
+    files.sort_by_key(|e| e.file_name());
+    files.retain(|e| {
+        let hidden = e.file_name().to_string_lossy().starts_with('.');
+        if hidden {
+            notes.push(format!(
+                "left out {} (a hidden file is not part of a model)",
+                e.path().display()
+            ));
+        }
+        !hidden
+    });
+    crate::fs::write_output(out, overwrite, |file| {
+        let zip_err = |e: zip::result::ZipError| match e {
+            zip::result::ZipError::Io(io) => Error::io(out, io),
+            e => Error::Invalid(format!("{}: zip: {e}", out.display())),
+        };
+        let mut zw = zip::ZipWriter::new(std::io::BufWriter::new(file));
+        let mut buf = vec![0u8; 1 << 20];
+        for e in &files {
             let name = e.file_name().to_string_lossy().to_string();
             let path = e.path();
             let len = e.metadata().map(|m| m.len()).unwrap_or(0);
@@ -218,18 +526,20 @@ pub fn package(dir: &Path, out: &Path) -> Result<Vec<String>> {
                 .compression_method(method)
                 .large_file(len >= (1 << 32) - 1);
             zw.start_file(format!("model/{name}"), opts)
-                .map_err(|e| Error::Invalid(format!("zip: {e}")))?;
+                .map_err(zip_err)?;
+            // read errors name the input, write errors (a full disk) the zip
             let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            std::io::copy(&mut f, &mut zw).map_err(|e| Error::io(&path, e))?;
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(&path, e))?;
+                if n == 0 {
+                    break;
+                }
+                zw.write_all(&buf[..n]).map_err(|e| Error::io(out, e))?;
+            }
         }
-        let w = zw
-            .finish()
-            .map_err(|e| Error::Invalid(format!("zip: {e}")))?;
-        let mut w = w;
-        w.flush().map_err(|e| Error::io(out, e))?;
-    }
-    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-    let mut notes = vec![];
+        let mut w = zw.finish().map_err(zip_err)?;
+        w.flush().map_err(|e| Error::io(out, e))
+    })?;
     if ck_has_redundant_head(dir) {
         notes.push("lm_head.weight is in the files but tie_word_embeddings is true: vLLM ignores it (dead weight)".into());
     }

@@ -79,12 +79,11 @@ impl Checkpoint {
             let base = 8 + header;
             for (name, info) in meta.tensors() {
                 let (s, e) = info.data_offsets;
-                if base + e > mmap.len() {
+                if s > e || base.checked_add(e).is_none_or(|end| end > mmap.len()) {
                     return Err(Error::Safetensors {
                         path: path.clone(),
                         msg: format!(
-                            "tensor `{name}` ends at byte {} past the file's {}",
-                            base + e,
+                            "tensor `{name}` claims bytes {s}..{e} after the header, past the file's {} bytes",
                             mmap.len()
                         ),
                     });
@@ -166,12 +165,12 @@ impl Checkpoint {
         device: &Device,
     ) -> Result<Tensor> {
         if let Some(prefix) = name.strip_suffix(".weight") {
-            if let Some(w) = self.dequantized(prefix)? {
-                if w.len() != shape.iter().product::<usize>() {
+            if let Some((w, out, inp)) = self.dequantized_shaped(prefix)? {
+                if shape != [out, inp] {
                     return Err(Error::Shape {
                         name: name.into(),
                         expected: shape.to_vec(),
-                        found: vec![w.len()],
+                        found: vec![out, inp],
                     });
                 }
                 return Ok(Tensor::from_vec(w, shape, &Device::Cpu)?
@@ -199,13 +198,28 @@ impl Checkpoint {
 
     /// The dequantized weight of Linear `prefix` if it is stored compressed.
     pub fn dequantized(&self, prefix: &str) -> Result<Option<Vec<f32>>> {
-        super::compressed_tensors::dequantize_linear(
+        Ok(self.dequantized_shaped(prefix)?.map(|(w, _, _)| w))
+    }
+
+    /// The dequantized weight of Linear `prefix` and its shape (out, in), if stored compressed.
+    /// Errors name this directory, the tensor and the rule its stored values break.
+    pub fn dequantized_shaped(&self, prefix: &str) -> Result<Option<(Vec<f32>, usize, usize)>> {
+        super::compressed_tensors::dequantize_linear_shaped(
             prefix,
             &|n| self.contains(n),
             &|n| self.raw(n, &Device::Cpu),
             &|n| Ok(self.bytes(n)?.to_vec()),
             &|n| self.tensors.get(n).map(|i| i.dtype),
         )
+        .map_err(|e| match e {
+            e @ (Error::BadTensor { .. } | Error::Shape { .. } | Error::Dtype { .. }) => {
+                Error::Context {
+                    context: self.dir.display().to_string(),
+                    source: Box::new(e),
+                }
+            }
+            e => e,
+        })
     }
 
     /// The `quantization_config`, parsed (None for a dense checkpoint).

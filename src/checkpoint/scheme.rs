@@ -62,6 +62,29 @@ impl WeightScheme {
         }
     }
 
+    /// Whether the scheme is one that can be computed and stored: the rule broken, if not.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        match self.ty {
+            NumType::Int if !(2..=8).contains(&self.num_bits) => {
+                return Err(format!(
+                    "num_bits {} for integer weights: expected 2 to 8",
+                    self.num_bits
+                ))
+            }
+            NumType::Float if self.num_bits != 8 => {
+                return Err(format!(
+                    "num_bits {} for float weights: only 8-bit (e4m3) floats exist",
+                    self.num_bits
+                ))
+            }
+            _ => {}
+        }
+        if let Strategy::Group(0) = self.strategy {
+            return Err("group_size 0: a group holds at least 1 input column".into());
+        }
+        Ok(())
+    }
+
     pub fn group_size(&self, in_features: usize) -> usize {
         match self.strategy {
             Strategy::Channel => in_features,
@@ -129,6 +152,31 @@ impl Scheme {
                 num_bits: 8,
                 ty: NumType::Float,
             }),
+        }
+    }
+
+    /// Whether this scheme can be quantized and written as compressed-tensors: the rule broken,
+    /// if not (e.g. a group size of 0, or int4 weights with int8 activations).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        self.weights.check()?;
+        if let Some(a) = self.input_activations {
+            if a.num_bits != 8 {
+                return Err(format!(
+                    "input_activations num_bits {}: only 8-bit activation quantization is supported",
+                    a.num_bits
+                ));
+            }
+        }
+        match self.format() {
+            "pack-quantized" if self.weights.num_bits != 4 => Err(format!(
+                "num_bits {} for weight-only integers: only 4-bit packing is supported",
+                self.weights.num_bits
+            )),
+            "int-quantized" if self.weights.num_bits != 8 => Err(format!(
+                "num_bits {} for integer weights with quantized activations: only W8A8 is supported",
+                self.weights.num_bits
+            )),
+            _ => Ok(()),
         }
     }
 

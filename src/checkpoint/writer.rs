@@ -90,8 +90,9 @@ pub struct WriteOptions {
     pub max_shard_bytes: usize,
     /// Copy tokenizer, chat template and generation config from this directory.
     pub side_files_from: Option<PathBuf>,
-    /// Replace an existing directory at the destination (the old one is removed only after the
-    /// new one is complete).
+    /// Replace an existing model directory at the destination (the old one is removed only
+    /// after the new one is in place; something that is not a model directory is never
+    /// replaced).
     pub overwrite: bool,
 }
 
@@ -105,7 +106,30 @@ impl Default for WriteOptions {
     }
 }
 
-/// Writes `config` and `tensors` as a model directory at `out`, atomically.
+/// Checks, before any long work, that a model directory can be written at `out` with `opts`:
+/// nothing there (or, with `overwrite`, a model directory or an empty one), not the input
+/// directory nor one containing it, a parent we can write in. Removes what killed runs left for
+/// `out` (printing a note about each); returns the notes.
+pub fn check_model_out(out: &Path, opts: &WriteOptions) -> Result<Vec<String>> {
+    if let Some(src) = &opts.side_files_from {
+        crate::fs::refuse_overlap(out, &[src.as_path()], false)?;
+    }
+    crate::fs::check_destination(out, crate::fs::OutputKind::ModelDir, opts.overwrite)
+}
+
+impl WriteOptions {
+    /// [`check_model_out`]: whether a model directory can be written at `out` with these
+    /// options, checked before any long work.
+    pub fn check_destination(&self, out: &Path) -> Result<Vec<String>> {
+        check_model_out(out, self)
+    }
+}
+
+/// Writes `config` and `tensors` as a model directory at `out`, atomically: everything goes
+/// into a temporary sibling `.NAME.partial-PID-*`, which is moved into place with a no-replace
+/// rename. Without `overwrite`, anything at `out` — also something that appears there while
+/// this runs — is left untouched and the write fails. With it, only a model directory (or an
+/// empty one) is replaced, and only once the new one is complete.
 /// `config_value` lets a caller add blocks (e.g. `quantization_config`) to the typed config.
 pub fn write_model_dir(
     out: &Path,
@@ -114,42 +138,47 @@ pub fn write_model_dir(
     tensors: &BTreeMap<String, RawTensor>,
     opts: &WriteOptions,
 ) -> Result<()> {
-    if out.exists() && !opts.overwrite {
-        return Err(Error::Invalid(format!(
-            "{} already exists (pass overwrite to replace it)",
-            out.display()
-        )));
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    check_model_out(out, opts)?;
+    let parent = crate::fs::parent_of(out).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.partial-"))
+        .prefix(&crate::fs::partial_prefix(out)?)
         .tempdir_in(&parent)
         .map_err(|e| Error::io(&parent, e))?;
-    let dir = tmp.path();
+    fill_dir(tmp.path(), config, config_value, tensors, opts).map_err(|e| Error::Context {
+        context: format!("writing {}", out.display()),
+        source: Box::new(e),
+    })?;
+    let kept = tmp.keep();
+    crate::fs::move_into_place(&kept, out, crate::fs::OutputKind::ModelDir, opts.overwrite)
+}
 
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::json(path, e))? + "\n";
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// Writes the files of a model directory into `dir` (a private temporary) and syncs them.
+fn fill_dir(
+    dir: &Path,
+    config: &Exaone4Config,
+    config_value: Option<Value>,
+    tensors: &BTreeMap<String, RawTensor>,
+    opts: &WriteOptions,
+) -> Result<()> {
     write_weights(dir, tensors, opts.max_shard_bytes)?;
-
     let cfg = config_value.unwrap_or_else(|| config.to_value());
-    let cfg_path = dir.join("config.json");
-    std::fs::write(
-        &cfg_path,
-        serde_json::to_string_pretty(&cfg).expect("json") + "\n",
-    )
-    .map_err(|e| Error::io(&cfg_path, e))?;
-
+    write_json(&dir.join("config.json"), &cfg)?;
     if let Some(src) = &opts.side_files_from {
         for f in SIDE_FILES {
             let from = src.join(f);
             if from.exists() {
-                std::fs::copy(&from, dir.join(f)).map_err(|e| Error::io(&from, e))?;
+                std::fs::copy(&from, dir.join(f)).map_err(|e| {
+                    Error::io(
+                        &from,
+                        std::io::Error::new(e.kind(), format!("copying into the output: {e}")),
+                    )
+                })?;
             }
         }
     }
@@ -171,32 +200,27 @@ pub fn write_model_dir(
         if let Some(p) = config.pad_token_id {
             g.insert("pad_token_id".into(), p.into());
         }
-        std::fs::write(
-            &gen,
-            serde_json::to_string_pretty(&Value::Object(g)).expect("json") + "\n",
-        )
-        .map_err(|e| Error::io(&gen, e))?;
+        write_json(&gen, &Value::Object(g))?;
     }
-
-    // rename into place; an existing destination is moved aside first and removed last
-    let kept = tmp.keep();
-    let mut old = None;
-    if out.exists() {
-        let aside = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &aside).map_err(|e| Error::io(out, e))?;
-        old = Some(aside);
+    // durable before the rename makes it visible
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        std::fs::File::open(&p)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&p, e))?;
     }
-    if let Err(e) = std::fs::rename(&kept, out) {
-        if let Some(aside) = &old {
-            let _ = std::fs::rename(aside, out);
-        }
-        let _ = std::fs::remove_dir_all(&kept);
-        return Err(Error::io(out, e));
-    }
-    if let Some(aside) = old {
-        let _ = std::fs::remove_dir_all(aside);
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// A safetensors serialization error: an I/O failure (a full disk) named as such.
+fn st_write_error(path: &Path, e: safetensors::SafeTensorError) -> Error {
+    match e {
+        safetensors::SafeTensorError::IoError(io) => Error::io(path, io),
+        e => Error::Invalid(format!("{}: cannot serialize: {e}", path.display())),
+    }
 }
 
 fn write_weights(
@@ -223,12 +247,8 @@ fn write_weights(
     let total: usize = tensors.values().map(|t| t.data.len()).sum();
     if total <= max_shard {
         let path = dir.join("model.safetensors");
-        return safetensors::serialize_to_file(tensors.iter(), meta, &path).map_err(|e| {
-            Error::Safetensors {
-                path,
-                msg: e.to_string(),
-            }
-        });
+        return safetensors::serialize_to_file(tensors.iter(), meta, &path)
+            .map_err(|e| st_write_error(&path, e));
     }
     // greedy packing in name order, as transformers does
     let mut shards: Vec<Vec<(&String, &RawTensor)>> = vec![vec![]];
@@ -251,19 +271,11 @@ fn write_weights(
             meta.clone(),
             &path,
         )
-        .map_err(|e| Error::Safetensors {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
+        .map_err(|e| st_write_error(&path, e))?;
         for (n, _) in shard {
             weight_map.insert((*n).clone(), fname.clone().into());
         }
     }
     let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    let path = dir.join("model.safetensors.index.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&index).expect("json") + "\n",
-    )
-    .map_err(|e| Error::io(&path, e))
+    write_json(&dir.join("model.safetensors.index.json"), &index)
 }

@@ -10,8 +10,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::data::{rng, TokenStream};
 use crate::model::{DecoderLayer, Exaone4};
 
-/// `n` seeded windows of `len` tokens from a token stream.
+/// `n` seeded windows of `len` tokens from a token stream. Both must be at least 1 (the flags
+/// `--calib-samples` and `--calib-len` of the CLI).
 pub fn samples(stream: &TokenStream, n: usize, len: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
+    if n == 0 {
+        candle_core::bail!("calibration: 0 samples (--calib-samples): at least 1 is needed");
+    }
+    if len == 0 {
+        candle_core::bail!("calibration: samples of 0 tokens (--calib-len): at least 1 is needed");
+    }
     let mut r = rng(seed);
     let t = stream.sample_windows(n, len, &mut r, &candle_core::Device::Cpu)?;
     t.to_vec2::<u32>()
@@ -97,8 +104,27 @@ pub fn sequential(
     if calib.is_empty() {
         candle_core::bail!("no calibration samples");
     }
-    let mut m = model.share();
     let t = calib[0].len();
+    if t == 0 || calib.iter().any(|c| c.len() != t) {
+        candle_core::bail!(
+            "calibration samples must all hold the same number (at least 1) of tokens; the first holds {t}"
+        );
+    }
+    if t > model.config.max_position_embeddings {
+        candle_core::bail!(
+            "calibration samples of {t} tokens exceed the model's context (max_position_embeddings {})",
+            model.config.max_position_embeddings
+        );
+    }
+    for (i, c) in calib.iter().enumerate() {
+        if let Err(e) = model
+            .config
+            .check_ids(c, &format!("calibration sample {i}"))
+        {
+            candle_core::bail!("{e}");
+        }
+    }
+    let mut m = model.share();
     let dev = m.device().clone();
     // hidden states of every chunk at the current layer's input
     let mut hs: Vec<Tensor> = vec![];

@@ -44,6 +44,29 @@ pub struct DistillConfig {
     pub seed: u64,
 }
 
+impl DistillConfig {
+    /// Healing after compression, as the studies run it: `steps` of AdamW at lr 1e-3 (warm-up a
+    /// tenth of the steps, no weight decay), KL(teacher ‖ student) at T = 1 on batches of 8
+    /// windows of `seq_len` tokens, training `groups` only.
+    pub fn heal(groups: Vec<ParamGroup>, steps: usize, seq_len: usize, seed: u64) -> Self {
+        Self {
+            train: TrainConfig {
+                steps,
+                lr: 1e-3,
+                warmup_steps: steps / 10,
+                weight_decay: 0.0,
+                eval_every: 0,
+                ..Default::default()
+            },
+            temperature: 1.0,
+            groups,
+            batch: 8,
+            seq_len,
+            seed,
+        }
+    }
+}
+
 /// Gives the student its own lm_head (a copy of the embedding) and marks the config untied.
 pub fn untie(model: &mut Exaone4) -> Result<()> {
     if model.lm_head.is_none() {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use candle_core::{Result, Tensor};
 
+use crate::model::generate::synthetic_ids;
 use crate::model::Exaone4;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -58,10 +59,13 @@ pub fn measure(
     warmup: usize,
     repeats: usize,
 ) -> Result<Speed> {
+    if repeats == 0 || prompt_len == 0 || new_tokens == 0 {
+        candle_core::bail!(
+            "speed: repeats ({repeats}), prompt length ({prompt_len}) and new tokens ({new_tokens}) must each be at least 1"
+        );
+    }
     let dev = model.device().clone();
-    let prompt: Vec<u32> = (0..prompt_len)
-        .map(|i| (4 + (i * 7919) % (model.config.vocab_size - 4)) as u32)
-        .collect();
+    let prompt = synthetic_ids(model.config.vocab_size, prompt_len, 0);
     let mut dec = vec![];
     let mut pre = vec![];
     for run in 0..warmup + repeats {
@@ -120,9 +124,7 @@ pub fn measure_checkpoint(
         let Ok(mut e) = engine else {
             return Ok(Some((s, false)));
         };
-        let prompt: Vec<u32> = (0..prompt_len)
-            .map(|i| (4 + (i * 7919) % (ckpt.config.vocab_size - 4)) as u32)
-            .collect();
+        let prompt = synthetic_ids(ckpt.config.vocab_size, prompt_len, 0);
         let mut dec = vec![];
         for run in 0..warmup + repeats.max(1) {
             e.prefill(std::slice::from_ref(&prompt))?;

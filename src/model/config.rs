@@ -85,14 +85,17 @@ fn token_ids(raw: &Map<String, Value>, key: &str) -> Result<Vec<u32>> {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Number(n)) => n
             .as_u64()
-            .map(|x| vec![x as u32])
-            .ok_or_else(|| Error::config(key, "expected a token id")),
+            .and_then(|x| u32::try_from(x).ok())
+            .map(|x| vec![x])
+            .ok_or_else(|| Error::config(key, format!("expected a token id, got {n}"))),
         Some(Value::Array(a)) => a
             .iter()
             .map(|v| {
                 v.as_u64()
-                    .map(|x| x as u32)
-                    .ok_or_else(|| Error::config(key, "expected a list of token ids"))
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| {
+                        Error::config(key, format!("expected a list of token ids, found {v}"))
+                    })
             })
             .collect(),
         Some(v) => Err(Error::config(
@@ -271,7 +274,112 @@ impl Exaone4Config {
             dtype,
             raw,
         };
+        cfg.check_values()?;
         Ok(cfg)
+    }
+
+    /// The ranges every value must lie in for the forward to compute finite numbers and the
+    /// sizes to be representable: what transformers would accept but then turn into NaN, a
+    /// division by zero or an overflow.
+    fn check_values(&self) -> Result<()> {
+        for (k, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(Error::config(k, "0: must be at least 1"));
+            }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(Error::config(
+                "rms_norm_eps",
+                format!(
+                    "{}: must be a finite number >= 0 (a negative epsilon makes RMSNorm NaN)",
+                    self.rms_norm_eps
+                ),
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(Error::config(
+                "rope_theta",
+                format!(
+                    "{}: must be a finite number > 0 (RoPE frequencies are theta^(-2i/d))",
+                    self.rope_theta
+                ),
+            ));
+        }
+        if let Some(l3) = &self.rope_scaling {
+            let key = if self.raw.contains_key("rope_parameters") {
+                "rope_parameters"
+            } else {
+                "rope_scaling"
+            };
+            for (k, v) in [
+                ("factor", l3.factor),
+                ("low_freq_factor", l3.low_freq_factor),
+                ("high_freq_factor", l3.high_freq_factor),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(Error::config(
+                        &format!("{key}.{k}"),
+                        format!("{v}: must be a finite number > 0"),
+                    ));
+                }
+            }
+            if l3.original_max_position_embeddings == 0 {
+                return Err(Error::config(
+                    &format!("{key}.original_max_position_embeddings"),
+                    "0: must be at least 1",
+                ));
+            }
+        }
+        if self.sliding_window == Some(0) {
+            return Err(Error::config(
+                "sliding_window",
+                "0: a window must hold at least one position",
+            ));
+        }
+        for (k, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ]
+        .into_iter()
+        .chain(
+            self.eos_token_ids
+                .iter()
+                .map(|&e| ("eos_token_id", Some(e))),
+        ) {
+            if let Some(id) = id.filter(|&i| i as usize >= self.vocab_size) {
+                return Err(Error::config(
+                    k,
+                    format!(
+                        "{id} is outside the vocabulary (vocab_size {})",
+                        self.vocab_size
+                    ),
+                ));
+            }
+        }
+        // every tensor's element count, and the total, must be representable
+        let n = self.num_parameters_u128();
+        let widest = [
+            self.num_attention_heads as u128 * self.head_dim as u128,
+            self.intermediate_size as u128,
+            self.vocab_size as u128,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+            * self.hidden_size as u128;
+        if n > (isize::MAX as u128) || widest > (isize::MAX as u128) {
+            return Err(Error::config(
+                "hidden_size",
+                format!("{} with vocab_size {}, intermediate_size {} and {} heads of {}: {n} parameters, too large to represent", self.hidden_size, self.vocab_size, self.intermediate_size, self.num_attention_heads, self.head_dim),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether layer `i` applies RoPE. transformers: RoPE iff `sliding_window` is null or the layer
@@ -300,16 +408,46 @@ impl Exaone4Config {
         w
     }
 
-    /// Total parameter count as transformers counts it (a tied lm_head counted once).
+    /// Total parameter count as transformers counts it (a tied lm_head counted once); saturates
+    /// at `usize::MAX` (a validated config never gets near it).
     pub fn num_parameters(&self) -> usize {
-        let h = self.hidden_size;
-        let q = self.num_attention_heads * self.head_dim;
-        let kv = self.num_key_value_heads * self.head_dim;
+        usize::try_from(self.num_parameters_u128()).unwrap_or(usize::MAX)
+    }
+
+    /// [`num_parameters`](Self::num_parameters) in 128 bits: exact for any sizes a config holds.
+    pub fn num_parameters_u128(&self) -> u128 {
+        let h = self.hidden_size as u128;
+        let d = self.head_dim as u128;
+        let q = self.num_attention_heads as u128 * d;
+        let kv = self.num_key_value_heads as u128 * d;
         let per_layer =
-            h * q * 2 + h * kv * 2 + 3 * h * self.intermediate_size + 2 * self.head_dim + 2 * h;
-        let embed = self.vocab_size * h;
+            h * q * 2 + h * kv * 2 + 3 * h * self.intermediate_size as u128 + 2 * d + 2 * h;
+        let embed = self.vocab_size as u128 * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        per_layer * self.num_hidden_layers + embed + head + h
+        per_layer * self.num_hidden_layers as u128 + embed + head + h
+    }
+
+    /// Checks that `ids` can be fed to the model: none is outside the vocabulary, and there are
+    /// at most `max_position_embeddings` of them. `what` names where they came from (a flag).
+    pub fn check_ids(&self, ids: &[u32], what: &str) -> Result<()> {
+        if let Some((i, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= self.vocab_size)
+        {
+            return Err(Error::Invalid(format!(
+                "{what}: token id {id} (position {i}) is outside the vocabulary: ids must be below vocab_size {}",
+                self.vocab_size
+            )));
+        }
+        if ids.len() > self.max_position_embeddings {
+            return Err(Error::Invalid(format!(
+                "{what}: {} tokens exceed the context of max_position_embeddings {}",
+                ids.len(),
+                self.max_position_embeddings
+            )));
+        }
+        Ok(())
     }
 
     /// The config as JSON: the raw object, with every modelled field written back from the typed

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::Exaone4Config;
-use super::kv_cache::KvCache;
+use super::kv_cache::{CacheShape, KvCache};
 use super::kernels::Kernels;
 use super::layers::{apply_rope, attend, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope};
 
@@ -43,7 +43,7 @@ pub struct Context<'a> {
     /// full-attention layers use the kernels' causal attention (no mask is built)
     pub fused: bool,
     /// the model's installed kernels (inference mode only)
-    pub kernels: Option<&'a dyn Kernels>,
+    pub kernels: Option<Arc<dyn Kernels>>,
 }
 
 /// Sees the input of each Linear during a forward: `(name inside the layer, input)`. q/k/v
@@ -114,6 +114,7 @@ impl DecoderLayer {
         };
         let o = if ctx.fused && a.window.is_none() {
             ctx.kernels
+                .as_ref()
                 .map(|kern| kern.causal_attention(&q, &k, &v))
                 .transpose()?
                 .flatten()
@@ -127,7 +128,7 @@ impl DecoderLayer {
         let o = a.o_proj.forward(&o)?;
         let h = (h + self.post_attention_layernorm.forward(&o, ctx.mode)?)?;
         see("mlp.gate_proj", &h)?;
-        let act = self.mlp.activation(&h, ctx.mode, ctx.kernels)?;
+        let act = self.mlp.activation(&h, ctx.mode, ctx.kernels.as_deref())?;
         see("mlp.down_proj", &act)?;
         let m = self.mlp.down_proj.forward(&act)?;
         h + self.post_feedforward_layernorm.forward(&m, ctx.mode)?
@@ -270,16 +271,14 @@ impl Exaone4 {
     /// A fresh KV cache for `batch` rows of up to `capacity` tokens.
     pub fn new_cache(&self, batch: usize, capacity: usize, pad: Vec<usize>) -> Result<KvCache> {
         let c = &self.config;
-        KvCache::new(
-            c.num_hidden_layers,
+        let shape = CacheShape {
+            layers: c.num_hidden_layers,
             batch,
-            c.num_key_value_heads,
-            c.head_dim,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
             capacity,
-            pad,
-            self.dtype,
-            &self.device,
-        )
+        };
+        KvCache::new(shape, pad, self.dtype, &self.device)
     }
 
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
@@ -325,11 +324,11 @@ impl Exaone4 {
         };
         // unpadded causal attention needs no mask where the fused kernel runs
         let kernels = match self.mode {
-            Mode::Inference => self.kernels.as_deref(),
+            Mode::Inference => self.kernels.clone(),
             Mode::Differentiable => None,
         };
         let fused = !padded
-            && kernels.is_some_and(|k| {
+            && kernels.as_ref().is_some_and(|k| {
                 k.causal_attention_available(&self.device, self.dtype, self.config.head_dim)
             });
         let mask_full = if fused {

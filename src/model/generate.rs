@@ -28,6 +28,17 @@ pub struct GenerateOptions {
 }
 
 impl GenerateOptions {
+    /// Whether the sampling parameters are usable: the rule broken, if not.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Sampling::Sample {
+            temperature, top_p, ..
+        } = &self.sampling
+        {
+            check_sampling(Some(*temperature), *top_p, "temperature", "top_p")?;
+        }
+        Ok(())
+    }
+
     pub fn greedy(max_new_tokens: usize, eos_ids: Vec<u32>) -> Self {
         Self {
             max_new_tokens,
@@ -76,15 +87,35 @@ pub fn generate_timed(
     if prompts.iter().any(|p| p.is_empty()) {
         candle_core::bail!("generate: every prompt needs at least one token");
     }
+    if let Err(e) = opts.check() {
+        candle_core::bail!("generate: {e}");
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        if let Err(e) = model.config.check_ids(p, &format!("generate: prompt {i}")) {
+            candle_core::bail!("{e}");
+        }
+    }
+    if (opts.pad_id as usize) >= model.config.vocab_size && prompts.len() > 1 {
+        candle_core::bail!(
+            "generate: pad id {} is outside the vocabulary (vocab_size {})",
+            opts.pad_id,
+            model.config.vocab_size
+        );
+    }
     let dev = model.device().clone();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    // never past the context: the KV cache is sized prompt + new tokens
+    let max_new_tokens = max_new_tokens_within(&model.config, longest, opts.max_new_tokens);
+    if max_new_tokens == 0 {
+        return Ok((vec![vec![]; b], stats));
+    }
     let pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
     let mut ids = Vec::with_capacity(b * longest);
     for p in prompts {
         ids.extend(std::iter::repeat_n(opts.pad_id, longest - p.len()));
         ids.extend_from_slice(p);
     }
-    let mut cache = model.new_cache(b, longest + opts.max_new_tokens, pad)?;
+    let mut cache = model.new_cache(b, longest + max_new_tokens, pad)?;
     let input = Tensor::from_vec(ids, (b, longest), &dev)?;
     let h = model.forward_hidden(&input, Some(&mut cache))?;
     let mut last = model.logits(&h.narrow(1, longest - 1, 1)?.squeeze(1)?)?; // [b, vocab]
@@ -127,7 +158,7 @@ pub fn generate_timed(
     let mut out: Vec<Vec<u32>> = vec![vec![]; b];
     let mut done = vec![false; b];
     let mut t_decode = None;
-    for step in 0..opts.max_new_tokens {
+    for step in 0..max_new_tokens {
         if step < opts.min_new_tokens {
             if let Some(m) = &eos_mask {
                 last = last.broadcast_add(m)?;
@@ -154,7 +185,7 @@ pub fn generate_timed(
                 done[r] = opts.eos_ids.contains(&next[r]);
             }
         }
-        if done.iter().all(|&d| d) || step + 1 == opts.max_new_tokens {
+        if done.iter().all(|&d| d) || step + 1 == max_new_tokens {
             break;
         }
         let feed: Vec<u32> = (0..b)
@@ -166,6 +197,39 @@ pub fn generate_timed(
     }
     stats.decode_secs = t_decode.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
     Ok((out, stats))
+}
+
+/// How many new tokens a prompt of `prompt_len` tokens may get when `requested` are asked for:
+/// no more than fit in the context (`max_position_embeddings`), computed without overflow.
+pub fn max_new_tokens_within(
+    cfg: &super::Exaone4Config,
+    prompt_len: usize,
+    requested: usize,
+) -> usize {
+    requested.min(cfg.max_position_embeddings.saturating_sub(prompt_len))
+}
+
+/// Temperature must be finite and > 0, top-p in (0, 1]: the rule broken, naming the values by
+/// `t_name` and `p_name` (a flag or a field).
+pub fn check_sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    t_name: &str,
+    p_name: &str,
+) -> std::result::Result<(), String> {
+    if let Some(t) = temperature {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(format!(
+                "{t_name} {t}: must be a finite number > 0 (use greedy decoding for 0)"
+            ));
+        }
+    }
+    if let Some(p) = top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(format!("{p_name} {p}: must lie in (0, 1]"));
+        }
+    }
+    Ok(())
 }
 
 /// The parts of `generation_config.json` generation reads.
@@ -206,4 +270,66 @@ impl GenerationConfig {
             eos_ids,
         }
     }
+}
+
+/// What a caller asks of one generation on top of the model's `generation_config.json`.
+#[derive(Clone, Debug, Default)]
+pub struct GenerationRequest {
+    pub max_new_tokens: usize,
+    pub min_new_tokens: usize,
+    /// force greedy decoding whatever the file says
+    pub greedy: bool,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+}
+
+impl GenerationRequest {
+    /// Whether the request's values are usable, naming the CLI flags they come from.
+    pub fn check(&self) -> crate::Result<()> {
+        check_sampling(self.temperature, self.top_p, "--temperature", "--top-p")
+            .map_err(crate::Error::Flag)
+    }
+}
+
+impl GenerationConfig {
+    /// The options HF transformers' `generate` would use: an explicit temperature or top-p
+    /// (or the file's `do_sample`) means sampling, with values from the request, else the file,
+    /// else temperature 1; `greedy` overrides all. Stop ids come from the file, else the model's
+    /// config.
+    pub fn options(&self, req: &GenerationRequest, cfg: &super::Exaone4Config) -> GenerateOptions {
+        let sample =
+            !req.greedy && (req.temperature.is_some() || req.top_p.is_some() || self.do_sample);
+        let sampling = if sample {
+            Sampling::Sample {
+                temperature: req.temperature.or(self.temperature).unwrap_or(1.0),
+                top_p: req.top_p.or(self.top_p),
+                seed: req.seed,
+            }
+        } else {
+            Sampling::Greedy
+        };
+        let eos_ids = if self.eos_ids.is_empty() {
+            cfg.eos_token_ids.clone()
+        } else {
+            self.eos_ids.clone()
+        };
+        GenerateOptions {
+            max_new_tokens: req.max_new_tokens,
+            min_new_tokens: req.min_new_tokens,
+            eos_ids,
+            pad_id: cfg.pad_token_id.unwrap_or(0),
+            sampling,
+        }
+    }
+}
+
+/// A deterministic stand-in prompt of `len` token ids for speed measurements and kernel
+/// checks: ids spread over the vocabulary (skipping the 4 lowest, special in EXAONE's
+/// tokenizers), starting `offset` steps into the sequence.
+pub fn synthetic_ids(vocab: usize, len: usize, offset: usize) -> Vec<u32> {
+    let span = vocab.saturating_sub(4).max(1);
+    (0..len)
+        .map(|i| (4 + ((offset + i) * 7919) % span) as u32)
+        .collect()
 }

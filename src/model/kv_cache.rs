@@ -14,19 +14,29 @@ pub struct KvCache {
     pub pad: Vec<usize>,
 }
 
+/// The dimensions of a cache: `layers` buffers of [batch, kv_heads, capacity, head_dim].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheShape {
+    pub layers: usize,
+    pub batch: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub capacity: usize,
+}
+
 impl KvCache {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        layers: usize,
-        batch: usize,
-        kv_heads: usize,
-        head_dim: usize,
-        capacity: usize,
-        pad: Vec<usize>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        assert_eq!(pad.len(), batch, "one padding count per row");
+    /// A zeroed cache of `shape`, rows left-padded by `pad` (one count per row).
+    pub fn new(shape: CacheShape, pad: Vec<usize>, dtype: DType, device: &Device) -> Result<Self> {
+        let CacheShape {
+            layers,
+            batch,
+            kv_heads,
+            head_dim,
+            capacity,
+        } = shape;
+        if pad.len() != batch {
+            candle_core::bail!("KV cache: {} padding counts for {batch} rows", pad.len());
+        }
         let mut k = Vec::with_capacity(layers);
         let mut v = Vec::with_capacity(layers);
         for _ in 0..layers {

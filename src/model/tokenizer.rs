@@ -61,17 +61,6 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// The tokenizer of model directory `dir`, or the default model's when it has none (a
-    /// random-weight checkpoint): token ids then still mean something to the harness, text
-    /// quality does not. Returns whether it fell back.
-    pub fn for_model(dir: &Path) -> Result<(Self, bool)> {
-        if dir.join("tokenizer.json").exists() {
-            Ok((Self::from_dir(dir)?, false))
-        } else {
-            Ok((Self::from_dir(&crate::default_model_dir())?, true))
-        }
-    }
-
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
@@ -203,4 +192,16 @@ pub fn train_bpe(
     std::fs::write(&p, serde_json::to_string_pretty(&st).expect("json") + "\n")
         .map_err(|e| Error::io(&p, e))?;
     Tokenizer::from_dir(out_dir)
+}
+
+/// [`train_bpe`] on documents in memory: they are written one a line (joined by `\n`) to a
+/// temporary file that the trainer reads.
+pub fn train_bpe_on_documents(
+    documents: &[String],
+    vocab_size: usize,
+    out_dir: &Path,
+) -> Result<Tokenizer> {
+    let tmp = tempfile::NamedTempFile::new().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+    std::fs::write(tmp.path(), documents.join("\n")).map_err(|e| Error::io(tmp.path(), e))?;
+    train_bpe(&[tmp.path().to_path_buf()], vocab_size, out_dir)
 }

@@ -22,6 +22,9 @@ use std::path::Path;
 
 use polars::prelude::*;
 
+use crate::error::{Error, Result};
+use crate::fs::write_atomic_with;
+
 #[derive(Clone, Debug)]
 pub struct Row {
     pub variant: String,
@@ -31,6 +34,38 @@ pub struct Row {
     pub value: f64,
     pub spread: Option<f64>,
     pub unit: String,
+}
+
+/// What a result row is about: a model variant — its name, the recipe that made it (the
+/// ordered steps, e.g. `drop[8] → gptq W4A16`) and every parameter of those steps. Results,
+/// reports and recommendations all name variants through this one type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Variant {
+    pub name: String,
+    /// the steps, in order, as the `method` column shows them
+    pub method: String,
+    /// the steps' parameters (JSON), as the `params` column stores them
+    pub params: serde_json::Value,
+}
+
+impl Variant {
+    pub fn new(name: impl Into<String>, method: impl Into<String>, params: serde_json::Value) -> Self {
+        Self {
+            name: name.into(),
+            method: method.into(),
+            params,
+        }
+    }
+
+    /// The unchanged base model.
+    pub fn original() -> Self {
+        Self::new("original", "none", serde_json::json!({}))
+    }
+
+    /// A name usable as a directory name (`+`, spaces, brackets and slashes become `_`).
+    pub fn dir_name(&self) -> String {
+        self.name.replace(['+', ' ', '(', ')', '/'], "_")
+    }
 }
 
 /// A table under construction, with the context every row shares.
@@ -89,21 +124,19 @@ impl Results {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records `metric` = `value` (± `spread`, in `unit`) for `variant`.
     pub fn add(
         &mut self,
-        variant: &str,
-        method: &str,
-        params: &serde_json::Value,
+        variant: &Variant,
         metric: &str,
         value: f64,
         spread: Option<f64>,
         unit: &str,
     ) {
         self.rows.push(Row {
-            variant: variant.into(),
-            method: method.into(),
-            params: params.to_string(),
+            variant: variant.name.clone(),
+            method: variant.method.clone(),
+            params: variant.params.to_string(),
             metric: metric.into(),
             value,
             spread,
@@ -145,6 +178,15 @@ impl Results {
             .unwrap_or_default()
     }
 
+    /// The variant as first recorded (name, method, params), if any row names it.
+    pub fn variant(&self, name: &str) -> Option<Variant> {
+        self.rows.iter().find(|r| r.variant == name).map(|r| Variant {
+            name: r.variant.clone(),
+            method: r.method.clone(),
+            params: serde_json::from_str(&r.params).unwrap_or(serde_json::Value::Null),
+        })
+    }
+
     pub fn to_dataframe(&self) -> PolarsResult<DataFrame> {
         let n = self.rows.len();
         let col = |f: &dyn Fn(&Row) -> String| -> Vec<String> { self.rows.iter().map(f).collect() };
@@ -165,18 +207,23 @@ impl Results {
     }
 
     /// Writes `dir/results.parquet` and `dir/results.csv`.
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)?;
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut df = self.to_dataframe()?;
-        ParquetWriter::new(std::fs::File::create(dir.join("results.parquet"))?).finish(&mut df)?;
-        CsvWriter::new(std::fs::File::create(dir.join("results.csv"))?).finish(&mut df)?;
-        Ok(())
+        let as_io = |e: PolarsError| std::io::Error::other(e.to_string());
+        write_atomic_with(&dir.join("results.parquet"), |f| {
+            ParquetWriter::new(f).finish(&mut df).map(|_| ()).map_err(as_io)
+        })?;
+        write_atomic_with(&dir.join("results.csv"), |f| {
+            CsvWriter::new(f).finish(&mut df).map_err(as_io)
+        })
     }
 
     /// Reads a results.parquet back (for regenerating a report from the file alone).
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let df = ParquetReader::new(std::fs::File::open(path)?).finish()?;
-        let s = |c: &str| -> anyhow::Result<Vec<String>> {
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let df = ParquetReader::new(file).finish()?;
+        let s = |c: &str| -> Result<Vec<String>> {
             Ok(df
                 .column(c)?
                 .str()?
@@ -199,7 +246,7 @@ impl Results {
             .collect();
         let spread: Vec<Option<f64>> = df.column("spread")?.f64()?.iter().collect();
         let first =
-            |c: &str| -> anyhow::Result<String> { Ok(s(c)?.first().cloned().unwrap_or_default()) };
+            |c: &str| -> Result<String> { Ok(s(c)?.first().cloned().unwrap_or_default()) };
         let rows = (0..value.len())
             .map(|i| Row {
                 variant: variant[i].clone(),

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::chart::hbars;
+use crate::error::{Error, Result};
+use crate::fs::write_atomic;
 use crate::record::Results;
 use crate::runtime::Check;
 
@@ -79,8 +81,11 @@ pub fn checks(r: &Results) -> Vec<Check> {
 }
 
 /// Writes the report (README.md, prefill.png, decode.png) for the results of a runtime benchmark.
-pub fn write(r: &Results, out: &Path, command: &str) -> anyhow::Result<()> {
-    let err = |e: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("chart: {e}");
+pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Chart {
+        path: out.to_path_buf(),
+        msg: e.to_string(),
+    };
     let (pre, dec) = chart_values(r);
     if !pre.is_empty() {
         let title = "Prefill + log-softmax (thousand tokens/s, ± half spread)";
@@ -90,7 +95,7 @@ pub fn write(r: &Results, out: &Path, command: &str) -> anyhow::Result<()> {
         let title = "Greedy decode (tokens/s over all rows, ± half spread)";
         hbars(&out.join("decode.png"), title, "tokens/s", &dec).map_err(err)?;
     }
-    std::fs::write(out.join("README.md"), markdown(r, command))?;
+    write_atomic(&out.join("README.md"), markdown(r, command).as_bytes())?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::chart::{bars, hbars, pareto_front, scatter_pareto, Point};
+use crate::error::{Error, Result};
+use crate::fs::write_atomic;
 use crate::record::Results;
 
 /// How to render: `redact_timings` replaces every time-derived figure (for snapshot tests).
@@ -233,8 +235,8 @@ fn recommend(r: &Results, o: &ReportOptions) -> Vec<String> {
 }
 
 /// Writes README.md and the charts into `dir`.
-pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
+pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let pts = |x_metric: &str| -> Vec<Point> {
         r.variants()
             .into_iter()
@@ -248,7 +250,10 @@ pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> anyhow::Result<()> {
             })
             .collect()
     };
-    let e = |x: Box<dyn std::error::Error + Send + Sync>| anyhow::anyhow!("chart: {x}");
+    let e = |x: Box<dyn std::error::Error + Send + Sync>| Error::Chart {
+        path: dir.to_path_buf(),
+        msg: x.to_string(),
+    };
     scatter_pareto(
         &dir.join("quality_vs_size.png"),
         "Quality vs size",
@@ -315,7 +320,7 @@ pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> anyhow::Result<()> {
         )
         .map_err(e)?;
     }
-    std::fs::write(dir.join("README.md"), markdown(r, o))?;
+    write_atomic(&dir.join("README.md"), markdown(r, o).as_bytes())?;
     let _ = pareto_front;
     Ok(())
 }

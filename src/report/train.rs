@@ -2,7 +2,11 @@
 
 use std::path::Path;
 
+use candle_core::Device;
+
 use super::chart::{line_chart, Series};
+use crate::error::{Error, Result};
+use crate::fs::write_atomic;
 use crate::train::LogPoint;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -27,13 +31,33 @@ pub struct Summary {
     pub lr: f64,
 }
 
+/// What the report calls the device: `cpu`, or on an accelerator the `GPU_NAME` environment
+/// variable when set (e.g. "NVIDIA H100 80GB HBM3"), else the `--device` flag as given.
+pub fn device_label(device: &Device, flag: &str) -> String {
+    if device.is_cpu() {
+        "cpu".to_string()
+    } else {
+        std::env::var("GPU_NAME").unwrap_or_else(|_| flag.to_string())
+    }
+}
+
 /// Writes `dir/{README.md, summary.json, train_log.csv, loss.png}`.
-pub fn write(dir: &Path, s: &Summary, log: &[LogPoint]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(s)? + "\n",
-    )?;
+pub fn write(dir: &Path, s: &Summary, log: &[LogPoint]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("summary.json");
+    let json = serde_json::to_string_pretty(s).map_err(|e| Error::json(&path, e))?;
+    write_atomic(&path, (json + "\n").as_bytes())?;
+    write_atomic(&dir.join("train_log.csv"), log_csv(log).as_bytes())?;
+    let chart = dir.join("loss.png");
+    loss_chart(&chart, log).map_err(|e| Error::Chart {
+        path: chart.clone(),
+        msg: e.to_string(),
+    })?;
+    write_atomic(&dir.join("README.md"), markdown(s).as_bytes())
+}
+
+/// The training log as CSV: one row per step, the validation loss where it was measured.
+pub fn log_csv(log: &[LogPoint]) -> String {
     let mut csv = String::from("step,tokens,lr,loss,grad_norm,eval_loss,secs\n");
     for p in log {
         csv += &format!(
@@ -47,7 +71,12 @@ pub fn write(dir: &Path, s: &Summary, log: &[LogPoint]) -> anyhow::Result<()> {
             p.secs
         );
     }
-    std::fs::write(dir.join("train_log.csv"), csv)?;
+    csv
+}
+
+/// The loss curve: the training loss (a running mean over 1% of the steps) and the validation
+/// loss, against tokens seen.
+fn loss_chart(path: &Path, log: &[LogPoint]) -> super::chart::ChartResult<()> {
     let train: Vec<(f64, f64)> = log
         .iter()
         .map(|p| (p.tokens as f64 / 1e6, p.loss))
@@ -68,7 +97,7 @@ pub fn write(dir: &Path, s: &Summary, log: &[LogPoint]) -> anyhow::Result<()> {
         .filter_map(|p| p.eval_loss.map(|e| (p.tokens as f64 / 1e6, e)))
         .collect();
     line_chart(
-        &dir.join("loss.png"),
+        path,
         "Default model: training loss",
         "tokens seen (millions)",
         "cross-entropy (nats/token)",
@@ -84,7 +113,10 @@ pub fn write(dir: &Path, s: &Summary, log: &[LogPoint]) -> anyhow::Result<()> {
         ],
         false,
     )
-    .map_err(|e| anyhow::anyhow!("loss chart: {e}"))?;
+}
+
+/// The report's README.md.
+pub fn markdown(s: &Summary) -> String {
     let mut md = String::new();
     md += "# The default model: training report\n\n";
     md += &format!(
@@ -130,6 +162,5 @@ pub fn write(dir: &Path, s: &Summary, log: &[LogPoint]) -> anyhow::Result<()> {
             c.replace('\n', "⏎").replace('|', "\\|")
         );
     }
-    std::fs::write(dir.join("README.md"), md)?;
-    Ok(())
+    md
 }

@@ -189,8 +189,10 @@ pub fn engine(
 /// them on dequantized weights (f32 reference: the emulation in f32), logits of 2 × 64 tokens.
 pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Result<Check> {
     let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let load =
-        |dt| super::load_checkpoint(&ckpt, dt, device).map_err(|e| candle_core::Error::Msg(e.to_string()));
+    let load = |dt| {
+        super::load_checkpoint(&ckpt, dt, device)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    };
     let (f32m, bf16m, mut km) = (load(DType::F32)?, load(DType::BF16)?, load(DType::BF16)?);
     let n = super::quantized::attach(&mut km, &ckpt)?;
     if n.int4 + n.int8 == 0 {

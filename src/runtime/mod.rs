@@ -1,6 +1,7 @@
 //! The CUDA serving path: what makes a measured speed honest. Hand-written kernels
-//! (`kernels.cu`, built to PTX by build.rs) replace candle's many small launches where it
-//! matters:
+//! (`kernels/*.cu`, one concern per file, each built to its own PTX module by build.rs and
+//! launched through one typed launcher per kernel in `launch/`) replace candle's many small
+//! launches where it matters:
 //! - [`fused_attention`]: flash attention (tensor cores, online softmax) for the candle forward,
 //!   so a prefill never materialises a score matrix;
 //! - [`engine::DecodeEngine`] (CUDA builds): a greedy decoder that runs a whole step from
@@ -19,7 +20,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use crate::model::{Exaone4, Kernels};
 
 #[cfg(feature = "cuda")]
-mod kernels;
+mod launch;
 
 #[cfg(feature = "cuda")]
 pub mod check;
@@ -154,20 +155,23 @@ pub fn keep_freed_memory(device: &Device) -> Result<()> {
     if let Device::Cuda(d) = device {
         use candle_core::cuda::cudarc::driver::sys;
         let ctx = d.cuda_stream().context().clone();
-        ctx.bind_to_thread().map_err(kernels::cuda_err)?;
+        ctx.bind_to_thread().map_err(launch::cuda_err)?;
         let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
         let mut threshold = u64::MAX;
+        // SAFETY: the context is bound to this thread; `pool` receives the device's default pool
+        // before it is used, and the attribute takes a pointer to a u64 (the release threshold)
+        // that outlives the call.
         unsafe {
             sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
                 .result()
-                .map_err(kernels::cuda_err)?;
+                .map_err(launch::cuda_err)?;
             sys::cuMemPoolSetAttribute(
                 pool,
                 sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
                 &mut threshold as *mut u64 as *mut std::ffi::c_void,
             )
             .result()
-            .map_err(kernels::cuda_err)?;
+            .map_err(launch::cuda_err)?;
         }
     }
     let _ = device;
@@ -182,15 +186,17 @@ pub fn trim_freed_memory(device: &Device) -> Result<()> {
         use candle_core::cuda::cudarc::driver::sys;
         device.synchronize()?;
         let ctx = d.cuda_stream().context().clone();
-        ctx.bind_to_thread().map_err(kernels::cuda_err)?;
+        ctx.bind_to_thread().map_err(launch::cuda_err)?;
         let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: the context is bound to this thread and synchronised; `pool` receives the
+        // device's default pool before it is trimmed (trimming frees only unused pool memory).
         unsafe {
             sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
                 .result()
-                .map_err(kernels::cuda_err)?;
+                .map_err(launch::cuda_err)?;
             sys::cuMemPoolTrimTo(pool, 0)
                 .result()
-                .map_err(kernels::cuda_err)?;
+                .map_err(launch::cuda_err)?;
         }
     }
     let _ = device;

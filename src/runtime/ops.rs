@@ -2,11 +2,13 @@
 //! flash attention, a one-pass log-softmax, SiLU · mul.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::DevicePtr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use half::bf16;
 
-use super::kernels::{addr, allow_smem, func, launch, Arg};
+use super::launch::attention::{flash_fwd, Flash as FlashArgs};
+use super::launch::norm_rope::silu_mul_flat;
+use super::launch::sampling::{log_softmax_rows, Logits};
+use super::launch::Dev;
 
 struct Flash {
     causal: bool,
@@ -65,53 +67,28 @@ impl CustomOp3 for Flash {
         let q_sl = q.as_cuda_slice::<bf16>()?.slice(ql.start_offset()..);
         let k_sl = k.as_cuda_slice::<bf16>()?.slice(kl.start_offset()..);
         let v_sl = v.as_cuda_slice::<bf16>()?.slice(vl.start_offset()..);
+        // SAFETY: uninitialised memory of the output's size; flash_fwd writes every element
+        // ([b, t, h, d], one value per query row, head and dimension) before anything reads it.
         let out = unsafe { dev.alloc::<bf16>(b * t * h * d) }?;
-        let name = if d == 64 {
-            "flash_fwd_64"
-        } else {
-            "flash_fwd_128"
-        };
-        let f = func(&dev, name)?;
-        // Q tile + double-buffered K and V tiles, 64 rows each, rows padded by 8 elements
-        let smem = 5 * 64 * (d + 8) * 2;
-        allow_smem(&f, smem)?;
-        let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
-        {
-            let (qp, _a) = q_sl.device_ptr(&stream);
-            let (kp, _b) = k_sl.device_ptr(&stream);
-            let (vp, _c) = v_sl.device_ptr(&stream);
-            let (op, _d) = out.device_ptr(&stream);
-            use Arg::*;
-            launch(
-                &stream,
-                &f,
-                (t.div_ceil(64) as u32, h as u32, b as u32),
-                128,
-                smem,
-                &[
-                    P(qp),
-                    P(kp),
-                    P(vp),
-                    P(op),
-                    I(t as i32),
-                    I(l as i32),
-                    I(h as i32),
-                    I(hkv as i32),
-                    L(qs[0]),
-                    L(qs[1]),
-                    L(qs[2]),
-                    L(ks[0]),
-                    L(ks[1]),
-                    L(ks[2]),
-                    L(vs[0]),
-                    L(vs[1]),
-                    L(vs[2]),
-                    I(self.causal as i32),
-                    I(l as i32 - t as i32),
-                    F(scale_log2),
-                ],
-            )?;
-        }
+        flash_fwd(
+            &dev,
+            &FlashArgs {
+                q: Dev::new(&q_sl, &stream),
+                k: Dev::new(&k_sl, &stream),
+                v: Dev::new(&v_sl, &stream),
+                out: Dev::new(&out, &stream),
+                batch: b,
+                heads: h,
+                heads_kv: hkv,
+                t,
+                l,
+                head_dim: d,
+                q_strides: qs,
+                k_strides: ks,
+                v_strides: vs,
+                causal: self.causal,
+            },
+        )?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
             Shape::from((b, t, h, d)),
@@ -144,28 +121,20 @@ impl candle_core::CustomOp1 for LogSoftmax {
         let rows = l.shape().elem_count() / v.max(1);
         let dev = s.device().clone();
         let stream = dev.cuda_stream();
+        // SAFETY: uninitialised memory of the output's size; log_softmax_rows writes all of it
+        // ([rows, v]) before anything reads it.
         let out = unsafe { dev.alloc::<f32>(rows * v) }?;
-        let f = func(&dev, "log_softmax_rows")?;
         let off = l.start_offset();
-        let (is_bf16, xp) = match s.dtype() {
-            candle_core::DType::BF16 => (
-                1,
-                addr(s.as_cuda_slice::<bf16>()?, &stream) + 2 * off as u64,
-            ),
+        let x = match s.dtype() {
+            candle_core::DType::BF16 => {
+                Logits::Bf16(Dev::new(s.as_cuda_slice::<bf16>()?, &stream).skip(off))
+            }
             candle_core::DType::F32 => {
-                (0, addr(s.as_cuda_slice::<f32>()?, &stream) + 4 * off as u64)
+                Logits::F32(Dev::new(s.as_cuda_slice::<f32>()?, &stream).skip(off))
             }
             other => candle_core::bail!("fused log-softmax: {other:?} input"),
         };
-        use Arg::*;
-        launch(
-            &stream,
-            &f,
-            (rows as u32, 1, 1),
-            1024,
-            0,
-            &[P(xp), P(addr(&out, &stream)), I(v as i32), I(is_bf16)],
-        )?;
+        log_softmax_rows(&dev, x, Dev::new(&out, &stream), rows, v)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), l.shape().clone()))
     }
 }
@@ -203,17 +172,15 @@ impl candle_core::CustomOp2 for SiluMul {
         let n = gl.shape().elem_count();
         let dev = g.device().clone();
         let stream = dev.cuda_stream();
+        // SAFETY: uninitialised memory of the output's size; silu_mul_flat writes all n values
+        // before anything reads them.
         let out = unsafe { dev.alloc::<bf16>(n) }?;
-        let gp = addr(g.as_cuda_slice::<bf16>()?, &stream) + 2 * gl.start_offset() as u64;
-        let up = addr(u.as_cuda_slice::<bf16>()?, &stream) + 2 * ul.start_offset() as u64;
-        use Arg::*;
-        launch(
-            &stream,
-            &func(&dev, "silu_mul_flat")?,
-            (n.div_ceil(256) as u32, 1, 1),
-            256,
-            0,
-            &[P(gp), P(up), P(addr(&out, &stream)), L(n as i64)],
+        silu_mul_flat(
+            &dev,
+            Dev::new(g.as_cuda_slice::<bf16>()?, &stream).skip(gl.start_offset()),
+            Dev::new(u.as_cuda_slice::<bf16>()?, &stream).skip(ul.start_offset()),
+            Dev::new(&out, &stream),
+            n,
         )?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), gl.shape().clone()))
     }

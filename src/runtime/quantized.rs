@@ -5,97 +5,23 @@
 
 use std::sync::Arc;
 
-use candle_core::cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
-use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::cuda::CudaDevice;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor,
 };
 use half::bf16;
 
-use super::kernels::{addr, cuda_err, func, launch, Arg};
+use super::launch::gemm::{gemm_bf16, gemm_int8};
+use super::launch::gemv::{dequant_w4, gemv_w4, Int4};
+use super::launch::quant::{int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue};
+use super::launch::{cuda_err, Dev};
 use crate::checkpoint::{compressed_tensors::unpack_zero_points, Checkpoint};
 use crate::model::layers::LinearKernel;
 use crate::model::{ActQuant, Exaone4};
 
 fn ck(e: crate::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
-}
-
-/// y[m, n] = x[m, k] · W[n, k]ᵀ in bf16 with f32 accumulation (cuBLAS), by device address.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_bf16(
-    blas: &CudaBlas,
-    x: u64,
-    w: u64,
-    y: u64,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Result<()> {
-    let (alpha, beta) = (1f32, 0f32);
-    // column-major view: yᵀ [n, m] = W [n, k] · xᵀ [k, m]
-    unsafe {
-        blas::gemm_ex(
-            *blas.handle(),
-            bsys::cublasOperation_t::CUBLAS_OP_T,
-            bsys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const f32 as *const _,
-            w as *const _,
-            bsys::cudaDataType_t::CUDA_R_16BF,
-            k as i32,
-            x as *const _,
-            bsys::cudaDataType_t::CUDA_R_16BF,
-            k as i32,
-            &beta as *const f32 as *const _,
-            y as *mut _,
-            bsys::cudaDataType_t::CUDA_R_16BF,
-            n as i32,
-            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
-        )
-    }
-    .map_err(cuda_err)
-}
-
-/// acc[m, n] = q[m, k] · W[n, k]ᵀ, int8 in, int32 out (tensor cores; k % 4 == 0).
-fn gemm_int8(
-    blas: &CudaBlas,
-    q: u64,
-    w: u64,
-    acc: u64,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Result<()> {
-    let (alpha, beta) = (1i32, 0i32);
-    unsafe {
-        blas::gemm_ex(
-            *blas.handle(),
-            bsys::cublasOperation_t::CUBLAS_OP_T,
-            bsys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const i32 as *const _,
-            w as *const _,
-            bsys::cudaDataType_t::CUDA_R_8I,
-            k as i32,
-            q as *const _,
-            bsys::cudaDataType_t::CUDA_R_8I,
-            k as i32,
-            &beta as *const i32 as *const _,
-            acc as *mut _,
-            bsys::cudaDataType_t::CUDA_R_32I,
-            n as i32,
-            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32I,
-            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
-        )
-    }
-    .map_err(cuda_err)
 }
 
 /// W4A16 weights as compressed-tensors stores them (pack-quantized, group strategy), on the
@@ -200,73 +126,16 @@ impl PackedInt4 {
         }))
     }
 
-    /// y [rows, n] = x [rows, k] · Wᵀ straight from the packed weights (rows ≤ 64 or so:
-    /// the weights are read once per 16 rows).
-    pub(crate) fn gemv(
-        &self,
-        dev: &CudaDevice,
-        stream: &Arc<CudaStream>,
-        x: u64,
-        y: u64,
-        rows: usize,
-    ) -> Result<()> {
-        let nb = if rows == 1 {
-            1
-        } else if rows <= 4 {
-            4
-        } else {
-            16
-        };
-        let f = func(dev, &format!("gemv_w4_{nb}"))?;
-        let z = self.zeros.as_ref().map(|z| addr(z, stream)).unwrap_or(0);
-        use Arg::*;
-        launch(
-            stream,
-            &f,
-            (self.n.div_ceil(4) as u32, rows.div_ceil(nb) as u32, 1),
-            128,
-            0,
-            &[
-                P(addr(&self.packed, stream)),
-                P(addr(&self.scales, stream)),
-                P(z),
-                P(x),
-                P(y),
-                I(self.n as i32),
-                I(self.k as i32),
-                I(self.group as i32),
-                I(rows as i32),
-            ],
-        )
-    }
-
-    /// Writes the dequantized bf16 weight [n, k] to `w`.
-    pub(crate) fn dequantize_into(
-        &self,
-        dev: &CudaDevice,
-        stream: &Arc<CudaStream>,
-        w: u64,
-    ) -> Result<()> {
-        let f = func(dev, "dequant_w4")?;
-        let z = self.zeros.as_ref().map(|z| addr(z, stream)).unwrap_or(0);
-        let words = self.n * self.k / 8;
-        use Arg::*;
-        launch(
-            stream,
-            &f,
-            (words.div_ceil(256) as u32, 1, 1),
-            256,
-            0,
-            &[
-                P(addr(&self.packed, stream)),
-                P(addr(&self.scales, stream)),
-                P(z),
-                P(w),
-                I(self.n as i32),
-                I(self.k as i32),
-                I(self.group as i32),
-            ],
-        )
+    /// The weights as the GEMV kernels take them, addressed for `stream`.
+    pub(crate) fn view(&self, stream: &CudaStream) -> Int4<'_> {
+        Int4 {
+            packed: Dev::new(&self.packed, stream),
+            scales: Dev::new(&self.scales, stream),
+            zeros: self.zeros.as_ref().map(|z| Dev::new(z, stream)),
+            n: self.n,
+            k: self.k,
+            group: self.group,
+        }
     }
 }
 
@@ -373,25 +242,23 @@ impl CustomOp1 for Int4Linear {
         }
         let dev = &self.dev;
         let stream = dev.cuda_stream();
+        // SAFETY: uninitialised memory of the output's size; the GEMV or the GEMM below
+        // writes all of it ([m, n]) before anything reads it.
         let y = unsafe { dev.alloc::<bf16>(m * self.w.n) }?;
-        {
-            let (xp, _a) = x.device_ptr(&stream);
-            let yp = addr(&y, &stream);
-            if m <= GEMV_MAX_ROWS {
-                self.w.gemv(dev, &stream, xp, yp, m)?;
-            } else {
-                let w = unsafe { dev.alloc::<bf16>(self.w.n * k) }?;
-                self.w.dequantize_into(dev, &stream, addr(&w, &stream))?;
-                gemm_bf16(
-                    &dev.cublas_handle(),
-                    xp,
-                    addr(&w, &stream),
-                    yp,
-                    m,
-                    self.w.n,
-                    k,
-                )?;
-            }
+        let (xd, yd, w) = (
+            Dev::new(&x, &stream),
+            Dev::new(&y, &stream),
+            self.w.view(&stream),
+        );
+        if m <= GEMV_MAX_ROWS {
+            gemv_w4(dev, &w, xd, yd, m)?;
+        } else {
+            // SAFETY: uninitialised memory of the weight's size; dequant_w4 writes all of it
+            // ([n, k]) before the GEMM reads it.
+            let wd = unsafe { dev.alloc::<bf16>(self.w.n * k) }?;
+            dequant_w4(dev, &w, Dev::new(&wd, &stream))?;
+            let blas = dev.cublas_handle();
+            gemm_bf16(&blas, xd, Dev::new(&wd, &stream), yd, m, self.w.n, k)?;
         }
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev.clone()),
@@ -415,56 +282,36 @@ impl CustomOp1 for Int8Linear {
         let (dev, n) = (&self.dev, self.n);
         let n_out = if self.gated { n / 2 } else { n };
         let stream = dev.cuda_stream();
-        let q = unsafe { dev.alloc::<u8>(m * k) }?;
-        let sx = unsafe { dev.alloc::<f32>(m) }?;
-        let acc = unsafe { dev.alloc::<i32>(m * n) }?;
-        let y = unsafe { dev.alloc::<bf16>(m * n_out) }?;
-        {
-            let (xp, _a) = x.device_ptr(&stream);
-            let (qp, sxp, accp, yp) = (
-                addr(&q, &stream),
-                addr(&sx, &stream),
-                addr(&acc, &stream),
-                addr(&y, &stream),
-            );
-            use Arg::*;
-            launch(
-                &stream,
-                &func(dev, "quant_rows_int8")?,
-                (m as u32, 1, 1),
-                256,
-                0,
-                &[P(xp), P(qp), P(sxp), I(k as i32)],
-            )?;
-            gemm_int8(
-                &dev.cublas_handle(),
-                qp,
-                addr(&self.w, &stream),
-                accp,
-                m,
-                n,
-                k,
-            )?;
-            let epilogue = if self.gated {
-                "int8_silu_epilogue"
-            } else {
-                "int8_epilogue"
-            };
-            launch(
-                &stream,
-                &func(dev, epilogue)?,
-                ((n_out / 4).div_ceil(256) as u32, m as u32, 1),
-                256,
-                0,
-                &[
-                    P(accp),
-                    P(sxp),
-                    P(addr(&self.scale, &stream)),
-                    P(yp),
-                    I(m as i32),
-                    I(n_out as i32),
-                ],
-            )?;
+        // SAFETY: uninitialised memory, each buffer written in full before it is read: q and sx
+        // by quant_rows_int8, acc by the GEMM, y by the epilogue.
+        let (q, sx, acc, y) = unsafe {
+            (
+                dev.alloc::<u8>(m * k)?,
+                dev.alloc::<f32>(m)?,
+                dev.alloc::<i32>(m * n)?,
+                dev.alloc::<bf16>(m * n_out)?,
+            )
+        };
+        let (qd, sxd, accd) = (
+            Dev::new(&q, &stream),
+            Dev::new(&sx, &stream),
+            Dev::new(&acc, &stream),
+        );
+        quant_rows_int8(dev, Dev::new(&x, &stream), qd, sxd, m, k)?;
+        let blas = dev.cublas_handle();
+        gemm_int8(&blas, qd, Dev::new(&self.w, &stream), accd, m, n, k)?;
+        let epilogue = Int8Epilogue {
+            acc: accd,
+            sx: sxd,
+            sw: Dev::new(&self.scale, &stream),
+            y: Dev::new(&y, &stream),
+            m,
+            n: n_out,
+        };
+        if self.gated {
+            int8_silu_epilogue(dev, &epilogue)?;
+        } else {
+            int8_epilogue(dev, &epilogue)?;
         }
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev.clone()),
@@ -572,14 +419,14 @@ pub fn gemm_timings(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Result<(f
     let sw = stream.alloc_zeros::<f32>(n).map_err(cuda_err)?;
     let acc = stream.alloc_zeros::<i32>(m * n).map_err(cuda_err)?;
     let (xa, wa, ya, w8a, qa, sxa, swa, acca) = (
-        addr(&x, &stream),
-        addr(&w, &stream),
-        addr(&y, &stream),
-        addr(&w8, &stream),
-        addr(&q, &stream),
-        addr(&sx, &stream),
-        addr(&sw, &stream),
-        addr(&acc, &stream),
+        Dev::new(&x, &stream),
+        Dev::new(&w, &stream),
+        Dev::new(&y, &stream),
+        Dev::new(&w8, &stream),
+        Dev::new(&q, &stream),
+        Dev::new(&sx, &stream),
+        Dev::new(&sw, &stream),
+        Dev::new(&acc, &stream),
     );
     let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
         let mut v = vec![];
@@ -598,24 +445,17 @@ pub fn gemm_timings(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Result<(f
     let bf = time(&|| gemm_bf16(&blas, xa, wa, ya, m, n, k))?;
     let i8g = time(&|| gemm_int8(&blas, qa, w8a, acca, m, n, k))?;
     let i8p = time(&|| {
-        use Arg::*;
-        launch(
-            &stream,
-            &func(dev, "quant_rows_int8")?,
-            (m as u32, 1, 1),
-            256,
-            0,
-            &[P(xa), P(qa), P(sxa), I(k as i32)],
-        )?;
+        quant_rows_int8(dev, xa, qa, sxa, m, k)?;
         gemm_int8(&blas, qa, w8a, acca, m, n, k)?;
-        launch(
-            &stream,
-            &func(dev, "int8_epilogue")?,
-            ((n / 4).div_ceil(256) as u32, m as u32, 1),
-            256,
-            0,
-            &[P(acca), P(sxa), P(swa), P(ya), I(m as i32), I(n as i32)],
-        )
+        let epilogue = Int8Epilogue {
+            acc: acca,
+            sx: sxa,
+            sw: swa,
+            y: ya,
+            m,
+            n,
+        };
+        int8_epilogue(dev, &epilogue)
     })?;
     Ok((bf, i8g, i8p))
 }

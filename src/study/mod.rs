@@ -2,6 +2,7 @@
 //! splits ([`setup`]), the suite that writes, sizes and evaluates a variant ([`suite`]), and the
 //! variant as data ([`variant`]).
 
+pub mod bench;
 pub mod setup;
 pub mod suite;
 

@@ -4,16 +4,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use crate::error::{Error, Result, ResultExt};
 
-use super::suite::{SaveTo, Suite, LEGACY_PROMPTS};
+use super::suite::{SaveTo, Stored, Suite, LEGACY_PROMPTS};
+use crate::compress::quant::apply::QuantizedModel;
 use crate::eval::tasks::{load_bigbench, load_kmmlu};
 use crate::compress::calibration::samples;
 use crate::data::{data_dir, default_splits, TokenStream};
-use crate::default_model_dir;
+use crate::data::default_model_dir;
 use crate::device::parse_dtype;
-use crate::model::{Exaone4, Tokenizer};
-use crate::record::Results;
+use crate::model::Exaone4;
+use crate::record::{Results, Variant};
 use crate::report::study::ReportOptions;
 
 /// The options every experiment binary takes (flatten into its own clap `Args`).
@@ -82,10 +83,10 @@ impl Study {
         let dtype = parse_dtype(&args.dtype, &device)?;
         let dir = args.model.clone().unwrap_or_else(default_model_dir);
         let base = crate::runtime::load_model(&dir, dtype, &device)
-            .with_context(|| format!("loading {}", dir.display()))?;
+            .context(|| format!("loading {}", dir.display()))?;
         // a checkpoint without a tokenizer (e.g. random weights) is measured with the default
         // model's token ids: speed is real, quality is not
-        let (tok, fell_back) = Tokenizer::for_model(&dir)?;
+        let (tok, fell_back) = crate::data::tokenizer_for_model(&dir)?;
         let tok_dir = if fell_back {
             default_model_dir()
         } else {
@@ -96,12 +97,12 @@ impl Study {
         test.ids.truncate(args.eval_tokens);
         test.bytes = (test.bytes as f64 * test.ids.len() as f64 / all as f64) as usize;
         let calib = samples(&train, args.calib_samples, args.calib_len, args.seed)?;
-        let mut mc = load_kmmlu(
-            &data_dir().join("benchmarks/kmmlu_criminal_law_test.json"),
-            "kmmlu_criminal_law",
-        )?;
+        let kmmlu = data_dir().join("benchmarks/kmmlu_criminal_law_test.json");
+        let mut mc =
+            load_kmmlu(&kmmlu, "kmmlu_criminal_law").map_err(|e| Error::io(&kmmlu, e))?;
         mc.truncate(args.mc_items / 2);
-        let mut bb = load_bigbench(&data_dir().join("benchmarks/bigbench_mc_subset.jsonl"))?;
+        let bigbench = data_dir().join("benchmarks/bigbench_mc_subset.jsonl");
+        let mut bb = load_bigbench(&bigbench).map_err(|e| Error::io(&bigbench, e))?;
         bb.truncate(args.mc_items - mc.len());
         mc.extend(bb);
         let mut suite = Suite::new(
@@ -119,7 +120,9 @@ impl Study {
         );
         let ck_root = match &args.checkpoints {
             Some(p) => p.clone(),
-            None => tempfile::tempdir()?.keep(),
+            None => tempfile::tempdir()
+                .map_err(|e| Error::io(&std::env::temp_dir(), e))?
+                .keep(),
         };
         Ok(Self {
             experiment: experiment.into(),
@@ -137,31 +140,38 @@ impl Study {
         })
     }
 
-    /// Writes, sizes and evaluates one variant against the base.
-    pub fn measure(
+    /// Writes, sizes and evaluates one variant (dense, written in bf16) against the base.
+    pub fn measure(&mut self, variant: &Variant, model: &Exaone4) -> Result<()> {
+        self.measure_written(variant, model, None)
+    }
+
+    /// Writes a quantized variant as its compressed-tensors checkpoint, sizes and evaluates it.
+    pub fn measure_quantized(&mut self, variant: &Variant, q: &QuantizedModel) -> Result<()> {
+        self.measure_written(variant, &q.model, Some(q))
+    }
+
+    fn measure_written(
         &mut self,
-        variant: &str,
-        method: &str,
-        params: serde_json::Value,
+        variant: &Variant,
         model: &Exaone4,
-        q: Option<&crate::compress::quant::apply::QuantizedModel>,
+        q: Option<&QuantizedModel>,
     ) -> Result<()> {
         let save = SaveTo {
             dir: &self.ck_root,
             side_files_from: Some(self.tok_dir.clone()),
             remove_after: self.args.checkpoints.is_none(),
         };
-        self.suite.measure(
-            &mut self.results,
-            variant,
-            method,
-            &params,
-            &self.base,
-            model,
-            q,
-            &save,
-        )?;
+        self.suite
+            .measure(&mut self.results, variant, &self.base, model, q, &save)?;
         Ok(())
+    }
+
+    /// Records one figure per layer of the base (`{metric}_layer_{i}`), e.g. a layer-drop score.
+    pub fn record_per_layer(&mut self, metric: &str, values: &[f64], unit: &str) {
+        for (i, v) in values.iter().enumerate() {
+            let m = format!("{metric}_layer_{i}");
+            self.results.add(&Variant::original(), &m, *v, None, unit);
+        }
     }
 
     /// Loads a checkpoint directory as it is (compressed-tensors ones dequantized, W8A8/FP8
@@ -171,7 +181,7 @@ impl Study {
         let ck = crate::checkpoint::Checkpoint::open(dir)?;
         let info = ck.quant_info()?;
         let model = crate::runtime::load_checkpoint(&ck, self.base.dtype(), self.base.device())
-            .with_context(|| format!("loading {}", dir.display()))?;
+            .context(|| format!("loading {}", dir.display()))?;
         let method = match &info {
             Some(i) => i
                 .scheme
@@ -190,19 +200,19 @@ impl Study {
                 super::suite::scale_group(s.weights.strategy),
             ))
         };
-        let wb = super::suite::weight_bytes_per_token(&model, &bits);
+        let stored = Stored {
+            size_bytes: super::suite::dir_bytes(dir),
+            weight_bytes: super::suite::weight_bytes_per_token(&model, &bits),
+            checkpoint: Some(dir),
+        };
         eprintln!("evaluating {variant} ({})", dir.display());
-        self.suite.evaluate(
-            &mut self.results,
+        let v = Variant::new(
             variant,
-            &method,
-            &serde_json::json!({"dir": dir.display().to_string()}),
-            &self.base,
-            &model,
-            super::suite::dir_bytes(dir),
-            wb,
-            Some(dir),
-        )?;
+            method,
+            serde_json::json!({"dir": dir.display().to_string()}),
+        );
+        self.suite
+            .evaluate(&mut self.results, &v, &self.base, &model, &stored)?;
         Ok(())
     }
 
@@ -232,7 +242,7 @@ impl Study {
         let opts = self.report_options(title, notes);
         crate::report::study::write(&out, &self.results, &opts)?;
         if !log.is_empty() {
-            std::fs::write(out.join("log.txt"), log.join("\n") + "\n")?;
+            crate::fs::write_atomic(&out.join("log.txt"), (log.join("\n") + "\n").as_bytes())?;
         }
         println!("{}", crate::report::study::markdown(&self.results, &opts));
         eprintln!("wrote {}", out.display());

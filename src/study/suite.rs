@@ -8,7 +8,7 @@ use crate::eval::{
 };
 use crate::data::TokenStream;
 use crate::model::{Exaone4, Tokenizer};
-use crate::record::Results;
+use crate::record::{Results, Variant};
 
 /// What every variant is measured on.
 pub struct Suite {
@@ -39,6 +39,15 @@ pub const LEGACY_PROMPTS: [&str; 4] = [
     "다음 문장을 영어로 번역하세요: 오늘은 날씨가 좋습니다.",
     "What is 12 plus 30?",
 ];
+
+/// A variant as written to disk: its size, the weight bytes a decode step reads, and where it is
+/// (timed from there on CUDA).
+#[derive(Clone, Copy)]
+pub struct Stored<'a> {
+    pub size_bytes: u64,
+    pub weight_bytes: f64,
+    pub checkpoint: Option<&'a Path>,
+}
 
 /// Where a variant's checkpoint is written before it is measured, and what goes beside it.
 pub struct SaveTo<'a> {
@@ -125,13 +134,10 @@ impl Suite {
 
     /// Writes a variant as its checkpoint (compressed-tensors when `q` is given, else bf16),
     /// then measures it: size on disk, weight bytes per token, and `evaluate`.
-    #[allow(clippy::too_many_arguments)]
     pub fn measure(
         &self,
         results: &mut Results,
-        variant: &str,
-        method: &str,
-        params: &serde_json::Value,
+        variant: &Variant,
         base: &Exaone4,
         model: &Exaone4,
         q: Option<&crate::compress::quant::apply::QuantizedModel>,
@@ -139,9 +145,7 @@ impl Suite {
     ) -> crate::Result<()> {
         use crate::checkpoint::{save_model, WriteOptions};
         use crate::compress::quant::apply::save_quantized;
-        let out = save
-            .dir
-            .join(variant.replace(['+', ' ', '(', ')', '/'], "_"));
+        let out = save.dir.join(variant.dir_name());
         let opts = WriteOptions {
             side_files_from: save.side_files_from.clone(),
             overwrite: true,
@@ -162,18 +166,13 @@ impl Suite {
             }
         };
         let wb = weight_bytes_per_token(model, &|p| bits.get(p).copied());
-        eprintln!("evaluating {variant} ({method})");
-        self.evaluate(
-            results,
-            variant,
-            method,
-            params,
-            base,
-            model,
-            dir_bytes(&out),
-            wb,
-            Some(&out),
-        )?;
+        eprintln!("evaluating {} ({})", variant.name, variant.method);
+        let stored = Stored {
+            size_bytes: dir_bytes(&out),
+            weight_bytes: wb,
+            checkpoint: Some(&out),
+        };
+        self.evaluate(results, variant, base, model, &stored)?;
         if save.remove_after {
             std::fs::remove_dir_all(&out).map_err(|source| crate::Error::Io {
                 path: out.clone(),
@@ -207,21 +206,21 @@ impl Suite {
     }
 
     /// Measures `model` against `base` and adds the rows for `variant`.
-    #[allow(clippy::too_many_arguments)]
     pub fn evaluate(
         &self,
         results: &mut Results,
-        variant: &str,
-        method: &str,
-        params: &serde_json::Value,
+        variant: &Variant,
         base: &Exaone4,
         model: &Exaone4,
-        size_bytes: u64,
-        weight_bytes: f64,
-        checkpoint: Option<&std::path::Path>,
+        stored: &Stored,
     ) -> crate::Result<()> {
+        let Stored {
+            size_bytes,
+            weight_bytes,
+            checkpoint,
+        } = *stored;
         let add = |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| {
-            r.add(variant, method, params, m, v, s, u)
+            r.add(variant, m, v, s, u)
         };
         add(results, "layers", model.layers.len() as f64, None, "");
         add(
@@ -359,30 +358,14 @@ pub fn add_scores(results: &mut Results, base_variant: &str) {
         ) else {
             continue;
         };
-        let method = results.method_of(&v);
+        // score rows carry the variant's name and method, not its parameters
+        let v = Variant::new(v.clone(), results.method_of(&v), serde_json::json!({}));
         let perf = bp / p;
         let speedup = bb / b;
         let speed = (1.0 - 1.0 / speedup).max(-1.0);
-        let params = serde_json::json!({});
-        results.add(
-            &v,
-            &method,
-            &params,
-            "predicted_speedup",
-            speedup,
-            None,
-            "×",
-        );
-        results.add(&v, &method, &params, "perf_norm", perf, None, "");
-        results.add(&v, &method, &params, "speed_norm", speed, None, "");
-        results.add(
-            &v,
-            &method,
-            &params,
-            "score",
-            0.5 * perf + 0.5 * speed,
-            None,
-            "",
-        );
+        results.add(&v, "predicted_speedup", speedup, None, "×");
+        results.add(&v, "perf_norm", perf, None, "");
+        results.add(&v, "speed_norm", speed, None, "");
+        results.add(&v, "score", 0.5 * perf + 0.5 * speed, None, "");
     }
 }

@@ -2,6 +2,8 @@
 //! linear warm-up + cosine decay, global gradient-norm clipping, periodic evaluation and
 //! checkpoints, a progress bar with loss and tokens/s.
 
+pub mod default_model;
+
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;

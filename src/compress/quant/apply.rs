@@ -23,6 +23,19 @@ pub struct QuantizedModel {
     pub ignore: Vec<String>,
 }
 
+impl QuantizedModel {
+    /// A copy sharing the model's weights (cheap) with its own quantized values, e.g. to heal
+    /// the model by distillation while keeping the original.
+    pub fn share(&self) -> Self {
+        Self {
+            model: self.model.share(),
+            linears: self.linears.clone(),
+            scheme: self.scheme,
+            ignore: self.ignore.clone(),
+        }
+    }
+}
+
 /// The activation fake-quantization a scheme implies.
 pub fn act_quant(s: &Scheme) -> Option<ActQuant> {
     s.act_quant()
@@ -325,7 +338,7 @@ pub fn save_quantized(
     qm: &QuantizedModel,
     out: &std::path::Path,
     opts: &WriteOptions,
-) -> Result<()> {
+) -> crate::Result<()> {
     let mut tensors = BTreeMap::new();
     for (name, t) in qm.model.named_tensors() {
         let prefix = name.strip_suffix(".weight").unwrap_or(&name);

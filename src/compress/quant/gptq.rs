@@ -1,6 +1,6 @@
 //! GPTQ: quantize a Linear column by column, each column's rounding error pushed onto the
 //! columns not yet quantized through the inverse Hessian of the layer's inputs.
-//! Follows llm-compressor's algorithm (see shared/spec/algorithms.md) with one fix: a failed
+//! Follows llm-compressor's algorithm (see docs/algorithms.md) with one fix: a failed
 //! Cholesky raises the damping and retries, and says so, instead of silently falling back to RTN.
 //!
 //! Where the work runs: the Hessian factorisation and the lazy block updates (almost all of the

@@ -1,18 +1,18 @@
 //! The quantizer core every scheme shares: min-max scales and zero points, rounding, and the
 //! quantized-linear result that RTN, GPTQ and AWQ all produce and the compressed-tensors writer
-//! packs. Arithmetic follows compressed-tensors 0.13.0 (see shared/spec/compressed-tensors.md).
+//! packs. Arithmetic follows compressed-tensors 0.13.0 (see docs/compressed-tensors.md).
 
 pub mod apply;
 pub mod awq;
 pub mod gptq;
 pub mod rtn;
 
-use crate::model::layers::round_ties_even;
-use candle_core::{Result, Tensor};
 pub use crate::checkpoint::qlinear::{dequantize, round_bf16, round_fp8, QLinear};
 pub use crate::checkpoint::scheme::{
     ActOrder, ActivationScheme, NumType, Scheme, Strategy, WeightScheme,
 };
+use crate::model::layers::round_ties_even;
+use candle_core::{DType, Device, Result, Tensor};
 
 /// Scale and zero point of one group from its min and max (the range always includes 0).
 pub fn qparams(min: f32, max: f32, s: &WeightScheme) -> (f32, f32) {
@@ -93,6 +93,9 @@ pub fn fake_quantize(w: &Tensor, s: &WeightScheme, shrink: Option<&Tensor>) -> R
     if s.ty != NumType::Int {
         candle_core::bail!("fake_quantize: integer schemes only");
     }
+    if let Err(e) = s.check() {
+        candle_core::bail!("fake_quantize: {e}");
+    }
     let (out, inp) = w.dims2()?;
     let gs = s.group_size(inp);
     if inp % gs != 0 {
@@ -133,6 +136,20 @@ pub fn fake_quantize(w: &Tensor, s: &WeightScheme, shrink: Option<&Tensor>) -> R
     };
     let q = round_ties_even(&(wg.broadcast_div(&scale)?.broadcast_add(&zp)?).clamp(qmin, qmax)?)?;
     round_bf16_t(&q.broadcast_sub(&zp)?.broadcast_mul(&scale)?)?.reshape((out, inp))
+}
+
+/// Fails on the first NaN or infinite value of a row-major matrix with `cols` columns, naming
+/// its position: quantizing it would silently turn it into 0 or an infinite scale.
+pub fn check_finite(w: &[f32], cols: usize, method: &str) -> Result<()> {
+    if let Some(k) = w.iter().position(|x| !x.is_finite()) {
+        candle_core::bail!(
+            "{method}: the weight holds {} at [{}, {}]; NaN or infinite weights cannot be quantized (check the checkpoint)",
+            w[k],
+            k / cols.max(1),
+            k % cols.max(1)
+        );
+    }
+    Ok(())
 }
 
 /// Reads a weight tensor into a row-major f32 vector with its shape.

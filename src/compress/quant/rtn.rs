@@ -3,10 +3,16 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::{observe, quantize, to_f32_matrix, QLinear, WeightScheme};
+use super::{check_finite, observe, quantize, to_f32_matrix, QLinear, WeightScheme};
 
+/// RTN of a weight [out, in]. Refuses a scheme that cannot be computed (e.g. group size 0) and
+/// NaN or infinite weights (they would become 0 or give infinite scales), as GPTQ and AWQ do.
 pub fn rtn(w: &Tensor, s: &WeightScheme) -> Result<QLinear> {
+    if let Err(e) = s.check() {
+        candle_core::bail!("RTN: {e}");
+    }
     let (w, out, inp) = to_f32_matrix(w)?;
+    check_finite(&w, inp, "RTN")?;
     Ok(rtn_values(&w, out, inp, s))
 }
 

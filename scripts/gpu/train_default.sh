@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One GPU-machine session (the `device` tool): install the pinned Python wheels, train the
-# default model with the CUDA build, check it with HF transformers, and run the 1.2B-shape
-# parity check. Expects .gpu/ (CUDA binaries, xz-compressed, and run-on-gpu.sh) and .whl/.
-#   usage: bash scripts/gpu_session.sh STEPS
+# Train the default model with the CUDA build and check it with HF transformers (GPU machine,
+# the `device` tool). Expects .gpu/ (CUDA binaries, xz-compressed, and run-on-gpu.sh) and .whl/.
+# Writes $OUT/train.log, HF's view of the model (scripts/hf_check_default.py) and
+# $OUT/default_model.tgz (data/default-model + reports/default-model).
+#   usage: bash scripts/gpu/train_default.sh [STEPS]      (default 2000)
 set -uo pipefail
 STEPS="${1:-2000}"
-source scripts/gpu_setup.sh
+source "$(dirname "$0")/setup.sh"
 export GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 echo "== $GPU_NAME"
 echo "== train the default model ($STEPS steps)"
@@ -14,5 +15,3 @@ time .gpu/run-on-gpu.sh .gpu/train_default --device cuda --steps "$STEPS" --seed
 echo "== HF transformers on the default model"
 python3 scripts/hf_check_default.py data/default-model "$OUT" 2>&1 | tail -6
 tar czf "$OUT/default_model.tgz" data/default-model reports/default-model
-echo "== 1.2B-shaped parity (ours CUDA vs HF)"
-python3 scripts/gpu_parity.py --bin .gpu/exaone-compress --runner .gpu/run-on-gpu.sh --out "$OUT" 2>&1 | tail -40

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The runtime kernels checked and timed, ours vs HF transformers in the same call on the same GPU
+# → reports/bench_runtime/ (RUN.md there). A smoke run on the default model first (its numerical
+# checks fail loudly; SKIP_SMOKE=1 skips it, SMOKE_ONLY=1 stops after it), then a random-weight
+# EXAONE-4.0-1.2B-shaped checkpoint written by transformers here, its W4A16 and W8A8 RTN variants
+# made by our CLI, HF's figures (scripts/hf_bench.py), ours. Arguments go to bench_runtime.
+set -uo pipefail
+source "$(dirname "$0")/setup.sh"
+run() { .gpu/run-on-gpu.sh "$@"; }
+NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+if [ -z "${SKIP_SMOKE:-}" ]; then
+  for s in w4a16 w8a8; do
+    run .gpu/exaone-compress quantize --model data/default-model --device cpu --scheme $s --method rtn --out /tmp/d-$s --overwrite 2>&1 | tail -1
+  done
+  run .gpu/bench_runtime --model data/default-model --w4a16 /tmp/d-w4a16 --w8a8 /tmp/d-w8a8 --device cuda \
+    --prefill 1x64,2x300 --decode-batches 1,3 --new-tokens 12 --warmup 1 --repeats 2 --out /tmp/smoke 2>&1 | tail -30
+  cp /tmp/smoke/README.md "$OUT/smoke.md" 2>/dev/null; cp /tmp/hf_bench.json "$OUT/" 2>/dev/null
+fi
+[ -n "${SMOKE_ONLY:-}" ] && exit 0
+source scripts/gpu/random_1_2b.sh
+for s in w4a16 w8a8; do
+  run .gpu/exaone-compress quantize --model "$RANDOM_1_2B" --device cuda --scheme $s --method rtn --out /tmp/r-$s --overwrite 2>&1 | tail -1
+done
+python3 scripts/hf_bench.py "$RANDOM_1_2B" /tmp/hf_bench.json 2>&1 | grep -v Warning | tail -8
+run .gpu/bench_runtime --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r-w8a8 --device cuda \
+  --hf-json /tmp/hf_bench.json --device-name "$NAME" --out "$OUT/bench" \
+  --command "bash scripts/gpu/bench_runtime.sh (bench_runtime --model random-1.2B --w4a16 RTN --w8a8 RTN --device cuda)" "$@" 2>&1 | tail -45
+cp /tmp/hf_bench.json "$OUT/bench/" 2>/dev/null

@@ -1,0 +1,14 @@
+# Sourced first by every script in scripts/gpu/ on the GPU machine (`source "$(dirname "$0")/setup.sh"`):
+# moves to the repository root (every path below and in the scripts is relative to it), installs the
+# carried wheels (.whl/, if carried) into /tmp/site and unpacks the carried, xz-compressed CUDA
+# binaries (.gpu/: the release binaries and run-on-gpu.sh).
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+python3 -c "import lzma,glob,os
+for f in glob.glob('.gpu/*.xz'):
+    open(f[:-3],'wb').write(lzma.open(f).read()); os.remove(f)" || exit 1
+chmod +x .gpu/*

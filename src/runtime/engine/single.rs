@@ -1,0 +1,159 @@
+//! The forward of a single row (batch-1 decoding): six launches per layer, the norms and the
+//! SiLU gate folded into the GEMVs that consume them.
+
+use candle_core::Result;
+use half::bf16;
+
+use super::load::{Lin, Weights};
+use super::DecodeEngine;
+use crate::runtime::launch::attention::{attn_rows, AttnRows};
+use crate::runtime::launch::gemv::{gemv1x_bf16, gemv1x_w4, Dense, Prologue};
+use crate::runtime::launch::norm_rope::{
+    embed_rows, qk_norm_rope_store, rmsnorm_rows, QkNormRope, RmsNormRows,
+};
+use crate::runtime::launch::sampling::argmax_rows;
+use crate::runtime::launch::Dev;
+
+impl DecodeEngine {
+    /// y = x · Wᵀ for one row, x built in shared memory by the GEMV's prologue.
+    fn linear1(&self, lin: &Lin, x: &Prologue, y: Dev<bf16>) -> Result<()> {
+        match &lin.w {
+            Weights::Dense(w) => {
+                let w = Dense {
+                    w: self.d(w),
+                    n: lin.n,
+                    k: lin.k,
+                };
+                gemv1x_bf16(&self.dev, &w, x, y)
+            }
+            Weights::Int4(p) => gemv1x_w4(&self.dev, &p.view(&self.stream), x, y),
+        }
+    }
+
+    /// The forward of a single row; the residual alternates between two buffers (h: after the
+    /// attention block's residual, h2: after the MLP's).
+    pub(super) fn forward_one(&self) -> Result<()> {
+        let c = &self.cfg;
+        let (h, hd, hq, hkv) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        );
+        let eps = c.rms_norm_eps as f32;
+        let b = &self.buf;
+        let (ids, pos, pad, ha, hb) = (
+            self.d(&b.ids),
+            self.d(&b.pos),
+            self.d(&b.pad),
+            self.d(&b.h),
+            self.d(&b.h2),
+        );
+        let (qkv, q, att, o, gu) = (
+            self.d(&b.qkv),
+            self.d(&b.q),
+            self.d(&b.att),
+            self.d(&b.o),
+            self.d(&b.gu),
+        );
+        let dev = &self.dev;
+        embed_rows(dev, ids, self.d(&self.embed), ha, 1, h)?;
+        self.mark("embed")?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let x = match i {
+                0 => Prologue::Plain(ha),
+                // the previous layer's MLP residual: ha = hb + norm(o)
+                _ => Prologue::NormResidual {
+                    a: o,
+                    w: self.d(&self.layers[i - 1].post_ff),
+                    residual: hb,
+                    out: ha,
+                    eps,
+                },
+            };
+            self.linear1(&l.qkv, &x, qkv)?;
+            self.mark("qkv GEMV (+ norm + residual)")?;
+            let (k_cache, v_cache) = (self.d(&self.kc[i]), self.d(&self.vc[i]));
+            let rope = QkNormRope {
+                qkv,
+                q_norm: self.d(&l.q_norm),
+                k_norm: self.d(&l.k_norm),
+                cos: self.d(&self.cos),
+                sin: self.d(&self.sin),
+                pos,
+                pad,
+                q_out: q,
+                k_cache,
+                v_cache,
+                rows: 1,
+                heads_q: hq,
+                heads_kv: hkv,
+                head_dim: hd,
+                t: 1,
+                capacity: self.capacity,
+                eps,
+                use_rope: l.use_rope,
+            };
+            qk_norm_rope_store(dev, &rope)?;
+            self.mark("qk-norm + RoPE + cache write")?;
+            let attn = AttnRows {
+                q,
+                k_cache,
+                v_cache,
+                pos,
+                pad,
+                out: att,
+                rows: 1,
+                heads_q: hq,
+                heads_kv: hkv,
+                head_dim: hd,
+                t: 1,
+                capacity: self.capacity,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            attn_rows(dev, &attn)?;
+            self.mark("attention")?;
+            self.linear1(&l.o, &Prologue::Plain(att), o)?;
+            self.mark("o GEMV")?;
+            // the attention block's residual: hb = ha + norm(o)
+            let x = Prologue::NormResidual {
+                a: o,
+                w: self.d(&l.post_attn),
+                residual: ha,
+                out: hb,
+                eps,
+            };
+            self.linear1(&l.gate_up, &x, gu)?;
+            self.mark("gate/up GEMV (+ norm + residual)")?;
+            self.linear1(&l.down, &Prologue::SiluGate(gu), o)?;
+            self.mark("down GEMV (+ SiLU · up)")?;
+        }
+        let last_layer = self.layers.last().expect("at least one layer");
+        let one_row = |x, w, out, accumulate| RmsNormRows {
+            x,
+            w,
+            out,
+            rows: 1,
+            n: h,
+            eps,
+            accumulate,
+            row_step: 1,
+            row_off: 0,
+        };
+        // the last MLP residual, hb += norm(o), then the final norm
+        rmsnorm_rows(dev, &one_row(o, self.d(&last_layer.post_ff), hb, true))?;
+        let last = self.d(&b.last);
+        rmsnorm_rows(dev, &one_row(hb, self.d(&self.norm), last, false))?;
+        self.mark("last norm + residual, final norm")?;
+        let head = Dense {
+            w: self.d(self.lm_head.as_ref().unwrap_or(&self.embed)),
+            n: c.vocab_size,
+            k: h,
+        };
+        let logits = self.d(&b.logits);
+        self.dense(&head, last, logits, 1)?;
+        self.mark("lm_head GEMV")?;
+        argmax_rows(dev, logits, self.d(&b.next), 1, c.vocab_size)?;
+        self.mark("argmax")
+    }
+}

@@ -1,0 +1,273 @@
+// Attention: flash attention for the candle forward (prefill), and the decode engine's
+// attention of each row over its KV cache.
+// Launchers: src/runtime/launch/attention.rs.
+
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------
+// Flash attention (forward, bf16 tensor cores, online softmax; FlashAttention-2's scheme).
+// Q [B, H, T, D], K/V [B, Hkv, L, D] with given batch/head/token strides (D contiguous);
+// O [B, T, H, D] contiguous. Query i sees key j iff j < L and (!causal or j ≤ i + offset).
+// Block: 4 warps × 16 query rows; key tiles of 64; mma.sync m16n8k16.
+__device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
+    unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+    int n = pred ? 16 : 0;  // 0: zero-fill
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm4(uint32_t *r, const void *p) {
+    unsigned sa = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sa));
+}
+__device__ __forceinline__ void ldsm4t(uint32_t *r, const void *p) {
+    unsigned sa = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sa));
+}
+
+// K/V tiles are double-buffered with cp.async (the next tile loads while this one computes);
+// MMA operands come from shared memory through ldmatrix (K as is, V transposed).
+template <int D>
+__device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, int T, int L, int H, int Hkv,
+                          long long q_sb, long long q_sh, long long q_st, long long k_sb, long long k_sh,
+                          long long k_st, long long v_sb, long long v_sh, long long v_st, int causal, int offset,
+                          float scale_log2) {
+    constexpr int BR = 64, BC = 64, DS = D + 8;
+    extern __shared__ __align__(16) unsigned char fsm[];
+    bf16 *Qs = (bf16 *)fsm;
+    bf16 *Ks = Qs + BR * DS;       // [2][BC * DS]
+    bf16 *Vs = Ks + 2 * BC * DS;   // [2][BC * DS]
+    int q0 = blockIdx.x * BR, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cc = (lane & 3) * 2;
+    const bf16 *Qb = Q + b * q_sb + h * q_sh;
+    const bf16 *Kb = K + b * k_sb + kvh * k_sh;
+    const bf16 *Vb = V + b * v_sb + kvh * v_sh;
+    for (int i = tid; i < BR * D / 8; i += blockDim.x) {
+        int r = i / (D / 8), c = i % (D / 8);
+        bool in = q0 + r < T;
+        cp_async16(Qs + r * DS + c * 8, in ? (const void *)(Qb + (q0 + r) * q_st + c * 8) : (const void *)Qb, in);
+    }
+    int kend = causal ? min(L, q0 + BR + offset) : L;
+    int ntiles = (kend + BC - 1) / BC;
+    auto load_kv = [&](int tile, int buf) {
+        int k0 = tile * BC;
+        bf16 *ks = Ks + buf * BC * DS, *vs = Vs + buf * BC * DS;
+        for (int i = tid; i < BC * D / 8; i += blockDim.x) {
+            int r = i / (D / 8), c = i % (D / 8);
+            bool in = k0 + r < L;
+            cp_async16(ks + r * DS + c * 8, in ? (const void *)(Kb + (k0 + r) * k_st + c * 8) : (const void *)Kb, in);
+            cp_async16(vs + r * DS + c * 8, in ? (const void *)(Vb + (k0 + r) * v_st + c * 8) : (const void *)Vb, in);
+        }
+    };
+    if (ntiles > 0) load_kv(0, 0);
+    cp_commit();
+    uint32_t qa[D / 16][4];
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    int r0 = warp * 16 + g;
+    int lr = lane & 7, lm = lane >> 3;  // ldmatrix: row within a matrix, which matrix
+    for (int tile = 0; tile < max(ntiles, 1); tile++) {
+        if (tile + 1 < ntiles) {
+            load_kv(tile + 1, (tile + 1) & 1);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        if (tile == 0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                ldsm4(qa[kk], Qs + (warp * 16 + (lm & 1) * 8 + lr) * DS + kk * 16 + (lm >> 1) * 8);
+        }
+        if (ntiles == 0) break;
+        const bf16 *ks = Ks + (tile & 1) * BC * DS, *vs = Vs + (tile & 1) * BC * DS;
+        int k0 = tile * BC;
+        float s[BC / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk += 2) {
+                uint32_t kb[4];
+                ldsm4(kb, ks + (nt * 8 + lr) * DS + kk * 16 + lm * 8);
+                mma16816(s[nt], qa[kk], kb[0], kb[1]);
+                mma16816(s[nt], qa[kk + 1], kb[2], kb[3]);
+            }
+        }
+        bool edge = k0 + BC > L || (causal && k0 + BC - 1 > q0 + offset);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int row = q0 + r0 + 8 * i;
+            float mx = NEG_INF;
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float v = s[nt][2 * i + e] * scale_log2;
+                    if (edge) {
+                        int key = k0 + nt * 8 + cc + e;
+                        if (!(key < L && (!causal || key <= row + offset))) v = NEG_INF;
+                    }
+                    s[nt][2 * i + e] = v;
+                    mx = fmaxf(mx, v);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mnew = fmaxf(m[i], mx);
+            float base = mnew == NEG_INF ? 0.f : mnew;
+            float alpha = exp2f(m[i] - base);
+            m[i] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < BC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float p = exp2f(s[nt][2 * i + e] - base);
+                    s[nt][2 * i + e] = p;
+                    sum += p;
+                }
+            l[i] = l[i] * alpha + sum;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                o[dt][2 * i] *= alpha;
+                o[dt][2 * i + 1] *= alpha;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt += 2) {
+                uint32_t vb[4];
+                ldsm4t(vb, vs + (kk * 16 + (lm & 1) * 8 + lr) * DS + (dt + (lm >> 1)) * 8);
+                mma16816(o[dt], pa, vb[0], vb[1]);
+                mma16816(o[dt + 1], pa, vb[2], vb[3]);
+            }
+        }
+        __syncthreads();  // this buffer is refilled two tiles on
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        int row = q0 + r0 + 8 * i;
+        if (row >= T) continue;
+        float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        bf16 *orow = O + (((size_t)b * T + row) * H + h) * D;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++)
+            *(__nv_bfloat162 *)(orow + dt * 8 + cc) = __floats2bfloat162_rn(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
+    }
+}
+
+#define FLASH_ARGS                                                                                              \
+    const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, int T, int L, int H, int Hkv, long long q_sb,          \
+        long long q_sh, long long q_st, long long k_sb, long long k_sh, long long k_st, long long v_sb,          \
+        long long v_sh, long long v_st, int causal, int offset, float scale_log2
+#define FLASH_PASS Q, K, V, O, T, L, H, Hkv, q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, causal, offset, scale_log2
+
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_64(FLASH_ARGS) { flash_fwd<64>(FLASH_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_128(FLASH_ARGS) { flash_fwd<128>(FLASH_PASS); }
+
+// Attention of row r over its cached keys pad[b] ..= pos[r] (causal by construction: a row only
+// sees slots written before or with it). q [R, Hq, D]; kc/vc [B, Hkv, cap, D]; o [R, Hq·D].
+// One block of 256 threads per (row, query head): scores one key per thread into shared memory,
+// then each warp sums p·V over its own contiguous run of keys (lanes across D, eight keys in
+// flight), and the warps' partial outputs are added.
+extern "C" __global__ void attn_rows(const bf16 *q, const bf16 *kc, const bf16 *vc, const int *pos,
+                                     const int *pad, bf16 *o, int Hq, int Hkv, int D, int T, int cap,
+                                     float scale) {
+    extern __shared__ float sm[];
+    const int NW = 8;
+    float *qs = sm;               // D
+    float *part = qs + D;         // NW · D
+    float *red = part + NW * D;   // 32
+    float *sc = red + 32;         // cap
+    int r = blockIdx.x, h = blockIdx.y, b = r / T, kvh = h / (Hq / Hkv);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int start = pad[b], end = pos[r] + 1, n = end - start;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = bf(q[((size_t)r * Hq + h) * D + i]);
+    __syncthreads();
+    const bf16 *K = kc + ((size_t)b * Hkv + kvh) * cap * D;
+    const bf16 *V = vc + ((size_t)b * Hkv + kvh) * cap * D;
+    float mx = NEG_INF;
+    for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
+        const uint4 *kr = (const uint4 *)(K + (size_t)j * D);
+        float d = 0.f;
+        for (int c = 0; c < D / 8; c++) {
+            uint4 kv = kr[c];
+            const float *qq = qs + c * 8;
+            d += qq[0] * lo_bf(kv.x) + qq[1] * hi_bf(kv.x) + qq[2] * lo_bf(kv.y) + qq[3] * hi_bf(kv.y) +
+                 qq[4] * lo_bf(kv.z) + qq[5] * hi_bf(kv.z) + qq[6] * lo_bf(kv.w) + qq[7] * hi_bf(kv.w);
+        }
+        d *= scale;
+        sc[j] = d;
+        mx = fmaxf(mx, d);
+    }
+    mx = block_reduce(mx, red, true);
+    float sum = 0.f;
+    for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
+        float e = __expf(sc[j] - mx);
+        sc[j] = e;
+        sum += e;
+    }
+    sum = block_reduce(sum, red, false);  // its barrier also publishes sc[]
+    // lanes hold D/32 elements as bf16 pairs: d = 2·lane + 64·e
+    constexpr int EMAX = 2;
+    float acc[2 * EMAX] = {0.f, 0.f, 0.f, 0.f};
+    int ne = D / 64;
+    int chunk = (n + NW - 1) / NW, j0 = start + warp * chunk, j1 = min(end, j0 + chunk);
+    for (int j = j0; j < j1; j += 8) {
+        uint32_t vv[8][EMAX];
+        float p[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            bool in = j + u < j1;
+            p[u] = in ? sc[j + u] : 0.f;
+#pragma unroll
+            for (int e = 0; e < EMAX; e++)
+                vv[u][e] = (in && e < ne) ? *(const uint32_t *)(V + (size_t)(j + u) * D + 2 * lane + 64 * e) : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+#pragma unroll
+            for (int e = 0; e < EMAX; e++) {
+                acc[2 * e] += p[u] * lo_bf(vv[u][e]);
+                acc[2 * e + 1] += p[u] * hi_bf(vv[u][e]);
+            }
+    }
+    for (int e = 0; e < ne; e++) {
+        part[warp * D + 2 * lane + 64 * e] = acc[2 * e];
+        part[warp * D + 2 * lane + 64 * e + 1] = acc[2 * e + 1];
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float t = 0.f;
+        for (int w = 0; w < NW; w++) t += part[w * D + d];
+        o[((size_t)r * Hq + h) * D + d] = tobf(t / sum);
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# nvcc-only sanity check of the runtime's kernels, no Rust build needed: every .cu file here must
+# compile to PTX for compute_80 with the flags build.rs uses. Needs nvcc on PATH (on a machine
+# without a toolkit: `source ../shared/tools/cuda/env.sh` from the project root first).
+#     src/runtime/kernels/check_ptx.sh [OUT_DIR]     # OUT_DIR keeps the .ptx files
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+out="${1:-$(mktemp -d)}"
+mkdir -p "$out"
+status=0
+for cu in "$here"/*.cu; do
+  name="$(basename "$cu" .cu)"
+  if nvcc --ptx -arch=compute_80 -O3 -std=c++17 -o "$out/$name.ptx" "$cu"; then
+    echo "ok   $name.cu: $(grep -c '^\.visible \.entry' "$out/$name.ptx") kernels"
+  else
+    echo "FAIL $name.cu" >&2
+    status=1
+  fi
+done
+exit $status

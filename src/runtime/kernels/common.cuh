@@ -1,0 +1,43 @@
+// Shared by every kernel file of the runtime (each .cu is compiled to its own PTX module by
+// build.rs, for compute_80, so the same binary runs on Ampere, Ada (the L4 the competition uses)
+// and Hopper).
+//
+// Conventions: bf16 storage, f32 arithmetic; row-major; a "row" is one token of one sequence.
+// Every kernel that depends on the decoding position reads it from device memory (pos[]), so a
+// decode step can be captured once as a CUDA graph and replayed.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum (or max) over the block; blockDim.x a multiple of 32. `red` holds 32 floats.
+__device__ float block_reduce(float v, float *red, bool is_max) {
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31, nw = blockDim.x >> 5;
+    v = is_max ? warp_max(v) : warp_sum(v);
+    __syncthreads();
+    if (l == 0) red[w] = v;
+    __syncthreads();
+    v = l < nw ? red[l] : (is_max ? NEG_INF : 0.f);
+    return is_max ? warp_max(v) : warp_sum(v);
+}
+
+__device__ __forceinline__ float bf(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 tobf(float x) { return __float2bfloat16(x); }
+__device__ __forceinline__ float lo_bf(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float hi_bf(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }

@@ -1,0 +1,134 @@
+// Embedding gather, RMSNorm, per-head QK-norm + RoPE + KV-cache store, SiLU-gated product.
+// Launchers: src/runtime/launch/norm_rope.rs.
+
+#include "common.cuh"
+
+// Embedding gather: out[r] = table[ids[r]], hidden % 8 == 0.
+extern "C" __global__ void embed_rows(const uint32_t *ids, const bf16 *table, bf16 *out, int hidden) {
+    int r = blockIdx.x;
+    const uint4 *src = (const uint4 *)(table + (size_t)ids[r] * hidden);
+    uint4 *dst = (uint4 *)(out + (size_t)r * hidden);
+    for (int i = threadIdx.x; i < hidden / 8; i += blockDim.x) dst[i] = src[i];
+}
+
+// RMSNorm of input row (blockIdx.x * row_step + row_off): y = bf16(x · rsqrt(mean x² + eps) · w).
+// accumulate = 0: out[blockIdx.x] = y;  accumulate = 1: out[blockIdx.x] += y (bf16 add, as
+// `h + norm(o)` in the post-norm decoder layer). n % 8 == 0; 16-byte loads.
+extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
+                                        int accumulate, int row_step, int row_off) {
+    __shared__ float red[32];
+    const uint4 *xr = (const uint4 *)(x + (size_t)(blockIdx.x * row_step + row_off) * n);
+    uint4 *o = (uint4 *)(out + (size_t)blockIdx.x * n);
+    const uint4 *wr = (const uint4 *)w;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) ss += lo_bf(u[i]) * lo_bf(u[i]) + hi_bf(u[i]) * hi_bf(u[i]);
+    }
+    ss = block_reduce(ss, red, false);
+    float inv = rsqrtf(ss / n + eps);
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
+        uint4 v = xr[c], wv = wr[c], prev = accumulate ? o[c] : make_uint4(0, 0, 0, 0);
+        uint32_t u[4] = {v.x, v.y, v.z, v.w}, ww[4] = {wv.x, wv.y, wv.z, wv.w}, pp[4] = {prev.x, prev.y, prev.z, prev.w};
+        uint32_t res[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float y0 = bf(tobf(lo_bf(u[i]) * inv * lo_bf(ww[i]))), y1 = bf(tobf(hi_bf(u[i]) * inv * hi_bf(ww[i])));
+            if (accumulate) { y0 += lo_bf(pp[i]); y1 += hi_bf(pp[i]); }
+            __nv_bfloat162 r = __floats2bfloat162_rn(y0, y1);
+            res[i] = *(uint32_t *)&r;
+        }
+        o[c] = make_uint4(res[0], res[1], res[2], res[3]);
+    }
+}
+
+// SiLU-gated product: gu [R, 2I] = [gate | up] → out [R, I] = bf16(bf16(silu(g)) · u).
+extern "C" __global__ void silu_mul_rows(const bf16 *gu, bf16 *out, int inter) {
+    int r = blockIdx.y;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= inter) return;
+    float g = bf(gu[(size_t)r * 2 * inter + i]);
+    float u = bf(gu[(size_t)r * 2 * inter + inter + i]);
+    bf16 s = tobf(g / (1.f + __expf(-g)));
+    out[(size_t)r * inter + i] = tobf(bf(s) * u);
+}
+
+// out = bf16(bf16(silu(g)) · u) elementwise over n values (candle's silu then mul, in one pass).
+extern "C" __global__ void silu_mul_flat(const bf16 *g, const bf16 *u, bf16 *out, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = bf(g[i]);
+    out[i] = tobf(bf(tobf(x / (1.f + __expf(-x)))) * bf(u[i]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-head QK RMSNorm, RoPE (NeoX halves, tables [positions, D/2]) and the KV-cache write.
+// qkv [R, (Hq + 2·Hkv)·D]; row r belongs to sequence b = r / T, sits in cache slot pos[r] and has
+// RoPE position pos[r] − pad[b]. Writes q_out [R, Hq, D] and kc/vc [B, Hkv, cap, D].
+// One warp per (row, head); lane holds elements lane + 32·j.
+template <int D>
+__device__ void qk_norm_rope_store(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *cos_t,
+                                   const bf16 *sin_t, const int *pos, const int *pad, bf16 *q_out, bf16 *kc,
+                                   bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int use_rope) {
+    constexpr int E = D / 32;  // elements per lane
+    int r = blockIdx.x;
+    int head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (head >= Hq + 2 * Hkv) return;
+    int b = r / T, p = pos[r];
+    const bf16 *src = qkv + (size_t)r * (Hq + 2 * Hkv) * D + (size_t)head * D;
+    float v[E];
+#pragma unroll
+    for (int j = 0; j < E; j++) v[j] = bf(src[lane + 32 * j]);
+    if (head >= Hq + Hkv) {  // V: straight into the cache
+        int kvh = head - Hq - Hkv;
+        bf16 *dst = vc + (((size_t)b * Hkv + kvh) * cap + p) * D;
+#pragma unroll
+        for (int j = 0; j < E; j++) dst[lane + 32 * j] = tobf(v[j]);
+        return;
+    }
+    const bf16 *w = head < Hq ? qw : kw;
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < E; j++) ss += v[j] * v[j];
+    ss = warp_sum(ss);
+    float inv = rsqrtf(ss / D + eps);
+#pragma unroll
+    for (int j = 0; j < E; j++) v[j] = bf(tobf(v[j] * inv * bf(w[lane + 32 * j])));
+    if (use_rope) {
+        int rp = p - pad[b];
+        float o[E];
+#pragma unroll
+        for (int j = 0; j < E; j++) {
+            int i = lane + 32 * j, half = D / 2;
+            int f = i % half;
+            float c = bf(cos_t[(size_t)rp * half + f]), s = bf(sin_t[(size_t)rp * half + f]);
+            // partner element i ± D/2 lives in this lane at j ± E/2
+            float partner = j < E / 2 ? v[j + E / 2] : v[j - E / 2];
+            o[j] = j < E / 2 ? v[j] * c - partner * s : v[j] * c + partner * s;
+        }
+#pragma unroll
+        for (int j = 0; j < E; j++) v[j] = o[j];
+    }
+    bf16 *dst;
+    if (head < Hq) {
+        dst = q_out + ((size_t)r * Hq + head) * D;
+    } else {
+        int kvh = head - Hq;
+        dst = kc + (((size_t)b * Hkv + kvh) * cap + p) * D;
+    }
+#pragma unroll
+    for (int j = 0; j < E; j++) dst[lane + 32 * j] = tobf(v[j]);
+}
+
+extern "C" __global__ void qk_norm_rope_store_64(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
+                                                 const bf16 *s, const int *pos, const int *pad, bf16 *q, bf16 *kc,
+                                                 bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int rope) {
+    qk_norm_rope_store<64>(qkv, qw, kw, c, s, pos, pad, q, kc, vc, Hq, Hkv, T, cap, eps, rope);
+}
+extern "C" __global__ void qk_norm_rope_store_128(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
+                                                  const bf16 *s, const int *pos, const int *pad, bf16 *q, bf16 *kc,
+                                                  bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int rope) {
+    qk_norm_rope_store<128>(qkv, qw, kw, c, s, pos, pad, q, kc, vc, Hq, Hkv, T, cap, eps, rope);
+}

@@ -1,0 +1,70 @@
+// W8A8: per-token int8 activation quantization and the epilogues of the int8 GEMM.
+// Launchers: src/runtime/launch/quant.rs.
+
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------
+// W8A8: per-token int8 activation quantization, as vLLM's dynamic scaled_int8_quant:
+// scale = max(|x|) / 127 (at least 1e-10), q = clamp(rint(x / scale)) with ties to even.
+extern "C" __global__ void quant_rows_int8(const bf16 *x, int8_t *q, float *scale, int K) {
+    __shared__ float red[32];
+    const uint4 *xr = (const uint4 *)(x + (size_t)blockIdx.x * K);
+    float m = 0.f;
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) m = fmaxf(m, fmaxf(fabsf(lo_bf(u[i])), fabsf(hi_bf(u[i]))));
+    }
+    m = block_reduce(m, red, true);
+    float s = fmaxf(m / 127.f, 1e-10f);
+    uint2 *qr = (uint2 *)(q + (size_t)blockIdx.x * K);
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w}, packed[2] = {0u, 0u};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int q0 = max(-128, min(127, __float2int_rn(lo_bf(u[i]) / s)));
+            int q1 = max(-128, min(127, __float2int_rn(hi_bf(u[i]) / s)));
+            packed[i / 2] |= ((uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8)) << (16 * (i % 2));
+        }
+        qr[c] = make_uint2(packed[0], packed[1]);
+    }
+    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+}
+
+// y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]) for the int32 result of an int8 GEMM; blockIdx.y = m,
+// four outputs per thread (N % 4 == 0).
+extern "C" __global__ void int8_epilogue(const int32_t *acc, const float *sx, const float *sw, bf16 *y, int M,
+                                         int N) {
+    int m = blockIdx.y, n4 = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n4 >= N / 4) return;
+    int4 a = ((const int4 *)(acc + (size_t)m * N))[n4];
+    float4 w = ((const float4 *)sw)[n4];
+    float s = sx[m];
+    __nv_bfloat162 lo = __floats2bfloat162_rn((float)a.x * s * w.x, (float)a.y * s * w.y);
+    __nv_bfloat162 hi = __floats2bfloat162_rn((float)a.z * s * w.z, (float)a.w * s * w.w);
+    ((uint2 *)(y + (size_t)m * N))[n4] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+}
+
+// The gated activation straight from the stacked gate/up int8 GEMM: acc [M, 2I] (gate | up),
+// out [M, I] = bf16(bf16(silu(g))·u) with g, u = bf16(acc · sx · sw) as the plain epilogue would
+// give them. Four outputs per thread (I % 4 == 0).
+extern "C" __global__ void int8_silu_epilogue(const int32_t *acc, const float *sx, const float *sw, bf16 *y,
+                                              int M, int I) {
+    int m = blockIdx.y, i4 = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i4 >= I / 4) return;
+    const int32_t *row = acc + (size_t)m * 2 * I;
+    int4 ga = ((const int4 *)row)[i4], ua = ((const int4 *)(row + I))[i4];
+    float4 gw = ((const float4 *)sw)[i4], uw = ((const float4 *)(sw + I))[i4];
+    float s = sx[m];
+    float g[4] = {bf(tobf((float)ga.x * s * gw.x)), bf(tobf((float)ga.y * s * gw.y)), bf(tobf((float)ga.z * s * gw.z)),
+                  bf(tobf((float)ga.w * s * gw.w))};
+    float u[4] = {bf(tobf((float)ua.x * s * uw.x)), bf(tobf((float)ua.y * s * uw.y)), bf(tobf((float)ua.z * s * uw.z)),
+                  bf(tobf((float)ua.w * s * uw.w))};
+    float v[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = bf(tobf(g[k] / (1.f + __expf(-g[k])))) * u[k];
+    __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
+    ((uint2 *)(y + (size_t)m * I))[i4] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+}

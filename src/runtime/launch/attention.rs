@@ -1,0 +1,224 @@
+//! Launchers of `kernels/attention.cu`: flash attention (the candle forward's prefill) and the
+//! decode engine's attention of each row over its KV cache.
+
+use candle_core::cuda::cudarc::driver::PushKernelArg;
+use candle_core::cuda::CudaDevice;
+use candle_core::Result;
+use half::bf16;
+
+use super::{allow_smem, config, cuda_err, dim, func, int, require, Dev, Module};
+
+/// softmax(q kᵀ / √d) v for q [batch, heads, t, d] and k/v [batch, heads_kv, l, d] given by
+/// (batch, head, token) strides in elements, d contiguous; out [batch, t, heads, d] contiguous.
+/// With `causal`, query i sees keys j ≤ i + l − t.
+pub(crate) struct Flash<'a> {
+    pub q: Dev<'a, bf16>,
+    pub k: Dev<'a, bf16>,
+    pub v: Dev<'a, bf16>,
+    pub out: Dev<'a, bf16>,
+    pub batch: usize,
+    pub heads: usize,
+    pub heads_kv: usize,
+    pub t: usize,
+    pub l: usize,
+    /// 64 or 128
+    pub head_dim: usize,
+    pub q_strides: [i64; 3],
+    pub k_strides: [i64; 3],
+    pub v_strides: [i64; 3],
+    pub causal: bool,
+}
+
+/// Elements a [batch, heads, tokens, d] layout with `strides` spans from its first element.
+fn extent(strides: [i64; 3], dims: [usize; 3], d: usize) -> Option<usize> {
+    let mut e = d;
+    for (s, n) in strides.iter().zip(dims) {
+        let s = usize::try_from(*s).ok()?;
+        e += s * n.saturating_sub(1);
+    }
+    Some(e)
+}
+
+pub(crate) fn flash_fwd(dev: &CudaDevice, a: &Flash) -> Result<()> {
+    const K: &str = "flash_fwd";
+    let (b, h, hkv, t, l, d) = (a.batch, a.heads, a.heads_kv, a.t, a.l, a.head_dim);
+    let name = match d {
+        64 => "flash_fwd_64",
+        128 => "flash_fwd_128",
+        _ => candle_core::bail!("{K}: head_dim {d} (64 or 128)"),
+    };
+    require!(
+        K,
+        hkv > 0 && h.is_multiple_of(hkv),
+        "{h} heads over {hkv} kv heads"
+    );
+    for (what, buf, s, n) in [
+        ("q", a.q, a.q_strides, t),
+        ("k", a.k, a.k_strides, l),
+        ("v", a.v, a.v_strides, l),
+    ] {
+        let heads = if what == "q" { h } else { hkv };
+        require!(K, buf.aligned(16), "{what}: 16-byte aligned (cp.async)");
+        // (a dimension of size 1 is never stepped along: its stride does not matter)
+        let rows16 = s
+            .iter()
+            .zip([b, heads, n])
+            .all(|(x, n)| n <= 1 || x % 8 == 0);
+        require!(K, rows16, "{what} strides {s:?}: whole 16-byte rows");
+        let e = extent(s, [b, heads, n], d);
+        require!(
+            K,
+            e.is_some_and(|e| e <= buf.len()),
+            "{what} of {} values",
+            buf.len()
+        );
+    }
+    require!(
+        K,
+        a.out.aligned(4) && a.out.len() >= b * t * h * d,
+        "output [b, t, h, d]"
+    );
+    let f = func(dev, Module::Attention, name)?;
+    // Q tile + double-buffered K and V tiles, 64 rows each, rows padded by 8 elements
+    let smem = 5 * 64 * (d + 8) * 2;
+    allow_smem(&f, smem)?;
+    let stream = dev.cuda_stream();
+    let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
+    let (ti, li, hi, hkvi) = (
+        int(t, "t")?,
+        int(l, "l")?,
+        int(h, "heads")?,
+        int(hkv, "heads_kv")?,
+    );
+    let (causal, offset) = (a.causal as i32, li - ti);
+    let mut bld = stream.launch_builder(&f);
+    bld.arg(&a.q.addr)
+        .arg(&a.k.addr)
+        .arg(&a.v.addr)
+        .arg(&a.out.addr);
+    bld.arg(&ti).arg(&li).arg(&hi).arg(&hkvi);
+    for s in [&a.q_strides, &a.k_strides, &a.v_strides] {
+        bld.arg(&s[0]).arg(&s[1]).arg(&s[2]);
+    }
+    bld.arg(&causal).arg(&offset).arg(&scale_log2);
+    let grid = (
+        dim(t.div_ceil(64), "t / 64")?,
+        dim(h, "heads")?,
+        dim(b, "batch")?,
+    );
+    let cfg = config(grid, 128, smem)?;
+    // SAFETY: 128 threads (the kernel's __launch_bounds__: 4 warps × 16 query rows) and the
+    // 5 · 64 · (d + 8) bf16 of shared memory it indexes, allowed above. Q/K/V rows are copied
+    // with 16-byte cp.async: the base addresses 16-byte aligned and every stride a multiple of 8
+    // elements (checked); rows past t or l are zero-filled without a read, and every row read
+    // lies within its buffer (extent checked). head_dim is 64 or 128 and heads % heads_kv == 0
+    // (checked); the output [b, t, h, d] fits (checked) and is written as bf16 pairs.
+    unsafe { bld.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// Attention of each row over its cached keys pad[r / t] ..= pos[r] (the decode engine).
+pub(crate) struct AttnRows<'a> {
+    /// [rows, heads_q, head_dim]
+    pub q: Dev<'a, bf16>,
+    /// [rows / t, heads_kv, capacity, head_dim]
+    pub k_cache: Dev<'a, bf16>,
+    pub v_cache: Dev<'a, bf16>,
+    pub pos: Dev<'a, i32>,
+    pub pad: Dev<'a, i32>,
+    /// [rows, heads_q · head_dim]
+    pub out: Dev<'a, bf16>,
+    pub rows: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    /// 64 or 128
+    pub head_dim: usize,
+    /// tokens per sequence in this call
+    pub t: usize,
+    pub capacity: usize,
+    pub scale: f32,
+}
+
+/// Shared memory of `attn_rows`: q, 8 warps' partial outputs, reduction scratch, the scores.
+pub(crate) fn attn_rows_smem(head_dim: usize, capacity: usize) -> usize {
+    (head_dim + 8 * head_dim + 32 + capacity) * 4
+}
+
+/// Lets `attn_rows` use the shared memory of a cache of `capacity` slots (once per device).
+pub(crate) fn allow_attn_rows(dev: &CudaDevice, head_dim: usize, capacity: usize) -> Result<()> {
+    allow_smem(
+        &func(dev, Module::Attention, "attn_rows")?,
+        attn_rows_smem(head_dim, capacity),
+    )
+}
+
+pub(crate) fn attn_rows(dev: &CudaDevice, a: &AttnRows) -> Result<()> {
+    const K: &str = "attn_rows";
+    let (d, hq, hkv, cap) = (a.head_dim, a.heads_q, a.heads_kv, a.capacity);
+    require!(K, d == 64 || d == 128, "head_dim {d} (64 or 128)");
+    require!(
+        K,
+        hkv > 0 && hq.is_multiple_of(hkv),
+        "{hq} heads over {hkv} kv heads"
+    );
+    require!(
+        K,
+        a.t > 0 && a.rows.is_multiple_of(a.t),
+        "{} rows of {} tokens",
+        a.rows,
+        a.t
+    );
+    let seqs = a.rows / a.t;
+    require!(K, a.q.len() >= a.rows * hq * d, "q of {} values", a.q.len());
+    require!(
+        K,
+        a.out.len() >= a.rows * hq * d,
+        "output of {} values",
+        a.out.len()
+    );
+    let cache = seqs * hkv * cap * d;
+    require!(
+        K,
+        a.k_cache.len() >= cache && a.v_cache.len() >= cache,
+        "caches of {cache}"
+    );
+    require!(
+        K,
+        a.k_cache.aligned(16) && a.v_cache.aligned(4),
+        "cache alignment"
+    );
+    require!(
+        K,
+        a.pos.len() >= a.rows && a.pad.len() >= seqs,
+        "pos/pad entries"
+    );
+    let f = func(dev, Module::Attention, K)?;
+    let stream = dev.cuda_stream();
+    let (hqi, hkvi, di) = (
+        int(hq, "heads_q")?,
+        int(hkv, "heads_kv")?,
+        int(d, "head_dim")?,
+    );
+    let (ti, capi) = (int(a.t, "t")?, int(cap, "capacity")?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&a.q.addr).arg(&a.k_cache.addr).arg(&a.v_cache.addr);
+    b.arg(&a.pos.addr).arg(&a.pad.addr).arg(&a.out.addr);
+    b.arg(&hqi)
+        .arg(&hkvi)
+        .arg(&di)
+        .arg(&ti)
+        .arg(&capi)
+        .arg(&a.scale);
+    let grid = (dim(a.rows, "rows")?, dim(hq, "heads_q")?, 1);
+    let cfg = config(grid, 256, attn_rows_smem(d, cap))?;
+    // SAFETY: 256 threads (the kernel's 8 warps, NW) and the shared memory it carves (q, 8
+    // partial outputs, 32 floats of scratch, `capacity` scores); a launch above what
+    // allow_attn_rows allowed fails with an error. head_dim 64 or 128 (the lanes' two bf16 pairs
+    // cover it), heads_q % heads_kv == 0, q/out [rows, heads_q, d], the caches
+    // [rows / t, heads_kv, capacity, d] (K 16-byte aligned for its 16-byte loads, V 4-byte for
+    // its bf16 pairs), pos [rows] and pad [rows / t] (all checked). Device-side values are the
+    // caller's duty: pad[b] ≤ pos[r] < capacity, so the scores stay in shared memory and the
+    // keys in the cache; the engine checks its length against the capacity before every step.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}

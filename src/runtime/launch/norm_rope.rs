@@ -1,0 +1,287 @@
+//! Launchers of `kernels/norm_rope.cu`: embedding gather, RMSNorm, per-head QK-norm + RoPE +
+//! KV-cache store, SiLU-gated products.
+
+use candle_core::cuda::cudarc::driver::PushKernelArg;
+use candle_core::cuda::CudaDevice;
+use candle_core::Result;
+use half::bf16;
+
+use super::{config, cuda_err, dim, func, int, require, Dev, Module};
+
+/// out[r] = table[ids[r]] for `rows` rows of `hidden` values.
+pub(crate) fn embed_rows(
+    dev: &CudaDevice,
+    ids: Dev<u32>,
+    table: Dev<bf16>,
+    out: Dev<bf16>,
+    rows: usize,
+    hidden: usize,
+) -> Result<()> {
+    const K: &str = "embed_rows";
+    require!(K, hidden.is_multiple_of(8), "hidden {hidden}: 16-byte rows");
+    require!(
+        K,
+        table.aligned(16) && out.aligned(16),
+        "16-byte aligned rows"
+    );
+    require!(K, ids.len() >= rows, "{} ids for {rows} rows", ids.len());
+    require!(
+        K,
+        table.len() >= hidden,
+        "embedding table shorter than a row"
+    );
+    require!(
+        K,
+        out.len() >= rows * hidden,
+        "output of {} values",
+        out.len()
+    );
+    let f = func(dev, Module::NormRope, K)?;
+    let stream = dev.cuda_stream();
+    let h = int(hidden, "hidden")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&ids.addr).arg(&table.addr).arg(&out.addr).arg(&h);
+    let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
+    // SAFETY: one block per row copies `hidden` bf16 values as 16-byte words: hidden % 8 == 0 and
+    // both tables 16-byte aligned (checked), ids holds `rows` entries and out `rows · hidden`
+    // values (checked). Every id must be below the table's rows (table.len / hidden): ids live
+    // on the device, so that is the caller's duty (the engine's ids are tokenizer ids or its
+    // own argmax picks, both below the vocabulary size).
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// RMSNorm of `rows` rows: out[r] (=|+=) bf16(x[r·row_step + row_off] · rsqrt(mean x² + eps) · w).
+pub(crate) struct RmsNormRows<'a> {
+    pub x: Dev<'a, bf16>,
+    pub w: Dev<'a, bf16>,
+    pub out: Dev<'a, bf16>,
+    /// rows written (one block each)
+    pub rows: usize,
+    /// values per row
+    pub n: usize,
+    pub eps: f32,
+    /// add to out (bf16 add, the post-norm residual) instead of overwriting it
+    pub accumulate: bool,
+    /// input row of output row r: r · row_step + row_off
+    pub row_step: usize,
+    pub row_off: usize,
+}
+
+pub(crate) fn rmsnorm_rows(dev: &CudaDevice, a: &RmsNormRows) -> Result<()> {
+    const K: &str = "rmsnorm_rows";
+    let n = a.n;
+    require!(K, n.is_multiple_of(8), "n {n}: 16-byte loads");
+    require!(
+        K,
+        a.x.aligned(16) && a.w.aligned(16) && a.out.aligned(16),
+        "16-byte aligned"
+    );
+    let last_in = a.rows.saturating_sub(1) * a.row_step + a.row_off;
+    require!(
+        K,
+        a.rows == 0 || a.x.len() >= (last_in + 1) * n,
+        "input of {} values",
+        a.x.len()
+    );
+    require!(K, a.w.len() >= n, "weight of {} values", a.w.len());
+    require!(
+        K,
+        a.out.len() >= a.rows * n,
+        "output of {} values",
+        a.out.len()
+    );
+    let f = func(dev, Module::NormRope, K)?;
+    let stream = dev.cuda_stream();
+    let (ni, acc) = (int(n, "n")?, a.accumulate as i32);
+    let (step, off) = (int(a.row_step, "row_step")?, int(a.row_off, "row_off")?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&a.x.addr).arg(&a.w.addr).arg(&a.out.addr);
+    b.arg(&ni).arg(&a.eps).arg(&acc).arg(&step).arg(&off);
+    let cfg = config((dim(a.rows, "rows")?, 1, 1), 256, 0)?;
+    // SAFETY: one block of 256 threads (a multiple of 32, as block_reduce needs) per output row
+    // reads input row r·row_step + row_off and the weight as 16-byte words and writes output row
+    // r: n % 8 == 0, all three 16-byte aligned, and the last input row, the weight and every
+    // output row inside their buffers (all checked above).
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// out [rows, inter] = bf16(bf16(silu(gate)) · up) for gu [rows, 2·inter] = [gate | up].
+pub(crate) fn silu_mul_rows(
+    dev: &CudaDevice,
+    gu: Dev<bf16>,
+    out: Dev<bf16>,
+    rows: usize,
+    inter: usize,
+) -> Result<()> {
+    const K: &str = "silu_mul_rows";
+    require!(
+        K,
+        gu.len() >= rows * 2 * inter,
+        "input of {} values",
+        gu.len()
+    );
+    require!(
+        K,
+        out.len() >= rows * inter,
+        "output of {} values",
+        out.len()
+    );
+    let f = func(dev, Module::NormRope, K)?;
+    let stream = dev.cuda_stream();
+    let i = int(inter, "inter")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&gu.addr).arg(&out.addr).arg(&i);
+    let grid = (
+        dim(inter.div_ceil(256), "inter / 256")?,
+        dim(rows, "rows")?,
+        1,
+    );
+    let cfg = config(grid, 256, 0)?;
+    // SAFETY: thread (i, r) with i < inter (the kernel tests it) reads gu[r, i] and
+    // gu[r, inter + i] and writes out[r, i]; r < rows by the grid, and both buffers hold their
+    // `rows` rows (checked). Element accesses: no alignment beyond bf16's.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// out = bf16(bf16(silu(g)) · u) over `n` values.
+pub(crate) fn silu_mul_flat(
+    dev: &CudaDevice,
+    g: Dev<bf16>,
+    u: Dev<bf16>,
+    out: Dev<bf16>,
+    n: usize,
+) -> Result<()> {
+    const K: &str = "silu_mul_flat";
+    require!(
+        K,
+        g.len() >= n && u.len() >= n && out.len() >= n,
+        "buffers shorter than {n}"
+    );
+    let f = func(dev, Module::NormRope, K)?;
+    let stream = dev.cuda_stream();
+    let nl = n as i64;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&g.addr).arg(&u.addr).arg(&out.addr).arg(&nl);
+    let cfg = config((dim(n.div_ceil(256), "n / 256")?, 1, 1), 256, 0)?;
+    // SAFETY: thread i < n (the kernel tests it, with a 64-bit index) reads g[i], u[i] and writes
+    // out[i]; all three hold at least n values (checked).
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// Per-head RMSNorm of q and k, RoPE, and the KV-cache write, for `rows` rows of `qkv`
+/// [rows, (heads_q + 2·heads_kv)·head_dim]; row r belongs to sequence r / t, sits in cache slot
+/// pos[r] and has RoPE position pos[r] − pad[r / t].
+pub(crate) struct QkNormRope<'a> {
+    pub qkv: Dev<'a, bf16>,
+    pub q_norm: Dev<'a, bf16>,
+    pub k_norm: Dev<'a, bf16>,
+    /// RoPE tables [capacity, head_dim / 2]
+    pub cos: Dev<'a, bf16>,
+    pub sin: Dev<'a, bf16>,
+    pub pos: Dev<'a, i32>,
+    pub pad: Dev<'a, i32>,
+    /// [rows, heads_q, head_dim]
+    pub q_out: Dev<'a, bf16>,
+    /// [rows / t, heads_kv, capacity, head_dim]
+    pub k_cache: Dev<'a, bf16>,
+    pub v_cache: Dev<'a, bf16>,
+    pub rows: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    /// 64 or 128
+    pub head_dim: usize,
+    /// tokens per sequence in this call
+    pub t: usize,
+    pub capacity: usize,
+    pub eps: f32,
+    pub use_rope: bool,
+}
+
+pub(crate) fn qk_norm_rope_store(dev: &CudaDevice, a: &QkNormRope) -> Result<()> {
+    const K: &str = "qk_norm_rope_store";
+    let (d, hq, hkv, cap) = (a.head_dim, a.heads_q, a.heads_kv, a.capacity);
+    let name = match d {
+        64 => "qk_norm_rope_store_64",
+        128 => "qk_norm_rope_store_128",
+        _ => candle_core::bail!("{K}: head_dim {d} (64 or 128)"),
+    };
+    require!(
+        K,
+        a.t > 0 && a.rows.is_multiple_of(a.t),
+        "{} rows of {} tokens",
+        a.rows,
+        a.t
+    );
+    let seqs = a.rows / a.t;
+    let heads = hq + 2 * hkv;
+    require!(
+        K,
+        a.qkv.len() >= a.rows * heads * d,
+        "qkv of {} values",
+        a.qkv.len()
+    );
+    require!(
+        K,
+        a.q_norm.len() >= d && a.k_norm.len() >= d,
+        "norm weights of head_dim"
+    );
+    require!(
+        K,
+        a.cos.len() >= cap * d / 2 && a.sin.len() >= cap * d / 2,
+        "RoPE tables"
+    );
+    require!(
+        K,
+        a.pos.len() >= a.rows && a.pad.len() >= seqs,
+        "pos/pad entries"
+    );
+    require!(
+        K,
+        a.q_out.len() >= a.rows * hq * d,
+        "q of {} values",
+        a.q_out.len()
+    );
+    let cache = seqs * hkv * cap * d;
+    require!(
+        K,
+        a.k_cache.len() >= cache && a.v_cache.len() >= cache,
+        "caches of {cache}"
+    );
+    let f = func(dev, Module::NormRope, name)?;
+    let stream = dev.cuda_stream();
+    let (hqi, hkvi, ti) = (int(hq, "heads_q")?, int(hkv, "heads_kv")?, int(a.t, "t")?);
+    let (capi, rope) = (int(cap, "capacity")?, a.use_rope as i32);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&a.qkv.addr).arg(&a.q_norm.addr).arg(&a.k_norm.addr);
+    b.arg(&a.cos.addr)
+        .arg(&a.sin.addr)
+        .arg(&a.pos.addr)
+        .arg(&a.pad.addr);
+    b.arg(&a.q_out.addr)
+        .arg(&a.k_cache.addr)
+        .arg(&a.v_cache.addr);
+    b.arg(&hqi)
+        .arg(&hkvi)
+        .arg(&ti)
+        .arg(&capi)
+        .arg(&a.eps)
+        .arg(&rope);
+    let grid = (
+        dim(a.rows, "rows")?,
+        dim(heads.div_ceil(4), "heads / 4")?,
+        1,
+    );
+    let cfg = config(grid, 128, 0)?;
+    // SAFETY: block (r, y) of 4 warps handles heads 4y..4y+3 of row r (warps past the last head
+    // return); every lane touches elements lane + 32·j of one head (head_dim 64 or 128, checked).
+    // qkv, q_out, the norm weights, pos, pad and both caches hold what rows, heads and head_dim
+    // index (checked). Device-side values are the caller's duty: pos[r] < capacity (the cache
+    // slot and, with pad[b] ≤ pos[r], the RoPE table row); the engine checks its length against
+    // the capacity before every step.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}

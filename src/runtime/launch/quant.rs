@@ -1,0 +1,148 @@
+//! Launchers of `kernels/quant.cu`: per-token int8 activation quantization and the epilogues of
+//! the int8 GEMM (W8A8).
+
+use candle_core::cuda::cudarc::driver::PushKernelArg;
+use candle_core::cuda::CudaDevice;
+use candle_core::Result;
+use half::bf16;
+
+use super::{config, cuda_err, dim, func, int, require, Dev, Module};
+
+/// q [rows, k] (int8, stored as bytes), scale [rows] = vLLM's dynamic per-token quantization of
+/// x [rows, k]: scale = max |x| / 127, q = round-half-even(x / scale).
+pub(crate) fn quant_rows_int8(
+    dev: &CudaDevice,
+    x: Dev<bf16>,
+    q: Dev<u8>,
+    scale: Dev<f32>,
+    rows: usize,
+    k: usize,
+) -> Result<()> {
+    const K: &str = "quant_rows_int8";
+    require!(
+        K,
+        k.is_multiple_of(8),
+        "k {k}: 16-byte loads, 8-byte stores"
+    );
+    require!(
+        K,
+        x.aligned(16) && q.aligned(8),
+        "x 16-byte, q 8-byte aligned"
+    );
+    require!(
+        K,
+        x.len() >= rows * k && q.len() >= rows * k,
+        "[{rows}, {k}] buffers"
+    );
+    require!(
+        K,
+        scale.len() >= rows,
+        "{} scales for {rows} rows",
+        scale.len()
+    );
+    let f = func(dev, Module::Quant, K)?;
+    let stream = dev.cuda_stream();
+    let ki = int(k, "k")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&x.addr).arg(&q.addr).arg(&scale.addr).arg(&ki);
+    let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
+    // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row reads x[r] as
+    // 16-byte words and writes q[r] as 8-byte words and scale[r]: k % 8 == 0, x 16-byte and q
+    // 8-byte aligned, all three buffers hold `rows` rows (checked).
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// The epilogue of an int8 GEMM: acc [m, ·] int32 with per-row activation scales sx [m] and
+/// per-channel weight scales sw [·] → y [m, n] bf16.
+pub(crate) struct Int8Epilogue<'a> {
+    pub acc: Dev<'a, i32>,
+    pub sx: Dev<'a, f32>,
+    pub sw: Dev<'a, f32>,
+    pub y: Dev<'a, bf16>,
+    pub m: usize,
+    /// outputs per row (for the gated epilogue: half of acc's columns)
+    pub n: usize,
+}
+
+impl Int8Epilogue<'_> {
+    /// `cols`: acc's columns (n, or 2n gated).
+    fn check(&self, kernel: &str, cols: usize) -> Result<()> {
+        let (m, n) = (self.m, self.n);
+        require!(
+            kernel,
+            n.is_multiple_of(4),
+            "n {n}: four outputs per thread"
+        );
+        require!(
+            kernel,
+            self.acc.aligned(16) && self.sw.aligned(16),
+            "16-byte vector loads"
+        );
+        require!(kernel, self.y.aligned(8), "8-byte stores");
+        require!(
+            kernel,
+            self.acc.len() >= m * cols,
+            "acc of {} values",
+            self.acc.len()
+        );
+        require!(
+            kernel,
+            self.sw.len() >= cols && self.sx.len() >= m,
+            "scales"
+        );
+        require!(
+            kernel,
+            self.y.len() >= m * n,
+            "output of {} values",
+            self.y.len()
+        );
+        Ok(())
+    }
+}
+
+/// y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]).
+pub(crate) fn int8_epilogue(dev: &CudaDevice, a: &Int8Epilogue) -> Result<()> {
+    const K: &str = "int8_epilogue";
+    a.check(K, a.n)?;
+    let f = func(dev, Module::Quant, K)?;
+    let stream = dev.cuda_stream();
+    let (mi, ni) = (int(a.m, "m")?, int(a.n, "n")?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&a.acc.addr)
+        .arg(&a.sx.addr)
+        .arg(&a.sw.addr)
+        .arg(&a.y.addr);
+    b.arg(&mi).arg(&ni);
+    let grid = (dim((a.n / 4).div_ceil(256), "n / 1024")?, dim(a.m, "m")?, 1);
+    let cfg = config(grid, 256, 0)?;
+    // SAFETY: thread (i, m) with i < n / 4 (the kernel tests it) reads acc[m, 4i..4i+4] and
+    // sw[4i..4i+4] as 16-byte vectors and sx[m], and writes y[m, 4i..4i+4] as 8 bytes:
+    // n % 4 == 0, the alignments and every buffer's length checked.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// The gated activation from the stacked gate/up int8 GEMM: acc [m, 2n] (gate | up), sw [2n],
+/// y [m, n] = bf16(bf16(silu(g)) · u) with g, u as `int8_epilogue` would give them.
+pub(crate) fn int8_silu_epilogue(dev: &CudaDevice, a: &Int8Epilogue) -> Result<()> {
+    const K: &str = "int8_silu_epilogue";
+    a.check(K, 2 * a.n)?;
+    let f = func(dev, Module::Quant, K)?;
+    let stream = dev.cuda_stream();
+    let (mi, ni) = (int(a.m, "m")?, int(a.n, "n")?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&a.acc.addr)
+        .arg(&a.sx.addr)
+        .arg(&a.sw.addr)
+        .arg(&a.y.addr);
+    b.arg(&mi).arg(&ni);
+    let grid = (dim((a.n / 4).div_ceil(256), "n / 1024")?, dim(a.m, "m")?, 1);
+    let cfg = config(grid, 256, 0)?;
+    // SAFETY: thread (i, m) with i < n / 4 (tested in the kernel) reads acc[m, 4i..] and
+    // acc[m, n + 4i..], sw[4i..] and sw[n + 4i..] as 16-byte vectors (n % 4 == 0 keeps the up
+    // half 16-byte aligned too) and writes y[m, 4i..4i+4]: acc [m, 2n], sw [2n], sx [m] and
+    // y [m, n] inside their buffers, alignments checked.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
