@@ -15,6 +15,7 @@ pub mod model;
 pub mod record;
 pub mod report;
 pub mod runtime;
+pub mod serve;
 pub mod study;
 pub mod train;
 

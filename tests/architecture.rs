@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["checkpoint"],
     &["runtime"],
     &["data"],
+    &["serve"],
     &["train"],
     &["compress"],
     &["report"],

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use common::{copy_fixture, fixture, reference, rel_err};
 use exaone_compress::checkpoint::{save_model, write_model_dir, RawTensor, WriteOptions};
-use exaone_compress::Error;
 use exaone_compress::model::LayerType;
+use exaone_compress::Error;
 use exaone_compress::{Checkpoint, Exaone4Config};
 use serde_json::{json, Value};
 
@@ -301,7 +301,12 @@ fn tied_checkpoint_with_an_lm_head_in_the_file_uses_the_embedding() {
 
 #[test]
 fn written_checkpoints_reload_to_the_same_logits_sharded_or_not() {
-    let m = exaone_compress::checkpoint::load_model(&fixture("hybrid_untied"), DType::F32, &Device::Cpu).unwrap();
+    let m = exaone_compress::checkpoint::load_model(
+        &fixture("hybrid_untied"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let r = reference("hybrid_untied");
     let ids = Tensor::from_vec(r.input_ids.clone(), (1, r.input_ids.len()), &Device::Cpu).unwrap();
@@ -346,7 +351,9 @@ fn written_checkpoints_reload_to_the_same_logits_sharded_or_not() {
 
 #[test]
 fn writer_never_clobbers_or_leaves_partial_output() {
-    let m = exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::F32, &Device::Cpu).unwrap();
+    let m =
+        exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::F32, &Device::Cpu)
+            .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model");
     std::fs::create_dir(&out).unwrap();
@@ -380,11 +387,21 @@ fn writer_never_clobbers_or_leaves_partial_output() {
         1,
         "only the original dir remains: {leftovers:?}"
     );
-    // overwrite replaces it
+    // overwrite never replaces a directory that is not a model directory
     let opts = WriteOptions {
         overwrite: true,
         ..Default::default()
     };
+    let e = save_model(&m, &out, None, &opts).unwrap_err().to_string();
+    assert!(e.contains("not a model directory"), "{e}");
+    assert!(out.join("precious.txt").exists());
+    // a model directory it replaces, once the new one is complete, leaving nothing aside
+    std::fs::write(out.join("config.json"), "{}").unwrap();
     save_model(&m, &out, None, &opts).unwrap();
     assert!(!out.join("precious.txt").exists() && out.join("model.safetensors").exists());
+    let names: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "no aside or partial remains: {names:?}");
 }

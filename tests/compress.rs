@@ -65,13 +65,47 @@ fn min_max_arithmetic_follows_compressed_tensors() {
     );
 }
 
+/// The default model's tokenizer cut down to the fixtures' 512 ids (its vocabulary, the merges
+/// among kept tokens and the special tokens below 512): `package` refuses a tokenizer whose ids
+/// reach past the embedding, as vLLM would index out of it.
 fn tokenizer_files(dir: &std::path::Path) {
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ] {
-        std::fs::copy(exaone_compress::default_model_dir().join(f), dir.join(f)).unwrap();
+    use serde_json::{Map, Value};
+    let src = exaone_compress::default_model_dir();
+    let text = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
+    let mut t: Value = serde_json::from_str(&text).unwrap();
+    let keep = |id: &Value| id.as_u64().unwrap() < 512;
+    let vocab: Map<String, Value> = t["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, id)| keep(id))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let merges: Vec<Value> = t["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            let (a, b) = (p[0].as_str().unwrap(), p[1].as_str().unwrap());
+            [a.to_string(), b.to_string(), format!("{a}{b}")]
+                .iter()
+                .all(|k| vocab.contains_key(k))
+        })
+        .cloned()
+        .collect();
+    t["model"]["vocab"] = vocab.into();
+    t["model"]["merges"] = merges.into();
+    let added: Vec<Value> = t["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| keep(&a["id"]))
+        .cloned()
+        .collect();
+    t["added_tokens"] = added.into();
+    std::fs::write(dir.join("tokenizer.json"), t.to_string()).unwrap();
+    for f in ["tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
 }
 

@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::error::{Error, Result};
+
 use crate::model::ActQuant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +251,13 @@ impl Scheme {
         })
     }
 
+    /// Parses a `config_groups` entry as compressed-tensors writes it (see
+    /// [`config_group`](Self::config_group)), strictly: wrong types and unsupported values are
+    /// errors naming the field.
+    pub fn from_config_group(name: &str, g: &Value) -> Result<Self> {
+        parse_config_group(name, g)
+    }
+
     /// The whole `quantization_config` block.
     pub fn quantization_config(&self, ignore: &[String]) -> Value {
         json!({
@@ -259,4 +268,165 @@ impl Scheme {
             "version": "0.13.0",
         })
     }
+}
+
+fn opt_u64(v: &Value, key: &str, at: &str) -> Result<Option<u64>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_u64().map(Some).ok_or_else(|| {
+            Error::config(
+                &format!("{at}.{key}"),
+                format!("expected a non-negative integer, got {x}"),
+            )
+        }),
+    }
+}
+
+fn opt_str<'a>(v: &'a Value, key: &str, at: &str) -> Result<Option<&'a str>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_str().map(Some).ok_or_else(|| {
+            Error::config(
+                &format!("{at}.{key}"),
+                format!("expected a string, got {x}"),
+            )
+        }),
+    }
+}
+
+fn num_type(v: &Value, at: &str) -> Result<NumType> {
+    match opt_str(v, "type", at)? {
+        None | Some("int") => Ok(NumType::Int),
+        Some("float") => Ok(NumType::Float),
+        Some(o) => Err(Error::config(
+            &format!("{at}.type"),
+            format!("{o:?}: expected \"int\" or \"float\""),
+        )),
+    }
+}
+
+fn bits(v: &Value, at: &str) -> Result<u32> {
+    let b = opt_u64(v, "num_bits", at)?.unwrap_or(8);
+    if !(1..=16).contains(&b) {
+        return Err(Error::config(
+            &format!("{at}.num_bits"),
+            format!("{b}: expected 1 to 16"),
+        ));
+    }
+    Ok(b as u32)
+}
+
+/// Parses one `config_groups` entry (`name`), every field checked for its type and range (a
+/// field of the wrong type is an error, never a default), then the scheme checked as a whole.
+/// The inverse of [`Scheme::config_group`].
+pub(crate) fn parse_config_group(name: &str, g: &Value) -> Result<Scheme> {
+    let at = format!("quantization_config.config_groups.{name}");
+    if !g.is_object() {
+        return Err(Error::config(&at, format!("expected an object, got {g}")));
+    }
+    let w = g
+        .get("weights")
+        .filter(|w| w.is_object())
+        .ok_or_else(|| Error::config(&format!("{at}.weights"), "missing (or not an object)"))?;
+    let wat = format!("{at}.weights");
+    let num_bits = bits(w, &wat)?;
+    let ty = num_type(w, &wat)?;
+    let strategy = match opt_str(w, "strategy", &wat)? {
+        Some("group") => {
+            let gs = opt_u64(w, "group_size", &wat)?.ok_or_else(|| {
+                Error::config(
+                    &format!("{wat}.group_size"),
+                    "missing for strategy \"group\"",
+                )
+            })?;
+            if gs == 0 || gs > u32::MAX as u64 {
+                return Err(Error::config(
+                    &format!("{wat}.group_size"),
+                    format!("{gs}: must be a positive group size"),
+                ));
+            }
+            Strategy::Group(gs as usize)
+        }
+        Some("channel") | None => Strategy::Channel,
+        Some(other) => {
+            return Err(Error::config(
+                &format!("{wat}.strategy"),
+                format!("{other:?} is not supported (\"group\" or \"channel\")"),
+            ))
+        }
+    };
+    let actorder = match w.get("actorder") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(ActOrder::Group),
+        Some(Value::String(s)) => match s.as_str() {
+            "static" | "weight" => Some(ActOrder::Static),
+            "group" | "dynamic" => Some(ActOrder::Group),
+            o => {
+                return Err(Error::config(
+                    &format!("{wat}.actorder"),
+                    format!("{o:?}: expected \"static\", \"weight\", \"group\" or \"dynamic\""),
+                ))
+            }
+        },
+        Some(x) => {
+            return Err(Error::config(
+                &format!("{wat}.actorder"),
+                format!("expected a string or null, got {x}"),
+            ))
+        }
+    };
+    let symmetric = match w.get("symmetric") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(x) => {
+            return Err(Error::config(
+                &format!("{wat}.symmetric"),
+                format!("expected true or false, got {x}"),
+            ))
+        }
+    };
+    let input_activations = match g.get("input_activations") {
+        None | Some(Value::Null) => None,
+        Some(a) if a.is_object() => {
+            let aat = format!("{at}.input_activations");
+            Some(ActivationScheme {
+                num_bits: bits(a, &aat)?,
+                ty: num_type(a, &aat)?,
+            })
+        }
+        Some(x) => {
+            return Err(Error::config(
+                &format!("{at}.input_activations"),
+                format!("expected an object or null, got {x}"),
+            ))
+        }
+    };
+    let scheme = Scheme {
+        weights: WeightScheme {
+            num_bits,
+            ty,
+            symmetric,
+            strategy,
+            actorder,
+        },
+        input_activations,
+    };
+    scheme.check().map_err(|msg| {
+        Error::config(
+            &at,
+            format!("{msg} (this reader supports W4A16 packed, W8A8 int8 and FP8)"),
+        )
+    })?;
+    if let Some(f) = opt_str(g, "format", &at)? {
+        if f != scheme.format() {
+            return Err(Error::config(
+                &format!("{at}.format"),
+                format!(
+                    "{f:?}, but the scheme it describes is stored as {:?}",
+                    scheme.format()
+                ),
+            ));
+        }
+    }
+    Ok(scheme)
 }

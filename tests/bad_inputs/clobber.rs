@@ -1,0 +1,283 @@
+//! Outputs never replace what the user owns; stale temporaries are cleaned; `package` checks
+//! contents.
+
+use super::*;
+
+#[test]
+fn outputs_never_replace_what_the_user_owns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = copy_dir(
+        &exaone_compress::default_model_dir(),
+        &tmp.path().join("model"),
+    );
+    let st = std::fs::read(model.join("model.safetensors")).unwrap();
+    let pkg = format!("package --model {}", s(&model));
+    // package into the model directory, or onto one of its files: refused, even with --overwrite
+    for out in ["model.safetensors", "submit.zip"] {
+        let cmd = format!("{pkg} --out {} --overwrite", s(&model.join(out)));
+        fails(&cmd, &["inside the input directory"]);
+    }
+    assert_eq!(std::fs::read(model.join("model.safetensors")).unwrap(), st);
+    assert!(!model.join("submit.zip").exists());
+    // an existing --out is kept without --overwrite, replaced with it
+    let zip = tmp.path().join("submit.zip");
+    std::fs::write(&zip, "precious").unwrap();
+    fails(
+        &format!("{pkg} --out {}", s(&zip)),
+        &["already exists", "--overwrite"],
+    );
+    assert_eq!(std::fs::read_to_string(&zip).unwrap(), "precious");
+    succeeds(&format!("{pkg} --out {} --overwrite", s(&zip)));
+    let z = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+    assert!(z.len() >= 5);
+    // --out below a file
+    let below = zip.join("x.zip");
+    fails(&format!("{pkg} --out {}", s(&below)), &["not a directory"]);
+    // logits onto an existing file
+    let npy = tmp.path().join("l.npy");
+    std::fs::write(&npy, "precious").unwrap();
+    let logits = format!("logits --model {} --ids 1,2,3 --out {}", s(&model), s(&npy));
+    fails(&logits, &["already exists"]);
+    assert_eq!(std::fs::read_to_string(&npy).unwrap(), "precious");
+    succeeds(&format!("{logits} --overwrite"));
+    let l = candle_core::Tensor::read_npy(&npy).unwrap();
+    assert_eq!(l.dims(), &[3, 4096]);
+    // model outputs: an existing directory is kept; --overwrite never replaces a directory that
+    // is not a model, nor the input itself, nor a directory holding the input
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep me").unwrap();
+    let deq = format!("dequant --model {}", s(&model));
+    for extra in ["", "--overwrite"] {
+        fails(&format!("{deq} --out {} {extra}", s(&mine)), &[s(&mine)]);
+        assert_eq!(
+            std::fs::read_to_string(mine.join("notes.txt")).unwrap(),
+            "keep me"
+        );
+    }
+    fails(
+        &format!("{deq} --out {} --overwrite", s(&model)),
+        &["input"],
+    );
+    let prune = format!("prune --model {} --drop 1", s(&model));
+    let cmd = format!("{prune} --out {} --overwrite", s(tmp.path()));
+    fails(&cmd, &["contains the input"]);
+    assert_eq!(std::fs::read(model.join("model.safetensors")).unwrap(), st);
+    // quantize notices an existing --out before quantizing
+    let t0 = std::time::Instant::now();
+    let q = format!(
+        "quantize --model {} --scheme w4a16 --method gptq",
+        s(&model)
+    );
+    fails(&format!("{q} --out {}", s(&mine)), &["already exists"]);
+    assert!(t0.elapsed().as_secs_f64() < 20.0);
+    no_leftovers(tmp.path());
+}
+
+#[test]
+fn stale_temporaries_of_killed_runs_are_cleaned_by_the_next_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a pid above Linux's maximum (2^22) can never be alive
+    let dead = tmp.path().join(".out.partial-99999999-abc123");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("model.safetensors"), vec![0u8; 1000]).unwrap();
+    let legacy = tmp.path().join(".out.partial-Xy12Zq");
+    std::fs::create_dir(&legacy).unwrap();
+    let npy_tmp = tmp.path().join(".l.npy.partial-99999999-zzz");
+    std::fs::write(&npy_tmp, "half").unwrap();
+    let out = tmp.path().join("out");
+    let deq = format!(
+        "dequant --model {} --out {}",
+        s(&fixture("full_tied")),
+        s(&out)
+    );
+    let o = succeeds(&deq);
+    assert!(!dead.exists(), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("removed") && o.stderr.contains("99999999"),
+        "{}",
+        o.stderr
+    );
+    // one without a pid is reported, not removed
+    assert!(
+        legacy.exists() && o.stderr.contains(".out.partial-Xy12Zq"),
+        "{}",
+        o.stderr
+    );
+    std::fs::remove_dir(&legacy).unwrap();
+    let npy = tmp.path().join("l.npy");
+    succeeds(&format!(
+        "logits --model {} --ids 1,2 --out {}",
+        s(&fixture("full_tied")),
+        s(&npy)
+    ));
+    assert!(!npy_tmp.exists());
+    // an overwrite killed after moving the old output aside: the next run puts it back first
+    std::fs::rename(&out, tmp.path().join(".out.old-99999999-q1w2e3")).unwrap();
+    let e = fails(&deq, &["already exists"]);
+    assert!(e.contains("restored"), "{e}");
+    assert!(out.join("config.json").exists());
+    no_leftovers(tmp.path());
+}
+
+#[test]
+fn the_no_replace_move_never_touches_what_appeared_meanwhile() {
+    use exaone_compress::fs::{move_into_place, rename_noreplace, write_new, OutputKind};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // another process created the destination after our checks: our move fails, theirs stays
+    let ours = t.join(".out.partial-1-x");
+    std::fs::create_dir(&ours).unwrap();
+    std::fs::write(ours.join("config.json"), "{}").unwrap();
+    let out = t.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("theirs"), "keep").unwrap();
+    let e = move_into_place(&ours, &out, OutputKind::ModelDir, false).unwrap_err();
+    assert!(e.to_string().contains("appeared"), "{e}");
+    assert_eq!(std::fs::read_to_string(out.join("theirs")).unwrap(), "keep");
+    assert!(!ours.exists());
+    // files: no replace
+    std::fs::write(t.join("a"), "a").unwrap();
+    std::fs::write(t.join("b"), "b").unwrap();
+    let e = rename_noreplace(&t.join("a"), &t.join("b")).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read_to_string(t.join("b")).unwrap(), "b");
+    let e = write_new(&t.join("b"), b"new").unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(std::fs::read_to_string(t.join("b")).unwrap(), "b");
+    write_new(&t.join("c"), b"c").unwrap();
+    assert_eq!(std::fs::read_to_string(t.join("c")).unwrap(), "c");
+    // two runs to one destination: exactly one succeeds
+    let m = fixture("full_tied");
+    let dest = t.join("both");
+    let spawn = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_exaone-compress"));
+        c.args(["dequant", "--model", s(&m), "--out", s(&dest)]);
+        c.stderr(std::process::Stdio::null()).spawn().unwrap()
+    };
+    let both = [spawn(), spawn()];
+    let codes: Vec<i32> = both
+        .map(|mut c| c.wait().unwrap().code().unwrap_or(-1))
+        .to_vec();
+    assert!(
+        codes == [0, 1] || codes == [1, 0],
+        "exactly one run may write: {codes:?}"
+    );
+    no_leftovers(t);
+}
+
+#[test]
+fn package_checks_contents_not_just_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    copy_dir(&exaone_compress::default_model_dir(), &base);
+    type Damage = Box<dyn Fn(&Path)>;
+    let cfg = |key: &'static str, v: Value| -> Damage {
+        Box::new(move |d| edit_config(d, |c| c[key] = v.clone()))
+    };
+    let tensor = |name: &'static str, f: fn(&mut RawTensor)| -> Damage {
+        Box::new(move |d| edit_tensors(d, |t| f(t.get_mut(name).unwrap())))
+    };
+    let halve_rows = |w: &mut RawTensor| {
+        let n = w.data.len() / 2;
+        w.data.truncate(n);
+        w.shape[0] /= 2;
+    };
+    let nan_first = |w: &mut RawTensor| {
+        let nan = match w.dtype {
+            safetensors::Dtype::BF16 => half::bf16::NAN.to_le_bytes().to_vec(),
+            _ => f32::NAN.to_le_bytes().to_vec(),
+        };
+        w.data[..nan.len()].copy_from_slice(&nan);
+    };
+    let quant = json!({
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": "four",
+            "type": "int", "symmetric": true, "strategy": "group", "group_size": 128}}}});
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "q_proj shape contradicts the config",
+            tensor("model.layers.3.self_attn.q_proj.weight", halve_rows),
+            "model.layers.3.self_attn.q_proj.weight",
+        ),
+        (
+            "head_dim contradicts the weights",
+            cfg("head_dim", json!(32)),
+            "q_proj",
+        ),
+        (
+            "vocab_size contradicts the weights",
+            cfg("vocab_size", json!(5000)),
+            "embed_tokens",
+        ),
+        (
+            "truncated tokenizer.json",
+            Box::new(|d| {
+                let t = std::fs::read(d.join("tokenizer.json")).unwrap();
+                std::fs::write(d.join("tokenizer.json"), &t[..t.len() / 2]).unwrap();
+            }),
+            "tokenizer",
+        ),
+        (
+            "tokenizer larger than the vocabulary",
+            Box::new(|d| {
+                edit_config(d, |v| v["vocab_size"] = json!(4000));
+                edit_tensors(d, |t| {
+                    let e = t.get_mut("model.embed_tokens.weight").unwrap();
+                    let row = e.data.len() / e.shape[0];
+                    e.data.truncate(4000 * row);
+                    e.shape[0] = 4000;
+                })
+            }),
+            "token ids up to 4095",
+        ),
+        (
+            "NaN in a norm",
+            tensor("model.layers.2.post_attention_layernorm.weight", nan_first),
+            "non-finite logits",
+        ),
+        (
+            "a tensor vLLM does not know",
+            Box::new(|d| {
+                edit_tensors(d, |t| {
+                    t.insert("model.extra.weight".into(), i64s(&[1, 2]));
+                })
+            }),
+            "model.extra.weight",
+        ),
+        (
+            "num_bits not a number",
+            cfg("quantization_config", quant),
+            "num_bits",
+        ),
+        ("rope_theta 0", cfg("rope_theta", json!(0.0)), "rope_theta"),
+        (
+            "generation_config temperature",
+            Box::new(|d| {
+                std::fs::write(
+                    d.join("generation_config.json"),
+                    r#"{"do_sample": true, "temperature": -1, "eos_token_id": 14}"#,
+                )
+                .unwrap()
+            }),
+            "temperature -1",
+        ),
+    ];
+    for (i, (what, damage, want)) in cases.iter().enumerate() {
+        let d = copy_dir(&base, &tmp.path().join(format!("case{i}")));
+        damage(&d);
+        let zip = tmp.path().join(format!("submit{i}.zip"));
+        let e = fails(
+            &format!("package --model {} --out {}", s(&d), s(&zip)),
+            &[want],
+        );
+        assert!(!zip.exists(), "{what}: {e}");
+        let o = run(&format!("package --model {} --check", s(&d)));
+        assert_eq!(o.code, 1, "{what}");
+        assert!(o.stdout.contains(want), "{what}: {}", o.stdout);
+    }
+    // the undamaged copy packages
+    let ok = tmp.path().join("ok.zip");
+    succeeds(&format!("package --model {} --out {}", s(&base), s(&ok)));
+    no_leftovers(tmp.path());
+}
