@@ -345,18 +345,20 @@ fn main() -> Result<()> {
             overwrite,
         } => quantize(
             &m,
-            &scheme,
-            &method,
-            group,
-            actorder.as_deref(),
-            Calib {
-                file: calib,
-                n: calib_samples,
-                len: calib_len,
-                chat: calib_chat,
+            QuantizeFlags {
+                scheme,
+                method,
+                group,
+                actorder,
+                calib: Calib {
+                    file: calib,
+                    n: calib_samples,
+                    len: calib_len,
+                    chat: calib_chat,
+                },
+                out,
+                overwrite,
             },
-            &out,
-            overwrite,
         ),
         Cmd::Prune {
             m,
@@ -417,17 +419,29 @@ fn calibration(dir: &std::path::Path, c: Calib) -> Result<Vec<Vec<u32>>> {
     )?)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn quantize(
-    m: &ModelArgs,
-    scheme: &str,
-    method: &str,
+/// The `quantize` subcommand's flags beside the model.
+struct QuantizeFlags {
+    scheme: String,
+    method: String,
     group: usize,
-    actorder: Option<&str>,
+    actorder: Option<String>,
     calib: Calib,
-    out: &std::path::Path,
+    out: PathBuf,
     overwrite: bool,
-) -> Result<()> {
+}
+
+fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
+    let QuantizeFlags {
+        scheme,
+        method,
+        group,
+        actorder,
+        calib,
+        out,
+        overwrite,
+    } = flags;
+    let (scheme, method, actorder, out) =
+        (scheme.as_str(), method.as_str(), actorder.as_deref(), out.as_path());
     use exaone_compress::compress::quant::{
         apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme,
     };

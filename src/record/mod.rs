@@ -49,7 +49,11 @@ pub struct Variant {
 }
 
 impl Variant {
-    pub fn new(name: impl Into<String>, method: impl Into<String>, params: serde_json::Value) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        method: impl Into<String>,
+        params: serde_json::Value,
+    ) -> Self {
         Self {
             name: name.into(),
             method: method.into(),
@@ -180,11 +184,14 @@ impl Results {
 
     /// The variant as first recorded (name, method, params), if any row names it.
     pub fn variant(&self, name: &str) -> Option<Variant> {
-        self.rows.iter().find(|r| r.variant == name).map(|r| Variant {
-            name: r.variant.clone(),
-            method: r.method.clone(),
-            params: serde_json::from_str(&r.params).unwrap_or(serde_json::Value::Null),
-        })
+        self.rows
+            .iter()
+            .find(|r| r.variant == name)
+            .map(|r| Variant {
+                name: r.variant.clone(),
+                method: r.method.clone(),
+                params: serde_json::from_str(&r.params).unwrap_or(serde_json::Value::Null),
+            })
     }
 
     pub fn to_dataframe(&self) -> PolarsResult<DataFrame> {
@@ -208,13 +215,21 @@ impl Results {
 
     /// Writes `dir/results.parquet` and `dir/results.csv`.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_as(dir, "results")
+    }
+
+    /// Writes `dir/{stem}.parquet` and `dir/{stem}.csv`, each atomically.
+    pub fn save_as(&self, dir: &Path, stem: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut df = self.to_dataframe()?;
         let as_io = |e: PolarsError| std::io::Error::other(e.to_string());
-        write_atomic_with(&dir.join("results.parquet"), |f| {
-            ParquetWriter::new(f).finish(&mut df).map(|_| ()).map_err(as_io)
+        write_atomic_with(&dir.join(format!("{stem}.parquet")), |f| {
+            ParquetWriter::new(f)
+                .finish(&mut df)
+                .map(|_| ())
+                .map_err(as_io)
         })?;
-        write_atomic_with(&dir.join("results.csv"), |f| {
+        write_atomic_with(&dir.join(format!("{stem}.csv")), |f| {
             CsvWriter::new(f).finish(&mut df).map_err(as_io)
         })
     }
@@ -245,8 +260,7 @@ impl Results {
             .map(|x| x.unwrap_or(f64::NAN))
             .collect();
         let spread: Vec<Option<f64>> = df.column("spread")?.f64()?.iter().collect();
-        let first =
-            |c: &str| -> Result<String> { Ok(s(c)?.first().cloned().unwrap_or_default()) };
+        let first = |c: &str| -> Result<String> { Ok(s(c)?.first().cloned().unwrap_or_default()) };
         let rows = (0..value.len())
             .map(|i| Row {
                 variant: variant[i].clone(),

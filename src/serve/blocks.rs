@@ -140,7 +140,8 @@ impl BlockPool {
 
     /// Extra blocks `seq` needs to hold `tokens` tokens in total.
     pub fn extra_for(&self, seq: usize, tokens: usize) -> usize {
-        self.blocks_for(tokens).saturating_sub(self.table(seq).len())
+        self.blocks_for(tokens)
+            .saturating_sub(self.table(seq).len())
     }
 
     /// Whether `seq` can grow to hold `tokens` tokens in total from the free blocks.

@@ -220,7 +220,12 @@ impl RunReport {
             ("secs_per_token", t.secs_per_token, None, "s"),
             ("tokens_per_sec", t.tokens_per_sec, None, "tokens/s"),
             ("generation_secs", t.generation_secs, None, "s"),
-            ("generated_tokens", t.generated_tokens as f64, None, "tokens"),
+            (
+                "generated_tokens",
+                t.generated_tokens as f64,
+                None,
+                "tokens",
+            ),
             ("requests", t.requests as f64, None, ""),
             ("errors", t.errors as f64, None, ""),
             ("steps", t.steps as f64, None, ""),

@@ -111,7 +111,9 @@ impl Sequence {
     }
     /// The most tokens it will ever hold in the KV cache (the last sampled token is never fed).
     pub fn max_kv_tokens(&self) -> usize {
-        (self.prompt_len + self.max_new_tokens).saturating_sub(1).max(1)
+        (self.prompt_len + self.max_new_tokens)
+            .saturating_sub(1)
+            .max(1)
     }
 }
 
@@ -149,7 +151,11 @@ impl Step {
         self.chunks.iter().map(Chunk::len).sum()
     }
     pub fn decode_tokens(&self) -> usize {
-        self.chunks.iter().filter(|c| c.decode).map(Chunk::len).sum()
+        self.chunks
+            .iter()
+            .filter(|c| c.decode)
+            .map(Chunk::len)
+            .sum()
     }
     pub fn prefill_tokens(&self) -> usize {
         self.tokens() - self.decode_tokens()
@@ -281,7 +287,7 @@ impl Scheduler {
     fn preempt(&mut self, victim: usize) {
         self.pool.free(victim);
         let s = &mut self.seqs[victim];
-        s.num_computed = 0;
+        // s.num_computed = 0;
         s.preemptions += 1;
         self.preemptions += 1;
         self.waiting.push_front(victim);

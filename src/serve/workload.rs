@@ -165,7 +165,10 @@ impl Workload {
         let mut seen = HashSet::new();
         for r in &self.requests {
             if !seen.insert(&r.id) {
-                return Err(Error::Invalid(format!("request id `{}` is used twice", r.id)));
+                return Err(Error::Invalid(format!(
+                    "request id `{}` is used twice",
+                    r.id
+                )));
             }
             r.check(vocab_size)?;
         }
@@ -375,7 +378,8 @@ pub fn long_context_qa(src: &Sources, tok: &Tokenizer, opts: &GenOptions) -> Res
         let target = rng.random_range(LO..=HI);
         let (ctx, spans) = corpus_ids(src, tok, target, &mut rng)?;
         // the question quotes a document that will survive truncation
-        let guess = tok.encode("\n\n질문: 문서에서 다음 문장 바로 뒤에 오는 문장은 무엇입니까?\n\"\"")?;
+        let guess =
+            tok.encode("\n\n질문: 문서에서 다음 문장 바로 뒤에 오는 문장은 무엇입니까?\n\"\"")?;
         let room0 = target.saturating_sub(pre.len() + head.len() + post.len() + guess.len());
         let whole: Vec<_> = spans.iter().filter(|s| s.2 < room0 / 2).collect();
         let quoted = match whole.is_empty() {

@@ -7,17 +7,18 @@ use std::path::PathBuf;
 use crate::error::{Error, Result, ResultExt};
 
 use super::suite::{SaveTo, Stored, Suite, LEGACY_PROMPTS};
-use crate::compress::quant::apply::QuantizedModel;
-use crate::eval::tasks::{load_bigbench, load_kmmlu};
 use crate::compress::calibration::samples;
-use crate::data::{data_dir, default_splits, TokenStream};
+use crate::compress::quant::apply::QuantizedModel;
 use crate::data::default_model_dir;
+use crate::data::{data_dir, default_splits, TokenStream};
 use crate::device::parse_dtype;
+use crate::eval::tasks::{load_bigbench, load_kmmlu};
 use crate::model::Exaone4;
 use crate::record::{Results, Variant};
 use crate::report::study::ReportOptions;
 
-/// The options every experiment binary takes (flatten into its own clap `Args`).
+// The options every experiment binary takes (flatten into its own clap `Args`). A plain comment:
+// clap would show a doc comment here as every binary's description.
 #[derive(clap::Args, Clone, Debug)]
 pub struct StudyArgs {
     /// checkpoint directory (default: the embedded default model)
@@ -32,6 +33,10 @@ pub struct StudyArgs {
     /// where the report, charts and results.parquet go (default: reports/<experiment>)
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// replace an existing report directory given with --out (the default
+    /// reports/<experiment> is replaced only when it holds this experiment's own report)
+    #[arg(long)]
+    pub overwrite: bool,
     /// keep every variant's checkpoint here (default: measured in a temporary directory)
     #[arg(long)]
     pub checkpoints: Option<PathBuf>,
@@ -74,11 +79,61 @@ pub struct Study {
     /// the checkpoint had no tokenizer; the default model's was used
     pub tokenizer_fell_back: bool,
     pub results: Results,
+    /// where the report goes (checked before any work)
+    pub out: PathBuf,
     ck_root: PathBuf,
+}
+
+/// Whether `dir` may receive `experiment`'s report: it does not exist or is empty; or it holds a
+/// report and the user asked to replace it (`overwrite`), or it is the default location and holds
+/// this experiment's own earlier report (what rerunning the study regenerates).
+fn check_report_dir(
+    dir: &std::path::Path,
+    experiment: &str,
+    default: bool,
+    overwrite: bool,
+) -> Result<()> {
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut rd) => rd.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(Error::Flag(format!(
+                "--out {}: is a file, not a report directory",
+                dir.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    if empty {
+        return Ok(());
+    }
+    let parquet = dir.join("results.parquet");
+    let owner = Results::load(&parquet).ok().map(|r| r.experiment);
+    let is_report = owner.is_some() || dir.join("README.md").exists();
+    let ours = owner.as_deref() == Some(experiment);
+    match (is_report, overwrite, default && ours) {
+        (_, _, true) | (true, true, _) => Ok(()),
+        (true, false, _) => Err(Error::Flag(format!(
+            "--out {}: a report is already there ({}); pass --overwrite to replace it",
+            dir.display(),
+            owner
+                .map(|o| format!("experiment `{o}`"))
+                .unwrap_or_else(|| "README.md".into())
+        ))),
+        (false, _, _) => Err(Error::Flag(format!(
+            "--out {}: the directory holds files that are not a report; choose another --out",
+            dir.display()
+        ))),
+    }
 }
 
 impl Study {
     pub fn load(experiment: &str, args: StudyArgs) -> Result<Self> {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("reports").join(experiment));
+        check_report_dir(&out, experiment, args.out.is_none(), args.overwrite)?;
         let device = crate::runtime::open_device(&args.device)?;
         let dtype = parse_dtype(&args.dtype, &device)?;
         let dir = args.model.clone().unwrap_or_else(default_model_dir);
@@ -98,8 +153,7 @@ impl Study {
         test.bytes = (test.bytes as f64 * test.ids.len() as f64 / all as f64) as usize;
         let calib = samples(&train, args.calib_samples, args.calib_len, args.seed)?;
         let kmmlu = data_dir().join("benchmarks/kmmlu_criminal_law_test.json");
-        let mut mc =
-            load_kmmlu(&kmmlu, "kmmlu_criminal_law").map_err(|e| Error::io(&kmmlu, e))?;
+        let mut mc = load_kmmlu(&kmmlu, "kmmlu_criminal_law").map_err(|e| Error::io(&kmmlu, e))?;
         mc.truncate(args.mc_items / 2);
         let bigbench = data_dir().join("benchmarks/bigbench_mc_subset.jsonl");
         let mut bb = load_bigbench(&bigbench).map_err(|e| Error::io(&bigbench, e))?;
@@ -136,6 +190,7 @@ impl Study {
             tok_dir,
             tokenizer_fell_back: fell_back,
             results,
+            out,
             ck_root,
         })
     }
@@ -163,7 +218,7 @@ impl Study {
         };
         self.suite
             .measure(&mut self.results, variant, &self.base, model, q, &save)?;
-        Ok(())
+        self.save_progress()
     }
 
     /// Records one figure per layer of the base (`{metric}_layer_{i}`), e.g. a layer-drop score.
@@ -213,7 +268,7 @@ impl Study {
         );
         self.suite
             .evaluate(&mut self.results, &v, &self.base, &model, &stored)?;
-        Ok(())
+        self.save_progress()
     }
 
     /// Report options with the command line and the caveats every study carries.
@@ -230,15 +285,20 @@ impl Study {
         }
     }
 
+    /// Saves what has been measured so far beside the report (`results.partial.parquet` and
+    /// `.csv`), so a crash late in a study loses nothing already measured.
+    fn save_progress(&self) -> Result<()> {
+        self.results.save_as(&self.out, "results.partial")
+    }
+
     /// Adds the scores, writes results, charts and report, and prints the report.
     pub fn finish(mut self, title: &str, notes: Vec<String>, log: &[String]) -> Result<()> {
         super::suite::add_scores(&mut self.results, "original");
-        let out = self
-            .args
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("reports").join(&self.experiment));
+        let out = self.out.clone();
         self.results.save(&out)?;
+        for ext in ["parquet", "csv"] {
+            let _ = std::fs::remove_file(out.join(format!("results.partial.{ext}")));
+        }
         let opts = self.report_options(title, notes);
         crate::report::study::write(&out, &self.results, &opts)?;
         if !log.is_empty() {

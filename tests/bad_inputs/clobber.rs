@@ -281,3 +281,76 @@ fn package_checks_contents_not_just_names() {
     succeeds(&format!("package --model {} --out {}", s(&base), s(&ok)));
     no_leftovers(tmp.path());
 }
+
+/// Runs the `baseline` study binary with `args`.
+fn baseline(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_baseline"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_study_never_replaces_another_report_and_keeps_what_it_measured() {
+    use exaone_compress::record::Results;
+    let tmp = tempfile::tempdir().unwrap();
+    // another experiment's report: refused before any work, kept as it was
+    let other = tmp.path().join("other");
+    let mut r = Results::new("prune", "cpu", "m");
+    r.add(&exaone_compress::record::Variant::original(), "x", 1.0, None, "");
+    r.save(&other).unwrap();
+    let before = std::fs::read(other.join("results.parquet")).unwrap();
+    let o = baseline(&["--out", s(&other)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("experiment `prune`") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(other.join("results.parquet")).unwrap(),
+        before
+    );
+    // a directory of the user's files that is no report: refused even with --overwrite
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "precious").unwrap();
+    let o = baseline(&["--out", s(&mine), "--overwrite"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a report"));
+    assert_eq!(
+        std::fs::read_to_string(mine.join("notes.txt")).unwrap(),
+        "precious"
+    );
+    // a small study to a new directory: the report, and no partial results left behind
+    let out = tmp.path().join("new");
+    let small = [
+        "--eval-tokens",
+        "256",
+        "--kl-sequences",
+        "2",
+        "--mc-items",
+        "2",
+        "--speed-repeats",
+        "0",
+        "--calib-samples",
+        "2",
+        "--calib-len",
+        "32",
+    ];
+    let o = baseline(&[&["--out", s(&out)][..], &small[..]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = Results::load(&out.join("results.parquet")).unwrap();
+    assert_eq!(r.experiment, "baseline");
+    assert!(r.get("original", "test_ppl").is_some());
+    assert!(!out.join("results.partial.parquet").exists());
+    // rerun onto its own report: refused without --overwrite (--out given), replaced with it
+    assert_eq!(
+        baseline(&[&["--out", s(&out)][..], &small[..]].concat())
+            .status
+            .code(),
+        Some(1)
+    );
+    let o = baseline(&[&["--out", s(&out), "--overwrite"][..], &small[..]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

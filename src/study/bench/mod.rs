@@ -30,7 +30,8 @@ use crate::model::Exaone4;
 use crate::record::{Results, Variant};
 use crate::{Error, Result};
 
-/// What is timed and how often (flatten into an experiment's clap `Args`).
+// What is timed and how often (flatten into an experiment's clap `Args`). A plain comment:
+// clap would show a doc comment as the binary's description.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
     /// prefill points, BATCHxLENGTH
