@@ -68,7 +68,10 @@ fn main() -> Result<()> {
         seed: seed + 7,
     };
     s.measure(&Variant::original(), &base)?;
-    s.measure(&Variant::new("pruned", &format!("drop{drop:?}"), json!({"drop": drop})), &pruned)?;
+    s.measure(
+        &Variant::new("pruned", format!("drop{drop:?}"), json!({"drop": drop})),
+        &pruned,
+    )?;
     let all_layers = ParamGroup::Layers((0..kept.len()).collect());
     for (name, groups) in [
         ("kd[norms]", vec![ParamGroup::Norms]),
@@ -84,7 +87,7 @@ fn main() -> Result<()> {
         let log = distill(&base, &mut student, &train, &val, &c)?;
         let last = log.last().map(|p| p.loss).unwrap_or(f64::NAN);
         let p = json!({"drop": drop, "groups": format!("{:?}", c.groups), "steps": a.steps, "lr": a.lr, "final_loss": last});
-        s.measure(&Variant::new(&format!("pruned + {name}"), name, p), &student)?;
+        s.measure(&Variant::new(format!("pruned + {name}"), name, p), &student)?;
     }
     // the reference pipeline's step, on the unpruned model as it ran it
     let mut lm = base.share();
@@ -92,7 +95,10 @@ fn main() -> Result<()> {
     let eos = s.suite.tokenizer.token_id("[|endofturn|]").unwrap_or(0);
     reference_lm_head_step(&base, &mut lm, &prompts, eos, 5e-6, 32)?;
     let p = json!({"untied": true, "prompts": 20, "lr": 5e-6, "epochs": 1});
-    s.measure(&Variant::new("reference lm_head step", "untie + CE on teacher answers", p), &lm)?;
+    s.measure(
+        &Variant::new("reference lm_head step", "untie + CE on teacher answers", p),
+        &lm,
+    )?;
     let notes = vec![
         format!("Student: the base without layer(s) {drop:?} (lowest drop-one KL); layers trained beside the cut: {beside:?} (student numbering)."),
         format!("Distillation: {} steps of 8 × {} tokens, lr {:.0e}, KL(teacher‖student) at T = 1.", a.steps, s.args.calib_len, a.lr),

@@ -32,8 +32,20 @@ fn main() -> Result<()> {
     let kl_probe = s.suite.kl_sequences[..4.min(s.suite.kl_sequences.len())].to_vec();
     let kl = drop_one_kl(&base, &kl_probe, 4)?;
     for (i, (b, k)) in bi.iter().zip(&kl).enumerate() {
-        s.results.add(&Variant::original(), &format!("block_influence_layer_{i}"), *b, None, "");
-        s.results.add(&Variant::original(), &format!("drop_one_kl_layer_{i}"), *k, None, "nats");
+        s.results.add(
+            &Variant::original(),
+            &format!("block_influence_layer_{i}"),
+            *b,
+            None,
+            "",
+        );
+        s.results.add(
+            &Variant::original(),
+            &format!("drop_one_kl_layer_{i}"),
+            *k,
+            None,
+            "nats",
+        );
     }
     s.measure(&Variant::original(), &base)?;
     let rules = [
@@ -50,7 +62,14 @@ fn main() -> Result<()> {
             .collect();
         let m = base.with_layers(&kept)?;
         let variant = format!("{name} {drop:?}");
-        s.measure(&Variant::new(&variant, &format!("drop{drop:?}"), json!({"rule": name, "drop": drop})), &m)?;
+        s.measure(
+            &Variant::new(
+                &variant,
+                format!("drop{drop:?}"),
+                json!({"rule": name, "drop": drop}),
+            ),
+            &m,
+        )?;
         notes.push(format!("{name}: drops {drop:?}"));
     }
     notes.push(format!(

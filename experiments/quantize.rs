@@ -37,7 +37,10 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     let q = quantize_awq(&base, &w4, &calib, &no_clip, &none, &mut log)?;
-    s.measure_quantized(&Variant::new("AWQ W4A16 (no clip)", "awq, scales only", p(&w4)), &q)?;
+    s.measure_quantized(
+        &Variant::new("AWQ W4A16 (no clip)", "awq, scales only", p(&w4)),
+        &q,
+    )?;
     let q = quantize_awq(&base, &w4, &calib, &AwqConfig::default(), &none, &mut log)?;
     s.measure_quantized(&Variant::new("AWQ W4A16", "awq + clip search", p(&w4)), &q)?;
     let q = quantize_rtn(&base, &w8, &none)?;

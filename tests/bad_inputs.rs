@@ -454,3 +454,44 @@ fn speed_with_zero_repeats_is_an_error() {
     assert!(e.to_string().contains("repeats"), "{e}");
     assert!(exaone_compress::eval::speed::measure(&m, 0, 2, 0, 1).is_err());
 }
+
+#[test]
+fn shards_outside_the_model_directory_and_broken_generation_configs_are_named() {
+    let dir = copy_fixture("full_tied_bf16_sharded");
+    let index = dir.path().join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    // a shard one level up: a copy of a real shard, so only the path is at fault
+    let outside = dir
+        .path()
+        .parent()
+        .unwrap()
+        .join("model-00001-of-00004.safetensors");
+    std::fs::copy(
+        dir.path().join("model-00001-of-00004.safetensors"),
+        &outside,
+    )
+    .unwrap();
+    let bad = text.replace(
+        "\"model-00001-of-00004.safetensors\"",
+        "\"../model-00001-of-00004.safetensors\"",
+    );
+    assert_ne!(bad, text);
+    std::fs::write(&index, bad).unwrap();
+    let cmd = format!(
+        "generate --model {} --ids 5,6 --max-new-tokens 2",
+        s(dir.path())
+    );
+    fails(
+        &cmd,
+        &["weight_map", "not a file name inside the model directory"],
+    );
+    let _ = std::fs::remove_file(outside);
+    // a generation_config.json that is not JSON is an error naming it, not silent greedy
+    let dir = copy_fixture("full_tied");
+    std::fs::write(dir.path().join("generation_config.json"), "{ not json").unwrap();
+    let cmd = format!(
+        "generate --model {} --ids 5,6 --max-new-tokens 2",
+        s(dir.path())
+    );
+    fails(&cmd, &["generation_config.json", "invalid JSON"]);
+}

@@ -263,7 +263,7 @@ fn main() -> Result<()> {
             }
             let model = exaone_compress::runtime::load_checkpoint(&ckpt, dtype, &device)?;
             let load_secs = t_load.elapsed().as_secs_f64();
-            let opts = GenerationConfig::from_dir(&dir).options(&req, &model.config);
+            let opts = GenerationConfig::try_from_dir(&dir)?.options(&req, &model.config);
             let n_prompt = prompt_ids.len();
             let (mut outs, st) = generate_timed(&model, &[prompt_ids], &opts)?;
             let out = outs.remove(0);

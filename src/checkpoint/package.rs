@@ -217,7 +217,7 @@ fn quantized_linears_match(
         for l in LINEAR_NAMES {
             let pre = format!("model.layers.{i}.{l}");
             let has = |suffix: &str| ck.contains(&format!("{pre}.{suffix}"));
-            let ignored = q.ignore.iter().any(|x| *x == pre);
+            let ignored = q.ignore.contains(&pre);
             if !has("weight_scale") {
                 if !ignored && !patterns && has("weight") {
                     p.push(format!("`{pre}` is stored dense but is not in quantization_config.ignore (vLLM expects it quantized)"));

@@ -259,6 +259,17 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         files.dedup();
+        // a shard is a file of this directory: a path would read (and `package` would zip)
+        // something outside the model
+        if let Some(bad) = files.iter().find(|f| {
+            let p = Path::new(f.as_str());
+            p.components().count() != 1 || p.file_name().is_none_or(|n| n != p.as_os_str())
+        }) {
+            return Err(Error::Invalid(format!(
+                "{}: weight_map names shard {bad:?}, which is not a file name inside the model directory",
+                index.display()
+            )));
+        }
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         for f in &files {
             if !f.exists() {

@@ -243,13 +243,22 @@ pub struct GenerationConfig {
 
 impl GenerationConfig {
     /// Reads `dir/generation_config.json`; absent or unreadable means HF's defaults (greedy).
+    /// (`try_from_dir` says when the file is there but unreadable.)
     pub fn from_dir(dir: &std::path::Path) -> Self {
-        let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
-            return Self::default();
+        Self::try_from_dir(dir).unwrap_or_default()
+    }
+
+    /// Reads `dir/generation_config.json`: HF's defaults (greedy) when there is none, an error
+    /// naming the file when it cannot be read or is not JSON.
+    pub fn try_from_dir(dir: &std::path::Path) -> crate::Result<Self> {
+        let path = dir.join("generation_config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(crate::Error::io(&path, e)),
         };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return Self::default();
-        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| crate::Error::json(&path, e))?;
         let eos_ids = match v.get("eos_token_id") {
             Some(serde_json::Value::Number(n)) => {
                 n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
@@ -260,7 +269,7 @@ impl GenerationConfig {
                 .collect(),
             _ => vec![],
         };
-        Self {
+        Ok(Self {
             do_sample: v
                 .get("do_sample")
                 .and_then(|x| x.as_bool())
@@ -268,7 +277,7 @@ impl GenerationConfig {
             temperature: v.get("temperature").and_then(|x| x.as_f64()),
             top_p: v.get("top_p").and_then(|x| x.as_f64()),
             eos_ids,
-        }
+        })
     }
 }
 

@@ -103,6 +103,7 @@ impl BlockPool {
         })
     }
 
+    /// Tokens per block: an executor maps a position to (block, slot) with it.
     pub fn block_size(&self) -> usize {
         self.block_size
     }
@@ -112,6 +113,7 @@ impl BlockPool {
     pub fn num_free(&self) -> usize {
         self.free.len()
     }
+    /// Blocks held by sequences now: the KV-in-use series of a run.
     pub fn num_used(&self) -> usize {
         self.num_blocks() - self.num_free()
     }

@@ -30,6 +30,8 @@ pub struct RequestResult {
 }
 
 impl RequestResult {
+    /// The outcome of `r` from its final sequence state (errors kept as text, so a result
+    /// file says why a request produced nothing).
     pub fn of(r: &Request, s: &Sequence) -> Self {
         let error = match &s.finish {
             Some(Finish::Error(e)) => Some(e.clone()),
@@ -70,6 +72,8 @@ pub struct StepStats {
 }
 
 impl StepStats {
+    /// A step's row; `running` and `blocks` are taken right after scheduling, when the step's
+    /// batch and KV are at their largest.
     pub fn of(step: &Step, running: usize, waiting: usize, blocks: usize, secs: f64) -> Self {
         let decode_seqs = step.chunks.iter().filter(|c| c.decode).count();
         Self {
@@ -138,6 +142,8 @@ fn quantile(sorted: &[usize], q: f64) -> f64 {
 }
 
 impl RunReport {
+    /// Totals from the per-request and per-step rows, so the figures can never disagree with
+    /// the series they summarise. Refused requests count in `errors`, not in output lengths.
     pub fn new(
         requests: Vec<RequestResult>,
         steps: Vec<StepStats>,

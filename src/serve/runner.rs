@@ -55,6 +55,7 @@ pub struct CpuExecutor<'m> {
 }
 
 impl<'m> CpuExecutor<'m> {
+    /// An executor borrowing `model` (its dtype and device are the executor's).
     pub fn new(model: &'m Exaone4) -> Self {
         Self {
             model,
@@ -134,6 +135,7 @@ pub struct Runner<E> {
 }
 
 impl<E: StepExecutor> Runner<E> {
+    /// A runner with invariant checks off (they cost a pass over the pool each step).
     pub fn new(executor: E, config: SchedulerConfig, vocab_size: usize) -> Self {
         Self {
             executor,

@@ -106,6 +106,7 @@ pub struct Sequence {
 }
 
 impl Sequence {
+    /// The generated tokens (kept across preemption: they are recomputed, not regenerated).
     pub fn output(&self) -> &[u32] {
         &self.tokens[self.prompt_len.min(self.tokens.len())..]
     }
@@ -147,9 +148,11 @@ pub struct Step {
 }
 
 impl Step {
+    /// Tokens computed in the step: what the budget bounds.
     pub fn tokens(&self) -> usize {
         self.chunks.iter().map(Chunk::len).sum()
     }
+    /// One per decoding sequence.
     pub fn decode_tokens(&self) -> usize {
         self.chunks
             .iter()
@@ -157,6 +160,7 @@ impl Step {
             .map(Chunk::len)
             .sum()
     }
+    /// Prompt chunks and recomputation.
     pub fn prefill_tokens(&self) -> usize {
         self.tokens() - self.decode_tokens()
     }
@@ -175,6 +179,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// An empty scheduler with every block free; a zero limit is refused, naming it.
     pub fn new(config: SchedulerConfig) -> Result<Self> {
         config.check()?;
         let pool = BlockPool::new(config.num_blocks, config.block_size)?;
@@ -238,15 +243,19 @@ impl Scheduler {
         idx
     }
 
+    /// Whether the run must go on (refused requests are finished at once).
     pub fn has_unfinished(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
     pub fn seq(&self, i: usize) -> &Sequence {
         &self.seqs[i]
     }
+    /// Every sequence, in the workload's order (index = request index).
     pub fn seqs(&self) -> &[Sequence] {
         &self.seqs
     }
+    /// Running sequences in admission order: the order they are scheduled and, reversed,
+    /// preempted.
     pub fn running(&self) -> &[usize] {
         &self.running
     }
@@ -256,6 +265,7 @@ impl Scheduler {
     pub fn pool(&self) -> &BlockPool {
         &self.pool
     }
+    /// Preemptions so far: recomputed work a run must report.
     pub fn preemptions(&self) -> usize {
         self.preemptions
     }
@@ -287,7 +297,7 @@ impl Scheduler {
     fn preempt(&mut self, victim: usize) {
         self.pool.free(victim);
         let s = &mut self.seqs[victim];
-        // s.num_computed = 0;
+        s.num_computed = 0;
         s.preemptions += 1;
         self.preemptions += 1;
         self.waiting.push_front(victim);

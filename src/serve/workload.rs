@@ -181,6 +181,7 @@ impl Workload {
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty()
     }
+    /// Prompt tokens over all requests: the prefill work a run must do at least.
     pub fn prompt_tokens(&self) -> usize {
         self.requests.iter().map(|r| r.prompt_ids.len()).sum()
     }
@@ -270,14 +271,20 @@ fn template_ids(tok: &Tokenizer) -> Result<(Vec<u32>, Vec<u32>)> {
     Ok((tok.encode(a)?, tok.encode(b)?))
 }
 
+/// Where a whole document lies in a run of corpus ids.
+struct DocSpan {
+    doc: usize,
+    end: usize,
+}
+
 /// Ids of Korean documents from a random start, joined by newlines, until `need` ids (wrapping
-/// around the corpus); also where each whole document starts and ends in the ids.
+/// around the corpus); also where each whole document ends in the ids.
 fn corpus_ids(
     src: &Sources,
     tok: &Tokenizer,
     need: usize,
     rng: &mut StdRng,
-) -> Result<(Vec<u32>, Vec<(usize, usize, usize)>)> {
+) -> Result<(Vec<u32>, Vec<DocSpan>)> {
     let nl = tok.encode("\n")?;
     let mut ids = vec![];
     let mut spans = vec![];
@@ -285,7 +292,10 @@ fn corpus_ids(
     let mut docs = 0;
     while ids.len() < need {
         let e = tok.encode(&src.korean[d])?;
-        spans.push((d, ids.len(), ids.len() + e.len()));
+        spans.push(DocSpan {
+            doc: d,
+            end: ids.len() + e.len(),
+        });
         ids.extend(e);
         ids.extend(&nl);
         d = (d + 1) % src.korean.len();
@@ -381,10 +391,10 @@ pub fn long_context_qa(src: &Sources, tok: &Tokenizer, opts: &GenOptions) -> Res
         let guess =
             tok.encode("\n\n질문: 문서에서 다음 문장 바로 뒤에 오는 문장은 무엇입니까?\n\"\"")?;
         let room0 = target.saturating_sub(pre.len() + head.len() + post.len() + guess.len());
-        let whole: Vec<_> = spans.iter().filter(|s| s.2 < room0 / 2).collect();
+        let whole: Vec<_> = spans.iter().filter(|s| s.end < room0 / 2).collect();
         let quoted = match whole.is_empty() {
-            true => &src.korean[spans[0].0],
-            false => &src.korean[whole[rng.random_range(0..whole.len())].0],
+            true => &src.korean[spans[0].doc],
+            false => &src.korean[whole[rng.random_range(0..whole.len())].doc],
         };
         let quoted: String = quoted.chars().take(200).collect();
         let question = tok.encode(&format!(

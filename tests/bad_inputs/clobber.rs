@@ -297,7 +297,13 @@ fn a_study_never_replaces_another_report_and_keeps_what_it_measured() {
     // another experiment's report: refused before any work, kept as it was
     let other = tmp.path().join("other");
     let mut r = Results::new("prune", "cpu", "m");
-    r.add(&exaone_compress::record::Variant::original(), "x", 1.0, None, "");
+    r.add(
+        &exaone_compress::record::Variant::original(),
+        "x",
+        1.0,
+        None,
+        "",
+    );
     r.save(&other).unwrap();
     let before = std::fs::read(other.join("results.parquet")).unwrap();
     let o = baseline(&["--out", s(&other)]);

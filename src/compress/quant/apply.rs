@@ -161,6 +161,9 @@ pub fn quantize_gptq(
     skip: &dyn Fn(&str) -> bool,
     log: &mut Vec<String>,
 ) -> Result<QuantizedModel> {
+    if let Err(e) = scheme.check() {
+        candle_core::bail!("{}: {e}", scheme.name());
+    }
     use crate::compress::calibration::{sequential, CaptureOpts};
     let mut linears = BTreeMap::new();
     let mut ignore = vec!["lm_head".to_string()];
@@ -235,6 +238,9 @@ pub fn quantize_awq(
     skip: &dyn Fn(&str) -> bool,
     log: &mut Vec<String>,
 ) -> Result<QuantizedModel> {
+    if let Err(e) = scheme.check() {
+        candle_core::bail!("{}: {e}", scheme.name());
+    }
     use super::awq::{scale_columns, search, unscale_rows};
     use crate::compress::calibration::{sequential, CaptureOpts};
     let mut linears = BTreeMap::new();
@@ -358,4 +364,3 @@ pub fn save_quantized(
     v["quantization_config"] = qm.scheme.quantization_config(&qm.ignore);
     write_model_dir(out, &cfg, Some(v), &tensors, opts)
 }
-
