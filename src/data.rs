@@ -8,8 +8,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::model::Tokenizer;
 
-/// The default model shipped in `data/default-model` (used when no `--model` is given).
-/// `EXAONE_COMPRESS_DEFAULT_MODEL` overrides it.
+/// The default model shipped in `data/default-model` (used when no `--model` is given), under
+/// [`data_dir`]. `EXAONE_COMPRESS_DEFAULT_MODEL` (kept for compatibility) overrides the model alone.
 pub fn default_model_dir() -> PathBuf {
     if let Ok(p) = std::env::var("EXAONE_COMPRESS_DEFAULT_MODEL") {
         return p.into();
@@ -28,9 +28,29 @@ pub fn tokenizer_for_model(dir: &Path) -> crate::Result<(Tokenizer, bool)> {
     }
 }
 
-/// `data/` of this crate.
+/// The shipped data (the default model, text splits, benchmark items), found in this order:
+/// 1. `EXAONE_COMPRESS_DATA`, the one override, if set;
+/// 2. beside the running binary: `<bin dir>/data`, then `<bin dir>/../share/exaone-compress/data`
+///    (a binary copied or installed elsewhere takes its data along);
+/// 3. the source tree the binary was built from (`cargo run`, the tests).
+///
+/// A candidate counts when it holds `default-model/config.json`. When none does, the source
+/// tree's path is returned, so that the error reading it names where data was expected.
 pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+    if let Some(p) = std::env::var_os("EXAONE_COMPRESS_DATA") {
+        return p.into();
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .map(|d| [d.join("data"), d.join("../share/exaone-compress/data")])
+        .into_iter()
+        .flatten();
+    beside
+        .chain(std::iter::once(source.clone()))
+        .find(|d| d.join("default-model").join("config.json").is_file())
+        .unwrap_or(source)
 }
 
 /// A split of the shipped corpus: `train`, `val` or `test` (JSONL, `{"text": ...}` a line).
