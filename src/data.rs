@@ -136,11 +136,7 @@ pub struct TokenStream {
 }
 
 impl TokenStream {
-    pub fn from_lines(
-        tok: &Tokenizer,
-        lines: &[String],
-        sep: Option<u32>,
-    ) -> crate::Result<Self> {
+    pub fn from_lines(tok: &Tokenizer, lines: &[String], sep: Option<u32>) -> crate::Result<Self> {
         let mut ids = vec![];
         let mut bytes = 0;
         for l in lines {

@@ -10,9 +10,9 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Device::Cpu,
         "cuda" => Device::new_cuda(0)?,
         s if s.starts_with("cuda:") => {
-            let n = s[5..]
-                .parse()
-                .map_err(|_| Error::Flag(format!("--device {s:?}: N in cuda:N must be a number")))?;
+            let n = s[5..].parse().map_err(|_| {
+                Error::Flag(format!("--device {s:?}: N in cuda:N must be a number"))
+            })?;
             Device::new_cuda(n)?
         }
         other => {

@@ -9,8 +9,8 @@ pub mod compress;
 pub mod data;
 pub mod device;
 pub mod error;
-pub mod fs;
 pub mod eval;
+pub mod fs;
 pub mod model;
 pub mod record;
 pub mod report;
@@ -20,6 +20,6 @@ pub mod study;
 pub mod train;
 
 pub use checkpoint::Checkpoint;
+pub use data::default_model_dir;
 pub use error::{Error, Result};
 pub use model::{Exaone4, Exaone4Config};
-pub use data::default_model_dir;

@@ -45,7 +45,9 @@ fn files(dir: &Path, ext: &[&str], out: &mut Vec<PathBuf>) {
 
 /// The top-level module a file of `src/` belongs to (None: the crate root or a binary).
 fn module_of(rel: &Path) -> Option<String> {
-    let mut c = rel.components().map(|c| c.as_os_str().to_string_lossy().to_string());
+    let mut c = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().to_string());
     let first = c.next()?;
     if c.next().is_none() {
         let stem = first.strip_suffix(".rs")?;
@@ -113,12 +115,19 @@ fn imports_point_down_the_layers() {
             match rank(&m) {
                 Some(r) if r <= own_rank => {}
                 Some(_) => bad.push(format!("{}:{line}: {own} imports {m}", rel.display())),
-                None => bad.push(format!("{}:{line}: unknown module crate::{m}", rel.display())),
+                None => bad.push(format!(
+                    "{}:{line}: unknown module crate::{m}",
+                    rel.display()
+                )),
             }
         }
     }
     assert!(seen.len() >= 8, "too few modules found: {seen:?}");
-    assert!(bad.is_empty(), "imports against the layering:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "imports against the layering:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -158,5 +167,8 @@ fn experiment_binaries_are_short_compositions() {
             (n >= 150).then(|| format!("{} ({n} lines)", f.display()))
         })
         .collect();
-    assert!(long.is_empty(), "experiment binaries of 150 lines or more: {long:?}");
+    assert!(
+        long.is_empty(),
+        "experiment binaries of 150 lines or more: {long:?}"
+    );
 }

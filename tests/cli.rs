@@ -101,3 +101,370 @@ fn bad_input_fails_with_a_message() {
     ]);
     assert!(!ok && err.contains("tokenizer.json"), "{err}");
 }
+
+/// Runs the CLI, returning the exit status and stderr.
+fn status(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_exaone-compress"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Flag errors exit with 1 like every other failure of this CLI (clap's own convention for a
+/// usage or value-parser error is 2; `main` maps it to 1), before any work: nothing written.
+fn refused(args: &[&str], want: &[&str]) {
+    let (code, err) = status(args);
+    assert_eq!(code, 1, "{args:?} should fail with 1:\n{err}");
+    for w in want {
+        assert!(err.contains(w), "{args:?}: no mention of {w:?}:\n{err}");
+    }
+}
+
+#[test]
+fn bad_flag_values_name_the_flag_the_value_and_what_is_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let (m, o) = (fixture("full_tied"), out.to_str().unwrap().to_string());
+    let m = m.to_str().unwrap();
+    let q = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["quantize", "--model", m, "--out", &o]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            q(&["--scheme", "w4a17"]),
+            vec![
+                "--scheme w4a17",
+                "unknown scheme",
+                "w4a16, w4a16-asym, w8a8, fp8",
+            ],
+        ),
+        (
+            q(&["--scheme", "w4a16", "--method", "magic"]),
+            vec!["unknown method", "rtn, gptq, awq"],
+        ),
+        (
+            q(&[
+                "--scheme",
+                "w4a16",
+                "--method",
+                "gptq",
+                "--actorder",
+                "dynamic",
+            ]),
+            vec!["unknown actorder", "static, group"],
+        ),
+        (q(&["--scheme", "w4a16", "--group", "0"]), vec!["--group 0"]),
+        (q(&["--scheme", "w4a16", "--group=-3"]), vec!["--group -3"]),
+        (
+            q(&["--scheme", "w4a16", "--method", "gptq", "--calib-len", "0"]),
+            vec!["--calib-len 0", "at least 1"],
+        ),
+        (
+            q(&[
+                "--scheme",
+                "w4a16",
+                "--method",
+                "gptq",
+                "--calib-samples",
+                "x",
+            ]),
+            vec!["--calib-samples x"],
+        ),
+        (
+            q(&["--scheme", "w4a16", "--device", "tpu"]),
+            vec!["--device tpu", "cpu, cuda"],
+        ),
+        (
+            q(&["--scheme", "w4a16", "--device", "cuda:x"]),
+            vec!["--device cuda:x"],
+        ),
+    ];
+    for (args, want) in &cases {
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        refused(&args, want);
+        assert!(!out.exists());
+    }
+    let prune = |rule: &str| ["prune", "--model", m, "--rule", rule, "--out", &o].map(String::from);
+    for (rule, want) in [
+        (
+            "middle:1",
+            "unknown rule \"middle\" (allowed: uniform, first, last, bi, kl)",
+        ),
+        ("uniform", "expected KIND:N"),
+        ("kl:two", "whole number"),
+    ] {
+        let a = prune(rule);
+        refused(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), &[want]);
+    }
+    let gen = ["generate", "--model", m, "--ids", "1,2"];
+    for (flag, value, want) in [
+        ("--dtype", "f64", "auto, f32, bf16, f16"),
+        ("--max-new-tokens", "0", "at least 1"),
+        ("--temperature", "0", "> 0"),
+        ("--top-p", "1.5", "(0, 1]"),
+    ] {
+        let mut a = gen.to_vec();
+        a.extend([flag, value]);
+        refused(&a, &[&format!("{flag} {value}"), want]);
+    }
+    let mut a = vec!["logits", "--model", m, "--ids", "1", "--out", &o];
+    a.extend(["--dtype", "int8"]);
+    refused(&a, &["--dtype int8", "unknown dtype"]);
+}
+
+#[test]
+fn flags_that_do_not_go_together_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let o = out.to_str().unwrap();
+    let m = fixture("full_tied");
+    let m = m.to_str().unwrap();
+    let q = ["quantize", "--model", m, "--out", o];
+    for (extra, want) in [
+        (
+            &["--scheme", "w8a8", "--method", "awq"][..],
+            &[
+                "--method awq --scheme w8a8",
+                "W4A16 only",
+                "w4a16 or w4a16-asym",
+            ][..],
+        ),
+        (&["--scheme", "fp8", "--method", "awq"], &["W4A16 only"]),
+        (
+            &["--scheme", "w4a16", "--actorder", "static"],
+            &["--actorder with --method rtn", "--method gptq"],
+        ),
+        (
+            &[
+                "--scheme",
+                "w4a16",
+                "--method",
+                "awq",
+                "--actorder",
+                "group",
+            ],
+            &["--actorder with --method awq"],
+        ),
+        (
+            &[
+                "--scheme",
+                "w8a8",
+                "--method",
+                "gptq",
+                "--actorder",
+                "group",
+            ],
+            &["--actorder group with --scheme w8a8", "--actorder static"],
+        ),
+        (
+            &["--scheme", "fp8", "--group", "64"],
+            &["--group with --scheme fp8", "w4a16 and w4a16-asym"],
+        ),
+        (
+            &["--scheme", "w4a16", "--calib-len", "64", "--calib-chat"],
+            &["--calib-len, --calib-chat with --method rtn", "gptq or awq"],
+        ),
+        (
+            &["--scheme", "w4a16", "--method", "rtn", "--calib", "x.jsonl"],
+            &["--calib with --method rtn"],
+        ),
+    ] {
+        let mut a = q.to_vec();
+        a.extend(extra);
+        refused(&a, want);
+        assert!(!out.exists());
+    }
+    let p = ["prune", "--model", m, "--out", o];
+    refused(
+        &[&p[..], &["--drop", "1", "--rule", "first:1"]].concat(),
+        &["'--drop <DROP>' cannot be used with '--rule <RULE>'"],
+    );
+    refused(&p, &["--drop"]);
+    let gen = ["generate", "--model", m, "--ids", "1,2"];
+    for (extra, want) in [
+        (&["--chat"][..], "cannot be used with"),
+        (
+            &["--think"],
+            "--think shapes the chat template's prompt: it needs --chat",
+        ),
+        (&["--system", "s"], "--system shapes"),
+        (
+            &["--greedy", "--temperature", "0.7"],
+            "'--greedy' cannot be used with",
+        ),
+        (
+            &["--greedy", "--top-p", "0.9"],
+            "'--greedy' cannot be used with",
+        ),
+    ] {
+        refused(&[&gen[..], extra].concat(), &[want]);
+    }
+}
+
+#[test]
+fn every_accepted_spelling_still_works() {
+    let m = fixture("full_tied");
+    let m = m.to_str().unwrap();
+    for dtype in [
+        "auto", "f32", "float32", "bf16", "bfloat16", "f16", "float16",
+    ] {
+        let (code, err) = status(&[
+            "generate",
+            "--model",
+            m,
+            "--ids",
+            "1,2",
+            "--max-new-tokens",
+            "1",
+            "--greedy",
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+        ]);
+        assert_eq!(code, 0, "--dtype {dtype}: {err}");
+    }
+    let (code, err) = status(&[
+        "generate",
+        "--model",
+        m,
+        "--ids",
+        "1,2",
+        "--max-new-tokens",
+        "2",
+        "--temperature",
+        "0.7",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, extra) in [
+        &["--scheme", "w4a16"][..],
+        &["--scheme", "w4a16-asym", "--method", "rtn", "--group", "64"],
+        &["--scheme", "w8a8"],
+        &["--scheme", "fp8", "--method", "rtn"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("q{i}"));
+        let mut a = vec!["quantize", "--model", m, "--out", out.to_str().unwrap()];
+        a.extend(*extra);
+        let (code, err) = status(&a);
+        assert_eq!(code, 0, "{a:?}: {err}");
+    }
+    for (i, how) in [
+        ["--drop", "1"],
+        ["--drop", "0,2"],
+        ["--rule", "uniform:1"],
+        ["--rule", "last:1"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("p{i}"));
+        let mut a = vec!["prune", "--model", m, "--out", out.to_str().unwrap()];
+        a.extend(how);
+        let (code, err) = status(&a);
+        assert_eq!(code, 0, "{a:?}: {err}");
+    }
+    // --help lists the accepted words and exits 0
+    let o = Command::new(env!("CARGO_BIN_EXE_exaone-compress"))
+        .args(["quantize", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        help.contains("w4a16-asym") && help.contains("gptq") && help.contains("static"),
+        "{help}"
+    );
+}
+
+/// A model directory with the default model's tokenizer and config, its weights linked, and
+/// the chat template given.
+fn model_with_template(template: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = exaone_compress::default_model_dir();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let p = f.unwrap().path();
+        let to = tmp.path().join(p.file_name().unwrap());
+        if std::fs::hard_link(&p, &to).is_err() {
+            std::fs::copy(&p, &to).unwrap();
+        }
+    }
+    std::fs::write(tmp.path().join("chat_template.jinja"), template).unwrap();
+    tmp
+}
+
+#[test]
+fn chat_prompts_and_chat_calibration_use_the_directorys_template() {
+    let t = model_with_template(
+        "{{ raise_exception('custom template: ' ~ messages|length ~ ' turns, thinking ' ~ enable_thinking) }}",
+    );
+    let d = t.path().to_str().unwrap();
+    refused(
+        &[
+            "generate", "--model", d, "--prompt", "hi", "--chat", "--think", "--system", "s",
+        ],
+        &[
+            "custom template: 2 turns, thinking True",
+            "chat_template.jinja",
+        ],
+    );
+    // without --chat the template is not used
+    let (code, err) = status(&[
+        "generate",
+        "--model",
+        d,
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // calibration conversations (JSONL "messages") and --calib-chat go through it too
+    let calib = t.path().join("calib.jsonl");
+    std::fs::write(
+        &calib,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n",
+    )
+    .unwrap();
+    let out = t.path().join("q");
+    let q = [
+        "quantize",
+        "--model",
+        d,
+        "--scheme",
+        "w4a16",
+        "--method",
+        "gptq",
+        "--calib-samples",
+        "1",
+        "--calib-len",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    refused(
+        &[&q[..], &["--calib", calib.to_str().unwrap()]].concat(),
+        &["custom template: 1 turns"],
+    );
+    refused(
+        &[&q[..], &["--calib-chat"]].concat(),
+        &["custom template: 1 turns"],
+    );
+    assert!(!out.exists());
+}

@@ -6,8 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{copy_fixture, fixture, reference, rel_err};
 use exaone_compress::checkpoint::compressed_tensors::{
-    dequantize_checkpoint, pack_int4, pack_zero_points, unpack_int4,
-    unpack_zero_points,
+    dequantize_checkpoint, pack_int4, pack_zero_points, unpack_int4, unpack_zero_points,
 };
 use exaone_compress::checkpoint::{package, save_model, WriteOptions};
 use exaone_compress::compress::prune::{choose, uniform, DropRule};
@@ -111,7 +110,9 @@ fn tokenizer_files(dir: &std::path::Path) {
 
 #[test]
 fn quantized_checkpoints_reload_to_the_model_that_wrote_them() {
-    let base = exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::F32, &Device::Cpu).unwrap();
+    let base =
+        exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::F32, &Device::Cpu)
+            .unwrap();
     let r = reference("full_tied");
     let tmp = tempfile::tempdir().unwrap();
     let mut errs = std::collections::BTreeMap::new();
@@ -190,7 +191,12 @@ fn quantized_checkpoints_reload_to_the_model_that_wrote_them() {
 
 #[test]
 fn dropped_layers_are_renumbered_and_reload() {
-    let base = exaone_compress::checkpoint::load_model(&fixture("hybrid_untied"), DType::F32, &Device::Cpu).unwrap();
+    let base = exaone_compress::checkpoint::load_model(
+        &fixture("hybrid_untied"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(uniform(30, 1), vec![15], "the reference pipeline's choice");
     let drop = choose(&base, &DropRule::Explicit(vec![1]), None).unwrap();
     let kept: Vec<usize> = (0..4).filter(|i| !drop.contains(i)).collect();

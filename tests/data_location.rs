@@ -27,7 +27,11 @@ fn info_path(bin: &Path, env: Option<&Path>) -> String {
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    out.lines().next().unwrap().trim_start_matches("path: ").to_string()
+    out.lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("path: ")
+        .to_string()
 }
 
 #[test]
@@ -42,9 +46,15 @@ fn a_copied_binary_finds_its_data_beside_it_or_through_the_override() {
     assert_eq!(Path::new(&info_path(&bin, None)), shipped);
     // data beside the binary wins over the source tree
     copy_dir(&shipped, &bin_dir.join("data/default-model"));
-    assert_eq!(Path::new(&info_path(&bin, None)), bin_dir.join("data/default-model"));
+    assert_eq!(
+        Path::new(&info_path(&bin, None)),
+        bin_dir.join("data/default-model")
+    );
     // the override wins over both
     let other = tmp.path().join("elsewhere");
     copy_dir(&shipped, &other.join("default-model"));
-    assert_eq!(Path::new(&info_path(&bin, Some(&other))), other.join("default-model"));
+    assert_eq!(
+        Path::new(&info_path(&bin, Some(&other))),
+        other.join("default-model")
+    );
 }

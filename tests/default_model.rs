@@ -6,9 +6,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::rel_err;
+use exaone_compress::default_model_dir;
 use exaone_compress::model::tokenizer::apply_chat_template;
 use exaone_compress::model::{generate, ChatMessage, GenerateOptions, Tokenizer};
-use exaone_compress::default_model_dir;
 
 fn hf() -> serde_json::Value {
     let p = common::fixture("default_model_hf.json");
@@ -49,7 +49,8 @@ fn tokenizer_and_chat_template_agree_with_hf() {
 
 #[test]
 fn logits_and_greedy_agree_with_hf() {
-    let m = exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &Device::Cpu).unwrap();
+    let m = exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &Device::Cpu)
+        .unwrap();
     let r = hf();
     let x = ids(&r["encodings"][0]["ids"]);
     let t = Tensor::from_vec(x.clone(), (1, x.len()), &Device::Cpu).unwrap();

@@ -13,8 +13,12 @@ use exaone_compress::train::TrainConfig;
 
 #[test]
 fn kd_on_the_norms_heals_a_pruned_student() {
-    let teacher =
-        exaone_compress::checkpoint::load_model(&common::fixture("full_tied"), DType::F32, &Device::Cpu).unwrap();
+    let teacher = exaone_compress::checkpoint::load_model(
+        &common::fixture("full_tied"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut student = teacher.with_layers(&[0, 2]).unwrap();
     let ids: Vec<u32> = (0..4000u32).map(|i| (i * 7919 + i / 3) % 500 + 4).collect();
     let stream = TokenStream {
@@ -50,8 +54,12 @@ fn kd_on_the_norms_heals_a_pruned_student() {
 
 #[test]
 fn the_reference_lm_head_step_unties_the_head() {
-    let teacher =
-        exaone_compress::checkpoint::load_model(&common::fixture("full_tied"), DType::F32, &Device::Cpu).unwrap();
+    let teacher = exaone_compress::checkpoint::load_model(
+        &common::fixture("full_tied"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut student = teacher.share();
     let before = student.config.num_parameters();
     let prompts: Vec<Vec<u32>> = (0..3)

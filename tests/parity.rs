@@ -106,7 +106,9 @@ fn left_padded_batch_equals_rows_generated_alone() {
 #[test]
 fn bf16_compute_stays_close_to_f32() {
     let r = reference("full_tied");
-    let m = exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::BF16, &Device::Cpu).unwrap();
+    let m =
+        exaone_compress::checkpoint::load_model(&fixture("full_tied"), DType::BF16, &Device::Cpu)
+            .unwrap();
     let n = r.input_ids.len();
     let ids = Tensor::from_vec(r.input_ids.clone(), (1, n), &Device::Cpu).unwrap();
     let ours = m.forward(&ids, None).unwrap().squeeze(0).unwrap();

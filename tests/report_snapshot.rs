@@ -7,12 +7,12 @@ use exaone_compress::compress::calibration::samples;
 use exaone_compress::compress::quant::apply::quantize_rtn;
 use exaone_compress::compress::quant::Scheme;
 use exaone_compress::data::{read_documents, split_path, TokenStream};
-use exaone_compress::study::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
+use exaone_compress::default_model_dir;
 use exaone_compress::eval::tasks::load_kmmlu;
 use exaone_compress::model::Tokenizer;
 use exaone_compress::record::{Results, Variant};
 use exaone_compress::report::study::{markdown, ReportOptions};
-use exaone_compress::default_model_dir;
+use exaone_compress::study::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 use serde_json::json;
 
 #[test]

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
+use exaone_compress::default_model_dir;
 use exaone_compress::model::layers::LinearKernel;
 use exaone_compress::record::{Results, Variant};
 use exaone_compress::runtime;
-use exaone_compress::default_model_dir;
 use serde_json::json;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -44,7 +44,8 @@ fn fused_ops_fall_back_to_candle_on_the_cpu() {
     let got = runtime::log_softmax_f32(&g).unwrap();
     assert_eq!(max_abs_diff(&got, &want), 0.0);
     // log-probabilities of the model are the log-softmax of its logits
-    let m = exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
+    let m =
+        exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
     let ids = Tensor::new(&[[5u32, 17, 300, 42]], &dev).unwrap();
     let h = m.forward_hidden(&ids, None).unwrap();
     let lp = m.log_probs(&h).unwrap();
@@ -74,7 +75,8 @@ impl LinearKernel for Stacked {
 #[test]
 fn stacked_kernels_give_the_separate_linears_forward() {
     let dev = Device::Cpu;
-    let base = exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
+    let base =
+        exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
     let ids = Tensor::new(&[[5u32, 17, 300, 42, 9, 1000], [7, 8, 9, 10, 11, 12]], &dev).unwrap();
     let want = base.forward(&ids, None).unwrap();
     let mut m = base.share();
@@ -122,7 +124,9 @@ fn results() -> Results {
     r.commit = "abc1234".into();
     r.timestamp = "2026-01-01T00:00:00Z".into();
     let p = json!({});
-    let mut add = |v: &str, m: &str, x: f64, s: Option<f64>, u: &str| r.add(&Variant::new(v, "m", p.clone()), m, x, s, u);
+    let mut add = |v: &str, m: &str, x: f64, s: Option<f64>, u: &str| {
+        r.add(&Variant::new(v, "m", p.clone()), m, x, s, u)
+    };
     add(
         "hf",
         "prefill_tok_s_8x2048",

@@ -12,9 +12,11 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 [ -z "${SKIP_SMOKE:-}" ] && .gpu/run-on-gpu.sh .gpu/exaone-compress quantize --model data/default-model --device cuda --scheme w4a16 --method awq --out /tmp/q-smoke2 2>&1 | tail -2
 ours() {
   for m in gptq awq rtn; do
+    # calibration flags only where the method calibrates (the CLI refuses them with rtn)
+    calib=""; [ "$m" != rtn ] && calib="--calib-samples 128 --calib-len 512"
     /usr/bin/time -f "wall %e s, max RSS %M KiB" .gpu/run-on-gpu.sh .gpu/exaone-compress quantize \
       --model "$RANDOM_1_2B" --device cuda --scheme w4a16 --method $m \
-      --calib-samples 128 --calib-len 512 --out /tmp/q-$m --overwrite 2>&1 \
+      $calib --out /tmp/q-$m --overwrite 2>&1 \
       | grep -v "^\s*$" | grep -v "output MSE" | tail -3 | sed "s/^/ours $m run $1: /" | tee -a "$OUT/ours.txt"
   done
 }

@@ -10,9 +10,13 @@ use candle_core::Tensor;
 use clap::{Parser, Subcommand};
 use exaone_compress::device::parse_dtype;
 use exaone_compress::model::generate::{generate_timed, GenerationConfig, GenerationRequest};
-use exaone_compress::model::tokenizer::apply_chat_template;
+use exaone_compress::model::tokenizer::ChatTemplate;
 use exaone_compress::model::{ChatMessage, Tokenizer};
 use exaone_compress::Checkpoint;
+
+#[path = "exaone_compress_cli/flags.rs"]
+mod flags;
+use flags::{checked, word, ActOrderArg, Calib, DtypeArg, MethodArg, QuantizeFlags, SchemeArg};
 
 #[derive(Parser)]
 #[command(
@@ -31,7 +35,7 @@ struct ModelArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, cuda or cuda:N
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = checked(flags::device))]
     device: String,
 }
 
@@ -63,25 +67,28 @@ enum Cmd {
         /// prompt as comma-separated token ids
         #[arg(long, value_delimiter = ',')]
         ids: Option<Vec<u32>>,
-        /// wrap the prompt in the chat template (user turn + generation prompt)
-        #[arg(long)]
+        /// wrap the prompt in the model's chat template (user turn + generation prompt):
+        /// chat_template.jinja or tokenizer_config.json's, else the built-in EXAONE 4 format
+        #[arg(long, conflicts_with = "ids")]
         chat: bool,
         /// system message for --chat
         #[arg(long)]
         system: Option<String>,
-        /// reasoning mode: open the think block instead of closing it
+        /// reasoning mode for --chat (the template's enable_thinking)
         #[arg(long)]
         think: bool,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = checked(flags::at_least_one))]
         max_new_tokens: usize,
         #[arg(long, default_value_t = 0)]
         min_new_tokens: usize,
         /// greedy decoding (default: sample as generation_config.json says, greedy if it says nothing)
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["temperature", "top_p"])]
         greedy: bool,
-        #[arg(long)]
+        /// sampling temperature, > 0
+        #[arg(long, value_parser = checked(flags::temperature))]
         temperature: Option<f64>,
-        #[arg(long)]
+        /// nucleus sampling mass, in (0, 1]
+        #[arg(long, value_parser = checked(flags::top_p))]
         top_p: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -89,8 +96,8 @@ enum Cmd {
         #[arg(long)]
         print_ids: bool,
         /// auto (f32 on cpu, bf16 on cuda), f32, bf16, f16
-        #[arg(long, default_value = "auto")]
-        dtype: String,
+        #[arg(long, default_value = "auto", value_parser = word::<DtypeArg>())]
+        dtype: DtypeArg,
     },
     /// Write the f32 logits of every position as a NumPy .npy [n_ids, vocab]
     Logits {
@@ -101,8 +108,8 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
         /// compute dtype (the logits are written as f32 whatever it is)
-        #[arg(long, default_value = "f32")]
-        dtype: String,
+        #[arg(long, default_value = "f32", value_parser = word::<DtypeArg>())]
+        dtype: DtypeArg,
         /// replace --out if it exists
         #[arg(long)]
         overwrite: bool,
@@ -122,25 +129,29 @@ enum Cmd {
         #[command(flatten)]
         m: ModelArgs,
         /// w4a16, w4a16-asym, w8a8 (int8, dynamic per-token activations), fp8
-        #[arg(long)]
-        scheme: String,
+        #[arg(long, value_parser = word::<SchemeArg>())]
+        scheme: SchemeArg,
         /// rtn, gptq or awq (awq: W4A16 only)
-        #[arg(long, default_value = "rtn")]
-        method: String,
-        #[arg(long, default_value_t = 128)]
-        group: usize,
-        /// GPTQ act-order: static (no g_idx) or group (g_idx saved)
-        #[arg(long)]
-        actorder: Option<String>,
-        /// calibration text (.jsonl with "text", or plain lines); default: the shipped train split
+        #[arg(long, default_value = "rtn", value_parser = word::<MethodArg>())]
+        method: MethodArg,
+        /// input columns per quantization group, W4A16 schemes only [default: 128]
+        #[arg(long, value_parser = checked(flags::group))]
+        group: Option<usize>,
+        /// GPTQ act-order: static (no g_idx) or group (g_idx saved; W4A16 schemes)
+        #[arg(long, value_parser = word::<ActOrderArg>())]
+        actorder: Option<ActOrderArg>,
+        /// calibration text for gptq/awq (.jsonl with "text" or "messages", or plain lines);
+        /// default: the shipped train split
         #[arg(long)]
         calib: Option<PathBuf>,
-        #[arg(long, default_value_t = 32)]
-        calib_samples: usize,
-        #[arg(long, default_value_t = 256)]
-        calib_len: usize,
-        /// wrap each calibration text as a user turn of the chat template (JSONL lines with
-        /// "messages" always go through the template)
+        /// calibration samples for gptq/awq [default: 32]
+        #[arg(long, value_parser = checked(flags::at_least_one))]
+        calib_samples: Option<usize>,
+        /// tokens per calibration sample for gptq/awq [default: 256]
+        #[arg(long, value_parser = checked(flags::at_least_one))]
+        calib_len: Option<usize>,
+        /// wrap each calibration text as a user turn of the model's chat template (JSONL lines
+        /// with "messages" always go through the template)
         #[arg(long)]
         calib_chat: bool,
         #[arg(long)]
@@ -153,11 +164,16 @@ enum Cmd {
         #[command(flatten)]
         m: ModelArgs,
         /// explicit layer indices, e.g. 15 or 3,7
-        #[arg(long, value_delimiter = ',')]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "rule",
+            required_unless_present = "rule"
+        )]
         drop: Option<Vec<usize>>,
         /// uniform:N, first:N, last:N, bi:N (Block Influence), kl:N (measured KL)
-        #[arg(long)]
-        rule: Option<String>,
+        #[arg(long, value_parser = checked(flags::rule))]
+        rule: Option<exaone_compress::compress::prune::DropRule>,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -178,8 +194,24 @@ enum Cmd {
     },
 }
 
+/// A flag error (a bad value, or flags that do not go together): clap's message, exit status 1
+/// like every other failure of this CLI (clap itself would exit with 2).
+fn flag_error(kind: clap::error::ErrorKind, msg: String) -> ! {
+    use clap::CommandFactory;
+    let _ = clap::Error::raw(kind, format!("{msg}\n"))
+        .with_cmd(&Cli::command())
+        .print();
+    std::process::exit(1)
+}
+
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            e.exit() // --help, --version
+        }
+        let _ = e.print();
+        std::process::exit(1)
+    });
     match cli.cmd {
         Cmd::Info { m, json } => info(&m, json),
         Cmd::Generate {
@@ -198,6 +230,11 @@ fn main() -> Result<()> {
             print_ids,
             dtype,
         } => {
+            if !chat && (think || system.is_some()) {
+                let f = if think { "--think" } else { "--system" };
+                let msg = format!("{f} shapes the chat template's prompt: it needs --chat");
+                flag_error(clap::error::ErrorKind::MissingRequiredArgument, msg);
+            }
             let dir = m.dir();
             let req = GenerationRequest {
                 max_new_tokens,
@@ -209,7 +246,7 @@ fn main() -> Result<()> {
             };
             req.check()?;
             let device = exaone_compress::runtime::open_device(&m.device)?;
-            let dtype = parse_dtype(&dtype, &device)?;
+            let dtype = parse_dtype(dtype.word(), &device)?;
             let tok = if dir.join("tokenizer.json").exists() {
                 Some(Tokenizer::from_dir(&dir)?)
             } else {
@@ -230,7 +267,9 @@ fn main() -> Result<()> {
                             msgs.push(ChatMessage::system(s));
                         }
                         msgs.push(ChatMessage::user(p));
-                        apply_chat_template(&msgs, true, think)
+                        let mut kwargs = serde_json::Map::new();
+                        kwargs.insert("enable_thinking".into(), think.into());
+                        ChatTemplate::from_dir(&dir)?.render(&msgs, true, &kwargs)?
                     } else {
                         p.clone()
                     };
@@ -297,7 +336,7 @@ fn main() -> Result<()> {
             use exaone_compress::fs::{check_destination, refuse_overlap, OutputKind};
             let dir = m.dir();
             let device = exaone_compress::runtime::open_device(&m.device)?;
-            let dtype = parse_dtype(&dtype, &device)?;
+            let dtype = parse_dtype(dtype.word(), &device)?;
             refuse_overlap(&out, &[dir.as_path()], true)?;
             check_destination(&out, OutputKind::File, overwrite)?;
             let ckpt = Checkpoint::open(&dir)?;
@@ -343,51 +382,48 @@ fn main() -> Result<()> {
             calib_chat,
             out,
             overwrite,
-        } => quantize(
-            &m,
-            QuantizeFlags {
+        } => {
+            let flags = QuantizeFlags {
                 scheme,
                 method,
-                group,
+                group: group.unwrap_or(128),
                 actorder,
                 calib: Calib {
                     file: calib,
-                    n: calib_samples,
-                    len: calib_len,
+                    n: calib_samples.unwrap_or(32),
+                    len: calib_len.unwrap_or(256),
                     chat: calib_chat,
                 },
                 out,
                 overwrite,
-            },
-        ),
+            };
+            let calib_given: Vec<&str> = [
+                (flags.calib.file.is_some(), "--calib"),
+                (calib_samples.is_some(), "--calib-samples"),
+                (calib_len.is_some(), "--calib-len"),
+                (calib_chat, "--calib-chat"),
+            ]
+            .into_iter()
+            .filter_map(|(given, f)| given.then_some(f))
+            .collect();
+            if let Err(msg) = flags::quantize_combination(&flags, group.is_some(), &calib_given) {
+                flag_error(clap::error::ErrorKind::ArgumentConflict, msg);
+            }
+            quantize(&m, flags)
+        }
         Cmd::Prune {
             m,
             drop,
             rule,
             out,
             overwrite,
-        } => prune(&m, drop, rule.as_deref(), &out, overwrite),
+        } => prune(&m, drop, rule, &out, overwrite),
     }
-}
-
-/// Where calibration samples come from.
-struct Calib {
-    file: Option<PathBuf>,
-    n: usize,
-    len: usize,
-    /// wrap plain texts as user turns of the chat template
-    chat: bool,
 }
 
 fn calibration(dir: &std::path::Path, c: Calib) -> Result<Vec<Vec<u32>>> {
-    use exaone_compress::data::{read_documents, split_path, TokenStream};
-    use exaone_compress::model::{tokenizer::apply_chat_template, ChatMessage};
-    if c.n == 0 {
-        bail!("--calib-samples 0: at least 1 calibration sample is needed");
-    }
-    if c.len == 0 {
-        bail!("--calib-len 0: calibration samples need at least 1 token");
-    }
+    use exaone_compress::compress::calibration::read_documents_with_template;
+    use exaone_compress::data::{split_path, TokenStream};
     let (tok, fell_back) = exaone_compress::data::tokenizer_for_model(dir)?;
     if fell_back {
         eprintln!(
@@ -403,34 +439,26 @@ fn calibration(dir: &std::path::Path, c: Calib) -> Result<Vec<Vec<u32>>> {
             tok.vocab_size()
         );
     }
-    let (n, len) = (c.n, c.len);
+    // the chat template of the directory the tokenizer comes from
+    let tdir = if fell_back {
+        exaone_compress::default_model_dir()
+    } else {
+        dir.to_path_buf()
+    };
+    let template = ChatTemplate::from_dir(&tdir)?;
     let path = c.file.unwrap_or_else(|| split_path("train"));
-    let mut docs = read_documents(&path)
+    let docs = read_documents_with_template(&path, &template, c.chat)
         .with_context(|| format!("reading calibration text {}", path.display()))?;
-    if c.chat {
-        docs = docs
-            .iter()
-            .map(|d| apply_chat_template(&[ChatMessage::user(d)], false, false))
-            .collect();
-    }
     let stream = TokenStream::from_lines(&tok, &docs, tok.token_id("[|endofturn|]"))?;
     Ok(exaone_compress::compress::calibration::samples(
-        &stream, n, len, 0,
+        &stream, c.n, c.len, 0,
     )?)
 }
 
-/// The `quantize` subcommand's flags beside the model.
-struct QuantizeFlags {
-    scheme: String,
-    method: String,
-    group: usize,
-    actorder: Option<String>,
-    calib: Calib,
-    out: PathBuf,
-    overwrite: bool,
-}
-
 fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
+    use exaone_compress::compress::quant::{
+        apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme,
+    };
     let QuantizeFlags {
         scheme,
         method,
@@ -440,34 +468,21 @@ fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
         out,
         overwrite,
     } = flags;
-    let (scheme, method, actorder, out) =
-        (scheme.as_str(), method.as_str(), actorder.as_deref(), out.as_path());
-    use exaone_compress::compress::quant::{
-        apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme,
-    };
+    let out = out.as_path();
     let dir = m.dir();
     // every flag and the destination checked before any long work
-    if group == 0 {
-        bail!("--group 0: a group holds at least 1 input column");
+    let s = match scheme {
+        SchemeArg::W4a16 => Scheme::w4a16(group, true),
+        SchemeArg::W4a16Asym => Scheme::w4a16(group, false),
+        SchemeArg::W8a8 => Scheme::w8a8_int8(),
+        SchemeArg::Fp8 => Scheme::fp8_dynamic(),
     }
-    let mut s = match scheme {
-        "w4a16" => Scheme::w4a16(group, true),
-        "w4a16-asym" => Scheme::w4a16(group, false),
-        "w8a8" => Scheme::w8a8_int8(),
-        "fp8" => Scheme::fp8_dynamic(),
-        other => bail!("unknown scheme {other:?} (w4a16, w4a16-asym, w8a8, fp8)"),
-    };
-    s = s.with_actorder(match actorder {
-        None => None,
-        Some("static") => Some(ActOrder::Static),
-        Some("group") => Some(ActOrder::Group),
-        Some(o) => bail!("unknown actorder {o:?} (static, group)"),
-    });
+    .with_actorder(actorder.map(|a| match a {
+        ActOrderArg::Static => ActOrder::Static,
+        ActOrderArg::Group => ActOrder::Group,
+    }));
     if let Err(e) = s.check() {
-        bail!("--scheme {scheme} --group {group}: {e}");
-    }
-    if !["rtn", "gptq", "awq"].contains(&method) {
-        bail!("unknown method {method:?} (rtn, gptq, awq)");
+        bail!("--scheme {} --group {group}: {e}", scheme.name());
     }
     let opts = exaone_compress::checkpoint::WriteOptions {
         side_files_from: Some(dir.clone()),
@@ -480,14 +495,14 @@ fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
     let base = exaone_compress::runtime::load_model(&dir, dtype, &device)?;
     let mut log = vec![];
     let calib = match method {
-        "gptq" | "awq" => calibration(&dir, calib)?,
-        _ => vec![],
+        MethodArg::Gptq | MethodArg::Awq => calibration(&dir, calib)?,
+        MethodArg::Rtn => vec![],
     };
     // timed: the quantization itself (calibration passes included), not loading or tokenizing
     let t0 = Instant::now();
     let q = match method {
-        "rtn" => apply::quantize_rtn(&base, &s, &|_| false)?,
-        "gptq" => apply::quantize_gptq(
+        MethodArg::Rtn => apply::quantize_rtn(&base, &s, &|_| false)?,
+        MethodArg::Gptq => apply::quantize_gptq(
             &base,
             &s,
             &calib,
@@ -495,7 +510,7 @@ fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
             &|_| false,
             &mut log,
         )?,
-        "awq" => apply::quantize_awq(
+        MethodArg::Awq => apply::quantize_awq(
             &base,
             &s,
             &calib,
@@ -503,7 +518,6 @@ fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
             &|_| false,
             &mut log,
         )?,
-        other => bail!("unknown method {other:?} (rtn, gptq, awq)"),
     };
     let secs = t0.elapsed().as_secs_f64();
     for l in &log {
@@ -511,7 +525,8 @@ fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
     }
     exaone_compress::compress::quant::apply::save_quantized(&q, out, &opts)?;
     eprintln!(
-        "{method} {} of {} Linears in {secs:.2} s; wrote {}",
+        "{} {} of {} Linears in {secs:.2} s; wrote {}",
+        method.name(),
         s.name(),
         q.linears.len(),
         out.display()
@@ -522,7 +537,7 @@ fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
 fn prune(
     m: &ModelArgs,
     drop: Option<Vec<usize>>,
-    rule: Option<&str>,
+    rule: Option<exaone_compress::compress::prune::DropRule>,
     out: &std::path::Path,
     overwrite: bool,
 ) -> Result<()> {
@@ -538,22 +553,7 @@ fn prune(
     let base = exaone_compress::runtime::load_model(&dir, parse_dtype("auto", &device)?, &device)?;
     let rule = match (drop, rule) {
         (Some(d), None) => DropRule::Explicit(d),
-        (None, Some(r)) => {
-            let (kind, n) = r
-                .split_once(':')
-                .with_context(|| format!("--rule {r:?}: expected KIND:N"))?;
-            let n: usize = n
-                .parse()
-                .with_context(|| format!("--rule {r:?}: N must be a number"))?;
-            match kind {
-                "uniform" => DropRule::Uniform(n),
-                "first" => DropRule::First(n),
-                "last" => DropRule::Last(n),
-                "bi" => DropRule::BlockInfluence(n),
-                "kl" => DropRule::MeasuredKl(n),
-                other => bail!("unknown rule {other:?} (uniform, first, last, bi, kl)"),
-            }
-        }
+        (None, Some(r)) => r,
         _ => bail!("give exactly one of --drop and --rule"),
     };
     let calib = match rule {

@@ -31,7 +31,11 @@ impl Checkpoint {
         )?;
         // W8A8 / FP8 checkpoints quantize activations per token at run time: emulate it on the
         // Linears stored quantized, so quality figures reflect what vLLM computes
-        if let Some(aq) = self.quant_info()?.and_then(|q| q.scheme).and_then(|s| s.act_quant()) {
+        if let Some(aq) = self
+            .quant_info()?
+            .and_then(|q| q.scheme)
+            .and_then(|s| s.act_quant())
+        {
             for (i, layer) in m.layers.iter_mut().enumerate() {
                 for (n, lin) in layer.linears_mut() {
                     if self.contains(&format!("model.layers.{i}.{n}.weight_scale")) {

@@ -5,8 +5,8 @@ pub mod compressed_tensors;
 mod load;
 pub mod package;
 pub mod qlinear;
-pub mod scheme;
 mod reader;
+pub mod scheme;
 mod writer;
 
 pub use load::load_model;

@@ -124,4 +124,3 @@ impl QLinear {
             .to_device(device)
     }
 }
-

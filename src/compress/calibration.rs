@@ -165,3 +165,49 @@ pub fn sequential(
     bar.finish_and_clear();
     Ok(m)
 }
+
+/// Calibration documents from a file, as `data::read_documents` reads them (`.jsonl`: each
+/// line's `text`, or its `messages` — with the line's `tools`, if any — rendered through the
+/// model's chat `template`; any other file: each non-empty line), except that the chat turns
+/// go through `template` (the model directory's own, or the built-in EXAONE 4 format). With
+/// `wrap_plain`, plain texts become user turns of the template as well.
+pub fn read_documents_with_template(
+    path: &std::path::Path,
+    template: &crate::model::tokenizer::ChatTemplate,
+    wrap_plain: bool,
+) -> crate::Result<Vec<String>> {
+    use crate::model::ChatMessage;
+    use crate::Error;
+    let none = serde_json::Map::new();
+    let wrap = |t: String| -> crate::Result<String> {
+        if wrap_plain {
+            template.render(&[ChatMessage::user(&t)], false, &none)
+        } else {
+            Ok(t)
+        }
+    };
+    let lines = crate::data::read_lines(path).map_err(|e| Error::io(path, e))?;
+    if path.extension().is_none_or(|e| e != "jsonl") {
+        return lines.into_iter().map(wrap).collect();
+    }
+    let at = |i: usize, msg: String| Error::Invalid(format!("{}:{}: {msg}", path.display(), i + 1));
+    let mut docs = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| at(i, e.to_string()))?;
+        if let Some(msgs) = v.get("messages").and_then(|m| m.as_array()) {
+            let tools = v
+                .get("tools")
+                .and_then(|t| t.as_array())
+                .map(|t| t.as_slice());
+            let text = template
+                .render_json(msgs, tools, false, &none)
+                .map_err(|e| at(i, e.to_string()))?;
+            docs.push(text);
+        } else if let Some(t) = v.get("text").and_then(|t| t.as_str()) {
+            docs.push(wrap(t.to_string())?);
+        } else {
+            return Err(at(i, "no string field \"text\" (or \"messages\")".into()));
+        }
+    }
+    Ok(docs)
+}

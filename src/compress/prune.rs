@@ -69,7 +69,12 @@ pub fn drop_one_kl(model: &Exaone4, sequences: &[Vec<u32>], batch: usize) -> Res
 }
 
 /// Mean over every position of KL(teacher ‖ student) on `sequences` (each the same length).
-fn mean_kl(teacher: &Exaone4, student: &Exaone4, sequences: &[Vec<u32>], batch: usize) -> Result<f64> {
+fn mean_kl(
+    teacher: &Exaone4,
+    student: &Exaone4,
+    sequences: &[Vec<u32>],
+    batch: usize,
+) -> Result<f64> {
     let (mut sum, mut n) = (0f64, 0usize);
     for group in sequences.chunks(batch.max(1)) {
         let t = group[0].len();

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::Exaone4Config;
-use super::kv_cache::{CacheShape, KvCache};
 use super::kernels::Kernels;
+use super::kv_cache::{CacheShape, KvCache};
 use super::layers::{apply_rope, attend, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope};
 
 /// The seven Linears of a decoder layer, by their name inside the layer, in checkpoint order.

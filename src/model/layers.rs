@@ -340,7 +340,12 @@ pub struct Mlp {
 
 impl Mlp {
     /// silu(x Gᵀ) · (x Uᵀ), [.., hidden] → [.., intermediate]
-    pub fn activation(&self, x: &Tensor, mode: Mode, kernels: Option<&dyn Kernels>) -> Result<Tensor> {
+    pub fn activation(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        kernels: Option<&dyn Kernels>,
+    ) -> Result<Tensor> {
         if let Some(k) = &self.fused_gate_up {
             let dims = x.dims().to_vec();
             let rows = dims[..dims.len() - 1].iter().product::<usize>();

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use crate::data::TokenStream;
 use crate::eval::{
     divergence, measure_checkpoint_speed, measure_speed, multiple_choice, perplexity, McItem,
 };
-use crate::data::TokenStream;
 use crate::model::{Exaone4, Tokenizer};
 use crate::record::{Results, Variant};
 
@@ -219,9 +219,8 @@ impl Suite {
             weight_bytes,
             checkpoint,
         } = *stored;
-        let add = |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| {
-            r.add(variant, m, v, s, u)
-        };
+        let add =
+            |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| r.add(variant, m, v, s, u);
         add(results, "layers", model.layers.len() as f64, None, "");
         add(
             results,

@@ -1,0 +1,305 @@
+//! The CLI's flag types and value parsers: every word and range is checked by clap while the
+//! command line is parsed, with a message that names the flag, the value and what is allowed.
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::error::ErrorKind;
+use clap::ValueEnum;
+use exaone_compress::compress::prune::DropRule;
+
+/// A value parser from a function: the error reads `--flag value: why`; `values` lists the
+/// accepted words (for `--help` and completion).
+#[derive(Clone)]
+pub struct Checked<T> {
+    parse: fn(&str) -> Result<T, String>,
+    values: fn() -> Vec<PossibleValue>,
+}
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Checked<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let flag = arg
+            .and_then(|a| a.get_long())
+            .map_or("value".to_string(), |l| format!("--{l}"));
+        let v = value.to_string_lossy();
+        (self.parse)(&v).map_err(|why| {
+            clap::Error::raw(ErrorKind::ValueValidation, format!("{flag} {v}: {why}\n"))
+                .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        let v = (self.values)();
+        (!v.is_empty()).then(|| Box::new(v.into_iter()) as Box<dyn Iterator<Item = _>>)
+    }
+}
+
+/// A value parser from a checking function.
+pub fn checked<T>(parse: fn(&str) -> Result<T, String>) -> Checked<T> {
+    Checked {
+        parse,
+        values: Vec::new,
+    }
+}
+
+/// A fixed set of words (a `ValueEnum`), named `WHAT` in messages.
+pub trait Word: ValueEnum + Clone + Send + Sync + 'static {
+    const WHAT: &'static str;
+}
+
+fn words<E: Word>() -> Vec<PossibleValue> {
+    E::value_variants()
+        .iter()
+        .filter_map(|v| v.to_possible_value())
+        .collect()
+}
+
+fn parse_word<E: Word>(s: &str) -> Result<E, String> {
+    E::from_str(s, false).map_err(|_| {
+        let names: Vec<String> = words::<E>()
+            .iter()
+            .map(|p| p.get_name().to_string())
+            .collect();
+        format!("unknown {} {s:?} (allowed: {})", E::WHAT, names.join(", "))
+    })
+}
+
+/// The value parser of a [`Word`].
+pub fn word<E: Word>() -> Checked<E> {
+    Checked {
+        parse: parse_word::<E>,
+        values: words::<E>,
+    }
+}
+
+/// `--scheme`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SchemeArg {
+    /// int4 weights in groups, symmetric
+    W4a16,
+    /// int4 weights in groups, asymmetric (zero points)
+    W4a16Asym,
+    /// int8 weights per channel, int8 activations per token at run time
+    W8a8,
+    /// fp8 (e4m3) weights per channel, fp8 activations per token at run time
+    Fp8,
+}
+
+impl Word for SchemeArg {
+    const WHAT: &'static str = "scheme";
+}
+
+impl SchemeArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::W4a16 => "w4a16",
+            Self::W4a16Asym => "w4a16-asym",
+            Self::W8a8 => "w8a8",
+            Self::Fp8 => "fp8",
+        }
+    }
+    /// Weights quantized in groups of input columns (`--group`, act-order `group`).
+    pub fn grouped(self) -> bool {
+        matches!(self, Self::W4a16 | Self::W4a16Asym)
+    }
+}
+
+/// `--method`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// round to nearest (no calibration data)
+    Rtn,
+    /// GPTQ on calibration data
+    Gptq,
+    /// AWQ on calibration data (W4A16 only)
+    Awq,
+}
+
+impl Word for MethodArg {
+    const WHAT: &'static str = "method";
+}
+
+impl MethodArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rtn => "rtn",
+            Self::Gptq => "gptq",
+            Self::Awq => "awq",
+        }
+    }
+}
+
+/// `--actorder` (GPTQ)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ActOrderArg {
+    /// columns visited by decreasing Hessian diagonal, groups in the original order (no g_idx)
+    Static,
+    /// groups formed in the permuted order (g_idx saved)
+    Group,
+}
+
+impl Word for ActOrderArg {
+    const WHAT: &'static str = "actorder";
+}
+
+/// `--dtype`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    /// f32 on the CPU, bf16 on a GPU
+    Auto,
+    #[value(alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    F16,
+}
+
+impl Word for DtypeArg {
+    const WHAT: &'static str = "dtype";
+}
+
+impl DtypeArg {
+    /// The word `exaone_compress::device::parse_dtype` reads.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+}
+
+/// `--device`: `cpu`, `cuda` or `cuda:N` (whether the device exists is checked when it is opened).
+pub fn device(s: &str) -> Result<String, String> {
+    let ok = s == "cpu"
+        || s == "cuda"
+        || s.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+    ok.then(|| s.to_string())
+        .ok_or_else(|| "unknown device (allowed: cpu, cuda, cuda:N with N a number)".into())
+}
+
+/// `--rule KIND:N`: uniform, first, last, bi (Block Influence), kl (measured KL).
+pub fn rule(s: &str) -> Result<DropRule, String> {
+    let (kind, n) = s
+        .split_once(':')
+        .ok_or("expected KIND:N with KIND one of uniform, first, last, bi, kl")?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("N {n:?} must be a whole number of layers"))?;
+    Ok(match kind {
+        "uniform" => DropRule::Uniform(n),
+        "first" => DropRule::First(n),
+        "last" => DropRule::Last(n),
+        "bi" => DropRule::BlockInfluence(n),
+        "kl" => DropRule::MeasuredKl(n),
+        other => {
+            return Err(format!(
+                "unknown rule {other:?} (allowed: uniform, first, last, bi, kl)"
+            ))
+        }
+    })
+}
+
+/// A whole number ≥ 1 (`--group`, `--calib-len`, `--calib-samples`, `--max-new-tokens`).
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number ({e})")),
+    }
+}
+
+/// `--group`: a group holds at least 1 input column.
+pub fn group(s: &str) -> Result<usize, String> {
+    match at_least_one(s) {
+        Err(e) if e.starts_with("must") => Err("a group holds at least 1 input column".into()),
+        r => r,
+    }
+}
+
+fn number(s: &str) -> Result<f64, String> {
+    s.parse::<f64>().map_err(|e| format!("not a number ({e})"))
+}
+
+/// `--temperature`: finite and > 0.
+pub fn temperature(s: &str) -> Result<f64, String> {
+    let t = number(s)?;
+    exaone_compress::model::generate::check_sampling(Some(t), None, "temperature", "")
+        .map(|_| t)
+        .map_err(|_| "must be a finite number > 0 (use --greedy for 0)".into())
+}
+
+/// `--top-p`: in (0, 1].
+pub fn top_p(s: &str) -> Result<f64, String> {
+    let p = number(s)?;
+    exaone_compress::model::generate::check_sampling(None, Some(p), "", "top_p")
+        .map(|_| p)
+        .map_err(|_| "must lie in (0, 1]".into())
+}
+
+/// Where calibration samples come from.
+pub struct Calib {
+    pub file: Option<PathBuf>,
+    pub n: usize,
+    pub len: usize,
+    /// wrap plain texts as user turns of the chat template
+    pub chat: bool,
+}
+
+/// The `quantize` subcommand's flags beside the model.
+pub struct QuantizeFlags {
+    pub scheme: SchemeArg,
+    pub method: MethodArg,
+    pub group: usize,
+    pub actorder: Option<ActOrderArg>,
+    pub calib: Calib,
+    pub out: PathBuf,
+    pub overwrite: bool,
+}
+
+/// Flags that do not go together (they would be ignored, or have no meaning): what is allowed.
+pub fn quantize_combination(
+    f: &QuantizeFlags,
+    group_given: bool,
+    calib_given: &[&str],
+) -> Result<(), String> {
+    let (s, m) = (f.scheme.name(), f.method.name());
+    if f.method == MethodArg::Awq && !f.scheme.grouped() {
+        return Err(format!(
+            "--method awq --scheme {s}: AWQ quantizes W4A16 only (--scheme w4a16 or w4a16-asym); for {s} use --method rtn or gptq"
+        ));
+    }
+    if f.actorder.is_some() && f.method != MethodArg::Gptq {
+        return Err(format!(
+            "--actorder with --method {m}: act-order is a GPTQ setting (--method gptq); {m} would ignore it"
+        ));
+    }
+    if f.actorder == Some(ActOrderArg::Group) && !f.scheme.grouped() {
+        return Err(format!(
+            "--actorder group with --scheme {s}: {s} quantizes whole output channels, so there are no groups to reorder; use --actorder static, or a W4A16 scheme"
+        ));
+    }
+    if group_given && !f.scheme.grouped() {
+        return Err(format!(
+            "--group with --scheme {s}: {s} quantizes whole output channels; --group applies to w4a16 and w4a16-asym"
+        ));
+    }
+    if !calib_given.is_empty() && f.method == MethodArg::Rtn {
+        return Err(format!(
+            "{} with --method rtn: RTN uses no calibration data; calibration flags go with --method gptq or awq",
+            calib_given.join(", ")
+        ));
+    }
+    Ok(())
+}
