@@ -41,7 +41,7 @@ fn earlier_assistant_turns_carry_an_empty_think_block() {
 
 use std::path::{Path, PathBuf};
 
-use exaone_compress::model::tokenizer::ChatTemplate;
+use exaone_compress::model::chat_template::ChatTemplate;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -173,7 +173,7 @@ pub fn sequential(
 /// `wrap_plain`, plain texts become user turns of the template as well.
 pub fn read_documents_with_template(
     path: &std::path::Path,
-    template: &crate::model::tokenizer::ChatTemplate,
+    template: &crate::model::chat_template::ChatTemplate,
     wrap_plain: bool,
 ) -> crate::Result<Vec<String>> {
     use crate::model::ChatMessage;

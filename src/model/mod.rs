@@ -1,5 +1,6 @@
 //! EXAONE 4 on candle: config, layers, KV cache, the model, generation, tokenizer + chat template.
 
+pub mod chat_template;
 pub mod config;
 pub mod exaone4;
 pub mod generate;
