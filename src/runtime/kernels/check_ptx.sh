@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # nvcc-only sanity check of the runtime's kernels, no Rust build needed: every .cu file here must
-# compile to PTX for compute_80 with the flags build.rs uses. Needs nvcc on PATH (on a machine
-# without a toolkit: `source ../shared/tools/cuda/env.sh` from the project root first).
+# compile to PTX for compute_80 with the flags build.rs uses. Needs a CUDA toolkit's nvcc on PATH.
 #     src/runtime/kernels/check_ptx.sh [OUT_DIR]     # OUT_DIR keeps the .ptx files
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
