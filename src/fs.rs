@@ -58,13 +58,56 @@ fn file_name_of(path: &Path) -> Result<String> {
         })
 }
 
+/// Gives `path` the permissions a plain create would have given it (0666, or 0777 for a
+/// directory, less the umask): temporaries are made private (0600/0700) and would otherwise
+/// keep that once moved into place, hiding a model from the other users of a machine.
+pub fn publish_mode(path: &Path, dir: bool) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if dir { 0o777 } else { 0o666 } & !umask();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    let _ = (path, dir);
+    Ok(())
+}
+
+/// The process's umask, read without changing it (Linux's /proc/self/status; 022 elsewhere).
+#[cfg(unix)]
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+/// The tag that names this process in its temporaries: its PID and, where the system says, its
+/// start time (`PID.START`), so that a PID reused by another process (in a container the next
+/// run is often PID 1 again) is not mistaken for the run that left them.
+fn process_tag() -> String {
+    let pid = std::process::id();
+    match start_time(pid) {
+        Some(t) => format!("{pid}.{t}"),
+        None => pid.to_string(),
+    }
+}
+
+/// When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), if known.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name (field 2) is in parentheses and may hold spaces: count after the last ')'
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The prefix of every temporary this process writes for destination `path`.
 pub fn partial_prefix(path: &Path) -> Result<String> {
-    Ok(format!(
-        ".{}.partial-{}-",
-        file_name_of(path)?,
-        std::process::id()
-    ))
+    Ok(format!(".{}.partial-{}-", file_name_of(path)?, process_tag()))
 }
 
 /// Writes the file `path` atomically: `fill` writes a temporary sibling (errors it returns are
@@ -82,6 +125,7 @@ pub fn write_output(
         .map_err(|e| Error::io(dir, e))?;
     fill(tmp.as_file_mut())?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    publish_mode(tmp.path(), false)?;
     if replace {
         tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     } else {
@@ -109,6 +153,7 @@ pub fn write_output_via_path(
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(path, e))?;
+    publish_mode(&tmp, false)?;
     if replace {
         tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     } else {
@@ -379,15 +424,26 @@ pub fn clean_stale(out: &Path) -> Vec<String> {
         };
         let path = e.path();
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let pid = match rest[digits.len()..].chars().next() {
+        let after = &rest[digits.len()..];
+        // `PID.START-…` (this version) or `PID-…` (without a start time)
+        let (start, after) = match after.strip_prefix('.') {
+            Some(a) => {
+                let d: String = a.chars().take_while(char::is_ascii_digit).collect();
+                (d.parse::<u64>().ok(), &a[d.len()..])
+            }
+            None => (None, after),
+        };
+        let pid = match after.chars().next() {
             None | Some('-') => digits.parse::<u32>().ok(),
             _ => None,
         };
         match pid {
-            Some(pid) if pid_alive(pid) => notes.push(format!(
-                "{} belongs to a run still going (pid {pid}); left alone",
-                path.display()
-            )),
+            Some(pid) if pid_alive(pid) && start.is_none_or(|t| start_time(pid) == Some(t)) => {
+                notes.push(format!(
+                    "{} belongs to a run still going (pid {pid}); left alone",
+                    path.display()
+                ))
+            }
             Some(pid) if is_old && std::fs::symlink_metadata(out).is_err() => {
                 match rename_noreplace(&path, out) {
                     Ok(()) => notes.push(format!(
@@ -457,7 +513,7 @@ fn move_into_place_inner(tmp: &Path, out: &Path, kind: OutputKind, overwrite: bo
         .prefix(&format!(
             ".{}.old-{}-",
             file_name_of(out)?,
-            std::process::id()
+            process_tag()
         ))
         .tempdir_in(parent_of(out))
         .map_err(|e| Error::io(parent_of(out), e))?

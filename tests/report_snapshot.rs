@@ -44,6 +44,7 @@ fn mini_study_report_snapshot() {
         dir: tmp.path(),
         side_files_from: None,
         remove_after: false,
+        overwrite: false,
     };
     let mut r = Results::new("mini", "cpu (F32)", "data/default-model");
     suite

@@ -4,6 +4,8 @@
 # binaries (.gpu/: the release binaries and run-on-gpu.sh).
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+# the carried binaries live in .gpu/, away from the data they were built beside: name it
+export EXAONE_COMPRESS_DATA="$PWD/data"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site

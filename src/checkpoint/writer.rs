@@ -149,6 +149,12 @@ pub fn write_model_dir(
         context: format!("writing {}", out.display()),
         source: Box::new(e),
     })?;
+    // readable as any new directory would be (the temporary was private)
+    crate::fs::publish_mode(tmp.path(), true)?;
+    for e in std::fs::read_dir(tmp.path()).map_err(|e| Error::io(tmp.path(), e))? {
+        let p = e.map_err(|e| Error::io(tmp.path(), e))?.path();
+        crate::fs::publish_mode(&p, p.is_dir())?;
+    }
     let kept = tmp.keep();
     crate::fs::move_into_place(&kept, out, crate::fs::OutputKind::ModelDir, opts.overwrite)
 }

@@ -84,6 +84,34 @@ pub struct Study {
     ck_root: PathBuf,
 }
 
+/// Whether the user's `--checkpoints` directory may receive the variants' checkpoints: absent,
+/// empty, or (with `--overwrite`) holding model directories only — never the user's other files.
+fn check_checkpoints_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
+    let entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let foreign = entries
+        .iter()
+        .find(|p| !(p.is_dir() && p.join("config.json").is_file()));
+    match (foreign, overwrite) {
+        (Some(f), _) => Err(Error::Flag(format!(
+            "--checkpoints {}: holds {}, which is not a model directory; choose another directory",
+            dir.display(),
+            f.display()
+        ))),
+        (None, false) => Err(Error::Flag(format!(
+            "--checkpoints {}: holds model directories already; pass --overwrite to replace those the study writes",
+            dir.display()
+        ))),
+        (None, true) => Ok(()),
+    }
+}
+
 /// Whether `dir` may receive `experiment`'s report: it does not exist or is empty; or it holds a
 /// report and the user asked to replace it (`overwrite`), or it is the default location and holds
 /// this experiment's own earlier report (what rerunning the study regenerates).
@@ -109,7 +137,9 @@ fn check_report_dir(
     }
     let parquet = dir.join("results.parquet");
     let owner = Results::load(&parquet).ok().map(|r| r.experiment);
-    let is_report = owner.is_some() || dir.join("README.md").exists();
+    // a report is what a study writes: a results.parquet it can read back (a README.md alone is
+    // not one: it may be the user's)
+    let is_report = owner.is_some();
     let ours = owner.as_deref() == Some(experiment);
     match (is_report, overwrite, default && ours) {
         (_, _, true) | (true, true, _) => Ok(()),
@@ -134,6 +164,9 @@ impl Study {
             .clone()
             .unwrap_or_else(|| PathBuf::from("reports").join(experiment));
         check_report_dir(&out, experiment, args.out.is_none(), args.overwrite)?;
+        if let Some(ck) = &args.checkpoints {
+            check_checkpoints_dir(ck, args.overwrite)?;
+        }
         let device = crate::runtime::open_device(&args.device)?;
         let dtype = parse_dtype(&args.dtype, &device)?;
         let dir = args.model.clone().unwrap_or_else(default_model_dir);
@@ -215,6 +248,7 @@ impl Study {
             dir: &self.ck_root,
             side_files_from: Some(self.tok_dir.clone()),
             remove_after: self.args.checkpoints.is_none(),
+            overwrite: self.args.checkpoints.is_none() || self.args.overwrite,
         };
         self.suite
             .measure(&mut self.results, variant, &self.base, model, q, &save)?;

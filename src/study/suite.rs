@@ -56,6 +56,9 @@ pub struct SaveTo<'a> {
     pub side_files_from: Option<std::path::PathBuf>,
     /// delete the checkpoint once measured
     pub remove_after: bool,
+    /// replace a variant's checkpoint already there (a directory the study made itself may be
+    /// replaced; the user's `--checkpoints` only with `--overwrite`)
+    pub overwrite: bool,
 }
 
 /// Weight bytes a decoder step reads: every Linear's stored weights (+ scales), norms, and the
@@ -148,7 +151,7 @@ impl Suite {
         let out = save.dir.join(variant.dir_name());
         let opts = WriteOptions {
             side_files_from: save.side_files_from.clone(),
-            overwrite: true,
+            overwrite: save.overwrite,
             ..Default::default()
         };
         let bits: std::collections::BTreeMap<String, StoredAs> = match q {

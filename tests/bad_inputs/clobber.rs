@@ -118,6 +118,29 @@ fn stale_temporaries_of_killed_runs_are_cleaned_by_the_next_run() {
     assert!(e.contains("restored"), "{e}");
     assert!(out.join("config.json").exists());
     no_leftovers(tmp.path());
+    // a live pid that started at another time is a reused pid (a container's pid 1, say): the
+    // temporary is stale all the same
+    let me = std::process::id();
+    let reused = tmp.path().join(format!(".out.partial-{me}.1-r3u5e"));
+    std::fs::create_dir(&reused).unwrap();
+    let o = run(&format!("{deq} --overwrite"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(!reused.exists(), "{}", o.stderr);
+    // what was written is readable as any new file would be (the temporaries were private)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .unwrap_or(0o022);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&out), 0o777 & !umask);
+        assert_eq!(mode(&out.join("model.safetensors")), 0o666 & !umask);
+        assert_eq!(mode(&npy), 0o666 & !umask);
+    }
 }
 
 #[test]
