@@ -15,7 +15,10 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let mut s = Study::load("baseline", Args::parse().study)?;
+    let mut s = Study::load(
+        "baseline",
+        exaone_compress::study::parse_args::<Args>().study,
+    )?;
     let base = s.base.share();
     s.measure(&Variant::original(), &base)?;
     s.finish("Baseline", vec![], &[])?;

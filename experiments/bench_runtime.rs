@@ -49,7 +49,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let a = Args::parse();
+    let a = exaone_compress::study::parse_args::<Args>();
     let device = runtime::open_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
     let dir = a.model.clone().unwrap_or_else(default_model_dir);

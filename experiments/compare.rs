@@ -20,7 +20,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let a = Args::parse();
+    let a = exaone_compress::study::parse_args::<Args>();
     let variants: Vec<(String, PathBuf)> = a
         .variants
         .iter()

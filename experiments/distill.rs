@@ -31,7 +31,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let a = Args::parse();
+    let a = exaone_compress::study::parse_args::<Args>();
     let mut s = Study::load("distill", a.study)?;
     let base = s.base.share();
     let kl_probe = &s.suite.kl_sequences[..4.min(s.suite.kl_sequences.len())];

@@ -27,7 +27,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let a = Args::parse();
+    let a = exaone_compress::study::parse_args::<Args>();
     let mut s = Study::load("eight_cases", a.study.clone())?;
     let base = s.base.share();
     let mut log: Vec<String> = vec![];

@@ -21,7 +21,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let a = Args::parse();
+    let a = exaone_compress::study::parse_args::<Args>();
     let mut s = Study::load("prune", a.study)?;
     let base = s.base.share();
     let n = a.drop_layers;

@@ -19,7 +19,10 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let mut s = Study::load("quantize", Args::parse().study)?;
+    let mut s = Study::load(
+        "quantize",
+        exaone_compress::study::parse_args::<Args>().study,
+    )?;
     let base = s.base.share();
     let calib = s.calib.clone();
     let mut log = vec![];

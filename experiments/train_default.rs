@@ -67,7 +67,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let a = Args::parse();
+    let a = exaone_compress::study::parse_args::<Args>();
     if a.prepare_data {
         let s = build_default_corpus(&a.corpora, &data_dir().join("text"))
             .context("building the corpus")?;

@@ -107,7 +107,11 @@ fn start_time(pid: u32) -> Option<u64> {
 
 /// The prefix of every temporary this process writes for destination `path`.
 pub fn partial_prefix(path: &Path) -> Result<String> {
-    Ok(format!(".{}.partial-{}-", file_name_of(path)?, process_tag()))
+    Ok(format!(
+        ".{}.partial-{}-",
+        file_name_of(path)?,
+        process_tag()
+    ))
 }
 
 /// Writes the file `path` atomically: `fill` writes a temporary sibling (errors it returns are
@@ -510,11 +514,7 @@ fn move_into_place_inner(tmp: &Path, out: &Path, kind: OutputKind, overwrite: bo
     let m = std::fs::symlink_metadata(out).map_err(|e| Error::io(out, e))?;
     check_replaceable(out, &m, kind)?;
     let aside = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.old-{}-",
-            file_name_of(out)?,
-            process_tag()
-        ))
+        .prefix(&format!(".{}.old-{}-", file_name_of(out)?, process_tag()))
         .tempdir_in(parent_of(out))
         .map_err(|e| Error::io(parent_of(out), e))?
         .keep();

@@ -190,8 +190,20 @@ pub fn validate(dir: &Path) -> Vec<String> {
             }
         }
     }
-    if let Some(q) = &quant {
-        quantized_linears_match(&ck, q, &mut p);
+    match quant.as_ref().and_then(|q| q.scheme.map(|_| q)) {
+        Some(q) => quantized_linears_match(&ck, q, &mut p),
+        None => {
+            // quantized tensors with no scheme to read them by: vLLM loads the model as dense
+            // and fails on the unknown tensors (our loader would infer them from their names)
+            if let Some(n) = ck
+                .names()
+                .find(|n| n.ends_with(".weight_scale") || n.ends_with(".weight_packed"))
+            {
+                p.push(format!(
+                    "`{n}` is a quantized tensor but config.json has no quantization_config scheme describing it"
+                ));
+            }
+        }
     }
     let tok = tokenizer_problems(dir, c, &mut p);
     generation_config_problems(dir, c, &mut p);
@@ -278,7 +290,6 @@ fn tokenizer_problems(
     c: &crate::model::Exaone4Config,
     p: &mut Vec<String>,
 ) -> Option<crate::model::Tokenizer> {
-    use crate::model::tokenizer::apply_chat_template;
     use crate::model::{ChatMessage, Tokenizer};
     if !dir.join("tokenizer.json").exists() {
         return None; // reported above
@@ -304,29 +315,70 @@ fn tokenizer_problems(
             ));
         }
     }
-    let text = apply_chat_template(&[ChatMessage::user("Hello")], true, false);
-    match tok.encode(&text) {
-        Ok(ids) if ids.is_empty() => p.push("the chat template renders to no tokens".into()),
-        Ok(_) => {}
-        Err(e) => p.push(format!("the rendered chat template does not encode: {e}")),
-    }
-    // the template the harness applies must be EXAONE's format
-    let template = std::fs::read_to_string(dir.join("chat_template.jinja"))
-        .ok()
-        .or_else(|| {
-            let t = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
-            let v: Value = serde_json::from_str(&t).ok()?;
-            match v.get("chat_template")? {
-                Value::String(s) => Some(s.clone()),
-                other => Some(other.to_string()),
+    // the template the evaluation applies: the directory's own (else EXAONE's format), rendered
+    // as transformers renders it, on the conversations a benchmark sends
+    let template = match crate::model::chat_template::ChatTemplate::from_dir(dir) {
+        Ok(t) => t,
+        Err(e) => {
+            p.push(format!("the chat template cannot be loaded: {e}"));
+            return Some(tok);
+        }
+    };
+    let none = serde_json::Map::new();
+    let conversations: [(&str, Vec<ChatMessage>); 3] = [
+        ("a user turn", vec![ChatMessage::user("Hello 안녕하세요")]),
+        (
+            "a system and a user turn",
+            vec![
+                ChatMessage::system("Be brief."),
+                ChatMessage::user("Hello 안녕하세요"),
+            ],
+        ),
+        (
+            "a multi-turn conversation",
+            vec![
+                ChatMessage::user("Hello"),
+                ChatMessage::assistant("Hi."),
+                ChatMessage::user("안녕하세요"),
+            ],
+        ),
+    ];
+    for (what, msgs) in &conversations {
+        let (with, without) = match (
+            template.render(msgs, true, &none),
+            template.render(msgs, false, &none),
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                p.push(format!("the chat template fails on {what}: {e}"));
+                continue;
             }
-        });
-    if let Some(t) = template {
-        if !t.contains("endofturn") {
-            p.push(
-                "the chat template does not close turns with [|endofturn|]: it is not EXAONE 4's"
-                    .into(),
-            );
+        };
+        if !with.contains("안녕하세요") {
+            p.push(format!("the chat template drops the user's text on {what}"));
+        }
+        if with == without {
+            p.push(format!(
+                "the chat template adds no generation prompt on {what}: the model would not know to answer"
+            ));
+        }
+        match tok.encode(&with) {
+            Ok(ids) if ids.is_empty() => {
+                p.push(format!("the chat template renders {what} to no tokens"))
+            }
+            Ok(ids) if ids.len() > 1024.min(c.max_position_embeddings) => p.push(format!(
+                "the chat template renders {what} to {} tokens: a benchmark prompt would not fit",
+                ids.len()
+            )),
+            Ok(_) => {}
+            Err(e) => p.push(format!(
+                "the chat template's rendering of {what} does not encode: {e}"
+            )),
+        }
+        if !with.contains("[|endofturn|]") && msgs.len() > 1 {
+            p.push(format!(
+                "the chat template does not close turns with [|endofturn|] on {what}: it is not EXAONE 4's"
+            ));
         }
     }
     Some(tok)

@@ -12,12 +12,21 @@ use crate::model::{DecoderLayer, Exaone4};
 
 /// `n` seeded windows of `len` tokens from a token stream. Both must be at least 1 (the flags
 /// `--calib-samples` and `--calib-len` of the CLI).
+/// The most tokens [`samples`] draws (64 MiB of ids): far beyond any calibration or evaluation
+/// set worth running, and far below what would exhaust a machine's memory.
+pub const MAX_SAMPLE_TOKENS: usize = 1 << 24;
+
 pub fn samples(stream: &TokenStream, n: usize, len: usize, seed: u64) -> Result<Vec<Vec<u32>>> {
     if n == 0 {
-        candle_core::bail!("calibration: 0 samples (--calib-samples): at least 1 is needed");
+        candle_core::bail!("0 samples: at least 1 is needed");
     }
     if len == 0 {
-        candle_core::bail!("calibration: samples of 0 tokens (--calib-len): at least 1 is needed");
+        candle_core::bail!("samples of 0 tokens: at least 1 is needed");
+    }
+    if n.checked_mul(len).is_none_or(|t| t > MAX_SAMPLE_TOKENS) {
+        candle_core::bail!(
+            "{n} samples of {len} tokens: more than the {MAX_SAMPLE_TOKENS} tokens a calibration or evaluation set may hold"
+        );
     }
     let mut r = rng(seed);
     let t = stream.sample_windows(n, len, &mut r, &candle_core::Device::Cpu)?;

@@ -294,10 +294,51 @@ pub struct Attention {
     pub fused_qkv: Option<std::sync::Arc<dyn LinearKernel>>,
 }
 
+/// The most f32 attention scores [`attend`] materialises at once (256 MiB): longer inputs are
+/// attended in blocks of query rows, each row's softmax being its own, so the result is the same
+/// (to the rounding of the matrix products). Inputs below it run in one block, as before.
+const MAX_SCORES: usize = 1 << 26;
+
 /// Softmax(q kᵀ / √d + mask) v for q [b, h, t, d], k/v [b, kvh, L, d], mask [b, 1, t, L] (f32,
 /// additive). Query heads `g·j .. g·j+g-1` share KV head j; folding the group into the query
-/// rows avoids materialising repeated K/V.
+/// rows avoids materialising repeated K/V. Long inputs go in blocks of query rows, so memory
+/// grows with t·L only through the mask, not through h·t·L scores.
 pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    mode: Mode,
+) -> Result<Tensor> {
+    attend_in_blocks(q, k, v, mask, mode, MAX_SCORES)
+}
+
+/// [`attend`] holding at most `max_scores` scores at once.
+fn attend_in_blocks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    mode: Mode,
+    max_scores: usize,
+) -> Result<Tensor> {
+    let (b, h, t, _) = q.dims4()?;
+    let l = k.dim(2)?;
+    let rows = (max_scores / (b * h * l).max(1)).max(1);
+    if t <= rows {
+        return attend_block(q, k, v, mask, mode);
+    }
+    let mut outs = Vec::with_capacity(t.div_ceil(rows));
+    for t0 in (0..t).step_by(rows) {
+        let n = rows.min(t - t0);
+        let m = mask.map(|m| m.narrow(2, t0, n)).transpose()?;
+        outs.push(attend_block(&q.narrow(2, t0, n)?, k, v, m.as_ref(), mode)?);
+    }
+    Tensor::cat(&outs, 1)
+}
+
+/// [`attend`] on one block of query rows.
+fn attend_block(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -314,7 +355,7 @@ pub fn attend(
     if let Some(m) = mask {
         scores = scores
             .reshape((b, kvh, g, t, l))?
-            .broadcast_add(&m.unsqueeze(2)?)?
+            .broadcast_add(&m.contiguous()?.unsqueeze(2)?)?
             .reshape((b, kvh, g * t, l))?;
     }
     let probs = match mode {
@@ -368,8 +409,31 @@ impl Mlp {
 }
 
 #[cfg(test)]
-mod fp8_tests {
+mod tests {
     use super::*;
+
+    /// Attention in blocks of query rows equals attention in one block, masked or not (to the
+    /// rounding of the matrix products, whose blocking depends on the row count).
+    #[test]
+    fn attention_in_blocks_equals_one_block() {
+        let dev = Device::Cpu;
+        let (b, h, kvh, t, d) = (2, 4, 2, 13, 8);
+        let q = Tensor::randn(0f32, 1.0, (b, h, t, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, kvh, t, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, kvh, t, d), &dev).unwrap();
+        let causal: Vec<f32> = (0..b * t * t)
+            .map(|i| if i % t > (i / t) % t { -1e30 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(causal, (b, 1, t, t), &dev).unwrap();
+        for m in [None, Some(&mask)] {
+            let one = attend(&q, &k, &v, m, Mode::Inference).unwrap();
+            // 5 rows of b·h·t scores at a time: blocks of 5, 5 and 3 query rows
+            let blocks = attend_in_blocks(&q, &k, &v, m, Mode::Inference, 5 * b * h * t).unwrap();
+            assert_eq!(one.dims(), blocks.dims());
+            let diff = (one - blocks).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        }
+    }
 
     /// Every e4m3 value, the midpoints between neighbours (ties), points just either side of
     /// them, zero, subnormals and values beyond ±448: the arithmetic rounding equals the float8

@@ -8,3 +8,16 @@ pub mod suite;
 
 pub use setup::{Study, StudyArgs};
 pub use suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
+
+/// Parses an experiment binary's flags as the CLI does: `--help` and `--version` print and exit
+/// 0, any flag error prints clap's message and exits 1, like every other failure (clap itself
+/// would exit 2).
+pub fn parse_args<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            e.exit()
+        }
+        let _ = e.print();
+        std::process::exit(1)
+    })
+}

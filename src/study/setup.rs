@@ -164,6 +164,12 @@ impl Study {
             .clone()
             .unwrap_or_else(|| PathBuf::from("reports").join(experiment));
         check_report_dir(&out, experiment, args.out.is_none(), args.overwrite)?;
+        if args.eval_tokens < 2 {
+            return Err(Error::Flag(format!(
+                "--eval-tokens {}: perplexity needs at least 2 tokens",
+                args.eval_tokens
+            )));
+        }
         if let Some(ck) = &args.checkpoints {
             check_checkpoints_dir(ck, args.overwrite)?;
         }
@@ -184,7 +190,8 @@ impl Study {
         let all = test.ids.len().max(1);
         test.ids.truncate(args.eval_tokens);
         test.bytes = (test.bytes as f64 * test.ids.len() as f64 / all as f64) as usize;
-        let calib = samples(&train, args.calib_samples, args.calib_len, args.seed)?;
+        let calib = samples(&train, args.calib_samples, args.calib_len, args.seed)
+            .context(|| "--calib-samples × --calib-len".into())?;
         let kmmlu = data_dir().join("benchmarks/kmmlu_criminal_law_test.json");
         let mut mc = load_kmmlu(&kmmlu, "kmmlu_criminal_law").map_err(|e| Error::io(&kmmlu, e))?;
         mc.truncate(args.mc_items / 2);
@@ -195,7 +202,8 @@ impl Study {
         let mut suite = Suite::new(
             tok,
             test,
-            samples(&val, args.kl_sequences, 256, args.seed + 1)?,
+            samples(&val, args.kl_sequences, 256, args.seed + 1)
+                .context(|| "--kl-sequences".into())?,
         );
         suite.mc_items = mc;
         suite.speed_repeats = args.speed_repeats;

@@ -217,7 +217,25 @@ fn package_checks_contents_not_just_names() {
         "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
         "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": "four",
             "type": "int", "symmetric": true, "strategy": "group", "group_size": 128}}}});
+    let template = |text: &'static str| -> Damage {
+        Box::new(move |d| std::fs::write(d.join("chat_template.jinja"), text).unwrap())
+    };
     let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "a chat template that does not parse",
+            template("{% if %}[|endofturn|]"),
+            "syntax error",
+        ),
+        (
+            "a chat template that raises on a system turn",
+            template("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system') }}{% endif %}[|{{ m.role }}|]{{ m.content }}[|endofturn|]{% endfor %}{% if add_generation_prompt %}[|assistant|]{% endif %}"),
+            "no system",
+        ),
+        (
+            "a chat template without a generation prompt",
+            template("{% for m in messages %}[|{{ m.role }}|]{{ m.content }}[|endofturn|]{% endfor %}"),
+            "no generation prompt",
+        ),
         (
             "q_proj shape contradicts the config",
             tensor("model.layers.3.self_attn.q_proj.weight", halve_rows),
@@ -382,4 +400,19 @@ fn a_study_never_replaces_another_report_and_keeps_what_it_measured() {
     );
     let o = baseline(&[&["--out", s(&out), "--overwrite"][..], &small[..]].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn package_refuses_quantized_tensors_that_no_quantization_config_describes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = quantized(tmp.path(), "q", Scheme::w4a16(128, true));
+    edit_config(&q, |c| {
+        c.as_object_mut().unwrap().remove("quantization_config");
+    });
+    let out = tmp.path().join("s.zip");
+    fails(
+        &format!("package --model {} --out {}", s(&q), s(&out)),
+        &["weight_packed", "no quantization_config"],
+    );
+    assert!(!out.exists());
 }

@@ -40,9 +40,8 @@ pub(crate) fn calibration(dir: &std::path::Path, c: Calib) -> Result<Vec<Vec<u32
     let docs = read_documents_with_template(&path, &template, c.chat)
         .with_context(|| format!("reading calibration text {}", path.display()))?;
     let stream = TokenStream::from_lines(&tok, &docs, tok.token_id("[|endofturn|]"))?;
-    Ok(exaone_compress::compress::calibration::samples(
-        &stream, c.n, c.len, 0,
-    )?)
+    exaone_compress::compress::calibration::samples(&stream, c.n, c.len, 0)
+        .context("--calib-samples × --calib-len")
 }
 
 pub(crate) fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {

@@ -197,6 +197,9 @@ pub fn rule(s: &str) -> Result<DropRule, String> {
     let n: usize = n
         .parse()
         .map_err(|_| format!("N {n:?} must be a whole number of layers"))?;
+    if n == 0 {
+        return Err("N = 0 drops no layer: drop at least 1".into());
+    }
     Ok(match kind {
         "uniform" => DropRule::Uniform(n),
         "first" => DropRule::First(n),

@@ -236,6 +236,10 @@ fn main() -> Result<()> {
                 let msg = format!("{f} shapes the chat template's prompt: it needs --chat");
                 flag_error(clap::error::ErrorKind::MissingRequiredArgument, msg);
             }
+            if min_new_tokens > max_new_tokens {
+                let msg = format!("--min-new-tokens {min_new_tokens} is more than --max-new-tokens {max_new_tokens}: generation stops at the maximum");
+                flag_error(clap::error::ErrorKind::ValueValidation, msg);
+            }
             let dir = m.dir();
             let req = GenerationRequest {
                 max_new_tokens,
