@@ -272,6 +272,15 @@ fn quantized_linears_match(
                 Strategy::Channel => 1,
                 Strategy::Group(g) => inp.div_ceil(g.max(1)),
             };
+            // vLLM serves W4A16 on an L4 with Marlin, which takes groups of 32, 64 or 128 input
+            // columns that divide the Linear's inputs (MARLIN_SUPPORTED_GROUP_SIZES), or one per row
+            if let Strategy::Group(g) = s.weights.strategy {
+                if s.format() == "pack-quantized" && (![32, 64, 128].contains(&g) || inp % g != 0) {
+                    p.push(format!(
+                        "`{pre}`: group size {g} over {inp} input columns: vLLM's Marlin kernel takes groups of 32, 64 or 128 that divide the inputs"
+                    ));
+                }
+            }
             if scale.shape.get(1) != Some(&groups) {
                 p.push(format!(
                     "`{pre}.weight_scale` has shape {:?}: the scheme {} gives {groups} group(s) for {inp} input columns",

@@ -416,3 +416,17 @@ fn package_refuses_quantized_tensors_that_no_quantization_config_describes() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn package_refuses_int4_groups_vllm_cannot_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    // the fixtures' Linears have 256 input columns: groups of 3 neither divide them nor are
+    // among Marlin's sizes
+    let q = quantized(tmp.path(), "q", Scheme::w4a16(3, true));
+    let out = tmp.path().join("s.zip");
+    fails(
+        &format!("package --model {} --out {}", s(&q), s(&out)),
+        &["group size 3", "Marlin"],
+    );
+    assert!(!out.exists());
+}
