@@ -83,8 +83,24 @@ pub fn validate(dir: &Path) -> Vec<String> {
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .is_some_and(|v| v.get("chat_template").is_some_and(|c| !c.is_null()));
     if let Ok(t) = std::fs::read_to_string(dir.join("tokenizer_config.json")) {
-        if let Err(e) = serde_json::from_str::<Value>(&t) {
-            p.push(format!("tokenizer_config.json: invalid JSON: {e}"));
+        match serde_json::from_str::<Value>(&t) {
+            Err(e) => p.push(format!("tokenizer_config.json: invalid JSON: {e}")),
+            // transformers takes a special token as text or as an AddedToken ({"content": …})
+            Ok(v) => {
+                for key in ["bos_token", "eos_token", "pad_token", "unk_token"] {
+                    let ok = match v.get(key) {
+                        None | Some(Value::Null) | Some(Value::String(_)) => true,
+                        Some(Value::Object(o)) => o.get("content").is_some_and(Value::is_string),
+                        Some(_) => false,
+                    };
+                    if !ok {
+                        p.push(format!(
+                            "tokenizer_config.json: `{key}` is {}, not a token's text: transformers cannot load it",
+                            v[key]
+                        ));
+                    }
+                }
+            }
         }
     }
     if !has_template {
@@ -98,6 +114,15 @@ pub fn validate(dir: &Path) -> Vec<String> {
         }
     };
     let c = &ck.config;
+    // the evaluation takes max_model_len from the config and sends long-context prompts
+    // (Ko-LongRAG, up to ~8k tokens) with room to answer
+    const CONTEXT_NEEDED: usize = 8192;
+    if c.max_position_embeddings < CONTEXT_NEEDED {
+        p.push(format!(
+            "config.json: max_position_embeddings = {} leaves no room for the evaluation's long-context prompts (up to ~8k tokens): keep at least {CONTEXT_NEEDED}",
+            c.max_position_embeddings
+        ));
+    }
     let n = c.num_hidden_layers;
     // stray or missing layers
     let mut seen = BTreeSet::new();

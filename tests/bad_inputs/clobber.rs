@@ -222,6 +222,22 @@ fn package_checks_contents_not_just_names() {
     };
     let cases: Vec<(&str, Damage, &str)> = vec![
         (
+            "a context too short for the evaluation's prompts",
+            cfg("max_position_embeddings", json!(1024)),
+            "max_position_embeddings = 1024",
+        ),
+        (
+            "a special token that is not text",
+            Box::new(|d: &Path| {
+                let p = d.join("tokenizer_config.json");
+                let mut v: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                v["eos_token"] = json!(5);
+                std::fs::write(&p, v.to_string()).unwrap();
+            }),
+            "`eos_token` is 5",
+        ),
+        (
             "a chat template that does not parse",
             template("{% if %}[|endofturn|]"),
             "syntax error",
