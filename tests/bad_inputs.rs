@@ -495,3 +495,46 @@ fn shards_outside_the_model_directory_and_broken_generation_configs_are_named() 
     );
     fails(&cmd, &["generation_config.json", "invalid JSON"]);
 }
+
+#[test]
+fn dequant_of_a_dense_model_checks_what_it_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, fn(&mut BTreeMap<String, RawTensor>), &str); 3] = [
+        (
+            "transposed",
+            |t| {
+                let w = t.get_mut("model.layers.0.mlp.up_proj.weight").unwrap();
+                w.shape.reverse();
+            },
+            "has shape",
+        ),
+        (
+            "missing",
+            |t| {
+                t.remove("model.layers.1.self_attn.o_proj.weight");
+            },
+            "o_proj.weight",
+        ),
+        (
+            "bytes",
+            |t| {
+                let w = t.get_mut("model.norm.weight").unwrap();
+                let n = w.data.len();
+                w.dtype = safetensors::Dtype::U8;
+                w.shape = vec![n];
+            },
+            "model.norm.weight",
+        ),
+    ];
+    for (name, damage, want) in cases {
+        let m = copy_dir(&fixture("full_tied"), &tmp.path().join(name));
+        edit_tensors(&m, damage);
+        let out = tmp.path().join(format!("{name}-out"));
+        fails(
+            &format!("dequant --model {} --out {}", s(&m), s(&out)),
+            &[want],
+        );
+        assert!(!out.exists(), "{name}");
+    }
+    no_leftovers(tmp.path());
+}

@@ -512,6 +512,7 @@ pub fn dequantize_checkpoint(
     out: &std::path::Path,
     opts: &super::WriteOptions,
 ) -> Result<()> {
+    ckpt.check_dense_shapes()?;
     let mut tensors = BTreeMap::new();
     const AUX: [&str; 5] = [
         ".weight_scale",

@@ -48,6 +48,50 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// Checks, without reading any weight, that every dense tensor the model reads is there
+    /// with the shape the config gives and a floating-point dtype (quantized Linears are
+    /// checked when they are dequantized). For commands that copy tensors through rather than
+    /// load the model (`dequant`).
+    pub fn check_dense_shapes(&self) -> Result<()> {
+        use safetensors::Dtype;
+        let placeholder = || candle_core::Tensor::zeros(1, DType::F32, &Device::Cpu);
+        Exaone4::build(
+            self.config.clone(),
+            |name, shape| -> Result<candle_core::Tensor> {
+                let quantized = name
+                    .strip_suffix(".weight")
+                    .is_some_and(|p| self.contains(&format!("{p}.weight_scale")));
+                if quantized {
+                    return Ok(placeholder()?); // checked as it is dequantized
+                }
+                let info = self.info(name)?;
+                if info.shape != shape {
+                    return Err(Error::Shape {
+                        name: name.into(),
+                        expected: shape.to_vec(),
+                        found: info.shape.clone(),
+                    });
+                }
+                if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                    return Err(Error::Dtype {
+                        name: name.into(),
+                        dtype: format!("{:?} (a dense weight is f32, f16 or bf16)", info.dtype),
+                    });
+                }
+                Ok(placeholder()?)
+            },
+            DType::F32,
+            &Device::Cpu,
+        )
+        .map(|_| ())
+        .map_err(|e| Error::Context {
+            context: format!("{}", self.dir.display()),
+            source: Box::new(e),
+        })
+    }
+}
+
 /// Opens a model directory and loads its model.
 pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<Exaone4> {
     Checkpoint::open(dir)?.load_model(dtype, device)
