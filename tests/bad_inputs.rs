@@ -499,7 +499,8 @@ fn shards_outside_the_model_directory_and_broken_generation_configs_are_named() 
 #[test]
 fn dequant_of_a_dense_model_checks_what_it_copies() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, fn(&mut BTreeMap<String, RawTensor>), &str); 3] = [
+    type Damage = fn(&mut BTreeMap<String, RawTensor>);
+    let cases: [(&str, Damage, &str); 3] = [
         (
             "transposed",
             |t| {
