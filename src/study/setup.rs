@@ -84,6 +84,21 @@ pub struct Study {
     ck_root: PathBuf,
 }
 
+/// How a report names the base model: by role for the shipped default model, relative to the
+/// working directory when it lies below it, else as given — never a path of the machine that
+/// made the report when it can be helped.
+fn model_label(dir: &std::path::Path) -> String {
+    if dir == default_model_dir() {
+        return "data/default-model (the shipped default model)".into();
+    }
+    let rel = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| dir.strip_prefix(cwd).ok().map(|r| r.to_path_buf()));
+    rel.unwrap_or_else(|| dir.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// Whether the user's `--checkpoints` directory may receive the variants' checkpoints: absent,
 /// empty, or (with `--overwrite`) holding model directories only — never the user's other files.
 fn check_checkpoints_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
@@ -211,7 +226,7 @@ impl Study {
         let results = Results::new(
             experiment,
             &format!("{} ({:?})", args.device, dtype),
-            &dir.display().to_string(),
+            &model_label(&dir),
         );
         let ck_root = match &args.checkpoints {
             Some(p) => p.clone(),
