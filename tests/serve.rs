@@ -354,18 +354,7 @@ fn scheduler_invariants_hold_under_pressure() {
         for &p in &step.preempted {
             ex.release(p);
         }
-        let inputs: Vec<SeqInput> = step
-            .chunks
-            .iter()
-            .map(|c| SeqInput {
-                seq: c.seq,
-                tokens: sched.chunk_tokens(c),
-                start: c.start,
-                sample: c.sample,
-                block_table: sched.block_table(c.seq),
-                max_kv_tokens: sched.seq(c.seq).max_kv_tokens(),
-            })
-            .collect();
+        let inputs = exaone_compress::serve::runner::inputs(&sched, &step);
         let out = ex.execute(&inputs).unwrap();
         let finished = sched.update(&step, &out).unwrap();
         for &f in &finished {

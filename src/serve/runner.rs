@@ -206,7 +206,9 @@ impl<E: StepExecutor> Runner<E> {
     }
 }
 
-fn inputs<'a>(sched: &'a Scheduler, step: &Step) -> Vec<SeqInput<'a>> {
+/// What an executor needs for each chunk of a scheduled `step`: its tokens, positions, block
+/// table and KV bound (for executors driven step by step outside [`Runner`], too).
+pub fn inputs<'a>(sched: &'a Scheduler, step: &Step) -> Vec<SeqInput<'a>> {
     step.chunks
         .iter()
         .map(|c| SeqInput {
