@@ -1,12 +1,23 @@
 //! Evaluation: perplexity, divergence from the base, task accuracy, speed, the score proxy.
 
 pub mod divergence;
+pub mod paired;
 pub mod perplexity;
+pub mod projection;
 pub mod speed;
 pub mod tasks;
 
 pub use divergence::{divergence, Divergence};
+pub use paired::{
+    kl_mean, mcnemar, paired_accuracy, paired_mean, ppl_ratio, ppl_ratio_by_sequence, recommend,
+    score, speed_norm, Candidate, Estimate, McNemar, PairedAccuracy, PairedMean, PplRatio,
+    Recommendation,
+};
 pub use perplexity::{perplexity, unigram_perplexity, Perplexity};
+pub use projection::{
+    compare_with_public, project, GpuSpec, Projection, PublicComparison, Roofline, StepLoad,
+    StepTrace, VariantCost,
+};
 pub use speed::{
     measure as measure_speed, measure_checkpoint as measure_checkpoint_speed, Speed, Timing,
 };
