@@ -19,6 +19,7 @@ fn main() {
         None => "unknown".into(),
     };
     println!("cargo:rustc-env=EXAONE_COMPRESS_BUILD_COMMIT={c}");
+    emit_dependency_versions();
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         compile_kernels();
     }
@@ -61,4 +62,51 @@ fn compile_kernels() {
             });
         assert!(status.success(), "nvcc failed on {src}");
     }
+}
+
+/// The versions of the key dependencies as locked (Cargo.lock) and the compiler, for the
+/// reports' Environment block: `EXAONE_COMPRESS_DEP_<NAME>` (e.g. `EXAONE_COMPRESS_DEP_CANDLE_CORE`;
+/// several locked versions joined with `/`, none found `unknown`) and `EXAONE_COMPRESS_RUSTC`.
+/// Read here, at build time: the binary never reads the source tree.
+fn emit_dependency_versions() {
+    const CRATES: [&str; 4] = ["candle-core", "polars", "safetensors", "tokenizers"];
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let lock_path = std::path::Path::new(&dir).join("Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock_path.display());
+    let lock = std::fs::read_to_string(&lock_path).unwrap_or_default();
+    // [[package]] entries: `name = "…"` then `version = "…"`
+    let mut locked: Vec<(String, String)> = vec![];
+    let mut name: Option<String> = None;
+    for line in lock.lines().map(str::trim) {
+        if line == "[[package]]" {
+            name = None;
+        } else if let Some(v) = line.strip_prefix("name = ") {
+            name = Some(v.trim_matches('"').to_string());
+        } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), &name) {
+            locked.push((n.clone(), v.trim_matches('"').to_string()));
+        }
+    }
+    for krate in CRATES {
+        let versions: Vec<&str> = locked
+            .iter()
+            .filter(|(n, _)| n == krate)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let v = if versions.is_empty() {
+            "unknown".to_string()
+        } else {
+            versions.join("/")
+        };
+        let var = krate.to_uppercase().replace('-', "_");
+        println!("cargo:rustc-env=EXAONE_COMPRESS_DEP_{var}={v}");
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=EXAONE_COMPRESS_RUSTC={version}");
 }

@@ -1,6 +1,7 @@
 //! The study report on the default model, pinned by an insta snapshot: its structure and every
-//! deterministic number (timings, commit and date redacted). A mini study (original, a layer
-//! drop, RTN W4A16, W8A8) keeps it fast on two cores.
+//! deterministic number (timings, commit and date redacted; the environment — versions, CPU,
+//! threads — fixed by the test). A mini study (original, a layer drop, RTN W4A16, W8A8) keeps it
+//! fast on two cores.
 
 use candle_core::{DType, Device};
 use exaone_compress::compress::calibration::samples;
@@ -10,7 +11,7 @@ use exaone_compress::data::{read_documents, split_path, TokenStream};
 use exaone_compress::default_model_dir;
 use exaone_compress::eval::tasks::load_kmmlu;
 use exaone_compress::model::Tokenizer;
-use exaone_compress::record::{Results, Variant};
+use exaone_compress::record::{Environment, Results, Variant};
 use exaone_compress::report::study::{markdown, ReportOptions};
 use exaone_compress::study::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 use serde_json::json;
@@ -83,6 +84,16 @@ fn mini_study_report_snapshot() {
     // the study's own sanity: compression costs quality, never improves KL from zero
     assert_eq!(r.get("original", "kl_mean").map(|k| k < 1e-6), Some(true));
     assert!(r.get("RTN W4A16", "kl_mean").unwrap() > r.get("W8A8", "kl_mean").unwrap());
+    // what Results::new captured is real (this process's)…
+    assert_eq!(r.env.version, env!("CARGO_PKG_VERSION"));
+    assert!(r.env.threads >= 1 && !r.env.cpu.is_empty() && r.env.gpu.is_empty());
+    assert!(
+        r.env.crates["candle-core"].starts_with("0.11"),
+        "{:?}",
+        r.env
+    );
+    // … and machine-dependent: the snapshot takes fixed values
+    let real_env = std::mem::replace(&mut r.env, fixed_env());
     let opts = ReportOptions {
         title: "Mini study".into(),
         command: "cargo test --release --test report_snapshot".into(),
@@ -90,10 +101,76 @@ fn mini_study_report_snapshot() {
         redact_timings: true,
         quality_meaningless: false,
     };
-    insta::assert_snapshot!(markdown(&r, &opts));
-    // the parquet round-trips
+    let md = markdown(&r, &opts);
+    // the default model's size, computed from its config
+    assert!(md.contains("| model size | 8.59 M parameters"), "{md}");
+    insta::assert_snapshot!(md);
+    // the parquet round-trips, the environment with it
+    r.env = real_env;
+    r.record_seed("--seed", 7);
     r.save(tmp.path()).unwrap();
     let back = Results::load(&tmp.path().join("results.parquet")).unwrap();
     assert_eq!(back.rows.len(), r.rows.len());
     assert_eq!(back.get("W8A8", "test_ppl"), r.get("W8A8", "test_ppl"));
+    assert_eq!(back.env, r.env);
+    assert!(markdown(&back, &opts).contains("| seeds | --seed 7 |"));
+}
+
+/// An environment that does not depend on the machine running the test.
+fn fixed_env() -> Environment {
+    Environment {
+        version: "0.1.0".into(),
+        crates: [
+            ("candle-core", "0.11.1"),
+            ("polars", "0.55.0"),
+            ("safetensors", "0.8.0"),
+            ("tokenizers", "0.23.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        rustc: "rustc 1.90.0".into(),
+        cpu: "Test CPU @ 2.0GHz".into(),
+        cores: 2,
+        threads: 2,
+        gpu: String::new(),
+        os: "linux x86_64".into(),
+        seeds: Default::default(),
+    }
+}
+
+/// The runtime report names its environment too (in README.md; its body, snapshotted by
+/// tests/runtime.rs, stays machine-independent), and a random-weight model's caveat.
+#[test]
+fn runtime_readme_names_its_environment() {
+    let mut r = Results::new(
+        "bench_runtime",
+        "NVIDIA H200 (BF16)",
+        "/tmp/exaone12-random",
+    );
+    r.add(
+        &Variant::new("engine-bf16", "engine", json!({})),
+        "decode_ms_b1",
+        1.39,
+        Some(0.005),
+        "ms/step",
+    );
+    r.env = Environment {
+        gpu: "NVIDIA H200".into(),
+        ..fixed_env()
+    };
+    let md = exaone_compress::report::runtime::readme(&r, "bench_runtime --device cuda");
+    let env_at = md.find("## Environment").expect("environment block");
+    let command_at = md.find("Command: `bench_runtime --device cuda`").unwrap();
+    let table_at = md.find("| metric |").unwrap();
+    assert!(command_at < env_at && env_at < table_at, "{md}");
+    for s in [
+        "| code | exaone-compress 0.1.0, commit ",
+        "| crates | candle-core 0.11.1, polars 0.55.0, safetensors 0.8.0, tokenizers 0.23.0 |",
+        "| CPU | Test CPU @ 2.0GHz (2 logical CPUs available, 2 rayon threads) |",
+        "| GPU | NVIDIA H200 |",
+        "Random weights: accuracy meaningless; speed only",
+    ] {
+        assert!(md.contains(s), "{s}\n{md}");
+    }
 }

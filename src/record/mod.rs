@@ -17,7 +17,9 @@
 //! | model | str | the base model directory |
 //! | commit | str | git commit of the code |
 //! | timestamp | str | RFC 3339 UTC |
+//! | environment | str | JSON of [`Environment`]: versions, CPU/GPU, threads, seeds (absent in older files) |
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use polars::prelude::*;
@@ -80,7 +82,132 @@ pub struct Results {
     pub model: String,
     pub commit: String,
     pub timestamp: String,
+    /// the code and machine that measured (captured by [`Results::new`])
+    pub env: Environment,
     pub rows: Vec<Row>,
+}
+
+/// What measured a table besides the commit: this crate's and its key dependencies' versions,
+/// the compiler, the machine (CPU model, GPU name, threads, OS) and the seeds the run recorded.
+/// Captured when the table is created and stored with it (the `environment` column), so a
+/// report regenerated elsewhere still names the machine that measured.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Environment {
+    /// this crate's version (Cargo.toml)
+    pub version: String,
+    /// key dependencies as locked when the binary was built (Cargo.lock), name → version
+    pub crates: BTreeMap<String, String>,
+    /// the compiler that built the binary
+    pub rustc: String,
+    /// the CPU's model name (`/proc/cpuinfo`), else the architecture
+    pub cpu: String,
+    /// logical CPUs available to the process
+    pub cores: usize,
+    /// threads in rayon's pool (candle's CPU kernels and our parallel loops)
+    pub threads: usize,
+    /// the GPU's name (`GPU_NAME`, else `nvidia-smi`); empty on a CPU run or where unknown
+    pub gpu: String,
+    /// operating system and architecture, e.g. `linux x86_64`
+    pub os: String,
+    /// seeds the run recorded ([`Results::record_seed`]): what each seeds → its value
+    pub seeds: BTreeMap<String, u64>,
+}
+
+/// The dependencies whose versions results record (emitted from Cargo.lock by build.rs).
+const LOCKED: [(&str, &str); 4] = [
+    ("candle-core", env!("EXAONE_COMPRESS_DEP_CANDLE_CORE")),
+    ("polars", env!("EXAONE_COMPRESS_DEP_POLARS")),
+    ("safetensors", env!("EXAONE_COMPRESS_DEP_SAFETENSORS")),
+    ("tokenizers", env!("EXAONE_COMPRESS_DEP_TOKENIZERS")),
+];
+
+impl Environment {
+    /// This process's environment; `device` is the results' device label (`cpu (F32)`,
+    /// `cuda:1 (BF16)`, a GPU's name): a GPU is looked up only when it is not a CPU run.
+    pub fn capture(device: &str) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").into(),
+            crates: LOCKED
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            rustc: env!("EXAONE_COMPRESS_RUSTC").into(),
+            cpu: cpu_model(),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            threads: rayon::current_num_threads(),
+            gpu: if device.trim_start().to_lowercase().starts_with("cpu") {
+                String::new()
+            } else {
+                gpu_name(device)
+            },
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+            seeds: BTreeMap::new(),
+        }
+    }
+
+    /// Whether nothing was recorded (results written before the environment was).
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// The CPU's model name: `/proc/cpuinfo` on Linux, `sysctl` on macOS, else the architecture.
+fn cpu_model() -> String {
+    let linux = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("model name") || l.starts_with("Model"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+    });
+    let mac = || {
+        std::process::Command::new("sysctl")
+            .args(["-n", "machdep.cpu.brand_string"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    linux
+        .or_else(|| {
+            if cfg!(target_os = "macos") {
+                mac()
+            } else {
+                None
+            }
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The GPU's name: `GPU_NAME` when set, else `nvidia-smi`'s for the ordinal in `device`
+/// (`cuda:N`, through `CUDA_VISIBLE_DEVICES`); empty when neither answers.
+fn gpu_name(device: &str) -> String {
+    if let Ok(n) = std::env::var("GPU_NAME") {
+        return n;
+    }
+    let ordinal: usize = device
+        .split_once("cuda:")
+        .and_then(|(_, r)| {
+            r.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse().ok())
+        })
+        .unwrap_or(0);
+    let physical = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .and_then(|v| v.split(',').nth(ordinal).map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| ordinal.to_string());
+    std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader", "-i", &physical])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The commit of the code that is running (short): `EXAONE_COMPRESS_COMMIT` if set, else the
@@ -124,8 +251,14 @@ impl Results {
             model: model.into(),
             commit: git_commit(),
             timestamp: now_utc(),
+            env: Environment::capture(device),
             rows: vec![],
         }
+    }
+
+    /// Records a seed the run used (`what` it seeds, e.g. `--seed`), for the reports.
+    pub fn record_seed(&mut self, what: &str, seed: u64) {
+        self.env.seeds.insert(what.to_string(), seed);
     }
 
     /// Records `metric` = `value` (± `spread`, in `unit`) for `variant`.
@@ -210,6 +343,7 @@ impl Results {
             "model" => vec![self.model.clone(); n],
             "commit" => vec![self.commit.clone(); n],
             "timestamp" => vec![self.timestamp.clone(); n],
+            "environment" => vec![serde_json::to_string(&self.env).unwrap_or_default(); n],
         )
     }
 
@@ -272,12 +406,18 @@ impl Results {
                 unit: unit[i].clone(),
             })
             .collect();
+        // absent in results written before it was recorded
+        let env = match df.column("environment") {
+            Ok(_) => serde_json::from_str(&first("environment")?).unwrap_or_default(),
+            Err(_) => Environment::default(),
+        };
         Ok(Self {
             experiment: first("experiment")?,
             device: first("device")?,
             model: first("model")?,
             commit: first("commit")?,
             timestamp: first("timestamp")?,
+            env,
             rows,
         })
     }

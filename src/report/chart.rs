@@ -1,17 +1,40 @@
-//! PNG charts with plotters. The font is compiled in (DejaVu Sans, data/fonts), so charts draw
-//! the same on a machine with no fonts installed.
+//! Charts with plotters, drawn from specs (data): a [`BarChart`], a [`ScatterChart`] or a
+//! [`LineChart`], each with a [`Frame`] (title, a caveat drawn in red under it, notes). The font
+//! is compiled in (DejaVu Sans, data/fonts), so charts draw the same on a machine with no fonts
+//! installed. Drawing returns a [`Drawn`]: where the chart put its texts and marks, in pixels, so
+//! tests can check what a reader sees (no overlapping labels, no empty slot, the caveat drawn).
+//!
+//! What the specs decide for the reader:
+//! - a bar chart has exactly one slot per bar;
+//! - a value axis spanning two decades or more is logarithmic; otherwise it starts at 0 where 0
+//!   is meaningful, and near the data where it is not (perplexity), which its label says and
+//!   which is then drawn as dots with error bars, not bars whose lengths would mislead;
+//! - point labels of a scatter never overlap each other or another point: a label that cannot
+//!   sit beside its point is moved up or down and joined to it by a leader line.
 
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
-static FONT: Once = Once::new();
+use super::layout::{text_size, wrap, Rect};
+pub use super::layout::{Placed, Role, ValueAxis};
 
-fn ensure_font() {
+mod bars;
+mod lines;
+mod scatter;
+pub use bars::{Bar, BarChart};
+pub use lines::{LineChart, Series};
+pub use scatter::{pareto_front, Point, ScatterChart};
+
+static FONT: Once = Once::new();
+const FONT_NAME: &str = "sans-serif";
+
+pub(super) fn ensure_font() {
     FONT.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        plotters::style::register_font(FONT_NAME, FontStyle::Normal, bytes)
             .ok()
             .expect("DejaVu Sans is a valid font");
     });
@@ -19,43 +42,211 @@ fn ensure_font() {
 
 pub type ChartResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// One named series of (x, y) points.
-pub struct Series {
-    pub name: String,
-    pub points: Vec<(f64, f64)>,
+/// Bars and dots.
+pub const MARK_COLOR: RGBColor = RGBColor(60, 90, 220);
+/// The caveat's colour.
+pub const CAVEAT_COLOR: RGBColor = RGBColor(200, 0, 0);
+const NOTE_COLOR: RGBColor = RGBColor(70, 70, 70);
+const GUIDE_COLOR: RGBColor = RGBColor(225, 225, 225);
+const MARGIN: i32 = 12;
+const VALUE_AREA: i32 = 80;
+
+/// What every chart carries above its plot: the title, a caveat about the data drawn in red
+/// (e.g. random weights), and notes (how to read it).
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    pub title: String,
+    pub caveat: Option<String>,
+    pub notes: Vec<String>,
 }
 
-fn bounds(series: &[Series], log_y: bool) -> (f64, f64, f64, f64) {
-    let pts = series
-        .iter()
-        .flat_map(|s| s.points.iter())
-        .filter(|(_, y)| y.is_finite() && (!log_y || *y > 0.0));
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
+impl Frame {
+    pub fn new(title: impl Into<String>) -> Self {
+        Self {
+            title: title.into(),
+            ..Self::default()
+        }
     }
-    if x0 > x1 {
-        return (0.0, 1.0, 0.0, 1.0);
+
+    pub fn with_caveat(mut self, caveat: Option<String>) -> Self {
+        self.caveat = caveat;
+        self
     }
-    if x1 == x0 {
-        x1 = x0 + 1.0;
+
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
     }
-    if y1 == y0 {
-        y1 = y0 + 1.0;
+
+    /// The header's lines at `width` pixels: (text, font size, colour, role), wrapped.
+    fn lines(&self, width: i32) -> Vec<(String, u32, RGBColor, Role)> {
+        ensure_font();
+        let mut out = vec![];
+        for l in wrap(&self.title, 22, width - 40) {
+            out.push((l, 22, BLACK, Role::Title));
+        }
+        if let Some(c) = &self.caveat {
+            for l in wrap(c, 16, width - 40) {
+                out.push((l, 16, CAVEAT_COLOR, Role::Caveat));
+            }
+        }
+        for n in &self.notes {
+            for l in wrap(n, 14, width - 40) {
+                out.push((l, 14, NOTE_COLOR, Role::Note));
+            }
+        }
+        out
     }
-    let pad = (y1 - y0) * 0.05;
-    (
-        x0,
-        x1,
-        if log_y { y0 * 0.9 } else { y0 - pad },
-        if log_y { y1 * 1.1 } else { y1 + pad },
-    )
+
+    fn height(&self, width: i32) -> i32 {
+        10 + self
+            .lines(width)
+            .iter()
+            .map(|(t, px, ..)| text_size(t, *px).1 + 6)
+            .sum::<i32>()
+            + 6
+    }
+
+    /// Draws the header across the top of `root`; returns the area below it.
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        drawn: &mut Drawn,
+    ) -> ChartResult<DrawingArea<DB, Shift>>
+    where
+        DB::ErrorType: 'static,
+    {
+        let w = root.dim_in_pixel().0 as i32;
+        let mut y = 10;
+        for (text, px, color, role) in self.lines(w) {
+            let (tw, th) = text_size(&text, px);
+            let x = ((w - tw) / 2).max(0);
+            root.draw(&Text::new(
+                text.clone(),
+                (x, y),
+                (FONT_NAME, px).into_font().color(&color),
+            ))?;
+            drawn.texts.push(Placed {
+                text,
+                rect: Rect::new(x, y, x + tw, y + th),
+                role,
+            });
+            y += th + 6;
+        }
+        Ok(root.split_vertically(self.height(w)).1)
+    }
 }
 
-/// Lines (one per series) on labelled axes, optionally a log y axis.
+/// What a chart drew, in pixels: the plotting area, the texts it placed itself (title, caveat,
+/// notes, category and point labels; not plotters' tick labels), its marks (bars or dots, in
+/// data order) and its value axis.
+#[derive(Clone, Debug, Default)]
+pub struct Drawn {
+    pub size: (u32, u32),
+    pub plot: Rect,
+    pub texts: Vec<Placed>,
+    pub marks: Vec<Rect>,
+    pub value_axis: Option<ValueAxis>,
+}
+
+impl Drawn {
+    pub fn texts_of(&self, role: Role) -> Vec<&Placed> {
+        self.texts.iter().filter(|t| t.role == role).collect()
+    }
+}
+
+/// A tick label without float noise: `1000`, `0.25`, `2e-5`.
+pub fn tick_label(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    if v.abs() < 1e-3 || v.abs() >= 1e7 {
+        return format!("{v:.0e}");
+    }
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+/// Any chart of a report.
+#[derive(Clone, Debug)]
+pub enum Chart {
+    Bars(BarChart),
+    Scatter(ScatterChart),
+    Lines(LineChart),
+}
+
+impl From<BarChart> for Chart {
+    fn from(c: BarChart) -> Self {
+        Chart::Bars(c)
+    }
+}
+impl From<ScatterChart> for Chart {
+    fn from(c: ScatterChart) -> Self {
+        Chart::Scatter(c)
+    }
+}
+impl From<LineChart> for Chart {
+    fn from(c: LineChart) -> Self {
+        Chart::Lines(c)
+    }
+}
+
+impl Chart {
+    pub fn frame(&self) -> &Frame {
+        match self {
+            Chart::Bars(c) => &c.frame,
+            Chart::Scatter(c) => &c.frame,
+            Chart::Lines(c) => &c.frame,
+        }
+    }
+
+    /// The image's size in pixels (the header grows with its lines).
+    pub fn size(&self) -> (u32, u32) {
+        ensure_font();
+        match self {
+            Chart::Bars(c) => c.size(),
+            Chart::Scatter(c) => c.size(),
+            Chart::Lines(c) => c.size(),
+        }
+    }
+
+    /// Draws on `root` (of [`Chart::size`]) and says what went where.
+    pub fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> ChartResult<Drawn>
+    where
+        DB::ErrorType: 'static,
+    {
+        ensure_font();
+        match self {
+            Chart::Bars(c) => c.draw(root),
+            Chart::Scatter(c) => c.draw(root),
+            Chart::Lines(c) => c.draw(root),
+        }
+    }
+
+    /// Writes the chart as a PNG file.
+    pub fn png(&self, path: &Path) -> ChartResult<Drawn> {
+        let root = BitMapBackend::new(path, self.size()).into_drawing_area();
+        let drawn = self.draw(&root)?;
+        root.present()?;
+        Ok(drawn)
+    }
+
+    /// The chart's pixels (RGB, row-major) and what went where: what a test looks at.
+    pub fn rgb(&self) -> ChartResult<(Vec<u8>, Drawn)> {
+        let (w, h) = self.size();
+        let mut buf = vec![0u8; (w * h * 3) as usize];
+        let drawn = {
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            let d = self.draw(&root)?;
+            root.present()?;
+            d
+        };
+        Ok((buf, drawn))
+    }
+}
+
+/// Lines (one per series) on labelled axes, optionally a log y axis, as a PNG.
 pub fn line_chart(
     path: &Path,
     title: &str,
@@ -64,78 +255,18 @@ pub fn line_chart(
     series: &[Series],
     log_y: bool,
 ) -> ChartResult<()> {
-    ensure_font();
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (x0, x1, y0, y1) = bounds(series, log_y);
-    let mut b = ChartBuilder::on(&root);
-    b.caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(70);
-    macro_rules! draw {
-        ($chart:expr) => {{
-            let mut chart = $chart;
-            chart
-                .configure_mesh()
-                .x_desc(x_label)
-                .y_desc(y_label)
-                .label_style(("sans-serif", 14))
-                .draw()?;
-            for (i, s) in series.iter().enumerate() {
-                let c = Palette99::pick(i).to_rgba();
-                chart
-                    .draw_series(LineSeries::new(
-                        s.points.iter().copied().filter(|(_, y)| y.is_finite()),
-                        c.stroke_width(2),
-                    ))?
-                    .label(s.name.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()?;
-        }};
-    }
-    if log_y {
-        draw!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale())?);
-    } else {
-        draw!(b.build_cartesian_2d(x0..x1, y0..y1)?);
-    }
-    root.present()?;
-    Ok(())
+    Chart::from(LineChart {
+        frame: Frame::new(title),
+        x_label: x_label.into(),
+        y_label: y_label.into(),
+        series: series.to_vec(),
+        log_y,
+    })
+    .png(path)
+    .map(|_| ())
 }
 
-/// A labelled point with an optional vertical error bar.
-pub struct Point {
-    pub label: String,
-    pub x: f64,
-    pub y: f64,
-    pub y_err: Option<f64>,
-}
-
-/// Indices of the Pareto-optimal points when lower x and lower y are both better.
-pub fn pareto_front(points: &[Point]) -> Vec<usize> {
-    let mut front: Vec<usize> = (0..points.len())
-        .filter(|&i| {
-            !points.iter().enumerate().any(|(j, q)| {
-                j != i
-                    && q.x <= points[i].x
-                    && q.y <= points[i].y
-                    && (q.x < points[i].x || q.y < points[i].y)
-            })
-        })
-        .collect();
-    front.sort_by(|&a, &b| points[a].x.total_cmp(&points[b].x));
-    front
-}
-
-/// Points with labels and error bars; the Pareto front (lower x, lower y better) is joined by a line.
+/// Points with labels and error bars and their Pareto front, as a PNG.
 pub fn scatter_pareto(
     path: &Path,
     title: &str,
@@ -143,78 +274,18 @@ pub fn scatter_pareto(
     y_label: &str,
     points: &[Point],
 ) -> ChartResult<()> {
-    ensure_font();
-    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let xs = points.iter().map(|p| p.x).filter(|x| x.is_finite());
-    let ys = points
-        .iter()
-        .flat_map(|p| [p.y - p.y_err.unwrap_or(0.0), p.y + p.y_err.unwrap_or(0.0)])
-        .filter(|y| y.is_finite());
-    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-    let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
-    let (px, py) = (((x1 - x0) * 0.15).max(1e-9), ((y1 - y0) * 0.1).max(1e-9));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .label_style(("sans-serif", 14))
-        .draw()?;
-    let front = pareto_front(points);
-    chart
-        .draw_series(LineSeries::new(
-            front.iter().map(|&i| (points[i].x, points[i].y)),
-            RED.stroke_width(2),
-        ))?
-        .label("Pareto front (lower is better on both axes)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
-    for (i, p) in points.iter().enumerate() {
-        let c = if front.contains(&i) {
-            RED.to_rgba()
-        } else {
-            BLUE.to_rgba()
-        };
-        if let Some(e) = p.y_err {
-            chart.draw_series(std::iter::once(ErrorBar::new_vertical(
-                p.x,
-                p.y - e,
-                p.y,
-                p.y + e,
-                c.stroke_width(1),
-                8,
-            )))?;
-        }
-        chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 5, c.filled())))?;
-        chart.draw_series(std::iter::once(
-            EmptyElement::at((p.x, p.y))
-                + Text::new(p.label.clone(), (8, -6), ("sans-serif", 13).into_font()),
-        ))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()?;
-    root.present()?;
-    Ok(())
+    Chart::from(ScatterChart {
+        frame: Frame::new(title),
+        x_label: x_label.into(),
+        y_label: y_label.into(),
+        points: points.to_vec(),
+    })
+    .png(path)
+    .map(|_| ())
 }
 
-/// The label of a bar's segment (none past the last bar).
-fn segment_label(s: &SegmentValue<usize>, label: &dyn Fn(usize) -> Option<String>) -> String {
-    match s {
-        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => label(*i).unwrap_or_default(),
-        SegmentValue::Last => String::new(),
-    }
-}
-
-/// Vertical bars, one per label.
+/// Vertical bars, one per label, as a PNG (0 taken as meaningful: the axis starts there unless
+/// the values span two decades, then it is logarithmic).
 pub fn bars(
     path: &Path,
     title: &str,
@@ -222,96 +293,41 @@ pub fn bars(
     y_label: &str,
     values: &[(String, f64)],
 ) -> ChartResult<()> {
-    ensure_font();
-    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let ymax = values.iter().map(|v| v.1).fold(0f64, f64::max).max(1e-12) * 1.1;
-    let n = values.len();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(80)
-        .build_cartesian_2d((0..n).into_segmented(), 0f64..ymax)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
-        .x_labels(n)
-        .disable_x_mesh()
-        .x_label_formatter(&|x| segment_label(x, &|i| values.get(i).map(|v| v.0.clone())))
-        .label_style(("sans-serif", 13))
-        .draw()?;
-    chart.draw_series(
-        Histogram::vertical(&chart)
-            .style(BLUE.mix(0.7).filled())
-            .margin(8)
-            .data(values.iter().enumerate().map(|(i, v)| (i, v.1))),
-    )?;
-    root.present()?;
-    Ok(())
+    Chart::from(BarChart {
+        frame: Frame::new(title),
+        category_label: x_label.into(),
+        value_label: y_label.into(),
+        bars: values
+            .iter()
+            .map(|(l, v)| Bar::new(l.clone(), *v, None))
+            .collect(),
+        zero_meaningful: true,
+        horizontal: false,
+    })
+    .png(path)
+    .map(|_| ())
 }
 
-/// Horizontal bars with optional ± error bars, one row per label: readable with many long
-/// labels (variant names), unlike vertical bars.
+/// Horizontal bars with optional ± error bars, one row per label, as a PNG.
 pub fn hbars(
     path: &Path,
     title: &str,
     value_label: &str,
     values: &[(String, f64, Option<f64>)],
 ) -> ChartResult<()> {
-    ensure_font();
-    let n = values.len().max(1);
-    let height = (110 + 34 * n) as u32;
-    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let xmax = values
-        .iter()
-        .map(|v| v.1 + v.2.unwrap_or(0.0))
-        .fold(0f64, f64::max)
-        .max(1e-12)
-        * 1.08;
-    let label_w = values
-        .iter()
-        .map(|v| v.0.chars().count())
-        .max()
-        .unwrap_or(8) as u32
-        * 7
-        + 20;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(45)
-        .y_label_area_size(label_w.min(420))
-        .build_cartesian_2d(0f64..xmax, (0..n).into_segmented())?;
-    chart
-        .configure_mesh()
-        .x_desc(value_label)
-        .y_labels(n)
-        .disable_y_mesh()
-        .y_label_formatter(&|y| segment_label(y, &|i| values.get(i).map(|v| v.0.clone())))
-        .label_style(("sans-serif", 13))
-        .draw()?;
-    chart.draw_series(
-        Histogram::horizontal(&chart)
-            .style(BLUE.mix(0.6).filled())
-            .margin(6)
-            .data(values.iter().enumerate().map(|(i, v)| (i, v.1))),
-    )?;
-    chart.draw_series(values.iter().enumerate().filter_map(|(i, v)| {
-        v.2.map(|e| {
-            ErrorBar::new_horizontal(
-                SegmentValue::CenterOf(i),
-                v.1 - e,
-                v.1,
-                v.1 + e,
-                BLACK.stroke_width(2),
-                10,
-            )
-        })
-    }))?;
-    root.present()?;
-    Ok(())
+    Chart::from(BarChart {
+        frame: Frame::new(title),
+        category_label: String::new(),
+        value_label: value_label.into(),
+        bars: values
+            .iter()
+            .map(|(l, v, e)| Bar::new(l.clone(), *v, *e))
+            .collect(),
+        zero_meaningful: true,
+        horizontal: true,
+    })
+    .png(path)
+    .map(|_| ())
 }
 
 /// A chart written to a PNG file, shown inline in an evcxr (Jupyter) notebook when it is the

@@ -1,6 +1,106 @@
 //! Reports: markdown and PNG charts drawn from results.
 
 pub mod chart;
+pub mod layout;
 pub mod runtime;
 pub mod study;
 pub mod train;
+
+use std::fmt::Write as _;
+
+use crate::record::{Environment, Results};
+
+/// The caveat charts and headers carry when the weights are random (a shape-only checkpoint).
+pub const RANDOM_WEIGHTS_CAVEAT: &str = "Random weights: accuracy meaningless; speed only";
+
+/// Whether `r` was measured on a random-weight (shape-only) checkpoint, as far as the results
+/// say: the model is named as one (the GPU scripts' `random-1.2b` checkpoints, `/tmp/exaone12-random`).
+/// A study also knows it from its `--random-weights` flag.
+pub fn random_weights(r: &Results) -> bool {
+    let m = r.model.to_lowercase();
+    m.contains("random")
+}
+
+/// The "Environment" section every report carries: the code (this crate's version and commit,
+/// key dependencies, compiler), the machine (device, CPU, GPU, threads, OS) and the seeds
+/// (`seeds` as given — recorded ones, or what the command line says).
+pub fn environment_md(env: &Environment, commit: &str, device: &str, seeds: &str) -> String {
+    let mut md = String::from("## Environment\n\n");
+    if env.is_empty() {
+        let _ = writeln!(
+            md,
+            "Not recorded: these results were written before the environment was. Commit {commit}, device {device}.\n"
+        );
+        return md;
+    }
+    md += "| | |\n|---|---|\n";
+    let _ = writeln!(
+        md,
+        "| code | exaone-compress {}, commit {commit} |",
+        env.version
+    );
+    let crates: Vec<String> = env.crates.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(md, "| crates | {} |", crates.join(", "));
+    let _ = writeln!(md, "| compiler | {} |", env.rustc);
+    let _ = writeln!(md, "| device | {device} |");
+    let _ = writeln!(
+        md,
+        "| CPU | {} ({} logical CPUs available, {} rayon threads) |",
+        env.cpu, env.cores, env.threads
+    );
+    if !env.gpu.is_empty() {
+        let _ = writeln!(md, "| GPU | {} |", env.gpu);
+    }
+    let _ = writeln!(md, "| OS | {} |", env.os);
+    let _ = writeln!(md, "| seeds | {seeds} |\n");
+    md
+}
+
+/// The seeds to name: those recorded with the results, else the `--seed` of `command`, else
+/// `fallback`.
+pub fn seeds_of(env: &Environment, command: &str, fallback: &str) -> String {
+    if !env.seeds.is_empty() {
+        let s: Vec<String> = env.seeds.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        return s.join(", ");
+    }
+    let words: Vec<&str> = command.split_whitespace().collect();
+    for (i, w) in words.iter().enumerate() {
+        if let Some(v) = w.strip_prefix("--seed=") {
+            return format!("`--seed {v}`");
+        }
+        if *w == "--seed" {
+            if let Some(v) = words.get(i + 1) {
+                return format!("`--seed {}`", v.trim_end_matches([')', '`']));
+            }
+        }
+    }
+    fallback.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_come_from_the_record_then_the_command() {
+        let mut env = Environment::default();
+        assert_eq!(
+            seeds_of(&env, "prune --seed 3 --overwrite", "-"),
+            "`--seed 3`"
+        );
+        assert_eq!(seeds_of(&env, "prune --seed=4", "-"), "`--seed 4`");
+        assert_eq!(seeds_of(&env, "prune", "default"), "default");
+        env.seeds.insert("--seed".into(), 5);
+        assert_eq!(seeds_of(&env, "prune --seed 3", "-"), "--seed 5");
+    }
+
+    #[test]
+    fn results_without_an_environment_say_so() {
+        let md = environment_md(&Environment::default(), "abc", "cpu (F32)", "-");
+        assert!(md.starts_with("## Environment") && md.contains("Not recorded"));
+        let env = Environment::capture("cpu (F32)");
+        let md = environment_md(&env, "abc", "cpu (F32)", "-");
+        assert!(md.contains("| code | exaone-compress ") && md.contains("candle-core 0.11"));
+        assert!(!md.contains("| GPU |"));
+    }
+}

@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::chart::hbars;
+use super::chart::{Bar, BarChart, Chart, Frame};
+use super::{environment_md, random_weights, seeds_of, RANDOM_WEIGHTS_CAVEAT};
 use crate::error::{Error, Result};
 use crate::fs::write_atomic;
 use crate::record::Results;
@@ -82,21 +83,63 @@ pub fn checks(r: &Results) -> Vec<Check> {
 
 /// Writes the report (README.md, prefill.png, decode.png) for the results of a runtime benchmark.
 pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
-    let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Chart {
-        path: out.to_path_buf(),
-        msg: e.to_string(),
-    };
+    for (file, chart) in charts(r) {
+        let path = out.join(file);
+        chart.png(&path).map_err(|e| Error::Chart {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+    }
+    write_atomic(&out.join("README.md"), readme(r, command).as_bytes())?;
+    Ok(())
+}
+
+/// The speed charts, by file name: prefill and decode throughput per variant and point. Their
+/// values span decades (HF's batch-1 decode beside our batch-16 engine), so the axis turns
+/// logarithmic where they do; a random-weight model's charts say that only speed counts.
+pub fn charts(r: &Results) -> Vec<(&'static str, Chart)> {
+    let caveat = random_weights(r).then(|| RANDOM_WEIGHTS_CAVEAT.to_string());
     let (pre, dec) = chart_values(r);
+    let chart = |title: &str, unit: &str, values: Bars| -> Chart {
+        BarChart {
+            frame: Frame::new(title).with_caveat(caveat.clone()),
+            category_label: String::new(),
+            value_label: unit.into(),
+            bars: values
+                .into_iter()
+                .map(|(l, v, e)| Bar::new(l, v, e))
+                .collect(),
+            zero_meaningful: true,
+            horizontal: true,
+        }
+        .into()
+    };
+    let mut out = vec![];
     if !pre.is_empty() {
         let title = "Prefill + log-softmax (thousand tokens/s, ± half spread)";
-        hbars(&out.join("prefill.png"), title, "k tokens/s", &pre).map_err(err)?;
+        out.push(("prefill.png", chart(title, "k tokens/s", pre)));
     }
     if !dec.is_empty() {
         let title = "Greedy decode (tokens/s over all rows, ± half spread)";
-        hbars(&out.join("decode.png"), title, "tokens/s", &dec).map_err(err)?;
+        out.push(("decode.png", chart(title, "tokens/s", dec)));
     }
-    write_atomic(&out.join("README.md"), markdown(r, command).as_bytes())?;
-    Ok(())
+    out
+}
+
+/// README.md: [`markdown`] with the Environment block (code, machine, seeds) after the header
+/// (before the paragraph on how HF was measured).
+pub fn readme(r: &Results, command: &str) -> String {
+    let md = markdown(r, command);
+    let env = environment_md(
+        &r.env,
+        &r.commit,
+        &r.device,
+        &seeds_of(&r.env, command, "none (timings only)"),
+    );
+    match md.find("\nHF: ") {
+        Some(i) => format!("{}{env}{}", &md[..i + 1], &md[i + 1..]),
+        None => format!("{md}\n{env}"),
+    }
 }
 
 type Bars = Vec<(String, f64, Option<f64>)>;
@@ -130,7 +173,8 @@ fn chart_values(r: &Results) -> (Bars, Bars) {
     (pre, dec)
 }
 
-/// The report's markdown, from the results alone (the charts are drawn by [`write`]).
+/// The report's markdown, from the results alone (the charts are drawn by [`write`]), without
+/// the machine-dependent Environment block that [`readme`] adds.
 pub fn markdown(r: &Results, command: &str) -> String {
     let checks = checks(r);
     let copy_gb_s = r.get("device", "copy_gb_s").unwrap_or(f64::NAN);
@@ -163,6 +207,9 @@ pub fn markdown(r: &Results, command: &str) -> String {
         "# Runtime: ours vs HF transformers\n\nModel `{}`, device {}, commit {}, {}.\n\nCommand: `{command}`\n\n",
         r.model, r.device, r.commit, r.timestamp
     );
+    if random_weights(r) {
+        let _ = writeln!(md, "> **{RANDOM_WEIGHTS_CAVEAT}**: the model's weights are random (a shape-only checkpoint); its timings are real.\n");
+    }
     let _ = writeln!(
         md,
         "HF: {}. Cells are median [max − min] over the repeats (load: 3 loads). Prefill = forward + log-softmax over every position (tokens/s); decode = one greedy step per batch row after a prompt, picks read back every step (ms/step; HF's `generate` figure amortises its prompt over the steps, ours times the steps alone). Peak memory: whole device (CUDA context included), sampled every 2 ms, ours and HF alike.\n",

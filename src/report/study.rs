@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::chart::{bars, hbars, pareto_front, scatter_pareto, Point};
+use super::chart::{Bar, BarChart, Chart, Frame, Point, ScatterChart};
+use super::{environment_md, random_weights, seeds_of};
 use crate::error::{Error, Result};
 use crate::fs::write_atomic;
 use crate::record::Results;
@@ -36,6 +37,64 @@ fn timed(o: &ReportOptions, s: String) -> String {
     }
 }
 
+/// Whether the quality figures mean nothing: the study said so (`--random-weights`), or the
+/// model is named as a random-weight checkpoint.
+fn meaningless(r: &Results, o: &ReportOptions) -> bool {
+    o.quality_meaningless || random_weights(r)
+}
+
+/// A parameter count as a reader says it: `8.59 M`, `1.28 B`.
+pub fn fmt_parameters(n: f64) -> String {
+    if n >= 1e9 {
+        format!("{:.2} B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2} M", n / 1e6)
+    } else {
+        format!("{:.1} k", n / 1e3)
+    }
+}
+
+/// `8591872` as `8,591,872`.
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0.0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// The base model's size, from the `parameters` and `layers` the suite recorded (the original's,
+/// else the first variant's).
+fn model_size(r: &Results) -> String {
+    let base = r
+        .variants()
+        .into_iter()
+        .filter(|v| r.get(v, "parameters").is_some())
+        .min_by_key(|v| v != "original");
+    match base {
+        Some(v) => {
+            let n = r.get(&v, "parameters").unwrap_or(f64::NAN);
+            let layers = r
+                .get(&v, "layers")
+                .map(|l| format!(", {l:.0} layers"))
+                .unwrap_or_default();
+            format!(
+                "{} parameters ({}){layers}",
+                fmt_parameters(n),
+                thousands(n)
+            )
+        }
+        None => "not recorded".into(),
+    }
+}
+
 /// The markdown text of the report.
 pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let mut md = String::new();
@@ -43,6 +102,16 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| command | `{}` |", o.command);
     let _ = writeln!(md, "| model | `{}` |", r.model);
+    let _ = writeln!(
+        md,
+        "| model size | {}{} |",
+        model_size(r),
+        if meaningless(r, o) {
+            "; **random weights: accuracy is meaningless**"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(md, "| device | {} |", r.device);
     let _ = writeln!(
         md,
@@ -63,12 +132,27 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         }
     );
     let _ = writeln!(md, "| results | `results.parquet` (long format, one row per variant × metric; `results.csv` the same) |\n");
-    if o.quality_meaningless {
+    if meaningless(r, o) {
         let _ = writeln!(md, "> **Random weights: the quality columns (perplexity, KL, top-1, MC accuracy, PerfNorm, Score) mean nothing here.** Speed, size and bytes per token are real.\n");
     }
     for n in &o.notes {
         let _ = writeln!(md, "> {n}\n");
     }
+    let commit = if o.redact_timings {
+        "[commit]"
+    } else {
+        r.commit.as_str()
+    };
+    md += &environment_md(
+        &r.env,
+        commit,
+        &r.device,
+        &seeds_of(
+            &r.env,
+            &o.command,
+            "`--seed` not given: the command's default",
+        ),
+    );
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
@@ -152,7 +236,7 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         let _ = writeln!(md, "![Block Influence per layer](block_influence.png)\n");
     }
     let _ = writeln!(md, "## Recommendation\n");
-    if o.quality_meaningless {
+    if meaningless(r, o) {
         let _ = writeln!(
             md,
             "- None: with random weights only the speed and size columns can be compared."
@@ -234,9 +318,13 @@ fn recommend(r: &Results, o: &ReportOptions) -> Vec<String> {
     out
 }
 
-/// Writes README.md and the charts into `dir`.
-pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// The report's charts, by file name: quality against size and against bytes per token, the
+/// perplexity per variant (an axis near the data: 0 is no perplexity), and the per-layer scores
+/// where the study recorded them. With random weights each carries the caveat.
+pub fn charts(r: &Results, o: &ReportOptions) -> Vec<(&'static str, Chart)> {
+    let caveat = meaningless(r, o)
+        .then(|| "Random weights: perplexity and KL meaningless; size and speed only".to_string());
+    let frame = |title: &str| Frame::new(title).with_caveat(caveat.clone());
     let pts = |x_metric: &str| -> Vec<Point> {
         r.variants()
             .into_iter()
@@ -250,77 +338,100 @@ pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> Result<()> {
             })
             .collect()
     };
-    let e = |x: Box<dyn std::error::Error + Send + Sync>| Error::Chart {
-        path: dir.to_path_buf(),
-        msg: x.to_string(),
+    let mut out: Vec<(&'static str, Chart)> = vec![
+        (
+            "quality_vs_size.png",
+            ScatterChart {
+                frame: frame("Quality vs size"),
+                x_label: "size on disk (MiB)".into(),
+                y_label: "test perplexity".into(),
+                points: pts("size_mib"),
+            }
+            .into(),
+        ),
+        (
+            "quality_vs_time.png",
+            ScatterChart {
+                frame: frame("Quality vs predicted time per token"),
+                x_label: "weight bytes read per decoded token (MB)".into(),
+                y_label: "test perplexity".into(),
+                points: pts("weight_mb_per_token"),
+            }
+            .into(),
+        ),
+        (
+            "perplexity.png",
+            BarChart {
+                frame: frame("Test perplexity per variant (± standard error)"),
+                category_label: String::new(),
+                value_label: "test perplexity".into(),
+                bars: r
+                    .variants()
+                    .into_iter()
+                    .filter_map(|v| {
+                        let p = r.get(&v, "test_ppl")?;
+                        Some(Bar::new(v.clone(), p, r.spread(&v, "test_ppl")))
+                    })
+                    .collect(),
+                zero_meaningful: false,
+                horizontal: true,
+            }
+            .into(),
+        ),
+    ];
+    let per_layer = |prefix: &str| -> Vec<Bar> {
+        r.rows
+            .iter()
+            .filter_map(|x| {
+                x.metric
+                    .strip_prefix(prefix)
+                    .map(|i| Bar::new(i, x.value, None))
+            })
+            .collect()
     };
-    scatter_pareto(
-        &dir.join("quality_vs_size.png"),
-        "Quality vs size",
-        "size on disk (MiB)",
-        "test perplexity",
-        &pts("size_mib"),
-    )
-    .map_err(e)?;
-    scatter_pareto(
-        &dir.join("quality_vs_time.png"),
-        "Quality vs predicted time per token",
-        "weight bytes read per decoded token (MB)",
-        "test perplexity",
-        &pts("weight_mb_per_token"),
-    )
-    .map_err(e)?;
-    let ppl: Vec<(String, f64, Option<f64>)> = r
-        .variants()
-        .into_iter()
-        .filter_map(|v| Some((v.clone(), r.get(&v, "test_ppl")?, r.spread(&v, "test_ppl"))))
-        .collect();
-    hbars(
-        &dir.join("perplexity.png"),
-        "Test perplexity per variant (± standard error)",
-        "test perplexity",
-        &ppl,
-    )
-    .map_err(e)?;
-    let layers: Vec<(String, f64)> = r
-        .rows
-        .iter()
-        .filter_map(|x| {
-            x.metric
-                .strip_prefix("drop_one_kl_layer_")
-                .map(|i| (i.to_string(), x.value))
-        })
-        .collect();
-    if !layers.is_empty() {
-        bars(
-            &dir.join("layer_importance.png"),
+    for (file, prefix, title, label) in [
+        (
+            "layer_importance.png",
+            "drop_one_kl_layer_",
             "KL to the full model when one layer is dropped",
-            "layer",
             "KL (nats/token)",
-            &layers,
-        )
-        .map_err(e)?;
-    }
-    let bi: Vec<(String, f64)> = r
-        .rows
-        .iter()
-        .filter_map(|x| {
-            x.metric
-                .strip_prefix("block_influence_layer_")
-                .map(|i| (i.to_string(), x.value))
-        })
-        .collect();
-    if !bi.is_empty() {
-        bars(
-            &dir.join("block_influence.png"),
+        ),
+        (
+            "block_influence.png",
+            "block_influence_layer_",
             "Block Influence per layer (1 − cos(h_in, h_out))",
-            "layer",
             "Block Influence",
-            &bi,
-        )
-        .map_err(e)?;
+        ),
+    ] {
+        let bars = per_layer(prefix);
+        if !bars.is_empty() {
+            out.push((
+                file,
+                BarChart {
+                    frame: frame(title),
+                    category_label: "layer".into(),
+                    value_label: label.into(),
+                    bars,
+                    zero_meaningful: true,
+                    horizontal: false,
+                }
+                .into(),
+            ));
+        }
+    }
+    out
+}
+
+/// Writes README.md and the charts into `dir`.
+pub fn write(dir: &Path, r: &Results, o: &ReportOptions) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for (file, chart) in charts(r, o) {
+        let path = dir.join(file);
+        chart.png(&path).map_err(|e| Error::Chart {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
     }
     write_atomic(&dir.join("README.md"), markdown(r, o).as_bytes())?;
-    let _ = pareto_front;
     Ok(())
 }

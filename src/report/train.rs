@@ -4,9 +4,11 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::chart::{line_chart, Series};
+use super::chart::{Chart, Frame, LineChart, Series};
+use super::environment_md;
 use crate::error::{Error, Result};
 use crate::fs::write_atomic;
+use crate::record::{git_commit, Environment};
 use crate::train::LogPoint;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -96,12 +98,11 @@ fn loss_chart(path: &Path, log: &[LogPoint]) -> super::chart::ChartResult<()> {
         .iter()
         .filter_map(|p| p.eval_loss.map(|e| (p.tokens as f64 / 1e6, e)))
         .collect();
-    line_chart(
-        path,
-        "Default model: training loss",
-        "tokens seen (millions)",
-        "cross-entropy (nats/token)",
-        &[
+    Chart::from(LineChart {
+        frame: Frame::new("Default model: training loss"),
+        x_label: "tokens seen (millions)".into(),
+        y_label: "cross-entropy (nats/token)".into(),
+        series: vec![
             Series {
                 name: format!("train (running mean of {k} steps)"),
                 points: smooth,
@@ -111,12 +112,20 @@ fn loss_chart(path: &Path, log: &[LogPoint]) -> super::chart::ChartResult<()> {
                 points: val,
             },
         ],
-        false,
-    )
+        log_y: false,
+    })
+    .png(path)
+    .map(|_| ())
 }
 
-/// The report's README.md.
+/// The report's README.md, naming this process's environment (the report is written where the
+/// model was trained).
 pub fn markdown(s: &Summary) -> String {
+    markdown_in(s, &Environment::capture(&s.device), &git_commit())
+}
+
+/// The report's README.md with the environment and commit given.
+pub fn markdown_in(s: &Summary, env: &Environment, commit: &str) -> String {
     let mut md = String::new();
     md += "# The default model: training report\n\n";
     md += &format!(
@@ -154,6 +163,7 @@ pub fn markdown(s: &Summary) -> String {
         "| unigram model of the same tokenizer, same test split | {:.1} |\n\n",
         s.unigram_test_ppl
     );
+    md += &environment_md(env, commit, &s.device, &format!("`--seed {}`", s.seed));
     md += "![loss](loss.png)\n\n## Greedy samples\n\n| prompt | continuation |\n|---|---|\n";
     for (p, c) in &s.samples {
         md += &format!(
@@ -163,4 +173,36 @@ pub fn markdown(s: &Summary) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_training_report_names_its_environment_and_seed() {
+        let s = Summary {
+            command: "train_default --seed 3".into(),
+            device: "cpu".into(),
+            parameters: 8_591_872,
+            tokens_seen: 1000,
+            train_secs: 1.0,
+            train_tokens: 500,
+            val_ppl: 40.0,
+            test_ppl: 41.0,
+            test_ppl_stderr_nll: 0.01,
+            test_bits_per_byte: 1.5,
+            unigram_test_ppl: 300.0,
+            samples: vec![],
+            seed: 3,
+            steps: 10,
+            batch: 2,
+            seq_len: 50,
+            lr: 1e-3,
+        };
+        let md = markdown_in(&s, &Environment::capture("cpu"), "abc1234");
+        assert!(md.contains("## Environment"), "{md}");
+        assert!(md.contains("| code | exaone-compress ") && md.contains(", commit abc1234 |"));
+        assert!(md.contains("| seeds | `--seed 3` |"), "{md}");
+    }
 }

@@ -1,0 +1,134 @@
+//! Line charts (the training loss).
+
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::super::layout::Rect;
+use super::{tick_label, ChartResult, Drawn, Frame, FONT_NAME, MARGIN};
+
+/// One named series of (x, y) points.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Lines (one per series) on labelled axes, optionally a log y axis.
+#[derive(Clone, Debug)]
+pub struct LineChart {
+    pub frame: Frame,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    pub log_y: bool,
+}
+
+fn line_bounds(series: &[Series], log_y: bool) -> (f64, f64, f64, f64) {
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|(_, y)| y.is_finite() && (!log_y || *y > 0.0));
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return (0.0, 1.0, if log_y { 0.1 } else { 0.0 }, 1.0);
+    }
+    if x1 == x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 == y0 {
+        y1 = y0 + 1.0;
+    }
+    let pad = (y1 - y0) * 0.05;
+    (
+        x0,
+        x1,
+        if log_y { y0 * 0.9 } else { y0 - pad },
+        if log_y { y1 * 1.1 } else { y1 + pad },
+    )
+}
+
+impl LineChart {
+    pub fn size(&self) -> (u32, u32) {
+        (900, 540 + self.frame.height(900) as u32)
+    }
+
+    pub(super) fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> ChartResult<Drawn>
+    where
+        DB::ErrorType: 'static,
+    {
+        let mut drawn = Drawn {
+            size: root.dim_in_pixel(),
+            ..Drawn::default()
+        };
+        root.fill(&WHITE)?;
+        let body = self.frame.draw(root, &mut drawn)?;
+        let (x0, x1, y0, y1) = line_bounds(&self.series, self.log_y);
+        if self.log_y {
+            self.lines_on(&body, x0..x1, (y0..y1).log_scale(), &mut drawn)?;
+        } else {
+            self.lines_on(&body, x0..x1, y0..y1, &mut drawn)?;
+        }
+        Ok(drawn)
+    }
+
+    fn lines_on<DB, Y>(
+        &self,
+        body: &DrawingArea<DB, Shift>,
+        x: std::ops::Range<f64>,
+        y: Y,
+        drawn: &mut Drawn,
+    ) -> ChartResult<()>
+    where
+        DB: DrawingBackend,
+        DB::ErrorType: 'static,
+        Y: AsRangedCoord<Value = f64>,
+        Y::CoordDescType: ValueFormatter<f64>,
+    {
+        let mut chart = ChartBuilder::on(body)
+            .margin(MARGIN)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(RangedCoordf64::from(x), y)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label.as_str())
+            .y_desc(self.y_label.as_str())
+            .x_label_formatter(&|v| tick_label(*v))
+            .y_label_formatter(&|v| tick_label(*v))
+            .label_style((FONT_NAME, 14))
+            .draw()?;
+        let (rx, ry) = chart.plotting_area().get_pixel_range();
+        drawn.plot = Rect::new(rx.start, ry.start, rx.end, ry.end);
+        for (i, s) in self.series.iter().enumerate() {
+            let c = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied().filter(|(_, y)| y.is_finite()),
+                    c.stroke_width(2),
+                ))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT_NAME, 14))
+            .draw()?;
+        Ok(())
+    }
+}
