@@ -468,3 +468,175 @@ fn chat_prompts_and_chat_calibration_use_the_directorys_template() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn quantizer_distill_and_apply_settings_are_checked_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let o = out.to_str().unwrap();
+    let m = fixture("full_tied");
+    let m = m.to_str().unwrap();
+    let q = ["quantize", "--model", m, "--out", o];
+    for (extra, want) in [
+        (
+            &["--scheme", "w4a16", "--method", "gptq", "--damp", "2"][..],
+            &["--damp 2", "must lie in 0..=1"][..],
+        ),
+        (
+            &["--scheme", "w4a16", "--method", "gptq", "--damp", "nan"],
+            &["--damp nan", "0..=1"],
+        ),
+        (
+            &["--scheme", "w4a16", "--method", "gptq", "--block", "0"],
+            &["--block 0", "1..=16384"],
+        ),
+        (
+            &[
+                "--scheme",
+                "w4a16",
+                "--method",
+                "gptq",
+                "--max-damp-retries",
+                "11",
+            ],
+            &["--max-damp-retries 11", "0..=10"],
+        ),
+        (
+            &["--scheme", "w4a16", "--method", "awq", "--awq-grid", "0"],
+            &["--awq-grid 0", "1..=1000"],
+        ),
+        (
+            &[
+                "--scheme",
+                "w4a16",
+                "--method",
+                "awq",
+                "--clip-steps",
+                "101",
+            ],
+            &["--clip-steps 101", "0..=100"],
+        ),
+        (
+            &["--scheme", "w4a16", "--damp", "0.1"],
+            &["--damp with --method rtn", "a GPTQ setting (--method gptq)"],
+        ),
+        (
+            &[
+                "--scheme", "w4a16", "--method", "awq", "--block", "64", "--damp", "0.1",
+            ],
+            &["--damp, --block with --method awq", "GPTQ settings"],
+        ),
+        (
+            &["--scheme", "w4a16", "--method", "gptq", "--no-v-to-o"],
+            &[
+                "--no-v-to-o with --method gptq",
+                "an AWQ setting (--method awq)",
+            ],
+        ),
+        (
+            &["--scheme", "w4a16", "--clip-rows", "8"],
+            &["--clip-rows with --method rtn", "AWQ"],
+        ),
+        (
+            &[
+                "--scheme",
+                "w4a16",
+                "--method",
+                "awq",
+                "--clip-steps",
+                "0",
+                "--clip-rows",
+                "8",
+            ],
+            &["--clip-rows with --clip-steps 0", "clipping is off"],
+        ),
+        (
+            &["--scheme", "w4a16", "--calib-seed", "1"],
+            &["--calib-seed with --method rtn"],
+        ),
+        (
+            &["--scheme", "w4a16", "--ignore", "mlp.gate"],
+            &[
+                "--ignore \"mlp.gate\" names no Linear",
+                "model.layers.*.mlp.down_proj",
+            ],
+        ),
+        (
+            &["--scheme", "w4a16", "--ignore", "self_attn.k_proj"],
+            &["k_proj", "quantized alike"],
+        ),
+    ] {
+        let mut a = q.to_vec();
+        a.extend(extra);
+        refused(&a, want);
+        assert!(!out.exists());
+    }
+    let student = fixture("full_tied");
+    let d = [
+        "distill",
+        "--model",
+        m,
+        "--student",
+        student.to_str().unwrap(),
+        "--out",
+        o,
+    ];
+    for (flag, value, want) in [
+        ("--lr", "0", "> 0"),
+        ("--temperature", "0", "0.001..=100"),
+        ("--batch", "0", "1..=4096"),
+        ("--steps", "0", "1..=10000000"),
+        (
+            "--train",
+            "heads",
+            "norms, embedding, lm-head, all-layers, layer:N",
+        ),
+    ] {
+        let mut a = d.to_vec();
+        a.extend([flag, value]);
+        refused(&a, &[&format!("{flag} {value}"), want]);
+        assert!(!out.exists());
+    }
+    refused(&["apply", "--out", o], &["--recipe"]);
+    let (code, err) = status(&["apply", "--recipe", "/nonexistent/recipe.json", "--out", o]);
+    assert!(
+        code == 1 && err.contains("/nonexistent/recipe.json"),
+        "{err}"
+    );
+    // settings that go together are accepted, and the checkpoint carries its recipe
+    let (code, err) = status(&[
+        "quantize",
+        "--model",
+        m,
+        "--scheme",
+        "w4a16",
+        "--group",
+        "64",
+        "--ignore",
+        "model.layers.0.mlp.down_proj,model.layers.*.self_attn.o_proj",
+        "--out",
+        o,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("recipe.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["steps"][0]["ignore"][1],
+        "model.layers.*.self_attn.o_proj"
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_exaone-compress"))
+        .args(["quantize", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for f in [
+        "--damp",
+        "--block",
+        "--awq-grid",
+        "--clip-steps",
+        "--ignore",
+        "--calib-seed",
+    ] {
+        assert!(help.contains(f), "{f}: {help}");
+    }
+}

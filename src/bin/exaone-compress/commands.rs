@@ -1,76 +1,80 @@
-//! The subcommands that write or inspect checkpoints: quantize (with its calibration), prune,
-//! dequant, package, info.
+//! The subcommands that write or inspect checkpoints: quantize, prune, dequant (each writing
+//! the checkpoint with its recipe.json), package, info.
 
-use std::time::Instant;
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use exaone_compress::device::parse_dtype;
-use exaone_compress::model::chat_template::ChatTemplate;
+use anyhow::{bail, Result};
+use exaone_compress::compress::recipe::{
+    self, ActOrderName, Calibration, Check, Ctx, DequantizeStep, PruneStep, QuantizeStep,
+    Quantizer, Recipe, SchemeName, Step, StepReport,
+};
 use exaone_compress::Checkpoint;
 
-use super::flags::{ActOrderArg, Calib, MethodArg, QuantizeFlags, SchemeArg};
+use super::flags::{ActOrderArg, MethodArg, QuantizeFlags, SchemeArg};
 use super::ModelArgs;
 
-pub(crate) fn calibration(dir: &std::path::Path, c: Calib) -> Result<Vec<Vec<u32>>> {
-    use exaone_compress::compress::calibration::read_documents_with_template;
-    use exaone_compress::data::{split_path, TokenStream};
-    let (tok, fell_back) = exaone_compress::data::tokenizer_for_model(dir)?;
-    if fell_back {
-        eprintln!(
-            "note: {} has no tokenizer.json: calibrating with the default model's tokenizer",
-            dir.display()
-        );
-    }
-    let vocab = exaone_compress::Exaone4Config::from_file(dir)?.vocab_size;
-    if tok.vocab_size() > vocab {
-        bail!(
-            "calibration: the tokenizer ({}) has {} tokens but the model's vocab_size is {vocab}; give the model directory its own tokenizer.json",
-            if fell_back { "the default model's" } else { "tokenizer.json" },
-            tok.vocab_size()
-        );
-    }
-    // the chat template of the directory the tokenizer comes from
-    let tdir = if fell_back {
-        exaone_compress::default_model_dir()
-    } else {
-        dir.to_path_buf()
-    };
-    let template = ChatTemplate::from_dir(&tdir)?;
-    let path = c.file.unwrap_or_else(|| split_path("train"));
-    let docs = read_documents_with_template(&path, &template, c.chat)
-        .with_context(|| format!("reading calibration text {}", path.display()))?;
-    let stream = TokenStream::from_lines(&tok, &docs, tok.token_id("[|endofturn|]"))?;
-    exaone_compress::compress::calibration::samples(&stream, c.n, c.len, 0)
-        .context("--calib-samples × --calib-len")
+/// Runs `step` on `input` and writes `out` with its recipe (the input's own recipe, when it
+/// still describes the input, followed by `step`).
+fn make_with_recipe(
+    device: &str,
+    step: Step,
+    input: &Path,
+    out: &Path,
+    overwrite: bool,
+) -> Result<StepReport> {
+    let ctx = Ctx::new(device, Check::Record)?;
+    let r = Recipe::start(input, &ctx)?;
+    let (_, rep) = recipe::make(r, step, input, out, overwrite, &ctx)?;
+    Ok(rep)
 }
 
 pub(crate) fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
-    use exaone_compress::compress::quant::{
-        apply, awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme,
-    };
     let QuantizeFlags {
         scheme,
         method,
         group,
         actorder,
         calib,
+        gptq,
+        awq,
+        ignore,
         out,
         overwrite,
     } = flags;
     let out = out.as_path();
     let dir = m.dir();
     // every flag and the destination checked before any long work
-    let s = match scheme {
-        SchemeArg::W4a16 => Scheme::w4a16(group, true),
-        SchemeArg::W4a16Asym => Scheme::w4a16(group, false),
-        SchemeArg::W8a8 => Scheme::w8a8_int8(),
-        SchemeArg::Fp8 => Scheme::fp8_dynamic(),
-    }
-    .with_actorder(actorder.map(|a| match a {
-        ActOrderArg::Static => ActOrder::Static,
-        ActOrderArg::Group => ActOrder::Group,
-    }));
-    if let Err(e) = s.check() {
+    let calibration = Calibration::new(
+        calib.file.as_deref(),
+        calib.n,
+        calib.len,
+        calib.chat,
+        calib.seed,
+    );
+    let quantizer = match method {
+        MethodArg::Rtn => Quantizer::Rtn {},
+        MethodArg::Gptq => {
+            let a = match actorder {
+                None => ActOrderName::None,
+                Some(ActOrderArg::Static) => ActOrderName::Static,
+                Some(ActOrderArg::Group) => ActOrderName::Group,
+            };
+            Quantizer::gptq(&gptq, a, calibration)
+        }
+        MethodArg::Awq => Quantizer::awq(&awq, calibration),
+    };
+    let step = QuantizeStep {
+        scheme: match scheme {
+            SchemeArg::W4a16 => SchemeName::W4a16,
+            SchemeArg::W4a16Asym => SchemeName::W4a16Asym,
+            SchemeArg::W8a8 => SchemeName::W8a8,
+            SchemeArg::Fp8 => SchemeName::Fp8,
+        },
+        group: scheme.grouped().then_some(group),
+        ignore,
+        quantizer,
+    };
+    if let Err(e) = step.check() {
         bail!("--scheme {} --group {group}: {e}", scheme.name());
     }
     let opts = exaone_compress::checkpoint::WriteOptions {
@@ -79,47 +83,15 @@ pub(crate) fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
         ..Default::default()
     };
     opts.check_destination(out)?;
-    let device = exaone_compress::runtime::open_device(&m.device)?;
-    let dtype = parse_dtype("auto", &device)?;
-    let base = exaone_compress::runtime::load_model(&dir, dtype, &device)?;
-    let mut log = vec![];
-    let calib = match method {
-        MethodArg::Gptq | MethodArg::Awq => calibration(&dir, calib)?,
-        MethodArg::Rtn => vec![],
-    };
-    // timed: the quantization itself (calibration passes included), not loading or tokenizing
-    let t0 = Instant::now();
-    let q = match method {
-        MethodArg::Rtn => apply::quantize_rtn(&base, &s, &|_| false)?,
-        MethodArg::Gptq => apply::quantize_gptq(
-            &base,
-            &s,
-            &calib,
-            &GptqConfig::default(),
-            &|_| false,
-            &mut log,
-        )?,
-        MethodArg::Awq => apply::quantize_awq(
-            &base,
-            &s,
-            &calib,
-            &AwqConfig::default(),
-            &|_| false,
-            &mut log,
-        )?,
-    };
-    let secs = t0.elapsed().as_secs_f64();
-    for l in &log {
+    if !step.ignore.is_empty() {
+        let layers = exaone_compress::Exaone4Config::from_file(&dir)?.num_hidden_layers;
+        step.ignored(layers).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    }
+    let rep = make_with_recipe(&m.device, Step::Quantize(step), &dir, out, overwrite)?;
+    for l in &rep.log {
         eprintln!("{l}");
     }
-    exaone_compress::compress::quant::apply::save_quantized(&q, out, &opts)?;
-    eprintln!(
-        "{} {} of {} Linears in {secs:.2} s; wrote {}",
-        method.name(),
-        s.name(),
-        q.linears.len(),
-        out.display()
-    );
+    eprintln!("{}; wrote {}", rep.summary, out.display());
     Ok(())
 }
 
@@ -127,10 +99,10 @@ pub(crate) fn prune(
     m: &ModelArgs,
     drop: Option<Vec<usize>>,
     rule: Option<exaone_compress::compress::prune::DropRule>,
-    out: &std::path::Path,
+    out: &Path,
     overwrite: bool,
 ) -> Result<()> {
-    use exaone_compress::compress::prune::{choose, DropRule};
+    use exaone_compress::compress::prune::DropRule;
     let dir = m.dir();
     let opts = exaone_compress::checkpoint::WriteOptions {
         side_files_from: Some(dir.clone()),
@@ -138,62 +110,29 @@ pub(crate) fn prune(
         ..Default::default()
     };
     opts.check_destination(out)?;
-    let device = exaone_compress::runtime::open_device(&m.device)?;
-    let base = exaone_compress::runtime::load_model(&dir, parse_dtype("auto", &device)?, &device)?;
     let rule = match (drop, rule) {
         (Some(d), None) => DropRule::Explicit(d),
         (None, Some(r)) => r,
         _ => bail!("give exactly one of --drop and --rule"),
     };
-    let calib = match rule {
-        DropRule::BlockInfluence(_) | DropRule::MeasuredKl(_) => Some(calibration(
-            &dir,
-            Calib {
-                file: None,
-                n: 16,
-                len: 256,
-                chat: false,
-            },
-        )?),
-        _ => None,
-    };
-    let dropped = choose(&base, &rule, calib.as_deref())?;
-    let kept: Vec<usize> = (0..base.layers.len())
-        .filter(|i| !dropped.contains(i))
-        .collect();
-    let small = base.with_layers(&kept)?;
-    exaone_compress::checkpoint::save_model(&small, out, Some(candle_core::DType::BF16), &opts)?;
-    eprintln!(
-        "dropped layers {dropped:?}; {} remain; wrote {}",
-        kept.len(),
-        out.display()
-    );
+    let step = Step::Prune(PruneStep::new(&rule));
+    let rep = make_with_recipe(&m.device, step, &dir, out, overwrite)?;
+    eprintln!("{}; wrote {}", rep.summary, out.display());
     Ok(())
 }
 
-pub(crate) fn dequant(
-    model: &std::path::Path,
-    out: &std::path::Path,
-    overwrite: bool,
-) -> Result<()> {
+pub(crate) fn dequant(model: &Path, out: &Path, overwrite: bool) -> Result<()> {
     let check = exaone_compress::checkpoint::WriteOptions {
         side_files_from: Some(model.to_path_buf()),
         overwrite,
         ..Default::default()
     };
     check.check_destination(out)?;
-    let ckpt = Checkpoint::open(model)?;
-    if ckpt.quant_info()?.is_none() {
-        eprintln!(
-            "note: {} is not quantized; writing a bf16 copy",
-            model.display()
-        );
+    let step = Step::Dequantize(DequantizeStep {});
+    let rep = make_with_recipe("cpu", step, model, out, overwrite)?;
+    for l in &rep.log {
+        eprintln!("{l}");
     }
-    let opts = exaone_compress::checkpoint::WriteOptions {
-        overwrite,
-        ..Default::default()
-    };
-    exaone_compress::checkpoint::compressed_tensors::dequantize_checkpoint(&ckpt, out, &opts)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -2,12 +2,17 @@
 //! command line is parsed, with a message that names the flag, the value and what is allowed.
 
 use std::ffi::OsStr;
+use std::fmt::Display;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::ValueEnum;
 use exaone_compress::compress::prune::DropRule;
+use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig};
+use exaone_compress::compress::recipe;
 
 /// A value parser from a function: the error reads `--flag value: why`; `values` lists the
 /// accepted words (for `--help` and completion).
@@ -251,6 +256,90 @@ pub fn top_p(s: &str) -> Result<f64, String> {
         .map_err(|_| "must lie in (0, 1]".into())
 }
 
+/// A number in `r`.
+fn ranged<T>(s: &str, r: RangeInclusive<T>) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + Display,
+    T::Err: Display,
+{
+    let v: T = s.parse().map_err(|e| format!("not a number ({e})"))?;
+    if r.contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must lie in {}..={}", r.start(), r.end()))
+    }
+}
+
+/// `--damp` (GPTQ): a fraction of mean(diag H).
+pub fn damp(s: &str) -> Result<f64, String> {
+    ranged(s, recipe::GPTQ_DAMP)
+}
+
+/// `--block` (GPTQ): columns per lazy-update block.
+pub fn block(s: &str) -> Result<usize, String> {
+    ranged(s, recipe::GPTQ_BLOCK)
+}
+
+/// `--max-damp-retries` (GPTQ).
+pub fn damp_retries(s: &str) -> Result<usize, String> {
+    ranged(s, recipe::GPTQ_DAMP_RETRIES)
+}
+
+/// `--awq-grid`: scale ratios tried.
+pub fn awq_grid(s: &str) -> Result<usize, String> {
+    ranged(s, recipe::AWQ_GRID)
+}
+
+/// `--clip-steps` (AWQ): 0 turns clipping off.
+pub fn clip_steps(s: &str) -> Result<usize, String> {
+    ranged(s, recipe::AWQ_CLIP_STEPS)
+}
+
+/// `--clip-rows` (AWQ).
+pub fn clip_rows(s: &str) -> Result<usize, String> {
+    ranged(s, recipe::AWQ_CLIP_ROWS)
+}
+
+/// `--steps` (distill).
+pub fn steps(s: &str) -> Result<usize, String> {
+    ranged(s, 1..=10_000_000)
+}
+
+/// `--lr`: in (0, 1].
+pub fn lr(s: &str) -> Result<f64, String> {
+    match ranged(s, 0.0..=1.0)? {
+        0.0 => Err("must be > 0 (and at most 1)".into()),
+        v => Ok(v),
+    }
+}
+
+/// A fraction in [0, 1] (`--min-lr-ratio`, `--weight-decay`).
+pub fn unit(s: &str) -> Result<f64, String> {
+    ranged(s, 0.0..=1.0)
+}
+
+/// `--grad-clip`: 0 (none) or more.
+pub fn grad_clip(s: &str) -> Result<f64, String> {
+    ranged(s, 0.0..=1e6)
+}
+
+/// `--temperature` of distillation.
+pub fn kd_temperature(s: &str) -> Result<f64, String> {
+    ranged(s, 1e-3..=100.0)
+}
+
+/// `--batch` (distill): windows per step.
+pub fn batch(s: &str) -> Result<usize, String> {
+    ranged(s, 1..=4096)
+}
+
+/// `--train`: a parameter group the student trains.
+pub fn param_group(s: &str) -> Result<String, String> {
+    recipe::parse_group(s, None)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string().replace(&format!("train {s:?}: "), ""))
+}
+
 /// Where calibration samples come from.
 pub struct Calib {
     pub file: Option<PathBuf>,
@@ -258,6 +347,8 @@ pub struct Calib {
     pub len: usize,
     /// wrap plain texts as user turns of the chat template
     pub chat: bool,
+    /// seed of the windows drawn
+    pub seed: u64,
 }
 
 /// The `quantize` subcommand's flags beside the model.
@@ -267,6 +358,10 @@ pub struct QuantizeFlags {
     pub group: usize,
     pub actorder: Option<ActOrderArg>,
     pub calib: Calib,
+    pub gptq: GptqConfig,
+    pub awq: AwqConfig,
+    /// Linears left dense besides lm_head
+    pub ignore: Vec<String>,
     pub out: PathBuf,
     pub overwrite: bool,
 }
@@ -303,6 +398,42 @@ pub fn quantize_combination(
             "{} with --method rtn: RTN uses no calibration data; calibration flags go with --method gptq or awq",
             calib_given.join(", ")
         ));
+    }
+    Ok(())
+}
+
+/// Method settings given with another method, or clipping settings with clipping off: what is
+/// allowed. `gptq_given` / `awq_given` name the GPTQ-only / AWQ-only flags given.
+pub fn settings_combination(
+    f: &QuantizeFlags,
+    gptq_given: &[&str],
+    awq_given: &[&str],
+    clip_rows_given: bool,
+) -> Result<(), String> {
+    let m = f.method.name();
+    for (given, method, what) in [
+        (gptq_given, MethodArg::Gptq, "a GPTQ"),
+        (awq_given, MethodArg::Awq, "an AWQ"),
+    ] {
+        if !given.is_empty() && f.method != method {
+            let (what, them) = match given.len() {
+                1 => (format!("{what} setting"), "it"),
+                _ => (
+                    format!("{} settings", what.split(' ').next_back().unwrap_or(what)),
+                    "them",
+                ),
+            };
+            return Err(format!(
+                "{} with --method {m}: {what} (--method {}); {m} would ignore {them}",
+                given.join(", "),
+                method.name()
+            ));
+        }
+    }
+    if clip_rows_given && f.awq.clip_steps == 0 {
+        return Err(
+            "--clip-rows with --clip-steps 0: clipping is off, so no rows are used; give --clip-steps 1 or more, or leave out --clip-rows".into(),
+        );
     }
     Ok(())
 }

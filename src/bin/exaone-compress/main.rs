@@ -16,6 +16,7 @@ use exaone_compress::Checkpoint;
 
 mod commands;
 mod flags;
+mod recipes;
 use commands::{dequant, info, package, prune, quantize};
 use flags::{checked, word, ActOrderArg, Calib, DtypeArg, MethodArg, QuantizeFlags, SchemeArg};
 
@@ -155,6 +156,37 @@ enum Cmd {
         /// with "messages" always go through the template)
         #[arg(long)]
         calib_chat: bool,
+        /// seed of the calibration windows for gptq/awq [default: 0]
+        #[arg(long)]
+        calib_seed: Option<u64>,
+        /// GPTQ: fraction of mean(diag H) added to the Hessian's diagonal, in [0, 1]
+        /// [default: 0.01]
+        #[arg(long, value_parser = checked(flags::damp))]
+        damp: Option<f64>,
+        /// GPTQ: columns per lazy-update block, 1..=16384 [default: 128]
+        #[arg(long, value_parser = checked(flags::block))]
+        block: Option<usize>,
+        /// GPTQ: times the damping is raised tenfold when the Cholesky factorisation fails,
+        /// 0..=10 [default: 4]
+        #[arg(long, value_parser = checked(flags::damp_retries))]
+        max_damp_retries: Option<usize>,
+        /// AWQ: scale ratios tried per mapping, 1..=1000 [default: 20]
+        #[arg(long, value_parser = checked(flags::awq_grid))]
+        awq_grid: Option<usize>,
+        /// AWQ: smooth up→down only (llm-compressor's mapping), not also v→o (GQA-aware)
+        #[arg(long)]
+        no_v_to_o: bool,
+        /// AWQ: weight-clipping search steps, 0 (no clipping)..=100 [default: 10]
+        #[arg(long, value_parser = checked(flags::clip_steps))]
+        clip_steps: Option<usize>,
+        /// AWQ: input rows the clipping search uses, 1..=65536 [default: 256]
+        #[arg(long, value_parser = checked(flags::clip_rows))]
+        clip_rows: Option<usize>,
+        /// Linears to leave dense besides lm_head, comma-separated: names
+        /// (model.layers.0.self_attn.q_proj), dotted prefixes (model.layers.3), dotted suffixes
+        /// (mlp.down_proj) or globs (model.layers.*.mlp.down_proj); q/k/v and gate/up go together
+        #[arg(long, value_delimiter = ',')]
+        ignore: Vec<String>,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -180,6 +212,17 @@ enum Cmd {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Heal a student (a pruned or otherwise compressed model) by logit distillation from the
+    /// teacher --model, and write it with its recipe
+    Distill {
+        #[command(flatten)]
+        m: ModelArgs,
+        #[command(flatten)]
+        d: recipes::DistillArgs,
+    },
+    /// Rebuild a checkpoint from its recipe.json: the same steps on the same base model, bit for
+    /// bit on the device the recipe ran on
+    Apply(recipes::ApplyArgs),
     /// Validate a model directory for the evaluation server and zip it as model/ (submit.zip)
     Package {
         #[arg(long)]
@@ -197,7 +240,7 @@ enum Cmd {
 
 /// A flag error (a bad value, or flags that do not go together): clap's message, exit status 1
 /// like every other failure of this CLI (clap itself would exit with 2).
-fn flag_error(kind: clap::error::ErrorKind, msg: String) -> ! {
+pub(crate) fn flag_error(kind: clap::error::ErrorKind, msg: String) -> ! {
     use clap::CommandFactory;
     let _ = clap::Error::raw(kind, format!("{msg}\n"))
         .with_cmd(&Cli::command())
@@ -385,9 +428,20 @@ fn main() -> Result<()> {
             calib_samples,
             calib_len,
             calib_chat,
+            calib_seed,
+            damp,
+            block,
+            max_damp_retries,
+            awq_grid,
+            no_v_to_o,
+            clip_steps,
+            clip_rows,
+            ignore,
             out,
             overwrite,
         } => {
+            use exaone_compress::compress::quant::{awq::AwqConfig, gptq::GptqConfig};
+            let (g, a) = (GptqConfig::default(), AwqConfig::default());
             let flags = QuantizeFlags {
                 scheme,
                 method,
@@ -398,24 +452,60 @@ fn main() -> Result<()> {
                     n: calib_samples.unwrap_or(32),
                     len: calib_len.unwrap_or(256),
                     chat: calib_chat,
+                    seed: calib_seed.unwrap_or(0),
                 },
+                gptq: GptqConfig {
+                    damp: damp.unwrap_or(g.damp),
+                    block: block.unwrap_or(g.block),
+                    max_damp_retries: max_damp_retries.unwrap_or(g.max_damp_retries),
+                },
+                awq: AwqConfig {
+                    grid: awq_grid.unwrap_or(a.grid),
+                    v_to_o: !no_v_to_o,
+                    clip_steps: clip_steps.unwrap_or(a.clip_steps),
+                    clip_rows: clip_rows.unwrap_or(a.clip_rows),
+                },
+                ignore,
                 out,
                 overwrite,
             };
-            let calib_given: Vec<&str> = [
+            let given = |v: &[(bool, &'static str)]| -> Vec<&'static str> {
+                v.iter().filter_map(|(g, f)| g.then_some(*f)).collect()
+            };
+            let calib_given = given(&[
                 (flags.calib.file.is_some(), "--calib"),
                 (calib_samples.is_some(), "--calib-samples"),
                 (calib_len.is_some(), "--calib-len"),
                 (calib_chat, "--calib-chat"),
-            ]
-            .into_iter()
-            .filter_map(|(given, f)| given.then_some(f))
-            .collect();
-            if let Err(msg) = flags::quantize_combination(&flags, group.is_some(), &calib_given) {
+                (calib_seed.is_some(), "--calib-seed"),
+            ]);
+            let gptq_given = given(&[
+                (damp.is_some(), "--damp"),
+                (block.is_some(), "--block"),
+                (max_damp_retries.is_some(), "--max-damp-retries"),
+            ]);
+            let awq_given = given(&[
+                (awq_grid.is_some(), "--awq-grid"),
+                (no_v_to_o, "--no-v-to-o"),
+                (clip_steps.is_some(), "--clip-steps"),
+                (clip_rows.is_some(), "--clip-rows"),
+            ]);
+            if let Err(msg) = flags::quantize_combination(&flags, group.is_some(), &calib_given)
+                .and_then(|_| {
+                    flags::settings_combination(
+                        &flags,
+                        &gptq_given,
+                        &awq_given,
+                        clip_rows.is_some(),
+                    )
+                })
+            {
                 flag_error(clap::error::ErrorKind::ArgumentConflict, msg);
             }
             quantize(&m, flags)
         }
+        Cmd::Distill { m, d } => recipes::distill(&m, d),
+        Cmd::Apply(a) => recipes::apply(a),
         Cmd::Prune {
             m,
             drop,

@@ -1,0 +1,286 @@
+//! Where models and data come from (by role or relative path), and how steps run: the
+//! device, the check of what is read against the recipe, calibration samples.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use super::hash::{hash_bytes, hash_tokens, ModelId};
+use super::{bad, within};
+use crate::data::{default_model_dir, split_path, TokenStream};
+use crate::error::{Error, Result};
+use crate::model::Exaone4Config;
+
+/// Where a model or a data file comes from: a role — `default-model`, or the shipped `train`,
+/// `val` or `test` split — found wherever the shipped data is; or a path relative to the
+/// working directory (`..` where it lies elsewhere).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Source {
+    Role(String),
+    Path(String),
+}
+
+const ROLES: [&str; 4] = ["default-model", "train", "val", "test"];
+
+fn role_path(role: &str) -> Option<PathBuf> {
+    match role {
+        "default-model" => Some(default_model_dir()),
+        "train" | "val" | "test" => Some(split_path(role)),
+        _ => None,
+    }
+}
+
+impl Source {
+    pub fn of(path: &Path) -> Self {
+        let canon = |p: &Path| std::fs::canonicalize(p).ok();
+        if let Some(c) = canon(path) {
+            for r in ROLES {
+                if role_path(r).and_then(|p| canon(&p)) == Some(c.clone()) {
+                    return Self::Role(r.into());
+                }
+            }
+        }
+        Self::Path(relative(path))
+    }
+
+    /// The path it names, relative paths taken from `root`.
+    pub fn resolve(&self, root: &Path) -> Result<PathBuf> {
+        match self {
+            Self::Role(r) => role_path(r).ok_or_else(|| {
+                bad(format!(
+                    "recipe: unknown role {r:?} (known: {})",
+                    ROLES.join(", ")
+                ))
+            }),
+            Self::Path(p) => Ok(root.join(p)),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Self::Role(r) => format!("{r} (shipped)"),
+            Self::Path(p) => p.clone(),
+        }
+    }
+}
+
+/// `path` relative to the working directory, with `/` between components.
+fn relative(path: &Path) -> String {
+    let cwd = std::env::current_dir().and_then(std::fs::canonicalize);
+    let (Ok(p), Ok(cwd)) = (std::fs::canonicalize(path), cwd) else {
+        return path.display().to_string();
+    };
+    let common = p
+        .components()
+        .zip(cwd.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let parts: Vec<String> =
+        std::iter::repeat_n("..".to_string(), cwd.components().count() - common)
+            .chain(
+                p.components()
+                    .skip(common)
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+            )
+            .collect();
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// A model named by where it comes from and what it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    pub model: Source,
+    pub config_hash: String,
+    pub weights_hash: String,
+}
+
+impl ModelRef {
+    pub fn of(dir: &Path) -> Result<Self> {
+        let id = ModelId::of(dir)?;
+        Ok(Self {
+            model: Source::of(dir),
+            config_hash: id.config_hash,
+            weights_hash: id.weights_hash,
+        })
+    }
+
+    pub fn id(&self) -> ModelId {
+        ModelId {
+            config_hash: self.config_hash.clone(),
+            weights_hash: self.weights_hash.clone(),
+        }
+    }
+}
+
+/// Whether a run records what it reads (a command making a checkpoint) or checks it against
+/// the recipe (`apply`; with `allow_mismatch`, a difference is a warning and is recorded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    Record,
+    Verify { allow_mismatch: bool },
+}
+
+/// Where and how steps run.
+pub struct Ctx {
+    pub device: Device,
+    /// as the user named it: `cpu`, `cuda`, `cuda:N`
+    pub device_name: String,
+    pub dtype: DType,
+    /// where relative data paths resolve
+    pub root: PathBuf,
+    pub check: Check,
+    /// model directories a distill step's teacher may be, with their identities (for `apply`:
+    /// the base first, then `--teacher`)
+    pub models: Vec<(PathBuf, ModelId)>,
+}
+
+impl Ctx {
+    /// `device` opened with the runtime's memory pool; the dtype `auto` picks (f32 on the CPU,
+    /// bf16 on a GPU); relative paths from the working directory.
+    pub fn new(device: &str, check: Check) -> Result<Self> {
+        let d = crate::runtime::open_device(device)?;
+        let dtype = crate::device::parse_dtype("auto", &d)?;
+        let root = std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?;
+        Ok(Self {
+            device: d,
+            device_name: device.into(),
+            dtype,
+            root,
+            check,
+            models: vec![],
+        })
+    }
+
+    /// Records `got` in `have`, or checks it against `have`.
+    pub(super) fn settle(
+        &self,
+        have: &mut String,
+        got: String,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        match self.check {
+            Check::Verify { .. } if *have == got => Ok(()),
+            Check::Record => {
+                *have = got;
+                Ok(())
+            }
+            Check::Verify {
+                allow_mismatch: true,
+            } => {
+                eprintln!("warning: {} hashes to {got}, the recipe says {have}; applied anyway (--allow-mismatch): the result is a new variant", what());
+                *have = got;
+                Ok(())
+            }
+            Check::Verify {
+                allow_mismatch: false,
+            } => Err(bad(format!(
+                "{} hashes to {got} but the recipe says {have}: it is not what the variant was made from; pass --allow-mismatch to apply the recipe to it anyway",
+                what()
+            ))),
+        }
+    }
+}
+
+/// A token stream of text file `path` for the model in `dir`: its tokenizer (else the default
+/// model's, with a note) and chat template; documents as calibration reads them, each followed
+/// by `[|endofturn|]`. Fails when the tokenizer's ids exceed the model's vocabulary.
+pub fn token_stream(dir: &Path, path: &Path, chat: bool) -> Result<TokenStream> {
+    use crate::compress::calibration::read_documents_with_template;
+    use crate::model::chat_template::ChatTemplate;
+    let (tok, fell_back) = crate::data::tokenizer_for_model(dir)?;
+    if fell_back {
+        eprintln!(
+            "note: {} has no tokenizer.json: calibrating with the default model's tokenizer",
+            dir.display()
+        );
+    }
+    let vocab = Exaone4Config::from_file(dir)?.vocab_size;
+    if tok.vocab_size() > vocab {
+        return Err(bad(format!(
+            "calibration: the tokenizer ({}) has {} tokens but the model's vocab_size is {vocab}; give the model directory its own tokenizer.json",
+            if fell_back { "the default model's" } else { "tokenizer.json" },
+            tok.vocab_size()
+        )));
+    }
+    let tdir = if fell_back {
+        default_model_dir()
+    } else {
+        dir.to_path_buf()
+    };
+    let template = ChatTemplate::from_dir(&tdir)?;
+    let docs = read_documents_with_template(path, &template, chat).map_err(|e| Error::Context {
+        context: format!("reading calibration text {}", path.display()),
+        source: Box::new(e),
+    })?;
+    TokenStream::from_lines(&tok, &docs, tok.token_id("[|endofturn|]"))
+}
+
+/// Reads `source` (hashing it: recorded or checked) and returns its path.
+pub(super) fn read_source(
+    source: &Source,
+    hash: &mut String,
+    ctx: &Ctx,
+    what: &str,
+) -> Result<PathBuf> {
+    let path = source.resolve(&ctx.root)?;
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    ctx.settle(hash, hash_bytes(&bytes), &|| {
+        format!("{what} {}", path.display())
+    })?;
+    Ok(path)
+}
+
+/// Calibration samples: `samples` seeded windows of `len` tokens from a text file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    pub data: Source,
+    /// the data file's content hash
+    pub data_hash: String,
+    pub samples: usize,
+    pub len: usize,
+    /// plain texts wrapped as user turns of the chat template
+    pub chat: bool,
+    pub seed: u64,
+    /// the hash of the windows drawn
+    pub tokens_hash: String,
+}
+
+impl Calibration {
+    /// `data` (default: the shipped train split); the hashes are filled when it is read.
+    pub fn new(data: Option<&Path>, samples: usize, len: usize, chat: bool, seed: u64) -> Self {
+        Self {
+            data: data.map_or(Source::Role("train".into()), Source::of),
+            data_hash: String::new(),
+            samples,
+            len,
+            chat,
+            seed,
+            tokens_hash: String::new(),
+        }
+    }
+
+    /// The samples for the model in `dir`, the hashes recorded or checked.
+    pub fn read(&mut self, dir: &Path, ctx: &Ctx) -> Result<Vec<Vec<u32>>> {
+        let path = read_source(&self.data, &mut self.data_hash, ctx, "calibration data")?;
+        let stream = token_stream(dir, &path, self.chat)?;
+        let s = crate::compress::calibration::samples(&stream, self.samples, self.len, self.seed)
+            .map_err(|e| bad(format!("--calib-samples × --calib-len: {e}")))?;
+        ctx.settle(&mut self.tokens_hash, hash_tokens(&s), &|| {
+            format!("the calibration windows drawn from {}", path.display())
+        })?;
+        Ok(s)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        within("calibration samples", self.samples, &(1..=usize::MAX))?;
+        within("calibration len", self.len, &(1..=usize::MAX))
+    }
+}

@@ -1,0 +1,455 @@
+//! The steps of a recipe: each one's parameters and their checks, and running it on a model
+//! directory to write a new one. The CLI's commands and `apply` both run steps through
+//! [`Step::run`], so a recipe rebuilds exactly what the commands made.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+
+use super::hash::hash_tokens;
+use super::quantize::run_quantize;
+use super::source::{read_source, token_stream};
+use super::{bad, within, Calibration, Check, Ctx, ModelRef, QuantizeStep, Source};
+use crate::checkpoint::{save_model, Checkpoint, WriteOptions};
+use crate::compress::distill::{distill, DistillConfig, ParamGroup};
+use crate::compress::prune::{choose, DropRule};
+use crate::error::Result;
+use crate::train::TrainConfig;
+
+/// An `Option` field that must be present (`null` allowed): serde would default it silently.
+pub(super) fn required<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d)
+}
+
+/// One step of a recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// drop decoder layers (config surgery, renumbering); stored in bf16
+    Prune(PruneStep),
+    /// logit distillation of the input (the student) towards a teacher; stored in bf16
+    Distill(DistillStep),
+    /// quantize every decoder Linear not ignored; stored as compressed-tensors
+    Quantize(QuantizeStep),
+    /// the dense bf16 equivalent of a compressed-tensors checkpoint
+    Dequantize(DequantizeStep),
+}
+
+/// What a step did: log lines, and a one-line summary (the CLI prints it with "; wrote OUT").
+#[derive(Clone, Debug, Default)]
+pub struct StepReport {
+    pub log: Vec<String>,
+    pub summary: String,
+}
+
+pub(super) fn write_opts(input: &Path) -> WriteOptions {
+    WriteOptions {
+        side_files_from: Some(input.to_path_buf()),
+        ..Default::default()
+    }
+}
+
+impl Step {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Prune(_) => "prune",
+            Self::Distill(_) => "distill",
+            Self::Quantize(_) => "quantize",
+            Self::Dequantize(_) => "dequantize",
+        }
+    }
+
+    /// The step in words, e.g. `drop[3] (kl:1)`, `gptq W4A16-g128-sym`, `kd[norms] × 60 steps`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Prune(p) => format!("drop{:?} ({})", p.dropped, p.rule),
+            Self::Distill(d) => format!("kd[{}] × {} steps", d.train.join(", "), d.steps),
+            Self::Quantize(q) => {
+                let s = q.scheme().map(|s| s.name()).unwrap_or_default();
+                let ig = if q.ignore.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ignore[{}]", q.ignore.join(", "))
+                };
+                format!("{} {s}{ig}", q.quantizer.name())
+            }
+            Self::Dequantize(_) => "dequantize".into(),
+        }
+    }
+
+    /// The parameters within their ranges and combinations, before any work.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Self::Prune(p) => {
+                parse_rule(&p.rule)?;
+                if let Some(c) = &p.calibration {
+                    c.check()?;
+                }
+                Ok(())
+            }
+            Self::Distill(d) => d.check(),
+            Self::Quantize(q) => q.check(),
+            Self::Dequantize(_) => Ok(()),
+        }
+    }
+
+    /// Runs the step on the model directory `input`, writing a new one at `out` (a fresh path,
+    /// e.g. inside a [`super::Staging`]). With [`Check::Record`] what the step reads (data
+    /// hashes) and decides (the layers a rule drops) is recorded in the step; with
+    /// [`Check::Verify`] it is checked against the step, and the recorded decisions are used.
+    pub fn run(&mut self, input: &Path, out: &Path, ctx: &Ctx) -> Result<StepReport> {
+        self.check()?;
+        match self {
+            Self::Prune(p) => run_prune(p, input, out, ctx),
+            Self::Distill(d) => run_distill(d, input, out, ctx),
+            Self::Quantize(q) => run_quantize(q, input, out, ctx),
+            Self::Dequantize(_) => {
+                let ck = Checkpoint::open(input)?;
+                let mut log = vec![];
+                if ck.quant_info()?.is_none() {
+                    log.push(format!(
+                        "note: {} is not quantized; writing a bf16 copy",
+                        input.display()
+                    ));
+                }
+                crate::checkpoint::compressed_tensors::dequantize_checkpoint(
+                    &ck,
+                    out,
+                    &WriteOptions::default(),
+                )?;
+                Ok(StepReport {
+                    log,
+                    summary: String::new(),
+                })
+            }
+        }
+    }
+}
+
+// ---- prune -----------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneStep {
+    /// how the layers were chosen: `drop:3,7` (by index), `uniform:N`, `first:N`, `last:N`,
+    /// `bi:N` (Block Influence), `kl:N` (measured KL)
+    pub rule: String,
+    /// the layers dropped (the input's numbering): what `apply` drops
+    pub dropped: Vec<usize>,
+    /// the text `bi` and `kl` measure on (null for the other rules)
+    #[serde(deserialize_with = "required")]
+    pub calibration: Option<Calibration>,
+}
+
+impl PruneStep {
+    /// A step that drops what `rule` chooses; `bi` and `kl` measure on 16 windows of 256 tokens
+    /// of the shipped train split (seed 0), as the `prune` command always has.
+    pub fn new(rule: &DropRule) -> Self {
+        let measured = matches!(rule, DropRule::BlockInfluence(_) | DropRule::MeasuredKl(_));
+        Self {
+            rule: rule_word(rule),
+            dropped: vec![],
+            calibration: measured.then(|| Calibration::new(None, 16, 256, false, 0)),
+        }
+    }
+}
+
+/// A drop rule in the words `--rule` and recipes use.
+pub fn rule_word(r: &DropRule) -> String {
+    match r {
+        DropRule::Explicit(v) => {
+            let v: Vec<String> = v.iter().map(usize::to_string).collect();
+            format!("drop:{}", v.join(","))
+        }
+        DropRule::Uniform(n) => format!("uniform:{n}"),
+        DropRule::First(n) => format!("first:{n}"),
+        DropRule::Last(n) => format!("last:{n}"),
+        DropRule::BlockInfluence(n) => format!("bi:{n}"),
+        DropRule::MeasuredKl(n) => format!("kl:{n}"),
+    }
+}
+
+/// The rule [`rule_word`] wrote.
+pub fn parse_rule(s: &str) -> Result<DropRule> {
+    let err = || {
+        bad(format!(
+            "rule {s:?}: expected drop:I,J,… or KIND:N with KIND one of uniform, first, last, bi, kl"
+        ))
+    };
+    let (kind, rest) = s.split_once(':').ok_or_else(err)?;
+    let nums: Vec<usize> = rest
+        .split(',')
+        .map(|n| n.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| err())?;
+    let one = || match nums[..] {
+        [n] if n > 0 => Ok(n),
+        _ => Err(err()),
+    };
+    Ok(match kind {
+        "drop" => DropRule::Explicit(nums.clone()),
+        "uniform" => DropRule::Uniform(one()?),
+        "first" => DropRule::First(one()?),
+        "last" => DropRule::Last(one()?),
+        "bi" => DropRule::BlockInfluence(one()?),
+        "kl" => DropRule::MeasuredKl(one()?),
+        _ => return Err(err()),
+    })
+}
+
+fn run_prune(p: &mut PruneStep, input: &Path, out: &Path, ctx: &Ctx) -> Result<StepReport> {
+    let base = crate::runtime::load_model(input, ctx.dtype, &ctx.device)?;
+    let n = base.layers.len();
+    let dropped = if ctx.check == Check::Record {
+        let rule = parse_rule(&p.rule)?;
+        let calib = match p.calibration.as_mut() {
+            Some(c) => Some(c.read(input, ctx)?),
+            None => None,
+        };
+        p.dropped = choose(&base, &rule, calib.as_deref())?;
+        p.dropped.clone()
+    } else {
+        // the recorded choice (a rule's measurement is not repeated)
+        if let Some(i) = p.dropped.iter().find(|&&i| i >= n) {
+            return Err(bad(format!(
+                "dropped: layer {i} does not exist (the input has {n})"
+            )));
+        }
+        let mut d = p.dropped.clone();
+        d.sort();
+        d.dedup();
+        if d.is_empty() || d.len() >= n || d != p.dropped {
+            return Err(bad(format!("dropped {:?}: expected distinct layers in increasing order, at least one and fewer than all {n}", p.dropped)));
+        }
+        d
+    };
+    let kept: Vec<usize> = (0..n).filter(|i| !dropped.contains(i)).collect();
+    let small = base.with_layers(&kept)?;
+    save_model(&small, out, Some(DType::BF16), &write_opts(input))?;
+    Ok(StepReport {
+        log: vec![],
+        summary: format!("dropped layers {dropped:?}; {} remain", kept.len()),
+    })
+}
+
+// ---- distill ---------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillStep {
+    /// the teacher: the recipe's base, or a model `apply` is given with `--teacher`
+    pub teacher: ModelRef,
+    /// what the student trains: `norms`, `embedding`, `lm-head` (untied first), `all-layers`,
+    /// `layer:N` (the student's numbering)
+    pub train: Vec<String>,
+    pub steps: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    /// the cosine decays from lr to lr · min_lr_ratio
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// global gradient-norm clip (0: none)
+    pub grad_clip: f64,
+    /// of KL(teacher ‖ student)
+    pub temperature: f64,
+    /// windows per step
+    pub batch: usize,
+    /// tokens per window
+    pub seq_len: usize,
+    /// of the windows drawn
+    pub seed: u64,
+    pub data: Source,
+    pub data_hash: String,
+    /// the hash of the token stream the windows are drawn from
+    pub tokens_hash: String,
+}
+
+impl DistillStep {
+    /// The `distill` experiment's settings: `steps` of AdamW at lr 1e-3 (warm-up a tenth of the
+    /// steps, no weight decay, β 0.9/0.95, clip 1, cosine to a tenth), KL(teacher ‖ student) at
+    /// T = 1 on batches of 8 windows of 256 tokens of `data` (default: the shipped train split),
+    /// seed 7, the norms trained.
+    pub fn new(teacher: ModelRef, steps: usize, data: Option<&Path>) -> Self {
+        let t = TrainConfig::default();
+        Self {
+            teacher,
+            train: vec!["norms".into()],
+            steps,
+            lr: 1e-3,
+            warmup_steps: steps / 10,
+            min_lr_ratio: t.min_lr_ratio,
+            weight_decay: 0.0,
+            beta1: t.beta1,
+            beta2: t.beta2,
+            grad_clip: t.grad_clip,
+            temperature: 1.0,
+            batch: 8,
+            seq_len: 256,
+            seed: 7,
+            data: data.map_or(Source::Role("train".into()), Source::of),
+            data_hash: String::new(),
+            tokens_hash: String::new(),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        for g in &self.train {
+            parse_group(g, None)?;
+        }
+        if self.train.is_empty() {
+            return Err(bad("train: no parameter group (e.g. norms)"));
+        }
+        within("steps", self.steps, &(1..=10_000_000))?;
+        within("lr", self.lr, &(f64::MIN_POSITIVE..=1.0))?;
+        within("warmup_steps", self.warmup_steps, &(0..=self.steps))?;
+        within("min_lr_ratio", self.min_lr_ratio, &(0.0..=1.0))?;
+        within("weight_decay", self.weight_decay, &(0.0..=1.0))?;
+        within("beta1", self.beta1, &(0.0..=0.999_999))?;
+        within("beta2", self.beta2, &(0.0..=0.999_999))?;
+        within("grad_clip", self.grad_clip, &(0.0..=1e6))?;
+        within("temperature", self.temperature, &(1e-3..=100.0))?;
+        within("batch", self.batch, &(1..=4096))?;
+        within("seq_len", self.seq_len, &(1..=1 << 20))
+    }
+
+    /// The configuration `compress::distill` runs, for a student of `layers` layers.
+    pub fn config(&self, layers: usize) -> Result<DistillConfig> {
+        let mut groups: Vec<ParamGroup> = vec![];
+        for g in &self.train {
+            let g = parse_group(g, Some(layers))?;
+            if let ParamGroup::Layers(new) = &g {
+                let have = groups.iter_mut().find_map(|x| match x {
+                    ParamGroup::Layers(l) => Some(l),
+                    _ => None,
+                });
+                if let Some(l) = have {
+                    l.extend(new);
+                    l.sort();
+                    l.dedup();
+                    continue;
+                }
+            }
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        Ok(DistillConfig {
+            train: TrainConfig {
+                steps: self.steps,
+                lr: self.lr,
+                min_lr_ratio: self.min_lr_ratio,
+                warmup_steps: self.warmup_steps,
+                weight_decay: self.weight_decay,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                grad_clip: self.grad_clip,
+                eval_every: 0,
+                ..Default::default()
+            },
+            temperature: self.temperature,
+            groups,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            seed: self.seed,
+        })
+    }
+}
+
+/// A parameter group's word (`norms`, `embedding`, `lm-head`, `all-layers`, `layer:N`); layer
+/// numbers are checked against `layers` when it is known.
+pub fn parse_group(s: &str, layers: Option<usize>) -> Result<ParamGroup> {
+    let n = layers.unwrap_or(usize::MAX);
+    Ok(match s {
+        "norms" => ParamGroup::Norms,
+        "embedding" => ParamGroup::Embedding,
+        "lm-head" => ParamGroup::UntiedLmHead,
+        "all-layers" => ParamGroup::Layers((0..layers.unwrap_or(0)).collect()),
+        _ => match s.strip_prefix("layer:").map(str::parse::<usize>) {
+            Some(Ok(i)) if i < n => ParamGroup::Layers(vec![i]),
+            Some(Ok(i)) => {
+                return Err(bad(format!(
+                    "train layer:{i}: the student has {n} layers (0..{n})"
+                )))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "train {s:?}: unknown parameter group (allowed: norms, embedding, lm-head, all-layers, layer:N)"
+                )))
+            }
+        },
+    })
+}
+
+/// The directory of the distill step's teacher among the models the run knows.
+fn teacher_dir(d: &mut DistillStep, ctx: &Ctx) -> Result<PathBuf> {
+    let want = d.teacher.id();
+    if let Some((p, _)) = ctx.models.iter().find(|(_, id)| *id == want) {
+        return Ok(p.clone());
+    }
+    match (ctx.check, ctx.models.last()) {
+        (Check::Verify { allow_mismatch: true }, Some((p, id))) => {
+            eprintln!("warning: the distill step's teacher ({}) is not among the models given; using {} (--allow-mismatch)", d.teacher.model.label(), p.display());
+            d.teacher = ModelRef {
+                model: Source::of(p),
+                config_hash: id.config_hash.clone(),
+                weights_hash: id.weights_hash.clone(),
+            };
+            Ok(p.clone())
+        }
+        _ => Err(bad(format!(
+            "the distill step's teacher ({}, weights {}) is not the base model{}: give it with --teacher DIR",
+            d.teacher.model.label(),
+            d.teacher.weights_hash,
+            if ctx.models.len() > 1 { " nor --teacher" } else { "" }
+        ))),
+    }
+}
+
+fn run_distill(d: &mut DistillStep, input: &Path, out: &Path, ctx: &Ctx) -> Result<StepReport> {
+    let tdir = teacher_dir(d, ctx)?;
+    let path = read_source(&d.data, &mut d.data_hash, ctx, "distillation data")?;
+    let teacher = crate::runtime::load_model(&tdir, ctx.dtype, &ctx.device)?;
+    let mut student = crate::runtime::load_model(input, ctx.dtype, &ctx.device)?;
+    let (tv, sv) = (teacher.config.vocab_size, student.config.vocab_size);
+    if tv != sv {
+        return Err(bad(format!("distill: the teacher's vocab_size is {tv}, the student's {sv}: logits can only be distilled over one vocabulary")));
+    }
+    let cfg = d.config(student.layers.len())?;
+    let stream = token_stream(input, &path, false)?;
+    ctx.settle(
+        &mut d.tokens_hash,
+        hash_tokens(std::slice::from_ref(&stream.ids)),
+        &|| format!("the tokens of {}", path.display()),
+    )?;
+    // validation: windows of the shipped val split, for the log only
+    let val_stream = token_stream(input, &crate::data::split_path("val"), false)?;
+    let mut r = crate::data::rng(d.seed + 1);
+    let val = vec![val_stream.sample_windows(2, d.seq_len.min(256), &mut r, &ctx.device)?];
+    let log = distill(&teacher, &mut student, &stream, &val, &cfg)?;
+    save_model(&student, out, Some(DType::BF16), &write_opts(input))?;
+    let (first, last) = (log.first(), log.last());
+    let summary = format!(
+        "distilled [{}] for {} steps: KD loss {:.4} → {:.4}, validation KL {:.4}",
+        d.train.join(", "),
+        log.len(),
+        first.map_or(f64::NAN, |p| p.loss),
+        last.map_or(f64::NAN, |p| p.loss),
+        last.and_then(|p| p.eval_loss).unwrap_or(f64::NAN)
+    );
+    Ok(StepReport {
+        log: vec![],
+        summary,
+    })
+}
+
+/// The empty parameters of a dequantize step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DequantizeStep {}
