@@ -2,5 +2,6 @@
 
 pub mod chart;
 pub mod runtime;
+pub mod serve;
 pub mod study;
 pub mod train;

@@ -25,17 +25,19 @@ mod batched;
 mod graph;
 mod load;
 mod single;
+pub(crate) mod weights;
 
-use load::{Buffers, Layer};
+use load::Buffers;
+use weights::ModelWeights;
 
 fn ck(e: crate::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// What the engine computes with, for reports.
+/// What an engine computes with, for reports.
 #[derive(Debug, Clone)]
 pub struct EngineInfo {
-    /// `bf16` or `w4a16`
+    /// `bf16`, `w4a16` or `w8a8` (quantized kinds joined by `+` where a checkpoint mixes them)
     pub weights: String,
     /// bytes of weights read per decoding step (all Linears and lm_head; one embedding row)
     pub weight_bytes_per_step: u64,
@@ -46,12 +48,7 @@ pub struct DecodeEngine {
     stream: Arc<CudaStream>,
     blas: Arc<CudaBlas>,
     cfg: Exaone4Config,
-    embed: CudaSlice<bf16>,
-    lm_head: Option<CudaSlice<bf16>>,
-    norm: CudaSlice<bf16>,
-    layers: Vec<Layer>,
-    cos: CudaSlice<bf16>,
-    sin: CudaSlice<bf16>,
+    w: ModelWeights,
     kc: Vec<CudaSlice<bf16>>,
     vc: Vec<CudaSlice<bf16>>,
     buf: Buffers,
