@@ -109,7 +109,11 @@ pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
 /// A bar's line: `value` against `goal` (`ge`: higher is better).
 fn bar(md: &mut String, what: &str, value: Option<f64>, goal: f64, ge: bool, unit: &str) {
     let Some(v) = value else {
-        let _ = writeln!(md, "| {what} | not measured | {} {goal}{unit} | – |", if ge { "≥" } else { "≤" });
+        let _ = writeln!(
+            md,
+            "| {what} | not measured | {} {goal}{unit} | – |",
+            if ge { "≥" } else { "≤" }
+        );
         return;
     };
     let met = if ge { v >= goal } else { v <= goal };
@@ -174,12 +178,64 @@ pub fn markdown(r: &Results, command: &str) -> String {
             let s = r.spread(v, "serve_b1_step_ms").unwrap_or(f64::NAN);
             let _ = writeln!(md, "| {v} | batch-1 decode step, same path (median ms [max − min]) | {b1:.3} [{s:.3}] |");
         }
-        for row in r.rows.iter().filter(|x| x.variant == v && x.metric.starts_with("serve_long_")) {
-            if ["requests", "errors", "preemptions", "tokens_per_sec", "secs_per_token", "peak_kv_blocks", "kv_blocks", "prefill_share"]
-                .iter()
-                .any(|m| row.metric.ends_with(&format!("_{m}")))
+        for row in r
+            .rows
+            .iter()
+            .filter(|x| x.variant == v && x.metric.starts_with("serve_long_"))
+        {
+            if [
+                "requests",
+                "errors",
+                "preemptions",
+                "tokens_per_sec",
+                "secs_per_token",
+                "peak_kv_blocks",
+                "kv_blocks",
+                "prefill_share",
+            ]
+            .iter()
+            .any(|m| row.metric.ends_with(&format!("_{m}")))
             {
-                let _ = writeln!(md, "| {v} | long context (64 × 2k–8k prompts, 64 new tokens): {} | {} |", row.metric, fmt(row.value));
+                let _ = writeln!(
+                    md,
+                    "| {v} | long context (64 × 2k–8k prompts, 64 new tokens): {} | {} |",
+                    row.metric,
+                    fmt(row.value)
+                );
+            }
+        }
+    }
+    let profiles: Vec<(&str, String)> = present(r)
+        .into_iter()
+        .flat_map(|v| {
+            let mut bs: Vec<String> = r
+                .rows
+                .iter()
+                .filter(|x| x.variant == v)
+                .filter_map(|x| x.metric.strip_prefix("serve_profile_b"))
+                .filter_map(|m| m.split_once(':').map(|(b, _)| b.to_string()))
+                .collect();
+            bs.dedup();
+            bs.into_iter().map(move |b| (v, b))
+        })
+        .collect();
+    if !profiles.is_empty() {
+        md.push_str("\n## Where a decoding step's time goes\n\nOne eager step (no graph: each launch timed by events, so the total exceeds a replayed step by the launch gaps) of every sequence decoding at context 512, device ms summed over layers.\n\n| variant | batch | part | ms | share |\n|---|---|---|---|---|\n");
+        for (v, b) in &profiles {
+            let prefix = format!("serve_profile_b{b}: ");
+            let total = r.get(v, &format!("{prefix}total")).unwrap_or(f64::NAN);
+            for row in r
+                .rows
+                .iter()
+                .filter(|x| x.variant == *v && x.metric.starts_with(&prefix))
+            {
+                let part = &row.metric[prefix.len()..];
+                let _ = writeln!(
+                    md,
+                    "| {v} | {b} | {part} | {:.3} | {:.0}% |",
+                    row.value,
+                    100.0 * row.value / total
+                );
             }
         }
     }
@@ -187,23 +243,68 @@ pub fn markdown(r: &Results, command: &str) -> String {
     for row in r.rows.iter().filter(|x| x.variant == "checks") {
         if let Some(what) = row.metric.strip_prefix("kernel_rel_err: ") {
             let g = |p: &str| r.get("checks", &format!("{p}: {what}")).unwrap_or(f64::NAN);
-            let _ = writeln!(md, "| {what} | {:.2e} | {:.2e} | {:.3} |", row.value, g("bf16_rel_err"), g("top1"));
+            let _ = writeln!(
+                md,
+                "| {what} | {:.2e} | {:.2e} | {:.3} |",
+                row.value,
+                g("bf16_rel_err"),
+                g("top1")
+            );
         }
     }
     md.push_str("\nPass: the engine's error against the f32 forward is at most twice the plain bf16 forward's own error (`runtime::Check::passes`).\n\n## Bars\n\n| bar | measured | goal | verdict |\n|---|---|---|---|\n");
     let top = cs.last().copied().unwrap_or(256);
     let bf = |m: &str| r.get("bf16", &format!("serve_mc_c{top}_{m}"));
     let hf = r.get("hf", "serve_mc_tokens_per_sec");
-    bar(&mut md, &format!("bf16 throughput at max_num_seqs {top} ÷ HF generate"), bf("tokens_per_sec").zip(hf).map(|(a, b)| a / b), 10.0, true, "×");
-    bar(&mut md, "decode step time ÷ its roofline (mean, bf16)", bf("decode_roofline_ratio_mean"), 2.0, false, "×");
-    bar(&mut md, "batch-1 decode step (bf16, ms)", r.get("bf16", "serve_b1_step_ms"), 1.7, false, " ms");
+    bar(
+        &mut md,
+        &format!("bf16 throughput at max_num_seqs {top} ÷ HF generate"),
+        bf("tokens_per_sec").zip(hf).map(|(a, b)| a / b),
+        10.0,
+        true,
+        "×",
+    );
+    bar(
+        &mut md,
+        "decode step time ÷ its roofline (mean, bf16)",
+        bf("decode_roofline_ratio_mean"),
+        2.0,
+        false,
+        "×",
+    );
+    bar(
+        &mut md,
+        "batch-1 decode step (bf16, ms)",
+        r.get("bf16", "serve_b1_step_ms"),
+        1.7,
+        false,
+        " ms",
+    );
     let long_err = r
         .rows
         .iter()
-        .find(|x| x.variant == "bf16" && x.metric.starts_with("serve_long_") && x.metric.ends_with("_errors"))
+        .find(|x| {
+            x.variant == "bf16"
+                && x.metric.starts_with("serve_long_")
+                && x.metric.ends_with("_errors")
+        })
         .map(|x| x.value);
-    bar(&mut md, "long-context requests refused or failed", long_err, 0.0, false, "");
+    bar(
+        &mut md,
+        "long-context requests refused or failed",
+        long_err,
+        0.0,
+        false,
+        "",
+    );
     let w8 = r.get("w8a8", &format!("serve_mc_c{top}_tokens_per_sec"));
-    bar(&mut md, "W8A8 serving throughput ÷ bf16", w8.zip(bf("tokens_per_sec")).map(|(a, b)| a / b), 1.3, true, "×");
+    bar(
+        &mut md,
+        "W8A8 serving throughput ÷ bf16",
+        w8.zip(bf("tokens_per_sec")).map(|(a, b)| a / b),
+        1.3,
+        true,
+        "×",
+    );
     md
 }

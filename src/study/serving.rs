@@ -131,7 +131,13 @@ pub fn measure<E: StepExecutor>(
             let mean = decode.iter().sum::<f64>() / decode.len() as f64;
             let (med, spread) = median_spread(decode.clone());
             r.add(variant, &m("decode_roofline_ratio_mean"), mean, None, "×");
-            r.add(variant, &m("decode_roofline_ratio_median"), med, Some(spread), "×");
+            r.add(
+                variant,
+                &m("decode_roofline_ratio_median"),
+                med,
+                Some(spread),
+                "×",
+            );
         }
     }
     Ok(median)
@@ -184,9 +190,14 @@ pub fn run_cpu(
     a: &ServeArgs,
     w: &Workload,
 ) -> Result<()> {
-    let model = crate::checkpoint::load_model(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let model =
+        crate::checkpoint::load_model(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let variant = variant(label, "f32 (CPU reference)", &a.concurrency);
-    let pool = crate::serve::KvSpec::from_config(&model.config, candle_core::DType::F32, DEFAULT_BLOCK_SIZE);
+    let pool = crate::serve::KvSpec::from_config(
+        &model.config,
+        candle_core::DType::F32,
+        DEFAULT_BLOCK_SIZE,
+    );
     let blocks = a.kv_blocks.unwrap_or_else(|| {
         // enough for every request at once: the CPU executor keeps its own caches anyway
         w.requests
@@ -220,6 +231,10 @@ pub fn tag_of(a: &ServeArgs) -> &str {
         _ => "file",
     }
 }
+
+/// Context of the profiled decode steps: a multiple-choice request halfway through its answer.
+#[cfg(feature = "cuda")]
+const PROFILE_CONTEXT: usize = 512;
 
 /// The CUDA runs: the device's measured copy bandwidth and GEMM rates (the rooflines' inputs).
 #[cfg(feature = "cuda")]
@@ -270,8 +285,20 @@ impl CudaRun {
         };
         let c = crate::serve::check::logits(dir, self.ordinal, &small, &cfg, "serving engine")?;
         let v = Variant::new("checks", "check", json!({}));
-        r.add(&v, &format!("kernel_rel_err: {}", c.what), c.kernel_err, None, "");
-        r.add(&v, &format!("bf16_rel_err: {}", c.what), c.bf16_err, None, "");
+        r.add(
+            &v,
+            &format!("kernel_rel_err: {}", c.what),
+            c.kernel_err,
+            None,
+            "",
+        );
+        r.add(
+            &v,
+            &format!("bf16_rel_err: {}", c.what),
+            c.bf16_err,
+            None,
+            "",
+        );
         r.add(&v, &format!("top1: {}", c.what), c.top1, None, "");
         eprintln!(
             "check {}: engine {:.2e} vs bf16 forward {:.2e} (top-1 {:.3}) — {}",
@@ -300,25 +327,37 @@ impl CudaRun {
     ) -> Result<()> {
         use crate::runtime::serving::KvBudget;
         use crate::serve::cuda::CudaExecutor;
+        // the previous variant's engine was dropped: give its memory back before sizing a pool
+        crate::runtime::trim_freed_memory(&candle_core::Device::new_cuda(self.ordinal)?)?;
         let ckpt = crate::checkpoint::Checkpoint::open(dir)?;
         let maxc = a.concurrency.iter().copied().max().unwrap_or(256).max(1);
         let kv = match a.kv_blocks {
             Some(n) => KvBudget::Blocks(n),
             None => KvBudget::Fraction(a.gpu_memory_utilization),
         };
-        let (exec, cfg) =
-            CudaExecutor::load(&ckpt, self.ordinal, &scheduler(a, maxc, 0), kv)?;
+        let (exec, cfg) = CudaExecutor::load(&ckpt, self.ordinal, &scheduler(a, maxc, 0), kv)?;
         let info = exec.engine.info.clone();
         let rate = if info.weights.contains("w8a8") {
             self.int8_ops
         } else {
             self.bf16_flops
         };
-        let roof = Roofline::new(&ckpt.config, info.weight_bytes_per_step as f64, self.bandwidth, rate);
+        let roof = Roofline::new(
+            &ckpt.config,
+            info.weight_bytes_per_step as f64,
+            self.bandwidth,
+            rate,
+        );
         let v = variant(label, &info.weights, &a.concurrency);
         let blocks = cfg.num_blocks;
         r.add(&v, "serve_kv_blocks", blocks as f64, None, "blocks");
-        r.add(&v, "weight_bytes_per_step", info.weight_bytes_per_step as f64, None, "B");
+        r.add(
+            &v,
+            "weight_bytes_per_step",
+            info.weight_bytes_per_step as f64,
+            None,
+            "B",
+        );
         let mut runner = Runner::new(exec, cfg, ckpt.config.vocab_size);
         let reps = a.repeats as usize;
         for &c in &a.concurrency {
@@ -337,6 +376,15 @@ impl CudaRun {
             runner.config = scheduler(a, 1, blocks);
             batch1(r, &v, &mut runner, w, a.b1_tokens)?;
         }
+        for b in [1, maxc] {
+            let ctx = PROFILE_CONTEXT;
+            let parts = runner.executor.engine.profile_decode(b, ctx)?;
+            let total: f64 = parts.iter().map(|p| p.1).sum();
+            for (what, ms, _) in &parts {
+                r.add(&v, &format!("serve_profile_b{b}: {what}"), *ms, None, "ms");
+            }
+            r.add(&v, &format!("serve_profile_b{b}: total"), total, None, "ms");
+        }
         if long > 0 {
             let la = ServeArgs {
                 workload: "long".into(),
@@ -346,7 +394,15 @@ impl CudaRun {
             };
             let lw = workload(&la)?;
             runner.config = scheduler(a, maxc, blocks);
-            let rep = measure(r, &v, &format!("long_c{maxc}"), &mut runner, &lw, 1, Some(&roof))?;
+            let rep = measure(
+                r,
+                &v,
+                &format!("long_c{maxc}"),
+                &mut runner,
+                &lw,
+                1,
+                Some(&roof),
+            )?;
             eprintln!(
                 "{label} long context: {} requests, {} errors, {} preemptions, peak {} of {} blocks",
                 rep.totals.requests,

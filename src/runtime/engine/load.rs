@@ -56,10 +56,7 @@ impl DecodeEngine {
         let blas = Arc::new(CudaBlas::new(s.clone()).map_err(cuda_err)?);
         let w = ModelWeights::load(ckpt, &s, capacity, false)?;
         let (hd, h, inter) = (cfg.head_dim, cfg.hidden_size, cfg.intermediate_size);
-        let (nq, nkv) = (
-            cfg.num_attention_heads * hd,
-            cfg.num_key_value_heads * hd,
-        );
+        let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let cache = batch * cfg.num_key_value_heads * capacity * hd;
         let kc = (0..cfg.num_hidden_layers)
             .map(|_| zeros(&s, cache))
@@ -104,7 +101,7 @@ impl DecodeEngine {
             max_rows,
             len: 0,
             graph: None,
-            prof: std::cell::RefCell::new(None),
+            prof: Default::default(),
         })
     }
 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use candle_core::cuda::cudarc::cublas::CudaBlas;
-use candle_core::cuda::cudarc::driver::{sys, CudaEvent, CudaGraph, CudaSlice, CudaStream};
+use candle_core::cuda::cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -24,10 +24,12 @@ use crate::model::Exaone4Config;
 mod batched;
 mod graph;
 mod load;
+pub(crate) mod marks;
 mod single;
 pub(crate) mod weights;
 
 use load::Buffers;
+use marks::Marks;
 use weights::ModelWeights;
 
 fn ck(e: crate::Error) -> candle_core::Error {
@@ -59,7 +61,7 @@ pub struct DecodeEngine {
     pub len: usize,
     graph: Option<CudaGraph>,
     /// per-launch timing events while profiling a step
-    prof: std::cell::RefCell<Option<Vec<(&'static str, CudaEvent)>>>,
+    prof: Marks,
     pub info: EngineInfo,
 }
 
@@ -71,14 +73,7 @@ impl DecodeEngine {
 
     /// While profiling, marks the end of the work launched since the previous mark.
     fn mark(&self, label: &'static str) -> Result<()> {
-        if let Some(p) = self.prof.borrow_mut().as_mut() {
-            let e = self
-                .stream
-                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(cuda_err)?;
-            p.push((label, e));
-        }
-        Ok(())
+        self.prof.mark(&self.stream, label)
     }
 
     pub fn batch(&self) -> usize {

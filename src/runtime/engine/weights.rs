@@ -221,7 +221,12 @@ impl ModelWeights {
         // a quantized checkpoint keeps some Linears dense only if told to (its ignore list)
         let weights = match words.as_slice() {
             [one] => one.to_string(),
-            _ => words.iter().filter(|w| **w != "bf16").copied().collect::<Vec<_>>().join("+"),
+            _ => words
+                .iter()
+                .filter(|w| **w != "bf16")
+                .copied()
+                .collect::<Vec<_>>()
+                .join("+"),
         };
         let bytes = layers
             .iter()
@@ -305,7 +310,9 @@ pub(crate) struct Gemm<'a> {
 }
 
 fn missing(what: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!("linear: no {what} scratch allocated for this model"))
+    candle_core::Error::Msg(format!(
+        "linear: no {what} scratch allocated for this model"
+    ))
 }
 
 impl<'a> Gemm<'a> {

@@ -252,30 +252,40 @@ extern "C" __global__ void __launch_bounds__(128) flash_paged_128(PAGED_ARGS) { 
 
 // Single tokens (decoding): rows[3i..] = {packed row, table row, keys n (the token's position +
 // 1; 0 for a padding row, which writes zeros)}; q [rows, Hq, D], o [rows, Hq·D]. One block of
-// 256 threads per (entry, KV head) computes the G = Hq / Hkv query heads that share it, so each
-// key and value is read once per sequence: keys in chunks of 256 (one per thread for the
-// scores), an online softmax across chunks, and for p·V each warp takes 32 keys of the chunk
-// with lanes across D; the warps' partial sums are added at the end.
+// 256 threads per (entry, KV head, split) computes the G = Hq / Hkv query heads that share the
+// KV head, so each key and value is read once per sequence: keys in chunks of 256 (one per
+// thread for the scores), an online softmax across chunks, and for p·V each warp takes 32 keys
+// of the chunk with lanes across D; the warps' partial sums are added at the end. With
+// `splits` > 1 (few sequences: too few blocks to fill the GPU) split z takes the z-th share of
+// the keys and writes its unnormalised partial {max, sum, acc[D]} per head to `part`
+// [entries, Hkv, splits, G, D + 2], which paged_decode_combine merges.
 template <int D>
 __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *rows,
-                             const int *tables, int stride, int Hq, int Hkv, int bs, int window, float scale) {
+                             const int *tables, int stride, int Hq, int Hkv, int bs, int window, float scale,
+                             int splits, float *part) {
     constexpr int NW = 8, CH = 256, EP = D / 64;  // EP: bf16 pairs per lane
     extern __shared__ float dsm[];
     int G = Hq / Hkv;
     float *qs = dsm;                  // [G][D], pre-scaled
     float *sc = qs + G * D;           // [G][CH]
-    float *part = sc + G * CH;        // [NW][G][D]
-    float *mrun = part + NW * G * D;  // [G] running max, [G] sum, [G] rescale of this chunk
+    float *wpart = sc + G * CH;       // [NW][G][D]
+    float *mrun = wpart + NW * G * D; // [G] running max, [G] sum, [G] rescale of this chunk
     float *lrun = mrun + G, *alpha = lrun + G;
     int e = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int r = rows[3 * e], n = rows[3 * e + 2];
     const int *tab = tables + (size_t)rows[3 * e + 1] * stride;
     bf16 *orow = o + ((size_t)r * Hq + kvh * G) * D;
-    if (n <= 0) {
+    if (n <= 0 && splits == 1) {
         for (int i = tid; i < G * D; i += blockDim.x) orow[i] = tobf(0.f);
         return;
     }
     int lo = window > 0 ? max(0, n - window) : 0;
+    if (splits > 1) {  // this split's share of keys lo..n
+        int span = (n - lo + splits - 1) / splits;
+        int a = lo + blockIdx.z * span;
+        n = max(a, min(n, a + span));
+        lo = a;
+    }
     for (int i = tid; i < G * D; i += blockDim.x) qs[i] = bf(q[((size_t)r * Hq + kvh * G) * D + i]) * scale;
     if (tid < G) {
         mrun[tid] = NEG_INF;
@@ -370,23 +380,60 @@ __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16
         if (g >= G) break;
 #pragma unroll
         for (int p = 0; p < EP; p++) {
-            part[(warp * G + g) * D + 2 * lane + 64 * p] = acc[g][2 * p];
-            part[(warp * G + g) * D + 2 * lane + 64 * p + 1] = acc[g][2 * p + 1];
+            wpart[(warp * G + g) * D + 2 * lane + 64 * p] = acc[g][2 * p];
+            wpart[(warp * G + g) * D + 2 * lane + 64 * p + 1] = acc[g][2 * p + 1];
         }
     }
     __syncthreads();
+    if (splits == 1) {
+        for (int i = tid; i < G * D; i += blockDim.x) {
+            float s = 0.f;
+            for (int w = 0; w < NW; w++) s += wpart[w * G * D + i];
+            float l = lrun[i / D];
+            orow[i] = tobf(l > 0.f ? s / l : 0.f);
+        }
+        return;
+    }
+    float *out = part + (((size_t)e * Hkv + kvh) * splits + blockIdx.z) * G * (D + 2);
     for (int i = tid; i < G * D; i += blockDim.x) {
         float s = 0.f;
-        for (int w = 0; w < NW; w++) s += part[w * G * D + i];
-        float l = lrun[i / D];
-        orow[i] = tobf(l > 0.f ? s / l : 0.f);
+        for (int w = 0; w < NW; w++) s += wpart[w * G * D + i];
+        out[(i / D) * (D + 2) + 2 + i % D] = s;
+    }
+    if (tid < G) {
+        out[tid * (D + 2)] = mrun[tid];
+        out[tid * (D + 2) + 1] = lrun[tid];
+    }
+}
+
+// Merges the splits of paged_decode: per (entry, KV head), for each of its G heads,
+// o = Σ_z e^(m_z − m) acc_z / Σ_z e^(m_z − m) l_z with m = max_z m_z (zeros where no key).
+extern "C" __global__ void paged_decode_combine(const float *part, const int *rows, bf16 *o, int Hq, int Hkv,
+                                                int D, int splits) {
+    int e = blockIdx.x, kvh = blockIdx.y, G = Hq / Hkv;
+    bf16 *orow = o + ((size_t)rows[3 * e] * Hq + kvh * G) * D;
+    const float *p = part + ((size_t)e * Hkv + kvh) * splits * G * (D + 2);
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        int g = i / D, d = i % D;
+        float m = NEG_INF;
+        for (int z = 0; z < splits; z++) m = fmaxf(m, p[(z * G + g) * (D + 2)]);
+        float num = 0.f, den = 0.f;
+        if (m != NEG_INF) {
+            for (int z = 0; z < splits; z++) {
+                const float *pz = p + (z * G + g) * (D + 2);
+                float w = pz[0] == NEG_INF ? 0.f : __expf(pz[0] - m);
+                num += w * pz[2 + d];
+                den += w * pz[1];
+            }
+        }
+        orow[i] = tobf(den > 0.f ? num / den : 0.f);
     }
 }
 
 #define DECODE_ARGS                                                                                             \
     const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *rows, const int *tables, int stride,     \
-        int Hq, int Hkv, int bs, int window, float scale
-#define DECODE_PASS q, kc, vc, o, rows, tables, stride, Hq, Hkv, bs, window, scale
+        int Hq, int Hkv, int bs, int window, float scale, int splits, float *part
+#define DECODE_PASS q, kc, vc, o, rows, tables, stride, Hq, Hkv, bs, window, scale, splits, part
 extern "C" __global__ void __launch_bounds__(256) paged_decode_64(DECODE_ARGS) { paged_decode<64>(DECODE_PASS); }
 extern "C" __global__ void __launch_bounds__(256) paged_decode_128(DECODE_ARGS) { paged_decode<128>(DECODE_PASS); }
 

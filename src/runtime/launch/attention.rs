@@ -288,8 +288,17 @@ pub(crate) fn flash_paged(
     } else {
         "flash_paged_128"
     };
-    require!(K, tiles.len() >= 5 * n_tiles, "{} tile entries", tiles.len());
-    require!(K, q.aligned(16) && out.aligned(4), "q 16-byte, out 4-byte aligned");
+    require!(
+        K,
+        tiles.len() >= 5 * n_tiles,
+        "{} tile entries",
+        tiles.len()
+    );
+    require!(
+        K,
+        q.aligned(16) && out.aligned(4),
+        "q 16-byte, out 4-byte aligned"
+    );
     require!(
         K,
         q.len().is_multiple_of(heads_q * d) && out.len().is_multiple_of(heads_q * d),
@@ -310,10 +319,21 @@ pub(crate) fn flash_paged(
     );
     let (bs, window) = (int(pool.block_size, "block_size")?, pool.window()?);
     let mut b = stream.launch_builder(&f);
-    b.arg(&q.addr).arg(&pool.k.addr).arg(&pool.v.addr).arg(&out.addr);
+    b.arg(&q.addr)
+        .arg(&pool.k.addr)
+        .arg(&pool.v.addr)
+        .arg(&out.addr);
     b.arg(&tiles.addr).arg(&pool.tables.addr).arg(&stride);
-    b.arg(&hqi).arg(&hkvi).arg(&bs).arg(&window).arg(&scale_log2);
-    let cfg = config((dim(n_tiles, "tiles")?, dim(heads_q, "heads_q")?, 1), 128, smem)?;
+    b.arg(&hqi)
+        .arg(&hkvi)
+        .arg(&bs)
+        .arg(&window)
+        .arg(&scale_log2);
+    let cfg = config(
+        (dim(n_tiles, "tiles")?, dim(heads_q, "heads_q")?, 1),
+        128,
+        smem,
+    )?;
     // SAFETY: 128 threads (the kernel's __launch_bounds__: 4 warps × 16 query rows) and the
     // 5 · 64 · (d + 8) bf16 of shared memory the flash tile indexes, allowed above; head_dim 64
     // or 128, heads_q % heads_kv == 0, pools of whole blocks, 16-byte aligned for cp.async, and
@@ -330,9 +350,25 @@ fn paged_decode_smem(d: usize, g: usize) -> usize {
     (g * d + g * 256 + 8 * g * d + 3 * g) * 4
 }
 
+/// Blocks `paged_decode` aims to launch: with fewer (entries × kv heads) it splits each
+/// sequence's keys among several blocks and merges their partial softmaxes after.
+const DECODE_TARGET_BLOCKS: usize = 256;
+
+/// The splits of `n` entries' keys: enough blocks to fill the GPU, at most 16.
+fn decode_splits(n: usize, heads_kv: usize) -> usize {
+    (DECODE_TARGET_BLOCKS / (n * heads_kv).max(1)).clamp(1, 16)
+}
+
+/// f32 values of the scratch `paged_decode` needs for its splits' partial results.
+pub(crate) fn paged_decode_part_len(heads_q: usize, heads_kv: usize, head_dim: usize) -> usize {
+    DECODE_TARGET_BLOCKS * (heads_q / heads_kv.max(1)) * (head_dim + 2)
+}
+
 /// Attention of single tokens over the paged pool: `entries` holds 3 ints per token (its packed
 /// row, its block-table row, the keys it sees = its position + 1, or 0 for a padding row that
-/// gets zeros); q [rows, heads_q, head_dim], out [rows, heads_q · head_dim].
+/// gets zeros); q [rows, heads_q, head_dim], out [rows, heads_q · head_dim]. `part`: scratch of
+/// [`paged_decode_part_len`] values for the splits of few sequences.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn paged_decode(
     dev: &CudaDevice,
     pool: &PagedPool,
@@ -341,6 +377,7 @@ pub(crate) fn paged_decode(
     entries: Dev<i32>,
     n: usize,
     heads_q: usize,
+    part: Dev<f32>,
 ) -> Result<()> {
     const K: &str = "paged_decode";
     pool.check(K, heads_q)?;
@@ -359,7 +396,14 @@ pub(crate) fn paged_decode(
     if n == 0 {
         return Ok(());
     }
-    let g = heads_q / pool.heads_kv;
+    let (g, hkv) = (heads_q / pool.heads_kv, pool.heads_kv);
+    let splits = decode_splits(n, hkv);
+    require!(
+        K,
+        splits == 1 || part.len() >= n * hkv * splits * g * (d + 2),
+        "partials of {} values",
+        part.len()
+    );
     let f = func(dev, Module::Attention, name)?;
     let smem = paged_decode_smem(d, g);
     allow_smem(&f, smem)?;
@@ -368,21 +412,47 @@ pub(crate) fn paged_decode(
     let (stride, hqi, hkvi) = (
         int(pool.stride, "stride")?,
         int(heads_q, "heads_q")?,
-        int(pool.heads_kv, "heads_kv")?,
+        int(hkv, "heads_kv")?,
     );
-    let (bs, window) = (int(pool.block_size, "block_size")?, pool.window()?);
+    let (bs, window, si) = (
+        int(pool.block_size, "block_size")?,
+        pool.window()?,
+        int(splits, "splits")?,
+    );
     let mut b = stream.launch_builder(&f);
-    b.arg(&q.addr).arg(&pool.k.addr).arg(&pool.v.addr).arg(&out.addr);
+    b.arg(&q.addr)
+        .arg(&pool.k.addr)
+        .arg(&pool.v.addr)
+        .arg(&out.addr);
     b.arg(&entries.addr).arg(&pool.tables.addr).arg(&stride);
     b.arg(&hqi).arg(&hkvi).arg(&bs).arg(&window).arg(&scale);
-    let cfg = config((dim(n, "entries")?, dim(pool.heads_kv, "heads_kv")?, 1), 256, smem)?;
+    b.arg(&si).arg(&part.addr);
+    let grid = (
+        dim(n, "entries")?,
+        dim(hkv, "heads_kv")?,
+        dim(splits, "splits")?,
+    );
+    let cfg = config(grid, 256, smem)?;
     // SAFETY: 256 threads (the kernel's 8 warps and 256-key chunks) and the shared memory it
     // carves for G = heads_q / heads_kv ≤ 8 query heads (q, scores, 8 partial outputs, running
     // statistics), allowed above; head_dim 64 or 128, pools of whole blocks, 16-byte aligned for
-    // the key loads, and `n` entries of 3 ints (all checked). Device-side values are the
-    // caller's duty: each entry's row lies in q and out, its table row exists, and its first
-    // `keys` tokens are covered by that row's blocks (the serving engine builds them from the
-    // scheduler's step).
+    // the key loads, `n` entries of 3 ints, and with splits the partials' scratch (all
+    // checked). Device-side values are the caller's duty: each entry's row lies in q and out,
+    // its table row exists, and its first `keys` tokens are covered by that row's blocks (the
+    // serving engine builds them from the scheduler's step).
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    if splits == 1 {
+        return Ok(());
+    }
+    let f = func(dev, Module::Attention, "paged_decode_combine")?;
+    let di = int(d, "head_dim")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&part.addr).arg(&entries.addr).arg(&out.addr);
+    b.arg(&hqi).arg(&hkvi).arg(&di).arg(&si);
+    let cfg = config((dim(n, "entries")?, dim(hkv, "heads_kv")?, 1), 256, 0)?;
+    // SAFETY: block (e, kvh) reads the `splits` partials of its G heads, inside the scratch
+    // (its length checked above), and writes the G heads of entry e's row of `out` (a row of q
+    // and out by the caller's duty, as above).
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }

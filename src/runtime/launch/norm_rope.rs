@@ -104,7 +104,12 @@ pub(crate) fn rmsnorm_rows(dev: &CudaDevice, a: &RmsNormRows) -> Result<()> {
     let mut b = stream.launch_builder(&f);
     b.arg(&a.x.addr).arg(&a.w.addr).arg(&a.out.addr);
     let idx = or_null(a.idx);
-    b.arg(&ni).arg(&a.eps).arg(&acc).arg(&step).arg(&off).arg(&idx);
+    b.arg(&ni)
+        .arg(&a.eps)
+        .arg(&acc)
+        .arg(&step)
+        .arg(&off)
+        .arg(&idx);
     let cfg = config((dim(a.rows, "rows")?, 1, 1), 256, 0)?;
     // SAFETY: one block of 256 threads (a multiple of 32, as block_reduce needs) per output row
     // reads its input row and the weight as 16-byte words and writes output row r: n % 8 == 0,
@@ -360,7 +365,11 @@ pub(crate) fn qk_norm_rope_paged(dev: &CudaDevice, a: &QkNormRopePaged) -> Resul
     );
     let f = func(dev, Module::NormRope, name)?;
     let stream = dev.cuda_stream();
-    let (hqi, hkvi, bsi) = (int(hq, "heads_q")?, int(hkv, "heads_kv")?, int(bs, "block_size")?);
+    let (hqi, hkvi, bsi) = (
+        int(hq, "heads_q")?,
+        int(hkv, "heads_kv")?,
+        int(bs, "block_size")?,
+    );
     let rope = a.use_rope as i32;
     let mut b = stream.launch_builder(&f);
     b.arg(&a.qkv.addr).arg(&a.q_norm.addr).arg(&a.k_norm.addr);
@@ -368,9 +377,7 @@ pub(crate) fn qk_norm_rope_paged(dev: &CudaDevice, a: &QkNormRopePaged) -> Resul
         .arg(&a.sin.addr)
         .arg(&a.pos.addr)
         .arg(&a.slot.addr);
-    b.arg(&a.q_out.addr)
-        .arg(&a.k_pool.addr)
-        .arg(&a.v_pool.addr);
+    b.arg(&a.q_out.addr).arg(&a.k_pool.addr).arg(&a.v_pool.addr);
     b.arg(&hqi).arg(&hkvi).arg(&bsi).arg(&a.eps).arg(&rope);
     let grid = (
         dim(a.rows, "rows")?,

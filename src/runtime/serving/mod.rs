@@ -20,8 +20,10 @@ use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
+use super::engine::marks::Marks;
 use super::engine::weights::{zeros, ModelWeights, Scratch};
 use super::engine::EngineInfo;
+use super::launch::attention::paged_decode_part_len;
 use super::launch::{cuda_err, Dev};
 use crate::checkpoint::Checkpoint;
 use crate::model::Exaone4Config;
@@ -77,6 +79,8 @@ struct Buffers {
     last: CudaSlice<bf16>,
     logits: CudaSlice<bf16>,
     next: CudaSlice<u32>,
+    /// the split decode attention's partial results
+    part: CudaSlice<f32>,
     scratch: Scratch,
 }
 
@@ -96,6 +100,8 @@ pub struct ServingEngine {
     graphs: HashMap<(usize, usize), Option<CudaGraph>>,
     /// replay decode-only steps as CUDA graphs (on by default)
     pub use_graphs: bool,
+    /// timing events of a profiled step
+    prof: Marks,
     /// steps replayed from a graph, steps run eagerly
     pub graph_steps: usize,
     pub eager_steps: usize,
@@ -141,6 +147,10 @@ impl ServingEngine {
             last: zeros(&s, l.max_seqs * h)?,
             logits: zeros(&s, l.max_seqs * cfg.vocab_size)?,
             next: zeros(&s, l.max_seqs)?,
+            part: zeros(
+                &s,
+                paged_decode_part_len(cfg.num_attention_heads, cfg.num_key_value_heads, hd),
+            )?,
             scratch: w.scratch(&s, r)?,
         };
         s.synchronize().map_err(cuda_err)?;
@@ -188,6 +198,7 @@ impl ServingEngine {
             layout,
             graphs: HashMap::new(),
             use_graphs: true,
+            prof: Marks::default(),
             graph_steps: 0,
             eager_steps: 0,
         })

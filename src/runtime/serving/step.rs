@@ -128,8 +128,14 @@ impl ServingEngine {
                     self.num_blocks
                 );
             }
-            if let Some(&bad) = s.tokens.iter().find(|&&x| x as usize >= self.cfg.vocab_size) {
-                candle_core::bail!("serving engine: sequence {i}: token {bad} outside the vocabulary");
+            if let Some(&bad) = s
+                .tokens
+                .iter()
+                .find(|&&x| x as usize >= self.cfg.vocab_size)
+            {
+                candle_core::bail!(
+                    "serving engine: sequence {i}: token {bad} outside the vocabulary"
+                );
             }
             let row0 = p.rows();
             for (k, &tok) in s.tokens.iter().enumerate() {
@@ -237,6 +243,7 @@ impl ServingEngine {
             scratch: &b.scratch,
         };
         embed_rows(dev, self.d(&b.ids), self.d(&self.w.embed), hb, rows, h)?;
+        self.mark("embed")?;
         let norm_residual = |w| RmsNormRows {
             x: o,
             w,
@@ -251,6 +258,7 @@ impl ServingEngine {
         };
         for (i, l) in self.w.layers.iter().enumerate() {
             gemm.linear(&l.qkv, hb, qkv, rows)?;
+            self.mark("qkv GEMM")?;
             let (k_pool, v_pool) = (self.d(&self.k_pool[i]), self.d(&self.v_pool[i]));
             let rope = QkNormRopePaged {
                 qkv,
@@ -272,6 +280,7 @@ impl ServingEngine {
                 use_rope: l.use_rope,
             };
             qk_norm_rope_paged(dev, &rope)?;
+            self.mark("qk-norm + RoPE + KV write")?;
             let pool = PagedPool {
                 k: k_pool,
                 v: v_pool,
@@ -282,13 +291,20 @@ impl ServingEngine {
                 head_dim: hd,
                 window: l.window,
             };
-            paged_decode(dev, &pool, q, att, dec, n_dec, hq)?;
+            paged_decode(dev, &pool, q, att, dec, n_dec, hq, self.d(&b.part))?;
+            self.mark("attention: single tokens")?;
             flash_paged(dev, &pool, q, att, tiles, n_tiles, hq)?;
+            self.mark("attention: prompt chunks")?;
             gemm.linear(&l.o, att, o, rows)?;
+            self.mark("o GEMM")?;
             rmsnorm_rows(dev, &norm_residual(self.d(&l.post_attn)))?;
+            self.mark("norm + residual")?;
             gemm.gated(&l.gate_up, hb, gu, act, rows)?;
+            self.mark("gate/up GEMM + SiLU · up")?;
             gemm.linear(&l.down, act, o, rows)?;
+            self.mark("down GEMM")?;
             rmsnorm_rows(dev, &norm_residual(self.d(&l.post_ff)))?;
+            self.mark("norm + residual")?;
         }
         if n_sample == 0 {
             return Ok(());
@@ -307,6 +323,7 @@ impl ServingEngine {
             idx: Some(sample),
         };
         rmsnorm_rows(dev, &final_norm)?;
+        self.mark("final norm")?;
         let head = Dense {
             w: self.d(self.w.head()),
             n: c.vocab_size,
@@ -314,7 +331,56 @@ impl ServingEngine {
         };
         let logits = self.d(&b.logits);
         gemm.dense(&head, last, logits, n_sample)?;
-        argmax_rows(dev, logits, self.d(&b.next), n_sample, c.vocab_size)
+        self.mark("lm_head")?;
+        argmax_rows(dev, logits, self.d(&b.next), n_sample, c.vocab_size)?;
+        self.mark("argmax")
+    }
+
+    fn mark(&self, label: &'static str) -> Result<()> {
+        self.prof.mark(&self.stream, label)
+    }
+
+    /// The device time of one eager decoding step of `batch` sequences with `context` tokens
+    /// each (their KV blocks taken from the pool in order; contents do not matter for timing):
+    /// (what, ms, launches) summed over layers, in step order.
+    pub fn profile_decode(
+        &mut self,
+        batch: usize,
+        context: usize,
+    ) -> Result<Vec<(String, f64, usize)>> {
+        let bs = self.limits.block_size;
+        let nb = context.div_ceil(bs);
+        if context == 0 || batch * nb > self.num_blocks {
+            candle_core::bail!(
+                "profile: {batch} sequences of {context} tokens need {} blocks, the pool has {}",
+                batch * nb,
+                self.num_blocks
+            );
+        }
+        let tables: Vec<Vec<u32>> = (0..batch)
+            .map(|i| ((i * nb) as u32..((i + 1) * nb) as u32).collect())
+            .collect();
+        let token = [1u32];
+        let seqs: Vec<StepSeq> = tables
+            .iter()
+            .map(|t| StepSeq {
+                tokens: &token,
+                start: context - 1,
+                sample: true,
+                block_table: t,
+            })
+            .collect();
+        let p = self.plan(&seqs)?;
+        self.upload(&p)?;
+        self.synchronize()?;
+        self.prof.arm(&self.stream)?;
+        let launched = self.forward(p.rows(), p.n_dec(), 0, p.sample.len(), p.stride);
+        if launched.is_err() {
+            self.prof.disarm();
+        }
+        launched?;
+        self.synchronize()?;
+        self.prof.take()
     }
 
     /// Runs one scheduled step and returns, per sequence in order, its greedy next token where
