@@ -259,19 +259,21 @@ extern "C" __global__ void __launch_bounds__(128) flash_paged_128(PAGED_ARGS) { 
 // `splits` > 1 (few sequences: too few blocks to fill the GPU) split z takes the z-th share of
 // the keys and writes its unnormalised partial {max, sum, acc[D]} per head to `part`
 // [entries, Hkv, splits, G, D + 2], which paged_decode_combine merges.
-template <int D>
+template <int D, int G>
 __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *rows,
                              const int *tables, int stride, int Hq, int Hkv, int bs, int window, float scale,
                              int splits, float *part) {
-    constexpr int NW = 8, CH = 256, EP = D / 64;  // EP: bf16 pairs per lane
+    // LPK lanes read one key's row as 16-byte words (coalesced: a warp reads KPW consecutive
+    // keys, 512 bytes, per load), so each warp step covers KPW keys; KW keys per warp per chunk.
+    constexpr int NW = 8, CH = 256, LPK = D / 8, KPW = 32 / LPK, KW = CH / NW;
     extern __shared__ float dsm[];
-    int G = Hq / Hkv;
     float *qs = dsm;                  // [G][D], pre-scaled
     float *sc = qs + G * D;           // [G][CH]
     float *wpart = sc + G * CH;       // [NW][G][D]
     float *mrun = wpart + NW * G * D; // [G] running max, [G] sum, [G] rescale of this chunk
     float *lrun = mrun + G, *alpha = lrun + G;
     int e = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    int sub = lane % LPK, kk = lane / LPK;  // this lane's 8 elements (8·sub..) and key in a step
     int r = rows[3 * e], n = rows[3 * e + 2];
     const int *tab = tables + (size_t)rows[3 * e + 1] * stride;
     bf16 *orow = o + ((size_t)r * Hq + kvh * G) * D;
@@ -291,34 +293,40 @@ __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16
         mrun[tid] = NEG_INF;
         lrun[tid] = 0.f;
     }
-    float acc[8][2 * EP];
+    float acc[G][8];
 #pragma unroll
-    for (int g = 0; g < 8; g++)
+    for (int g = 0; g < G; g++)
 #pragma unroll
-        for (int i = 0; i < 2 * EP; i++) acc[g][i] = 0.f;
+        for (int u = 0; u < 8; u++) acc[g][u] = 0.f;
     __syncthreads();
-    auto at = [&](int j) { return (((size_t)tab[j / bs] * Hkv + kvh) * bs + j % bs) * D; };
+    auto at = [&](int j) { return (((size_t)tab[j / bs] * Hkv + kvh) * bs + j % bs) * D + 8 * sub; };
     for (int c0 = lo; c0 < n; c0 += CH) {
-        int j = c0 + tid;
-        if (j < n) {
-            const uint4 *kr = (const uint4 *)(kc + at(j));
-            float d[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        // scores: keys c0 + warp·KW + i·KPW + kk
+        uint4 kw[KW / KPW];
 #pragma unroll
-            for (int c = 0; c < D / 8; c++) {
-                uint4 kv = kr[c];
-                float k8[8] = {lo_bf(kv.x), hi_bf(kv.x), lo_bf(kv.y), hi_bf(kv.y),
-                               lo_bf(kv.z), hi_bf(kv.z), lo_bf(kv.w), hi_bf(kv.w)};
+        for (int i = 0; i < KW / KPW; i++) {
+            int j = c0 + warp * KW + i * KPW + kk;
+            kw[i] = j < n ? *(const uint4 *)(kc + at(j)) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-                for (int g = 0; g < 8; g++) {
-                    if (g >= G) break;
-                    const float *qq = qs + g * D + c * 8;
+        for (int i = 0; i < KW / KPW; i++) {
+            float k8[8] = {lo_bf(kw[i].x), hi_bf(kw[i].x), lo_bf(kw[i].y), hi_bf(kw[i].y),
+                           lo_bf(kw[i].z), hi_bf(kw[i].z), lo_bf(kw[i].w), hi_bf(kw[i].w)};
+            float d[G];
 #pragma unroll
-                    for (int u = 0; u < 8; u++) d[g] += qq[u] * k8[u];
-                }
+            for (int g = 0; g < G; g++) {
+                const float *qq = qs + g * D + 8 * sub;
+                d[g] = 0.f;
+#pragma unroll
+                for (int u = 0; u < 8; u++) d[g] += qq[u] * k8[u];
+#pragma unroll
+                for (int off = LPK / 2; off > 0; off >>= 1) d[g] += __shfl_xor_sync(0xffffffffu, d[g], off);
             }
-            for (int g = 0; g < G; g++) sc[g * CH + tid] = d[g];
-        } else {
-            for (int g = 0; g < G; g++) sc[g * CH + tid] = NEG_INF;
+            int jl = warp * KW + i * KPW + kk;
+            if (sub == 0) {
+#pragma unroll
+                for (int g = 0; g < G; g++) sc[g * CH + jl] = c0 + jl < n ? d[g] : NEG_INF;
+            }
         }
         __syncthreads();
         if (warp < G) {  // G ≤ 8 = NW: warp g updates head g's running max
@@ -332,9 +340,10 @@ __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16
             }
         }
         __syncthreads();
+#pragma unroll
         for (int g = 0; g < G; g++) {
-            float s = sc[g * CH + tid];
-            sc[g * CH + tid] = s == NEG_INF ? 0.f : __expf(s - mrun[g]);
+            float v = sc[g * CH + tid];
+            sc[g * CH + tid] = v == NEG_INF ? 0.f : __expf(v - mrun[g]);
         }
         __syncthreads();
         if (warp < G) {
@@ -344,45 +353,44 @@ __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16
             if (lane == 0) lrun[warp] = lrun[warp] * alpha[warp] + sum;
         }
 #pragma unroll
-        for (int g = 0; g < 8; g++) {
-            if (g >= G) break;
+        for (int g = 0; g < G; g++) {
             float a = alpha[g];
 #pragma unroll
-            for (int i = 0; i < 2 * EP; i++) acc[g][i] *= a;
+            for (int u = 0; u < 8; u++) acc[g][u] *= a;
         }
-        int j0 = c0 + warp * (CH / NW), j1 = min(n, j0 + CH / NW);
-        for (int jj = j0; jj < j1; jj += 8) {
-            uint32_t vv[8][EP];
+        // p·V over the same keys
+        uint4 vw[KW / KPW];
 #pragma unroll
-            for (int u = 0; u < 8; u++)
+        for (int i = 0; i < KW / KPW; i++) {
+            int j = c0 + warp * KW + i * KPW + kk;
+            vw[i] = j < n ? *(const uint4 *)(vc + at(j)) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-                for (int p = 0; p < EP; p++)
-                    vv[u][p] = jj + u < j1 ? *(const uint32_t *)(vc + at(jj + u) + 2 * lane + 64 * p) : 0u;
+        for (int i = 0; i < KW / KPW; i++) {
+            int jl = warp * KW + i * KPW + kk;
+            float v8[8] = {lo_bf(vw[i].x), hi_bf(vw[i].x), lo_bf(vw[i].y), hi_bf(vw[i].y),
+                           lo_bf(vw[i].z), hi_bf(vw[i].z), lo_bf(vw[i].w), hi_bf(vw[i].w)};
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
-                if (jj + u >= j1) break;
+            for (int g = 0; g < G; g++) {
+                float pr = sc[g * CH + jl];  // 0 past the keys
 #pragma unroll
-                for (int g = 0; g < 8; g++) {
-                    if (g >= G) break;
-                    float pr = sc[g * CH + jj + u - c0];
-#pragma unroll
-                    for (int p = 0; p < EP; p++) {
-                        acc[g][2 * p] += pr * lo_bf(vv[u][p]);
-                        acc[g][2 * p + 1] += pr * hi_bf(vv[u][p]);
-                    }
-                }
+                for (int u = 0; u < 8; u++) acc[g][u] += pr * v8[u];
             }
         }
         __syncthreads();  // sc and alpha are rewritten by the next chunk
     }
+    // the lanes of one slice (same sub, different keys) hold partial sums: add them
 #pragma unroll
-    for (int g = 0; g < 8; g++) {
-        if (g >= G) break;
+    for (int g = 0; g < G; g++)
 #pragma unroll
-        for (int p = 0; p < EP; p++) {
-            wpart[(warp * G + g) * D + 2 * lane + 64 * p] = acc[g][2 * p];
-            wpart[(warp * G + g) * D + 2 * lane + 64 * p + 1] = acc[g][2 * p + 1];
-        }
+        for (int u = 0; u < 8; u++)
+#pragma unroll
+            for (int off = LPK; off < 32; off <<= 1) acc[g][u] += __shfl_xor_sync(0xffffffffu, acc[g][u], off);
+    if (kk == 0) {
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int u = 0; u < 8; u++) wpart[(warp * G + g) * D + 8 * sub + u] = acc[g][u];
     }
     __syncthreads();
     if (splits == 1) {
@@ -434,8 +442,18 @@ extern "C" __global__ void paged_decode_combine(const float *part, const int *ro
     const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *rows, const int *tables, int stride,     \
         int Hq, int Hkv, int bs, int window, float scale, int splits, float *part
 #define DECODE_PASS q, kc, vc, o, rows, tables, stride, Hq, Hkv, bs, window, scale, splits, part
-extern "C" __global__ void __launch_bounds__(256) paged_decode_64(DECODE_ARGS) { paged_decode<64>(DECODE_PASS); }
-extern "C" __global__ void __launch_bounds__(256) paged_decode_128(DECODE_ARGS) { paged_decode<128>(DECODE_PASS); }
+#define DECODE_KERNEL(D, G)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) paged_decode_##D##_g##G(DECODE_ARGS) {                    \
+        paged_decode<D, G>(DECODE_PASS);                                                                        \
+    }
+DECODE_KERNEL(64, 1)
+DECODE_KERNEL(64, 2)
+DECODE_KERNEL(64, 4)
+DECODE_KERNEL(64, 8)
+DECODE_KERNEL(128, 1)
+DECODE_KERNEL(128, 2)
+DECODE_KERNEL(128, 4)
+DECODE_KERNEL(128, 8)
 
 // Attention of row r over its cached keys pad[b] ..= pos[r] (causal by construction: a row only
 // sees slots written before or with it). q [R, Hq, D]; kc/vc [B, Hkv, cap, D]; o [R, Hq·D].

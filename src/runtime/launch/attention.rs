@@ -382,10 +382,16 @@ pub(crate) fn paged_decode(
     const K: &str = "paged_decode";
     pool.check(K, heads_q)?;
     let d = pool.head_dim;
-    let name = if d == 64 {
-        "paged_decode_64"
-    } else {
-        "paged_decode_128"
+    let name = match (d, heads_q / pool.heads_kv) {
+        (64, 1) => "paged_decode_64_g1",
+        (64, 2) => "paged_decode_64_g2",
+        (64, 4) => "paged_decode_64_g4",
+        (64, 8) => "paged_decode_64_g8",
+        (128, 1) => "paged_decode_128_g1",
+        (128, 2) => "paged_decode_128_g2",
+        (128, 4) => "paged_decode_128_g4",
+        (128, 8) => "paged_decode_128_g8",
+        (_, g) => candle_core::bail!("{K}: {g} query heads per kv head (1, 2, 4 or 8)"),
     };
     require!(K, entries.len() >= 3 * n, "{} entries", entries.len());
     require!(
@@ -434,9 +440,9 @@ pub(crate) fn paged_decode(
     );
     let cfg = config(grid, 256, smem)?;
     // SAFETY: 256 threads (the kernel's 8 warps and 256-key chunks) and the shared memory it
-    // carves for G = heads_q / heads_kv ≤ 8 query heads (q, scores, 8 partial outputs, running
-    // statistics), allowed above; head_dim 64 or 128, pools of whole blocks, 16-byte aligned for
-    // the key loads, `n` entries of 3 ints, and with splits the partials' scratch (all
+    // carves for its G = heads_q / heads_kv ∈ {1, 2, 4, 8} query heads (q, scores, 8 partial
+    // outputs, running statistics), allowed above; head_dim 64 or 128, pools of whole blocks,
+    // 16-byte aligned for the 16-byte key and value loads, `n` entries of 3 ints, and with splits the partials' scratch (all
     // checked). Device-side values are the caller's duty: each entry's row lies in q and out,
     // its table row exists, and its first `keys` tokens are covered by that row's blocks (the
     // serving engine builds them from the scheduler's step).
