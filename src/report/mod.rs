@@ -3,6 +3,7 @@
 pub mod chart;
 pub mod layout;
 pub mod runtime;
+pub mod serve;
 pub mod study;
 pub mod train;
 

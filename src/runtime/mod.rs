@@ -7,6 +7,9 @@
 //! - [`engine::DecodeEngine`] (CUDA builds): a greedy decoder that runs a whole step from
 //!   pre-allocated buffers in ~10 kernels per layer, optionally replayed as one CUDA graph,
 //!   with a W4A16 GEMV that reads compressed-tensors' packed int4 weights directly;
+//! - [`serving::ServingEngine`] (CUDA builds): the steps of a continuous-batching scheduler as
+//!   one packed forward each (prompt chunks and decoding tokens of many sequences at their own
+//!   positions) over a paged KV pool, decode-only steps replayed as CUDA graphs;
 //! - [`quantized::attach`] (CUDA builds): W8A8 Linears through an int8 tensor-core GEMM
 //!   (cuBLAS) with per-token × per-channel scales, and W4A16 Linears on packed weights, so a
 //!   compressed checkpoint runs as compressed on the candle forward too.
@@ -30,6 +33,8 @@ pub mod engine;
 mod ops;
 #[cfg(feature = "cuda")]
 pub mod quantized;
+#[cfg(feature = "cuda")]
+pub mod serving;
 
 /// One numerical check of a kernel (see `check`): its relative L2 error against the f32
 /// reference next to the error of the plain bf16 reference path.

@@ -150,29 +150,24 @@ pub struct Int4Linear {
     dev: CudaDevice,
 }
 
-/// A W8A8 Linear: int8 weights [n, k] and per-output-channel scales, activations quantized
-/// per token at run time. Several Linears of one input can be stacked along n (one activation
-/// quantization, one GEMM); `gated` stacks gate and up and returns silu(gate) · up.
+/// W8A8 weights on the device: int8 [n, k] (stored as bytes) and one f32 scale per output
+/// channel, several Linears of one input stacked along n.
 #[derive(Debug)]
-pub struct Int8Linear {
-    w: CudaSlice<u8>,
-    scale: CudaSlice<f32>,
-    n: usize,
-    k: usize,
-    gated: bool,
-    dev: CudaDevice,
+pub struct Int8Weights {
+    pub w: CudaSlice<u8>,
+    pub scale: CudaSlice<f32>,
+    pub n: usize,
+    pub k: usize,
 }
 
-impl Int8Linear {
+impl Int8Weights {
     /// The int8 Linears `prefixes` stacked along their outputs, or None unless every one is
     /// stored as int8 with one scale per output channel.
-    fn load(
+    pub fn load(
         ckpt: &Checkpoint,
         prefixes: &[String],
-        gated: bool,
-        dev: &CudaDevice,
+        stream: &Arc<CudaStream>,
     ) -> Result<Option<Self>> {
-        let stream = dev.cuda_stream();
         let (mut w, mut scale) = (vec![], vec![]);
         let mut k = 0;
         for p in prefixes {
@@ -207,9 +202,34 @@ impl Int8Linear {
             scale: stream.clone_htod(&scale).map_err(cuda_err)?,
             n,
             k,
-            gated,
-            dev: dev.clone(),
         }))
+    }
+}
+
+/// A W8A8 Linear: int8 weights [n, k] and per-output-channel scales, activations quantized
+/// per token at run time. Several Linears of one input can be stacked along n (one activation
+/// quantization, one GEMM); `gated` stacks gate and up and returns silu(gate) · up.
+#[derive(Debug)]
+pub struct Int8Linear {
+    w: Int8Weights,
+    gated: bool,
+    dev: CudaDevice,
+}
+
+impl Int8Linear {
+    fn load(
+        ckpt: &Checkpoint,
+        prefixes: &[String],
+        gated: bool,
+        dev: &CudaDevice,
+    ) -> Result<Option<Self>> {
+        Ok(
+            Int8Weights::load(ckpt, prefixes, &dev.cuda_stream())?.map(|w| Self {
+                w,
+                gated,
+                dev: dev.clone(),
+            }),
+        )
     }
 }
 
@@ -276,10 +296,10 @@ impl CustomOp1 for Int8Linear {
     }
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let (x, m, k) = input(s, l)?;
-        if k != self.k {
-            candle_core::bail!("w8a8 Linear: input has {k} features, weight {}", self.k);
+        if k != self.w.k {
+            candle_core::bail!("w8a8 Linear: input has {k} features, weight {}", self.w.k);
         }
-        let (dev, n) = (&self.dev, self.n);
+        let (dev, n) = (&self.dev, self.w.n);
         let n_out = if self.gated { n / 2 } else { n };
         let stream = dev.cuda_stream();
         // SAFETY: uninitialised memory, each buffer written in full before it is read: q and sx
@@ -299,11 +319,11 @@ impl CustomOp1 for Int8Linear {
         );
         quant_rows_int8(dev, Dev::new(&x, &stream), qd, sxd, m, k)?;
         let blas = dev.cublas_handle();
-        gemm_int8(&blas, qd, Dev::new(&self.w, &stream), accd, m, n, k)?;
+        gemm_int8(&blas, qd, Dev::new(&self.w.w, &stream), accd, m, n, k)?;
         let epilogue = Int8Epilogue {
             acc: accd,
             sx: sxd,
-            sw: Dev::new(&self.scale, &stream),
+            sw: Dev::new(&self.w.scale, &stream),
             y: Dev::new(&y, &stream),
             m,
             n: n_out,

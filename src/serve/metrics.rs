@@ -68,6 +68,13 @@ pub struct StepStats {
     pub waiting: usize,
     pub kv_blocks_used: usize,
     pub preempted: usize,
+    /// rows whose logits were computed (sequences that chose a next token)
+    pub sampled: usize,
+    /// KV entries (tokens × layers' worth) attention read: each decoding token reads its whole
+    /// context; each 64-query tile of a prompt chunk reads the context up to the chunk's end
+    pub kv_tokens_read: usize,
+    /// (query, key) pairs attention scored: causal, so a chunk's query i sees start + i + 1 keys
+    pub attn_pairs: usize,
     pub secs: f64,
 }
 
@@ -87,6 +94,17 @@ impl StepStats {
             waiting,
             kv_blocks_used: blocks,
             preempted: step.preempted.len(),
+            sampled: step.chunks.iter().filter(|c| c.sample).count(),
+            kv_tokens_read: step
+                .chunks
+                .iter()
+                .map(|c| c.end * c.len().div_ceil(64))
+                .sum(),
+            attn_pairs: step
+                .chunks
+                .iter()
+                .map(|c| c.len() * c.start + c.len() * (c.len() + 1) / 2)
+                .sum(),
             secs,
         }
     }

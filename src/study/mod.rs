@@ -3,6 +3,7 @@
 //! variant as data ([`variant`]).
 
 pub mod bench;
+pub mod serving;
 pub mod setup;
 pub mod suite;
 

@@ -3,49 +3,24 @@
 //! launches.
 
 use candle_core::Result;
-use half::bf16;
 
-use super::load::{Lin, Weights};
+use super::weights::Gemm;
 use super::DecodeEngine;
 use crate::runtime::launch::attention::{attn_rows, AttnRows};
-use crate::runtime::launch::gemm::gemm_bf16;
-use crate::runtime::launch::gemv::{dequant_w4, gemv_bf16, gemv_w4, Dense};
+use crate::runtime::launch::gemv::Dense;
 use crate::runtime::launch::norm_rope::{
     embed_rows, qk_norm_rope_store, rmsnorm_rows, silu_mul_rows, QkNormRope, RmsNormRows,
 };
 use crate::runtime::launch::sampling::argmax_rows;
-use crate::runtime::launch::Dev;
-use crate::runtime::quantized::GEMV_MAX_ROWS;
 
 impl DecodeEngine {
-    /// y [rows, n] = x [rows, k] · Wᵀ for a bf16 W [n, k]: a GEMV for a few rows, cuBLAS beyond.
-    pub(super) fn dense(&self, w: &Dense, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
-        if rows > 4 {
-            return gemm_bf16(&self.blas, x, w.w, y, rows, w.n, w.k);
-        }
-        gemv_bf16(&self.dev, w, x, y, rows)
-    }
-
-    /// y [rows, n] = x [rows, k] · Wᵀ.
-    fn linear(&self, lin: &Lin, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
-        match &lin.w {
-            Weights::Dense(w) => {
-                let w = Dense {
-                    w: self.d(w),
-                    n: lin.n,
-                    k: lin.k,
-                };
-                self.dense(&w, x, y, rows)
-            }
-            Weights::Int4(p) if rows <= GEMV_MAX_ROWS => {
-                gemv_w4(&self.dev, &p.view(&self.stream), x, y, rows)
-            }
-            Weights::Int4(p) => {
-                let tmp = self.buf.wtmp.as_ref().expect("allocated for int4 models");
-                let tmp = self.d(tmp);
-                dequant_w4(&self.dev, &p.view(&self.stream), tmp)?;
-                gemm_bf16(&self.blas, x, tmp, y, rows, lin.n, lin.k)
-            }
+    /// The Linears' runner on this engine's stream and scratch.
+    pub(super) fn gemm(&self) -> Gemm<'_> {
+        Gemm {
+            dev: &self.dev,
+            blas: &self.blas,
+            stream: &self.stream,
+            scratch: &self.buf.scratch,
         }
     }
 
@@ -76,7 +51,8 @@ impl DecodeEngine {
             self.d(&b.act),
         );
         let dev = &self.dev;
-        embed_rows(dev, ids, self.d(&self.embed), hb, rows, h)?;
+        let gemm = self.gemm();
+        embed_rows(dev, ids, self.d(&self.w.embed), hb, rows, h)?;
         self.mark("embed")?;
         // post-norm + residual: hb += bf16(rmsnorm(o) · w)
         let norm_residual = |w| RmsNormRows {
@@ -89,17 +65,18 @@ impl DecodeEngine {
             accumulate: true,
             row_step: 1,
             row_off: 0,
+            idx: None,
         };
-        for (i, l) in self.layers.iter().enumerate() {
-            self.linear(&l.qkv, hb, qkv, rows)?;
+        for (i, l) in self.w.layers.iter().enumerate() {
+            gemm.linear(&l.qkv, hb, qkv, rows)?;
             self.mark("qkv GEMV")?;
             let (k_cache, v_cache) = (self.d(&self.kc[i]), self.d(&self.vc[i]));
             let rope = QkNormRope {
                 qkv,
                 q_norm: self.d(&l.q_norm),
                 k_norm: self.d(&l.k_norm),
-                cos: self.d(&self.cos),
-                sin: self.d(&self.sin),
+                cos: self.d(&self.w.cos),
+                sin: self.d(&self.w.sin),
                 pos,
                 pad,
                 q_out: q,
@@ -133,15 +110,15 @@ impl DecodeEngine {
             };
             attn_rows(dev, &attn)?;
             self.mark("attention")?;
-            self.linear(&l.o, att, o, rows)?;
+            gemm.linear(&l.o, att, o, rows)?;
             self.mark("o GEMV")?;
             rmsnorm_rows(dev, &norm_residual(self.d(&l.post_attn)))?;
             self.mark("norm + residual")?;
-            self.linear(&l.gate_up, hb, gu, rows)?;
+            gemm.linear(&l.gate_up, hb, gu, rows)?;
             self.mark("gate/up GEMV")?;
             silu_mul_rows(dev, gu, act, rows, inter)?;
             self.mark("SiLU · up")?;
-            self.linear(&l.down, act, o, rows)?;
+            gemm.linear(&l.down, act, o, rows)?;
             self.mark("down GEMV")?;
             rmsnorm_rows(dev, &norm_residual(self.d(&l.post_ff)))?;
             self.mark("norm + residual")?;
@@ -150,7 +127,7 @@ impl DecodeEngine {
         // the final norm of each sequence's last token
         let final_norm = RmsNormRows {
             x: hb,
-            w: self.d(&self.norm),
+            w: self.d(&self.w.norm),
             out: last,
             rows: self.batch,
             n: h,
@@ -158,16 +135,17 @@ impl DecodeEngine {
             accumulate: false,
             row_step: t,
             row_off: t - 1,
+            idx: None,
         };
         rmsnorm_rows(dev, &final_norm)?;
         self.mark("final norm")?;
         let head = Dense {
-            w: self.d(self.lm_head.as_ref().unwrap_or(&self.embed)),
+            w: self.d(self.w.head()),
             n: c.vocab_size,
             k: h,
         };
         let logits = self.d(&b.logits);
-        self.dense(&head, last, logits, self.batch)?;
+        gemm.dense(&head, last, logits, self.batch)?;
         self.mark("lm_head GEMV")?;
         argmax_rows(dev, logits, self.d(&b.next), self.batch, c.vocab_size)?;
         self.mark("argmax")

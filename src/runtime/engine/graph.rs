@@ -25,27 +25,15 @@ impl DecodeEngine {
             candle_core::bail!("decode engine: profile before prefill");
         }
         self.check_room(1)?;
-        let start = self
-            .stream
-            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(cuda_err)?;
-        *self.prof.borrow_mut() = Some(vec![("start", start)]);
+        self.prof.arm(&self.stream)?;
         let launched = self.step_launches();
-        let marks = self.prof.borrow_mut().take().unwrap_or_default();
+        if launched.is_err() {
+            self.prof.disarm();
+        }
         launched?;
         self.len += 1;
         self.synchronize()?;
-        let mut out: Vec<(String, f64, usize)> = vec![];
-        for w in marks.windows(2) {
-            let ms = w[0].1.elapsed_ms(&w[1].1).map_err(cuda_err)? as f64;
-            match out.iter_mut().find(|x| x.0 == w[1].0) {
-                Some(x) => {
-                    x.1 += ms;
-                    x.2 += 1;
-                }
-                None => out.push((w[1].0.to_string(), ms, 1)),
-            }
-        }
+        let out = self.prof.take()?;
         Ok(out)
     }
 

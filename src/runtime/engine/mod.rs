@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use candle_core::cuda::cudarc::cublas::CudaBlas;
-use candle_core::cuda::cudarc::driver::{sys, CudaEvent, CudaGraph, CudaSlice, CudaStream};
+use candle_core::cuda::cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -24,18 +24,22 @@ use crate::model::Exaone4Config;
 mod batched;
 mod graph;
 mod load;
+pub(crate) mod marks;
 mod single;
+pub(crate) mod weights;
 
-use load::{Buffers, Layer};
+use load::Buffers;
+use marks::Marks;
+use weights::ModelWeights;
 
 fn ck(e: crate::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// What the engine computes with, for reports.
+/// What an engine computes with, for reports.
 #[derive(Debug, Clone)]
 pub struct EngineInfo {
-    /// `bf16` or `w4a16`
+    /// `bf16`, `w4a16` or `w8a8` (quantized kinds joined by `+` where a checkpoint mixes them)
     pub weights: String,
     /// bytes of weights read per decoding step (all Linears and lm_head; one embedding row)
     pub weight_bytes_per_step: u64,
@@ -46,12 +50,7 @@ pub struct DecodeEngine {
     stream: Arc<CudaStream>,
     blas: Arc<CudaBlas>,
     cfg: Exaone4Config,
-    embed: CudaSlice<bf16>,
-    lm_head: Option<CudaSlice<bf16>>,
-    norm: CudaSlice<bf16>,
-    layers: Vec<Layer>,
-    cos: CudaSlice<bf16>,
-    sin: CudaSlice<bf16>,
+    w: ModelWeights,
     kc: Vec<CudaSlice<bf16>>,
     vc: Vec<CudaSlice<bf16>>,
     buf: Buffers,
@@ -62,7 +61,7 @@ pub struct DecodeEngine {
     pub len: usize,
     graph: Option<CudaGraph>,
     /// per-launch timing events while profiling a step
-    prof: std::cell::RefCell<Option<Vec<(&'static str, CudaEvent)>>>,
+    prof: Marks,
     pub info: EngineInfo,
 }
 
@@ -74,14 +73,7 @@ impl DecodeEngine {
 
     /// While profiling, marks the end of the work launched since the previous mark.
     fn mark(&self, label: &'static str) -> Result<()> {
-        if let Some(p) = self.prof.borrow_mut().as_mut() {
-            let e = self
-                .stream
-                .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(cuda_err)?;
-            p.push((label, e));
-        }
-        Ok(())
+        self.prof.mark(&self.stream, label)
     }
 
     pub fn batch(&self) -> usize {

@@ -4,7 +4,7 @@
 use candle_core::Result;
 use half::bf16;
 
-use super::load::{Lin, Weights};
+use super::weights::{Lin, Weights};
 use super::DecodeEngine;
 use crate::runtime::launch::attention::{attn_rows, AttnRows};
 use crate::runtime::launch::gemv::{gemv1x_bf16, gemv1x_w4, Dense, Prologue};
@@ -27,6 +27,7 @@ impl DecodeEngine {
                 gemv1x_bf16(&self.dev, &w, x, y)
             }
             Weights::Int4(p) => gemv1x_w4(&self.dev, &p.view(&self.stream), x, y),
+            Weights::Int8(_) => candle_core::bail!("the decode engine loads no int8 Linears"),
         }
     }
 
@@ -57,15 +58,15 @@ impl DecodeEngine {
             self.d(&b.gu),
         );
         let dev = &self.dev;
-        embed_rows(dev, ids, self.d(&self.embed), ha, 1, h)?;
+        embed_rows(dev, ids, self.d(&self.w.embed), ha, 1, h)?;
         self.mark("embed")?;
-        for (i, l) in self.layers.iter().enumerate() {
+        for (i, l) in self.w.layers.iter().enumerate() {
             let x = match i {
                 0 => Prologue::Plain(ha),
                 // the previous layer's MLP residual: ha = hb + norm(o)
                 _ => Prologue::NormResidual {
                     a: o,
-                    w: self.d(&self.layers[i - 1].post_ff),
+                    w: self.d(&self.w.layers[i - 1].post_ff),
                     residual: hb,
                     out: ha,
                     eps,
@@ -78,8 +79,8 @@ impl DecodeEngine {
                 qkv,
                 q_norm: self.d(&l.q_norm),
                 k_norm: self.d(&l.k_norm),
-                cos: self.d(&self.cos),
-                sin: self.d(&self.sin),
+                cos: self.d(&self.w.cos),
+                sin: self.d(&self.w.sin),
                 pos,
                 pad,
                 q_out: q,
@@ -128,7 +129,7 @@ impl DecodeEngine {
             self.linear1(&l.down, &Prologue::SiluGate(gu), o)?;
             self.mark("down GEMV (+ SiLU · up)")?;
         }
-        let last_layer = self.layers.last().expect("at least one layer");
+        let last_layer = self.w.layers.last().expect("at least one layer");
         let one_row = |x, w, out, accumulate| RmsNormRows {
             x,
             w,
@@ -139,19 +140,20 @@ impl DecodeEngine {
             accumulate,
             row_step: 1,
             row_off: 0,
+            idx: None,
         };
         // the last MLP residual, hb += norm(o), then the final norm
         rmsnorm_rows(dev, &one_row(o, self.d(&last_layer.post_ff), hb, true))?;
         let last = self.d(&b.last);
-        rmsnorm_rows(dev, &one_row(hb, self.d(&self.norm), last, false))?;
+        rmsnorm_rows(dev, &one_row(hb, self.d(&self.w.norm), last, false))?;
         self.mark("last norm + residual, final norm")?;
         let head = Dense {
-            w: self.d(self.lm_head.as_ref().unwrap_or(&self.embed)),
+            w: self.d(self.w.head()),
             n: c.vocab_size,
             k: h,
         };
         let logits = self.d(&b.logits);
-        self.dense(&head, last, logits, 1)?;
+        self.gemm().dense(&head, last, logits, 1)?;
         self.mark("lm_head GEMV")?;
         argmax_rows(dev, logits, self.d(&b.next), 1, c.vocab_size)?;
         self.mark("argmax")

@@ -1,13 +1,12 @@
-// Attention: flash attention for the candle forward (prefill), and the decode engine's
-// attention of each row over its KV cache.
+// Attention: flash attention for the candle forward (prefill), the decode engine's attention of
+// each row over its KV cache, and the serving engine's attention over the paged KV pool (prompt
+// chunks through the flash tile, single tokens through a split over keys).
 // Launchers: src/runtime/launch/attention.rs.
 
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // Flash attention (forward, bf16 tensor cores, online softmax; FlashAttention-2's scheme).
-// Q [B, H, T, D], K/V [B, Hkv, L, D] with given batch/head/token strides (D contiguous);
-// O [B, T, H, D] contiguous. Query i sees key j iff j < L and (!causal or j ≤ i + offset).
 // Block: 4 warps × 16 query rows; key tiles of 64; mma.sync m16n8k16.
 __device__ __forceinline__ void mma16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -44,41 +43,57 @@ __device__ __forceinline__ void ldsm4t(uint32_t *r, const void *p) {
                  : "r"(sa));
 }
 
+// Where a sequence's key/value rows live: rows at a stride (a contiguous cache or tensor), or
+// the paged KV pool [blocks, Hkv, bs, D] through the sequence's block table.
+struct DenseKV {
+    const bf16 *K, *V;
+    long long k_st, v_st;
+    __device__ const bf16 *k(int j) const { return K + j * k_st; }
+    __device__ const bf16 *v(int j) const { return V + j * v_st; }
+};
+struct PagedKV {
+    const bf16 *K, *V;
+    const int *table;
+    int bs, hkv, kvh, d;
+    __device__ size_t off(int j) const { return (((size_t)table[j / bs] * hkv + kvh) * bs + j % bs) * d; }
+    __device__ const bf16 *k(int j) const { return K + off(j); }
+    __device__ const bf16 *v(int j) const { return V + off(j); }
+};
+
+// One tile of 64 queries (q0..q0+63 of T) of one head. Qb/Ob: the head's row 0, rows q_st/o_st
+// apart. Query i sees key j iff j < L, (!causal or j ≤ i + offset) and (window ≤ 0 or
+// j > i + offset − window): the window counts the token itself, as EXAONE's sliding layers do.
 // K/V tiles are double-buffered with cp.async (the next tile loads while this one computes);
 // MMA operands come from shared memory through ldmatrix (K as is, V transposed).
-template <int D>
-__device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, int T, int L, int H, int Hkv,
-                          long long q_sb, long long q_sh, long long q_st, long long k_sb, long long k_sh,
-                          long long k_st, long long v_sb, long long v_sh, long long v_st, int causal, int offset,
-                          float scale_log2) {
+template <int D, class KV>
+__device__ void flash_tile(const bf16 *Qb, long long q_st, bf16 *Ob, long long o_st, KV kv, int T, int L, int q0,
+                           int causal, int offset, int window, float scale_log2) {
     constexpr int BR = 64, BC = 64, DS = D + 8;
     extern __shared__ __align__(16) unsigned char fsm[];
     bf16 *Qs = (bf16 *)fsm;
     bf16 *Ks = Qs + BR * DS;       // [2][BC * DS]
     bf16 *Vs = Ks + 2 * BC * DS;   // [2][BC * DS]
-    int q0 = blockIdx.x * BR, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, cc = (lane & 3) * 2;
-    const bf16 *Qb = Q + b * q_sb + h * q_sh;
-    const bf16 *Kb = K + b * k_sb + kvh * k_sh;
-    const bf16 *Vb = V + b * v_sb + kvh * v_sh;
     for (int i = tid; i < BR * D / 8; i += blockDim.x) {
         int r = i / (D / 8), c = i % (D / 8);
         bool in = q0 + r < T;
         cp_async16(Qs + r * DS + c * 8, in ? (const void *)(Qb + (q0 + r) * q_st + c * 8) : (const void *)Qb, in);
     }
     int kend = causal ? min(L, q0 + BR + offset) : L;
-    int ntiles = (kend + BC - 1) / BC;
+    // first tile: the window's start for the tile's first query
+    int t0 = window > 0 ? max(0, q0 + offset - window + 1) / BC : 0;
+    int t1 = (kend + BC - 1) / BC;
     auto load_kv = [&](int tile, int buf) {
         int k0 = tile * BC;
         bf16 *ks = Ks + buf * BC * DS, *vs = Vs + buf * BC * DS;
         for (int i = tid; i < BC * D / 8; i += blockDim.x) {
             int r = i / (D / 8), c = i % (D / 8);
             bool in = k0 + r < L;
-            cp_async16(ks + r * DS + c * 8, in ? (const void *)(Kb + (k0 + r) * k_st + c * 8) : (const void *)Kb, in);
-            cp_async16(vs + r * DS + c * 8, in ? (const void *)(Vb + (k0 + r) * v_st + c * 8) : (const void *)Vb, in);
+            cp_async16(ks + r * DS + c * 8, in ? (const void *)(kv.k(k0 + r) + c * 8) : (const void *)kv.K, in);
+            cp_async16(vs + r * DS + c * 8, in ? (const void *)(kv.v(k0 + r) + c * 8) : (const void *)kv.V, in);
         }
     };
-    if (ntiles > 0) load_kv(0, 0);
+    if (t1 > t0) load_kv(t0, 0);
     cp_commit();
     uint32_t qa[D / 16][4];
     float o[D / 8][4];
@@ -87,22 +102,23 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
     int r0 = warp * 16 + g;
     int lr = lane & 7, lm = lane >> 3;  // ldmatrix: row within a matrix, which matrix
-    for (int tile = 0; tile < max(ntiles, 1); tile++) {
-        if (tile + 1 < ntiles) {
-            load_kv(tile + 1, (tile + 1) & 1);
+    for (int tile = t0; tile < max(t1, t0 + 1); tile++) {
+        int buf = (tile - t0) & 1;
+        if (tile + 1 < t1) {
+            load_kv(tile + 1, buf ^ 1);
             cp_commit();
             cp_wait<1>();
         } else {
             cp_wait<0>();
         }
         __syncthreads();
-        if (tile == 0) {
+        if (tile == t0) {
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
                 ldsm4(qa[kk], Qs + (warp * 16 + (lm & 1) * 8 + lr) * DS + kk * 16 + (lm >> 1) * 8);
         }
-        if (ntiles == 0) break;
-        const bf16 *ks = Ks + (tile & 1) * BC * DS, *vs = Vs + (tile & 1) * BC * DS;
+        if (t1 <= t0) break;
+        const bf16 *ks = Ks + buf * BC * DS, *vs = Vs + buf * BC * DS;
         int k0 = tile * BC;
         float s[BC / 8][4];
 #pragma unroll
@@ -116,7 +132,7 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
                 mma16816(s[nt], qa[kk + 1], kb[2], kb[3]);
             }
         }
-        bool edge = k0 + BC > L || (causal && k0 + BC - 1 > q0 + offset);
+        bool edge = k0 + BC > L || (causal && k0 + BC - 1 > q0 + offset) || window > 0;
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             int row = q0 + r0 + 8 * i;
@@ -128,7 +144,8 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
                     float v = s[nt][2 * i + e] * scale_log2;
                     if (edge) {
                         int key = k0 + nt * 8 + cc + e;
-                        if (!(key < L && (!causal || key <= row + offset))) v = NEG_INF;
+                        if (!(key < L && (!causal || key <= row + offset) && (window <= 0 || key > row + offset - window)))
+                            v = NEG_INF;
                     }
                     s[nt][2 * i + e] = v;
                     mx = fmaxf(mx, v);
@@ -177,11 +194,25 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
         int row = q0 + r0 + 8 * i;
         if (row >= T) continue;
         float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
-        bf16 *orow = O + (((size_t)b * T + row) * H + h) * D;
+        bf16 *orow = Ob + row * o_st;
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++)
             *(__nv_bfloat162 *)(orow + dt * 8 + cc) = __floats2bfloat162_rn(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
     }
+}
+
+// Flash attention of a batch: Q [B, H, T, D], K/V [B, Hkv, L, D] with given batch/head/token
+// strides (D contiguous); O [B, T, H, D] contiguous. Query i sees key j iff j < L and (!causal or
+// j ≤ i + offset). Grid (T / 64, H, B).
+template <int D>
+__device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, int T, int L, int H, int Hkv,
+                          long long q_sb, long long q_sh, long long q_st, long long k_sb, long long k_sh,
+                          long long k_st, long long v_sb, long long v_sh, long long v_st, int causal, int offset,
+                          float scale_log2) {
+    int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
+    DenseKV kv{K + b * k_sb + kvh * k_sh, V + b * v_sb + kvh * v_sh, k_st, v_st};
+    flash_tile<D>(Q + b * q_sb + h * q_sh, q_st, O + ((size_t)b * T * H + h) * D, (long long)H * D, kv, T, L,
+                  blockIdx.x * 64, causal, offset, 0, scale_log2);
 }
 
 #define FLASH_ARGS                                                                                              \
@@ -192,6 +223,237 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
 
 extern "C" __global__ void __launch_bounds__(128) flash_fwd_64(FLASH_ARGS) { flash_fwd<64>(FLASH_PASS); }
 extern "C" __global__ void __launch_bounds__(128) flash_fwd_128(FLASH_ARGS) { flash_fwd<128>(FLASH_PASS); }
+
+// ---------------------------------------------------------------------------------------------
+// The serving engine's attention over the paged pool: kc/vc [blocks, Hkv, bs, D]; a sequence's
+// token j lives in block table[j / bs], slot j % bs; tables are rows `stride` ints apart.
+
+// Prompt chunks: tiles[t] = {first packed row of the chunk, its length, tokens before it, q0,
+// its table row}; q [rows, H, D], o [rows, H·D]. Grid (tiles, H). Causal within the chunk, every
+// earlier token of the sequence visible (up to the window).
+template <int D>
+__device__ void flash_paged(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *tiles,
+                            const int *tables, int stride, int H, int Hkv, int bs, int window, float scale_log2) {
+    const int *t = tiles + 5 * blockIdx.x;
+    int row0 = t[0], len = t[1], ctx = t[2], q0 = t[3], trow = t[4];
+    int h = blockIdx.y, kvh = h / (H / Hkv);
+    PagedKV kv{kc, vc, tables + (size_t)trow * stride, bs, Hkv, kvh, D};
+    long long rs = (long long)H * D;
+    flash_tile<D>(q + (size_t)row0 * rs + h * D, rs, o + (size_t)row0 * rs + h * D, rs, kv, len, ctx + len, q0, 1,
+                  ctx, window, scale_log2);
+}
+
+#define PAGED_ARGS                                                                                              \
+    const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *tiles, const int *tables, int stride,    \
+        int H, int Hkv, int bs, int window, float scale_log2
+#define PAGED_PASS q, kc, vc, o, tiles, tables, stride, H, Hkv, bs, window, scale_log2
+extern "C" __global__ void __launch_bounds__(128) flash_paged_64(PAGED_ARGS) { flash_paged<64>(PAGED_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_paged_128(PAGED_ARGS) { flash_paged<128>(PAGED_PASS); }
+
+// Single tokens (decoding): rows[3i..] = {packed row, table row, keys n (the token's position +
+// 1; 0 for a padding row, which writes zeros)}; q [rows, Hq, D], o [rows, Hq·D]. One block of
+// 256 threads per (entry, KV head, split) computes the G = Hq / Hkv query heads that share the
+// KV head, so each key and value is read once per sequence: keys in chunks of 256 (one per
+// thread for the scores), an online softmax across chunks, and for p·V each warp takes 32 keys
+// of the chunk with lanes across D; the warps' partial sums are added at the end. With
+// `splits` > 1 (few sequences: too few blocks to fill the GPU) split z takes the z-th share of
+// the keys and writes its unnormalised partial {max, sum, acc[D]} per head to `part`
+// [entries, Hkv, splits, G, D + 2], which paged_decode_combine merges.
+template <int D, int G>
+__device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *rows,
+                             const int *tables, int stride, int Hq, int Hkv, int bs, int window, float scale,
+                             int splits, float *part) {
+    // LPK lanes read one key's row as 16-byte words (coalesced: a warp reads KPW consecutive
+    // keys, 512 bytes, per load), so each warp step covers KPW keys; KW keys per warp per chunk.
+    constexpr int NW = 8, CH = 256, LPK = D / 8, KPW = 32 / LPK, KW = CH / NW;
+    extern __shared__ float dsm[];
+    float *qs = dsm;                  // [G][D], pre-scaled
+    float *sc = qs + G * D;           // [G][CH]
+    float *wpart = sc + G * CH;       // [NW][G][D]
+    float *mrun = wpart + NW * G * D; // [G] running max, [G] sum, [G] rescale of this chunk
+    float *lrun = mrun + G, *alpha = lrun + G;
+    int e = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    int sub = lane % LPK, kk = lane / LPK;  // this lane's 8 elements (8·sub..) and key in a step
+    int r = rows[3 * e], n = rows[3 * e + 2];
+    const int *tab = tables + (size_t)rows[3 * e + 1] * stride;
+    bf16 *orow = o + ((size_t)r * Hq + kvh * G) * D;
+    if (n <= 0 && splits == 1) {
+        for (int i = tid; i < G * D; i += blockDim.x) orow[i] = tobf(0.f);
+        return;
+    }
+    int lo = window > 0 ? max(0, n - window) : 0;
+    if (splits > 1) {  // this split's share of keys lo..n
+        int span = (n - lo + splits - 1) / splits;
+        int a = lo + blockIdx.z * span;
+        n = max(a, min(n, a + span));
+        lo = a;
+    }
+    for (int i = tid; i < G * D; i += blockDim.x) qs[i] = bf(q[((size_t)r * Hq + kvh * G) * D + i]) * scale;
+    if (tid < G) {
+        mrun[tid] = NEG_INF;
+        lrun[tid] = 0.f;
+    }
+    float acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int u = 0; u < 8; u++) acc[g][u] = 0.f;
+    __syncthreads();
+    auto at = [&](int j) { return (((size_t)tab[j / bs] * Hkv + kvh) * bs + j % bs) * D + 8 * sub; };
+    for (int c0 = lo; c0 < n; c0 += CH) {
+        // scores: keys c0 + warp·KW + i·KPW + kk
+        uint4 kw[KW / KPW];
+#pragma unroll
+        for (int i = 0; i < KW / KPW; i++) {
+            int j = c0 + warp * KW + i * KPW + kk;
+            kw[i] = j < n ? *(const uint4 *)(kc + at(j)) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int i = 0; i < KW / KPW; i++) {
+            float k8[8] = {lo_bf(kw[i].x), hi_bf(kw[i].x), lo_bf(kw[i].y), hi_bf(kw[i].y),
+                           lo_bf(kw[i].z), hi_bf(kw[i].z), lo_bf(kw[i].w), hi_bf(kw[i].w)};
+            float d[G];
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                const float *qq = qs + g * D + 8 * sub;
+                d[g] = 0.f;
+#pragma unroll
+                for (int u = 0; u < 8; u++) d[g] += qq[u] * k8[u];
+#pragma unroll
+                for (int off = LPK / 2; off > 0; off >>= 1) d[g] += __shfl_xor_sync(0xffffffffu, d[g], off);
+            }
+            int jl = warp * KW + i * KPW + kk;
+            if (sub == 0) {
+#pragma unroll
+                for (int g = 0; g < G; g++) sc[g * CH + jl] = c0 + jl < n ? d[g] : NEG_INF;
+            }
+        }
+        __syncthreads();
+        if (warp < G) {  // G ≤ 8 = NW: warp g updates head g's running max
+            float mx = NEG_INF;
+            for (int i = lane; i < CH; i += 32) mx = fmaxf(mx, sc[warp * CH + i]);
+            mx = warp_max(mx);
+            if (lane == 0) {
+                float mnew = fmaxf(mrun[warp], mx);
+                alpha[warp] = __expf(mrun[warp] - mnew);  // exp(−inf) = 0 on the first chunk
+                mrun[warp] = mnew;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float v = sc[g * CH + tid];
+            sc[g * CH + tid] = v == NEG_INF ? 0.f : __expf(v - mrun[g]);
+        }
+        __syncthreads();
+        if (warp < G) {
+            float sum = 0.f;
+            for (int i = lane; i < CH; i += 32) sum += sc[warp * CH + i];
+            sum = warp_sum(sum);
+            if (lane == 0) lrun[warp] = lrun[warp] * alpha[warp] + sum;
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float a = alpha[g];
+#pragma unroll
+            for (int u = 0; u < 8; u++) acc[g][u] *= a;
+        }
+        // p·V over the same keys
+        uint4 vw[KW / KPW];
+#pragma unroll
+        for (int i = 0; i < KW / KPW; i++) {
+            int j = c0 + warp * KW + i * KPW + kk;
+            vw[i] = j < n ? *(const uint4 *)(vc + at(j)) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int i = 0; i < KW / KPW; i++) {
+            int jl = warp * KW + i * KPW + kk;
+            float v8[8] = {lo_bf(vw[i].x), hi_bf(vw[i].x), lo_bf(vw[i].y), hi_bf(vw[i].y),
+                           lo_bf(vw[i].z), hi_bf(vw[i].z), lo_bf(vw[i].w), hi_bf(vw[i].w)};
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float pr = sc[g * CH + jl];  // 0 past the keys
+#pragma unroll
+                for (int u = 0; u < 8; u++) acc[g][u] += pr * v8[u];
+            }
+        }
+        __syncthreads();  // sc and alpha are rewritten by the next chunk
+    }
+    // the lanes of one slice (same sub, different keys) hold partial sums: add them
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+#pragma unroll
+            for (int off = LPK; off < 32; off <<= 1) acc[g][u] += __shfl_xor_sync(0xffffffffu, acc[g][u], off);
+    if (kk == 0) {
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int u = 0; u < 8; u++) wpart[(warp * G + g) * D + 8 * sub + u] = acc[g][u];
+    }
+    __syncthreads();
+    if (splits == 1) {
+        for (int i = tid; i < G * D; i += blockDim.x) {
+            float s = 0.f;
+            for (int w = 0; w < NW; w++) s += wpart[w * G * D + i];
+            float l = lrun[i / D];
+            orow[i] = tobf(l > 0.f ? s / l : 0.f);
+        }
+        return;
+    }
+    float *out = part + (((size_t)e * Hkv + kvh) * splits + blockIdx.z) * G * (D + 2);
+    for (int i = tid; i < G * D; i += blockDim.x) {
+        float s = 0.f;
+        for (int w = 0; w < NW; w++) s += wpart[w * G * D + i];
+        out[(i / D) * (D + 2) + 2 + i % D] = s;
+    }
+    if (tid < G) {
+        out[tid * (D + 2)] = mrun[tid];
+        out[tid * (D + 2) + 1] = lrun[tid];
+    }
+}
+
+// Merges the splits of paged_decode: per (entry, KV head), for each of its G heads,
+// o = Σ_z e^(m_z − m) acc_z / Σ_z e^(m_z − m) l_z with m = max_z m_z (zeros where no key).
+extern "C" __global__ void paged_decode_combine(const float *part, const int *rows, bf16 *o, int Hq, int Hkv,
+                                                int D, int splits) {
+    int e = blockIdx.x, kvh = blockIdx.y, G = Hq / Hkv;
+    bf16 *orow = o + ((size_t)rows[3 * e] * Hq + kvh * G) * D;
+    const float *p = part + ((size_t)e * Hkv + kvh) * splits * G * (D + 2);
+    for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
+        int g = i / D, d = i % D;
+        float m = NEG_INF;
+        for (int z = 0; z < splits; z++) m = fmaxf(m, p[(z * G + g) * (D + 2)]);
+        float num = 0.f, den = 0.f;
+        if (m != NEG_INF) {
+            for (int z = 0; z < splits; z++) {
+                const float *pz = p + (z * G + g) * (D + 2);
+                float w = pz[0] == NEG_INF ? 0.f : __expf(pz[0] - m);
+                num += w * pz[2 + d];
+                den += w * pz[1];
+            }
+        }
+        orow[i] = tobf(den > 0.f ? num / den : 0.f);
+    }
+}
+
+#define DECODE_ARGS                                                                                             \
+    const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *rows, const int *tables, int stride,     \
+        int Hq, int Hkv, int bs, int window, float scale, int splits, float *part
+#define DECODE_PASS q, kc, vc, o, rows, tables, stride, Hq, Hkv, bs, window, scale, splits, part
+#define DECODE_KERNEL(D, G)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) paged_decode_##D##_g##G(DECODE_ARGS) {                    \
+        paged_decode<D, G>(DECODE_PASS);                                                                        \
+    }
+DECODE_KERNEL(64, 1)
+DECODE_KERNEL(64, 2)
+DECODE_KERNEL(64, 4)
+DECODE_KERNEL(64, 8)
+DECODE_KERNEL(128, 1)
+DECODE_KERNEL(128, 2)
+DECODE_KERNEL(128, 4)
+DECODE_KERNEL(128, 8)
 
 // Attention of row r over its cached keys pad[b] ..= pos[r] (causal by construction: a row only
 // sees slots written before or with it). q [R, Hq, D]; kc/vc [B, Hkv, cap, D]; o [R, Hq·D].

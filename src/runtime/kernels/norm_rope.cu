@@ -11,13 +11,15 @@ extern "C" __global__ void embed_rows(const uint32_t *ids, const bf16 *table, bf
     for (int i = threadIdx.x; i < hidden / 8; i += blockDim.x) dst[i] = src[i];
 }
 
-// RMSNorm of input row (blockIdx.x * row_step + row_off): y = bf16(x · rsqrt(mean x² + eps) · w).
+// RMSNorm of input row idx[blockIdx.x] (blockIdx.x * row_step + row_off where idx is null):
+// y = bf16(x · rsqrt(mean x² + eps) · w).
 // accumulate = 0: out[blockIdx.x] = y;  accumulate = 1: out[blockIdx.x] += y (bf16 add, as
 // `h + norm(o)` in the post-norm decoder layer). n % 8 == 0; 16-byte loads.
 extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
-                                        int accumulate, int row_step, int row_off) {
+                                        int accumulate, int row_step, int row_off, const int *idx) {
     __shared__ float red[32];
-    const uint4 *xr = (const uint4 *)(x + (size_t)(blockIdx.x * row_step + row_off) * n);
+    int in_row = idx ? idx[blockIdx.x] : blockIdx.x * row_step + row_off;
+    const uint4 *xr = (const uint4 *)(x + (size_t)in_row * n);
     uint4 *o = (uint4 *)(out + (size_t)blockIdx.x * n);
     const uint4 *wr = (const uint4 *)w;
     float ss = 0.f;
@@ -64,26 +66,23 @@ extern "C" __global__ void silu_mul_flat(const bf16 *g, const bf16 *u, bf16 *out
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per-head QK RMSNorm, RoPE (NeoX halves, tables [positions, D/2]) and the KV-cache write.
-// qkv [R, (Hq + 2·Hkv)·D]; row r belongs to sequence b = r / T, sits in cache slot pos[r] and has
-// RoPE position pos[r] − pad[b]. Writes q_out [R, Hq, D] and kc/vc [B, Hkv, cap, D].
+// Per-head QK RMSNorm, RoPE (NeoX halves, tables [positions, D/2]) and the KV-cache write, for
+// row r of qkv [R, (Hq + 2·Hkv)·D]: q goes to q_out [R, Hq, D]; head kvh of k and v to
+// kc/vc + kv_base + kvh · kv_head_stride (no write where kv_base < 0), RoPE at position rp.
 // One warp per (row, head); lane holds elements lane + 32·j.
 template <int D>
-__device__ void qk_norm_rope_store(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *cos_t,
-                                   const bf16 *sin_t, const int *pos, const int *pad, bf16 *q_out, bf16 *kc,
-                                   bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int use_rope) {
+__device__ void qk_norm_rope_row(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *cos_t,
+                                 const bf16 *sin_t, int r, int rp, long long kv_base, long long kv_head_stride,
+                                 bf16 *q_out, bf16 *kc, bf16 *vc, int Hq, int Hkv, float eps, int use_rope) {
     constexpr int E = D / 32;  // elements per lane
-    int r = blockIdx.x;
     int head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (head >= Hq + 2 * Hkv) return;
-    int b = r / T, p = pos[r];
+    if (head >= Hq + 2 * Hkv || (head >= Hq && kv_base < 0)) return;
     const bf16 *src = qkv + (size_t)r * (Hq + 2 * Hkv) * D + (size_t)head * D;
     float v[E];
 #pragma unroll
     for (int j = 0; j < E; j++) v[j] = bf(src[lane + 32 * j]);
     if (head >= Hq + Hkv) {  // V: straight into the cache
-        int kvh = head - Hq - Hkv;
-        bf16 *dst = vc + (((size_t)b * Hkv + kvh) * cap + p) * D;
+        bf16 *dst = vc + kv_base + (head - Hq - Hkv) * kv_head_stride;
 #pragma unroll
         for (int j = 0; j < E; j++) dst[lane + 32 * j] = tobf(v[j]);
         return;
@@ -97,7 +96,6 @@ __device__ void qk_norm_rope_store(const bf16 *qkv, const bf16 *qw, const bf16 *
 #pragma unroll
     for (int j = 0; j < E; j++) v[j] = bf(tobf(v[j] * inv * bf(w[lane + 32 * j])));
     if (use_rope) {
-        int rp = p - pad[b];
         float o[E];
 #pragma unroll
         for (int j = 0; j < E; j++) {
@@ -111,15 +109,21 @@ __device__ void qk_norm_rope_store(const bf16 *qkv, const bf16 *qw, const bf16 *
 #pragma unroll
         for (int j = 0; j < E; j++) v[j] = o[j];
     }
-    bf16 *dst;
-    if (head < Hq) {
-        dst = q_out + ((size_t)r * Hq + head) * D;
-    } else {
-        int kvh = head - Hq;
-        dst = kc + (((size_t)b * Hkv + kvh) * cap + p) * D;
-    }
+    bf16 *dst = head < Hq ? q_out + ((size_t)r * Hq + head) * D : kc + kv_base + (head - Hq) * kv_head_stride;
 #pragma unroll
     for (int j = 0; j < E; j++) dst[lane + 32 * j] = tobf(v[j]);
+}
+
+// The decode engine's caches kc/vc [B, Hkv, cap, D]: row r belongs to sequence b = r / T, sits
+// in cache slot pos[r] and has RoPE position pos[r] − pad[b].
+template <int D>
+__device__ void qk_norm_rope_store(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *cos_t,
+                                   const bf16 *sin_t, const int *pos, const int *pad, bf16 *q_out, bf16 *kc,
+                                   bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int use_rope) {
+    int r = blockIdx.x, b = r / T, p = pos[r];
+    long long base = ((long long)b * Hkv * cap + p) * D;
+    qk_norm_rope_row<D>(qkv, qw, kw, cos_t, sin_t, r, p - pad[b], base, (long long)cap * D, q_out, kc, vc, Hq, Hkv,
+                        eps, use_rope);
 }
 
 extern "C" __global__ void qk_norm_rope_store_64(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
@@ -131,4 +135,28 @@ extern "C" __global__ void qk_norm_rope_store_128(const bf16 *qkv, const bf16 *q
                                                   const bf16 *s, const int *pos, const int *pad, bf16 *q, bf16 *kc,
                                                   bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int rope) {
     qk_norm_rope_store<128>(qkv, qw, kw, c, s, pos, pad, q, kc, vc, Hq, Hkv, T, cap, eps, rope);
+}
+
+// The serving engine's paged pool kc/vc [blocks, Hkv, bs, D]: row r has RoPE position pos[r]
+// and goes to pool slot slot[r] (block slot / bs, offset slot % bs); slot < 0 (a padding row)
+// writes no K/V.
+template <int D>
+__device__ void qk_norm_rope_paged(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *cos_t,
+                                   const bf16 *sin_t, const int *pos, const int *slot, bf16 *q_out, bf16 *kc,
+                                   bf16 *vc, int Hq, int Hkv, int bs, float eps, int use_rope) {
+    int r = blockIdx.x, sl = slot[r];
+    long long base = sl < 0 ? -1 : ((long long)(sl / bs) * Hkv * bs + sl % bs) * D;
+    qk_norm_rope_row<D>(qkv, qw, kw, cos_t, sin_t, r, pos[r], base, (long long)bs * D, q_out, kc, vc, Hq, Hkv, eps,
+                        use_rope);
+}
+
+extern "C" __global__ void qk_norm_rope_paged_64(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
+                                                 const bf16 *s, const int *pos, const int *slot, bf16 *q, bf16 *kc,
+                                                 bf16 *vc, int Hq, int Hkv, int bs, float eps, int rope) {
+    qk_norm_rope_paged<64>(qkv, qw, kw, c, s, pos, slot, q, kc, vc, Hq, Hkv, bs, eps, rope);
+}
+extern "C" __global__ void qk_norm_rope_paged_128(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
+                                                  const bf16 *s, const int *pos, const int *slot, bf16 *q, bf16 *kc,
+                                                  bf16 *vc, int Hq, int Hkv, int bs, float eps, int rope) {
+    qk_norm_rope_paged<128>(qkv, qw, kw, c, s, pos, slot, q, kc, vc, Hq, Hkv, bs, eps, rope);
 }

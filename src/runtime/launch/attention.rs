@@ -1,5 +1,6 @@
-//! Launchers of `kernels/attention.cu`: flash attention (the candle forward's prefill) and the
-//! decode engine's attention of each row over its KV cache.
+//! Launchers of `kernels/attention.cu`: flash attention (the candle forward's prefill), the
+//! decode engine's attention of each row over its KV cache, and the serving engine's attention
+//! over the paged KV pool (prompt chunks and single tokens).
 
 use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::CudaDevice;
@@ -219,6 +220,245 @@ pub(crate) fn attn_rows(dev: &CudaDevice, a: &AttnRows) -> Result<()> {
     // its bf16 pairs), pos [rows] and pad [rows / t] (all checked). Device-side values are the
     // caller's duty: pad[b] ≤ pos[r] < capacity, so the scores stay in shared memory and the
     // keys in the cache; the engine checks its length against the capacity before every step.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// The serving engine's paged KV pool for one layer, as the attention kernels read it.
+pub(crate) struct PagedPool<'a> {
+    /// [blocks, heads_kv, block_size, head_dim]
+    pub k: Dev<'a, bf16>,
+    pub v: Dev<'a, bf16>,
+    /// block tables, rows `stride` entries apart
+    pub tables: Dev<'a, i32>,
+    pub stride: usize,
+    pub block_size: usize,
+    pub heads_kv: usize,
+    /// 64 or 128
+    pub head_dim: usize,
+    /// keys a query sees, itself included (sliding-window layers); None: all earlier ones
+    pub window: Option<usize>,
+}
+
+impl PagedPool<'_> {
+    fn check(&self, kernel: &str, heads_q: usize) -> Result<()> {
+        let (d, hkv, bs) = (self.head_dim, self.heads_kv, self.block_size);
+        require!(kernel, d == 64 || d == 128, "head_dim {d} (64 or 128)");
+        require!(
+            kernel,
+            hkv > 0 && heads_q.is_multiple_of(hkv) && heads_q / hkv <= 8,
+            "{heads_q} heads over {hkv} kv heads (at most 8 per kv head)"
+        );
+        require!(kernel, bs > 0 && self.stride > 0, "block size and stride");
+        require!(
+            kernel,
+            self.k.len() == self.v.len() && self.k.len().is_multiple_of(hkv * bs * d),
+            "pools of whole blocks"
+        );
+        require!(
+            kernel,
+            self.k.aligned(16) && self.v.aligned(16),
+            "16-byte aligned pools"
+        );
+        Ok(())
+    }
+
+    fn window(&self) -> Result<i32> {
+        int(self.window.unwrap_or(0), "window")
+    }
+}
+
+/// Attention of prompt chunks over the paged pool: `tiles` holds 5 ints per tile of 64 queries
+/// (first packed row of the chunk, its length, tokens before it, the tile's first query, its
+/// block-table row); q [rows, heads_q, head_dim], out [rows, heads_q · head_dim].
+pub(crate) fn flash_paged(
+    dev: &CudaDevice,
+    pool: &PagedPool,
+    q: Dev<bf16>,
+    out: Dev<bf16>,
+    tiles: Dev<i32>,
+    n_tiles: usize,
+    heads_q: usize,
+) -> Result<()> {
+    const K: &str = "flash_paged";
+    pool.check(K, heads_q)?;
+    let d = pool.head_dim;
+    let name = if d == 64 {
+        "flash_paged_64"
+    } else {
+        "flash_paged_128"
+    };
+    require!(
+        K,
+        tiles.len() >= 5 * n_tiles,
+        "{} tile entries",
+        tiles.len()
+    );
+    require!(
+        K,
+        q.aligned(16) && out.aligned(4),
+        "q 16-byte, out 4-byte aligned"
+    );
+    require!(
+        K,
+        q.len().is_multiple_of(heads_q * d) && out.len().is_multiple_of(heads_q * d),
+        "q and out of whole rows"
+    );
+    if n_tiles == 0 {
+        return Ok(());
+    }
+    let f = func(dev, Module::Attention, name)?;
+    let smem = 5 * 64 * (d + 8) * 2;
+    allow_smem(&f, smem)?;
+    let stream = dev.cuda_stream();
+    let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
+    let (stride, hqi, hkvi) = (
+        int(pool.stride, "stride")?,
+        int(heads_q, "heads_q")?,
+        int(pool.heads_kv, "heads_kv")?,
+    );
+    let (bs, window) = (int(pool.block_size, "block_size")?, pool.window()?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&q.addr)
+        .arg(&pool.k.addr)
+        .arg(&pool.v.addr)
+        .arg(&out.addr);
+    b.arg(&tiles.addr).arg(&pool.tables.addr).arg(&stride);
+    b.arg(&hqi)
+        .arg(&hkvi)
+        .arg(&bs)
+        .arg(&window)
+        .arg(&scale_log2);
+    let cfg = config(
+        (dim(n_tiles, "tiles")?, dim(heads_q, "heads_q")?, 1),
+        128,
+        smem,
+    )?;
+    // SAFETY: 128 threads (the kernel's __launch_bounds__: 4 warps × 16 query rows) and the
+    // 5 · 64 · (d + 8) bf16 of shared memory the flash tile indexes, allowed above; head_dim 64
+    // or 128, heads_q % heads_kv == 0, pools of whole blocks, 16-byte aligned for cp.async, and
+    // `n_tiles` tiles of 5 ints (all checked). Device-side values are the caller's duty: every
+    // tile's rows lie in q and out, its table row and the blocks it names exist, and its chunk's
+    // tokens (before and in it) are covered by the table; the serving engine builds the tiles
+    // and tables from the scheduler's step.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// Shared memory of `paged_decode` for `g` query heads per kv head.
+fn paged_decode_smem(d: usize, g: usize) -> usize {
+    (g * d + g * 256 + 8 * g * d + 3 * g) * 4
+}
+
+/// Blocks `paged_decode` aims to launch: with fewer (entries × kv heads) it splits each
+/// sequence's keys among several blocks and merges their partial softmaxes after.
+const DECODE_TARGET_BLOCKS: usize = 256;
+
+/// The splits of `n` entries' keys: enough blocks to fill the GPU, at most 16.
+fn decode_splits(n: usize, heads_kv: usize) -> usize {
+    (DECODE_TARGET_BLOCKS / (n * heads_kv).max(1)).clamp(1, 16)
+}
+
+/// f32 values of the scratch `paged_decode` needs for its splits' partial results.
+pub(crate) fn paged_decode_part_len(heads_q: usize, heads_kv: usize, head_dim: usize) -> usize {
+    DECODE_TARGET_BLOCKS * (heads_q / heads_kv.max(1)) * (head_dim + 2)
+}
+
+/// Attention of single tokens over the paged pool: `entries` holds 3 ints per token (its packed
+/// row, its block-table row, the keys it sees = its position + 1, or 0 for a padding row that
+/// gets zeros); q [rows, heads_q, head_dim], out [rows, heads_q · head_dim]. `part`: scratch of
+/// [`paged_decode_part_len`] values for the splits of few sequences.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn paged_decode(
+    dev: &CudaDevice,
+    pool: &PagedPool,
+    q: Dev<bf16>,
+    out: Dev<bf16>,
+    entries: Dev<i32>,
+    n: usize,
+    heads_q: usize,
+    part: Dev<f32>,
+) -> Result<()> {
+    const K: &str = "paged_decode";
+    pool.check(K, heads_q)?;
+    let d = pool.head_dim;
+    let name = match (d, heads_q / pool.heads_kv) {
+        (64, 1) => "paged_decode_64_g1",
+        (64, 2) => "paged_decode_64_g2",
+        (64, 4) => "paged_decode_64_g4",
+        (64, 8) => "paged_decode_64_g8",
+        (128, 1) => "paged_decode_128_g1",
+        (128, 2) => "paged_decode_128_g2",
+        (128, 4) => "paged_decode_128_g4",
+        (128, 8) => "paged_decode_128_g8",
+        (_, g) => candle_core::bail!("{K}: {g} query heads per kv head (1, 2, 4 or 8)"),
+    };
+    require!(K, entries.len() >= 3 * n, "{} entries", entries.len());
+    require!(
+        K,
+        q.len().is_multiple_of(heads_q * d) && out.len().is_multiple_of(heads_q * d),
+        "q and out of whole rows"
+    );
+    if n == 0 {
+        return Ok(());
+    }
+    let (g, hkv) = (heads_q / pool.heads_kv, pool.heads_kv);
+    let splits = decode_splits(n, hkv);
+    require!(
+        K,
+        splits == 1 || part.len() >= n * hkv * splits * g * (d + 2),
+        "partials of {} values",
+        part.len()
+    );
+    let f = func(dev, Module::Attention, name)?;
+    let smem = paged_decode_smem(d, g);
+    allow_smem(&f, smem)?;
+    let stream = dev.cuda_stream();
+    let scale = 1.0 / (d as f32).sqrt();
+    let (stride, hqi, hkvi) = (
+        int(pool.stride, "stride")?,
+        int(heads_q, "heads_q")?,
+        int(hkv, "heads_kv")?,
+    );
+    let (bs, window, si) = (
+        int(pool.block_size, "block_size")?,
+        pool.window()?,
+        int(splits, "splits")?,
+    );
+    let mut b = stream.launch_builder(&f);
+    b.arg(&q.addr)
+        .arg(&pool.k.addr)
+        .arg(&pool.v.addr)
+        .arg(&out.addr);
+    b.arg(&entries.addr).arg(&pool.tables.addr).arg(&stride);
+    b.arg(&hqi).arg(&hkvi).arg(&bs).arg(&window).arg(&scale);
+    b.arg(&si).arg(&part.addr);
+    let grid = (
+        dim(n, "entries")?,
+        dim(hkv, "heads_kv")?,
+        dim(splits, "splits")?,
+    );
+    let cfg = config(grid, 256, smem)?;
+    // SAFETY: 256 threads (the kernel's 8 warps and 256-key chunks) and the shared memory it
+    // carves for its G = heads_q / heads_kv ∈ {1, 2, 4, 8} query heads (q, scores, 8 partial
+    // outputs, running statistics), allowed above; head_dim 64 or 128, pools of whole blocks,
+    // 16-byte aligned for the 16-byte key and value loads, `n` entries of 3 ints, and with splits the partials' scratch (all
+    // checked). Device-side values are the caller's duty: each entry's row lies in q and out,
+    // its table row exists, and its first `keys` tokens are covered by that row's blocks (the
+    // serving engine builds them from the scheduler's step).
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    if splits == 1 {
+        return Ok(());
+    }
+    let f = func(dev, Module::Attention, "paged_decode_combine")?;
+    let di = int(d, "head_dim")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&part.addr).arg(&entries.addr).arg(&out.addr);
+    b.arg(&hqi).arg(&hkvi).arg(&di).arg(&si);
+    let cfg = config((dim(n, "entries")?, dim(hkv, "heads_kv")?, 1), 256, 0)?;
+    // SAFETY: block (e, kvh) reads the `splits` partials of its G heads, inside the scratch
+    // (its length checked above), and writes the G heads of entry e's row of `out` (a row of q
+    // and out by the caller's duty, as above).
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
-use super::{config, cuda_err, dim, func, int, require, Dev, Module};
+use super::{config, cuda_err, dim, func, int, or_null, require, Dev, Module};
 
 /// out[r] = table[ids[r]] for `rows` rows of `hidden` values.
 pub(crate) fn embed_rows(
@@ -63,9 +63,10 @@ pub(crate) struct RmsNormRows<'a> {
     pub eps: f32,
     /// add to out (bf16 add, the post-norm residual) instead of overwriting it
     pub accumulate: bool,
-    /// input row of output row r: r · row_step + row_off
+    /// input row of output row r: r · row_step + row_off, or idx[r] where given
     pub row_step: usize,
     pub row_off: usize,
+    pub idx: Option<Dev<'a, i32>>,
 }
 
 pub(crate) fn rmsnorm_rows(dev: &CudaDevice, a: &RmsNormRows) -> Result<()> {
@@ -77,13 +78,18 @@ pub(crate) fn rmsnorm_rows(dev: &CudaDevice, a: &RmsNormRows) -> Result<()> {
         a.x.aligned(16) && a.w.aligned(16) && a.out.aligned(16),
         "16-byte aligned"
     );
-    let last_in = a.rows.saturating_sub(1) * a.row_step + a.row_off;
-    require!(
-        K,
-        a.rows == 0 || a.x.len() >= (last_in + 1) * n,
-        "input of {} values",
-        a.x.len()
-    );
+    match a.idx {
+        None => {
+            let last_in = a.rows.saturating_sub(1) * a.row_step + a.row_off;
+            require!(
+                K,
+                a.rows == 0 || a.x.len() >= (last_in + 1) * n,
+                "input of {} values",
+                a.x.len()
+            );
+        }
+        Some(idx) => require!(K, idx.len() >= a.rows, "{} row indices", idx.len()),
+    }
     require!(K, a.w.len() >= n, "weight of {} values", a.w.len());
     require!(
         K,
@@ -97,12 +103,19 @@ pub(crate) fn rmsnorm_rows(dev: &CudaDevice, a: &RmsNormRows) -> Result<()> {
     let (step, off) = (int(a.row_step, "row_step")?, int(a.row_off, "row_off")?);
     let mut b = stream.launch_builder(&f);
     b.arg(&a.x.addr).arg(&a.w.addr).arg(&a.out.addr);
-    b.arg(&ni).arg(&a.eps).arg(&acc).arg(&step).arg(&off);
+    let idx = or_null(a.idx);
+    b.arg(&ni)
+        .arg(&a.eps)
+        .arg(&acc)
+        .arg(&step)
+        .arg(&off)
+        .arg(&idx);
     let cfg = config((dim(a.rows, "rows")?, 1, 1), 256, 0)?;
     // SAFETY: one block of 256 threads (a multiple of 32, as block_reduce needs) per output row
-    // reads input row r·row_step + row_off and the weight as 16-byte words and writes output row
-    // r: n % 8 == 0, all three 16-byte aligned, and the last input row, the weight and every
-    // output row inside their buffers (all checked above).
+    // reads its input row and the weight as 16-byte words and writes output row r: n % 8 == 0,
+    // all three 16-byte aligned, the weight and every output row inside their buffers, and the
+    // last input row r·row_step + row_off too (all checked above). With `idx`, its `rows` entries
+    // exist (checked); that each is a row of x is the caller's duty (device values).
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }
@@ -282,6 +295,102 @@ pub(crate) fn qk_norm_rope_store(dev: &CudaDevice, a: &QkNormRope) -> Result<()>
     // index (checked). Device-side values are the caller's duty: pos[r] < capacity (the cache
     // slot and, with pad[b] ≤ pos[r], the RoPE table row); the engine checks its length against
     // the capacity before every step.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// [`qk_norm_rope_store`] for the serving engine's paged pool: row r has RoPE position pos[r]
+/// and its K/V go to pool slot slot[r] (block slot / block_size, offset slot % block_size; none
+/// where slot[r] < 0).
+pub(crate) struct QkNormRopePaged<'a> {
+    pub qkv: Dev<'a, bf16>,
+    pub q_norm: Dev<'a, bf16>,
+    pub k_norm: Dev<'a, bf16>,
+    /// RoPE tables [positions, head_dim / 2]
+    pub cos: Dev<'a, bf16>,
+    pub sin: Dev<'a, bf16>,
+    pub pos: Dev<'a, i32>,
+    pub slot: Dev<'a, i32>,
+    /// [rows, heads_q, head_dim]
+    pub q_out: Dev<'a, bf16>,
+    /// [blocks, heads_kv, block_size, head_dim]
+    pub k_pool: Dev<'a, bf16>,
+    pub v_pool: Dev<'a, bf16>,
+    pub rows: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    /// 64 or 128
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub eps: f32,
+    pub use_rope: bool,
+}
+
+pub(crate) fn qk_norm_rope_paged(dev: &CudaDevice, a: &QkNormRopePaged) -> Result<()> {
+    const K: &str = "qk_norm_rope_paged";
+    let (d, hq, hkv, bs) = (a.head_dim, a.heads_q, a.heads_kv, a.block_size);
+    let name = match d {
+        64 => "qk_norm_rope_paged_64",
+        128 => "qk_norm_rope_paged_128",
+        _ => candle_core::bail!("{K}: head_dim {d} (64 or 128)"),
+    };
+    let heads = hq + 2 * hkv;
+    require!(K, bs > 0, "block size {bs}");
+    require!(
+        K,
+        a.qkv.len() >= a.rows * heads * d,
+        "qkv of {} values",
+        a.qkv.len()
+    );
+    require!(
+        K,
+        a.q_norm.len() >= d && a.k_norm.len() >= d,
+        "norm weights of head_dim"
+    );
+    require!(
+        K,
+        a.pos.len() >= a.rows && a.slot.len() >= a.rows,
+        "pos/slot entries"
+    );
+    require!(
+        K,
+        a.q_out.len() >= a.rows * hq * d,
+        "q of {} values",
+        a.q_out.len()
+    );
+    require!(
+        K,
+        a.k_pool.len() == a.v_pool.len() && a.k_pool.len().is_multiple_of(hkv * bs * d),
+        "pools of whole blocks"
+    );
+    let f = func(dev, Module::NormRope, name)?;
+    let stream = dev.cuda_stream();
+    let (hqi, hkvi, bsi) = (
+        int(hq, "heads_q")?,
+        int(hkv, "heads_kv")?,
+        int(bs, "block_size")?,
+    );
+    let rope = a.use_rope as i32;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&a.qkv.addr).arg(&a.q_norm.addr).arg(&a.k_norm.addr);
+    b.arg(&a.cos.addr)
+        .arg(&a.sin.addr)
+        .arg(&a.pos.addr)
+        .arg(&a.slot.addr);
+    b.arg(&a.q_out.addr).arg(&a.k_pool.addr).arg(&a.v_pool.addr);
+    b.arg(&hqi).arg(&hkvi).arg(&bsi).arg(&a.eps).arg(&rope);
+    let grid = (
+        dim(a.rows, "rows")?,
+        dim(heads.div_ceil(4), "heads / 4")?,
+        1,
+    );
+    let cfg = config(grid, 128, 0)?;
+    // SAFETY: block (r, y) of 4 warps handles heads 4y..4y+3 of row r (warps past the last head
+    // return); every lane touches elements lane + 32·j of one head (head_dim 64 or 128, checked).
+    // qkv, q_out, the norm weights, pos and slot hold what rows, heads and head_dim index
+    // (checked). Device-side values are the caller's duty: slot[r] < 0 or inside the pool
+    // (blocks · block_size slots), pos[r] a row of the RoPE tables; the serving engine builds
+    // both from the scheduler's block tables and checks positions against its context.
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }

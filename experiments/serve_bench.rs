@@ -1,0 +1,141 @@
+//! Serving-regime speed as the competition measures it: the whole workload (default: 256 Korean
+//! multiple-choice prompts, 256 new tokens each, stop ids off) handed to the engine at once and
+//! run with continuous batching over a paged KV pool, T = generation time ÷ generated tokens;
+//! at several concurrency limits, per variant (bf16, W4A16, W8A8), with every step's time over
+//! its roofline, batch-1 decoding on the same path, a long-context run (64 requests, 2k–8k
+//! prompts) and HF transformers' batched `generate` on the same requests (scripts/hf_serve.py).
+//! On CUDA it first checks the engine's logits against the f32 forward (serve::check).
+//!
+//!   serve_bench --model DIR [--w4a16 DIR] [--w8a8 DIR] --device cuda [--hf-json hf.json]
+//!   serve_bench --write-workload FILE      (the requests as JSONL, for the HF script)
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use exaone_compress::record::Results;
+use exaone_compress::study::serving::{self, ServeArgs};
+use exaone_compress::{default_model_dir, runtime, study::bench};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// a W4A16 (pack-quantized) checkpoint of the same model
+    #[arg(long)]
+    w4a16: Option<PathBuf>,
+    /// a W8A8 int8 checkpoint of the same model
+    #[arg(long)]
+    w8a8: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "reports/serve_bench")]
+    out: PathBuf,
+    /// HF transformers' figures on the same requests (scripts/hf_serve.py)
+    #[arg(long)]
+    hf_json: Option<PathBuf>,
+    /// requests of the long-context run on the base model (0: skip)
+    #[arg(long, default_value_t = 64)]
+    long_requests: u64,
+    /// write the workload's requests as JSONL to this file and stop
+    #[arg(long)]
+    write_workload: Option<PathBuf>,
+    /// the model's name in the report (default: its path)
+    #[arg(long)]
+    model_name: Option<String>,
+    /// the device's name for the report (e.g. from nvidia-smi)
+    #[arg(long, default_value = "")]
+    device_name: String,
+    /// the command line to print in the report (default: this process's)
+    #[arg(long)]
+    command: Option<String>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn main() -> Result<()> {
+    let a = exaone_compress::study::parse_args::<Args>();
+    let w = serving::workload(&a.serve)?;
+    if let Some(p) = &a.write_workload {
+        w.write_jsonl(p)?;
+        eprintln!("{} requests → {}", w.len(), p.display());
+        return Ok(());
+    }
+    let device = runtime::open_device(&a.device)?;
+    let dir = a.model.clone().unwrap_or_else(default_model_dir);
+    let name = if a.device_name.is_empty() {
+        a.device.clone()
+    } else {
+        a.device_name.clone()
+    };
+    let model = a
+        .model_name
+        .clone()
+        .unwrap_or_else(|| dir.display().to_string());
+    let mut r = Results::new("serve_bench", &name, &model);
+    let variants: Vec<(&str, PathBuf)> = [
+        ("bf16", Some(dir.clone())),
+        ("w4a16", a.w4a16.clone()),
+        ("w8a8", a.w8a8.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(l, d)| d.map(|d| (l, d)))
+    .collect();
+    if device.is_cuda() {
+        cuda::run(&a, &w, &device, &variants, &mut r)?;
+    } else {
+        for (label, d) in &variants {
+            serving::run_cpu(&mut r, label, d, &a.serve, &w)
+                .with_context(|| format!("variant {label}"))?;
+        }
+    }
+    if let Some(hf) = &a.hf_json {
+        bench::record_hf(&mut r, hf)?;
+    }
+    r.save(&a.out)?;
+    let command = a
+        .command
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    exaone_compress::report::serve::write(&r, &a.out, &command)?;
+    println!("{}", a.out.join("README.md").display());
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+    use exaone_compress::study::serving::CudaRun;
+
+    pub fn run(
+        a: &Args,
+        w: &exaone_compress::serve::Workload,
+        device: &candle_core::Device,
+        variants: &[(&str, PathBuf)],
+        r: &mut Results,
+    ) -> Result<()> {
+        let run = CudaRun::measure_device(device)?;
+        run.check(r, &variants[0].1, w)?;
+        for (i, (label, d)) in variants.iter().enumerate() {
+            let long = if i == 0 { a.long_requests } else { 0 };
+            run.variant(r, label, d, &a.serve, w, long)
+                .with_context(|| format!("variant {label}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::*;
+
+    pub fn run(
+        _: &Args,
+        _: &exaone_compress::serve::Workload,
+        _: &candle_core::Device,
+        _: &[(&str, PathBuf)],
+        _: &mut Results,
+    ) -> Result<()> {
+        anyhow::bail!("this binary was built without the cuda feature")
+    }
+}

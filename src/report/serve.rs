@@ -1,0 +1,310 @@
+//! The serving benchmark's report: T and throughput per variant and concurrency beside HF
+//! transformers' batched `generate` on the same requests, how far the steps are from their
+//! roofline, batch-1 decoding on the same path, the long-context run, the engine's numerical
+//! check, and the bars of the serving issue.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::chart::{hbars, line_chart, Series};
+use crate::error::{Error, Result};
+use crate::fs::write_atomic;
+use crate::record::Results;
+
+const LABELS: [&str; 3] = ["bf16", "w4a16", "w8a8"];
+
+fn fmt(x: f64) -> String {
+    if !x.is_finite() {
+        "–".into()
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+/// The concurrency limits measured for `tag` (e.g. `mc`), ascending.
+fn concurrencies(r: &Results, tag: &str) -> Vec<usize> {
+    let prefix = format!("serve_{tag}_c");
+    let mut c: Vec<usize> = r
+        .rows
+        .iter()
+        .filter_map(|x| x.metric.strip_prefix(&prefix))
+        .filter_map(|s| s.strip_suffix("_tokens_per_sec"))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    c.sort_unstable();
+    c.dedup();
+    c
+}
+
+fn present(r: &Results) -> Vec<&'static str> {
+    let vs = r.variants();
+    LABELS
+        .into_iter()
+        .filter(|l| vs.iter().any(|v| v == l))
+        .collect()
+}
+
+/// Writes README.md, throughput.png and t_per_token.png for the results of `serve_bench`.
+pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Chart {
+        path: out.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let cs = concurrencies(r, "mc");
+    let mut series: Vec<Series> = present(r)
+        .into_iter()
+        .map(|v| Series {
+            name: v.to_string(),
+            points: cs
+                .iter()
+                .filter_map(|&c| {
+                    r.get(v, &format!("serve_mc_c{c}_tokens_per_sec"))
+                        .map(|t| (c as f64, t))
+                })
+                .collect(),
+        })
+        .collect();
+    if let (Some(t), Some(&c)) = (r.get("hf", "serve_mc_tokens_per_sec"), cs.last()) {
+        series.push(Series {
+            name: "HF transformers generate (all requests at once)".into(),
+            points: vec![(c as f64, t)],
+        });
+    }
+    if !series.is_empty() && !cs.is_empty() {
+        let title = "Serving throughput vs concurrency (generated tokens/s)";
+        line_chart(
+            &out.join("throughput.png"),
+            title,
+            "max_num_seqs",
+            "tokens/s (log)",
+            &series,
+            true,
+        )
+        .map_err(err)?;
+        let c = *cs.last().expect("non-empty");
+        let mut bars: Vec<(String, f64, Option<f64>)> = present(r)
+            .into_iter()
+            .filter_map(|v| {
+                let m = format!("serve_mc_c{c}_secs_per_token");
+                r.get(v, &m).map(|t| {
+                    let s = r.get(v, &format!("{m}_spread"));
+                    (format!("{v} (c={c})"), t * 1e6, s.map(|s| s * 5e5))
+                })
+            })
+            .collect();
+        if let Some(t) = r.get("hf", "serve_mc_secs_per_token") {
+            bars.push(("HF transformers".into(), t * 1e6, None));
+        }
+        let title = "T: generation time per generated token (µs, ± half spread)";
+        hbars(&out.join("t_per_token.png"), title, "µs per token", &bars).map_err(err)?;
+    }
+    write_atomic(&out.join("README.md"), markdown(r, command).as_bytes())?;
+    Ok(())
+}
+
+/// A bar's line: `value` against `goal` (`ge`: higher is better).
+fn bar(md: &mut String, what: &str, value: Option<f64>, goal: f64, ge: bool, unit: &str) {
+    let Some(v) = value else {
+        let _ = writeln!(
+            md,
+            "| {what} | not measured | {} {goal}{unit} | – |",
+            if ge { "≥" } else { "≤" }
+        );
+        return;
+    };
+    let met = if ge { v >= goal } else { v <= goal };
+    let verdict = if met {
+        "met".to_string()
+    } else if ge {
+        format!("missed by {:.0}%", 100.0 * (1.0 - v / goal))
+    } else {
+        format!("missed by {:.0}%", 100.0 * (v / goal - 1.0))
+    };
+    let _ = writeln!(
+        md,
+        "| {what} | {}{unit} | {} {goal}{unit} | {verdict} |",
+        fmt(v),
+        if ge { "≥" } else { "≤" }
+    );
+}
+
+/// The report's markdown, from the results alone.
+pub fn markdown(r: &Results, command: &str) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Serving-regime speed ({})\n", r.experiment);
+    let _ = writeln!(
+        md,
+        "Device: {} · model: {} · commit {} · {}\n\nCommand: `{command}`\n",
+        r.device, r.model, r.commit, r.timestamp
+    );
+    md.push_str("The evaluation hands every prompt to vLLM at once; its speed term is T = generation time ÷ generated tokens over the whole workload. Here the same: the workload runs through a vLLM-v1-style scheduler (continuous batching, chunked prefill under an 8192-token budget, a paged KV pool of 16-token blocks sized from the memory share) on the CUDA serving engine (one packed forward per step, paged attention, decode-only steps replayed as CUDA graphs). Each point: one untimed warm-up run, then the median of the timed runs (spread: max − min of T). Random weights: the outputs mean nothing, but with stop ids off every request generates exactly its token budget, so the work is that of the evaluation's shape.\n\n");
+    let cs = concurrencies(r, "mc");
+    md.push_str("## Multiple-choice workload\n\n| variant | max_num_seqs | tokens/s | T (s/token) [spread] | steps | mean batch | prefill share | time ÷ roofline | decode step ÷ roofline (mean) |\n|---|---|---|---|---|---|---|---|---|\n");
+    for v in present(r) {
+        for &c in &cs {
+            let g = |m: &str| r.get(v, &format!("serve_mc_c{c}_{m}")).unwrap_or(f64::NAN);
+            let _ = writeln!(
+                md,
+                "| {v} | {c} | {} | {} [{}] | {} | {} | {:.2} | {} | {} |",
+                fmt(g("tokens_per_sec")),
+                fmt(g("secs_per_token")),
+                fmt(g("secs_per_token_spread")),
+                fmt(g("steps")),
+                fmt(g("mean_batch")),
+                g("prefill_share"),
+                fmt(g("roofline_ratio")),
+                fmt(g("decode_roofline_ratio_mean")),
+            );
+        }
+    }
+    if let Some(t) = r.get("hf", "serve_mc_tokens_per_sec") {
+        let _ = writeln!(
+            md,
+            "| HF transformers `generate` (left-padded, all requests in one batch{}) | – | {} | {} | – | – | – | – | – |",
+            r.get("hf", "serve_mc_batch").map(|b| format!(" of {b:.0}")).unwrap_or_default(),
+            fmt(t),
+            fmt(r.get("hf", "serve_mc_secs_per_token").unwrap_or(f64::NAN)),
+        );
+    }
+    md.push_str("\n![throughput](throughput.png)\n\n![T per token](t_per_token.png)\n\n");
+    md.push_str("Roofline of a step: max(bytes it must read ÷ the measured copy bandwidth, FLOPs ÷ the measured dense GEMM rate at the variant's precision); bytes = weights once + the KV entries attention reads, FLOPs = 2 per weight per token + lm_head per sampled row + attention (`serve::roofline`).\n\n");
+    md.push_str("## Other runs\n\n| variant | what | figure |\n|---|---|---|\n");
+    for v in present(r) {
+        if let Some(b1) = r.get(v, "serve_b1_step_ms") {
+            let s = r.spread(v, "serve_b1_step_ms").unwrap_or(f64::NAN);
+            let _ = writeln!(md, "| {v} | batch-1 decode step, same path (median ms [max − min]) | {b1:.3} [{s:.3}] |");
+        }
+        for row in r
+            .rows
+            .iter()
+            .filter(|x| x.variant == v && x.metric.starts_with("serve_long_"))
+        {
+            if [
+                "requests",
+                "errors",
+                "preemptions",
+                "tokens_per_sec",
+                "secs_per_token",
+                "peak_kv_blocks",
+                "kv_blocks",
+                "prefill_share",
+            ]
+            .iter()
+            .any(|m| row.metric.ends_with(&format!("_{m}")))
+            {
+                let _ = writeln!(
+                    md,
+                    "| {v} | long context (64 × 2k–8k prompts, 64 new tokens): {} | {} |",
+                    row.metric,
+                    fmt(row.value)
+                );
+            }
+        }
+    }
+    let profiles: Vec<(&str, String)> = present(r)
+        .into_iter()
+        .flat_map(|v| {
+            let mut bs: Vec<String> = r
+                .rows
+                .iter()
+                .filter(|x| x.variant == v)
+                .filter_map(|x| x.metric.strip_prefix("serve_profile_b"))
+                .filter_map(|m| m.split_once(':').map(|(b, _)| b.to_string()))
+                .collect();
+            bs.dedup();
+            bs.into_iter().map(move |b| (v, b))
+        })
+        .collect();
+    if !profiles.is_empty() {
+        md.push_str("\n## Where a decoding step's time goes\n\nOne eager step (no graph: each launch timed by events, so the total exceeds a replayed step by the launch gaps) of every sequence decoding at context 512, device ms summed over layers.\n\n| variant | batch | part | ms | share |\n|---|---|---|---|---|\n");
+        for (v, b) in &profiles {
+            let prefix = format!("serve_profile_b{b}: ");
+            let total = r.get(v, &format!("{prefix}total")).unwrap_or(f64::NAN);
+            for row in r
+                .rows
+                .iter()
+                .filter(|x| x.variant == *v && x.metric.starts_with(&prefix))
+            {
+                let part = &row.metric[prefix.len()..];
+                let _ = writeln!(
+                    md,
+                    "| {v} | {b} | {part} | {:.3} | {:.0}% |",
+                    row.value,
+                    100.0 * row.value / total
+                );
+            }
+        }
+    }
+    md.push_str("\n## Numerical check\n\n| check | engine rel. error | bf16 forward rel. error | top-1 agreement |\n|---|---|---|---|\n");
+    for row in r.rows.iter().filter(|x| x.variant == "checks") {
+        if let Some(what) = row.metric.strip_prefix("kernel_rel_err: ") {
+            let g = |p: &str| r.get("checks", &format!("{p}: {what}")).unwrap_or(f64::NAN);
+            let _ = writeln!(
+                md,
+                "| {what} | {:.2e} | {:.2e} | {:.3} |",
+                row.value,
+                g("bf16_rel_err"),
+                g("top1")
+            );
+        }
+    }
+    md.push_str("\nPass: the engine's error against the f32 forward is at most twice the plain bf16 forward's own error (`runtime::Check::passes`).\n\n## Bars\n\n| bar | measured | goal | verdict |\n|---|---|---|---|\n");
+    let top = cs.last().copied().unwrap_or(256);
+    let bf = |m: &str| r.get("bf16", &format!("serve_mc_c{top}_{m}"));
+    let hf = r.get("hf", "serve_mc_tokens_per_sec");
+    bar(
+        &mut md,
+        &format!("bf16 throughput at max_num_seqs {top} ÷ HF generate"),
+        bf("tokens_per_sec").zip(hf).map(|(a, b)| a / b),
+        10.0,
+        true,
+        "×",
+    );
+    bar(
+        &mut md,
+        "decode step time ÷ its roofline (mean, bf16)",
+        bf("decode_roofline_ratio_mean"),
+        2.0,
+        false,
+        "×",
+    );
+    bar(
+        &mut md,
+        "batch-1 decode step (bf16, ms)",
+        r.get("bf16", "serve_b1_step_ms"),
+        1.7,
+        false,
+        " ms",
+    );
+    let long_err = r
+        .rows
+        .iter()
+        .find(|x| {
+            x.variant == "bf16"
+                && x.metric.starts_with("serve_long_")
+                && x.metric.ends_with("_errors")
+        })
+        .map(|x| x.value);
+    bar(
+        &mut md,
+        "long-context requests refused or failed",
+        long_err,
+        0.0,
+        false,
+        "",
+    );
+    let w8 = r.get("w8a8", &format!("serve_mc_c{top}_tokens_per_sec"));
+    bar(
+        &mut md,
+        "W8A8 serving throughput ÷ bf16",
+        w8.zip(bf("tokens_per_sec")).map(|(a, b)| a / b),
+        1.3,
+        true,
+        "×",
+    );
+    md
+}

@@ -1,0 +1,406 @@
+//! A model's weights on the device as the decode and serving engines read them: each layer's
+//! Linears stacked where they share an input (q/k/v, gate/up) and kept as the checkpoint stores
+//! them — bf16, W4A16 packed int4 (read by the GEMVs, dequantized for wide products) or W8A8
+//! int8 with per-channel scales —, the norms, the embedding and the RoPE tables; and [`Gemm`],
+//! which runs one Linear over any number of rows with what suits its storage and row count.
+
+use std::sync::Arc;
+
+use candle_core::cuda::cudarc::cublas::CudaBlas;
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use candle_core::cuda::CudaDevice;
+use candle_core::{DType, Device, Result};
+use half::bf16;
+
+use super::{ck, EngineInfo};
+use crate::checkpoint::Checkpoint;
+use crate::model::exaone4::LINEAR_NAMES;
+use crate::model::layers::inv_freq;
+use crate::model::Exaone4Config;
+use crate::runtime::launch::gemm::{gemm_bf16, gemm_int8};
+use crate::runtime::launch::gemv::{dequant_w4, gemv_bf16, gemv_w4, Dense};
+use crate::runtime::launch::norm_rope::silu_mul_rows;
+use crate::runtime::launch::quant::{
+    int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue,
+};
+use crate::runtime::launch::{cuda_err, Dev};
+use crate::runtime::quantized::{Int8Weights, PackedInt4, GEMV_MAX_ROWS};
+
+/// One (possibly stacked) Linear's weights.
+pub(crate) enum Weights {
+    Dense(CudaSlice<bf16>),
+    Int4(PackedInt4),
+    Int8(Int8Weights),
+}
+
+pub(crate) struct Lin {
+    pub(crate) w: Weights,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+}
+
+impl Lin {
+    /// Bytes read from memory to apply it once (weights and their scales).
+    fn bytes(&self) -> u64 {
+        let (n, k) = (self.n as u64, self.k as u64);
+        match &self.w {
+            Weights::Dense(_) => n * k * 2,
+            Weights::Int4(p) => {
+                let groups = n * k / p.group as u64;
+                n * k / 2 + groups * 2 * (1 + p.zeros.is_some() as u64)
+            }
+            Weights::Int8(_) => n * k + n * 4,
+        }
+    }
+}
+
+pub(crate) struct Layer {
+    pub(crate) qkv: Lin,
+    pub(crate) o: Lin,
+    pub(crate) gate_up: Lin,
+    pub(crate) down: Lin,
+    pub(crate) q_norm: CudaSlice<bf16>,
+    pub(crate) k_norm: CudaSlice<bf16>,
+    pub(crate) post_attn: CudaSlice<bf16>,
+    pub(crate) post_ff: CudaSlice<bf16>,
+    pub(crate) use_rope: bool,
+    /// keys a query sees, itself included, on a sliding-window layer
+    pub(crate) window: Option<usize>,
+}
+
+impl Layer {
+    fn linears(&self) -> [&Lin; 4] {
+        [&self.qkv, &self.o, &self.gate_up, &self.down]
+    }
+}
+
+pub(crate) fn upload<T: DeviceRepr>(s: &Arc<CudaStream>, v: &[T]) -> Result<CudaSlice<T>> {
+    s.clone_htod(v).map_err(cuda_err)
+}
+
+pub(crate) fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+    s: &Arc<CudaStream>,
+    n: usize,
+) -> Result<CudaSlice<T>> {
+    s.alloc_zeros::<T>(n.max(1)).map_err(cuda_err)
+}
+
+fn dense(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Vec<bf16>> {
+    ckpt.get(name, shape, DType::BF16, &Device::Cpu)
+        .map_err(ck)?
+        .flatten_all()?
+        .to_vec1()
+}
+
+/// Loads Linears `names` of layer `i` stacked along their outputs; int8 ones only if `int8`.
+fn linear(
+    ckpt: &Checkpoint,
+    s: &Arc<CudaStream>,
+    i: usize,
+    names: &[&str],
+    outs: &[usize],
+    k: usize,
+    int8: bool,
+) -> Result<Lin> {
+    let prefixes: Vec<String> = names
+        .iter()
+        .map(|n| format!("model.layers.{i}.{n}"))
+        .collect();
+    if let Some(p) = PackedInt4::load(ckpt, &prefixes, s)? {
+        return Ok(Lin {
+            n: p.n,
+            k: p.k,
+            w: Weights::Int4(p),
+        });
+    }
+    if int8 {
+        if let Some(w) = Int8Weights::load(ckpt, &prefixes, s)? {
+            return Ok(Lin {
+                n: w.n,
+                k: w.k,
+                w: Weights::Int8(w),
+            });
+        }
+    }
+    let mut w = vec![];
+    for (p, &o) in prefixes.iter().zip(outs) {
+        if ckpt.contains(&format!("{p}.weight_scale")) {
+            candle_core::bail!(
+                "{p}: this engine runs bf16{} and W4A16 (pack-quantized) Linears; this one is stored in another compressed format",
+                if int8 { ", W8A8 int8" } else { "" }
+            );
+        }
+        w.extend(dense(ckpt, &format!("{p}.weight"), &[o, k])?);
+    }
+    Ok(Lin {
+        w: Weights::Dense(upload(s, &w)?),
+        n: outs.iter().sum(),
+        k,
+    })
+}
+
+/// Everything of the model that lives on the device.
+pub(crate) struct ModelWeights {
+    pub(crate) embed: CudaSlice<bf16>,
+    pub(crate) lm_head: Option<CudaSlice<bf16>>,
+    pub(crate) norm: CudaSlice<bf16>,
+    pub(crate) layers: Vec<Layer>,
+    /// RoPE tables [positions, head_dim / 2]
+    pub(crate) cos: CudaSlice<bf16>,
+    pub(crate) sin: CudaSlice<bf16>,
+    pub(crate) info: EngineInfo,
+}
+
+impl ModelWeights {
+    /// Loads `ckpt` with RoPE tables for `positions` positions; int8 Linears only if `int8`
+    /// (an error naming the format otherwise).
+    pub(crate) fn load(
+        ckpt: &Checkpoint,
+        s: &Arc<CudaStream>,
+        positions: usize,
+        int8: bool,
+    ) -> Result<Self> {
+        let cfg = ckpt.config.clone();
+        let (hd, h) = (cfg.head_dim, cfg.hidden_size);
+        if !(hd == 64 || hd == 128)
+            || h % 8 != 0
+            || !cfg
+                .num_attention_heads
+                .is_multiple_of(cfg.num_key_value_heads)
+        {
+            candle_core::bail!("the CUDA engines need head_dim 64 or 128 and hidden % 8 == 0");
+        }
+        let (nq, nkv, inter) = (
+            cfg.num_attention_heads * hd,
+            cfg.num_key_value_heads * hd,
+            cfg.intermediate_size,
+        );
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = |n: &str| format!("model.layers.{i}.{n}.weight");
+            let lin = |names: &[&str], outs: &[usize], k| linear(ckpt, s, i, names, outs, k, int8);
+            layers.push(Layer {
+                qkv: lin(&LINEAR_NAMES[0..3], &[nq, nkv, nkv], h)?,
+                o: lin(&LINEAR_NAMES[3..4], &[h], nq)?,
+                gate_up: lin(&LINEAR_NAMES[4..6], &[inter, inter], h)?,
+                down: lin(&LINEAR_NAMES[6..7], &[h], inter)?,
+                q_norm: upload(s, &dense(ckpt, &p("self_attn.q_norm"), &[hd])?)?,
+                k_norm: upload(s, &dense(ckpt, &p("self_attn.k_norm"), &[hd])?)?,
+                post_attn: upload(s, &dense(ckpt, &p("post_attention_layernorm"), &[h])?)?,
+                post_ff: upload(s, &dense(ckpt, &p("post_feedforward_layernorm"), &[h])?)?,
+                use_rope: cfg.layer_uses_rope(i),
+                window: cfg.layer_window(i),
+            });
+        }
+        let embed = upload(
+            s,
+            &dense(ckpt, "model.embed_tokens.weight", &[cfg.vocab_size, h])?,
+        )?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(upload(
+                s,
+                &dense(ckpt, "lm_head.weight", &[cfg.vocab_size, h])?,
+            )?)
+        };
+        let norm = upload(s, &dense(ckpt, "model.norm.weight", &[h])?)?;
+        let (cos, sin) = rope_tables(&cfg, positions);
+        let kinds: Vec<&str> = layers
+            .iter()
+            .flat_map(|l| l.linears())
+            .map(|l| match l.w {
+                Weights::Dense(_) => "bf16",
+                Weights::Int4(_) => "w4a16",
+                Weights::Int8(_) => "w8a8",
+            })
+            .collect();
+        let mut words: Vec<&str> = kinds.clone();
+        words.sort_unstable();
+        words.dedup();
+        // a quantized checkpoint keeps some Linears dense only if told to (its ignore list)
+        let weights = match words.as_slice() {
+            [one] => one.to_string(),
+            _ => words
+                .iter()
+                .filter(|w| **w != "bf16")
+                .copied()
+                .collect::<Vec<_>>()
+                .join("+"),
+        };
+        let bytes = layers
+            .iter()
+            .flat_map(|l| l.linears())
+            .map(|l| l.bytes())
+            .sum::<u64>()
+            + (cfg.vocab_size * h * 2 + h * 2) as u64;
+        Ok(Self {
+            embed,
+            lm_head,
+            norm,
+            layers,
+            cos: upload(s, &cos)?,
+            sin: upload(s, &sin)?,
+            info: EngineInfo {
+                weights,
+                weight_bytes_per_step: bytes,
+            },
+        })
+    }
+
+    /// The output projection (the embedding where tied).
+    pub(crate) fn head(&self) -> &CudaSlice<bf16> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The scratch [`Gemm`] needs for products of up to `rows` rows of these Linears.
+    pub(crate) fn scratch(&self, s: &Arc<CudaStream>, rows: usize) -> Result<Scratch> {
+        let all = || self.layers.iter().flat_map(|l| l.linears());
+        let widest_int4 = all()
+            .filter(|l| matches!(l.w, Weights::Int4(_)))
+            .map(|l| l.n * l.k)
+            .max();
+        let int8: Vec<&Lin> = all().filter(|l| matches!(l.w, Weights::Int8(_))).collect();
+        let (max_k, max_n) = (
+            int8.iter().map(|l| l.k).max(),
+            int8.iter().map(|l| l.n).max(),
+        );
+        Ok(Scratch {
+            wtmp: widest_int4.map(|n| zeros(s, n)).transpose()?,
+            q8: max_k.map(|k| zeros(s, rows * k)).transpose()?,
+            sx: max_k.map(|_| zeros(s, rows)).transpose()?,
+            acc: max_n.map(|n| zeros(s, rows * n)).transpose()?,
+        })
+    }
+}
+
+/// RoPE tables [positions, head_dim / 2] in bf16 from f32 products, as the candle path and
+/// transformers compute them.
+fn rope_tables(cfg: &Exaone4Config, positions: usize) -> (Vec<bf16>, Vec<bf16>) {
+    let freqs = inv_freq(cfg);
+    let n = positions * freqs.len();
+    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for p in 0..positions {
+        for f in &freqs {
+            let a = p as f32 * f;
+            cos.push(bf16::from_f32(a.cos()));
+            sin.push(bf16::from_f32(a.sin()));
+        }
+    }
+    (cos, sin)
+}
+
+/// Device memory the Linears use beyond their inputs and outputs: a dequantized int4 weight
+/// (wide W4A16 products), the int8 activations, their scales and the int32 accumulator (W8A8).
+pub(crate) struct Scratch {
+    pub(crate) wtmp: Option<CudaSlice<bf16>>,
+    q8: Option<CudaSlice<u8>>,
+    sx: Option<CudaSlice<f32>>,
+    acc: Option<CudaSlice<i32>>,
+}
+
+/// Runs Linears on one stream: bf16 by GEMV (a few rows) or cuBLAS, W4A16 by the packed GEMV
+/// (up to [`GEMV_MAX_ROWS`] rows) or dequantize + cuBLAS, W8A8 by per-token quantization, the
+/// int8 tensor-core GEMM and its scaling epilogue.
+pub(crate) struct Gemm<'a> {
+    pub(crate) dev: &'a CudaDevice,
+    pub(crate) blas: &'a CudaBlas,
+    pub(crate) stream: &'a Arc<CudaStream>,
+    pub(crate) scratch: &'a Scratch,
+}
+
+fn missing(what: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "linear: no {what} scratch allocated for this model"
+    ))
+}
+
+impl<'a> Gemm<'a> {
+    fn d<'b, T>(&self, b: &'b CudaSlice<T>) -> Dev<'b, T> {
+        Dev::new(b, self.stream)
+    }
+
+    /// y [rows, n] = x [rows, k] · Wᵀ for a bf16 W [n, k]: a GEMV for a few rows, cuBLAS beyond.
+    pub(crate) fn dense(&self, w: &Dense, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
+        if rows > 4 {
+            return gemm_bf16(self.blas, x, w.w, y, rows, w.n, w.k);
+        }
+        gemv_bf16(self.dev, w, x, y, rows)
+    }
+
+    /// The int8 GEMM of x: quantizes x per token and leaves the int32 products in the scratch.
+    fn int8_products(
+        &self,
+        w: &Int8Weights,
+        x: Dev<bf16>,
+        rows: usize,
+    ) -> Result<(Dev<'a, i32>, Dev<'a, f32>)> {
+        let s: &'a Scratch = self.scratch;
+        let q = self.d(s.q8.as_ref().ok_or_else(|| missing("int8"))?);
+        let sx = self.d(s.sx.as_ref().ok_or_else(|| missing("int8"))?);
+        let acc = self.d(s.acc.as_ref().ok_or_else(|| missing("int8"))?);
+        quant_rows_int8(self.dev, x, q, sx, rows, w.k)?;
+        gemm_int8(self.blas, q, self.d(&w.w), acc, rows, w.n, w.k)?;
+        Ok((acc, sx))
+    }
+
+    /// y [rows, n] = x [rows, k] · Wᵀ.
+    pub(crate) fn linear(&self, lin: &Lin, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
+        match &lin.w {
+            Weights::Dense(w) => {
+                let w = Dense {
+                    w: self.d(w),
+                    n: lin.n,
+                    k: lin.k,
+                };
+                self.dense(&w, x, y, rows)
+            }
+            Weights::Int4(p) if rows <= GEMV_MAX_ROWS => {
+                gemv_w4(self.dev, &p.view(self.stream), x, y, rows)
+            }
+            Weights::Int4(p) => {
+                let tmp = self.d(self.scratch.wtmp.as_ref().ok_or_else(|| missing("int4"))?);
+                dequant_w4(self.dev, &p.view(self.stream), tmp)?;
+                gemm_bf16(self.blas, x, tmp, y, rows, lin.n, lin.k)
+            }
+            Weights::Int8(w) => {
+                let (acc, sx) = self.int8_products(w, x, rows)?;
+                let e = Int8Epilogue {
+                    acc,
+                    sx,
+                    sw: self.d(&w.scale),
+                    y,
+                    m: rows,
+                    n: w.n,
+                };
+                int8_epilogue(self.dev, &e)
+            }
+        }
+    }
+
+    /// act [rows, n/2] = silu(gate) · up from the stacked gate/up Linear (gu [rows, n] holds the
+    /// products where they are materialised; the int8 path scales and gates in its epilogue).
+    pub(crate) fn gated(
+        &self,
+        lin: &Lin,
+        x: Dev<bf16>,
+        gu: Dev<bf16>,
+        act: Dev<bf16>,
+        rows: usize,
+    ) -> Result<()> {
+        if let Weights::Int8(w) = &lin.w {
+            let (acc, sx) = self.int8_products(w, x, rows)?;
+            let e = Int8Epilogue {
+                acc,
+                sx,
+                sw: self.d(&w.scale),
+                y: act,
+                m: rows,
+                n: w.n / 2,
+            };
+            return int8_silu_epilogue(self.dev, &e);
+        }
+        self.linear(lin, x, gu, rows)?;
+        silu_mul_rows(self.dev, gu, act, rows, lin.n / 2)
+    }
+}

@@ -1,0 +1,104 @@
+//! The serving engine against the model's own forward, on the GPU: a ragged workload runs
+//! through the scheduler on the CUDA executor (prompt chunks split across steps, decoding
+//! tokens of many sequences packed, graphs replayed), and the logits of every sampled position
+//! are compared with the candle forward in f32 over the same tokens — beside the plain candle
+//! forward in bf16, whose own error sets the tolerance (`runtime::Check::passes`).
+
+use candle_core::{DType, Device, Tensor};
+
+use super::cuda::CudaExecutor;
+use super::runner::Runner;
+use super::scheduler::SchedulerConfig;
+use super::workload::Workload;
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::runtime::serving::KvBudget;
+use crate::runtime::Check;
+
+#[derive(Default)]
+struct RelErr {
+    diff: f64,
+    norm: f64,
+}
+
+impl RelErr {
+    fn add(&mut self, a: &[f32], reference: &[f32]) {
+        for (x, y) in a.iter().zip(reference) {
+            self.diff += ((x - y) as f64).powi(2);
+            self.norm += (*y as f64).powi(2);
+        }
+    }
+    fn value(&self) -> f64 {
+        (self.diff / self.norm.max(1e-30)).sqrt()
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
+}
+
+/// Logits [positions, vocab] of `ids` on the plain forward of `model`.
+fn reference_logits(model: &crate::Exaone4, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+    let dev = model.device().clone();
+    let mut cache = model.new_cache(1, ids.len(), vec![0])?;
+    let x = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &dev)?;
+    let h = model.forward_hidden(&x, Some(&mut cache))?.squeeze(0)?;
+    Ok(model.logits(&h)?.to_vec2::<f32>()?)
+}
+
+/// Runs `workload` on the serving engine with `config` (block size, token budget, sequences)
+/// and compares every sampled position's logits with the f32 forward; `what` names the check.
+pub fn logits(
+    dir: &std::path::Path,
+    ordinal: usize,
+    workload: &Workload,
+    config: &SchedulerConfig,
+    what: &str,
+) -> Result<Check> {
+    let ckpt = Checkpoint::open(dir)?;
+    let (mut exec, config) =
+        CudaExecutor::load(&ckpt, ordinal, config, KvBudget::Blocks(config.num_blocks))?;
+    exec.keep_logits = true;
+    let mut runner = Runner::new(exec, config, ckpt.config.vocab_size);
+    runner.check_invariants = true;
+    let report = runner.run(workload)?;
+    let kept = std::mem::take(&mut runner.executor.logits);
+    drop(runner);
+    let device = Device::new_cuda(ordinal)?;
+    let f32_model = ckpt.load_model(DType::F32, &device)?;
+    let bf16_model = ckpt.load_model(DType::BF16, &device)?;
+    let (mut ours, mut bf16) = (RelErr::default(), RelErr::default());
+    let (mut agree, mut n) = (0usize, 0usize);
+    for (i, (req, res)) in workload.requests.iter().zip(&report.requests).enumerate() {
+        if let Some(e) = &res.error {
+            return Err(Error::Invalid(format!("request {}: {e}", req.id)));
+        }
+        let mut ids = req.prompt_ids.clone();
+        ids.extend(&res.output);
+        ids.pop(); // the last pick is never fed back
+        let reference = reference_logits(&f32_model, &ids)?;
+        let plain = reference_logits(&bf16_model, &ids)?;
+        for (_, pos, l) in kept.iter().filter(|(s, _, _)| *s == i) {
+            let (r, p) = (&reference[*pos], &plain[*pos]);
+            ours.add(l, r);
+            bf16.add(p, r);
+            agree += (argmax(l) == argmax(r)) as usize;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(Error::Invalid("serving check: no sampled positions".into()));
+    }
+    Ok(Check {
+        what: format!("{what} ({n} sampled positions)"),
+        kernel_err: ours.value(),
+        bf16_err: bf16.value(),
+        top1: agree as f64 / n as f64,
+    })
+}
