@@ -40,6 +40,9 @@ struct Args {
     /// write the workload's requests as JSONL to this file and stop
     #[arg(long)]
     write_workload: Option<PathBuf>,
+    /// redraw the report from `--out`'s results.parquet (with `--command`) and stop
+    #[arg(long)]
+    report_only: bool,
     /// the model's name in the report (default: its path)
     #[arg(long)]
     model_name: Option<String>,
@@ -55,6 +58,16 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
+    let command = a
+        .command
+        .clone()
+        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    if a.report_only {
+        let r = Results::load(&a.out.join("results.parquet"))?;
+        exaone_compress::report::serve::write(&r, &a.out, &command)?;
+        println!("{}", a.out.join("README.md").display());
+        return Ok(());
+    }
     let w = serving::workload(&a.serve)?;
     if let Some(p) = &a.write_workload {
         w.write_jsonl(p)?;
@@ -63,16 +76,9 @@ fn main() -> Result<()> {
     }
     let device = runtime::open_device(&a.device)?;
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
-    let name = if a.device_name.is_empty() {
-        a.device.clone()
-    } else {
-        a.device_name.clone()
-    };
-    let model = a
-        .model_name
-        .clone()
-        .unwrap_or_else(|| dir.display().to_string());
-    let mut r = Results::new("serve_bench", &name, &model);
+    let name = Some(a.device_name.clone()).filter(|n| !n.is_empty());
+    let model = a.model_name.clone().unwrap_or(dir.display().to_string());
+    let mut r = Results::new("serve_bench", &name.unwrap_or(a.device.clone()), &model);
     let variants: Vec<(&str, PathBuf)> = [
         ("bf16", Some(dir.clone())),
         ("w4a16", a.w4a16.clone()),
@@ -93,10 +99,6 @@ fn main() -> Result<()> {
         bench::record_hf(&mut r, hf)?;
     }
     r.save(&a.out)?;
-    let command = a
-        .command
-        .clone()
-        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
     exaone_compress::report::serve::write(&r, &a.out, &command)?;
     println!("{}", a.out.join("README.md").display());
     Ok(())

@@ -25,7 +25,7 @@ mod bars;
 mod lines;
 mod scatter;
 pub use bars::{Bar, BarChart};
-pub use lines::{LineChart, Series};
+pub use lines::{LegendAt, LineChart, Series};
 pub use scatter::{pareto_front, Point, ScatterChart};
 
 static FONT: Once = Once::new();
@@ -261,6 +261,7 @@ pub fn line_chart(
         y_label: y_label.into(),
         series: series.to_vec(),
         log_y,
+        legend: LegendAt::UpperRight,
     })
     .png(path)
     .map(|_| ())

@@ -6,7 +6,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::chart::{hbars, line_chart, Series};
+use super::chart::{Bar, BarChart, Chart, Frame, LegendAt, LineChart, Series};
+use super::{environment_md, random_weights, seeds_of, RANDOM_WEIGHTS_CAVEAT};
 use crate::error::{Error, Result};
 use crate::fs::write_atomic;
 use crate::record::Results;
@@ -16,10 +17,14 @@ const LABELS: [&str; 3] = ["bf16", "w4a16", "w8a8"];
 fn fmt(x: f64) -> String {
     if !x.is_finite() {
         "–".into()
+    } else if x == 0.0 {
+        "0".into()
     } else if x.abs() >= 100.0 {
         format!("{x:.0}")
     } else if x.abs() >= 1.0 {
         format!("{x:.2}")
+    } else if x.abs() >= 0.01 {
+        format!("{x:.3}")
     } else {
         format!("{x:.3e}")
     }
@@ -48,13 +53,15 @@ fn present(r: &Results) -> Vec<&'static str> {
         .collect()
 }
 
-/// Writes README.md, throughput.png and t_per_token.png for the results of `serve_bench`.
-pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
-    let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Chart {
-        path: out.to_path_buf(),
-        msg: e.to_string(),
-    };
+/// The report's charts, by file name: throughput against concurrency per variant (log axis:
+/// HF's point sits a decade below) and T per variant at the highest concurrency; random-weight
+/// runs carry the caveat on the image.
+pub fn charts(r: &Results) -> Vec<(&'static str, Chart)> {
+    let caveat = random_weights(r).then(|| RANDOM_WEIGHTS_CAVEAT.to_string());
     let cs = concurrencies(r, "mc");
+    let Some(&top) = cs.last() else {
+        return vec![];
+    };
     let mut series: Vec<Series> = present(r)
         .into_iter()
         .map(|v| Series {
@@ -68,41 +75,77 @@ pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
                 .collect(),
         })
         .collect();
-    if let (Some(t), Some(&c)) = (r.get("hf", "serve_mc_tokens_per_sec"), cs.last()) {
+    if let Some(t) = r.get("hf", "serve_mc_tokens_per_sec") {
+        // one batch of every request: a reference level, drawn across the concurrencies
         series.push(Series {
-            name: "HF transformers generate (all requests at once)".into(),
-            points: vec![(c as f64, t)],
+            name: "HF transformers generate (one batch of all requests)".into(),
+            points: cs.iter().map(|&c| (c as f64, t)).collect(),
         });
     }
-    if !series.is_empty() && !cs.is_empty() {
-        let title = "Serving throughput vs concurrency (generated tokens/s)";
-        line_chart(
-            &out.join("throughput.png"),
-            title,
-            "max_num_seqs",
-            "tokens/s (log)",
-            &series,
-            true,
-        )
-        .map_err(err)?;
-        let c = *cs.last().expect("non-empty");
-        let mut bars: Vec<(String, f64, Option<f64>)> = present(r)
-            .into_iter()
-            .filter_map(|v| {
-                let m = format!("serve_mc_c{c}_secs_per_token");
-                r.get(v, &m).map(|t| {
-                    let s = r.get(v, &format!("{m}_spread"));
-                    (format!("{v} (c={c})"), t * 1e6, s.map(|s| s * 5e5))
-                })
+    let mut bars: Vec<Bar> = present(r)
+        .into_iter()
+        .filter_map(|v| {
+            let m = format!("serve_mc_c{top}_secs_per_token");
+            r.get(v, &m).map(|t| {
+                let s = r.get(v, &format!("{m}_spread"));
+                Bar::new(format!("{v} (c={top})"), t * 1e6, s.map(|s| s * 5e5))
             })
-            .collect();
-        if let Some(t) = r.get("hf", "serve_mc_secs_per_token") {
-            bars.push(("HF transformers".into(), t * 1e6, None));
-        }
-        let title = "T: generation time per generated token (µs, ± half spread)";
-        hbars(&out.join("t_per_token.png"), title, "µs per token", &bars).map_err(err)?;
+        })
+        .collect();
+    if let Some(t) = r.get("hf", "serve_mc_secs_per_token") {
+        bars.push(Bar::new("HF transformers generate", t * 1e6, None));
     }
-    write_atomic(&out.join("README.md"), markdown(r, command).as_bytes())?;
+    vec![
+        (
+            "throughput.png",
+            LineChart {
+                frame: Frame::new("Serving throughput vs concurrency (generated tokens/s)")
+                    .with_caveat(caveat.clone()),
+                x_label: "max_num_seqs".into(),
+                y_label: "tokens/s (log scale)".into(),
+                series,
+                log_y: true,
+                legend: LegendAt::MiddleRight,
+            }
+            .into(),
+        ),
+        (
+            "t_per_token.png",
+            BarChart {
+                frame: Frame::new("T: generation time per generated token (µs, ± half spread)")
+                    .with_caveat(caveat),
+                category_label: String::new(),
+                value_label: "µs per token".into(),
+                bars,
+                zero_meaningful: true,
+                horizontal: true,
+            }
+            .into(),
+        ),
+    ]
+}
+
+/// Writes README.md and the charts for the results of `serve_bench`.
+pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
+    for (file, chart) in charts(r) {
+        let path = out.join(file);
+        chart.png(&path).map_err(|e| Error::Chart {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+    }
+    let env = environment_md(
+        &r.env,
+        &r.commit,
+        &r.device,
+        &seeds_of(&r.env, command, "workload seed 0 (`--seed`)"),
+    );
+    let md = markdown(r, command);
+    let md = match md.find("\n## Multiple-choice workload") {
+        Some(i) => format!("{}\n{env}{}", &md[..i], &md[i..]),
+        None => format!("{md}\n{env}"),
+    };
+    write_atomic(&out.join("README.md"), md.as_bytes())?;
     Ok(())
 }
 
@@ -306,5 +349,50 @@ pub fn markdown(r: &Results, command: &str) -> String {
         true,
         "×",
     );
+    reading(&mut md, r, top);
     md
+}
+
+/// What the profiles say: where the largest batch's decoding step goes, and each variant's
+/// Linears against bf16's.
+fn reading(md: &mut String, r: &Results, top: usize) {
+    let part = |v: &str, what: &str| r.get(v, &format!("serve_profile_b{top}: {what}"));
+    let Some(total) = part("bf16", "total") else {
+        return;
+    };
+    let gemms = |v: &str| -> Option<f64> {
+        let prefix = format!("serve_profile_b{top}: ");
+        let rows: Vec<f64> = r
+            .rows
+            .iter()
+            .filter(|x| x.variant == v && x.metric.starts_with(&prefix))
+            .filter(|x| x.metric.contains("GEMM") || x.metric.ends_with("lm_head"))
+            .map(|x| x.value)
+            .collect();
+        (!rows.is_empty()).then(|| rows.iter().sum())
+    };
+    md.push_str("\n## Reading\n\n");
+    if let Some(att) = part("bf16", "attention: single tokens") {
+        let _ = writeln!(
+            md,
+            "- At batch {top} the bf16 decoding step spends {:.0}% of its device time ({att:.2} of {total:.2} ms, eager) in single-token attention over the paged pool: that kernel, not the weights, sets the step's distance from its roofline.",
+            100.0 * att / total
+        );
+    }
+    if let Some(g) = gemms("bf16") {
+        for v in ["w4a16", "w8a8"] {
+            if let Some(q) = gemms(v) {
+                let _ = writeln!(
+                    md,
+                    "- {v}: its Linears (and lm_head) take {q:.2} ms of the step against bf16's {g:.2} ms ({:.2}×): {}",
+                    q / g,
+                    if q < g {
+                        "faster, so it gains where the Linears dominate."
+                    } else {
+                        "no faster at this batch (W4A16 dequantizes every int4 weight to bf16 each step beyond 4 rows; W8A8 quantizes activations and rescales the int32 products in separate passes), which the batched quantized kernels are to change."
+                    }
+                );
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::chart::{Chart, Frame, LineChart, Series};
+use super::chart::{Chart, Frame, LegendAt, LineChart, Series};
 use super::environment_md;
 use crate::error::{Error, Result};
 use crate::fs::write_atomic;
@@ -113,6 +113,7 @@ fn loss_chart(path: &Path, log: &[LogPoint]) -> super::chart::ChartResult<()> {
             },
         ],
         log_y: false,
+        legend: LegendAt::UpperRight,
     })
     .png(path)
     .map(|_| ())

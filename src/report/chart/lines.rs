@@ -23,6 +23,17 @@ pub struct LineChart {
     pub y_label: String,
     pub series: Vec<Series>,
     pub log_y: bool,
+    /// where the legend goes: a region the data leave empty
+    pub legend: LegendAt,
+}
+
+/// Where a line chart's legend sits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LegendAt {
+    #[default]
+    UpperRight,
+    UpperLeft,
+    MiddleRight,
 }
 
 fn line_bounds(series: &[Series], log_y: bool) -> (f64, f64, f64, f64) {
@@ -113,10 +124,13 @@ impl LineChart {
         for (i, s) in self.series.iter().enumerate() {
             let c = Palette99::pick(i).to_rgba();
             chart
-                .draw_series(LineSeries::new(
-                    s.points.iter().copied().filter(|(_, y)| y.is_finite()),
-                    c.stroke_width(2),
-                ))?
+                .draw_series(
+                    LineSeries::new(
+                        s.points.iter().copied().filter(|(_, y)| y.is_finite()),
+                        c.stroke_width(2),
+                    )
+                    .point_size(3),
+                )?
                 .label(s.name.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
@@ -124,7 +138,11 @@ impl LineChart {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(match self.legend {
+                LegendAt::UpperRight => SeriesLabelPosition::UpperRight,
+                LegendAt::UpperLeft => SeriesLabelPosition::UpperLeft,
+                LegendAt::MiddleRight => SeriesLabelPosition::MiddleRight,
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font((FONT_NAME, 14))
