@@ -18,7 +18,7 @@ impl DecodeEngine {
     /// y = x · Wᵀ for one row, x built in shared memory by the GEMV's prologue.
     fn linear1(&self, lin: &Lin, x: &Prologue, y: Dev<bf16>) -> Result<()> {
         match &lin.w {
-            Weights::Dense(w) => {
+            Weights::Dense(w) | Weights::Emulated(w) => {
                 let w = Dense {
                     w: self.d(w),
                     n: lin.n,

@@ -31,6 +31,8 @@ pub(crate) enum Weights {
     Dense(CudaSlice<bf16>),
     Int4(PackedInt4),
     Int8(Int8Weights),
+    /// a compressed format with no kernel here (FP8, …), dequantized to bf16 at load
+    Emulated(CudaSlice<bf16>),
 }
 
 pub(crate) struct Lin {
@@ -44,7 +46,7 @@ impl Lin {
     fn bytes(&self) -> u64 {
         let (n, k) = (self.n as u64, self.k as u64);
         match &self.w {
-            Weights::Dense(_) => n * k * 2,
+            Weights::Dense(_) | Weights::Emulated(_) => n * k * 2,
             Weights::Int4(p) => {
                 let groups = n * k / p.group as u64;
                 n * k / 2 + groups * 2 * (1 + p.zeros.is_some() as u64)
@@ -92,7 +94,8 @@ fn dense(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Vec<bf16>> {
         .to_vec1()
 }
 
-/// Loads Linears `names` of layer `i` stacked along their outputs; int8 ones only if `int8`.
+/// Loads Linears `names` of layer `i` stacked along their outputs; with `all_formats`, W8A8 int8
+/// ones natively and other compressed formats dequantized to bf16 (else an error names them).
 fn linear(
     ckpt: &Checkpoint,
     s: &Arc<CudaStream>,
@@ -100,7 +103,7 @@ fn linear(
     names: &[&str],
     outs: &[usize],
     k: usize,
-    int8: bool,
+    all_formats: bool,
 ) -> Result<Lin> {
     let prefixes: Vec<String> = names
         .iter()
@@ -113,7 +116,7 @@ fn linear(
             w: Weights::Int4(p),
         });
     }
-    if int8 {
+    if all_formats {
         if let Some(w) = Int8Weights::load(ckpt, &prefixes, s)? {
             return Ok(Lin {
                 n: w.n,
@@ -123,17 +126,34 @@ fn linear(
         }
     }
     let mut w = vec![];
+    let mut emulated = false;
     for (p, &o) in prefixes.iter().zip(outs) {
         if ckpt.contains(&format!("{p}.weight_scale")) {
-            candle_core::bail!(
-                "{p}: this engine runs bf16{} and W4A16 (pack-quantized) Linears; this one is stored in another compressed format",
-                if int8 { ", W8A8 int8" } else { "" }
-            );
+            if !all_formats {
+                candle_core::bail!(
+                    "{p}: the decode engine runs bf16 and W4A16 (pack-quantized) Linears; this one is stored in another compressed format (the serving engine runs it)"
+                );
+            }
+            // another compressed format (FP8, int8 with per-tensor or group scales): run it
+            // dequantized to bf16, exact to its stored values but not faster than bf16
+            let (deq, rows, cols) = ckpt.dequantized_shaped(p).map_err(ck)?.ok_or_else(|| {
+                candle_core::Error::Msg(format!("{p}: has a weight_scale but no compressed weight"))
+            })?;
+            if (rows, cols) != (o, k) {
+                candle_core::bail!("{p}: dequantized to [{rows}, {cols}], expected [{o}, {k}]");
+            }
+            w.extend(deq.into_iter().map(bf16::from_f32));
+            emulated = true;
+            continue;
         }
         w.extend(dense(ckpt, &format!("{p}.weight"), &[o, k])?);
     }
     Ok(Lin {
-        w: Weights::Dense(upload(s, &w)?),
+        w: if emulated {
+            Weights::Emulated(upload(s, &w)?)
+        } else {
+            Weights::Dense(upload(s, &w)?)
+        },
         n: outs.iter().sum(),
         k,
     })
@@ -152,13 +172,14 @@ pub(crate) struct ModelWeights {
 }
 
 impl ModelWeights {
-    /// Loads `ckpt` with RoPE tables for `positions` positions; int8 Linears only if `int8`
-    /// (an error naming the format otherwise).
+    /// Loads `ckpt` with RoPE tables for `positions` positions; with `all_formats` (the serving
+    /// engine) W8A8 int8 Linears natively and other compressed formats dequantized to bf16, else
+    /// bf16 and W4A16 only (an error naming the format otherwise).
     pub(crate) fn load(
         ckpt: &Checkpoint,
         s: &Arc<CudaStream>,
         positions: usize,
-        int8: bool,
+        all_formats: bool,
     ) -> Result<Self> {
         let cfg = ckpt.config.clone();
         let (hd, h) = (cfg.head_dim, cfg.hidden_size);
@@ -178,7 +199,8 @@ impl ModelWeights {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = |n: &str| format!("model.layers.{i}.{n}.weight");
-            let lin = |names: &[&str], outs: &[usize], k| linear(ckpt, s, i, names, outs, k, int8);
+            let lin =
+                |names: &[&str], outs: &[usize], k| linear(ckpt, s, i, names, outs, k, all_formats);
             layers.push(Layer {
                 qkv: lin(&LINEAR_NAMES[0..3], &[nq, nkv, nkv], h)?,
                 o: lin(&LINEAR_NAMES[3..4], &[h], nq)?,
@@ -213,6 +235,7 @@ impl ModelWeights {
                 Weights::Dense(_) => "bf16",
                 Weights::Int4(_) => "w4a16",
                 Weights::Int8(_) => "w8a8",
+                Weights::Emulated(_) => "dequantized-to-bf16",
             })
             .collect();
         let mut words: Vec<&str> = kinds.clone();
@@ -347,7 +370,7 @@ impl<'a> Gemm<'a> {
     /// y [rows, n] = x [rows, k] · Wᵀ.
     pub(crate) fn linear(&self, lin: &Lin, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
         match &lin.w {
-            Weights::Dense(w) => {
+            Weights::Dense(w) | Weights::Emulated(w) => {
                 let w = Dense {
                     w: self.d(w),
                     n: lin.n,

@@ -109,7 +109,8 @@ pub struct ServingEngine {
 }
 
 impl ServingEngine {
-    /// Loads `ckpt` on CUDA device `ordinal` (bf16, W4A16 and W8A8 Linears) and sizes its KV
+    /// Loads `ckpt` on CUDA device `ordinal` (bf16, W4A16 and W8A8 Linears natively; FP8 and other
+    /// compressed formats dequantized to bf16) and sizes its KV
     /// pool; [`num_blocks`](Self::num_blocks) says how many blocks the scheduler may hand out.
     pub fn load(ckpt: &Checkpoint, ordinal: usize, limits: ServingLimits) -> Result<Self> {
         let cfg = ckpt.config.clone();
