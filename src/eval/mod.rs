@@ -1,6 +1,7 @@
 //! Evaluation: perplexity, divergence from the base, task accuracy, speed, the score proxy.
 
 pub mod divergence;
+pub mod generated;
 pub mod paired;
 pub mod perplexity;
 pub mod projection;
