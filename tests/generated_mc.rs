@@ -3,8 +3,7 @@
 //! serving runner (prompts rendered by the model's own chat template, per-item records that
 //! agree with the accuracy, the token cap and stop ids honoured).
 
-use exaone_compress::eval::generated::{extract_choice, score, GenMcOptions};
-use exaone_compress::eval::tasks::load_kmmlu;
+use exaone_compress::eval::generated::{extract_choice, load_kmmlu_questions, score, GenMcOptions};
 use exaone_compress::model::chat_template::ChatTemplate;
 use exaone_compress::model::generate::GenerationConfig;
 use exaone_compress::model::Tokenizer;
@@ -57,7 +56,7 @@ fn a_pass_over_kmmlu_items_on_the_default_model() {
         .unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let template = ChatTemplate::from_dir(&dir).unwrap();
-    let items: Vec<_> = load_kmmlu(
+    let items: Vec<_> = load_kmmlu_questions(
         &data::data_dir().join("benchmarks/kmmlu_criminal_law_test.json"),
         "kmmlu",
     )

@@ -22,5 +22,5 @@ run .gpu/serve_bench --write-workload /tmp/mc.jsonl "$@" 2>&1 | tail -1
 python3 scripts/hf_serve.py "$RANDOM_1_2B" /tmp/mc.jsonl /tmp/hf_serve.json 2>&1 | grep -v Warning | tail -3
 run .gpu/serve_bench --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r-w8a8 --device cuda \
   --hf-json /tmp/hf_serve.json --device-name "$NAME" --model-name "random-weight EXAONE-4.0-1.2B shape" \
-  --out "$OUT/serve" --command "bash scripts/gpu/serve_bench.sh $*" "$@" 2>&1 | tee "$OUT/serve.log" | tail -40
+  --gen-mc 1000 --out "$OUT/serve" --command "bash scripts/gpu/serve_bench.sh $*" "$@" 2>&1 | tee "$OUT/serve.log" | tail -40
 cp /tmp/hf_serve.json "$OUT/serve/" 2>/dev/null

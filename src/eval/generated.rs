@@ -24,6 +24,41 @@ use crate::serve::{Request, RunReport, Runner, StepExecutor, Workload};
 /// The letters options are labelled with.
 const LETTERS: &str = "ABCDEFGHIJ";
 
+/// KMMLU-style JSON (`{question, answer (1–4), A, B, C, D}`) as questions with their options'
+/// texts, for answering in words (`eval::tasks::load_kmmlu` gives the log-likelihood form,
+/// whose prompt already lists the options and whose choices are the letters).
+pub fn load_kmmlu_questions(path: &Path, task: &str) -> Result<Vec<McItem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| Error::Invalid(format!("{}: expected a JSON array", path.display())))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let bad = |m: &str| Error::Invalid(format!("{}: item {i}: {m}", path.display()));
+            let ans = q["answer"].as_u64().ok_or_else(|| bad("no answer"))? as usize;
+            if !(1..=4).contains(&ans) {
+                return Err(bad(&format!("answer {ans} not in 1..=4")));
+            }
+            let field = |k: &str| {
+                q[k].as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad(&format!("no string `{k}`")))
+            };
+            Ok(McItem {
+                task: task.to_string(),
+                prompt: field("question")?,
+                choices: ["A", "B", "C", "D"]
+                    .map(field)
+                    .into_iter()
+                    .collect::<Result<_>>()?,
+                label: ans - 1,
+            })
+        })
+        .collect()
+}
+
 /// The instruction under the options, in the question's language.
 fn instruction(korean: bool, n: usize) -> String {
     let letters: Vec<String> = LETTERS.chars().take(n).map(String::from).collect();

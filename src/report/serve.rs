@@ -282,6 +282,24 @@ pub fn markdown(r: &Results, command: &str) -> String {
             }
         }
     }
+    if present(r).iter().any(|v| r.get(v, "genmc_items").is_some()) {
+        md.push_str("\n## Generation-scored multiple choice\n\nThe shipped Korean items (KMMLU criminal law, then NSMC sentiment) asked through the model's chat template, all at once on the same engine, the answer read by `eval::generated::extract_choice` (no answer counts wrong). On random weights the accuracy means nothing; the time is the point.\n\n| variant | items | accuracy | without an answer | wall time (s) | T (s/token) | answer length (tokens) |\n|---|---|---|---|---|---|---|\n");
+        for v in present(r) {
+            let g = |m: &str| r.get(v, m).unwrap_or(f64::NAN);
+            if r.get(v, "genmc_items").is_some() {
+                let _ = writeln!(
+                    md,
+                    "| {v} | {} | {:.3} | {} | {:.2} | {} | {:.1} |",
+                    fmt(g("genmc_items")),
+                    g("genmc_accuracy"),
+                    fmt(g("genmc_no_answer")),
+                    g("genmc_secs"),
+                    fmt(g("genmc_secs_per_token")),
+                    g("genmc_output_len_mean")
+                );
+            }
+        }
+    }
     md.push_str("\n## Numerical check\n\n| check | engine rel. error | bf16 forward rel. error | top-1 agreement |\n|---|---|---|---|\n");
     for row in r.rows.iter().filter(|x| x.variant == "checks") {
         if let Some(what) = row.metric.strip_prefix("kernel_rel_err: ") {

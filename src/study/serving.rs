@@ -54,6 +54,95 @@ pub struct ServeArgs {
     pub b1_tokens: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// items of a generation-scored multiple-choice pass per variant (the shipped Korean items:
+    /// KMMLU criminal law, then NSMC sentiment; 0: skip)
+    #[arg(long, default_value_t = 0)]
+    pub gen_mc: usize,
+    /// the answers' token cap in that pass
+    #[arg(long, default_value_t = 16)]
+    pub gen_mc_tokens: usize,
+    /// write each variant's answers as JSONL into this folder (`gen_mc-<variant>.jsonl`)
+    #[arg(long)]
+    pub gen_mc_samples: Option<std::path::PathBuf>,
+}
+
+/// The shipped Korean multiple-choice items, KMMLU criminal law (200) then NSMC sentiment
+/// (1,000): the first `n`.
+pub fn korean_mc_items(n: usize) -> Result<Vec<crate::eval::McItem>> {
+    let dir = crate::data::data_dir().join("benchmarks");
+    let io = |p: &Path, e: std::io::Error| Error::io(p, e);
+    let k = dir.join("kmmlu_criminal_law_test.json");
+    let mut items = crate::eval::generated::load_kmmlu_questions(&k, "kmmlu_criminal_law")?;
+    let s = dir.join("nsmc_sentiment_mc.jsonl");
+    items.extend(crate::eval::tasks::load_bigbench(&s).map_err(|e| io(&s, e))?);
+    if n > items.len() {
+        return Err(Error::Invalid(format!(
+            "--gen-mc {n}: {} Korean items are shipped",
+            items.len()
+        )));
+    }
+    items.truncate(n);
+    Ok(items)
+}
+
+/// A generation-scored multiple-choice pass (`eval::generated`) of `a.gen_mc` items, all at
+/// once on `runner`: accuracy, answers without a choice, wall time and T as `genmc_*` rows.
+/// The prompts use the model's chat template (the default model's where the directory has
+/// none: shape-only checkpoints).
+pub fn gen_mc<E: StepExecutor>(
+    r: &mut Results,
+    v: &Variant,
+    runner: &mut Runner<E>,
+    dir: &Path,
+    a: &ServeArgs,
+) -> Result<()> {
+    use crate::eval::generated::{score, GenMcOptions};
+    use crate::model::chat_template::ChatTemplate;
+    if a.gen_mc == 0 {
+        return Ok(());
+    }
+    let items = korean_mc_items(a.gen_mc)?;
+    let (tok, _) = crate::data::tokenizer_for_model(dir)?;
+    let source =
+        if dir.join("tokenizer_config.json").exists() || dir.join("chat_template.jinja").exists() {
+            dir.to_path_buf()
+        } else {
+            crate::data::default_model_dir()
+        };
+    let template = ChatTemplate::from_dir(&source)?;
+    let mut stop = crate::model::generate::GenerationConfig::try_from_dir(&source)?.eos_ids;
+    stop.extend(tok.token_id("[|endofturn|]"));
+    let opts = GenMcOptions {
+        max_new_tokens: a.gen_mc_tokens,
+        stop_ids: stop,
+    };
+    let res = score(runner, &items, &template, &tok, &opts)?;
+    let t = &res.run.totals;
+    r.add(v, "genmc_items", items.len() as f64, None, "items");
+    r.add(v, "genmc_accuracy", res.accuracy, None, "");
+    r.add(v, "genmc_no_answer", res.no_answer as f64, None, "items");
+    r.add(v, "genmc_secs", t.generation_secs, None, "s");
+    r.add(v, "genmc_secs_per_token", t.secs_per_token, None, "s");
+    r.add(
+        v,
+        "genmc_output_len_mean",
+        t.output_len_mean,
+        Some(t.output_len_std),
+        "tokens",
+    );
+    if let Some(d) = &a.gen_mc_samples {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        res.write_jsonl(&d.join(format!("gen_mc-{}.jsonl", v.name)))?;
+    }
+    eprintln!(
+        "{}: {} generation-scored items in {:.1} s, accuracy {:.3}, {} without an answer",
+        v.name,
+        items.len(),
+        t.generation_secs,
+        res.accuracy,
+        res.no_answer
+    );
+    Ok(())
 }
 
 /// The workload the flags name, from the shipped text and the default model's tokenizer.
@@ -221,7 +310,8 @@ pub fn run_cpu(
     if a.b1_tokens > 0 {
         batch1(r, &variant, &mut runner, w, a.b1_tokens)?;
     }
-    Ok(())
+    runner.config = scheduler(a, a.concurrency.iter().copied().max().unwrap_or(1), blocks);
+    gen_mc(r, &variant, &mut runner, dir, a)
 }
 
 /// The workload's tag in metric names (`mc`, `long`, `chat`, or `file`).
@@ -385,6 +475,8 @@ impl CudaRun {
             }
             r.add(&v, &format!("serve_profile_b{b}: total"), total, None, "ms");
         }
+        runner.config = scheduler(a, maxc, blocks);
+        gen_mc(r, &v, &mut runner, dir, a)?;
         if long > 0 {
             let la = ServeArgs {
                 workload: "long".into(),
