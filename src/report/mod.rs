@@ -9,7 +9,20 @@ pub mod train;
 
 use std::fmt::Write as _;
 
+use crate::error::{Error, Result};
 use crate::record::{Environment, Results};
+
+/// Draws a report's charts as PNG files in `out` (the error names the file that failed).
+pub fn draw_charts(out: &std::path::Path, charts: Vec<(&str, chart::Chart)>) -> Result<()> {
+    for (file, chart) in charts {
+        let path = out.join(file);
+        chart.png(&path).map_err(|e| Error::Chart {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
 
 /// The caveat charts and headers carry when the weights are random (a shape-only checkpoint).
 pub const RANDOM_WEIGHTS_CAVEAT: &str = "Random weights: accuracy meaningless; speed only";

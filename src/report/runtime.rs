@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::chart::{Bar, BarChart, Chart, Frame};
 use super::{environment_md, random_weights, seeds_of, RANDOM_WEIGHTS_CAVEAT};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fs::write_atomic;
 use crate::record::Results;
 use crate::runtime::Check;
@@ -83,13 +83,7 @@ pub fn checks(r: &Results) -> Vec<Check> {
 
 /// Writes the report (README.md, prefill.png, decode.png) for the results of a runtime benchmark.
 pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
-    for (file, chart) in charts(r) {
-        let path = out.join(file);
-        chart.png(&path).map_err(|e| Error::Chart {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-    }
+    super::draw_charts(out, charts(r))?;
     write_atomic(&out.join("README.md"), readme(r, command).as_bytes())?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::chart::{Bar, BarChart, Chart, Frame, LegendAt, LineChart, Series};
 use super::{environment_md, random_weights, seeds_of, RANDOM_WEIGHTS_CAVEAT};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fs::write_atomic;
 use crate::record::Results;
 
@@ -127,13 +127,7 @@ pub fn charts(r: &Results) -> Vec<(&'static str, Chart)> {
 
 /// Writes README.md and the charts for the results of `serve_bench`.
 pub fn write(r: &Results, out: &Path, command: &str) -> Result<()> {
-    for (file, chart) in charts(r) {
-        let path = out.join(file);
-        chart.png(&path).map_err(|e| Error::Chart {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-    }
+    super::draw_charts(out, charts(r))?;
     let env = environment_md(
         &r.env,
         &r.commit,

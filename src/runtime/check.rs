@@ -13,19 +13,19 @@ use crate::Exaone4;
 
 /// ‖a − b‖ / ‖b‖ over all elements, with a running sum so several steps can be pooled.
 #[derive(Default)]
-struct RelErr {
+pub(crate) struct RelErr {
     diff: f64,
     norm: f64,
 }
 
 impl RelErr {
-    fn add(&mut self, a: &[f32], reference: &[f32]) {
+    pub(crate) fn add(&mut self, a: &[f32], reference: &[f32]) {
         for (x, y) in a.iter().zip(reference) {
             self.diff += ((x - y) as f64).powi(2);
             self.norm += (*y as f64).powi(2);
         }
     }
-    fn value(&self) -> f64 {
+    pub(crate) fn value(&self) -> f64 {
         (self.diff / self.norm.max(1e-30)).sqrt()
     }
 }
@@ -34,7 +34,7 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
-fn argmax_rows(v: &[f32], width: usize) -> Vec<usize> {
+pub(crate) fn argmax_rows(v: &[f32], width: usize) -> Vec<usize> {
     v.chunks(width)
         .map(|r| {
             r.iter()

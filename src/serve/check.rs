@@ -12,35 +12,12 @@ use super::scheduler::SchedulerConfig;
 use super::workload::Workload;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::runtime::check::{argmax_rows, RelErr};
 use crate::runtime::serving::KvBudget;
 use crate::runtime::Check;
 
-#[derive(Default)]
-struct RelErr {
-    diff: f64,
-    norm: f64,
-}
-
-impl RelErr {
-    fn add(&mut self, a: &[f32], reference: &[f32]) {
-        for (x, y) in a.iter().zip(reference) {
-            self.diff += ((x - y) as f64).powi(2);
-            self.norm += (*y as f64).powi(2);
-        }
-    }
-    fn value(&self) -> f64 {
-        (self.diff / self.norm.max(1e-30)).sqrt()
-    }
-}
-
 fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
+    argmax_rows(v, v.len().max(1))[0]
 }
 
 /// Logits [positions, vocab] of `ids` on the plain forward of `model`.
