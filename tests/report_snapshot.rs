@@ -9,6 +9,7 @@ use exaone_compress::compress::quant::apply::quantize_rtn;
 use exaone_compress::compress::quant::Scheme;
 use exaone_compress::data::{read_documents, split_path, TokenStream};
 use exaone_compress::default_model_dir;
+use exaone_compress::eval::paired::Z95;
 use exaone_compress::eval::tasks::load_kmmlu;
 use exaone_compress::model::Tokenizer;
 use exaone_compress::record::{Environment, Results, Variant};
@@ -80,7 +81,37 @@ fn mini_study_report_snapshot() {
     }
     // the checkpoints were written where they were measured
     assert!(tmp.path().join("RTN_W4A16/config.json").exists());
-    add_scores(&mut r, "original");
+    let rec = add_scores(&mut r, "original").expect("every variant has a Score interval");
+    // RTN W4A16 (Score ≈ 0.81) is apart from W8A8 (≈ 0.72) by far more than either interval
+    assert_eq!(
+        (rec.pick.as_str(), rec.clear),
+        ("RTN W4A16", true),
+        "{rec:?}"
+    );
+    for v in ["original", "pruned", "RTN W4A16", "W8A8"] {
+        // the paired ratio is over the same tokens as each test_ppl: the same figure
+        let ratio = r.get(v, "test_ppl").unwrap() / r.get("original", "test_ppl").unwrap();
+        let paired = r.get(v, "ppl_ratio").unwrap();
+        assert!(
+            (paired / ratio - 1.0).abs() < 1e-9,
+            "{v}: {paired} vs {ratio}"
+        );
+        let (lo, hi) = (r.get(v, "score_lo").unwrap(), r.get(v, "score_hi").unwrap());
+        assert!(lo <= r.get(v, "score").unwrap() && r.get(v, "score").unwrap() <= hi);
+        // the KL interval is ±1.96 of the existing s.e. over sequences (equal lengths)
+        let (klo, khi) = (
+            r.get(v, "kl_mean_lo").unwrap(),
+            r.get(v, "kl_mean_hi").unwrap(),
+        );
+        let se = r.spread(v, "kl_mean").unwrap();
+        assert!(
+            ((khi - klo) / 2.0 - Z95 * se).abs() <= 1e-9 * (1.0 + se),
+            "{v}"
+        );
+    }
+    // the base paired with itself: ratio 1 exactly, no spread
+    assert_eq!(r.get("original", "ppl_ratio"), Some(1.0));
+    assert_eq!(r.spread("original", "ppl_ratio"), Some(0.0));
     // the study's own sanity: compression costs quality, never improves KL from zero
     assert_eq!(r.get("original", "kl_mean").map(|k| k < 1e-6), Some(true));
     assert!(r.get("RTN W4A16", "kl_mean").unwrap() > r.get("W8A8", "kl_mean").unwrap());

@@ -1,6 +1,6 @@
 //! How far a compressed model's next-token distribution is from the base's: KL(base ‖ model)
 //! per token (mean, 99th percentile) and top-1 agreement, streamed batch by batch so no logits
-//! are kept.
+//! are kept ([`divergence_per_token`] keeps the per-token KL values, sequence by sequence).
 
 use candle_core::{Result, Tensor};
 use indicatif::ProgressBar;
@@ -27,9 +27,22 @@ pub fn divergence(
     batch: usize,
     bar: Option<&ProgressBar>,
 ) -> Result<Divergence> {
+    Ok(divergence_per_token(base, model, sequences, batch, bar)?.0)
+}
+
+/// [`divergence`] (the same figures, bit for bit) and every position's KL(base ‖ model) in nats,
+/// one vector per sequence in the order given.
+pub fn divergence_per_token(
+    base: &Exaone4,
+    model: &Exaone4,
+    sequences: &[Vec<u32>],
+    batch: usize,
+    bar: Option<&ProgressBar>,
+) -> Result<(Divergence, Vec<Vec<f32>>)> {
     let mut kls: Vec<f32> = vec![];
     let mut agree = 0usize;
     let mut seq_means = vec![];
+    let mut per_sequence: Vec<Vec<f32>> = vec![];
     if let Some(b) = bar {
         b.set_length(sequences.len() as u64);
     }
@@ -48,6 +61,7 @@ pub fn divergence(
         let (kl, same) = kl_rows(&p, &q)?;
         for s in kl.chunks(t) {
             seq_means.push(s.iter().map(|&v| v as f64).sum::<f64>() / t as f64);
+            per_sequence.push(s.to_vec());
         }
         agree += same.iter().filter(|&&x| x).count();
         kls.extend(kl);
@@ -62,11 +76,12 @@ pub fn divergence(
     let mut sorted = kls.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let p99 = sorted[((n as f64 * 0.99) as usize).min(n - 1)] as f64;
-    Ok(Divergence {
+    let d = Divergence {
         tokens: n,
         kl_mean: mean.max(0.0),
         kl_stderr: (var / m).sqrt(),
         kl_p99: p99.max(0.0),
         top1: agree as f64 / n as f64,
-    })
+    };
+    Ok((d, per_sequence))
 }

@@ -8,13 +8,13 @@ pub mod projection;
 pub mod speed;
 pub mod tasks;
 
-pub use divergence::{divergence, Divergence};
+pub use divergence::{divergence, divergence_per_token, Divergence};
 pub use paired::{
-    kl_mean, mcnemar, paired_accuracy, paired_mean, ppl_ratio, ppl_ratio_by_sequence, recommend,
-    score, speed_norm, Candidate, Estimate, McNemar, PairedAccuracy, PairedMean, PplRatio,
-    Recommendation,
+    accuracy_difference, kl_mean, kl_mean_by_sequence, mcnemar, paired_accuracy, paired_mean,
+    ppl_ratio, ppl_ratio_by_sequence, recommend, score, speed_norm, AccuracyDiff, Candidate,
+    Estimate, McNemar, PairedAccuracy, PairedMean, PplRatio, Recommendation,
 };
-pub use perplexity::{perplexity, unigram_perplexity, Perplexity};
+pub use perplexity::{perplexity, perplexity_per_token, unigram_perplexity, Perplexity};
 pub use projection::{
     compare_with_public, project, GpuSpec, Projection, PublicComparison, Roofline, StepLoad,
     StepTrace, VariantCost,
@@ -22,4 +22,4 @@ pub use projection::{
 pub use speed::{
     measure as measure_speed, measure_checkpoint as measure_checkpoint_speed, Speed, Timing,
 };
-pub use tasks::{multiple_choice, McItem, McResult};
+pub use tasks::{multiple_choice, multiple_choice_per_item, McItem, McItems, McResult};

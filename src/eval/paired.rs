@@ -4,12 +4,14 @@
 //!
 //! - [`paired_accuracy`]: accuracy difference on the same items, its paired standard error from
 //!   the discordant counts, McNemar's exact and mid-p tests, and PerfNorm (the accuracy ratio)
-//!   with its interval.
+//!   with its interval; [`accuracy_difference`] the same less PerfNorm (defined when the base
+//!   got nothing right).
 //! - [`ppl_ratio`] / [`ppl_ratio_by_sequence`]: the perplexity ratio from per-token NLLs on the
 //!   same positions, with the standard error of the mean log-ratio — the figure llama.cpp's
 //!   perplexity tool prints in its KL-divergence mode as "Mean ln(PPL(Q)/PPL(base))" with its
 //!   uncertainty — and PerfNorm = PPL(base)/PPL(variant).
-//! - [`kl_mean`]: the mean of per-token KL values with its standard error.
+//! - [`kl_mean`] / [`kl_mean_by_sequence`]: the mean of per-token KL values with its standard
+//!   error (tokens, or sequences as clusters).
 //! - [`speed_norm`], [`score`], [`recommend`]: the competition's Score proxy
 //!   `0.5·PerfNorm + 0.5·SpeedNorm` with an interval, and a recommendation that never declares a
 //!   winner by less than its interval.
@@ -150,6 +152,60 @@ pub fn mcnemar(b: usize, c: usize) -> McNemar {
     }
 }
 
+/// The part of [`paired_accuracy`] that is defined whatever the base scored: the 2×2 table, the
+/// accuracy difference with its paired SE, and McNemar's test — but no PerfNorm, which a base
+/// with no item right leaves undefined (a small model near chance on a few items).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AccuracyDiff {
+    pub n: usize,
+    pub base_acc: f64,
+    pub variant_acc: f64,
+    pub both_right: usize,
+    /// `b`: items the base got right and the variant wrong
+    pub base_only: usize,
+    /// `c`: items the variant got right and the base wrong
+    pub variant_only: usize,
+    pub both_wrong: usize,
+    /// `variant_acc − base_acc = (c − b)/n`, its paired SE and 95% interval (Wald)
+    pub diff: Estimate,
+    pub mcnemar: McNemar,
+}
+
+/// [`paired_accuracy`] less PerfNorm (the same figures): errors only on different lengths or
+/// fewer than 2 items.
+pub fn accuracy_difference(base: &[bool], variant: &[bool]) -> Result<AccuracyDiff> {
+    table("accuracy difference", base, variant)
+}
+
+fn table(what: &str, base: &[bool], variant: &[bool]) -> Result<AccuracyDiff> {
+    same_len(what, base.len(), variant.len(), 2)?;
+    let (mut n11, mut n10, mut n01, mut n00) = (0usize, 0usize, 0usize, 0usize);
+    for (&b, &v) in base.iter().zip(variant) {
+        match (b, v) {
+            (true, true) => n11 += 1,
+            (true, false) => n10 += 1,
+            (false, true) => n01 += 1,
+            (false, false) => n00 += 1,
+        }
+    }
+    let n = base.len();
+    let nf = n as f64;
+    let (b, c) = (n10 as f64, n01 as f64);
+    let diff = (c - b) / nf;
+    let ss = ((b + c) - (c - b).powi(2) / nf).max(0.0);
+    Ok(AccuracyDiff {
+        n,
+        base_acc: (n11 + n10) as f64 / nf,
+        variant_acc: (n11 + n01) as f64 / nf,
+        both_right: n11,
+        base_only: n10,
+        variant_only: n01,
+        both_wrong: n00,
+        diff: Estimate::wald(diff, (ss / (nf * (nf - 1.0))).sqrt())?,
+        mcnemar: mcnemar(n10, n01),
+    })
+}
+
 /// Base and variant scored right/wrong on the same items.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PairedAccuracy {
@@ -190,24 +246,19 @@ pub struct PairedAccuracy {
 /// undefined).
 pub fn paired_accuracy(base: &[bool], variant: &[bool]) -> Result<PairedAccuracy> {
     let what = "paired accuracy";
-    same_len(what, base.len(), variant.len(), 2)?;
-    let (mut n11, mut n10, mut n01, mut n00) = (0usize, 0usize, 0usize, 0usize);
-    for (&b, &v) in base.iter().zip(variant) {
-        match (b, v) {
-            (true, true) => n11 += 1,
-            (true, false) => n10 += 1,
-            (false, true) => n01 += 1,
-            (false, false) => n00 += 1,
-        }
-    }
-    let n = base.len();
+    let AccuracyDiff {
+        n,
+        base_acc,
+        variant_acc,
+        both_right: n11,
+        base_only: n10,
+        variant_only: n01,
+        both_wrong: n00,
+        diff,
+        mcnemar,
+    } = table(what, base, variant)?;
     let nf = n as f64;
     let (b, c) = (n10 as f64, n01 as f64);
-    let diff = (c - b) / nf;
-    let ss = ((b + c) - (c - b).powi(2) / nf).max(0.0);
-    let diff = Estimate::wald(diff, (ss / (nf * (nf - 1.0))).sqrt())?;
-    let base_acc = (n11 + n10) as f64 / nf;
-    let variant_acc = (n11 + n01) as f64 / nf;
     if base_acc == 0.0 {
         return Err(Error::Invalid(format!(
             "{what}: the base got none of the {n} items right, so PerfNorm (variant/base accuracy) is undefined"
@@ -226,7 +277,7 @@ pub fn paired_accuracy(base: &[bool], variant: &[bool]) -> Result<PairedAccuracy
         variant_only: n01,
         both_wrong: n00,
         diff,
-        mcnemar: mcnemar(n10, n01),
+        mcnemar,
         perf_norm,
     })
 }
@@ -400,6 +451,43 @@ pub fn kl_mean<T: Copy + Into<f64>>(kl: &[T]) -> Result<Estimate> {
     }
     let (m, se) = mean_and_se(&v);
     Estimate::wald(m, se)
+}
+
+/// [`kl_mean`] over sequences (per-token KL values, each sequence its own vector), with the
+/// sequences as clusters as in [`ppl_ratio_by_sequence`]: the token mean `Σ K_s / N` and
+/// `SE = sqrt( S/(S − 1) · Σ_s (K_s − n_s·mean)² ) / N` (`K_s` a sequence's summed KL). For
+/// sequences of equal length this is the SE of the mean of per-sequence means. Errors as
+/// [`kl_mean`], and fewer than 2 sequences or an empty one.
+pub fn kl_mean_by_sequence<S, T>(kl: &[S]) -> Result<Estimate>
+where
+    S: AsRef<[T]>,
+    T: Copy + Into<f64>,
+{
+    let what = "KL mean by sequence";
+    same_len(what, kl.len(), kl.len(), 2)?;
+    let (mut sums, mut lens) = (vec![], vec![]);
+    for (i, s) in kl.iter().enumerate() {
+        let at = format!("{what}, sequence {i}");
+        let s = s.as_ref();
+        same_len(&at, s.len(), s.len(), 1)?;
+        let v = finite(&at, "KL", s)?;
+        if let Some((j, x)) = v.iter().enumerate().find(|(_, &x)| x < -1e-3) {
+            return Err(Error::Invalid(format!(
+                "{at}: value {x} at position {j} is negative: a KL divergence is >= 0"
+            )));
+        }
+        sums.push(v.iter().sum::<f64>());
+        lens.push(v.len() as f64);
+    }
+    let n: f64 = lens.iter().sum();
+    let s = sums.len() as f64;
+    let m = sums.iter().sum::<f64>() / n;
+    let ss: f64 = sums
+        .iter()
+        .zip(&lens)
+        .map(|(k, l)| (k - l * m).powi(2))
+        .sum();
+    Estimate::wald(m, (s / (s - 1.0) * ss).sqrt() / n)
 }
 
 /// SpeedNorm = `(T_base − T_variant)/T_base = 1 − T_variant/T_base` (target.md), T the time per

@@ -1,5 +1,6 @@
 //! Perplexity and bits per byte over a token stream, with a sliding window so long texts are
-//! scored with context, and the spread over windows.
+//! scored with context, and the spread over windows. [`perplexity_per_token`] also returns every
+//! scored token's NLL, window by window, for paired comparisons (`eval::paired`).
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use indicatif::ProgressBar;
@@ -30,6 +31,21 @@ pub fn perplexity(
     batch: usize,
     bar: Option<&ProgressBar>,
 ) -> Result<Perplexity> {
+    Ok(perplexity_per_token(model, stream, window, stride, batch, bar)?.0)
+}
+
+/// [`perplexity`] (the same figures, bit for bit) and the NLL (nats) of every scored token,
+/// grouped by the window that scored it, in stream order: two models scored on the same stream
+/// with the same `window` and `stride` give NLLs of the same tokens at the same positions, the
+/// windows being the natural clusters of neighbouring (correlated) tokens.
+pub fn perplexity_per_token(
+    model: &Exaone4,
+    stream: &TokenStream,
+    window: usize,
+    stride: usize,
+    batch: usize,
+    bar: Option<&ProgressBar>,
+) -> Result<(Perplexity, Vec<Vec<f32>>)> {
     let ids = &stream.ids;
     if ids.len() < 2 || stride == 0 || stride > window {
         candle_core::bail!("perplexity: need ≥ 2 tokens and 0 < stride ≤ window");
@@ -50,6 +66,7 @@ pub fn perplexity(
     let mut nll_sum = 0f64;
     let mut count = 0usize;
     let mut window_means = vec![];
+    let mut nlls: Vec<Vec<f32>> = vec![];
     if let Some(b) = bar {
         b.set_length(spans.len() as u64);
     }
@@ -84,6 +101,8 @@ pub fn perplexity(
                 nll_sum += s;
                 count += scored.len();
                 window_means.push(s / scored.len() as f64);
+                // −v in f32 is exact, so (−v) as f64 is the −(v as f64) summed above
+                nlls.push(scored.iter().map(|&v| -v).collect());
             }
             if let Some(b) = bar {
                 b.inc(same.len() as u64);
@@ -93,13 +112,14 @@ pub fn perplexity(
     let mean = nll_sum / count as f64;
     let n = window_means.len() as f64;
     let var = window_means.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    Ok(Perplexity {
+    let p = Perplexity {
         tokens: count,
         nll_sum,
         ppl: mean.exp(),
         bits_per_byte: nll_sum / std::f64::consts::LN_2 / stream.bytes as f64,
         nll_stderr: (var / n).sqrt(),
-    })
+    };
+    Ok((p, nlls))
 }
 
 /// A unigram model of the training tokens (add-one smoothed) scored on `test`: the floor any

@@ -1,6 +1,7 @@
 //! Multiple-choice accuracy by the log-likelihood of each option (lm-evaluation-harness style):
 //! `acc` picks the option with the highest summed log-probability, `acc_norm` the highest per
-//! byte of option text.
+//! byte of option text. [`multiple_choice_per_item`] also says which items each rule got right,
+//! for paired comparisons (`eval::paired`).
 
 use std::path::Path;
 
@@ -109,6 +110,15 @@ pub struct McResult {
     pub chance: f64,
 }
 
+/// Which items a model got right, in the order scored.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct McItems {
+    /// by summed log-likelihood (`acc`)
+    pub right: Vec<bool>,
+    /// by log-likelihood per byte of option text (`acc_norm`)
+    pub right_norm: Vec<bool>,
+}
+
 /// Scores `items`: each option's log-likelihood given the prompt, one forward per item (all its
 /// options batched, right-padded).
 pub fn multiple_choice(
@@ -116,6 +126,16 @@ pub fn multiple_choice(
     tok: &Tokenizer,
     items: &[McItem],
 ) -> crate::Result<McResult> {
+    Ok(multiple_choice_per_item(model, tok, items)?.0)
+}
+
+/// [`multiple_choice`] (the same figures) and, item by item, whether each rule picked the label.
+pub fn multiple_choice_per_item(
+    model: &Exaone4,
+    tok: &Tokenizer,
+    items: &[McItem],
+) -> crate::Result<(McResult, McItems)> {
+    let mut per_item = McItems::default();
     let dev = model.device().clone();
     let (mut right, mut right_norm, mut inv_choices) = (0usize, 0usize, 0f64);
     for it in items {
@@ -154,15 +174,18 @@ pub fn multiple_choice(
         }
         right += (best.1 == it.label) as usize;
         right_norm += (best_norm.1 == it.label) as usize;
+        per_item.right.push(best.1 == it.label);
+        per_item.right_norm.push(best_norm.1 == it.label);
         inv_choices += it.choices.len() as f64;
     }
     let n = items.len().max(1) as f64;
     let acc = right as f64 / n;
-    Ok(McResult {
+    let result = McResult {
         items: items.len(),
         acc,
         acc_norm: right_norm as f64 / n,
         acc_stderr: (acc * (1.0 - acc) / n).sqrt(),
         chance: n / inv_choices,
-    })
+    };
+    Ok((result, per_item))
 }

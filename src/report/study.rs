@@ -1,5 +1,6 @@
 //! The report of a compression study, drawn from its results table alone: what was run, one
-//! row per variant, charts, a recommendation per objective, and how noisy each figure is.
+//! row per variant, the paired comparison with the base, charts, a recommendation per objective
+//! (the Score's naming every variant tied with the best), and how noisy each figure is.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -28,6 +29,32 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
         _ => "–".into(),
     }
 }
+
+/// `value [lo, hi]` from a metric's `{metric}_lo`/`_hi` rows (its 95% interval), or the value
+/// alone where the interval was not recorded (older results).
+fn with_ci(r: &Results, v: &str, metric: &str, digits: usize) -> String {
+    let lo = r.get(v, &format!("{metric}_lo"));
+    let hi = r.get(v, &format!("{metric}_hi"));
+    match (r.get(v, metric), lo, hi) {
+        (Some(x), Some(lo), Some(hi)) if x.is_finite() => {
+            format!("{x:.digits$} [{lo:.digits$}, {hi:.digits$}]")
+        }
+        (x, ..) => fmt(x, digits),
+    }
+}
+
+/// The half-width of the wider side of a metric's 95% interval (an error bar drawn both ways
+/// then covers the whole interval); None where no interval was recorded.
+fn err_bar(r: &Results, v: &str, metric: &str) -> Option<f64> {
+    let x = r.get(v, metric)?;
+    let lo = r.get(v, &format!("{metric}_lo"))?;
+    let hi = r.get(v, &format!("{metric}_hi"))?;
+    Some((x - lo).max(hi - x))
+}
+
+/// The rule `eval::paired::recommend` breaks ties by (its `TIE_RULE`; a test keeps the two the
+/// same: the report draws results and does not import the evaluation).
+pub const TIE_RULE: &str = "among variants whose 95% score interval overlaps the best's, pick the one with the highest lower bound of PerfNorm (accuracy is what a submission cannot buy back with speed); then the higher score, then the name in alphabetical order";
 
 fn timed(o: &ReportOptions, s: String) -> String {
     if o.redact_timings {
@@ -156,7 +183,7 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
-        "| variant | method | layers | size (MiB) | weight bytes/token (MB) | test ppl (± s.e.) | KL to base (nats, mean ± s.e.) | KL p99 | top-1 agree | MC acc | decode ms/token (median [min–max]) | predicted speed-up (bytes) | PerfNorm | SpeedNorm | Score |"
+        "| variant | method | layers | size (MiB) | weight bytes/token (MB) | test ppl (± s.e.) | KL to base (nats, mean ± s.e.) | KL p99 | top-1 agree | MC acc | decode ms/token (median [min–max]) | predicted speed-up (bytes) | PerfNorm [95%] | SpeedNorm | Score [95%] |"
     );
     let _ = writeln!(
         md,
@@ -195,12 +222,14 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
             fmt(g("mc_acc"), 3),
             dec_s,
             fmt(g("predicted_speedup"), 2),
-            fmt(g("perf_norm"), 3),
-            timed(o, fmt(g("speed_norm"), 3)),
-            timed(o, fmt(g("score"), 3)),
+            with_ci(r, &v, "perf_norm", 3),
+            // SpeedNorm comes from the predicted speed-up (weight bytes), not from a timing
+            fmt(g("speed_norm"), 3),
+            with_ci(r, &v, "score", 3),
         );
     }
     let _ = writeln!(md);
+    paired_table(&mut md, r);
     if r.rows.iter().any(|x| x.metric == "legacy_similarity") {
         let _ = writeln!(md, "Legacy measures (the reference pipeline's): greedy answers to fixed chat prompts compared with the base model's answers. Kept for comparison only: an empty answer from both sides counts as a perfect match, which is how the reference table reported 1.0 for broken models.\n");
         let _ = writeln!(
@@ -223,6 +252,9 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let _ = writeln!(md, "![quality vs size](quality_vs_size.png)\n");
     let _ = writeln!(md, "![quality vs time per token](quality_vs_time.png)\n");
     let _ = writeln!(md, "![perplexity per variant](perplexity.png)\n");
+    if r.rows.iter().any(|x| x.metric == "score") {
+        let _ = writeln!(md, "![Score per variant](score.png)\n");
+    }
     if r.rows
         .iter()
         .any(|x| x.metric.starts_with("drop_one_kl_layer_"))
@@ -242,25 +274,29 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
             "- None: with random weights only the speed and size columns can be compared."
         );
     } else {
-        for line in recommend(r, o) {
+        for line in recommend(r) {
             let _ = writeln!(md, "- {line}");
+        }
+        if let Some(t) = ties(r) {
+            let _ = writeln!(md, "\n{t}");
         }
     }
     let _ = writeln!(md, "\n## How noisy these figures are\n");
-    let _ = writeln!(md, "- Perplexity: ± is the standard error of the mean NLL over scoring windows, shown on the perplexity scale; differences smaller than about twice the larger ± are not significant.");
-    let _ = writeln!(md, "- KL: mean over every scored position against the base model's next-token distribution, ± the standard error over sequences; p99 is the 99th percentile per position.");
-    let _ = writeln!(md, "- MC accuracy: log-likelihood choice on the shipped multiple-choice items; its binomial standard error is in the parquet (`spread`). A small model sits near chance, so PerfNorm here uses perplexity (base ppl / variant ppl) unless stated otherwise.");
+    let _ = writeln!(md, "- Perplexity: ± is the standard error of the mean NLL over scoring windows, shown on the perplexity scale. It is the spread of one model's figure; two variants are compared by the paired ratio instead (same tokens, so the text's difficulty cancels): `ppl_ratio` and PerfNorm carry the 95% interval of the mean per-token log-ratio, with scoring windows as clusters of correlated tokens.");
+    let _ = writeln!(md, "- KL: mean over every scored position against the base model's next-token distribution, ± the standard error over sequences (the interval in the paired table is ±1.96 of it); p99 is the 99th percentile per position.");
+    let _ = writeln!(md, "- MC accuracy: log-likelihood choice on the shipped multiple-choice items; its binomial standard error is in the parquet (`spread`). The difference to the base is paired on the same items (its SE from the discordant items, McNemar's exact and mid-p tests). A small model sits near chance, so PerfNorm here uses perplexity (base ppl / variant ppl) unless stated otherwise.");
+    let _ = writeln!(md, "- Score: its 95% interval is PerfNorm's (paired, above) halved; SpeedNorm, from the predicted speed-up in bytes, has no sampling error. A variant is named the winner only when its interval overlaps no other's; otherwise the Ties paragraph names every variant not shown apart from the best.");
     let on_runtime = r.rows.iter().any(|x| x.metric == "decode_on_engine");
     if on_runtime {
         let _ = writeln!(md, "- Time per token: median of repeated timed decodes after warm-up on the device named above; the bracket is [min–max]. Each written checkpoint is timed as it runs on the CUDA runtime: W4A16 and W8A8 Linears on their compressed kernels (packed int4 GEMV, int8 tensor cores), decode on the runtime's engine with CUDA-graph replay where it runs the checkpoint (bf16 and W4A16; the `decode_on_engine` row says which). On a small model the fixed per-step costs dominate; the predicted speed-up column (weight bytes read per decoded token, base ÷ variant) is what ranks variants on a bandwidth-bound GPU such as the evaluation's L4.");
     } else {
         let _ = writeln!(md, "- Time per token: median of repeated timed decodes after warm-up on the device named above; the bracket is [min–max]. Quantized variants run here with dequantized weights (a quality emulation), so their measured time is the dense model's: the predicted speed-up column (weight bytes read per decoded token, base ÷ variant) is what ranks them on a bandwidth-bound GPU such as the evaluation's L4.");
     }
-    let _ = writeln!(md, "- The competition server itself scored identical submissions up to ±0.1 apart: treat Score differences below that as noise.");
+    let _ = writeln!(md, "- The competition server itself scored identical submissions up to ±0.1 apart: the intervals above hold this run's measurement noise only, so treat Score differences below 0.1 as unproven on the server even where they are clear here.");
     md
 }
 
-fn recommend(r: &Results, o: &ReportOptions) -> Vec<String> {
+fn recommend(r: &Results) -> Vec<String> {
     // only variants that compress something: same-size variants (distillation alone) are not options
     let vs: Vec<String> = r
         .variants()
@@ -310,17 +346,111 @@ fn recommend(r: &Results, o: &ReportOptions) -> Vec<String> {
             r.get(&v, "size_mib").unwrap_or(f64::NAN)
         ));
     }
-    if !o.redact_timings {
-        if let Some(v) = best(&|v| r.get(v, "score").map(|s| -s)) {
-            out.push(format!("competition proxy (0.5·PerfNorm + 0.5·SpeedNorm with the predicted speed-up): **{v}**, Score {:.3}.", r.get(&v, "score").unwrap_or(f64::NAN)));
+    let proxy = "competition proxy (0.5·PerfNorm + 0.5·SpeedNorm with the predicted speed-up)";
+    let flagged = |m: &str| -> Vec<String> {
+        r.variants()
+            .into_iter()
+            .filter(|v| r.get(v, m) == Some(1.0))
+            .collect()
+    };
+    match flagged("verdict_pick").first() {
+        Some(v) => {
+            let tied = flagged("verdict_tied");
+            let how = if tied.is_empty() {
+                "a winner by more than its 95% interval".to_string()
+            } else {
+                format!(
+                    "the tie rule's pick among {} variants whose intervals overlap the best's (see Ties), not a winner by Score",
+                    tied.len() + 1
+                )
+            };
+            out.push(format!(
+                "{proxy}: **{v}**, Score {} — {how}.",
+                with_ci(r, v, "score", 3)
+            ));
+        }
+        // results without the verdict (older files): the best point estimate, said to be one
+        None => {
+            if let Some(v) = best(&|v| r.get(v, "score").map(|s| -s)) {
+                out.push(format!("{proxy}: **{v}**, Score {:.3} (a point estimate: these results carry no interval).", r.get(&v, "score").unwrap_or(f64::NAN)));
+            }
         }
     }
     out
 }
 
+/// The paragraph naming every variant tied with the best Score (95% intervals overlap) and the
+/// rule that picks among them, from the `verdict_*` rows the study recorded.
+fn ties(r: &Results) -> Option<String> {
+    let vs = r.variants();
+    let best = vs.iter().find(|v| r.get(v, "verdict_best") == Some(1.0))?;
+    let pick = vs.iter().find(|v| r.get(v, "verdict_pick") == Some(1.0))?;
+    let named = |v: &str, b: &str| format!("{b}{v}{b} (Score {})", with_ci(r, v, "score", 3));
+    let mut tied: Vec<&String> = vs
+        .iter()
+        .filter(|v| r.get(v, "verdict_tied") == Some(1.0))
+        .collect();
+    tied.sort_by(|a, b| {
+        let s = |v: &str| r.get(v, "score").unwrap_or(f64::NAN);
+        s(b).total_cmp(&s(a)).then_with(|| a.cmp(b))
+    });
+    let head = if tied.is_empty() {
+        format!(
+            "**Ties.** None: {} has the highest Score and its 95% interval overlaps no other variant's, so it wins by more than its interval.",
+            named(best, "**")
+        )
+    } else {
+        let names: Vec<String> = tied.iter().map(|v| named(v, "")).collect();
+        format!(
+            "**Ties.** {} has the highest Score, but its 95% interval overlaps that of {}: no winner by Score. The pick among them is the tie rule's: **{pick}** (PerfNorm lower bound {}).",
+            named(best, "**"),
+            names.join(", "),
+            fmt(r.get(pick, "perf_norm_lo"), 3)
+        )
+    };
+    Some(format!(
+        "{head} Tie rule: {TIE_RULE}. The intervals hold this run's sampling noise only (which tokens and items were scored); they do not hold the evaluation server's own spread."
+    ))
+}
+
+/// The paired comparison with the base, one row per variant (only where the study recorded it).
+fn paired_table(md: &mut String, r: &Results) {
+    if !r.rows.iter().any(|x| x.metric == "ppl_ratio") {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Paired with the base
+"
+    );
+    let _ = writeln!(md, "Every variant against the base on the same tokens and items, with 95% intervals: the perplexity ratio from the per-token NLL log-ratio (scoring windows as clusters), PerfNorm = its inverse, KL with sequences as clusters, the MC accuracy difference with its paired standard error and McNemar's two-sided tests on the discordant items, and the Score with PerfNorm's interval (SpeedNorm, from bytes, is exact).\n");
+    let _ = writeln!(md, "| variant | ppl ratio to base [95%] | PerfNorm [95%] | KL mean [95%] | MC acc − base (± s.e.) | MC discordant (base only / variant only) | McNemar p (exact / mid-p) | Score [95%] |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for v in r.variants() {
+        let g = |m: &str| r.get(&v, m);
+        let count = |m: &str| fmt(g(m), 0);
+        let _ = writeln!(
+            md,
+            "| {v} | {} | {} | {} | {} ± {} | {} / {} | {} / {} | {} |",
+            with_ci(r, &v, "ppl_ratio", 4),
+            with_ci(r, &v, "perf_norm", 4),
+            with_ci(r, &v, "kl_mean", 4),
+            fmt(g("mc_acc_diff"), 3),
+            fmt(r.spread(&v, "mc_acc_diff"), 3),
+            count("mc_base_only"),
+            count("mc_variant_only"),
+            fmt(g("mc_mcnemar_p"), 3),
+            fmt(g("mc_mcnemar_mid_p"), 3),
+            with_ci(r, &v, "score", 3),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// The report's charts, by file name: quality against size and against bytes per token, the
-/// perplexity per variant (an axis near the data: 0 is no perplexity), and the per-layer scores
-/// where the study recorded them. With random weights each carries the caveat.
+/// perplexity per variant (an axis near the data: 0 is no perplexity), the Score per variant with
+/// its 95% interval as error bars, and the per-layer scores where the study recorded them. With
+/// random weights each carries the caveat.
 pub fn charts(r: &Results, o: &ReportOptions) -> Vec<(&'static str, Chart)> {
     let caveat = meaningless(r, o)
         .then(|| "Random weights: perplexity and KL meaningless; size and speed only".to_string());
@@ -379,6 +509,36 @@ pub fn charts(r: &Results, o: &ReportOptions) -> Vec<(&'static str, Chart)> {
             .into(),
         ),
     ];
+    let scores: Vec<Bar> = r
+        .variants()
+        .into_iter()
+        .filter_map(|v| {
+            Some(Bar::new(
+                v.clone(),
+                r.get(&v, "score")?,
+                err_bar(r, &v, "score"),
+            ))
+        })
+        .collect();
+    if !scores.is_empty() {
+        out.push((
+            "score.png",
+            BarChart {
+                frame: frame(
+                    "Score proxy per variant (0.5·PerfNorm + 0.5·SpeedNorm; the base is 0.5)",
+                )
+                .with_note(
+                    "error bars: the 95% interval (the wider side where it is not symmetric)",
+                ),
+                category_label: String::new(),
+                value_label: "Score".into(),
+                bars: scores,
+                zero_meaningful: false,
+                horizontal: true,
+            }
+            .into(),
+        ));
+    }
     let per_layer = |prefix: &str| -> Vec<Bar> {
         r.rows
             .iter()

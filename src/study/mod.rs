@@ -1,11 +1,12 @@
 //! What every experiment starts from: the shared command-line options, the base model and its
 //! splits ([`setup`]), the suite that writes, sizes and evaluates a variant ([`suite`]), and the
-//! variant as data ([`variant`]).
+//! verdict paired with the base ([`verdict`]).
 
 pub mod bench;
 pub mod serving;
 pub mod setup;
 pub mod suite;
+pub mod verdict;
 
 pub use setup::{Study, StudyArgs};
 pub use suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};

@@ -350,7 +350,9 @@ impl Study {
 
     /// Adds the scores, writes results, charts and report, and prints the report.
     pub fn finish(mut self, title: &str, notes: Vec<String>, log: &[String]) -> Result<()> {
-        super::suite::add_scores(&mut self.results, "original");
+        if let Some(rec) = super::suite::add_scores(&mut self.results, "original") {
+            eprintln!("{}", rec.text);
+        }
         let out = self.out.clone();
         self.results.save(&out)?;
         for ext in ["parquet", "csv"] {

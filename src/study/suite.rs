@@ -3,9 +3,12 @@
 
 use std::path::Path;
 
+pub use super::verdict::add_scores;
+use super::verdict::{add_paired, PerToken};
 use crate::data::TokenStream;
 use crate::eval::{
-    divergence, measure_checkpoint_speed, measure_speed, multiple_choice, perplexity, McItem,
+    divergence_per_token, measure_checkpoint_speed, measure_speed, multiple_choice_per_item,
+    perplexity_per_token, McItem,
 };
 use crate::model::{Exaone4, Tokenizer};
 use crate::record::{Results, Variant};
@@ -30,6 +33,11 @@ pub struct Suite {
     pub legacy_new_tokens: usize,
     /// the base model's legacy answers, generated once
     pub legacy_base: std::sync::OnceLock<Vec<String>>,
+    /// the variant that is the base (`original`): its per-token NLLs and per-item results are
+    /// what every variant is paired with, so measuring it measures the base once
+    pub base_variant: String,
+    /// the base's per-token NLLs and per-item results, kept once measured
+    pub base_per_token: std::sync::OnceLock<PerToken>,
 }
 
 /// Prompts in the spirit of the reference pipeline's fixed ones (Korean and English questions).
@@ -132,6 +140,8 @@ impl Suite {
             legacy_prompts: vec![],
             legacy_new_tokens: 32,
             legacy_base: Default::default(),
+            base_variant: Variant::original().name,
+            base_per_token: Default::default(),
         }
     }
 
@@ -208,7 +218,24 @@ impl Suite {
         Ok(out)
     }
 
-    /// Measures `model` against `base` and adds the rows for `variant`.
+    /// Perplexity on the test text and every scored token's NLL, window by window.
+    fn per_token(
+        &self,
+        model: &Exaone4,
+    ) -> crate::Result<(crate::eval::Perplexity, Vec<Vec<f32>>)> {
+        let w = self.ppl_window;
+        Ok(perplexity_per_token(
+            model,
+            &self.test,
+            w,
+            w / 2,
+            self.batch,
+            None,
+        )?)
+    }
+
+    /// Measures `model` against `base` and adds the rows for `variant` (its paired rows against
+    /// the base's per-token results: `study::verdict`).
     pub fn evaluate(
         &self,
         results: &mut Results,
@@ -246,27 +273,43 @@ impl Suite {
             None,
             "MB",
         );
-        let p = perplexity(
-            model,
-            &self.test,
-            self.ppl_window,
-            self.ppl_window / 2,
-            self.batch,
-            None,
-        )?;
+        let (p, nll) = self.per_token(model)?;
         // s.e. of mean NLL carried to the perplexity scale (first order)
         add(results, "test_ppl", p.ppl, Some(p.ppl * p.nll_stderr), "");
         add(results, "test_bits_per_byte", p.bits_per_byte, None, "bits");
-        let d = divergence(base, model, &self.kl_sequences, self.batch, None)?;
+        let (d, kl) = divergence_per_token(base, model, &self.kl_sequences, self.batch, None)?;
         add(results, "kl_mean", d.kl_mean, Some(d.kl_stderr), "nats");
         add(results, "kl_p99", d.kl_p99, None, "nats");
         add(results, "top1", d.top1, None, "");
+        let mut mc_right = vec![];
         if !self.mc_items.is_empty() {
-            let mc = multiple_choice(model, &self.tokenizer, &self.mc_items)?;
+            let (mc, items) = multiple_choice_per_item(model, &self.tokenizer, &self.mc_items)?;
             add(results, "mc_acc", mc.acc, Some(mc.acc_stderr), "");
             add(results, "mc_acc_norm", mc.acc_norm, None, "");
             add(results, "mc_chance", mc.chance, None, "");
+            mc_right = items.right;
         }
+        let ours = PerToken { nll, mc_right };
+        let theirs = match self.base_per_token.get() {
+            Some(b) => b,
+            // the base itself: what was just measured; any other variant first: the base, once
+            None if variant.name == self.base_variant => {
+                self.base_per_token.get_or_init(|| ours.clone())
+            }
+            None => {
+                let (_, nll) = self.per_token(base)?;
+                let mc_right = if self.mc_items.is_empty() {
+                    vec![]
+                } else {
+                    multiple_choice_per_item(base, &self.tokenizer, &self.mc_items)?
+                        .1
+                        .right
+                };
+                self.base_per_token
+                    .get_or_init(|| PerToken { nll, mc_right })
+            }
+        };
+        add_paired(results, variant, theirs, &ours, &kl);
         if !self.legacy_prompts.is_empty() {
             let ours = self.legacy_answers(model)?;
             let theirs = match self.legacy_base.get() {
@@ -340,34 +383,5 @@ impl Suite {
             );
         }
         Ok(())
-    }
-}
-
-/// Adds PerfNorm, SpeedNorm and Score for every variant against `base_variant`:
-/// PerfNorm = base ppl / variant ppl (a perplexity proxy for accuracy), SpeedNorm from the
-/// predicted time per token (weight bytes), Score = ½·PerfNorm + ½·SpeedNorm.
-pub fn add_scores(results: &mut Results, base_variant: &str) {
-    let (Some(bp), Some(bb)) = (
-        results.get(base_variant, "test_ppl"),
-        results.get(base_variant, "weight_mb_per_token"),
-    ) else {
-        return;
-    };
-    for v in results.variants() {
-        let (Some(p), Some(b)) = (
-            results.get(&v, "test_ppl"),
-            results.get(&v, "weight_mb_per_token"),
-        ) else {
-            continue;
-        };
-        // score rows carry the variant's name and method, not its parameters
-        let v = Variant::new(v.clone(), results.method_of(&v), serde_json::json!({}));
-        let perf = bp / p;
-        let speedup = bb / b;
-        let speed = (1.0 - 1.0 / speedup).max(-1.0);
-        results.add(&v, "predicted_speedup", speedup, None, "×");
-        results.add(&v, "perf_norm", perf, None, "");
-        results.add(&v, "speed_norm", speed, None, "");
-        results.add(&v, "score", 0.5 * perf + 0.5 * speed, None, "");
     }
 }
