@@ -640,3 +640,48 @@ fn quantizer_distill_and_apply_settings_are_checked_before_any_work() {
         assert!(help.contains(f), "{f}: {help}");
     }
 }
+
+#[test]
+fn report_redraws_a_benchmark_report_from_its_results_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reports/serve_bench");
+    std::fs::copy(
+        src.join("results.parquet"),
+        dir.path().join("results.parquet"),
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = cli(&[
+        "report",
+        "--results",
+        d,
+        "--command",
+        "bash scripts/gpu/serve_bench.sh",
+    ]);
+    assert!(ok, "{out}{err}");
+    let md = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
+    assert!(
+        md.contains("# Serving-regime speed")
+            && md.contains("Command: `bash scripts/gpu/serve_bench.sh`")
+    );
+    assert!(
+        dir.path().join("throughput.png").exists() && dir.path().join("t_per_token.png").exists()
+    );
+    // a study's results are refused with the reason, and nothing is written
+    let other = tempfile::tempdir().unwrap();
+    let study =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reports/baseline/results.parquet");
+    std::fs::copy(study, other.path().join("results.parquet")).unwrap();
+    let (ok, _, err) = cli(&[
+        "report",
+        "--results",
+        other.path().to_str().unwrap(),
+        "--command",
+        "x",
+    ]);
+    assert!(
+        !ok && err.contains("redraws bench_runtime and serve_bench"),
+        "{err}"
+    );
+    assert!(!other.path().join("README.md").exists());
+}

@@ -12,6 +12,55 @@ use std::fmt::Write as _;
 use crate::error::{Error, Result};
 use crate::record::{Environment, Results};
 
+/// `text` (a command line, a model's path) with this machine's paths named by role, so a
+/// committed report names none: a path under the working directory becomes relative to it, one
+/// under `$OUT` (the GPU machine's output folder) or `$TMPDIR`/`/tmp` is written through that
+/// variable, and a path under the home folder through `~`. Relative paths and other words stay.
+pub fn by_role(text: &str) -> String {
+    let cwd = std::env::current_dir()
+        .ok()
+        .map(|p| p.display().to_string());
+    let var = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| v.starts_with('/') && v.len() > 1)
+    };
+    let roots: Vec<(String, String)> = [
+        var("OUT").map(|v| (v, "$OUT".to_string())),
+        cwd.map(|v| (v, ".".to_string())),
+        var("TMPDIR").map(|v| (v, "$TMPDIR".to_string())),
+        Some(("/tmp".to_string(), "$TMPDIR".to_string())),
+        var("HOME").map(|v| (v, "~".to_string())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    text.split(' ')
+        .map(|w| {
+            // a word may carry the path after `--flag=`
+            let (head, path) = match w.find('/') {
+                Some(i) if w[..i].ends_with('=') || i == 0 => (&w[..i], &w[i..]),
+                _ => return w.to_string(),
+            };
+            for (root, role) in &roots {
+                if let Some(rest) = path.strip_prefix(root.as_str()) {
+                    if rest.is_empty() || rest.starts_with('/') {
+                        let rest = rest.trim_start_matches('/');
+                        return match (role.as_str(), rest) {
+                            (".", "") => format!("{head}."),
+                            (".", r) => format!("{head}{r}"),
+                            (role, "") => format!("{head}{role}"),
+                            (role, r) => format!("{head}{role}/{r}"),
+                        };
+                    }
+                }
+            }
+            w.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Draws a report's charts as PNG files in `out` (the error names the file that failed).
 pub fn draw_charts(out: &std::path::Path, charts: Vec<(&str, chart::Chart)>) -> Result<()> {
     for (file, chart) in charts {
@@ -116,5 +165,28 @@ mod tests {
         let md = environment_md(&env, "abc", "cpu (F32)", "-");
         assert!(md.contains("| code | exaone-compress ") && md.contains("candle-core 0.11"));
         assert!(!md.contains("| GPU |"));
+    }
+}
+
+#[cfg(test)]
+mod by_role_tests {
+    use super::by_role;
+
+    #[test]
+    fn machine_paths_are_named_by_role() {
+        let cwd = std::env::current_dir().unwrap().display().to_string();
+        assert_eq!(
+            by_role(&format!(
+                "{cwd}/target/release/x --model {cwd}/data/default-model"
+            )),
+            "target/release/x --model data/default-model"
+        );
+        assert_eq!(
+            by_role("x --model /tmp/exaone12-random --out=/tmp/o reports/serve"),
+            "x --model $TMPDIR/exaone12-random --out=$TMPDIR/o reports/serve"
+        );
+        // not under a root: left as it is
+        assert_eq!(by_role("/tmpfoo a/b --flag"), "/tmpfoo a/b --flag");
+        assert_eq!(by_role(&cwd), ".");
     }
 }

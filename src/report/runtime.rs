@@ -198,8 +198,12 @@ pub fn markdown(r: &Results, command: &str) -> String {
     }
     let hf_version = r.method_of("hf");
     let mut md = format!(
-        "# Runtime: ours vs HF transformers\n\nModel `{}`, device {}, commit {}, {}.\n\nCommand: `{command}`\n\n",
-        r.model, r.device, r.commit, r.timestamp
+        "# Runtime: ours vs HF transformers\n\nModel `{}`, device {}, commit {}, {}.\n\nCommand: `{}`\n\n",
+        super::by_role(&r.model),
+        r.device,
+        r.commit,
+        r.timestamp,
+        super::by_role(command)
     );
     if random_weights(r) {
         let _ = writeln!(md, "> **{RANDOM_WEIGHTS_CAVEAT}**: the model's weights are random (a shape-only checkpoint); its timings are real.\n");

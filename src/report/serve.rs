@@ -175,8 +175,12 @@ pub fn markdown(r: &Results, command: &str) -> String {
     let _ = writeln!(md, "# Serving-regime speed ({})\n", r.experiment);
     let _ = writeln!(
         md,
-        "Device: {} · model: {} · commit {} · {}\n\nCommand: `{command}`\n",
-        r.device, r.model, r.commit, r.timestamp
+        "Device: {} · model: {} · commit {} · {}\n\nCommand: `{}`\n",
+        r.device,
+        super::by_role(&r.model),
+        r.commit,
+        r.timestamp,
+        super::by_role(command)
     );
     md.push_str("The evaluation hands every prompt to vLLM at once; its speed term is T = generation time ÷ generated tokens over the whole workload. Here the same: the workload runs through a vLLM-v1-style scheduler (continuous batching, chunked prefill under an 8192-token budget, a paged KV pool of 16-token blocks sized from the memory share) on the CUDA serving engine (one packed forward per step, paged attention, decode-only steps replayed as CUDA graphs). Each point: one untimed warm-up run, then the median of the timed runs (spread: max − min of T). Random weights: the outputs mean nothing, but with stop ids off every request generates exactly its token budget, so the work is that of the evaluation's shape.\n\n");
     let cs = concurrencies(r, "mc");

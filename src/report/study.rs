@@ -127,8 +127,8 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# {}\n", o.title);
     let _ = writeln!(md, "| | |\n|---|---|");
-    let _ = writeln!(md, "| command | `{}` |", o.command);
-    let _ = writeln!(md, "| model | `{}` |", r.model);
+    let _ = writeln!(md, "| command | `{}` |", super::by_role(&o.command));
+    let _ = writeln!(md, "| model | `{}` |", super::by_role(&r.model));
     let _ = writeln!(
         md,
         "| model size | {}{} |",

@@ -14,6 +14,22 @@ use exaone_compress::model::generate::{generate_timed, GenerationConfig, Generat
 use exaone_compress::model::{ChatMessage, Tokenizer};
 use exaone_compress::Checkpoint;
 
+/// Redraws the report in `dir` from its results (the experiment they name picks the layout).
+fn report(dir: &std::path::Path, command: &str) -> Result<()> {
+    let path = dir.join("results.parquet");
+    let r = exaone_compress::record::Results::load(&path)?;
+    match r.experiment.as_str() {
+        "bench_runtime" => exaone_compress::report::runtime::write(&r, dir, command)?,
+        "serve_bench" => exaone_compress::report::serve::write(&r, dir, command)?,
+        e => bail!(
+            "{}: results of `{e}`; this command redraws bench_runtime and serve_bench reports (a study's report is redrawn by rerunning it)",
+            path.display()
+        ),
+    }
+    println!("{}", dir.join("README.md").display());
+    Ok(())
+}
+
 mod commands;
 mod flags;
 mod recipes;
@@ -223,6 +239,16 @@ enum Cmd {
     /// Rebuild a checkpoint from its recipe.json: the same steps on the same base model, bit for
     /// bit on the device the recipe ran on
     Apply(recipes::ApplyArgs),
+    /// Redraw a benchmark's report (README.md and charts) from its results.parquet alone: the
+    /// runtime (bench_runtime) and serving (serve_bench) benchmarks
+    Report {
+        /// the report's folder (holding results.parquet)
+        #[arg(long)]
+        results: PathBuf,
+        /// the command line that produced the results, to print in the report
+        #[arg(long)]
+        command: String,
+    },
     /// Validate a model directory for the evaluation server and zip it as model/ (submit.zip)
     Package {
         #[arg(long)]
@@ -418,6 +444,7 @@ fn main() -> Result<()> {
             check,
             overwrite,
         } => package(&model, &out, check, overwrite),
+        Cmd::Report { results, command } => report(&results, &command),
         Cmd::Quantize {
             m,
             scheme,

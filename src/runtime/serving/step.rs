@@ -28,6 +28,8 @@ pub(super) struct Layout {
     tiles: usize,
     sample: usize,
     tables: usize,
+    /// the longest table row the section holds for every sequence at once
+    max_stride: usize,
     pub(super) len: usize,
 }
 
@@ -49,6 +51,7 @@ impl Layout {
             tiles,
             sample,
             tables,
+            max_stride: stride,
             len: tables + s * stride,
         }
     }
@@ -106,8 +109,10 @@ impl ServingEngine {
             .map(|s| (s.start + s.tokens.len()).div_ceil(bs))
             .max()
             .unwrap_or(1);
+        // a power of two (few graph shapes), within the section's room for every sequence
+        let room = self.layout.max_stride;
         let mut p = Plan {
-            stride: longest.next_power_of_two().max(8),
+            stride: longest.next_power_of_two().max(8).min(room).max(longest),
             ..Plan::default()
         };
         for (i, s) in seqs.iter().enumerate() {
@@ -390,7 +395,7 @@ impl ServingEngine {
         let decode_only = p.tiles.is_empty() && p.sample.len() == seqs.len();
         let n_sample = p.sample.len();
         if decode_only && self.use_graphs {
-            let rows = bucket(p.rows(), self.limits.max_seqs);
+            let rows = bucket(p.rows(), self.limits.max_seqs.min(self.limits.max_rows));
             Self::pad(&mut p, rows);
             self.upload(&p)?;
             self.replay(rows, p.stride)?;
