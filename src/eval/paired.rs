@@ -206,24 +206,21 @@ fn table(what: &str, base: &[bool], variant: &[bool]) -> Result<AccuracyDiff> {
     })
 }
 
-/// Base and variant scored right/wrong on the same items.
+/// Base and variant scored right/wrong on the same items: the table, difference and McNemar
+/// test of [`AccuracyDiff`] (its fields read through, `p.diff`, `p.base_only`, …) and PerfNorm.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PairedAccuracy {
-    pub n: usize,
-    pub base_acc: f64,
-    pub variant_acc: f64,
-    pub both_right: usize,
-    /// `b`: items the base got right and the variant wrong
-    pub base_only: usize,
-    /// `c`: items the variant got right and the base wrong
-    pub variant_only: usize,
-    pub both_wrong: usize,
-    /// `variant_acc − base_acc = (c − b)/n`, its paired SE and 95% interval (Wald)
-    pub diff: Estimate,
-    /// McNemar's exact and mid-p tests on `b`, `c`
-    pub mcnemar: McNemar,
+    #[serde(flatten)]
+    pub table: AccuracyDiff,
     /// PerfNorm = `variant_acc / base_acc`, its SE and 95% interval (Wald, ratio estimator)
     pub perf_norm: Estimate,
+}
+
+impl std::ops::Deref for PairedAccuracy {
+    type Target = AccuracyDiff;
+    fn deref(&self) -> &AccuracyDiff {
+        &self.table
+    }
 }
 
 /// Compares per-item correctness of base and variant on the same items (same order).
@@ -246,38 +243,21 @@ pub struct PairedAccuracy {
 /// undefined).
 pub fn paired_accuracy(base: &[bool], variant: &[bool]) -> Result<PairedAccuracy> {
     let what = "paired accuracy";
-    let AccuracyDiff {
-        n,
-        base_acc,
-        variant_acc,
-        both_right: n11,
-        base_only: n10,
-        variant_only: n01,
-        both_wrong: n00,
-        diff,
-        mcnemar,
-    } = table(what, base, variant)?;
-    let nf = n as f64;
-    let (b, c) = (n10 as f64, n01 as f64);
-    if base_acc == 0.0 {
+    let t = table(what, base, variant)?;
+    let nf = t.n as f64;
+    let (b, c) = (t.base_only as f64, t.variant_only as f64);
+    if t.base_acc == 0.0 {
         return Err(Error::Invalid(format!(
-            "{what}: the base got none of the {n} items right, so PerfNorm (variant/base accuracy) is undefined"
+            "{what}: the base got none of the {} items right, so PerfNorm (variant/base accuracy) is undefined",
+            t.n
         )));
     }
-    let r = variant_acc / base_acc;
+    let r = t.variant_acc / t.base_acc;
     // Σ (v − R·b)² over the four cells; mean of z is 0 by construction
-    let ssz = (n11 as f64 * (1.0 - r).powi(2) + b * r * r + c) / (base_acc * base_acc);
+    let ssz = (t.both_right as f64 * (1.0 - r).powi(2) + b * r * r + c) / (t.base_acc * t.base_acc);
     let perf_norm = Estimate::wald(r, (ssz / (nf * (nf - 1.0))).sqrt())?;
     Ok(PairedAccuracy {
-        n,
-        base_acc,
-        variant_acc,
-        both_right: n11,
-        base_only: n10,
-        variant_only: n01,
-        both_wrong: n00,
-        diff,
-        mcnemar,
+        table: t,
         perf_norm,
     })
 }

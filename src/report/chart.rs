@@ -108,6 +108,24 @@ impl Frame {
     }
 
     /// Draws the header across the top of `root`; returns the area below it.
+    /// Starts a chart on `root`: a white page and this header; returns the record of what went
+    /// where so far and the area below the header, where the chart's body goes.
+    fn begin<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> ChartResult<(Drawn, DrawingArea<DB, Shift>)>
+    where
+        DB::ErrorType: 'static,
+    {
+        let mut drawn = Drawn {
+            size: root.dim_in_pixel(),
+            ..Drawn::default()
+        };
+        root.fill(&WHITE)?;
+        let body = self.draw(root, &mut drawn)?;
+        Ok((drawn, body))
+    }
+
     fn draw<DB: DrawingBackend>(
         &self,
         root: &DrawingArea<DB, Shift>,

@@ -108,12 +108,7 @@ impl BarChart {
     where
         DB::ErrorType: 'static,
     {
-        let mut drawn = Drawn {
-            size: root.dim_in_pixel(),
-            ..Drawn::default()
-        };
-        root.fill(&WHITE)?;
-        let body = self.frame.draw(root, &mut drawn)?;
+        let (mut drawn, body) = self.frame.begin(root)?;
         let axis = self.axis();
         drawn.value_axis = Some(axis);
         let n = self.bars.len().max(1) as f64;

@@ -78,12 +78,7 @@ impl LineChart {
     where
         DB::ErrorType: 'static,
     {
-        let mut drawn = Drawn {
-            size: root.dim_in_pixel(),
-            ..Drawn::default()
-        };
-        root.fill(&WHITE)?;
-        let body = self.frame.draw(root, &mut drawn)?;
+        let (mut drawn, body) = self.frame.begin(root)?;
         let (x0, x1, y0, y1) = line_bounds(&self.series, self.log_y);
         if self.log_y {
             self.lines_on(&body, x0..x1, (y0..y1).log_scale(), &mut drawn)?;

@@ -61,12 +61,7 @@ impl ScatterChart {
     where
         DB::ErrorType: 'static,
     {
-        let mut drawn = Drawn {
-            size: root.dim_in_pixel(),
-            ..Drawn::default()
-        };
-        root.fill(&WHITE)?;
-        let body = self.frame().draw(root, &mut drawn)?;
+        let (mut drawn, body) = self.frame().begin(root)?;
         let points = &self.points;
         let xs = points.iter().map(|p| p.x).filter(|x| x.is_finite());
         let ys = points
