@@ -252,28 +252,30 @@ extern "C" __global__ void __launch_bounds__(128) flash_paged_128(PAGED_ARGS) { 
 
 // Single tokens (decoding): rows[3i..] = {packed row, table row, keys n (the token's position +
 // 1; 0 for a padding row, which writes zeros)}; q [rows, Hq, D], o [rows, Hq·D]. One block of
-// 256 threads per (entry, KV head, split) computes the G = Hq / Hkv query heads that share the
-// KV head, so each key and value is read once per sequence: keys in chunks of 256 (one per
-// thread for the scores), an online softmax across chunks, and for p·V each warp takes 32 keys
-// of the chunk with lanes across D; the warps' partial sums are added at the end. With
+// DECODE_WARPS warps per (entry, KV head, split) computes the G = Hq / Hkv query heads that share
+// the KV head, so each key and value is read once per sequence. Tensor cores do the arithmetic:
+// the G heads are the rows of an m16n8k16 A operand (rows G..15 zero — idle lanes of the MMA
+// cost nothing next to the memory traffic), which cuts the per-key instruction count ~10× from
+// a CUDA-core dot product per key and makes the kernel bandwidth-bound (3.4 TB/s on an H200 at
+// 256 sequences of ~512 keys, against 1.0 TB/s for the CUDA-core version it replaced). Each warp
+// streams its own 16-key tiles (tiles w, w + NW, …) through a DECODE_STAGES-deep cp.async ring of
+// its own and keeps its own online softmax, so no block barrier is needed until the warps' partial
+// results merge at the end. P is rounded to bf16 for the P·V product, as in flash_tile. With
 // `splits` > 1 (few sequences: too few blocks to fill the GPU) split z takes the z-th share of
-// the keys and writes its unnormalised partial {max, sum, acc[D]} per head to `part`
-// [entries, Hkv, splits, G, D + 2], which paged_decode_combine merges.
+// the keys and writes its unnormalised partial {max, sum, acc[D]} per head (natural-log max) to
+// `part` [entries, Hkv, splits, G, D + 2], which paged_decode_combine merges.
+#define DECODE_WARPS 4
+#define DECODE_STAGES 2
 template <int D, int G>
 __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *rows,
-                             const int *tables, int stride, int Hq, int Hkv, int bs, int window, float scale,
-                             int splits, float *part) {
-    // LPK lanes read one key's row as 16-byte words (coalesced: a warp reads KPW consecutive
-    // keys, 512 bytes, per load), so each warp step covers KPW keys; KW keys per warp per chunk.
-    constexpr int NW = 8, CH = 256, LPK = D / 8, KPW = 32 / LPK, KW = CH / NW;
-    extern __shared__ float dsm[];
-    float *qs = dsm;                  // [G][D], pre-scaled
-    float *sc = qs + G * D;           // [G][CH]
-    float *wpart = sc + G * CH;       // [NW][G][D]
-    float *mrun = wpart + NW * G * D; // [G] running max, [G] sum, [G] rescale of this chunk
-    float *lrun = mrun + G, *alpha = lrun + G;
+                              const int *tables, int stride, int Hq, int Hkv, int bs, int window, float scale,
+                              int splits, float *part) {
+    constexpr int NW = DECODE_WARPS, S = DECODE_STAGES, BC = 16, DS = D + 8, CPR = D / 8, TILE = BC * DS;
+    extern __shared__ __align__(16) unsigned char dsm4[];
+    bf16 *ring = (bf16 *)dsm4;                            // [NW][S][K, V][BC][DS]
+    float *red = (float *)(ring + NW * S * 2 * TILE);     // [NW][G][D + 2]
     int e = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    int sub = lane % LPK, kk = lane / LPK;  // this lane's 8 elements (8·sub..) and key in a step
+    int gr = lane >> 2, cc = (lane & 3) * 2, lr = lane & 7, lm = lane >> 3;
     int r = rows[3 * e], n = rows[3 * e + 2];
     const int *tab = tables + (size_t)rows[3 * e + 1] * stride;
     bf16 *orow = o + ((size_t)r * Hq + kvh * G) * D;
@@ -282,135 +284,145 @@ __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16
         return;
     }
     int lo = window > 0 ? max(0, n - window) : 0;
-    if (splits > 1) {  // this split's share of keys lo..n
+    if (splits > 1) {
         int span = (n - lo + splits - 1) / splits;
         int a = lo + blockIdx.z * span;
         n = max(a, min(n, a + span));
         lo = a;
     }
-    for (int i = tid; i < G * D; i += blockDim.x) qs[i] = bf(q[((size_t)r * Hq + kvh * G) * D + i]) * scale;
-    if (tid < G) {
-        mrun[tid] = NEG_INF;
-        lrun[tid] = 0.f;
+    const float scale_log2 = scale * 1.4426950408889634f;
+    uint32_t qa[D / 16][4];
+    const bf16 *qb = q + ((size_t)r * Hq + kvh * G) * D;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        bool in = gr < G;
+        qa[kk][0] = in ? *(const uint32_t *)(qb + gr * D + kk * 16 + cc) : 0u;
+        qa[kk][2] = in ? *(const uint32_t *)(qb + gr * D + kk * 16 + 8 + cc) : 0u;
+        qa[kk][1] = qa[kk][3] = 0u;
     }
-    float acc[G][8];
+    bf16 *wring = ring + warp * S * 2 * TILE;
+    int ntiles = (n - lo + BC - 1) / BC;
+    int mine = ntiles > warp ? (ntiles - warp + NW - 1) / NW : 0;
+    auto issue = [&](int it) {
+        if (it < mine) {
+            int k0 = lo + (warp + it * NW) * BC;
+            bf16 *ks = wring + (it % S) * 2 * TILE, *vs = ks + TILE;
 #pragma unroll
-    for (int g = 0; g < G; g++)
+            for (int c = lane; c < BC * CPR; c += 32) {
+                int key = c / CPR, part8 = (c % CPR) * 8, j = k0 + key;
+                bool ok = j < n;
+                size_t a = ok ? (((size_t)tab[j / bs] * Hkv + kvh) * bs + j % bs) * D + part8 : 0;
+                cp_async16(ks + key * DS + part8, kc + a, ok);
+                cp_async16(vs + key * DS + part8, vc + a, ok);
+            }
+        }
+        cp_commit();
+    };
 #pragma unroll
-        for (int u = 0; u < 8; u++) acc[g][u] = 0.f;
+    for (int s = 0; s < S - 1; s++) issue(s);
+    float acc[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m = NEG_INF, l = 0.f;
+    for (int it = 0; it < mine; it++) {
+        __syncwarp();  // every lane is done reading the slot the next issue refills
+        issue(it + S - 1);
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 1));
+        __syncwarp();
+        const bf16 *ks = wring + (it % S) * 2 * TILE, *vs = ks + TILE;
+        int k0 = lo + (warp + it * NW) * BC;
+        float s[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk += 2) {
+                uint32_t kb[4];
+                ldsm4(kb, ks + (nt * 8 + lr) * DS + kk * 16 + lm * 8);
+                mma16816(s[nt], qa[kk], kb[0], kb[1]);
+                mma16816(s[nt], qa[kk + 1], kb[2], kb[3]);
+            }
+        }
+        float mx = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                float v = k0 + nt * 8 + cc + x < n ? s[nt][x] * scale_log2 : NEG_INF;
+                s[nt][x] = v;
+                mx = fmaxf(mx, v);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mnew = fmaxf(m, mx);
+        float base = mnew == NEG_INF ? 0.f : mnew;
+        float alpha = exp2f(m - base);
+        m = mnew;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int x = 0; x < 2; x++) {
+                float p = exp2f(s[nt][x] - base);
+                s[nt][x] = p;
+                sum += p;
+            }
+        l = l * alpha + sum;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            acc[dt][0] *= alpha;
+            acc[dt][1] *= alpha;
+        }
+        uint32_t pa[4] = {pack_bf16(s[0][0], s[0][1]), 0u, pack_bf16(s[1][0], s[1][1]), 0u};
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt += 2) {
+            uint32_t vb[4];
+            ldsm4t(vb, vs + ((lm & 1) * 8 + lr) * DS + (dt + (lm >> 1)) * 8);
+            mma16816(acc[dt], pa, vb[0], vb[1]);
+            mma16816(acc[dt + 1], pa, vb[2], vb[3]);
+        }
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (gr < G) {
+        float *rw = red + (warp * G + gr) * (D + 2);
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            rw[2 + dt * 8 + cc] = acc[dt][0];
+            rw[2 + dt * 8 + cc + 1] = acc[dt][1];
+        }
+        if (cc == 0) {
+            rw[0] = m;  // log2 domain
+            rw[1] = l;
+        }
+    }
     __syncthreads();
-    auto at = [&](int j) { return (((size_t)tab[j / bs] * Hkv + kvh) * bs + j % bs) * D + 8 * sub; };
-    for (int c0 = lo; c0 < n; c0 += CH) {
-        // scores: keys c0 + warp·KW + i·KPW + kk
-        uint4 kw[KW / KPW];
-#pragma unroll
-        for (int i = 0; i < KW / KPW; i++) {
-            int j = c0 + warp * KW + i * KPW + kk;
-            kw[i] = j < n ? *(const uint4 *)(kc + at(j)) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int i = 0; i < KW / KPW; i++) {
-            float k8[8] = {lo_bf(kw[i].x), hi_bf(kw[i].x), lo_bf(kw[i].y), hi_bf(kw[i].y),
-                           lo_bf(kw[i].z), hi_bf(kw[i].z), lo_bf(kw[i].w), hi_bf(kw[i].w)};
-            float d[G];
-#pragma unroll
-            for (int g = 0; g < G; g++) {
-                const float *qq = qs + g * D + 8 * sub;
-                d[g] = 0.f;
-#pragma unroll
-                for (int u = 0; u < 8; u++) d[g] += qq[u] * k8[u];
-#pragma unroll
-                for (int off = LPK / 2; off > 0; off >>= 1) d[g] += __shfl_xor_sync(0xffffffffu, d[g], off);
-            }
-            int jl = warp * KW + i * KPW + kk;
-            if (sub == 0) {
-#pragma unroll
-                for (int g = 0; g < G; g++) sc[g * CH + jl] = c0 + jl < n ? d[g] : NEG_INF;
-            }
-        }
-        __syncthreads();
-        if (warp < G) {  // G ≤ 8 = NW: warp g updates head g's running max
-            float mx = NEG_INF;
-            for (int i = lane; i < CH; i += 32) mx = fmaxf(mx, sc[warp * CH + i]);
-            mx = warp_max(mx);
-            if (lane == 0) {
-                float mnew = fmaxf(mrun[warp], mx);
-                alpha[warp] = __expf(mrun[warp] - mnew);  // exp(−inf) = 0 on the first chunk
-                mrun[warp] = mnew;
-            }
-        }
-        __syncthreads();
-#pragma unroll
-        for (int g = 0; g < G; g++) {
-            float v = sc[g * CH + tid];
-            sc[g * CH + tid] = v == NEG_INF ? 0.f : __expf(v - mrun[g]);
-        }
-        __syncthreads();
-        if (warp < G) {
-            float sum = 0.f;
-            for (int i = lane; i < CH; i += 32) sum += sc[warp * CH + i];
-            sum = warp_sum(sum);
-            if (lane == 0) lrun[warp] = lrun[warp] * alpha[warp] + sum;
-        }
-#pragma unroll
-        for (int g = 0; g < G; g++) {
-            float a = alpha[g];
-#pragma unroll
-            for (int u = 0; u < 8; u++) acc[g][u] *= a;
-        }
-        // p·V over the same keys
-        uint4 vw[KW / KPW];
-#pragma unroll
-        for (int i = 0; i < KW / KPW; i++) {
-            int j = c0 + warp * KW + i * KPW + kk;
-            vw[i] = j < n ? *(const uint4 *)(vc + at(j)) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int i = 0; i < KW / KPW; i++) {
-            int jl = warp * KW + i * KPW + kk;
-            float v8[8] = {lo_bf(vw[i].x), hi_bf(vw[i].x), lo_bf(vw[i].y), hi_bf(vw[i].y),
-                           lo_bf(vw[i].z), hi_bf(vw[i].z), lo_bf(vw[i].w), hi_bf(vw[i].w)};
-#pragma unroll
-            for (int g = 0; g < G; g++) {
-                float pr = sc[g * CH + jl];  // 0 past the keys
-#pragma unroll
-                for (int u = 0; u < 8; u++) acc[g][u] += pr * v8[u];
-            }
-        }
-        __syncthreads();  // sc and alpha are rewritten by the next chunk
-    }
-    // the lanes of one slice (same sub, different keys) hold partial sums: add them
-#pragma unroll
-    for (int g = 0; g < G; g++)
-#pragma unroll
-        for (int u = 0; u < 8; u++)
-#pragma unroll
-            for (int off = LPK; off < 32; off <<= 1) acc[g][u] += __shfl_xor_sync(0xffffffffu, acc[g][u], off);
-    if (kk == 0) {
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int u = 0; u < 8; u++) wpart[(warp * G + g) * D + 8 * sub + u] = acc[g][u];
-    }
-    __syncthreads();
-    if (splits == 1) {
-        for (int i = tid; i < G * D; i += blockDim.x) {
-            float s = 0.f;
-            for (int w = 0; w < NW; w++) s += wpart[w * G * D + i];
-            float l = lrun[i / D];
-            orow[i] = tobf(l > 0.f ? s / l : 0.f);
-        }
-        return;
-    }
-    float *out = part + (((size_t)e * Hkv + kvh) * splits + blockIdx.z) * G * (D + 2);
+    float *out = splits > 1 ? part + (((size_t)e * Hkv + kvh) * splits + blockIdx.z) * G * (D + 2) : nullptr;
     for (int i = tid; i < G * D; i += blockDim.x) {
-        float s = 0.f;
-        for (int w = 0; w < NW; w++) s += wpart[w * G * D + i];
-        out[(i / D) * (D + 2) + 2 + i % D] = s;
-    }
-    if (tid < G) {
-        out[tid * (D + 2)] = mrun[tid];
-        out[tid * (D + 2) + 1] = lrun[tid];
+        int g = i / D, d = i % D;
+        float mx = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < NW; w++) mx = fmaxf(mx, red[(w * G + g) * (D + 2)]);
+        float num = 0.f, den = 0.f;
+        if (mx != NEG_INF) {
+#pragma unroll
+            for (int w = 0; w < NW; w++) {
+                const float *rw = red + (w * G + g) * (D + 2);
+                float f = rw[0] == NEG_INF ? 0.f : exp2f(rw[0] - mx);
+                num += f * rw[2 + d];
+                den += f * rw[1];
+            }
+        }
+        if (out) {  // the combine kernel works in natural-log units
+            out[g * (D + 2) + 2 + d] = num;
+            if (d == 0) {
+                out[g * (D + 2)] = mx == NEG_INF ? NEG_INF : mx * 0.6931471805599453f;
+                out[g * (D + 2) + 1] = den;
+            }
+        } else {
+            orow[i] = tobf(den > 0.f ? num / den : 0.f);
+        }
     }
 }
 
@@ -443,7 +455,7 @@ extern "C" __global__ void paged_decode_combine(const float *part, const int *ro
         int Hq, int Hkv, int bs, int window, float scale, int splits, float *part
 #define DECODE_PASS q, kc, vc, o, rows, tables, stride, Hq, Hkv, bs, window, scale, splits, part
 #define DECODE_KERNEL(D, G)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256) paged_decode_##D##_g##G(DECODE_ARGS) {                    \
+    extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32) paged_decode_##D##_g##G(DECODE_ARGS) {                    \
         paged_decode<D, G>(DECODE_PASS);                                                                        \
     }
 DECODE_KERNEL(64, 1)

@@ -345,9 +345,15 @@ pub(crate) fn flash_paged(
     Ok(())
 }
 
-/// Shared memory of `paged_decode` for `g` query heads per kv head.
+/// Warps of a `paged_decode` block and the depth of each warp's cp.async ring (DECODE_WARPS and
+/// DECODE_STAGES in attention.cu).
+const DECODE_WARPS: usize = 4;
+const DECODE_STAGES: usize = 2;
+
+/// Shared memory of `paged_decode` for `g` query heads per kv head: each warp's ring of 16-key
+/// K and V tiles (rows padded to d + 8), then the warps' partial results.
 fn paged_decode_smem(d: usize, g: usize) -> usize {
-    (g * d + g * 256 + 8 * g * d + 3 * g) * 4
+    DECODE_WARPS * DECODE_STAGES * 2 * 16 * (d + 8) * 2 + DECODE_WARPS * g * (d + 2) * 4
 }
 
 /// Blocks `paged_decode` aims to launch: with fewer (entries × kv heads) it splits each
@@ -438,10 +444,10 @@ pub(crate) fn paged_decode(
         dim(hkv, "heads_kv")?,
         dim(splits, "splits")?,
     );
-    let cfg = config(grid, 256, smem)?;
-    // SAFETY: 256 threads (the kernel's 8 warps and 256-key chunks) and the shared memory it
-    // carves for its G = heads_q / heads_kv ∈ {1, 2, 4, 8} query heads (q, scores, 8 partial
-    // outputs, running statistics), allowed above; head_dim 64 or 128, pools of whole blocks,
+    let cfg = config(grid, (DECODE_WARPS * 32) as u32, smem)?;
+    // SAFETY: DECODE_WARPS warps, as the kernel is built for, and the shared memory it carves
+    // for its G = heads_q / heads_kv ∈ {1, 2, 4, 8} query heads (each warp's K/V ring, the
+    // warps' partial outputs), allowed above; head_dim 64 or 128, pools of whole blocks,
     // 16-byte aligned for the 16-byte key and value loads, `n` entries of 3 ints, and with splits the partials' scratch (all
     // checked). Device-side values are the caller's duty: each entry's row lies in q and out,
     // its table row exists, and its first `keys` tokens are covered by that row's blocks (the
