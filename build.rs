@@ -30,10 +30,22 @@ fn main() {
 
 /// The runtime's CUDA kernels, one concern per file, each → its own PTX module for compute
 /// capability 8.0, which the driver compiles for the GPU at hand (Ampere, Ada — the L4 — and
-/// Hopper alike). `src/runtime/launch/mod.rs` loads each as a module of its own.
+/// Hopper alike); a unit that needs newer instructions names its own (gemm_fp8: the e4m3 mma of
+/// sm_89+, loaded only on such a GPU). `src/runtime/launch/mod.rs` loads each as a module of its
+/// own.
 fn compile_kernels() {
     const DIR: &str = "src/runtime/kernels";
-    const UNITS: [&str; 5] = ["attention", "gemv", "norm_rope", "quant", "sampling"];
+    const UNITS: [&str; 7] = [
+        "attention",
+        "gemm_q8",
+        "gemm_w4",
+        "gemv",
+        "norm_rope",
+        "quant",
+        "sampling",
+    ];
+    /// units built for a newer virtual architecture than compute_80
+    const ARCH: [(&str, &str); 1] = [("gemm_fp8", "compute_89")];
     // every file of the folder, headers included, so an edit to common.cuh rebuilds them all
     println!("cargo:rerun-if-changed={DIR}");
     for e in std::fs::read_dir(DIR).unwrap_or_else(|e| panic!("reading {DIR}: {e}")) {
@@ -46,11 +58,12 @@ fn compile_kernels() {
         .ok()
         .filter(|p| p.exists())
         .unwrap_or_else(|| "nvcc".into());
-    for unit in UNITS {
+    let units = UNITS.iter().map(|u| (*u, "compute_80")).chain(ARCH);
+    for (unit, arch) in units {
         let src = format!("{DIR}/{unit}.cu");
         let out = out_dir.join(format!("{unit}.ptx"));
         let status = std::process::Command::new(&nvcc)
-            .args(["--ptx", "-arch=compute_80", "-O3", "-std=c++17", "-o"])
+            .args(["--ptx", &format!("-arch={arch}"), "-O3", "-std=c++17", "-o"])
             .arg(&out)
             .arg(&src)
             .status()

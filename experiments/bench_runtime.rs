@@ -7,6 +7,7 @@
 //! The harness is `exaone_compress::study::bench`.
 //!
 //!   bench_runtime --model DIR [--w4a16 DIR] [--w8a8 DIR] --device cuda --hf-json hf.json
+//!   bench_runtime --gemm-sweep --device cuda --out DIR     (W8A8 GEMM checks + sweep only)
 
 use std::path::PathBuf;
 
@@ -46,6 +47,9 @@ struct Args {
     /// the command line to print in the report (default: this process's)
     #[arg(long)]
     command: Option<String>,
+    /// only the W8A8 GEMM checks and sweep (study::bench::gemm), rows to --out
+    #[arg(long)]
+    gemm_sweep: bool,
 }
 
 fn main() -> Result<()> {
@@ -63,6 +67,9 @@ fn main() -> Result<()> {
         &format!("{name} ({dtype:?})"),
         &dir.display().to_string(),
     );
+    if a.gemm_sweep {
+        return Ok(bench::gemm::run(r, &device, &a.out)?);
+    }
     let bench = Bench::new(a.bench.clone(), &device);
     let (w4a16, w8a8) = (a.w4a16.as_deref(), a.w8a8.as_deref());
     // every kernel against the f32 reference, before any timing (CUDA; none elsewhere)

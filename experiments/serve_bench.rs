@@ -3,7 +3,9 @@
 //! run with continuous batching over a paged KV pool, T = generation time ÷ generated tokens;
 //! at several concurrency limits, per variant (bf16, W4A16, W8A8), with every step's time over
 //! its roofline, batch-1 decoding on the same path, a long-context run (64 requests, 2k–8k
-//! prompts) and HF transformers' batched `generate` on the same requests (scripts/hf_serve.py).
+//! prompts) and HF transformers' batched `generate` on the same requests (scripts/hf_serve.py);
+//! then every run's measured steps projected on an NVIDIA L4 (bf16, W4A16, W8A8, and FP8 on the
+//! bf16 run's steps), efficiencies carried from this device's measured copy and GEMM rates.
 //! On CUDA it first checks the engine's logits against the f32 forward (serve::check).
 //!
 //!   serve_bench --model DIR [--w4a16 DIR] [--w8a8 DIR] --device cuda [--hf-json hf.json]
@@ -11,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use exaone_compress::record::Results;
 use exaone_compress::study::serving::{self, ServeArgs};
@@ -87,14 +89,7 @@ fn main() -> Result<()> {
     .into_iter()
     .filter_map(|(l, d)| d.map(|d| (l, d)))
     .collect();
-    if device.is_cuda() {
-        cuda::run(&a, &w, &device, &variants, &mut r)?;
-    } else {
-        for (label, d) in &variants {
-            serving::run_cpu(&mut r, label, d, &a.serve, &w)
-                .with_context(|| format!("variant {label}"))?;
-        }
-    }
+    serving::run_all(&mut r, &a.serve, &w, &device, &variants, a.long_requests)?;
     if let Some(hf) = &a.hf_json {
         bench::record_hf(&mut r, hf)?;
     }
@@ -102,42 +97,4 @@ fn main() -> Result<()> {
     exaone_compress::report::serve::write(&r, &a.out, &command)?;
     println!("{}", a.out.join("README.md").display());
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-mod cuda {
-    use super::*;
-    use exaone_compress::study::serving::CudaRun;
-
-    pub fn run(
-        a: &Args,
-        w: &exaone_compress::serve::Workload,
-        device: &candle_core::Device,
-        variants: &[(&str, PathBuf)],
-        r: &mut Results,
-    ) -> Result<()> {
-        let run = CudaRun::measure_device(device)?;
-        run.check(r, &variants[0].1, w)?;
-        for (i, (label, d)) in variants.iter().enumerate() {
-            let long = if i == 0 { a.long_requests } else { 0 };
-            run.variant(r, label, d, &a.serve, w, long)
-                .with_context(|| format!("variant {label}"))?;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-mod cuda {
-    use super::*;
-
-    pub fn run(
-        _: &Args,
-        _: &exaone_compress::serve::Workload,
-        _: &candle_core::Device,
-        _: &[(&str, PathBuf)],
-        _: &mut Results,
-    ) -> Result<()> {
-        anyhow::bail!("this binary was built without the cuda feature")
-    }
 }

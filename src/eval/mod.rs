@@ -16,8 +16,8 @@ pub use paired::{
 };
 pub use perplexity::{perplexity, perplexity_per_token, unigram_perplexity, Perplexity};
 pub use projection::{
-    compare_with_public, project, GpuSpec, Projection, PublicComparison, Roofline, StepLoad,
-    StepTrace, VariantCost,
+    compare_with_public, project, project_each, project_variant, Efficiencies, GpuSpec, Projection,
+    PublicComparison, Roofline, StepLoad, StepTrace, VariantCost,
 };
 pub use speed::{
     measure as measure_speed, measure_checkpoint as measure_checkpoint_speed, Speed, Timing,

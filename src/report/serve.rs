@@ -1,10 +1,13 @@
 //! The serving benchmark's report: T and throughput per variant and concurrency beside HF
 //! transformers' batched `generate` on the same requests, how far the steps are from their
-//! roofline, batch-1 decoding on the same path, the long-context run, the engine's numerical
-//! check, and the bars of the serving issue.
+//! roofline, batch-1 decoding on the same path, the long-context run, the projection of the
+//! same steps on an NVIDIA L4 beside the public results (`l4`), the engine's numerical check,
+//! and the bars of the serving issue.
 
 use std::fmt::Write as _;
 use std::path::Path;
+
+mod l4;
 
 use super::chart::{Bar, BarChart, Chart, Frame, LegendAt, LineChart, Series};
 use super::{environment_md, random_weights, seeds_of, RANDOM_WEIGHTS_CAVEAT};
@@ -95,7 +98,8 @@ pub fn charts(r: &Results) -> Vec<(&'static str, Chart)> {
     if let Some(t) = r.get("hf", "serve_mc_secs_per_token") {
         bars.push(Bar::new("HF transformers generate", t * 1e6, None));
     }
-    vec![
+    let l4 = l4::chart(r, caveat.clone());
+    let mut charts = vec![
         (
             "throughput.png",
             LineChart {
@@ -122,7 +126,9 @@ pub fn charts(r: &Results) -> Vec<(&'static str, Chart)> {
             }
             .into(),
         ),
-    ]
+    ];
+    charts.extend(l4.map(|c| ("l4_projection.png", c)));
+    charts
 }
 
 /// Writes README.md and the charts for the results of `serve_bench`.
@@ -212,8 +218,9 @@ pub fn markdown(r: &Results, command: &str) -> String {
         );
     }
     md.push_str("\n![throughput](throughput.png)\n\n![T per token](t_per_token.png)\n\n");
-    md.push_str("Roofline of a step: max(bytes it must read ÷ the measured copy bandwidth, FLOPs ÷ the measured dense GEMM rate at the variant's precision); bytes = weights once + the KV entries attention reads, FLOPs = 2 per weight per token + lm_head per sampled row + attention (`serve::roofline`).\n\n");
-    md.push_str("## Other runs\n\n| variant | what | figure |\n|---|---|---|\n");
+    md.push_str("Roofline of a step: max(bytes it must read ÷ the measured copy bandwidth, FLOPs ÷ the measured dense GEMM rate at the variant's precision); bytes = weights once + the KV entries attention reads, FLOPs = 2 per weight per token + lm_head per sampled row + attention (`serve::roofline`).\n");
+    md.push_str(&l4::markdown(r).unwrap_or_default());
+    md.push_str("\n## Other runs\n\n| variant | what | figure |\n|---|---|---|\n");
     for v in present(r) {
         if let Some(b1) = r.get(v, "serve_b1_step_ms") {
             let s = r.spread(v, "serve_b1_step_ms").unwrap_or(f64::NAN);

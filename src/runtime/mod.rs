@@ -23,7 +23,10 @@ use candle_core::{DType, Device, Result, Tensor};
 use crate::model::{Exaone4, Kernels};
 
 #[cfg(feature = "cuda")]
-mod launch;
+pub mod int4;
+// crate-visible for the kernel benchmarks and checks of study::bench (gemm sweep)
+#[cfg(feature = "cuda")]
+pub(crate) mod launch;
 
 #[cfg(feature = "cuda")]
 pub mod check;
@@ -35,6 +38,7 @@ mod ops;
 pub mod quantized;
 #[cfg(feature = "cuda")]
 pub mod serving;
+pub mod w4_layout;
 
 /// One numerical check of a kernel (see `check`): its relative L2 error against the f32
 /// reference next to the error of the plain bf16 reference path.

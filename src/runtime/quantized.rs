@@ -1,7 +1,9 @@
 //! Compressed Linears that run as compressed: W4A16 on compressed-tensors' packed int4
-//! weights (a GEMV that unpacks in registers for a few rows; dequantize-then-GEMM beyond), and
-//! W8A8 through an int8 tensor-core GEMM with per-token activation and per-channel weight
-//! scales. The shared pieces (loading packed weights, the GEMMs) serve the decode engine too.
+//! weights (`int4`: a tensor-core GEMM on weights shuffled at load; re-exported here), and
+//! W8A8 through our int8 tensor-core GEMM with per-token activation and per-channel weight
+//! scales applied (and the SiLU gate taken) in its epilogue; the fp8 weights the serving
+//! engine runs on the fp8 GEMM (sm_89+). The shared pieces (loading packed weights, the GEMMs)
+//! serve the decode engine too.
 
 use std::sync::Arc;
 
@@ -13,10 +15,10 @@ use candle_core::{
 use half::bf16;
 
 use super::launch::gemm::{gemm_bf16, gemm_int8};
-use super::launch::gemv::{dequant_w4, gemv_w4, Int4};
-use super::launch::quant::{int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue};
+use super::launch::gemm_q8::{gemm_q8, Q8Gemm, Q8Kind};
+use super::launch::quant::{int8_epilogue, quant_rows_int8, Int8Epilogue};
 use super::launch::{cuda_err, Dev};
-use crate::checkpoint::{compressed_tensors::unpack_zero_points, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use crate::model::layers::LinearKernel;
 use crate::model::{ActQuant, Exaone4};
 
@@ -24,131 +26,7 @@ fn ck(e: crate::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// W4A16 weights as compressed-tensors stores them (pack-quantized, group strategy), on the
-/// device: `packed` [n, k/8] nibbles, `scales` [n, k/group], `zeros` [n, k/group] (asymmetric).
-#[derive(Debug)]
-pub struct PackedInt4 {
-    pub packed: CudaSlice<u32>,
-    pub scales: CudaSlice<bf16>,
-    pub zeros: Option<CudaSlice<bf16>>,
-    pub n: usize,
-    pub k: usize,
-    pub group: usize,
-}
-
-impl PackedInt4 {
-    /// The Linears `prefixes` (stacked along the output dimension, e.g. q/k/v) if every one is
-    /// stored pack-quantized; None if none is; an error for a mix or an unsupported layout.
-    pub fn load(
-        ckpt: &Checkpoint,
-        prefixes: &[String],
-        stream: &Arc<CudaStream>,
-    ) -> Result<Option<Self>> {
-        let packed_names: Vec<String> = prefixes
-            .iter()
-            .map(|p| format!("{p}.weight_packed"))
-            .collect();
-        let have = packed_names.iter().filter(|n| ckpt.contains(n)).count();
-        if have == 0 {
-            return Ok(None);
-        }
-        if have != prefixes.len() {
-            candle_core::bail!(
-                "{}: {prefixes:?} mix packed int4 and other storage",
-                ckpt.dir.display()
-            );
-        }
-        let (mut packed, mut scales, mut zeros) = (vec![], vec![], vec![]);
-        let (mut n, mut k, mut group) = (0, 0, 0);
-        let mut any_zero = false;
-        for p in prefixes {
-            if ckpt.contains(&format!("{p}.weight_g_idx")) {
-                candle_core::bail!("{p}: act-order group indices (g_idx) have no packed kernel here; requantize without them");
-            }
-            let shape: Vec<i64> = ckpt
-                .raw(&format!("{p}.weight_shape"), &Device::Cpu)
-                .map_err(ck)?
-                .to_dtype(DType::I64)?
-                .to_vec1()?;
-            let (o, i) = (shape[0] as usize, shape[1] as usize);
-            let s = ckpt
-                .raw(&format!("{p}.weight_scale"), &Device::Cpu)
-                .map_err(ck)?
-                .to_dtype(DType::F32)?;
-            let (so, ng) = s.dims2()?;
-            let g = i / ng.max(1);
-            if so != o || g * ng != i || g % 32 != 0 || !g.is_power_of_two() || i % 32 != 0 {
-                candle_core::bail!("{p}: int4 layout [{o}, {i}] with {ng} groups is not supported by the packed kernels (they need a power-of-two group of at least 32)");
-            }
-            if k != 0 && (k != i || group != g) {
-                candle_core::bail!("{prefixes:?}: stacked Linears differ in input size or group");
-            }
-            let w: Vec<i32> = ckpt
-                .raw(&format!("{p}.weight_packed"), &Device::Cpu)
-                .map_err(ck)?
-                .flatten_all()?
-                .to_vec1()?;
-            packed.extend(w.into_iter().map(|x| x as u32));
-            scales.extend(
-                s.flatten_all()?
-                    .to_vec1::<f32>()?
-                    .into_iter()
-                    .map(bf16::from_f32),
-            );
-            let zname = format!("{p}.weight_zero_point");
-            let z = if ckpt.contains(&zname) {
-                any_zero = true;
-                let zp: Vec<i32> = ckpt
-                    .raw(&zname, &Device::Cpu)
-                    .map_err(ck)?
-                    .flatten_all()?
-                    .to_vec1()?;
-                unpack_zero_points(&zp, o, ng)
-            } else {
-                vec![0f32; o * ng]
-            };
-            zeros.extend(z.into_iter().map(bf16::from_f32));
-            n += o;
-            k = i;
-            group = g;
-        }
-        Ok(Some(Self {
-            packed: stream.clone_htod(&packed).map_err(cuda_err)?,
-            scales: stream.clone_htod(&scales).map_err(cuda_err)?,
-            zeros: if any_zero {
-                Some(stream.clone_htod(&zeros).map_err(cuda_err)?)
-            } else {
-                None
-            },
-            n,
-            k,
-            group,
-        }))
-    }
-
-    /// The weights as the GEMV kernels take them, addressed for `stream`.
-    pub(crate) fn view(&self, stream: &CudaStream) -> Int4<'_> {
-        Int4 {
-            packed: Dev::new(&self.packed, stream),
-            scales: Dev::new(&self.scales, stream),
-            zeros: self.zeros.as_ref().map(|z| Dev::new(z, stream)),
-            n: self.n,
-            k: self.k,
-            group: self.group,
-        }
-    }
-}
-
-/// Rows up to which the packed GEMV beats dequantize + GEMM (beyond, its f32 FMAs become the
-/// bottleneck while cuBLAS's tensor cores are idle).
-pub(crate) const GEMV_MAX_ROWS: usize = 4;
-
-/// A W4A16 Linear on the candle forward.
-#[derive(Debug)]
-pub struct Int4Linear {
-    w: PackedInt4,
-    dev: CudaDevice,
-}
+pub use super::int4::{Int4Linear, PackedInt4};
 
 /// W8A8 weights on the device: int8 [n, k] (stored as bytes) and one f32 scale per output
 /// channel, several Linears of one input stacked along n.
@@ -168,42 +46,78 @@ impl Int8Weights {
         prefixes: &[String],
         stream: &Arc<CudaStream>,
     ) -> Result<Option<Self>> {
-        let (mut w, mut scale) = (vec![], vec![]);
-        let mut k = 0;
-        for p in prefixes {
-            let wname = format!("{p}.weight");
-            let info = match ckpt.info(&wname) {
-                Ok(i) if i.dtype == safetensors::Dtype::I8 && i.shape.len() == 2 => i,
-                _ => return Ok(None),
-            };
-            let (n_i, k_i) = (info.shape[0], info.shape[1]);
-            if k != 0 && k != k_i {
-                candle_core::bail!("{prefixes:?}: stacked int8 Linears differ in input size");
-            }
-            let s: Vec<f32> = ckpt
-                .raw(&format!("{p}.weight_scale"), &Device::Cpu)
-                .map_err(ck)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
-            if s.len() != n_i {
-                return Ok(None);
-            }
-            w.extend_from_slice(ckpt.bytes(&wname).map_err(ck)?);
-            scale.extend(s);
-            k = k_i;
-        }
-        let n = scale.len();
-        if k % 8 != 0 || n % 8 != 0 {
-            candle_core::bail!("{prefixes:?}: the int8 kernels need in_features % 8 == 0 and out_features % 8 == 0, got [{n}, {k}]");
-        }
-        Ok(Some(Self {
-            w: stream.clone_htod(&w).map_err(cuda_err)?,
-            scale: stream.clone_htod(&scale).map_err(cuda_err)?,
-            n,
-            k,
-        }))
+        load_q8(ckpt, prefixes, stream, safetensors::Dtype::I8, false)
     }
+}
+
+/// W8A8 fp8 weights on the device: e4m3 [n, k] (as bytes) and one f32 scale per output channel
+/// (a per-tensor scale repeated), several Linears of one input stacked along n.
+#[derive(Debug)]
+pub struct Fp8Weights(pub Int8Weights);
+
+impl Fp8Weights {
+    /// The fp8 e4m3 Linears `prefixes` stacked along their outputs, or None unless every one is
+    /// stored as float8_e4m3 with per-channel or per-tensor scales.
+    pub fn load(
+        ckpt: &Checkpoint,
+        prefixes: &[String],
+        stream: &Arc<CudaStream>,
+    ) -> Result<Option<Self>> {
+        Ok(load_q8(ckpt, prefixes, stream, safetensors::Dtype::F8_E4M3, true)?.map(Self))
+    }
+}
+
+/// 8-bit weights of `dtype` stacked along their outputs, per-channel scales (or, with
+/// `per_tensor`, one scale repeated per channel); None unless every Linear is stored so.
+fn load_q8(
+    ckpt: &Checkpoint,
+    prefixes: &[String],
+    stream: &Arc<CudaStream>,
+    dtype: safetensors::Dtype,
+    per_tensor: bool,
+) -> Result<Option<Int8Weights>> {
+    let (mut w, mut scale) = (vec![], vec![]);
+    let mut k = 0;
+    for p in prefixes {
+        let wname = format!("{p}.weight");
+        let info = match ckpt.info(&wname) {
+            Ok(i) if i.dtype == dtype && i.shape.len() == 2 => i,
+            _ => return Ok(None),
+        };
+        let (n_i, k_i) = (info.shape[0], info.shape[1]);
+        if k != 0 && k != k_i {
+            candle_core::bail!("{prefixes:?}: stacked 8-bit Linears differ in input size");
+        }
+        let sname = format!("{p}.weight_scale");
+        if !ckpt.contains(&sname) {
+            return Ok(None);
+        }
+        let mut s: Vec<f32> = ckpt
+            .raw(&sname, &Device::Cpu)
+            .map_err(ck)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        if per_tensor && s.len() == 1 {
+            s = vec![s[0]; n_i];
+        }
+        if s.len() != n_i {
+            return Ok(None);
+        }
+        w.extend_from_slice(ckpt.bytes(&wname).map_err(ck)?);
+        scale.extend(s);
+        k = k_i;
+    }
+    let n = scale.len();
+    if k % 16 != 0 || n % 8 != 0 {
+        candle_core::bail!("{prefixes:?}: the 8-bit GEMMs need in_features % 16 == 0 and out_features % 8 == 0, got [{n}, {k}]");
+    }
+    Ok(Some(Int8Weights {
+        w: stream.clone_htod(&w).map_err(cuda_err)?,
+        scale: stream.clone_htod(&scale).map_err(cuda_err)?,
+        n,
+        k,
+    }))
 }
 
 /// A W8A8 Linear: int8 weights [n, k] and per-output-channel scales, activations quantized
@@ -248,45 +162,6 @@ fn input<'a>(
     Ok((s.as_cuda_slice::<bf16>()?.slice(l.start_offset()..), m, k))
 }
 
-impl CustomOp1 for Int4Linear {
-    fn name(&self) -> &'static str {
-        "w4a16-linear"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("packed int4 Linear runs on CUDA only")
-    }
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (x, m, k) = input(s, l)?;
-        if k != self.w.k {
-            candle_core::bail!("w4a16 Linear: input has {k} features, weight {}", self.w.k);
-        }
-        let dev = &self.dev;
-        let stream = dev.cuda_stream();
-        // SAFETY: uninitialised memory of the output's size; the GEMV or the GEMM below
-        // writes all of it ([m, n]) before anything reads it.
-        let y = unsafe { dev.alloc::<bf16>(m * self.w.n) }?;
-        let (xd, yd, w) = (
-            Dev::new(&x, &stream),
-            Dev::new(&y, &stream),
-            self.w.view(&stream),
-        );
-        if m <= GEMV_MAX_ROWS {
-            gemv_w4(dev, &w, xd, yd, m)?;
-        } else {
-            // SAFETY: uninitialised memory of the weight's size; dequant_w4 writes all of it
-            // ([n, k]) before the GEMM reads it.
-            let wd = unsafe { dev.alloc::<bf16>(self.w.n * k) }?;
-            dequant_w4(dev, &w, Dev::new(&wd, &stream))?;
-            let blas = dev.cublas_handle();
-            gemm_bf16(&blas, xd, Dev::new(&wd, &stream), yd, m, self.w.n, k)?;
-        }
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            Shape::from((m, self.w.n)),
-        ))
-    }
-}
-
 impl CustomOp1 for Int8Linear {
     fn name(&self) -> &'static str {
         "w8a8-linear"
@@ -303,46 +178,31 @@ impl CustomOp1 for Int8Linear {
         let n_out = if self.gated { n / 2 } else { n };
         let stream = dev.cuda_stream();
         // SAFETY: uninitialised memory, each buffer written in full before it is read: q and sx
-        // by quant_rows_int8, acc by the GEMM, y by the epilogue.
-        let (q, sx, acc, y) = unsafe {
+        // by quant_rows_int8, y by the GEMM's epilogue.
+        let (q, sx, y) = unsafe {
             (
                 dev.alloc::<u8>(m * k)?,
                 dev.alloc::<f32>(m)?,
-                dev.alloc::<i32>(m * n)?,
                 dev.alloc::<bf16>(m * n_out)?,
             )
         };
-        let (qd, sxd, accd) = (
-            Dev::new(&q, &stream),
-            Dev::new(&sx, &stream),
-            Dev::new(&acc, &stream),
-        );
+        let (qd, sxd) = (Dev::new(&q, &stream), Dev::new(&sx, &stream));
         quant_rows_int8(dev, Dev::new(&x, &stream), qd, sxd, m, k)?;
-        let blas = dev.cublas_handle();
-        gemm_int8(&blas, qd, Dev::new(&self.w.w, &stream), accd, m, n, k)?;
-        let epilogue = Int8Epilogue {
-            acc: accd,
+        let g = Q8Gemm {
+            q: qd,
+            w: Dev::new(&self.w.w, &stream),
             sx: sxd,
             sw: Dev::new(&self.w.scale, &stream),
             y: Dev::new(&y, &stream),
             m,
-            n: n_out,
+            n,
+            k,
         };
-        if self.gated {
-            int8_silu_epilogue(dev, &epilogue)?;
-        } else {
-            int8_epilogue(dev, &epilogue)?;
-        }
+        gemm_q8(dev, Q8Kind::Int8, &g, self.gated, None)?;
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev.clone()),
             Shape::from((m, n_out)),
         ))
-    }
-}
-
-impl LinearKernel for Int4Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(self)
     }
 }
 
@@ -414,10 +274,7 @@ pub fn attach(model: &mut Exaone4, ckpt: &Checkpoint) -> Result<Attached> {
         }
         for (name, lin) in layer.linears_mut() {
             if let Some(w) = PackedInt4::load(ckpt, &[p(name)], &stream)? {
-                lin.kernel = Some(Arc::new(Int4Linear {
-                    w,
-                    dev: dev.clone(),
-                }));
+                lin.kernel = Some(Arc::new(Int4Linear::new(w, &dev)));
                 done.int4 += 1;
             }
         }

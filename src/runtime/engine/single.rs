@@ -26,8 +26,10 @@ impl DecodeEngine {
                 };
                 gemv1x_bf16(&self.dev, &w, x, y)
             }
-            Weights::Int4(p) => gemv1x_w4(&self.dev, &p.view(&self.stream), x, y),
-            Weights::Int8(_) => candle_core::bail!("the decode engine loads no int8 Linears"),
+            Weights::Int4(p) => gemv1x_w4(&self.dev, &p.view(&self.stream)?, x, y),
+            Weights::Int8(_) | Weights::Fp8(_) => {
+                candle_core::bail!("the decode engine loads no 8-bit (W8A8) Linears")
+            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! A model's weights on the device as the decode and serving engines read them: each layer's
 //! Linears stacked where they share an input (q/k/v, gate/up) and kept as the checkpoint stores
-//! them — bf16, W4A16 packed int4 (read by the GEMVs, dequantized for wide products) or W8A8
-//! int8 with per-channel scales —, the norms, the embedding and the RoPE tables; and [`Gemm`],
-//! which runs one Linear over any number of rows with what suits its storage and row count.
+//! them — bf16, W4A16 packed int4 (the W4 GEMM's layout, and the GEMVs' packing), W8A8
+//! int8 or (on sm_89+) fp8 e4m3 with per-channel scales —, the norms, the embedding and the
+//! RoPE tables; and [`Gemm`], which runs one Linear over any number of rows with what suits its
+//! storage and row count.
 
 use std::sync::Arc;
 
@@ -17,21 +18,23 @@ use crate::checkpoint::Checkpoint;
 use crate::model::exaone4::LINEAR_NAMES;
 use crate::model::layers::inv_freq;
 use crate::model::Exaone4Config;
-use crate::runtime::launch::gemm::{gemm_bf16, gemm_int8};
-use crate::runtime::launch::gemv::{dequant_w4, gemv_bf16, gemv_w4, Dense};
+use crate::runtime::launch::gemm::gemm_bf16;
+use crate::runtime::launch::gemm_q8::{gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind};
+use crate::runtime::int4::W4Buffers;
+use crate::runtime::launch::gemv::{gemv_bf16, Dense};
 use crate::runtime::launch::norm_rope::silu_mul_rows;
-use crate::runtime::launch::quant::{
-    int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue,
-};
-use crate::runtime::launch::{cuda_err, Dev};
-use crate::runtime::quantized::{Int8Weights, PackedInt4, GEMV_MAX_ROWS};
+use crate::runtime::launch::quant::quant_rows_int8;
+use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
+use crate::runtime::quantized::{Fp8Weights, Int8Weights, PackedInt4};
 
 /// One (possibly stacked) Linear's weights.
 pub(crate) enum Weights {
     Dense(CudaSlice<bf16>),
     Int4(PackedInt4),
     Int8(Int8Weights),
-    /// a compressed format with no kernel here (FP8, …), dequantized to bf16 at load
+    /// W8A8 fp8 e4m3 with dynamic per-token fp8 activations, on a GPU with fp8 tensor cores
+    Fp8(Fp8Weights),
+    /// a compressed format with no kernel here (FP8 before sm_89, …), dequantized to bf16 at load
     Emulated(CudaSlice<bf16>),
 }
 
@@ -49,9 +52,9 @@ impl Lin {
             Weights::Dense(_) | Weights::Emulated(_) => n * k * 2,
             Weights::Int4(p) => {
                 let groups = n * k / p.group as u64;
-                n * k / 2 + groups * 2 * (1 + p.zeros.is_some() as u64)
+                n * k / 2 + groups * 2 * (1 + p.asymmetric as u64)
             }
-            Weights::Int8(_) => n * k + n * 4,
+            Weights::Int8(_) | Weights::Fp8(_) => n * k + n * 4,
         }
     }
 }
@@ -95,7 +98,10 @@ fn dense(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Vec<bf16>> {
 }
 
 /// Loads Linears `names` of layer `i` stacked along their outputs; with `all_formats`, W8A8 int8
-/// ones natively and other compressed formats dequantized to bf16 (else an error names them).
+/// ones natively, W8A8 fp8 ones natively where `fp8` (the GPU has fp8 tensor cores and the
+/// checkpoint quantizes activations to fp8) and other compressed formats dequantized to bf16
+/// (else an error names them).
+#[allow(clippy::too_many_arguments)]
 fn linear(
     ckpt: &Checkpoint,
     s: &Arc<CudaStream>,
@@ -104,6 +110,7 @@ fn linear(
     outs: &[usize],
     k: usize,
     all_formats: bool,
+    fp8: bool,
 ) -> Result<Lin> {
     let prefixes: Vec<String> = names
         .iter()
@@ -122,6 +129,15 @@ fn linear(
                 n: w.n,
                 k: w.k,
                 w: Weights::Int8(w),
+            });
+        }
+    }
+    if all_formats && fp8 {
+        if let Some(w) = Fp8Weights::load(ckpt, &prefixes, s)? {
+            return Ok(Lin {
+                n: w.0.n,
+                k: w.0.k,
+                w: Weights::Fp8(w),
             });
         }
     }
@@ -196,11 +212,24 @@ impl ModelWeights {
             cfg.num_key_value_heads * hd,
             cfg.intermediate_size,
         );
+        // fp8 weights run as W8A8 fp8 where the GPU has the instructions and the checkpoint
+        // quantizes activations to fp8 too (else dequantized: weight-only fp8 stays exact)
+        let fp8_acts = ckpt
+            .quant_info()
+            .map_err(ck)?
+            .and_then(|q| q.scheme)
+            .is_some_and(|sc| {
+                sc.input_activations.is_some_and(|a| {
+                    a.num_bits == 8 && a.ty == crate::checkpoint::scheme::NumType::Float
+                })
+            });
+        let fp8 = all_formats && fp8_acts && fp8_supported(s)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = |n: &str| format!("model.layers.{i}.{n}.weight");
-            let lin =
-                |names: &[&str], outs: &[usize], k| linear(ckpt, s, i, names, outs, k, all_formats);
+            let lin = |names: &[&str], outs: &[usize], k| {
+                linear(ckpt, s, i, names, outs, k, all_formats, fp8)
+            };
             layers.push(Layer {
                 qkv: lin(&LINEAR_NAMES[0..3], &[nq, nkv, nkv], h)?,
                 o: lin(&LINEAR_NAMES[3..4], &[h], nq)?,
@@ -235,6 +264,7 @@ impl ModelWeights {
                 Weights::Dense(_) => "bf16",
                 Weights::Int4(_) => "w4a16",
                 Weights::Int8(_) => "w8a8",
+                Weights::Fp8(_) => "w8a8-fp8",
                 Weights::Emulated(_) => "dequantized-to-bf16",
             })
             .collect();
@@ -279,20 +309,30 @@ impl ModelWeights {
     /// The scratch [`Gemm`] needs for products of up to `rows` rows of these Linears.
     pub(crate) fn scratch(&self, s: &Arc<CudaStream>, rows: usize) -> Result<Scratch> {
         let all = || self.layers.iter().flat_map(|l| l.linears());
-        let widest_int4 = all()
-            .filter(|l| matches!(l.w, Weights::Int4(_)))
-            .map(|l| l.n * l.k)
+        // W4A16: split-K partials, act-order gathers and (very wide products) a dequantized
+        // weight, each the largest any Linear needs for up to `rows` rows
+        let mut w4 = crate::runtime::int4::W4Needs::default();
+        let sms = crate::runtime::int4::sm_count_of(s)?;
+        for l in all() {
+            if let Weights::Int4(p) = &l.w {
+                let x = p.needs_up_to(sms, rows);
+                w4.ws = w4.ws.max(x.ws);
+                w4.xp = w4.xp.max(x.xp);
+                w4.wtmp = w4.wtmp.max(x.wtmp);
+            }
+        }
+        let some = |n: usize| (n > 0).then_some(n);
+        // the 8-bit GEMMs scale in their epilogue: only the quantized activations are scratch
+        let max_k = all()
+            .filter(|l| matches!(l.w, Weights::Int8(_) | Weights::Fp8(_)))
+            .map(|l| l.k)
             .max();
-        let int8: Vec<&Lin> = all().filter(|l| matches!(l.w, Weights::Int8(_))).collect();
-        let (max_k, max_n) = (
-            int8.iter().map(|l| l.k).max(),
-            int8.iter().map(|l| l.n).max(),
-        );
         Ok(Scratch {
-            wtmp: widest_int4.map(|n| zeros(s, n)).transpose()?,
+            wtmp: some(w4.wtmp).map(|n| zeros(s, n)).transpose()?,
+            w4ws: some(w4.ws).map(|n| zeros(s, n)).transpose()?,
+            w4xp: some(w4.xp).map(|n| zeros(s, n)).transpose()?,
             q8: max_k.map(|k| zeros(s, rows * k)).transpose()?,
             sx: max_k.map(|_| zeros(s, rows)).transpose()?,
-            acc: max_n.map(|n| zeros(s, rows * n)).transpose()?,
         })
     }
 }
@@ -314,17 +354,20 @@ fn rope_tables(cfg: &Exaone4Config, positions: usize) -> (Vec<bf16>, Vec<bf16>) 
 }
 
 /// Device memory the Linears use beyond their inputs and outputs: a dequantized int4 weight
-/// (wide W4A16 products), the int8 activations, their scales and the int32 accumulator (W8A8).
+/// (wide W4A16 products), the 8-bit activations and their per-token scales (W8A8 int8 or fp8).
 pub(crate) struct Scratch {
     pub(crate) wtmp: Option<CudaSlice<bf16>>,
+    /// W4A16 split-K partials and act-order gathered activations
+    w4ws: Option<CudaSlice<f32>>,
+    w4xp: Option<CudaSlice<bf16>>,
     q8: Option<CudaSlice<u8>>,
     sx: Option<CudaSlice<f32>>,
-    acc: Option<CudaSlice<i32>>,
 }
 
-/// Runs Linears on one stream: bf16 by GEMV (a few rows) or cuBLAS, W4A16 by the packed GEMV
-/// (up to [`GEMV_MAX_ROWS`] rows) or dequantize + cuBLAS, W8A8 by per-token quantization, the
-/// int8 tensor-core GEMM and its scaling epilogue.
+/// Runs Linears on one stream: bf16 by GEMV (a few rows) or cuBLAS, W4A16 by the W4 tensor-core
+/// GEMM (`PackedInt4::forward`: the GEMV or dequantize + cuBLAS at the row counts where they
+/// win), W8A8 (int8, fp8) by per-token quantization and our 8-bit tensor-core GEMM with the
+/// scales in its epilogue.
 pub(crate) struct Gemm<'a> {
     pub(crate) dev: &'a CudaDevice,
     pub(crate) blas: &'a CudaBlas,
@@ -351,20 +394,36 @@ impl<'a> Gemm<'a> {
         gemv_bf16(self.dev, w, x, y, rows)
     }
 
-    /// The int8 GEMM of x: quantizes x per token and leaves the int32 products in the scratch.
-    fn int8_products(
+    /// y [rows, n] = x [rows, k] · Wᵀ (gated: act [rows, n/2] = silu(gate) · up) for 8-bit
+    /// weights: quantizes x per token into the scratch, then the GEMM scales (and gates) in its
+    /// epilogue.
+    fn q8(
         &self,
+        kind: Q8Kind,
         w: &Int8Weights,
         x: Dev<bf16>,
+        y: Dev<bf16>,
         rows: usize,
-    ) -> Result<(Dev<'a, i32>, Dev<'a, f32>)> {
+        gated: bool,
+    ) -> Result<()> {
         let s: &'a Scratch = self.scratch;
-        let q = self.d(s.q8.as_ref().ok_or_else(|| missing("int8"))?);
-        let sx = self.d(s.sx.as_ref().ok_or_else(|| missing("int8"))?);
-        let acc = self.d(s.acc.as_ref().ok_or_else(|| missing("int8"))?);
-        quant_rows_int8(self.dev, x, q, sx, rows, w.k)?;
-        gemm_int8(self.blas, q, self.d(&w.w), acc, rows, w.n, w.k)?;
-        Ok((acc, sx))
+        let q = self.d(s.q8.as_ref().ok_or_else(|| missing("8-bit"))?);
+        let sx = self.d(s.sx.as_ref().ok_or_else(|| missing("8-bit"))?);
+        match kind {
+            Q8Kind::Int8 => quant_rows_int8(self.dev, x, q, sx, rows, w.k)?,
+            Q8Kind::Fp8 => quant_rows_fp8(self.dev, x, q, sx, rows, w.k)?,
+        }
+        let g = Q8Gemm {
+            q,
+            w: self.d(&w.w),
+            sx,
+            sw: self.d(&w.scale),
+            y,
+            m: rows,
+            n: w.n,
+            k: w.k,
+        };
+        gemm_q8(self.dev, kind, &g, gated, None)
     }
 
     /// y [rows, n] = x [rows, k] · Wᵀ.
@@ -378,31 +437,22 @@ impl<'a> Gemm<'a> {
                 };
                 self.dense(&w, x, y, rows)
             }
-            Weights::Int4(p) if rows <= GEMV_MAX_ROWS => {
-                gemv_w4(self.dev, &p.view(self.stream), x, y, rows)
-            }
             Weights::Int4(p) => {
-                let tmp = self.d(self.scratch.wtmp.as_ref().ok_or_else(|| missing("int4"))?);
-                dequant_w4(self.dev, &p.view(self.stream), tmp)?;
-                gemm_bf16(self.blas, x, tmp, y, rows, lin.n, lin.k)
-            }
-            Weights::Int8(w) => {
-                let (acc, sx) = self.int8_products(w, x, rows)?;
-                let e = Int8Epilogue {
-                    acc,
-                    sx,
-                    sw: self.d(&w.scale),
-                    y,
-                    m: rows,
-                    n: w.n,
+                let s: &'a Scratch = self.scratch;
+                let buf = W4Buffers {
+                    ws: s.w4ws.as_ref().map(|b| self.d(b)),
+                    xp: s.w4xp.as_ref().map(|b| self.d(b)),
+                    wtmp: s.wtmp.as_ref().map(|b| self.d(b)),
                 };
-                int8_epilogue(self.dev, &e)
+                p.forward(self.dev, self.blas, self.stream, x, y, rows, &buf, None)
             }
+            Weights::Int8(w) => self.q8(Q8Kind::Int8, w, x, y, rows, false),
+            Weights::Fp8(w) => self.q8(Q8Kind::Fp8, &w.0, x, y, rows, false),
         }
     }
 
     /// act [rows, n/2] = silu(gate) · up from the stacked gate/up Linear (gu [rows, n] holds the
-    /// products where they are materialised; the int8 path scales and gates in its epilogue).
+    /// products where they are materialised; the 8-bit paths scale and gate in their epilogue).
     pub(crate) fn gated(
         &self,
         lin: &Lin,
@@ -411,17 +461,10 @@ impl<'a> Gemm<'a> {
         act: Dev<bf16>,
         rows: usize,
     ) -> Result<()> {
-        if let Weights::Int8(w) = &lin.w {
-            let (acc, sx) = self.int8_products(w, x, rows)?;
-            let e = Int8Epilogue {
-                acc,
-                sx,
-                sw: self.d(&w.scale),
-                y: act,
-                m: rows,
-                n: w.n / 2,
-            };
-            return int8_silu_epilogue(self.dev, &e);
+        match &lin.w {
+            Weights::Int8(w) => return self.q8(Q8Kind::Int8, w, x, act, rows, true),
+            Weights::Fp8(w) => return self.q8(Q8Kind::Fp8, &w.0, x, act, rows, true),
+            _ => {}
         }
         self.linear(lin, x, gu, rows)?;
         silu_mul_rows(self.dev, gu, act, rows, lin.n / 2)

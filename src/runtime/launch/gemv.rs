@@ -327,6 +327,7 @@ pub(crate) fn dequant_w4(dev: &CudaDevice, w: &Int4, out: Dev<bf16>) -> Result<(
         w.n,
         w.k
     );
+    require!(K, out.aligned(16), "16-byte aligned output (8 values per store)");
     let f = func(dev, Module::Gemv, K)?;
     let stream = dev.cuda_stream();
     let z = or_null(w.zeros);
@@ -340,8 +341,9 @@ pub(crate) fn dequant_w4(dev: &CudaDevice, w: &Int4, out: Dev<bf16>) -> Result<(
     b.arg(&n).arg(&k).arg(&g);
     let cfg = config((dim(words.div_ceil(256), "words / 256")?, 1, 1), 256, 0)?;
     // SAFETY: thread i < n·k/8 (the kernel tests it) unpacks word i with its group's scale (and
-    // zero point where not null) into out[8i..8i+8]: packed/scales/zeros [n, ·] and out [n, k]
-    // inside their buffers, k a whole number of groups of a multiple of 8 (checked).
+    // zero point where not null) into out[8i..8i+8] as one 16-byte store: packed/scales/zeros
+    // [n, ·] and out [n, k] inside their buffers, k a whole number of groups of a multiple of 8,
+    // out 16-byte aligned (checked).
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }

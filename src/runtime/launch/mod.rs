@@ -21,6 +21,8 @@ use candle_core::Result;
 
 pub(crate) mod attention;
 pub(crate) mod gemm;
+pub(crate) mod gemm_q8;
+pub(crate) mod gemm_w4;
 pub(crate) mod gemv;
 pub(crate) mod norm_rope;
 pub(crate) mod quant;
@@ -30,6 +32,9 @@ pub(crate) mod sampling;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Module {
     Attention,
+    GemmFp8,
+    GemmQ8,
+    GemmW4,
     Gemv,
     NormRope,
     Quant,
@@ -40,6 +45,9 @@ impl Module {
     fn ptx(self) -> &'static str {
         match self {
             Module::Attention => include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")),
+            Module::GemmFp8 => include_str!(concat!(env!("OUT_DIR"), "/gemm_fp8.ptx")),
+            Module::GemmQ8 => include_str!(concat!(env!("OUT_DIR"), "/gemm_q8.ptx")),
+            Module::GemmW4 => include_str!(concat!(env!("OUT_DIR"), "/gemm_w4.ptx")),
             Module::Gemv => include_str!(concat!(env!("OUT_DIR"), "/gemv.ptx")),
             Module::NormRope => include_str!(concat!(env!("OUT_DIR"), "/norm_rope.ptx")),
             Module::Quant => include_str!(concat!(env!("OUT_DIR"), "/quant.ptx")),
@@ -51,6 +59,9 @@ impl Module {
     fn name(self) -> &'static str {
         match self {
             Module::Attention => "exaone_compress_attention",
+            Module::GemmFp8 => "exaone_compress_gemm_fp8",
+            Module::GemmQ8 => "exaone_compress_gemm_q8",
+            Module::GemmW4 => "exaone_compress_gemm_w4",
             Module::Gemv => "exaone_compress_gemv",
             Module::NormRope => "exaone_compress_norm_rope",
             Module::Quant => "exaone_compress_quant",
@@ -72,11 +83,38 @@ pub(crate) fn func(dev: &CudaDevice, module: Module, name: &'static str) -> Resu
     if let Some(f) = cache.lock().expect("kernel cache").get(&key) {
         return Ok(f.clone());
     }
+    if module == Module::GemmFp8 && !fp8_supported(&dev.cuda_stream())? {
+        let (major, minor) = compute_capability(&dev.cuda_stream())?;
+        candle_core::bail!(
+            "{name}: this GPU (sm_{major}{minor}) lacks fp8 tensor-core instructions (sm_89+); FP8 runs dequantized to bf16"
+        );
+    }
     let f = dev
         .get_or_load_custom_func(name, module.name(), module.ptx())?
         .into_cuda_function();
     cache.lock().expect("kernel cache").insert(key, f.clone());
     Ok(f)
+}
+
+/// The compute capability (major, minor) of the device `stream` runs on.
+pub(crate) fn compute_capability(stream: &CudaStream) -> Result<(i32, i32)> {
+    stream.context().compute_capability().map_err(cuda_err)
+}
+
+/// Whether the device of `stream` has the fp8 (e4m3) tensor-core mma, compute capability 8.9
+/// and up; the fp8 module (`Module::GemmFp8`, built for compute_89) loads only there.
+pub(crate) fn fp8_supported(stream: &CudaStream) -> Result<bool> {
+    Ok(compute_capability(stream)? >= (8, 9))
+}
+
+/// The device's number of streaming multiprocessors (the GEMMs size their grids by it).
+pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
+    let n = dev
+        .cuda_stream()
+        .context()
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(cuda_err)?;
+    Ok(n.max(1) as usize)
 }
 
 /// Lets a kernel use more than the default 48 KiB of dynamic shared memory.

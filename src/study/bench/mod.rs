@@ -8,10 +8,16 @@
 //! - [`kernels`]: device copy bandwidth, and where a prefill's time goes (layers, lm_head,
 //!   attention kernel, the largest GEMM in bf16 and int8; CUDA builds);
 //! - [`checks`]: every runtime kernel against the f32 reference, recorded beside the timings;
+//! - [`gemm`]: the W8A8 GEMM sweep (ours int8 / fp8, cuBLAS int8 + epilogue, cuBLAS bf16 over
+//!   the 1.2B's Linear shapes and M = 1 … 16384), after its own numerical checks;
 //! - [`record_hf`]: HF transformers' figures for the same points (scripts/hf_bench.py).
 
 pub mod checks;
 pub mod decode;
+pub mod gemm;
+#[cfg(feature = "cuda")]
+mod gemm_checks;
+pub mod gemm_w4;
 pub mod kernels;
 pub mod memory;
 pub mod prefill;

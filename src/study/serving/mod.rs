@@ -3,20 +3,32 @@
 //! the CPU reference executor), at several concurrency limits, each timed after an untimed
 //! warm-up run (which also captures the decode graphs, as vLLM does at start-up), with the
 //! roofline of every step; then batch-1 decoding on the same path. Figures go to `Results` as
-//! `serve_<workload>_c<concurrency>_<metric>` rows of a variant (its scheme).
+//! `serve_<workload>_c<concurrency>_<metric>` rows of a variant (its scheme). Every timed run's
+//! measured steps feed the L4 projection (`l4`: `l4_<tag>_*` rows), with efficiencies carried
+//! from this device's measured rates on CUDA and assumed on the CPU.
 
-use std::path::Path;
+mod l4;
+
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
+use crate::eval::projection::{Efficiencies, StepTrace};
 use crate::record::{Results, Variant};
 use crate::serve::workload::{long_context_qa, multi_turn_chat, multiple_choice};
 use crate::serve::{
     GenOptions, Roofline, RunReport, Runner, SchedulerConfig, Sources, StepExecutor, Workload,
     DEFAULT_BLOCK_SIZE,
 };
+
+#[cfg(feature = "cuda")]
+pub use cuda::CudaRun;
+pub use l4::{project_l4, VariantRun, L4_SCHEMES, L4_VARIANT};
 
 /// Flags of the serving benchmark.
 #[derive(Args, Clone, Debug)]
@@ -270,15 +282,24 @@ pub fn variant(label: &str, scheme: &str, concurrency: &[usize]) -> Variant {
     )
 }
 
+/// Keeps `rep`'s measured steps as the trace of `tag` (a run that generated nothing has none:
+/// said on stderr).
+fn keep_trace(traces: &mut Vec<(String, StepTrace)>, tag: &str, rep: &RunReport) {
+    match StepTrace::from_run(rep) {
+        Ok(t) => traces.push((tag.to_string(), t)),
+        Err(e) => eprintln!("{tag}: no step trace for the L4 projection: {e}"),
+    }
+}
+
 /// The CPU reference run (the f32 executor, one sequence after another): the scheduler's
-/// figures on a small model, no roofline.
+/// figures on a small model, no roofline; returns the measured step traces.
 pub fn run_cpu(
     r: &mut Results,
     label: &str,
     dir: &Path,
     a: &ServeArgs,
     w: &Workload,
-) -> Result<()> {
+) -> Result<VariantRun> {
     let model =
         crate::checkpoint::load_model(dir, candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let variant = variant(label, "f32 (CPU reference)", &a.concurrency);
@@ -301,17 +322,89 @@ pub fn run_cpu(
         scheduler(a, 1, blocks),
         vocab,
     );
+    let mut traces = vec![];
     for &c in &a.concurrency {
         runner.config = scheduler(a, c, blocks);
         let tag = format!("{}_c{c}", tag_of(a));
-        measure(r, &variant, &tag, &mut runner, w, a.repeats as usize, None)?;
+        let rep = measure(r, &variant, &tag, &mut runner, w, a.repeats as usize, None)?;
+        keep_trace(&mut traces, &tag, &rep);
     }
     runner.config = scheduler(a, 1, blocks);
     if a.b1_tokens > 0 {
         batch1(r, &variant, &mut runner, w, a.b1_tokens)?;
     }
     runner.config = scheduler(a, a.concurrency.iter().copied().max().unwrap_or(1), blocks);
-    gen_mc(r, &variant, &mut runner, dir, a)
+    gen_mc(r, &variant, &mut runner, dir, a)?;
+    Ok(VariantRun {
+        label: label.to_string(),
+        config: model.config.clone(),
+        traces,
+    })
+}
+
+/// Every variant (`(label, checkpoint)`, the bf16 base first) on `device` — CUDA: the engine
+/// check on the first, each variant's runs with rooflines, a long-context run of `long`
+/// requests on the first; CPU: [`run_cpu`] — then the L4 projection of their measured steps
+/// ([`project_l4`]), whose failure is reported on stderr without losing the runs' rows.
+pub fn run_all(
+    r: &mut Results,
+    a: &ServeArgs,
+    w: &Workload,
+    device: &candle_core::Device,
+    variants: &[(&str, PathBuf)],
+    long: u64,
+) -> Result<()> {
+    let (runs, eff) = if device.is_cuda() {
+        cuda_runs(r, a, w, device, variants, long)?
+    } else {
+        let runs = variants
+            .iter()
+            .map(|(l, d)| run_cpu(r, l, d, a, w).context(|| format!("variant {l}")))
+            .collect::<Result<Vec<_>>>()?;
+        (runs, Efficiencies::assumed("a CPU run measures no GPU"))
+    };
+    if let Err(e) = project_l4(r, &runs, &eff) {
+        eprintln!("L4 projection: {e}");
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_runs(
+    r: &mut Results,
+    a: &ServeArgs,
+    w: &Workload,
+    device: &candle_core::Device,
+    variants: &[(&str, PathBuf)],
+    long: u64,
+) -> Result<(Vec<VariantRun>, Efficiencies)> {
+    let run = CudaRun::measure_device(device)?;
+    let Some((_, first)) = variants.first() else {
+        return Err(Error::Invalid("serve_bench: no variant to run".into()));
+    };
+    run.check(r, first, w)?;
+    let eff = run.efficiencies(r);
+    let mut runs = vec![];
+    for (i, (label, d)) in variants.iter().enumerate() {
+        let long = if i == 0 { long } else { 0 };
+        let v = run.variant(r, label, d, a, w, long);
+        runs.push(v.context(|| format!("variant {label}"))?);
+    }
+    Ok((runs, eff))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_runs(
+    _: &mut Results,
+    _: &ServeArgs,
+    _: &Workload,
+    _: &candle_core::Device,
+    _: &[(&str, PathBuf)],
+    _: u64,
+) -> Result<(Vec<VariantRun>, Efficiencies)> {
+    Err(Error::Invalid(
+        "a CUDA device, but this binary was built without the cuda feature".into(),
+    ))
 }
 
 /// The workload's tag in metric names (`mc`, `long`, `chat`, or `file`).
@@ -319,195 +412,5 @@ pub fn tag_of(a: &ServeArgs) -> &str {
     match a.workload.as_str() {
         w @ ("mc" | "long" | "chat") => w,
         _ => "file",
-    }
-}
-
-/// Context of the profiled decode steps: a multiple-choice request halfway through its answer.
-#[cfg(feature = "cuda")]
-const PROFILE_CONTEXT: usize = 512;
-
-/// The CUDA runs: the device's measured copy bandwidth and GEMM rates (the rooflines' inputs).
-#[cfg(feature = "cuda")]
-pub struct CudaRun {
-    pub ordinal: usize,
-    pub bandwidth: f64,
-    pub bf16_flops: f64,
-    pub int8_ops: f64,
-}
-
-#[cfg(feature = "cuda")]
-impl CudaRun {
-    /// Measures the copy bandwidth and the bf16 / int8 GEMM rates on the 1.2B's widest Linear
-    /// shape (gate/up: 8192 × 2048) at 4096 rows.
-    pub fn measure_device(device: &candle_core::Device) -> Result<Self> {
-        let candle_core::Device::Cuda(d) = device else {
-            return Err(Error::Invalid("CudaRun: not a CUDA device".into()));
-        };
-        let bandwidth = crate::study::bench::kernels::copy_bandwidth(device)? * 1e9;
-        let (m, n, k) = (4096usize, 8192usize, 2048usize);
-        let (bf16_ms, int8_ms, _) = crate::runtime::quantized::gemm_timings(d, m, n, k)?;
-        let flops = 2.0 * (m * n * k) as f64;
-        Ok(Self {
-            ordinal: 0,
-            bandwidth,
-            bf16_flops: flops / (bf16_ms * 1e-3),
-            int8_ops: flops / (int8_ms * 1e-3),
-        })
-    }
-
-    /// The engine's logits against the f32 forward on a ragged workload: 12 requests of the
-    /// shipped shapes, prompt chunks split across steps by a small token budget, decoding
-    /// tokens packed (some steps replayed from graphs). Recorded as a check row; an error if
-    /// it fails.
-    pub fn check(&self, r: &mut Results, dir: &Path, w: &Workload) -> Result<()> {
-        let mut reqs: Vec<_> = w.requests.iter().take(12).cloned().collect();
-        for (i, q) in reqs.iter_mut().enumerate() {
-            q.max_new_tokens = 6 + 3 * i;
-            q.prompt_ids.truncate(40 + 37 * i);
-        }
-        let small = Workload::new(reqs);
-        let cfg = SchedulerConfig {
-            max_num_seqs: 8,
-            max_num_batched_tokens: 256,
-            block_size: DEFAULT_BLOCK_SIZE,
-            num_blocks: 512,
-            max_model_len: 1024,
-        };
-        let c = crate::serve::check::logits(dir, self.ordinal, &small, &cfg, "serving engine")?;
-        let v = Variant::new("checks", "check", json!({}));
-        r.add(
-            &v,
-            &format!("kernel_rel_err: {}", c.what),
-            c.kernel_err,
-            None,
-            "",
-        );
-        r.add(
-            &v,
-            &format!("bf16_rel_err: {}", c.what),
-            c.bf16_err,
-            None,
-            "",
-        );
-        r.add(&v, &format!("top1: {}", c.what), c.top1, None, "");
-        eprintln!(
-            "check {}: engine {:.2e} vs bf16 forward {:.2e} (top-1 {:.3}) — {}",
-            c.what,
-            c.kernel_err,
-            c.bf16_err,
-            c.top1,
-            if c.passes() { "pass" } else { "FAIL" }
-        );
-        if !c.passes() {
-            return Err(Error::Invalid(format!("serving check failed: {c:?}")));
-        }
-        Ok(())
-    }
-
-    /// One checkpoint: the workload at every concurrency limit, batch-1 decoding, and (where
-    /// `long` > 0) a long-context workload of that many requests.
-    pub fn variant(
-        &self,
-        r: &mut Results,
-        label: &str,
-        dir: &Path,
-        a: &ServeArgs,
-        w: &Workload,
-        long: u64,
-    ) -> Result<()> {
-        use crate::runtime::serving::KvBudget;
-        use crate::serve::cuda::CudaExecutor;
-        // the previous variant's engine was dropped: give its memory back before sizing a pool
-        crate::runtime::trim_freed_memory(&candle_core::Device::new_cuda(self.ordinal)?)?;
-        let ckpt = crate::checkpoint::Checkpoint::open(dir)?;
-        let maxc = a.concurrency.iter().copied().max().unwrap_or(256).max(1);
-        let kv = match a.kv_blocks {
-            Some(n) => KvBudget::Blocks(n),
-            None => KvBudget::Fraction(a.gpu_memory_utilization),
-        };
-        let (exec, cfg) = CudaExecutor::load(&ckpt, self.ordinal, &scheduler(a, maxc, 0), kv)?;
-        let info = exec.engine.info.clone();
-        let rate = if info.weights.contains("w8a8") {
-            self.int8_ops
-        } else {
-            self.bf16_flops
-        };
-        let roof = Roofline::new(
-            &ckpt.config,
-            info.weight_bytes_per_step as f64,
-            self.bandwidth,
-            rate,
-        );
-        let v = variant(label, &info.weights, &a.concurrency);
-        let blocks = cfg.num_blocks;
-        r.add(&v, "serve_kv_blocks", blocks as f64, None, "blocks");
-        r.add(
-            &v,
-            "weight_bytes_per_step",
-            info.weight_bytes_per_step as f64,
-            None,
-            "B",
-        );
-        let mut runner = Runner::new(exec, cfg, ckpt.config.vocab_size);
-        let reps = a.repeats as usize;
-        for &c in &a.concurrency {
-            runner.config = scheduler(a, c, blocks);
-            let tag = format!("{}_c{c}", tag_of(a));
-            let rep = measure(r, &v, &tag, &mut runner, w, reps, Some(&roof))?;
-            eprintln!(
-                "{label} c={c}: {:.0} tokens/s, T = {:.3e} s/token, {} steps, mean batch {:.1}",
-                rep.totals.tokens_per_sec,
-                rep.totals.secs_per_token,
-                rep.totals.steps,
-                rep.totals.mean_batch
-            );
-        }
-        if a.b1_tokens > 0 {
-            runner.config = scheduler(a, 1, blocks);
-            batch1(r, &v, &mut runner, w, a.b1_tokens)?;
-        }
-        for b in [1, maxc] {
-            let ctx = PROFILE_CONTEXT;
-            let parts = runner.executor.engine.profile_decode(b, ctx)?;
-            let total: f64 = parts.iter().map(|p| p.1).sum();
-            for (what, ms, _) in &parts {
-                r.add(&v, &format!("serve_profile_b{b}: {what}"), *ms, None, "ms");
-            }
-            r.add(&v, &format!("serve_profile_b{b}: total"), total, None, "ms");
-        }
-        runner.config = scheduler(a, maxc, blocks);
-        gen_mc(r, &v, &mut runner, dir, a)?;
-        if long > 0 {
-            let la = ServeArgs {
-                workload: "long".into(),
-                requests: long,
-                new_tokens: 64,
-                ..a.clone()
-            };
-            let lw = workload(&la)?;
-            runner.config = scheduler(a, maxc, blocks);
-            let rep = measure(
-                r,
-                &v,
-                &format!("long_c{maxc}"),
-                &mut runner,
-                &lw,
-                1,
-                Some(&roof),
-            )?;
-            eprintln!(
-                "{label} long context: {} requests, {} errors, {} preemptions, peak {} of {} blocks",
-                rep.totals.requests,
-                rep.totals.errors,
-                rep.totals.preemptions,
-                rep.totals.peak_kv_blocks,
-                rep.totals.kv_blocks
-            );
-        }
-        eprintln!(
-            "{label}: {} graph steps, {} eager steps",
-            runner.executor.engine.graph_steps, runner.executor.engine.eager_steps
-        );
-        Ok(())
     }
 }

@@ -1,0 +1,401 @@
+//! W4A16 Linears on compressed-tensors' pack-quantized int4 weights, run as stored: the weights
+//! are shuffled once at load into the tensor-core GEMM's layout (`w4_layout`,
+//! `kernels/gemm_w4.cu`), and also kept in the checkpoint's packing where the GEMVs can read it
+//! (the decode engine's single-row GEMVs with their fused prologues; dequantize + cuBLAS for
+//! very wide products). [`PackedInt4::forward`] picks by row count; [`Int4Linear`] is the
+//! candle forward's hook. Shared by the decode and serving engines (`engine::weights`).
+
+use std::sync::Arc;
+
+use candle_core::cuda::cudarc::cublas::CudaBlas;
+use candle_core::cuda::cudarc::driver::{sys, CudaSlice, CudaStream};
+use candle_core::cuda::CudaDevice;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor,
+};
+use half::bf16;
+
+use super::launch::gemm::gemm_bf16;
+use super::launch::gemm_w4::{gemm_w4, plan_with, workspace, W4Plan, W4Scratch, W4Weights};
+use super::launch::gemv::{dequant_w4, gemv_w4, Int4};
+use super::launch::{cuda_err, sm_count, Dev};
+use super::w4_layout::W4Tiles;
+use crate::checkpoint::{compressed_tensors::unpack_zero_points, Checkpoint};
+use crate::model::layers::LinearKernel;
+
+fn ck(e: crate::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// Rows up to which the packed GEMV runs instead of the tensor-core GEMM on weights of at
+/// most [`GEMV_MAX_WEIGHTS`] values: on an H200 (`bench::gemm_w4::w4_sweep`) the GEMV wins at
+/// one row on q/k/v and o (4.9 vs 6.6 µs, 4.5 vs 5.5 µs), the GEMM on gate/up and down (14.5 vs
+/// 17.0 µs, 9.8 vs 12.9 µs), whose split-K spreads more weights over the GPU.
+pub(crate) const GEMV_MAX_ROWS: usize = 4;
+pub(crate) const GEMV_MAX_WEIGHTS: usize = 8 << 20;
+
+/// Rows beyond which dequantize + cuBLAS replaces the GEMM: 32, or 64 on weights of more than
+/// [`GEMV_MAX_WEIGHTS`] values (H200: at 64 rows dequantize + cuBLAS is 11.9 vs 15.8 µs on
+/// q/k/v, the GEMM 37.7 vs 49.2 µs on gate/up; at 256 rows dequantize + cuBLAS wins on all).
+pub(crate) const GEMM_MAX_ROWS: usize = 64;
+const GEMM_MAX_ROWS_SMALL: usize = 32;
+
+/// The checkpoint's packing as the GEMVs read it: [n, k/8] words, scales and zero points
+/// [n, k/group] in bf16.
+#[derive(Debug)]
+struct GemvPacking {
+    packed: CudaSlice<u32>,
+    scales: CudaSlice<bf16>,
+    zeros: Option<CudaSlice<bf16>>,
+}
+
+/// W4A16 weights (pack-quantized, group or channel strategy; symmetric or asymmetric; act-order
+/// through a column permutation) on the device, several Linears of one input stacked along n.
+#[derive(Debug)]
+pub struct PackedInt4 {
+    pub n: usize,
+    pub k: usize,
+    pub group: usize,
+    /// zero points stored (asymmetric)
+    pub asymmetric: bool,
+    /// None where the GEMVs cannot read the weights (act-order; a group that is not a power of
+    /// two ≥ 32)
+    gemv: Option<Box<GemvPacking>>,
+    tc: Box<W4Weights>,
+}
+
+/// How one product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum W4Route {
+    /// the packed GEMV (compressed-tensors' packing)
+    Gemv,
+    /// the tensor-core GEMM, with a given plan or the default
+    Gemm(Option<W4Plan>),
+    /// dequantize to bf16, then cuBLAS
+    Dequant,
+}
+
+/// Device buffers one product may need (see [`PackedInt4::needs`]).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct W4Buffers<'a> {
+    /// split-K partials
+    pub ws: Option<Dev<'a, f32>>,
+    /// gathered activations (act-order)
+    pub xp: Option<Dev<'a, bf16>>,
+    /// the dequantized weight
+    pub wtmp: Option<Dev<'a, bf16>>,
+}
+
+/// Element counts of the [`W4Buffers`] a product needs (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct W4Needs {
+    pub ws: usize,
+    pub xp: usize,
+    pub wtmp: usize,
+}
+
+impl PackedInt4 {
+    /// The Linears `prefixes` (stacked along the output dimension, e.g. q/k/v) if every one is
+    /// stored pack-quantized; None if none is; an error for a mix or a layout the kernels cannot
+    /// take (naming the tensor and the rule).
+    pub fn load(
+        ckpt: &Checkpoint,
+        prefixes: &[String],
+        stream: &Arc<CudaStream>,
+    ) -> Result<Option<Self>> {
+        let have = prefixes
+            .iter()
+            .filter(|p| ckpt.contains(&format!("{p}.weight_packed")))
+            .count();
+        if have == 0 {
+            return Ok(None);
+        }
+        if have != prefixes.len() {
+            candle_core::bail!(
+                "{}: {prefixes:?} mix packed int4 and other storage",
+                ckpt.dir.display()
+            );
+        }
+        let (mut packed, mut scales, mut zeros) = (vec![], vec![], vec![]);
+        let (mut n, mut k, mut groups) = (0, 0, 0);
+        let (mut any_zero, mut g_idx) = (false, None::<Vec<usize>>);
+        let raw = |name: &str| ckpt.raw(name, &Device::Cpu).map_err(ck);
+        for (j, p) in prefixes.iter().enumerate() {
+            let shape: Vec<i64> = raw(&format!("{p}.weight_shape"))?
+                .to_dtype(DType::I64)?
+                .to_vec1()?;
+            let (o, i) = match shape[..] {
+                [o, i] if o > 0 && i > 0 => (o as usize, i as usize),
+                _ => candle_core::bail!("{p}.weight_shape: {shape:?} is not [out, in]"),
+            };
+            let s = raw(&format!("{p}.weight_scale"))?.to_dtype(DType::F32)?;
+            let (so, ng) = s.dims2()?;
+            if so != o {
+                candle_core::bail!("{p}.weight_scale: {so} rows for {o} outputs");
+            }
+            if j > 0 && (k != i || groups != ng) {
+                candle_core::bail!("{prefixes:?}: stacked Linears differ in input size or groups");
+            }
+            let w: Vec<i32> = raw(&format!("{p}.weight_packed"))?
+                .flatten_all()?
+                .to_vec1()?;
+            if w.len() != o * i.div_ceil(8) {
+                candle_core::bail!("{p}.weight_packed: {} words for [{o}, {i}]", w.len());
+            }
+            packed.extend(w.into_iter().map(|x| x as u32));
+            scales.extend(s.flatten_all()?.to_vec1::<f32>()?);
+            let zname = format!("{p}.weight_zero_point");
+            if ckpt.contains(&zname) {
+                any_zero = true;
+                let zp: Vec<i32> = raw(&zname)?.flatten_all()?.to_vec1()?;
+                zeros.extend(unpack_zero_points(&zp, o, ng));
+            } else {
+                zeros.extend(std::iter::repeat_n(0f32, o * ng));
+            }
+            let gname = format!("{p}.weight_g_idx");
+            let gi: Option<Vec<usize>> = if ckpt.contains(&gname) {
+                let v: Vec<i64> = raw(&gname)?.to_dtype(DType::I64)?.to_vec1()?;
+                if v.len() != i || v.iter().any(|&g| g < 0 || g as usize >= ng) {
+                    candle_core::bail!("{gname}: needs {i} group indices in 0..{ng}");
+                }
+                Some(v.into_iter().map(|g| g as usize).collect())
+            } else {
+                None
+            };
+            if j > 0 && gi != g_idx {
+                candle_core::bail!("{prefixes:?}: stacked Linears with different act-order g_idx cannot share one column gather");
+            }
+            g_idx = gi;
+            n += o;
+            k = i;
+            groups = ng;
+        }
+        let z = any_zero.then_some(zeros.as_slice());
+        Self::from_host(&packed, &scales, z, g_idx.as_deref(), n, k, stream)
+            .map(Some)
+            .map_err(|e| candle_core::Error::Msg(format!("{prefixes:?}: {e}")))
+    }
+
+    /// From compressed-tensors' arrays on the host (see [`W4Tiles::new`]): `packed` [n,
+    /// ceil(k/8)], `scales` and `zeros` (q units) [n, groups], `g_idx` [k].
+    pub fn from_host(
+        packed: &[u32],
+        scales: &[f32],
+        zeros: Option<&[f32]>,
+        g_idx: Option<&[usize]>,
+        n: usize,
+        k: usize,
+        stream: &Arc<CudaStream>,
+    ) -> Result<Self> {
+        let tiles =
+            W4Tiles::new(packed, scales, zeros, g_idx, n, k).map_err(candle_core::Error::Msg)?;
+        let group = tiles.group;
+        // the GEMVs: groups in column order, a power of two ≥ 32 (a word never straddles two)
+        let gemv = if tiles.perm.is_none()
+            && group.is_power_of_two()
+            && group >= 32
+            && k.is_multiple_of(group)
+        {
+            let bf = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
+            Some(Box::new(GemvPacking {
+                packed: stream.clone_htod(packed).map_err(cuda_err)?,
+                scales: stream.clone_htod(&bf(scales)).map_err(cuda_err)?,
+                zeros: zeros
+                    .map(|z| stream.clone_htod(&bf(z)).map_err(cuda_err))
+                    .transpose()?,
+            }))
+        } else {
+            None
+        };
+        Ok(Self {
+            n,
+            k,
+            group,
+            asymmetric: zeros.is_some(),
+            gemv,
+            tc: Box::new(W4Weights::upload(&tiles, stream)?),
+        })
+    }
+
+    /// The weights as the GEMV kernels take them, addressed for `stream`; an error where the
+    /// GEMVs cannot read them (act-order, a group that is not a power of two ≥ 32).
+    pub(crate) fn view(&self, stream: &CudaStream) -> Result<Int4<'_>> {
+        let g = self.gemv.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "W4A16 [{}, {}] group {}: the packed GEMVs need groups in column order (no act-order) of a power of two ≥ 32; this weight runs on the W4 GEMM only",
+                self.n, self.k, self.group
+            ))
+        })?;
+        Ok(Int4 {
+            packed: Dev::new(&g.packed, stream),
+            scales: Dev::new(&g.scales, stream),
+            zeros: g.zeros.as_ref().map(|z| Dev::new(z, stream)),
+            n: self.n,
+            k: self.k,
+            group: self.group,
+        })
+    }
+
+    /// The default route for `m` rows: the GEMM, except the GEMV up to [`GEMV_MAX_ROWS`] on
+    /// small weights and dequantize + cuBLAS beyond [`GEMM_MAX_ROWS`] rows, where the GEMVs'
+    /// packing exists.
+    pub fn route(&self, m: usize) -> W4Route {
+        match m {
+            _ if self.gemv.is_none() => W4Route::Gemm(None),
+            m if m <= GEMV_MAX_ROWS && self.n * self.k <= GEMV_MAX_WEIGHTS => W4Route::Gemv,
+            m if m > GEMM_MAX_ROWS => W4Route::Dequant,
+            m if m > GEMM_MAX_ROWS_SMALL && self.n * self.k <= GEMV_MAX_WEIGHTS => W4Route::Dequant,
+            _ => W4Route::Gemm(None),
+        }
+    }
+
+    /// The buffers `route` needs for `m` rows on a GPU of `sms` multiprocessors.
+    pub fn needs(&self, route: W4Route, m: usize, sms: usize) -> W4Needs {
+        match route {
+            W4Route::Gemv => W4Needs::default(),
+            W4Route::Dequant => W4Needs {
+                wtmp: self.n * self.k,
+                ..W4Needs::default()
+            },
+            W4Route::Gemm(p) => {
+                let p = p.unwrap_or_else(|| plan_with(m, self.n, self.k, sms, None));
+                W4Needs {
+                    ws: workspace(p, m, self.n).0,
+                    xp: if self.tc.act_order() { m * self.k } else { 0 },
+                    wtmp: 0,
+                }
+            }
+        }
+    }
+
+    /// y [m, n] = x [m, k] · Wᵀ by `route` (None: [`Self::route`]). The GEMM splits K only
+    /// where `buf.ws` holds the partials (else it runs unsplit); act-order weights need
+    /// `buf.xp`, dequantization `buf.wtmp` (an error names what is missing).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        dev: &CudaDevice,
+        blas: &CudaBlas,
+        stream: &CudaStream,
+        x: Dev<bf16>,
+        y: Dev<bf16>,
+        m: usize,
+        buf: &W4Buffers,
+        route: Option<W4Route>,
+    ) -> Result<()> {
+        match route.unwrap_or_else(|| self.route(m)) {
+            W4Route::Gemv => gemv_w4(dev, &self.view(stream)?, x, y, m),
+            W4Route::Dequant => {
+                let tmp = buf.wtmp.ok_or_else(|| {
+                    candle_core::Error::Msg("W4A16: no buffer for the dequantized weight".into())
+                })?;
+                dequant_w4(dev, &self.view(stream)?, tmp)?;
+                gemm_bf16(blas, x, tmp, y, m, self.n, self.k)
+            }
+            W4Route::Gemm(plan) => {
+                let s = W4Scratch {
+                    ws: buf.ws,
+                    xp: buf.xp,
+                };
+                gemm_w4(dev, &self.tc.view(stream), x, y, m, &s, plan)
+            }
+        }
+    }
+
+    /// The largest [`W4Needs`] of the default routes for 1..=`rows` rows on a GPU of `sms`
+    /// multiprocessors.
+    pub(crate) fn needs_up_to(&self, sms: usize, rows: usize) -> W4Needs {
+        let mut need = W4Needs::default();
+        for m in 1..=rows.min(GEMM_MAX_ROWS + 1) {
+            let x = self.needs(self.route(m), m, sms);
+            need.ws = need.ws.max(x.ws);
+        }
+        let last = self.needs(self.route(rows), rows, sms);
+        need.xp = if self.tc.act_order() {
+            rows * self.k
+        } else {
+            0
+        };
+        need.wtmp = last.wtmp;
+        need
+    }
+}
+
+/// Streaming multiprocessors of the device `stream` runs on.
+pub(crate) fn sm_count_of(stream: &CudaStream) -> Result<usize> {
+    let n = stream
+        .context()
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(cuda_err)?;
+    Ok(n.max(1) as usize)
+}
+
+/// A W4A16 Linear on the candle forward.
+#[derive(Debug)]
+pub struct Int4Linear {
+    w: PackedInt4,
+    dev: CudaDevice,
+}
+
+impl Int4Linear {
+    pub fn new(w: PackedInt4, dev: &CudaDevice) -> Self {
+        Self {
+            w,
+            dev: dev.clone(),
+        }
+    }
+}
+
+impl CustomOp1 for Int4Linear {
+    fn name(&self) -> &'static str {
+        "w4a16-linear"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("packed int4 Linear runs on CUDA only")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (m, k) = l.shape().dims2()?;
+        if !l.is_contiguous() {
+            candle_core::bail!("w4a16 Linear: input must be contiguous");
+        }
+        if k != self.w.k {
+            candle_core::bail!("w4a16 Linear: input has {k} features, weight {}", self.w.k);
+        }
+        let x = s.as_cuda_slice::<bf16>()?.slice(l.start_offset()..);
+        let dev = &self.dev;
+        let stream = dev.cuda_stream();
+        let route = self.w.route(m);
+        let need = self.w.needs(route, m, sm_count(dev)?);
+        // SAFETY (all four): uninitialised memory, each written in full before it is read: y
+        // ([m, n]) by the product, ws (the splits' partials, each split writing all of its
+        // tile's elements before the last split reads them), xp by the gather, wtmp by the
+        // dequantization.
+        let y = unsafe { dev.alloc::<bf16>(m * self.w.n) }?;
+        let alloc_f32 = |n: usize| (n > 0).then(|| unsafe { dev.alloc::<f32>(n) }).transpose();
+        let alloc_bf = |n: usize| (n > 0).then(|| unsafe { dev.alloc::<bf16>(n) }).transpose();
+        let (ws, xp, wtmp) = (
+            alloc_f32(need.ws)?,
+            alloc_bf(need.xp)?,
+            alloc_bf(need.wtmp)?,
+        );
+        let buf = W4Buffers {
+            ws: ws.as_ref().map(|b| Dev::new(b, &stream)),
+            xp: xp.as_ref().map(|b| Dev::new(b, &stream)),
+            wtmp: wtmp.as_ref().map(|b| Dev::new(b, &stream)),
+        };
+        let blas = dev.cublas_handle();
+        let (xd, yd) = (Dev::new(&x, &stream), Dev::new(&y, &stream));
+        self.w
+            .forward(dev, &blas, &stream, xd, yd, m, &buf, Some(route))?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            Shape::from((m, self.w.n)),
+        ))
+    }
+}
+
+impl LinearKernel for Int4Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}

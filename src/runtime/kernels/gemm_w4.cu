@@ -1,0 +1,395 @@
+// W4A16 tensor-core GEMM in the manner of Marlin (IST-DASLab; vLLM's gptq_marlin), written for
+// this crate: y[m, n] = Σ_k x[m, k] · w[n, k], x bf16 row-major, w int4 dequantized in registers
+// to bf16 right before `mma.sync.m16n8k16` (f32 accumulation). Launchers:
+// src/runtime/launch/gemm_w4.rs; the weight layout is written once at load by
+// src/runtime/w4_layout.rs (host code, unit-tested there).
+//
+// Weight layout ("tiles"), the unit the kernel and the shuffle agree on:
+//   Q: words[((kt · Np/32 + np) · 32 + lane) · 2 + h], kt = k/16, np = n/32 (a k16 × n32 block is
+//   64 words = 256 bytes). Word h of lane l holds the 8 nibbles (q + 8) that lane l needs as the
+//   B fragments of n8 tiles 2h and 2h + 1 of that block for one m16n8k16 step:
+//     nib 0/4 → tile 2h,   k = kb, kb + 1      nib 1/5 → tile 2h,   k = kb + 8, kb + 9
+//     nib 2/6 → tile 2h+1, k = kb, kb + 1      nib 3/7 → tile 2h+1, k = kb + 8, kb + 9
+//   with kb = 2·(l % 4), n = 32·np + 16h + 8·tile_in_pair + l / 4. So a lane reads one 8-byte
+//   word pair per k16 block (a warp: 256 contiguous bytes, no bank conflicts) and unpacks nibbles
+//   i and i + 4 into one bf16x2 register with a single lop3 (below).
+//   S: scales transposed, [ceil(Kp / G), Np] bf16 (zero for padding); Z (asymmetric only): the
+//   same shape holding −(136 + zero point) in bf16 (exact: 128..143 fit bf16's 8 bits).
+//   Np = N rounded up to 32, Kp = K rounded up to 128; padded weights are nibble 8 with scale 0.
+//
+// Dequantization without int→float conversion (Marlin's trick for bf16): bf16 0x4300 is 128.0
+// with an exponent where the mantissa's unit is 1, so OR-ing a nibble v into the low mantissa
+// bits gives exactly 128 + v. One lop3 does (word & 0x000f000f) | 0x43004300 for two values;
+// then (128 + v) − (136 + z) = q − z exactly, and one bf16 multiply by the scale rounds once —
+// the same bf16 value as compressed-tensors' dequantization `(q − zp) · scale` in bf16. Both
+// steps are fma.rn.bf16x2 (sm_80 has no bf16x2 mul; a·b + (−0) rounds like a product).
+//
+// Tiling: a block of WM × WN × WK warps computes a BM × BN tile of y over a range of K (split-K
+// across gridDim.z); each warp holds MTW m16 × NTW n8 accumulators and takes KSW of the k16
+// steps of every BK-wide K tile (warps that split K inside a tile add their accumulators through
+// shared memory at the end: for a few rows this lets every warp amortise one A fragment over
+// many n8 tiles, as Marlin does). Global → shared copies are cp.async in a STAGES-deep ring.
+// With gridDim.z > 1, each split writes f32 partials to `ws` and the last split to finish a tile
+// (a counter in `locks`, reset by it for the next launch) adds them in split order
+// (deterministic) and writes bf16.
+
+// Status (H200, `bench::gemm_w4::w4_sweep`, 2026-11-30): exact to the bf16 dequantized weights
+// on every checked case, but slow: a block's main loop costs ~1 µs per K tile whatever the tile
+// shape, stage count or whether the weights sit in L2 — the loop is bound by issue/latency
+// inside the SM (8 warps per block, dequantization chains feeding mma), not by memory. The
+// split-K fixup was the other cost (fixed: the whole block re-reads the partials, eight splits'
+// loads in flight). Next: profile the main loop (ncu: stall reasons, issue slots).
+
+#include "common.cuh"
+
+namespace w4 {
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global → shared copy that bypasses L1; with pred false it writes 16 zero bytes and
+// reads nothing (src-size 0), which pads rows past M and columns past K with zeros.
+__device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool pred) {
+    int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// (a & b) | c in one instruction: 0xf0, 0xcc, 0xaa are a, b, c's truth tables.
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c), "n"((0xf0 & 0xcc) | 0xaa));
+    return d;
+}
+
+__device__ __forceinline__ uint32_t fma2(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+constexpr uint32_t NIB_MASK = 0x000f000fu, EXP128 = 0x43004300u, ONE2 = 0x3f803f80u, NEG0 = 0x80008000u;
+constexpr uint16_t NEG136 = 0xc308u;  // −(128 + 8): the symmetric offset
+
+// One weight word → the B fragments of two n8 tiles: b[0], b[1] for tile 0, b[2], b[3] for
+// tile 1, each scaled by its tile's s (bf16 in both halves) after adding its zn = −(136 + z).
+__device__ __forceinline__ void dequant(uint32_t q, const uint32_t (&zn)[2], const uint32_t (&s)[2],
+                                        uint32_t (&b)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        uint32_t v = and_or(q >> (4 * i), NIB_MASK, EXP128);  // 128 + nib i, 128 + nib i+4
+        b[i] = fma2(fma2(v, ONE2, zn[i >> 1]), s[i >> 1], NEG0);
+    }
+}
+
+__device__ __forceinline__ uint32_t dup(uint16_t h) { return (uint32_t)h | ((uint32_t)h << 16); }
+
+template <int WM, int WN, int WK, int MTW, int NTW, int KSW, int STAGES> struct Cfg {
+    static constexpr int THREADS = 32 * WM * WN * WK;
+    static constexpr int BM = 16 * MTW * WM, BN = 8 * NTW * WN, BK = 16 * KSW * WK;
+    static constexpr int KS = BK / 16;  // k16 steps per tile
+    // bytes of one stage: A [BM, BK] bf16, Q (BK/16 × BN/32 blocks of 256 B), S and Z rows
+    static constexpr int A_BYTES = BM * BK * 2, Q_BYTES = KS * (BN / 32) * 256, S_BYTES = KS * BN * 2;
+    static constexpr int STAGE = A_BYTES + Q_BYTES + 2 * S_BYTES;
+    static constexpr int PIPE = STAGES * STAGE;
+    static constexpr int RED = (WK - 1) * WM * WN * MTW * NTW * 4 * 32 * 4;
+    static constexpr int SMEM = PIPE > RED ? PIPE : RED;
+    static_assert(NTW % 4 == 0, "a warp takes whole k16 x n32 blocks");
+    static_assert(BK >= 64 && 128 % BK == 0, "A rows swizzle 8 chunks; Kp is a multiple of 128");
+    static_assert((BM * BK / 8) % THREADS == 0 && (KS * (BN / 32) * 16) % THREADS == 0, "whole copies");
+};
+
+template <class C, bool HAS_Z>
+__device__ __forceinline__ void load_tile(uint8_t *st, const bf16 *__restrict__ X, const uint32_t *__restrict__ Q,
+                                          const bf16 *__restrict__ S, const bf16 *__restrict__ Z, int M, int K,
+                                          int Np, int G, int srows, int m0, int n0, int k0) {
+    const int tid = threadIdx.x;
+    // A: BM rows of BK/8 16-byte chunks; chunk c of row r lands at c ^ (r & 7) so that the
+    // ldmatrix of 8 rows at one chunk column touches 8 distinct bank groups
+    constexpr int CPR = C::BK / 8;
+    uint8_t *sa = st;
+#pragma unroll
+    for (int i = tid; i < C::BM * CPR; i += C::THREADS) {
+        int r = i / CPR, c = i % CPR;
+        bool ok = m0 + r < M && k0 + 8 * c < K;
+        const bf16 *src = ok ? X + (size_t)(m0 + r) * K + k0 + 8 * c : X;
+        cp16(smem_u32(sa + (r * CPR + (c ^ (r & 7))) * 16), src, ok);
+    }
+    // Q: KS rows (k16 blocks) of BN/32 blocks of 256 bytes, contiguous in global memory per row
+    uint8_t *sq = st + C::A_BYTES;
+    constexpr int QPR = (C::BN / 32) * 16;  // 16-byte chunks per row
+    const int nblk = Np / 32;
+#pragma unroll
+    for (int i = tid; i < C::KS * QPR; i += C::THREADS) {
+        int r = i / QPR, c = i % QPR;
+        int blk = n0 / 32 + c / 16;
+        bool ok = blk < nblk;
+        const uint32_t *src = ok ? Q + ((size_t)(k0 / 16 + r) * nblk + blk) * 64 + (c % 16) * 4 : Q;
+        cp16(smem_u32(sq + i * 16), src, ok);
+    }
+    // S (and Z): one row per k16 step, or a single row when the whole tile lies in one group
+    uint8_t *ss = sq + C::Q_BYTES;
+    constexpr int SPR = C::BN / 8;
+    for (int i = tid; i < srows * SPR; i += C::THREADS) {
+        int r = i / SPR, c = i % SPR;
+        int g = (k0 + 16 * r) / G;
+        bool ok = n0 + 8 * c < Np;
+        size_t off = (size_t)g * Np + n0 + 8 * c;
+        cp16(smem_u32(ss + i * 16), ok ? S + off : S, ok);
+        if (HAS_Z) cp16(smem_u32(ss + C::S_BYTES + i * 16), ok ? Z + off : Z, ok);
+    }
+}
+
+template <int WM, int WN, int WK, int MTW, int NTW, int KSW, int STAGES, bool HAS_Z>
+__device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32_t *__restrict__ Q,
+                                        const bf16 *__restrict__ S, const bf16 *__restrict__ Z,
+                                        bf16 *__restrict__ Y, float *__restrict__ ws,
+                                        unsigned *__restrict__ locks, int M, int N, int K, int Np, int G,
+                                        int tiles_per_split) {
+    using C = Cfg<WM, WN, WK, MTW, NTW, KSW, STAGES>;
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wk = warp % WK, wn = (warp / WK) % WN, wm = warp / (WK * WN);
+    const int m0 = blockIdx.y * C::BM, n0 = blockIdx.x * C::BN;
+    const int ktiles = (K + C::BK - 1) / C::BK;
+    const int t0 = blockIdx.z * tiles_per_split, nt = min(ktiles, t0 + tiles_per_split) - t0;
+    // one scale row per tile when a group covers the whole tile (the usual group 128 / channel)
+    const int srows = G % C::BK == 0 ? 1 : C::KS;
+
+    float acc[MTW][NTW][4];
+#pragma unroll
+    for (int i = 0; i < MTW; i++)
+#pragma unroll
+        for (int j = 0; j < NTW; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+#pragma unroll 1
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < nt)
+            load_tile<C, HAS_Z>(smem + s * C::STAGE, X, Q, S, Z, M, K, Np, G, srows, m0, n0, (t0 + s) * C::BK);
+        cp_commit();  // always, so that wait_group counts stages
+    }
+
+    for (int t = 0; t < nt; t++) {
+        cp_wait<STAGES - 2>();
+        __syncthreads();  // stage t landed for all; everyone is done with stage t − 1
+        {
+            int nx = t + STAGES - 1;
+            if (nx < nt)
+                load_tile<C, HAS_Z>(smem + (nx % STAGES) * C::STAGE, X, Q, S, Z, M, K, Np, G, srows, m0, n0,
+                                    (t0 + nx) * C::BK);
+            cp_commit();
+        }
+        const uint8_t *st = smem + (t % STAGES) * C::STAGE;
+        const uint8_t *sq = st + C::A_BYTES;
+        const uint16_t *ss = (const uint16_t *)(sq + C::Q_BYTES);
+        const uint16_t *sz = ss + C::S_BYTES / 2;
+        uint32_t sc[NTW], zn[NTW];
+#pragma unroll
+        for (int j = 0; j < KSW; j++) {
+            const int ks = wk * KSW + j;  // k16 step inside the tile
+            uint32_t a[MTW][4];
+#pragma unroll
+            for (int i = 0; i < MTW; i++) {
+                int r = wm * MTW * 16 + i * 16 + (lane & 15), c = 2 * ks + (lane >> 4);
+                ldsm_x4(smem_u32(st + (r * (C::BK / 8) + (c ^ (r & 7))) * 16), a[i]);
+            }
+            // this thread's scale (and offset) per n8 tile: once per tile when a group spans it
+            if (j == 0 || srows != 1) {
+                const int sr = srows == 1 ? 0 : ks;
+#pragma unroll
+                for (int t = 0; t < NTW; t++) {
+                    int col = wn * NTW * 8 + t * 8 + (lane >> 2);
+                    sc[t] = dup(ss[sr * C::BN + col]);
+                    zn[t] = dup(HAS_Z ? sz[sr * C::BN + col] : NEG136);
+                }
+            }
+#pragma unroll
+            for (int p = 0; p < NTW / 4; p++) {
+                const int blk = wn * (NTW / 4) + p;
+                uint2 q = *(const uint2 *)(sq + ((ks * (C::BN / 32) + blk) * 32 + lane) * 8);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int tl = p * 4 + h * 2;
+                    uint32_t b[4];
+                    const uint32_t zp[2] = {zn[tl], zn[tl + 1]}, sp[2] = {sc[tl], sc[tl + 1]};
+                    dequant(h ? q.y : q.x, zp, sp, b);
+#pragma unroll
+                    for (int i = 0; i < MTW; i++) {
+                        mma(acc[i][tl], a[i], b[0], b[1]);
+                        mma(acc[i][tl + 1], a[i], b[2], b[3]);
+                    }
+                }
+            }
+        }
+    }
+    cp_wait<0>();
+    __syncthreads();  // the pipeline's shared memory is free for the reduction
+
+    // warps that split K inside the tile: add into warp wk = 0, in order wk = 1, 2, …
+    if (WK > 1) {
+        float *red = (float *)smem;
+        constexpr int PER = MTW * NTW * 4;
+        const int wmn = warp / WK;
+        if (wk > 0) {
+            float *dst = red + ((wk - 1) * WM * WN + wmn) * PER * 32 + lane;
+#pragma unroll
+            for (int i = 0; i < MTW; i++)
+#pragma unroll
+                for (int j = 0; j < NTW; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) dst[((i * NTW + j) * 4 + e) * 32] = acc[i][j][e];
+        }
+        __syncthreads();
+        if (wk == 0) {
+            for (int w = 1; w < WK; w++) {
+                const float *src = red + ((w - 1) * WM * WN + wmn) * PER * 32 + lane;
+#pragma unroll
+                for (int i = 0; i < MTW; i++)
+#pragma unroll
+                    for (int j = 0; j < NTW; j++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) acc[i][j][e] += src[((i * NTW + j) * 4 + e) * 32];
+            }
+        }
+    }
+
+    const bool even = (N & 1) == 0;
+    // c0, c1 at (row, col), (row, col + 1); c2, c3 at row + 8
+    auto store = [&](bf16 *y, int r, int c, float v0, float v1) {
+        if (r >= M || c >= N) return;
+        if (even) {
+            *(__nv_bfloat162 *)(y + (size_t)r * N + c) = __floats2bfloat162_rn(v0, v1);
+        } else {
+            y[(size_t)r * N + c] = tobf(v0);
+            if (c + 1 < N) y[(size_t)r * N + c + 1] = tobf(v1);
+        }
+    };
+    const int rbase = m0 + wm * MTW * 16 + (lane >> 2), cbase = n0 + wn * NTW * 8 + 2 * (lane & 3);
+    if (gridDim.z == 1) {
+        if (wk == 0) {
+#pragma unroll
+            for (int i = 0; i < MTW; i++)
+#pragma unroll
+                for (int j = 0; j < NTW; j++) {
+                    store(Y, rbase + 16 * i, cbase + 8 * j, acc[i][j][0], acc[i][j][1]);
+                    store(Y, rbase + 16 * i + 8, cbase + 8 * j, acc[i][j][2], acc[i][j][3]);
+                }
+        }
+        return;
+    }
+
+    // split-K: partials to ws [splits, M, N] (f32), then the last split of this tile adds them
+    float *part = ws + (size_t)blockIdx.z * M * N;
+    if (wk == 0) {
+#pragma unroll
+        for (int i = 0; i < MTW; i++)
+#pragma unroll
+            for (int j = 0; j < NTW; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int r = rbase + 16 * i + 8 * (e >> 1), c = cbase + 8 * j + (e & 1);
+                    if (r < M && c < N) part[(size_t)r * N + c] = acc[i][j][e];
+                }
+    }
+    __threadfence();  // this thread's partials are visible device-wide before the count
+    __syncthreads();
+    __shared__ int last;
+    unsigned *lock = locks + blockIdx.y * gridDim.x + blockIdx.x;
+    if (tid == 0) {
+        unsigned prev = atomicAdd(lock, 1u);
+        last = prev == gridDim.z - 1;
+        if (last) *lock = 0u;  // every split has counted: ready for the next launch
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // the whole block adds the splits' partials of this tile, four columns per thread at a time,
+    // eight splits' loads in flight before their sums (in split order: deterministic)
+    const int rows = min(C::BM, M - m0), splits = gridDim.z;
+    const size_t zs = (size_t)M * N;
+    for (int e = tid; e < rows * (C::BN / 4); e += C::THREADS) {
+        const int r = m0 + e / (C::BN / 4), c = n0 + (e % (C::BN / 4)) * 4;
+        if (c >= N) continue;
+        const float *p = ws + (size_t)r * N + c;
+        float v[4] = {0.f, 0.f, 0.f, 0.f};
+        if ((N & 3) == 0) {
+            for (int z0 = 0; z0 < splits; z0 += 8) {
+                float4 l[8];
+#pragma unroll
+                for (int u = 0; u < 8; u++)
+                    l[u] = z0 + u < splits ? __ldcg((const float4 *)(p + (z0 + u) * zs)) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    v[0] += l[u].x;
+                    v[1] += l[u].y;
+                    v[2] += l[u].z;
+                    v[3] += l[u].w;
+                }
+            }
+            __nv_bfloat162 *o = (__nv_bfloat162 *)(Y + (size_t)r * N + c);
+            o[0] = __floats2bfloat162_rn(v[0], v[1]);
+            o[1] = __floats2bfloat162_rn(v[2], v[3]);
+        } else {
+            for (int q = 0; q < 4 && c + q < N; q++) {
+                for (int z = 0; z < splits; z++) v[q] += __ldcg(p + q + z * zs);
+                Y[(size_t)r * N + c + q] = tobf(v[q]);
+            }
+        }
+    }
+}
+
+}  // namespace w4
+
+// The instantiations the launcher picks from (name: rows per block, _z: asymmetric):
+//   s16:  BM 16,  BN 128, BK 128, 8 warps = 2 along N × 4 along K   (1–16 rows: memory bound)
+//   m32:  BM 32,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
+//   m64:  BM 64,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
+//   l128: BM 128, BN 128, BK 64,  8 warps = 2 along M × 4 along N   (compute bound)
+// All 4 stages deep (8 measured no faster on an H200: the main loop is not waiting on memory).
+#define W4_ARGS                                                                                          \
+    const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, bf16 *Y, float *ws, unsigned *locks, \
+        int M, int N, int K, int Np, int G, int tiles_per_split
+#define W4_PASS X, Q, S, Z, Y, ws, locks, M, N, K, Np, G, tiles_per_split
+#define W4_KERNEL(name, WM, WN, WK, MTW, NTW, KSW, ST, MINB)                                             \
+    extern "C" __global__ void __launch_bounds__(32 * WM * WN * WK, MINB) name(W4_ARGS) {                     \
+        w4::gemm_w4<WM, WN, WK, MTW, NTW, KSW, ST, false>(W4_PASS);                                      \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * WM * WN * WK, MINB) name##_z(W4_ARGS) {                 \
+        w4::gemm_w4<WM, WN, WK, MTW, NTW, KSW, ST, true>(W4_PASS);                                      \
+    }
+
+W4_KERNEL(gemm_w4_s16, 1, 2, 4, 1, 8, 2, 4, 2)
+W4_KERNEL(gemm_w4_m32, 1, 4, 2, 2, 4, 2, 4, 2)
+// 64 f32 accumulators per thread: at two blocks per SM (128 registers) these spilled
+W4_KERNEL(gemm_w4_m64, 1, 4, 2, 4, 4, 2, 4, 1)
+W4_KERNEL(gemm_w4_l128, 2, 4, 1, 4, 4, 4, 4, 1)
+
+// Act-order: xp[m, j] = x[m, perm[j]], the activation columns in the order the weights were
+// sorted into at load (by group index), so that groups are contiguous runs of K.
+extern "C" __global__ void w4_permute_cols(const bf16 *__restrict__ x, const uint32_t *__restrict__ perm,
+                                           bf16 *__restrict__ xp, int M, int K) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)M * K) return;
+    size_t m = i / K;
+    int j = (int)(i % K);
+    xp[i] = x[m * K + perm[j]];
+}

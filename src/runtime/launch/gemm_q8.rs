@@ -1,0 +1,244 @@
+//! Launchers of `kernels/gemm_q8.cu` (int8) and `kernels/gemm_fp8.cu` (fp8 e4m3, sm_89+): the
+//! W8A8 tensor-core GEMM with the dequantization (and, gated, SiLU·mul) in its epilogue,
+//! y = bf16(q · Wᵀ · sx · sw), and the per-token fp8 activation quantization.
+
+use candle_core::cuda::cudarc::driver::PushKernelArg;
+use candle_core::cuda::CudaDevice;
+use candle_core::Result;
+use half::bf16;
+
+use super::{allow_smem, config, cuda_err, dim, func, int, require, sm_count, Dev, Module};
+
+/// The 8-bit format of both operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Q8Kind {
+    /// int8, int32 accumulation (every GPU the runtime runs on)
+    Int8,
+    /// fp8 e4m3, f32 accumulation (sm_89+)
+    Fp8,
+}
+
+/// One CTA tile of the kernels: BM × BN outputs (BN weight rows; gated, BN / 2 outputs), BK-byte
+/// K-tiles through a `stages`-deep ring. Mirrors `Q8_KERNELS` in `kernels/gemm_q8.cuh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Q8Tile {
+    pub name: &'static str,
+    pub bm: usize,
+    pub bn: usize,
+    bk: usize,
+    threads: u32,
+    stages: usize,
+    /// index into the kernel names below
+    idx: usize,
+}
+
+impl Q8Tile {
+    fn smem(&self) -> usize {
+        self.stages * (self.bm + self.bn) * self.bk
+    }
+
+    /// CTAs for an [m, n] product (n weight rows).
+    fn ctas(&self, m: usize, n: usize) -> usize {
+        m.div_ceil(self.bm) * n.div_ceil(self.bn)
+    }
+}
+
+/// decode (M ≤ 16): 16 × 32, four warps splitting each 256-byte K-tile's k-steps, 6 stages
+/// (72 KiB of shared memory: 40 KiB of weights in flight per CTA)
+pub const TILE_S: Q8Tile = Q8Tile {
+    name: "s16x32",
+    bm: 16,
+    bn: 32,
+    bk: 256,
+    threads: 128,
+    stages: 6,
+    idx: 0,
+};
+/// mid M: 64 × 64, 2 × 2 warps, 4 stages
+pub const TILE_M: Q8Tile = Q8Tile {
+    name: "m64x64",
+    bm: 64,
+    bn: 64,
+    bk: 64,
+    threads: 128,
+    stages: 4,
+    idx: 1,
+};
+/// prefill: 128 × 128, 2 × 4 warps of 64 × 32, 4 stages (64 KiB of shared memory)
+pub const TILE_L: Q8Tile = Q8Tile {
+    name: "l128x128",
+    bm: 128,
+    bn: 128,
+    bk: 64,
+    threads: 256,
+    stages: 4,
+    idx: 2,
+};
+
+const NAMES: [[&str; 3]; 4] = [
+    ["gemm_q8_s", "gemm_q8_m", "gemm_q8_l"],
+    ["gemm_q8_silu_s", "gemm_q8_silu_m", "gemm_q8_silu_l"],
+    ["gemm_fp8_s", "gemm_fp8_m", "gemm_fp8_l"],
+    ["gemm_fp8_silu_s", "gemm_fp8_silu_m", "gemm_fp8_silu_l"],
+];
+
+/// The tile for an [m, n] product (n weight rows) on `sms` multiprocessors: the large tile
+/// once there are rows enough and it still fills the GPU, the mid one while it fills half of it,
+/// else the decode tile (many small CTAs: at small M the weights' bandwidth is the limit, and
+/// only many CTAs in flight reach it).
+pub fn pick_tile(m: usize, n: usize, sms: usize) -> Q8Tile {
+    if m >= 256 && TILE_L.ctas(m, n) >= sms {
+        TILE_L
+    } else if m > 16 && 2 * TILE_M.ctas(m, n) >= sms {
+        TILE_M
+    } else {
+        TILE_S
+    }
+}
+
+/// One W8A8 product: q [m, k] and W [n, k] 8-bit (as bytes), sx [m] per-token and sw [n]
+/// per-channel f32 scales, y [m, n] bf16 (gated: [m, n/2], W = [gate; up]).
+pub(crate) struct Q8Gemm<'a> {
+    pub q: Dev<'a, u8>,
+    pub w: Dev<'a, u8>,
+    pub sx: Dev<'a, f32>,
+    pub sw: Dev<'a, f32>,
+    pub y: Dev<'a, bf16>,
+    pub m: usize,
+    /// weight rows (gated: 2 × the outputs)
+    pub n: usize,
+    pub k: usize,
+}
+
+/// y = bf16(q · Wᵀ · sx · sw), or gated y = silu(gate) · up with gate, up the two halves of W's
+/// rows (rounded as `int8_silu_epilogue` rounds them), on the tile [`pick_tile`] chooses (or
+/// `tile`, for the benchmark).
+pub(crate) fn gemm_q8(
+    dev: &CudaDevice,
+    kind: Q8Kind,
+    a: &Q8Gemm,
+    gated: bool,
+    tile: Option<Q8Tile>,
+) -> Result<()> {
+    let (m, n, k) = (a.m, a.n, a.k);
+    let tile = match tile {
+        Some(t) => t,
+        None => pick_tile(m, n, sm_count(dev)?),
+    };
+    let row = (kind == Q8Kind::Fp8) as usize * 2 + gated as usize;
+    let name = NAMES[row][tile.idx];
+    require!(
+        name,
+        k > 0 && k.is_multiple_of(16),
+        "k {k}: whole 16-byte chunks"
+    );
+    require!(
+        name,
+        n.is_multiple_of(8),
+        "n {n}: outputs in pairs, n8 fragments"
+    );
+    require!(name, a.q.aligned(16) && a.w.aligned(16), "16-byte cp.async");
+    require!(name, a.y.aligned(4), "bf16 pairs stored as 4 bytes");
+    require!(
+        name,
+        a.q.len() >= m * k && a.w.len() >= n * k,
+        "operands [{m}, {k}] and [{n}, {k}]"
+    );
+    require!(
+        name,
+        a.sx.len() >= m && a.sw.len() >= n,
+        "{} and {} scales for [{m}, {n}]",
+        a.sx.len(),
+        a.sw.len()
+    );
+    let outs = if gated { n / 2 } else { n };
+    require!(
+        name,
+        a.y.len() >= m * outs,
+        "output of {} values for [{m}, {outs}]",
+        a.y.len()
+    );
+    if m == 0 {
+        return Ok(());
+    }
+    let module = match kind {
+        Q8Kind::Int8 => Module::GemmQ8,
+        Q8Kind::Fp8 => Module::GemmFp8,
+    };
+    let f = func(dev, module, name)?;
+    allow_smem(&f, tile.smem())?;
+    let stream = dev.cuda_stream();
+    let (mi, ni, ki) = (int(m, "m")?, int(n, "n")?, int(k, "k")?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&a.q.addr)
+        .arg(&a.w.addr)
+        .arg(&a.sx.addr)
+        .arg(&a.sw.addr)
+        .arg(&a.y.addr);
+    b.arg(&mi).arg(&ni).arg(&ki);
+    let grid = (
+        dim(n.div_ceil(tile.bn), "n tiles")?,
+        dim(m.div_ceil(tile.bm), "m tiles")?,
+        1,
+    );
+    require!(name, grid.1 <= 65535, "{} row tiles (grid y)", grid.1);
+    let cfg = config(grid, tile.threads, tile.smem())?;
+    // SAFETY: CTA (x, y) reads q rows [y·BM, y·BM + BM) ∩ [0, m) and W rows of tile x (gated:
+    // output columns [x·BN/2, x·BN/2 + BN/2) ∩ [0, n/2) of both halves) as 16-byte chunks below
+    // k (k % 16 == 0; rows and chunks outside are zero-filled, never read), so every read lies in
+    // the [m, k] and [n, k] operands, whose lengths and 16-byte alignment are checked; it reads
+    // sx[row < m] and sw[col < n], and writes bf16 pairs y[row < m, col < n or n/2] at even
+    // columns of rows of even width (4-byte aligned base, checked). The dynamic shared memory is
+    // the tile's ring, allowed above 48 KiB by allow_smem; the block size is the one the
+    // kernel's warp layout and __launch_bounds__ assume.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// q [rows, k] (fp8 e4m3 as bytes), scale [rows] = dynamic per-token fp8 quantization of
+/// x [rows, k]: scale = max |x| / 448, q = e4m3(x / scale) (sm_89+).
+pub(crate) fn quant_rows_fp8(
+    dev: &CudaDevice,
+    x: Dev<bf16>,
+    q: Dev<u8>,
+    scale: Dev<f32>,
+    rows: usize,
+    k: usize,
+) -> Result<()> {
+    const K: &str = "quant_rows_fp8";
+    require!(
+        K,
+        k.is_multiple_of(8),
+        "k {k}: 16-byte loads, 8-byte stores"
+    );
+    require!(
+        K,
+        x.aligned(16) && q.aligned(8),
+        "x 16-byte, q 8-byte aligned"
+    );
+    require!(
+        K,
+        x.len() >= rows * k && q.len() >= rows * k,
+        "[{rows}, {k}] buffers"
+    );
+    require!(
+        K,
+        scale.len() >= rows,
+        "{} scales for {rows} rows",
+        scale.len()
+    );
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = func(dev, Module::GemmFp8, K)?;
+    let stream = dev.cuda_stream();
+    let ki = int(k, "k")?;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&x.addr).arg(&q.addr).arg(&scale.addr).arg(&ki);
+    let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
+    // SAFETY: as quant_rows_int8: one block of 256 threads per row reads x[r] as 16-byte words
+    // and writes q[r] as 8-byte words and scale[r]; k % 8 == 0, the alignments and the three
+    // buffers' lengths checked.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! Launchers of `kernels/gemm_w4.cu`: the W4A16 tensor-core GEMM on weights in the layout of
+//! [`crate::runtime::w4_layout`] (shuffled once at load), its tile and split-K choice, and the
+//! act-order column gather.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
+use candle_core::cuda::CudaDevice;
+use candle_core::Result;
+use half::bf16;
+
+use super::{
+    allow_smem, config, cuda_err, dim, func, int, or_null, require, sm_count, Dev, Module,
+};
+use crate::runtime::w4_layout::{W4Tiles, K_ALIGN, N_ALIGN};
+
+/// A W4A16 weight on the device in the GEMM's layout: `q` Np·Kp/8 shuffled words, `scales`
+/// and `zneg` (asymmetric only) [ceil(Kp/group), Np], `perm` [k] for act-order weights, and
+/// `locks`, the split-K counters of its output tiles (zero between launches).
+#[derive(Clone, Copy)]
+pub(crate) struct W4<'a> {
+    pub q: Dev<'a, u32>,
+    pub scales: Dev<'a, bf16>,
+    pub zneg: Option<Dev<'a, bf16>>,
+    pub perm: Option<Dev<'a, u32>>,
+    pub locks: Dev<'a, u32>,
+    pub n: usize,
+    pub k: usize,
+    pub group: usize,
+}
+
+/// Split-K counters per weight: enough for every plan that splits (splits > 1 only while the
+/// output tiles number fewer than two per multiprocessor).
+const LOCKS: usize = 1024;
+
+/// [`W4Tiles`] uploaded: the buffers a [`W4`] addresses.
+#[derive(Debug)]
+pub struct W4Weights {
+    q: CudaSlice<u32>,
+    scales: CudaSlice<bf16>,
+    zneg: Option<CudaSlice<bf16>>,
+    perm: Option<CudaSlice<u32>>,
+    locks: CudaSlice<u32>,
+    pub n: usize,
+    pub k: usize,
+    pub group: usize,
+}
+
+impl W4Weights {
+    pub(crate) fn upload(t: &W4Tiles, stream: &Arc<CudaStream>) -> Result<Self> {
+        let up = |v: &[bf16]| stream.clone_htod(v).map_err(cuda_err);
+        Ok(Self {
+            q: stream.clone_htod(&t.q).map_err(cuda_err)?,
+            scales: up(&t.scales)?,
+            zneg: t.zneg.as_deref().map(up).transpose()?,
+            perm: t
+                .perm
+                .as_deref()
+                .map(|p| stream.clone_htod(p).map_err(cuda_err))
+                .transpose()?,
+            locks: stream.alloc_zeros::<u32>(LOCKS).map_err(cuda_err)?,
+            n: t.n,
+            k: t.k,
+            group: t.group,
+        })
+    }
+
+    /// Whether the activations are gathered (act-order weights).
+    pub(crate) fn act_order(&self) -> bool {
+        self.perm.is_some()
+    }
+
+    pub(crate) fn view(&self, stream: &CudaStream) -> W4<'_> {
+        W4 {
+            q: Dev::new(&self.q, stream),
+            scales: Dev::new(&self.scales, stream),
+            zneg: self.zneg.as_ref().map(|z| Dev::new(z, stream)),
+            perm: self.perm.as_ref().map(|p| Dev::new(p, stream)),
+            locks: Dev::new(&self.locks, stream),
+            n: self.n,
+            k: self.k,
+            group: self.group,
+        }
+    }
+}
+
+/// A block tile of the kernel (rows × 128 outputs; see the kernel file's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum W4Tile {
+    /// 16 rows, K tiles of 128, warps split K four ways (1–16 rows: memory bound)
+    S16,
+    /// 32 rows, K tiles of 64
+    M32,
+    /// 64 rows, K tiles of 64
+    M64,
+    /// 128 rows, K tiles of 64 (compute bound)
+    L128,
+}
+
+impl W4Tile {
+    pub const ALL: [W4Tile; 4] = [W4Tile::S16, W4Tile::M32, W4Tile::M64, W4Tile::L128];
+
+    /// (BM, BN, BK, threads, dynamic shared memory bytes) as `Cfg` in the kernel computes them.
+    fn shape(self) -> (usize, usize, usize, u32, usize) {
+        let (bm, bk, wk, mtw, ntw, wmn, stages) = match self {
+            W4Tile::S16 => (16, 128, 4, 1, 8, 2, 4),
+            W4Tile::M32 => (32, 64, 2, 2, 4, 4, 4),
+            W4Tile::M64 => (64, 64, 2, 4, 4, 4, 4),
+            W4Tile::L128 => (128, 64, 1, 4, 4, 8, 4),
+        };
+        let bn = 128;
+        let stage = bm * bk * 2 + (bk / 16) * (bn / 32) * 256 + 2 * (bk / 16) * bn * 2;
+        let pipe = stages * stage;
+        let red = (wk - 1) * wmn * mtw * ntw * 4 * 32 * 4;
+        (bm, bn, bk, 256, pipe.max(red))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            W4Tile::S16 => "s16",
+            W4Tile::M32 => "m32",
+            W4Tile::M64 => "m64",
+            W4Tile::L128 => "l128",
+        }
+    }
+
+    fn kernel(self, zeros: bool) -> &'static str {
+        match (self, zeros) {
+            (W4Tile::S16, false) => "gemm_w4_s16",
+            (W4Tile::S16, true) => "gemm_w4_s16_z",
+            (W4Tile::M32, false) => "gemm_w4_m32",
+            (W4Tile::M32, true) => "gemm_w4_m32_z",
+            (W4Tile::M64, false) => "gemm_w4_m64",
+            (W4Tile::M64, true) => "gemm_w4_m64_z",
+            (W4Tile::L128, false) => "gemm_w4_l128",
+            (W4Tile::L128, true) => "gemm_w4_l128_z",
+        }
+    }
+
+    /// The most K splits worth their fixup (measured on an H200: beyond, re-reading the
+    /// partials of many rows costs more than the parallelism gains).
+    fn max_splits(self) -> usize {
+        match self {
+            W4Tile::S16 => 16,
+            W4Tile::M32 => 8,
+            W4Tile::M64 => 4,
+            W4Tile::L128 => 2,
+        }
+    }
+}
+
+/// How one product is launched: the tile and the number of K splits (1: no partials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct W4Plan {
+    pub tile: W4Tile,
+    pub splits: usize,
+}
+
+/// The plan for [m, k] × [n, k]ᵀ on `sms` multiprocessors with tile `tile` (None: by rows).
+/// Tiles (chosen from an H200 sweep, `bench::gemm_w4`): 16 rows up to 16, 32 up to 64, beyond
+/// 128 where that still makes a block per multiprocessor, else 64. K is split until there are
+/// about two blocks per multiprocessor (few rows are memory bound: the whole GPU must stream
+/// the weights), into a number of splits that divides the K tiles evenly, at most the tile's
+/// [`W4Tile::max_splits`] and with at least two K tiles per split.
+pub fn plan_with(m: usize, n: usize, k: usize, sms: usize, tile: Option<W4Tile>) -> W4Plan {
+    let tiles_of = |t: W4Tile| {
+        let (bm, bn, ..) = t.shape();
+        m.div_ceil(bm) * n.div_ceil(bn)
+    };
+    let tile = tile.unwrap_or(match m {
+        0..=16 => W4Tile::S16,
+        17..=64 => W4Tile::M32,
+        _ if tiles_of(W4Tile::L128) >= sms => W4Tile::L128,
+        _ => W4Tile::M64,
+    });
+    let (_, _, bk, _, _) = tile.shape();
+    let ktiles = k.div_ceil(bk);
+    let want = (2 * sms / tiles_of(tile).max(1))
+        .min(tile.max_splits())
+        .min(ktiles / 2)
+        .max(1);
+    let splits = (1..=want)
+        .rev()
+        .find(|d| ktiles.is_multiple_of(*d))
+        .unwrap_or(1);
+    W4Plan { tile, splits }
+}
+
+/// f32 values of split-K workspace and lock counters a plan needs for m rows of n outputs.
+pub fn workspace(plan: W4Plan, m: usize, n: usize) -> (usize, usize) {
+    if plan.splits <= 1 {
+        return (0, 0);
+    }
+    let (bm, bn, ..) = plan.tile.shape();
+    (plan.splits * m * n, m.div_ceil(bm) * n.div_ceil(bn))
+}
+
+/// Scratch of one product: split-K partials [splits, m, n] and the gathered activations of
+/// act-order weights [m, k].
+#[derive(Clone, Copy, Default)]
+pub(crate) struct W4Scratch<'a> {
+    pub ws: Option<Dev<'a, f32>>,
+    pub xp: Option<Dev<'a, bf16>>,
+}
+
+/// Opts each kernel into its shared memory once per device.
+fn allow_once(dev: &CudaDevice, name: &'static str, smem: usize) -> Result<()> {
+    static DONE: OnceLock<Mutex<HashSet<(usize, &'static str)>>> = OnceLock::new();
+    let done = DONE.get_or_init(|| Mutex::new(HashSet::new()));
+    let key = (dev.cuda_stream().context().ordinal(), name);
+    if done.lock().expect("smem opt-in").contains(&key) {
+        return Ok(());
+    }
+    allow_smem(&func(dev, Module::GemmW4, name)?, smem)?;
+    done.lock().expect("smem opt-in").insert(key);
+    Ok(())
+}
+
+/// The default plan on `dev` for m rows of `w`.
+pub(crate) fn plan(dev: &CudaDevice, w: &W4, m: usize) -> Result<W4Plan> {
+    Ok(plan_with(m, w.n, w.k, sm_count(dev)?, None))
+}
+
+/// y [m, n] = x [m, k] · Wᵀ on W4A16 weights in the GEMM's layout. `plan` None: [`plan`]; its
+/// splits are cut to 1 where `scratch` lacks the workspace (or the weight the lock counters)
+/// for them.
+pub(crate) fn gemm_w4(
+    dev: &CudaDevice,
+    w: &W4,
+    x: Dev<bf16>,
+    y: Dev<bf16>,
+    m: usize,
+    scratch: &W4Scratch,
+    plan_: Option<W4Plan>,
+) -> Result<()> {
+    const K: &str = "gemm_w4";
+    let (n, k, g) = (w.n, w.k, w.group);
+    let (np, kp) = (n.next_multiple_of(N_ALIGN), k.next_multiple_of(K_ALIGN));
+    require!(K, m > 0 && n > 0, "empty product [{m}, {n}]");
+    require!(
+        K,
+        k.is_multiple_of(16) && g.is_multiple_of(16) && g > 0,
+        "k {k}, group {g}: multiples of 16"
+    );
+    require!(
+        K,
+        w.q.len() >= np * kp / 8,
+        "weights [{np}, {kp}] / 8 words"
+    );
+    let rows = kp.div_ceil(g) * np;
+    require!(K, w.scales.len() >= rows, "scales [{kp}/{g}, {np}]");
+    require!(
+        K,
+        w.zneg.is_none_or(|z| z.len() >= rows),
+        "zero points [{kp}/{g}, {np}]"
+    );
+    require!(K, x.aligned(16), "16-byte aligned input rows");
+    require!(
+        K,
+        x.len() >= m * k,
+        "input of {} values for [{m}, {k}]",
+        x.len()
+    );
+    require!(
+        K,
+        y.len() >= m * n,
+        "output of {} values for [{m}, {n}]",
+        y.len()
+    );
+    require!(K, y.aligned(4), "4-byte aligned output");
+    let mut p = match plan_ {
+        Some(p) => p,
+        None => plan(dev, w, m)?,
+    };
+    let (ws_need, locks_need) = workspace(p, m, n);
+    let ws_ok = scratch
+        .ws
+        .is_some_and(|b| b.len() >= ws_need && b.aligned(16));
+    let locks_ok = w.locks.len() >= locks_need;
+    if p.splits > 1 && !(ws_ok && locks_ok) {
+        p.splits = 1;
+    }
+    let x = match w.perm {
+        Some(perm) => {
+            let xp = scratch.xp.ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "{K}: act-order weights need a gather buffer of [{m}, {k}]"
+                ))
+            })?;
+            permute_cols(dev, x, perm, xp, m, k)?;
+            xp
+        }
+        None => x,
+    };
+    let (bm, bn, bk, threads, smem) = p.tile.shape();
+    let name = p.tile.kernel(w.zneg.is_some());
+    allow_once(dev, name, smem)?;
+    let f = func(dev, Module::GemmW4, name)?;
+    let stream = dev.cuda_stream();
+    let ktiles = k.div_ceil(bk);
+    let per = ktiles.div_ceil(p.splits);
+    let splits = ktiles.div_ceil(per);
+    let (ws, locks) = if splits > 1 {
+        (or_null(scratch.ws), w.locks.addr)
+    } else {
+        (0, 0)
+    };
+    let (mi, ni, ki, npi, gi, peri) = (
+        int(m, "m")?,
+        int(n, "n")?,
+        int(k, "k")?,
+        int(np, "np")?,
+        int(g, "group")?,
+        int(per, "tiles per split")?,
+    );
+    let z = or_null(w.zneg);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&x.addr).arg(&w.q.addr).arg(&w.scales.addr).arg(&z);
+    b.arg(&y.addr).arg(&ws).arg(&locks);
+    b.arg(&mi).arg(&ni).arg(&ki).arg(&npi).arg(&gi).arg(&peri);
+    let grid = (
+        dim(n.div_ceil(bn), "n tiles")?,
+        dim(m.div_ceil(bm), "m tiles")?,
+        dim(splits, "splits")?,
+    );
+    let cfg = config(grid, threads, smem)?;
+    // SAFETY: `threads` and `smem` are the kernel's Cfg::THREADS and Cfg::SMEM (the shared
+    // memory opted into above). Block (x, y, z) copies weight blocks [k0/16.., n0/32..] of the
+    // shuffled words (Np·Kp/8 of them, checked; blocks past Np/32 are zero-filled, not read),
+    // scale/zero rows (k0 + 16r)/group < ceil(Kp/group) of Np values (checked), input rows
+    // < m and columns < k in 16-byte chunks (k % 16 == 0, x 16-byte aligned, [m, k] inside),
+    // and writes y[r, c] for r < m, c < n only (y [m, n] inside, 4-byte aligned). With splits
+    // > 1 it writes ws[z, r, c] (splits·m·n f32, checked by `workspace`) and counts in
+    // locks[tile] (one per output tile, checked), which must hold 0 before the launch: they
+    // are zeroed at allocation and the last split of each tile resets its counter; kernels on
+    // one stream run one after another, so no two launches share the counters at once.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// xp [m, k] = x [m, perm] (act-order weights' column order).
+pub(crate) fn permute_cols(
+    dev: &CudaDevice,
+    x: Dev<bf16>,
+    perm: Dev<u32>,
+    xp: Dev<bf16>,
+    m: usize,
+    k: usize,
+) -> Result<()> {
+    const K: &str = "w4_permute_cols";
+    require!(
+        K,
+        perm.len() >= k,
+        "permutation of {} entries for {k}",
+        perm.len()
+    );
+    require!(
+        K,
+        x.len() >= m * k && xp.len() >= m * k,
+        "input and output [{m}, {k}]"
+    );
+    let f = func(dev, Module::GemmW4, K)?;
+    let stream = dev.cuda_stream();
+    let (mi, ki) = (int(m, "m")?, int(k, "k")?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&x.addr)
+        .arg(&perm.addr)
+        .arg(&xp.addr)
+        .arg(&mi)
+        .arg(&ki);
+    let cfg = config((dim((m * k).div_ceil(256), "m·k / 256")?, 1, 1), 256, 0)?;
+    // SAFETY: thread i < m·k (tested in the kernel) reads perm[i % k] and x[i / k, perm[i % k]]
+    // and writes xp[i]: x, xp [m, k] and perm [k] inside their buffers (checked); the entries of
+    // perm are < k by construction (W4Tiles sorts 0..k), which the host cannot recheck here.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
