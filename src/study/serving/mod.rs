@@ -344,7 +344,8 @@ pub fn run_cpu(
 
 /// Every variant (`(label, checkpoint)`, the bf16 base first) on `device` — CUDA: the engine
 /// check on the first, each variant's runs with rooflines, a long-context run of `long`
-/// requests on the first; CPU: [`run_cpu`] — then the L4 projection of their measured steps
+/// requests on the first (a variant after the first that fails is reported on stderr and left
+/// out); CPU: [`run_cpu`] — then the L4 projection of their measured steps
 /// ([`project_l4`]), whose failure is reported on stderr without losing the runs' rows.
 pub fn run_all(
     r: &mut Results,
@@ -387,8 +388,13 @@ fn cuda_runs(
     let mut runs = vec![];
     for (i, (label, d)) in variants.iter().enumerate() {
         let long = if i == 0 { long } else { 0 };
-        let v = run.variant(r, label, d, a, w, long);
-        runs.push(v.context(|| format!("variant {label}"))?);
+        match run.variant(r, label, d, a, w, long) {
+            Ok(v) => runs.push(v),
+            // the base is what every other variant is measured against: without it, stop
+            Err(e) if i == 0 => return Err(e).context(|| format!("variant {label}")),
+            // a quantized variant that fails is reported and left out; the others still run
+            Err(e) => eprintln!("serve_bench: variant {label} failed, left out of the results: {e}"),
+        }
     }
     Ok((runs, eff))
 }
