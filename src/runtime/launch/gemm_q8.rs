@@ -205,40 +205,5 @@ pub(crate) fn quant_rows_fp8(
     rows: usize,
     k: usize,
 ) -> Result<()> {
-    const K: &str = "quant_rows_fp8";
-    require!(
-        K,
-        k.is_multiple_of(8),
-        "k {k}: 16-byte loads, 8-byte stores"
-    );
-    require!(
-        K,
-        x.aligned(16) && q.aligned(8),
-        "x 16-byte, q 8-byte aligned"
-    );
-    require!(
-        K,
-        x.len() >= rows * k && q.len() >= rows * k,
-        "[{rows}, {k}] buffers"
-    );
-    require!(
-        K,
-        scale.len() >= rows,
-        "{} scales for {rows} rows",
-        scale.len()
-    );
-    if rows == 0 {
-        return Ok(());
-    }
-    let f = func(dev, Module::GemmFp8, K)?;
-    let stream = dev.cuda_stream();
-    let ki = int(k, "k")?;
-    let mut b = stream.launch_builder(&f);
-    b.arg(&x.addr).arg(&q.addr).arg(&scale.addr).arg(&ki);
-    let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
-    // SAFETY: as quant_rows_int8: one block of 256 threads per row reads x[r] as 16-byte words
-    // and writes q[r] as 8-byte words and scale[r]; k % 8 == 0, the alignments and the three
-    // buffers' lengths checked.
-    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
-    Ok(())
+    super::quant::quant_rows(dev, Module::GemmFp8, "quant_rows_fp8", x, q, scale, rows, k)
 }

@@ -18,29 +18,47 @@ pub(crate) fn quant_rows_int8(
     rows: usize,
     k: usize,
 ) -> Result<()> {
-    const K: &str = "quant_rows_int8";
+    quant_rows(dev, Module::Quant, "quant_rows_int8", x, q, scale, rows, k)
+}
+
+/// Launches a per-token 8-bit quantizer `name` of `module` (int8 here, fp8 e4m3 in
+/// gemm_q8.rs): both read a row of bf16 and write its bytes and its scale.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quant_rows(
+    dev: &CudaDevice,
+    module: Module,
+    name: &'static str,
+    x: Dev<bf16>,
+    q: Dev<u8>,
+    scale: Dev<f32>,
+    rows: usize,
+    k: usize,
+) -> Result<()> {
     require!(
-        K,
+        name,
         k.is_multiple_of(8),
         "k {k}: 16-byte loads, 8-byte stores"
     );
     require!(
-        K,
+        name,
         x.aligned(16) && q.aligned(8),
         "x 16-byte, q 8-byte aligned"
     );
     require!(
-        K,
+        name,
         x.len() >= rows * k && q.len() >= rows * k,
         "[{rows}, {k}] buffers"
     );
     require!(
-        K,
+        name,
         scale.len() >= rows,
         "{} scales for {rows} rows",
         scale.len()
     );
-    let f = func(dev, Module::Quant, K)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = func(dev, module, name)?;
     let stream = dev.cuda_stream();
     let ki = int(k, "k")?;
     let mut b = stream.launch_builder(&f);
