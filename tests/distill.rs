@@ -73,3 +73,58 @@ fn the_reference_lm_head_step_unties_the_head() {
         "untying costs vocab × hidden"
     );
 }
+
+/// The kernel distillation puts on frozen Linears (no weight gradients) changes nothing: the
+/// loss and the trained norms' gradients are the same bit for bit as candle's own matmul gives,
+/// and the weight is no longer given a gradient.
+#[test]
+fn frozen_linears_train_bit_for_bit_alike() {
+    use exaone_compress::compress::distill::{
+        install_frozen_kernels, kd_loss, remove_frozen_kernels,
+    };
+    use exaone_compress::train::make_trainable;
+    let teacher = exaone_compress::checkpoint::load_model(
+        &common::fixture("full_tied"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids: Vec<u32> = (0..96u32).map(|i| (i * 7919 + i / 3) % 500 + 4).collect();
+    let x = Tensor::from_vec(ids, (3, 32), &Device::Cpu).unwrap();
+    let t = teacher.forward(&x, None).unwrap();
+    let run = |frozen: bool| {
+        let mut s = teacher.with_layers(&[0, 2]).unwrap();
+        let norms = |n: &str| n.ends_with("norm.weight");
+        let vars = make_trainable(&mut s, &norms).unwrap();
+        s.mode = exaone_compress::model::layers::Mode::Differentiable;
+        let n = if frozen {
+            install_frozen_kernels(&mut s, &norms).unwrap()
+        } else {
+            0
+        };
+        let loss = kd_loss(&t, &s.forward(&x, None).unwrap(), 1.0).unwrap();
+        let grads = loss.backward().unwrap();
+        let q = s.layers[0].self_attn.q_proj.weight.clone();
+        let g: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|(_, v)| {
+                grads
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        let weight_grad = grads.get(&q).is_some();
+        remove_frozen_kernels(&mut s);
+        assert!(s.layers[0].self_attn.q_proj.kernel.is_none());
+        (loss.to_scalar::<f32>().unwrap(), g, n, weight_grad)
+    };
+    let (plain, frozen) = (run(false), run(true));
+    assert_eq!(frozen.2, 14, "every Linear of the 2 layers");
+    assert_eq!(plain.0.to_bits(), frozen.0.to_bits());
+    assert_eq!(plain.1, frozen.1);
+    assert!(!frozen.3, "no gradient for a frozen weight");
+}

@@ -135,7 +135,11 @@ fn mini_study_report_snapshot() {
     let md = markdown(&r, &opts);
     // the default model's size, computed from its config
     assert!(md.contains("| model size | 8.59 M parameters"), "{md}");
-    insta::assert_snapshot!(md);
+    // the text exactly, the numbers at the tolerance the report states for another CPU or
+    // thread count (on one machine and thread count they are the same bit for bit)
+    let (skeleton, numbers) = split_numbers(&md);
+    insta::assert_snapshot!(skeleton);
+    check_numbers(&numbers, "tests/snapshots/report_snapshot_numbers.json");
     // the parquet round-trips, the environment with it
     r.env = real_env;
     r.record_seed("--seed", 7);
@@ -145,6 +149,58 @@ fn mini_study_report_snapshot() {
     assert_eq!(back.get("W8A8", "test_ppl"), r.get("W8A8", "test_ppl"));
     assert_eq!(back.env, r.env);
     assert!(markdown(&back, &opts).contains("| seeds | --seed 7 |"));
+}
+
+/// How far a figure may move on another CPU or thread count (the report's "How noisy"
+/// section says the same): relative, beyond one unit in the last digit printed.
+const CROSS_MACHINE_REL: f64 = 0.05;
+
+/// The markdown with every number (not part of a word such as `W4A16` or `p99`) replaced by
+/// `#`, and the numbers with the decimals each was printed with.
+fn split_numbers(md: &str) -> (String, Vec<(f64, usize)>) {
+    let re = regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?").unwrap();
+    let (mut out, mut nums, mut last) = (String::new(), vec![], 0);
+    // a version (0.11.1) is a word too
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
+    for m in re.find_iter(md) {
+        let (before, after) = (md[..m.start()].chars().last(), md[m.end()..].chars().next());
+        if word(before) || word(after) {
+            continue;
+        }
+        let text = m.as_str().replace(',', "");
+        let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+        out.push_str(&md[last..m.start()]);
+        out.push('#');
+        last = m.end();
+        nums.push((text.parse::<f64>().unwrap(), decimals));
+    }
+    out.push_str(&md[last..]);
+    (out, nums)
+}
+
+/// Compares `numbers` with those recorded in `path` (written there when missing, or with
+/// `INSTA_UPDATE=always`) at [`CROSS_MACHINE_REL`] plus one unit in the last printed digit.
+fn check_numbers(numbers: &[(f64, usize)], path: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let update = std::env::var("INSTA_UPDATE").is_ok_and(|v| v == "always");
+    if update || !path.exists() {
+        let v: Vec<f64> = numbers.iter().map(|n| n.0).collect();
+        std::fs::write(&path, serde_json::to_string(&v).unwrap() + "\n").unwrap();
+        return;
+    }
+    let want: Vec<f64> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        want.len(),
+        numbers.len(),
+        "how many numbers the report holds"
+    );
+    for (i, (&w, &(got, decimals))) in want.iter().zip(numbers).enumerate() {
+        let tol = CROSS_MACHINE_REL * w.abs() + 10f64.powi(-(decimals as i32)) + 1e-12;
+        assert!(
+            (got - w).abs() <= tol,
+            "number {i}: {got} where {w} was recorded (tolerance {tol})"
+        );
+    }
 }
 
 /// An environment that does not depend on the machine running the test.

@@ -22,7 +22,9 @@ pub enum ParamGroup {
 }
 
 impl ParamGroup {
-    fn selects(&self, name: &str) -> bool {
+    /// Whether the weight `name` (e.g. `model.layers.3.post_attention_layernorm.weight`) is in
+    /// the group.
+    pub fn selects(&self, name: &str) -> bool {
         match self {
             ParamGroup::Norms => name.ends_with("norm.weight"),
             ParamGroup::Embedding => name == "model.embed_tokens.weight",
@@ -109,6 +111,153 @@ pub fn kd_loss(
     kl * (temperature * temperature)
 }
 
+/// The cache's bytes held and its entries, by (teacher, window ids).
+type Held = (usize, std::collections::HashMap<(String, Vec<u32>), Tensor>);
+
+/// The teacher's logits of the windows distillations draw, kept so that every distillation
+/// from the same teacher on the same windows (a study heals several students with the same
+/// seed) runs the teacher once. A cached tensor is the one the teacher's forward returned, so a
+/// run with the cache and one without train the student bit for bit alike. Entries are keyed by
+/// the teacher's identity (`teacher`: its weights hash, dtype and device, as the caller names it)
+/// and the window ids; beyond `budget_bytes` nothing more is kept (the teacher then runs again).
+#[derive(Debug)]
+pub struct TeacherCache {
+    budget_bytes: usize,
+    inner: std::sync::Mutex<Held>,
+}
+
+impl TeacherCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        Self {
+            budget_bytes,
+            inner: Default::default(),
+        }
+    }
+
+    /// The teacher's logits of `x` [b, t]: cached, or computed by `forward` (and kept while the
+    /// budget allows).
+    pub fn logits(
+        &self,
+        teacher: &str,
+        x: &Tensor,
+        forward: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let ids = x.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
+        let key = (teacher.to_string(), ids);
+        if let Some(t) = self.lock().1.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = forward()?;
+        let bytes = t.elem_count() * t.dtype().size_in_bytes();
+        let mut g = self.lock();
+        if g.0 + bytes <= self.budget_bytes {
+            g.0 += bytes;
+            g.1.insert(key, t.clone());
+        }
+        Ok(t)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        // a panic while holding the lock leaves a consistent map (inserts are whole)
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `x Wᵀ` for a Linear whose weight is not trained, with a backward that returns the input's
+/// gradient only: candle's matmul backward also computes the weight's gradient (as much work
+/// as the forward), wasted on a frozen weight. The forward and the input's gradient are the
+/// same candle expressions as the Linear's own, so training with it is bit for bit the same.
+/// CPU f32 only (elsewhere the Linear keeps candle's path).
+#[derive(Debug)]
+struct FrozenMatmul {
+    /// the weight transposed, [in, out] (a view, as the Linear's forward takes it)
+    w_t: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("frozen-linear: a contiguous f32 input is needed");
+        };
+        let x = Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.w_t)?;
+        let (st, ly) = y.storage_and_layout();
+        match (&*st, ly.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => Ok((
+                candle_core::CpuStorage::F32(v[a..b].to_vec()),
+                y.shape().clone(),
+            )),
+            _ => candle_core::bail!("frozen-linear: unexpected matmul output"),
+        }
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w_t.t()?)?))
+    }
+}
+
+impl crate::model::LinearKernel for FrozenMatmul {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(FrozenMatmul {
+            w_t: self.w_t.clone(),
+        })
+    }
+}
+
+/// Puts [`FrozenMatmul`] on every Linear of `model` whose weight `trained` does not select,
+/// where it applies (CPU, f32, no activation quantization, no kernel already); returns how
+/// many; [`remove_frozen_kernels`] takes them off.
+pub fn install_frozen_kernels(
+    model: &mut Exaone4,
+    trained: &dyn Fn(&str) -> bool,
+) -> Result<usize> {
+    if !model.device().is_cpu() || model.dtype() != DType::F32 {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        for (name, lin) in layer.linears_mut() {
+            let w = format!("model.layers.{i}.{name}.weight");
+            if trained(&w) || lin.act_quant.is_some() || lin.kernel.is_some() {
+                continue;
+            }
+            lin.kernel = Some(std::sync::Arc::new(FrozenMatmul {
+                w_t: lin.weight.t()?,
+            }));
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Takes the kernels [`install_frozen_kernels`] put on `model` off again.
+pub fn remove_frozen_kernels(model: &mut Exaone4) {
+    for layer in model.layers.iter_mut() {
+        for (_, lin) in layer.linears_mut() {
+            let ours = lin
+                .kernel
+                .as_ref()
+                .is_some_and(|k| format!("{k:?}").starts_with("FrozenMatmul"));
+            if ours {
+                lin.kernel = None;
+            }
+        }
+    }
+}
+
 /// Logit distillation of `student` towards `teacher` on windows of `stream`.
 pub fn distill(
     teacher: &Exaone4,
@@ -116,6 +265,19 @@ pub fn distill(
     stream: &TokenStream,
     val: &[Tensor],
     cfg: &DistillConfig,
+) -> Result<Vec<LogPoint>> {
+    distill_cached(teacher, student, stream, val, cfg, None)
+}
+
+/// [`distill`], the teacher's logits taken from (and kept in) `cache` under the teacher's name
+/// `cache.1`: the same student bit for bit, the teacher run once per window set.
+pub fn distill_cached(
+    teacher: &Exaone4,
+    student: &mut Exaone4,
+    stream: &TokenStream,
+    val: &[Tensor],
+    cfg: &DistillConfig,
+    cache: Option<(&TeacherCache, &str)>,
 ) -> Result<Vec<LogPoint>> {
     if cfg.groups.contains(&ParamGroup::UntiedLmHead) {
         untie(student)?;
@@ -125,6 +287,7 @@ pub fn distill(
     if vars.is_empty() {
         candle_core::bail!("distill: the chosen parameter groups select no weights");
     }
+    install_frozen_kernels(student, &|n| groups.iter().any(|g| g.selects(n)))?;
     let mut r = rng(cfg.seed);
     let dev = student.device().clone();
     let temp = cfg.temperature;
@@ -134,10 +297,16 @@ pub fn distill(
         &cfg.train,
         &mut |s, _| {
             let x = stream.sample_windows(cfg.batch, cfg.seq_len, &mut r, &dev)?;
-            let t = teacher
-                .forward(&x.to_device(teacher.device())?, None)?
-                .to_device(&dev)?
-                .detach();
+            let run = || {
+                teacher
+                    .forward(&x.to_device(teacher.device())?, None)?
+                    .to_device(&dev)
+            };
+            let t = match cache {
+                Some((c, name)) => c.logits(name, &x, run)?,
+                None => run()?,
+            }
+            .detach();
             Ok((
                 kd_loss(&t, &s.forward(&x, None)?, temp)?,
                 cfg.batch * cfg.seq_len,
@@ -154,7 +323,9 @@ pub fn distill(
             Ok(tot / val.len().max(1) as f64)
         },
         "distill",
-    )?;
+    );
+    remove_frozen_kernels(student);
+    let log = log?;
     freeze(student);
     Ok(log)
 }

@@ -64,7 +64,7 @@ mod quantize;
 mod source;
 mod steps;
 use hash::canonical;
-pub use hash::{hash_bytes, hash_tokens, ModelId, Xxh64};
+pub use hash::{hash_bytes, hash_json, hash_tokens, ModelId, Xxh64};
 pub use quantize::*;
 pub use source::*;
 pub use steps::*;
@@ -234,6 +234,19 @@ impl Recipe {
     pub fn variant(&self, name: &str) -> crate::record::Variant {
         let params = serde_json::to_value(&self.steps).unwrap_or(Value::Null);
         crate::record::Variant::new(name, self.method(), params)
+    }
+
+    /// The hash of what makes the variant — the base's identity, the device and dtype, the steps
+    /// with every parameter — and of nothing else (not when, by which build, nor the result):
+    /// two recipes with the same plan hash make the same variant. Take it before the steps run
+    /// (running records data hashes and a rule's decisions in the steps).
+    pub fn plan_hash(&self) -> String {
+        hash_json(&serde_json::json!({
+            "base": [&self.base.config_hash, &self.base.weights_hash],
+            "device": &self.device,
+            "dtype": &self.dtype,
+            "steps": serde_json::to_value(&self.steps).unwrap_or(Value::Null),
+        }))
     }
 
     fn seal(&mut self) -> Result<()> {

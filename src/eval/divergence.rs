@@ -39,6 +39,59 @@ pub fn divergence_per_token(
     batch: usize,
     bar: Option<&ProgressBar>,
 ) -> Result<(Divergence, Vec<Vec<f32>>)> {
+    divergence_against(&|g| base_logits_of(base, g), model, sequences, batch, bar)
+}
+
+/// The base's logits of one group of sequences, [rows, vocab] on the base's device.
+fn base_logits_of(base: &Exaone4, group: &[Vec<u32>]) -> Result<Tensor> {
+    let t = group[0].len();
+    let flat: Vec<u32> = group.iter().flat_map(|s| s.iter().copied()).collect();
+    let x = Tensor::from_vec(flat, (group.len(), t), base.device())?;
+    base.forward(&x, None)?.reshape((group.len() * t, ()))
+}
+
+/// The base's logits of `sequences`, `batch` at a time, as [`divergence_per_token`] computes
+/// them: keep them to measure many models against one base without running it again
+/// ([`divergence_from_logits`] gives the same figures bit for bit).
+pub fn base_logits(base: &Exaone4, sequences: &[Vec<u32>], batch: usize) -> Result<Vec<Tensor>> {
+    sequences
+        .chunks(batch.max(1))
+        .map(|g| base_logits_of(base, g))
+        .collect()
+}
+
+/// [`divergence_per_token`] against base logits computed before ([`base_logits`], same
+/// `sequences` and `batch`).
+pub fn divergence_from_logits(
+    base: &[Tensor],
+    model: &Exaone4,
+    sequences: &[Vec<u32>],
+    batch: usize,
+    bar: Option<&ProgressBar>,
+) -> Result<(Divergence, Vec<Vec<f32>>)> {
+    let groups = sequences.len().div_ceil(batch.max(1));
+    if base.len() != groups {
+        candle_core::bail!(
+            "divergence: {} groups of base logits for {groups} groups of sequences",
+            base.len()
+        );
+    }
+    let at = |g: &[Vec<u32>]| {
+        let k = sequences
+            .chunks(batch.max(1))
+            .position(|x| std::ptr::eq(x, g));
+        Ok(base[k.unwrap_or(0)].clone())
+    };
+    divergence_against(&at, model, sequences, batch, bar)
+}
+
+fn divergence_against(
+    base_logits: &dyn Fn(&[Vec<u32>]) -> Result<Tensor>,
+    model: &Exaone4,
+    sequences: &[Vec<u32>],
+    batch: usize,
+    bar: Option<&ProgressBar>,
+) -> Result<(Divergence, Vec<Vec<f32>>)> {
     let mut kls: Vec<f32> = vec![];
     let mut agree = 0usize;
     let mut seq_means = vec![];
@@ -49,15 +102,12 @@ pub fn divergence_per_token(
     for group in sequences.chunks(batch.max(1)) {
         let t = group[0].len();
         let flat: Vec<u32> = group.iter().flat_map(|s| s.iter().copied()).collect();
-        let x_base = Tensor::from_vec(flat.clone(), (group.len(), t), base.device())?;
+        let p = base_logits(group)?;
         let x_model = Tensor::from_vec(flat, (group.len(), t), model.device())?;
-        let p = base
-            .forward(&x_base, None)?
-            .reshape((group.len() * t, ()))?;
         let q = model
             .forward(&x_model, None)?
             .reshape((group.len() * t, ()))?
-            .to_device(base.device())?;
+            .to_device(p.device())?;
         let (kl, same) = kl_rows(&p, &q)?;
         for s in kl.chunks(t) {
             seq_means.push(s.iter().map(|&v| v as f64).sum::<f64>() / t as f64);
@@ -70,6 +120,9 @@ pub fn divergence_per_token(
         }
     }
     let n = kls.len();
+    if n == 0 {
+        candle_core::bail!("divergence: no sequences");
+    }
     let mean = kls.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
     let m = seq_means.len() as f64;
     let var = seq_means.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (m - 1.0).max(1.0);

@@ -1,5 +1,6 @@
 //! Evaluation: perplexity, divergence from the base, task accuracy, speed, the score proxy.
 
+pub mod act_quant;
 pub mod divergence;
 pub mod generated;
 pub mod paired;

@@ -99,6 +99,37 @@ pub fn load_kmmlu(path: &Path, task: &str) -> std::io::Result<Vec<McItem>> {
         .collect()
 }
 
+/// Each option's summed log-likelihood after prompt `p`: one forward of every option at once
+/// (right-padded).
+fn options_log_likelihood(
+    model: &Exaone4,
+    p: &[u32],
+    conts: &[Vec<u32>],
+) -> crate::Result<Vec<f64>> {
+    let len = conts.iter().map(|c| p.len() + c.len()).max().unwrap_or(1);
+    let mut flat = vec![];
+    for c in conts {
+        let mut s = p.to_vec();
+        s.extend(c);
+        s.resize(len, 0);
+        flat.extend(s);
+    }
+    let x = Tensor::from_vec(flat, (conts.len(), len), model.device())?;
+    let lp = candle_nn::ops::log_softmax(&model.forward(&x, None)?, D::Minus1)?
+        .to_device(&Device::Cpu)?
+        .to_vec3::<f32>()?;
+    Ok(conts
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            c.iter()
+                .enumerate()
+                .map(|(j, &t)| lp[k][p.len() + j - 1][t as usize] as f64)
+                .sum()
+        })
+        .collect())
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct McResult {
     pub items: usize,
@@ -145,25 +176,28 @@ pub fn multiple_choice_per_item(
             .iter()
             .map(|c| tok.encode(c))
             .collect::<std::result::Result<_, _>>()?;
-        let len = conts.iter().map(|c| p.len() + c.len()).max().unwrap_or(1);
-        let mut flat = vec![];
-        for c in &conts {
-            let mut s = p.clone();
-            s.extend(c);
-            s.resize(len, 0);
-            flat.extend(s);
+        if p.is_empty() {
+            return Err(crate::Error::Invalid(format!(
+                "multiple choice ({}): an item's prompt is empty; options are scored after a prompt",
+                it.task
+            )));
         }
-        let x = Tensor::from_vec(flat.clone(), (conts.len(), len), &dev)?;
-        let lp = candle_nn::ops::log_softmax(&model.forward(&x, None)?, D::Minus1)?
-            .to_device(&Device::Cpu)?;
-        let lp = lp.to_vec3::<f32>()?;
+        let lls: Vec<f64> = if conts.iter().all(|c| c.len() == 1) {
+            // one-token options (KMMLU's letters): every option's log-likelihood is read from
+            // the prompt's last position, so the prompt runs once (causal: the same figures)
+            let x = Tensor::from_vec(p.clone(), (1, p.len()), &dev)?;
+            let last = model.forward(&x, None)?.narrow(1, p.len() - 1, 1)?;
+            let lp = candle_nn::ops::log_softmax(&last, D::Minus1)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            conts.iter().map(|c| lp[c[0] as usize] as f64).collect()
+        } else {
+            options_log_likelihood(model, &p, &conts)?
+        };
         let mut best = (f64::MIN, 0);
         let mut best_norm = (f64::MIN, 0);
-        for (k, c) in conts.iter().enumerate() {
-            let mut ll = 0f64;
-            for (j, &t) in c.iter().enumerate() {
-                ll += lp[k][p.len() + j - 1][t as usize] as f64;
-            }
+        for (k, &ll) in lls.iter().enumerate() {
             let bytes = it.choices[k].len().max(1) as f64;
             if ll > best.0 {
                 best = (ll, k);

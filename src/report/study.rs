@@ -277,10 +277,14 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         for line in recommend(r) {
             let _ = writeln!(md, "- {line}");
         }
+        if let Some(cmd) = rebuild_command(r) {
+            let _ = writeln!(md, "- the recommended variant's checkpoint is kept with its recipe; rebuild it from the base, bit for bit on this device, with `{cmd}`");
+        }
         if let Some(t) = ties(r) {
             let _ = writeln!(md, "\n{t}");
         }
     }
+    kept_table(&mut md, r);
     let _ = writeln!(md, "\n## How noisy these figures are\n");
     let _ = writeln!(md, "- Perplexity: ± is the standard error of the mean NLL over scoring windows, shown on the perplexity scale. It is the spread of one model's figure; two variants are compared by the paired ratio instead (same tokens, so the text's difficulty cancels): `ppl_ratio` and PerfNorm carry the 95% interval of the mean per-token log-ratio, with scoring windows as clusters of correlated tokens.");
     let _ = writeln!(md, "- KL: mean over every scored position against the base model's next-token distribution, ± the standard error over sequences (the interval in the paired table is ±1.96 of it); p99 is the 99th percentile per position.");
@@ -292,9 +296,61 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     } else {
         let _ = writeln!(md, "- Time per token: median of repeated timed decodes after warm-up on the device named above; the bracket is [min–max]. Quantized variants run here with dequantized weights (a quality emulation), so their measured time is the dense model's: the predicted speed-up column (weight bytes read per decoded token, base ÷ variant) is what ranks them on a bandwidth-bound GPU such as the evaluation's L4.");
     }
+    let _ = writeln!(md, "- {REPRODUCIBILITY}");
     let _ = writeln!(md, "- The competition server itself scored identical submissions up to ±0.1 apart: the intervals above hold this run's measurement noise only, so treat Score differences below 0.1 as unproven on the server even where they are clear here.");
     md
 }
+
+/// The metric of the rows that say where a study kept a variant's checkpoint (the study's
+/// `variants::KEPT_METRIC`; a test keeps the two the same).
+pub const KEPT_METRIC: &str = "kept_checkpoint";
+
+/// The kept checkpoints: (variant, its params: `checkpoint`, `recipe`, `rebuild`).
+fn kept(r: &Results) -> Vec<(String, serde_json::Value)> {
+    r.rows
+        .iter()
+        .filter(|x| x.metric == KEPT_METRIC)
+        .map(|x| {
+            let p = serde_json::from_str(&x.params).unwrap_or(serde_json::Value::Null);
+            (x.variant.clone(), p)
+        })
+        .collect()
+}
+
+/// The command that rebuilds the recommended variant (the Score's pick) from the base, paths
+/// named by role; None unless the study kept it.
+pub fn rebuild_command(r: &Results) -> Option<String> {
+    let (_, p) = kept(r)
+        .into_iter()
+        .find(|(v, _)| r.get(v, "verdict_pick") == Some(1.0))?;
+    p["rebuild"].as_str().map(super::by_role)
+}
+
+/// The section listing the kept checkpoints and their recipes.
+fn kept_table(md: &mut String, r: &Results) {
+    let k = kept(r);
+    if k.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n## Checkpoints kept\n");
+    let _ = writeln!(md, "Each directory holds the checkpoint as measured and its `recipe.json` (the steps with every parameter, the data's and the base's hashes); `exaone-compress apply --recipe DIR/recipe.json` rebuilds it from the base.\n");
+    let _ = writeln!(md, "| variant | directory | recipe (steps) |");
+    let _ = writeln!(md, "|---|---|---|");
+    for (v, p) in &k {
+        let path = |key: &str| super::by_role(p[key].as_str().unwrap_or("?"));
+        let _ = writeln!(
+            md,
+            "| {v} | `{}` | `{}`: {} |",
+            path("checkpoint"),
+            path("recipe"),
+            r.method_of(v)
+        );
+    }
+}
+
+/// What the report says about rerunning the study (tests/report_snapshot.rs compares numbers
+/// at the cross-machine tolerance stated here).
+pub const REPRODUCIBILITY: &str = "Reproducibility: every figure but the timings comes out the same bit for bit when the same build runs the same command again on the same machine, whatever the number of threads (seeds fixed; every sum in an order that does not depend on how work is split: checked on 1, 2 and 3 threads). Another CPU may run other matrix-product kernels (AVX2 or AVX-512, another blocking), which add in another order: perplexity, KL, top-1 and Score then move in their last digits (well under 1%), and a quantized variant's KL may move by a few per cent of itself — one weight at a rounding boundary goes the other way, and GPTQ carries that on to later columns (e.g. a KL of 0.0341 read 0.0333 elsewhere). Sizes, bytes per token and layer counts do not move; an item right or wrong moves only where a variant's options were a near tie.";
 
 fn recommend(r: &Results) -> Vec<String> {
     // only variants that compress something: same-size variants (distillation alone) are not options

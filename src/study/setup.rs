@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use crate::error::{Error, Result, ResultExt};
 
 use super::suite::{SaveTo, Stored, Suite, LEGACY_PROMPTS};
+use super::variants::{resumable, variant_hash, Builder, Keep};
 use crate::compress::calibration::samples;
 use crate::compress::quant::apply::QuantizedModel;
+use crate::compress::recipe::Step;
 use crate::data::default_model_dir;
 use crate::data::{data_dir, default_splits, TokenStream};
 use crate::device::parse_dtype;
@@ -37,9 +39,18 @@ pub struct StudyArgs {
     /// reports/<experiment> is replaced only when it holds this experiment's own report)
     #[arg(long)]
     pub overwrite: bool,
-    /// keep every variant's checkpoint here (default: measured in a temporary directory)
+    /// where kept checkpoints go, one directory per variant with its recipe.json [default:
+    /// <out>/checkpoints]; given without --keep, every variant is kept
     #[arg(long)]
     pub checkpoints: Option<PathBuf>,
+    /// which variants' checkpoints to keep: none, recommended (the report's pick), all (those
+    /// made by a recipe) [default: recommended; all with --checkpoints]
+    #[arg(long, value_enum)]
+    pub keep: Option<Keep>,
+    /// continue the study in --out: variants its results hold with the same recipe hash (and
+    /// measured the same way) are not measured again; those whose recipe changed are
+    #[arg(long)]
+    pub resume: bool,
     #[arg(long, default_value_t = 32)]
     pub calib_samples: usize,
     #[arg(long, default_value_t = 256)]
@@ -81,7 +92,24 @@ pub struct Study {
     pub results: Results,
     /// where the report goes (checked before any work)
     pub out: PathBuf,
-    ck_root: PathBuf,
+    /// what is kept, and where
+    pub keep: Keep,
+    pub(crate) ck_root: PathBuf,
+    /// the builder of the variants made by recipes (`measure_recipe`)
+    pub(crate) builder: Option<Builder>,
+    /// every variant made by a recipe: its name, steps, plan hash and, when built in this run,
+    /// its directory in the builder's work
+    pub(crate) recipes: Vec<(String, Vec<Step>, String, Option<PathBuf>)>,
+    /// the results `--resume` continues
+    pub(crate) previous: Option<Results>,
+    /// the hash of how variants are measured (settings, tokens, items): resumed rows need it
+    pub(crate) suite_hash: String,
+    /// the base model's identity, for the hashes of variants made in memory
+    pub(crate) base_key: String,
+    /// where in-memory variants are written to be measured
+    scratch: tempfile::TempDir,
+    /// seconds per stage (building, each measure), printed and logged at the end
+    pub(crate) stages: Vec<(String, f64)>,
 }
 
 /// How a report names the base model: by role for the shipped default model, relative to the
@@ -135,6 +163,7 @@ fn check_report_dir(
     experiment: &str,
     default: bool,
     overwrite: bool,
+    resume: bool,
 ) -> Result<()> {
     let empty = match std::fs::read_dir(dir) {
         Ok(mut rd) => rd.next().is_none(),
@@ -158,6 +187,7 @@ fn check_report_dir(
     let ours = owner.as_deref() == Some(experiment);
     match (is_report, overwrite, default && ours) {
         (_, _, true) | (true, true, _) => Ok(()),
+        (true, false, _) if resume && ours => Ok(()),
         (true, false, _) => Err(Error::Flag(format!(
             "--out {}: a report is already there ({}); pass --overwrite to replace it",
             dir.display(),
@@ -178,7 +208,13 @@ impl Study {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("reports").join(experiment));
-        check_report_dir(&out, experiment, args.out.is_none(), args.overwrite)?;
+        check_report_dir(
+            &out,
+            experiment,
+            args.out.is_none(),
+            args.overwrite,
+            args.resume,
+        )?;
         if args.eval_tokens < 2 {
             return Err(Error::Flag(format!(
                 "--eval-tokens {}: perplexity needs at least 2 tokens",
@@ -228,12 +264,30 @@ impl Study {
             &format!("{} ({:?})", args.device, dtype),
             &model_label(&dir),
         );
-        let ck_root = match &args.checkpoints {
-            Some(p) => p.clone(),
-            None => tempfile::tempdir()
-                .map_err(|e| Error::io(&std::env::temp_dir(), e))?
-                .keep(),
+        let ck_root = args
+            .checkpoints
+            .clone()
+            .unwrap_or_else(|| out.join("checkpoints"));
+        let keep = args.keep.unwrap_or(match args.checkpoints {
+            Some(_) => Keep::All,
+            None => Keep::Recommended,
+        });
+        let previous = match (args.resume, Results::load(&out.join("results.parquet"))) {
+            (false, _) => None,
+            (true, Ok(r)) if r.experiment == experiment => Some(r),
+            (true, _) => {
+                eprintln!(
+                    "--resume: no results of {experiment} in {}; measuring every variant",
+                    out.display()
+                );
+                None
+            }
         };
+        let suite_hash = suite.settings_hash(&results.device);
+        let base_key = crate::compress::recipe::ModelId::of(&dir)
+            .map(|id| format!("{} {}", id.config_hash, id.weights_hash))
+            .unwrap_or_else(|_| model_label(&dir));
+        let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
         Ok(Self {
             experiment: experiment.into(),
             args,
@@ -247,7 +301,15 @@ impl Study {
             tokenizer_fell_back: fell_back,
             results,
             out,
+            keep,
             ck_root,
+            builder: None,
+            recipes: vec![],
+            previous,
+            suite_hash,
+            base_key,
+            scratch,
+            stages: vec![],
         })
     }
 
@@ -267,21 +329,67 @@ impl Study {
         model: &Exaone4,
         q: Option<&QuantizedModel>,
     ) -> Result<()> {
+        let hash = variant_hash(&variant.method, &variant.params, &self.base_key);
+        let variant = &self.with_hashes(variant, &hash);
+        if self.resumed(&variant.name, &hash) {
+            return self.save_progress();
+        }
+        let t0 = std::time::Instant::now();
+        // made in memory: no recipe, so measured in a scratch directory and never kept
         let save = SaveTo {
-            dir: &self.ck_root,
+            dir: self.scratch.path(),
             side_files_from: Some(self.tok_dir.clone()),
-            remove_after: self.args.checkpoints.is_none(),
-            overwrite: self.args.checkpoints.is_none() || self.args.overwrite,
+            remove_after: true,
+            overwrite: true,
         };
         self.suite
             .measure(&mut self.results, variant, &self.base, model, q, &save)?;
+        self.stage(&format!("measure {}", variant.name), t0);
         self.save_progress()
+    }
+
+    /// `variant` with the hashes `--resume` compares in its params.
+    pub(crate) fn with_hashes(&self, variant: &Variant, recipe_hash: &str) -> Variant {
+        let mut params = match &variant.params {
+            serde_json::Value::Object(m) => m.clone(),
+            v => [("params".to_string(), v.clone())].into_iter().collect(),
+        };
+        params.insert("recipe_hash".into(), recipe_hash.into());
+        params.insert("suite_hash".into(), self.suite_hash.clone().into());
+        Variant::new(&variant.name, &variant.method, params.into())
+    }
+
+    /// With `--resume`: carries the variant's rows over from the results being resumed when
+    /// its recipe and the measurement are unchanged (true), else false.
+    pub(crate) fn resumed(&mut self, name: &str, recipe_hash: &str) -> bool {
+        let Some(prev) = &self.previous else {
+            return false;
+        };
+        match resumable(prev, name, recipe_hash, &self.suite_hash) {
+            Some(rows) => {
+                self.results.rows.extend(rows);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The stages timed so far, in order (e.g. `build pruned`, `measure pruned`).
+    pub fn stages_run(&self) -> impl Iterator<Item = &str> + '_ {
+        self.stages.iter().map(|s| s.0.as_str())
+    }
+
+    /// Records how long a stage took (from `t0`).
+    pub fn stage(&mut self, what: &str, t0: std::time::Instant) {
+        self.stages
+            .push((what.to_string(), t0.elapsed().as_secs_f64()));
     }
 
     /// Records one figure per layer of the base (`{metric}_layer_{i}`), e.g. a layer-drop score.
     pub fn record_per_layer(&mut self, metric: &str, values: &[f64], unit: &str) {
         for (i, v) in values.iter().enumerate() {
             let m = format!("{metric}_layer_{i}");
+            self.results.rows.retain(|r| r.metric != m);
             self.results.add(&Variant::original(), &m, *v, None, unit);
         }
     }
@@ -290,10 +398,7 @@ impl Study {
     /// activations quantized at run time) and evaluates it; size is the directory's, weight
     /// bytes per token follow its quantization_config.
     pub fn measure_dir(&mut self, variant: &str, dir: &std::path::Path) -> Result<()> {
-        let ck = crate::checkpoint::Checkpoint::open(dir)?;
-        let info = ck.quant_info()?;
-        let model = crate::runtime::load_checkpoint(&ck, self.base.dtype(), self.base.device())
-            .context(|| format!("loading {}", dir.display()))?;
+        let info = crate::checkpoint::Checkpoint::open(dir)?.quant_info()?;
         let method = match &info {
             Some(i) => i
                 .scheme
@@ -301,6 +406,31 @@ impl Study {
                 .unwrap_or_else(|| i.format.clone()),
             None => "dense".into(),
         };
+        let id = crate::compress::recipe::ModelId::of(dir)?;
+        let v = Variant::new(
+            variant,
+            method,
+            serde_json::json!({"dir": dir.display().to_string()}),
+        );
+        let hash = variant_hash(&v.method, &serde_json::json!(id), &self.base_key);
+        let v = self.with_hashes(&v, &hash);
+        if self.resumed(variant, &hash) {
+            return self.save_progress();
+        }
+        let t0 = std::time::Instant::now();
+        self.evaluate_dir(&v, dir)?;
+        self.stage(&format!("measure {variant}"), t0);
+        self.save_progress()
+    }
+
+    /// Loads the checkpoint at `dir` as it is and evaluates it as `v`.
+    pub(crate) fn evaluate_dir(&mut self, v: &Variant, dir: &std::path::Path) -> Result<()> {
+        let ck = crate::checkpoint::Checkpoint::open(dir)?;
+        let info = ck.quant_info()?;
+        let mut model = crate::runtime::load_checkpoint(&ck, self.base.dtype(), self.base.device())
+            .context(|| format!("loading {}", dir.display()))?;
+        // W8A8/FP8 activations quantized at run time: the same values, computed row by row
+        crate::eval::act_quant::install_cpu_act_quant(&mut model)?;
         let bits = |p: &str| -> Option<super::suite::StoredAs> {
             let i = info.as_ref()?;
             let s = i.scheme?;
@@ -317,15 +447,9 @@ impl Study {
             weight_bytes: super::suite::weight_bytes_per_token(&model, &bits),
             checkpoint: Some(dir),
         };
-        eprintln!("evaluating {variant} ({})", dir.display());
-        let v = Variant::new(
-            variant,
-            method,
-            serde_json::json!({"dir": dir.display().to_string()}),
-        );
+        eprintln!("evaluating {} ({})", v.name, v.method);
         self.suite
-            .evaluate(&mut self.results, &v, &self.base, &model, &stored)?;
-        self.save_progress()
+            .evaluate(&mut self.results, v, &self.base, &model, &stored)
     }
 
     /// Report options with the command line and the caveats every study carries.
@@ -342,17 +466,32 @@ impl Study {
         }
     }
 
-    /// Saves what has been measured so far beside the report (`results.partial.parquet` and
-    /// `.csv`), so a crash late in a study loses nothing already measured.
-    fn save_progress(&self) -> Result<()> {
-        self.results.save_as(&self.out, "results.partial")
+    /// Saves what has been measured so far as the study's results (`results.parquet` and
+    /// `.csv`, the verdict on what is there) and its report (README.md, marked partial), each
+    /// file atomically: a study stopped at any point leaves what it measured, and `--resume`
+    /// continues from it.
+    pub(crate) fn save_progress(&self) -> Result<()> {
+        let mut r = self.results.clone();
+        super::suite::add_scores(&mut r, "original");
+        r.save(&self.out)?;
+        let note = format!(
+            "Partial results: {} variant(s) measured so far; the study is running or was stopped (rerun its command with `--resume` to continue). Charts are drawn when it is done.",
+            r.variants().len()
+        );
+        let opts = self.report_options(&format!("{} (partial)", self.experiment), vec![note]);
+        let md = crate::report::study::markdown(&r, &opts);
+        crate::fs::write_atomic(&self.out.join("README.md"), md.as_bytes())
     }
 
-    /// Adds the scores, writes results, charts and report, and prints the report.
+    /// Adds the scores, keeps the checkpoints `--keep` asks for, writes results, charts and
+    /// report, and prints the report and the command that rebuilds the recommended variant.
     pub fn finish(mut self, title: &str, notes: Vec<String>, log: &[String]) -> Result<()> {
         if let Some(rec) = super::suite::add_scores(&mut self.results, "original") {
             eprintln!("{}", rec.text);
         }
+        let t0 = std::time::Instant::now();
+        self.keep_checkpoints()?;
+        self.stage("keep checkpoints", t0);
         let out = self.out.clone();
         self.results.save(&out)?;
         for ext in ["parquet", "csv"] {
@@ -360,14 +499,21 @@ impl Study {
         }
         let opts = self.report_options(title, notes);
         crate::report::study::write(&out, &self.results, &opts)?;
-        if !log.is_empty() {
-            crate::fs::write_atomic(&out.join("log.txt"), (log.join("\n") + "\n").as_bytes())?;
+        let total: f64 = self.stages.iter().map(|s| s.1).sum();
+        let mut lines = log.to_vec();
+        lines.push(format!("stage seconds ({total:.1} s in all):"));
+        for (what, secs) in &self.stages {
+            lines.push(format!("  {secs:8.1}  {what}"));
         }
+        for l in &lines[log.len()..] {
+            eprintln!("{l}");
+        }
+        crate::fs::write_atomic(&out.join("log.txt"), (lines.join("\n") + "\n").as_bytes())?;
         println!("{}", crate::report::study::markdown(&self.results, &opts));
-        eprintln!("wrote {}", out.display());
-        if self.args.checkpoints.is_none() {
-            let _ = std::fs::remove_dir_all(&self.ck_root);
+        if let Some(cmd) = crate::report::study::rebuild_command(&self.results) {
+            println!("Rebuild the recommended variant: {cmd}");
         }
+        eprintln!("wrote {}", out.display());
         Ok(())
     }
 }

@@ -38,6 +38,20 @@ pub struct Suite {
     pub base_variant: String,
     /// the base's per-token NLLs and per-item results, kept once measured
     pub base_per_token: std::sync::OnceLock<PerToken>,
+    /// the base's logits of the KL sequences, computed once (on the CPU; a GPU recomputes them)
+    pub base_logits: std::sync::OnceLock<Vec<candle_core::Tensor>>,
+}
+
+/// A progress bar for one stage of measuring a variant (hidden when stderr is no terminal).
+fn stage_bar(what: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_prefix(what);
+    bar
 }
 
 /// Prompts in the spirit of the reference pipeline's fixed ones (Korean and English questions).
@@ -142,7 +156,31 @@ impl Suite {
             legacy_base: Default::default(),
             base_variant: Variant::original().name,
             base_per_token: Default::default(),
+            base_logits: Default::default(),
         }
+    }
+
+    /// The hash of how this suite measures (`device` and dtype as the results name them): the
+    /// tokens, items, prompts and every setting. Results measured under the same hash are
+    /// comparable row for row, so a resumed study may carry them over.
+    pub fn settings_hash(&self, device: &str) -> String {
+        use crate::compress::recipe::{hash_json, hash_tokens};
+        let mc: Vec<_> = self
+            .mc_items
+            .iter()
+            .map(|i| serde_json::json!([i.task, i.prompt, i.choices, i.label]))
+            .collect();
+        hash_json(&serde_json::json!({
+            "device": device,
+            "test": hash_tokens(std::slice::from_ref(&self.test.ids)),
+            "test_bytes": self.test.bytes,
+            "ppl_window": self.ppl_window,
+            "kl": hash_tokens(&self.kl_sequences),
+            "mc": mc,
+            "speed": [self.speed_prompt, self.speed_new_tokens, self.speed_warmup, self.speed_repeats],
+            "batch": self.batch,
+            "legacy": [serde_json::json!(self.legacy_prompts), serde_json::json!(self.legacy_new_tokens)],
+        }))
     }
 
     /// Writes a variant as its checkpoint (compressed-tensors when `q` is given, else bf16),
@@ -222,16 +260,39 @@ impl Suite {
     fn per_token(
         &self,
         model: &Exaone4,
+        who: &str,
     ) -> crate::Result<(crate::eval::Perplexity, Vec<Vec<f32>>)> {
         let w = self.ppl_window;
-        Ok(perplexity_per_token(
-            model,
-            &self.test,
-            w,
-            w / 2,
-            self.batch,
-            None,
-        )?)
+        let bar = stage_bar(format!("{who}: perplexity"));
+        let r = perplexity_per_token(model, &self.test, w, w / 2, self.batch, Some(&bar));
+        bar.finish_and_clear();
+        Ok(r?)
+    }
+
+    /// KL(base ‖ model) on the KL sequences, the base's logits computed once on the CPU.
+    fn divergence(
+        &self,
+        base: &Exaone4,
+        model: &Exaone4,
+        who: &str,
+    ) -> crate::Result<(crate::eval::Divergence, Vec<Vec<f32>>)> {
+        use crate::eval::divergence::{base_logits, divergence_from_logits};
+        let bar = stage_bar(format!("{who}: KL to the base"));
+        let (seqs, batch) = (&self.kl_sequences, self.batch);
+        let r = if base.device().is_cpu() && !seqs.is_empty() {
+            let logits = match self.base_logits.get() {
+                Some(l) => l,
+                None => {
+                    let l = base_logits(base, seqs, batch)?;
+                    self.base_logits.get_or_init(|| l)
+                }
+            };
+            divergence_from_logits(logits, model, seqs, batch, Some(&bar))
+        } else {
+            divergence_per_token(base, model, seqs, batch, Some(&bar))
+        };
+        bar.finish_and_clear();
+        Ok(r?)
     }
 
     /// Measures `model` against `base` and adds the rows for `variant` (its paired rows against
@@ -273,11 +334,11 @@ impl Suite {
             None,
             "MB",
         );
-        let (p, nll) = self.per_token(model)?;
+        let (p, nll) = self.per_token(model, &variant.name)?;
         // s.e. of mean NLL carried to the perplexity scale (first order)
         add(results, "test_ppl", p.ppl, Some(p.ppl * p.nll_stderr), "");
         add(results, "test_bits_per_byte", p.bits_per_byte, None, "bits");
-        let (d, kl) = divergence_per_token(base, model, &self.kl_sequences, self.batch, None)?;
+        let (d, kl) = self.divergence(base, model, &variant.name)?;
         add(results, "kl_mean", d.kl_mean, Some(d.kl_stderr), "nats");
         add(results, "kl_p99", d.kl_p99, None, "nats");
         add(results, "top1", d.top1, None, "");
@@ -297,7 +358,7 @@ impl Suite {
                 self.base_per_token.get_or_init(|| ours.clone())
             }
             None => {
-                let (_, nll) = self.per_token(base)?;
+                let (_, nll) = self.per_token(base, &self.base_variant)?;
                 let mc_right = if self.mc_items.is_empty() {
                     vec![]
                 } else {

@@ -33,12 +33,15 @@ impl Default for AwqConfig {
 }
 
 /// Mean over rows of |W| normalised per group by the group's max: AWQ's weight statistic [in].
+/// Rows are summed in fixed blocks (in parallel), the blocks then in order: the same sums
+/// whatever the thread count or scheduling (a work-stealing reduction would not be).
 fn w_mean(w: &[f32], out: usize, inp: usize, group: usize) -> Vec<f32> {
-    let mut m = (0..out)
+    const ROWS: usize = 64;
+    let blocks: Vec<Vec<f32>> = (0..out.div_ceil(ROWS))
         .into_par_iter()
-        .fold(
-            || vec![0f32; inp],
-            |mut m, r| {
+        .map(|b| {
+            let mut m = vec![0f32; inp];
+            for r in b * ROWS..((b + 1) * ROWS).min(out) {
                 for g0 in (0..inp).step_by(group) {
                     let g1 = (g0 + group).min(inp);
                     let row = &w[r * inp + g0..r * inp + g1];
@@ -47,16 +50,14 @@ fn w_mean(w: &[f32], out: usize, inp: usize, group: usize) -> Vec<f32> {
                         m[g0 + k] += x.abs() / mx;
                     }
                 }
-                m
-            },
-        )
-        .reduce(
-            || vec![0f32; inp],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+            }
+            m
+        })
+        .collect();
+    let mut m = vec![0f32; inp];
+    for b in &blocks {
+        m.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+    }
     m.iter_mut().for_each(|x| *x /= out as f32);
     m
 }

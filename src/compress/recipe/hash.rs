@@ -162,6 +162,12 @@ pub(super) fn canonical(v: &Value) -> String {
     sorted(v).to_string()
 }
 
+/// The hash of a JSON value in canonical form (keys sorted, no spaces): equal values hash alike
+/// whatever their key order.
+pub fn hash_json(v: &Value) -> String {
+    hash_bytes(canonical(v).as_bytes())
+}
+
 /// A model directory's identity: hashes of its config and of its tensors.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -139,7 +139,17 @@ pub struct Ctx {
     /// model directories a distill step's teacher may be, with their identities (for `apply`:
     /// the base first, then `--teacher`)
     pub models: Vec<(PathBuf, ModelId)>,
+    /// the teachers' logits shared by the distill steps of one run (a study's); None: every
+    /// step runs its teacher (the result is the same bit for bit)
+    pub teacher_cache: Option<std::sync::Arc<crate::compress::distill::TeacherCache>>,
+    /// token streams already read (by tokenizer, vocabulary, file content and template use),
+    /// for a run of many steps on the same data; None: every step tokenizes its data
+    pub streams: Option<StreamCache>,
 }
+
+/// Token streams kept by [`Ctx::token_stream`].
+pub type StreamCache =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, TokenStream>>>;
 
 impl Ctx {
     /// `device` opened with the runtime's memory pool; the dtype `auto` picks (f32 on the CPU,
@@ -155,7 +165,31 @@ impl Ctx {
             root,
             check,
             models: vec![],
+            teacher_cache: None,
+            streams: None,
         })
+    }
+
+    /// [`token_stream`] of `path` for the model in `dir`, from the cache when the same
+    /// tokenizer, vocabulary and file content were read before (the same stream bit for bit).
+    pub fn token_stream(&self, dir: &Path, path: &Path, chat: bool) -> Result<TokenStream> {
+        let Some(cache) = &self.streams else {
+            return token_stream(dir, path, chat);
+        };
+        let file = |p: &Path| std::fs::read(p).map(|b| hash_bytes(&b)).unwrap_or_default();
+        let tok = match dir.join("tokenizer.json") {
+            t if t.is_file() => file(&t),
+            _ => file(&default_model_dir().join("tokenizer.json")),
+        };
+        let vocab = Exaone4Config::from_file(dir)?.vocab_size;
+        let key = format!("{tok} {vocab} {chat} {} {}", file(path), path.display());
+        let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = lock().get(&key) {
+            return Ok(s.clone());
+        }
+        let s = token_stream(dir, path, chat)?;
+        lock().insert(key, s.clone());
+        Ok(s)
     }
 
     /// Records `got` in `have`, or checks it against `have`.
@@ -270,7 +304,7 @@ impl Calibration {
     /// The samples for the model in `dir`, the hashes recorded or checked.
     pub fn read(&mut self, dir: &Path, ctx: &Ctx) -> Result<Vec<Vec<u32>>> {
         let path = read_source(&self.data, &mut self.data_hash, ctx, "calibration data")?;
-        let stream = token_stream(dir, &path, self.chat)?;
+        let stream = ctx.token_stream(dir, &path, self.chat)?;
         let s = crate::compress::calibration::samples(&stream, self.samples, self.len, self.seed)
             .map_err(|e| bad(format!("--calib-samples × --calib-len: {e}")))?;
         ctx.settle(&mut self.tokens_hash, hash_tokens(&s), &|| {

@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::hash::hash_tokens;
 use super::quantize::run_quantize;
-use super::source::{read_source, token_stream};
+use super::source::read_source;
 use super::{bad, within, Calibration, Check, Ctx, ModelRef, QuantizeStep, Source};
-use crate::checkpoint::{save_model, Checkpoint, WriteOptions};
-use crate::compress::distill::{distill, DistillConfig, ParamGroup};
+use crate::checkpoint::{save_model, write_model_dir, Checkpoint, RawTensor, WriteOptions};
+use crate::compress::distill::{distill_cached, DistillConfig, ParamGroup};
 use crate::compress::prune::{choose, DropRule};
 use crate::error::Result;
+use crate::model::Exaone4;
 use crate::train::TrainConfig;
 
 /// An `Option` field that must be present (`null` allowed): serde would default it silently.
@@ -422,18 +423,23 @@ fn run_distill(d: &mut DistillStep, input: &Path, out: &Path, ctx: &Ctx) -> Resu
         return Err(bad(format!("distill: the teacher's vocab_size is {tv}, the student's {sv}: logits can only be distilled over one vocabulary")));
     }
     let cfg = d.config(student.layers.len())?;
-    let stream = token_stream(input, &path, false)?;
+    let stream = ctx.token_stream(input, &path, false)?;
     ctx.settle(
         &mut d.tokens_hash,
         hash_tokens(std::slice::from_ref(&stream.ids)),
         &|| format!("the tokens of {}", path.display()),
     )?;
     // validation: windows of the shipped val split, for the log only
-    let val_stream = token_stream(input, &crate::data::split_path("val"), false)?;
+    let val_stream = ctx.token_stream(input, &crate::data::split_path("val"), false)?;
     let mut r = crate::data::rng(d.seed + 1);
     let val = vec![val_stream.sample_windows(2, d.seq_len.min(256), &mut r, &ctx.device)?];
-    let log = distill(&teacher, &mut student, &stream, &val, &cfg)?;
-    save_model(&student, out, Some(DType::BF16), &write_opts(input))?;
+    let name = format!(
+        "{} {} {:?} {:?}",
+        d.teacher.config_hash, d.teacher.weights_hash, ctx.dtype, ctx.device
+    );
+    let cache = ctx.teacher_cache.as_deref().map(|c| (c, name.as_str()));
+    let log = distill_cached(&teacher, &mut student, &stream, &val, &cfg, cache)?;
+    save_student(&student, &cfg.groups, input, out)?;
     let (first, last) = (log.first(), log.last());
     let summary = format!(
         "distilled [{}] for {} steps: KD loss {:.4} → {:.4}, validation KL {:.4}",
@@ -447,6 +453,61 @@ fn run_distill(d: &mut DistillStep, input: &Path, out: &Path, ctx: &Ctx) -> Resu
         log: vec![],
         summary,
     })
+}
+
+/// Writes a distilled student: in bf16 when the input was dense; as the input stored it when it
+/// was quantized (compressed-tensors), its quantized Linears unchanged and only the trained
+/// tensors replaced — training a quantized Linear itself is refused (dequantize first).
+fn save_student(student: &Exaone4, groups: &[ParamGroup], input: &Path, out: &Path) -> Result<()> {
+    let ck = Checkpoint::open(input)?;
+    if ck.quant_info()?.is_none() {
+        return save_model(student, out, Some(DType::BF16), &write_opts(input));
+    }
+    let mut tensors = std::collections::BTreeMap::new();
+    for name in ck.names() {
+        let i = ck.info(name)?;
+        let raw = RawTensor {
+            dtype: i.dtype,
+            shape: i.shape.clone(),
+            data: ck.bytes(name)?.to_vec(),
+        };
+        tensors.insert(name.clone(), raw);
+    }
+    for (name, t) in student.named_tensors() {
+        if !groups.iter().any(|g| g.selects(&name)) {
+            continue;
+        }
+        let stored = if name == "lm_head.weight" {
+            tensors.get("model.embed_tokens.weight")
+        } else {
+            tensors.get(&name)
+        };
+        match stored {
+            Some(r) if r.shape == t.dims() => {}
+            _ => {
+                return Err(bad(format!(
+                    "distill: {name} of the quantized checkpoint {} is not stored as a dense tensor; train norms, embedding or lm-head of a quantized model, or dequantize it first",
+                    input.display()
+                )))
+            }
+        }
+        let dt = match stored.map(|r| r.dtype) {
+            Some(safetensors::Dtype::F32) => DType::F32,
+            Some(safetensors::Dtype::F16) => DType::F16,
+            _ => DType::BF16,
+        };
+        tensors.insert(name, RawTensor::from_tensor(&t.to_dtype(dt)?)?);
+    }
+    let path = input.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| crate::Error::json(&path, e))?;
+    if student.lm_head.is_some() {
+        value["tie_word_embeddings"] = false.into();
+    }
+    let mut cfg = student.config.clone();
+    cfg.tie_word_embeddings = student.lm_head.is_none();
+    write_model_dir(out, &cfg, Some(value), &tensors, &write_opts(input))
 }
 
 /// The empty parameters of a dequantize step.

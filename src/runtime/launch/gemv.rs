@@ -327,7 +327,11 @@ pub(crate) fn dequant_w4(dev: &CudaDevice, w: &Int4, out: Dev<bf16>) -> Result<(
         w.n,
         w.k
     );
-    require!(K, out.aligned(16), "16-byte aligned output (8 values per store)");
+    require!(
+        K,
+        out.aligned(16),
+        "16-byte aligned output (8 values per store)"
+    );
     let f = func(dev, Module::Gemv, K)?;
     let stream = dev.cuda_stream();
     let z = or_null(w.zeros);

@@ -393,7 +393,9 @@ fn cuda_runs(
             // the base is what every other variant is measured against: without it, stop
             Err(e) if i == 0 => return Err(e).context(|| format!("variant {label}")),
             // a quantized variant that fails is reported and left out; the others still run
-            Err(e) => eprintln!("serve_bench: variant {label} failed, left out of the results: {e}"),
+            Err(e) => {
+                eprintln!("serve_bench: variant {label} failed, left out of the results: {e}")
+            }
         }
     }
     Ok((runs, eff))

@@ -1,0 +1,343 @@
+//! Variants made by recipes: a study names each variant by its steps (prune, distill, quantize
+//! with every parameter) and [`Builder`] makes it by running those steps on the base model's
+//! directory through [`Step::run`] — the code `exaone-compress apply` runs — so the recipe
+//! written beside the checkpoint is what made it, not a description of it. A chain's prefixes
+//! are built once and shared (the pruned model under every pruned variant), and distillations
+//! share their teacher's logits ([`TeacherCache`]). What a study keeps afterwards ([`Keep`]) and
+//! how a rerun skips what it measured already ([`resumable`]) live here too.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::compress::distill::TeacherCache;
+use crate::compress::recipe::{Check, Ctx, ModelRef, Recipe, Staging, Step};
+use crate::error::{Error, Result};
+use crate::record::Results;
+
+/// Which variants' checkpoints a study keeps once it is done.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// none: every checkpoint is measured in a temporary directory and removed
+    None,
+    /// the variant the report recommends (the Score's pick)
+    Recommended,
+    /// every variant made by a recipe
+    All,
+}
+
+/// The rows a study's verdict adds at the end ([`crate::study::add_scores`]): recomputed from
+/// the others, so results carried over by `--resume` leave them out.
+pub const SCORE_METRICS: [&str; 9] = [
+    "predicted_speedup",
+    "perf_norm",
+    "speed_norm",
+    "score",
+    "score_lo",
+    "score_hi",
+    "verdict_best",
+    "verdict_tied",
+    "verdict_pick",
+];
+
+/// The metric of the rows that say where a kept checkpoint is (value 1; the params hold the
+/// directory, its recipe and the command that rebuilds it).
+pub const KEPT_METRIC: &str = "kept_checkpoint";
+
+/// Teacher logits a study keeps for its distillations on the CPU (a GPU's memory is the
+/// model's: there the teacher runs again).
+const TEACHER_CACHE_BYTES: usize = 3 << 30;
+
+/// Makes variants from recipes, in a working directory beside where kept checkpoints go.
+pub struct Builder {
+    pub base_dir: PathBuf,
+    pub base: ModelRef,
+    pub ctx: Ctx,
+    work: tempfile::TempDir,
+    /// every prefix built so far: its plan hash, its directory, its recipe as written
+    built: Vec<(String, PathBuf, Recipe)>,
+}
+
+impl Builder {
+    /// A builder for variants of the model at `base_dir`, run on `device` in `dtype`, whose
+    /// working directory is a temporary sibling of `beside` (so kept checkpoints move into
+    /// place with a rename).
+    pub fn new(
+        base_dir: &Path,
+        device: &str,
+        dtype: candle_core::DType,
+        beside: &Path,
+    ) -> Result<Self> {
+        let mut ctx = Ctx::new(device, Check::Record)?;
+        ctx.dtype = dtype;
+        let base = ModelRef::of(base_dir)?;
+        ctx.models = vec![(base_dir.to_path_buf(), base.id())];
+        ctx.streams = Some(Default::default());
+        if ctx.device.is_cpu() {
+            ctx.teacher_cache = Some(Arc::new(TeacherCache::new(TEACHER_CACHE_BYTES)));
+        }
+        for note in crate::fs::clean_stale(beside) {
+            eprintln!("note: {note}");
+        }
+        let parent = crate::fs::parent_of(beside).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let work = tempfile::Builder::new()
+            .prefix(&crate::fs::partial_prefix(beside)?)
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(&parent, e))?;
+        Ok(Self {
+            base_dir: base_dir.to_path_buf(),
+            base,
+            ctx,
+            work,
+            built: vec![],
+        })
+    }
+
+    /// The recipe of `steps` from the base, before they run.
+    pub fn recipe(&self, steps: &[Step]) -> Recipe {
+        let mut r = Recipe::new(self.base.clone(), &self.ctx);
+        r.steps = steps.to_vec();
+        r
+    }
+
+    /// Builds the variant `steps` make from the base: each prefix of the chain once (a prefix
+    /// built before is reused), every step through [`Step::run`] from the previous step's
+    /// directory. Returns the directory (inside the working directory) and its recipe.
+    pub fn build(&mut self, steps: &[Step]) -> Result<(PathBuf, Recipe)> {
+        if steps.is_empty() {
+            return Err(Error::Invalid("a variant's recipe needs a step".into()));
+        }
+        let (mut input, mut recipe) = (self.base_dir.clone(), self.recipe(&[]));
+        for k in 1..=steps.len() {
+            let key = self.recipe(&steps[..k]).plan_hash();
+            if let Some((_, dir, r)) = self.built.iter().find(|(h, ..)| *h == key) {
+                (input, recipe) = (dir.clone(), r.clone());
+                continue;
+            }
+            let out = self.work.path().join(format!("{}", self.built.len()));
+            let staging = Staging::new(&out)?;
+            let mut step = steps[k - 1].clone();
+            eprintln!("  step {k}/{}: {}", steps.len(), step.describe());
+            let rep = step.run(&input, &staging.model(), &self.ctx)?;
+            for l in rep
+                .log
+                .iter()
+                .chain(Some(&rep.summary).filter(|s| !s.is_empty()))
+            {
+                eprintln!("  {l}");
+            }
+            recipe.steps.push(step);
+            recipe.result = None;
+            recipe = staging.publish(recipe, false)?;
+            self.built.push((key, out.clone(), recipe.clone()));
+            input = out;
+        }
+        Ok((input, recipe))
+    }
+
+    /// Copies a built checkpoint to `dest`, atomically (a temporary sibling renamed into place;
+    /// a model directory there replaced only with `overwrite`).
+    pub fn keep(&self, dir: &Path, dest: &Path, overwrite: bool) -> Result<()> {
+        crate::fs::check_destination(dest, crate::fs::OutputKind::ModelDir, overwrite)?;
+        if let Some(p) = crate::fs::parent_of(dest).to_str() {
+            std::fs::create_dir_all(p).map_err(|e| Error::io(Path::new(p), e))?;
+        }
+        // a copy beside `dest` first: the rename into place is then one step
+        let staging = tempfile::Builder::new()
+            .prefix(&crate::fs::partial_prefix(dest)?)
+            .tempdir_in(crate::fs::parent_of(dest))
+            .map_err(|e| Error::io(dest, e))?
+            .keep();
+        let copied = copy_dir(dir, &staging);
+        if let Err(e) = copied {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        crate::fs::publish_mode(&staging, true)?;
+        crate::fs::move_into_place(&staging, dest, crate::fs::OutputKind::ModelDir, overwrite)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    for e in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let p = e.map_err(|e| Error::io(from, e))?.path();
+        if p.is_file() {
+            let name = p.file_name().unwrap_or_default();
+            std::fs::copy(&p, to.join(name)).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The hash a resumed study compares: of a variant made in memory, its method and parameters
+/// on the base (`base`: the base's plan hash, or its identity).
+pub fn variant_hash(method: &str, params: &Value, base: &str) -> String {
+    crate::compress::recipe::hash_json(&json!({"method": method, "params": params, "base": base}))
+}
+
+/// The rows of variant `name` in `previous` that a resumed study keeps instead of measuring it
+/// again: those recorded with the same `recipe_hash` and `suite_hash` (what was measured and
+/// how), less the verdict's rows (recomputed). None where the variant must be measured (absent,
+/// or its recipe or the measurement changed: said on stderr).
+pub fn resumable(
+    previous: &Results,
+    name: &str,
+    recipe_hash: &str,
+    suite_hash: &str,
+) -> Option<Vec<crate::record::Row>> {
+    let v = previous.variant(name)?;
+    let same = |k: &str, want: &str| v.params.get(k).and_then(Value::as_str) == Some(want);
+    if !same("recipe_hash", recipe_hash) {
+        eprintln!("{name}: its recipe changed since the results being resumed; measuring it again");
+        return None;
+    }
+    if !same("suite_hash", suite_hash) {
+        eprintln!("{name}: measured with other settings (tokens, items, seeds) in the results being resumed; measuring it again");
+        return None;
+    }
+    eprintln!("{name}: resumed (recipe {recipe_hash} unchanged)");
+    Some(
+        previous
+            .rows
+            .iter()
+            .filter(|r| r.variant == name && !SCORE_METRICS.contains(&r.metric.as_str()))
+            .filter(|r| r.metric != KEPT_METRIC)
+            .cloned()
+            .collect(),
+    )
+}
+
+impl super::Study {
+    fn builder(&mut self) -> Result<&mut Builder> {
+        if self.builder.is_none() {
+            let b = Builder::new(
+                &self.dir,
+                &self.args.device,
+                self.base.dtype(),
+                &self.ck_root,
+            )?;
+            self.builder = Some(b);
+        }
+        Ok(self.builder.as_mut().expect("just made"))
+    }
+
+    /// Makes the variant `name` by running `steps` on the base model (a chain's prefixes built
+    /// once per study), writes it with its recipe, and evaluates the checkpoint as written —
+    /// loaded as vLLM would load it. With `--resume`, a variant the resumed results hold with
+    /// the same recipe (plan hash) and measurement is carried over instead.
+    pub fn measure_recipe(&mut self, name: &str, steps: Vec<Step>) -> Result<()> {
+        let hash = self.builder()?.recipe(&steps).plan_hash();
+        if self.recipes.iter().any(|r| r.0 == name) {
+            return Err(Error::Invalid(format!("variant {name:?} measured twice")));
+        }
+        if self.resumed(name, &hash) {
+            self.recipes.push((name.into(), steps, hash, None));
+            return self.save_progress();
+        }
+        eprintln!("building {name}");
+        let t0 = std::time::Instant::now();
+        let (dir, recipe) = self.builder()?.build(&steps)?;
+        self.stage(&format!("build {name}"), t0);
+        let params = json!({"steps": recipe.steps, "result": recipe.result});
+        let v = crate::record::Variant::new(name, recipe.method(), params);
+        let v = self.with_hashes(&v, &hash);
+        self.recipes
+            .push((name.into(), steps, hash, Some(dir.clone())));
+        let t0 = std::time::Instant::now();
+        self.evaluate_dir(&v, &dir)?;
+        self.stage(&format!("measure {name}"), t0);
+        self.save_progress()
+    }
+
+    /// Keeps the checkpoints `--keep` names under the checkpoints directory (each with its
+    /// recipe.json; a variant resumed, not built in this run, is built again unless the kept
+    /// one is already it), records where as [`KEPT_METRIC`] rows, and in the default directory
+    /// (`<out>/checkpoints`, the study's own) removes the variants an earlier run kept that this
+    /// one does not.
+    pub(crate) fn keep_checkpoints(&mut self) -> Result<()> {
+        let picked = |n: &str| self.results.get(n, "verdict_pick") == Some(1.0);
+        let names: Vec<String> = match self.keep {
+            Keep::None => vec![],
+            Keep::All => self.recipes.iter().map(|r| r.0.clone()).collect(),
+            Keep::Recommended => self
+                .recipes
+                .iter()
+                .filter(|r| picked(&r.0))
+                .map(|r| r.0.clone())
+                .collect(),
+        };
+        let own = self.args.checkpoints.is_none();
+        let overwrite = own || self.args.overwrite;
+        let mut kept = vec![];
+        for name in &names {
+            let (steps, dir) = match self.recipes.iter().find(|r| &r.0 == name) {
+                Some(r) => (r.1.clone(), r.3.clone()),
+                None => continue,
+            };
+            let v = self.results.variant(name);
+            let dest = self
+                .ck_root
+                .join(v.as_ref().map_or(name.clone(), |v| v.dir_name()));
+            let want = v.as_ref().and_then(|v| {
+                v.params["result"]["weights_hash"]
+                    .as_str()
+                    .map(String::from)
+            });
+            let have = crate::compress::recipe::ModelId::of(&dest)
+                .ok()
+                .map(|i| i.weights_hash);
+            if dir.is_none() && want.is_some() && want == have {
+                eprintln!("{name}: kept already at {}", dest.display());
+            } else {
+                let dir = match dir {
+                    Some(d) => d,
+                    None => {
+                        eprintln!("building {name} again, to keep it");
+                        self.builder()?.build(&steps)?.0
+                    }
+                };
+                self.builder()?.keep(&dir, &dest, overwrite)?;
+            }
+            kept.push(dest.clone());
+            let recipe = dest.join(crate::compress::recipe::RECIPE_FILE);
+            let rebuild = format!(
+                "exaone-compress apply --recipe {} --model {} --out DIR",
+                recipe.display(),
+                self.dir.display()
+            );
+            let method = self.results.method_of(name);
+            let row = crate::record::Variant::new(
+                name.clone(),
+                method,
+                json!({"checkpoint": dest.display().to_string(), "recipe": recipe.display().to_string(), "rebuild": rebuild}),
+            );
+            self.results.add(&row, KEPT_METRIC, 1.0, None, "");
+        }
+        if own {
+            remove_unkept(&self.ck_root, &kept);
+        }
+        if self.keep != Keep::None && names.is_empty() {
+            let keep = format!("{:?}", self.keep).to_lowercase();
+            eprintln!("--keep {keep}: no variant made by a recipe to keep (variants made in memory have no recipe and are not kept)");
+        }
+        Ok(())
+    }
+}
+
+/// Removes from the study's own checkpoints directory the model directories (with a recipe)
+/// an earlier run kept that this one did not, and the directory itself when left empty.
+fn remove_unkept(root: &Path, kept: &[PathBuf]) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let recipe = p.join(crate::compress::recipe::RECIPE_FILE);
+        if p.is_dir() && recipe.is_file() && !kept.contains(&p) {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
+    let _ = std::fs::remove_dir(root);
+}

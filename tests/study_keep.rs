@@ -1,0 +1,163 @@
+//! Studies keep what matters: variants made by recipes, results and report saved after each
+//! variant, the kept checkpoints each with a recipe that `apply` turns back into the same
+//! checkpoint bit for bit (the report's rebuild command), and `--resume` measuring only what
+//! changed.
+
+use std::path::Path;
+
+use clap::Parser;
+use exaone_compress::compress::prune::DropRule;
+use exaone_compress::compress::recipe::{
+    ApplyOptions, Check, Ctx, DistillStep, ModelRef, PruneStep, QuantizeStep, Quantizer, Recipe,
+    SchemeName, Step,
+};
+use exaone_compress::record::{Results, Variant};
+use exaone_compress::study::{Keep, Study, StudyArgs};
+use exaone_compress::Checkpoint;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    study: StudyArgs,
+}
+
+fn study(out: &Path, extra: &[&str]) -> Study {
+    let small = [
+        "test",
+        "--out",
+        out.to_str().unwrap(),
+        "--eval-tokens",
+        "256",
+        "--kl-sequences",
+        "2",
+        "--mc-items",
+        "2",
+        "--speed-repeats",
+        "0",
+        "--calib-samples",
+        "2",
+        "--calib-len",
+        "32",
+    ];
+    let a = Args::try_parse_from(small.iter().chain(extra)).unwrap();
+    Study::load("keep_test", a.study).unwrap()
+}
+
+fn rtn(scheme: SchemeName) -> Step {
+    Step::Quantize(QuantizeStep {
+        scheme,
+        group: scheme.grouped().then_some(128),
+        ignore: vec![],
+        quantizer: Quantizer::Rtn {},
+    })
+}
+
+/// prune → distill (one step) → RTN W4A16, and RTN W8A8
+fn variants(s: &Study, w8_group: SchemeName) -> Vec<(&'static str, Vec<Step>)> {
+    let mut kd = DistillStep::new(ModelRef::of(&s.dir).unwrap(), 1, None);
+    kd.seq_len = 32;
+    let prune = Step::Prune(PruneStep::new(&DropRule::Explicit(vec![8])));
+    vec![
+        (
+            "chain",
+            vec![prune, Step::Distill(kd), rtn(SchemeName::W4a16)],
+        ),
+        ("w8", vec![rtn(w8_group)]),
+    ]
+}
+
+/// Every tensor of two checkpoints the same, bit for bit.
+fn same_tensors(a: &Path, b: &Path) {
+    let (ca, cb) = (Checkpoint::open(a).unwrap(), Checkpoint::open(b).unwrap());
+    let names: Vec<&String> = ca.names().collect();
+    assert_eq!(names, cb.names().collect::<Vec<_>>());
+    for n in names {
+        assert_eq!(ca.info(n).unwrap().shape, cb.info(n).unwrap().shape, "{n}");
+        assert!(ca.bytes(n).unwrap() == cb.bytes(n).unwrap(), "{n} differs");
+    }
+}
+
+#[test]
+fn a_study_keeps_its_variants_with_recipes_that_rebuild_them_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    let mut s = study(&out, &["--keep", "all"]);
+    assert_eq!(s.keep, Keep::All);
+    let base = s.base.share();
+    s.measure(&Variant::original(), &base).unwrap();
+    // saved after each variant: results and a report marked partial
+    let r = Results::load(&out.join("results.parquet")).unwrap();
+    assert_eq!(r.variants(), ["original"]);
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("(partial)") && md.contains("--resume"), "{md}");
+    for (name, steps) in variants(&s, SchemeName::W8a8) {
+        s.measure_recipe(name, steps).unwrap();
+        let r = Results::load(&out.join("results.parquet")).unwrap();
+        assert!(r.get(name, "test_ppl").is_some(), "{name} saved");
+    }
+    s.finish("Keep test", vec![], &[]).unwrap();
+    let r = Results::load(&out.join("results.parquet")).unwrap();
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(!md.contains("(partial)"));
+    assert!(md.contains("## Checkpoints kept"), "{md}");
+    let dir = out.join("checkpoints/chain");
+    let recipe_path = dir.join("recipe.json");
+    assert!(recipe_path.is_file() && out.join("checkpoints/w8/recipe.json").is_file());
+    // what was measured is what was kept: the recorded result is the kept directory
+    let id = exaone_compress::compress::recipe::ModelId::of(&dir).unwrap();
+    let v = r.variant("chain").unwrap();
+    assert_eq!(v.params["result"]["weights_hash"], id.weights_hash.as_str());
+    assert!(
+        v.method.contains("kd[norms]") && v.method.contains("rtn W4A16"),
+        "{}",
+        v.method
+    );
+    // the recommended variant's rebuild command, beside the recommendation
+    let pick = r
+        .variants()
+        .into_iter()
+        .find(|v| r.get(v, "verdict_pick") == Some(1.0))
+        .unwrap();
+    let cmd = exaone_compress::report::study::rebuild_command(&r).unwrap();
+    assert!(
+        cmd.starts_with("exaone-compress apply --recipe ")
+            && cmd.contains(&format!("checkpoints/{pick}/recipe.json"))
+            && cmd.ends_with("--model data/default-model --out DIR"),
+        "{cmd}"
+    );
+    assert!(md.contains(&format!("`{cmd}`")), "{md}");
+    // the recipe, applied by the library, rebuilds the kept checkpoint bit for bit
+    let recipe = Recipe::read(&recipe_path).unwrap();
+    let mut ctx = Ctx::new("cpu", Check::Record).unwrap();
+    let rebuilt = tmp.path().join("rebuilt");
+    let done = recipe
+        .apply(&s_dir(), &rebuilt, &mut ctx, &ApplyOptions::default())
+        .unwrap();
+    assert_eq!(done.bit_exact, Some(true));
+    same_tensors(&dir, &rebuilt);
+
+    // --resume: nothing changed, nothing measured again; a changed recipe is measured again
+    let mut s = study(&out, &["--resume", "--keep", "none"]);
+    let base = s.base.share();
+    s.measure(&Variant::original(), &base).unwrap();
+    let vs = variants(&s, SchemeName::Fp8);
+    s.measure_recipe(vs[0].0, vs[0].1.clone()).unwrap();
+    s.measure_recipe(vs[1].0, vs[1].1.clone()).unwrap();
+    let built: Vec<&str> = s
+        .stages_run()
+        .filter(|w| w.starts_with("build ") || w.starts_with("measure "))
+        .collect();
+    assert_eq!(built, ["build w8", "measure w8"]);
+    s.finish("Keep test", vec![], &[]).unwrap();
+    let again = Results::load(&out.join("results.parquet")).unwrap();
+    for m in ["test_ppl", "kl_mean", "score"] {
+        assert_eq!(again.get("chain", m), r.get("chain", m), "{m}");
+    }
+    assert!(again.method_of("w8").contains("FP8"));
+    // --keep none: the study's own checkpoints directory is emptied of what it kept before
+    assert!(!out.join("checkpoints").exists());
+}
+
+fn s_dir() -> std::path::PathBuf {
+    exaone_compress::default_model_dir()
+}
