@@ -41,3 +41,30 @@ __device__ __forceinline__ float bf(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 tobf(float x) { return __float2bfloat16(x); }
 __device__ __forceinline__ float lo_bf(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float hi_bf(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+// Per-token 8-bit quantization of x [rows, K] (one block per row, K % 8 == 0; a multiple of 32
+// threads for block_reduce): scale = max(|x|) / Pack::qmax (at least 1e-10), and each pair of
+// values x / scale → two bytes by Pack::two. Shared by the int8 (quant.cu) and fp8 e4m3
+// (gemm_fp8.cu) quantizers, which differ only in those two.
+template <class Pack> __device__ void quant_rows(const bf16 *x, uint8_t *q, float *scale, int K) {
+    __shared__ float red[32];
+    const uint4 *xr = (const uint4 *)(x + (size_t)blockIdx.x * K);
+    float m = 0.f;
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) m = fmaxf(m, fmaxf(fabsf(lo_bf(u[i])), fabsf(hi_bf(u[i]))));
+    }
+    m = block_reduce(m, red, true);
+    float s = fmaxf(m / Pack::qmax, 1e-10f);
+    uint2 *qr = (uint2 *)(q + (size_t)blockIdx.x * K);
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w}, packed[2] = {0u, 0u};
+#pragma unroll
+        for (int i = 0; i < 4; i++) packed[i / 2] |= Pack::two(lo_bf(u[i]) / s, hi_bf(u[i]) / s) << (16 * (i % 2));
+        qr[c] = make_uint2(packed[0], packed[1]);
+    }
+    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+}

@@ -15,31 +15,14 @@
 // Per-token fp8 quantization as the model's ActQuant::Fp8PerToken (and vLLM's dynamic per-token
 // scaled_fp8_quant): scale = max(|x|) / 448 (at least 1e-10), q = e4m3(x / scale), round to
 // nearest even, saturating at ±448. One block per row, K % 8 == 0.
+struct PackE4M3 {
+    static constexpr float qmax = 448.f;
+    static __device__ __forceinline__ uint32_t two(float a, float b) {
+        return (uint32_t)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+    }
+};
 extern "C" __global__ void quant_rows_fp8(const bf16 *x, uint8_t *q, float *scale, int K) {
-    __shared__ float red[32];
-    const uint4 *xr = (const uint4 *)(x + (size_t)blockIdx.x * K);
-    float m = 0.f;
-    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
-        uint4 v = xr[c];
-        uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) m = fmaxf(m, fmaxf(fabsf(lo_bf(u[i])), fabsf(hi_bf(u[i]))));
-    }
-    m = block_reduce(m, red, true);
-    float s = fmaxf(m / 448.f, 1e-10f);
-    uint2 *qr = (uint2 *)(q + (size_t)blockIdx.x * K);
-    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
-        uint4 v = xr[c];
-        uint32_t u[4] = {v.x, v.y, v.z, v.w}, packed[2] = {0u, 0u};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            __nv_fp8x2_storage_t p =
-                __nv_cvt_float2_to_fp8x2(make_float2(lo_bf(u[i]) / s, hi_bf(u[i]) / s), __NV_SATFINITE, __NV_E4M3);
-            packed[i / 2] |= (uint32_t)p << (16 * (i % 2));
-        }
-        qr[c] = make_uint2(packed[0], packed[1]);
-    }
-    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+    quant_rows<PackE4M3>(x, q, scale, K);
 }
 
 Q8_KERNELS(gemm_fp8, q8::MmaE4M3)

@@ -6,31 +6,16 @@
 // ---------------------------------------------------------------------------------------------
 // W8A8: per-token int8 activation quantization, as vLLM's dynamic scaled_int8_quant:
 // scale = max(|x|) / 127 (at least 1e-10), q = clamp(rint(x / scale)) with ties to even.
-extern "C" __global__ void quant_rows_int8(const bf16 *x, int8_t *q, float *scale, int K) {
-    __shared__ float red[32];
-    const uint4 *xr = (const uint4 *)(x + (size_t)blockIdx.x * K);
-    float m = 0.f;
-    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
-        uint4 v = xr[c];
-        uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) m = fmaxf(m, fmaxf(fabsf(lo_bf(u[i])), fabsf(hi_bf(u[i]))));
+struct PackInt8 {
+    static constexpr float qmax = 127.f;
+    static __device__ __forceinline__ uint32_t two(float a, float b) {
+        int q0 = max(-128, min(127, __float2int_rn(a)));
+        int q1 = max(-128, min(127, __float2int_rn(b)));
+        return (uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8);
     }
-    m = block_reduce(m, red, true);
-    float s = fmaxf(m / 127.f, 1e-10f);
-    uint2 *qr = (uint2 *)(q + (size_t)blockIdx.x * K);
-    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
-        uint4 v = xr[c];
-        uint32_t u[4] = {v.x, v.y, v.z, v.w}, packed[2] = {0u, 0u};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int q0 = max(-128, min(127, __float2int_rn(lo_bf(u[i]) / s)));
-            int q1 = max(-128, min(127, __float2int_rn(hi_bf(u[i]) / s)));
-            packed[i / 2] |= ((uint32_t)(q0 & 255) | ((uint32_t)(q1 & 255) << 8)) << (16 * (i % 2));
-        }
-        qr[c] = make_uint2(packed[0], packed[1]);
-    }
-    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+};
+extern "C" __global__ void quant_rows_int8(const bf16 *x, uint8_t *q, float *scale, int K) {
+    quant_rows<PackInt8>(x, q, scale, K);
 }
 
 // y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]) for the int32 result of an int8 GEMM; blockIdx.y = m,
