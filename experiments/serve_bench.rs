@@ -8,7 +8,7 @@
 //! bf16 run's steps), efficiencies carried from this device's measured copy and GEMM rates.
 //! On CUDA it first checks the engine's logits against the f32 forward (serve::check).
 //!
-//!   serve_bench --model DIR [--w4a16 DIR] [--w8a8 DIR] --device cuda [--hf-json hf.json]
+//!   serve_bench --model DIR [--w4a16 DIR] [--w8a8 DIR] [--fp8 DIR] --device cuda [--hf-json hf.json]
 //!   serve_bench --write-workload FILE      (the requests as JSONL, for the HF script)
 
 use std::path::PathBuf;
@@ -29,6 +29,10 @@ struct Args {
     /// a W8A8 int8 checkpoint of the same model
     #[arg(long)]
     w8a8: Option<PathBuf>,
+    /// an FP8 (e4m3, dynamic per-token activations) checkpoint of the same model: native on
+    /// sm_89+, dequantized to bf16 elsewhere
+    #[arg(long)]
+    fp8: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "reports/serve_bench")]
@@ -85,6 +89,7 @@ fn main() -> Result<()> {
         ("bf16", Some(dir.clone())),
         ("w4a16", a.w4a16.clone()),
         ("w8a8", a.w8a8.clone()),
+        ("fp8", a.fp8.clone()),
     ]
     .into_iter()
     .filter_map(|(l, d)| d.map(|d| (l, d)))

@@ -309,6 +309,11 @@ fn the_committed_serve_bench_steps_projected_at_the_1_2b_shape() {
         );
         assert!(section.contains(&format!("- FP8 above the base ({:.3}", s("fp8"))));
         assert!(section.contains(&format!("projects {no_cores:.3}")));
+        // the committed results carry device rows for the projection too: the source is found
+        assert!(
+            section.contains(&format!("Where they come from: {}.", eff.source)),
+            "{what}"
+        );
     }
 }
 

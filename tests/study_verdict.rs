@@ -111,6 +111,7 @@ fn study(
     let base = PerToken {
         nll: base_nll.clone(),
         mc_right: vec![true, true, false, true, false, true],
+        gen_right: vec![true, false, true, true],
     };
     let mut r = Results::new("t", "cpu (F32)", "data/default-model");
     let first = [("original", 0.0f32, 100.0f64)];
@@ -137,7 +138,14 @@ fn study(
         // every variant but the base gains item 4
         let mut mc_right = base.mc_right.clone();
         mc_right[4] = name != "original";
-        let ours = PerToken { nll, mc_right };
+        // and loses generation-scored item 0
+        let mut gen_right = base.gen_right.clone();
+        gen_right[0] = name == "original";
+        let ours = PerToken {
+            nll,
+            mc_right,
+            gen_right,
+        };
         add_paired(&mut r, &v, &base, &ours, &kl);
     }
     let rec = add_scores(&mut r, "original");
@@ -305,6 +313,16 @@ fn the_rows_are_the_paired_statistics() {
         1e-12
     ));
     assert!(r.get("A", "mc_perf_norm").is_some());
+    // generation-scored items paired the same way: base right on 3 of 4, A loses item 0
+    assert_eq!(r.get("A", "genmc_base_only"), Some(1.0));
+    assert_eq!(r.get("A", "genmc_variant_only"), Some(0.0));
+    assert_eq!(r.get("A", "genmc_mcnemar_p"), Some(mcnemar(1, 0).exact));
+    assert!(rel_close(
+        r.get("A", "genmc_acc_diff").unwrap(),
+        -0.25,
+        1e-12
+    ));
+    assert!(r.get("A", "genmc_acc_diff_lo").unwrap() < -0.25);
 }
 
 #[test]
@@ -312,6 +330,7 @@ fn what_the_data_cannot_support_is_left_out() {
     let base = PerToken {
         nll: windows(7, &[32, 32]),
         mc_right: vec![false; 4],
+        gen_right: vec![],
     };
     let mut bad = base.clone();
     bad.nll[1][3] = f32::NAN;

@@ -212,6 +212,23 @@ impl GenMcResult {
     }
 }
 
+/// The chat template and stop ids a model directory asks with: its own template and
+/// generation config (eos ids) plus `[|endofturn|]`; the default model's where the directory
+/// has no template (shape-only checkpoints).
+pub fn template_and_stops(dir: &Path, tok: &Tokenizer) -> Result<(ChatTemplate, Vec<u32>)> {
+    let source =
+        if dir.join("tokenizer_config.json").exists() || dir.join("chat_template.jinja").exists() {
+            dir.to_path_buf()
+        } else {
+            crate::data::default_model_dir()
+        };
+    let template = ChatTemplate::from_dir(&source)?;
+    let mut stop = crate::model::generate::GenerationConfig::try_from_dir(&source)?.eos_ids;
+    stop.extend(tok.token_id("[|endofturn|]"));
+    stop.dedup();
+    Ok((template, stop))
+}
+
 /// The rendered prompts (text) and the workload (one request per item, in order).
 pub fn workload(
     items: &[McItem],

@@ -230,6 +230,7 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     }
     let _ = writeln!(md);
     paired_table(&mut md, r);
+    gen_mc_table(&mut md, r);
     if r.rows.iter().any(|x| x.metric == "legacy_similarity") {
         let _ = writeln!(md, "Legacy measures (the reference pipeline's): greedy answers to fixed chat prompts compared with the base model's answers. Kept for comparison only: an empty answer from both sides counts as a perfect match, which is how the reference table reported 1.0 for broken models.\n");
         let _ = writeln!(
@@ -498,6 +499,48 @@ fn paired_table(md: &mut String, r: &Results) {
             fmt(g("mc_mcnemar_p"), 3),
             fmt(g("mc_mcnemar_mid_p"), 3),
             with_ci(r, &v, "score", 3),
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// The generation-scored multiple choice, beside the log-likelihood column (only where the study
+/// recorded it).
+fn gen_mc_table(md: &mut String, r: &Results) {
+    if !r.rows.iter().any(|x| x.metric == "genmc_acc") {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Generation-scored multiple choice
+"
+    );
+    let _ = writeln!(md, "As the evaluation scores accuracy: each question rendered through the model's chat template (thinking off), answered greedily by the serving runner with every item at once, the choice read from the text (`eval::generated::extract_choice`: an explicit answer marker, else an opening letter, else the one option letter standing alone, else the one option text found; no answer counts as wrong). Each variant's answers are in `gen_mc/<variant>.jsonl` beside this report. The log-likelihood MC column of the table above scores other items (KMMLU and BIG-bench options ranked by likelihood) and has less noise, but it is not what the evaluation measures.\n");
+    let base_silent = r
+        .variants()
+        .first()
+        .and_then(|v| r.get(v, "genmc_no_answer"));
+    if let Some(share) = base_silent.filter(|s| *s >= 0.5) {
+        let _ = writeln!(md, "The base itself gives no extractable answer to {:.0}% of the items: a model this small does not follow the question format, so this column cannot tell the variants apart here (on EXAONE-4.0-1.2B it is the evaluation's measure).\n", 100.0 * share);
+    }
+    let _ = writeln!(md, "| variant | accuracy (± s.e.) | no answer | answer length (tokens) | accuracy − base [95%] | discordant (base only / variant only) | McNemar p (exact) |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for v in r.variants() {
+        let g = |m: &str| r.get(&v, m);
+        if g("genmc_acc").is_none() {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {v} | {} ± {} | {} | {} | {} | {} / {} | {} |",
+            fmt(g("genmc_acc"), 3),
+            fmt(r.spread(&v, "genmc_acc"), 3),
+            fmt(g("genmc_no_answer"), 2),
+            fmt(g("genmc_output_len_mean"), 1),
+            with_ci(r, &v, "genmc_acc_diff", 3),
+            fmt(g("genmc_base_only"), 0),
+            fmt(g("genmc_variant_only"), 0),
+            fmt(g("genmc_mcnemar_p"), 3),
         );
     }
     let _ = writeln!(md);

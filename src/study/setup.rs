@@ -64,6 +64,14 @@ pub struct StudyArgs {
     /// multiple-choice items (half KMMLU, half BIG-bench)
     #[arg(long, default_value_t = 40)]
     pub mc_items: usize,
+    /// generation-scored multiple-choice items, as the evaluation scores them (the shipped Korean
+    /// items: KMMLU criminal law, then NSMC sentiment; 0: no such column); answers written to
+    /// <out>/gen_mc/<variant>.jsonl
+    #[arg(long, default_value_t = 40)]
+    pub gen_mc: usize,
+    /// the generated answers' token cap
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub gen_mc_tokens: u64,
     /// timed decode repeats per variant (0: no speed columns)
     #[arg(long, default_value_t = 3)]
     pub speed_repeats: usize,
@@ -259,6 +267,19 @@ impl Study {
         suite.mc_items = mc;
         suite.speed_repeats = args.speed_repeats;
         suite.legacy_prompts = LEGACY_PROMPTS.map(String::from).to_vec();
+        if args.gen_mc > 0 {
+            use crate::eval::generated::{template_and_stops, GenMcOptions};
+            let (template, stop_ids) = template_and_stops(&tok_dir, &suite.tokenizer)?;
+            suite.gen_mc = Some(super::suite::GenMcSuite {
+                items: crate::study::serving::korean_mc_items(args.gen_mc)?,
+                template,
+                opts: GenMcOptions {
+                    max_new_tokens: args.gen_mc_tokens as usize,
+                    stop_ids,
+                },
+                samples: Some(out.join("gen_mc")),
+            });
+        }
         let results = Results::new(
             experiment,
             &format!("{} ({:?})", args.device, dtype),

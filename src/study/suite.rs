@@ -40,6 +40,19 @@ pub struct Suite {
     pub base_per_token: std::sync::OnceLock<PerToken>,
     /// the base's logits of the KL sequences, computed once (on the CPU; a GPU recomputes them)
     pub base_logits: std::sync::OnceLock<Vec<candle_core::Tensor>>,
+    /// a generation-scored multiple-choice pass, as the evaluation scores (None: no such column)
+    pub gen_mc: Option<GenMcSuite>,
+}
+
+/// Multiple choice scored from generated answers (`eval::generated`): every item asked through
+/// the model's chat template at once on the serving runner (the CUDA engine for a checkpoint on
+/// CUDA, the reference executor elsewhere), greedy, the answer read by rule.
+pub struct GenMcSuite {
+    pub items: Vec<McItem>,
+    pub template: crate::model::chat_template::ChatTemplate,
+    pub opts: crate::eval::generated::GenMcOptions,
+    /// where each variant's answers go as JSONL (`<variant>.jsonl`), like lm-eval's samples
+    pub samples: Option<std::path::PathBuf>,
 }
 
 /// A progress bar for one stage of measuring a variant (hidden when stderr is no terminal).
@@ -157,6 +170,7 @@ impl Suite {
             base_variant: Variant::original().name,
             base_per_token: Default::default(),
             base_logits: Default::default(),
+            gen_mc: None,
         }
     }
 
@@ -180,6 +194,11 @@ impl Suite {
             "speed": [self.speed_prompt, self.speed_new_tokens, self.speed_warmup, self.speed_repeats],
             "batch": self.batch,
             "legacy": [serde_json::json!(self.legacy_prompts), serde_json::json!(self.legacy_new_tokens)],
+            "gen_mc": self.gen_mc.as_ref().map(|g| serde_json::json!([
+                g.items.iter().map(|i| serde_json::json!([i.task, i.prompt, i.choices, i.label])).collect::<Vec<_>>(),
+                g.opts.max_new_tokens,
+                g.opts.stop_ids,
+            ])),
         }))
     }
 
@@ -254,6 +273,57 @@ impl Suite {
             out.push(self.tokenizer.decode(&g[0], true)?.trim().to_string());
         }
         Ok(out)
+    }
+
+    /// The generation-scored pass of `model` (its checkpoint, where written, runs on the CUDA
+    /// engine when the model is on CUDA), its answers written as JSONL when asked.
+    fn gen_mc_pass(
+        &self,
+        g: &GenMcSuite,
+        model: &Exaone4,
+        checkpoint: Option<&Path>,
+        who: &str,
+    ) -> crate::Result<crate::eval::generated::GenMcResult> {
+        use crate::eval::generated::score;
+        use crate::serve::{Runner, SchedulerConfig, DEFAULT_BLOCK_SIZE};
+        // a pool that holds every item at once at the longest allowed (prompts are a few
+        // hundred tokens; a longer one is that item's error)
+        let max_len = model.config.max_position_embeddings.min(4096);
+        let blocks = g.items.len() * max_len.div_ceil(DEFAULT_BLOCK_SIZE);
+        let cfg = SchedulerConfig::vllm_defaults(blocks, max_len);
+        let vocab = model.config.vocab_size;
+        let bar = stage_bar(format!("{who}: generated answers"));
+        bar.set_length(g.items.len() as u64);
+        let res = match (checkpoint, model.device()) {
+            #[cfg(feature = "cuda")]
+            (Some(dir), candle_core::Device::Cuda(_)) => {
+                use crate::runtime::serving::KvBudget;
+                use crate::serve::cuda::CudaExecutor;
+                let ordinal = match model.device().location() {
+                    candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+                    _ => 0,
+                };
+                let ckpt = crate::checkpoint::Checkpoint::open(dir)?;
+                let (exec, cfg) =
+                    CudaExecutor::load(&ckpt, ordinal, &cfg, KvBudget::Fraction(0.5))?;
+                let mut runner = Runner::new(exec, cfg, vocab);
+                score(&mut runner, &g.items, &g.template, &self.tokenizer, &g.opts)
+            }
+            _ => {
+                let _ = checkpoint;
+                let exec = crate::serve::CpuExecutor::new(model);
+                let mut runner = Runner::new(exec, cfg, vocab);
+                score(&mut runner, &g.items, &g.template, &self.tokenizer, &g.opts)
+            }
+        }?;
+        bar.set_position(g.items.len() as u64);
+        bar.finish_and_clear();
+        if let Some(d) = &g.samples {
+            std::fs::create_dir_all(d).map_err(|e| crate::Error::io(d, e))?;
+            let file = Variant::new(who, "", serde_json::json!({})).dir_name();
+            res.write_jsonl(&d.join(format!("{file}.jsonl")))?;
+        }
+        Ok(res)
     }
 
     /// Perplexity on the test text and every scored token's NLL, window by window.
@@ -350,7 +420,34 @@ impl Suite {
             add(results, "mc_chance", mc.chance, None, "");
             mc_right = items.right;
         }
-        let ours = PerToken { nll, mc_right };
+        let mut gen_right = vec![];
+        if let Some(g) = &self.gen_mc {
+            let res = self.gen_mc_pass(g, model, checkpoint, &variant.name)?;
+            let n = res.items.len().max(1) as f64;
+            let se = (res.accuracy * (1.0 - res.accuracy) / n).sqrt();
+            add(results, "genmc_acc", res.accuracy, Some(se), "");
+            add(
+                results,
+                "genmc_no_answer",
+                res.no_answer as f64 / n,
+                None,
+                "",
+            );
+            let t = &res.run.totals;
+            add(
+                results,
+                "genmc_output_len_mean",
+                t.output_len_mean,
+                Some(t.output_len_std),
+                "tokens",
+            );
+            gen_right = res.correct();
+        }
+        let ours = PerToken {
+            nll,
+            mc_right,
+            gen_right,
+        };
         let theirs = match self.base_per_token.get() {
             Some(b) => b,
             // the base itself: what was just measured; any other variant first: the base, once
@@ -366,8 +463,18 @@ impl Suite {
                         .1
                         .right
                 };
-                self.base_per_token
-                    .get_or_init(|| PerToken { nll, mc_right })
+                // the base's answers (no checkpoint of it here: the reference executor)
+                let gen_right = match &self.gen_mc {
+                    Some(g) => self
+                        .gen_mc_pass(g, base, None, &self.base_variant)?
+                        .correct(),
+                    None => vec![],
+                };
+                self.base_per_token.get_or_init(|| PerToken {
+                    nll,
+                    mc_right,
+                    gen_right,
+                })
             }
         };
         add_paired(results, variant, theirs, &ours, &kl);

@@ -16,6 +16,7 @@
 //! | `mc_base_only`, `mc_variant_only` | discordant items (base right only, variant right only) | – |
 //! | `mc_mcnemar_p`, `mc_mcnemar_mid_p` | McNemar's exact and mid-p two-sided p-values | – |
 //! | `mc_perf_norm`, `mc_perf_norm_lo`, `mc_perf_norm_hi` | accuracy ratio (when the base got any item right) | SE |
+//! | `genmc_*` | the same six for the generation-scored items (`genmc_acc_diff`, …) | as above |
 //! | `perf_norm`, `score` (spread added), `score_lo`, `score_hi` | as before, with SE and interval | SE |
 //! | `verdict_best`, `verdict_tied`, `verdict_pick` | 1 for the best score, those tied with it, the pick; else 0 | – |
 
@@ -32,6 +33,8 @@ pub struct PerToken {
     pub nll: Vec<Vec<f32>>,
     /// the multiple-choice items it got right (summed log-likelihood); empty without items
     pub mc_right: Vec<bool>,
+    /// the items it answered right in the generation-scored pass; empty without that pass
+    pub gen_right: Vec<bool>,
 }
 
 /// The perplexity ratio of a variant to the base from per-token NLLs at the same positions,
@@ -82,26 +85,46 @@ pub fn add_paired(
         Ok(k) => add_estimate(results, variant, "kl_mean", &k, "nats", false),
         Err(e) => skip("KL interval", e),
     }
-    if base.mc_right.is_empty() && ours.mc_right.is_empty() {
-        return;
-    }
-    match accuracy_difference(&base.mc_right, &ours.mc_right) {
-        Ok(a) => {
-            add_estimate(results, variant, "mc_acc_diff", &a.diff, "", true);
-            let items =
-                |r: &mut Results, m: &str, n: usize| r.add(variant, m, n as f64, None, "items");
-            items(results, "mc_base_only", a.base_only);
-            items(results, "mc_variant_only", a.variant_only);
-            results.add(variant, "mc_mcnemar_p", a.mcnemar.exact, None, "");
-            results.add(variant, "mc_mcnemar_mid_p", a.mcnemar.mid_p, None, "");
-            // the accuracy ratio only where the base got something right
-            if a.base_acc > 0.0 {
-                if let Ok(p) = paired_accuracy(&base.mc_right, &ours.mc_right) {
-                    add_estimate(results, variant, "mc_perf_norm", &p.perf_norm, "", true);
+    for (m, b, o) in [
+        ("mc", &base.mc_right, &ours.mc_right),
+        ("genmc", &base.gen_right, &ours.gen_right),
+    ] {
+        if b.is_empty() && o.is_empty() {
+            continue;
+        }
+        match accuracy_difference(b, o) {
+            Ok(a) => {
+                add_estimate(
+                    results,
+                    variant,
+                    &format!("{m}_acc_diff"),
+                    &a.diff,
+                    "",
+                    true,
+                );
+                let items =
+                    |r: &mut Results, k: &str, n: usize| r.add(variant, k, n as f64, None, "items");
+                items(results, &format!("{m}_base_only"), a.base_only);
+                items(results, &format!("{m}_variant_only"), a.variant_only);
+                results.add(
+                    variant,
+                    &format!("{m}_mcnemar_p"),
+                    a.mcnemar.exact,
+                    None,
+                    "",
+                );
+                let mid = a.mcnemar.mid_p;
+                results.add(variant, &format!("{m}_mcnemar_mid_p"), mid, None, "");
+                // the accuracy ratio only where the base got something right
+                if a.base_acc > 0.0 {
+                    if let Ok(p) = paired_accuracy(b, o) {
+                        let k = format!("{m}_perf_norm");
+                        add_estimate(results, variant, &k, &p.perf_norm, "", true);
+                    }
                 }
             }
+            Err(e) => skip(&format!("task accuracy ({m})"), e),
         }
-        Err(e) => skip("task accuracy", e),
     }
 }
 

@@ -37,10 +37,13 @@ pub fn main_tag(r: &Results) -> Option<String> {
         .or_else(|| ts.first().cloned())
 }
 
+/// A parameter of the projection's rows: the first row that carries `key` (its device rows,
+/// recorded first, carry other parameters).
 fn param(r: &Results, key: &str) -> Option<String> {
-    let row = r.rows.iter().find(|x| x.variant == ME)?;
-    let v: serde_json::Value = serde_json::from_str(&row.params).ok()?;
-    v.get(key)?.as_str().map(str::to_string)
+    r.rows.iter().filter(|x| x.variant == ME).find_map(|row| {
+        let v: serde_json::Value = serde_json::from_str(&row.params).ok()?;
+        v.get(key)?.as_str().map(str::to_string)
+    })
 }
 
 /// Bytes as printed: GB, or MB under 0.1 GB.
@@ -69,7 +72,7 @@ pub fn markdown(r: &Results) -> Option<String> {
     let mut md = String::from("\n## L4 projection\n\n");
     let _ = writeln!(
         md,
-        "What the evaluation's GPU would take for the same steps: every timed run's measured steps (batch, KV read, prefill tokens and attention pairs per step) costed on the NVIDIA L4's datasheet — {:.0} GB/s, dense {:.0} TFLOPS bf16, {:.1} TOPS int8, {:.1} TFLOPS fp8 — at these kernel efficiencies: bandwidth × {:.3}, bf16 and fp8 GEMMs × {:.3}, int8 GEMMs × {:.3}, plus {:.0} µs per step (`eval::projection`). Where they come from: {}. The rule carries each measured rate as a fraction of the measuring device's datasheet peak to the same fraction of the L4's; the L4's power throttling at 72 W is not in it, so compute-bound steps are optimistic. A step's kernels (Linears, lm_head, attention) run in sequence, each at the slower of its bytes and its FLOPs. Every parameter is physical: nothing is fitted to the public scores. FP8 is not run here (the engine has no FP8 path): it is projected on the bf16 run's steps; a scheme without a run of a workload likewise.\n",
+        "What the evaluation's GPU would take for the same steps: every timed run's measured steps (batch, KV read, prefill tokens and attention pairs per step) costed on the NVIDIA L4's datasheet — {:.0} GB/s, dense {:.0} TFLOPS bf16, {:.1} TOPS int8, {:.1} TFLOPS fp8 — at these kernel efficiencies: bandwidth × {:.3}, bf16 and fp8 GEMMs × {:.3}, int8 GEMMs × {:.3}, plus {:.0} µs per step (`eval::projection`). Where they come from: {}. The rule carries each measured rate as a fraction of the measuring device's datasheet peak to the same fraction of the L4's; the L4's power throttling at 72 W is not in it, so compute-bound steps are optimistic. A step's kernels (Linears, lm_head, attention) run in sequence, each at the slower of its bytes and its FLOPs. Every parameter is physical: nothing is fitted to the public scores. {}\n",
         me("l4_mem_bw") / 1e9,
         me("l4_bf16_flops") / 1e12,
         me("l4_int8_ops") / 1e12,
@@ -79,6 +82,14 @@ pub fn markdown(r: &Results) -> Option<String> {
         me("l4_eff_int8"),
         me("l4_step_overhead_s") * 1e6,
         param(r, "efficiencies").unwrap_or_else(|| "not recorded".into()),
+        if r.rows
+            .iter()
+            .any(|x| x.variant == "fp8" && x.metric.starts_with("serve_"))
+        {
+            "A scheme without a run of a workload is projected on the bf16 run's steps."
+        } else {
+            "FP8 was not run here: it is projected on the bf16 run's steps; a scheme without a run of a workload likewise."
+        },
     );
     let mt = |m: &str| me(&format!("l4_{tag}_{m}"));
     let bf16_weights = r.get("bf16", "l4_weight_bytes").unwrap_or(f64::NAN);

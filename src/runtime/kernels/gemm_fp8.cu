@@ -5,7 +5,7 @@
 // loads it only on such a device. Launcher: src/runtime/launch/gemm_q8.rs.
 //
 //   quant_rows_fp8(x, q, scale, K)                   q [rows, K] e4m3, scale [rows]
-//   gemm_fp8_{s,m,l}, gemm_fp8_silu_{s,m,l}          as gemm_q8_* (gemm_q8.cu)
+//   gemm_fp8_<tile>, gemm_fp8_silu_<tile>            as gemm_q8_* (gemm_q8.cu; tiles: gemm_q8.cuh)
 
 #define Q8_FP8
 #include "gemm_q8.cuh"

@@ -267,18 +267,29 @@ __device__ __forceinline__ void gemm_q8(const uint8_t *__restrict__ A, const uin
 } // namespace q8
 
 // The tiles the launcher picks from by M (and N): keep in step with TILES in
-// src/runtime/launch/gemm_q8.rs (which sizes the grid and the dynamic shared memory from them).
-//   s: M ≤ 16 (decode): 16 × 32, 4 warps splitting each 256-byte K-tile's 8 k-steps, 6 stages
-//      (72 KiB: 40 KiB of weights in flight per CTA, what a memory-bound product needs)
-//   m: mid M: 64 × 64, 2 × 2 warps of 32 × 32, 64-byte K-tiles, 4 stages
-//   l: large M: 128 × 128, 2 × 4 warps of 64 × 32, 64-byte K-tiles, 4 stages (64 KiB)
+// src/runtime/launch/gemm_q8.rs (which sizes the grid and the dynamic shared memory from them and
+// names each kernel `<prefix>_<tile>`).
+//   s:      M ≤ 16 (decode): 16 × 32, 4 warps splitting each 256-byte K-tile's 8 k-steps, 6 stages
+//           (72 KiB: 40 KiB of weights in flight per CTA, what a memory-bound product needs)
+//   s16:    the same 16 × 16: twice the CTAs, for N = 2048 products that fill half the SMs at 32
+//   m:      mid M: 64 × 64, 2 × 2 warps of 32 × 32, 64-byte K-tiles, 4 stages
+//   m128k:  64 × 64 with 128-byte K-tiles (half the barriers per k-step), 4 stages (64 KiB)
+//   n32:    32 × 64, 1 × 2 warps × 2-way split of each 128-byte K-tile, 4 stages (48 KiB)
+//   w:      64 × 128, 2 × 4 warps of 32 × 32, 128-byte K-tiles, 3 stages (72 KiB)
+//   l:      large M: 128 × 128, 2 × 4 warps of 64 × 32, 64-byte K-tiles, 4 stages (64 KiB)
+//   l128k:  128 × 128 with 128-byte K-tiles, 3 stages (96 KiB)
+#define Q8_TILES(prefix, MMA, GATED)                                                                     \
+    Q8_KERNEL(prefix##_s, 16, 32, 256, 1, 1, 4, 6, 1, MMA, GATED)                                        \
+    Q8_KERNEL(prefix##_s16, 16, 16, 256, 1, 1, 4, 6, 1, MMA, GATED)                                      \
+    Q8_KERNEL(prefix##_m, 64, 64, 64, 2, 2, 1, 4, 1, MMA, GATED)                                         \
+    Q8_KERNEL(prefix##_m128k, 64, 64, 128, 2, 2, 1, 4, 1, MMA, GATED)                                    \
+    Q8_KERNEL(prefix##_n32, 32, 64, 128, 1, 2, 2, 4, 1, MMA, GATED)                                      \
+    Q8_KERNEL(prefix##_w, 64, 128, 128, 2, 4, 1, 3, 1, MMA, GATED)                                       \
+    Q8_KERNEL(prefix##_l, 128, 128, 64, 2, 4, 1, 4, 1, MMA, GATED)                                       \
+    Q8_KERNEL(prefix##_l128k, 128, 128, 128, 2, 4, 1, 3, 1, MMA, GATED)
 #define Q8_KERNELS(prefix, MMA)                                                                          \
-    Q8_KERNEL(prefix##_s, 16, 32, 256, 1, 1, 4, 6, 1, MMA, false)                                        \
-    Q8_KERNEL(prefix##_m, 64, 64, 64, 2, 2, 1, 4, 1, MMA, false)                                         \
-    Q8_KERNEL(prefix##_l, 128, 128, 64, 2, 4, 1, 4, 1, MMA, false)                                       \
-    Q8_KERNEL(prefix##_silu_s, 16, 32, 256, 1, 1, 4, 6, 1, MMA, true)                                    \
-    Q8_KERNEL(prefix##_silu_m, 64, 64, 64, 2, 2, 1, 4, 1, MMA, true)                                     \
-    Q8_KERNEL(prefix##_silu_l, 128, 128, 64, 2, 4, 1, 4, 1, MMA, true)
+    Q8_TILES(prefix, MMA, false)                                                                         \
+    Q8_TILES(prefix##_silu, MMA, true)
 
 // MINB: the CTAs per SM to budget registers for (2 for the 128 × 128 tile caps it at 128
 // registers but spills a few; it takes ~140 at 1)

@@ -19,20 +19,57 @@ pub(crate) enum Q8Kind {
 }
 
 /// One CTA tile of the kernels: BM × BN outputs (BN weight rows; gated, BN / 2 outputs), BK-byte
-/// K-tiles through a `stages`-deep ring. Mirrors `Q8_KERNELS` in `kernels/gemm_q8.cuh`.
+/// K-tiles through a `stages`-deep ring. Mirrors `Q8_TILES` in `kernels/gemm_q8.cuh`; the
+/// kernel is `gemm_{q8,fp8}[_silu]_<suffix>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Q8Tile {
     pub name: &'static str,
+    /// the kernels: int8, int8 gated, fp8, fp8 gated
+    kernels: [&'static str; 4],
     pub bm: usize,
     pub bn: usize,
     bk: usize,
     threads: u32,
     stages: usize,
-    /// index into the kernel names below
-    idx: usize,
+}
+
+/// A tile of `Q8_TILES` by its kernel suffix.
+macro_rules! tile {
+    ($name:literal, $suffix:literal, ($bm:expr, $bn:expr, $bk:expr), $warps:expr, $stages:expr) => {
+        Q8Tile::new(
+            $name,
+            [
+                concat!("gemm_q8_", $suffix),
+                concat!("gemm_q8_silu_", $suffix),
+                concat!("gemm_fp8_", $suffix),
+                concat!("gemm_fp8_silu_", $suffix),
+            ],
+            ($bm, $bn, $bk),
+            $warps,
+            $stages,
+        )
+    };
 }
 
 impl Q8Tile {
+    const fn new(
+        name: &'static str,
+        kernels: [&'static str; 4],
+        (bm, bn, bk): (usize, usize, usize),
+        warps: u32,
+        stages: usize,
+    ) -> Self {
+        Self {
+            name,
+            kernels,
+            bm,
+            bn,
+            bk,
+            threads: warps * 32,
+            stages,
+        }
+    }
+
     fn smem(&self) -> usize {
         self.stages * (self.bm + self.bn) * self.bk
     }
@@ -45,41 +82,25 @@ impl Q8Tile {
 
 /// decode (M ≤ 16): 16 × 32, four warps splitting each 256-byte K-tile's k-steps, 6 stages
 /// (72 KiB of shared memory: 40 KiB of weights in flight per CTA)
-pub const TILE_S: Q8Tile = Q8Tile {
-    name: "s16x32",
-    bm: 16,
-    bn: 32,
-    bk: 256,
-    threads: 128,
-    stages: 6,
-    idx: 0,
-};
-/// mid M: 64 × 64, 2 × 2 warps, 4 stages
-pub const TILE_M: Q8Tile = Q8Tile {
-    name: "m64x64",
-    bm: 64,
-    bn: 64,
-    bk: 64,
-    threads: 128,
-    stages: 4,
-    idx: 1,
-};
-/// prefill: 128 × 128, 2 × 4 warps of 64 × 32, 4 stages (64 KiB of shared memory)
-pub const TILE_L: Q8Tile = Q8Tile {
-    name: "l128x128",
-    bm: 128,
-    bn: 128,
-    bk: 64,
-    threads: 256,
-    stages: 4,
-    idx: 2,
-};
+pub const TILE_S: Q8Tile = tile!("s16x32", "s", (16, 32, 256), 4, 6);
+/// the decode tile 16 × 16: twice the CTAs where 16 × 32 fills only half the SMs
+pub const TILE_S16: Q8Tile = tile!("s16x16", "s16", (16, 16, 256), 4, 6);
+/// mid M: 64 × 64, 2 × 2 warps, 64-byte K-tiles, 4 stages
+pub const TILE_M: Q8Tile = tile!("m64x64", "m", (64, 64, 64), 4, 4);
+/// 64 × 64 with 128-byte K-tiles, 4 stages
+pub const TILE_M128K: Q8Tile = tile!("m64x64k128", "m128k", (64, 64, 128), 4, 4);
+/// 32 × 64, 1 × 2 warps, each 128-byte K-tile split two ways, 4 stages
+pub const TILE_N32: Q8Tile = tile!("n32x64", "n32", (32, 64, 128), 4, 4);
+/// 64 × 128, 2 × 4 warps, 128-byte K-tiles, 3 stages
+pub const TILE_W: Q8Tile = tile!("w64x128", "w", (64, 128, 128), 8, 3);
+/// prefill: 128 × 128, 2 × 4 warps of 64 × 32, 64-byte K-tiles, 4 stages (64 KiB)
+pub const TILE_L: Q8Tile = tile!("l128x128", "l", (128, 128, 64), 8, 4);
+/// 128 × 128 with 128-byte K-tiles, 3 stages (96 KiB)
+pub const TILE_L128K: Q8Tile = tile!("l128x128k128", "l128k", (128, 128, 128), 8, 3);
 
-const NAMES: [[&str; 3]; 4] = [
-    ["gemm_q8_s", "gemm_q8_m", "gemm_q8_l"],
-    ["gemm_q8_silu_s", "gemm_q8_silu_m", "gemm_q8_silu_l"],
-    ["gemm_fp8_s", "gemm_fp8_m", "gemm_fp8_l"],
-    ["gemm_fp8_silu_s", "gemm_fp8_silu_m", "gemm_fp8_silu_l"],
+/// Every tile the kernels are built with (the benchmark times each).
+pub const TILES: [Q8Tile; 8] = [
+    TILE_S, TILE_S16, TILE_M, TILE_M128K, TILE_N32, TILE_W, TILE_L, TILE_L128K,
 ];
 
 /// The tile for an [m, n] product (n weight rows) on `sms` multiprocessors: the large tile
@@ -125,8 +146,7 @@ pub(crate) fn gemm_q8(
         Some(t) => t,
         None => pick_tile(m, n, sm_count(dev)?),
     };
-    let row = (kind == Q8Kind::Fp8) as usize * 2 + gated as usize;
-    let name = NAMES[row][tile.idx];
+    let name = tile.kernels[(kind == Q8Kind::Fp8) as usize * 2 + gated as usize];
     require!(
         name,
         k > 0 && k.is_multiple_of(16),

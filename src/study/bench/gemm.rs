@@ -91,7 +91,7 @@ mod sweep {
     use crate::record::{Results, Variant};
     use crate::runtime::launch::gemm::{gemm_bf16, gemm_int8};
     use crate::runtime::launch::gemm_q8::{
-        gemm_q8, pick_tile, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILE_L, TILE_M, TILE_S,
+        gemm_q8, pick_tile, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES,
     };
     use crate::runtime::launch::quant::{
         int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue,
@@ -177,7 +177,7 @@ mod sweep {
         shape: &'static str,
         m: usize,
         tile: &'static str,
-        us: Vec<(&'static str, f64, f64)>,
+        us: Vec<(String, f64, f64)>,
     }
 
     /// Times every kernel at every shape and M, adds the rows to `r` and prints the table.
@@ -236,19 +236,15 @@ mod sweep {
                     gemm_q8(d, kind, &g, gated, tile)
                 };
                 let ours8 = |i: usize| ours(Q8Kind::Int8, &q8, w8(i), None);
-                us.push(("ours-int8", time_us(&s, iters, &ours8)?));
+                us.push(("ours-int8".to_string(), time_us(&s, iters, &ours8)?));
                 // every tile forced, to see where pick_tile's thresholds should lie
-                for (tile, name) in [
-                    (TILE_S, "int8@s16x32"),
-                    (TILE_M, "int8@m64x64"),
-                    (TILE_L, "int8@l128x128"),
-                ] {
+                for tile in TILES {
                     let f = |i: usize| ours(Q8Kind::Int8, &q8, w8(i), Some(tile));
-                    us.push((name, time_us(&s, iters, &f)?));
+                    us.push((format!("int8@{}", tile.name), time_us(&s, iters, &f)?));
                 }
                 if fp8 {
                     let ours_f8 = |i: usize| ours(Q8Kind::Fp8, &qf8, wf8(i), None);
-                    us.push(("ours-fp8", time_us(&s, iters, &ours_f8)?));
+                    us.push(("ours-fp8".to_string(), time_us(&s, iters, &ours_f8)?));
                 }
                 let old = |i: usize| {
                     gemm_int8(&blas, Dev::new(&q8, &s), w8(i), accd, m, n, k)?;
@@ -266,14 +262,17 @@ mod sweep {
                         int8_epilogue(d, &e)
                     }
                 };
-                us.push(("cublas-int8+epilogue", time_us(&s, iters, &old)?));
+                us.push((
+                    "cublas-int8+epilogue".to_string(),
+                    time_us(&s, iters, &old)?,
+                ));
                 let bf = |i: usize| gemm_bf16(&blas, xd, wbf(i), yd, m, n, k);
-                us.push(("cublas-bf16", time_us(&s, iters, &bf)?));
+                us.push(("cublas-bf16".to_string(), time_us(&s, iters, &bf)?));
                 let qi8 = |_: usize| quant_rows_int8(d, xd, qsd, sxd, m, k);
-                us.push(("quant-int8", time_us(&s, iters, &qi8)?));
+                us.push(("quant-int8".to_string(), time_us(&s, iters, &qi8)?));
                 if fp8 {
                     let qf = |_: usize| quant_rows_fp8(d, xd, qsd, sxd, m, k);
-                    us.push(("quant-fp8", time_us(&s, iters, &qf)?));
+                    us.push(("quant-fp8".to_string(), time_us(&s, iters, &qf)?));
                 }
                 let tile = pick_tile(m, n, sms).name;
                 let mut row = Row {
@@ -283,6 +282,7 @@ mod sweep {
                     us: vec![],
                 };
                 for (kernel, t) in us {
+                    let kernel = kernel.as_str();
                     let quant = kernel.starts_with("quant");
                     let tops = if quant { f64::NAN } else { ops / t / 1e6 };
                     let t_name = match kernel.split_once('@') {
@@ -297,7 +297,7 @@ mod sweep {
                     if !quant {
                         r.add(&v, &format!("gemm_tops {shape} m={m}"), tops, None, "TOP/s");
                     }
-                    row.us.push((kernel, t, tops));
+                    row.us.push((kernel.to_string(), t, tops));
                 }
                 eprintln!("timed {shape} m={m}");
                 table.push(row);

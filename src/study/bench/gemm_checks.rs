@@ -16,9 +16,7 @@ use half::bf16;
 use super::gemm::{Lcg, MS, SHAPES};
 use crate::model::ActQuant;
 use crate::runtime::launch::gemm::gemm_int8;
-use crate::runtime::launch::gemm_q8::{
-    gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILE_L, TILE_M, TILE_S,
-};
+use crate::runtime::launch::gemm_q8::{gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES};
 use crate::runtime::launch::quant::{
     int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue,
 };
@@ -328,7 +326,7 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
                 seed += 1;
                 let label = if gated { "odd-gated" } else { "odd" };
                 let c = Case::new(dev, &s, kind, label, (m, 1040, 2064), gated, seed)?;
-                for tile in [TILE_S, TILE_M, TILE_L] {
+                for tile in TILES {
                     out.push(c.ours(dev, Some(tile))?);
                 }
             }

@@ -21,8 +21,8 @@ use crate::Result;
 pub const W4_SHAPES: [(&str, usize, usize); 4] = [
     ("qkv", 3072, 2048),
     ("o", 2048, 2048),
-    ("gate_up", 16384, 2048),
-    ("down", 2048, 8192),
+    ("gate_up", 8192, 2048),
+    ("down", 2048, 4096),
 ];
 
 /// The row counts the bars name.

@@ -65,6 +65,12 @@ pub fn project_l4(
     };
     let gpu = GpuSpec::l4().with_efficiencies(eff);
     gpu.check()?;
+    // a projection replaces an earlier one (results loaded from a run, projected again)
+    r.rows.retain(|x| {
+        x.variant != L4_VARIANT
+            && !x.metric.starts_with("l4_")
+            && !x.metric.starts_with("public_score_")
+    });
     let costs = L4_SCHEMES
         .iter()
         .map(|w| VariantCost::from_word(w, &base.config, w))

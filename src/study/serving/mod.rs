@@ -108,25 +108,16 @@ pub fn gen_mc<E: StepExecutor>(
     dir: &Path,
     a: &ServeArgs,
 ) -> Result<()> {
-    use crate::eval::generated::{score, GenMcOptions};
-    use crate::model::chat_template::ChatTemplate;
+    use crate::eval::generated::{score, template_and_stops, GenMcOptions};
     if a.gen_mc == 0 {
         return Ok(());
     }
     let items = korean_mc_items(a.gen_mc)?;
     let (tok, _) = crate::data::tokenizer_for_model(dir)?;
-    let source =
-        if dir.join("tokenizer_config.json").exists() || dir.join("chat_template.jinja").exists() {
-            dir.to_path_buf()
-        } else {
-            crate::data::default_model_dir()
-        };
-    let template = ChatTemplate::from_dir(&source)?;
-    let mut stop = crate::model::generate::GenerationConfig::try_from_dir(&source)?.eos_ids;
-    stop.extend(tok.token_id("[|endofturn|]"));
+    let (template, stop_ids) = template_and_stops(dir, &tok)?;
     let opts = GenMcOptions {
         max_new_tokens: a.gen_mc_tokens,
-        stop_ids: stop,
+        stop_ids,
     };
     let res = score(runner, &items, &template, &tok, &opts)?;
     let t = &res.run.totals;
