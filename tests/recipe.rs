@@ -451,6 +451,29 @@ fn apply_leaves_an_existing_out_untouched_without_overwrite() {
 }
 
 #[test]
+fn a_student_that_is_its_teacher_is_written_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = exaone_compress::default_model_dir();
+    let out = tmp.path().join("self");
+    let e = succeeds(&[
+        "distill",
+        "--student",
+        s(&base),
+        "--steps",
+        "3",
+        "--batch",
+        "1",
+        "--seq-len",
+        "16",
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.contains("the student is its teacher"), "{e}");
+    let id = |d: &std::path::Path| exaone_compress::compress::recipe::ModelId::of(d).unwrap();
+    assert_eq!(id(&out).weights_hash, id(&base).weights_hash);
+}
+
+#[test]
 fn distill_writes_a_loadable_student_with_a_recipe_that_rebuilds_it() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();

@@ -284,12 +284,17 @@ impl Suite {
         checkpoint: Option<&Path>,
         who: &str,
     ) -> crate::Result<crate::eval::generated::GenMcResult> {
-        use crate::eval::generated::score;
+        use crate::eval::generated::{score, workload};
         use crate::serve::{Runner, SchedulerConfig, DEFAULT_BLOCK_SIZE};
-        // a pool that holds every item at once at the longest allowed (prompts are a few
-        // hundred tokens; a longer one is that item's error)
+        // a pool that holds every item at once: each prompt and its answer's cap
         let max_len = model.config.max_position_embeddings.min(4096);
-        let blocks = g.items.len() * max_len.div_ceil(DEFAULT_BLOCK_SIZE);
+        let (_, w) = workload(&g.items, &g.template, &self.tokenizer, &g.opts)?;
+        let blocks = w
+            .requests
+            .iter()
+            .map(|q| (q.prompt_ids.len() + q.max_new_tokens).div_ceil(DEFAULT_BLOCK_SIZE))
+            .sum::<usize>()
+            .max(max_len.div_ceil(DEFAULT_BLOCK_SIZE));
         let cfg = SchedulerConfig::vllm_defaults(blocks, max_len);
         let vocab = model.config.vocab_size;
         let bar = stage_bar(format!("{who}: generated answers"));
@@ -303,9 +308,11 @@ impl Suite {
                     candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
                     _ => 0,
                 };
+                // the pool is sized to the workload, not to what the study's models left free
+                crate::runtime::trim_freed_memory(model.device())?;
                 let ckpt = crate::checkpoint::Checkpoint::open(dir)?;
-                let (exec, cfg) =
-                    CudaExecutor::load(&ckpt, ordinal, &cfg, KvBudget::Fraction(0.5))?;
+                let kv = KvBudget::Blocks(blocks);
+                let (exec, cfg) = CudaExecutor::load(&ckpt, ordinal, &cfg, kv)?;
                 let mut runner = Runner::new(exec, cfg, vocab);
                 score(&mut runner, &g.items, &g.template, &self.tokenizer, &g.opts)
             }

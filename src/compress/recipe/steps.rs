@@ -437,6 +437,22 @@ fn run_distill(d: &mut DistillStep, input: &Path, out: &Path, ctx: &Ctx) -> Resu
         "{} {} {:?} {:?}",
         d.teacher.config_hash, d.teacher.weights_hash, ctx.dtype, ctx.device
     );
+    // a student that is its teacher (same config and weights, nothing untied) sits at the
+    // minimum: KL(teacher ‖ student) is 0 at every token and so is its gradient. Training would
+    // only turn the rounding differences of two forward paths into AdamW steps of size lr.
+    let id = super::hash::ModelId::of(input)?;
+    let is_teacher = id.weights_hash == d.teacher.weights_hash
+        && id.config_hash == d.teacher.config_hash
+        && !cfg.groups.contains(&ParamGroup::UntiedLmHead);
+    if is_teacher {
+        save_student(&student, &cfg.groups, input, out)?;
+        return Ok(StepReport {
+            log: vec![],
+            summary:
+                "the student is its teacher (same weights): nothing to learn, written unchanged"
+                    .into(),
+        });
+    }
     let cache = ctx.teacher_cache.as_deref().map(|c| (c, name.as_str()));
     let log = distill_cached(&teacher, &mut student, &stream, &val, &cfg, cache)?;
     save_student(&student, &cfg.groups, input, out)?;
