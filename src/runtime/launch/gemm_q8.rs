@@ -103,17 +103,36 @@ pub const TILES: [Q8Tile; 8] = [
     TILE_S, TILE_S16, TILE_M, TILE_M128K, TILE_N32, TILE_W, TILE_L, TILE_L128K,
 ];
 
-/// The tile for an [m, n] product (n weight rows) on `sms` multiprocessors: the large tile
-/// once there are rows enough and it still fills the GPU, the mid one while it fills half of it,
-/// else the decode tile (many small CTAs: at small M the weights' bandwidth is the limit, and
-/// only many CTAs in flight reach it).
+/// The tile for an [m, n] product (n weight rows) on `sms` multiprocessors, by the int8 GEMM
+/// sweep (`bench_runtime --gemm-sweep`, H200, every tile forced at the 1.2B's four shapes):
+/// at M ≤ 16 the 16 × 16 decode tile (twice the CTAs of 16 × 32: 4–9% faster); to M = 64 the
+/// 16 × 32 one, or for the wide gate/up product 64 × 64 with 128-byte K-tiles (10.0 µs against
+/// 20.7); below M = 1024 64 × 64 with 128-byte K-tiles (o 8.5 µs against 10.6 at M = 256, down
+/// 14.4 against 18.5), the wide product keeping 64-byte K-tiles (20.2 against 25.1); from
+/// M = 1024 128 × 128 with 128-byte K-tiles (15–20% faster than 64-byte ones). The decode tiles
+/// are used only where they give at least one CTA per SM or more rows would not help.
 pub fn pick_tile(m: usize, n: usize, sms: usize) -> Q8Tile {
-    if m >= 256 && TILE_L.ctas(m, n) >= sms {
-        TILE_L
-    } else if m > 16 && 2 * TILE_M.ctas(m, n) >= sms {
-        TILE_M
+    let wide = n >= 8192;
+    if m <= 16 {
+        if TILE_S.ctas(m, n) >= sms {
+            TILE_S
+        } else {
+            TILE_S16
+        }
+    } else if m <= 64 {
+        if wide {
+            TILE_M128K
+        } else {
+            TILE_S
+        }
+    } else if m < 1024 {
+        if wide {
+            TILE_M
+        } else {
+            TILE_M128K
+        }
     } else {
-        TILE_S
+        TILE_L128K
     }
 }
 
