@@ -99,26 +99,15 @@ fn cpu_activation_quantization_is_the_models_bit_for_bit() {
     }
     let x = Tensor::from_vec(v, (64, 128), &Device::Cpu).unwrap();
     for q in [ActQuant::Int8PerToken, ActQuant::Fp8PerToken] {
-        let want: Vec<u32> = q
-            .fake_quant(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
-        let got: Vec<u32> = fake_quant_rows(q, &x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
+        let want = bits(&q.fake_quant(&x).unwrap());
+        let got = bits(&fake_quant_rows(q, &x).unwrap());
         let differ = want.iter().zip(&got).filter(|(a, b)| a != b).count();
         assert_eq!(differ, 0, "{q:?}: {differ} of {} values differ", want.len());
     }
+}
+
+/// A tensor's values as their f32 bit patterns (for bit-for-bit comparisons).
+fn bits(t: &Tensor) -> Vec<u32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter().map(|x| x.to_bits()).collect()
 }
