@@ -114,11 +114,14 @@ pub fn measure_checkpoint(
 ) -> crate::Result<Option<(Speed, bool)>> {
     #[cfg(feature = "cuda")]
     if let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() {
+        use crate::error::ResultExt;
         use crate::runtime::engine::DecodeEngine;
         let ckpt = crate::Checkpoint::open(dir)?;
         let mut model = crate::runtime::load_checkpoint(&ckpt, candle_core::DType::BF16, device)?;
-        crate::runtime::quantized::attach(&mut model, &ckpt)?;
-        let mut s = measure(&model, prompt_len, new_tokens, warmup, repeats)?;
+        crate::runtime::quantized::attach(&mut model, &ckpt)
+            .context(|| "attaching the compressed kernels".to_string())?;
+        let mut s = measure(&model, prompt_len, new_tokens, warmup, repeats)
+            .context(|| "the model with its compressed kernels attached".to_string())?;
         drop(model);
         let engine = DecodeEngine::load(&ckpt, gpu_id, 1, prompt_len + new_tokens + 1);
         let Ok(mut e) = engine else {
@@ -127,11 +130,13 @@ pub fn measure_checkpoint(
         let prompt = synthetic_ids(ckpt.config.vocab_size, prompt_len, 0);
         let mut dec = vec![];
         for run in 0..warmup + repeats.max(1) {
-            e.prefill(std::slice::from_ref(&prompt))?;
+            e.prefill(std::slice::from_ref(&prompt))
+                .context(|| "the decode engine's prefill".to_string())?;
             e.synchronize()?;
             let t0 = Instant::now();
             for _ in 0..new_tokens {
-                e.step(true)?;
+                e.step(true)
+                    .context(|| "a decode engine step".to_string())?;
             }
             if run >= warmup {
                 dec.push(t0.elapsed().as_secs_f64() / new_tokens.max(1) as f64);

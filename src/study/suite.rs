@@ -6,6 +6,7 @@ use std::path::Path;
 pub use super::verdict::add_scores;
 use super::verdict::{add_paired, PerToken};
 use crate::data::TokenStream;
+use crate::error::ResultExt;
 use crate::eval::{
     divergence_per_token, measure_checkpoint_speed, measure_speed, multiple_choice_per_item,
     perplexity_per_token, McItem,
@@ -411,17 +412,22 @@ impl Suite {
             None,
             "MB",
         );
-        let (p, nll) = self.per_token(model, &variant.name)?;
+        let (p, nll) = self
+            .per_token(model, &variant.name)
+            .context(|| format!("{}: perplexity", variant.name))?;
         // s.e. of mean NLL carried to the perplexity scale (first order)
         add(results, "test_ppl", p.ppl, Some(p.ppl * p.nll_stderr), "");
         add(results, "test_bits_per_byte", p.bits_per_byte, None, "bits");
-        let (d, kl) = self.divergence(base, model, &variant.name)?;
+        let (d, kl) = self
+            .divergence(base, model, &variant.name)
+            .context(|| format!("{}: KL to the base", variant.name))?;
         add(results, "kl_mean", d.kl_mean, Some(d.kl_stderr), "nats");
         add(results, "kl_p99", d.kl_p99, None, "nats");
         add(results, "top1", d.top1, None, "");
         let mut mc_right = vec![];
         if !self.mc_items.is_empty() {
-            let (mc, items) = multiple_choice_per_item(model, &self.tokenizer, &self.mc_items)?;
+            let (mc, items) = multiple_choice_per_item(model, &self.tokenizer, &self.mc_items)
+                .context(|| format!("{}: log-likelihood multiple choice", variant.name))?;
             add(results, "mc_acc", mc.acc, Some(mc.acc_stderr), "");
             add(results, "mc_acc_norm", mc.acc_norm, None, "");
             add(results, "mc_chance", mc.chance, None, "");
@@ -429,7 +435,9 @@ impl Suite {
         }
         let mut gen_right = vec![];
         if let Some(g) = &self.gen_mc {
-            let res = self.gen_mc_pass(g, model, checkpoint, &variant.name)?;
+            let res = self
+                .gen_mc_pass(g, model, checkpoint, &variant.name)
+                .context(|| format!("{}: generation-scored multiple choice", variant.name))?;
             let n = res.items.len().max(1) as f64;
             let se = (res.accuracy * (1.0 - res.accuracy) / n).sqrt();
             add(results, "genmc_acc", res.accuracy, Some(se), "");
@@ -518,7 +526,8 @@ impl Suite {
                     self.speed_new_tokens,
                     self.speed_warmup,
                     self.speed_repeats,
-                )?,
+                )
+                .context(|| format!("{}: speed of the checkpoint as it runs", variant.name))?,
                 None => None,
             };
             let s = match runtime {
@@ -538,7 +547,8 @@ impl Suite {
                     self.speed_new_tokens,
                     self.speed_warmup,
                     self.speed_repeats,
-                )?,
+                )
+                .context(|| format!("{}: speed", variant.name))?,
             };
             let t = &s.decode_s_per_token;
             add(

@@ -204,11 +204,15 @@ pub(crate) struct W4Scratch<'a> {
     pub xp: Option<Dev<'a, bf16>>,
 }
 
-/// Opts each kernel into its shared memory once per device.
+/// Opts each kernel into its shared memory once per loaded function. Keyed as [`func`] caches
+/// them, by device handle, not by ordinal: a second `CudaDevice` on the same GPU loads its own
+/// module, whose functions start at the 48 KiB default (keyed by ordinal, the second handle's
+/// launches failed with CUDA_ERROR_INVALID_VALUE).
 fn allow_once(dev: &CudaDevice, name: &'static str, smem: usize) -> Result<()> {
-    static DONE: OnceLock<Mutex<HashSet<(usize, &'static str)>>> = OnceLock::new();
+    type Done = Mutex<HashSet<(candle_core::cuda::DeviceId, &'static str)>>;
+    static DONE: OnceLock<Done> = OnceLock::new();
     let done = DONE.get_or_init(|| Mutex::new(HashSet::new()));
-    let key = (dev.cuda_stream().context().ordinal(), name);
+    let key = (dev.id(), name);
     if done.lock().expect("smem opt-in").contains(&key) {
         return Ok(());
     }
