@@ -23,8 +23,20 @@ struct Args {
     study: StudyArgs,
     #[arg(long, default_value_t = 1)]
     drop_layers: usize,
-    #[arg(long, default_value_t = 40)]
-    distill_steps: usize,
+    /// optimizer steps of each distillation (16 at lr 3e-3 heal the pruned default model
+    /// further than 40 at 1e-3: validation KL 0.3255 vs 0.3310, from 0.3920)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    distill_steps: u64,
+    /// peak learning rate of each distillation, in (0, 1]
+    #[arg(long, default_value_t = 3e-3, value_parser = lr)]
+    distill_lr: f64,
+}
+
+fn lr(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("{s:?}: a learning rate in (0, 1]")),
+    }
 }
 
 fn main() -> Result<()> {
@@ -43,8 +55,8 @@ fn main() -> Result<()> {
 
     // the steps, with every parameter: what each variant's recipe.json records
     let prune = Step::Prune(PruneStep::new(&DropRule::Explicit(drop.clone())));
-    let mut kd = DistillStep::new(ModelRef::of(&s.dir)?, a.distill_steps, None);
-    (kd.seq_len, kd.seed) = (len, seed + 7);
+    let mut kd = DistillStep::new(ModelRef::of(&s.dir)?, a.distill_steps as usize, None);
+    (kd.seq_len, kd.seed, kd.lr) = (len, seed + 7, a.distill_lr);
     let kd_note = format!(
         "distillation: {} steps of {} × {} tokens, lr {:.0e} (warm-up {} steps), KL(teacher‖student) at T = {}, training {} only",
         kd.steps, kd.batch, kd.seq_len, kd.lr, kd.warmup_steps, kd.temperature, kd.train.join(", ")

@@ -10,10 +10,12 @@ use exaone_compress::compress::quant::Scheme;
 use exaone_compress::data::{read_documents, split_path, TokenStream};
 use exaone_compress::default_model_dir;
 use exaone_compress::eval::paired::Z95;
+use exaone_compress::eval::projection::Efficiencies;
 use exaone_compress::eval::tasks::load_kmmlu;
 use exaone_compress::model::Tokenizer;
 use exaone_compress::record::{Environment, Results, Variant};
 use exaone_compress::report::study::{markdown, ReportOptions};
+use exaone_compress::study::l4_speed::L4Speed;
 use exaone_compress::study::suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 use serde_json::json;
 
@@ -81,13 +83,16 @@ fn mini_study_report_snapshot() {
     }
     // the checkpoints were written where they were measured
     assert!(tmp.path().join("RTN_W4A16/config.json").exists());
+    // the speed term as a study makes it: each variant's shape projected on the L4
+    L4Speed::new(Efficiencies::assumed("test"))
+        .unwrap()
+        .add_rows(&mut r, "original")
+        .unwrap();
     let rec = add_scores(&mut r, "original").expect("every variant has a Score interval");
-    // RTN W4A16 (Score ≈ 0.81) is apart from W8A8 (≈ 0.72) by far more than either interval
-    assert_eq!(
-        (rec.pick.as_str(), rec.clear),
-        ("RTN W4A16", true),
-        "{rec:?}"
-    );
+    // served as the evaluation serves, W8A8 (int8 tensor cores, accuracy kept) is apart from
+    // RTN W4A16 (fewer bytes, but batched decoding is not bound by them alone) by far more
+    // than either interval: what the leaderboard rewarded, where batch-1 bytes ranked W4A16 first
+    assert_eq!((rec.pick.as_str(), rec.clear), ("W8A8", true), "{rec:?}");
     for v in ["original", "pruned", "RTN W4A16", "W8A8"] {
         // the paired ratio is over the same tokens as each test_ppl: the same figure
         let ratio = r.get(v, "test_ppl").unwrap() / r.get("original", "test_ppl").unwrap();

@@ -480,6 +480,25 @@ impl Exaone4Config {
         serde_json::to_string_pretty(&self.to_value()).expect("config serializes")
     }
 
+    /// EXAONE-4.0-1.2B's config.json as LG AI Research publishes it (the evaluation's model;
+    /// `../shared/spec/exaone4.md`), for what is computed of that model without its weights.
+    pub fn exaone_4_0_1_2b() -> Self {
+        let full = vec![Value::from("full_attention"); 30];
+        let v = serde_json::json!({
+            "architectures": ["Exaone4ForCausalLM"], "model_type": "exaone4",
+            "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 4096,
+            "num_hidden_layers": 30, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 64, "hidden_act": "silu", "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 65536, "rope_theta": 1000000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            "sliding_window": null, "sliding_window_pattern": null, "layer_types": full,
+            "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 361,
+            "pad_token_id": 0, "torch_dtype": "bfloat16"
+        });
+        Self::from_value(v).expect("the published config is valid")
+    }
+
     /// A config keeping only the layers in `kept` (in that order): `num_hidden_layers` and
     /// `layer_types` change together, as transformers 4.57 demands.
     pub fn with_layers(&self, kept: &[usize]) -> Self {

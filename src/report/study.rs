@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 use crate::fs::write_atomic;
 use crate::record::Results;
 
+mod verdict;
+use verdict::{gen_mc_table, l4_paragraph, paired_table, recommend, speed_source, ties};
+
 /// How to render: `redact_timings` replaces every time-derived figure (for snapshot tests).
 #[derive(Clone, Debug, Default)]
 pub struct ReportOptions {
@@ -181,13 +184,16 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         ),
     );
     let _ = writeln!(md, "## Results\n");
+    let on_l4 = r.rows.iter().any(|x| x.metric == "l4_speed_norm");
     let _ = writeln!(
         md,
-        "| variant | method | layers | size (MiB) | weight bytes/token (MB) | test ppl (± s.e.) | KL to base (nats, mean ± s.e.) | KL p99 | top-1 agree | MC acc | decode ms/token (median [min–max]) | predicted speed-up (bytes) | PerfNorm [95%] | SpeedNorm | Score [95%] |"
+        "| variant | method | layers | size (MiB) | weight bytes/token (MB) | test ppl (± s.e.) | KL to base (nats, mean ± s.e.) | KL p99 | top-1 agree | MC acc | decode ms/token (median [min–max]) | predicted speed-up (bytes) | {}PerfNorm [95%] | SpeedNorm | Score [95%] |",
+        if on_l4 { "T on L4, 1.2B (µs/token) | " } else { "" }
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|{}---|---|---|",
+        if on_l4 { "---|" } else { "" }
     );
     for v in r.variants() {
         let g = |m: &str| r.get(&v, m);
@@ -208,7 +214,7 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
         );
         let _ = writeln!(
             md,
-            "| {v} | {} | {} | {} | {} | {} ± {} | {} ± {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {v} | {} | {} | {} | {} | {} ± {} | {} ± {} | {} | {} | {} | {} | {} | {}{} | {} | {} |",
             r.method_of(&v),
             fmt(g("layers"), 0),
             fmt(g("size_mib"), 2),
@@ -222,13 +228,19 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
             fmt(g("mc_acc"), 3),
             dec_s,
             fmt(g("predicted_speedup"), 2),
+            if on_l4 {
+                format!("{} | ", fmt(g("l4_secs_per_token").map(|t| t * 1e6), 1))
+            } else {
+                String::new()
+            },
             with_ci(r, &v, "perf_norm", 3),
-            // SpeedNorm comes from the predicted speed-up (weight bytes), not from a timing
+            // SpeedNorm is a model (the L4 projection, else weight bytes), not a timing
             fmt(g("speed_norm"), 3),
             with_ci(r, &v, "score", 3),
         );
     }
     let _ = writeln!(md);
+    l4_paragraph(&mut md, r);
     paired_table(&mut md, r);
     gen_mc_table(&mut md, r);
     if r.rows.iter().any(|x| x.metric == "legacy_similarity") {
@@ -290,12 +302,12 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let _ = writeln!(md, "- Perplexity: ± is the standard error of the mean NLL over scoring windows, shown on the perplexity scale. It is the spread of one model's figure; two variants are compared by the paired ratio instead (same tokens, so the text's difficulty cancels): `ppl_ratio` and PerfNorm carry the 95% interval of the mean per-token log-ratio, with scoring windows as clusters of correlated tokens.");
     let _ = writeln!(md, "- KL: mean over every scored position against the base model's next-token distribution, ± the standard error over sequences (the interval in the paired table is ±1.96 of it); p99 is the 99th percentile per position.");
     let _ = writeln!(md, "- MC accuracy: log-likelihood choice on the shipped multiple-choice items; its binomial standard error is in the parquet (`spread`). The difference to the base is paired on the same items (its SE from the discordant items, McNemar's exact and mid-p tests). A small model sits near chance, so PerfNorm here uses perplexity (base ppl / variant ppl) unless stated otherwise.");
-    let _ = writeln!(md, "- Score: its 95% interval is PerfNorm's (paired, above) halved; SpeedNorm, from the predicted speed-up in bytes, has no sampling error. A variant is named the winner only when its interval overlaps no other's; otherwise the Ties paragraph names every variant not shown apart from the best.");
+    let _ = writeln!(md, "- Score: its 95% interval is PerfNorm's (paired, above) halved; SpeedNorm ({}) has no sampling error. A variant is named the winner only when its interval overlaps no other's; otherwise the Ties paragraph names every variant not shown apart from the best.", speed_source(r));
     let on_runtime = r.rows.iter().any(|x| x.metric == "decode_on_engine");
     if on_runtime {
-        let _ = writeln!(md, "- Time per token: median of repeated timed decodes after warm-up on the device named above; the bracket is [min–max]. Each written checkpoint is timed as it runs on the CUDA runtime: W4A16 and W8A8 Linears on their compressed kernels (packed int4 GEMV, int8 tensor cores), decode on the runtime's engine with CUDA-graph replay where it runs the checkpoint (bf16 and W4A16; the `decode_on_engine` row says which). On a small model the fixed per-step costs dominate; the predicted speed-up column (weight bytes read per decoded token, base ÷ variant) is what ranks variants on a bandwidth-bound GPU such as the evaluation's L4.");
+        let _ = writeln!(md, "- Time per token: median of repeated timed decodes after warm-up on the device named above; the bracket is [min–max]. Each written checkpoint is timed as it runs on the CUDA runtime: W4A16 and W8A8 Linears on their compressed kernels (packed int4 GEMV, int8 tensor cores), decode on the runtime's engine with CUDA-graph replay where it runs the checkpoint (bf16 and W4A16; the `decode_on_engine` row says which). On a small model the fixed per-step costs dominate, and batch-1 decoding is not the evaluation's regime: the Score ranks variants by SpeedNorm ({}).", speed_source(r));
     } else {
-        let _ = writeln!(md, "- Time per token: median of repeated timed decodes after warm-up on the device named above; the bracket is [min–max]. Quantized variants run here with dequantized weights (a quality emulation), so their measured time is the dense model's: the predicted speed-up column (weight bytes read per decoded token, base ÷ variant) is what ranks them on a bandwidth-bound GPU such as the evaluation's L4.");
+        let _ = writeln!(md, "- Time per token: median of repeated timed decodes after warm-up on the device named above; the bracket is [min–max]. Quantized variants run here with dequantized weights (a quality emulation), so their measured time is the dense model's: the Score ranks variants by SpeedNorm ({}).", speed_source(r));
     }
     let _ = writeln!(md, "- {REPRODUCIBILITY}");
     let _ = writeln!(md, "- The competition server itself scored identical submissions up to ±0.1 apart: the intervals above hold this run's measurement noise only, so treat Score differences below 0.1 as unproven on the server even where they are clear here.");
@@ -352,199 +364,6 @@ fn kept_table(md: &mut String, r: &Results) {
 /// What the report says about rerunning the study (tests/report_snapshot.rs compares numbers
 /// at the cross-machine tolerance stated here).
 pub const REPRODUCIBILITY: &str = "Reproducibility: every figure but the timings comes out the same bit for bit when the same build runs the same command again on the same machine, whatever the number of threads (seeds fixed; every sum in an order that does not depend on how work is split: checked on 1, 2 and 3 threads). Another CPU may run other matrix-product kernels (AVX2 or AVX-512, another blocking), which add in another order: perplexity, KL, top-1 and Score then move in their last digits (well under 1%), and a quantized variant's KL may move by a few per cent of itself — one weight at a rounding boundary goes the other way, and GPTQ carries that on to later columns (e.g. a KL of 0.0341 read 0.0333 elsewhere). Sizes, bytes per token and layer counts do not move; an item right or wrong moves only where a variant's options were a near tie.";
-
-fn recommend(r: &Results) -> Vec<String> {
-    // only variants that compress something: same-size variants (distillation alone) are not options
-    let vs: Vec<String> = r
-        .variants()
-        .into_iter()
-        .filter(|v| v != "original" && r.get(v, "predicted_speedup").unwrap_or(1.0) > 1.01)
-        .collect();
-    let mut out = vec![];
-    let best = |key: &dyn Fn(&String) -> Option<f64>| -> Option<String> {
-        vs.iter()
-            .filter_map(|v| key(v).filter(|x| x.is_finite()).map(|k| (v.clone(), k)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|x| x.0)
-    };
-    if let Some(v) = best(&|v| r.get(v, "kl_mean")) {
-        out.push(format!("quality-first: **{v}** — the lowest KL to the base ({:.4} nats/token), test ppl {:.3}.", r.get(&v, "kl_mean").unwrap_or(f64::NAN), r.get(&v, "test_ppl").unwrap_or(f64::NAN)));
-    }
-    let base_ppl = r.get("original", "test_ppl").unwrap_or(f64::NAN);
-    if let Some(v) = best(&|v| {
-        let ok = r
-            .get(v, "test_ppl")
-            .map(|p| p <= base_ppl * 1.10)
-            .unwrap_or(false);
-        if ok {
-            r.get(v, "predicted_speedup").map(|s| -s)
-        } else {
-            None
-        }
-    }) {
-        out.push(format!(
-            "speed-first (within 10% of the base's perplexity): **{v}** — predicted {:.2}× fewer weight bytes per decoded token.",
-            r.get(&v, "predicted_speedup").unwrap_or(f64::NAN)
-        ));
-    }
-    if let Some(v) = best(&|v| {
-        let ok = r
-            .get(v, "test_ppl")
-            .map(|p| p <= base_ppl * 1.10)
-            .unwrap_or(false);
-        if ok {
-            r.get(v, "size_mib")
-        } else {
-            None
-        }
-    }) {
-        out.push(format!(
-            "size-first (within 10% of the base's perplexity): **{v}** — {:.2} MiB on disk.",
-            r.get(&v, "size_mib").unwrap_or(f64::NAN)
-        ));
-    }
-    let proxy = "competition proxy (0.5·PerfNorm + 0.5·SpeedNorm with the predicted speed-up)";
-    let flagged = |m: &str| -> Vec<String> {
-        r.variants()
-            .into_iter()
-            .filter(|v| r.get(v, m) == Some(1.0))
-            .collect()
-    };
-    match flagged("verdict_pick").first() {
-        Some(v) => {
-            let tied = flagged("verdict_tied");
-            let how = if tied.is_empty() {
-                "a winner by more than its 95% interval".to_string()
-            } else {
-                format!(
-                    "the tie rule's pick among {} variants whose intervals overlap the best's (see Ties), not a winner by Score",
-                    tied.len() + 1
-                )
-            };
-            out.push(format!(
-                "{proxy}: **{v}**, Score {} — {how}.",
-                with_ci(r, v, "score", 3)
-            ));
-        }
-        // results without the verdict (older files): the best point estimate, said to be one
-        None => {
-            if let Some(v) = best(&|v| r.get(v, "score").map(|s| -s)) {
-                out.push(format!("{proxy}: **{v}**, Score {:.3} (a point estimate: these results carry no interval).", r.get(&v, "score").unwrap_or(f64::NAN)));
-            }
-        }
-    }
-    out
-}
-
-/// The paragraph naming every variant tied with the best Score (95% intervals overlap) and the
-/// rule that picks among them, from the `verdict_*` rows the study recorded.
-fn ties(r: &Results) -> Option<String> {
-    let vs = r.variants();
-    let best = vs.iter().find(|v| r.get(v, "verdict_best") == Some(1.0))?;
-    let pick = vs.iter().find(|v| r.get(v, "verdict_pick") == Some(1.0))?;
-    let named = |v: &str, b: &str| format!("{b}{v}{b} (Score {})", with_ci(r, v, "score", 3));
-    let mut tied: Vec<&String> = vs
-        .iter()
-        .filter(|v| r.get(v, "verdict_tied") == Some(1.0))
-        .collect();
-    tied.sort_by(|a, b| {
-        let s = |v: &str| r.get(v, "score").unwrap_or(f64::NAN);
-        s(b).total_cmp(&s(a)).then_with(|| a.cmp(b))
-    });
-    let head = if tied.is_empty() {
-        format!(
-            "**Ties.** None: {} has the highest Score and its 95% interval overlaps no other variant's, so it wins by more than its interval.",
-            named(best, "**")
-        )
-    } else {
-        let names: Vec<String> = tied.iter().map(|v| named(v, "")).collect();
-        format!(
-            "**Ties.** {} has the highest Score, but its 95% interval overlaps that of {}: no winner by Score. The pick among them is the tie rule's: **{pick}** (PerfNorm lower bound {}).",
-            named(best, "**"),
-            names.join(", "),
-            fmt(r.get(pick, "perf_norm_lo"), 3)
-        )
-    };
-    Some(format!(
-        "{head} Tie rule: {TIE_RULE}. The intervals hold this run's sampling noise only (which tokens and items were scored); they do not hold the evaluation server's own spread."
-    ))
-}
-
-/// The paired comparison with the base, one row per variant (only where the study recorded it).
-fn paired_table(md: &mut String, r: &Results) {
-    if !r.rows.iter().any(|x| x.metric == "ppl_ratio") {
-        return;
-    }
-    let _ = writeln!(
-        md,
-        "### Paired with the base
-"
-    );
-    let _ = writeln!(md, "Every variant against the base on the same tokens and items, with 95% intervals: the perplexity ratio from the per-token NLL log-ratio (scoring windows as clusters), PerfNorm = its inverse, KL with sequences as clusters, the MC accuracy difference with its paired standard error and McNemar's two-sided tests on the discordant items, and the Score with PerfNorm's interval (SpeedNorm, from bytes, is exact).\n");
-    let _ = writeln!(md, "| variant | ppl ratio to base [95%] | PerfNorm [95%] | KL mean [95%] | MC acc − base (± s.e.) | MC discordant (base only / variant only) | McNemar p (exact / mid-p) | Score [95%] |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-    for v in r.variants() {
-        let g = |m: &str| r.get(&v, m);
-        let count = |m: &str| fmt(g(m), 0);
-        let _ = writeln!(
-            md,
-            "| {v} | {} | {} | {} | {} ± {} | {} / {} | {} / {} | {} |",
-            with_ci(r, &v, "ppl_ratio", 4),
-            with_ci(r, &v, "perf_norm", 4),
-            with_ci(r, &v, "kl_mean", 4),
-            fmt(g("mc_acc_diff"), 3),
-            fmt(r.spread(&v, "mc_acc_diff"), 3),
-            count("mc_base_only"),
-            count("mc_variant_only"),
-            fmt(g("mc_mcnemar_p"), 3),
-            fmt(g("mc_mcnemar_mid_p"), 3),
-            with_ci(r, &v, "score", 3),
-        );
-    }
-    let _ = writeln!(md);
-}
-
-/// The generation-scored multiple choice, beside the log-likelihood column (only where the study
-/// recorded it).
-fn gen_mc_table(md: &mut String, r: &Results) {
-    if !r.rows.iter().any(|x| x.metric == "genmc_acc") {
-        return;
-    }
-    let _ = writeln!(
-        md,
-        "### Generation-scored multiple choice
-"
-    );
-    let _ = writeln!(md, "As the evaluation scores accuracy: each question rendered through the model's chat template (thinking off), answered greedily by the serving runner with every item at once, the choice read from the text (`eval::generated::extract_choice`: an explicit answer marker, else an opening letter, else the one option letter standing alone, else the one option text found; no answer counts as wrong). Each variant's answers are in `gen_mc/<variant>.jsonl` beside this report. The log-likelihood MC column of the table above scores other items (KMMLU and BIG-bench options ranked by likelihood) and has less noise, but it is not what the evaluation measures.\n");
-    let base_silent = r
-        .variants()
-        .first()
-        .and_then(|v| r.get(v, "genmc_no_answer"));
-    if let Some(share) = base_silent.filter(|s| *s >= 0.5) {
-        let _ = writeln!(md, "The base itself gives no extractable answer to {:.0}% of the items: a model this small does not follow the question format, so this column cannot tell the variants apart here (on EXAONE-4.0-1.2B it is the evaluation's measure).\n", 100.0 * share);
-    }
-    let _ = writeln!(md, "| variant | accuracy (± s.e.) | no answer | answer length (tokens) | accuracy − base [95%] | discordant (base only / variant only) | McNemar p (exact) |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    for v in r.variants() {
-        let g = |m: &str| r.get(&v, m);
-        if g("genmc_acc").is_none() {
-            continue;
-        }
-        let _ = writeln!(
-            md,
-            "| {v} | {} ± {} | {} | {} | {} | {} / {} | {} |",
-            fmt(g("genmc_acc"), 3),
-            fmt(r.spread(&v, "genmc_acc"), 3),
-            fmt(g("genmc_no_answer"), 2),
-            fmt(g("genmc_output_len_mean"), 1),
-            with_ci(r, &v, "genmc_acc_diff", 3),
-            fmt(g("genmc_base_only"), 0),
-            fmt(g("genmc_variant_only"), 0),
-            fmt(g("genmc_mcnemar_p"), 3),
-        );
-    }
-    let _ = writeln!(md);
-}
 
 /// The report's charts, by file name: quality against size and against bytes per token, the
 /// perplexity per variant (an axis near the data: 0 is no perplexity), the Score per variant with

@@ -4,6 +4,7 @@
 //! ([`verdict`]).
 
 pub mod bench;
+pub mod l4_speed;
 pub mod serving;
 pub mod setup;
 pub mod suite;

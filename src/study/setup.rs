@@ -118,6 +118,8 @@ pub struct Study {
     scratch: tempfile::TempDir,
     /// seconds per stage (building, each measure), printed and logged at the end
     pub(crate) stages: Vec<(String, f64)>,
+    /// the speed term: each variant's shape projected on the evaluation's model and GPU
+    pub l4: super::l4_speed::L4Speed,
 }
 
 /// How a report names the base model: by role for the shipped default model, relative to the
@@ -309,6 +311,10 @@ impl Study {
             .map(|id| format!("{} {}", id.config_hash, id.weights_hash))
             .unwrap_or_else(|_| model_label(&dir));
         let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+        let t0 = std::time::Instant::now();
+        let eff = super::l4_speed::efficiencies_on(base.device(), &results.env.gpu)?;
+        let l4 = super::l4_speed::L4Speed::new(eff)?;
+        let l4_secs = t0.elapsed().as_secs_f64();
         Ok(Self {
             experiment: experiment.into(),
             args,
@@ -330,7 +336,8 @@ impl Study {
             suite_hash,
             base_key,
             scratch,
-            stages: vec![],
+            stages: vec![("L4 projection's workload".into(), l4_secs)],
+            l4,
         })
     }
 
@@ -493,6 +500,7 @@ impl Study {
     /// continues from it.
     pub(crate) fn save_progress(&self) -> Result<()> {
         let mut r = self.results.clone();
+        self.l4.add_rows(&mut r, "original")?;
         super::suite::add_scores(&mut r, "original");
         r.save(&self.out)?;
         let note = format!(
@@ -507,6 +515,7 @@ impl Study {
     /// Adds the scores, keeps the checkpoints `--keep` asks for, writes results, charts and
     /// report, and prints the report and the command that rebuilds the recommended variant.
     pub fn finish(mut self, title: &str, notes: Vec<String>, log: &[String]) -> Result<()> {
+        self.l4.add_rows(&mut self.results, "original")?;
         if let Some(rec) = super::suite::add_scores(&mut self.results, "original") {
             eprintln!("{}", rec.text);
         }

@@ -43,6 +43,10 @@ pub struct Suite {
     pub base_logits: std::sync::OnceLock<Vec<candle_core::Tensor>>,
     /// a generation-scored multiple-choice pass, as the evaluation scores (None: no such column)
     pub gen_mc: Option<GenMcSuite>,
+    /// items the base answered in an extractable form in that pass: none, and the other
+    /// variants' passes are skipped (a column the base cannot score ranks nothing: e.g. the
+    /// 8.6 M default model, which does not follow the question format)
+    pub base_gen_answered: std::sync::OnceLock<usize>,
 }
 
 /// Multiple choice scored from generated answers (`eval::generated`): every item asked through
@@ -172,6 +176,7 @@ impl Suite {
             base_per_token: Default::default(),
             base_logits: Default::default(),
             gen_mc: None,
+            base_gen_answered: Default::default(),
         }
     }
 
@@ -434,7 +439,9 @@ impl Suite {
             mc_right = items.right;
         }
         let mut gen_right = vec![];
-        if let Some(g) = &self.gen_mc {
+        let is_base = variant.name == self.base_variant;
+        let base_silent = self.base_gen_answered.get() == Some(&0);
+        if let Some(g) = self.gen_mc.as_ref().filter(|_| is_base || !base_silent) {
             let res = self
                 .gen_mc_pass(g, model, checkpoint, &variant.name)
                 .context(|| format!("{}: generation-scored multiple choice", variant.name))?;
@@ -457,6 +464,9 @@ impl Suite {
                 "tokens",
             );
             gen_right = res.correct();
+            if is_base {
+                let _ = self.base_gen_answered.set(res.items.len() - res.no_answer);
+            }
         }
         let ours = PerToken {
             nll,
@@ -480,9 +490,11 @@ impl Suite {
                 };
                 // the base's answers (no checkpoint of it here: the reference executor)
                 let gen_right = match &self.gen_mc {
-                    Some(g) => self
-                        .gen_mc_pass(g, base, None, &self.base_variant)?
-                        .correct(),
+                    Some(g) => {
+                        let res = self.gen_mc_pass(g, base, None, &self.base_variant)?;
+                        let _ = self.base_gen_answered.set(res.items.len() - res.no_answer);
+                        res.correct()
+                    }
                     None => vec![],
                 };
                 self.base_per_token.get_or_init(|| PerToken {

@@ -203,6 +203,7 @@ pub fn resumable(
             .rows
             .iter()
             .filter(|r| r.variant == name && !SCORE_METRICS.contains(&r.metric.as_str()))
+            .filter(|r| !super::l4_speed::L4_SPEED_METRICS.contains(&r.metric.as_str()))
             .filter(|r| r.metric != KEPT_METRIC)
             .cloned()
             .collect(),

@@ -89,7 +89,8 @@ pub fn add_paired(
         ("mc", &base.mc_right, &ours.mc_right),
         ("genmc", &base.gen_right, &ours.gen_right),
     ] {
-        if b.is_empty() && o.is_empty() {
+        // a column not measured on one side (a skipped generation pass) is not compared
+        if b.is_empty() || o.is_empty() {
             continue;
         }
         match accuracy_difference(b, o) {
@@ -146,9 +147,10 @@ fn perf_norm_of(r: &Results, v: &str, value: f64) -> Option<Estimate> {
 /// Adds PerfNorm, SpeedNorm and Score for every variant against `base_variant`, each with its
 /// spread and interval where the paired rows allow, and the recommendation among every variant
 /// with a Score interval ([`recommend`]; its outcome as `verdict_*` rows). PerfNorm = base ppl /
-/// variant ppl (a perplexity proxy for accuracy), SpeedNorm from the predicted time per token
-/// (weight bytes: exact, no SE), Score = ½·PerfNorm + ½·SpeedNorm. Returns the recommendation
-/// (None when fewer than one variant has an interval).
+/// variant ppl (a perplexity proxy for accuracy), SpeedNorm = the L4 projection's
+/// (`l4_speed_norm` rows, [`super::l4_speed`]) where the base has one, else from batch-1 weight
+/// bytes (`1 − variant ÷ base`); either is a model, not a sample: no SE. Score = ½·PerfNorm +
+/// ½·SpeedNorm. Returns the recommendation (None when fewer than one variant has an interval).
 pub fn add_scores(results: &mut Results, base_variant: &str) -> Option<Recommendation> {
     let (Some(bp), Some(bb)) = (
         results.get(base_variant, "test_ppl"),
@@ -156,6 +158,7 @@ pub fn add_scores(results: &mut Results, base_variant: &str) -> Option<Recommend
     ) else {
         return None;
     };
+    let on_l4 = results.get(base_variant, "l4_speed_norm").is_some();
     let mut candidates = vec![];
     let mut methods = vec![];
     for v in results.variants() {
@@ -167,7 +170,11 @@ pub fn add_scores(results: &mut Results, base_variant: &str) -> Option<Recommend
         };
         let perf = bp / p;
         let speedup = bb / b;
-        let speed = (1.0 - 1.0 / speedup).max(-1.0);
+        let speed = match (on_l4, results.get(&v, "l4_speed_norm")) {
+            (true, Some(s)) => s,
+            (true, None) => continue,
+            (false, _) => (1.0 - 1.0 / speedup).max(-1.0),
+        };
         let perf_e = perf_norm_of(results, &v, perf);
         let score_e = perf_e.and_then(|pe| score(pe, Estimate::exact(speed).ok()?).ok());
         // score rows carry the variant's name and method, not its parameters
