@@ -17,4 +17,4 @@ mkdir -p .gpu/out
   "$@" >> .gpu/out/eight_cases.log 2>&1
 tail -4 .gpu/out/eight_cases.log; grep -iE "error|panic" .gpu/out/eight_cases.log | head -5
 cp .gpu/out/eight_cases.log "$OUT/eight_cases.log"
-tar -C .gpu/out -czf "$OUT/eight_cases.tgz" --exclude=checkpoints eight_cases
+tar -C .gpu/out -czf "$OUT/eight_cases.tgz" --exclude=checkpoints --exclude="*.safetensors" eight_cases
