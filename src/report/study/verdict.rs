@@ -61,34 +61,19 @@ pub(super) fn recommend(r: &Results) -> Vec<String> {
         out.push(format!("quality-first: **{v}** — the lowest KL to the base ({:.4} nats/token), test ppl {:.3}.", r.get(&v, "kl_mean").unwrap_or(f64::NAN), r.get(&v, "test_ppl").unwrap_or(f64::NAN)));
     }
     let base_ppl = r.get("original", "test_ppl").unwrap_or(f64::NAN);
-    if let Some(v) = best(&|v| {
-        let ok = r
-            .get(v, "test_ppl")
-            .map(|p| p <= base_ppl * 1.10)
-            .unwrap_or(false);
-        if ok {
-            r.get(v, "speed_norm").map(|s| -s)
-        } else {
-            None
-        }
-    }) {
+    // within 10% of the base's perplexity, `metric` (smaller first)
+    let near_base = |v: &String, metric: &dyn Fn(&String) -> Option<f64>| {
+        let ok = r.get(v, "test_ppl").is_some_and(|p| p <= base_ppl * 1.10);
+        ok.then(|| metric(v)).flatten()
+    };
+    if let Some(v) = best(&|v| near_base(v, &|v| r.get(v, "speed_norm").map(|s| -s))) {
         out.push(format!(
             "speed-first (within 10% of the base's perplexity): **{v}** — SpeedNorm {:.3} ({}).",
             r.get(&v, "speed_norm").unwrap_or(f64::NAN),
             speed_source(r)
         ));
     }
-    if let Some(v) = best(&|v| {
-        let ok = r
-            .get(v, "test_ppl")
-            .map(|p| p <= base_ppl * 1.10)
-            .unwrap_or(false);
-        if ok {
-            r.get(v, "size_mib")
-        } else {
-            None
-        }
-    }) {
+    if let Some(v) = best(&|v| near_base(v, &|v| r.get(v, "size_mib"))) {
         out.push(format!(
             "size-first (within 10% of the base's perplexity): **{v}** — {:.2} MiB on disk.",
             r.get(&v, "size_mib").unwrap_or(f64::NAN)
