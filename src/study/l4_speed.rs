@@ -128,8 +128,8 @@ impl L4Speed {
     }
 
     /// Projects every variant with a `layers` row against `base_variant`'s layer count and
-    /// records the rows of the module doc (replacing earlier ones), with the projection's
-    /// parameters as an `l4_speed` variant. Nothing when the base has no `layers` row.
+    /// records the rows of the module doc (replacing earlier ones), the projection's parameters
+    /// on the base's rows. Nothing when the base has no `layers` row.
     pub fn add_rows(&self, r: &mut Results, base_variant: &str) -> Result<()> {
         let Some(base_layers) = r.get(base_variant, "layers") else {
             return Ok(());
