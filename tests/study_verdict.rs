@@ -416,3 +416,57 @@ fn a_variant_before_the_base_is_paired_with_the_base() {
     assert_eq!(lens, [127, 64, 64, 44]);
     assert_eq!(kept.mc_right.len(), 3);
 }
+
+/// The generation-scored pass of a variant is skipped when the base answered no item in the
+/// extractable form (the default model never does: a column the base cannot score ranks
+/// nothing), and the base's own pass is kept and recorded.
+#[test]
+fn a_generation_pass_the_base_cannot_answer_is_skipped_for_variants() {
+    use exaone_compress::eval::generated::{template_and_stops, GenMcOptions};
+    use exaone_compress::study::suite::GenMcSuite;
+    let dir = default_model_dir();
+    let base = exaone_compress::checkpoint::load_model(&dir, DType::F32, &Device::Cpu).unwrap();
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let eos = tok.token_id("[|endofturn|]").unwrap();
+    let stream = |s: &str| {
+        TokenStream::from_lines(&tok, &read_documents(&split_path(s)).unwrap(), Some(eos)).unwrap()
+    };
+    let mut test = stream("test");
+    test.ids.truncate(200);
+    let kl = samples(&stream("val"), 2, 32, 1).unwrap();
+    let (template, stop_ids) = template_and_stops(&dir, &tok).unwrap();
+    let mut suite = Suite::new(tok, test, kl);
+    suite.ppl_window = 128;
+    suite.gen_mc = Some(GenMcSuite {
+        items: exaone_compress::study::serving::korean_mc_items(6).unwrap(),
+        template,
+        opts: GenMcOptions {
+            max_new_tokens: 8,
+            stop_ids,
+        },
+        samples: None,
+    });
+    let mut r = Results::new("t", "cpu (F32)", "data/default-model");
+    let stored = Stored {
+        size_bytes: 0,
+        weight_bytes: 1.0,
+        checkpoint: None,
+    };
+    suite
+        .evaluate(&mut r, &Variant::original(), &base, &base, &stored)
+        .unwrap();
+    assert_eq!(suite.base_gen_answered.get(), Some(&0));
+    assert_eq!(r.get("original", "genmc_no_answer"), Some(1.0));
+    let pruned = base.with_layers(&[0, 1, 2, 3, 4, 5, 6, 7, 9]).unwrap();
+    let v = Variant::new("pruned", "drop[8]", json!({}));
+    suite.evaluate(&mut r, &v, &base, &pruned, &stored).unwrap();
+    assert!(r.get("pruned", "test_ppl").is_some());
+    assert_eq!(r.get("pruned", "genmc_acc"), None);
+    assert_eq!(r.get("pruned", "genmc_acc_diff"), None);
+    // the report says why the column is empty
+    let md = markdown(&r, &options());
+    assert!(
+        md.contains("The other variants' passes were skipped"),
+        "{md}"
+    );
+}
