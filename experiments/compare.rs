@@ -32,6 +32,7 @@ fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let mut s = Study::load("compare", a.study)?;
+    s.plan(1 + variants.len());
     let base_dir = s.dir.clone();
     s.measure_dir("original", &base_dir)?;
     for (name, dir) in &variants {

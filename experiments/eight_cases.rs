@@ -85,9 +85,8 @@ fn main() -> Result<()> {
         Quantizer::awq(&AwqConfig::default(), calib()),
     );
 
-    s.measure(&Variant::original(), &base)?;
     let (p, q) = (prune, gptq);
-    for (name, steps) in [
+    let variants = [
         ("distilled", vec![kd.clone()]),
         ("pruned", vec![p.clone()]),
         ("quantized", vec![q.clone()]),
@@ -104,7 +103,10 @@ fn main() -> Result<()> {
         ("RTN W4A16", vec![rtn(SchemeName::W4a16)]),
         ("AWQ W4A16", vec![awq]),
         ("FP8 dynamic", vec![rtn(SchemeName::Fp8)]),
-    ] {
+    ];
+    s.plan(1 + variants.len());
+    s.measure(&Variant::original(), &base)?;
+    for (name, steps) in variants {
         s.measure_recipe(name, steps)?;
     }
 

@@ -120,6 +120,10 @@ pub struct Study {
     pub(crate) stages: Vec<(String, f64)>,
     /// the speed term: each variant's shape projected on the evaluation's model and GPU
     pub l4: super::l4_speed::L4Speed,
+    /// when the study began, and how many variants it will measure (the base included), for
+    /// the estimate of the time left printed after each ([`Study::plan`])
+    started: std::time::Instant,
+    planned: Option<usize>,
 }
 
 /// How a report names the base model: by role for the shipped default model, relative to the
@@ -312,6 +316,7 @@ impl Study {
             .unwrap_or_else(|_| model_label(&dir));
         let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
         let t0 = std::time::Instant::now();
+        let started = t0;
         let eff = super::l4_speed::efficiencies_on(base.device(), &results.env.gpu)?;
         let l4 = super::l4_speed::L4Speed::new(eff)?;
         let l4_secs = t0.elapsed().as_secs_f64();
@@ -338,7 +343,16 @@ impl Study {
             scratch,
             stages: vec![("L4 projection's workload".into(), l4_secs)],
             l4,
+            started,
+            planned: None,
         })
+    }
+
+    /// Says how many variants the study will measure, the base included: after each one it
+    /// then prints how many are done and an estimate of the time left (at the run's mean pace
+    /// per variant so far).
+    pub fn plan(&mut self, variants: usize) {
+        self.planned = Some(variants);
     }
 
     /// Writes, sizes and evaluates one variant (dense, written in bf16) against the base.
@@ -509,7 +523,14 @@ impl Study {
         );
         let opts = self.report_options(&format!("{} (partial)", self.experiment), vec![note]);
         let md = crate::report::study::markdown(&r, &opts);
-        crate::fs::write_atomic(&self.out.join("README.md"), md.as_bytes())
+        crate::fs::write_atomic(&self.out.join("README.md"), md.as_bytes())?;
+        if let Some(n) = self.planned {
+            let k = r.variants().len();
+            let secs = self.started.elapsed().as_secs_f64();
+            let left = secs / k.max(1) as f64 * n.saturating_sub(k) as f64;
+            eprintln!("study: {k} of {n} variants measured in {secs:.0} s; about {left:.0} s left");
+        }
+        Ok(())
     }
 
     /// Adds the scores, keeps the checkpoints `--keep` asks for, writes results, charts and
