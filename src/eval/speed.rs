@@ -99,11 +99,53 @@ pub fn measure(
     })
 }
 
+/// Seconds per decode step of one request (`prompt_len` synthetic ids, `new_tokens` new) on the
+/// serving engine: the mean over each run's decode steps, `warmup` runs untimed. None when the
+/// engine cannot load the checkpoint.
+#[cfg(feature = "cuda")]
+fn serving_decode(
+    ckpt: &crate::Checkpoint,
+    ordinal: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    warmup: usize,
+    repeats: usize,
+) -> crate::Result<Option<Timing>> {
+    use crate::runtime::serving::KvBudget;
+    use crate::serve::cuda::CudaExecutor;
+    use crate::serve::{Request, Runner, SchedulerConfig, Workload, DEFAULT_BLOCK_SIZE};
+    let len = prompt_len + new_tokens + 1;
+    let blocks = len.div_ceil(DEFAULT_BLOCK_SIZE) + 1;
+    let cfg = SchedulerConfig::vllm_defaults(blocks, len);
+    let Ok((exec, cfg)) = CudaExecutor::load(ckpt, ordinal, &cfg, KvBudget::Blocks(blocks)) else {
+        return Ok(None);
+    };
+    let vocab = ckpt.config.vocab_size;
+    let mut runner = Runner::new(exec, cfg, vocab);
+    let prompt = synthetic_ids(vocab, prompt_len, 0);
+    let w = Workload::new(vec![Request::from_ids("batch-1", prompt, new_tokens)]);
+    let mut per_step = vec![];
+    for run in 0..warmup + repeats.max(1) {
+        let rep = runner.run(&w)?;
+        let dec: Vec<f64> = rep
+            .steps
+            .iter()
+            .filter(|x| x.prefill_tokens == 0)
+            .map(|x| x.secs)
+            .collect();
+        if run >= warmup && !dec.is_empty() {
+            per_step.push(dec.iter().sum::<f64>() / dec.len() as f64);
+        }
+    }
+    Ok((!per_step.is_empty()).then(|| Timing::from(per_step)))
+}
+
 /// Speed as a written checkpoint would run, where the CUDA runtime can run it: the candle forward
 /// with the compressed Linears on their kernels (W4A16 packed int4, W8A8 int8; prefill and the
-/// fallback decode), and decode on the runtime's engine with CUDA-graph replay where it runs the
-/// checkpoint (bf16, W4A16). Returns the speed and whether the engine decoded; None off CUDA,
-/// where the caller times the in-memory model.
+/// fallback decode), and decode on the runtime's engines: the decode engine with CUDA-graph
+/// replay where it runs the checkpoint (bf16, W4A16), else the serving engine's batch-1 steps
+/// (W8A8, FP8). Returns the speed and whether an engine decoded; None off CUDA, where the caller
+/// times the in-memory model.
 pub fn measure_checkpoint(
     dir: &std::path::Path,
     device: &candle_core::Device,
@@ -125,7 +167,16 @@ pub fn measure_checkpoint(
         drop(model);
         let engine = DecodeEngine::load(&ckpt, gpu_id, 1, prompt_len + new_tokens + 1);
         let Ok(mut e) = engine else {
-            return Ok(Some((s, false)));
+            // W8A8, FP8: the serving engine's batch-1 steps (its int8 / fp8 GEMMs, graphs)
+            let timed = serving_decode(&ckpt, gpu_id, prompt_len, new_tokens, warmup, repeats)
+                .context(|| "the serving engine's batch-1 decode".to_string())?;
+            return Ok(Some(match timed {
+                Some(t) => {
+                    s.decode_s_per_token = t;
+                    (s, true)
+                }
+                None => (s, false),
+            }));
         };
         let prompt = synthetic_ids(ckpt.config.vocab_size, prompt_len, 0);
         let mut dec = vec![];
