@@ -368,11 +368,9 @@ fn the_report_states_the_rule_recommend_applies() {
     assert_eq!(exaone_compress::report::study::TIE_RULE, TIE_RULE);
 }
 
-/// A suite measuring a variant before the base pairs it with the base measured once, on the
-/// default model: the base copied under another name has ratio 1 with no spread and no
-/// discordant item.
-#[test]
-fn a_variant_before_the_base_is_paired_with_the_base() {
+/// The default model and a suite on it: `test_tokens` of the test split in windows of 128, two
+/// KL sequences of 32 validation tokens.
+fn default_suite(test_tokens: usize) -> (exaone_compress::Exaone4, Suite) {
     let dir = default_model_dir();
     let base = exaone_compress::checkpoint::load_model(&dir, DType::F32, &Device::Cpu).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
@@ -381,10 +379,19 @@ fn a_variant_before_the_base_is_paired_with_the_base() {
         TokenStream::from_lines(&tok, &read_documents(&split_path(s)).unwrap(), Some(eos)).unwrap()
     };
     let mut test = stream("test");
-    test.ids.truncate(300);
+    test.ids.truncate(test_tokens);
     let kl = samples(&stream("val"), 2, 32, 1).unwrap();
     let mut suite = Suite::new(tok, test, kl);
     suite.ppl_window = 128;
+    (base, suite)
+}
+
+/// A suite measuring a variant before the base pairs it with the base measured once, on the
+/// default model: the base copied under another name has ratio 1 with no spread and no
+/// discordant item.
+#[test]
+fn a_variant_before_the_base_is_paired_with_the_base() {
+    let (base, mut suite) = default_suite(300);
     let mut mc = load_kmmlu(
         &exaone_compress::data::data_dir().join("benchmarks/kmmlu_criminal_law_test.json"),
         "kmmlu",
@@ -424,19 +431,8 @@ fn a_variant_before_the_base_is_paired_with_the_base() {
 fn a_generation_pass_the_base_cannot_answer_is_skipped_for_variants() {
     use exaone_compress::eval::generated::{template_and_stops, GenMcOptions};
     use exaone_compress::study::suite::GenMcSuite;
-    let dir = default_model_dir();
-    let base = exaone_compress::checkpoint::load_model(&dir, DType::F32, &Device::Cpu).unwrap();
-    let tok = Tokenizer::from_dir(&dir).unwrap();
-    let eos = tok.token_id("[|endofturn|]").unwrap();
-    let stream = |s: &str| {
-        TokenStream::from_lines(&tok, &read_documents(&split_path(s)).unwrap(), Some(eos)).unwrap()
-    };
-    let mut test = stream("test");
-    test.ids.truncate(200);
-    let kl = samples(&stream("val"), 2, 32, 1).unwrap();
-    let (template, stop_ids) = template_and_stops(&dir, &tok).unwrap();
-    let mut suite = Suite::new(tok, test, kl);
-    suite.ppl_window = 128;
+    let (base, mut suite) = default_suite(200);
+    let (template, stop_ids) = template_and_stops(&default_model_dir(), &suite.tokenizer).unwrap();
     suite.gen_mc = Some(GenMcSuite {
         items: exaone_compress::study::serving::korean_mc_items(6).unwrap(),
         template,
