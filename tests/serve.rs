@@ -564,3 +564,17 @@ fn generated_workloads_are_seeded_and_shaped() {
         assert!(w.requests.iter().all(|r| r.max_new_tokens == 256));
     }
 }
+
+#[test]
+fn a_pool_of_the_workloads_kv_blocks_holds_every_request_whole() {
+    use exaone_compress::serve::{Request, Workload};
+    let w = Workload::new(vec![
+        Request::from_ids("a", vec![1; 15], 1),
+        Request::from_ids("b", vec![1; 16], 1),
+        Request::from_ids("c", vec![1; 40], 8),
+    ]);
+    // 16 → 1 block, 17 → 2, 48 → 3
+    assert_eq!(w.kv_blocks(16), 6);
+    assert_eq!(w.kv_blocks(1), 16 + 17 + 48);
+    assert_eq!(Workload::new(vec![]).kv_blocks(16), 0);
+}

@@ -186,6 +186,14 @@ impl Workload {
         self.requests.iter().map(|r| r.prompt_ids.len()).sum()
     }
 
+    /// KV blocks of `block_size` tokens that hold every request at once, each at its full length
+    /// (prompt and token cap): a pool this large never preempts.
+    pub fn kv_blocks(&self, block_size: usize) -> usize {
+        let bs = block_size.max(1);
+        let per = |r: &Request| (r.prompt_ids.len() + r.max_new_tokens).div_ceil(bs);
+        self.requests.iter().map(per).sum()
+    }
+
     /// Appends another workload's requests (e.g. the three shapes into one evaluation mix).
     pub fn extend(&mut self, other: Workload) {
         self.requests.extend(other.requests);

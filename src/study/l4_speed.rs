@@ -90,12 +90,8 @@ impl L4Speed {
             .map(|r| r.prompt_ids.len() + r.max_new_tokens)
             .max()
             .unwrap_or(1);
-        let blocks = w
-            .requests
-            .iter()
-            .map(|r| (r.prompt_ids.len() + r.max_new_tokens).div_ceil(DEFAULT_BLOCK_SIZE))
-            .sum::<usize>();
-        let cfg = SchedulerConfig::vllm_defaults(blocks.max(1), max_len);
+        let blocks = w.kv_blocks(DEFAULT_BLOCK_SIZE).max(1);
+        let cfg = SchedulerConfig::vllm_defaults(blocks, max_len);
         let trace = StepTrace::schedule(&w, cfg, target.vocab_size)?;
         let gpu = GpuSpec::l4().with_efficiencies(&efficiencies);
         let bf16 = VariantCost::from_word("bf16", &target, "bf16")?;

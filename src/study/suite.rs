@@ -296,10 +296,7 @@ impl Suite {
         let max_len = model.config.max_position_embeddings.min(4096);
         let (_, w) = workload(&g.items, &g.template, &self.tokenizer, &g.opts)?;
         let blocks = w
-            .requests
-            .iter()
-            .map(|q| (q.prompt_ids.len() + q.max_new_tokens).div_ceil(DEFAULT_BLOCK_SIZE))
-            .sum::<usize>()
+            .kv_blocks(DEFAULT_BLOCK_SIZE)
             .max(max_len.div_ceil(DEFAULT_BLOCK_SIZE));
         let cfg = SchedulerConfig::vllm_defaults(blocks, max_len);
         let vocab = model.config.vocab_size;

@@ -301,10 +301,7 @@ pub fn run_cpu(
     );
     let blocks = a.kv_blocks.unwrap_or_else(|| {
         // enough for every request at once: the CPU executor keeps its own caches anyway
-        w.requests
-            .iter()
-            .map(|q| (q.prompt_ids.len() + q.max_new_tokens).div_ceil(pool.block_size))
-            .sum::<usize>()
+        w.kv_blocks(pool.block_size)
             .max(a.max_model_len.div_ceil(pool.block_size))
     });
     let vocab = model.config.vocab_size;
