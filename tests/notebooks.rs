@@ -1,6 +1,7 @@
-//! CI cannot afford evcxr_jupyter (a 30-minute build), so it checks the notebooks cheaply: valid
-//! notebook JSON, the Rust kernel, the crate pulled in by path, and that they were committed
-//! executed without errors. `notebooks/run.sh` executes them.
+//! CI does not execute the notebooks (evcxr_jupyter is a 30-minute build, and running them
+//! compiles a program against the crate), so it checks them cheaply: valid notebook JSON, the
+//! Rust kernel, the crate pulled in by path, and that they were committed executed without
+//! errors. `notebooks/run.sh` executes them (with evcxr's kernel, or `scripts/run_notebooks.py`).
 
 use std::path::PathBuf;
 
