@@ -243,10 +243,13 @@ def run(path, target_dir):
         "commit": commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    return nb, not failed
+
+
+def write(path, nb):
     tmp = path.with_name("." + path.name + ".tmp")
     tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-    return not failed
 
 
 def main():
@@ -255,12 +258,17 @@ def main():
     ap.add_argument("--target-dir", type=Path, default=ROOT / "target", help="cargo target directory to share (default: the repository's)")
     a = ap.parse_args()
     paths = a.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))
-    ok = True
+    ok, done = True, []
+    # every notebook runs before any is written: a rewritten notebook would make the crate's
+    # build script mark the commit of the later ones "+changes"
     for p in paths:
         t0 = datetime.datetime.now()
-        good = run(p, a.target_dir)
+        nb, good = run(p, a.target_dir)
         ok &= good
+        done.append((p, nb))
         print(f"{p.name}: {'executed' if good else 'FAILED'} in {(datetime.datetime.now() - t0).total_seconds():.0f} s")
+    for p, nb in done:
+        write(p, nb)
     sys.exit(0 if ok else 1)
 
 
