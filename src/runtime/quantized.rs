@@ -1,7 +1,8 @@
 //! Compressed Linears that run as compressed: W4A16 on compressed-tensors' packed int4
 //! weights (`int4`: a tensor-core GEMM on weights shuffled at load; re-exported here), and
 //! W8A8 through our int8 tensor-core GEMM with per-token activation and per-channel weight
-//! scales applied (and the SiLU gate taken) in its epilogue; the fp8 weights the serving
+//! scales applied (and the SiLU gate taken) in its epilogue (from [`CUBLAS_INT8_MIN_ROWS`] rows
+//! on, cuBLAS's int8 GEMM and the scales in a second pass); the fp8 weights the serving
 //! engine runs on the fp8 GEMM (sm_89+). The shared pieces (loading packed weights, the GEMMs)
 //! serve the decode engine too.
 
@@ -16,7 +17,7 @@ use half::bf16;
 
 use super::launch::gemm::{gemm_bf16, gemm_int8};
 use super::launch::gemm_q8::{gemm_q8, Q8Gemm, Q8Kind};
-use super::launch::quant::{int8_epilogue, quant_rows_int8, Int8Epilogue};
+use super::launch::quant::{int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue};
 use super::launch::{cuda_err, Dev};
 use crate::checkpoint::Checkpoint;
 use crate::model::layers::LinearKernel;
@@ -147,6 +148,14 @@ impl Int8Linear {
     }
 }
 
+/// From this many rows on, the W8A8 Linear of the candle forward (prefill, perplexity, KL) runs
+/// cuBLAS's int8 GEMM into int32 and applies the scales (and the gate) in a second pass instead
+/// of our tiles: in the H200 GEMM sweep (`reports/gemm_sweep`) that path beats every tile of ours
+/// on all four of the 1.2B's shapes at M = 2048 and 16,384 (1.2–2.1×), while at M = 256 our tiles
+/// win on two shapes of four. 1024 lies between the two measured points. The engines keep our
+/// tiles: their decode steps are captured as graphs and their scratch holds no int32 products.
+pub const CUBLAS_INT8_MIN_ROWS: usize = 1024;
+
 fn input<'a>(
     s: &'a CudaStorage,
     l: &Layout,
@@ -198,7 +207,27 @@ impl CustomOp1 for Int8Linear {
             n,
             k,
         };
-        gemm_q8(dev, Q8Kind::Int8, &g, self.gated, None)?;
+        if m >= CUBLAS_INT8_MIN_ROWS {
+            // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
+            let acc = unsafe { dev.alloc::<i32>(m * n)? };
+            let acc = Dev::new(&acc, &stream);
+            gemm_int8(&dev.cublas_handle(), g.q, g.w, acc, m, n, k)?;
+            let e = Int8Epilogue {
+                acc,
+                sx: g.sx,
+                sw: g.sw,
+                y: g.y,
+                m,
+                n: n_out,
+            };
+            if self.gated {
+                int8_silu_epilogue(dev, &e)?;
+            } else {
+                int8_epilogue(dev, &e)?;
+            }
+        } else {
+            gemm_q8(dev, Q8Kind::Int8, &g, self.gated, None)?;
+        }
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev.clone()),
             Shape::from((m, n_out)),
