@@ -126,6 +126,10 @@ fn a_study_keeps_its_variants_with_recipes_that_rebuild_them_and_resumes() {
         "{cmd}"
     );
     assert!(md.contains(&format!("`{cmd}`")), "{md}");
+    // the results are committed with the report: they name no path of this machine
+    let cwd = std::env::current_dir().unwrap().display().to_string();
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(!csv.contains(&format!("{cwd}/")), "{cwd} in results.csv");
     // the recipe, applied by the library, rebuilds the kept checkpoint bit for bit
     let recipe = Recipe::read(&recipe_path).unwrap();
     let mut ctx = Ctx::new("cpu", Check::Record).unwrap();

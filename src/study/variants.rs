@@ -303,11 +303,13 @@ impl super::Study {
             }
             kept.push(dest.clone());
             let recipe = dest.join(crate::compress::recipe::RECIPE_FILE);
-            let rebuild = format!(
+            // paths by role (`./…` below the working directory, `$TMPDIR/…`, `~/…`): the results
+            // are committed with the report and name no path of the machine that made them
+            let rebuild = crate::report::by_role(&format!(
                 "exaone-compress apply --recipe {} --model {} --out DIR",
                 recipe.display(),
                 self.dir.display()
-            );
+            ));
             let method = self.results.method_of(name);
             let row = crate::record::Variant::new(
                 name.clone(),
