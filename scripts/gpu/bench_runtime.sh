@@ -26,3 +26,5 @@ run .gpu/bench_runtime --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r
   --hf-json /tmp/hf_bench.json --device-name "$NAME" --out "$OUT/bench" \
   --command "bash scripts/gpu/bench_runtime.sh (bench_runtime --model random-1.2B --w4a16 RTN --w8a8 RTN --device cuda)" "$@" 2>&1 | tail -45
 cp /tmp/hf_bench.json "$OUT/bench/" 2>/dev/null
+# the device tool returns at most 8 files: the report travels as one archive
+tar -C "$OUT" -cf "$OUT/bench.tar" bench && rm -rf "$OUT/bench"

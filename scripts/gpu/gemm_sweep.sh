@@ -15,6 +15,8 @@ status=${PIPESTATUS[0]}
 echo "checks: $(grep -c ' → ok$' "$OUT/gemm_checks.log") ok, $(grep -c ' → FAIL$' "$OUT/gemm_checks.log") failed (exit $status)"
 grep ' → FAIL$' "$OUT/gemm_checks.log" | head -20
 tail -3 "$OUT/gemm_checks.log"
+# the device tool returns at most 8 files: the sweep travels as one archive
+tar -C "$OUT" -cf "$OUT/gemm.tar" gemm gemm_checks.log gemm_sweep.txt && rm -rf "$OUT/gemm"
 [ -n "${SKIP_SMOKE:-}" ] && exit $status
 run .gpu/exaone-compress quantize --model data/default-model --device cpu --scheme w8a8 --method rtn --out /tmp/d-w8a8 --overwrite 2>&1 | tail -1
 run .gpu/bench_runtime --model data/default-model --w8a8 /tmp/d-w8a8 --device cuda \

@@ -24,3 +24,5 @@ run .gpu/serve_bench --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r-w
   --hf-json /tmp/hf_serve.json --device-name "$NAME" --model-name "random-weight EXAONE-4.0-1.2B shape" \
   --gen-mc 1000 --out "$OUT/serve" --command "bash scripts/gpu/serve_bench.sh $*" "$@" 2>&1 | tee "$OUT/serve.log" | tail -40
 cp /tmp/hf_serve.json "$OUT/serve/" 2>/dev/null
+# the device tool returns at most 8 files: the report travels as one archive
+tar -C "$OUT" -cf "$OUT/serve.tar" serve && rm -rf "$OUT/serve"
