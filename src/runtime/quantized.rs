@@ -16,8 +16,8 @@ use candle_core::{
 use half::bf16;
 
 use super::launch::gemm::{gemm_bf16, gemm_int8};
-use super::launch::gemm_q8::{gemm_q8, Q8Gemm, Q8Kind};
-use super::launch::quant::{int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue};
+use super::launch::gemm_q8::{gemm_int8_cublas, gemm_q8, Q8Gemm, Q8Kind};
+use super::launch::quant::quant_rows_int8;
 use super::launch::{cuda_err, Dev};
 use crate::checkpoint::Checkpoint;
 use crate::model::layers::LinearKernel;
@@ -210,21 +210,7 @@ impl CustomOp1 for Int8Linear {
         if m >= CUBLAS_INT8_MIN_ROWS {
             // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
             let acc = unsafe { dev.alloc::<i32>(m * n)? };
-            let acc = Dev::new(&acc, &stream);
-            gemm_int8(&dev.cublas_handle(), g.q, g.w, acc, m, n, k)?;
-            let e = Int8Epilogue {
-                acc,
-                sx: g.sx,
-                sw: g.sw,
-                y: g.y,
-                m,
-                n: n_out,
-            };
-            if self.gated {
-                int8_silu_epilogue(dev, &e)?;
-            } else {
-                int8_epilogue(dev, &e)?;
-            }
+            gemm_int8_cublas(dev, &g, Dev::new(&acc, &stream), self.gated)?;
         } else {
             gemm_q8(dev, Q8Kind::Int8, &g, self.gated, None)?;
         }
@@ -352,16 +338,17 @@ pub fn gemm_timings(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Result<(f
     let i8g = time(&|| gemm_int8(&blas, qa, w8a, acca, m, n, k))?;
     let i8p = time(&|| {
         quant_rows_int8(dev, xa, qa, sxa, m, k)?;
-        gemm_int8(&blas, qa, w8a, acca, m, n, k)?;
-        let epilogue = Int8Epilogue {
-            acc: acca,
+        let g = Q8Gemm {
+            q: qa,
+            w: w8a,
             sx: sxa,
             sw: swa,
             y: ya,
             m,
             n,
+            k,
         };
-        int8_epilogue(dev, &epilogue)
+        gemm_int8_cublas(dev, &g, acca, false)
     })?;
     Ok((bf, i8g, i8p))
 }

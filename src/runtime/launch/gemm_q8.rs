@@ -234,6 +234,33 @@ pub(crate) fn gemm_q8(
     Ok(())
 }
 
+/// The same product through cuBLAS's int8 GEMM into `acc` [m, n] int32, then the scales (and
+/// the gate) in a second pass (`int8_epilogue` / `int8_silu_epilogue`): the path that wins at
+/// prefill sizes on Hopper (`reports/gemm_sweep`).
+pub(crate) fn gemm_int8_cublas(
+    dev: &CudaDevice,
+    a: &Q8Gemm,
+    acc: Dev<i32>,
+    gated: bool,
+) -> Result<()> {
+    use super::gemm::gemm_int8;
+    use super::quant::{int8_epilogue, int8_silu_epilogue, Int8Epilogue};
+    gemm_int8(&dev.cublas_handle(), a.q, a.w, acc, a.m, a.n, a.k)?;
+    let e = Int8Epilogue {
+        acc,
+        sx: a.sx,
+        sw: a.sw,
+        y: a.y,
+        m: a.m,
+        n: if gated { a.n / 2 } else { a.n },
+    };
+    if gated {
+        int8_silu_epilogue(dev, &e)
+    } else {
+        int8_epilogue(dev, &e)
+    }
+}
+
 /// q [rows, k] (fp8 e4m3 as bytes), scale [rows] = dynamic per-token fp8 quantization of
 /// x [rows, k]: scale = max |x| / 448, q = e4m3(x / scale) (sm_89+).
 pub(crate) fn quant_rows_fp8(

@@ -15,11 +15,10 @@ use half::bf16;
 
 use super::gemm::{Lcg, MS, SHAPES};
 use crate::model::ActQuant;
-use crate::runtime::launch::gemm::gemm_int8;
-use crate::runtime::launch::gemm_q8::{gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES};
-use crate::runtime::launch::quant::{
-    int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue,
+use crate::runtime::launch::gemm_q8::{
+    gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES,
 };
+use crate::runtime::launch::quant::quant_rows_int8;
 use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
 use crate::runtime::Check;
 use crate::Result;
@@ -190,29 +189,17 @@ impl Case {
         let y = s
             .alloc_zeros::<bf16>(self.m * self.outs())
             .map_err(cuda_err)?;
-        let (q, w) = (Dev::new(&self.q, &s), Dev::new(&self.w, &s));
-        gemm_int8(
-            &dev.cublas_handle(),
-            q,
-            w,
-            Dev::new(&acc, &s),
-            self.m,
-            self.n,
-            self.k,
-        )?;
-        let e = Int8Epilogue {
-            acc: Dev::new(&acc, &s),
+        let g = Q8Gemm {
+            q: Dev::new(&self.q, &s),
+            w: Dev::new(&self.w, &s),
             sx: Dev::new(&self.sx, &s),
             sw: Dev::new(&self.sw, &s),
             y: Dev::new(&y, &s),
             m: self.m,
-            n: self.outs(),
+            n: self.n,
+            k: self.k,
         };
-        if self.gated {
-            int8_silu_epilogue(dev, &e)?;
-        } else {
-            int8_epilogue(dev, &e)?;
-        }
+        gemm_int8_cublas(dev, &g, Dev::new(&acc, &s), self.gated)?;
         let what = format!("gemm cublas-int8+epilogue {}", self.what);
         self.check(what, tensor(dev, y, (self.m, self.outs())))
     }
