@@ -2,11 +2,11 @@
 //! same GPU): load time; prefill (forward + log-softmax) tokens/s at batch × length points; greedy
 //! decode ms per step at batch 1 and 16 on the candle forward and on the decode engine (eager
 //! launches and CUDA-graph replay; bf16 and W4A16 packed int4); W8A8 prefill on int8 tensor
-//! cores; peak device memory. Warm-up, repeats, median and [max − min]. On CUDA it first checks
+//! cores and FP8 prefill on fp8 tensor cores (sm_89+); peak device memory. Warm-up, repeats, median and [max − min]. On CUDA it first checks
 //! every kernel numerically against the f32 reference (runtime::check) and fails if one is off.
 //! The harness is `exaone_compress::study::bench`.
 //!
-//!   bench_runtime --model DIR [--w4a16 DIR] [--w8a8 DIR] --device cuda --hf-json hf.json
+//!   bench_runtime --model DIR [--w4a16 DIR] [--w8a8 DIR] [--fp8 DIR] --device cuda --hf-json hf.json
 //!   bench_runtime --gemm-sweep --device cuda --out DIR     (W8A8 GEMM checks + sweep only)
 
 use std::path::PathBuf;
@@ -29,6 +29,9 @@ struct Args {
     /// a W8A8 (int8, dynamic per-token activations) checkpoint of the same model
     #[arg(long)]
     w8a8: Option<PathBuf>,
+    /// an FP8 (e4m3 weights, dynamic per-token fp8 activations) checkpoint of the same model
+    #[arg(long)]
+    fp8: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "auto")]
@@ -73,7 +76,7 @@ fn main() -> Result<()> {
     let bench = Bench::new(a.bench.clone(), &device);
     let (w4a16, w8a8) = (a.w4a16.as_deref(), a.w8a8.as_deref());
     // every kernel against the f32 reference, before any timing (CUDA; none elsewhere)
-    let checks = bench::checks::run(&mut r, &device, &dir, w4a16, w8a8)?;
+    let checks = bench::checks::run(&mut r, &device, &dir, w4a16, w8a8, a.fp8.as_deref())?;
 
     // the base checkpoint on the candle forward: load, prefill, decode (+ where prefill goes)
     let loads = bench::load_time(&dir, dtype, &device)?;
@@ -119,6 +122,18 @@ fn main() -> Result<()> {
             bench.candle(&mut r, "candle-w8a8-int8", &m, false)?;
             if let Some(pt) = a.bench.prefill.last() {
                 bench.prefill_breakdown(&mut r, "candle-w8a8-int8", &m, pt)?;
+            }
+        }
+        if let Some(f8) = &a.fp8 {
+            let ckpt = exaone_compress::Checkpoint::open(f8)?;
+            let mut m = runtime::load_checkpoint(&ckpt, dtype, &device)?;
+            let n = attach(&mut m, &ckpt)?;
+            eprintln!("FP8: {} Linears on fp8 tensor cores", n.fp8);
+            if n.fp8 > 0 {
+                bench.candle(&mut r, "candle-fp8", &m, false)?;
+                if let Some(pt) = a.bench.prefill.last() {
+                    bench.prefill_breakdown(&mut r, "candle-fp8", &m, pt)?;
+                }
             }
         }
     }

@@ -2,8 +2,8 @@
 # The runtime kernels checked and timed, ours vs HF transformers in the same call on the same GPU
 # → reports/bench_runtime/ (RUN.md there). A smoke run on the default model first (its numerical
 # checks fail loudly; SKIP_SMOKE=1 skips it, SMOKE_ONLY=1 stops after it), then a random-weight
-# EXAONE-4.0-1.2B-shaped checkpoint written by transformers here, its W4A16 and W8A8 RTN variants
-# made by our CLI, HF's figures (scripts/hf_bench.py), ours. Arguments go to bench_runtime.
+# EXAONE-4.0-1.2B-shaped checkpoint written by transformers here, its W4A16, W8A8 and FP8 RTN
+# variants made by our CLI, HF's figures (scripts/hf_bench.py), ours. Arguments go to bench_runtime.
 set -uo pipefail
 source "$(dirname "$0")/setup.sh"
 run() { .gpu/run-on-gpu.sh "$@"; }
@@ -18,13 +18,13 @@ if [ -z "${SKIP_SMOKE:-}" ]; then
 fi
 [ -n "${SMOKE_ONLY:-}" ] && exit 0
 source scripts/gpu/random_1_2b.sh
-for s in w4a16 w8a8; do
+for s in w4a16 w8a8 fp8; do
   run .gpu/exaone-compress quantize --model "$RANDOM_1_2B" --device cuda --scheme $s --method rtn --out /tmp/r-$s --overwrite 2>&1 | tail -1
 done
 python3 scripts/hf_bench.py "$RANDOM_1_2B" /tmp/hf_bench.json 2>&1 | grep -v Warning | tail -8
-run .gpu/bench_runtime --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r-w8a8 --device cuda \
+run .gpu/bench_runtime --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r-w8a8 --fp8 /tmp/r-fp8 --device cuda \
   --hf-json /tmp/hf_bench.json --device-name "$NAME" --out "$OUT/bench" \
-  --command "bash scripts/gpu/bench_runtime.sh (bench_runtime --model random-1.2B --w4a16 RTN --w8a8 RTN --device cuda)" "$@" 2>&1 | tail -45
+  --command "bash scripts/gpu/bench_runtime.sh (bench_runtime --model random-1.2B --w4a16 RTN --w8a8 RTN --fp8 RTN --device cuda)" "$@" 2>&1 | tail -45
 cp /tmp/hf_bench.json "$OUT/bench/" 2>/dev/null
 # the device tool returns at most 8 files: the report travels as one archive
 tar -C "$OUT" -cf "$OUT/bench.tar" bench && rm -rf "$OUT/bench"

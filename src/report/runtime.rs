@@ -13,7 +13,7 @@ use crate::record::Results;
 use crate::runtime::Check;
 
 /// Column order of the table; variants absent from the results are left out.
-const VARIANTS: [(&str, &str); 8] = [
+const VARIANTS: [(&str, &str); 9] = [
     ("hf", "HF transformers (bf16, sdpa)"),
     ("candle-bf16", "ours: candle forward bf16"),
     ("engine-bf16", "ours: engine bf16, graph"),
@@ -22,6 +22,7 @@ const VARIANTS: [(&str, &str); 8] = [
     ("engine-w4a16-eager", "ours: engine W4A16, eager"),
     ("candle-w4a16", "ours: candle W4A16 kernels"),
     ("candle-w8a8-int8", "ours: candle W8A8 int8 GEMM"),
+    ("candle-fp8", "ours: candle FP8 fp8 GEMM"),
 ];
 
 /// L4 memory bandwidth (NVIDIA datasheet), GB/s.
@@ -256,6 +257,13 @@ pub fn markdown(r: &Results, command: &str) -> String {
             &mut md,
             &format!("prefill {pt}: W8A8 int8 ÷ our bf16"),
             r.get("candle-w8a8-int8", pm),
+            r.get("candle-bf16", pm),
+            1.0,
+        );
+        bar(
+            &mut md,
+            &format!("prefill {pt}: FP8 ÷ our bf16"),
+            r.get("candle-fp8", pm),
             r.get("candle-bf16", pm),
             1.0,
         );

@@ -186,8 +186,9 @@ pub fn engine(
 }
 
 /// The candle forward with the quantized Linear kernels attached vs the same model emulating
-/// them on dequantized weights (f32 reference: the emulation in f32), logits of 2 × 64 tokens
-/// and of 2 × 640 (beyond `quantized::CUBLAS_INT8_MIN_ROWS`: the W8A8 Linears' other path).
+/// them on dequantized weights (f32 reference: the emulation in f32), logits of 2 × 16 tokens
+/// (below `quantized::FP8_LT_MIN_ROWS`: fp8 on our tiles), 2 × 64 and 2 × 640 (beyond
+/// `quantized::CUBLAS_INT8_MIN_ROWS`: int8 through cuBLAS).
 pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Result<Check> {
     let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let load = |dt| {
@@ -196,13 +197,13 @@ pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Re
     };
     let (f32m, bf16m, mut km) = (load(DType::F32)?, load(DType::BF16)?, load(DType::BF16)?);
     let n = super::quantized::attach(&mut km, &ckpt)?;
-    if n.int4 + n.int8 == 0 {
+    if n.int4 + n.int8 + n.fp8 == 0 {
         candle_core::bail!("{}: no Linear stored as W4A16 or W8A8", dir.display());
     }
     let vocab = ckpt.config.vocab_size;
     let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
     let (mut picks_k, mut picks_r) = (vec![], vec![]);
-    for t in [64, 640] {
+    for t in [16, 64, 640] {
         let x = to_tensor(&ids(2, t, vocab, 3), device)?;
         let rf = flat(&f32m.forward(&x, None)?)?;
         let rb = flat(&bf16m.forward(&x, None)?)?;
@@ -214,8 +215,8 @@ pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Re
     }
     Ok(Check {
         what: format!(
-            "{label} Linear kernels ({} int4, {} int8) logits",
-            n.int4, n.int8
+            "{label} Linear kernels ({} int4, {} int8, {} fp8) logits",
+            n.int4, n.int8, n.fp8
         ),
         kernel_err: ek.value(),
         bf16_err: eb.value(),

@@ -1,10 +1,10 @@
 //! Compressed Linears that run as compressed: W4A16 on compressed-tensors' packed int4
 //! weights (`int4`: a tensor-core GEMM on weights shuffled at load; re-exported here), and
-//! W8A8 through our int8 tensor-core GEMM with per-token activation and per-channel weight
-//! scales applied (and the SiLU gate taken) in its epilogue (from [`CUBLAS_INT8_MIN_ROWS`] rows
-//! on, cuBLAS's int8 GEMM and the scales in a second pass); the fp8 weights the serving
-//! engine runs on the fp8 GEMM (sm_89+). The shared pieces (loading packed weights, the GEMMs)
-//! serve the decode engine too.
+//! W8A8 through our 8-bit (int8, or fp8 on sm_89+) tensor-core GEMM with per-token activation
+//! and per-channel weight scales applied (and the SiLU gate taken) in its epilogue — from
+//! [`CUBLAS_INT8_MIN_ROWS`] rows on, cuBLAS's int8 GEMM and the scales in a second pass; from
+//! [`FP8_LT_MIN_ROWS`] rows on, cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it. The
+//! shared pieces (loading packed weights, the GEMMs, the thresholds) serve the engines too.
 
 use std::sync::Arc;
 
@@ -16,9 +16,12 @@ use candle_core::{
 use half::bf16;
 
 use super::launch::gemm::{gemm_bf16, gemm_int8};
-use super::launch::gemm_q8::{gemm_int8_cublas, gemm_q8, Q8Gemm, Q8Kind};
+use super::launch::gemm_lt::Fp8Lt;
+use super::launch::gemm_q8::{
+    gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind,
+};
 use super::launch::quant::quant_rows_int8;
-use super::launch::{cuda_err, Dev};
+use super::launch::{cuda_err, fp8_supported, Dev};
 use crate::checkpoint::Checkpoint;
 use crate::model::layers::LinearKernel;
 use crate::model::{ActQuant, Exaone4};
@@ -121,40 +124,58 @@ fn load_q8(
     }))
 }
 
-/// A W8A8 Linear: int8 weights [n, k] and per-output-channel scales, activations quantized
-/// per token at run time. Several Linears of one input can be stacked along n (one activation
-/// quantization, one GEMM); `gated` stacks gate and up and returns silu(gate) · up.
+/// A W8A8 Linear: 8-bit weights [n, k] (int8, or fp8 e4m3) and per-output-channel scales,
+/// activations quantized per token at run time to the same format. Several Linears of one input
+/// can be stacked along n (one activation quantization, one GEMM); `gated` stacks gate and up
+/// and returns silu(gate) · up.
 #[derive(Debug)]
-pub struct Int8Linear {
+pub struct Q8Linear {
+    kind: Q8Kind,
     w: Int8Weights,
     gated: bool,
     dev: CudaDevice,
+    /// cuBLASLt's row-wise scaled fp8 GEMM (fp8 Linears, where the GPU runs it)
+    lt: Option<Arc<Fp8Lt>>,
 }
 
-impl Int8Linear {
+impl Q8Linear {
     fn load(
         ckpt: &Checkpoint,
         prefixes: &[String],
         gated: bool,
         dev: &CudaDevice,
+        kind: Q8Kind,
+        lt: Option<&Arc<Fp8Lt>>,
     ) -> Result<Option<Self>> {
-        Ok(
-            Int8Weights::load(ckpt, prefixes, &dev.cuda_stream())?.map(|w| Self {
-                w,
-                gated,
-                dev: dev.clone(),
-            }),
-        )
+        let stream = dev.cuda_stream();
+        let w = match kind {
+            Q8Kind::Int8 => Int8Weights::load(ckpt, prefixes, &stream)?,
+            Q8Kind::Fp8 => Fp8Weights::load(ckpt, prefixes, &stream)?.map(|w| w.0),
+        };
+        Ok(w.map(|w| Self {
+            kind,
+            w,
+            gated,
+            dev: dev.clone(),
+            lt: lt.cloned(),
+        }))
     }
 }
 
-/// From this many rows on, the W8A8 Linear of the candle forward (prefill, perplexity, KL) runs
-/// cuBLAS's int8 GEMM into int32 and applies the scales (and the gate) in a second pass instead
-/// of our tiles: in the H200 GEMM sweep (`reports/gemm_sweep`) that path beats every tile of ours
-/// on all four of the 1.2B's shapes at M = 2048 and 16,384 (1.2–2.1×), while at M = 256 our tiles
-/// win on two shapes of four. 1024 lies between the two measured points. The engines keep our
-/// tiles: their decode steps are captured as graphs and their scratch holds no int32 products.
+/// From this many rows on, the W8A8 Linears (the candle forward's: prefill, perplexity, KL; the
+/// engines' prefill chunks) run cuBLAS's int8 GEMM into int32 and apply the scales (and the
+/// gate) in a second pass instead of our tiles: in the H200 GEMM sweep (`reports/gemm_sweep`)
+/// that path beats every tile of ours on all four of the 1.2B's shapes at M = 2048 and 16,384
+/// (1.2–2.1×), while at M = 256 our tiles win on two shapes of four. 1024 lies between the two
+/// measured points. The engines' decode steps, captured as graphs, have fewer rows and keep the
+/// tiles.
 pub const CUBLAS_INT8_MIN_ROWS: usize = 1024;
+
+/// From this many rows on, the fp8 Linears (candle forward and engines) run cuBLASLt's fp8 GEMM
+/// with row-wise scaling (per-token × per-channel, in its epilogue) instead of our `mma.sync`
+/// tiles, where the GPU runs it (cuBLASLt offers the scaling on Hopper and later;
+/// `launch::gemm_lt`). Our tiles stay for fewer rows, where they run at the weights' bandwidth.
+pub const FP8_LT_MIN_ROWS: usize = 64;
 
 fn input<'a>(
     s: &'a CudaStorage,
@@ -171,12 +192,12 @@ fn input<'a>(
     Ok((s.as_cuda_slice::<bf16>()?.slice(l.start_offset()..), m, k))
 }
 
-impl CustomOp1 for Int8Linear {
+impl CustomOp1 for Q8Linear {
     fn name(&self) -> &'static str {
         "w8a8-linear"
     }
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("int8 Linear runs on CUDA only")
+        candle_core::bail!("8-bit Linear runs on CUDA only")
     }
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
         let (x, m, k) = input(s, l)?;
@@ -187,7 +208,7 @@ impl CustomOp1 for Int8Linear {
         let n_out = if self.gated { n / 2 } else { n };
         let stream = dev.cuda_stream();
         // SAFETY: uninitialised memory, each buffer written in full before it is read: q and sx
-        // by quant_rows_int8, y by the GEMM's epilogue.
+        // by the quantizer, y by the GEMM's epilogue.
         let (q, sx, y) = unsafe {
             (
                 dev.alloc::<u8>(m * k)?,
@@ -196,7 +217,11 @@ impl CustomOp1 for Int8Linear {
             )
         };
         let (qd, sxd) = (Dev::new(&q, &stream), Dev::new(&sx, &stream));
-        quant_rows_int8(dev, Dev::new(&x, &stream), qd, sxd, m, k)?;
+        let xd = Dev::new(&x, &stream);
+        match self.kind {
+            Q8Kind::Int8 => quant_rows_int8(dev, xd, qd, sxd, m, k)?,
+            Q8Kind::Fp8 => quant_rows_fp8(dev, xd, qd, sxd, m, k)?,
+        }
         let g = Q8Gemm {
             q: qd,
             w: Dev::new(&self.w.w, &stream),
@@ -207,12 +232,23 @@ impl CustomOp1 for Int8Linear {
             n,
             k,
         };
-        if m >= CUBLAS_INT8_MIN_ROWS {
-            // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
-            let acc = unsafe { dev.alloc::<i32>(m * n)? };
-            gemm_int8_cublas(dev, &g, Dev::new(&acc, &stream), self.gated)?;
-        } else {
-            gemm_q8(dev, Q8Kind::Int8, &g, self.gated, None)?;
+        match (self.kind, &self.lt) {
+            (Q8Kind::Int8, _) if m >= CUBLAS_INT8_MIN_ROWS => {
+                // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
+                let acc = unsafe { dev.alloc::<i32>(m * n)? };
+                let acc = Dev::new(&acc, &stream);
+                gemm_int8_cublas(dev, &dev.cublas_handle(), &g, acc, self.gated)?;
+            }
+            (Q8Kind::Fp8, Some(lt)) if m >= FP8_LT_MIN_ROWS => {
+                // SAFETY: uninitialised, written in full by the GEMM before the gate reads it.
+                let gu = if self.gated {
+                    Some(unsafe { dev.alloc::<bf16>(m * n)? })
+                } else {
+                    None
+                };
+                gemm_fp8_lt(dev, lt, &g, gu.as_ref().map(|b| Dev::new(b, &stream)))?;
+            }
+            _ => gemm_q8(dev, self.kind, &g, self.gated, None)?,
         }
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev.clone()),
@@ -221,7 +257,7 @@ impl CustomOp1 for Int8Linear {
     }
 }
 
-impl LinearKernel for Int8Linear {
+impl LinearKernel for Q8Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(self)
     }
@@ -234,13 +270,16 @@ pub struct Attached {
     pub int4: usize,
     /// Linears on int8 tensor cores (q/k/v and gate/up counted one by one, though stacked)
     pub int8: usize,
+    /// Linears on fp8 tensor cores (counted as int8)
+    pub fp8: usize,
 }
 
-/// Makes every Linear of `model` that `ckpt` stores as W4A16 (pack-quantized) or W8A8 (int8
-/// weights with dynamic per-token int8 activations) run on its stored weights through these
-/// kernels; int8 q/k/v and gate/up are stacked (one quantization and one GEMM each, the SiLU
-/// gate in gate/up's epilogue). The model must be on CUDA in bf16; other Linears are left as
-/// they are. The kernels hold their own copy of the weights: attach after any edit to them.
+/// Makes every Linear of `model` that `ckpt` stores as W4A16 (pack-quantized) or W8A8 (int8, or
+/// fp8 e4m3 where the GPU has fp8 tensor cores, with dynamic per-token activations of the same
+/// format) run on its stored weights through these kernels; 8-bit q/k/v and gate/up are stacked
+/// (one quantization and one GEMM each, the SiLU gate in gate/up's epilogue). The model must be
+/// on CUDA in bf16; other Linears are left as they are. The kernels hold their own copy of the
+/// weights: attach after any edit to them.
 pub fn attach(model: &mut Exaone4, ckpt: &Checkpoint) -> Result<Attached> {
     let dev = match model.device() {
         Device::Cuda(d) => d.clone(),
@@ -253,36 +292,58 @@ pub fn attach(model: &mut Exaone4, ckpt: &Checkpoint) -> Result<Attached> {
         );
     }
     let stream = dev.cuda_stream();
+    let fp8_ok = fp8_supported(&stream)?;
+    let mut lt: Option<Option<Arc<Fp8Lt>>> = None; // probed at the first fp8 layer
     let mut done = Attached::default();
     for (i, layer) in model.layers.iter_mut().enumerate() {
         let p = |n: &str| format!("model.layers.{i}.{n}");
-        let dynamic_int8 = layer
-            .linears()
-            .iter()
-            .all(|(_, l)| l.act_quant == Some(ActQuant::Int8PerToken));
-        if dynamic_int8 {
+        let all = |a: ActQuant| layer.linears().iter().all(|(_, l)| l.act_quant == Some(a));
+        let kind = if all(ActQuant::Int8PerToken) {
+            Some(Q8Kind::Int8)
+        } else if all(ActQuant::Fp8PerToken) && fp8_ok {
+            Some(Q8Kind::Fp8)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            let lt = match kind {
+                Q8Kind::Int8 => None,
+                Q8Kind::Fp8 => lt
+                    .get_or_insert_with(|| match Fp8Lt::probe(&stream) {
+                        Ok(lt) => Some(Arc::new(lt)),
+                        Err(why) => {
+                            eprintln!("fp8 Linears run on our tiles at every size: {why}");
+                            None
+                        }
+                    })
+                    .as_ref(),
+            };
+            let mut count = |n: usize| match kind {
+                Q8Kind::Int8 => done.int8 += n,
+                Q8Kind::Fp8 => done.fp8 += n,
+            };
+            let load =
+                |prefixes: &[String], gated| Q8Linear::load(ckpt, prefixes, gated, &dev, kind, lt);
             let qkv = [
                 p("self_attn.q_proj"),
                 p("self_attn.k_proj"),
                 p("self_attn.v_proj"),
             ];
-            if let Some(k) = Int8Linear::load(ckpt, &qkv, false, &dev)? {
+            if let Some(k) = load(&qkv, false)? {
                 layer.self_attn.fused_qkv = Some(Arc::new(k));
-                done.int8 += 3;
+                count(3);
             }
-            if let Some(k) =
-                Int8Linear::load(ckpt, &[p("mlp.gate_proj"), p("mlp.up_proj")], true, &dev)?
-            {
+            if let Some(k) = load(&[p("mlp.gate_proj"), p("mlp.up_proj")], true)? {
                 layer.mlp.fused_gate_up = Some(Arc::new(k));
-                done.int8 += 2;
+                count(2);
             }
             for (name, lin) in [
                 ("self_attn.o_proj", &mut layer.self_attn.o_proj),
                 ("mlp.down_proj", &mut layer.mlp.down_proj),
             ] {
-                if let Some(k) = Int8Linear::load(ckpt, &[p(name)], false, &dev)? {
+                if let Some(k) = load(&[p(name)], false)? {
                     lin.kernel = Some(Arc::new(k));
-                    done.int8 += 1;
+                    count(1);
                 }
             }
             continue;
@@ -348,7 +409,7 @@ pub fn gemm_timings(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Result<(f
             n,
             k,
         };
-        gemm_int8_cublas(dev, &g, acca, false)
+        gemm_int8_cublas(dev, &blas, &g, acca, false)
     })?;
     Ok((bf, i8g, i8p))
 }

@@ -29,53 +29,61 @@ fn reference_logits(model: &crate::Exaone4, ids: &[u32]) -> Result<Vec<Vec<f32>>
     Ok(model.logits(&h)?.to_vec2::<f32>()?)
 }
 
-/// Runs `workload` on the serving engine with `config` (block size, token budget, sequences)
-/// and compares every sampled position's logits with the f32 forward; `what` names the check.
+/// Runs `workload` on the serving engine under each of `configs` (block size, token budget,
+/// sequences; with the check's name) and compares every sampled position's logits with the f32
+/// forward, the f32 and bf16 reference models loaded once for all.
 pub fn logits(
     dir: &std::path::Path,
     ordinal: usize,
     workload: &Workload,
-    config: &SchedulerConfig,
-    what: &str,
-) -> Result<Check> {
+    configs: &[(SchedulerConfig, &str)],
+) -> Result<Vec<Check>> {
     let ckpt = Checkpoint::open(dir)?;
-    let (mut exec, config) =
-        CudaExecutor::load(&ckpt, ordinal, config, KvBudget::Blocks(config.num_blocks))?;
-    exec.keep_logits = true;
-    let mut runner = Runner::new(exec, config, ckpt.config.vocab_size);
-    runner.check_invariants = true;
-    let report = runner.run(workload)?;
-    let kept = std::mem::take(&mut runner.executor.logits);
-    drop(runner);
+    let mut runs = vec![];
+    for (config, what) in configs {
+        let (mut exec, config) =
+            CudaExecutor::load(&ckpt, ordinal, config, KvBudget::Blocks(config.num_blocks))?;
+        exec.keep_logits = true;
+        let mut runner = Runner::new(exec, config, ckpt.config.vocab_size);
+        runner.check_invariants = true;
+        let report = runner.run(workload)?;
+        let kept = std::mem::take(&mut runner.executor.logits);
+        drop(runner);
+        runs.push((*what, report, kept));
+    }
     let device = Device::new_cuda(ordinal)?;
     let f32_model = ckpt.load_model(DType::F32, &device)?;
     let bf16_model = ckpt.load_model(DType::BF16, &device)?;
-    let (mut ours, mut bf16) = (RelErr::default(), RelErr::default());
-    let (mut agree, mut n) = (0usize, 0usize);
-    for (i, (req, res)) in workload.requests.iter().zip(&report.requests).enumerate() {
-        if let Some(e) = &res.error {
-            return Err(Error::Invalid(format!("request {}: {e}", req.id)));
+    let mut checks = vec![];
+    for (what, report, kept) in runs {
+        let (mut ours, mut bf16) = (RelErr::default(), RelErr::default());
+        let (mut agree, mut n) = (0usize, 0usize);
+        for (i, (req, res)) in workload.requests.iter().zip(&report.requests).enumerate() {
+            if let Some(e) = &res.error {
+                return Err(Error::Invalid(format!("request {}: {e}", req.id)));
+            }
+            let mut ids = req.prompt_ids.clone();
+            ids.extend(&res.output);
+            ids.pop(); // the last pick is never fed back
+            let reference = reference_logits(&f32_model, &ids)?;
+            let plain = reference_logits(&bf16_model, &ids)?;
+            for (_, pos, l) in kept.iter().filter(|(s, _, _)| *s == i) {
+                let (r, p) = (&reference[*pos], &plain[*pos]);
+                ours.add(l, r);
+                bf16.add(p, r);
+                agree += (argmax(l) == argmax(r)) as usize;
+                n += 1;
+            }
         }
-        let mut ids = req.prompt_ids.clone();
-        ids.extend(&res.output);
-        ids.pop(); // the last pick is never fed back
-        let reference = reference_logits(&f32_model, &ids)?;
-        let plain = reference_logits(&bf16_model, &ids)?;
-        for (_, pos, l) in kept.iter().filter(|(s, _, _)| *s == i) {
-            let (r, p) = (&reference[*pos], &plain[*pos]);
-            ours.add(l, r);
-            bf16.add(p, r);
-            agree += (argmax(l) == argmax(r)) as usize;
-            n += 1;
+        if n == 0 {
+            return Err(Error::Invalid("serving check: no sampled positions".into()));
         }
+        checks.push(Check {
+            what: format!("{what} ({n} sampled positions)"),
+            kernel_err: ours.value(),
+            bf16_err: bf16.value(),
+            top1: agree as f64 / n as f64,
+        });
     }
-    if n == 0 {
-        return Err(Error::Invalid("serving check: no sampled positions".into()));
-    }
-    Ok(Check {
-        what: format!("{what} ({n} sampled positions)"),
-        kernel_err: ours.value(),
-        bf16_err: bf16.value(),
-        top1: agree as f64 / n as f64,
-    })
+    Ok(checks)
 }

@@ -20,12 +20,16 @@ use crate::model::layers::inv_freq;
 use crate::model::Exaone4Config;
 use crate::runtime::int4::W4Buffers;
 use crate::runtime::launch::gemm::gemm_bf16;
-use crate::runtime::launch::gemm_q8::{gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind};
+use crate::runtime::launch::gemm_lt::Fp8Lt;
+use crate::runtime::launch::gemm_q8::{
+    gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind,
+};
 use crate::runtime::launch::gemv::{gemv_bf16, Dense};
 use crate::runtime::launch::norm_rope::silu_mul_rows;
 use crate::runtime::launch::quant::quant_rows_int8;
 use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
 use crate::runtime::quantized::{Fp8Weights, Int8Weights, PackedInt4};
+use crate::runtime::quantized::{CUBLAS_INT8_MIN_ROWS, FP8_LT_MIN_ROWS};
 
 /// One (possibly stacked) Linear's weights.
 pub(crate) enum Weights {
@@ -322,17 +326,38 @@ impl ModelWeights {
             }
         }
         let some = |n: usize| (n > 0).then_some(n);
-        // the 8-bit GEMMs scale in their epilogue: only the quantized activations are scratch
+        // the 8-bit GEMMs scale in their epilogue: only the quantized activations are scratch,
+        // plus, where a product can reach cuBLAS's int8 GEMM (prefill chunks), its int32 output
         let max_k = all()
             .filter(|l| matches!(l.w, Weights::Int8(_) | Weights::Fp8(_)))
             .map(|l| l.k)
             .max();
+        let max_n_int8 = all()
+            .filter(|l| matches!(l.w, Weights::Int8(_)))
+            .map(|l| l.n)
+            .max()
+            .filter(|_| rows >= CUBLAS_INT8_MIN_ROWS);
+        // fp8 products of many rows go to cuBLASLt where it scales row-wise (Hopper on)
+        let any_fp8 = all().any(|l| matches!(l.w, Weights::Fp8(_)));
+        let fp8_lt = if any_fp8 && rows >= FP8_LT_MIN_ROWS {
+            match Fp8Lt::probe(s) {
+                Ok(lt) => Some(lt),
+                Err(why) => {
+                    eprintln!("fp8 GEMMs run on our tiles at every size: {why}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Scratch {
+            fp8_lt,
             wtmp: some(w4.wtmp).map(|n| zeros(s, n)).transpose()?,
             w4ws: some(w4.ws).map(|n| zeros(s, n)).transpose()?,
             w4xp: some(w4.xp).map(|n| zeros(s, n)).transpose()?,
             q8: max_k.map(|k| zeros(s, rows * k)).transpose()?,
             sx: max_k.map(|_| zeros(s, rows)).transpose()?,
+            acc: max_n_int8.map(|n| zeros(s, rows * n)).transpose()?,
         })
     }
 }
@@ -362,12 +387,20 @@ pub(crate) struct Scratch {
     w4xp: Option<CudaSlice<bf16>>,
     q8: Option<CudaSlice<u8>>,
     sx: Option<CudaSlice<f32>>,
+    /// int32 products of cuBLAS's int8 GEMM, for W8A8 products of at least
+    /// [`CUBLAS_INT8_MIN_ROWS`] rows
+    acc: Option<CudaSlice<i32>>,
+    /// cuBLASLt's row-wise scaled fp8 GEMM, for fp8 products of at least [`FP8_LT_MIN_ROWS`]
+    /// rows, where the GPU runs it
+    fp8_lt: Option<Fp8Lt>,
 }
 
 /// Runs Linears on one stream: bf16 by GEMV (a few rows) or cuBLAS, W4A16 by the W4 tensor-core
 /// GEMM (`PackedInt4::forward`: the GEMV or dequantize + cuBLAS at the row counts where they
 /// win), W8A8 (int8, fp8) by per-token quantization and our 8-bit tensor-core GEMM with the
-/// scales in its epilogue.
+/// scales in its epilogue — for int8 products of [`CUBLAS_INT8_MIN_ROWS`] rows or more, cuBLAS's
+/// int8 GEMM and the scales in a second pass, as the candle forward does; for fp8 products of
+/// [`FP8_LT_MIN_ROWS`] rows or more, cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it.
 pub(crate) struct Gemm<'a> {
     pub(crate) dev: &'a CudaDevice,
     pub(crate) blas: &'a CudaBlas,
@@ -397,6 +430,8 @@ impl<'a> Gemm<'a> {
     /// y [rows, n] = x [rows, k] · Wᵀ (gated: act [rows, n/2] = silu(gate) · up) for 8-bit
     /// weights: quantizes x per token into the scratch, then the GEMM scales (and gates) in its
     /// epilogue.
+    /// `gu` (gated products only): room for the [rows, n] gate/up products where a path
+    /// materialises them.
     fn q8(
         &self,
         kind: Q8Kind,
@@ -404,8 +439,9 @@ impl<'a> Gemm<'a> {
         x: Dev<bf16>,
         y: Dev<bf16>,
         rows: usize,
-        gated: bool,
+        gu: Option<Dev<bf16>>,
     ) -> Result<()> {
+        let gated = gu.is_some();
         let s: &'a Scratch = self.scratch;
         let q = self.d(s.q8.as_ref().ok_or_else(|| missing("8-bit"))?);
         let sx = self.d(s.sx.as_ref().ok_or_else(|| missing("8-bit"))?);
@@ -423,7 +459,15 @@ impl<'a> Gemm<'a> {
             n: w.n,
             k: w.k,
         };
-        gemm_q8(self.dev, kind, &g, gated, None)
+        match (kind, &s.acc, &s.fp8_lt) {
+            (Q8Kind::Int8, Some(acc), _) if rows >= CUBLAS_INT8_MIN_ROWS => {
+                gemm_int8_cublas(self.dev, self.blas, &g, self.d(acc), gated)
+            }
+            (Q8Kind::Fp8, _, Some(lt)) if rows >= FP8_LT_MIN_ROWS => {
+                gemm_fp8_lt(self.dev, lt, &g, gu)
+            }
+            _ => gemm_q8(self.dev, kind, &g, gated, None),
+        }
     }
 
     /// y [rows, n] = x [rows, k] · Wᵀ.
@@ -446,8 +490,8 @@ impl<'a> Gemm<'a> {
                 };
                 p.forward(self.dev, self.blas, self.stream, x, y, rows, &buf, None)
             }
-            Weights::Int8(w) => self.q8(Q8Kind::Int8, w, x, y, rows, false),
-            Weights::Fp8(w) => self.q8(Q8Kind::Fp8, &w.0, x, y, rows, false),
+            Weights::Int8(w) => self.q8(Q8Kind::Int8, w, x, y, rows, None),
+            Weights::Fp8(w) => self.q8(Q8Kind::Fp8, &w.0, x, y, rows, None),
         }
     }
 
@@ -462,8 +506,8 @@ impl<'a> Gemm<'a> {
         rows: usize,
     ) -> Result<()> {
         match &lin.w {
-            Weights::Int8(w) => return self.q8(Q8Kind::Int8, w, x, act, rows, true),
-            Weights::Fp8(w) => return self.q8(Q8Kind::Fp8, &w.0, x, act, rows, true),
+            Weights::Int8(w) => return self.q8(Q8Kind::Int8, w, x, act, rows, Some(gu)),
+            Weights::Fp8(w) => return self.q8(Q8Kind::Fp8, &w.0, x, act, rows, Some(gu)),
             _ => {}
         }
         self.linear(lin, x, gu, rows)?;

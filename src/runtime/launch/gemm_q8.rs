@@ -2,6 +2,7 @@
 //! W8A8 tensor-core GEMM with the dequantization (and, gated, SiLU·mul) in its epilogue,
 //! y = bf16(q · Wᵀ · sx · sw), and the per-token fp8 activation quantization.
 
+use candle_core::cuda::cudarc::cublas::CudaBlas;
 use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
@@ -234,18 +235,19 @@ pub(crate) fn gemm_q8(
     Ok(())
 }
 
-/// The same product through cuBLAS's int8 GEMM into `acc` [m, n] int32, then the scales (and
-/// the gate) in a second pass (`int8_epilogue` / `int8_silu_epilogue`): the path that wins at
-/// prefill sizes on Hopper (`reports/gemm_sweep`).
+/// The same product through cuBLAS's int8 GEMM (on `blas`'s stream) into `acc` [m, n] int32,
+/// then the scales (and the gate) in a second pass (`int8_epilogue` / `int8_silu_epilogue`): the
+/// path that wins at prefill sizes on Hopper (`reports/gemm_sweep`).
 pub(crate) fn gemm_int8_cublas(
     dev: &CudaDevice,
+    blas: &CudaBlas,
     a: &Q8Gemm,
     acc: Dev<i32>,
     gated: bool,
 ) -> Result<()> {
     use super::gemm::gemm_int8;
     use super::quant::{int8_epilogue, int8_silu_epilogue, Int8Epilogue};
-    gemm_int8(&dev.cublas_handle(), a.q, a.w, acc, a.m, a.n, a.k)?;
+    gemm_int8(blas, a.q, a.w, acc, a.m, a.n, a.k)?;
     let e = Int8Epilogue {
         acc,
         sx: a.sx,
@@ -258,6 +260,24 @@ pub(crate) fn gemm_int8_cublas(
         int8_silu_epilogue(dev, &e)
     } else {
         int8_epilogue(dev, &e)
+    }
+}
+
+/// The same fp8 product through cuBLASLt's row-wise scaled fp8 GEMM (`gemm_lt`): y directly,
+/// or, gated, the products into `gu` [m, n] and then y = silu(gate) · up (`silu_mul_rows`, the
+/// rounding of the gated tiles).
+pub(crate) fn gemm_fp8_lt(
+    dev: &CudaDevice,
+    lt: &super::gemm_lt::Fp8Lt,
+    a: &Q8Gemm,
+    gu: Option<Dev<bf16>>,
+) -> Result<()> {
+    match gu {
+        None => lt.gemm(a.q, a.w, a.sx, a.sw, a.y, a.m, a.n, a.k),
+        Some(gu) => {
+            lt.gemm(a.q, a.w, a.sx, a.sw, gu, a.m, a.n, a.k)?;
+            super::norm_rope::silu_mul_rows(dev, gu, a.y, a.m, a.n / 2)
+        }
     }
 }
 

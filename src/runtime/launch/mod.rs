@@ -21,6 +21,7 @@ use candle_core::Result;
 
 pub(crate) mod attention;
 pub(crate) mod gemm;
+pub(crate) mod gemm_lt;
 pub(crate) mod gemm_q8;
 pub(crate) mod gemm_w4;
 pub(crate) mod gemv;

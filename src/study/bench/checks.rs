@@ -12,7 +12,8 @@ use crate::runtime::Check;
 use crate::Result;
 
 /// On CUDA: fused attention; the decode engine (bf16 and, given, W4A16) at batch 1 and 2; the
-/// quantized Linears of the given W4A16 and W8A8 checkpoints. Prints each check and whether
+/// quantized Linears of the given W4A16, W8A8 and (on GPUs with fp8 tensor cores) FP8
+/// checkpoints. Prints each check and whether
 /// graph replay picks the same tokens as eager launches (recorded as `graph_equals_eager`).
 /// Empty off CUDA.
 pub fn run(
@@ -21,6 +22,7 @@ pub fn run(
     dir: &Path,
     w4a16: Option<&Path>,
     w8a8: Option<&Path>,
+    fp8: Option<&Path>,
 ) -> Result<Vec<Check>> {
     #[allow(unused_mut)] // filled on CUDA builds only
     let mut checks: Vec<Check> = vec![];
@@ -45,6 +47,11 @@ pub fn run(
         if let Some(w8) = w8a8 {
             checks.push(check::linear_kernels(w8, device, "W8A8")?);
         }
+        if let Some(f8) = fp8 {
+            if crate::runtime::launch::fp8_supported(&device.as_cuda_device()?.cuda_stream())? {
+                checks.push(check::linear_kernels(f8, device, "FP8")?);
+            }
+        }
         for c in &checks {
             eprintln!(
                 "check {}: kernel {:.2e}, bf16 reference {:.2e}, top-1 {:.3} → {}",
@@ -64,7 +71,7 @@ pub fn run(
             "bool",
         );
     }
-    let _ = (r, device, dir, w4a16, w8a8);
+    let _ = (r, device, dir, w4a16, w8a8, fp8);
     Ok(checks)
 }
 

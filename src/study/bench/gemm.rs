@@ -1,7 +1,8 @@
 //! The W8A8 GEMM microbenchmark (`bench_runtime --gemm-sweep`): the 1.2B's four Linear shapes
 //! (q/k/v stacked, o, gate/up stacked with its SiLU gate, down) at M ∈ {1 … 16384} rows, each as
-//! our int8 GEMM (scales and gate in the epilogue), our fp8 GEMM (sm_89+), cuBLAS int8 + the
-//! scaling epilogue (the path ours replaces) and cuBLAS bf16 (the GEMM alone); beside them the
+//! our int8 GEMM (scales and gate in the epilogue), our fp8 GEMM (sm_89+), cuBLASLt's fp8 GEMM
+//! with row-wise scaling (where the GPU runs it), cuBLAS int8 + the scaling epilogue and cuBLAS
+//! bf16 (the GEMM alone); beside them the
 //! per-token quantizers that feed the 8-bit GEMMs. µs and TOP/s (2·M·N·K over the time) per
 //! (shape, M, kernel), as rows of `Results` and a printed table, after the numerical checks
 //! (`gemm_checks`). Device time from CUDA events around a captured graph of back-to-back
@@ -89,13 +90,13 @@ mod sweep {
 
     use super::{Lcg, MS, SHAPES};
     use crate::record::{Results, Variant};
-    use crate::runtime::launch::gemm::{gemm_bf16, gemm_int8};
+    use crate::runtime::launch::gemm::gemm_bf16;
+    use crate::runtime::launch::gemm_lt::Fp8Lt;
     use crate::runtime::launch::gemm_q8::{
-        gemm_q8, pick_tile, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES,
+        gemm_fp8_lt, gemm_int8_cublas, gemm_q8, pick_tile, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile,
+        TILES,
     };
-    use crate::runtime::launch::quant::{
-        int8_epilogue, int8_silu_epilogue, quant_rows_int8, Int8Epilogue,
-    };
+    use crate::runtime::launch::quant::quant_rows_int8;
     use crate::runtime::launch::{cuda_err, fp8_supported, sm_count, Dev};
     use crate::Result;
 
@@ -185,13 +186,20 @@ mod sweep {
         let s = d.cuda_stream();
         let blas = d.cublas_handle();
         let fp8 = fp8_supported(&s)?;
+        let lt = match fp8.then(|| Fp8Lt::probe(&s)) {
+            Some(Ok(lt)) => Some(lt),
+            Some(Err(why)) => {
+                eprintln!("gemm sweep: no cuBLASLt row-wise fp8 column: {why}");
+                None
+            }
+            None => None,
+        };
         let sms = sm_count(d)?;
         let mut rng = Lcg(42);
         let mmax = *MS.iter().max().expect("rows");
         let mut table = vec![];
         for &(shape, n, k, gated) in &SHAPES {
             let rings = Rings::new(&s, n, k, &mut rng)?;
-            let outs = if gated { n / 2 } else { n };
             let xs: Vec<bf16> = (0..mmax * k)
                 .map(|_| bf16::from_f32(rng.unit() * 2.0 - 1.0))
                 .collect();
@@ -203,6 +211,8 @@ mod sweep {
             let sw = upload(&s, &vec![0.002f32; n])?;
             let y = s.alloc_zeros::<bf16>(mmax * n).map_err(cuda_err)?;
             let acc = s.alloc_zeros::<i32>(mmax * n).map_err(cuda_err)?;
+            let gu = s.alloc_zeros::<bf16>(mmax * n).map_err(cuda_err)?;
+            let gud = Dev::new(&gu, &s);
             let qs = s.alloc_zeros::<u8>(mmax * k).map_err(cuda_err)?;
             let (xd, yd, accd, qsd) = (
                 Dev::new(&x, &s),
@@ -246,22 +256,24 @@ mod sweep {
                     let ours_f8 = |i: usize| ours(Q8Kind::Fp8, &qf8, wf8(i), None);
                     us.push(("ours-fp8".to_string(), time_us(&s, iters, &ours_f8)?));
                 }
-                let old = |i: usize| {
-                    gemm_int8(&blas, Dev::new(&q8, &s), w8(i), accd, m, n, k)?;
-                    let e = Int8Epilogue {
-                        acc: accd,
-                        sx: sxd,
-                        sw: swd,
-                        y: yd,
-                        m,
-                        n: outs,
-                    };
-                    if gated {
-                        int8_silu_epilogue(d, &e)
-                    } else {
-                        int8_epilogue(d, &e)
-                    }
+                let (q8d, qf8d) = (Dev::new(&q8, &s), Dev::new(&qf8, &s));
+                let gemm = |q, w| Q8Gemm {
+                    q,
+                    w,
+                    sx: sxd,
+                    sw: swd,
+                    y: yd,
+                    m,
+                    n,
+                    k,
                 };
+                if let Some(lt) = &lt {
+                    // gated: the products into gu, then silu · up (as the engines run it)
+                    let gu = gated.then_some(gud);
+                    let f = |i: usize| gemm_fp8_lt(d, lt, &gemm(qf8d, wf8(i)), gu);
+                    us.push(("cublaslt-fp8".to_string(), time_us(&s, iters, &f)?));
+                }
+                let old = |i: usize| gemm_int8_cublas(d, &blas, &gemm(q8d, w8(i)), accd, gated);
                 us.push((
                     "cublas-int8+epilogue".to_string(),
                     time_us(&s, iters, &old)?,

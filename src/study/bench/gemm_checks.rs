@@ -1,8 +1,9 @@
-//! Numerical checks of the W8A8 GEMMs (`runtime::launch::gemm_q8`, and cuBLAS int8 + epilogue,
-//! the path they replace) and of the per-token activation quantizers, in the tolerance scheme of
-//! `runtime::check`: every kernel's output against an f32 product of the same 8-bit operands and
-//! scales, beside the error of the bf16 path (the same product from bf16-rounded dequantized
-//! operands by cuBLAS bf16, its SiLU gate in bf16); a kernel passes within twice that error.
+//! Numerical checks of the W8A8 GEMMs (`runtime::launch::gemm_q8`, cuBLAS int8 + epilogue and
+//! cuBLASLt's row-wise scaled fp8 GEMM, the paths that take the larger products) and of the
+//! per-token activation quantizers, in the tolerance scheme of `runtime::check`: every kernel's
+//! output against an f32 product of the same 8-bit operands and scales, beside the error of the
+//! bf16 path (the same product from bf16-rounded dequantized operands by cuBLAS bf16, its SiLU
+//! gate in bf16); a kernel passes within twice that error.
 //! Run on the GPU machine by `bench_runtime --gemm-sweep`.
 
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use half::bf16;
 
 use super::gemm::{Lcg, MS, SHAPES};
 use crate::model::ActQuant;
+use crate::runtime::launch::gemm_lt::Fp8Lt;
 use crate::runtime::launch::gemm_q8::{
-    gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES,
+    gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES,
 };
 use crate::runtime::launch::quant::quant_rows_int8;
 use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
@@ -199,8 +201,36 @@ impl Case {
             n: self.n,
             k: self.k,
         };
-        gemm_int8_cublas(dev, &g, Dev::new(&acc, &s), self.gated)?;
+        gemm_int8_cublas(
+            dev,
+            &dev.cublas_handle(),
+            &g,
+            Dev::new(&acc, &s),
+            self.gated,
+        )?;
         let what = format!("gemm cublas-int8+epilogue {}", self.what);
+        self.check(what, tensor(dev, y, (self.m, self.outs())))
+    }
+
+    /// The fp8 product through cuBLASLt's row-wise scaled GEMM (gated: then silu · up).
+    fn cublaslt(&self, dev: &CudaDevice, lt: &Fp8Lt) -> Result<Check> {
+        let s = dev.cuda_stream();
+        let gu = s.alloc_zeros::<bf16>(self.m * self.n).map_err(cuda_err)?;
+        let y = s
+            .alloc_zeros::<bf16>(self.m * self.outs())
+            .map_err(cuda_err)?;
+        let g = Q8Gemm {
+            q: Dev::new(&self.q, &s),
+            w: Dev::new(&self.w, &s),
+            sx: Dev::new(&self.sx, &s),
+            sw: Dev::new(&self.sw, &s),
+            y: Dev::new(&y, &s),
+            m: self.m,
+            n: self.n,
+            k: self.k,
+        };
+        gemm_fp8_lt(dev, lt, &g, self.gated.then(|| Dev::new(&gu, &s)))?;
+        let what = format!("gemm cublaslt-fp8 {}", self.what);
         self.check(what, tensor(dev, y, (self.m, self.outs())))
     }
 }
@@ -292,6 +322,14 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
     } else {
         eprintln!("gemm checks: this GPU lacks fp8 tensor cores; fp8 GEMMs not checked");
     }
+    let lt = match fp8.then(|| Fp8Lt::probe(&s)) {
+        Some(Ok(lt)) => Some(lt),
+        Some(Err(why)) => {
+            eprintln!("gemm checks: cuBLASLt's row-wise fp8 GEMM not checked: {why}");
+            None
+        }
+        None => None,
+    };
     let mut out = vec![];
     let mut seed = 1;
     let ms = MS.iter().chain(&AWKWARD_M).copied();
@@ -301,8 +339,10 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
                 seed += 1;
                 let c = Case::new(dev, &s, kind, label, (m, n, k), gated, seed)?;
                 out.push(c.ours(dev, None)?);
-                if kind == Q8Kind::Int8 {
-                    out.push(c.cublas(dev)?);
+                match (kind, &lt) {
+                    (Q8Kind::Int8, _) => out.push(c.cublas(dev)?),
+                    (Q8Kind::Fp8, Some(lt)) => out.push(c.cublaslt(dev, lt)?),
+                    _ => {}
                 }
             }
         }
@@ -315,6 +355,9 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
                 let c = Case::new(dev, &s, kind, label, (m, 1040, 2064), gated, seed)?;
                 for tile in TILES {
                     out.push(c.ours(dev, Some(tile))?);
+                }
+                if let (Q8Kind::Fp8, Some(lt)) = (kind, &lt) {
+                    out.push(c.cublaslt(dev, lt)?);
                 }
             }
         }

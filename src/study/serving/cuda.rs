@@ -72,51 +72,59 @@ impl CudaRun {
         Efficiencies::carried(&m)
     }
 
-    /// The engine's logits against the f32 forward on a ragged workload: 12 requests of the
-    /// shipped shapes, prompt chunks split across steps by a small token budget, decoding
-    /// tokens packed (some steps replayed from graphs). Recorded as a check row; an error if
-    /// it fails.
-    pub fn check(&self, r: &mut Results, dir: &Path, w: &Workload) -> Result<()> {
+    /// The engine's logits on checkpoint `label` against the f32 forward on a ragged workload:
+    /// 12 requests of the shipped shapes, decoding tokens packed (some steps replayed from
+    /// graphs), run twice: with a small token budget (prompt chunks split across steps) and with
+    /// one whose first step packs over [`crate::runtime::quantized::CUBLAS_INT8_MIN_ROWS`] prompt
+    /// tokens (the prefill chunks' own GEMM paths). Recorded as check rows; an error if one fails.
+    pub fn check(&self, r: &mut Results, label: &str, dir: &Path, w: &Workload) -> Result<()> {
         let mut reqs: Vec<_> = w.requests.iter().take(12).cloned().collect();
         for (i, q) in reqs.iter_mut().enumerate() {
             q.max_new_tokens = 6 + 3 * i;
             q.prompt_ids.truncate(40 + 37 * i);
         }
         let small = Workload::new(reqs);
-        let cfg = SchedulerConfig {
+        let cfg = |budget| SchedulerConfig {
             max_num_seqs: 8,
-            max_num_batched_tokens: 256,
+            max_num_batched_tokens: budget,
             block_size: DEFAULT_BLOCK_SIZE,
             num_blocks: 512,
             max_model_len: 1024,
         };
-        let c = crate::serve::check::logits(dir, self.ordinal, &small, &cfg, "serving engine")?;
-        let v = Variant::new("checks", "check", json!({}));
-        r.add(
-            &v,
-            &format!("kernel_rel_err: {}", c.what),
-            c.kernel_err,
-            None,
-            "",
+        let (a, b) = (
+            format!("serving engine {label}"),
+            format!("serving engine {label}, 2048-token steps"),
         );
-        r.add(
-            &v,
-            &format!("bf16_rel_err: {}", c.what),
-            c.bf16_err,
-            None,
-            "",
-        );
-        r.add(&v, &format!("top1: {}", c.what), c.top1, None, "");
-        eprintln!(
-            "check {}: engine {:.2e} vs bf16 forward {:.2e} (top-1 {:.3}) — {}",
-            c.what,
-            c.kernel_err,
-            c.bf16_err,
-            c.top1,
-            if c.passes() { "pass" } else { "FAIL" }
-        );
-        if !c.passes() {
-            return Err(Error::Invalid(format!("serving check failed: {c:?}")));
+        let configs = [(cfg(256), a.as_str()), (cfg(2048), b.as_str())];
+        let checks = crate::serve::check::logits(dir, self.ordinal, &small, &configs)?;
+        for c in checks {
+            let v = Variant::new("checks", "check", json!({}));
+            r.add(
+                &v,
+                &format!("kernel_rel_err: {}", c.what),
+                c.kernel_err,
+                None,
+                "",
+            );
+            r.add(
+                &v,
+                &format!("bf16_rel_err: {}", c.what),
+                c.bf16_err,
+                None,
+                "",
+            );
+            r.add(&v, &format!("top1: {}", c.what), c.top1, None, "");
+            eprintln!(
+                "check {}: engine {:.2e} vs bf16 forward {:.2e} (top-1 {:.3}) — {}",
+                c.what,
+                c.kernel_err,
+                c.bf16_err,
+                c.top1,
+                if c.passes() { "pass" } else { "FAIL" }
+            );
+            if !c.passes() {
+                return Err(Error::Invalid(format!("serving check failed: {c:?}")));
+            }
         }
         Ok(())
     }

@@ -368,15 +368,16 @@ fn cuda_runs(
     long: u64,
 ) -> Result<(Vec<VariantRun>, Efficiencies)> {
     let run = CudaRun::measure_device(device)?;
-    let Some((_, first)) = variants.first() else {
+    if variants.is_empty() {
         return Err(Error::Invalid("serve_bench: no variant to run".into()));
-    };
-    run.check(r, first, w)?;
+    }
     let eff = run.efficiencies(r);
     let mut runs = vec![];
     for (i, (label, d)) in variants.iter().enumerate() {
         let long = if i == 0 { long } else { 0 };
-        match run.variant(r, label, d, a, w, long) {
+        // every variant's engine against its own f32 forward before it is timed
+        let checked = run.check(r, label, d, w);
+        match checked.and_then(|()| run.variant(r, label, d, a, w, long)) {
             Ok(v) => runs.push(v),
             // the base is what every other variant is measured against: without it, stop
             Err(e) if i == 0 => return Err(e).context(|| format!("variant {label}")),
