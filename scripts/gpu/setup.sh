@@ -10,6 +10,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
+# a pure-Python wheel may travel unpacked as NAME.tar.xz (4× smaller than its zip, for the 64 MiB
+# a device call carries): its files go where pip --target puts them
+if ls .whl/*.tar.xz >/dev/null 2>&1; then
+  mkdir -p /tmp/site && for t in .whl/*.tar.xz; do tar -xJf "$t" -C /tmp/site || exit 1; done
+  export PYTHONPATH=/tmp/site
+fi
 # (several binaries in one .tar.xz share their common code in the dictionary: ~40% smaller)
 python3 -c "import lzma,glob,os,tarfile
 for f in glob.glob('.gpu/*.tar.xz'):
