@@ -100,41 +100,21 @@ fn main() -> Result<()> {
     }
 
     // the decode engine (bf16, W4A16 packed int4) and the compressed Linears on the candle
-    // forward (W4A16; W8A8 on int8 tensor cores)
+    // forward (W4A16; W8A8 on int8 and FP8 on fp8 tensor cores)
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
-        use exaone_compress::runtime::quantized::attach;
         runtime::trim_freed_memory(&device)?;
         bench.engine(&mut r, "engine-bf16", &dir)?;
         if let Some(w4) = w4a16 {
             runtime::trim_freed_memory(&device)?;
             bench.engine(&mut r, "engine-w4a16", w4)?;
-            let ckpt = exaone_compress::Checkpoint::open(w4)?;
-            let mut m = runtime::load_checkpoint(&ckpt, dtype, &device)?;
-            attach(&mut m, &ckpt)?;
-            bench.candle(&mut r, "candle-w4a16", &m, false)?;
+            bench.candle_compressed(&mut r, "candle-w4a16", w4, dtype, &device, false)?;
         }
         if let Some(w8) = w8a8 {
-            let ckpt = exaone_compress::Checkpoint::open(w8)?;
-            let mut m = runtime::load_checkpoint(&ckpt, dtype, &device)?;
-            let n = attach(&mut m, &ckpt)?;
-            eprintln!("W8A8: {} Linears on int8 tensor cores", n.int8);
-            bench.candle(&mut r, "candle-w8a8-int8", &m, false)?;
-            if let Some(pt) = a.bench.prefill.last() {
-                bench.prefill_breakdown(&mut r, "candle-w8a8-int8", &m, pt)?;
-            }
+            bench.candle_compressed(&mut r, "candle-w8a8-int8", w8, dtype, &device, true)?;
         }
         if let Some(f8) = &a.fp8 {
-            let ckpt = exaone_compress::Checkpoint::open(f8)?;
-            let mut m = runtime::load_checkpoint(&ckpt, dtype, &device)?;
-            let n = attach(&mut m, &ckpt)?;
-            eprintln!("FP8: {} Linears on fp8 tensor cores", n.fp8);
-            if n.fp8 > 0 {
-                bench.candle(&mut r, "candle-fp8", &m, false)?;
-                if let Some(pt) = a.bench.prefill.last() {
-                    bench.prefill_breakdown(&mut r, "candle-fp8", &m, pt)?;
-                }
-            }
+            bench.candle_compressed(&mut r, "candle-fp8", f8, dtype, &device, true)?;
         }
     }
 

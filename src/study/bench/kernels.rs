@@ -30,6 +30,36 @@ pub fn copy_bandwidth(device: &Device) -> Result<f64> {
 
 #[cfg(feature = "cuda")]
 impl super::Bench {
+    /// A compressed checkpoint on the candle forward with its Linear kernels attached
+    /// (`runtime::quantized::attach`): prefill at every point (no decode) and, with `breakdown`,
+    /// where the largest point's time goes. Nothing is timed when no Linear took a kernel (e.g.
+    /// fp8 on a GPU without fp8 tensor cores). Returns what was attached.
+    pub fn candle_compressed(
+        &self,
+        r: &mut crate::record::Results,
+        variant: &str,
+        dir: &std::path::Path,
+        dtype: candle_core::DType,
+        device: &Device,
+        breakdown: bool,
+    ) -> Result<crate::runtime::quantized::Attached> {
+        let ckpt = crate::Checkpoint::open(dir)?;
+        let mut m = crate::runtime::load_checkpoint(&ckpt, dtype, device)?;
+        let n = crate::runtime::quantized::attach(&mut m, &ckpt)?;
+        eprintln!(
+            "{variant}: {} Linears on int4, {} on int8, {} on fp8 kernels",
+            n.int4, n.int8, n.fp8
+        );
+        if n.int4 + n.int8 + n.fp8 == 0 {
+            return Ok(n);
+        }
+        self.candle(r, variant, &m, false)?;
+        if let (true, Some(pt)) = (breakdown, self.args.prefill.last()) {
+            self.prefill_breakdown(r, variant, &m, pt)?;
+        }
+        Ok(n)
+    }
+
     /// Where a prefill's time goes at point `pt`: the layers alone, the lm_head + log-softmax
     /// alone and attention alone (fused kernel, all layers), ms, with attention's TFLOP/s; then
     /// the largest Linear of a layer (gate/up) at this point's token count as cuBLAS bf16 and
