@@ -158,31 +158,28 @@ impl Fp8Lt {
                 .map_err(|e| lt_err("descriptor attribute", e))
         };
         let op_t: i32 = 1; // CUBLAS_OP_T (cublasOperation_t is an int)
-        set(A::CUBLASLT_MATMUL_DESC_TRANSA, &op_t as *const _ as _, 4)?;
         let mode = sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-        set(
-            A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
-            &mode as *const _ as _,
-            4,
-        )?;
-        set(
-            A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
-            &mode as *const _ as _,
-            4,
-        )?;
         // column-major: A = W as [k, n] (op T → [n, k]) scaled per its n rows, B = q as [k, m]
         // scaled per its m columns, D = yᵀ [n, m]
         let (swp, sxp) = (sw.addr(), sx.addr());
-        set(
-            A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
-            &swp as *const _ as _,
-            8,
-        )?;
-        set(
-            A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-            &sxp as *const _ as _,
-            8,
-        )?;
+        let mode_p = &mode as *const _ as *const std::ffi::c_void;
+        for (attr, ptr, size) in [
+            (A::CUBLASLT_MATMUL_DESC_TRANSA, &op_t as *const _ as _, 4),
+            (A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, mode_p, 4),
+            (A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, mode_p, 4),
+            (
+                A::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                &swp as *const _ as _,
+                8,
+            ),
+            (
+                A::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                &sxp as *const _ as _,
+                8,
+            ),
+        ] {
+            set(attr, ptr, size)?;
+        }
         let layout = |t: T, rows: usize, cols: usize, ld: usize| {
             lt::create_matrix_layout(t, rows as u64, cols as u64, ld as i64)
                 .map(Layout)

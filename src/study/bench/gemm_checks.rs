@@ -158,80 +158,65 @@ impl Case {
         })
     }
 
-    /// Our GEMM on `tile` (None: the one the launcher picks).
-    fn ours(&self, dev: &CudaDevice, tile: Option<Q8Tile>) -> Result<Check> {
+    /// The product's operands on the device, writing into `y` [m, outs].
+    fn gemm<'a>(&'a self, s: &CudaStream, y: &'a CudaSlice<bf16>) -> Q8Gemm<'a> {
+        Q8Gemm {
+            q: Dev::new(&self.q, s),
+            w: Dev::new(&self.w, s),
+            sx: Dev::new(&self.sx, s),
+            sw: Dev::new(&self.sw, s),
+            y: Dev::new(y, s),
+            m: self.m,
+            n: self.n,
+            k: self.k,
+        }
+    }
+
+    /// Runs `f` on the product's operands and checks what it wrote, named `what`.
+    fn run(
+        &self,
+        dev: &CudaDevice,
+        what: String,
+        f: impl FnOnce(&Q8Gemm) -> candle_core::Result<()>,
+    ) -> Result<Check> {
         let s = dev.cuda_stream();
         let y = s
             .alloc_zeros::<bf16>(self.m * self.outs())
             .map_err(cuda_err)?;
-        let g = Q8Gemm {
-            q: Dev::new(&self.q, &s),
-            w: Dev::new(&self.w, &s),
-            sx: Dev::new(&self.sx, &s),
-            sw: Dev::new(&self.sw, &s),
-            y: Dev::new(&y, &s),
-            m: self.m,
-            n: self.n,
-            k: self.k,
-        };
-        gemm_q8(dev, self.kind, &g, self.gated, tile)?;
+        f(&self.gemm(&s, &y))?;
+        self.check(what, tensor(dev, y, (self.m, self.outs())))
+    }
+
+    /// Our GEMM on `tile` (None: the one the launcher picks).
+    fn ours(&self, dev: &CudaDevice, tile: Option<Q8Tile>) -> Result<Check> {
         let name = match self.kind {
             Q8Kind::Int8 => "ours-int8",
             Q8Kind::Fp8 => "ours-fp8",
         };
         let t = tile.map_or(String::new(), |t| format!(" tile {}", t.name));
         let what = format!("gemm {name} {}{t}", self.what);
-        self.check(what, tensor(dev, y, (self.m, self.outs())))
+        self.run(dev, what, |g| gemm_q8(dev, self.kind, g, self.gated, tile))
     }
 
-    /// The path ours replaces: cuBLAS int8 → int32, then the scaling (gating) epilogue.
+    /// cuBLAS int8 → int32, then the scaling (gating) epilogue.
     fn cublas(&self, dev: &CudaDevice) -> Result<Check> {
         let s = dev.cuda_stream();
         let acc = s.alloc_zeros::<i32>(self.m * self.n).map_err(cuda_err)?;
-        let y = s
-            .alloc_zeros::<bf16>(self.m * self.outs())
-            .map_err(cuda_err)?;
-        let g = Q8Gemm {
-            q: Dev::new(&self.q, &s),
-            w: Dev::new(&self.w, &s),
-            sx: Dev::new(&self.sx, &s),
-            sw: Dev::new(&self.sw, &s),
-            y: Dev::new(&y, &s),
-            m: self.m,
-            n: self.n,
-            k: self.k,
-        };
-        gemm_int8_cublas(
-            dev,
-            &dev.cublas_handle(),
-            &g,
-            Dev::new(&acc, &s),
-            self.gated,
-        )?;
         let what = format!("gemm cublas-int8+epilogue {}", self.what);
-        self.check(what, tensor(dev, y, (self.m, self.outs())))
+        self.run(dev, what, |g| {
+            let acc = Dev::new(&acc, &s);
+            gemm_int8_cublas(dev, &dev.cublas_handle(), g, acc, self.gated)
+        })
     }
 
     /// The fp8 product through cuBLASLt's row-wise scaled GEMM (gated: then silu · up).
     fn cublaslt(&self, dev: &CudaDevice, lt: &Fp8Lt) -> Result<Check> {
         let s = dev.cuda_stream();
         let gu = s.alloc_zeros::<bf16>(self.m * self.n).map_err(cuda_err)?;
-        let y = s
-            .alloc_zeros::<bf16>(self.m * self.outs())
-            .map_err(cuda_err)?;
-        let g = Q8Gemm {
-            q: Dev::new(&self.q, &s),
-            w: Dev::new(&self.w, &s),
-            sx: Dev::new(&self.sx, &s),
-            sw: Dev::new(&self.sw, &s),
-            y: Dev::new(&y, &s),
-            m: self.m,
-            n: self.n,
-            k: self.k,
-        };
-        gemm_fp8_lt(dev, lt, &g, self.gated.then(|| Dev::new(&gu, &s)))?;
         let what = format!("gemm cublaslt-fp8 {}", self.what);
-        self.check(what, tensor(dev, y, (self.m, self.outs())))
+        self.run(dev, what, |g| {
+            gemm_fp8_lt(dev, lt, g, self.gated.then(|| Dev::new(&gu, &s)))
+        })
     }
 }
 
