@@ -26,8 +26,10 @@ pub(crate) struct Fp8Lt {
     algos: Mutex<HashMap<(usize, usize, usize), sys::cublasLtMatmulAlgo_t>>,
 }
 
-// SAFETY: the handle is used only under the stream's ordering and is not tied to a thread
-// (cuBLASLt handles are thread-safe for concurrent use with distinct descriptors).
+// SAFETY: a cuBLASLt handle is not tied to a thread (cuBLASLt's functions may be called from
+// several host threads with one handle); every call here builds its own descriptors, enqueues on
+// the one stream the workspace belongs to (so the workspace is used in stream order), and the
+// algorithm cache sits behind a mutex.
 unsafe impl Send for Fp8Lt {}
 unsafe impl Sync for Fp8Lt {}
 
