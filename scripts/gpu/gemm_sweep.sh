@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The W8A8 GEMMs checked and timed (bench_runtime --gemm-sweep, src/study/bench/gemm.rs): every
-# kernel (ours int8 / fp8, cuBLAS int8 + epilogue) against an f32 product of the same 8-bit
-# operands on the 1.2B's four Linear shapes at M = 1 … 16384 and awkward M/N/K, then µs and TOP/s
-# of ours int8, ours fp8, cuBLAS int8 + epilogue and cuBLAS bf16 → $OUT/gemm/results.{parquet,csv},
-# the table in $OUT/gemm_sweep.txt, every check in $OUT/gemm_checks.log. Then (SKIP_SMOKE=1 skips
+# kernel (ours int8 / fp8, cuBLAS int8 + epilogue, cuBLASLt fp8) against an f32 product of the
+# same 8-bit operands on the 1.2B's four Linear shapes at M = 1 … 16384 and awkward M/N/K, then µs
+# and TOP/s of each beside cuBLAS bf16; then the W4A16 routes the same way (gemm_w4.rs) →
+# $OUT/gemm/results.{parquet,csv}, the tables in $OUT/gemm_sweep.txt, every check in
+# $OUT/gemm_checks.log. Then (SKIP_SMOKE=1 skips
 # it) the default model's W8A8 RTN variant through the candle forward's Int8Linear (now on our
 # GEMM) and the decode-engine checks: bench_runtime's smoke run.
 set -uo pipefail

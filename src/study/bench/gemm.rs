@@ -47,8 +47,9 @@ impl Lcg {
     }
 }
 
-/// The checks, then the sweep, on `device`; rows (checks and timings) saved to `out`. An error
-/// off CUDA, and when a check fails (after saving).
+/// The checks, then the sweep, then the W4A16 sweep (`gemm_w4`: every route checked and timed
+/// beside our bf16 path), on `device`; rows (checks and timings) saved to `out`. An error off
+/// CUDA, and when a check fails (after saving).
 pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
@@ -65,6 +66,34 @@ pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
         // timed even when a check fails: the failures are reported and make the run fail, and
         // the timings say whether the failing kernel is worth fixing
         sweep::run(&mut r, d)?;
+        // the W4A16 products, each route checked and timed beside our bf16 path
+        use super::gemm_w4::{w4_sweep, W4_MS, W4_SHAPES};
+        let w4 = w4_sweep(&mut r, device, &W4_SHAPES, &W4_MS, 5)?;
+        println!("\nW4A16: what the engines run (w4 auto) ÷ our bf16 path, speed-up per product");
+        print!("{:<10}", "shape");
+        for m in W4_MS {
+            print!("{:>9}", format!("M={m}"));
+        }
+        println!();
+        for (shape, _, _) in W4_SHAPES {
+            print!("{shape:<10}");
+            for m in W4_MS {
+                let x = r.get("w4a16-gemm", &format!("w4_speedup {shape} m={m}"));
+                print!("{:>9}", x.map_or("–".to_string(), |x| format!("{x:.2}×")));
+            }
+            println!();
+        }
+        let w4_failed: Vec<String> = w4
+            .iter()
+            .filter(|p| !p.pass)
+            .map(|p| format!("w4 {} m={} {}", p.shape, p.m, p.kernel))
+            .collect();
+        let failed: Vec<String> = failed.into_iter().chain(w4_failed).collect();
+        eprintln!(
+            "W4A16 checks: {} of {} pass",
+            w4.iter().filter(|p| p.pass).count(),
+            w4.len()
+        );
         r.save(out)?;
         if !failed.is_empty() {
             return Err(Error::Invalid(format!(
