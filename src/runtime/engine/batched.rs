@@ -1,4 +1,4 @@
-//! The forward of any number of rows (prefill chunks, batched decoding): one GEMV (a few rows)
+//! The forward of any number of rows (prefill chunks, batched decoding): one GEMV (one row)
 //! or cuBLAS GEMM (more) per Linear, and the norms, RoPE, attention and SiLU as their own
 //! launches.
 

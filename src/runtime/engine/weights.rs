@@ -395,7 +395,7 @@ pub(crate) struct Scratch {
     fp8_lt: Option<Fp8Lt>,
 }
 
-/// Runs Linears on one stream: bf16 by GEMV (a few rows) or cuBLAS, W4A16 by the W4 tensor-core
+/// Runs Linears on one stream: bf16 by GEMV (one row) or cuBLAS, W4A16 by the W4 tensor-core
 /// GEMM (`PackedInt4::forward`: the GEMV or dequantize + cuBLAS at the row counts where they
 /// win), W8A8 (int8, fp8) by per-token quantization and our 8-bit tensor-core GEMM with the
 /// scales in its epilogue — for int8 products of [`CUBLAS_INT8_MIN_ROWS`] rows or more, cuBLAS's
@@ -419,9 +419,13 @@ impl<'a> Gemm<'a> {
         Dev::new(b, self.stream)
     }
 
-    /// y [rows, n] = x [rows, k] · Wᵀ for a bf16 W [n, k]: a GEMV for a few rows, cuBLAS beyond.
+    /// y [rows, n] = x [rows, k] · Wᵀ for a bf16 W [n, k]: our GEMV for one row, cuBLAS beyond.
+    /// In the H200 GEMM sweep (`reports/gemm_sweep`, the W4A16 section's `bf16 gemv` and `bf16
+    /// cublas` rows) the GEMV leads at one row on three of the 1.2B's four shapes (qkv 5.4 vs
+    /// 6.2 µs) but costs ~2 µs more per extra row, so that at four rows cuBLAS takes half its time
+    /// on every shape (qkv 6.2 vs 11.1 µs).
     pub(crate) fn dense(&self, w: &Dense, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
-        if rows > 4 {
+        if rows > 1 {
             return gemm_bf16(self.blas, x, w.w, y, rows, w.n, w.k);
         }
         gemv_bf16(self.dev, w, x, y, rows)
