@@ -28,10 +28,12 @@ fn ck(e: crate::Error) -> candle_core::Error {
 }
 
 /// Rows up to which the packed GEMV runs instead of the tensor-core GEMM on weights of at
-/// most [`GEMV_MAX_WEIGHTS`] values: on an H200 (`bench::gemm_w4::w4_sweep`) the GEMV wins at
-/// one row on q/k/v and o (4.9 vs 6.6 µs, 4.5 vs 5.5 µs), the GEMM on gate/up and down (14.5 vs
-/// 17.0 µs, 9.8 vs 12.9 µs), whose split-K spreads more weights over the GPU.
-pub(crate) const GEMV_MAX_ROWS: usize = 4;
+/// most [`GEMV_MAX_WEIGHTS`] values: in the H200 sweep (`reports/gemm_sweep`, 75f9bd0) the GEMV
+/// wins at one row on q/k/v and o (4.9 vs 6.8 µs, 4.5 vs 5.7 µs) and ties on down (7.3 vs 7.2),
+/// but costs ~1.8 µs (q/k/v) to ~3.6 µs (down) more per extra row while the split-K GEMM stays
+/// flat, so that at four rows the GEMM takes well under its time (q/k/v 6.9 vs 10.3 µs, o 5.8
+/// vs 10.1, down 7.3 vs 18.2).
+pub(crate) const GEMV_MAX_ROWS: usize = 1;
 pub(crate) const GEMV_MAX_WEIGHTS: usize = 8 << 20;
 
 /// Rows beyond which dequantize + cuBLAS replaces the GEMM: 32, or 64 on weights of more than

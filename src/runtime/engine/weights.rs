@@ -395,6 +395,13 @@ pub(crate) struct Scratch {
     fp8_lt: Option<Fp8Lt>,
 }
 
+/// Rows up to which the engines' bf16 Linears run our GEMV rather than cuBLAS: in the H200 GEMM
+/// sweep (`reports/gemm_sweep`, the W4A16 section's `bf16 gemv` and `bf16 cublas` rows) the GEMV
+/// leads at one row on three of the 1.2B's four shapes (qkv 5.4 vs 6.2 µs) but costs ~2 µs more
+/// per extra row, so that at four rows cuBLAS takes half its time on every shape (qkv 6.2 vs
+/// 11.1 µs).
+pub(crate) const DENSE_GEMV_MAX_ROWS: usize = 1;
+
 /// Runs Linears on one stream: bf16 by GEMV (one row) or cuBLAS, W4A16 by the W4 tensor-core
 /// GEMM (`PackedInt4::forward`: the GEMV or dequantize + cuBLAS at the row counts where they
 /// win), W8A8 (int8, fp8) by per-token quantization and our 8-bit tensor-core GEMM with the
@@ -419,13 +426,10 @@ impl<'a> Gemm<'a> {
         Dev::new(b, self.stream)
     }
 
-    /// y [rows, n] = x [rows, k] · Wᵀ for a bf16 W [n, k]: our GEMV for one row, cuBLAS beyond.
-    /// In the H200 GEMM sweep (`reports/gemm_sweep`, the W4A16 section's `bf16 gemv` and `bf16
-    /// cublas` rows) the GEMV leads at one row on three of the 1.2B's four shapes (qkv 5.4 vs
-    /// 6.2 µs) but costs ~2 µs more per extra row, so that at four rows cuBLAS takes half its time
-    /// on every shape (qkv 6.2 vs 11.1 µs).
+    /// y [rows, n] = x [rows, k] · Wᵀ for a bf16 W [n, k]: our GEMV up to [`DENSE_GEMV_MAX_ROWS`]
+    /// rows, cuBLAS beyond.
     pub(crate) fn dense(&self, w: &Dense, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
-        if rows > 1 {
+        if rows > DENSE_GEMV_MAX_ROWS {
             return gemm_bf16(self.blas, x, w.w, y, rows, w.n, w.k);
         }
         gemv_bf16(self.dev, w, x, y, rows)

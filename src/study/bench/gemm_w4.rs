@@ -90,6 +90,7 @@ mod cuda {
 
     use super::W4Point;
     use crate::record::{Results, Variant};
+    use crate::runtime::engine::weights::DENSE_GEMV_MAX_ROWS;
     use crate::runtime::int4::{sm_count_of, PackedInt4, W4Buffers, W4Route};
     use crate::runtime::launch::gemm::gemm_bf16;
     use crate::runtime::launch::gemm_w4::{plan_with, W4Plan, W4Tile};
@@ -307,8 +308,8 @@ mod cuda {
             let done: candle_core::Result<()> = match kernel {
                 Kernel::BfGemv => gemv_bf16(dev, &dense, x, y, m),
                 Kernel::BfCublas => gemm_bf16(&blas, x, wb, y, m, self.n, self.k),
-                // what Gemm::dense runs: the GEMV up to 4 rows
-                Kernel::BfOurs if m <= 4 => gemv_bf16(dev, &dense, x, y, m),
+                // what Gemm::dense runs
+                Kernel::BfOurs if m <= DENSE_GEMV_MAX_ROWS => gemv_bf16(dev, &dense, x, y, m),
                 Kernel::BfOurs => gemm_bf16(&blas, x, wb, y, m, self.n, self.k),
                 Kernel::W4(route) => w4.forward(dev, &blas, &stream, x, y, m, &buf, *route),
             };
