@@ -179,6 +179,24 @@ pub const CUBLAS_INT8_MIN_ROWS: usize = 1024;
 /// M = 256: 128 lies between the two measured points.
 pub const FP8_LT_MIN_ROWS: usize = 128;
 
+/// Which GEMM an 8-bit product of `rows` rows runs on (where the caller has what it needs:
+/// the int32 scratch, a cuBLASLt handle that passed its probe; else our tiles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Q8Path {
+    CublasInt8,
+    CublasLtFp8,
+    Tiles,
+}
+
+/// The path [`CUBLAS_INT8_MIN_ROWS`] and [`FP8_LT_MIN_ROWS`] choose for `rows` rows of `kind`.
+pub(crate) fn q8_path(kind: Q8Kind, rows: usize) -> Q8Path {
+    match kind {
+        Q8Kind::Int8 if rows >= CUBLAS_INT8_MIN_ROWS => Q8Path::CublasInt8,
+        Q8Kind::Fp8 if rows >= FP8_LT_MIN_ROWS => Q8Path::CublasLtFp8,
+        _ => Q8Path::Tiles,
+    }
+}
+
 fn input<'a>(
     s: &'a CudaStorage,
     l: &Layout,
@@ -234,14 +252,14 @@ impl CustomOp1 for Q8Linear {
             n,
             k,
         };
-        match (self.kind, &self.lt) {
-            (Q8Kind::Int8, _) if m >= CUBLAS_INT8_MIN_ROWS => {
+        match (q8_path(self.kind, m), &self.lt) {
+            (Q8Path::CublasInt8, _) => {
                 // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
                 let acc = unsafe { dev.alloc::<i32>(m * n)? };
                 let acc = Dev::new(&acc, &stream);
                 gemm_int8_cublas(dev, &dev.cublas_handle(), &g, acc, self.gated)?;
             }
-            (Q8Kind::Fp8, Some(lt)) if m >= FP8_LT_MIN_ROWS => {
+            (Q8Path::CublasLtFp8, Some(lt)) => {
                 // SAFETY: uninitialised, written in full by the GEMM before the gate reads it.
                 let gu = if self.gated {
                     Some(unsafe { dev.alloc::<bf16>(m * n)? })
@@ -311,12 +329,9 @@ pub fn attach(model: &mut Exaone4, ckpt: &Checkpoint) -> Result<Attached> {
             let lt = match kind {
                 Q8Kind::Int8 => None,
                 Q8Kind::Fp8 => lt
-                    .get_or_insert_with(|| match Fp8Lt::probe(&stream) {
-                        Ok(lt) => Some(Arc::new(lt)),
-                        Err(why) => {
-                            eprintln!("fp8 Linears run on our tiles at every size: {why}");
-                            None
-                        }
+                    .get_or_insert_with(|| {
+                        Fp8Lt::probe_or_say(&stream, "fp8 Linears run on our tiles at every size")
+                            .map(Arc::new)
                     })
                     .as_ref(),
             };

@@ -28,8 +28,8 @@ use crate::runtime::launch::gemv::{gemv_bf16, Dense};
 use crate::runtime::launch::norm_rope::silu_mul_rows;
 use crate::runtime::launch::quant::quant_rows_int8;
 use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
+use crate::runtime::quantized::{q8_path, Q8Path, CUBLAS_INT8_MIN_ROWS, FP8_LT_MIN_ROWS};
 use crate::runtime::quantized::{Fp8Weights, Int8Weights, PackedInt4};
-use crate::runtime::quantized::{CUBLAS_INT8_MIN_ROWS, FP8_LT_MIN_ROWS};
 
 /// One (possibly stacked) Linear's weights.
 pub(crate) enum Weights {
@@ -339,17 +339,9 @@ impl ModelWeights {
             .filter(|_| rows >= CUBLAS_INT8_MIN_ROWS);
         // fp8 products of many rows go to cuBLASLt where it scales row-wise (Hopper on)
         let any_fp8 = all().any(|l| matches!(l.w, Weights::Fp8(_)));
-        let fp8_lt = if any_fp8 && rows >= FP8_LT_MIN_ROWS {
-            match Fp8Lt::probe(s) {
-                Ok(lt) => Some(lt),
-                Err(why) => {
-                    eprintln!("fp8 GEMMs run on our tiles at every size: {why}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let fp8_lt = (any_fp8 && rows >= FP8_LT_MIN_ROWS)
+            .then(|| Fp8Lt::probe_or_say(s, "fp8 GEMMs run on our tiles at every size"))
+            .flatten();
         Ok(Scratch {
             fp8_lt,
             wtmp: some(w4.wtmp).map(|n| zeros(s, n)).transpose()?,
@@ -467,13 +459,11 @@ impl<'a> Gemm<'a> {
             n: w.n,
             k: w.k,
         };
-        match (kind, &s.acc, &s.fp8_lt) {
-            (Q8Kind::Int8, Some(acc), _) if rows >= CUBLAS_INT8_MIN_ROWS => {
+        match (q8_path(kind, rows), &s.acc, &s.fp8_lt) {
+            (Q8Path::CublasInt8, Some(acc), _) => {
                 gemm_int8_cublas(self.dev, self.blas, &g, self.d(acc), gated)
             }
-            (Q8Kind::Fp8, _, Some(lt)) if rows >= FP8_LT_MIN_ROWS => {
-                gemm_fp8_lt(self.dev, lt, &g, gu)
-            }
+            (Q8Path::CublasLtFp8, _, Some(lt)) => gemm_fp8_lt(self.dev, lt, &g, gu),
             _ => gemm_q8(self.dev, kind, &g, gated, None),
         }
     }

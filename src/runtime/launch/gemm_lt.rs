@@ -113,6 +113,13 @@ impl Fp8Lt {
         try_it().map_err(|e| e.to_string())
     }
 
+    /// [`Fp8Lt::probe`], printing `refused: why` on stderr where it is refused.
+    pub(crate) fn probe_or_say(stream: &Arc<CudaStream>, refused: &str) -> Option<Self> {
+        Self::probe(stream)
+            .map_err(|why| eprintln!("{refused}: {why}"))
+            .ok()
+    }
+
     /// y[m, n] = bf16(sx[m] · sw[n] · q[m, k] · W[n, k]ᵀ) for e4m3 q and W (as bytes), on this
     /// handle's stream (the one the buffers are used on). k % 16 == 0.
     #[allow(clippy::too_many_arguments)]

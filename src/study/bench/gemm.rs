@@ -215,14 +215,9 @@ mod sweep {
         let s = d.cuda_stream();
         let blas = d.cublas_handle();
         let fp8 = fp8_supported(&s)?;
-        let lt = match fp8.then(|| Fp8Lt::probe(&s)) {
-            Some(Ok(lt)) => Some(lt),
-            Some(Err(why)) => {
-                eprintln!("gemm sweep: no cuBLASLt row-wise fp8 column: {why}");
-                None
-            }
-            None => None,
-        };
+        let lt = fp8
+            .then(|| Fp8Lt::probe_or_say(&s, "gemm sweep: no cuBLASLt row-wise fp8 column"))
+            .flatten();
         let sms = sm_count(d)?;
         let mut rng = Lcg(42);
         let mmax = *MS.iter().max().expect("rows");

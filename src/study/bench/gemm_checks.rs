@@ -307,14 +307,9 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
     } else {
         eprintln!("gemm checks: this GPU lacks fp8 tensor cores; fp8 GEMMs not checked");
     }
-    let lt = match fp8.then(|| Fp8Lt::probe(&s)) {
-        Some(Ok(lt)) => Some(lt),
-        Some(Err(why)) => {
-            eprintln!("gemm checks: cuBLASLt's row-wise fp8 GEMM not checked: {why}");
-            None
-        }
-        None => None,
-    };
+    let lt = fp8
+        .then(|| Fp8Lt::probe_or_say(&s, "gemm checks: cuBLASLt's row-wise fp8 GEMM not checked"))
+        .flatten();
     let mut out = vec![];
     let mut seed = 1;
     let ms = MS.iter().chain(&AWKWARD_M).copied();
