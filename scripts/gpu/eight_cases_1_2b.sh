@@ -3,7 +3,8 @@
 # speed and size columns real, quality columns flagged as meaningless → reports/eight_cases-1.2B-random/.
 # Wall time from /usr/bin/time. Arguments go to eight_cases (e.g. --distill-steps 20). The study
 # writes to .gpu/out/eight_cases (a path named by role; it stays on a warm machine), so a run cut
-# off by the call's time limit goes on with `--resume` in the next call; $OUT/eight_cases.tgz
+# off by the call's time limit goes on with `--resume` in the next call (a call that carries `.gpu` again
+# replaces that progress with this machine's `.gpu`: resume without carrying it); $OUT/eight_cases.tgz
 # brings it back.
 set -uo pipefail
 source "$(dirname "$0")/setup.sh"
