@@ -128,3 +128,52 @@ fn frozen_linears_train_bit_for_bit_alike() {
     assert_eq!(plain.1, frozen.1);
     assert!(!frozen.3, "no gradient for a frozen weight");
 }
+
+/// The fused CPU distillation loss is the candle expression's loss and gradient (to f32
+/// rounding), at T = 1 and T = 2, on logits that include a dominant word and a flat row.
+#[test]
+fn fused_kd_loss_matches_the_tensor_expression() {
+    use candle_core::Var;
+    use exaone_compress::compress::distill::{kd_loss, kd_loss_unfused};
+    let dev = Device::Cpu;
+    let (rows, v) = (6, 301);
+    let mut t: Vec<f32> = (0..rows * v)
+        .map(|i| ((i * 7919 % 1013) as f32 / 101.3 - 5.0) * 1.7)
+        .collect();
+    let mut s: Vec<f32> = (0..rows * v)
+        .map(|i| ((i * 104_729 % 977) as f32 / 97.7 - 5.0) * 2.3)
+        .collect();
+    t[5] = 60.0; // a near one-hot teacher row
+    s[2 * v..3 * v].iter_mut().for_each(|x| *x = 0.25); // a flat student row
+    let t = Tensor::from_vec(t, (2, rows / 2, v), &dev).unwrap();
+    for temp in [1.0, 2.0] {
+        let run = |fused: bool| {
+            let sv =
+                Var::from_tensor(&Tensor::from_vec(s.clone(), (2, rows / 2, v), &dev).unwrap())
+                    .unwrap();
+            let f = if fused { kd_loss } else { kd_loss_unfused };
+            let loss = f(&t, sv.as_tensor(), temp).unwrap();
+            let g = loss.backward().unwrap();
+            let g: Vec<f32> = g
+                .get(sv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (loss.to_scalar::<f32>().unwrap(), g)
+        };
+        let ((lf, gf), (lu, gu)) = (run(true), run(false));
+        assert!(lu > 0.1, "a loss worth comparing: {lu}");
+        assert!((lf - lu).abs() <= 2e-5 * lu, "T={temp}: fused {lf} vs {lu}");
+        let scale = gu.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = gf
+            .iter()
+            .zip(&gu)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            scale > 0.0 && worst <= 1e-5 * scale,
+            "T={temp}: gradient off by {worst} of {scale}"
+        );
+    }
+}

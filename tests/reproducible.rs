@@ -111,3 +111,38 @@ fn bits(t: &Tensor) -> Vec<u32> {
     let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+/// What distillation differentiates through on the CPU (the fused KD loss, softmax and RMSNorm
+/// with their backward) gives the same bits on one, two and three threads: no reduction's order
+/// depends on how rows are split.
+#[test]
+fn training_ops_are_the_same_on_one_two_and_three_threads() {
+    use candle_core::Var;
+    use exaone_compress::compress::distill::kd_loss;
+    use exaone_compress::model::grad_ops::{rms_norm, softmax_last_dim};
+    let dev = Device::Cpu;
+    let (rows, n) = (300, 96);
+    let wave = |k: usize| -> Vec<f32> {
+        (0..rows * n)
+            .map(|i| ((i * k % 1009) as f32 / 100.9 - 5.0) * 1.1)
+            .collect()
+    };
+    let run = || {
+        let x = Var::from_tensor(&Tensor::from_vec(wave(7919), (rows, n), &dev).unwrap()).unwrap();
+        let w =
+            Var::from_tensor(&Tensor::from_vec(wave(31)[..n].to_vec(), n, &dev).unwrap()).unwrap();
+        let t = Tensor::from_vec(wave(104_729), (rows, n), &dev).unwrap();
+        let h = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+        let p = softmax_last_dim(&h).unwrap();
+        let loss = (kd_loss(&t, &h, 1.0).unwrap() + p.sqr().unwrap().sum_all().unwrap()).unwrap();
+        let g = loss.backward().unwrap();
+        (
+            bits(&loss),
+            bits(g.get(x.as_tensor()).unwrap()),
+            bits(g.get(w.as_tensor()).unwrap()),
+        )
+    };
+    let one = in_pool(1, run);
+    assert_eq!(one, in_pool(2, run));
+    assert_eq!(one, in_pool(3, run));
+}

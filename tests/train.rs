@@ -87,3 +87,66 @@ fn the_time_limit_stops_training_early() {
     .unwrap();
     assert_eq!(log.len(), 1);
 }
+
+/// The fused CPU softmax and RMSNorm that training differentiates through give the values and
+/// the gradients (input and weight) of candle's expressions, to f32 rounding.
+#[test]
+fn fused_softmax_and_rms_norm_match_their_expressions() {
+    use candle_core::{Var, D};
+    use exaone_compress::model::grad_ops;
+    let dev = Device::Cpu;
+    let (rows, n) = (7, 130);
+    let x: Vec<f32> = (0..rows * n)
+        .map(|i| ((i * 7919 % 1009) as f32 / 100.9 - 5.0) * 1.3)
+        .collect();
+    let g: Vec<f32> = (0..rows * n)
+        .map(|i| ((i * 104_729 % 997) as f32 / 99.7 - 5.0) * 0.7)
+        .collect();
+    let w: Vec<f32> = (0..n).map(|j| 0.5 + (j % 13) as f32 / 10.0).collect();
+    let g = Tensor::from_vec(g, (rows, n), &dev).unwrap();
+    let close = |a: &Tensor, b: &Tensor, what: &str| {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            scale > 0.0 && worst <= 2e-5 * scale,
+            "{what}: off by {worst} of {scale}"
+        );
+    };
+    // softmax: value and input gradient of Σ g ⊙ softmax(x)
+    let run = |fused: bool| {
+        let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (rows, n), &dev).unwrap()).unwrap();
+        let y = if fused {
+            grad_ops::softmax_last_dim(xv.as_tensor()).unwrap()
+        } else {
+            candle_nn::ops::softmax(xv.as_tensor(), D::Minus1).unwrap()
+        };
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, grads.get(xv.as_tensor()).unwrap().clone())
+    };
+    let ((yf, dxf), (yu, dxu)) = (run(true), run(false));
+    close(&yf, &yu, "softmax");
+    close(&dxf, &dxu, "softmax dx");
+    // RMSNorm: value and the gradients of input and weight
+    let run = |fused: bool| {
+        let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (rows, n), &dev).unwrap()).unwrap();
+        let wv = Var::from_tensor(&Tensor::from_vec(w.clone(), n, &dev).unwrap()).unwrap();
+        let y = if fused {
+            grad_ops::rms_norm(xv.as_tensor(), wv.as_tensor(), 1e-5).unwrap()
+        } else {
+            candle_nn::ops::rms_norm_slow(xv.as_tensor(), wv.as_tensor(), 1e-5).unwrap()
+        };
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = grads.get(xv.as_tensor()).unwrap().clone();
+        let dw = grads.get(wv.as_tensor()).unwrap().clone();
+        (y, dx, dw)
+    };
+    let ((yf, dxf, dwf), (yu, dxu, dwu)) = (run(true), run(false));
+    close(&yf, &yu, "rms_norm");
+    close(&dxf, &dxu, "rms_norm dx");
+    close(&dwf, &dwu, "rms_norm dw");
+}

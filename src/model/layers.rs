@@ -141,7 +141,7 @@ impl RmsNorm {
             Mode::Inference => {
                 candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)
             }
-            Mode::Differentiable => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32),
+            Mode::Differentiable => super::grad_ops::rms_norm(x, &self.weight, self.eps as f32),
         }
     }
 }
@@ -360,7 +360,7 @@ fn attend_block(
     }
     let probs = match mode {
         Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-        Mode::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        Mode::Differentiable => super::grad_ops::softmax_last_dim(&scores)?,
     };
     let out = probs.to_dtype(v.dtype())?.matmul(&v.contiguous()?)?; // [b, kvh, g*t, d]
     out.reshape((b, h, t, d))?

@@ -4,6 +4,7 @@ pub mod chat_template;
 pub mod config;
 pub mod exaone4;
 pub mod generate;
+pub mod grad_ops;
 pub mod init;
 pub mod kernels;
 pub mod kv_cache;
