@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::data::{rng, TokenStream};
+use crate::model::grad_ops::{contiguous_f32, with_f32};
 use crate::model::{generate, Exaone4, GenerateOptions};
 use crate::train::{freeze, make_trainable, train, LogPoint, TrainConfig};
 
@@ -157,17 +158,6 @@ fn row_softmax(x: &[f32], inv_t: f32, p: &mut [f32]) -> f32 {
     m + sum.ln() as f32
 }
 
-/// `f` of the f32 data of a contiguous CPU tensor, read in place.
-fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (st, l) = t.storage_and_layout();
-    match (&*st, l.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
-            Ok(f(&v[a..b]))
-        }
-        _ => candle_core::bail!("kd-loss: a contiguous f32 CPU tensor is needed"),
-    }
-}
-
 impl candle_core::CustomOp1 for KdLoss {
     fn name(&self) -> &'static str {
         "kd-loss"
@@ -179,15 +169,12 @@ impl candle_core::CustomOp1 for KdLoss {
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let (candle_core::CpuStorage::F32(sv), Some((a, b))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("kd-loss: contiguous f32 student logits are needed");
-        };
+        let sv = contiguous_f32(s, l, "kd-loss")?;
         let v = self.teacher.dim(1)?;
-        let sv = &sv[a..b];
         let inv_t = (1.0 / self.temperature) as f32;
         let rows = sv.len() / v.max(1);
         // KL of a row = Σ p (log p − s/T) + log Σ exp(s/T), p the teacher's softmax
-        let total = with_cpu_f32(&self.teacher, |tv| {
+        let total = with_f32(&self.teacher, |tv| {
             if sv.len() != tv.len() || v == 0 {
                 return None;
             }
@@ -230,8 +217,8 @@ impl candle_core::CustomOp1 for KdLoss {
         let g = grad.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let inv_t = (1.0 / self.temperature) as f32;
         let arg = arg.contiguous()?;
-        let out = with_cpu_f32(&arg, |sv| {
-            with_cpu_f32(&self.teacher, |tv| {
+        let out = with_f32(&arg, |sv| {
+            with_f32(&self.teacher, |tv| {
                 let scale = (g * self.temperature / (sv.len() / v) as f64) as f32;
                 let mut out = vec![0f32; sv.len()];
                 out.par_chunks_mut(v)
