@@ -2,7 +2,7 @@
 //! backward. candle's fused CPU forms (`candle_nn::ops::softmax_last_dim`, `rms_norm`) have no
 //! backward, so `Mode::Differentiable` ran their tensor expressions, which allocate and walk
 //! about five tensors of the input's size forward and ten backward: in a distillation step of
-//! the default model that is most of the work outside the matrix products (attention scores
+//! the default model a large part of the work outside the matrix products (attention scores
 //! [8, 4 × 256, 256] per layer). Here each is one pass per row forward and one backward, in
 //! f32 as the expressions compute. Off the CPU, or for other dtypes, the expressions run.
 
