@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::data::{rng, TokenStream};
-use crate::model::grad_ops::{contiguous_f32, with_f32};
+use crate::model::grad_ops::{contiguous_f32, cpu_f32, with_f32};
 use crate::model::{generate, Exaone4, GenerateOptions};
 use crate::train::{freeze, make_trainable, train, LogPoint, TrainConfig};
 
@@ -108,7 +108,6 @@ pub fn kd_loss(
     let v = teacher_logits.dim(D::Minus1)?;
     let t = teacher_logits.reshape(((), v))?;
     let s = student_logits.reshape(((), v))?;
-    let cpu_f32 = |x: &Tensor| x.device().is_cpu() && x.dtype() == DType::F32;
     if cpu_f32(&t) && cpu_f32(&s) && t.dims() == s.dims() && temperature > 0.0 {
         return s.contiguous()?.apply_op1(KdLoss {
             teacher: t.detach().contiguous()?,

@@ -9,7 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-fn cpu_f32(x: &Tensor) -> bool {
+/// Whether `x` is f32 on the CPU, where the fused forms run.
+pub fn cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
