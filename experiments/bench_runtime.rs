@@ -7,7 +7,8 @@
 //! The harness is `exaone_compress::study::bench`.
 //!
 //!   bench_runtime --model DIR [--w4a16 DIR] [--w8a8 DIR] [--fp8 DIR] --device cuda --hf-json hf.json
-//!   bench_runtime --gemm-sweep --device cuda --out DIR     (W8A8 GEMM checks + sweep only)
+//!   bench_runtime --gemm-sweep --device cuda --out DIR     (GEMM checks + sweeps only)
+//!   bench_runtime --gemm-sweep --w4-only --device cuda --out DIR   (the W4A16 part alone)
 
 use std::path::PathBuf;
 
@@ -50,9 +51,12 @@ struct Args {
     /// the command line to print in the report (default: this process's)
     #[arg(long)]
     command: Option<String>,
-    /// only the W8A8 GEMM checks and sweep (study::bench::gemm), rows to --out
+    /// only the GEMM checks and sweeps, W8A8 then W4A16 (study::bench::gemm), rows to --out
     #[arg(long)]
     gemm_sweep: bool,
+    /// with --gemm-sweep: the W4A16 routes alone
+    #[arg(long, requires = "gemm_sweep")]
+    w4_only: bool,
 }
 
 fn main() -> Result<()> {
@@ -70,6 +74,9 @@ fn main() -> Result<()> {
         &format!("{name} ({dtype:?})"),
         &dir.display().to_string(),
     );
+    if a.gemm_sweep && a.w4_only {
+        return Ok(bench::gemm::run_w4(r, &device, &a.out)?);
+    }
     if a.gemm_sweep {
         return Ok(bench::gemm::run(r, &device, &a.out)?);
     }

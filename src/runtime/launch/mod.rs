@@ -43,6 +43,52 @@ pub(crate) enum Module {
 }
 
 impl Module {
+    /// The module's PTX: built in, or — for kernel development — the file `<unit>.ptx` of the
+    /// directory `EXAONE_COMPRESS_PTX_DIR` names, where there is one (read once, said on stderr,
+    /// so that kernel variants can be timed on a GPU machine without rebuilding the binary).
+    fn source(self) -> Result<&'static str> {
+        type Loaded = Mutex<HashMap<Module, &'static str>>;
+        static LOADED: OnceLock<Loaded> = OnceLock::new();
+        let Some(dir) = std::env::var_os("EXAONE_COMPRESS_PTX_DIR") else {
+            return Ok(self.ptx());
+        };
+        let loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut loaded = loaded.lock().expect("ptx overrides");
+        if let Some(s) = loaded.get(&self) {
+            return Ok(s);
+        }
+        let path = std::path::Path::new(&dir).join(format!("{}.ptx", self.unit()));
+        let src: &'static str = if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                candle_core::Error::Msg(format!("EXAONE_COMPRESS_PTX_DIR: {}: {e}", path.display()))
+            })?;
+            eprintln!(
+                "note: kernels of {} from {} (EXAONE_COMPRESS_PTX_DIR), not the built-in PTX",
+                self.unit(),
+                path.display()
+            );
+            Box::leak(text.into_boxed_str())
+        } else {
+            self.ptx()
+        };
+        loaded.insert(self, src);
+        Ok(src)
+    }
+
+    /// The `.cu` file's stem, which names its PTX.
+    fn unit(self) -> &'static str {
+        match self {
+            Module::Attention => "attention",
+            Module::GemmFp8 => "gemm_fp8",
+            Module::GemmQ8 => "gemm_q8",
+            Module::GemmW4 => "gemm_w4",
+            Module::Gemv => "gemv",
+            Module::NormRope => "norm_rope",
+            Module::Quant => "quant",
+            Module::Sampling => "sampling",
+        }
+    }
+
     fn ptx(self) -> &'static str {
         match self {
             Module::Attention => include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")),
@@ -91,7 +137,7 @@ pub(crate) fn func(dev: &CudaDevice, module: Module, name: &'static str) -> Resu
         );
     }
     let f = dev
-        .get_or_load_custom_func(name, module.name(), module.ptx())?
+        .get_or_load_custom_func(name, module.name(), module.source()?)?
         .into_cuda_function();
     cache.lock().expect("kernel cache").insert(key, f.clone());
     Ok(f)

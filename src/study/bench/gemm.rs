@@ -67,33 +67,8 @@ pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
         // the timings say whether the failing kernel is worth fixing
         sweep::run(&mut r, d)?;
         // the W4A16 products, each route checked and timed beside our bf16 path
-        use super::gemm_w4::{w4_sweep, W4_MS, W4_SHAPES};
-        let w4 = w4_sweep(&mut r, device, &W4_SHAPES, &W4_MS, 5)?;
-        println!("\nW4A16: what the engines run (w4 auto) ÷ our bf16 path, speed-up per product");
-        print!("{:<10}", "shape");
-        for m in W4_MS {
-            print!("{:>9}", format!("M={m}"));
-        }
-        println!();
-        for (shape, _, _) in W4_SHAPES {
-            print!("{shape:<10}");
-            for m in W4_MS {
-                let x = r.get("w4a16-gemm", &format!("w4_speedup {shape} m={m}"));
-                print!("{:>9}", x.map_or("–".to_string(), |x| format!("{x:.2}×")));
-            }
-            println!();
-        }
-        let w4_failed: Vec<String> = w4
-            .iter()
-            .filter(|p| !p.pass)
-            .map(|p| format!("w4 {} m={} {}", p.shape, p.m, p.kernel))
-            .collect();
+        let w4_failed = w4_part(&mut r, device)?;
         let failed: Vec<String> = failed.into_iter().chain(w4_failed).collect();
-        eprintln!(
-            "W4A16 checks: {} of {} pass",
-            w4.iter().filter(|p| p.pass).count(),
-            w4.len()
-        );
         r.save(out)?;
         if !failed.is_empty() {
             return Err(Error::Invalid(format!(
@@ -106,6 +81,54 @@ pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
     Err(Error::Invalid(
         "--gemm-sweep needs a CUDA build and --device cuda".into(),
     ))
+}
+
+/// The W4A16 part of [`run`] alone (`bench_runtime --gemm-sweep --w4-only`): every route
+/// checked and timed beside our bf16 path; rows saved to `out`; an error when a check fails.
+pub fn run_w4(mut r: Results, device: &Device, out: &Path) -> Result<()> {
+    if !device.is_cuda() {
+        return Err(Error::Invalid(
+            "--gemm-sweep needs a CUDA build and --device cuda".into(),
+        ));
+    }
+    let failed = w4_part(&mut r, device)?;
+    r.save(out)?;
+    if !failed.is_empty() {
+        return Err(Error::Invalid(format!(
+            "W4A16 GEMM checks failed (timings taken anyway): {failed:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The W4A16 sweep, its table printed; the failed points named.
+fn w4_part(r: &mut Results, device: &Device) -> Result<Vec<String>> {
+    use super::gemm_w4::{w4_sweep, W4_MS, W4_SHAPES};
+    let w4 = w4_sweep(r, device, &W4_SHAPES, &W4_MS, 5)?;
+    println!("\nW4A16: what the engines run (w4 auto) ÷ our bf16 path, speed-up per product");
+    print!("{:<10}", "shape");
+    for m in W4_MS {
+        print!("{:>9}", format!("M={m}"));
+    }
+    println!();
+    for (shape, _, _) in W4_SHAPES {
+        print!("{shape:<10}");
+        for m in W4_MS {
+            let x = r.get("w4a16-gemm", &format!("w4_speedup {shape} m={m}"));
+            print!("{:>9}", x.map_or("–".to_string(), |x| format!("{x:.2}×")));
+        }
+        println!();
+    }
+    eprintln!(
+        "W4A16 checks: {} of {} pass",
+        w4.iter().filter(|p| p.pass).count(),
+        w4.len()
+    );
+    Ok(w4
+        .iter()
+        .filter(|p| !p.pass)
+        .map(|p| format!("w4 {} m={} {}", p.shape, p.m, p.kernel))
+        .collect())
 }
 
 #[cfg(feature = "cuda")]
