@@ -116,46 +116,74 @@ template <int WM, int WN, int WK, int MTW, int NTW, int KSW, int STAGES> struct 
     static_assert((BM * BK / 8) % THREADS == 0 && (KS * (BN / 32) * 16) % THREADS == 0, "whole copies");
 };
 
-template <class C, bool HAS_Z>
-__device__ __forceinline__ void load_tile(uint8_t *st, const bf16 *__restrict__ X, const uint32_t *__restrict__ Q,
-                                          const bf16 *__restrict__ S, const bf16 *__restrict__ Z, int M, int K,
-                                          int Np, int G, int srows, int m0, int n0, int k0) {
-    const int tid = threadIdx.x;
-    // A: BM rows of BK/8 16-byte chunks; chunk c of row r lands at c ^ (r & 7) so that the
-    // ldmatrix of 8 rows at one chunk column touches 8 distinct bank groups
-    constexpr int CPR = C::BK / 8;
-    uint8_t *sa = st;
+// A thread's share of one stage's copies, the same every K tile (Cfg asserts whole copies per
+// thread): shared offsets, global bases and row/column predicates are computed once per block,
+// so a tile's copies cost a few instructions each. (Computing them per tile in generic loops cost
+// more issue slots than the tile's mma work: the main loop ran ~1 µs per K tile on an H200.)
+template <class C, bool HAS_Z> struct Loader {
+    static constexpr int CPR = C::BK / 8;                     // A: 16-byte chunks per row
+    static constexpr int NA = C::BM * CPR / C::THREADS;       // A chunks per thread
+    static constexpr int QPR = (C::BN / 32) * 16;             // Q: 16-byte chunks per k16 row
+    static constexpr int NQ = C::KS * QPR / C::THREADS;       // Q chunks per thread
+    static constexpr int SPR = C::BN / 8;                     // S: 16-byte chunks per row
+    const bf16 *x, *s, *z;
+    const uint32_t *q;
+    const bf16 *a_src[NA];
+    const uint32_t *q_src[NQ];
+    uint32_t a_dst[NA], q_dst[NQ], s_dst;
+    int a_col[NA], k, g, np, s_row, s_col, s_copies;
+    bool a_row[NA], q_ok[NQ], s_ok;
+    size_t q_step;  // words of Q per K tile
+
+    __device__ __forceinline__ Loader(const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, int M,
+                                      int K, int Np, int G, int srows, int m0, int n0)
+        : x(X), s(S), z(Z), q(Q), k(K), g(G), np(Np) {
+        const int tid = threadIdx.x, nblk = Np / 32;
 #pragma unroll
-    for (int i = tid; i < C::BM * CPR; i += C::THREADS) {
-        int r = i / CPR, c = i % CPR;
-        bool ok = m0 + r < M && k0 + 8 * c < K;
-        const bf16 *src = ok ? X + (size_t)(m0 + r) * K + k0 + 8 * c : X;
-        cp16(smem_u32(sa + (r * CPR + (c ^ (r & 7))) * 16), src, ok);
-    }
-    // Q: KS rows (k16 blocks) of BN/32 blocks of 256 bytes, contiguous in global memory per row
-    uint8_t *sq = st + C::A_BYTES;
-    constexpr int QPR = (C::BN / 32) * 16;  // 16-byte chunks per row
-    const int nblk = Np / 32;
+        for (int u = 0; u < NA; u++) {
+            // chunk c of row r lands at c ^ (r & 7): the ldmatrix of 8 rows at one chunk column
+            // touches 8 distinct bank groups
+            const int i = tid + u * C::THREADS, r = i / CPR, c = i % CPR;
+            a_dst[u] = (r * CPR + (c ^ (r & 7))) * 16;
+            a_row[u] = m0 + r < M;
+            a_col[u] = 8 * c;
+            a_src[u] = X + (size_t)(a_row[u] ? m0 + r : 0) * K + 8 * c;
+        }
 #pragma unroll
-    for (int i = tid; i < C::KS * QPR; i += C::THREADS) {
-        int r = i / QPR, c = i % QPR;
-        int blk = n0 / 32 + c / 16;
-        bool ok = blk < nblk;
-        const uint32_t *src = ok ? Q + ((size_t)(k0 / 16 + r) * nblk + blk) * 64 + (c % 16) * 4 : Q;
-        cp16(smem_u32(sq + i * 16), src, ok);
+        for (int u = 0; u < NQ; u++) {
+            // KS rows (k16 blocks) of BN/32 blocks of 256 bytes, contiguous per row in global memory
+            const int i = tid + u * C::THREADS, r = i / QPR, c = i % QPR, blk = n0 / 32 + c / 16;
+            q_ok[u] = blk < nblk;
+            q_src[u] = Q + ((size_t)r * nblk + (q_ok[u] ? blk : 0)) * 64 + (c % 16) * 4;
+            q_dst[u] = C::A_BYTES + i * 16;
+        }
+        q_step = (size_t)C::KS * nblk * 64;
+        // S (and Z): one row per k16 step, or a single row when a group spans the whole tile;
+        // at most KS · BN/8 ≤ THREADS chunks, so one per thread
+        s_copies = srows * SPR;
+        s_row = tid / SPR;
+        s_col = n0 + 8 * (tid % SPR);
+        s_ok = s_col < Np;
+        s_dst = C::A_BYTES + C::Q_BYTES + tid * 16;
     }
-    // S (and Z): one row per k16 step, or a single row when the whole tile lies in one group
-    uint8_t *ss = sq + C::Q_BYTES;
-    constexpr int SPR = C::BN / 8;
-    for (int i = tid; i < srows * SPR; i += C::THREADS) {
-        int r = i / SPR, c = i % SPR;
-        int g = (k0 + 16 * r) / G;
-        bool ok = n0 + 8 * c < Np;
-        size_t off = (size_t)g * Np + n0 + 8 * c;
-        cp16(smem_u32(ss + i * 16), ok ? S + off : S, ok);
-        if (HAS_Z) cp16(smem_u32(ss + C::S_BYTES + i * 16), ok ? Z + off : Z, ok);
+
+    // the copies of K tile `kt` into the stage at shared address `base`
+    __device__ __forceinline__ void load(uint32_t base, int kt) const {
+        const int k0 = kt * C::BK;
+#pragma unroll
+        for (int u = 0; u < NA; u++) {
+            const bool ok = a_row[u] && k0 + a_col[u] < k;
+            cp16(base + a_dst[u], ok ? a_src[u] + k0 : x, ok);
+        }
+#pragma unroll
+        for (int u = 0; u < NQ; u++) cp16(base + q_dst[u], q_ok[u] ? q_src[u] + kt * q_step : q, q_ok[u]);
+        if (threadIdx.x < s_copies) {
+            const size_t off = (size_t)((k0 + 16 * s_row) / g) * np + s_col;
+            cp16(base + s_dst, s_ok ? s + off : s, s_ok);
+            if (HAS_Z) cp16(base + s_dst + C::S_BYTES, s_ok ? z + off : z, s_ok);
+        }
     }
-}
+};
 
 template <int WM, int WN, int WK, int MTW, int NTW, int KSW, int STAGES, bool HAS_Z>
 __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32_t *__restrict__ Q,
@@ -181,10 +209,11 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
 
+    const Loader<C, HAS_Z> ld(X, Q, S, Z, M, K, Np, G, srows, m0, n0);
+    const uint32_t sbase = smem_u32(smem);
 #pragma unroll 1
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < nt)
-            load_tile<C, HAS_Z>(smem + s * C::STAGE, X, Q, S, Z, M, K, Np, G, srows, m0, n0, (t0 + s) * C::BK);
+        if (s < nt) ld.load(sbase + s * C::STAGE, t0 + s);
         cp_commit();  // always, so that wait_group counts stages
     }
 
@@ -193,9 +222,7 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
         __syncthreads();  // stage t landed for all; everyone is done with stage t − 1
         {
             int nx = t + STAGES - 1;
-            if (nx < nt)
-                load_tile<C, HAS_Z>(smem + (nx % STAGES) * C::STAGE, X, Q, S, Z, M, K, Np, G, srows, m0, n0,
-                                    (t0 + nx) * C::BK);
+            if (nx < nt) ld.load(sbase + (nx % STAGES) * C::STAGE, t0 + nx);
             cp_commit();
         }
         const uint8_t *st = smem + (t % STAGES) * C::STAGE;

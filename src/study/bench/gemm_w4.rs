@@ -501,6 +501,15 @@ mod cuda {
             act_order: false,
         };
         let mut out = vec![];
+        // EXAONE_W4_MS=16,64: only these of the row counts (kernel experiments), no extra cases
+        let only: Option<Vec<usize>> = std::env::var("EXAONE_W4_MS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|m| m.trim().parse().ok()).collect());
+        let ms: Vec<usize> = ms
+            .iter()
+            .copied()
+            .filter(|m| only.as_ref().is_none_or(|o| o.contains(m)))
+            .collect();
         for (si, &(shape, n, k)) in shapes.iter().enumerate() {
             // enough int4 copies that they overflow L2 (≥ 256 MiB in all), at most 32
             // (EXAONE_W4_COPIES overrides, e.g. 1 to time L2-resident weights)
@@ -509,7 +518,7 @@ mod cuda {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(((256usize << 20) / (n * k / 2)).clamp(1, 64));
             let w = Weight::new(dev, &stream, shape, (n, k), sym128, copies, si as u64)?;
-            for &m in ms {
+            for &m in &ms {
                 let c = w.rows(dev, m, 1000 + m as u64)?;
                 let mut ks = vec![Kernel::BfOurs, Kernel::BfCublas, Kernel::W4(None)];
                 if m <= 16 {
@@ -551,17 +560,21 @@ mod cuda {
             }
         }
         // correctness the shapes do not reach (untimed)
-        let kinds = [
-            ("asym g128", (2048, 2048), 128, true, false),
-            ("act-order g128", (2048, 2048), 128, false, true),
-            ("act-order asym g128", (3072, 2048), 128, true, true),
-            ("channel", (2048, 2048), 2048, false, false),
-            ("asym channel k2064", (200, 2064), 2064, true, false),
-            ("asym g16 k2064", (200, 2064), 16, true, false),
-            ("g32 odd n", (999, 1024), 32, false, false),
-            ("g64 n=8 tail", (72, 512), 64, true, false),
-        ];
-        for (i, (label, (n, k), group, asym, act_order)) in kinds.into_iter().enumerate() {
+        let kinds = if only.is_some() {
+            &[][..]
+        } else {
+            &[
+                ("asym g128", (2048, 2048), 128, true, false),
+                ("act-order g128", (2048, 2048), 128, false, true),
+                ("act-order asym g128", (3072, 2048), 128, true, true),
+                ("channel", (2048, 2048), 2048, false, false),
+                ("asym channel k2064", (200, 2064), 2064, true, false),
+                ("asym g16 k2064", (200, 2064), 16, true, false),
+                ("g32 odd n", (999, 1024), 32, false, false),
+                ("g64 n=8 tail", (72, 512), 64, true, false),
+            ][..]
+        };
+        for (i, &(label, (n, k), group, asym, act_order)) in kinds.iter().enumerate() {
             let kind = Kind {
                 group,
                 asym,
