@@ -33,12 +33,16 @@
 // (a counter in `locks`, reset by it for the next launch) adds them in split order
 // (deterministic) and writes bf16.
 
-// Status (H200, `bench::gemm_w4::w4_sweep`, 2026-11-30): exact to the bf16 dequantized weights
-// on every checked case, but slow: a block's main loop costs ~1 µs per K tile whatever the tile
-// shape, stage count or whether the weights sit in L2 — the loop is bound by issue/latency
-// inside the SM (8 warps per block, dequantization chains feeding mma), not by memory. The
-// split-K fixup was the other cost (fixed: the whole block re-reads the partials, eight splits'
-// loads in flight). Next: profile the main loop (ncu: stall reasons, issue slots).
+// Status (H200, `bench_runtime --gemm-sweep --w4-only`, 2026-12-01): exact to the bf16
+// dequantized weights on every checked case (656 of 656). Computing each thread's copy addresses
+// once (Loader, below) took an unsplit s16 product of 16 K tiles from 18 to 12 µs (m32, 32
+// tiles: 30 → 17). Ablations of that loop, one at a time, on q/k/v and gate/up at 1 and 16
+// rows (scripts/gpu/ptx_variants.sh): without its in-loop copies 8.3–8.8 µs unsplit, without the
+// mma 10.1–11.0, without the dequantization 10.2–11.2, without the barrier 10.8–11.3, with the
+// weights resident in L2 11.6–12.3, waiting for every stage (no pipelining) 13.9–15.3. With the
+// plan's splits (2–4 K tiles per block) none of these moves the time by more than ~10%: a launch
+// costs ~5 µs before its first tile (launch, pipeline fill, the split-K fixup's round trip), as
+// much as bf16's whole product at 16 rows (q/k/v 6.2 µs). That fixed cost is what to cut next.
 
 #include "common.cuh"
 
