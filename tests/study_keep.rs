@@ -84,6 +84,8 @@ fn a_study_keeps_its_variants_with_recipes_that_rebuild_them_and_resumes() {
     let mut s = study(&out, &["--keep", "all"]);
     assert_eq!(s.keep, Keep::All);
     let base = s.base.share();
+    // rows about the base recorded before it is measured, as eight_cases records its drop-one KL
+    s.record_per_layer("drop_one_kl", &[0.25, 0.5], "nats");
     s.measure(&Variant::original(), &base).unwrap();
     // saved after each variant: results and a report marked partial
     let r = Results::load(&out.join("results.parquet")).unwrap();
@@ -143,6 +145,7 @@ fn a_study_keeps_its_variants_with_recipes_that_rebuild_them_and_resumes() {
     // --resume: nothing changed, nothing measured again; a changed recipe is measured again
     let mut s = study(&out, &["--resume", "--keep", "none"]);
     let base = s.base.share();
+    s.record_per_layer("drop_one_kl", &[0.25, 0.5], "nats");
     s.measure(&Variant::original(), &base).unwrap();
     let vs = variants(&s, SchemeName::Fp8);
     s.measure_recipe(vs[0].0, vs[0].1.clone()).unwrap();
@@ -151,12 +154,18 @@ fn a_study_keeps_its_variants_with_recipes_that_rebuild_them_and_resumes() {
         .stages_run()
         .filter(|w| w.starts_with("build ") || w.starts_with("measure "))
         .collect();
+    // the base resumed too, though rows recorded before its measurement lack its hashes
     assert_eq!(built, ["build w8", "measure w8"]);
     s.finish("Keep test", vec![], &[]).unwrap();
     let again = Results::load(&out.join("results.parquet")).unwrap();
     for m in ["test_ppl", "kl_mean", "score"] {
         assert_eq!(again.get("chain", m), r.get("chain", m), "{m}");
     }
+    // each of the base's rows once: the carried-over measurement and the per-layer rows
+    // recorded again
+    let base_rows = |r: &Results| r.rows.iter().filter(|x| x.variant == "original").count();
+    assert_eq!(base_rows(&again), base_rows(&r));
+    assert_eq!(again.get("original", "drop_one_kl_layer_1"), Some(0.5));
     assert!(again.method_of("w8").contains("FP8"));
     // --keep none: the study's own checkpoints directory is emptied of what it kept before
     assert!(!out.join("checkpoints").exists());

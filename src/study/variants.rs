@@ -187,8 +187,25 @@ pub fn resumable(
     recipe_hash: &str,
     suite_hash: &str,
 ) -> Option<Vec<crate::record::Row>> {
-    let v = previous.variant(name)?;
-    let same = |k: &str, want: &str| v.params.get(k).and_then(Value::as_str) == Some(want);
+    // the rows of its measurement carry the hashes; rows a study records about the variant
+    // otherwise (the base's per-layer drop-one KL, recorded before it is measured) do not, and
+    // are recorded again by the resumed study
+    let hashes = |r: &crate::record::Row| -> Option<Value> {
+        let p: Value = serde_json::from_str(&r.params).ok()?;
+        p.get("recipe_hash").is_some().then_some(p)
+    };
+    let Some(params) = previous
+        .rows
+        .iter()
+        .filter(|r| r.variant == name)
+        .find_map(hashes)
+    else {
+        if previous.variant(name).is_some() {
+            eprintln!("{name}: not measured in the results being resumed; measuring it");
+        }
+        return None;
+    };
+    let same = |k: &str, want: &str| params.get(k).and_then(Value::as_str) == Some(want);
     if !same("recipe_hash", recipe_hash) {
         eprintln!("{name}: its recipe changed since the results being resumed; measuring it again");
         return None;
@@ -205,6 +222,7 @@ pub fn resumable(
             .filter(|r| r.variant == name && !SCORE_METRICS.contains(&r.metric.as_str()))
             .filter(|r| !super::l4_speed::L4_SPEED_METRICS.contains(&r.metric.as_str()))
             .filter(|r| r.metric != KEPT_METRIC)
+            .filter(|r| hashes(r).is_some())
             .cloned()
             .collect(),
     )
