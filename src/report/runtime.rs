@@ -48,6 +48,18 @@ fn fmt(x: f64) -> String {
     }
 }
 
+/// The speed goals the report checks (ratios, higher is better), set for an H100/H200 running
+/// the random-weight EXAONE-4.0-1.2B shape: our bf16 prefill not slower than HF transformers',
+/// batch-1 decode 5× HF's; the quantized paths faster than our bf16 where the evaluation runs —
+/// W8A8 int8 prefill (forward + log-softmax, the largest point) 1.4×, FP8 1.3×, the W4A16 decode
+/// engine 1.6× at batch 1 and 1.2× at batch 16.
+const GOAL_PREFILL_VS_HF: f64 = 1.0;
+const GOAL_DECODE_VS_HF: f64 = 5.0;
+const GOAL_PREFILL_W8A8: f64 = 1.4;
+const GOAL_PREFILL_FP8: f64 = 1.3;
+const GOAL_W4A16_B1: f64 = 1.6;
+const GOAL_W4A16_B16: f64 = 1.2;
+
 /// A speed bar: `ours / reference` (a higher-is-better ratio) against `goal`.
 fn bar(md: &mut String, what: &str, ours: Option<f64>, reference: Option<f64>, goal: f64) {
     if let (Some(o), Some(rf)) = (ours, reference) {
@@ -235,7 +247,7 @@ pub fn markdown(r: &Results, command: &str) -> String {
         md += "\n";
     }
 
-    md += "\n## The speed goals\n\n| goal | measured | bar | verdict |\n|---|---|---|---|\n";
+    md += "\n## The speed goals\n\nThe bars the runtime is held to on an H100/H200 with the random-weight 1.2B shape (the quantized kernels' goals: faster than bf16 where the evaluation runs).\n\n| goal | measured | bar | verdict |\n|---|---|---|---|\n";
     let inv = |v: &str, m: &str| r.get(v, m).map(|x| 1.0 / x);
     // the last prefill point measured (the largest, in bench_runtime's order)
     let big = r
@@ -251,21 +263,21 @@ pub fn markdown(r: &Results, command: &str) -> String {
             &format!("prefill {pt}: ours bf16 ÷ HF"),
             r.get("candle-bf16", pm),
             r.get("hf", pm),
-            1.0,
+            GOAL_PREFILL_VS_HF,
         );
         bar(
             &mut md,
             &format!("prefill {pt}: W8A8 int8 ÷ our bf16"),
             r.get("candle-w8a8-int8", pm),
             r.get("candle-bf16", pm),
-            1.0,
+            GOAL_PREFILL_W8A8,
         );
         bar(
             &mut md,
             &format!("prefill {pt}: FP8 ÷ our bf16"),
             r.get("candle-fp8", pm),
             r.get("candle-bf16", pm),
-            1.0,
+            GOAL_PREFILL_FP8,
         );
     }
     bar(
@@ -273,14 +285,21 @@ pub fn markdown(r: &Results, command: &str) -> String {
         "decode batch 1: HF ms ÷ ours (engine bf16, graph)",
         inv("engine-bf16", "decode_ms_b1"),
         inv("hf", "decode_ms_b1"),
-        5.0,
+        GOAL_DECODE_VS_HF,
     );
     bar(
         &mut md,
         "decode batch 1: our bf16 ms ÷ W4A16 ms (engine, graph)",
         inv("engine-w4a16", "decode_ms_b1"),
         inv("engine-bf16", "decode_ms_b1"),
-        1.5,
+        GOAL_W4A16_B1,
+    );
+    bar(
+        &mut md,
+        "decode batch 16: our bf16 ms ÷ W4A16 ms (engine, graph)",
+        inv("engine-w4a16", "decode_ms_b16"),
+        inv("engine-bf16", "decode_ms_b16"),
+        GOAL_W4A16_B16,
     );
 
     let profiled: Vec<&str> = ["engine-bf16", "engine-w4a16"]
