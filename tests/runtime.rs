@@ -209,9 +209,9 @@ fn runtime_report_verdicts_and_checks() {
     assert!(md.contains(
         "batch 16: our bf16 ms ÷ W4A16 ms (engine, graph) | 0.96× | ≥ 1.2× | missed by 20% |"
     ));
-    assert!(md.contains(
-        "| prefill 8x2048: W8A8 int8 ÷ our bf16 | 0.95× | ≥ 1.4× | missed by 32% |"
-    ));
+    assert!(
+        md.contains("| prefill 8x2048: W8A8 int8 ÷ our bf16 | 0.95× | ≥ 1.4× | missed by 32% |")
+    );
     // a kernel beyond twice the bf16 reference's error fails, visibly
     let checks = exaone_compress::report::runtime::checks(&r);
     assert_eq!(checks.len(), 2);
