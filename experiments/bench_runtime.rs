@@ -74,11 +74,8 @@ fn main() -> Result<()> {
         &format!("{name} ({dtype:?})"),
         &dir.display().to_string(),
     );
-    if a.gemm_sweep && a.w4_only {
-        return Ok(bench::gemm::run_w4(r, &device, &a.out)?);
-    }
     if a.gemm_sweep {
-        return Ok(bench::gemm::run(r, &device, &a.out)?);
+        return Ok(bench::gemm::sweep(r, &device, &a.out, a.w4_only)?);
     }
     let bench = Bench::new(a.bench.clone(), &device);
     let (w4a16, w8a8) = (a.w4a16.as_deref(), a.w8a8.as_deref());

@@ -83,6 +83,15 @@ pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
     ))
 }
 
+/// `bench_runtime --gemm-sweep`: [`run`], or with `w4_only` [`run_w4`].
+pub fn sweep(r: Results, device: &Device, out: &Path, w4_only: bool) -> Result<()> {
+    if w4_only {
+        run_w4(r, device, out)
+    } else {
+        run(r, device, out)
+    }
+}
+
 /// The W4A16 part of [`run`] alone (`bench_runtime --gemm-sweep --w4-only`): every route
 /// checked and timed beside our bf16 path; rows saved to `out`; an error when a check fails.
 pub fn run_w4(mut r: Results, device: &Device, out: &Path) -> Result<()> {
