@@ -174,3 +174,47 @@ fn a_study_keeps_its_variants_with_recipes_that_rebuild_them_and_resumes() {
 fn s_dir() -> std::path::PathBuf {
     exaone_compress::default_model_dir()
 }
+
+#[test]
+fn a_variant_with_the_base_s_weights_is_not_measured_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    let mut s = study(&out, &["--keep", "none"]);
+    let base = s.base.share();
+    s.measure(&Variant::original(), &base).unwrap();
+    // distilling the base towards itself writes it unchanged (eight_cases' "distilled")
+    let mut kd = DistillStep::new(ModelRef::of(&s.dir).unwrap(), 1, None);
+    kd.seq_len = 32;
+    s.measure_recipe("self-distilled", vec![Step::Distill(kd)])
+        .unwrap();
+    // a different model is measured as usual
+    s.measure_recipe("w8", vec![rtn(SchemeName::W8a8)]).unwrap();
+    let measured: Vec<&str> = s
+        .stages_run()
+        .filter(|w| w.starts_with("measure "))
+        .collect();
+    assert_eq!(measured, ["measure original", "measure w8"]);
+    let notes = s.report_options("t", vec![]).notes;
+    assert!(
+        notes.iter().any(|n| n.starts_with("self-distilled: its recipe wrote the same weights as original")),
+        "{notes:?}"
+    );
+    s.finish("Same weights test", vec![], &[]).unwrap();
+    let r = Results::load(&out.join("results.parquet")).unwrap();
+    for m in [
+        "test_ppl",
+        "kl_mean",
+        "layers",
+        "weight_mb_per_token",
+        "score",
+    ] {
+        assert!(r.get("original", m).is_some(), "{m}");
+        assert_eq!(r.get("self-distilled", m), r.get("original", m), "{m}");
+    }
+    assert!(r.get("self-distilled", "size_mib").is_some());
+    // its rows are its own variant's: the recipe's method and parameters
+    let v = r.variant("self-distilled").unwrap();
+    assert!(v.method.contains("kd"), "{}", v.method);
+    assert!(v.params["result"]["weights_hash"].is_string());
+    assert_ne!(r.get("w8", "test_ppl"), r.get("original", "test_ppl"));
+}

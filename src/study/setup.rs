@@ -124,6 +124,9 @@ pub struct Study {
     /// the estimate of the time left printed after each ([`Study::plan`])
     started: std::time::Instant,
     planned: Option<usize>,
+    /// variants whose checkpoint held the same weights as a model measured before them in
+    /// this run, and that model: their rows are its rows (`measure_recipe`)
+    pub(crate) same_weights: Vec<(String, String)>,
 }
 
 /// How a report names the base model: by role for the shipped default model, relative to the
@@ -345,6 +348,7 @@ impl Study {
             l4,
             started,
             planned: None,
+            same_weights: vec![],
         })
     }
 
@@ -498,6 +502,9 @@ impl Study {
     pub fn report_options(&self, title: &str, mut notes: Vec<String>) -> ReportOptions {
         if self.tokenizer_fell_back {
             notes.push("The checkpoint has no tokenizer: every text was tokenized with the default model's tokenizer (ids below 4096).".into());
+        }
+        for (name, same) in &self.same_weights {
+            notes.push(format!("{name}: its recipe wrote the same weights as {same} (config and weights hashes equal), so its rows are {same}'s measurement, not a second one (only its size on disk is its own)."));
         }
         ReportOptions {
             title: title.into(),

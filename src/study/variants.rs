@@ -264,10 +264,84 @@ impl super::Study {
         let v = self.with_hashes(&v, &hash);
         self.recipes
             .push((name.into(), steps, hash, Some(dir.clone())));
+        let same = recipe
+            .result
+            .as_ref()
+            .and_then(|id| self.measured_with_weights(id));
+        if let Some(same) = same {
+            // the same model: measuring it again would only resample the timings
+            eprintln!("{name}: the same weights as {same}; its measurement carried over");
+            self.carry_measurement(&same, &v, &dir)?;
+            self.same_weights.push((name.into(), same));
+            return self.save_progress();
+        }
         let t0 = std::time::Instant::now();
         self.evaluate_dir(&v, &dir)?;
         self.stage(&format!("measure {name}"), t0);
         self.save_progress()
+    }
+
+    /// The variant measured in this run (the base included) whose model has the config and
+    /// weights of `id`, if any.
+    fn measured_with_weights(&self, id: &crate::compress::recipe::ModelId) -> Option<String> {
+        let key = format!("{} {}", id.config_hash, id.weights_hash);
+        let base = &self.suite.base_variant;
+        if key == self.base_key && self.results.get(base, "test_ppl").is_some() {
+            return Some(base.clone());
+        }
+        self.results
+            .variants()
+            .into_iter()
+            .filter(|n| self.results.get(n, "test_ppl").is_some())
+            .find(|n| {
+                self.results.variant(n).is_some_and(|v| {
+                    let r = &v.params["result"];
+                    r["config_hash"] == id.config_hash.as_str()
+                        && r["weights_hash"] == id.weights_hash.as_str()
+                })
+            })
+    }
+
+    /// Records `same`'s measurement rows as `v`'s (the verdict's, the L4 projection's and the
+    /// keeping rows are recomputed at the end, as for a resumed variant), with `v`'s own size on
+    /// disk, and its generated answers' file under `v`'s name.
+    fn carry_measurement(
+        &mut self,
+        same: &str,
+        v: &crate::record::Variant,
+        dir: &Path,
+    ) -> Result<()> {
+        let params = v.params.to_string();
+        let rows: Vec<crate::record::Row> = self
+            .results
+            .rows
+            .iter()
+            .filter(|r| r.variant == same && r.metric != "size_mib")
+            .filter(|r| !SCORE_METRICS.contains(&r.metric.as_str()))
+            .filter(|r| !super::l4_speed::L4_SPEED_METRICS.contains(&r.metric.as_str()))
+            .filter(|r| r.metric != KEPT_METRIC && !r.metric.contains("_layer_"))
+            .map(|r| crate::record::Row {
+                variant: v.name.clone(),
+                method: v.method.clone(),
+                params: params.clone(),
+                ..r.clone()
+            })
+            .collect();
+        self.results.rows.extend(rows);
+        let mib = super::suite::dir_bytes(dir) as f64 / (1u64 << 20) as f64;
+        self.results.add(v, "size_mib", mib, None, "MiB");
+        if let Some(d) = self.suite.gen_mc.as_ref().and_then(|g| g.samples.as_ref()) {
+            let file = |n: &str| {
+                let f = crate::record::Variant::new(n, "", json!({})).dir_name();
+                d.join(format!("{f}.jsonl"))
+            };
+            let from = file(same);
+            if from.is_file() {
+                let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+                crate::fs::write_atomic(&file(&v.name), &bytes)?;
+            }
+        }
+        Ok(())
     }
 
     /// Keeps the checkpoints `--keep` names under the checkpoints directory (each with its
