@@ -312,6 +312,9 @@ impl super::Study {
         dir: &Path,
     ) -> Result<()> {
         let params = v.params.to_string();
+        // as evaluating it would: no generation-scored pass for a variant (never the base) where
+        // the base answered none of the items
+        let skip_gen = self.suite.base_gen_answered.get() == Some(&0);
         let rows: Vec<crate::record::Row> = self
             .results
             .rows
@@ -320,6 +323,7 @@ impl super::Study {
             .filter(|r| !SCORE_METRICS.contains(&r.metric.as_str()))
             .filter(|r| !super::l4_speed::L4_SPEED_METRICS.contains(&r.metric.as_str()))
             .filter(|r| r.metric != KEPT_METRIC && !r.metric.contains("_layer_"))
+            .filter(|r| !(skip_gen && r.metric.starts_with("genmc_")))
             .map(|r| crate::record::Row {
                 variant: v.name.clone(),
                 method: v.method.clone(),
@@ -330,7 +334,8 @@ impl super::Study {
         self.results.rows.extend(rows);
         let mib = super::suite::dir_bytes(dir) as f64 / (1u64 << 20) as f64;
         self.results.add(v, "size_mib", mib, None, "MiB");
-        if let Some(d) = self.suite.gen_mc.as_ref().and_then(|g| g.samples.as_ref()) {
+        let samples = self.suite.gen_mc.as_ref().and_then(|g| g.samples.as_ref());
+        if let Some(d) = samples.filter(|_| !skip_gen) {
             let file = |n: &str| {
                 let f = crate::record::Variant::new(n, "", json!({})).dir_name();
                 d.join(format!("{f}.jsonl"))
