@@ -318,19 +318,11 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("frozen-linear: a contiguous f32 input is needed");
-        };
-        let x = Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu)?;
-        let y = x.matmul(&self.w_t)?;
-        let (st, ly) = y.storage_and_layout();
-        match (&*st, ly.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => Ok((
-                candle_core::CpuStorage::F32(v[a..b].to_vec()),
-                y.shape().clone(),
-            )),
-            _ => candle_core::bail!("frozen-linear: unexpected matmul output"),
-        }
+        let x = contiguous_f32(s, l, "frozen-linear")?;
+        let x = Tensor::from_slice(x, l.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.w_t)?.contiguous()?;
+        let v = with_f32(&y, |v| v.to_vec())?;
+        Ok((candle_core::CpuStorage::F32(v), y.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
