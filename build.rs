@@ -28,11 +28,12 @@ fn main() {
     }
 }
 
-/// The runtime's CUDA kernels, one concern per file, each → its own PTX module for compute
-/// capability 8.0, which the driver compiles for the GPU at hand (Ampere, Ada — the L4 — and
-/// Hopper alike); a unit that needs newer instructions names its own (gemm_fp8: the e4m3 mma of
-/// sm_89+, loaded only on such a GPU). `src/runtime/launch/mod.rs` loads each as a module of its
-/// own.
+/// The runtime's CUDA kernels, one concern per file, each → its own PTX module twice: for
+/// compute capability 8.0, which the driver compiles for the GPU at hand (Ampere, Ada — the L4 —
+/// and Hopper alike), and for 9.0 (`<unit>.sm90.ptx`), loaded on Hopper and newer, where the
+/// kernels' programmatic-launch waits (`kernels/common.cuh`) are real instructions. A unit that
+/// needs newer instructions names its own base (gemm_fp8: the e4m3 mma of sm_89+, loaded only on
+/// such a GPU). `src/runtime/launch/mod.rs` loads each as a module of its own.
 fn compile_kernels() {
     const DIR: &str = "src/runtime/kernels";
     const UNITS: [&str; 7] = [
@@ -59,9 +60,10 @@ fn compile_kernels() {
         .filter(|p| p.exists())
         .unwrap_or_else(|| "nvcc".into());
     let units = UNITS.iter().map(|u| (*u, "compute_80")).chain(ARCH);
-    for (unit, arch) in units {
+    let builds = units.flat_map(|(u, arch)| [(u, arch, ""), (u, "compute_90", ".sm90")]);
+    for (unit, arch, flavour) in builds {
         let src = format!("{DIR}/{unit}.cu");
-        let out = out_dir.join(format!("{unit}.ptx"));
+        let out = out_dir.join(format!("{unit}{flavour}.ptx"));
         let status = std::process::Command::new(&nvcc)
             .args(["--ptx", &format!("-arch={arch}"), "-O3", "-std=c++17", "-o"])
             .arg(&out)

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Kernel variants timed side by side without rebuilding the binaries: each folder .gpu/ptx/NAME/
 # holds PTX files (e.g. gemm_w4.ptx, from `nvcc --ptx -arch=compute_80 -O3 -std=c++17`, as
-# build.rs makes them; scripts/w4_ablations.py writes the W4 GEMM's ablations) that replace the
-# built-in modules of the same name (EXAONE_COMPRESS_PTX_DIR, src/runtime/launch/mod.rs). For the
-# built-in PTX and each variant: the W4A16 GEMM sweep (bench_runtime --gemm-sweep --w4-only;
-# EXAONE_W4_MS=1,16 keeps those row counts only, EXAONE_W4_TUNE=1 adds every split count,
-# SWEEP_VARIANTS="builtin NAME …" limits the variants swept) and, unless SKIP_ENGINE=1, the decode
-# engines at the batches of DECODE_BATCHES (default 1,16) on a random-weight
+# build.rs makes them, or gemm_w4.sm90.ptx from -arch=compute_90, which a Hopper GPU loads first
+# and launches programmatically; scripts/w4_ablations.py writes the W4 GEMM's ablations) that
+# replace the built-in modules of the same name (EXAONE_COMPRESS_PTX_DIR,
+# src/runtime/launch/mod.rs). For the built-in PTX and each variant: the W4A16 GEMM sweep
+# (bench_runtime --gemm-sweep --w4-only; EXAONE_W4_MS=1,16 keeps those row counts only,
+# EXAONE_W4_TUNE=1 adds every split count, SWEEP_VARIANTS="builtin NAME …" limits the variants
+# swept, SKIP_SWEEP=1 skips it) and, unless SKIP_ENGINE=1, the decode engines
+# (ENGINE_VARIANTS="builtin NAME …" limits them) at the batches of DECODE_BATCHES (default 1,16) on a random-weight
 # EXAONE-4.0-1.2B-shaped checkpoint and its W4A16 RTN variant, with their numerical checks
 # (≈ 2 minutes per variant on an H200; the sweep alone ≈ 30 s, 10 s with EXAONE_W4_MS). The
 # tables on stdout; NAME.sweep.txt, NAME.engine.txt and every log in $OUT/logs.tar (the device
@@ -25,6 +27,7 @@ with() {  # with NAME CMD...: CMD with variant NAME's PTX
 # its time limit still brings back what ran)
 L=/tmp/ptx_logs; rm -rf $L; mkdir -p $L/logs
 pack() { tar -C $L -cf "$OUT/logs.tar" logs; }
+[ -n "${SKIP_SWEEP:-}" ] && SWEEP_VARIANTS=" "
 for v in ${SWEEP_VARIANTS:-${variants[@]}}; do
   echo "== $v: W4A16 sweep"
   with "$v" .gpu/run-on-gpu.sh .gpu/bench_runtime --gemm-sweep --w4-only --device cuda --out "/tmp/sweep-$v" \
@@ -35,7 +38,7 @@ done
 [ -n "${SKIP_ENGINE:-}" ] && exit 0
 source scripts/gpu/random_1_2b.sh
 run .gpu/exaone-compress quantize --model "$RANDOM_1_2B" --device cuda --scheme w4a16 --method rtn --out /tmp/r-w4a16 --overwrite 2>&1 | tail -1
-for v in "${variants[@]}"; do
+for v in ${ENGINE_VARIANTS:-${variants[@]}}; do
   echo "== $v: decode engines"
   with "$v" .gpu/run-on-gpu.sh .gpu/bench_runtime --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --device cuda \
     --prefill 1x128 --decode-batches "${DECODE_BATCHES:-1,16}" --new-tokens 32 --warmup 2 --repeats 5 \

@@ -29,6 +29,9 @@ pub mod int4;
 pub(crate) mod launch;
 
 #[cfg(feature = "cuda")]
+pub use launch::{programmatic_launch, programmatic_supported, set_programmatic_launch};
+
+#[cfg(feature = "cuda")]
 pub mod check;
 #[cfg(feature = "cuda")]
 pub mod engine;

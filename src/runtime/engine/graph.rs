@@ -37,6 +37,17 @@ impl DecodeEngine {
         Ok(out)
     }
 
+    /// Drops the captured step, so that the next graph step captures it again (after
+    /// [`crate::runtime::set_programmatic_launch`] changed how its launches are made).
+    pub fn recapture(&mut self) {
+        self.graph = None;
+    }
+
+    /// Whether this engine's GPU can launch its kernels programmatically (Hopper and newer).
+    pub fn programmatic_supported(&self) -> Result<bool> {
+        crate::runtime::programmatic_supported(&self.dev)
+    }
+
     /// One greedy step after [`prefill`](Self::prefill): feeds each sequence its last pick and
     /// returns the next. With `graph`, the step is captured as a CUDA graph the first time and
     /// replayed after.

@@ -221,8 +221,8 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
         long long v_sh, long long v_st, int causal, int offset, float scale_log2
 #define FLASH_PASS Q, K, V, O, T, L, H, Hkv, q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, causal, offset, scale_log2
 
-extern "C" __global__ void __launch_bounds__(128) flash_fwd_64(FLASH_ARGS) { flash_fwd<64>(FLASH_PASS); }
-extern "C" __global__ void __launch_bounds__(128) flash_fwd_128(FLASH_ARGS) { flash_fwd<128>(FLASH_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_64(FLASH_ARGS) { grid_dep_sync(); flash_fwd<64>(FLASH_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_128(FLASH_ARGS) { grid_dep_sync(); flash_fwd<128>(FLASH_PASS); }
 
 // ---------------------------------------------------------------------------------------------
 // The serving engine's attention over the paged pool: kc/vc [blocks, Hkv, bs, D]; a sequence's
@@ -247,8 +247,8 @@ __device__ void flash_paged(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 
     const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 *o, const int *tiles, const int *tables, int stride,    \
         int H, int Hkv, int bs, int window, float scale_log2
 #define PAGED_PASS q, kc, vc, o, tiles, tables, stride, H, Hkv, bs, window, scale_log2
-extern "C" __global__ void __launch_bounds__(128) flash_paged_64(PAGED_ARGS) { flash_paged<64>(PAGED_PASS); }
-extern "C" __global__ void __launch_bounds__(128) flash_paged_128(PAGED_ARGS) { flash_paged<128>(PAGED_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_paged_64(PAGED_ARGS) { grid_dep_sync(); flash_paged<64>(PAGED_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_paged_128(PAGED_ARGS) { grid_dep_sync(); flash_paged<128>(PAGED_PASS); }
 
 // Single tokens (decoding): rows[3i..] = {packed row, table row, keys n (the token's position +
 // 1; 0 for a padding row, which writes zeros)}; q [rows, Hq, D], o [rows, Hq·D]. One block of
@@ -431,6 +431,7 @@ __device__ void paged_decode(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16
 // o = Σ_z e^(m_z − m) acc_z / Σ_z e^(m_z − m) l_z with m = max_z m_z (zeros where no key).
 extern "C" __global__ void paged_decode_combine(const float *part, const int *rows, bf16 *o, int Hq, int Hkv,
                                                 int D, int splits) {
+    grid_dep_sync();
     int e = blockIdx.x, kvh = blockIdx.y, G = Hq / Hkv;
     bf16 *orow = o + ((size_t)rows[3 * e] * Hq + kvh * G) * D;
     const float *p = part + ((size_t)e * Hkv + kvh) * splits * G * (D + 2);
@@ -457,6 +458,7 @@ extern "C" __global__ void paged_decode_combine(const float *part, const int *ro
 #define DECODE_PASS q, kc, vc, o, rows, tables, stride, Hq, Hkv, bs, window, scale, splits, part
 #define DECODE_KERNEL(D, G)                                                                                     \
     extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32) paged_decode_##D##_g##G(DECODE_ARGS) {                    \
+        grid_dep_sync();                                                                                \
         paged_decode<D, G>(DECODE_PASS);                                                                        \
     }
 DECODE_KERNEL(64, 1)
@@ -476,6 +478,7 @@ DECODE_KERNEL(128, 8)
 extern "C" __global__ void attn_rows(const bf16 *q, const bf16 *kc, const bf16 *vc, const int *pos,
                                      const int *pad, bf16 *o, int Hq, int Hkv, int D, int T, int cap,
                                      float scale) {
+    grid_dep_sync();
     extern __shared__ float sm[];
     const int NW = 8;
     float *qs = sm;               // D

@@ -1,6 +1,6 @@
 // Shared by every kernel file of the runtime (each .cu is compiled to its own PTX module by
 // build.rs, for compute_80, so the same binary runs on Ampere, Ada (the L4 the competition uses)
-// and Hopper).
+// and Hopper, and again for compute_90, which Hopper loads: see grid_dep_wait below).
 //
 // Conventions: bf16 storage, f32 arithmetic; row-major; a "row" is one token of one sequence.
 // Every kernel that depends on the decoding position reads it from device memory (pos[]), so a
@@ -13,6 +13,45 @@
 typedef __nv_bfloat16 bf16;
 
 #define NEG_INF (-__int_as_float(0x7f800000))
+
+// Programmatic dependent launch (Hopper, sm_90 and up). On such a GPU the host launches our
+// kernels with the programmatic-serialization attribute (src/runtime/launch/mod.rs, only for
+// entries whose PTX holds the wait), so a kernel's blocks may start while the kernel before it
+// still runs: its launch latency and its own prologue overlap the other's tail. So every kernel
+// calls grid_dep_wait() before it reads anything an earlier kernel writes or writes anything an
+// earlier kernel reads — on every path, before any early return, or a kernel that skipped it
+// could complete before its predecessor and release its successor too early — and before the
+// wait only work that depends on no earlier kernel (a GEMV's weight loads). grid_dep_launch()
+// then lets the next kernel's blocks be scheduled. Below sm_90 (the compute_80 PTX) both are
+// empty and launches serialize as usual.
+__device__ __forceinline__ void grid_dep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dep_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Loads to issue before grid_dep_wait(): plain (coherent) global loads. ptxas keeps these ahead
+// of the wait, but it schedules the wait above non-coherent ones (ld.global.nc: __ldg, or const
+// __restrict__ pointers), which would leave a prefetch waiting for the previous kernel too.
+__device__ __forceinline__ uint32_t ld_early(const uint32_t *p) {
+    uint32_t v;
+    asm volatile("ld.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint4 ld_early(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+// Both, for kernels with nothing to do before their inputs are ready.
+__device__ __forceinline__ void grid_dep_sync() {
+    grid_dep_wait();
+    grid_dep_launch();
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -48,6 +87,7 @@ __device__ __forceinline__ float hi_bf(uint32_t u) { return __uint_as_float(u & 
 // (gemm_fp8.cu) quantizers, which differ only in those two.
 template <class Pack> __device__ void quant_rows(const bf16 *x, uint8_t *q, float *scale, int K) {
     __shared__ float red[32];
+    grid_dep_sync();
     const uint4 *xr = (const uint4 *)(x + (size_t)blockIdx.x * K);
     float m = 0.f;
     for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {

@@ -297,6 +297,7 @@ __device__ __forceinline__ void gemm_q8(const uint8_t *__restrict__ A, const uin
     extern "C" __global__ void __launch_bounds__(WM *WN *WK * 32, MINB)                                  \
         name(const uint8_t *A, const uint8_t *B, const float *sx, const float *sw, bf16 *y, int M, int N, \
              int K) {                                                                                     \
+        grid_dep_sync();                                                                                 \
         q8::gemm_q8<BM, BN, BK, WM, WN, WK, STAGES, MMA, GATED>(A, B, sx, sw, y, M, N, K);                \
     }
 

@@ -171,14 +171,19 @@ template <class C, bool HAS_Z> struct Loader {
         s_dst = C::A_BYTES + C::Q_BYTES + tid * 16;
     }
 
-    // the copies of K tile `kt` into the stage at shared address `base`
-    __device__ __forceinline__ void load(uint32_t base, int kt) const {
+    // the activation copies of K tile `kt` into the stage at shared address `base`
+    __device__ __forceinline__ void load_a(uint32_t base, int kt) const {
         const int k0 = kt * C::BK;
 #pragma unroll
         for (int u = 0; u < NA; u++) {
             const bool ok = a_row[u] && k0 + a_col[u] < k;
             cp16(base + a_dst[u], ok ? a_src[u] + k0 : x, ok);
         }
+    }
+    // the weight copies (words, scales, zero points) of K tile `kt`: no earlier kernel writes
+    // them, so the first stages' are requested before the wait for the previous kernel
+    __device__ __forceinline__ void load_w(uint32_t base, int kt) const {
+        const int k0 = kt * C::BK;
 #pragma unroll
         for (int u = 0; u < NQ; u++) cp16(base + q_dst[u], q_ok[u] ? q_src[u] + kt * q_step : q, q_ok[u]);
         if (threadIdx.x < s_copies) {
@@ -186,6 +191,10 @@ template <class C, bool HAS_Z> struct Loader {
             cp16(base + s_dst, s_ok ? s + off : s, s_ok);
             if (HAS_Z) cp16(base + s_dst + C::S_BYTES, s_ok ? z + off : z, s_ok);
         }
+    }
+    __device__ __forceinline__ void load(uint32_t base, int kt) const {
+        load_a(base, kt);
+        load_w(base, kt);
     }
 };
 
@@ -215,9 +224,15 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
 
     const Loader<C, HAS_Z> ld(X, Q, S, Z, M, K, Np, G, srows, m0, n0);
     const uint32_t sbase = smem_u32(smem);
+    // the pipeline's first stages: weights before the wait for the previous kernel (they land
+    // in the first group, which the first wait_group completes), activations after it
+#pragma unroll 1
+    for (int s = 0; s < STAGES - 1; s++)
+        if (s < nt) ld.load_w(sbase + s * C::STAGE, t0 + s);
+    grid_dep_sync();
 #pragma unroll 1
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < nt) ld.load(sbase + s * C::STAGE, t0 + s);
+        if (s < nt) ld.load_a(sbase + s * C::STAGE, t0 + s);
         cp_commit();  // always, so that wait_group counts stages
     }
 
@@ -418,6 +433,7 @@ W4_KERNEL(gemm_w4_l128, 2, 4, 1, 4, 4, 4, 4, 1)
 // sorted into at load (by group index), so that groups are contiguous runs of K.
 extern "C" __global__ void w4_permute_cols(const bf16 *__restrict__ x, const uint32_t *__restrict__ perm,
                                            bf16 *__restrict__ xp, int M, int K) {
+    grid_dep_sync();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)M * K) return;
     size_t m = i / K;

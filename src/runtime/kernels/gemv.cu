@@ -49,9 +49,11 @@ __device__ void gemv_bf16(const bf16 *__restrict__ W, const bf16 *__restrict__ x
 }
 
 extern "C" __global__ void gemv_bf16_1(const bf16 *W, const bf16 *x, bf16 *y, int N, int K, int rows) {
+    grid_dep_sync();
     gemv_bf16<1>(W, x, y, N, K, rows);
 }
 extern "C" __global__ void gemv_bf16_4(const bf16 *W, const bf16 *x, bf16 *y, int N, int K, int rows) {
+    grid_dep_sync();
     gemv_bf16<4>(W, x, y, N, K, rows);
 }
 
@@ -113,14 +115,17 @@ __device__ void gemv_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__
 
 extern "C" __global__ void gemv_w4_1(const uint32_t *P, const bf16 *S, const bf16 *Z, const bf16 *x, bf16 *y,
                                      int N, int K, int G, int rows) {
+    grid_dep_sync();
     gemv_w4<1>(P, S, Z, x, y, N, K, G, rows);
 }
 extern "C" __global__ void gemv_w4_4(const uint32_t *P, const bf16 *S, const bf16 *Z, const bf16 *x, bf16 *y,
                                      int N, int K, int G, int rows) {
+    grid_dep_sync();
     gemv_w4<4>(P, S, Z, x, y, N, K, G, rows);
 }
 extern "C" __global__ void gemv_w4_16(const uint32_t *P, const bf16 *S, const bf16 *Z, const bf16 *x, bf16 *y,
                                       int N, int K, int G, int rows) {
+    grid_dep_sync();
     gemv_w4<16>(P, S, Z, x, y, N, K, G, rows);
 }
 
@@ -186,7 +191,8 @@ __device__ void gemv_prologue(float *xs, float *red, int mode, const bf16 *a, co
 
 // y[n] = Σ_k x[k] W[n, k], bf16 W; each warp computes two outputs (each x read from shared
 // memory serves both), 8 warps per block. Each lane loads its share of both rows (up to
-// K = 2048) before the prologue, so the weight stream is in flight while the input is built.
+// K = 2048) before the prologue, so the weight stream is in flight while the input is built —
+// and, on Hopper, before the wait for the previous kernel (common.cuh), while that one runs.
 extern "C" __global__ void gemv1x_bf16(const bf16 *__restrict__ W, int mode, const bf16 *a, const bf16 *b,
                                        const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K) {
     extern __shared__ float xs[];
@@ -200,9 +206,10 @@ extern "C" __global__ void gemv1x_bf16(const bf16 *__restrict__ W, int mode, con
 #pragma unroll
     for (int u = 0; u < MAXC; u++) {
         bool in = lane + 32 * u < K8;
-        wa[u] = in ? __ldg(w0 + lane + 32 * u) : make_uint4(0, 0, 0, 0);
-        wb[u] = in ? __ldg(w1 + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+        wa[u] = in ? ld_early(w0 + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+        wb[u] = in ? ld_early(w1 + lane + 32 * u) : make_uint4(0, 0, 0, 0);
     }
+    grid_dep_sync();  // the weights are no earlier kernel's output: requested before the wait
     gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
     if (n0 >= N) return;
     float acc0 = 0.f, acc1 = 0.f;
@@ -245,7 +252,9 @@ extern "C" __global__ void gemv1x_bf16(const bf16 *__restrict__ W, int mode, con
 // warp; `lg` = log2(words per group). The scales are read after the prologue: requesting them
 // with the weights (cf8c2af, reverted) took 94 registers instead of 64, so half the blocks per
 // multiprocessor, and W4A16's batch-1 decode on an H200 went from 1.20 to 1.38 ms per token
-// (bf16 unchanged; cf8c2af's GEMM change alone left the engine at 1.22).
+// (bf16 unchanged; cf8c2af's GEMM change alone left the engine at 1.22). Staging the block's
+// scales in shared memory before the programmatic-launch wait (64 registers, 2 KiB) was no faster
+// either (H200, graph: 1.16 vs 1.15 ms per step, 2026-12-01).
 extern "C" __global__ void gemv1x_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__ S,
                                      const bf16 *__restrict__ Z, int mode, const bf16 *a, const bf16 *b,
                                      const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K, int lg) {
@@ -260,9 +269,10 @@ extern "C" __global__ void gemv1x_w4(const uint32_t *__restrict__ P, const bf16 
 #pragma unroll
     for (int u = 0; u < MAXC; u++) {
         bool in = lane + 32 * u < K8;
-        wa[u] = in ? __ldg(pa + lane + 32 * u) : 0u;
-        wb[u] = in ? __ldg(pb + lane + 32 * u) : 0u;
+        wa[u] = in ? ld_early(pa + lane + 32 * u) : 0u;
+        wb[u] = in ? ld_early(pb + lane + 32 * u) : 0u;
     }
+    grid_dep_sync();  // as in gemv1x_bf16
     gemv_prologue(xs, red, mode, a, b, c, d, eps, K);
     if (n0 >= N) return;
     float acc0 = 0.f, acc1 = 0.f;
@@ -292,6 +302,7 @@ extern "C" __global__ void gemv1x_w4(const uint32_t *__restrict__ P, const bf16 
 // Dequantizes packed int4 weights to bf16 W [N, K] (for many-row products through cuBLAS).
 extern "C" __global__ void dequant_w4(const uint32_t *P, const bf16 *S, const bf16 *Z, bf16 *W, int N, int K,
                                       int G) {
+    grid_dep_sync();
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;  // one word = 8 weights
     if (idx >= (size_t)N * (K / 8)) return;
     int n = idx / (K / 8), c8 = idx % (K / 8);

@@ -5,6 +5,7 @@
 
 // Embedding gather: out[r] = table[ids[r]], hidden % 8 == 0.
 extern "C" __global__ void embed_rows(const uint32_t *ids, const bf16 *table, bf16 *out, int hidden) {
+    grid_dep_sync();
     int r = blockIdx.x;
     const uint4 *src = (const uint4 *)(table + (size_t)ids[r] * hidden);
     uint4 *dst = (uint4 *)(out + (size_t)r * hidden);
@@ -17,6 +18,7 @@ extern "C" __global__ void embed_rows(const uint32_t *ids, const bf16 *table, bf
 // `h + norm(o)` in the post-norm decoder layer). n % 8 == 0; 16-byte loads.
 extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
                                         int accumulate, int row_step, int row_off, const int *idx) {
+    grid_dep_sync();
     __shared__ float red[32];
     int in_row = idx ? idx[blockIdx.x] : blockIdx.x * row_step + row_off;
     const uint4 *xr = (const uint4 *)(x + (size_t)in_row * n);
@@ -48,6 +50,7 @@ extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, bf16 *out,
 
 // SiLU-gated product: gu [R, 2I] = [gate | up] → out [R, I] = bf16(bf16(silu(g)) · u).
 extern "C" __global__ void silu_mul_rows(const bf16 *gu, bf16 *out, int inter) {
+    grid_dep_sync();
     int r = blockIdx.y;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= inter) return;
@@ -59,6 +62,7 @@ extern "C" __global__ void silu_mul_rows(const bf16 *gu, bf16 *out, int inter) {
 
 // out = bf16(bf16(silu(g)) · u) elementwise over n values (candle's silu then mul, in one pass).
 extern "C" __global__ void silu_mul_flat(const bf16 *g, const bf16 *u, bf16 *out, long long n) {
+    grid_dep_sync();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float x = bf(g[i]);
@@ -129,11 +133,13 @@ __device__ void qk_norm_rope_store(const bf16 *qkv, const bf16 *qw, const bf16 *
 extern "C" __global__ void qk_norm_rope_store_64(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
                                                  const bf16 *s, const int *pos, const int *pad, bf16 *q, bf16 *kc,
                                                  bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int rope) {
+    grid_dep_sync();
     qk_norm_rope_store<64>(qkv, qw, kw, c, s, pos, pad, q, kc, vc, Hq, Hkv, T, cap, eps, rope);
 }
 extern "C" __global__ void qk_norm_rope_store_128(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
                                                   const bf16 *s, const int *pos, const int *pad, bf16 *q, bf16 *kc,
                                                   bf16 *vc, int Hq, int Hkv, int T, int cap, float eps, int rope) {
+    grid_dep_sync();
     qk_norm_rope_store<128>(qkv, qw, kw, c, s, pos, pad, q, kc, vc, Hq, Hkv, T, cap, eps, rope);
 }
 
@@ -153,10 +159,12 @@ __device__ void qk_norm_rope_paged(const bf16 *qkv, const bf16 *qw, const bf16 *
 extern "C" __global__ void qk_norm_rope_paged_64(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
                                                  const bf16 *s, const int *pos, const int *slot, bf16 *q, bf16 *kc,
                                                  bf16 *vc, int Hq, int Hkv, int bs, float eps, int rope) {
+    grid_dep_sync();
     qk_norm_rope_paged<64>(qkv, qw, kw, c, s, pos, slot, q, kc, vc, Hq, Hkv, bs, eps, rope);
 }
 extern "C" __global__ void qk_norm_rope_paged_128(const bf16 *qkv, const bf16 *qw, const bf16 *kw, const bf16 *c,
                                                   const bf16 *s, const int *pos, const int *slot, bf16 *q, bf16 *kc,
                                                   bf16 *vc, int Hq, int Hkv, int bs, float eps, int rope) {
+    grid_dep_sync();
     qk_norm_rope_paged<128>(qkv, qw, kw, c, s, pos, slot, q, kc, vc, Hq, Hkv, bs, eps, rope);
 }

@@ -22,6 +22,7 @@ extern "C" __global__ void quant_rows_int8(const bf16 *x, uint8_t *q, float *sca
 // four outputs per thread (N % 4 == 0).
 extern "C" __global__ void int8_epilogue(const int32_t *acc, const float *sx, const float *sw, bf16 *y, int M,
                                          int N) {
+    grid_dep_sync();
     int m = blockIdx.y, n4 = blockIdx.x * blockDim.x + threadIdx.x;
     if (n4 >= N / 4) return;
     int4 a = ((const int4 *)(acc + (size_t)m * N))[n4];
@@ -37,6 +38,7 @@ extern "C" __global__ void int8_epilogue(const int32_t *acc, const float *sx, co
 // give them. Four outputs per thread (I % 4 == 0).
 extern "C" __global__ void int8_silu_epilogue(const int32_t *acc, const float *sx, const float *sw, bf16 *y,
                                               int M, int I) {
+    grid_dep_sync();
     int m = blockIdx.y, i4 = blockIdx.x * blockDim.x + threadIdx.x;
     if (i4 >= I / 4) return;
     const int32_t *row = acc + (size_t)m * 2 * I;

@@ -6,6 +6,7 @@
 
 // Greedy pick per row: out[r] = argmax_j logits[r, j] (lowest index among ties).
 extern "C" __global__ void argmax_rows(const bf16 *logits, uint32_t *out, int V) {
+    grid_dep_sync();
     __shared__ float bv[32];
     __shared__ int bi[32];
     const bf16 *x = logits + (size_t)blockIdx.x * V;
@@ -39,6 +40,7 @@ extern "C" __global__ void argmax_rows(const bf16 *logits, uint32_t *out, int V)
 // The device-side step of a replayed decode graph: the picked tokens become the next inputs and
 // every sequence moves one cache slot on.
 extern "C" __global__ void advance(const uint32_t *next, uint32_t *ids, int *pos, int B) {
+    grid_dep_sync();
     int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b < B) { ids[b] = next[b]; pos[b] += 1; }
 }
@@ -46,6 +48,7 @@ extern "C" __global__ void advance(const uint32_t *next, uint32_t *ids, int *pos
 // Log-softmax over the last dimension in one read of the logits: out[r, j] = x[r, j] − m − log Σ e^(x − m),
 // bf16 or f32 in (is_bf16), f32 out. One block per row; online max/sum per thread.
 extern "C" __global__ void log_softmax_rows(const void *x, float *out, int V, int is_bf16) {
+    grid_dep_sync();
     __shared__ float rm[32], rs[32];
     size_t base = (size_t)blockIdx.x * V;
     auto at = [&](int j) -> float {

@@ -2,7 +2,6 @@
 //! decode engine's attention of each row over its KV cache, and the serving engine's attention
 //! over the paged KV pool (prompt chunks and single tokens).
 
-use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -92,7 +91,7 @@ pub(crate) fn flash_fwd(dev: &CudaDevice, a: &Flash) -> Result<()> {
         int(hkv, "heads_kv")?,
     );
     let (causal, offset) = (a.causal as i32, li - ti);
-    let mut bld = stream.launch_builder(&f);
+    let mut bld = f.builder(&stream);
     bld.arg(&a.q.addr)
         .arg(&a.k.addr)
         .arg(&a.v.addr)
@@ -201,7 +200,7 @@ pub(crate) fn attn_rows(dev: &CudaDevice, a: &AttnRows) -> Result<()> {
         int(d, "head_dim")?,
     );
     let (ti, capi) = (int(a.t, "t")?, int(cap, "capacity")?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&a.q.addr).arg(&a.k_cache.addr).arg(&a.v_cache.addr);
     b.arg(&a.pos.addr).arg(&a.pad.addr).arg(&a.out.addr);
     b.arg(&hqi)
@@ -318,7 +317,7 @@ pub(crate) fn flash_paged(
         int(pool.heads_kv, "heads_kv")?,
     );
     let (bs, window) = (int(pool.block_size, "block_size")?, pool.window()?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&q.addr)
         .arg(&pool.k.addr)
         .arg(&pool.v.addr)
@@ -431,7 +430,7 @@ pub(crate) fn paged_decode(
         pool.window()?,
         int(splits, "splits")?,
     );
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&q.addr)
         .arg(&pool.k.addr)
         .arg(&pool.v.addr)
@@ -458,7 +457,7 @@ pub(crate) fn paged_decode(
     }
     let f = func(dev, Module::Attention, "paged_decode_combine")?;
     let di = int(d, "head_dim")?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&part.addr).arg(&entries.addr).arg(&out.addr);
     b.arg(&hqi).arg(&hkvi).arg(&di).arg(&si);
     let cfg = config((dim(n, "entries")?, dim(hkv, "heads_kv")?, 1), 256, 0)?;

@@ -3,7 +3,6 @@
 //! y = bf16(q · Wᵀ · sx · sw), and the per-token fp8 activation quantization.
 
 use candle_core::cuda::cudarc::cublas::CudaBlas;
-use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -209,7 +208,7 @@ pub(crate) fn gemm_q8(
     allow_smem(&f, tile.smem())?;
     let stream = dev.cuda_stream();
     let (mi, ni, ki) = (int(m, "m")?, int(n, "n")?, int(k, "k")?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&a.q.addr)
         .arg(&a.w.addr)
         .arg(&a.sx.addr)

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream};
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -319,7 +319,7 @@ pub(crate) fn gemm_w4(
         int(per, "tiles per split")?,
     );
     let z = or_null(w.zneg);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&x.addr).arg(&w.q.addr).arg(&w.scales.addr).arg(&z);
     b.arg(&y.addr).arg(&ws).arg(&locks);
     b.arg(&mi).arg(&ni).arg(&ki).arg(&npi).arg(&gi).arg(&peri);
@@ -367,7 +367,7 @@ pub(crate) fn permute_cols(
     let f = func(dev, Module::GemmW4, K)?;
     let stream = dev.cuda_stream();
     let (mi, ki) = (int(m, "m")?, int(k, "k")?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&x.addr)
         .arg(&perm.addr)
         .arg(&xp.addr)

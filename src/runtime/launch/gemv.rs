@@ -1,7 +1,6 @@
 //! Launchers of `kernels/gemv.cu`: y = x · Wᵀ for a few rows on bf16 or packed int4 weights, the
 //! single-row GEMVs with a prologue that builds x, and the int4 → bf16 dequantization.
 
-use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -108,7 +107,7 @@ pub(crate) fn gemv_bf16(
     let f = func(dev, Module::Gemv, name)?;
     let stream = dev.cuda_stream();
     let (n, k, r) = (int(w.n, "n")?, int(w.k, "k")?, int(rows, "rows")?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&w.w.addr)
         .arg(&x.addr)
         .arg(&y.addr)
@@ -154,7 +153,7 @@ pub(crate) fn gemv_w4(
         int(w.group, "group")?,
         int(rows, "rows")?,
     );
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&w.packed.addr)
         .arg(&w.scales.addr)
         .arg(&z)
@@ -261,7 +260,7 @@ pub(crate) fn gemv1x_bf16(dev: &CudaDevice, w: &Dense, x: &Prologue, y: Dev<bf16
     let stream = dev.cuda_stream();
     let (mode, a, pb, c, d, eps) = x.args();
     let (n, k) = (int(w.n, "n")?, int(w.k, "k")?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&w.w.addr)
         .arg(&mode)
         .arg(&a)
@@ -297,7 +296,7 @@ pub(crate) fn gemv1x_w4(dev: &CudaDevice, w: &Int4, x: &Prologue, y: Dev<bf16>) 
     let (n, k) = (int(w.n, "n")?, int(w.k, "k")?);
     // log2 of the words per group (a power of two: the group is, and at least 32)
     let lg = (w.group / 8).trailing_zeros() as i32;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&w.packed.addr).arg(&w.scales.addr).arg(&z);
     b.arg(&mode).arg(&a).arg(&pb).arg(&c).arg(&d).arg(&eps);
     b.arg(&y.addr).arg(&n).arg(&k).arg(&lg);
@@ -337,7 +336,7 @@ pub(crate) fn dequant_w4(dev: &CudaDevice, w: &Int4, out: Dev<bf16>) -> Result<(
     let z = or_null(w.zeros);
     let (n, k, g) = (int(w.n, "n")?, int(w.k, "k")?, int(w.group, "group")?);
     let words = w.n * w.k / 8;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&w.packed.addr)
         .arg(&w.scales.addr)
         .arg(&z)

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::cuda::cudarc::driver::{
-    sys, CudaFunction, CudaStream, DevicePtr, DeviceSlice, LaunchConfig,
+    sys, CudaFunction, CudaStream, DevicePtr, DeviceSlice, DriverError, LaunchConfig,
 };
 use candle_core::cuda::{CudaDevice, DeviceId};
 use candle_core::Result;
@@ -43,35 +43,50 @@ pub(crate) enum Module {
 }
 
 impl Module {
-    /// The module's PTX: built in, or — for kernel development — the file `<unit>.ptx` of the
-    /// directory `EXAONE_COMPRESS_PTX_DIR` names, where there is one (read once, said on stderr,
-    /// so that kernel variants can be timed on a GPU machine without rebuilding the binary).
-    fn source(self) -> Result<&'static str> {
-        type Loaded = Mutex<HashMap<Module, &'static str>>;
+    /// The module's PTX for a GPU of compute capability 9.0 and up (`hopper`: the build's
+    /// compute_90 PTX, whose kernels wait for their predecessor with `griddepcontrol`) or below
+    /// (compute_80 — gemm_fp8: compute_89). For kernel development, the file `<unit>.ptx` (on
+    /// Hopper `<unit>.sm90.ptx` first) of the directory `EXAONE_COMPRESS_PTX_DIR` names replaces
+    /// it where there is one (read once, said on stderr), so that kernel variants can be timed
+    /// on a GPU machine without rebuilding the binary.
+    fn source(self, hopper: bool) -> Result<&'static str> {
+        type Loaded = Mutex<HashMap<(Module, bool), &'static str>>;
         static LOADED: OnceLock<Loaded> = OnceLock::new();
         let Some(dir) = std::env::var_os("EXAONE_COMPRESS_PTX_DIR") else {
-            return Ok(self.ptx());
+            return Ok(self.ptx(hopper));
         };
         let loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
         let mut loaded = loaded.lock().expect("ptx overrides");
-        if let Some(s) = loaded.get(&self) {
+        if let Some(s) = loaded.get(&(self, hopper)) {
             return Ok(s);
         }
-        let path = std::path::Path::new(&dir).join(format!("{}.ptx", self.unit()));
-        let src: &'static str = if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                candle_core::Error::Msg(format!("EXAONE_COMPRESS_PTX_DIR: {}: {e}", path.display()))
-            })?;
-            eprintln!(
-                "note: kernels of {} from {} (EXAONE_COMPRESS_PTX_DIR), not the built-in PTX",
-                self.unit(),
-                path.display()
-            );
-            Box::leak(text.into_boxed_str())
-        } else {
-            self.ptx()
+        let dir = std::path::Path::new(&dir);
+        let names = [
+            format!("{}.sm90.ptx", self.unit()),
+            format!("{}.ptx", self.unit()),
+        ];
+        let path = names[usize::from(!hopper)..]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file());
+        let src: &'static str = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "EXAONE_COMPRESS_PTX_DIR: {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                eprintln!(
+                    "note: kernels of {} from {} (EXAONE_COMPRESS_PTX_DIR), not the built-in PTX",
+                    self.unit(),
+                    path.display()
+                );
+                Box::leak(text.into_boxed_str())
+            }
+            None => self.ptx(hopper),
         };
-        loaded.insert(self, src);
+        loaded.insert((self, hopper), src);
         Ok(src)
     }
 
@@ -89,30 +104,51 @@ impl Module {
         }
     }
 
-    fn ptx(self) -> &'static str {
+    fn ptx(self, hopper: bool) -> &'static str {
+        macro_rules! ptx {
+            ($unit:literal) => {
+                if hopper {
+                    include_str!(concat!(env!("OUT_DIR"), "/", $unit, ".sm90.ptx"))
+                } else {
+                    include_str!(concat!(env!("OUT_DIR"), "/", $unit, ".ptx"))
+                }
+            };
+        }
         match self {
-            Module::Attention => include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")),
-            Module::GemmFp8 => include_str!(concat!(env!("OUT_DIR"), "/gemm_fp8.ptx")),
-            Module::GemmQ8 => include_str!(concat!(env!("OUT_DIR"), "/gemm_q8.ptx")),
-            Module::GemmW4 => include_str!(concat!(env!("OUT_DIR"), "/gemm_w4.ptx")),
-            Module::Gemv => include_str!(concat!(env!("OUT_DIR"), "/gemv.ptx")),
-            Module::NormRope => include_str!(concat!(env!("OUT_DIR"), "/norm_rope.ptx")),
-            Module::Quant => include_str!(concat!(env!("OUT_DIR"), "/quant.ptx")),
-            Module::Sampling => include_str!(concat!(env!("OUT_DIR"), "/sampling.ptx")),
+            Module::Attention => ptx!("attention"),
+            Module::GemmFp8 => ptx!("gemm_fp8"),
+            Module::GemmQ8 => ptx!("gemm_q8"),
+            Module::GemmW4 => ptx!("gemm_w4"),
+            Module::Gemv => ptx!("gemv"),
+            Module::NormRope => ptx!("norm_rope"),
+            Module::Quant => ptx!("quant"),
+            Module::Sampling => ptx!("sampling"),
         }
     }
 
-    /// The name candle registers the module under (distinct from candle's own modules).
-    fn name(self) -> &'static str {
-        match self {
-            Module::Attention => "exaone_compress_attention",
-            Module::GemmFp8 => "exaone_compress_gemm_fp8",
-            Module::GemmQ8 => "exaone_compress_gemm_q8",
-            Module::GemmW4 => "exaone_compress_gemm_w4",
-            Module::Gemv => "exaone_compress_gemv",
-            Module::NormRope => "exaone_compress_norm_rope",
-            Module::Quant => "exaone_compress_quant",
-            Module::Sampling => "exaone_compress_sampling",
+    /// The name candle registers the module under (distinct from candle's own modules, and
+    /// per PTX flavour: a process could load both only on two GPUs of different generations).
+    fn name(self, hopper: bool) -> &'static str {
+        let [plain, sm90] = match self {
+            Module::Attention => [
+                "exaone_compress_attention",
+                "exaone_compress_attention_sm90",
+            ],
+            Module::GemmFp8 => ["exaone_compress_gemm_fp8", "exaone_compress_gemm_fp8_sm90"],
+            Module::GemmQ8 => ["exaone_compress_gemm_q8", "exaone_compress_gemm_q8_sm90"],
+            Module::GemmW4 => ["exaone_compress_gemm_w4", "exaone_compress_gemm_w4_sm90"],
+            Module::Gemv => ["exaone_compress_gemv", "exaone_compress_gemv_sm90"],
+            Module::NormRope => [
+                "exaone_compress_norm_rope",
+                "exaone_compress_norm_rope_sm90",
+            ],
+            Module::Quant => ["exaone_compress_quant", "exaone_compress_quant_sm90"],
+            Module::Sampling => ["exaone_compress_sampling", "exaone_compress_sampling_sm90"],
+        };
+        if hopper {
+            sm90
+        } else {
+            plain
         }
     }
 }
@@ -121,26 +157,151 @@ pub(crate) fn cuda_err(e: impl std::error::Error + Send + Sync + 'static) -> can
     candle_core::Error::Cuda(Box::new(e))
 }
 
-/// Kernel `name` of `module` on `dev` (looked up once per device: launches are hot).
-pub(crate) fn func(dev: &CudaDevice, module: Module, name: &'static str) -> Result<CudaFunction> {
-    type Cache = Mutex<HashMap<(DeviceId, Module, &'static str), CudaFunction>>;
+/// A loaded kernel and whether it may be launched programmatically: on Hopper, a kernel whose
+/// PTX entry waits for its predecessor (`griddepcontrol.wait`, `kernels/common.cuh`) is launched
+/// with the programmatic-serialization attribute, so its blocks start while the kernel before it
+/// finishes (its launch latency and weight loads overlap that kernel's tail) unless
+/// [`set_programmatic_launch`] turned that off.
+#[derive(Clone)]
+pub(crate) struct Kernel {
+    f: CudaFunction,
+    waits: bool,
+}
+
+impl Kernel {
+    /// A launch of this kernel on `stream`; arguments follow with [`Launch::arg`].
+    pub(crate) fn builder<'a>(&'a self, stream: &'a CudaStream) -> Launch<'a> {
+        Launch {
+            kernel: self,
+            stream,
+            args: Vec::with_capacity(16),
+        }
+    }
+}
+
+/// Whether programmatic launches are on: `EXAONE_COMPRESS_PDL=0` turns them off for a process
+/// (to time the same binary without them); [`set_programmatic_launch`] sets it at run time.
+fn pdl_switch() -> &'static std::sync::atomic::AtomicBool {
+    static ON: OnceLock<std::sync::atomic::AtomicBool> = OnceLock::new();
+    ON.get_or_init(|| {
+        let off = std::env::var("EXAONE_COMPRESS_PDL").is_ok_and(|v| v.trim() == "0");
+        std::sync::atomic::AtomicBool::new(!off)
+    })
+}
+
+/// Turns programmatic dependent launches (Hopper) on or off for the launches that follow; a
+/// captured CUDA graph keeps the launches it captured.
+pub fn set_programmatic_launch(on: bool) {
+    pdl_switch().store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether launches on a GPU that has them are programmatic now (see [`Kernel`]).
+pub fn programmatic_launch() -> bool {
+    pdl_switch().load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether kernels launched on `dev` can be programmatic (compute capability 9.0 and up).
+pub fn programmatic_supported(dev: &CudaDevice) -> Result<bool> {
+    Ok(compute_capability(&dev.cuda_stream())? >= (9, 0))
+}
+
+/// Whether the PTX entry `name` of `ptx` executes `griddepcontrol.wait` (its text, from its
+/// `.entry` line to the next).
+fn entry_waits(ptx: &str, name: &str) -> bool {
+    let head = format!(".entry {name}(");
+    let Some(at) = ptx.find(&head) else {
+        return false;
+    };
+    let body = &ptx[at + head.len()..];
+    let body = body.find(".entry ").map_or(body, |end| &body[..end]);
+    body.contains("griddepcontrol.wait")
+}
+
+/// One kernel launch being assembled: the kernel, its stream and pointers to its arguments,
+/// which must outlive the launch call (as cudarc's own builder requires).
+pub(crate) struct Launch<'a> {
+    kernel: &'a Kernel,
+    stream: &'a CudaStream,
+    args: Vec<*mut std::ffi::c_void>,
+}
+
+impl<'a> Launch<'a> {
+    /// The next kernel argument, by reference (a device address `u64`, an `i32`, an `f32`, …).
+    pub(crate) fn arg<T: Copy>(&mut self, v: &'a T) -> &mut Self {
+        self.args.push(v as *const T as *mut std::ffi::c_void);
+        self
+    }
+
+    /// Launches the kernel (programmatically where [`Kernel`] says so).
+    ///
+    /// # Safety
+    /// The arguments must be the kernel's, in order and of its types, and `cfg` must give it
+    /// the threads and shared memory it assumes: each launcher's SAFETY comment says how.
+    pub(crate) unsafe fn launch(
+        &mut self,
+        cfg: LaunchConfig,
+    ) -> std::result::Result<(), DriverError> {
+        self.stream.context().bind_to_thread()?;
+        // SAFETY: a zeroed attribute value is valid (a plain C union of integers and structs of
+        // integers); the one member set is the one `id` names.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let programmatic = self.kernel.waits && programmatic_launch();
+        let c = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(programmatic),
+        };
+        // SAFETY: `c` and `attr` live across the call; the argument pointers point at values
+        // borrowed for 'a (see `arg`); the caller vouches for the arguments and `cfg`.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &c,
+                self.kernel.f.cu_function(),
+                self.args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+    }
+}
+
+/// Kernel `name` of `module` on `dev` (looked up once per device: launches are hot). On a GPU
+/// of compute capability 9.0 or more the module's compute_90 PTX is loaded (see [`Kernel`]).
+pub(crate) fn func(dev: &CudaDevice, module: Module, name: &'static str) -> Result<Kernel> {
+    type Cache = Mutex<HashMap<(DeviceId, Module, &'static str), Kernel>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let key = (dev.id(), module, name);
     if let Some(f) = cache.lock().expect("kernel cache").get(&key) {
         return Ok(f.clone());
     }
-    if module == Module::GemmFp8 && !fp8_supported(&dev.cuda_stream())? {
-        let (major, minor) = compute_capability(&dev.cuda_stream())?;
+    let stream = dev.cuda_stream();
+    if module == Module::GemmFp8 && !fp8_supported(&stream)? {
+        let (major, minor) = compute_capability(&stream)?;
         candle_core::bail!(
             "{name}: this GPU (sm_{major}{minor}) lacks fp8 tensor-core instructions (sm_89+); FP8 runs dequantized to bf16"
         );
     }
+    let hopper = compute_capability(&stream)? >= (9, 0);
+    let src = module.source(hopper)?;
     let f = dev
-        .get_or_load_custom_func(name, module.name(), module.source()?)?
+        .get_or_load_custom_func(name, module.name(hopper), src)?
         .into_cuda_function();
-    cache.lock().expect("kernel cache").insert(key, f.clone());
-    Ok(f)
+    let k = Kernel {
+        f,
+        waits: hopper && entry_waits(src, name),
+    };
+    cache.lock().expect("kernel cache").insert(key, k.clone());
+    Ok(k)
 }
 
 /// The compute capability (major, minor) of the device `stream` runs on.
@@ -165,9 +326,9 @@ pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
 }
 
 /// Lets a kernel use more than the default 48 KiB of dynamic shared memory.
-pub(crate) fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<()> {
+pub(crate) fn allow_smem(k: &Kernel, bytes: usize) -> Result<()> {
     if bytes > 48 * 1024 {
-        f.set_attribute(
+        k.f.set_attribute(
             sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             bytes as i32,
         )

@@ -1,7 +1,6 @@
 //! Launchers of `kernels/norm_rope.cu`: embedding gather, RMSNorm, per-head QK-norm + RoPE +
 //! KV-cache store, SiLU-gated products.
 
-use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -39,7 +38,7 @@ pub(crate) fn embed_rows(
     let f = func(dev, Module::NormRope, K)?;
     let stream = dev.cuda_stream();
     let h = int(hidden, "hidden")?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&ids.addr).arg(&table.addr).arg(&out.addr).arg(&h);
     let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
     // SAFETY: one block per row copies `hidden` bf16 values as 16-byte words: hidden % 8 == 0 and
@@ -101,7 +100,7 @@ pub(crate) fn rmsnorm_rows(dev: &CudaDevice, a: &RmsNormRows) -> Result<()> {
     let stream = dev.cuda_stream();
     let (ni, acc) = (int(n, "n")?, a.accumulate as i32);
     let (step, off) = (int(a.row_step, "row_step")?, int(a.row_off, "row_off")?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&a.x.addr).arg(&a.w.addr).arg(&a.out.addr);
     let idx = or_null(a.idx);
     b.arg(&ni)
@@ -144,7 +143,7 @@ pub(crate) fn silu_mul_rows(
     let f = func(dev, Module::NormRope, K)?;
     let stream = dev.cuda_stream();
     let i = int(inter, "inter")?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&gu.addr).arg(&out.addr).arg(&i);
     let grid = (
         dim(inter.div_ceil(256), "inter / 256")?,
@@ -176,7 +175,7 @@ pub(crate) fn silu_mul_flat(
     let f = func(dev, Module::NormRope, K)?;
     let stream = dev.cuda_stream();
     let nl = n as i64;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&g.addr).arg(&u.addr).arg(&out.addr).arg(&nl);
     let cfg = config((dim(n.div_ceil(256), "n / 256")?, 1, 1), 256, 0)?;
     // SAFETY: thread i < n (the kernel tests it, with a 64-bit index) reads g[i], u[i] and writes
@@ -268,7 +267,7 @@ pub(crate) fn qk_norm_rope_store(dev: &CudaDevice, a: &QkNormRope) -> Result<()>
     let stream = dev.cuda_stream();
     let (hqi, hkvi, ti) = (int(hq, "heads_q")?, int(hkv, "heads_kv")?, int(a.t, "t")?);
     let (capi, rope) = (int(cap, "capacity")?, a.use_rope as i32);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&a.qkv.addr).arg(&a.q_norm.addr).arg(&a.k_norm.addr);
     b.arg(&a.cos.addr)
         .arg(&a.sin.addr)
@@ -371,7 +370,7 @@ pub(crate) fn qk_norm_rope_paged(dev: &CudaDevice, a: &QkNormRopePaged) -> Resul
         int(bs, "block_size")?,
     );
     let rope = a.use_rope as i32;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&a.qkv.addr).arg(&a.q_norm.addr).arg(&a.k_norm.addr);
     b.arg(&a.cos.addr)
         .arg(&a.sin.addr)

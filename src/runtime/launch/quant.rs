@@ -1,7 +1,6 @@
 //! Launchers of `kernels/quant.cu`: per-token int8 activation quantization and the epilogues of
 //! the int8 GEMM (W8A8).
 
-use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -61,7 +60,7 @@ pub(crate) fn quant_rows(
     let f = func(dev, module, name)?;
     let stream = dev.cuda_stream();
     let ki = int(k, "k")?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&x.addr).arg(&q.addr).arg(&scale.addr).arg(&ki);
     let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
     // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row reads x[r] as
@@ -126,7 +125,7 @@ pub(crate) fn int8_epilogue(dev: &CudaDevice, a: &Int8Epilogue) -> Result<()> {
     let f = func(dev, Module::Quant, K)?;
     let stream = dev.cuda_stream();
     let (mi, ni) = (int(a.m, "m")?, int(a.n, "n")?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&a.acc.addr)
         .arg(&a.sx.addr)
         .arg(&a.sw.addr)
@@ -149,7 +148,7 @@ pub(crate) fn int8_silu_epilogue(dev: &CudaDevice, a: &Int8Epilogue) -> Result<(
     let f = func(dev, Module::Quant, K)?;
     let stream = dev.cuda_stream();
     let (mi, ni) = (int(a.m, "m")?, int(a.n, "n")?);
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&a.acc.addr)
         .arg(&a.sx.addr)
         .arg(&a.sw.addr)

@@ -1,7 +1,6 @@
 //! Launchers of `kernels/sampling.cu`: greedy argmax, the device-side advance of a replayed
 //! decode step, the one-pass log-softmax.
 
-use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -32,7 +31,7 @@ pub(crate) fn argmax_rows(
     let f = func(dev, Module::Sampling, K)?;
     let stream = dev.cuda_stream();
     let v = int(vocab, "vocab")?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&logits.addr).arg(&out.addr).arg(&v);
     let cfg = config((dim(rows, "rows")?, 1, 1), 1024, 0)?;
     // SAFETY: one block of 1024 threads (32 warps: the 32-entry shared arrays of the block
@@ -64,7 +63,7 @@ pub(crate) fn advance(
     let f = func(dev, Module::Sampling, K)?;
     let stream = dev.cuda_stream();
     let bi = int(batch, "batch")?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&next.addr).arg(&ids.addr).arg(&pos.addr).arg(&bi);
     let cfg = config((1, 1, 1), batch.next_multiple_of(32) as u32, 0)?;
     // SAFETY: thread b < batch (the kernel tests it) reads next[b] and updates ids[b], pos[b];
@@ -102,7 +101,7 @@ pub(crate) fn log_softmax_rows(
     let f = func(dev, Module::Sampling, K)?;
     let stream = dev.cuda_stream();
     let vi = int(v, "v")?;
-    let mut b = stream.launch_builder(&f);
+    let mut b = f.builder(&stream);
     b.arg(&addr).arg(&out.addr).arg(&vi).arg(&is_bf16);
     let cfg = config((dim(rows, "rows")?, 1, 1), 1024, 0)?;
     // SAFETY: one block of 1024 threads (32 warps: the 32-entry shared arrays) per row reads

@@ -70,16 +70,26 @@ impl Bench {
             let prompts: Vec<Vec<u32>> = (0..b)
                 .map(|row| synthetic_ids(vocab, a.prompt_len, row * a.prompt_len))
                 .collect();
-            for graph in [false, true] {
-                let name = if graph {
-                    variant.to_string()
-                } else {
-                    format!("{variant}-eager")
+            // eager, graph, and — where the GPU has them — the graph without programmatic
+            // launches (each kernel waits for the previous one to finish before it starts)
+            let mut modes = vec![(false, true), (true, true)];
+            if e.programmatic_supported()? {
+                modes.push((true, false));
+            }
+            for (graph, programmatic) in modes {
+                let name = match (graph, programmatic) {
+                    (false, _) => format!("{variant}-eager"),
+                    (true, true) => variant.to_string(),
+                    (true, false) => format!("{variant}-serial"),
                 };
                 if let Some(m) = &self.mem {
                     m.take();
                 }
-                let tm = match self.timed(|| {
+                if !programmatic {
+                    crate::runtime::set_programmatic_launch(false);
+                    e.recapture();
+                }
+                let timed = self.timed(|| {
                     e.prefill(&prompts)?;
                     e.synchronize()?;
                     let t0 = Instant::now();
@@ -87,7 +97,12 @@ impl Bench {
                         e.step(graph)?;
                     }
                     Ok(t0.elapsed().as_secs_f64() / (a.new_tokens - 1) as f64)
-                }) {
+                });
+                if !programmatic {
+                    crate::runtime::set_programmatic_launch(true);
+                    e.recapture();
+                }
+                let tm = match timed {
                     Ok(t) => t,
                     Err(err) if graph => {
                         eprintln!(
@@ -97,7 +112,7 @@ impl Bench {
                     }
                     Err(err) => return Err(err),
                 };
-                let p = json!({"graph": graph, "weights": e.info.weights});
+                let p = json!({"graph": graph, "programmatic": programmatic, "weights": e.info.weights});
                 let v = Variant::new(name.as_str(), "engine", p);
                 r.add(
                     &v,
