@@ -156,6 +156,7 @@ fn results() -> Results {
     add("engine-bf16", "profile_ms: qkv GEMV", 0.3, None, "ms");
     add("engine-w4a16", "decode_ms_b1", 1.25, Some(0.002), "ms/step");
     add("engine-w4a16", "decode_ms_b16", 2.5, Some(0.002), "ms/step");
+    add("engine-w4a16-serial", "decode_ms_b1", 1.5, Some(0.002), "ms/step");
     add(
         "engine-w4a16",
         "weight_bytes_per_step_b1",
@@ -212,6 +213,9 @@ fn runtime_report_verdicts_and_checks() {
     assert!(
         md.contains("| prefill 8x2048: W8A8 int8 ÷ our bf16 | 0.95× | ≥ 1.4× | missed by 32% |")
     );
+    // programmatic launches: the serial step beside the default one, where both were measured
+    assert!(md.contains("| W4A16 | 1 | 1.500 | 1.250 | 1.20× |"), "{md}");
+    assert!(!md.contains("| bf16 | 1 |"), "no serial bf16 figure, no row");
     // a kernel beyond twice the bf16 reference's error fails, visibly
     let checks = exaone_compress::report::runtime::checks(&r);
     assert_eq!(checks.len(), 2);

@@ -43,6 +43,8 @@
 // plan's splits (2–4 K tiles per block) none of these moves the time by more than ~10%: a launch
 // costs ~5 µs before its first tile (launch, pipeline fill, the split-K fixup's round trip), as
 // much as bf16's whole product at 16 rows (q/k/v 6.2 µs). That fixed cost is what to cut next.
+// Programmatic launches (common.cuh; the first stages' weights are requested before the wait)
+// hide part of it in the engine: W4A16 batch-16 step 1.81 → 1.62 ms (H200, 380e7a6).
 
 #include "common.cuh"
 
