@@ -86,3 +86,35 @@ fn without_the_projection_the_score_falls_back_to_bytes() {
     assert!((s - (1.0 - 5.0 / 17.0)).abs() < 1e-12, "{s}");
     assert_eq!(scheme_word_of("rtn FP8-dynamic"), "fp8");
 }
+
+#[test]
+fn the_sensitivity_rows_span_the_efficiency_grid() {
+    let speed = L4Speed::new(Efficiencies::assumed("test")).unwrap();
+    let r = results(&speed);
+    let g = |v: &str, m: &str| r.get(v, m).unwrap_or_else(|| panic!("{v} {m}"));
+    let sets = speed.sensitivity_sets();
+    assert_eq!(g("original", "l4_sens_sets"), sets.len() as f64);
+    assert_eq!(sets.len(), 1 + 27, "the set used, then 3 × 3 × 3");
+    let mut shares = 0.0;
+    for v in ["original", "pruned", "W8A8", "W4A16"] {
+        let (lo, s, hi) = (
+            g(v, "l4_speed_norm_lo"),
+            g(v, "l4_speed_norm"),
+            g(v, "l4_speed_norm_hi"),
+        );
+        // the set used is one of the sets: its SpeedNorm lies in the range
+        assert!(lo <= s && s <= hi, "{v}: {lo} {s} {hi}");
+        shares += g(v, "l4_best_share");
+    }
+    // the base is its own yardstick everywhere; a quantized variant's speed moves with the GPU
+    assert_eq!(
+        (
+            g("original", "l4_speed_norm_lo"),
+            g("original", "l4_speed_norm_hi")
+        ),
+        (0.0, 0.0)
+    );
+    assert!(g("W4A16", "l4_speed_norm_hi") > g("W4A16", "l4_speed_norm_lo") + 0.01);
+    // every set has exactly one best point Score
+    assert!((shares - 1.0).abs() < 1e-12, "{shares}");
+}

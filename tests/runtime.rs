@@ -156,7 +156,13 @@ fn results() -> Results {
     add("engine-bf16", "profile_ms: qkv GEMV", 0.3, None, "ms");
     add("engine-w4a16", "decode_ms_b1", 1.25, Some(0.002), "ms/step");
     add("engine-w4a16", "decode_ms_b16", 2.5, Some(0.002), "ms/step");
-    add("engine-w4a16-serial", "decode_ms_b1", 1.5, Some(0.002), "ms/step");
+    add(
+        "engine-w4a16-serial",
+        "decode_ms_b1",
+        1.5,
+        Some(0.002),
+        "ms/step",
+    );
     add(
         "engine-w4a16",
         "weight_bytes_per_step_b1",
@@ -215,7 +221,10 @@ fn runtime_report_verdicts_and_checks() {
     );
     // programmatic launches: the serial step beside the default one, where both were measured
     assert!(md.contains("| W4A16 | 1 | 1.500 | 1.250 | 1.20× |"), "{md}");
-    assert!(!md.contains("| bf16 | 1 |"), "no serial bf16 figure, no row");
+    assert!(
+        !md.contains("| bf16 | 1 |"),
+        "no serial bf16 figure, no row"
+    );
     // a kernel beyond twice the bf16 reference's error fails, visibly
     let checks = exaone_compress::report::runtime::checks(&r);
     assert_eq!(checks.len(), 2);

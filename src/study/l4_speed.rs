@@ -23,6 +23,19 @@
 //! `l4_new_tokens` (the workload),
 //! `l4_eff_bandwidth`, `l4_eff_bf16`, `l4_eff_int8` (fractions of the L4's peaks) and
 //! `l4_eff_measured` (1: carried from rates measured on this run's GPU, 0: assumed).
+//!
+//! No L4 is measured, so the efficiencies are a model's input, and they move the ranking (int8
+//! tensor cores help compute-bound prefill steps, int4 weights only the bytes). The sensitivity
+//! rows say how much: the projection again at every set of [`SENSITIVITY_BANDWIDTH`] ×
+//! [`SENSITIVITY_GEMM`] (bf16/fp8) × [`SENSITIVITY_GEMM`] (int8) and at the set used, per variant
+//!
+//! | metric | what |
+//! |---|---|
+//! | `l4_speed_norm_lo`, `l4_speed_norm_hi` | the least and most SpeedNorm over those sets |
+//! | `l4_best_share` | share of the sets where its point Score (½·PerfNorm + ½·SpeedNorm) is the best |
+//!
+//! and on the base's rows `l4_sens_sets` (how many sets) and the grid's ends,
+//! `l4_sens_bandwidth_lo`/`_hi` and `l4_sens_gemm_lo`/`_hi`.
 
 use serde_json::json;
 
@@ -43,6 +56,12 @@ pub const WORKLOAD_NEW_TOKENS: usize = 256;
 const WORKLOAD_SEED: u64 = 0;
 /// As `study::serving::l4`: a step's kernels in sequence, each at the slower of bytes and FLOPs.
 const ROOFLINE: Roofline = Roofline::PerKernel;
+
+/// Fractions of the L4's peak bandwidth the sensitivity rows span.
+pub const SENSITIVITY_BANDWIDTH: [f64; 3] = [0.6, 0.75, 0.9];
+/// Fractions of the L4's peak tensor throughput the sensitivity rows span, for bf16/fp8 and for
+/// int8 GEMMs independently: around the assumed 0.5 and what an H200 carries (0.6–0.8).
+pub const SENSITIVITY_GEMM: [f64; 3] = [0.35, 0.55, 0.8];
 
 /// The scheme word (`bf16|w4a16|w8a8|fp8`) of a variant's method as the studies write it: the
 /// last scheme named ([`crate::checkpoint::Scheme::name`]: `W4A16-g128-sym`, `W8A8-int8`,
@@ -115,12 +134,92 @@ impl L4Speed {
     /// The 1.2B with `layers` decoder layers and its Linears under `scheme` (a word of
     /// [`scheme_word_of`]), projected; its SpeedNorm against the bf16 1.2B.
     pub fn project(&self, name: &str, layers: usize, scheme: &str) -> Result<Projection> {
+        self.project_on(&self.gpu, &self.base, name, layers, scheme)
+    }
+
+    /// As [`project`](Self::project) on `gpu`, against `base` (the bf16 1.2B projected there).
+    fn project_on(
+        &self,
+        gpu: &GpuSpec,
+        base: &Projection,
+        name: &str,
+        layers: usize,
+        scheme: &str,
+    ) -> Result<Projection> {
         let kept: Vec<usize> = (0..layers.min(self.target.num_hidden_layers)).collect();
         let cfg = self.target.with_layers(&kept);
         let cost = VariantCost::from_word(name, &cfg, scheme)?;
-        let mut p = project_variant(&self.gpu, &cost, &self.trace, ROOFLINE)?;
-        p.speed_norm = p.speed_norm_against(&self.base);
+        let mut p = project_variant(gpu, &cost, &self.trace, ROOFLINE)?;
+        p.speed_norm = p.speed_norm_against(base);
         Ok(p)
+    }
+
+    /// The efficiency sets of the sensitivity rows: the one used, then the grid.
+    pub fn sensitivity_sets(&self) -> Vec<Efficiencies> {
+        let mut sets = vec![self.efficiencies.clone()];
+        for bandwidth in SENSITIVITY_BANDWIDTH {
+            for bf16 in SENSITIVITY_GEMM {
+                for int8 in SENSITIVITY_GEMM {
+                    sets.push(Efficiencies {
+                        bandwidth,
+                        bf16,
+                        int8: Some(int8),
+                        source: "sensitivity grid".into(),
+                    });
+                }
+            }
+        }
+        sets
+    }
+
+    /// The sensitivity rows (module doc) of `variants` — (name, projected layers, scheme word,
+    /// PerfNorm where the variant has a perplexity) —, on `base_variant`'s rows their count.
+    fn add_sensitivity(
+        &self,
+        r: &mut Results,
+        base_variant: &str,
+        variants: &[(String, usize, &'static str, Option<f64>)],
+    ) -> Result<()> {
+        let sets = self.sensitivity_sets();
+        let mut speeds = vec![Vec::with_capacity(sets.len()); variants.len()];
+        let mut best = vec![0usize; variants.len()];
+        let bf16 = VariantCost::from_word("bf16", &self.target, "bf16")?;
+        for e in &sets {
+            let gpu = GpuSpec::l4().with_efficiencies(e);
+            let base = project_variant(&gpu, &bf16, &self.trace, ROOFLINE)?;
+            let mut top: Option<(usize, f64)> = None;
+            for (i, (v, layers, word, perf)) in variants.iter().enumerate() {
+                let s = self.project_on(&gpu, &base, v, *layers, word)?.speed_norm;
+                speeds[i].push(s);
+                if let Some(perf) = perf {
+                    let score = 0.5 * perf + 0.5 * s;
+                    if top.is_none_or(|(_, t)| score > t) {
+                        top = Some((i, score));
+                    }
+                }
+            }
+            if let Some((i, _)) = top {
+                best[i] += 1;
+            }
+        }
+        for (i, (v, ..)) in variants.iter().enumerate() {
+            let row = Variant::new(v.clone(), r.method_of(v), json!({}));
+            let lo = speeds[i].iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = speeds[i].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            r.add(&row, "l4_speed_norm_lo", lo, None, "");
+            r.add(&row, "l4_speed_norm_hi", hi, None, "");
+            let share = best[i] as f64 / sets.len() as f64;
+            r.add(&row, "l4_best_share", share, None, "");
+        }
+        let row = Variant::new(base_variant, r.method_of(base_variant), json!({}));
+        r.add(&row, "l4_sens_sets", sets.len() as f64, None, "");
+        let span = |x: &[f64]| (x[0], x[x.len() - 1]);
+        let (bw, gemm) = (span(&SENSITIVITY_BANDWIDTH), span(&SENSITIVITY_GEMM));
+        r.add(&row, "l4_sens_bandwidth_lo", bw.0, None, "");
+        r.add(&row, "l4_sens_bandwidth_hi", bw.1, None, "");
+        r.add(&row, "l4_sens_gemm_lo", gemm.0, None, "");
+        r.add(&row, "l4_sens_gemm_hi", gemm.1, None, "");
+        Ok(())
     }
 
     /// Projects every variant with a `layers` row against `base_variant`'s layer count and
@@ -132,6 +231,8 @@ impl L4Speed {
         };
         r.rows
             .retain(|x| !L4_SPEED_METRICS.contains(&x.metric.as_str()));
+        let base_ppl = r.get(base_variant, "test_ppl");
+        let mut projected = vec![];
         for v in r.variants() {
             let Some(layers) = r.get(&v, "layers") else {
                 continue;
@@ -143,7 +244,10 @@ impl L4Speed {
             r.add(&row, "l4_layers", n as f64, None, "");
             r.add(&row, "l4_secs_per_token", p.secs_per_token, None, "s");
             r.add(&row, "l4_speed_norm", p.speed_norm, None, "");
+            let perf = base_ppl.zip(r.get(&v, "test_ppl")).map(|(b, p)| b / p);
+            projected.push((v, n, word, perf));
         }
+        self.add_sensitivity(r, base_variant, &projected)?;
         // the projection's parameters, on the base's rows (no extra variant in the tables)
         let row = Variant::new(base_variant, r.method_of(base_variant), json!({}));
         let e = &self.efficiencies;
@@ -192,7 +296,15 @@ pub fn efficiencies_on(device: &candle_core::Device, gpu: &str) -> Result<Effici
 }
 
 /// The metrics [`L4Speed::add_rows`] writes (an earlier projection's are replaced).
-pub const L4_SPEED_METRICS: [&str; 10] = [
+pub const L4_SPEED_METRICS: [&str; 18] = [
+    "l4_speed_norm_lo",
+    "l4_speed_norm_hi",
+    "l4_best_share",
+    "l4_sens_sets",
+    "l4_sens_bandwidth_lo",
+    "l4_sens_bandwidth_hi",
+    "l4_sens_gemm_lo",
+    "l4_sens_gemm_hi",
     "l4_layers",
     "l4_secs_per_token",
     "l4_speed_norm",

@@ -37,6 +37,59 @@ pub(super) fn l4_paragraph(md: &mut String, r: &Results) {
         g("l4_eff_int8"),
         t * 1e6,
     );
+    sensitivity_table(md, r);
+}
+
+/// How the projection's efficiencies move each variant's SpeedNorm and the best point Score
+/// (`study::l4_speed`'s sensitivity rows), where they were recorded.
+fn sensitivity_table(md: &mut String, r: &Results) {
+    let Some(sets) = r.get("original", "l4_sens_sets") else {
+        return;
+    };
+    let g = |m: &str| r.get("original", m).unwrap_or(f64::NAN);
+    let _ = writeln!(
+        md,
+        "**How much the L4's efficiencies matter.** They are an input here, not a measurement of the L4, and they move the ranking: int8 tensor cores speed the compute-bound prefill steps, int4 weights only the bytes. So the projection was repeated at {sets:.0} sets — the one above and every combination of bandwidth, bf16/fp8 GEMMs and int8 GEMMs at three fractions of peak each ({:.2}–{:.2}, {:.2}–{:.2} and {:.2}–{:.2}) —; per variant, its SpeedNorm over those sets and the share of sets in which its point Score (½·PerfNorm + ½·SpeedNorm) is the best:\n",
+        g("l4_sens_bandwidth_lo"),
+        g("l4_sens_bandwidth_hi"),
+        g("l4_sens_gemm_lo"),
+        g("l4_sens_gemm_hi"),
+        g("l4_sens_gemm_lo"),
+        g("l4_sens_gemm_hi"),
+    );
+    let _ = writeln!(
+        md,
+        "| variant | SpeedNorm (above) | SpeedNorm over the sets | best point Score in |\n|---|---|---|---|"
+    );
+    let mut leaders = vec![];
+    for v in r.variants() {
+        let (Some(lo), Some(hi)) = (r.get(&v, "l4_speed_norm_lo"), r.get(&v, "l4_speed_norm_hi"))
+        else {
+            continue;
+        };
+        let share = r.get(&v, "l4_best_share").unwrap_or(0.0);
+        if share > 0.0 {
+            leaders.push(format!("{v} in {:.0}%", 100.0 * share));
+        }
+        let _ = writeln!(
+            md,
+            "| {v} | {} | {lo:.3} to {hi:.3} | {:.0}% of the sets |",
+            fmt(r.get(&v, "l4_speed_norm"), 3),
+            100.0 * share
+        );
+    }
+    let verdict = match leaders.len() {
+        0 => "No variant has a perplexity to score.".to_string(),
+        1 => format!(
+            "The best point Score does not depend on the efficiencies: {}.",
+            leaders[0]
+        ),
+        _ => format!(
+            "The best point Score depends on the efficiencies: {}. Read the recommendation below with that in mind.",
+            leaders.join(", ")
+        ),
+    };
+    let _ = writeln!(md, "\n{verdict}\n");
 }
 
 pub(super) fn recommend(r: &Results) -> Vec<String> {
