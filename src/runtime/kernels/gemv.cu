@@ -254,7 +254,11 @@ extern "C" __global__ void gemv1x_bf16(const bf16 *__restrict__ W, int mode, con
 // multiprocessor, and W4A16's batch-1 decode on an H200 went from 1.20 to 1.38 ms per token
 // (bf16 unchanged; cf8c2af's GEMM change alone left the engine at 1.22). Staging the block's
 // scales in shared memory before the programmatic-launch wait (64 registers, 2 KiB) was no faster
-// either (H200, graph: 1.16 vs 1.15 ms per step, 2026-12-01).
+// either (H200, graph: 1.16 vs 1.15 ms per step, 2026-12-01), nor was a word's dot product with
+// two weights dequantized per lop3 (128 + v as bf16 halves, the offset applied once per word
+// through Σ x): 30% fewer SASS instructions (2,880 vs 4,096, 64 registers under launch bounds),
+// 1.169 ms per step against 1.139–1.146 (one call each) — neither the scales' latency nor the
+// instruction count is what holds this kernel at bf16's time.
 extern "C" __global__ void gemv1x_w4(const uint32_t *__restrict__ P, const bf16 *__restrict__ S,
                                      const bf16 *__restrict__ Z, int mode, const bf16 *a, const bf16 *b,
                                      const bf16 *c, bf16 *d, float eps, bf16 *__restrict__ y, int N, int K, int lg) {
