@@ -37,6 +37,7 @@ pub mod check;
 pub mod engine;
 #[cfg(feature = "cuda")]
 mod ops;
+mod ptx;
 #[cfg(feature = "cuda")]
 pub mod quantized;
 #[cfg(feature = "cuda")]

@@ -205,18 +205,6 @@ pub fn programmatic_supported(dev: &CudaDevice) -> Result<bool> {
     Ok(compute_capability(&dev.cuda_stream())? >= (9, 0))
 }
 
-/// Whether the PTX entry `name` of `ptx` executes `griddepcontrol.wait` (its text, from its
-/// `.entry` line to the next).
-fn entry_waits(ptx: &str, name: &str) -> bool {
-    let head = format!(".entry {name}(");
-    let Some(at) = ptx.find(&head) else {
-        return false;
-    };
-    let body = &ptx[at + head.len()..];
-    let body = body.find(".entry ").map_or(body, |end| &body[..end]);
-    body.contains("griddepcontrol.wait")
-}
-
 /// One kernel launch being assembled: the kernel, its stream and pointers to its arguments,
 /// which must outlive the launch call (as cudarc's own builder requires).
 pub(crate) struct Launch<'a> {
@@ -298,7 +286,7 @@ pub(crate) fn func(dev: &CudaDevice, module: Module, name: &'static str) -> Resu
         .into_cuda_function();
     let k = Kernel {
         f,
-        waits: hopper && entry_waits(src, name),
+        waits: hopper && crate::runtime::ptx::entry_waits(src, name),
     };
     cache.lock().expect("kernel cache").insert(key, k.clone());
     Ok(k)
