@@ -128,28 +128,9 @@ impl Module {
 
     /// The name candle registers the module under (distinct from candle's own modules, and
     /// per PTX flavour: a process could load both only on two GPUs of different generations).
-    fn name(self, hopper: bool) -> &'static str {
-        let [plain, sm90] = match self {
-            Module::Attention => [
-                "exaone_compress_attention",
-                "exaone_compress_attention_sm90",
-            ],
-            Module::GemmFp8 => ["exaone_compress_gemm_fp8", "exaone_compress_gemm_fp8_sm90"],
-            Module::GemmQ8 => ["exaone_compress_gemm_q8", "exaone_compress_gemm_q8_sm90"],
-            Module::GemmW4 => ["exaone_compress_gemm_w4", "exaone_compress_gemm_w4_sm90"],
-            Module::Gemv => ["exaone_compress_gemv", "exaone_compress_gemv_sm90"],
-            Module::NormRope => [
-                "exaone_compress_norm_rope",
-                "exaone_compress_norm_rope_sm90",
-            ],
-            Module::Quant => ["exaone_compress_quant", "exaone_compress_quant_sm90"],
-            Module::Sampling => ["exaone_compress_sampling", "exaone_compress_sampling_sm90"],
-        };
-        if hopper {
-            sm90
-        } else {
-            plain
-        }
+    fn name(self, hopper: bool) -> String {
+        let flavour = if hopper { "_sm90" } else { "" };
+        format!("exaone_compress_{}{flavour}", self.unit())
     }
 }
 
@@ -200,7 +181,8 @@ pub fn programmatic_launch() -> bool {
     pdl_switch().load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Whether kernels launched on `dev` can be programmatic (compute capability 9.0 and up).
+/// Whether kernels launched on `dev` can be programmatic (compute capability 9.0 and up): there
+/// the modules' compute_90 PTX is loaded.
 pub fn programmatic_supported(dev: &CudaDevice) -> Result<bool> {
     Ok(compute_capability(&dev.cuda_stream())? >= (9, 0))
 }
@@ -279,10 +261,10 @@ pub(crate) fn func(dev: &CudaDevice, module: Module, name: &'static str) -> Resu
             "{name}: this GPU (sm_{major}{minor}) lacks fp8 tensor-core instructions (sm_89+); FP8 runs dequantized to bf16"
         );
     }
-    let hopper = compute_capability(&stream)? >= (9, 0);
+    let hopper = programmatic_supported(dev)?;
     let src = module.source(hopper)?;
     let f = dev
-        .get_or_load_custom_func(name, module.name(hopper), src)?
+        .get_or_load_custom_func(name, &module.name(hopper), src)?
         .into_cuda_function();
     let k = Kernel {
         f,
