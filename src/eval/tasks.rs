@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::model::{Exaone4, Tokenizer};
 
@@ -106,28 +106,47 @@ fn options_log_likelihood(
     p: &[u32],
     conts: &[Vec<u32>],
 ) -> crate::Result<Vec<f64>> {
-    let len = conts.iter().map(|c| p.len() + c.len()).max().unwrap_or(1);
-    let mut flat = vec![];
-    for c in conts {
-        let mut s = p.to_vec();
-        s.extend(c);
-        s.resize(len, 0);
-        flat.extend(s);
+    let dev = model.device();
+    let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
+    if conts.iter().any(|c| c.is_empty()) {
+        return Err(crate::Error::Invalid(
+            "multiple choice: an option encodes to no tokens".into(),
+        ));
     }
-    let x = Tensor::from_vec(flat, (conts.len(), len), model.device())?;
-    let lp = candle_nn::ops::log_softmax(&model.forward(&x, None)?, D::Minus1)?
+    // the prompt once (causal: its positions do not depend on what follows); its last
+    // position scores every option's first token
+    let mut cache = model.new_cache(1, p.len() + longest, vec![0])?;
+    let x = Tensor::from_vec(p.to_vec(), (1, p.len()), dev)?;
+    let h = model.forward_hidden(&x, Some(&mut cache))?;
+    let first = model
+        .log_probs(&h.narrow(1, p.len() - 1, 1)?)?
         .to_device(&Device::Cpu)?
-        .to_vec3::<f32>()?;
-    Ok(conts
-        .iter()
-        .enumerate()
-        .map(|(k, c)| {
-            c.iter()
-                .enumerate()
-                .map(|(j, &t)| lp[k][p.len() + j - 1][t as usize] as f64)
-                .sum()
-        })
-        .collect())
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut lls: Vec<f64> = conts.iter().map(|c| first[c[0] as usize] as f64).collect();
+    if longest > 1 {
+        // then every option's tokens but its last, one row each from a copy of the prompt's
+        // cache, right-padded (the padding comes after every position that is read)
+        let t = longest - 1;
+        let mut flat = Vec::with_capacity(conts.len() * t);
+        for c in conts {
+            let mut s = c[..c.len() - 1].to_vec();
+            s.resize(t, 0);
+            flat.extend(s);
+        }
+        let mut rows = cache.repeat_rows(conts.len())?;
+        let x = Tensor::from_vec(flat, (conts.len(), t), dev)?;
+        let lp = model
+            .log_probs(&model.forward_hidden(&x, Some(&mut rows))?)?
+            .to_device(&Device::Cpu)?
+            .to_vec3::<f32>()?;
+        for (k, c) in conts.iter().enumerate() {
+            for (j, &tok) in c.iter().enumerate().skip(1) {
+                lls[k] += lp[k][j - 1][tok as usize] as f64;
+            }
+        }
+    }
+    Ok(lls)
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -186,8 +205,9 @@ pub fn multiple_choice_per_item(
             // one-token options (KMMLU's letters): every option's log-likelihood is read from
             // the prompt's last position, so the prompt runs once (causal: the same figures)
             let x = Tensor::from_vec(p.clone(), (1, p.len()), &dev)?;
-            let last = model.forward(&x, None)?.narrow(1, p.len() - 1, 1)?;
-            let lp = candle_nn::ops::log_softmax(&last, D::Minus1)?
+            let last = model.forward_hidden(&x, None)?.narrow(1, p.len() - 1, 1)?;
+            let lp = model
+                .log_probs(&last)?
                 .to_device(&Device::Cpu)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
@@ -222,4 +242,47 @@ pub fn multiple_choice_per_item(
         chance: n / inv_choices,
     };
     Ok((result, per_item))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    /// Each option's log-likelihood after a prompt run once (its cache copied per option)
+    /// equals the sum of the log-probabilities of its tokens when prompt and option run as one
+    /// sequence through the reference forward (candle's ops, no fused kernels), for options of
+    /// one, two and five tokens together.
+    #[test]
+    fn shared_prompt_equals_one_sequence_per_option() {
+        let dev = Device::Cpu;
+        let dir = crate::data::default_model_dir();
+        let fast = crate::runtime::load_model(&dir, DType::F32, &dev).unwrap();
+        let plain = crate::checkpoint::load_model(&dir, DType::F32, &dev).unwrap();
+        let p: Vec<u32> = (0..37).map(|i| 20 + (i * 53) % 4000).collect();
+        let conts: Vec<Vec<u32>> = vec![vec![900], vec![17, 3001], vec![5, 6, 7, 8, 9]];
+        let ours = options_log_likelihood(&fast, &p, &conts).unwrap();
+        for (k, c) in conts.iter().enumerate() {
+            let mut s = p.clone();
+            s.extend(c);
+            let x = Tensor::from_vec(s.clone(), (1, s.len()), &dev).unwrap();
+            let lp = plain
+                .log_probs(&plain.forward_hidden(&x, None).unwrap())
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap();
+            let want: f64 = c
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| lp[0][p.len() + j - 1][t as usize] as f64)
+                .sum();
+            assert!(
+                (ours[k] - want).abs() < 1e-4 * want.abs().max(1.0),
+                "option {k}: {} vs {want}",
+                ours[k]
+            );
+        }
+        let empty = options_log_likelihood(&fast, &p, &[vec![1], vec![]]);
+        assert!(empty.is_err());
+    }
 }

@@ -152,8 +152,11 @@ pub struct Exaone4 {
     device: Device,
 }
 
-/// A mask value that zeroes a softmax weight without producing NaN on fully masked rows.
-const MASKED: f32 = -1e30;
+/// The additive mask of a key a query does not see. Every row of a mask keeps at least one key
+/// (a padding query sees itself), so a row's maximum is finite and exp(−∞ − max) is exactly the
+/// 0 that −1e30 gave, without libm's slow underflow path (errno set per masked score: 3% of a
+/// study's CPU time).
+const MASKED: f32 = f32::NEG_INFINITY;
 
 impl Exaone4 {
     /// Builds the model from a source of named tensors (HF names and shapes): a checkpoint, or

@@ -64,6 +64,27 @@ impl KvCache {
         self.pad.len()
     }
 
+    /// A cache of `n` rows, each a copy of this one-row cache (e.g. a prompt run once, then
+    /// continued by `n` different continuations).
+    pub fn repeat_rows(&self, n: usize) -> Result<Self> {
+        if self.batch() != 1 {
+            candle_core::bail!(
+                "KV cache: only a one-row cache is repeated, this has {} rows",
+                self.batch()
+            );
+        }
+        let rep = |ts: &[Tensor]| -> Result<Vec<Tensor>> {
+            ts.iter().map(|t| t.repeat((n, 1, 1, 1))).collect()
+        };
+        Ok(Self {
+            k: rep(&self.k)?,
+            v: rep(&self.v)?,
+            len: self.len,
+            capacity: self.capacity,
+            pad: vec![self.pad[0]; n],
+        })
+    }
+
     /// Writes `k_new`/`v_new` [b, kvh, t, d] of layer `i` at the current end and returns the keys
     /// and values from `from` to the new end.
     pub(crate) fn append(

@@ -13,8 +13,11 @@
 //! - [`quantized::attach`] (CUDA builds): W8A8 Linears through an int8 tensor-core GEMM
 //!   (cuBLAS) with per-token × per-channel scales, and W4A16 Linears on packed weights, so a
 //!   compressed checkpoint runs as compressed on the candle forward too.
+//! - [`cpu_attention`]: on the CPU (f32), causal attention in one pass per query row over the
+//!   keys it sees, for the same forward (evaluation's perplexity, KL and multiple choice).
 //!
-//! On a CPU build these report "not available" and callers fall back to the reference path.
+//! On a CPU build the CUDA pieces report "not available" and callers fall back to the reference
+//! path.
 
 use std::sync::Arc;
 
@@ -33,6 +36,7 @@ pub use launch::{programmatic_launch, programmatic_supported, set_programmatic_l
 
 #[cfg(feature = "cuda")]
 pub mod check;
+pub mod cpu_attention;
 #[cfg(feature = "cuda")]
 pub mod engine;
 #[cfg(feature = "cuda")]
@@ -107,16 +111,21 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.silu()? * u
 }
 
-/// The runtime's kernels as the model's hooks ([`Kernels`]): flash attention, the fused
-/// SiLU·mul and the one-pass log-softmax, each declining where it does not run.
+/// The runtime's kernels as the model's hooks ([`Kernels`]): flash attention (on the CPU in f32,
+/// [`cpu_attention`]), the fused SiLU·mul and the one-pass log-softmax, each declining where it
+/// does not run.
 #[derive(Debug, Default)]
 pub struct RuntimeKernels;
 
 impl Kernels for RuntimeKernels {
     fn causal_attention_available(&self, device: &Device, dtype: DType, head_dim: usize) -> bool {
         fused_attention_available(device, dtype, head_dim)
+            || cpu_attention::available(device, dtype)
     }
     fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+        if cpu_attention::available(q.device(), q.dtype()) {
+            return cpu_attention::causal_attention(q, k, v).map(Some);
+        }
         fused_attention(q, k, v)
     }
     fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {

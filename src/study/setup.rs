@@ -116,8 +116,9 @@ pub struct Study {
     pub(crate) base_key: String,
     /// where in-memory variants are written to be measured
     scratch: tempfile::TempDir,
-    /// seconds per stage (building, each measure), printed and logged at the end
-    pub(crate) stages: Vec<(String, f64)>,
+    /// seconds per stage (building, each measure) and, for a measure, its parts: printed and
+    /// logged at the end
+    pub(crate) stages: Vec<(String, f64, String)>,
     /// the speed term: each variant's shape projected on the evaluation's model and GPU
     pub l4: super::l4_speed::L4Speed,
     /// when the study began, and how many variants it will measure (the base included), for
@@ -344,7 +345,7 @@ impl Study {
             suite_hash,
             base_key,
             scratch,
-            stages: vec![("L4 projection's workload".into(), l4_secs)],
+            stages: vec![("L4 projection's workload".into(), l4_secs, String::new())],
             l4,
             started,
             planned: None,
@@ -390,7 +391,7 @@ impl Study {
         };
         self.suite
             .measure(&mut self.results, variant, &self.base, model, q, &save)?;
-        self.stage(&format!("measure {}", variant.name), t0);
+        self.stage_measured(&variant.name, t0);
         self.save_progress()
     }
 
@@ -428,7 +429,26 @@ impl Study {
     /// Records how long a stage took (from `t0`).
     pub fn stage(&mut self, what: &str, t0: std::time::Instant) {
         self.stages
-            .push((what.to_string(), t0.elapsed().as_secs_f64()));
+            .push((what.to_string(), t0.elapsed().as_secs_f64(), String::new()));
+    }
+
+    /// Records how long measuring `variant` took (from `t0`), with the seconds of each part
+    /// the suite timed.
+    pub(crate) fn stage_measured(&mut self, variant: &str, t0: std::time::Instant) {
+        let parts = match self.suite.parts.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => vec![],
+        };
+        let detail = parts
+            .iter()
+            .map(|(what, secs)| format!("{what} {secs:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.stages.push((
+            format!("measure {variant}"),
+            t0.elapsed().as_secs_f64(),
+            detail,
+        ));
     }
 
     /// Records one figure per layer of the base (`{metric}_layer_{i}`), e.g. a layer-drop score.
@@ -465,7 +485,7 @@ impl Study {
         }
         let t0 = std::time::Instant::now();
         self.evaluate_dir(&v, dir)?;
-        self.stage(&format!("measure {variant}"), t0);
+        self.stage_measured(variant, t0);
         self.save_progress()
     }
 
@@ -560,8 +580,11 @@ impl Study {
         let total: f64 = self.stages.iter().map(|s| s.1).sum();
         let mut lines = log.to_vec();
         lines.push(format!("stage seconds ({total:.1} s in all):"));
-        for (what, secs) in &self.stages {
-            lines.push(format!("  {secs:8.1}  {what}"));
+        for (what, secs, detail) in &self.stages {
+            lines.push(match detail.is_empty() {
+                true => format!("  {secs:8.1}  {what}"),
+                false => format!("  {secs:8.1}  {what} ({detail})"),
+            });
         }
         for l in &lines[log.len()..] {
             eprintln!("{l}");

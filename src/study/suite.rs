@@ -47,6 +47,8 @@ pub struct Suite {
     /// variants' passes are skipped (a column the base cannot score ranks nothing: e.g. the
     /// 8.6 M default model, which does not follow the question format)
     pub base_gen_answered: std::sync::OnceLock<usize>,
+    /// seconds of each part of the last `evaluate` (perplexity, KL, …), for the study's log
+    pub parts: std::sync::Mutex<Vec<(&'static str, f64)>>,
 }
 
 /// Multiple choice scored from generated answers (`eval::generated`): every item asked through
@@ -177,6 +179,7 @@ impl Suite {
             base_logits: Default::default(),
             gen_mc: None,
             base_gen_answered: Default::default(),
+            parts: Default::default(),
         }
     }
 
@@ -392,6 +395,13 @@ impl Suite {
         } = *stored;
         let add =
             |r: &mut Results, m: &str, v: f64, s: Option<f64>, u: &str| r.add(variant, m, v, s, u);
+        // seconds per part, for the study's log (`lap` closes a part)
+        let mut parts = vec![];
+        let mut t0 = std::time::Instant::now();
+        let mut lap = |what: &'static str| {
+            parts.push((what, t0.elapsed().as_secs_f64()));
+            t0 = std::time::Instant::now();
+        };
         add(results, "layers", model.layers.len() as f64, None, "");
         add(
             results,
@@ -420,12 +430,14 @@ impl Suite {
         // s.e. of mean NLL carried to the perplexity scale (first order)
         add(results, "test_ppl", p.ppl, Some(p.ppl * p.nll_stderr), "");
         add(results, "test_bits_per_byte", p.bits_per_byte, None, "bits");
+        lap("perplexity");
         let (d, kl) = self
             .divergence(base, model, &variant.name)
             .context(|| format!("{}: KL to the base", variant.name))?;
         add(results, "kl_mean", d.kl_mean, Some(d.kl_stderr), "nats");
         add(results, "kl_p99", d.kl_p99, None, "nats");
         add(results, "top1", d.top1, None, "");
+        lap("KL");
         let mut mc_right = vec![];
         if !self.mc_items.is_empty() {
             let (mc, items) = multiple_choice_per_item(model, &self.tokenizer, &self.mc_items)
@@ -434,6 +446,7 @@ impl Suite {
             add(results, "mc_acc_norm", mc.acc_norm, None, "");
             add(results, "mc_chance", mc.chance, None, "");
             mc_right = items.right;
+            lap("multiple choice");
         }
         let mut gen_right = vec![];
         let is_base = variant.name == self.base_variant;
@@ -464,6 +477,7 @@ impl Suite {
             if is_base {
                 let _ = self.base_gen_answered.set(res.items.len() - res.no_answer);
             }
+            lap("generated answers");
         }
         let ours = PerToken {
             nll,
@@ -501,6 +515,7 @@ impl Suite {
                 })
             }
         };
+        lap("the base's per-item results");
         add_paired(results, variant, theirs, &ours, &kl);
         if !self.legacy_prompts.is_empty() {
             let ours = self.legacy_answers(model)?;
@@ -523,6 +538,7 @@ impl Suite {
             add(results, "legacy_similarity", sim, None, "");
             add(results, "legacy_exact_match", exact, None, "");
             add(results, "legacy_empty_answers", empty, None, "");
+            lap("legacy answers");
         }
         if self.speed_repeats > 0 {
             // on CUDA a written checkpoint is timed as it runs (compressed kernels, the decode
@@ -575,6 +591,11 @@ impl Suite {
                 Some(s.prefill_tokens_per_s.max - s.prefill_tokens_per_s.min),
                 "tokens/s",
             );
+            lap("speed");
+        }
+        parts.retain(|p| p.1 >= 0.05);
+        if let Ok(mut p) = self.parts.lock() {
+            *p = parts;
         }
         Ok(())
     }

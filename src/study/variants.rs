@@ -277,7 +277,7 @@ impl super::Study {
         }
         let t0 = std::time::Instant::now();
         self.evaluate_dir(&v, &dir)?;
-        self.stage(&format!("measure {name}"), t0);
+        self.stage_measured(name, t0);
         self.save_progress()
     }
 
