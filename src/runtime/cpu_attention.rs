@@ -123,12 +123,13 @@ impl CustomOp3 for CausalAttention {
             .enumerate()
             .for_each_init(Vec::new, |scores, (row, o)| {
                 let (bi, i) = (row / t, row % t);
+                #[cfg(target_arch = "x86_64")]
                 if fma {
                     // SAFETY: the CPU has AVX2 and FMA (checked at run time just above)
-                    unsafe { row_fma(&dims, &q, &kt, &v, bi, i, scores, o) }
-                } else {
-                    attend_row::<false>(&dims, &q, &kt, &v, bi, i, scores, o)
+                    return unsafe { row_fma(&dims, &q, &kt, &v, bi, i, scores, o) };
                 }
+                let _ = fma; // off x86-64 there is no FMA path
+                attend_row::<false>(&dims, &q, &kt, &v, bi, i, scores, o)
             });
         Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
     }
@@ -175,22 +176,6 @@ unsafe fn row_fma(
     out: &mut [f32],
 ) {
     attend_row::<true>(s, q, kt, v, bi, i, scores, out)
-}
-
-/// Never called off x86-64 (no FMA detected there): [`attend_row`] without fused multiply-adds.
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_fma(
-    s: &Dims,
-    q: &View,
-    kt: &[f32],
-    v: &View,
-    bi: usize,
-    i: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend_row::<false>(s, q, kt, v, bi, i, scores, out)
 }
 
 /// a · b + c, fused where `FMA` (compiled for it), else rounded twice.
