@@ -99,8 +99,8 @@ pub fn load_kmmlu(path: &Path, task: &str) -> std::io::Result<Vec<McItem>> {
         .collect()
 }
 
-/// Each option's summed log-likelihood after prompt `p`: one forward of every option at once
-/// (right-padded).
+/// Each option's summed log-likelihood after prompt `p`: the prompt once, then every option at
+/// once (right-padded) from copies of the prompt's KV cache; lm_head only where a token is read.
 fn options_log_likelihood(
     model: &Exaone4,
     p: &[u32],
@@ -169,8 +169,9 @@ pub struct McItems {
     pub right_norm: Vec<bool>,
 }
 
-/// Scores `items`: each option's log-likelihood given the prompt, one forward per item (all its
-/// options batched, right-padded).
+/// Scores `items`: each option's log-likelihood given the prompt (as lm-eval's loglikelihood),
+/// the prompt run once per item and its options continued from a copy of its KV cache, batched
+/// and right-padded.
 pub fn multiple_choice(
     model: &Exaone4,
     tok: &Tokenizer,
