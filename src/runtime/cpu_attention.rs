@@ -118,6 +118,12 @@ impl CustomOp3 for CausalAttention {
                     }
                 }
             });
+        let x = Inputs {
+            s: dims,
+            q,
+            kt: &kt,
+            v,
+        };
         let fma = fma_available();
         out.par_chunks_mut(h * d)
             .enumerate()
@@ -126,13 +132,22 @@ impl CustomOp3 for CausalAttention {
                 #[cfg(target_arch = "x86_64")]
                 if fma {
                     // SAFETY: the CPU has AVX2 and FMA (checked at run time just above)
-                    return unsafe { row_fma(&dims, &q, &kt, &v, bi, i, scores, o) };
+                    return unsafe { row_fma(&x, (bi, i), scores, o) };
                 }
                 let _ = fma; // off x86-64 there is no FMA path
-                attend_row::<false>(&dims, &q, &kt, &v, bi, i, scores, o)
+                attend_row::<false>(&x, (bi, i), scores, o)
             });
         Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
     }
+}
+
+/// What every row reads: the sizes, the queries, the transposed keys ([b, kvh, d, lp]), the
+/// values.
+struct Inputs<'a> {
+    s: Dims,
+    q: View<'a>,
+    kt: &'a [f32],
+    v: View<'a>,
 }
 
 /// What every row shares: query heads per KV head, KV heads, queries, keys (and rounded up to
@@ -164,18 +179,8 @@ fn fma_available() -> bool {
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_fma(
-    s: &Dims,
-    q: &View,
-    kt: &[f32],
-    v: &View,
-    bi: usize,
-    i: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    attend_row::<true>(s, q, kt, v, bi, i, scores, out)
+unsafe fn row_fma(x: &Inputs, at: (usize, usize), scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_row::<true>(x, at, scores, out)
 }
 
 /// a · b + c, fused where `FMA` (compiled for it), else rounded twice.
@@ -194,19 +199,15 @@ const LANES: usize = 8;
 /// Query heads computed together (each key and value read once for them).
 const GROUP: usize = 4;
 
-/// One output row: position `i` of batch row `bi`, every head. `scores` is scratch.
+/// One output row: position `i` of batch row `bi` (`at`), every head. `scores` is scratch.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn attend_row<const FMA: bool>(
-    s: &Dims,
-    q: &View,
-    kt: &[f32],
-    v: &View,
-    bi: usize,
-    i: usize,
+    x: &Inputs,
+    (bi, i): (usize, usize),
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    let (s, q, v) = (&x.s, &x.q, &x.v);
     let (g, d) = (s.g, s.d);
     // keys 0..=i + L − t, scored in blocks of LANES (the padding's scores are never read)
     let n = i + s.l - s.t + 1;
@@ -214,7 +215,7 @@ fn attend_row<const FMA: bool>(
     scores.clear();
     scores.resize(g * np, 0.0);
     for kh in 0..s.kvh {
-        let kt = &kt[(bi * s.kvh + kh) * d * s.lp..][..d * s.lp];
+        let kt = &x.kt[(bi * s.kvh + kh) * d * s.lp..][..d * s.lp];
         let mut gi = 0;
         while gi < g {
             let head = kh * g + gi;
