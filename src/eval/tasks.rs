@@ -114,17 +114,21 @@ fn options_log_likelihood(
         ));
     }
     // the prompt once (causal: its positions do not depend on what follows); its last
-    // position scores every option's first token
-    let mut cache = model.new_cache(1, p.len() + longest, vec![0])?;
+    // position scores every option's first token — all of it for one-token options (KMMLU's
+    // letters), which need no cache
+    let mut cache = match longest > 1 {
+        true => Some(model.new_cache(1, p.len() + longest, vec![0])?),
+        false => None,
+    };
     let x = Tensor::from_vec(p.to_vec(), (1, p.len()), dev)?;
-    let h = model.forward_hidden(&x, Some(&mut cache))?;
+    let h = model.forward_hidden(&x, cache.as_mut())?;
     let first = model
         .log_probs(&h.narrow(1, p.len() - 1, 1)?)?
         .to_device(&Device::Cpu)?
         .flatten_all()?
         .to_vec1::<f32>()?;
     let mut lls: Vec<f64> = conts.iter().map(|c| first[c[0] as usize] as f64).collect();
-    if longest > 1 {
+    if let Some(cache) = cache {
         // then every option's tokens but its last, one row each from a copy of the prompt's
         // cache, right-padded (the padding comes after every position that is read)
         let t = longest - 1;
@@ -187,7 +191,6 @@ pub fn multiple_choice_per_item(
     items: &[McItem],
 ) -> crate::Result<(McResult, McItems)> {
     let mut per_item = McItems::default();
-    let dev = model.device().clone();
     let (mut right, mut right_norm, mut inv_choices) = (0usize, 0usize, 0f64);
     for it in items {
         let p = tok.encode(&it.prompt)?;
@@ -202,20 +205,7 @@ pub fn multiple_choice_per_item(
                 it.task
             )));
         }
-        let lls: Vec<f64> = if conts.iter().all(|c| c.len() == 1) {
-            // one-token options (KMMLU's letters): every option's log-likelihood is read from
-            // the prompt's last position, so the prompt runs once (causal: the same figures)
-            let x = Tensor::from_vec(p.clone(), (1, p.len()), &dev)?;
-            let last = model.forward_hidden(&x, None)?.narrow(1, p.len() - 1, 1)?;
-            let lp = model
-                .log_probs(&last)?
-                .to_device(&Device::Cpu)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            conts.iter().map(|c| lp[c[0] as usize] as f64).collect()
-        } else {
-            options_log_likelihood(model, &p, &conts)?
-        };
+        let lls = options_log_likelihood(model, &p, &conts)?;
         let mut best = (f64::MIN, 0);
         let mut best_norm = (f64::MIN, 0);
         for (k, &ll) in lls.iter().enumerate() {
