@@ -18,8 +18,9 @@ use half::bf16;
 use super::launch::gemm::gemm_bf16;
 use super::launch::gemm_w4::{gemm_w4, plan_with, workspace, W4Plan, W4Scratch, W4Weights};
 use super::launch::gemv::{dequant_w4, gemv_w4, Int4};
+use super::launch::norm_rope::silu_mul_rows;
 use super::launch::{cuda_err, sm_count, Dev};
-use super::w4_layout::W4Tiles;
+use super::w4_layout::{pair_rows, W4Tiles};
 use crate::checkpoint::{compressed_tensors::unpack_zero_points, Checkpoint};
 use crate::model::layers::LinearKernel;
 
@@ -105,6 +106,26 @@ impl PackedInt4 {
         prefixes: &[String],
         stream: &Arc<CudaStream>,
     ) -> Result<Option<Self>> {
+        Self::load_with(ckpt, prefixes, stream, false)
+    }
+
+    /// [`Self::load`] for a gate and an up Linear (`prefixes` in that order), stored for the
+    /// GEMM as pairs so that it can gate in its epilogue ([`Self::forward_gated`]); plain where
+    /// the two differ in size or their outputs number no multiple of 4.
+    pub fn load_gate_up(
+        ckpt: &Checkpoint,
+        prefixes: &[String],
+        stream: &Arc<CudaStream>,
+    ) -> Result<Option<Self>> {
+        Self::load_with(ckpt, prefixes, stream, true)
+    }
+
+    fn load_with(
+        ckpt: &Checkpoint,
+        prefixes: &[String],
+        stream: &Arc<CudaStream>,
+        gate_up: bool,
+    ) -> Result<Option<Self>> {
         let have = prefixes
             .iter()
             .filter(|p| ckpt.contains(&format!("{p}.weight_packed")))
@@ -120,6 +141,7 @@ impl PackedInt4 {
         }
         let (mut packed, mut scales, mut zeros) = (vec![], vec![], vec![]);
         let (mut n, mut k, mut groups) = (0, 0, 0);
+        let mut outs = vec![];
         let (mut any_zero, mut g_idx) = (false, None::<Vec<usize>>);
         let raw = |name: &str| ckpt.raw(name, &Device::Cpu).map_err(ck);
         for (j, p) in prefixes.iter().enumerate() {
@@ -168,12 +190,17 @@ impl PackedInt4 {
                 candle_core::bail!("{prefixes:?}: stacked Linears with different act-order g_idx cannot share one column gather");
             }
             g_idx = gi;
+            outs.push(o);
             n += o;
             k = i;
             groups = ng;
         }
         let z = any_zero.then_some(zeros.as_slice());
-        Self::from_host(&packed, &scales, z, g_idx.as_deref(), n, k, stream)
+        let pairs = match outs[..] {
+            [g, u] if gate_up && g == u && n.is_multiple_of(4) => g,
+            _ => 0,
+        };
+        Self::from_host_pairs(&packed, &scales, z, g_idx.as_deref(), n, k, pairs, stream)
             .map(Some)
             .map_err(|e| candle_core::Error::Msg(format!("{prefixes:?}: {e}")))
     }
@@ -189,8 +216,41 @@ impl PackedInt4 {
         k: usize,
         stream: &Arc<CudaStream>,
     ) -> Result<Self> {
-        let tiles =
-            W4Tiles::new(packed, scales, zeros, g_idx, n, k).map_err(candle_core::Error::Msg)?;
+        Self::from_host_pairs(packed, scales, zeros, g_idx, n, k, 0, stream)
+    }
+
+    /// [`Self::from_host`]; `pairs` > 0: the rows are a stacked gate/up Linear of `pairs`
+    /// outputs each (n = 2 · pairs, a multiple of 4), stored for the GEMM as pairs
+    /// ([`crate::runtime::w4_layout::pair_rows`]); the GEMVs' packing keeps the checkpoint's order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_host_pairs(
+        packed: &[u32],
+        scales: &[f32],
+        zeros: Option<&[f32]>,
+        g_idx: Option<&[usize]>,
+        n: usize,
+        k: usize,
+        pairs: usize,
+        stream: &Arc<CudaStream>,
+    ) -> Result<Self> {
+        let msg = candle_core::Error::Msg;
+        if pairs > 0 && (n != 2 * pairs || !n.is_multiple_of(4)) {
+            candle_core::bail!("{n} outputs cannot be {pairs} gate/up pairs (a multiple of 4)");
+        }
+        let tiles = if pairs > 0 {
+            let zp = zeros.map(|z| pair_rows(z, n)).transpose().map_err(msg)?;
+            W4Tiles::new(
+                &pair_rows(packed, n).map_err(msg)?,
+                &pair_rows(scales, n).map_err(msg)?,
+                zp.as_deref(),
+                g_idx,
+                n,
+                k,
+            )
+        } else {
+            W4Tiles::new(packed, scales, zeros, g_idx, n, k)
+        }
+        .map_err(msg)?;
         let group = tiles.group;
         // the GEMVs: groups in column order, a power of two ≥ 32 (a word never straddles two)
         let gemv = if tiles.perm.is_none()
@@ -215,7 +275,7 @@ impl PackedInt4 {
             group,
             asymmetric: zeros.is_some(),
             gemv,
-            tc: Box::new(W4Weights::upload(&tiles, stream)?),
+            tc: Box::new(W4Weights::upload(&tiles, pairs, stream)?),
         })
     }
 
@@ -299,9 +359,43 @@ impl PackedInt4 {
                     ws: buf.ws,
                     xp: buf.xp,
                 };
-                gemm_w4(dev, &self.tc.view(stream), x, y, m, &s, plan)
+                gemm_w4(dev, &self.tc.view(stream), x, y, m, &s, plan, false)
             }
         }
+    }
+
+    /// act [m, n/2] = bf16(silu(gate)) · up of the stacked gate/up product, `gu` [m, n] holding
+    /// the product where it is materialised: on the GEMM, with the weights stored as pairs
+    /// ([`Self::load_gate_up`]), the gating is its epilogue (one launch, `gu` untouched); else
+    /// the product, then `silu_mul_rows`. The same values either way.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_gated(
+        &self,
+        dev: &CudaDevice,
+        blas: &CudaBlas,
+        stream: &CudaStream,
+        x: Dev<bf16>,
+        gu: Dev<bf16>,
+        act: Dev<bf16>,
+        m: usize,
+        buf: &W4Buffers,
+        route: Option<W4Route>,
+    ) -> Result<()> {
+        let route = route.unwrap_or_else(|| self.route(m));
+        if let (W4Route::Gemm(plan), true) = (route, self.tc.pairs > 0) {
+            let s = W4Scratch {
+                ws: buf.ws,
+                xp: buf.xp,
+            };
+            return gemm_w4(dev, &self.tc.view(stream), x, act, m, &s, plan, true);
+        }
+        self.forward(dev, blas, stream, x, gu, m, buf, Some(route))?;
+        silu_mul_rows(dev, gu, act, m, self.n / 2)
+    }
+
+    /// Whether the GEMM gates in its epilogue ([`Self::load_gate_up`]).
+    pub fn gates_in_epilogue(&self) -> bool {
+        self.tc.pairs > 0
     }
 
     /// The largest [`W4Needs`] of the default routes for 1..=`rows` rows on a GPU of `sms`

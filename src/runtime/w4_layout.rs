@@ -181,9 +181,40 @@ impl W4Tiles {
     }
 }
 
+/// The rows of a stacked gate/up tensor (`n` rows: `n / 2` gates, then as many ups; any row
+/// length) reordered to gate j, up j side by side (rows 2j, 2j + 1), the order in which the GEMM
+/// gates in its epilogue (`kernels/gemm_w4.cu`). An error unless `n` is even and divides the
+/// data into whole rows.
+pub fn pair_rows<T: Copy>(v: &[T], n: usize) -> Result<Vec<T>, String> {
+    if n == 0 || !n.is_multiple_of(2) || !v.len().is_multiple_of(n) {
+        return Err(format!(
+            "{} values cannot be {n} gate/up rows (an even number of whole rows)",
+            v.len()
+        ));
+    }
+    let (half, len) = (n / 2, v.len() / n);
+    Ok((0..n)
+        .flat_map(|r| {
+            let src = r / 2 + (r % 2) * half;
+            v[src * len..(src + 1) * len].iter().copied()
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pair_rows_puts_gate_and_up_side_by_side() {
+        // 3 gates (rows 0..3: values 10r..), 3 ups (rows 3..6), rows of two values
+        let v: Vec<u32> = (0..6).flat_map(|r| [10 * r, 10 * r + 1]).collect();
+        let p = pair_rows(&v, 6).unwrap();
+        assert_eq!(p, [0, 1, 30, 31, 10, 11, 40, 41, 20, 21, 50, 51]);
+        assert!(pair_rows(&v, 3).is_err(), "odd row count");
+        assert!(pair_rows(&v[..11], 6).is_err(), "not whole rows");
+        assert!(pair_rows::<u32>(&[], 0).is_err());
+    }
 
     /// A deterministic nibble pattern with every value and no period aligned to the tiles.
     fn nibbles(n: usize, k: usize) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! The forward of any number of rows (prefill chunks, batched decoding): one GEMV (one row)
 //! or cuBLAS GEMM (more) per Linear, and the norms, RoPE, attention and SiLU as their own
-//! launches.
+//! launches (the SiLU in the gate/up GEMM's epilogue where the weights allow: W4A16, W8A8).
 
 use candle_core::Result;
 
@@ -9,7 +9,7 @@ use super::DecodeEngine;
 use crate::runtime::launch::attention::{attn_rows, AttnRows};
 use crate::runtime::launch::gemv::Dense;
 use crate::runtime::launch::norm_rope::{
-    embed_rows, qk_norm_rope_store, rmsnorm_rows, silu_mul_rows, QkNormRope, RmsNormRows,
+    embed_rows, qk_norm_rope_store, rmsnorm_rows, QkNormRope, RmsNormRows,
 };
 use crate::runtime::launch::sampling::argmax_rows;
 
@@ -32,12 +32,11 @@ impl DecodeEngine {
             return self.forward_one();
         }
         let c = &self.cfg;
-        let (h, hd, hq, hkv, inter) = (
+        let (h, hd, hq, hkv) = (
             c.hidden_size,
             c.head_dim,
             c.num_attention_heads,
             c.num_key_value_heads,
-            c.intermediate_size,
         );
         let eps = c.rms_norm_eps as f32;
         let b = &self.buf;
@@ -114,10 +113,8 @@ impl DecodeEngine {
             self.mark("o GEMV")?;
             rmsnorm_rows(dev, &norm_residual(self.d(&l.post_attn)))?;
             self.mark("norm + residual")?;
-            gemm.linear(&l.gate_up, hb, gu, rows)?;
-            self.mark("gate/up GEMV")?;
-            silu_mul_rows(dev, gu, act, rows, inter)?;
-            self.mark("SiLU · up")?;
+            gemm.gated(&l.gate_up, hb, gu, act, rows)?;
+            self.mark("gate/up GEMM + SiLU · up")?;
             gemm.linear(&l.down, act, o, rows)?;
             self.mark("down GEMV")?;
             rmsnorm_rows(dev, &norm_residual(self.d(&l.post_ff)))?;

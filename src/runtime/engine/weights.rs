@@ -120,7 +120,13 @@ fn linear(
         .iter()
         .map(|n| format!("model.layers.{i}.{n}"))
         .collect();
-    if let Some(p) = PackedInt4::load(ckpt, &prefixes, s)? {
+    // the stacked gate/up Linear: stored as pairs so the W4A16 GEMM gates in its epilogue
+    let packed = if names == &LINEAR_NAMES[4..6] {
+        PackedInt4::load_gate_up(ckpt, &prefixes, s)?
+    } else {
+        PackedInt4::load(ckpt, &prefixes, s)?
+    };
+    if let Some(p) = packed {
         return Ok(Lin {
             n: p.n,
             k: p.k,
@@ -468,6 +474,16 @@ impl<'a> Gemm<'a> {
         }
     }
 
+    /// The scratch a W4A16 product may use.
+    fn w4_buffers(&self) -> W4Buffers<'a> {
+        let s: &'a Scratch = self.scratch;
+        W4Buffers {
+            ws: s.w4ws.as_ref().map(|b| Dev::new(b, self.stream)),
+            xp: s.w4xp.as_ref().map(|b| Dev::new(b, self.stream)),
+            wtmp: s.wtmp.as_ref().map(|b| Dev::new(b, self.stream)),
+        }
+    }
+
     /// y [rows, n] = x [rows, k] · Wᵀ.
     pub(crate) fn linear(&self, lin: &Lin, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
         match &lin.w {
@@ -480,12 +496,7 @@ impl<'a> Gemm<'a> {
                 self.dense(&w, x, y, rows)
             }
             Weights::Int4(p) => {
-                let s: &'a Scratch = self.scratch;
-                let buf = W4Buffers {
-                    ws: s.w4ws.as_ref().map(|b| self.d(b)),
-                    xp: s.w4xp.as_ref().map(|b| self.d(b)),
-                    wtmp: s.wtmp.as_ref().map(|b| self.d(b)),
-                };
+                let buf = self.w4_buffers();
                 p.forward(self.dev, self.blas, self.stream, x, y, rows, &buf, None)
             }
             Weights::Int8(w) => self.q8(Q8Kind::Int8, w, x, y, rows, None),
@@ -494,7 +505,8 @@ impl<'a> Gemm<'a> {
     }
 
     /// act [rows, n/2] = silu(gate) · up from the stacked gate/up Linear (gu [rows, n] holds the
-    /// products where they are materialised; the 8-bit paths scale and gate in their epilogue).
+    /// products where they are materialised; the 8-bit paths and the W4A16 GEMM gate in their
+    /// epilogue).
     pub(crate) fn gated(
         &self,
         lin: &Lin,
@@ -506,6 +518,20 @@ impl<'a> Gemm<'a> {
         match &lin.w {
             Weights::Int8(w) => return self.q8(Q8Kind::Int8, w, x, act, rows, Some(gu)),
             Weights::Fp8(w) => return self.q8(Q8Kind::Fp8, &w.0, x, act, rows, Some(gu)),
+            Weights::Int4(p) => {
+                let buf = self.w4_buffers();
+                return p.forward_gated(
+                    self.dev,
+                    self.blas,
+                    self.stream,
+                    x,
+                    gu,
+                    act,
+                    rows,
+                    &buf,
+                    None,
+                );
+            }
             _ => {}
         }
         self.linear(lin, x, gu, rows)?;

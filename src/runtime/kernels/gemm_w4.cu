@@ -105,6 +105,13 @@ __device__ __forceinline__ void dequant(uint32_t q, const uint32_t (&zn)[2], con
     }
 }
 
+// silu(gate) · up from the f32 sums, rounded as the unfused path rounds (the GEMM's bf16
+// outputs, then silu_mul_rows in kernels/norm_rope.cu)
+__device__ __forceinline__ bf16 gated(float g, float u) {
+    g = bf(tobf(g));
+    return tobf(bf(tobf(g / (1.f + __expf(-g)))) * bf(tobf(u)));
+}
+
 __device__ __forceinline__ uint32_t dup(uint16_t h) { return (uint32_t)h | ((uint32_t)h << 16); }
 
 template <int WM, int WN, int WK, int MTW, int NTW, int KSW, int STAGES> struct Cfg {
@@ -205,7 +212,7 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
                                         const bf16 *__restrict__ S, const bf16 *__restrict__ Z,
                                         bf16 *__restrict__ Y, float *__restrict__ ws,
                                         unsigned *__restrict__ locks, int M, int N, int K, int Np, int G,
-                                        int tiles_per_split) {
+                                        int tiles_per_split, int pairs) {
     using C = Cfg<WM, WN, WK, MTW, NTW, KSW, STAGES>;
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -321,10 +328,19 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
     }
 
     const bool even = (N & 1) == 0;
-    // c0, c1 at (row, col), (row, col + 1); c2, c3 at row + 8
+    // c0, c1 at (row, col), (row, col + 1); c2, c3 at row + 8. With pairs (the stored columns
+    // 2j, 2j + 1 are gate j and up j of a stacked gate/up Linear, N = 2·I, col even): pairs > 0
+    // writes y [M, N] in the checkpoint's order (gate j at j, up j at I + j), pairs < 0 writes
+    // act [M, I] = bf16(bf16(silu(bf16 gate)) · bf16 up), silu_mul_rows' roundings.
+    const int half = pairs < 0 ? -pairs : pairs;
     auto store = [&](bf16 *y, int r, int c, float v0, float v1) {
         if (r >= M || c >= N) return;
-        if (even) {
+        if (pairs < 0) {
+            y[(size_t)r * half + c / 2] = gated(v0, v1);
+        } else if (pairs > 0) {
+            y[(size_t)r * N + c / 2] = tobf(v0);
+            y[(size_t)r * N + half + c / 2] = tobf(v1);
+        } else if (even) {
             *(__nv_bfloat162 *)(y + (size_t)r * N + c) = __floats2bfloat162_rn(v0, v1);
         } else {
             y[(size_t)r * N + c] = tobf(v0);
@@ -393,9 +409,17 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
                     v[3] += l[u].w;
                 }
             }
-            __nv_bfloat162 *o = (__nv_bfloat162 *)(Y + (size_t)r * N + c);
-            o[0] = __floats2bfloat162_rn(v[0], v[1]);
-            o[1] = __floats2bfloat162_rn(v[2], v[3]);
+            if (pairs < 0) {  // N % 4 == 0 with pairs (the launcher checks): c / 2 is even
+                bf16 a = gated(v[0], v[1]), b = gated(v[2], v[3]);
+                *(__nv_bfloat162 *)(Y + (size_t)r * half + c / 2) = __halves2bfloat162(a, b);
+            } else if (pairs > 0) {
+                *(__nv_bfloat162 *)(Y + (size_t)r * N + c / 2) = __floats2bfloat162_rn(v[0], v[2]);
+                *(__nv_bfloat162 *)(Y + (size_t)r * N + half + c / 2) = __floats2bfloat162_rn(v[1], v[3]);
+            } else {
+                __nv_bfloat162 *o = (__nv_bfloat162 *)(Y + (size_t)r * N + c);
+                o[0] = __floats2bfloat162_rn(v[0], v[1]);
+                o[1] = __floats2bfloat162_rn(v[2], v[3]);
+            }
         } else {
             for (int q = 0; q < 4 && c + q < N; q++) {
                 for (int z = 0; z < splits; z++) v[q] += __ldcg(p + q + z * zs);
@@ -409,14 +433,16 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
 
 // The instantiations the launcher picks from (name: rows per block, _z: asymmetric):
 //   s16:  BM 16,  BN 128, BK 128, 8 warps = 2 along N × 4 along K   (1–16 rows: memory bound)
+//   n32:  BM 16,  BN 32,  BK 128, 4 warps along K                   (1–16 rows, four times the
+//         output tiles: as many blocks as s16's splits give, without the partials' round trip)
 //   m32:  BM 32,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
 //   m64:  BM 64,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
 //   l128: BM 128, BN 128, BK 64,  8 warps = 2 along M × 4 along N   (compute bound)
 // All 4 stages deep (8 measured no faster on an H200: the main loop is not waiting on memory).
 #define W4_ARGS                                                                                          \
     const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, bf16 *Y, float *ws, unsigned *locks, \
-        int M, int N, int K, int Np, int G, int tiles_per_split
-#define W4_PASS X, Q, S, Z, Y, ws, locks, M, N, K, Np, G, tiles_per_split
+        int M, int N, int K, int Np, int G, int tiles_per_split, int pairs
+#define W4_PASS X, Q, S, Z, Y, ws, locks, M, N, K, Np, G, tiles_per_split, pairs
 #define W4_KERNEL(name, WM, WN, WK, MTW, NTW, KSW, ST, MINB)                                             \
     extern "C" __global__ void __launch_bounds__(32 * WM * WN * WK, MINB) name(W4_ARGS) {                     \
         w4::gemm_w4<WM, WN, WK, MTW, NTW, KSW, ST, false>(W4_PASS);                                      \
@@ -426,6 +452,7 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
     }
 
 W4_KERNEL(gemm_w4_s16, 1, 2, 4, 1, 8, 2, 4, 2)
+W4_KERNEL(gemm_w4_n32, 1, 1, 4, 1, 4, 2, 4, 4)
 W4_KERNEL(gemm_w4_m32, 1, 4, 2, 2, 4, 2, 4, 2)
 // 64 f32 accumulators per thread: at two blocks per SM (128 registers) these spilled
 W4_KERNEL(gemm_w4_m64, 1, 4, 2, 4, 4, 2, 4, 1)

@@ -17,7 +17,9 @@ use crate::runtime::w4_layout::{W4Tiles, K_ALIGN, N_ALIGN};
 
 /// A W4A16 weight on the device in the GEMM's layout: `q` Np·Kp/8 shuffled words, `scales`
 /// and `zneg` (asymmetric only) [ceil(Kp/group), Np], `perm` [k] for act-order weights, and
-/// `locks`, the split-K counters of its output tiles (zero between launches).
+/// `locks`, the split-K counters of its output tiles (zero between launches); `pairs` > 0: a
+/// stacked gate/up Linear of `pairs` outputs each, stored with gate j and up j side by side
+/// (columns 2j, 2j + 1), so that one thread holds both and the GEMM can gate in its epilogue.
 #[derive(Clone, Copy)]
 pub(crate) struct W4<'a> {
     pub q: Dev<'a, u32>,
@@ -28,6 +30,7 @@ pub(crate) struct W4<'a> {
     pub n: usize,
     pub k: usize,
     pub group: usize,
+    pub pairs: usize,
 }
 
 /// Split-K counters per weight: enough for every plan that splits (splits > 1 only while the
@@ -45,10 +48,13 @@ pub struct W4Weights {
     pub n: usize,
     pub k: usize,
     pub group: usize,
+    /// gate/up pairs side by side (see [`W4`]); 0 for a plain Linear
+    pub pairs: usize,
 }
 
 impl W4Weights {
-    pub(crate) fn upload(t: &W4Tiles, stream: &Arc<CudaStream>) -> Result<Self> {
+    /// `pairs`: the tiles' rows are gate/up pairs side by side, `pairs` of each (0: plain).
+    pub(crate) fn upload(t: &W4Tiles, pairs: usize, stream: &Arc<CudaStream>) -> Result<Self> {
         let up = |v: &[bf16]| stream.clone_htod(v).map_err(cuda_err);
         Ok(Self {
             q: stream.clone_htod(&t.q).map_err(cuda_err)?,
@@ -63,6 +69,7 @@ impl W4Weights {
             n: t.n,
             k: t.k,
             group: t.group,
+            pairs,
         })
     }
 
@@ -81,15 +88,19 @@ impl W4Weights {
             n: self.n,
             k: self.k,
             group: self.group,
+            pairs: self.pairs,
         }
     }
 }
 
-/// A block tile of the kernel (rows × 128 outputs; see the kernel file's table).
+/// A block tile of the kernel (rows × outputs; see the kernel file's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum W4Tile {
-    /// 16 rows, K tiles of 128, warps split K four ways (1–16 rows: memory bound)
+    /// 16 rows × 128 outputs, K tiles of 128, warps split K four ways (1–16 rows: memory bound)
     S16,
+    /// 16 rows × 32 outputs, K tiles of 128, four warps along K (1–16 rows: four times the
+    /// output tiles of S16, so fewer K splits to fill the GPU)
+    N32,
     /// 32 rows, K tiles of 64
     M32,
     /// 64 rows, K tiles of 64
@@ -99,26 +110,35 @@ pub enum W4Tile {
 }
 
 impl W4Tile {
-    pub const ALL: [W4Tile; 4] = [W4Tile::S16, W4Tile::M32, W4Tile::M64, W4Tile::L128];
+    pub const ALL: [W4Tile; 5] = [
+        W4Tile::S16,
+        W4Tile::N32,
+        W4Tile::M32,
+        W4Tile::M64,
+        W4Tile::L128,
+    ];
 
     /// (BM, BN, BK, threads, dynamic shared memory bytes) as `Cfg` in the kernel computes them.
     fn shape(self) -> (usize, usize, usize, u32, usize) {
-        let (bm, bk, wk, mtw, ntw, wmn, stages) = match self {
-            W4Tile::S16 => (16, 128, 4, 1, 8, 2, 4),
-            W4Tile::M32 => (32, 64, 2, 2, 4, 4, 4),
-            W4Tile::M64 => (64, 64, 2, 4, 4, 4, 4),
-            W4Tile::L128 => (128, 64, 1, 4, 4, 8, 4),
+        // warps along M, N, K; m16 and n8 tiles per warp; k16 steps per warp and K tile; stages
+        let (wm, wn, wk, mtw, ntw, ksw, stages) = match self {
+            W4Tile::S16 => (1, 2, 4, 1, 8, 2, 4),
+            W4Tile::N32 => (1, 1, 4, 1, 4, 2, 4),
+            W4Tile::M32 => (1, 4, 2, 2, 4, 2, 4),
+            W4Tile::M64 => (1, 4, 2, 4, 4, 2, 4),
+            W4Tile::L128 => (2, 4, 1, 4, 4, 4, 4),
         };
-        let bn = 128;
+        let (bm, bn, bk) = (16 * mtw * wm, 8 * ntw * wn, 16 * ksw * wk);
         let stage = bm * bk * 2 + (bk / 16) * (bn / 32) * 256 + 2 * (bk / 16) * bn * 2;
         let pipe = stages * stage;
-        let red = (wk - 1) * wmn * mtw * ntw * 4 * 32 * 4;
-        (bm, bn, bk, 256, pipe.max(red))
+        let red = (wk - 1) * wm * wn * mtw * ntw * 4 * 32 * 4;
+        (bm, bn, bk, 32 * (wm * wn * wk) as u32, pipe.max(red))
     }
 
     pub fn name(self) -> &'static str {
         match self {
             W4Tile::S16 => "s16",
+            W4Tile::N32 => "n32",
             W4Tile::M32 => "m32",
             W4Tile::M64 => "m64",
             W4Tile::L128 => "l128",
@@ -129,6 +149,8 @@ impl W4Tile {
         match (self, zeros) {
             (W4Tile::S16, false) => "gemm_w4_s16",
             (W4Tile::S16, true) => "gemm_w4_s16_z",
+            (W4Tile::N32, false) => "gemm_w4_n32",
+            (W4Tile::N32, true) => "gemm_w4_n32_z",
             (W4Tile::M32, false) => "gemm_w4_m32",
             (W4Tile::M32, true) => "gemm_w4_m32_z",
             (W4Tile::M64, false) => "gemm_w4_m64",
@@ -142,7 +164,7 @@ impl W4Tile {
     /// partials of many rows costs more than the parallelism gains).
     fn max_splits(self) -> usize {
         match self {
-            W4Tile::S16 => 16,
+            W4Tile::S16 | W4Tile::N32 => 16,
             W4Tile::M32 => 8,
             W4Tile::M64 => 4,
             W4Tile::L128 => 2,
@@ -226,9 +248,12 @@ pub(crate) fn plan(dev: &CudaDevice, w: &W4, m: usize) -> Result<W4Plan> {
     Ok(plan_with(m, w.n, w.k, sm_count(dev)?, None))
 }
 
-/// y [m, n] = x [m, k] · Wᵀ on W4A16 weights in the GEMM's layout. `plan` None: [`plan`]; its
-/// splits are cut to 1 where `scratch` lacks the workspace (or the weight the lock counters)
+/// y [m, n] = x [m, k] · Wᵀ on W4A16 weights in the GEMM's layout (for gate/up pairs, in the
+/// checkpoint's order: the gates, then the ups); `gated` (pairs only): y [m, n/2] = bf16(silu(
+/// gate)) · up instead, rounded as the GEMM followed by `silu_mul_rows`. `plan` None: [`plan`];
+/// its splits are cut to 1 where `scratch` lacks the workspace (or the weight the lock counters)
 /// for them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_w4(
     dev: &CudaDevice,
     w: &W4,
@@ -237,9 +262,22 @@ pub(crate) fn gemm_w4(
     m: usize,
     scratch: &W4Scratch,
     plan_: Option<W4Plan>,
+    gated: bool,
 ) -> Result<()> {
     const K: &str = "gemm_w4";
     let (n, k, g) = (w.n, w.k, w.group);
+    require!(
+        K,
+        w.pairs == 0 || (n == 2 * w.pairs && n.is_multiple_of(4)),
+        "gate/up pairs of {} for {n} outputs (n = 2 · pairs, a multiple of 4)",
+        w.pairs
+    );
+    require!(
+        K,
+        !gated || w.pairs > 0,
+        "gating needs weights stored as gate/up pairs"
+    );
+    let outs = if gated { n / 2 } else { n };
     let (np, kp) = (n.next_multiple_of(N_ALIGN), k.next_multiple_of(K_ALIGN));
     require!(K, m > 0 && n > 0, "empty product [{m}, {n}]");
     require!(
@@ -268,8 +306,8 @@ pub(crate) fn gemm_w4(
     );
     require!(
         K,
-        y.len() >= m * n,
-        "output of {} values for [{m}, {n}]",
+        y.len() >= m * outs,
+        "output of {} values for [{m}, {outs}]",
         y.len()
     );
     require!(K, y.aligned(4), "4-byte aligned output");
@@ -318,11 +356,19 @@ pub(crate) fn gemm_w4(
         int(g, "group")?,
         int(per, "tiles per split")?,
     );
+    // the kernel's epilogue mode: 0 plain, pairs > 0 back to the checkpoint's order, < 0 gated
+    let pairs = int(w.pairs, "pairs")? * if gated { -1 } else { 1 };
     let z = or_null(w.zneg);
     let mut b = f.builder(&stream);
     b.arg(&x.addr).arg(&w.q.addr).arg(&w.scales.addr).arg(&z);
     b.arg(&y.addr).arg(&ws).arg(&locks);
-    b.arg(&mi).arg(&ni).arg(&ki).arg(&npi).arg(&gi).arg(&peri);
+    b.arg(&mi)
+        .arg(&ni)
+        .arg(&ki)
+        .arg(&npi)
+        .arg(&gi)
+        .arg(&peri)
+        .arg(&pairs);
     let grid = (
         dim(n.div_ceil(bn), "n tiles")?,
         dim(m.div_ceil(bm), "m tiles")?,
@@ -334,7 +380,9 @@ pub(crate) fn gemm_w4(
     // shuffled words (Np·Kp/8 of them, checked; blocks past Np/32 are zero-filled, not read),
     // scale/zero rows (k0 + 16r)/group < ceil(Kp/group) of Np values (checked), input rows
     // < m and columns < k in 16-byte chunks (k % 16 == 0, x 16-byte aligned, [m, k] inside),
-    // and writes y[r, c] for r < m, c < n only (y [m, n] inside, 4-byte aligned). With splits
+    // and writes y[r, c] for r < m, c < n only (y [m, n] inside, 4-byte aligned; with pairs,
+    // n = 2·pairs: y[r, c / 2] and y[r, pairs + c / 2], or gated y[r, c / 2] of [m, n / 2],
+    // inside, in pairs of bf16 at even offsets, n % 4 == 0 checked). With splits
     // > 1 it writes ws[z, r, c] (splits·m·n f32, checked by `workspace`) and counts in
     // locks[tile] (one per output tile, checked), which must hold 0 before the launch: they
     // are zeroed at allocation and the last split of each tile resets its counter; kernels on

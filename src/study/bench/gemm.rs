@@ -113,7 +113,8 @@ pub fn run_w4(mut r: Results, device: &Device, out: &Path) -> Result<()> {
 /// The W4A16 sweep, its table printed; the failed points named.
 fn w4_part(r: &mut Results, device: &Device) -> Result<Vec<String>> {
     use super::gemm_w4::{w4_sweep, W4_MS, W4_SHAPES};
-    let w4 = w4_sweep(r, device, &W4_SHAPES, &W4_MS, 5)?;
+    let mut w4 = w4_sweep(r, device, &W4_SHAPES, &W4_MS, 5)?;
+    w4.extend(super::gemm_w4_pairs::pair_checks(device)?);
     println!("\nW4A16: what the engines run (w4 auto) ÷ our bf16 path, speed-up per product");
     print!("{:<10}", "shape");
     for m in W4_MS {

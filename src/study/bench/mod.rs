@@ -18,6 +18,7 @@ pub mod gemm;
 #[cfg(feature = "cuda")]
 mod gemm_checks;
 pub mod gemm_w4;
+mod gemm_w4_pairs;
 pub mod kernels;
 pub mod memory;
 pub mod prefill;
