@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Two builds timed side by side on one GPU, to tell a change's effect from the machine's drift:
-# the binaries of .gpu/ (this tree's) and of .gpu/base/ (another commit's bench_runtime and
-# exaone-compress, carried as .gpu/base/bins.tar.xz). First, unless SKIP_SWEEP=1, this tree's
+# the binaries of .gpu/ (this tree's) and, where carried, .gpu/base/bench_runtime.xz (another
+# commit's; the carried tree and binaries must fit 64 MiB, so often it cannot travel: then the
+# bf16 engine, which a W4A16 change leaves alone, is the run's control). First, unless SKIP_SWEEP=1, this tree's
 # W4A16 GEMM sweep at EXAONE_W4_MS (default 1,16) with every tile and split count
 # (EXAONE_W4_TUNE=1) and all its checks; then the decode engines (bf16 and W4A16 RTN of a
 # random-weight EXAONE-4.0-1.2B shape, with their numerical checks) at DECODE_BATCHES (default
-# 1,16), base and this tree alternately, ROUNDS times (default 1; ≈ 2 minutes per run on an
+# 1,16), base (if any) and this tree alternately, ROUNDS times (default 1; ≈ 2 minutes per run on an
 # H200). Tables on stdout; every log in $OUT/logs.tar.
 set -uo pipefail
 source "$(dirname "$0")/setup.sh"
-mkdir -p .gpu/base && tar -xJf .gpu/base/bins.tar.xz -C .gpu/base && chmod +x .gpu/base/* || exit 1
-cp .gpu/run-on-gpu.sh .gpu/base/ 2>/dev/null
+versions=(tree)
+if [ -f .gpu/base/bench_runtime.xz ]; then
+  xz -d .gpu/base/bench_runtime.xz && chmod +x .gpu/base/bench_runtime && versions=(base tree) || exit 1
+fi
 nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader | head -1 | tee "$OUT/gpu.txt"
 L=/tmp/ab_logs; rm -rf $L; mkdir -p $L/logs
 pack() { tar -C $L -cf "$OUT/logs.tar" logs; }
@@ -26,7 +29,7 @@ source scripts/gpu/random_1_2b.sh
 .gpu/run-on-gpu.sh .gpu/exaone-compress quantize --model "$RANDOM_1_2B" --device cuda --scheme w4a16 --method rtn \
   --out /tmp/r-w4a16 --overwrite 2>&1 | tail -1
 for round in $(seq "${ROUNDS:-1}"); do
-  for v in base tree; do
+  for v in "${versions[@]}"; do
     bin=.gpu/bench_runtime; [ $v = base ] && bin=.gpu/base/bench_runtime
     echo "== $v, round $round: decode engines"
     .gpu/run-on-gpu.sh $bin --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --device cuda --prefill 1x128 \
