@@ -33,15 +33,18 @@ fn ck(e: crate::Error) -> candle_core::Error {
 /// wins at one row on q/k/v and o (4.9 vs 6.8 µs, 4.5 vs 5.7 µs) and ties on down (7.3 vs 7.2),
 /// but costs ~1.8 µs (q/k/v) to ~3.6 µs (down) more per extra row while the split-K GEMM stays
 /// flat, so that at four rows the GEMM takes well under its time (q/k/v 6.9 vs 10.3 µs, o 5.8
-/// vs 10.1, down 7.3 vs 18.2).
+/// vs 10.1, down 7.3 vs 18.2). Since the GEMM's K splits aim at one block per multiprocessor
+/// (`W4Tile::blocks_per_sm`), it takes down at one row in 5.2 µs against the GEMV's 6.9 (H200,
+/// 2026-12-01; q/k/v 5.1 vs 4.6, o 4.2 vs 4.2), so the GEMV keeps weights below down's 8 M values.
 pub(crate) const GEMV_MAX_ROWS: usize = 1;
-pub(crate) const GEMV_MAX_WEIGHTS: usize = 8 << 20;
+pub(crate) const GEMV_MAX_WEIGHTS: usize = 7 << 20;
 
-/// Rows beyond which dequantize + cuBLAS replaces the GEMM: 32, or 64 on weights of more than
-/// [`GEMV_MAX_WEIGHTS`] values (H200: at 64 rows dequantize + cuBLAS is 11.9 vs 15.8 µs on
-/// q/k/v, the GEMM 37.7 vs 49.2 µs on gate/up; at 256 rows dequantize + cuBLAS wins on all).
+/// Rows beyond which dequantize + cuBLAS replaces the GEMM: 32 on weights of at most
+/// [`SMALL_WEIGHTS`] values, else 64 (H200: at 64 rows dequantize + cuBLAS is 11.9 vs 15.8 µs
+/// on q/k/v, the GEMM 37.7 vs 49.2 µs on gate/up; at 256 rows dequantize + cuBLAS wins on all).
 pub(crate) const GEMM_MAX_ROWS: usize = 64;
 const GEMM_MAX_ROWS_SMALL: usize = 32;
+const SMALL_WEIGHTS: usize = 8 << 20;
 
 /// The checkpoint's packing as the GEMVs read it: [n, k/8] words, scales and zero points
 /// [n, k/group] in bf16.
@@ -306,7 +309,7 @@ impl PackedInt4 {
             _ if self.gemv.is_none() => W4Route::Gemm(None),
             m if m <= GEMV_MAX_ROWS && self.n * self.k <= GEMV_MAX_WEIGHTS => W4Route::Gemv,
             m if m > GEMM_MAX_ROWS => W4Route::Dequant,
-            m if m > GEMM_MAX_ROWS_SMALL && self.n * self.k <= GEMV_MAX_WEIGHTS => W4Route::Dequant,
+            m if m > GEMM_MAX_ROWS_SMALL && self.n * self.k <= SMALL_WEIGHTS => W4Route::Dequant,
             _ => W4Route::Gemm(None),
         }
     }
