@@ -143,7 +143,7 @@ impl DecodeEngine {
             match &l.gate_up.w {
                 // W4A16 stored as gate/up pairs: the tensor-core GEMM gates in its epilogue and
                 // the GEMM takes down too, faster at one row than the GEMVs with their prologues
-                // (H200 sweep, 2026-12-01: gate/up 7.6 vs 9.6 µs, down 5.2 vs 6.9 before the
+                // (H200 sweep, 2026-12-01: gate/up 7.8 vs 9.6 µs, down 6.1 vs 6.9 before the
                 // prologues), at the cost of one launch for the residual: input += norm(o)
                 Weights::Int4(p) if p.gates_in_epilogue() => {
                     mid = input;
