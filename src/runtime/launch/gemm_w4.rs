@@ -182,16 +182,18 @@ pub struct W4Plan {
 /// The plan for [m, k] × [n, k]ᵀ on `sms` multiprocessors with tile `tile` (None: by rows).
 /// Tiles (chosen from an H200 sweep, `bench::gemm_w4`): 16 rows up to 16, 32 up to 64, beyond
 /// 128 where that still makes a block per multiprocessor, else 64. K is split until there are
-/// about two blocks per multiprocessor (few rows are memory bound: the whole GPU must stream
-/// the weights), into a number of splits that divides the K tiles evenly, at most the tile's
-/// [`W4Tile::max_splits`] and with at least two K tiles per split.
+/// about two blocks per multiprocessor, one for a single row (few rows are memory bound: the
+/// whole GPU must stream the weights), into a number of splits that divides the K tiles
+/// evenly, at most the tile's [`W4Tile::max_splits`] and with at least two K tiles per split.
 ///
 /// Timed alone (a graph of back-to-back products), the 16-row tile is faster at about one
 /// block per multiprocessor (H200, 2026-12-01: q/k/v at 16 rows 6.55 µs in 4 splits against
-/// 6.85 in 8, down 6.75 in 8 against 7.87 in 16); in the engines it is not: there each block
-/// requests its first three K tiles' weights before it waits for the previous kernel, so more
-/// splits of fewer tiles overlap more of the weight stream with that kernel, and at one block
-/// per multiprocessor W4A16's batch-16 step went from 1.56 to 1.63 ms (bf16 1.76 in both runs).
+/// 6.85 in 8, down 6.75 in 8 against 7.87 in 16). In the engines that holds at one row only
+/// (W4A16 batch-1 step 1.12 ms against 1.16 at two blocks, gate/up and down on the GEMM); at
+/// 16 rows each block requests its first three K tiles' weights before it waits for the
+/// previous kernel, so more splits of fewer tiles overlap more of the weight stream with that
+/// kernel: at one block per multiprocessor the batch-16 step went from 1.56 to 1.63 ms (bf16
+/// 1.76 in both runs).
 pub fn plan_with(m: usize, n: usize, k: usize, sms: usize, tile: Option<W4Tile>) -> W4Plan {
     let tiles_of = |t: W4Tile| {
         let (bm, bn, ..) = t.shape();
@@ -205,7 +207,8 @@ pub fn plan_with(m: usize, n: usize, k: usize, sms: usize, tile: Option<W4Tile>)
     });
     let (_, _, bk, _, _) = tile.shape();
     let ktiles = k.div_ceil(bk);
-    let want = (2 * sms / tiles_of(tile).max(1))
+    let per_sm = if m == 1 { 1 } else { 2 };
+    let want = (per_sm * sms / tiles_of(tile).max(1))
         .min(tile.max_splits())
         .min(ktiles / 2)
         .max(1);
