@@ -1,6 +1,8 @@
 //! A greedy decoder for EXAONE 4 on CUDA that runs each step from pre-allocated buffers:
 //! embed → per layer [QKV GEMV, QK-norm + RoPE + cache write, attention, O GEMV + norm + residual,
-//! gate/up GEMV, SiLU·mul, down GEMV + norm + residual] → final norm → lm_head → argmax.
+//! gate/up GEMV, SiLU·mul, down GEMV + norm + residual] → final norm → lm_head → argmax (on
+//! W4A16 weights the gate/up product may be gated in the tensor-core GEMM's epilogue:
+//! `int4::PackedInt4::forward_gated`).
 //! Positions live on the device, so a step can be captured once as a CUDA graph and replayed
 //! (launch overhead, not bandwidth, bounds a 1.2B model's batch-1 decode otherwise).
 //! Weights come straight from the checkpoint: bf16, or W4A16 packed int4 read by the GEMV.

@@ -32,6 +32,12 @@
 // With gridDim.z > 1, each split writes f32 partials to `ws` and the last split to finish a tile
 // (a counter in `locks`, reset by it for the next launch) adds them in split order
 // (deterministic) and writes bf16.
+//
+// Epilogue (`pairs`): a stacked gate/up Linear may be stored with gate j and up j in adjacent
+// columns 2j, 2j + 1 (src/runtime/w4_layout.rs, pair_rows), so that the thread holding column
+// 2j's sum also holds 2j + 1's: with pairs < 0 it writes act[r, j] = silu(gate) · up (rounded as
+// the GEMM's bf16 outputs followed by silu_mul_rows), with pairs > 0 the product in the
+// checkpoint's column order. One launch less per layer in the batched engines.
 
 // Status (H200, `bench_runtime --gemm-sweep --w4-only`, 2026-12-01): exact to the bf16
 // dequantized weights on every checked case (656 of 656). Computing each thread's copy addresses
@@ -45,6 +51,9 @@
 // much as bf16's whole product at 16 rows (q/k/v 6.2 µs). That fixed cost is what to cut next.
 // Programmatic launches (common.cuh; the first stages' weights are requested before the wait)
 // hide part of it in the engine: W4A16 batch-16 step 1.81 → 1.62 ms (H200, 380e7a6).
+// A 16 × 32 tile (n32, four warps along K) led nowhere by more than 0.1 µs at 1 and 16 rows with
+// every split count (H200, 2026-12-01), so the plan keeps to s16; it stays instantiated for the
+// sweep.
 
 #include "common.cuh"
 
