@@ -40,10 +40,13 @@ pub struct Context<'a> {
     pub sliding_from: usize,
     pub cache: Option<&'a KvCache>,
     pub mode: Mode,
-    /// full-attention layers use the kernels' causal attention (no mask is built)
+    /// full-attention layers use `attention`'s causal attention (no mask is built)
     pub fused: bool,
     /// the model's installed kernels (inference mode only)
     pub kernels: Option<Arc<dyn Kernels>>,
+    /// the kernels whose causal attention runs where `fused`: in training, its differentiable
+    /// form (`Kernels::causal_attention_grad`)
+    pub attention: Option<Arc<dyn Kernels>>,
 }
 
 /// Sees the input of each Linear during a forward: `(name inside the layer, input)`. q/k/v
@@ -113,9 +116,12 @@ impl DecoderLayer {
             ),
         };
         let o = if ctx.fused && a.window.is_none() {
-            ctx.kernels
+            ctx.attention
                 .as_ref()
-                .map(|kern| kern.causal_attention(&q, &k, &v))
+                .map(|kern| match ctx.mode {
+                    Mode::Inference => kern.causal_attention(&q, &k, &v),
+                    Mode::Differentiable => kern.causal_attention_grad(&q, &k, &v),
+                })
                 .transpose()?
                 .flatten()
                 .ok_or_else(|| {
@@ -331,8 +337,11 @@ impl Exaone4 {
             Mode::Differentiable => None,
         };
         let fused = !padded
-            && kernels.as_ref().is_some_and(|k| {
-                k.causal_attention_available(&self.device, self.dtype, self.config.head_dim)
+            && self.kernels.as_ref().is_some_and(|k| match self.mode {
+                Mode::Inference => {
+                    k.causal_attention_available(&self.device, self.dtype, self.config.head_dim)
+                }
+                Mode::Differentiable => k.causal_attention_grad_available(&self.device, self.dtype),
             });
         let mask_full = if fused {
             None
@@ -355,6 +364,7 @@ impl Exaone4 {
             mode: self.mode,
             fused,
             kernels,
+            attention: if fused { self.kernels.clone() } else { None },
         })
     }
 

@@ -5,7 +5,8 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Fused implementations of pieces of the inference forward.
+/// Fused implementations of pieces of the inference forward (and, where a hook says so, of
+/// the training forward: those carry their backward).
 pub trait Kernels: Send + Sync + std::fmt::Debug {
     /// Whether [`Kernels::causal_attention`] runs for this device, dtype and head size. The
     /// forward asks before building masks: where it runs, unpadded attention needs none.
@@ -15,6 +16,23 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
     /// keys j ≤ i + L − t), for q [b, h, t, d] and k/v [b, kvh, L, d]; GQA when kvh < h.
     /// Returns [b, t, h·d], or None where it does not run.
     fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>>;
+
+    /// Whether [`Kernels::causal_attention_grad`] runs for this device and dtype (training asks
+    /// this instead of [`Kernels::causal_attention_available`]). Default: no.
+    fn causal_attention_grad_available(&self, _device: &Device, _dtype: DType) -> bool {
+        false
+    }
+
+    /// [`Kernels::causal_attention`] carrying its backward (q, k and v receive gradients), for
+    /// training (`Mode::Differentiable`), or None. Default: None (candle's ops).
+    fn causal_attention_grad(
+        &self,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 
     /// silu(g) · u elementwise, or None.
     fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>>;

@@ -22,16 +22,18 @@ pub fn available(device: &candle_core::Device, dtype: DType) -> bool {
 /// j ≤ i + L − t), for q [b, h, t, d] and k/v [b, kvh, L, d] (any strides but a contiguous d),
 /// f32 on the CPU; GQA when kvh < h. Returns [b, t, h·d].
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let d_contiguous = |x: &Tensor| -> Result<Tensor> {
-        match x.stride().last() {
-            Some(1) => Ok(x.clone()),
-            _ => x.contiguous(),
-        }
-    };
     d_contiguous(q)?.apply_op3_no_bwd(&d_contiguous(k)?, &d_contiguous(v)?, &CausalAttention)
 }
 
-struct CausalAttention;
+/// `x` itself where its last dimension is contiguous (what the op reads), else a copy.
+pub(super) fn d_contiguous(x: &Tensor) -> Result<Tensor> {
+    match x.stride().last() {
+        Some(1) => Ok(x.clone()),
+        _ => x.contiguous(),
+    }
+}
+
+pub(super) struct CausalAttention;
 
 /// A rank-4 f32 input read through its layout: the data from its start offset and the strides
 /// of its first three dimensions (the last is contiguous).

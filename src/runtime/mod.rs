@@ -37,6 +37,7 @@ pub use launch::{programmatic_launch, programmatic_supported, set_programmatic_l
 #[cfg(feature = "cuda")]
 pub mod check;
 pub mod cpu_attention;
+pub mod cpu_attention_grad;
 #[cfg(feature = "cuda")]
 pub mod engine;
 #[cfg(feature = "cuda")]
@@ -127,6 +128,15 @@ impl Kernels for RuntimeKernels {
             return cpu_attention::causal_attention(q, k, v).map(Some);
         }
         fused_attention(q, k, v)
+    }
+    fn causal_attention_grad_available(&self, device: &Device, dtype: DType) -> bool {
+        cpu_attention::available(device, dtype)
+    }
+    fn causal_attention_grad(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+        if cpu_attention::available(q.device(), q.dtype()) {
+            return cpu_attention_grad::causal_attention_grad(q, k, v).map(Some);
+        }
+        Ok(None)
     }
     fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
         silu_mul(g, u).map(Some)
