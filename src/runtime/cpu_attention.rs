@@ -164,7 +164,8 @@ struct Dims {
     scale: f32,
 }
 
-fn fma_available() -> bool {
+/// Whether this CPU has AVX2 and FMA (the fast rows here and in `cpu_attention_grad`).
+pub(super) fn fma_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -187,7 +188,7 @@ unsafe fn row_fma(x: &Inputs, at: (usize, usize), scores: &mut Vec<f32>, out: &m
 
 /// a · b + c, fused where `FMA` (compiled for it), else rounded twice.
 #[inline(always)]
-fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(super) fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {
@@ -400,13 +401,19 @@ fn weighted_values<'a, const FMA: bool, const G: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::layers::{attend, Mode};
     use candle_core::Device;
 
     /// The reference: candle's ops with an explicit causal mask aligned to the last query.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        attend(q, k, v, Some(&causal_mask(q, k)), Mode::Inference).unwrap()
+    }
+
+    /// The additive causal mask [b, 1, t, L] aligned to the last query, for q [b, h, t, d] and
+    /// k [b, kvh, L, d].
+    pub(in crate::runtime) fn causal_mask(q: &Tensor, k: &Tensor) -> Tensor {
         let (b, _, t, _) = q.dims4().unwrap();
         let l = k.dim(2).unwrap();
         let m: Vec<f32> = (0..b * t * l)
@@ -419,8 +426,7 @@ mod tests {
                 }
             })
             .collect();
-        let mask = Tensor::from_vec(m, (b, 1, t, l), q.device()).unwrap();
-        attend(q, k, v, Some(&mask), Mode::Inference).unwrap()
+        Tensor::from_vec(m, (b, 1, t, l), q.device()).unwrap()
     }
 
     /// Equal to the masked reference within rounding: GQA and not, queries behind a cache

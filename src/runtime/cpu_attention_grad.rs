@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_attention::{d_contiguous, CausalAttention};
+use super::cpu_attention::{d_contiguous, fma_available, mul_add, CausalAttention};
 
 /// [`super::cpu_attention::causal_attention`] (the same forward, the same figures) carrying its
 /// backward: q, k and v receive their gradients when the result is differentiated.
@@ -125,17 +125,6 @@ struct Grads<'a> {
     dv: &'a mut [f32],
 }
 
-fn fma_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// [`task_grads`] compiled for AVX2 and FMA.
 ///
 /// # Safety
@@ -144,16 +133,6 @@ fn fma_available() -> bool {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn task_fma(x: &Saved, s: &Sizes, at: (usize, usize, usize), p: &mut Vec<f32>, out: Grads) {
     task_grads::<true>(x, s, at, p, out)
-}
-
-/// a · b + c, fused where `FMA` (compiled for it), else rounded twice.
-#[inline(always)]
-fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
 }
 
 /// Σ a_i b_i in eight interleaved partial sums (so the compiler keeps them in one register).
@@ -239,19 +218,7 @@ mod tests {
 
     /// candle's masked ops, differentiated by candle's autograd.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        let (b, _, t, _) = q.dims4().unwrap();
-        let l = k.dim(2).unwrap();
-        let m: Vec<f32> = (0..b * t * l)
-            .map(|x| {
-                let (i, j) = ((x / l) % t, x % l);
-                if j <= i + l - t {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(m, (b, 1, t, l), q.device()).unwrap();
+        let mask = crate::runtime::cpu_attention::tests::causal_mask(q, k);
         attend(q, k, v, Some(&mask), Mode::Differentiable).unwrap()
     }
 
