@@ -34,8 +34,9 @@ fn ck(e: crate::Error) -> candle_core::Error {
 /// but costs ~1.8 µs (q/k/v) to ~3.6 µs (down) more per extra row while the split-K GEMM stays
 /// flat, so that at four rows the GEMM takes well under its time (q/k/v 6.9 vs 10.3 µs, o 5.8
 /// vs 10.1, down 7.3 vs 18.2). In a later sweep (H200, 2026-12-01) the GEMM took down at one
-/// row in 6.1 µs against the GEMV's 6.9 (q/k/v 5.2 vs 4.6, o 4.2 vs 4.2), so the GEMV keeps
-/// the weights below down's 8 M values.
+/// row in 5.2 µs (one block per multiprocessor, as the plan now splits a single row) against
+/// the GEMV's 6.9 (q/k/v 5.1 vs 4.6, o 4.2 vs 4.2), so the GEMV keeps the weights below down's
+/// 8 M values.
 pub(crate) const GEMV_MAX_ROWS: usize = 1;
 pub(crate) const GEMV_MAX_WEIGHTS: usize = 7 << 20;
 

@@ -7,6 +7,7 @@ use half::bf16;
 
 use super::weights::{Lin, Weights};
 use super::DecodeEngine;
+use crate::runtime::int4::W4Route;
 use crate::runtime::launch::attention::{attn_rows, AttnRows};
 use crate::runtime::launch::gemv::{gemv1x_bf16, gemv1x_w4, Dense, Prologue};
 use crate::runtime::launch::norm_rope::{
@@ -141,11 +142,12 @@ impl DecodeEngine {
             self.linear1(&l.o, &Prologue::Plain(att), o)?;
             self.mark("o GEMV")?;
             match &l.gate_up.w {
-                // W4A16 stored as gate/up pairs: the tensor-core GEMM gates in its epilogue and
-                // the GEMM takes down too, faster at one row than the GEMVs with their prologues
-                // (H200 sweep, 2026-12-01: gate/up 7.8 vs 9.6 µs, down 6.1 vs 6.9 before the
-                // prologues), at the cost of one launch for the residual: input += norm(o)
-                Weights::Int4(p) if p.gates_in_epilogue() => {
+                // W4A16 stored as gate/up pairs, wide enough that one row runs on the GEMM: it
+                // gates in its epilogue, and down follows on the GEMM where its route says so,
+                // faster at one row than the GEMVs with their prologues (H200 sweep, 2026-12-01,
+                // at one block per multiprocessor: gate/up 7.6 vs 9.6 µs, down 5.2 vs 6.9 before
+                // the prologues), at the cost of one launch for the residual: input += norm(o)
+                Weights::Int4(p) if p.gates_in_epilogue() && p.route(1) != W4Route::Gemv => {
                     mid = input;
                     rmsnorm_rows(dev, &one_row(o, self.d(&l.post_attn), hs[mid], true))?;
                     self.mark("norm + residual")?;
