@@ -93,6 +93,16 @@ pub(crate) struct W4Buffers<'a> {
     pub wtmp: Option<Dev<'a, bf16>>,
 }
 
+impl<'a> W4Buffers<'a> {
+    /// What the tensor-core GEMM uses of them.
+    fn gemm(&self) -> W4Scratch<'a> {
+        W4Scratch {
+            ws: self.ws,
+            xp: self.xp,
+        }
+    }
+}
+
 /// Element counts of the [`W4Buffers`] a product needs (0: none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct W4Needs {
@@ -358,13 +368,16 @@ impl PackedInt4 {
                 dequant_w4(dev, &self.view(stream)?, tmp)?;
                 gemm_bf16(blas, x, tmp, y, m, self.n, self.k)
             }
-            W4Route::Gemm(plan) => {
-                let s = W4Scratch {
-                    ws: buf.ws,
-                    xp: buf.xp,
-                };
-                gemm_w4(dev, &self.tc.view(stream), x, y, m, &s, plan, false)
-            }
+            W4Route::Gemm(plan) => gemm_w4(
+                dev,
+                &self.tc.view(stream),
+                x,
+                y,
+                m,
+                &buf.gemm(),
+                plan,
+                false,
+            ),
         }
     }
 
@@ -387,11 +400,16 @@ impl PackedInt4 {
     ) -> Result<()> {
         let route = route.unwrap_or_else(|| self.route(m));
         if let (W4Route::Gemm(plan), true) = (route, self.tc.pairs > 0) {
-            let s = W4Scratch {
-                ws: buf.ws,
-                xp: buf.xp,
-            };
-            return gemm_w4(dev, &self.tc.view(stream), x, act, m, &s, plan, true);
+            return gemm_w4(
+                dev,
+                &self.tc.view(stream),
+                x,
+                act,
+                m,
+                &buf.gemm(),
+                plan,
+                true,
+            );
         }
         self.forward(dev, blas, stream, x, gu, m, buf, Some(route))?;
         silu_mul_rows(dev, gu, act, m, self.n / 2)
