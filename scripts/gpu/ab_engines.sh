@@ -7,13 +7,16 @@
 # (EXAONE_W4_TUNE=1) and all its checks; then the decode engines (bf16 and W4A16 RTN of a
 # random-weight EXAONE-4.0-1.2B shape, with their numerical checks) at DECODE_BATCHES (default
 # 1,16), base (if any) and this tree alternately, ROUNDS times (default 1; ≈ 2 minutes per run on an
-# H200). Tables on stdout; every log in $OUT/logs.tar.
+# H200). VARIANT_ENV="NAME=VALUE …" adds this tree's binary run with those variables set (a
+# run-time switch such as EXAONE_COMPRESS_PDL=0: an A/B with no second binary to carry).
+# Tables on stdout; every log in $OUT/logs.tar.
 set -uo pipefail
 source "$(dirname "$0")/setup.sh"
 versions=(tree)
 if [ -f .gpu/base/bench_runtime.xz ]; then
   xz -d .gpu/base/bench_runtime.xz && chmod +x .gpu/base/bench_runtime && versions=(base tree) || exit 1
 fi
+[ -n "${VARIANT_ENV:-}" ] && versions=(variant "${versions[@]}")
 nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader | head -1 | tee "$OUT/gpu.txt"
 L=/tmp/ab_logs; rm -rf $L; mkdir -p $L/logs
 pack() { tar -C $L -cf "$OUT/logs.tar" logs; }
@@ -31,8 +34,9 @@ source scripts/gpu/random_1_2b.sh
 for round in $(seq "${ROUNDS:-1}"); do
   for v in "${versions[@]}"; do
     bin=.gpu/bench_runtime; [ $v = base ] && bin=.gpu/base/bench_runtime
-    echo "== $v, round $round: decode engines"
-    .gpu/run-on-gpu.sh $bin --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --device cuda --prefill 1x128 \
+    envs=(); [ $v = variant ] && read -ra envs <<< "$VARIANT_ENV"
+    echo "== $v${envs[*]:+ (${envs[*]})}, round $round: decode engines"
+    env "${envs[@]}" .gpu/run-on-gpu.sh $bin --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --device cuda --prefill 1x128 \
       --decode-batches "${DECODE_BATCHES:-1,16}" --new-tokens 32 --warmup 2 --repeats 5 \
       --out "/tmp/engine-$v-$round" > "$L/logs/$v-$round.engine.log" 2>&1
     { grep -E "^\| (decode_ms|metric|---)" "/tmp/engine-$v-$round/README.md"

@@ -54,6 +54,13 @@
 // A 16 × 32 tile (n32, four warps along K) led nowhere by more than 0.1 µs at 1 and 16 rows with
 // every split count (H200, 2026-12-01), so the plan keeps to s16; it stays instantiated for the
 // sweep.
+// Tried and dropped (H200, 2026-12-02): a norm tail, the last block of each block row adding the
+// post-norm residual of its rows once every tile of the row was written (o and down; one launch
+// less twice per layer, bit-identical to the GEMM + rmsnorm_rows, 564 of 564 checks). Timed
+// with a run-time switch in one call: W4A16 decode batch 16 2.08 ms with the tail against 1.56
+// without, batch 1 1.54 against 1.14 — one block normalising sixteen rows after the product is
+// a serial tail on the critical path, where rmsnorm_rows spreads them over sixteen
+// multiprocessors and its launch overlaps the GEMM's end (programmatic launches).
 
 #include "common.cuh"
 
