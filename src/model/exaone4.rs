@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::Exaone4Config;
-use super::kernels::Kernels;
+use super::kernels::{Kernels, QkvShape};
 use super::kv_cache::{CacheShape, KvCache};
 use super::layers::{apply_rope, attend, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope};
 
@@ -58,6 +58,38 @@ impl DecoderLayer {
         self.forward_hooked(i, h, ctx, None)
     }
 
+    /// q/k/v products → attention's inputs ([`Kernels::qkv_heads`]) where the installed kernels
+    /// do it: at inference, with every sequence at the same positions (RoPE tables [t, d/2]).
+    fn qkv_heads(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        ctx: &Context,
+        (b, t): (usize, usize),
+    ) -> Result<Option<[Tensor; 3]>> {
+        let kern = match (ctx.mode, ctx.kernels.as_deref()) {
+            (Mode::Inference, Some(kern)) if ctx.cos.rank() == 2 => kern,
+            _ => return Ok(None),
+        };
+        let a = &self.self_attn;
+        // [b·t, n] as it is (a reshape would copy a column range of the stacked product)
+        let rows = |x: &Tensor| match x.rank() {
+            2 => Ok(x.clone()),
+            _ => x.reshape((b * t, ())),
+        };
+        let shape = QkvShape {
+            batch: b,
+            t,
+            heads_q: a.num_heads,
+            heads_kv: a.num_kv_heads,
+            head_dim: a.head_dim,
+        };
+        let norms = (&a.q_norm.weight, &a.k_norm.weight, a.q_norm.eps);
+        let rope = a.use_rope.then_some((&ctx.cos, &ctx.sin));
+        kern.qkv_heads([&rows(q)?, &rows(k)?, &rows(v)?], norms, rope, shape)
+    }
+
     pub fn forward_hooked(
         &self,
         i: usize,
@@ -90,19 +122,25 @@ impl DecoderLayer {
                 a.v_proj.forward(h)?,
             ),
         };
-        let q = q.reshape((b, t, a.num_heads, a.head_dim))?;
-        let k = k.reshape((b, t, a.num_kv_heads, a.head_dim))?;
-        let v = v.reshape((b, t, a.num_kv_heads, a.head_dim))?;
-        let q = a.q_norm.forward(&q, ctx.mode)?.transpose(1, 2)?;
-        let k = a.k_norm.forward(&k, ctx.mode)?.transpose(1, 2)?;
-        let v = v.transpose(1, 2)?;
-        let (q, k) = if a.use_rope {
-            (
-                apply_rope(&q, &ctx.cos, &ctx.sin, ctx.mode)?,
-                apply_rope(&k, &ctx.cos, &ctx.sin, ctx.mode)?,
-            )
-        } else {
-            (q, k)
+        let [q, k, v] = match self.qkv_heads(&q, &k, &v, ctx, (b, t))? {
+            Some(heads) => heads,
+            None => {
+                let q = q.reshape((b, t, a.num_heads, a.head_dim))?;
+                let k = k.reshape((b, t, a.num_kv_heads, a.head_dim))?;
+                let v = v.reshape((b, t, a.num_kv_heads, a.head_dim))?;
+                let q = a.q_norm.forward(&q, ctx.mode)?.transpose(1, 2)?;
+                let k = a.k_norm.forward(&k, ctx.mode)?.transpose(1, 2)?;
+                let v = v.transpose(1, 2)?;
+                if a.use_rope {
+                    [
+                        apply_rope(&q, &ctx.cos, &ctx.sin, ctx.mode)?,
+                        apply_rope(&k, &ctx.cos, &ctx.sin, ctx.mode)?,
+                        v,
+                    ]
+                } else {
+                    [q, k, v]
+                }
+            }
         };
         let (from, mask) = match a.window {
             Some(_) => (ctx.sliding_from, ctx.mask_sliding.as_ref()),

@@ -34,11 +34,37 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Attention's inputs from the q/k/v products `q` [b·t, hq·d], `k` and `v` [b·t, hkv·d]
+    /// (views with row strides allowed, as column ranges of one stacked product): q and k
+    /// RMS-normalised per head (`norms`: q's weight, k's weight, eps), rotated with `rope`'s
+    /// tables ([t, d/2], row i for token i of every sequence) where given, as q [b, hq, t, d]
+    /// and k, v [b, hkv, t, d] — or None. Default: None (candle's ops).
+    fn qkv_heads(
+        &self,
+        _qkv: [&Tensor; 3],
+        _norms: (&Tensor, &Tensor, f64),
+        _rope: Option<(&Tensor, &Tensor)>,
+        _shape: QkvShape,
+    ) -> Result<Option<[Tensor; 3]>> {
+        Ok(None)
+    }
+
     /// silu(g) · u elementwise, or None.
     fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>>;
 
     /// log-softmax over the last dimension, as f32, or None.
     fn log_softmax(&self, x: &Tensor) -> Result<Option<Tensor>>;
+}
+
+/// The shape [`Kernels::qkv_heads`] works on: `batch` sequences of `t` tokens, `heads_q` query
+/// and `heads_kv` key/value heads of `head_dim` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QkvShape {
+    pub batch: usize,
+    pub t: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    pub head_dim: usize,
 }
 
 /// A Linear computed by a dedicated kernel on its stored (compressed) weights, e.g. int8

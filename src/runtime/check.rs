@@ -185,6 +185,37 @@ pub fn engine(
     ))
 }
 
+/// The candle forward with the runtime's kernels installed (flash attention, the fused q/k/v
+/// heads, SiLU · mul) vs the f32 reference, beside the same bf16 model on candle's ops alone
+/// (the floor); logits of 2 × 16 and 2 × 640 tokens, every sequence at the same positions (as a
+/// prefill runs).
+pub fn forward(dir: &std::path::Path, device: &Device) -> Result<Check> {
+    let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let err = |e: crate::Error| candle_core::Error::Msg(e.to_string());
+    let f32m = ckpt.load_model(DType::F32, device).map_err(err)?;
+    let plain = ckpt.load_model(DType::BF16, device).map_err(err)?;
+    let fused = super::load_checkpoint(&ckpt, DType::BF16, device).map_err(err)?;
+    let vocab = ckpt.config.vocab_size;
+    let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
+    let (mut picks_k, mut picks_r) = (vec![], vec![]);
+    for t in [16, 640] {
+        let x = to_tensor(&ids(2, t, vocab, 5), device)?;
+        let rf = flat(&f32m.forward(&x, None)?)?;
+        let rb = flat(&plain.forward(&x, None)?)?;
+        let k = flat(&fused.forward(&x, None)?)?;
+        ek.add(&k, &rf);
+        eb.add(&rb, &rf);
+        picks_k.extend(argmax_rows(&k, vocab));
+        picks_r.extend(argmax_rows(&rf, vocab));
+    }
+    Ok(Check {
+        what: "candle forward with the runtime's kernels (bf16) logits".into(),
+        kernel_err: ek.value(),
+        bf16_err: eb.value(),
+        top1: agreement(&picks_k, &picks_r),
+    })
+}
+
 /// The candle forward with the quantized Linear kernels attached vs the same model emulating
 /// them on dequantized weights (f32 reference: the emulation in f32), logits of 2 × 16 tokens
 /// (below `quantized::FP8_LT_MIN_ROWS`: fp8 on our tiles), 2 × 64 (fp8 on cuBLASLt where the GPU

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::model::kernels::QkvShape;
 use crate::model::{Exaone4, Kernels};
 
 #[cfg(feature = "cuda")]
@@ -113,7 +114,8 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 }
 
 /// The runtime's kernels as the model's hooks ([`Kernels`]): flash attention (on the CPU in f32,
-/// [`cpu_attention`]), the fused SiLU·mul and the one-pass log-softmax, each declining where it
+/// [`cpu_attention`]), attention's inputs from the q/k/v products in one kernel (QK-norm, RoPE,
+/// the heads' layouts), the fused SiLU·mul and the one-pass log-softmax, each declining where it
 /// does not run.
 #[derive(Debug, Default)]
 pub struct RuntimeKernels;
@@ -137,6 +139,39 @@ impl Kernels for RuntimeKernels {
             return cpu_attention_grad::causal_attention_grad(q, k, v).map(Some);
         }
         Ok(None)
+    }
+    fn qkv_heads(
+        &self,
+        qkv: [&Tensor; 3],
+        norms: (&Tensor, &Tensor, f64),
+        rope: Option<(&Tensor, &Tensor)>,
+        shape: QkvShape,
+    ) -> Result<Option<[Tensor; 3]>> {
+        let [q, _, _] = qkv;
+        let d = shape.head_dim;
+        if !q.device().is_cuda() || q.dtype() != DType::BF16 || !matches!(d, 64 | 128) {
+            return Ok(None);
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let (q, k, v) = ops::qkv_heads(
+                qkv[0],
+                qkv[1],
+                qkv[2],
+                norms.0,
+                norms.1,
+                rope,
+                (shape.batch, shape.t),
+                (shape.heads_q, shape.heads_kv, d),
+                norms.2,
+            )?;
+            Ok(Some([q, k, v]))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (norms, rope);
+            Ok(None)
+        }
     }
     fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
         silu_mul(g, u).map(Some)

@@ -1,12 +1,13 @@
 //! Candle ops on the runtime's kernels, forward only (training keeps the differentiable path):
-//! flash attention, a one-pass log-softmax, SiLU · mul.
+//! flash attention, a one-pass log-softmax, SiLU · mul, and attention's inputs from the q/k/v
+//! products (QK-norm, RoPE and the heads' layouts in one pass).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use half::bf16;
 
 use super::launch::attention::{flash_fwd, Flash as FlashArgs};
-use super::launch::norm_rope::silu_mul_flat;
+use super::launch::norm_rope::{qkv_heads as qkv_heads_kernel, silu_mul_flat, HeadRows, QkvHeads};
 use super::launch::sampling::{log_softmax_rows, Logits};
 use super::launch::Dev;
 
@@ -189,4 +190,181 @@ impl candle_core::CustomOp2 for SiluMul {
 /// silu(g) · u in one pass (bf16, CUDA).
 pub(crate) fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &SiluMul)
+}
+
+/// The bf16 values of a contiguous CUDA tensor from its first element, on `f`.
+fn with_bf16<R>(
+    t: &Tensor,
+    f: impl FnOnce(candle_core::cuda::cudarc::driver::CudaView<'_, bf16>) -> Result<R>,
+) -> Result<R> {
+    let (st, l) = t.storage_and_layout();
+    match (&*st, l.is_contiguous()) {
+        (candle_core::Storage::Cuda(c), true) => {
+            f(c.as_cuda_slice::<bf16>()?.slice(l.start_offset()..))
+        }
+        _ => candle_core::bail!("qkv heads: a contiguous bf16 CUDA tensor is needed"),
+    }
+}
+
+struct QkvHeadsOp {
+    q_norm: Tensor,
+    k_norm: Tensor,
+    /// RoPE tables [t, head_dim / 2] (None: no RoPE in this layer)
+    rope: Option<(Tensor, Tensor)>,
+    heads_q: usize,
+    heads_kv: usize,
+    head_dim: usize,
+    t: usize,
+    eps: f32,
+}
+
+/// Row stride of a [rows, n] layout whose last dimension is contiguous.
+fn row_stride(l: &Layout, what: &str) -> Result<usize> {
+    match (l.dims(), l.stride()) {
+        ([_, _], [s, 1]) => Ok(*s),
+        _ => candle_core::bail!(
+            "qkv heads: {what} must be [rows, n] with n contiguous, got {:?} / {:?}",
+            l.dims(),
+            l.stride()
+        ),
+    }
+}
+
+impl CustomOp3 for QkvHeadsOp {
+    fn name(&self) -> &'static str {
+        "qkv-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("qkv heads run on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        ql: &Layout,
+        k: &CudaStorage,
+        kl: &Layout,
+        v: &CudaStorage,
+        vl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (hq, hkv, d) = (self.heads_q, self.heads_kv, self.head_dim);
+        let rows = ql.dims()[0];
+        let (qs, ks, vs) = (
+            row_stride(ql, "q")?,
+            row_stride(kl, "k")?,
+            row_stride(vl, "v")?,
+        );
+        let dev = q.device().clone();
+        let stream = dev.cuda_stream();
+        let q_sl = q.as_cuda_slice::<bf16>()?.slice(ql.start_offset()..);
+        let k_sl = k.as_cuda_slice::<bf16>()?.slice(kl.start_offset()..);
+        let v_sl = v.as_cuda_slice::<bf16>()?.slice(vl.start_offset()..);
+        let (nq, nkv) = (rows * hq * d, rows * hkv * d);
+        // SAFETY: uninitialised memory of the output's size; qkv_heads writes every value of its
+        // three parts (q [rows, hq, d], k and v [rows / t, hkv, t, d]) before anything reads them.
+        let out = unsafe { dev.alloc::<bf16>(nq + 2 * nkv) }?;
+        let d_ = |x| Dev::new(x, &stream);
+        with_bf16(&self.q_norm, |qn| {
+            with_bf16(&self.k_norm, |kn| {
+                let run = |cos: Dev<bf16>, sin: Dev<bf16>| {
+                    let o = Dev::new(&out, &stream);
+                    qkv_heads_kernel(
+                        &dev,
+                        &QkvHeads {
+                            q: HeadRows {
+                                x: d_(&q_sl),
+                                row_stride: qs,
+                            },
+                            k: HeadRows {
+                                x: d_(&k_sl),
+                                row_stride: ks,
+                            },
+                            v: HeadRows {
+                                x: d_(&v_sl),
+                                row_stride: vs,
+                            },
+                            q_norm: Dev::new(&qn, &stream),
+                            k_norm: Dev::new(&kn, &stream),
+                            cos,
+                            sin,
+                            q_out: o,
+                            k_out: o.skip(nq),
+                            v_out: o.skip(nq + nkv),
+                            rows,
+                            heads_q: hq,
+                            heads_kv: hkv,
+                            head_dim: d,
+                            t: self.t,
+                            eps: self.eps,
+                            use_rope: self.rope.is_some(),
+                        },
+                    )
+                };
+                match &self.rope {
+                    Some((c, s)) => with_bf16(c, |c| {
+                        with_bf16(s, |s| run(Dev::new(&c, &stream), Dev::new(&s, &stream)))
+                    }),
+                    // no tables read without RoPE: the norm weights stand in for the pointers
+                    None => run(Dev::new(&qn, &stream), Dev::new(&kn, &stream)),
+                }
+            })
+        })?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from(nq + 2 * nkv),
+        ))
+    }
+}
+
+/// Attention's inputs from the q/k/v products q [b·t, hq·d], k and v [b·t, hkv·d] (bf16, CUDA;
+/// each row-strided with d contiguous): q [b, hq, t, d] (a strided view), k and v [b, hkv, t, d],
+/// with q and k RMS-normalised per head (`q_norm`, `k_norm` [d]) and, with `rope` (tables
+/// [t, d/2] for the t positions), rotated — what the forward computes with candle's ops, in one
+/// kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn qkv_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    q_norm: &Tensor,
+    k_norm: &Tensor,
+    rope: Option<(&Tensor, &Tensor)>,
+    (b, t): (usize, usize),
+    (heads_q, heads_kv, head_dim): (usize, usize, usize),
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = QkvHeadsOp {
+        q_norm: q_norm.contiguous()?,
+        k_norm: k_norm.contiguous()?,
+        rope: rope
+            .map(|(c, s)| Ok::<_, candle_core::Error>((c.contiguous()?, s.contiguous()?)))
+            .transpose()?,
+        heads_q,
+        heads_kv,
+        head_dim,
+        t,
+        eps: eps as f32,
+    };
+    let out = q.apply_op3_no_bwd(k, v, &op)?;
+    let (nq, nkv) = (b * t * heads_q * head_dim, b * t * heads_kv * head_dim);
+    let q = out
+        .narrow(0, 0, nq)?
+        .reshape((b, t, heads_q, head_dim))?
+        .transpose(1, 2)?;
+    let k = out
+        .narrow(0, nq, nkv)?
+        .reshape((b, heads_kv, t, head_dim))?;
+    let v = out
+        .narrow(0, nq + nkv, nkv)?
+        .reshape((b, heads_kv, t, head_dim))?;
+    Ok((q, k, v))
 }

@@ -393,3 +393,106 @@ pub(crate) fn qk_norm_rope_paged(dev: &CudaDevice, a: &QkNormRopePaged) -> Resul
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }
+
+/// One of the candle forward's q/k/v products as the kernel reads it: `rows` rows of `heads`
+/// heads, row r at `x + r·row_stride` (a column range of a stacked product, or a product alone).
+#[derive(Clone, Copy)]
+pub(crate) struct HeadRows<'a> {
+    pub x: Dev<'a, bf16>,
+    pub row_stride: usize,
+}
+
+/// The candle forward's attention inputs from its q, k and v products (`rows` = batch · t rows
+/// of heads_q, heads_kv, heads_kv heads): per-head RMSNorm of q and k, RoPE at table row
+/// r mod t, q to `q_out` [rows, heads_q, head_dim], k and v to `k_out`/`v_out` [batch,
+/// heads_kv, t, head_dim] (the layouts attention and the KV cache take).
+pub(crate) struct QkvHeads<'a> {
+    pub q: HeadRows<'a>,
+    pub k: HeadRows<'a>,
+    pub v: HeadRows<'a>,
+    pub q_norm: Dev<'a, bf16>,
+    pub k_norm: Dev<'a, bf16>,
+    /// RoPE tables [t, head_dim / 2], row i for the sequence's i-th token here
+    pub cos: Dev<'a, bf16>,
+    pub sin: Dev<'a, bf16>,
+    pub q_out: Dev<'a, bf16>,
+    pub k_out: Dev<'a, bf16>,
+    pub v_out: Dev<'a, bf16>,
+    pub rows: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    /// 64 or 128
+    pub head_dim: usize,
+    pub t: usize,
+    pub eps: f32,
+    pub use_rope: bool,
+}
+
+pub(crate) fn qkv_heads(dev: &CudaDevice, a: &QkvHeads) -> Result<()> {
+    const K: &str = "qkv_heads";
+    let (d, hq, hkv, t, rows) = (a.head_dim, a.heads_q, a.heads_kv, a.t, a.rows);
+    let name = match d {
+        64 => "qkv_heads_64",
+        128 => "qkv_heads_128",
+        _ => candle_core::bail!("{K}: head_dim {d} (64 or 128)"),
+    };
+    require!(
+        K,
+        rows > 0 && t > 0 && rows.is_multiple_of(t),
+        "{rows} rows of {t} tokens"
+    );
+    for (what, x, heads) in [("q", a.q, hq), ("k", a.k, hkv), ("v", a.v, hkv)] {
+        require!(
+            K,
+            x.row_stride >= heads * d && x.x.len() >= (rows - 1) * x.row_stride + heads * d,
+            "{what}: {rows} rows of {heads} heads in {} values, rows {} apart",
+            x.x.len(),
+            x.row_stride
+        );
+    }
+    require!(
+        K,
+        a.q_norm.len() >= d && a.k_norm.len() >= d,
+        "norm weights of head_dim"
+    );
+    require!(
+        K,
+        !a.use_rope || (a.cos.len() >= t * d / 2 && a.sin.len() >= t * d / 2),
+        "RoPE tables of {t} rows"
+    );
+    require!(
+        K,
+        a.q_out.len() >= rows * hq * d
+            && a.k_out.len() >= rows * hkv * d
+            && a.v_out.len() >= rows * hkv * d,
+        "outputs of [{rows}, heads, {d}]"
+    );
+    let f = func(dev, Module::NormRope, name)?;
+    let stream = dev.cuda_stream();
+    let (hqi, hkvi, ti, rope) = (
+        int(hq, "heads_q")?,
+        int(hkv, "heads_kv")?,
+        int(t, "t")?,
+        a.use_rope as i32,
+    );
+    let strides = [a.q.row_stride, a.k.row_stride, a.v.row_stride].map(|s| s as i64);
+    let mut b = f.builder(&stream);
+    b.arg(&a.q.x.addr).arg(&a.k.x.addr).arg(&a.v.x.addr);
+    b.arg(&strides[0]).arg(&strides[1]).arg(&strides[2]);
+    b.arg(&a.q_norm.addr)
+        .arg(&a.k_norm.addr)
+        .arg(&a.cos.addr)
+        .arg(&a.sin.addr);
+    b.arg(&a.q_out.addr).arg(&a.k_out.addr).arg(&a.v_out.addr);
+    b.arg(&hqi).arg(&hkvi).arg(&ti).arg(&a.eps).arg(&rope);
+    let heads = hq + 2 * hkv;
+    let grid = (dim(rows, "rows")?, dim(heads.div_ceil(4), "heads / 4")?, 1);
+    let cfg = config(grid, 128, 0)?;
+    // SAFETY: block (r, y) of 4 warps handles heads 4y..4y+3 of row r (warps past the last head
+    // return); every lane touches elements lane + 32·j of one head (head_dim 64 or 128, checked).
+    // Row r of q/k/v starts r·row_stride values in and holds its heads (checked for the last
+    // row); q_out [rows, hq, d] and k_out/v_out [rows / t, hkv, t, d] hold every row's heads
+    // (checked); RoPE reads table row r mod t < t of tables of t rows (checked where used).
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}

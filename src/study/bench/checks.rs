@@ -30,6 +30,7 @@ pub fn run(
     if device.is_cuda() {
         use crate::runtime::check;
         checks.extend(check::attention(device)?);
+        checks.push(check::forward(dir, device)?);
         let mut graph_same = true;
         for b in [1, 2] {
             let (c, same) = check::engine(dir, device, "bf16", b)?;
