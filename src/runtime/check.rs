@@ -196,20 +196,38 @@ pub fn forward(dir: &std::path::Path, device: &Device) -> Result<Check> {
     let plain = ckpt.load_model(DType::BF16, device).map_err(err)?;
     let fused = super::load_checkpoint(&ckpt, DType::BF16, device).map_err(err)?;
     let vocab = ckpt.config.vocab_size;
+    logits_check(
+        "candle forward with the runtime's kernels (bf16) logits".into(),
+        [&f32m, &plain, &fused],
+        &[16, 640],
+        (vocab, 5),
+        device,
+    )
+}
+
+/// The logits of `kernel` and of `floor` against `reference`'s on two sequences of each length
+/// in `lengths` (token ids from `ids` with `seed`, below `vocab`), pooled into one [`Check`].
+fn logits_check(
+    what: String,
+    [reference, floor, kernel]: [&Exaone4; 3],
+    lengths: &[usize],
+    (vocab, seed): (usize, usize),
+    device: &Device,
+) -> Result<Check> {
     let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
     let (mut picks_k, mut picks_r) = (vec![], vec![]);
-    for t in [16, 640] {
-        let x = to_tensor(&ids(2, t, vocab, 5), device)?;
-        let rf = flat(&f32m.forward(&x, None)?)?;
-        let rb = flat(&plain.forward(&x, None)?)?;
-        let k = flat(&fused.forward(&x, None)?)?;
+    for &t in lengths {
+        let x = to_tensor(&ids(2, t, vocab, seed), device)?;
+        let rf = flat(&reference.forward(&x, None)?)?;
+        let rb = flat(&floor.forward(&x, None)?)?;
+        let k = flat(&kernel.forward(&x, None)?)?;
         ek.add(&k, &rf);
         eb.add(&rb, &rf);
         picks_k.extend(argmax_rows(&k, vocab));
         picks_r.extend(argmax_rows(&rf, vocab));
     }
     Ok(Check {
-        what: "candle forward with the runtime's kernels (bf16) logits".into(),
+        what,
         kernel_err: ek.value(),
         bf16_err: eb.value(),
         top1: agreement(&picks_k, &picks_r),
@@ -231,26 +249,16 @@ pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Re
     if n.int4 + n.int8 + n.fp8 == 0 {
         candle_core::bail!("{}: no Linear stored as W4A16 or W8A8", dir.display());
     }
+    let what = format!(
+        "{label} Linear kernels ({} int4, {} int8, {} fp8) logits",
+        n.int4, n.int8, n.fp8
+    );
     let vocab = ckpt.config.vocab_size;
-    let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
-    let (mut picks_k, mut picks_r) = (vec![], vec![]);
-    for t in [16, 64, 640] {
-        let x = to_tensor(&ids(2, t, vocab, 3), device)?;
-        let rf = flat(&f32m.forward(&x, None)?)?;
-        let rb = flat(&bf16m.forward(&x, None)?)?;
-        let k = flat(&km.forward(&x, None)?)?;
-        ek.add(&k, &rf);
-        eb.add(&rb, &rf);
-        picks_k.extend(argmax_rows(&k, vocab));
-        picks_r.extend(argmax_rows(&rf, vocab));
-    }
-    Ok(Check {
-        what: format!(
-            "{label} Linear kernels ({} int4, {} int8, {} fp8) logits",
-            n.int4, n.int8, n.fp8
-        ),
-        kernel_err: ek.value(),
-        bf16_err: eb.value(),
-        top1: agreement(&picks_k, &picks_r),
-    })
+    logits_check(
+        what,
+        [&f32m, &bf16m, &km],
+        &[16, 64, 640],
+        (vocab, 3),
+        device,
+    )
 }
