@@ -1,4 +1,5 @@
-// Embedding gather, RMSNorm, per-head QK-norm + RoPE + KV-cache store, SiLU-gated product.
+// Embedding gather, RMSNorm, per-head QK-norm + RoPE + KV-cache store (the engines) and the same
+// into the candle forward's attention layouts (qkv_heads), SiLU-gated product.
 // Launchers: src/runtime/launch/norm_rope.rs.
 
 #include "common.cuh"

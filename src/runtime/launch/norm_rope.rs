@@ -1,5 +1,6 @@
 //! Launchers of `kernels/norm_rope.cu`: embedding gather, RMSNorm, per-head QK-norm + RoPE +
-//! KV-cache store, SiLU-gated products.
+//! KV-cache store (the engines) or into the candle forward's attention layouts (`qkv_heads`),
+//! SiLU-gated products.
 
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
