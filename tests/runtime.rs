@@ -1,6 +1,7 @@
 //! The serving runtime's CPU-visible parts: the fused ops fall back to candle's on the CPU, the
 //! model's hooks for stacked kernels (q/k/v in one, gate/up returning the gated activation) give
-//! the same forward as the separate Linears, and the runtime report (its speed verdicts and
+//! the same forward as the separate Linears, so does its q/k/v-heads hook done with candle's
+//! ops (the wiring the CUDA `qkv_heads` kernel plugs into), and the runtime report (its speed verdicts and
 //! numerical-check table) is pinned by a snapshot. The CUDA kernels themselves are checked on
 //! the GPU by `bench_runtime` (runtime::check), which fails when one is off.
 
@@ -231,4 +232,104 @@ fn runtime_report_verdicts_and_checks() {
     assert!(checks[0].passes() && !checks[1].passes());
     assert!(md.contains("| engine (W4A16) | 9.00e-2 | 2.00e-2 | 1.000 | FAIL |"));
     insta::assert_snapshot!(md);
+}
+
+/// The model's q/k/v-heads hook (`Kernels::qkv_heads`, the CUDA runtime's `qkv_heads` kernel)
+/// done with candle's ops on the CPU, so the forward's wiring is checked where CI runs: the
+/// products it receives (separate, or column ranges of the stacked product), the tables it is
+/// given, and the layouts it returns (q as the kernel returns it, a [b, t, h, d] buffer read
+/// through strides). `skip_rope` drops the rotation, to show that what it returns is used.
+#[derive(Debug, Default)]
+struct CandleHeads {
+    calls: std::sync::atomic::AtomicUsize,
+    skip_rope: bool,
+}
+
+impl exaone_compress::model::Kernels for CandleHeads {
+    fn causal_attention_available(&self, device: &Device, dtype: DType, head_dim: usize) -> bool {
+        runtime::RuntimeKernels.causal_attention_available(device, dtype, head_dim)
+    }
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+        runtime::RuntimeKernels.causal_attention(q, k, v)
+    }
+    fn qkv_heads(
+        &self,
+        [q, k, v]: [&Tensor; 3],
+        (qw, kw, eps): (&Tensor, &Tensor, f64),
+        rope: Option<(&Tensor, &Tensor)>,
+        s: exaone_compress::model::kernels::QkvShape,
+    ) -> Result<Option<[Tensor; 3]>> {
+        use exaone_compress::model::layers::{apply_rope, Mode, RmsNorm};
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let heads = |x: &Tensor, h| x.reshape((s.batch, s.t, h, s.head_dim));
+        let norm = |x: Tensor, w: &Tensor| {
+            let n = RmsNorm {
+                weight: w.clone(),
+                eps,
+            };
+            n.forward(&x, Mode::Inference)?.transpose(1, 2)
+        };
+        let q = norm(heads(q, s.heads_q)?, qw)?;
+        let k = norm(heads(k, s.heads_kv)?, kw)?;
+        let v = heads(v, s.heads_kv)?.transpose(1, 2)?.contiguous()?;
+        let (q, k) = match rope.filter(|_| !self.skip_rope) {
+            Some((c, sn)) => (
+                apply_rope(&q, c, sn, Mode::Inference)?,
+                apply_rope(&k, c, sn, Mode::Inference)?,
+            ),
+            None => (q, k),
+        };
+        // q as the CUDA kernel returns it: [b, t, h, d] in memory, [b, h, t, d] through strides
+        let q = q.transpose(1, 2)?.contiguous()?.transpose(1, 2)?;
+        Ok(Some([q, k.contiguous()?, v]))
+    }
+    fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
+        runtime::RuntimeKernels.silu_mul(g, u)
+    }
+    fn log_softmax(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        runtime::RuntimeKernels.log_softmax(x)
+    }
+}
+
+#[test]
+fn the_qkv_heads_hook_gives_the_forward_of_candles_ops() {
+    use exaone_compress::model::Kernels;
+    let dev = Device::Cpu;
+    let base =
+        exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
+    let ids = Tensor::new(&[[5u32, 17, 300, 42, 9, 1000], [7, 8, 9, 10, 11, 12]], &dev).unwrap();
+    let want = base.forward(&ids, None).unwrap();
+    let layers = base.layers.len();
+    for stacked in [false, true] {
+        let mut m = base.share();
+        if stacked {
+            for l in m.layers.iter_mut() {
+                let a = &mut l.self_attn;
+                let w = Tensor::cat(&[&a.q_proj.weight, &a.k_proj.weight, &a.v_proj.weight], 0);
+                a.fused_qkv = Some(Arc::new(Stacked {
+                    w: w.unwrap(),
+                    gated: false,
+                }));
+            }
+        }
+        let hook = Arc::new(CandleHeads::default());
+        m.kernels = Some(hook.clone() as Arc<dyn Kernels>);
+        let got = m.forward(&ids, None).unwrap();
+        let calls = hook.calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(calls, layers, "stacked {stacked}: one call per layer");
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-4, "stacked {stacked}: max |Δlogit| = {d}");
+    }
+    // what the hook returns is what attention reads: without the rotation the logits move
+    let mut m = base.share();
+    m.kernels = Some(Arc::new(CandleHeads {
+        skip_rope: true,
+        ..CandleHeads::default()
+    }));
+    let d = max_abs_diff(&m.forward(&ids, None).unwrap(), &want);
+    assert!(
+        d > 1e-3,
+        "a hook without RoPE left the logits unchanged ({d})"
+    );
 }
