@@ -73,14 +73,18 @@ impl LinearKernel for Stacked {
     }
 }
 
-#[test]
-fn stacked_kernels_give_the_separate_linears_forward() {
+/// The default model in f32 on the CPU, two rows of token ids and its logits for them.
+fn base_and_logits() -> (exaone_compress::Exaone4, Tensor, Tensor) {
     let dev = Device::Cpu;
     let base =
         exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
     let ids = Tensor::new(&[[5u32, 17, 300, 42, 9, 1000], [7, 8, 9, 10, 11, 12]], &dev).unwrap();
     let want = base.forward(&ids, None).unwrap();
-    let mut m = base.share();
+    (base, ids, want)
+}
+
+/// q, k and v of every layer in one stacked kernel (`fused_qkv`).
+fn stack_qkv(m: &mut exaone_compress::Exaone4) {
     for l in m.layers.iter_mut() {
         let a = &mut l.self_attn;
         let qkv = Tensor::cat(&[&a.q_proj.weight, &a.k_proj.weight, &a.v_proj.weight], 0).unwrap();
@@ -88,6 +92,17 @@ fn stacked_kernels_give_the_separate_linears_forward() {
             w: qkv,
             gated: false,
         }));
+    }
+}
+
+#[test]
+fn stacked_kernels_give_the_separate_linears_forward() {
+    let dev = Device::Cpu;
+    let (base, ids, want) = base_and_logits();
+    let mut m = base.share();
+    stack_qkv(&mut m);
+    for l in m.layers.iter_mut() {
+        let a = &mut l.self_attn;
         // the separate Linears must not be used any more: poison them
         for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj] {
             lin.weight = (lin.weight.zeros_like().unwrap() + f64::NAN).unwrap();
@@ -295,23 +310,12 @@ impl exaone_compress::model::Kernels for CandleHeads {
 #[test]
 fn the_qkv_heads_hook_gives_the_forward_of_candles_ops() {
     use exaone_compress::model::Kernels;
-    let dev = Device::Cpu;
-    let base =
-        exaone_compress::checkpoint::load_model(&default_model_dir(), DType::F32, &dev).unwrap();
-    let ids = Tensor::new(&[[5u32, 17, 300, 42, 9, 1000], [7, 8, 9, 10, 11, 12]], &dev).unwrap();
-    let want = base.forward(&ids, None).unwrap();
+    let (base, ids, want) = base_and_logits();
     let layers = base.layers.len();
     for stacked in [false, true] {
         let mut m = base.share();
         if stacked {
-            for l in m.layers.iter_mut() {
-                let a = &mut l.self_attn;
-                let w = Tensor::cat(&[&a.q_proj.weight, &a.k_proj.weight, &a.v_proj.weight], 0);
-                a.fused_qkv = Some(Arc::new(Stacked {
-                    w: w.unwrap(),
-                    gated: false,
-                }));
-            }
+            stack_qkv(&mut m);
         }
         let hook = Arc::new(CandleHeads::default());
         m.kernels = Some(hook.clone() as Arc<dyn Kernels>);
