@@ -402,45 +402,66 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
     __syncthreads();
     if (!last) return;
     __threadfence();
-    // the whole block adds the splits' partials of this tile, four columns per thread at a time,
-    // eight splits' loads in flight before their sums (in split order: deterministic)
+    // the whole block adds the splits' partials of this tile (in split order: deterministic).
+    // A thread owns R positions of four columns; per round it requests ZB splits of every one
+    // of them before adding, so that R · ZB ≥ 8 loads are in flight (walking positions one by
+    // one left a 64-row tile eight dependent round trips to L2 per split group).
     const int rows = min(C::BM, M - m0), splits = gridDim.z;
     const size_t zs = (size_t)M * N;
+    if ((N & 3) == 0) {
+        constexpr int R = C::BM * (C::BN / 4) / C::THREADS, ZB = R >= 8 ? 1 : 8 / R;
+        static_assert(C::BM * (C::BN / 4) % C::THREADS == 0, "whole positions per thread");
+        float4 v[R];
+#pragma unroll
+        for (int u = 0; u < R; u++) v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int z0 = 0; z0 < splits; z0 += ZB) {
+            float4 l[R][ZB];
+#pragma unroll
+            for (int u = 0; u < R; u++) {
+                const int e = tid + u * C::THREADS, r = e / (C::BN / 4), c = n0 + (e % (C::BN / 4)) * 4;
+                const bool in = r < rows && c < N;
+#pragma unroll
+                for (int zz = 0; zz < ZB; zz++)
+                    l[u][zz] = in && z0 + zz < splits
+                                   ? __ldcg((const float4 *)(ws + (z0 + zz) * zs + (size_t)(m0 + r) * N + c))
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int u = 0; u < R; u++)
+#pragma unroll
+                for (int zz = 0; zz < ZB; zz++) {
+                    v[u].x += l[u][zz].x;
+                    v[u].y += l[u][zz].y;
+                    v[u].z += l[u][zz].z;
+                    v[u].w += l[u][zz].w;
+                }
+        }
+#pragma unroll
+        for (int u = 0; u < R; u++) {
+            const int e = tid + u * C::THREADS, r = m0 + e / (C::BN / 4), c = n0 + (e % (C::BN / 4)) * 4;
+            if (r >= m0 + rows || c >= N) continue;
+            if (pairs < 0) {  // N % 4 == 0 with pairs (the launcher checks): c / 2 is even
+                bf16 a = gated(v[u].x, v[u].y), b = gated(v[u].z, v[u].w);
+                *(__nv_bfloat162 *)(Y + (size_t)r * half + c / 2) = __halves2bfloat162(a, b);
+            } else if (pairs > 0) {
+                *(__nv_bfloat162 *)(Y + (size_t)r * N + c / 2) = __floats2bfloat162_rn(v[u].x, v[u].z);
+                *(__nv_bfloat162 *)(Y + (size_t)r * N + half + c / 2) = __floats2bfloat162_rn(v[u].y, v[u].w);
+            } else {
+                __nv_bfloat162 *o = (__nv_bfloat162 *)(Y + (size_t)r * N + c);
+                o[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
+                o[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
+            }
+        }
+        return;
+    }
     for (int e = tid; e < rows * (C::BN / 4); e += C::THREADS) {
         const int r = m0 + e / (C::BN / 4), c = n0 + (e % (C::BN / 4)) * 4;
         if (c >= N) continue;
         const float *p = ws + (size_t)r * N + c;
-        float v[4] = {0.f, 0.f, 0.f, 0.f};
-        if ((N & 3) == 0) {
-            for (int z0 = 0; z0 < splits; z0 += 8) {
-                float4 l[8];
-#pragma unroll
-                for (int u = 0; u < 8; u++)
-                    l[u] = z0 + u < splits ? __ldcg((const float4 *)(p + (z0 + u) * zs)) : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-                for (int u = 0; u < 8; u++) {
-                    v[0] += l[u].x;
-                    v[1] += l[u].y;
-                    v[2] += l[u].z;
-                    v[3] += l[u].w;
-                }
-            }
-            if (pairs < 0) {  // N % 4 == 0 with pairs (the launcher checks): c / 2 is even
-                bf16 a = gated(v[0], v[1]), b = gated(v[2], v[3]);
-                *(__nv_bfloat162 *)(Y + (size_t)r * half + c / 2) = __halves2bfloat162(a, b);
-            } else if (pairs > 0) {
-                *(__nv_bfloat162 *)(Y + (size_t)r * N + c / 2) = __floats2bfloat162_rn(v[0], v[2]);
-                *(__nv_bfloat162 *)(Y + (size_t)r * N + half + c / 2) = __floats2bfloat162_rn(v[1], v[3]);
-            } else {
-                __nv_bfloat162 *o = (__nv_bfloat162 *)(Y + (size_t)r * N + c);
-                o[0] = __floats2bfloat162_rn(v[0], v[1]);
-                o[1] = __floats2bfloat162_rn(v[2], v[3]);
-            }
-        } else {
-            for (int q = 0; q < 4 && c + q < N; q++) {
-                for (int z = 0; z < splits; z++) v[q] += __ldcg(p + q + z * zs);
-                Y[(size_t)r * N + c + q] = tobf(v[q]);
-            }
+        for (int q = 0; q < 4 && c + q < N; q++) {
+            float v = 0.f;
+            for (int z = 0; z < splits; z++) v += __ldcg(p + q + z * zs);
+            Y[(size_t)r * N + c + q] = tobf(v);
         }
     }
 }
@@ -453,6 +474,8 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
 //         output tiles: as many blocks as s16's splits give, without the partials' round trip)
 //   m32:  BM 32,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
 //   m64:  BM 64,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
+//   w64:  BM 64,  BN 64,  BK 64,  4 warps = 2 along N × 2 along K   (64–256 rows: twice m64's
+//         output tiles, two blocks per multiprocessor)
 //   l128: BM 128, BN 128, BK 64,  8 warps = 2 along M × 4 along N   (compute bound)
 // All 4 stages deep (8 measured no faster on an H200: the main loop is not waiting on memory).
 #define W4_ARGS                                                                                          \
@@ -472,6 +495,7 @@ W4_KERNEL(gemm_w4_n32, 1, 1, 4, 1, 4, 2, 4, 4)
 W4_KERNEL(gemm_w4_m32, 1, 4, 2, 2, 4, 2, 4, 2)
 // 64 f32 accumulators per thread: at two blocks per SM (128 registers) these spilled
 W4_KERNEL(gemm_w4_m64, 1, 4, 2, 4, 4, 2, 4, 1)
+W4_KERNEL(gemm_w4_w64, 1, 2, 2, 4, 4, 2, 4, 2)
 W4_KERNEL(gemm_w4_l128, 2, 4, 1, 4, 4, 4, 4, 1)
 
 // Act-order: xp[m, j] = x[m, perm[j]], the activation columns in the order the weights were

@@ -105,16 +105,19 @@ pub enum W4Tile {
     M32,
     /// 64 rows, K tiles of 64
     M64,
+    /// 64 rows × 64 outputs, K tiles of 64, four warps (twice M64's output tiles)
+    W64,
     /// 128 rows, K tiles of 64 (compute bound)
     L128,
 }
 
 impl W4Tile {
-    pub const ALL: [W4Tile; 5] = [
+    pub const ALL: [W4Tile; 6] = [
         W4Tile::S16,
         W4Tile::N32,
         W4Tile::M32,
         W4Tile::M64,
+        W4Tile::W64,
         W4Tile::L128,
     ];
 
@@ -126,6 +129,7 @@ impl W4Tile {
             W4Tile::N32 => (1, 1, 4, 1, 4, 2, 4),
             W4Tile::M32 => (1, 4, 2, 2, 4, 2, 4),
             W4Tile::M64 => (1, 4, 2, 4, 4, 2, 4),
+            W4Tile::W64 => (1, 2, 2, 4, 4, 2, 4),
             W4Tile::L128 => (2, 4, 1, 4, 4, 4, 4),
         };
         let (bm, bn, bk) = (16 * mtw * wm, 8 * ntw * wn, 16 * ksw * wk);
@@ -141,6 +145,7 @@ impl W4Tile {
             W4Tile::N32 => "n32",
             W4Tile::M32 => "m32",
             W4Tile::M64 => "m64",
+            W4Tile::W64 => "w64",
             W4Tile::L128 => "l128",
         }
     }
@@ -155,6 +160,8 @@ impl W4Tile {
             (W4Tile::M32, true) => "gemm_w4_m32_z",
             (W4Tile::M64, false) => "gemm_w4_m64",
             (W4Tile::M64, true) => "gemm_w4_m64_z",
+            (W4Tile::W64, false) => "gemm_w4_w64",
+            (W4Tile::W64, true) => "gemm_w4_w64_z",
             (W4Tile::L128, false) => "gemm_w4_l128",
             (W4Tile::L128, true) => "gemm_w4_l128_z",
         }
@@ -165,7 +172,7 @@ impl W4Tile {
     fn max_splits(self) -> usize {
         match self {
             W4Tile::S16 | W4Tile::N32 => 16,
-            W4Tile::M32 => 8,
+            W4Tile::M32 | W4Tile::W64 => 8,
             W4Tile::M64 => 4,
             W4Tile::L128 => 2,
         }
