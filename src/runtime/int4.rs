@@ -40,12 +40,13 @@ fn ck(e: crate::Error) -> candle_core::Error {
 pub(crate) const GEMV_MAX_ROWS: usize = 1;
 pub(crate) const GEMV_MAX_WEIGHTS: usize = 7 << 20;
 
-/// Rows beyond which dequantize + cuBLAS replaces the GEMM: 32 on weights of at most
-/// [`SMALL_WEIGHTS`] values, else 64 (H200: at 64 rows dequantize + cuBLAS is 11.9 vs 15.8 µs
-/// on q/k/v, the GEMM 37.7 vs 49.2 µs on gate/up; at 256 rows dequantize + cuBLAS wins on all).
+/// Rows beyond which dequantize + cuBLAS replaces the GEMM. H200, 2026-12-02 (split-K partials
+/// added R · ZB loads at a time, 467ae2a): at 64 rows the GEMM in its planned 16-row tiles takes
+/// q/k/v 11.6, o 8.3, gate/up 17.5 and down 11.9 µs against dequantize + cuBLAS's 12.1, 10.3,
+/// 23.8 and 15.9 (before, weights of at most 8 M values left the GEMM at 32 rows); at 256 rows
+/// the best tile and split of each shape (q/k/v 22.8, o 16.9, gate/up 38.8, down 27.4 µs) loses
+/// to dequantize + cuBLAS (13.4, 11.1, 29.6, 18.0).
 pub(crate) const GEMM_MAX_ROWS: usize = 64;
-const GEMM_MAX_ROWS_SMALL: usize = 32;
-const SMALL_WEIGHTS: usize = 8 << 20;
 
 /// The checkpoint's packing as the GEMVs read it: [n, k/8] words, scales and zero points
 /// [n, k/group] in bf16.
@@ -320,7 +321,6 @@ impl PackedInt4 {
             _ if self.gemv.is_none() => W4Route::Gemm(None),
             m if m <= GEMV_MAX_ROWS && self.n * self.k <= GEMV_MAX_WEIGHTS => W4Route::Gemv,
             m if m > GEMM_MAX_ROWS => W4Route::Dequant,
-            m if m > GEMM_MAX_ROWS_SMALL && self.n * self.k <= SMALL_WEIGHTS => W4Route::Dequant,
             _ => W4Route::Gemm(None),
         }
     }

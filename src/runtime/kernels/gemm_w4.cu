@@ -61,6 +61,15 @@
 // without, batch 1 1.54 against 1.14 — one block normalising sixteen rows after the product is
 // a serial tail on the critical path, where rmsnorm_rows spreads them over sixteen
 // multiprocessors and its launch overlaps the GEMM's end (programmatic launches).
+// Tried and dropped (H200, 2026-12-02, `scripts/gpu/ptx_variants.sh` with EXAONE_W4_TUNE=1): a
+// 64 × 64 tile (four warps, 2 along N × 2 along K, two blocks per multiprocessor) for 64–256
+// rows, twice m64's output tiles. At its best splits it took the four products at 64 rows in
+// 56.8 µs against s16's 49.3; at 256 rows it led only on q/k/v (22.8 µs), still 1.7× the
+// 13.4 of dequantize + cuBLAS. m64 at two blocks per
+// multiprocessor (128 registers, no spills) moved nothing by more than 4%. From 64 rows up
+// these mma.sync tiles lose to cuBLAS's bf16 GEMM (Hopper's wgmma): the four products at 256
+// rows take 106 µs at each shape's best tile against 37.6 — so the runtime dequantizes and calls
+// cuBLAS there (src/runtime/int4.rs, GEMM_MAX_ROWS).
 
 #include "common.cuh"
 
@@ -474,8 +483,6 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
 //         output tiles: as many blocks as s16's splits give, without the partials' round trip)
 //   m32:  BM 32,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
 //   m64:  BM 64,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
-//   w64:  BM 64,  BN 64,  BK 64,  4 warps = 2 along N × 2 along K   (64–256 rows: twice m64's
-//         output tiles, two blocks per multiprocessor)
 //   l128: BM 128, BN 128, BK 64,  8 warps = 2 along M × 4 along N   (compute bound)
 // All 4 stages deep (8 measured no faster on an H200: the main loop is not waiting on memory).
 #define W4_ARGS                                                                                          \
@@ -495,7 +502,6 @@ W4_KERNEL(gemm_w4_n32, 1, 1, 4, 1, 4, 2, 4, 4)
 W4_KERNEL(gemm_w4_m32, 1, 4, 2, 2, 4, 2, 4, 2)
 // 64 f32 accumulators per thread: at two blocks per SM (128 registers) these spilled
 W4_KERNEL(gemm_w4_m64, 1, 4, 2, 4, 4, 2, 4, 1)
-W4_KERNEL(gemm_w4_w64, 1, 2, 2, 4, 4, 2, 4, 2)
 W4_KERNEL(gemm_w4_l128, 2, 4, 1, 4, 4, 4, 4, 1)
 
 // Act-order: xp[m, j] = x[m, perm[j]], the activation columns in the order the weights were
