@@ -41,7 +41,7 @@ pub(crate) const GEMV_MAX_ROWS: usize = 1;
 pub(crate) const GEMV_MAX_WEIGHTS: usize = 7 << 20;
 
 /// Rows beyond which dequantize + cuBLAS replaces the GEMM. H200, 2026-12-02 (split-K partials
-/// added R · ZB loads at a time, 467ae2a): at 64 rows the GEMM in its planned 16-row tiles takes
+/// added with eight or more loads in flight per thread, 467ae2a): at 64 rows the GEMM in its planned 16-row tiles takes
 /// q/k/v 11.6, o 8.3, gate/up 17.5 and down 11.9 µs against dequantize + cuBLAS's 12.1, 10.3,
 /// 23.8 and 15.9 (before, weights of at most 8 M values left the GEMM at 32 rows); at 256 rows
 /// the best tile and split of each shape (q/k/v 22.8, o 16.9, gate/up 38.8, down 27.4 µs) loses

@@ -232,6 +232,66 @@ template <class C, bool HAS_Z> struct Loader {
     }
 };
 
+// One output tile's split-K partials, as the last split to finish it sees them.
+struct Tile {
+    bf16 *y;
+    const float *ws;
+    int m, n, m0, n0, rows, splits, pairs;
+};
+
+// The last split adds the partials of its tile in split order (deterministic) and writes bf16
+// (with pairs: gated, or back in the checkpoint's order, as the unsplit epilogue). Each thread
+// holds P positions of four columns (positions tid + u · THREADS; P from the rows the tile
+// has) and per round requests ZB splits of each before adding, so that P · ZB ≥ 8 loads are in
+// flight: walking positions one at a time left a 16-row tile two dependent trips to L2 where
+// one does, a 64-row tile eight.
+template <class C, int P> __device__ __forceinline__ void add_partials(const Tile &t) {
+    constexpr int ZB = P >= 8 ? 1 : 8 / P, Q = C::BN / 4;
+    const int tid = threadIdx.x, half = t.pairs < 0 ? -t.pairs : t.pairs;
+    const size_t zs = (size_t)t.m * t.n;
+    float4 v[P];
+#pragma unroll
+    for (int u = 0; u < P; u++) v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int z0 = 0; z0 < t.splits; z0 += ZB) {
+        float4 l[P][ZB];
+#pragma unroll
+        for (int u = 0; u < P; u++) {
+            const int e = tid + u * C::THREADS, r = e / Q, c = t.n0 + (e % Q) * 4;
+            const bool in = r < t.rows && c < t.n;
+            const float *p = t.ws + (size_t)(t.m0 + r) * t.n + c;
+#pragma unroll
+            for (int zz = 0; zz < ZB; zz++)
+                l[u][zz] = in && z0 + zz < t.splits ? __ldcg((const float4 *)(p + (z0 + zz) * zs))
+                                                    : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < P; u++)
+#pragma unroll
+            for (int zz = 0; zz < ZB; zz++) {
+                v[u].x += l[u][zz].x;
+                v[u].y += l[u][zz].y;
+                v[u].z += l[u][zz].z;
+                v[u].w += l[u][zz].w;
+            }
+    }
+#pragma unroll
+    for (int u = 0; u < P; u++) {
+        const int e = tid + u * C::THREADS, r = t.m0 + e / Q, c = t.n0 + (e % Q) * 4;
+        if (e / Q >= t.rows || c >= t.n) continue;
+        if (t.pairs < 0) {  // n % 4 == 0 with pairs (the launcher checks): c / 2 is even
+            bf16 a = gated(v[u].x, v[u].y), b = gated(v[u].z, v[u].w);
+            *(__nv_bfloat162 *)(t.y + (size_t)r * half + c / 2) = __halves2bfloat162(a, b);
+        } else if (t.pairs > 0) {
+            *(__nv_bfloat162 *)(t.y + (size_t)r * t.n + c / 2) = __floats2bfloat162_rn(v[u].x, v[u].z);
+            *(__nv_bfloat162 *)(t.y + (size_t)r * t.n + half + c / 2) = __floats2bfloat162_rn(v[u].y, v[u].w);
+        } else {
+            __nv_bfloat162 *o = (__nv_bfloat162 *)(t.y + (size_t)r * t.n + c);
+            o[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
+            o[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
+        }
+    }
+}
+
 template <int WM, int WN, int WK, int MTW, int NTW, int KSW, int STAGES, bool HAS_Z>
 __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32_t *__restrict__ Q,
                                         const bf16 *__restrict__ S, const bf16 *__restrict__ Z,
@@ -411,54 +471,24 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
     __syncthreads();
     if (!last) return;
     __threadfence();
-    // the whole block adds the splits' partials of this tile (in split order: deterministic).
-    // A thread owns R positions of four columns; per round it requests ZB splits of every one
-    // of them before adding, so that R · ZB ≥ 8 loads are in flight (walking positions one by
-    // one left a 64-row tile eight dependent round trips to L2 per split group).
+    // the whole block adds the splits' partials of this tile (in split order: deterministic),
+    // with P = the positions of four columns each thread holds (rows may be fewer than BM)
     const int rows = min(C::BM, M - m0), splits = gridDim.z;
     const size_t zs = (size_t)M * N;
     if ((N & 3) == 0) {
-        constexpr int R = C::BM * (C::BN / 4) / C::THREADS, ZB = R >= 8 ? 1 : 8 / R;
+        constexpr int R = C::BM * (C::BN / 4) / C::THREADS;
         static_assert(C::BM * (C::BN / 4) % C::THREADS == 0, "whole positions per thread");
-        float4 v[R];
-#pragma unroll
-        for (int u = 0; u < R; u++) v[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int z0 = 0; z0 < splits; z0 += ZB) {
-            float4 l[R][ZB];
-#pragma unroll
-            for (int u = 0; u < R; u++) {
-                const int e = tid + u * C::THREADS, r = e / (C::BN / 4), c = n0 + (e % (C::BN / 4)) * 4;
-                const bool in = r < rows && c < N;
-#pragma unroll
-                for (int zz = 0; zz < ZB; zz++)
-                    l[u][zz] = in && z0 + zz < splits
-                                   ? __ldcg((const float4 *)(ws + (z0 + zz) * zs + (size_t)(m0 + r) * N + c))
-                                   : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-#pragma unroll
-            for (int u = 0; u < R; u++)
-#pragma unroll
-                for (int zz = 0; zz < ZB; zz++) {
-                    v[u].x += l[u][zz].x;
-                    v[u].y += l[u][zz].y;
-                    v[u].z += l[u][zz].z;
-                    v[u].w += l[u][zz].w;
+        const int need = (rows * (C::BN / 4) + C::THREADS - 1) / C::THREADS;
+        const Tile t{Y, ws, M, N, m0, n0, rows, splits, pairs};
+        if (need <= 1) add_partials<C, 1>(t);
+        else if constexpr (R >= 2) {
+            if (need <= 2) add_partials<C, 2>(t);
+            else if constexpr (R >= 4) {
+                if (need <= 4) add_partials<C, 4>(t);
+                else if constexpr (R >= 8) {
+                    if (need <= 8) add_partials<C, 8>(t);
+                    else add_partials<C, R>(t);
                 }
-        }
-#pragma unroll
-        for (int u = 0; u < R; u++) {
-            const int e = tid + u * C::THREADS, r = m0 + e / (C::BN / 4), c = n0 + (e % (C::BN / 4)) * 4;
-            if (r >= m0 + rows || c >= N) continue;
-            if (pairs < 0) {  // N % 4 == 0 with pairs (the launcher checks): c / 2 is even
-                bf16 a = gated(v[u].x, v[u].y), b = gated(v[u].z, v[u].w);
-                *(__nv_bfloat162 *)(Y + (size_t)r * half + c / 2) = __halves2bfloat162(a, b);
-            } else if (pairs > 0) {
-                *(__nv_bfloat162 *)(Y + (size_t)r * N + c / 2) = __floats2bfloat162_rn(v[u].x, v[u].z);
-                *(__nv_bfloat162 *)(Y + (size_t)r * N + half + c / 2) = __floats2bfloat162_rn(v[u].y, v[u].w);
-            } else {
-                __nv_bfloat162 *o = (__nv_bfloat162 *)(Y + (size_t)r * N + c);
-                o[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
-                o[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
             }
         }
         return;
