@@ -174,10 +174,13 @@ pub const CUBLAS_INT8_MIN_ROWS: usize = 1024;
 /// From this many rows on, the fp8 Linears (candle forward and engines) run cuBLASLt's fp8 GEMM
 /// with row-wise scaling (per-token × per-channel, in its epilogue) instead of our `mma.sync`
 /// tiles, where the GPU runs it (cuBLASLt offers the scaling on Hopper and later;
-/// `launch::gemm_lt`). In the H200 GEMM sweep (`reports/gemm_sweep`) our tiles take 37.5 µs over
-/// the 1.2B's four Linears at M = 64 against cuBLASLt's 40.6, and cuBLASLt 43.8 against 86.6 at
-/// M = 256: 128 lies between the two measured points.
-pub const FP8_LT_MIN_ROWS: usize = 128;
+/// `launch::gemm_lt`). Timed alone (H200 GEMM sweeps, `reports/gemm_sweep`) our tiles and
+/// cuBLASLt tie over the 1.2B's four Linears at M = 64 (41.7 vs 40.9 µs at db125f7; 37.5 vs 40.6
+/// at bf184b4) and cuBLASLt leads at 256 (45.8 vs 86.0). In the serving engine the tiles lost at
+/// 64 sequences: with this threshold at 128 (db125f7) FP8 served 19,661 tokens/s against
+/// 21,505 with cuBLASLt from 64 rows (bf184b4), while bf16 moved −0.6% between the two runs
+/// (`reports/serve_bench`). So cuBLASLt from 64 rows.
+pub const FP8_LT_MIN_ROWS: usize = 64;
 
 /// Which GEMM an 8-bit product of `rows` rows runs on (where the caller has what it needs:
 /// the int32 scratch, a cuBLASLt handle that passed its probe; else our tiles).
