@@ -413,10 +413,10 @@ fn reading(md: &mut String, r: &Results, top: usize) {
                     md,
                     "- {v}: its Linears (and lm_head) take {q:.2} ms of the step against bf16's {g:.2} ms ({:.2}×): {}",
                     q / g,
-                    if q < g {
-                        "faster, so it gains where the Linears dominate."
-                    } else {
-                        "no faster at this batch: its GEMMs (and the activation quantizer before each) take longer than cuBLAS bf16's at this row count (the GEMM sweep of `bench_runtime --gemm-sweep` has the kernels shape by shape)."
+                    match (q < g, v) {
+                        (true, _) => "faster, so it gains where the Linears dominate.",
+                        (false, "w4a16") => "no faster at this batch: its products (the int4 GEMM, or dequantization and cuBLAS) take longer than cuBLAS bf16's at this row count (the GEMM sweep of `bench_runtime --gemm-sweep` has the kernels shape by shape).",
+                        (false, _) => "no faster at this batch: its GEMMs (and the activation quantizer before each) take longer than cuBLAS bf16's at this row count (the GEMM sweep of `bench_runtime --gemm-sweep` has the kernels shape by shape).",
                     }
                 );
             }
