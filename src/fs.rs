@@ -276,10 +276,12 @@ pub fn check_destination(out: &Path, kind: OutputKind, overwrite: bool) -> Resul
     match std::fs::symlink_metadata(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(out, e)),
-        Ok(_) if !overwrite => {
+        Ok(m) if !overwrite => {
+            // what --overwrite would refuse too is said as such, not as "pass --overwrite"
+            check_replaceable(out, &m, kind)?;
             return Err(Error::Exists {
                 path: out.to_path_buf(),
-            })
+            });
         }
         Ok(m) => check_replaceable(out, &m, kind)?,
     }

@@ -276,6 +276,12 @@ fn damaged_compressed_tensors_are_named_not_panicked_on() {
             vec!["weight_scale", "finite"],
         ),
         (
+            "negative scale",
+            &sym,
+            scale(|t| t.data[2..4].copy_from_slice(&half::bf16::from_f32(-1.0).to_le_bytes())),
+            vec!["weight_scale", "-1 at [0, 1]", "not negative"],
+        ),
+        (
             "short weight_zero_point",
             &asym,
             put(zp.clone(), i32s(vec![1, 4], &[0; 4])),

@@ -358,10 +358,11 @@ fn writer_never_clobbers_or_leaves_partial_output() {
     let out = tmp.path().join("model");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("precious.txt"), "keep me").unwrap();
+    // not a model directory: refused as --overwrite would refuse it too
     let e = save_model(&m, &out, None, &WriteOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("already exists"), "{e}");
+    assert!(e.contains("even with --overwrite"), "{e}");
     assert_eq!(
         std::fs::read_to_string(out.join("precious.txt")).unwrap(),
         "keep me"

@@ -288,7 +288,9 @@ fn flags_that_do_not_go_together_are_refused_before_any_work() {
         &[&p[..], &["--drop", "1", "--rule", "first:1"]].concat(),
         &["'--drop <DROP>' cannot be used with '--rule <RULE>'"],
     );
-    refused(&p, &["--drop"]);
+    // neither: the message names both ways of choosing the layers
+    refused(&p, &["--drop", "--rule"]);
+    refused(&["generate", "--model", m], &["--prompt", "--ids"]);
     let gen = ["generate", "--model", m, "--ids", "1,2"];
     for (extra, want) in [
         (&["--chat"][..], "cannot be used with"),

@@ -411,23 +411,17 @@ fn apply_leaves_an_existing_out_untouched_without_overwrite() {
             (p, b)
         })
         .collect();
-    for out in [&mine, &model] {
-        fails(
-            &["apply", "--recipe", s(&rfile), "--out", s(out)],
-            &["already exists", "--overwrite"],
-        );
-    }
+    // a model directory: kept unless --overwrite; the user's directory: kept even with it,
+    // and said so without --overwrite too
     fails(
-        &[
-            "apply",
-            "--recipe",
-            s(&rfile),
-            "--out",
-            s(&mine),
-            "--overwrite",
-        ],
-        &["not a model directory"],
+        &["apply", "--recipe", s(&rfile), "--out", s(&model)],
+        &["already exists", "--overwrite"],
     );
+    for extra in [None, Some("--overwrite")] {
+        let mut a = vec!["apply", "--recipe", s(&rfile), "--out", s(&mine)];
+        a.extend(extra);
+        fails(&a, &["not a model directory", "even with --overwrite"]);
+    }
     for (p, b) in &before {
         assert_eq!(&std::fs::read(p).unwrap(), b, "{}", p.display());
     }

@@ -277,7 +277,7 @@ pub fn dequantize_linear(
 
 /// [`dequantize_linear`], also returning the weight's shape (out, in). Every stored tensor is
 /// checked before use: dtypes, shapes against each other, `weight_shape` positive and consistent
-/// with the packed data, group indices within the groups, scales finite; the result is finite.
+/// with the packed data, group indices within the groups, scales finite and ≥ 0; the result is finite.
 pub fn dequantize_linear_shaped(
     prefix: &str,
     has: &dyn Fn(&str) -> bool,
@@ -315,11 +315,13 @@ pub fn dequantize_linear_shaped(
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    if let Some(k) = scale.iter().position(|x| !x.is_finite()) {
+    // every compressed-tensors quantizer writes a range over its levels, ≥ 0: a negative scale
+    // is a damaged file, not a variant
+    if let Some(k) = scale.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
         return Err(bad(
             &scale_name,
             format!(
-                "{} at [{}, {}]: scales must be finite",
+                "{} at [{}, {}]: scales must be finite and not negative",
                 scale[k],
                 k / ng,
                 k % ng

@@ -57,9 +57,14 @@ impl Checkpoint {
     /// shard it names), else `model.safetensors`, else every `*.safetensors` in the directory.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
+            let what = if dir.exists() {
+                "not a directory: a model is a directory with config.json and *.safetensors"
+            } else {
+                "no such directory"
+            };
             return Err(Error::io(
                 dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, what),
             ));
         }
         let config = Exaone4Config::from_file(dir)?;

@@ -125,6 +125,8 @@ pub struct Study {
     /// the estimate of the time left printed after each ([`Study::plan`])
     started: std::time::Instant,
     planned: Option<usize>,
+    /// variants carried over by `--resume` (no time spent on them: left out of the pace)
+    carried: usize,
     /// variants whose checkpoint held the same weights as a model measured before them in
     /// this run, and that model: their rows are its rows (`measure_recipe`)
     pub(crate) same_weights: Vec<(String, String)>,
@@ -207,11 +209,16 @@ fn check_report_dir(
         (_, _, true) | (true, true, _) => Ok(()),
         (true, false, _) if resume && ours => Ok(()),
         (true, false, _) => Err(Error::Flag(format!(
-            "--out {}: a report is already there ({}); pass --overwrite to replace it",
+            "--out {}: a report is already there ({}); pass {}--overwrite to replace it",
             dir.display(),
             owner
                 .map(|o| format!("experiment `{o}`"))
-                .unwrap_or_else(|| "README.md".into())
+                .unwrap_or_else(|| "README.md".into()),
+            if ours {
+                "--resume to continue it (variants already measured with the same recipe are kept) or "
+            } else {
+                ""
+            }
         ))),
         (false, _, _) => Err(Error::Flag(format!(
             "--out {}: the directory holds files that are not a report; choose another --out",
@@ -349,6 +356,7 @@ impl Study {
             l4,
             started,
             planned: None,
+            carried: 0,
             same_weights: vec![],
         })
     }
@@ -415,6 +423,10 @@ impl Study {
         match resumable(prev, name, recipe_hash, &self.suite_hash) {
             Some(rows) => {
                 self.results.rows.extend(rows);
+                self.carried += 1;
+                // listed in the log with the stages, though this run spent no time on it
+                let note = "measured in the run being resumed".to_string();
+                self.stages.push((format!("resumed {name}"), 0.0, note));
                 true
             }
             None => false,
@@ -554,8 +566,13 @@ impl Study {
         if let Some(n) = self.planned {
             let k = r.variants().len();
             let secs = self.started.elapsed().as_secs_f64();
-            let left = secs / k.max(1) as f64 * n.saturating_sub(k) as f64;
-            eprintln!("study: {k} of {n} variants measured in {secs:.0} s; about {left:.0} s left");
+            // the pace of the variants this run measured, not of those carried over
+            let measured = k.saturating_sub(self.carried);
+            let left = secs / measured.max(1) as f64 * n.saturating_sub(k) as f64;
+            match measured {
+                0 => eprintln!("study: {k} of {n} variants carried over; the time left is estimated once this run has measured one"),
+                _ => eprintln!("study: {k} of {n} variants measured in {secs:.0} s; about {left:.0} s left"),
+            }
         }
         Ok(())
     }

@@ -378,6 +378,36 @@ impl Suite {
         Ok(r?)
     }
 
+    /// The base's per-item results (per-token NLL, multiple-choice and generated answers the
+    /// paired statistics compare against), measured once per study.
+    fn base_results(&self, base: &Exaone4) -> crate::Result<&PerToken> {
+        if let Some(b) = self.base_per_token.get() {
+            return Ok(b);
+        }
+        let (_, nll) = self.per_token(base, &self.base_variant)?;
+        let mc_right = if self.mc_items.is_empty() {
+            vec![]
+        } else {
+            multiple_choice_per_item(base, &self.tokenizer, &self.mc_items)?
+                .1
+                .right
+        };
+        // the base's answers (no checkpoint of it here: the reference executor)
+        let gen_right = match &self.gen_mc {
+            Some(g) => {
+                let res = self.gen_mc_pass(g, base, None, &self.base_variant)?;
+                let _ = self.base_gen_answered.set(res.items.len() - res.no_answer);
+                res.correct()
+            }
+            None => vec![],
+        };
+        Ok(self.base_per_token.get_or_init(|| PerToken {
+            nll,
+            mc_right,
+            gen_right,
+        }))
+    }
+
     /// Measures `model` against `base` and adds the rows for `variant` (its paired rows against
     /// the base's per-token results: `study::verdict`).
     pub fn evaluate(
@@ -450,6 +480,19 @@ impl Suite {
         }
         let mut gen_right = vec![];
         let is_base = variant.name == self.base_variant;
+        // the base's per-item results before this variant's generation pass: whether the base
+        // answers at all decides that pass (a resumed study, whose base was carried over,
+        // measures them here, with the first variant it measures)
+        let base_first = if is_base {
+            None
+        } else {
+            let computed = self.base_per_token.get().is_none();
+            let b = self.base_results(base)?;
+            if computed {
+                lap("the base's per-item results");
+            }
+            Some(b)
+        };
         let base_silent = self.base_gen_answered.get() == Some(&0);
         if let Some(g) = self.gen_mc.as_ref().filter(|_| is_base || !base_silent) {
             let res = self
@@ -484,38 +527,11 @@ impl Suite {
             mc_right,
             gen_right,
         };
-        let theirs = match self.base_per_token.get() {
+        // the base itself: what was just measured
+        let theirs = match base_first {
             Some(b) => b,
-            // the base itself: what was just measured; any other variant first: the base, once
-            None if variant.name == self.base_variant => {
-                self.base_per_token.get_or_init(|| ours.clone())
-            }
-            None => {
-                let (_, nll) = self.per_token(base, &self.base_variant)?;
-                let mc_right = if self.mc_items.is_empty() {
-                    vec![]
-                } else {
-                    multiple_choice_per_item(base, &self.tokenizer, &self.mc_items)?
-                        .1
-                        .right
-                };
-                // the base's answers (no checkpoint of it here: the reference executor)
-                let gen_right = match &self.gen_mc {
-                    Some(g) => {
-                        let res = self.gen_mc_pass(g, base, None, &self.base_variant)?;
-                        let _ = self.base_gen_answered.set(res.items.len() - res.no_answer);
-                        res.correct()
-                    }
-                    None => vec![],
-                };
-                self.base_per_token.get_or_init(|| PerToken {
-                    nll,
-                    mc_right,
-                    gen_right,
-                })
-            }
+            None => self.base_per_token.get_or_init(|| ours.clone()),
         };
-        lap("the base's per-item results");
         add_paired(results, variant, theirs, &ours, &kl);
         if !self.legacy_prompts.is_empty() {
             let ours = self.legacy_answers(model)?;

@@ -252,6 +252,18 @@ impl super::Study {
             return Err(Error::Invalid(format!("variant {name:?} measured twice")));
         }
         if self.resumed(name, &hash) {
+            // the same weights as a variant before it: said in the report as in the run that
+            // measured it (its recorded result names its weights)
+            let id = self.results.variant(name).and_then(|v| {
+                let r = &v.params["result"];
+                Some(crate::compress::recipe::ModelId {
+                    config_hash: r["config_hash"].as_str()?.to_string(),
+                    weights_hash: r["weights_hash"].as_str()?.to_string(),
+                })
+            });
+            if let Some(same) = id.and_then(|id| self.measured_with_weights(&id, Some(name))) {
+                self.same_weights.push((name.into(), same));
+            }
             self.recipes.push((name.into(), steps, hash, None));
             return self.save_progress();
         }
@@ -267,7 +279,7 @@ impl super::Study {
         let same = recipe
             .result
             .as_ref()
-            .and_then(|id| self.measured_with_weights(id));
+            .and_then(|id| self.measured_with_weights(id, None));
         if let Some(same) = same {
             // the same model: measuring it again would only resample the timings
             eprintln!("{name}: the same weights as {same}; its measurement carried over");
@@ -281,9 +293,13 @@ impl super::Study {
         self.save_progress()
     }
 
-    /// The variant measured in this run (the base included) whose model has the config and
-    /// weights of `id`, if any.
-    fn measured_with_weights(&self, id: &crate::compress::recipe::ModelId) -> Option<String> {
+    /// The variant measured in this run or resumed (the base included), other than `except`,
+    /// whose model has the config and weights of `id`, if any.
+    fn measured_with_weights(
+        &self,
+        id: &crate::compress::recipe::ModelId,
+        except: Option<&str>,
+    ) -> Option<String> {
         let key = format!("{} {}", id.config_hash, id.weights_hash);
         let base = &self.suite.base_variant;
         if key == self.base_key && self.results.get(base, "test_ppl").is_some() {
@@ -292,6 +308,7 @@ impl super::Study {
         self.results
             .variants()
             .into_iter()
+            .filter(|n| Some(n.as_str()) != except)
             .filter(|n| self.results.get(n, "test_ppl").is_some())
             .find(|n| {
                 self.results.variant(n).is_some_and(|v| {

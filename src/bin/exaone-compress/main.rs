@@ -76,11 +76,12 @@ enum Cmd {
         json: bool,
     },
     /// Generate a continuation of a prompt
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "ids"])))]
     Generate {
         #[command(flatten)]
         m: ModelArgs,
-        /// prompt text (needs tokenizer.json in the model directory)
-        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        /// prompt text (needs tokenizer.json in the model directory); or --ids
+        #[arg(long)]
         prompt: Option<String>,
         /// prompt as comma-separated token ids
         #[arg(long, value_delimiter = ',')]
@@ -121,8 +122,10 @@ enum Cmd {
     Logits {
         #[command(flatten)]
         m: ModelArgs,
+        /// token ids, comma-separated
         #[arg(long, value_delimiter = ',', required = true)]
         ids: Vec<u32>,
+        /// the .npy file to write
         #[arg(long)]
         out: PathBuf,
         /// compute dtype (the logits are written as f32 whatever it is)
@@ -134,8 +137,10 @@ enum Cmd {
     },
     /// Write the dense bf16 equivalent of a compressed-tensors checkpoint
     Dequant {
+        /// the compressed-tensors checkpoint directory
         #[arg(long)]
         model: PathBuf,
+        /// the bf16 model directory to write
         #[arg(long)]
         out: PathBuf,
         /// replace --out if it exists
@@ -203,28 +208,28 @@ enum Cmd {
         /// (mlp.down_proj) or globs (model.layers.*.mlp.down_proj); q/k/v and gate/up go together
         #[arg(long, value_delimiter = ',')]
         ignore: Vec<String>,
+        /// the compressed-tensors model directory to write (with recipe.json)
         #[arg(long)]
         out: PathBuf,
+        /// replace --out if it holds a model directory
         #[arg(long)]
         overwrite: bool,
     },
     /// Drop decoder layers (config surgery and renumbering included)
+    #[command(group(clap::ArgGroup::new("layers").required(true).args(["drop", "rule"])))]
     Prune {
         #[command(flatten)]
         m: ModelArgs,
-        /// explicit layer indices, e.g. 15 or 3,7
-        #[arg(
-            long,
-            value_delimiter = ',',
-            conflicts_with = "rule",
-            required_unless_present = "rule"
-        )]
+        /// explicit layer indices, e.g. 15 or 3,7; or --rule
+        #[arg(long, value_delimiter = ',')]
         drop: Option<Vec<usize>>,
         /// uniform:N, first:N, last:N, bi:N (Block Influence), kl:N (measured KL)
         #[arg(long, value_parser = checked(flags::rule))]
         rule: Option<exaone_compress::compress::prune::DropRule>,
+        /// the pruned model directory to write (with recipe.json)
         #[arg(long)]
         out: PathBuf,
+        /// replace --out if it holds a model directory
         #[arg(long)]
         overwrite: bool,
     },
@@ -251,8 +256,10 @@ enum Cmd {
     },
     /// Validate a model directory for the evaluation server and zip it as model/ (submit.zip)
     Package {
+        /// the model directory to validate and zip
         #[arg(long)]
         model: PathBuf,
+        /// the zip to write
         #[arg(long, default_value = "submit.zip")]
         out: PathBuf,
         /// only print the problems found; write nothing
@@ -275,6 +282,13 @@ pub(crate) fn flag_error(kind: clap::error::ErrorKind, msg: String) -> ! {
 }
 
 fn main() -> Result<()> {
+    // `exaone-compress info | head` ends quietly when the reader goes away, as Unix tools do
+    // (Rust starts with SIGPIPE ignored, so a print to the closed pipe would panic)
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread exists
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // as the studies do: freed tensors stay in the process for reuse (`distill` of 10 steps on
     // the default model: 39 s, 19 s of it in the kernel, against 29 s and 3 s)
     exaone_compress::study::tune_allocator();

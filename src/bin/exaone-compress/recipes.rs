@@ -17,6 +17,7 @@ pub struct DistillArgs {
     /// the student's model directory (e.g. written by `prune`); the teacher is --model
     #[arg(long)]
     student: PathBuf,
+    /// the distilled model directory to write (with recipe.json)
     #[arg(long)]
     out: PathBuf,
     /// optimizer steps, 1..=10000000
@@ -84,6 +85,7 @@ pub struct ApplyArgs {
     /// (warnings instead of errors; the result is then a new variant)
     #[arg(long)]
     allow_mismatch: bool,
+    /// the rebuilt model directory to write
     #[arg(long)]
     out: PathBuf,
     /// replace --out if it holds a model directory

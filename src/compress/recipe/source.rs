@@ -54,7 +54,16 @@ impl Source {
                     ROLES.join(", ")
                 ))
             }),
-            Self::Path(p) => Ok(root.join(p)),
+            Self::Path(p) => {
+                let path = root.join(p);
+                if !path.exists() {
+                    return Err(bad(format!(
+                        "recipe: {p} (relative to the working directory the recipe was made in) is not at {}; run where the recipe was made, or name that directory with --relative-to",
+                        path.display()
+                    )));
+                }
+                Ok(path)
+            }
         }
     }
 
