@@ -566,9 +566,14 @@ impl Study {
         if let Some(n) = self.planned {
             let k = r.variants().len();
             let secs = self.started.elapsed().as_secs_f64();
-            // the pace of the variants this run measured, not of those carried over
+            // the pace of the variants this run built and measured: not of those carried over,
+            // nor of the study's set-up (drop-one KL, the projection's workload), done once
             let measured = k.saturating_sub(self.carried);
-            let left = secs / measured.max(1) as f64 * n.saturating_sub(k) as f64;
+            let busy: f64 = (self.stages.iter())
+                .filter(|s| s.0.starts_with("build ") || s.0.starts_with("measure "))
+                .map(|s| s.1)
+                .sum();
+            let left = busy / measured.max(1) as f64 * n.saturating_sub(k) as f64;
             match measured {
                 0 => eprintln!("study: {k} of {n} variants carried over; the time left is estimated once this run has measured one"),
                 _ => eprintln!("study: {k} of {n} variants measured in {secs:.0} s; about {left:.0} s left"),
