@@ -217,4 +217,34 @@ fn a_variant_with_the_base_s_weights_is_not_measured_again() {
     assert!(v.method.contains("kd"), "{}", v.method);
     assert!(v.params["result"]["weights_hash"].is_string());
     assert_ne!(r.get("w8", "test_ppl"), r.get("original", "test_ppl"));
+
+    // --resume with w8's recipe changed: the carried self-distilled keeps its note, and w8, the
+    // first variant this run measures, gets a generation pass only if the base answered any
+    // item (the base's per-item results, not carried over, are measured before w8's pass)
+    let base_silent = r.get("original", "genmc_no_answer") == Some(1.0);
+    assert_eq!(r.get("w8", "genmc_acc").is_some(), !base_silent);
+    let mut s = study(&out, &["--keep", "none", "--resume"]);
+    let base = s.base.share();
+    s.measure(&Variant::original(), &base).unwrap();
+    let mut kd = DistillStep::new(ModelRef::of(&s.dir).unwrap(), 1, None);
+    kd.seq_len = 32;
+    s.measure_recipe("self-distilled", vec![Step::Distill(kd)])
+        .unwrap();
+    s.measure_recipe("w8", vec![rtn(SchemeName::Fp8)]).unwrap();
+    let measured: Vec<&str> = s
+        .stages_run()
+        .filter(|w| w.starts_with("measure "))
+        .collect();
+    assert_eq!(measured, ["measure w8"]);
+    let notes = s.report_options("t", vec![]).notes;
+    assert!(
+        notes.iter().any(|n| n.starts_with("self-distilled: its recipe wrote the same weights as original")),
+        "{notes:?}"
+    );
+    s.finish("Same weights test", vec![], &[]).unwrap();
+    let again = Results::load(&out.join("results.parquet")).unwrap();
+    assert!(again.method_of("w8").contains("FP8"));
+    assert_eq!(again.get("w8", "genmc_acc").is_some(), !base_silent);
+    let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+    assert!(log.contains("resumed self-distilled"), "{log}");
 }
