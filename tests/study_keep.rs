@@ -175,31 +175,43 @@ fn s_dir() -> std::path::PathBuf {
     exaone_compress::default_model_dir()
 }
 
-#[test]
-fn a_variant_with_the_base_s_weights_is_not_measured_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("study");
-    let mut s = study(&out, &["--keep", "none"]);
+/// The base, the base distilled towards itself (which writes it unchanged: eight_cases'
+/// "distilled") and RTN `w8` of `scheme`, measured and finished in a study at `out` with `extra`
+/// flags; the stages measured must be `measured`, and the report notes the self-distilled
+/// variant's weights as the base's.
+fn same_weights_study(out: &Path, extra: &[&str], scheme: SchemeName, measured: &[&str]) {
+    let mut s = study(out, extra);
     let base = s.base.share();
     s.measure(&Variant::original(), &base).unwrap();
-    // distilling the base towards itself writes it unchanged (eight_cases' "distilled")
     let mut kd = DistillStep::new(ModelRef::of(&s.dir).unwrap(), 1, None);
     kd.seq_len = 32;
     s.measure_recipe("self-distilled", vec![Step::Distill(kd)])
         .unwrap();
-    // a different model is measured as usual
-    s.measure_recipe("w8", vec![rtn(SchemeName::W8a8)]).unwrap();
-    let measured: Vec<&str> = s
+    s.measure_recipe("w8", vec![rtn(scheme)]).unwrap();
+    let got: Vec<&str> = s
         .stages_run()
         .filter(|w| w.starts_with("measure "))
         .collect();
-    assert_eq!(measured, ["measure original", "measure w8"]);
+    assert_eq!(got, measured);
     let notes = s.report_options("t", vec![]).notes;
     assert!(
         notes.iter().any(|n| n.starts_with("self-distilled: its recipe wrote the same weights as original")),
         "{notes:?}"
     );
     s.finish("Same weights test", vec![], &[]).unwrap();
+}
+
+#[test]
+fn a_variant_with_the_base_s_weights_is_not_measured_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    // a different model is measured as usual
+    same_weights_study(
+        &out,
+        &["--keep", "none"],
+        SchemeName::W8a8,
+        &["measure original", "measure w8"],
+    );
     let r = Results::load(&out.join("results.parquet")).unwrap();
     for m in [
         "test_ppl",
@@ -223,25 +235,12 @@ fn a_variant_with_the_base_s_weights_is_not_measured_again() {
     // item (the base's per-item results, not carried over, are measured before w8's pass)
     let base_silent = r.get("original", "genmc_no_answer") == Some(1.0);
     assert_eq!(r.get("w8", "genmc_acc").is_some(), !base_silent);
-    let mut s = study(&out, &["--keep", "none", "--resume"]);
-    let base = s.base.share();
-    s.measure(&Variant::original(), &base).unwrap();
-    let mut kd = DistillStep::new(ModelRef::of(&s.dir).unwrap(), 1, None);
-    kd.seq_len = 32;
-    s.measure_recipe("self-distilled", vec![Step::Distill(kd)])
-        .unwrap();
-    s.measure_recipe("w8", vec![rtn(SchemeName::Fp8)]).unwrap();
-    let measured: Vec<&str> = s
-        .stages_run()
-        .filter(|w| w.starts_with("measure "))
-        .collect();
-    assert_eq!(measured, ["measure w8"]);
-    let notes = s.report_options("t", vec![]).notes;
-    assert!(
-        notes.iter().any(|n| n.starts_with("self-distilled: its recipe wrote the same weights as original")),
-        "{notes:?}"
+    same_weights_study(
+        &out,
+        &["--keep", "none", "--resume"],
+        SchemeName::Fp8,
+        &["measure w8"],
     );
-    s.finish("Same weights test", vec![], &[]).unwrap();
     let again = Results::load(&out.join("results.parquet")).unwrap();
     assert!(again.method_of("w8").contains("FP8"));
     assert_eq!(again.get("w8", "genmc_acc").is_some(), !base_silent);
