@@ -20,6 +20,7 @@ pub use variants::Keep;
 /// would exit 2).
 pub fn parse_args<T: clap::Parser>() -> T {
     tune_allocator();
+    pin_candle_threads();
     T::try_parse().unwrap_or_else(|e| {
         if !e.use_stderr() {
             e.exit()
@@ -27,6 +28,23 @@ pub fn parse_args<T: clap::Parser>() -> T {
         let _ = e.print();
         std::process::exit(1)
     })
+}
+
+/// Makes candle's CPU matmul stop re-reading `/proc/cpuinfo`. Unless `RAYON_NUM_THREADS` is
+/// set, candle 0.11 works out the threads of every matmul afresh from the physical core count,
+/// which `num_cpus` parses out of `/proc/cpuinfo` each time: a file the kernel formats anew on
+/// every read (48 µs on a 2-core machine, growing with the cores), ~170 reads per second in the
+/// main study (6,698 in its first 40 s, `strace`). The value candle computes is stored in
+/// `RAYON_NUM_THREADS` once, after rayon's global pool has been sized, so rayon keeps its own
+/// default and candle gets the same count as before, without the read. This process spawns no
+/// child that would inherit the variable (only `nvidia-smi` and `sysctl`).
+pub fn pin_candle_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let _ = rayon::current_num_threads();
+    let n = candle_core::utils::get_num_threads();
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
 }
 
 /// Keeps freed memory in the process (glibc): a study allocates and frees tensors of tens of
