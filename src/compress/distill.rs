@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::data::{rng, TokenStream};
+use crate::model::cpu_exp::exp_shifted;
 use crate::model::grad_ops::{contiguous_f32, cpu_f32, with_f32};
 use crate::model::{generate, Exaone4, GenerateOptions};
 use crate::train::{freeze, make_trainable, train, LogPoint, TrainConfig};
@@ -145,14 +146,19 @@ struct KdLoss {
     temperature: f64,
 }
 
+/// exp(x/T − max) of a row into `e`; returns the max and Σ exp (summed in f64, in order).
+fn row_exp(x: &[f32], inv_t: f32, e: &mut [f32]) -> (f32, f64) {
+    let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv_t));
+    for (e, &v) in e.iter_mut().zip(x) {
+        *e = v * inv_t;
+    }
+    exp_shifted(e, m);
+    (m, e.iter().map(|&e| e as f64).sum())
+}
+
 /// Softmax(x/T) of a row into `p` (f32, the exponentials summed in f64); returns log Σ exp(x/T).
 fn row_softmax(x: &[f32], inv_t: f32, p: &mut [f32]) -> f32 {
-    let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv_t));
-    let mut sum = 0f64;
-    for (p, &v) in p.iter_mut().zip(x) {
-        *p = (v * inv_t - m).exp();
-        sum += *p as f64;
-    }
+    let (m, sum) = row_exp(x, inv_t, p);
     let inv = (1.0 / sum) as f32;
     p.iter_mut().for_each(|p| *p *= inv);
     m + sum.ln() as f32
@@ -182,16 +188,13 @@ impl candle_core::CustomOp1 for KdLoss {
                 sv.par_chunks(v)
                     .zip(tv.par_chunks(v))
                     .map_init(
-                        || vec![0f32; v],
-                        |p, (s, t)| {
+                        || (vec![0f32; v], vec![0f32; v]),
+                        |(p, e), (s, t)| {
                             let lt = row_softmax(t, inv_t, p);
-                            let m = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_t));
-                            let mut sum_exp = 0f64;
+                            let (m, sum_exp) = row_exp(s, inv_t, e);
                             let mut cross = 0f64;
                             for ((&p, &t), &s) in p.iter().zip(t).zip(s) {
-                                let s = s * inv_t;
-                                sum_exp += ((s - m).exp()) as f64;
-                                cross += p as f64 * ((t * inv_t - lt) - s) as f64;
+                                cross += p as f64 * ((t * inv_t - lt) - s * inv_t) as f64;
                             }
                             cross + m as f64 + sum_exp.ln()
                         },

@@ -6,6 +6,7 @@
 //! [8, 4 × 256, 256] per layer). Here each is one pass per row forward and one backward, in
 //! f32 as the expressions compute. Off the CPU, or for other dtypes, the expressions run.
 
+use super::cpu_exp::exp_shifted;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -53,12 +54,8 @@ impl CustomOp1 for Softmax {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
             let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for (y, &v) in y.iter_mut().zip(x) {
-                *y = (v - m).exp();
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
+            y.copy_from_slice(x);
+            let inv = 1.0 / exp_shifted(y, m);
             y.iter_mut().for_each(|y| *y *= inv);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))

@@ -2,6 +2,7 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod cpu_exp;
 pub mod exaone4;
 pub mod generate;
 pub mod grad_ops;

@@ -10,6 +10,7 @@
 //! AVX2 and FMA (checked at run time) the same code is compiled for those instructions;
 //! elsewhere it runs with separate multiplies and adds, so the last bits differ between the two.
 
+use crate::model::cpu_exp::exp_shifted;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -329,12 +330,7 @@ fn softmax_rows(scores: &mut [f32], np: usize, n: usize, rows: usize) {
     for r in 0..rows {
         let row = &mut scores[r * np..r * np + n];
         let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
-        for x in row.iter_mut() {
-            *x = (*x - m).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / exp_shifted(row, m);
         row.iter_mut().for_each(|x| *x *= inv);
     }
 }

@@ -10,6 +10,7 @@
 //! its keys and the dQ of its query heads, and walks heads and rows in a fixed order, so the
 //! gradients do not depend on the number of threads.
 
+use crate::model::cpu_exp::exp_shifted;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -189,12 +190,7 @@ fn task_grads<const FMA: bool>(
                 p.push(dot::<FMA>(qi, &k[j * d..][..d]) * s.scale);
             }
             let m = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0f32;
-            for x in p.iter_mut() {
-                *x = (*x - m).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / exp_shifted(p, m);
             let di = dot::<FMA>(doi, oi);
             let dqi = &mut out.dq[(gi * t + i) * d..][..d];
             for (j, &e) in p.iter().enumerate() {
