@@ -80,7 +80,7 @@ fn exp_one<const FMA: bool>(x: f32) -> f32 {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        0.5, // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
     ];
     // comparisons, not f32::max/min: those would turn a NaN into the bound
     let x = if x > HI { HI } else { x };
