@@ -59,7 +59,11 @@ struct Args {
     w4_only: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exaone_compress::error::exit(run())
+}
+
+fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
     let device = runtime::open_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;

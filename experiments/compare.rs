@@ -19,7 +19,11 @@ struct Args {
     variants: Vec<String>,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exaone_compress::error::exit(run())
+}
+
+fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
     let variants: Vec<(String, PathBuf)> = a
         .variants

@@ -30,7 +30,11 @@ struct Args {
     lr: f64,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exaone_compress::error::exit(run())
+}
+
+fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
     let mut s = Study::load("distill", a.study)?;
     let base = s.base.share();

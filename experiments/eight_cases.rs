@@ -40,7 +40,11 @@ fn lr(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exaone_compress::error::exit(run())
+}
+
+fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
     let mut s = Study::load("eight_cases", a.study.clone())?;
     let base = s.base.share();

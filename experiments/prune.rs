@@ -20,7 +20,11 @@ struct Args {
     drop_layers: usize,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exaone_compress::error::exit(run())
+}
+
+fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
     let mut s = Study::load("prune", a.study)?;
     let base = s.base.share();

@@ -20,7 +20,11 @@ struct Args {
     study: StudyArgs,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exaone_compress::error::exit(run())
+}
+
+fn run() -> Result<()> {
     let mut s = Study::load(
         "quantize",
         exaone_compress::study::parse_args::<Args>().study,

@@ -66,7 +66,11 @@ struct Args {
     checkpoint_every: usize,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exaone_compress::error::exit(run())
+}
+
+fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
     if a.prepare_data {
         let s = build_default_corpus(&a.corpora, &data_dir().join("text"))

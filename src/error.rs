@@ -111,3 +111,67 @@ impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
         })
     }
 }
+
+/// An error and its causes as a person reads them: the first message, then each cause that the
+/// message before it does not already say (the crate's errors quote their source in their own
+/// text, which anyhow's report would print a second time under "Caused by").
+pub fn describe<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut out = String::new();
+    let mut said = String::new();
+    for e in chain {
+        let msg = e.to_string();
+        if said.contains(&msg) {
+            continue;
+        }
+        if out.is_empty() {
+            out = msg.clone();
+        } else {
+            out.push_str(&format!("\n  caused by: {msg}"));
+        }
+        said.push_str(&msg);
+        said.push('\n');
+    }
+    out
+}
+
+/// What a binary's `main` returns: `Error: ` and [`describe`]'s text on stderr and exit status
+/// 1 for an error, and the error's backtrace where `RUST_LIB_BACKTRACE=1` asked for one (anyhow
+/// also captures one under `RUST_BACKTRACE`, which is for panics: not printed then).
+pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
+    let Err(e) = result else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    eprintln!(
+        "Error: {}",
+        describe(e.chain().map(|c| c as &(dyn std::error::Error + 'static)))
+    );
+    if std::env::var("RUST_LIB_BACKTRACE").is_ok_and(|v| v == "1") {
+        eprintln!("\n{}", e.backtrace());
+    }
+    std::process::ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cause the message already quotes is not repeated; one it does not quote is kept, on
+    /// its own line.
+    #[test]
+    fn causes_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
+        let e = Error::io(Path::new("/x"), io);
+        let a = anyhow::Error::new(e);
+        assert_eq!(
+            describe(a.chain().map(|c| c as &(dyn std::error::Error + 'static))),
+            "/x: no such directory"
+        );
+        let a = a.context("loading the model");
+        assert_eq!(
+            describe(a.chain().map(|c| c as &(dyn std::error::Error + 'static))),
+            "loading the model\n  caused by: /x: no such directory"
+        );
+    }
+}

@@ -92,6 +92,13 @@ fn logits_writes_the_hf_logits_as_npy() {
 fn bad_input_fails_with_a_message() {
     let (ok, _, err) = cli(&["info", "--model", "/nonexistent/model"]);
     assert!(!ok && err.contains("/nonexistent/model"), "{err}");
+    // the cause the message quotes is said once (anyhow's report would repeat it under
+    // "Caused by"), and no backtrace unless RUST_LIB_BACKTRACE=1 asks
+    assert_eq!(err.matches("no such directory").count(), 1, "{err}");
+    assert!(
+        !err.contains("Caused by") && !err.contains("anyhow::"),
+        "{err}"
+    );
     let (ok, _, err) = cli(&[
         "generate",
         "--model",

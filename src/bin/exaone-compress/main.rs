@@ -281,7 +281,11 @@ pub(crate) fn flag_error(kind: clap::error::ErrorKind, msg: String) -> ! {
     std::process::exit(1)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    exaone_compress::error::exit(run())
+}
+
+fn run() -> Result<()> {
     // `exaone-compress info | head` ends quietly when the reader goes away, as Unix tools do
     // (Rust starts with SIGPIPE ignored, so a print to the closed pipe would panic)
     #[cfg(unix)]
