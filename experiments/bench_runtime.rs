@@ -2,15 +2,12 @@
 //! same GPU): load time; prefill (forward + log-softmax) tokens/s at batch × length points; greedy
 //! decode ms per step at batch 1 and 16 on the candle forward and on the decode engine (eager
 //! launches and CUDA-graph replay; bf16 and W4A16 packed int4); W8A8 prefill on int8 tensor
-//! cores and FP8 prefill on fp8 tensor cores (sm_89+); peak device memory. Warm-up, repeats, median and [max − min]. On CUDA it first checks
-//! every kernel numerically against the f32 reference (runtime::check) and fails if one is off.
-//! The harness is `exaone_compress::study::bench`.
+//! cores and FP8 prefill on fp8 tensor cores (sm_89+); peak device memory. Warm-up, repeats,
+//! median and [max − min]. On CUDA it first checks every kernel numerically against the f32
+//! reference (runtime::check) and fails if one is off. The harness is `study::bench`.
 //!
 //!   bench_runtime --model DIR [--w4a16 DIR] [--w8a8 DIR] [--fp8 DIR] --device cuda --hf-json hf.json
-//!   bench_runtime --gemm-sweep --device cuda --out DIR     (GEMM checks + sweeps only)
-//!   bench_runtime --gemm-sweep --w4-only --device cuda --out DIR   (the W4A16 part alone)
-
-use std::path::PathBuf;
+//!   bench_runtime --gemm-sweep [--w4-only] --device cuda --out DIR   (GEMM checks + sweeps only)
 
 use anyhow::Result;
 use clap::Parser;
@@ -19,6 +16,7 @@ use exaone_compress::record::{Results, Variant};
 use exaone_compress::study::bench::{self, Bench, BenchArgs};
 use exaone_compress::{default_model_dir, runtime};
 use serde_json::json;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 struct Args {
@@ -68,11 +66,9 @@ fn run() -> Result<()> {
     let device = runtime::open_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
-    let name = if a.device_name.is_empty() {
-        &a.device
-    } else {
-        &a.device_name
-    };
+    let name = Some(&a.device_name)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&a.device);
     let mut r = Results::new(
         "bench_runtime",
         &format!("{name} ({dtype:?})"),
