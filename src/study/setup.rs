@@ -252,8 +252,9 @@ impl Study {
         let device = crate::runtime::open_device(&args.device)?;
         let dtype = parse_dtype(&args.dtype, &device)?;
         let dir = args.model.clone().unwrap_or_else(default_model_dir);
+        // by role: the loader's own errors name the directory or file
         let base = crate::runtime::load_model(&dir, dtype, &device)
-            .context(|| format!("loading {}", dir.display()))?;
+            .context(|| "loading the base model (--model)".to_string())?;
         // a checkpoint without a tokenizer (e.g. random weights) is measured with the default
         // model's token ids: speed is real, quality is not
         let (tok, fell_back) = crate::data::tokenizer_for_model(&dir)?;
