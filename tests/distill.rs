@@ -74,9 +74,9 @@ fn the_reference_lm_head_step_unties_the_head() {
     );
 }
 
-/// The kernel distillation puts on frozen Linears (no weight gradients) changes nothing: the
-/// loss and the trained norms' gradients are the same bit for bit as candle's own matmul gives,
-/// and the weight is no longer given a gradient.
+/// The kernel distillation puts on frozen Linears and the untrained lm_head (no weight
+/// gradients) changes nothing: the loss and the trained norms' gradients are the same bit for
+/// bit as candle's own matmul gives, and the weight is no longer given a gradient.
 #[test]
 fn frozen_linears_train_bit_for_bit_alike() {
     use exaone_compress::compress::distill::{
@@ -119,11 +119,14 @@ fn frozen_linears_train_bit_for_bit_alike() {
             .collect();
         let weight_grad = grads.get(&q).is_some();
         remove_frozen_kernels(&mut s);
-        assert!(s.layers[0].self_attn.q_proj.kernel.is_none());
+        assert!(s.layers[0].self_attn.q_proj.kernel.is_none() && s.head_kernel.is_none());
         (loss.to_scalar::<f32>().unwrap(), g, n, weight_grad)
     };
     let (plain, frozen) = (run(false), run(true));
-    assert_eq!(frozen.2, 14, "every Linear of the 2 layers");
+    assert_eq!(
+        frozen.2, 15,
+        "every Linear of the 2 layers and the tied lm_head"
+    );
     assert_eq!(plain.0.to_bits(), frozen.0.to_bits());
     assert_eq!(plain.1, frozen.1);
     assert!(!frozen.3, "no gradient for a frozen weight");

@@ -364,18 +364,31 @@ pub fn install_frozen_kernels(
             n += 1;
         }
     }
+    // the lm_head (the embedding while tied): its weight gradient is as much work as the
+    // product, a tenth of a step's matmuls on the default model
+    let head = match model.lm_head {
+        Some(_) => "lm_head.weight",
+        None => "model.embed_tokens.weight",
+    };
+    if !trained(head) && model.head_kernel.is_none() {
+        let w = model.lm_head.as_ref().unwrap_or(&model.embed_tokens);
+        model.head_kernel = Some(std::sync::Arc::new(FrozenMatmul { w_t: w.t()? }));
+        n += 1;
+    }
     Ok(n)
 }
 
 /// Takes the kernels [`install_frozen_kernels`] put on `model` off again.
 pub fn remove_frozen_kernels(model: &mut Exaone4) {
+    let ours = |k: &std::sync::Arc<dyn crate::model::LinearKernel>| {
+        format!("{k:?}").starts_with("FrozenMatmul")
+    };
+    if model.head_kernel.as_ref().is_some_and(ours) {
+        model.head_kernel = None;
+    }
     for layer in model.layers.iter_mut() {
         for (_, lin) in layer.linears_mut() {
-            let ours = lin
-                .kernel
-                .as_ref()
-                .is_some_and(|k| format!("{k:?}").starts_with("FrozenMatmul"));
-            if ours {
+            if lin.kernel.as_ref().is_some_and(ours) {
                 lin.kernel = None;
             }
         }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::Exaone4Config;
-use super::kernels::{Kernels, QkvShape};
+use super::kernels::{Kernels, LinearKernel, QkvShape};
 use super::kv_cache::{CacheShape, KvCache};
 use super::layers::{apply_rope, attend, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope};
 
@@ -191,6 +191,9 @@ pub struct Exaone4 {
     pub mode: Mode,
     /// faster implementations of pieces of the forward, installed by a runtime
     pub kernels: Option<Arc<dyn Kernels>>,
+    /// the lm_head product's kernel where one is installed (distillation's, for a head it does
+    /// not train: no weight gradient), as a `Linear`'s `kernel`
+    pub head_kernel: Option<Arc<dyn LinearKernel>>,
     rope: Mutex<Rope>,
     dtype: DType,
     device: Device,
@@ -269,6 +272,7 @@ impl Exaone4 {
             lm_head,
             mode: Mode::Inference,
             kernels: None,
+            head_kernel: None,
             rope: Mutex::new(rope),
             dtype,
             device: device.clone(),
@@ -499,6 +503,7 @@ impl Exaone4 {
             lm_head: self.lm_head.clone(),
             mode: self.mode,
             kernels: self.kernels.clone(),
+            head_kernel: self.head_kernel.clone(),
             rope: Mutex::new(rope),
             dtype: self.dtype,
             device: self.device.clone(),
@@ -511,17 +516,23 @@ impl Exaone4 {
             .expect("all layers exist")
     }
 
+    /// The lm_head as a Linear (the embedding while tied), with its kernel if one is installed.
+    fn head(&self) -> Linear {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let mut head = Linear::new(w.clone());
+        head.kernel = self.head_kernel.clone();
+        head
+    }
+
     /// lm_head on hidden states: f32 logits [.., vocab].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Linear::new(w.clone()).forward(hidden)?.to_dtype(DType::F32)
+        self.head().forward(hidden)?.to_dtype(DType::F32)
     }
 
     /// Log-probabilities of the next token at every position, f32 [b, t, vocab]: lm_head in the
     /// model's dtype, then one fused log-softmax where the runtime has it.
     pub fn log_probs(&self, hidden: &Tensor) -> Result<Tensor> {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let logits = Linear::new(w.clone()).forward(hidden)?;
+        let logits = self.head().forward(hidden)?;
         if let Some(k) = self.kernels.as_deref() {
             if let Some(lp) = k.log_softmax(&logits)? {
                 return Ok(lp);
