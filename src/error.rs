@@ -115,12 +115,10 @@ impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
 /// An error and its causes as a person reads them: the first message, then each cause that the
 /// message before it does not already say (the crate's errors quote their source in their own
 /// text, which anyhow's report would print a second time under "Caused by").
-pub fn describe<'a>(
-    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
-) -> String {
+pub fn describe(error: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut said = String::new();
-    for e in chain {
+    for e in error.chain() {
         let msg = e.to_string();
         if said.contains(&msg) {
             continue;
@@ -143,10 +141,7 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     let Err(e) = result else {
         return std::process::ExitCode::SUCCESS;
     };
-    eprintln!(
-        "Error: {}",
-        describe(e.chain().map(|c| c as &(dyn std::error::Error + 'static)))
-    );
+    eprintln!("Error: {}", describe(&e));
     if std::env::var("RUST_LIB_BACKTRACE").is_ok_and(|v| v == "1") {
         eprintln!("\n{}", e.backtrace());
     }
@@ -164,13 +159,10 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
         let e = Error::io(Path::new("/x"), io);
         let a = anyhow::Error::new(e);
-        assert_eq!(
-            describe(a.chain().map(|c| c as &(dyn std::error::Error + 'static))),
-            "/x: no such directory"
-        );
+        assert_eq!(describe(&a), "/x: no such directory");
         let a = a.context("loading the model");
         assert_eq!(
-            describe(a.chain().map(|c| c as &(dyn std::error::Error + 'static))),
+            describe(&a),
             "loading the model\n  caused by: /x: no such directory"
         );
     }

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::data::{rng, TokenStream};
-use crate::model::cpu_exp::exp_shifted;
+use crate::model::cpu_exp::exp_minus_max;
 use crate::model::grad_ops::{contiguous_f32, cpu_f32, with_f32};
 use crate::model::{generate, Exaone4, GenerateOptions};
 use crate::train::{freeze, make_trainable, train, LogPoint, TrainConfig};
@@ -148,11 +148,10 @@ struct KdLoss {
 
 /// exp(x/T − max) of a row into `e`; returns the max and Σ exp (summed in f64, in order).
 fn row_exp(x: &[f32], inv_t: f32, e: &mut [f32]) -> (f32, f64) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv_t));
     for (e, &v) in e.iter_mut().zip(x) {
         *e = v * inv_t;
     }
-    exp_shifted(e, m);
+    let (m, _) = exp_minus_max(e);
     (m, e.iter().map(|&e| e as f64).sum())
 }
 

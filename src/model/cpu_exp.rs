@@ -10,6 +10,13 @@
 //! arguments below −87.3 give about 1e-38 rather than a denormal or zero (a softmax term that
 //! small is 1e-38 of the row's largest), NaN stays NaN.
 
+/// exp(x − max) for every x of `row`, in place, the row's max taken first (a softmax's
+/// numerators); returns the max and the sum as [`exp_shifted`] sums.
+pub fn exp_minus_max(row: &mut [f32]) -> (f32, f32) {
+    let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    (m, exp_shifted(row, m))
+}
+
 /// exp(x − m) for every x of `row`, in place; returns their sum (in eight lanes, then the
 /// lanes in order, then the tail: the same order on every call for a row of that length).
 pub fn exp_shifted(row: &mut [f32], m: f32) -> f32 {

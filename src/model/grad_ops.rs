@@ -6,7 +6,7 @@
 //! [8, 4 × 256, 256] per layer). Here each is one pass per row forward and one backward, in
 //! f32 as the expressions compute. Off the CPU, or for other dtypes, the expressions run.
 
-use super::cpu_exp::exp_shifted;
+use super::cpu_exp::exp_minus_max;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -53,9 +53,8 @@ impl CustomOp1 for Softmax {
         let n = l.dims().last().copied().unwrap_or(1).max(1);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
-            let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             y.copy_from_slice(x);
-            let inv = 1.0 / exp_shifted(y, m);
+            let inv = 1.0 / exp_minus_max(y).1;
             y.iter_mut().for_each(|y| *y *= inv);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))

@@ -10,7 +10,7 @@
 //! AVX2 and FMA (checked at run time) the same code is compiled for those instructions;
 //! elsewhere it runs with separate multiplies and adds, so the last bits differ between the two.
 
-use crate::model::cpu_exp::exp_shifted;
+use crate::model::cpu_exp::exp_minus_max;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -329,8 +329,7 @@ fn head_scores<const FMA: bool, const G: usize>(
 fn softmax_rows(scores: &mut [f32], np: usize, n: usize, rows: usize) {
     for r in 0..rows {
         let row = &mut scores[r * np..r * np + n];
-        let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let inv = 1.0 / exp_shifted(row, m);
+        let inv = 1.0 / exp_minus_max(row).1;
         row.iter_mut().for_each(|x| *x *= inv);
     }
 }

@@ -10,7 +10,7 @@
 //! its keys and the dQ of its query heads, and walks heads and rows in a fixed order, so the
 //! gradients do not depend on the number of threads.
 
-use crate::model::cpu_exp::exp_shifted;
+use crate::model::cpu_exp::exp_minus_max;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -189,8 +189,7 @@ fn task_grads<const FMA: bool>(
             for j in 0..n {
                 p.push(dot::<FMA>(qi, &k[j * d..][..d]) * s.scale);
             }
-            let m = p.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let inv = 1.0 / exp_shifted(p, m);
+            let inv = 1.0 / exp_minus_max(p).1;
             let di = dot::<FMA>(doi, oi);
             let dqi = &mut out.dq[(gi * t + i) * d..][..d];
             for (j, &e) in p.iter().enumerate() {

@@ -19,8 +19,7 @@ pub use variants::Keep;
 /// 0, any flag error prints clap's message and exits 1, like every other failure (clap itself
 /// would exit 2).
 pub fn parse_args<T: clap::Parser>() -> T {
-    tune_allocator();
-    pin_candle_threads();
+    tune_process();
     T::try_parse().unwrap_or_else(|e| {
         if !e.use_stderr() {
             e.exit()
@@ -28,6 +27,12 @@ pub fn parse_args<T: clap::Parser>() -> T {
         let _ = e.print();
         std::process::exit(1)
     })
+}
+
+/// What every binary sets up before any work: [`tune_allocator`] and [`pin_candle_threads`].
+pub fn tune_process() {
+    tune_allocator();
+    pin_candle_threads();
 }
 
 /// Makes candle's CPU matmul stop re-reading `/proc/cpuinfo`. Unless `RAYON_NUM_THREADS` is

@@ -294,9 +294,9 @@ fn run() -> Result<()> {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     // as the studies do: freed tensors stay in the process for reuse (`distill` of 10 steps on
-    // the default model: 39 s, 19 s of it in the kernel, against 29 s and 3 s)
-    exaone_compress::study::tune_allocator();
-    exaone_compress::study::pin_candle_threads();
+    // the default model: 39 s, 19 s of it in the kernel, against 29 s and 3 s), and candle's
+    // matmul thread count is fixed once
+    exaone_compress::study::tune_process();
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         if !e.use_stderr() {
             e.exit() // --help, --version
