@@ -8,6 +8,7 @@
 //!
 //!   bench_runtime --model DIR [--w4a16 DIR] [--w8a8 DIR] [--fp8 DIR] --device cuda --hf-json hf.json
 //!   bench_runtime --gemm-sweep [--w4-only] --device cuda --out DIR   (GEMM checks + sweeps only)
+//!   bench_runtime --gemm-sweep --checks-only --device cuda --out DIR  (the W8A8 checks alone)
 
 use anyhow::Result;
 use clap::Parser;
@@ -55,6 +56,10 @@ struct Args {
     /// with --gemm-sweep: the W4A16 routes alone
     #[arg(long, requires = "gemm_sweep")]
     w4_only: bool,
+    /// with --gemm-sweep: the W8A8 numerical checks alone (GEMMs, quantizers, the RMSNorm with
+    /// the quantizer fused in), no timings
+    #[arg(long, requires = "gemm_sweep", conflicts_with = "w4_only")]
+    checks_only: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,6 +79,9 @@ fn run() -> Result<()> {
         &format!("{name} ({dtype:?})"),
         &dir.display().to_string(),
     );
+    if a.checks_only {
+        return Ok(bench::gemm::checks_only(r, &device, &a.out)?);
+    }
     if a.gemm_sweep {
         return Ok(bench::gemm::sweep(r, &device, &a.out, a.w4_only)?);
     }

@@ -4,7 +4,7 @@
 
 use candle_core::Result;
 
-use super::weights::Gemm;
+use super::weights::{Gemm, Staged};
 use super::DecodeEngine;
 use crate::runtime::launch::attention::{attn_rows, AttnRows};
 use crate::runtime::launch::gemv::Dense;
@@ -66,8 +66,10 @@ impl DecodeEngine {
             row_off: 0,
             idx: None,
         };
+        // the input of the next q/k/v product as its producer left it (the embedding: bf16 only)
+        let mut staged = Staged::default();
         for (i, l) in self.w.layers.iter().enumerate() {
-            gemm.linear(&l.qkv, hb, qkv, rows)?;
+            gemm.linear_staged(&l.qkv, hb, qkv, rows, staged)?;
             self.mark("qkv GEMV")?;
             let (k_cache, v_cache) = (self.d(&self.kc[i]), self.d(&self.vc[i]));
             let rope = QkNormRope {
@@ -111,13 +113,14 @@ impl DecodeEngine {
             self.mark("attention")?;
             gemm.linear(&l.o, att, o, rows)?;
             self.mark("o GEMV")?;
-            rmsnorm_rows(dev, &norm_residual(self.d(&l.post_attn)))?;
+            let st = gemm.norm_residual(&norm_residual(self.d(&l.post_attn)), Some(&l.gate_up))?;
             self.mark("norm + residual")?;
-            gemm.gated(&l.gate_up, hb, gu, act, rows)?;
+            gemm.gated_staged(&l.gate_up, hb, gu, act, rows, st)?;
             self.mark("gate/up GEMM + SiLU · up")?;
             gemm.linear(&l.down, act, o, rows)?;
             self.mark("down GEMV")?;
-            rmsnorm_rows(dev, &norm_residual(self.d(&l.post_ff)))?;
+            let next = self.w.layers.get(i + 1).map(|n| &n.qkv);
+            staged = gemm.norm_residual(&norm_residual(self.d(&l.post_ff)), next)?;
             self.mark("norm + residual")?;
         }
         let last = self.d(&b.last);

@@ -26,7 +26,8 @@ use crate::runtime::launch::gemm_q8::{
 };
 use crate::runtime::launch::gemv::{gemv_bf16, Dense};
 use crate::runtime::launch::norm_rope::silu_mul_rows;
-use crate::runtime::launch::quant::quant_rows_int8;
+use crate::runtime::launch::norm_rope::{rmsnorm_rows, RmsNormRows};
+use crate::runtime::launch::quant::{quant_rows_int8, rmsnorm_quant_rows};
 use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
 use crate::runtime::quantized::{q8_path, Q8Path, CUBLAS_INT8_MIN_ROWS, FP8_LT_MIN_ROWS};
 use crate::runtime::quantized::{Fp8Weights, Int8Weights, PackedInt4};
@@ -400,6 +401,12 @@ pub(crate) struct Scratch {
 /// 11.1 µs).
 pub(crate) const DENSE_GEMV_MAX_ROWS: usize = 1;
 
+/// What the producer of a Linear's input left in the scratch: with `Some`, the rows' per-token
+/// 8-bit quantization (of that kind, `rows` rows of the buffer at `x`), written by the RMSNorm
+/// that made them ([`Gemm::norm_residual`]), so that the product skips its own quantizer.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Staged(Option<(Q8Kind, u64, usize)>);
+
 /// Runs Linears on one stream: bf16 by GEMV (one row) or cuBLAS, W4A16 by the W4 tensor-core
 /// GEMM (`PackedInt4::forward`: the GEMV or dequantize + cuBLAS at the row counts where they
 /// win), W8A8 (int8, fp8) by per-token quantization and our 8-bit tensor-core GEMM with the
@@ -433,11 +440,41 @@ impl<'a> Gemm<'a> {
         gemv_bf16(self.dev, w, x, y, rows)
     }
 
+    /// The 8-bit kind of a Linear's product (None: bf16 or W4A16 input).
+    fn q8_kind(lin: &Lin) -> Option<Q8Kind> {
+        match lin.w {
+            Weights::Int8(_) => Some(Q8Kind::Int8),
+            Weights::Fp8(_) => Some(Q8Kind::Fp8),
+            _ => None,
+        }
+    }
+
+    /// The RMSNorm `norm` (its output rows are the input of `next`, where a Linear reads them):
+    /// where `next` is 8-bit, the norm also quantizes its output per token into the scratch
+    /// (`rmsnorm_quant_rows`: the same bytes as the product's own quantizer, one launch less),
+    /// and the returned [`Staged`] lets `next`'s product skip its quantizer.
+    pub(crate) fn norm_residual(&self, norm: &RmsNormRows, next: Option<&Lin>) -> Result<Staged> {
+        let s: &'a Scratch = self.scratch;
+        let fused = next
+            .filter(|l| {
+                l.k == norm.n && norm.idx.is_none() && norm.row_step == 1 && norm.row_off == 0
+            })
+            .and_then(Self::q8_kind)
+            .zip(s.q8.as_ref().zip(s.sx.as_ref()));
+        let Some((kind, (q, sx))) = fused else {
+            rmsnorm_rows(self.dev, norm)?;
+            return Ok(Staged::default());
+        };
+        rmsnorm_quant_rows(self.dev, norm, kind, self.d(q), self.d(sx))?;
+        Ok(Staged(Some((kind, norm.out.addr(), norm.rows))))
+    }
+
     /// y [rows, n] = x [rows, k] · Wᵀ (gated: act [rows, n/2] = silu(gate) · up) for 8-bit
-    /// weights: quantizes x per token into the scratch, then the GEMM scales (and gates) in its
-    /// epilogue.
+    /// weights: quantizes x per token into the scratch (unless `staged` says its producer did),
+    /// then the GEMM scales (and gates) in its epilogue.
     /// `gu` (gated products only): room for the [rows, n] gate/up products where a path
     /// materialises them.
+    #[allow(clippy::too_many_arguments)]
     fn q8(
         &self,
         kind: Q8Kind,
@@ -446,14 +483,17 @@ impl<'a> Gemm<'a> {
         y: Dev<bf16>,
         rows: usize,
         gu: Option<Dev<bf16>>,
+        staged: Staged,
     ) -> Result<()> {
         let gated = gu.is_some();
         let s: &'a Scratch = self.scratch;
         let q = self.d(s.q8.as_ref().ok_or_else(|| missing("8-bit"))?);
         let sx = self.d(s.sx.as_ref().ok_or_else(|| missing("8-bit"))?);
-        match kind {
-            Q8Kind::Int8 => quant_rows_int8(self.dev, x, q, sx, rows, w.k)?,
-            Q8Kind::Fp8 => quant_rows_fp8(self.dev, x, q, sx, rows, w.k)?,
+        if staged.0 != Some((kind, x.addr(), rows)) {
+            match kind {
+                Q8Kind::Int8 => quant_rows_int8(self.dev, x, q, sx, rows, w.k)?,
+                Q8Kind::Fp8 => quant_rows_fp8(self.dev, x, q, sx, rows, w.k)?,
+            }
         }
         let g = Q8Gemm {
             q,
@@ -486,6 +526,19 @@ impl<'a> Gemm<'a> {
 
     /// y [rows, n] = x [rows, k] · Wᵀ.
     pub(crate) fn linear(&self, lin: &Lin, x: Dev<bf16>, y: Dev<bf16>, rows: usize) -> Result<()> {
+        self.linear_staged(lin, x, y, rows, Staged::default())
+    }
+
+    /// [`Gemm::linear`] of an input its producer may have quantized already (`staged`, from
+    /// [`Gemm::norm_residual`]).
+    pub(crate) fn linear_staged(
+        &self,
+        lin: &Lin,
+        x: Dev<bf16>,
+        y: Dev<bf16>,
+        rows: usize,
+        staged: Staged,
+    ) -> Result<()> {
         match &lin.w {
             Weights::Dense(w) | Weights::Emulated(w) => {
                 let w = Dense {
@@ -499,8 +552,8 @@ impl<'a> Gemm<'a> {
                 let buf = self.w4_buffers();
                 p.forward(self.dev, self.blas, self.stream, x, y, rows, &buf, None)
             }
-            Weights::Int8(w) => self.q8(Q8Kind::Int8, w, x, y, rows, None),
-            Weights::Fp8(w) => self.q8(Q8Kind::Fp8, &w.0, x, y, rows, None),
+            Weights::Int8(w) => self.q8(Q8Kind::Int8, w, x, y, rows, None, staged),
+            Weights::Fp8(w) => self.q8(Q8Kind::Fp8, &w.0, x, y, rows, None, staged),
         }
     }
 
@@ -515,9 +568,22 @@ impl<'a> Gemm<'a> {
         act: Dev<bf16>,
         rows: usize,
     ) -> Result<()> {
+        self.gated_staged(lin, x, gu, act, rows, Staged::default())
+    }
+
+    /// [`Gemm::gated`] of an input its producer may have quantized already (`staged`).
+    pub(crate) fn gated_staged(
+        &self,
+        lin: &Lin,
+        x: Dev<bf16>,
+        gu: Dev<bf16>,
+        act: Dev<bf16>,
+        rows: usize,
+        staged: Staged,
+    ) -> Result<()> {
         match &lin.w {
-            Weights::Int8(w) => return self.q8(Q8Kind::Int8, w, x, act, rows, Some(gu)),
-            Weights::Fp8(w) => return self.q8(Q8Kind::Fp8, &w.0, x, act, rows, Some(gu)),
+            Weights::Int8(w) => return self.q8(Q8Kind::Int8, w, x, act, rows, Some(gu), staged),
+            Weights::Fp8(w) => return self.q8(Q8Kind::Fp8, &w.0, x, act, rows, Some(gu), staged),
             Weights::Int4(p) => {
                 let buf = self.w4_buffers();
                 return p.forward_gated(
@@ -534,7 +600,7 @@ impl<'a> Gemm<'a> {
             }
             _ => {}
         }
-        self.linear(lin, x, gu, rows)?;
+        self.linear_staged(lin, x, gu, rows, staged)?;
         silu_mul_rows(self.dev, gu, act, rows, lin.n / 2)
     }
 }

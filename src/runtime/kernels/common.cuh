@@ -81,6 +81,71 @@ __device__ __forceinline__ bf16 tobf(float x) { return __float2bfloat16(x); }
 __device__ __forceinline__ float lo_bf(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float hi_bf(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
 
+// The second half of a per-token quantizer: row blockIdx.x of x (xr, K values) → its bytes and
+// scale, given the row's max |x| (m, the same on every thread). Each thread reads the 16-byte
+// chunks c ≡ threadIdx.x (mod blockDim.x), the ones it wrote itself where xr is the output of
+// the same block (rmsnorm_quant_rows).
+template <class Pack>
+__device__ __forceinline__ void quant_row_store(const uint4 *xr, float m, uint8_t *q, float *scale, int K) {
+    float s = fmaxf(m / Pack::qmax, 1e-10f);
+    uint2 *qr = (uint2 *)(q + (size_t)blockIdx.x * K);
+    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w}, packed[2] = {0u, 0u};
+#pragma unroll
+        for (int i = 0; i < 4; i++) packed[i / 2] |= Pack::two(lo_bf(u[i]) / s, hi_bf(u[i]) / s) << (16 * (i % 2));
+        qr[c] = make_uint2(packed[0], packed[1]);
+    }
+    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+}
+
+// RMSNorm of input row in_row into output row blockIdx.x (rmsnorm_rows in norm_rope.cu, and the
+// fused quantizers below): y = bf16(x · rsqrt(mean x² + eps) · w), written (accumulate = 0) or
+// added to the output (accumulate = 1: bf16 add, `h + norm(o)` of the post-norm decoder layer).
+// n % 8 == 0; 16-byte loads. Returns the largest |value| this thread wrote.
+__device__ __forceinline__ float rmsnorm_row(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
+                                             int accumulate, int in_row, float *red) {
+    const uint4 *xr = (const uint4 *)(x + (size_t)in_row * n);
+    uint4 *o = (uint4 *)(out + (size_t)blockIdx.x * n);
+    const uint4 *wr = (const uint4 *)w;
+    float ss = 0.f, m = 0.f;
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
+        uint4 v = xr[c];
+        uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) ss += lo_bf(u[i]) * lo_bf(u[i]) + hi_bf(u[i]) * hi_bf(u[i]);
+    }
+    ss = block_reduce(ss, red, false);
+    float inv = rsqrtf(ss / n + eps);
+    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
+        uint4 v = xr[c], wv = wr[c], prev = accumulate ? o[c] : make_uint4(0, 0, 0, 0);
+        uint32_t u[4] = {v.x, v.y, v.z, v.w}, ww[4] = {wv.x, wv.y, wv.z, wv.w}, pp[4] = {prev.x, prev.y, prev.z, prev.w};
+        uint32_t res[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float y0 = bf(tobf(lo_bf(u[i]) * inv * lo_bf(ww[i]))), y1 = bf(tobf(hi_bf(u[i]) * inv * hi_bf(ww[i])));
+            if (accumulate) { y0 += lo_bf(pp[i]); y1 += hi_bf(pp[i]); }
+            __nv_bfloat162 r = __floats2bfloat162_rn(y0, y1);
+            res[i] = *(uint32_t *)&r;
+            m = fmaxf(m, fmaxf(fabsf(lo_bf(res[i])), fabsf(hi_bf(res[i]))));
+        }
+        o[c] = make_uint4(res[0], res[1], res[2], res[3]);
+    }
+    return m;
+}
+
+// RMSNorm (+ residual) of row blockIdx.x whose output row is also quantized per token for the
+// 8-bit GEMM that reads it next: the bytes and scale quant_rows<Pack> would give on that output,
+// without a pass of its own (one launch and one read of the row less per product).
+template <class Pack>
+__device__ void rmsnorm_quant_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps, int accumulate,
+                                   uint8_t *q, float *scale) {
+    __shared__ float red[32];
+    grid_dep_sync();
+    float m = rmsnorm_row(x, w, out, n, eps, accumulate, blockIdx.x, red);
+    quant_row_store<Pack>((const uint4 *)(out + (size_t)blockIdx.x * n), block_reduce(m, red, true), q, scale, n);
+}
+
 // Per-token 8-bit quantization of x [rows, K] (one block per row, K % 8 == 0; a multiple of 32
 // threads for block_reduce): scale = max(|x|) / Pack::qmax (at least 1e-10), and each pair of
 // values x / scale → two bytes by Pack::two. Shared by the int8 (quant.cu) and fp8 e4m3
@@ -96,15 +161,5 @@ template <class Pack> __device__ void quant_rows(const bf16 *x, uint8_t *q, floa
 #pragma unroll
         for (int i = 0; i < 4; i++) m = fmaxf(m, fmaxf(fabsf(lo_bf(u[i])), fabsf(hi_bf(u[i]))));
     }
-    m = block_reduce(m, red, true);
-    float s = fmaxf(m / Pack::qmax, 1e-10f);
-    uint2 *qr = (uint2 *)(q + (size_t)blockIdx.x * K);
-    for (int c = threadIdx.x; c < K / 8; c += blockDim.x) {
-        uint4 v = xr[c];
-        uint32_t u[4] = {v.x, v.y, v.z, v.w}, packed[2] = {0u, 0u};
-#pragma unroll
-        for (int i = 0; i < 4; i++) packed[i / 2] |= Pack::two(lo_bf(u[i]) / s, hi_bf(u[i]) / s) << (16 * (i % 2));
-        qr[c] = make_uint2(packed[0], packed[1]);
-    }
-    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+    quant_row_store<Pack>(xr, block_reduce(m, red, true), q, scale, K);
 }

@@ -5,6 +5,7 @@
 // loads it only on such a device. Launcher: src/runtime/launch/gemm_q8.rs.
 //
 //   quant_rows_fp8(x, q, scale, K)                   q [rows, K] e4m3, scale [rows]
+//   rmsnorm_quant_fp8(x, w, out, n, eps, acc, q, s)  rmsnorm_rows + quant_rows_fp8 of its output
 //   gemm_fp8_<tile>, gemm_fp8_silu_<tile>            as gemm_q8_* (gemm_q8.cu; tiles: gemm_q8.cuh)
 
 #define Q8_FP8
@@ -23,6 +24,11 @@ struct PackE4M3 {
 };
 extern "C" __global__ void quant_rows_fp8(const bf16 *x, uint8_t *q, float *scale, int K) {
     quant_rows<PackE4M3>(x, q, scale, K);
+}
+// rmsnorm_rows whose output also leaves quant_rows_fp8's bytes and scale (as rmsnorm_quant_int8)
+extern "C" __global__ void rmsnorm_quant_fp8(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
+                                             int accumulate, uint8_t *q, float *scale) {
+    rmsnorm_quant_rows<PackE4M3>(x, w, out, n, eps, accumulate, q, scale);
 }
 
 Q8_KERNELS(gemm_fp8, q8::MmaE4M3)

@@ -13,40 +13,14 @@ extern "C" __global__ void embed_rows(const uint32_t *ids, const bf16 *table, bf
     for (int i = threadIdx.x; i < hidden / 8; i += blockDim.x) dst[i] = src[i];
 }
 
-// RMSNorm of input row idx[blockIdx.x] (blockIdx.x * row_step + row_off where idx is null):
-// y = bf16(x · rsqrt(mean x² + eps) · w).
-// accumulate = 0: out[blockIdx.x] = y;  accumulate = 1: out[blockIdx.x] += y (bf16 add, as
-// `h + norm(o)` in the post-norm decoder layer). n % 8 == 0; 16-byte loads.
+// RMSNorm of input row idx[blockIdx.x] (blockIdx.x * row_step + row_off where idx is null) into
+// output row blockIdx.x: rmsnorm_row (common.cuh), written or added to out.
 extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
                                         int accumulate, int row_step, int row_off, const int *idx) {
     grid_dep_sync();
     __shared__ float red[32];
     int in_row = idx ? idx[blockIdx.x] : blockIdx.x * row_step + row_off;
-    const uint4 *xr = (const uint4 *)(x + (size_t)in_row * n);
-    uint4 *o = (uint4 *)(out + (size_t)blockIdx.x * n);
-    const uint4 *wr = (const uint4 *)w;
-    float ss = 0.f;
-    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
-        uint4 v = xr[c];
-        uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) ss += lo_bf(u[i]) * lo_bf(u[i]) + hi_bf(u[i]) * hi_bf(u[i]);
-    }
-    ss = block_reduce(ss, red, false);
-    float inv = rsqrtf(ss / n + eps);
-    for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
-        uint4 v = xr[c], wv = wr[c], prev = accumulate ? o[c] : make_uint4(0, 0, 0, 0);
-        uint32_t u[4] = {v.x, v.y, v.z, v.w}, ww[4] = {wv.x, wv.y, wv.z, wv.w}, pp[4] = {prev.x, prev.y, prev.z, prev.w};
-        uint32_t res[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float y0 = bf(tobf(lo_bf(u[i]) * inv * lo_bf(ww[i]))), y1 = bf(tobf(hi_bf(u[i]) * inv * hi_bf(ww[i])));
-            if (accumulate) { y0 += lo_bf(pp[i]); y1 += hi_bf(pp[i]); }
-            __nv_bfloat162 r = __floats2bfloat162_rn(y0, y1);
-            res[i] = *(uint32_t *)&r;
-        }
-        o[c] = make_uint4(res[0], res[1], res[2], res[3]);
-    }
+    rmsnorm_row(x, w, out, n, eps, accumulate, in_row, red);
 }
 
 // SiLU-gated product: gu [R, 2I] = [gate | up] → out [R, I] = bf16(bf16(silu(g)) · u).

@@ -1,4 +1,5 @@
-// W8A8: per-token int8 activation quantization and the epilogues of the int8 GEMM.
+// W8A8: per-token int8 activation quantization (alone or in the RMSNorm before the GEMM) and the
+// epilogues of the int8 GEMM.
 // Launchers: src/runtime/launch/quant.rs.
 
 #include "common.cuh"
@@ -16,6 +17,12 @@ struct PackInt8 {
 };
 extern "C" __global__ void quant_rows_int8(const bf16 *x, uint8_t *q, float *scale, int K) {
     quant_rows<PackInt8>(x, q, scale, K);
+}
+// rmsnorm_rows (one input row per output row) whose output also leaves quant_rows_int8's bytes
+// and scale for the int8 GEMM that reads it next (common.cuh, rmsnorm_quant_rows).
+extern "C" __global__ void rmsnorm_quant_int8(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
+                                              int accumulate, uint8_t *q, float *scale) {
+    rmsnorm_quant_rows<PackInt8>(x, w, out, n, eps, accumulate, q, scale);
 }
 
 // y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]) for the int32 result of an int8 GEMM; blockIdx.y = m,

@@ -69,34 +69,48 @@ pub(crate) struct RmsNormRows<'a> {
     pub idx: Option<Dev<'a, i32>>,
 }
 
+impl RmsNormRows<'_> {
+    /// The launch's bounds, checked for `kernel`.
+    pub(crate) fn check(&self, kernel: &str) -> Result<()> {
+        let n = self.n;
+        require!(kernel, n.is_multiple_of(8), "n {n}: 16-byte loads");
+        require!(
+            kernel,
+            self.x.aligned(16) && self.w.aligned(16) && self.out.aligned(16),
+            "16-byte aligned"
+        );
+        match self.idx {
+            None => {
+                let last_in = self.rows.saturating_sub(1) * self.row_step + self.row_off;
+                require!(
+                    kernel,
+                    self.rows == 0 || self.x.len() >= (last_in + 1) * n,
+                    "input of {} values",
+                    self.x.len()
+                );
+            }
+            Some(idx) => require!(kernel, idx.len() >= self.rows, "{} row indices", idx.len()),
+        }
+        require!(
+            kernel,
+            self.w.len() >= n,
+            "weight of {} values",
+            self.w.len()
+        );
+        require!(
+            kernel,
+            self.out.len() >= self.rows * n,
+            "output of {} values",
+            self.out.len()
+        );
+        Ok(())
+    }
+}
+
 pub(crate) fn rmsnorm_rows(dev: &CudaDevice, a: &RmsNormRows) -> Result<()> {
     const K: &str = "rmsnorm_rows";
+    a.check(K)?;
     let n = a.n;
-    require!(K, n.is_multiple_of(8), "n {n}: 16-byte loads");
-    require!(
-        K,
-        a.x.aligned(16) && a.w.aligned(16) && a.out.aligned(16),
-        "16-byte aligned"
-    );
-    match a.idx {
-        None => {
-            let last_in = a.rows.saturating_sub(1) * a.row_step + a.row_off;
-            require!(
-                K,
-                a.rows == 0 || a.x.len() >= (last_in + 1) * n,
-                "input of {} values",
-                a.x.len()
-            );
-        }
-        Some(idx) => require!(K, idx.len() >= a.rows, "{} row indices", idx.len()),
-    }
-    require!(K, a.w.len() >= n, "weight of {} values", a.w.len());
-    require!(
-        K,
-        a.out.len() >= a.rows * n,
-        "output of {} values",
-        a.out.len()
-    );
     let f = func(dev, Module::NormRope, K)?;
     let stream = dev.cuda_stream();
     let (ni, acc) = (int(n, "n")?, a.accumulate as i32);

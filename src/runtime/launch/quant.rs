@@ -1,10 +1,13 @@
-//! Launchers of `kernels/quant.cu`: per-token int8 activation quantization and the epilogues of
-//! the int8 GEMM (W8A8).
+//! Launchers of `kernels/quant.cu`: per-token int8 activation quantization (alone, or in the
+//! RMSNorm that produces the activations: also fp8's, in `kernels/gemm_fp8.cu`) and the epilogues
+//! of the int8 GEMM (W8A8).
 
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
+use super::gemm_q8::Q8Kind;
+use super::norm_rope::RmsNormRows;
 use super::{config, cuda_err, dim, func, int, require, Dev, Module};
 
 /// q [rows, k] (int8, stored as bytes), scale [rows] = vLLM's dynamic per-token quantization of
@@ -66,6 +69,56 @@ pub(crate) fn quant_rows(
     // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row reads x[r] as
     // 16-byte words and writes q[r] as 8-byte words and scale[r]: k % 8 == 0, x 16-byte and q
     // 8-byte aligned, all three buffers hold `rows` rows (checked).
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// `rmsnorm_rows` of `a` (one input row per output row: row_step 1, no offset, no index) whose
+/// output rows also leave, in q [rows, n] and scale [rows], exactly what `quant_rows_int8` or
+/// `quant_rows_fp8` (by `kind`) would make of them: the norm in front of an 8-bit GEMM, without
+/// the quantizer's own launch and read of the rows.
+pub(crate) fn rmsnorm_quant_rows(
+    dev: &CudaDevice,
+    a: &RmsNormRows,
+    kind: Q8Kind,
+    q: Dev<u8>,
+    scale: Dev<f32>,
+) -> Result<()> {
+    let (module, name) = match kind {
+        Q8Kind::Int8 => (Module::Quant, "rmsnorm_quant_int8"),
+        Q8Kind::Fp8 => (Module::GemmFp8, "rmsnorm_quant_fp8"),
+    };
+    a.check(name)?;
+    let (rows, n) = (a.rows, a.n);
+    require!(
+        name,
+        a.row_step == 1 && a.row_off == 0 && a.idx.is_none(),
+        "output row r normalises input row r"
+    );
+    require!(name, q.aligned(8), "q 8-byte aligned");
+    require!(
+        name,
+        q.len() >= rows * n && scale.len() >= rows,
+        "[{rows}, {n}] quantized rows and their scales"
+    );
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = func(dev, module, name)?;
+    let stream = dev.cuda_stream();
+    let (ni, acc) = (int(n, "n")?, a.accumulate as i32);
+    let mut b = f.builder(&stream);
+    b.arg(&a.x.addr).arg(&a.w.addr).arg(&a.out.addr);
+    b.arg(&ni)
+        .arg(&a.eps)
+        .arg(&acc)
+        .arg(&q.addr)
+        .arg(&scale.addr);
+    let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
+    // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row r reads x[r]
+    // and the weight as 16-byte words, writes out[r] (16-byte words), then q[r] (8-byte words)
+    // and scale[r]: n % 8 == 0, x, w, out 16-byte and q 8-byte aligned, every buffer holds
+    // `rows` rows (all checked here and in RmsNormRows::check).
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }

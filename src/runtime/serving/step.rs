@@ -9,6 +9,7 @@ use candle_core::cuda::cudarc::driver::sys;
 use candle_core::Result;
 
 use super::{ServingEngine, ServingLimits, StepSeq};
+use crate::runtime::engine::weights::Staged;
 use crate::runtime::launch::attention::{flash_paged, paged_decode, PagedPool};
 use crate::runtime::launch::cuda_err;
 use crate::runtime::launch::gemv::Dense;
@@ -261,8 +262,10 @@ impl ServingEngine {
             row_off: 0,
             idx: None,
         };
+        // the input of the next q/k/v product as its producer left it (the embedding: bf16 only)
+        let mut staged = Staged::default();
         for (i, l) in self.w.layers.iter().enumerate() {
-            gemm.linear(&l.qkv, hb, qkv, rows)?;
+            gemm.linear_staged(&l.qkv, hb, qkv, rows, staged)?;
             self.mark("qkv GEMM")?;
             let (k_pool, v_pool) = (self.d(&self.k_pool[i]), self.d(&self.v_pool[i]));
             let rope = QkNormRopePaged {
@@ -302,13 +305,14 @@ impl ServingEngine {
             self.mark("attention: prompt chunks")?;
             gemm.linear(&l.o, att, o, rows)?;
             self.mark("o GEMM")?;
-            rmsnorm_rows(dev, &norm_residual(self.d(&l.post_attn)))?;
+            let st = gemm.norm_residual(&norm_residual(self.d(&l.post_attn)), Some(&l.gate_up))?;
             self.mark("norm + residual")?;
-            gemm.gated(&l.gate_up, hb, gu, act, rows)?;
+            gemm.gated_staged(&l.gate_up, hb, gu, act, rows, st)?;
             self.mark("gate/up GEMM + SiLU · up")?;
             gemm.linear(&l.down, act, o, rows)?;
             self.mark("down GEMM")?;
-            rmsnorm_rows(dev, &norm_residual(self.d(&l.post_ff)))?;
+            let next = self.w.layers.get(i + 1).map(|n| &n.qkv);
+            staged = gemm.norm_residual(&norm_residual(self.d(&l.post_ff)), next)?;
             self.mark("norm + residual")?;
         }
         if n_sample == 0 {

@@ -54,15 +54,7 @@ pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
         let checks = super::gemm_checks::run(d)?;
-        for c in &checks {
-            let verdict = if c.passes() { "ok" } else { "FAIL" };
-            eprintln!(
-                "check {}: kernel {:.2e}, bf16 path {:.2e} → {verdict}",
-                c.what, c.kernel_err, c.bf16_err
-            );
-        }
-        super::checks::record(&mut r, &checks);
-        let failed = super::checks::failed(&checks);
+        let failed = report_checks(&mut r, &checks);
         // timed even when a check fails: the failures are reported and make the run fail, and
         // the timings say whether the failing kernel is worth fixing
         sweep::run(&mut r, d)?;
@@ -81,6 +73,45 @@ pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
     Err(Error::Invalid(
         "--gemm-sweep needs a CUDA build and --device cuda".into(),
     ))
+}
+
+/// `bench_runtime --gemm-sweep --checks-only`: the W8A8 GEMMs' and quantizers' numerical checks
+/// alone (`gemm_checks`, a few seconds), rows saved to `out`; an error off CUDA and when one
+/// fails.
+pub fn checks_only(mut r: Results, device: &Device, out: &Path) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let checks = super::gemm_checks::run(d)?;
+        let failed = report_checks(&mut r, &checks);
+        r.save(out)?;
+        eprintln!(
+            "W8A8 checks: {} of {} pass",
+            checks.len() - failed.len(),
+            checks.len()
+        );
+        if !failed.is_empty() {
+            return Err(Error::Invalid(format!("GEMM checks failed: {failed:?}")));
+        }
+        return Ok(());
+    }
+    let _ = (&mut r, device, out);
+    Err(Error::Invalid(
+        "--gemm-sweep needs a CUDA build and --device cuda".into(),
+    ))
+}
+
+/// Each check printed with its verdict and recorded; the failed ones named.
+#[cfg(feature = "cuda")]
+fn report_checks(r: &mut Results, checks: &[crate::runtime::Check]) -> Vec<String> {
+    for c in checks {
+        let verdict = if c.passes() { "ok" } else { "FAIL" };
+        eprintln!(
+            "check {}: kernel {:.2e}, bf16 path {:.2e} → {verdict}",
+            c.what, c.kernel_err, c.bf16_err
+        );
+    }
+    super::checks::record(r, checks);
+    super::checks::failed(checks)
 }
 
 /// `bench_runtime --gemm-sweep`: [`run`], or with `w4_only` [`run_w4`].

@@ -1,6 +1,7 @@
 //! Numerical checks of the W8A8 GEMMs (`runtime::launch::gemm_q8`, cuBLAS int8 + epilogue and
 //! cuBLASLt's row-wise scaled fp8 GEMM, the paths that take the larger products) and of the
-//! per-token activation quantizers, in the tolerance scheme of `runtime::check`: every kernel's
+//! per-token activation quantizers (alone, and fused into the RMSNorm before the product: bit for
+//! bit the norm followed by the quantizer), in the tolerance scheme of `runtime::check`: every kernel's
 //! output against an f32 product of the same 8-bit operands and scales, beside the error of the
 //! bf16 path (the same product from bf16-rounded dequantized operands by cuBLAS bf16, its SiLU
 //! gate in bf16); a kernel passes within twice that error.
@@ -20,7 +21,8 @@ use crate::runtime::launch::gemm_lt::Fp8Lt;
 use crate::runtime::launch::gemm_q8::{
     gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES,
 };
-use crate::runtime::launch::quant::quant_rows_int8;
+use crate::runtime::launch::norm_rope::{rmsnorm_rows, RmsNormRows};
+use crate::runtime::launch::quant::{quant_rows_int8, rmsnorm_quant_rows};
 use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
 use crate::runtime::Check;
 use crate::Result;
@@ -294,9 +296,84 @@ fn quant_check(dev: &CudaDevice, kind: Q8Kind, m: usize, k: usize) -> Result<Che
     })
 }
 
+/// The RMSNorm + residual with the per-token quantizer of `kind` fused in (`rmsnorm_quant_rows`,
+/// what the serving engine runs before the q/k/v and gate/up products) against `rmsnorm_rows`
+/// followed by the quantizer on its output: the residual rows, the bytes and the scales must be
+/// the same bits. `kernel_err` counts the values that differ (0 passes).
+fn norm_quant_check(dev: &CudaDevice, kind: Q8Kind, m: usize, k: usize) -> Result<Check> {
+    let s = dev.cuda_stream();
+    let mut rng = Lcg(11 + m as u64);
+    let mut rows = |scale: f32| -> Vec<bf16> {
+        (0..m * k)
+            .map(|i| {
+                bf16::from_f32((rng.unit() * 2.0 - 1.0) * scale * (1.0 + (i % 89) as f32 / 8.0))
+            })
+            .collect()
+    };
+    let (xv, hv) = (rows(3.0), rows(1.0));
+    let wv: Vec<bf16> = (0..k)
+        .map(|i| bf16::from_f32(0.5 + (i % 13) as f32 / 10.0))
+        .collect();
+    let up = |v: &[bf16]| s.clone_htod(v).map_err(cuda_err);
+    let (x, w, h0, h1) = (up(&xv)?, up(&wv)?, up(&hv)?, up(&hv)?);
+    let bytes = || s.alloc_zeros::<u8>(m * k).map_err(cuda_err);
+    let scales = || s.alloc_zeros::<f32>(m).map_err(cuda_err);
+    let (q0, q1, s0, s1) = (bytes()?, bytes()?, scales()?, scales()?);
+    let norm = |out| RmsNormRows {
+        x: Dev::new(&x, &s),
+        w: Dev::new(&w, &s),
+        out,
+        rows: m,
+        n: k,
+        eps: 1e-5,
+        accumulate: true,
+        row_step: 1,
+        row_off: 0,
+        idx: None,
+    };
+    let (h0d, q0d, s0d) = (Dev::new(&h0, &s), Dev::new(&q0, &s), Dev::new(&s0, &s));
+    rmsnorm_rows(dev, &norm(h0d))?;
+    match kind {
+        Q8Kind::Int8 => quant_rows_int8(dev, h0d, q0d, s0d, m, k)?,
+        Q8Kind::Fp8 => quant_rows_fp8(dev, h0d, q0d, s0d, m, k)?,
+    }
+    let (q1d, s1d) = (Dev::new(&q1, &s), Dev::new(&s1, &s));
+    rmsnorm_quant_rows(dev, &norm(Dev::new(&h1, &s)), kind, q1d, s1d)?;
+    let rows_differ = differing(&s, &h0, &h1, |v: &bf16| v.to_bits() as u32)?;
+    let bytes_differ = differing(&s, &q0, &q1, |v: &u8| *v as u32)?;
+    let scales_differ = differing(&s, &s0, &s1, |v: &f32| v.to_bits())?;
+    let name = match kind {
+        Q8Kind::Int8 => "rmsnorm_quant_int8",
+        Q8Kind::Fp8 => "rmsnorm_quant_fp8",
+    };
+    Ok(Check {
+        what: format!(
+            "{name} m={m} k={k} (values differing from rmsnorm_rows + quantizer; 0 passes)"
+        ),
+        kernel_err: (rows_differ + bytes_differ + scales_differ) as f64,
+        bf16_err: 0.0,
+        top1: 1.0,
+    })
+}
+
+/// How many elements of two device buffers differ in their bits (`bits` of each).
+fn differing<T: DeviceRepr + Default + Clone>(
+    s: &Arc<CudaStream>,
+    a: &CudaSlice<T>,
+    b: &CudaSlice<T>,
+    bits: impl Fn(&T) -> u32,
+) -> Result<usize> {
+    let (a, b) = (
+        s.clone_dtoh(a).map_err(cuda_err)?,
+        s.clone_dtoh(b).map_err(cuda_err)?,
+    );
+    Ok(a.iter().zip(&b).filter(|(u, v)| bits(u) != bits(v)).count())
+}
+
 /// Every GEMM on every shape of the sweep at every M of the sweep and the awkward ones (3, 17,
 /// 255), picked tile; then K = 2064 (not a multiple of any K-tile) and N = 1040 (not a multiple
-/// of any N-tile) at the awkward M on every tile, plain and gated; then the quantizers. fp8 only
+/// of any N-tile) at the awkward M on every tile, plain and gated; then the quantizers, alone and
+/// fused into the RMSNorm. fp8 only
 /// where the GPU has fp8 tensor cores.
 pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
     let s = dev.cuda_stream();
@@ -345,6 +422,7 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
     for (m, k) in [(1, 2048), (17, 2064), (255, 4096)] {
         for &kind in &kinds {
             out.push(quant_check(dev, kind, m, k)?);
+            out.push(norm_quant_check(dev, kind, m, k)?);
         }
     }
     Ok(out)
