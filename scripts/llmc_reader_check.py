@@ -80,14 +80,16 @@ def main():
             plain.tie_weights()
             with torch.no_grad():
                 ref = plain(torch.tensor([probe])).logits[0].numpy()
-            o = f"/tmp/llmc/{name}.npy"
-            sh([a.runner, a.bin, "logits", "--model", dense, "--ids", ",".join(map(str, probe)), "--out", o])
-            row["dense_logits_rel_err"] = float(np.abs(np.load(o) - ref).max() / np.abs(ref).max())
-            sh([a.runner, a.bin, "logits", "--model", q, "--ids", ",".join(map(str, probe)), "--out", o])
-            row["compressed_logits_rel_err_vs_decompressed"] = float(np.abs(np.load(o) - ref).max() / np.abs(ref).max())
+            # one file per run, each replaced if a previous call left it (the CLI refuses to
+            # overwrite without --overwrite)
+            for key, model_dir in [("dense_logits_rel_err", dense), ("compressed_logits_rel_err_vs_decompressed", q)]:
+                o = f"{model_dir}.npy"
+                sh([a.runner, a.bin, "logits", "--model", model_dir, "--ids", ",".join(map(str, probe)), "--out", o, "--overwrite"])
+                row[key] = float(np.abs(np.load(o) - ref).max() / np.abs(ref).max())
             row["lm_head_in_file"] = "lm_head.weight" in load_file(f"{q}/model.safetensors") if os.path.exists(f"{q}/model.safetensors") else None
         except Exception as e:  # noqa: BLE001 — recorded
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            # the end of the message: the failing command's stderr, not its (long) argument list
+            row["error"] = f"{type(e).__name__}: {str(e)[-400:]}"
         print(json.dumps(row), flush=True)
         rows.append(row)
     with open(os.path.join(a.out, "llmc_reader_check.json"), "w") as f:
