@@ -115,7 +115,7 @@ impl DecodeEngine {
             self.mark("o GEMV")?;
             let st = gemm.norm_residual(&norm_residual(self.d(&l.post_attn)), Some(&l.gate_up))?;
             self.mark("norm + residual")?;
-            gemm.gated_staged(&l.gate_up, hb, gu, act, rows, st)?;
+            gemm.gated(&l.gate_up, hb, gu, act, rows, st)?;
             self.mark("gate/up GEMM + SiLU · up")?;
             gemm.linear(&l.down, act, o, rows)?;
             self.mark("down GEMV")?;

@@ -5,7 +5,7 @@
 use candle_core::Result;
 use half::bf16;
 
-use super::weights::{Lin, Weights};
+use super::weights::{Lin, Staged, Weights};
 use super::DecodeEngine;
 use crate::runtime::int4::W4Route;
 use crate::runtime::launch::attention::{attn_rows, AttnRows};
@@ -152,7 +152,7 @@ impl DecodeEngine {
                     rmsnorm_rows(dev, &one_row(o, self.d(&l.post_attn), hs[mid], true))?;
                     self.mark("norm + residual")?;
                     let gemm = self.gemm();
-                    gemm.gated(&l.gate_up, hs[mid], gu, act, 1)?;
+                    gemm.gated(&l.gate_up, hs[mid], gu, act, 1, Staged::default())?;
                     self.mark("gate/up GEMM + SiLU · up")?;
                     gemm.linear(&l.down, act, o, 1)?;
                     self.mark("down GEMM")?;

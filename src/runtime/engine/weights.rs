@@ -559,20 +559,9 @@ impl<'a> Gemm<'a> {
 
     /// act [rows, n/2] = silu(gate) · up from the stacked gate/up Linear (gu [rows, n] holds the
     /// products where they are materialised; the 8-bit paths and the W4A16 GEMM gate in their
-    /// epilogue).
+    /// epilogue), of an input its producer may have quantized already (`staged`, from
+    /// [`Gemm::norm_residual`]; `Staged::default()` where it did not).
     pub(crate) fn gated(
-        &self,
-        lin: &Lin,
-        x: Dev<bf16>,
-        gu: Dev<bf16>,
-        act: Dev<bf16>,
-        rows: usize,
-    ) -> Result<()> {
-        self.gated_staged(lin, x, gu, act, rows, Staged::default())
-    }
-
-    /// [`Gemm::gated`] of an input its producer may have quantized already (`staged`).
-    pub(crate) fn gated_staged(
         &self,
         lin: &Lin,
         x: Dev<bf16>,
