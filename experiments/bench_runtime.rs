@@ -15,7 +15,7 @@ use clap::Parser;
 use exaone_compress::device::parse_dtype;
 use exaone_compress::record::{Results, Variant};
 use exaone_compress::study::bench::{self, Bench, BenchArgs};
-use exaone_compress::{default_model_dir, runtime};
+use exaone_compress::{default_model, runtime};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -70,7 +70,7 @@ fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
     let device = runtime::open_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
-    let dir = a.model.clone().unwrap_or_else(default_model_dir);
+    let dir = a.model.clone().map_or_else(default_model, Ok)?;
     let name = Some(&a.device_name)
         .filter(|n| !n.is_empty())
         .unwrap_or(&a.device);
@@ -79,11 +79,9 @@ fn run() -> Result<()> {
         &format!("{name} ({dtype:?})"),
         &dir.display().to_string(),
     );
-    if a.checks_only {
-        return Ok(bench::gemm::checks_only(r, &device, &a.out)?);
-    }
     if a.gemm_sweep {
-        return Ok(bench::gemm::sweep(r, &device, &a.out, a.w4_only)?);
+        let (w4, checks) = (a.w4_only, a.checks_only);
+        return Ok(bench::gemm::sweep(r, &device, &a.out, w4, checks)?);
     }
     let bench = Bench::new(a.bench.clone(), &device);
     let (w4a16, w8a8) = (a.w4a16.as_deref(), a.w8a8.as_deref());
@@ -91,15 +89,8 @@ fn run() -> Result<()> {
     let checks = bench::checks::run(&mut r, &device, &dir, w4a16, w8a8, a.fp8.as_deref())?;
 
     // the base checkpoint on the candle forward: load, prefill, decode (+ where prefill goes)
-    let loads = bench::load_time(&dir, dtype, &device)?;
-    let spread = Some(loads.max - loads.min);
-    r.add(
-        &Variant::new("candle-bf16", "candle", json!({})),
-        "load_s",
-        loads.median,
-        spread,
-        "s",
-    );
+    let candle = Variant::new("candle-bf16", "candle", json!({}));
+    bench::record_load_time(&mut r, &candle, &dir, dtype, &device)?;
     {
         let model = runtime::load_model(&dir, dtype, &device)?;
         bench.candle(&mut r, "candle-bf16", &model, true)?;
@@ -130,14 +121,7 @@ fn run() -> Result<()> {
         }
     }
 
-    let bw = bench::kernels::copy_bandwidth(&device)?;
-    r.add(
-        &Variant::new("device", "copy", json!({})),
-        "copy_gb_s",
-        bw,
-        None,
-        "GB/s",
-    );
+    bench::record_copy_bandwidth(&mut r, &device)?;
     bench::checks::record(&mut r, &checks);
     if let Some(hf) = &a.hf_json {
         bench::record_hf(&mut r, hf)?;

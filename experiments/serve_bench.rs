@@ -17,7 +17,7 @@ use anyhow::Result;
 use clap::Parser;
 use exaone_compress::record::Results;
 use exaone_compress::study::serving::{self, ServeArgs};
-use exaone_compress::{default_model_dir, runtime, study::bench};
+use exaone_compress::{default_model, runtime, study::bench};
 
 #[derive(Parser)]
 struct Args {
@@ -85,7 +85,7 @@ fn run() -> Result<()> {
         return Ok(());
     }
     let device = runtime::open_device(&a.device)?;
-    let dir = a.model.clone().unwrap_or_else(default_model_dir);
+    let dir = a.model.clone().map_or_else(default_model, Ok)?;
     let name = Some(a.device_name.clone()).filter(|n| !n.is_empty());
     let model = a.model_name.clone().unwrap_or(dir.display().to_string());
     let mut r = Results::new("serve_bench", &name.unwrap_or(a.device.clone()), &model);

@@ -17,6 +17,35 @@ pub fn default_model_dir() -> PathBuf {
     data_dir().join("default-model")
 }
 
+/// [`default_model_dir`], or an error naming every place it was looked for (and how to point
+/// the binary at its data) when the shipped default model is in none of them: what a command
+/// run without `--model` says when the binary was moved without its data.
+pub fn default_model() -> crate::Result<PathBuf> {
+    let dir = default_model_dir();
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    let looked = if let Some(p) = std::env::var_os("EXAONE_COMPRESS_DEFAULT_MODEL") {
+        format!("EXAONE_COMPRESS_DEFAULT_MODEL={}", Path::new(&p).display())
+    } else if let Some(p) = std::env::var_os("EXAONE_COMPRESS_DATA") {
+        format!(
+            "EXAONE_COMPRESS_DATA={} (its default-model/)",
+            Path::new(&p).display()
+        )
+    } else {
+        data_candidates()
+            .iter()
+            .map(|d| d.join("default-model").display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(crate::Error::Invalid(format!(
+        "the shipped default model was not found (looked in {looked}): pass --model DIR, or \
+         point EXAONE_COMPRESS_DATA at the repository's data/ folder (or copy data/ beside the \
+         binary)"
+    )))
+}
+
 /// The tokenizer of model directory `dir`, or the default model's when it has none (a
 /// random-weight checkpoint): token ids then still mean something to the harness, text
 /// quality does not. Returns whether it fell back.
@@ -40,7 +69,19 @@ pub fn data_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("EXAONE_COMPRESS_DATA") {
         return p.into();
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let candidates = data_candidates();
+    let found = candidates
+        .iter()
+        .find(|d| d.join("default-model").join("config.json").is_file());
+    found
+        .or(candidates.last())
+        .cloned()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+}
+
+/// Where [`data_dir`] looks without the override, in order: beside the running binary, then
+/// the source tree it was built from (last).
+fn data_candidates() -> Vec<PathBuf> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
@@ -48,9 +89,10 @@ pub fn data_dir() -> PathBuf {
         .into_iter()
         .flatten();
     beside
-        .chain(std::iter::once(source.clone()))
-        .find(|d| d.join("default-model").join("config.json").is_file())
-        .unwrap_or(source)
+        .chain(std::iter::once(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data"),
+        ))
+        .collect()
 }
 
 /// A split of the shipped corpus: `train`, `val` or `test` (JSONL, `{"text": ...}` a line).

@@ -242,7 +242,8 @@ pub enum OutputKind {
 }
 
 /// Checks, before any long work, that `out` can receive an output of `kind`: its parent is (or
-/// can be made) a directory we may write in, and nothing is there unless `overwrite` — and even
+/// can be made) a directory we may write in, and nothing is there (for a model, at most an empty
+/// directory) unless `overwrite` — and even
 /// with `overwrite`, only what such an output would be (a file for a file; a model directory,
 /// with config.json, or an empty directory for a model). Removes what killed runs left for this
 /// destination (see [`clean_stale`]); prints a note about each thing found (stderr) and
@@ -276,6 +277,8 @@ pub fn check_destination(out: &Path, kind: OutputKind, overwrite: bool) -> Resul
     match std::fs::symlink_metadata(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(out, e)),
+        // an empty directory (made with mkdir for the output) holds nothing to lose
+        Ok(m) if !overwrite && kind == OutputKind::ModelDir && m.is_dir() && is_empty_dir(out) => {}
         Ok(m) if !overwrite => {
             // what --overwrite would refuse too is said as such, not as "pass --overwrite"
             check_replaceable(out, &m, kind)?;
@@ -299,6 +302,11 @@ pub fn check_destination(out: &Path, kind: OutputKind, overwrite: bool) -> Resul
     Ok(notes)
 }
 
+/// Whether `dir` is a directory with nothing in it (false when it cannot be read).
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
 fn check_replaceable(out: &Path, m: &std::fs::Metadata, kind: OutputKind) -> Result<()> {
     let refuse = |what: &str| {
         Err(Error::Output {
@@ -310,11 +318,8 @@ fn check_replaceable(out: &Path, m: &std::fs::Metadata, kind: OutputKind) -> Res
         OutputKind::File if !m.is_file() => refuse("is not a regular file"),
         OutputKind::ModelDir if !m.is_dir() => refuse("is not a directory"),
         OutputKind::ModelDir => {
-            let empty = std::fs::read_dir(out)
-                .map_err(|e| Error::io(out, e))?
-                .next()
-                .is_none();
-            if empty || out.join("config.json").is_file() {
+            std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+            if is_empty_dir(out) || out.join("config.json").is_file() {
                 Ok(())
             } else {
                 refuse("is not a model directory (no config.json)")
@@ -485,7 +490,7 @@ pub fn clean_stale(out: &Path) -> Vec<String> {
 }
 
 /// Moves the finished temporary directory `tmp` (beside `out`) to `out` without ever
-/// replacing what is there — unless `overwrite`, in which case what is at `out` (checked to be
+/// replacing what is there (a model may take the place of an empty directory) — unless `overwrite`, in which case what is at `out` (checked to be
 /// what [`check_destination`] allows) is moved aside, the new output renamed in with a
 /// no-replace rename, and the old one removed last. Something that appears at `out` meanwhile is
 /// never touched: the move fails instead. `tmp` is removed on failure.
@@ -503,6 +508,16 @@ pub fn move_into_place(tmp: &Path, out: &Path, kind: OutputKind, overwrite: bool
 fn move_into_place_inner(tmp: &Path, out: &Path, kind: OutputKind, overwrite: bool) -> Result<()> {
     match rename_noreplace(tmp, out) {
         Ok(()) => return Ok(()),
+        // an empty directory at `out` is taken: remove_dir removes only an empty one, and the
+        // no-replace rename fails if anything appeared there in between
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && !overwrite
+                && kind == OutputKind::ModelDir
+                && std::fs::remove_dir(out).is_ok() =>
+        {
+            return rename_noreplace(tmp, out).map_err(|e| exists_or_io(out, e));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !overwrite => {
             return Err(Error::Output {
                 path: out.to_path_buf(),

@@ -20,6 +20,6 @@ pub mod study;
 pub mod train;
 
 pub use checkpoint::Checkpoint;
-pub use data::default_model_dir;
+pub use data::{default_model, default_model_dir};
 pub use error::{Error, Result};
 pub use model::{Exaone4, Exaone4Config};

@@ -58,3 +58,25 @@ fn a_copied_binary_finds_its_data_beside_it_or_through_the_override() {
         other.join("default-model")
     );
 }
+
+#[test]
+fn a_binary_without_its_data_says_where_it_looked_and_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = tmp.path().join("nowhere");
+    let o = Command::new(env!("CARGO_BIN_EXE_exaone-compress"))
+        .arg("info")
+        .env_remove("EXAONE_COMPRESS_DEFAULT_MODEL")
+        .env("EXAONE_COMPRESS_DATA", &nowhere)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in [
+        "default model was not found",
+        "EXAONE_COMPRESS_DATA=",
+        "nowhere",
+        "--model",
+    ] {
+        assert!(err.contains(want), "no {want:?} in: {err}");
+    }
+}

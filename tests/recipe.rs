@@ -435,6 +435,10 @@ fn apply_leaves_an_existing_out_untouched_without_overwrite() {
         "--overwrite",
     ]);
     same_checkpoint(&made, &model);
+    // the checkpoint's directory stands for its recipe.json
+    let again = t.join("again");
+    succeeds(&["apply", "--recipe", s(&made), "--out", s(&again)]);
+    same_checkpoint(&made, &again);
     // nothing left behind by any of it
     let stray: Vec<String> = std::fs::read_dir(t)
         .unwrap()

@@ -66,6 +66,13 @@ fn unknown_keys(v: &Value, allowed: &[&str], at: &str, problems: &mut Vec<String
 
 /// Every problem that would make the directory fail to load or be scored wrongly.
 pub fn validate(dir: &Path) -> Vec<String> {
+    // a directory that is not there has one problem, not one per file it lacks
+    if !dir.is_dir() {
+        return match Checkpoint::open(dir) {
+            Err(e) => vec![e.to_string()],
+            Ok(_) => vec![format!("{}: not a directory", dir.display())],
+        };
+    }
     let mut p = vec![];
     for f in [
         "config.json",
@@ -109,7 +116,10 @@ pub fn validate(dir: &Path) -> Vec<String> {
     let ck = match Checkpoint::open(dir) {
         Ok(c) => c,
         Err(e) => {
-            p.push(e.to_string());
+            // without config.json the checkpoint cannot be opened: said once, above
+            if dir.join("config.json").exists() {
+                p.push(e.to_string());
+            }
             return p;
         }
     };

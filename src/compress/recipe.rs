@@ -182,9 +182,18 @@ impl Recipe {
         Ok(Self::new(here, ctx))
     }
 
-    /// Reads a recipe file: a clear error for a file that is not a recipe this version reads
-    /// (unknown step, missing or unknown field, another format); its integrity is noted.
+    /// Reads a recipe file (or the `recipe.json` of a checkpoint directory): a clear error for a
+    /// file that is not a recipe this version reads (unknown step, missing or unknown field,
+    /// another format); its integrity is noted.
     pub fn read(path: &Path) -> Result<Self> {
+        // a checkpoint directory stands for the recipe written beside its weights
+        let inside;
+        let path = if path.is_dir() {
+            inside = path.join(RECIPE_FILE);
+            inside.as_path()
+        } else {
+            path
+        };
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
         let mut r: Recipe = serde_json::from_str(&text).map_err(|e| {

@@ -23,7 +23,7 @@ use crate::report::study::ReportOptions;
 // clap would show a doc comment here as every binary's description.
 #[derive(clap::Args, Clone, Debug)]
 pub struct StudyArgs {
-    /// checkpoint directory (default: the embedded default model)
+    /// checkpoint directory (default: the shipped default model, data/default-model)
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// cpu, cuda or cuda:N
@@ -251,7 +251,10 @@ impl Study {
         }
         let device = crate::runtime::open_device(&args.device)?;
         let dtype = parse_dtype(&args.dtype, &device)?;
-        let dir = args.model.clone().unwrap_or_else(default_model_dir);
+        let dir = args
+            .model
+            .clone()
+            .map_or_else(crate::data::default_model, Ok)?;
         // by role: the loader's own errors name the directory or file
         let base = crate::runtime::load_model(&dir, dtype, &device)
             .context(|| "loading the base model (--model)".to_string())?;

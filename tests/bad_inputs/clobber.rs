@@ -59,6 +59,12 @@ fn outputs_never_replace_what_the_user_owns() {
         &format!("{deq} --out {} --overwrite", s(&model)),
         &["input"],
     );
+    // an empty directory made for the output is filled without --overwrite: nothing to lose
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    succeeds(&format!("{deq} --out {}", s(&empty)));
+    assert!(empty.join("config.json").is_file());
+    fails(&format!("{deq} --out {}", s(&empty)), &["already exists"]);
     let prune = format!("prune --model {} --drop 1", s(&model));
     let cmd = format!("{prune} --out {} --overwrite", s(tmp.path()));
     fails(&cmd, &["contains the input"]);
@@ -450,4 +456,23 @@ fn package_refuses_int4_groups_vllm_cannot_serve() {
         &["group size 3", "Marlin"],
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn package_check_writes_nothing_so_takes_no_output_flags() {
+    let m = fixture("full_tied");
+    for extra in ["--out x.zip", "--overwrite"] {
+        let cmd = format!("package --model {} --check {extra}", s(&m));
+        fails(&cmd, &["--check", extra.split(' ').next().unwrap()]);
+    }
+    // a model directory that is not there is one problem, not one per file it lacks
+    let o = run("package --model /nonexistent-model-dir --check");
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stdout.lines().count(), 1, "{}", o.stdout);
+    assert!(o.stdout.contains("no such directory"), "{}", o.stdout);
+    // a directory without config.json: said once
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&format!("package --model {} --check", s(tmp.path())));
+    let said = |l: &&str| l.contains(" config.json") || l.contains("/config.json");
+    assert_eq!(o.stdout.lines().filter(said).count(), 1, "{}", o.stdout);
 }

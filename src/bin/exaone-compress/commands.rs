@@ -42,7 +42,7 @@ pub(crate) fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
         overwrite,
     } = flags;
     let out = out.as_path();
-    let dir = m.dir();
+    let dir = m.dir()?;
     // every flag and the destination checked before any long work
     let calibration = Calibration::new(
         calib.file.as_deref(),
@@ -103,7 +103,7 @@ pub(crate) fn prune(
     overwrite: bool,
 ) -> Result<()> {
     use exaone_compress::compress::prune::DropRule;
-    let dir = m.dir();
+    let dir = m.dir()?;
     let opts = exaone_compress::checkpoint::WriteOptions {
         side_files_from: Some(dir.clone()),
         overwrite,
@@ -168,7 +168,7 @@ pub(crate) fn package(
 }
 
 pub(crate) fn info(m: &ModelArgs, json: bool) -> Result<()> {
-    let dir = m.dir();
+    let dir = m.dir()?;
     let ckpt = Checkpoint::open(&dir)?;
     let c = &ckpt.config;
     let full = c

@@ -49,7 +49,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// HF model directory (default: the embedded default model)
+    /// HF model directory (default: the shipped default model, data/default-model)
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, cuda or cuda:N
@@ -58,10 +58,13 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn dir(&self) -> PathBuf {
-        self.model
-            .clone()
-            .unwrap_or_else(exaone_compress::default_model_dir)
+    /// `--model`, else the shipped default model (an error naming where it was looked for when
+    /// the binary was moved without its data).
+    fn dir(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(m) => Ok(m.clone()),
+            None => Ok(exaone_compress::default_model()?),
+        }
     }
 }
 
@@ -262,8 +265,8 @@ enum Cmd {
         /// the zip to write
         #[arg(long, default_value = "submit.zip")]
         out: PathBuf,
-        /// only print the problems found; write nothing
-        #[arg(long)]
+        /// only print the problems found; write nothing (so no --out, no --overwrite)
+        #[arg(long, conflicts_with_all = ["out", "overwrite"])]
         check: bool,
         /// replace --out if it exists
         #[arg(long)]
@@ -331,7 +334,7 @@ fn run() -> Result<()> {
                 let msg = format!("--min-new-tokens {min_new_tokens} is more than --max-new-tokens {max_new_tokens}: generation stops at the maximum");
                 flag_error(clap::error::ErrorKind::ValueValidation, msg);
             }
-            let dir = m.dir();
+            let dir = m.dir()?;
             let req = GenerationRequest {
                 max_new_tokens,
                 min_new_tokens,
@@ -430,7 +433,7 @@ fn run() -> Result<()> {
             overwrite,
         } => {
             use exaone_compress::fs::{check_destination, refuse_overlap, OutputKind};
-            let dir = m.dir();
+            let dir = m.dir()?;
             let device = exaone_compress::runtime::open_device(&m.device)?;
             let dtype = parse_dtype(dtype.word(), &device)?;
             refuse_overlap(&out, &[dir.as_path()], true)?;

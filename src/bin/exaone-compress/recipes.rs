@@ -65,10 +65,10 @@ pub struct DistillArgs {
 
 #[derive(clap::Args)]
 pub struct ApplyArgs {
-    /// the recipe: a checkpoint's recipe.json
+    /// the recipe: a checkpoint's recipe.json (or the checkpoint's directory)
     #[arg(long)]
     recipe: PathBuf,
-    /// the base model [default: the recipe's base — the embedded default model, or its path
+    /// the base model [default: the recipe's base — the shipped default model, or its path
     /// relative to --relative-to]
     #[arg(long)]
     model: Option<PathBuf>,
@@ -102,7 +102,7 @@ pub(crate) fn distill(m: &ModelArgs, a: DistillArgs) -> Result<()> {
         );
         flag_error(clap::error::ErrorKind::ValueValidation, msg);
     }
-    let teacher = m.dir();
+    let teacher = m.dir()?;
     let (student, out) = (a.student.as_path(), a.out.as_path());
     let opts = exaone_compress::checkpoint::WriteOptions {
         side_files_from: Some(student.to_path_buf()),

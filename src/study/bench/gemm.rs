@@ -114,12 +114,19 @@ fn report_checks(r: &mut Results, checks: &[crate::runtime::Check]) -> Vec<Strin
     super::checks::failed(checks)
 }
 
-/// `bench_runtime --gemm-sweep`: [`run`], or with `w4_only` [`run_w4`].
-pub fn sweep(r: Results, device: &Device, out: &Path, w4_only: bool) -> Result<()> {
-    if w4_only {
-        run_w4(r, device, out)
-    } else {
-        run(r, device, out)
+/// `bench_runtime --gemm-sweep`: [`run`], with `w4_only` [`run_w4`], with `only_checks`
+/// [`checks_only`].
+pub fn sweep(
+    r: Results,
+    device: &Device,
+    out: &Path,
+    w4_only: bool,
+    only_checks: bool,
+) -> Result<()> {
+    match (w4_only, only_checks) {
+        (_, true) => checks_only(r, device, out),
+        (true, false) => run_w4(r, device, out),
+        (false, false) => run(r, device, out),
     }
 }
 

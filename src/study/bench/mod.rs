@@ -119,15 +119,33 @@ pub fn ids(b: usize, t: usize, vocab: usize, dev: &Device) -> candle_core::Resul
     Tensor::from_vec(synthetic_ids(vocab, b * t, 0), (b, t), dev)
 }
 
-/// Seconds to load `dir` onto `device` (to a synchronised device), three times, no warm-up.
-pub fn load_time(dir: &Path, dtype: candle_core::DType, device: &Device) -> Result<Timing> {
-    timed(0, 3, || {
+/// Seconds to load `dir` onto `device` (to a synchronised device), three times, no warm-up:
+/// recorded as `load_s` of `variant` (median and spread).
+pub fn record_load_time(
+    r: &mut Results,
+    variant: &Variant,
+    dir: &Path,
+    dtype: candle_core::DType,
+    device: &Device,
+) -> Result<()> {
+    let t = timed(0, 3, || {
         let t0 = std::time::Instant::now();
         let m = crate::runtime::load_model(dir, dtype, device)?;
         device.synchronize()?;
         drop(m);
         Ok(t0.elapsed().as_secs_f64())
-    })
+    })?;
+    r.add(variant, "load_s", t.median, Some(t.max - t.min), "s");
+    Ok(())
+}
+
+/// The device's measured copy bandwidth ([`kernels::copy_bandwidth`]), recorded as
+/// `copy_gb_s` of variant `device`.
+pub fn record_copy_bandwidth(r: &mut Results, device: &Device) -> Result<()> {
+    let bw = kernels::copy_bandwidth(device)?;
+    let v = Variant::new("device", "copy", json!({}));
+    r.add(&v, "copy_gb_s", bw, None, "GB/s");
+    Ok(())
 }
 
 /// Adds HF transformers' figures from `scripts/hf_bench.py`'s JSON (`{"transformers": version,
