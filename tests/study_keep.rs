@@ -247,3 +247,26 @@ fn a_variant_with_the_base_s_weights_is_not_measured_again() {
     let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
     assert!(log.contains("resumed self-distilled"), "{log}");
 }
+
+#[test]
+fn a_random_weight_study_recommends_and_so_keeps_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("study");
+    let mut s = study(&out, &["--random-weights"]);
+    assert_eq!(s.keep, Keep::Recommended);
+    let base = s.base.share();
+    s.measure(&Variant::original(), &base).unwrap();
+    s.measure_recipe("w8", vec![rtn(SchemeName::W8a8)]).unwrap();
+    s.finish("Random weights", vec![], &[]).unwrap();
+    let r = Results::load(&out.join("results.parquet")).unwrap();
+    let kept = exaone_compress::report::study::KEPT_METRIC;
+    assert!(
+        r.rows.iter().all(|x| x.metric != kept),
+        "a checkpoint was kept"
+    );
+    let ck = out.join("checkpoints");
+    assert!(!ck.exists() || std::fs::read_dir(&ck).unwrap().next().is_none());
+    let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(md.contains("- None: with random weights"), "{md}");
+    assert!(!md.contains("rebuild it from the base"), "{md}");
+}

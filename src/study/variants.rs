@@ -376,6 +376,11 @@ impl super::Study {
         let names: Vec<String> = match self.keep {
             Keep::None => vec![],
             Keep::All => self.recipes.iter().map(|r| r.0.clone()).collect(),
+            // random weights: the report recommends nothing, so nothing is "recommended" to keep
+            Keep::Recommended if self.args.random_weights => {
+                eprintln!("--keep recommended: with --random-weights the report recommends nothing; no checkpoint kept (--keep all keeps every variant's)");
+                vec![]
+            }
             Keep::Recommended => self
                 .recipes
                 .iter()
