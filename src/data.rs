@@ -69,18 +69,16 @@ pub fn data_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("EXAONE_COMPRESS_DATA") {
         return p.into();
     }
-    let candidates = data_candidates();
+    let mut candidates = data_candidates();
     let found = candidates
         .iter()
-        .find(|d| d.join("default-model").join("config.json").is_file());
-    found
-        .or(candidates.last())
-        .cloned()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+        .position(|d| d.join("default-model").join("config.json").is_file());
+    // none: the source tree, the last candidate
+    candidates.swap_remove(found.unwrap_or(candidates.len() - 1))
 }
 
 /// Where [`data_dir`] looks without the override, in order: beside the running binary, then
-/// the source tree it was built from (last).
+/// the source tree it was built from (last; the list is never empty).
 fn data_candidates() -> Vec<PathBuf> {
     let beside = std::env::current_exe()
         .ok()

@@ -243,8 +243,7 @@ pub enum OutputKind {
 
 /// Checks, before any long work, that `out` can receive an output of `kind`: its parent is (or
 /// can be made) a directory we may write in, and nothing is there (for a model, at most an empty
-/// directory) unless `overwrite` — and even
-/// with `overwrite`, only what such an output would be (a file for a file; a model directory,
+/// directory) unless `overwrite` — and even with `overwrite`, only what such an output would be (a file for a file; a model directory,
 /// with config.json, or an empty directory for a model). Removes what killed runs left for this
 /// destination (see [`clean_stale`]); prints a note about each thing found (stderr) and
 /// returns the notes.
@@ -318,8 +317,11 @@ fn check_replaceable(out: &Path, m: &std::fs::Metadata, kind: OutputKind) -> Res
         OutputKind::File if !m.is_file() => refuse("is not a regular file"),
         OutputKind::ModelDir if !m.is_dir() => refuse("is not a directory"),
         OutputKind::ModelDir => {
-            std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-            if is_empty_dir(out) || out.join("config.json").is_file() {
+            let empty = std::fs::read_dir(out)
+                .map_err(|e| Error::io(out, e))?
+                .next()
+                .is_none();
+            if empty || out.join("config.json").is_file() {
                 Ok(())
             } else {
                 refuse("is not a model directory (no config.json)")
@@ -490,9 +492,10 @@ pub fn clean_stale(out: &Path) -> Vec<String> {
 }
 
 /// Moves the finished temporary directory `tmp` (beside `out`) to `out` without ever
-/// replacing what is there (a model may take the place of an empty directory) — unless `overwrite`, in which case what is at `out` (checked to be
-/// what [`check_destination`] allows) is moved aside, the new output renamed in with a
-/// no-replace rename, and the old one removed last. Something that appears at `out` meanwhile is
+/// replacing what is there (a model may take the place of an empty directory) — unless
+/// `overwrite`, in which case what is at `out` (checked to be what [`check_destination`]
+/// allows) is moved aside, the new output renamed in with a no-replace rename, and the old one
+/// removed last. Something that appears at `out` meanwhile is
 /// never touched: the move fails instead. `tmp` is removed on failure.
 pub fn move_into_place(tmp: &Path, out: &Path, kind: OutputKind, overwrite: bool) -> Result<()> {
     let r = move_into_place_inner(tmp, out, kind, overwrite);

@@ -70,9 +70,7 @@ pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = (&mut r, device, out);
-    Err(Error::Invalid(
-        "--gemm-sweep needs a CUDA build and --device cuda".into(),
-    ))
+    Err(needs_cuda())
 }
 
 /// `bench_runtime --gemm-sweep --checks-only`: the W8A8 GEMMs' and quantizers' numerical checks
@@ -95,9 +93,12 @@ pub fn checks_only(mut r: Results, device: &Device, out: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = (&mut r, device, out);
-    Err(Error::Invalid(
-        "--gemm-sweep needs a CUDA build and --device cuda".into(),
-    ))
+    Err(needs_cuda())
+}
+
+/// What `--gemm-sweep` says off CUDA.
+fn needs_cuda() -> Error {
+    Error::Invalid("--gemm-sweep needs a CUDA build and --device cuda".into())
 }
 
 /// Each check printed with its verdict and recorded; the failed ones named.
@@ -134,9 +135,7 @@ pub fn sweep(
 /// checked and timed beside our bf16 path; rows saved to `out`; an error when a check fails.
 pub fn run_w4(mut r: Results, device: &Device, out: &Path) -> Result<()> {
     if !device.is_cuda() {
-        return Err(Error::Invalid(
-            "--gemm-sweep needs a CUDA build and --device cuda".into(),
-        ));
+        return Err(needs_cuda());
     }
     let failed = w4_part(&mut r, device)?;
     r.save(out)?;
