@@ -5,9 +5,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::Exaone4Config;
-use super::kernels::{Kernels, LinearKernel, QkvShape};
+use super::kernels::{Kernels, LinearKernel, QkvShape, QuantizedRows};
 use super::kv_cache::{CacheShape, KvCache};
-use super::layers::{apply_rope, attend, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope};
+use super::layers::{
+    apply_rope, attend, ActQuant, Attention, Linear, Mlp, Mode, Positions, RmsNorm, Rope,
+};
 
 /// The seven Linears of a decoder layer, by their name inside the layer, in checkpoint order.
 pub const LINEAR_NAMES: [&str; 7] = [
@@ -95,8 +97,34 @@ impl DecoderLayer {
         i: usize,
         h: &Tensor,
         ctx: &Context,
-        mut hook: Option<LinearHook>,
+        hook: Option<LinearHook>,
     ) -> Result<Tensor> {
+        Ok(self.forward_fused(i, h, None, None, ctx, hook)?.0)
+    }
+
+    /// The format in which this layer's q/k/v kernel would take its input quantized by the
+    /// previous layer ([`LinearKernel::input_quant`]).
+    pub fn input_quant(&self) -> Option<ActQuant> {
+        self.self_attn
+            .fused_qkv
+            .as_ref()
+            .and_then(|k| k.input_quant())
+    }
+
+    /// [`DecoderLayer::forward_hooked`] where the installed kernels may hand quantized rows
+    /// from producer to consumer ([`QuantizedRows`]): `hq`, the input's rows as the previous
+    /// layer quantized them; the output's rows quantized as `next` (the next layer's
+    /// [`DecoderLayer::input_quant`]) where the residual's kernel can. The same values as
+    /// without: the producers quantize exactly as the consumers would.
+    pub fn forward_fused(
+        &self,
+        i: usize,
+        h: &Tensor,
+        hq: Option<&QuantizedRows>,
+        next: Option<ActQuant>,
+        ctx: &Context,
+        mut hook: Option<LinearHook>,
+    ) -> Result<(Tensor, Option<QuantizedRows>)> {
         let mut see = |n: &str, x: &Tensor| -> Result<()> {
             match hook.as_mut() {
                 Some(f) => f(n, x),
@@ -109,7 +137,7 @@ impl DecoderLayer {
         let (nq, nkv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
         let (q, k, v) = match &a.fused_qkv {
             Some(kern) => {
-                let y = kern.forward(&h.reshape((b * t, ()))?)?;
+                let (y, _) = kern.forward_fused(&h.reshape((b * t, ()))?, hq, None)?;
                 (
                     y.narrow(1, 0, nq)?,
                     y.narrow(1, nq, nkv)?,
@@ -170,13 +198,37 @@ impl DecoderLayer {
         };
         see("self_attn.o_proj", &o)?;
         let o = a.o_proj.forward(&o)?;
-        let h = (h + self.post_attention_layernorm.forward(&o, ctx.mode)?)?;
+        let gate_up_quant = match &self.mlp.fused_gate_up {
+            Some(k) => k.input_quant(),
+            None => None,
+        };
+        let (h, hq) = add_norm(h, &o, &self.post_attention_layernorm, gate_up_quant, ctx)?;
         see("mlp.gate_proj", &h)?;
-        let act = self.mlp.activation(&h, ctx.mode, ctx.kernels.as_deref())?;
+        let kernels = ctx.kernels.as_deref();
+        let (act, aq) = self
+            .mlp
+            .activation_fused(&h, hq.as_ref(), ctx.mode, kernels)?;
         see("mlp.down_proj", &act)?;
-        let m = self.mlp.down_proj.forward(&act)?;
-        h + self.post_feedforward_layernorm.forward(&m, ctx.mode)?
+        let m = self.mlp.down_proj.forward_quantized(&act, aq.as_ref())?;
+        add_norm(&h, &m, &self.post_feedforward_layernorm, next, ctx)
     }
+}
+
+/// The post-norm residual h + norm(x), in one kernel where the installed kernels do it (with
+/// its rows quantized as `quant` for the next Linear, where they can), else candle's ops.
+fn add_norm(
+    h: &Tensor,
+    x: &Tensor,
+    norm: &RmsNorm,
+    quant: Option<ActQuant>,
+    ctx: &Context,
+) -> Result<(Tensor, Option<QuantizedRows>)> {
+    if let (Mode::Inference, Some(k)) = (ctx.mode, ctx.kernels.as_deref()) {
+        if let Some(r) = k.add_rms_norm(h, x, norm, quant)? {
+            return Ok(r);
+        }
+    }
+    Ok(((h + norm.forward(x, ctx.mode)?)?, None))
 }
 
 /// The whole model. Weights are plain tensors, so compression code can read and replace them
@@ -460,8 +512,10 @@ impl Exaone4 {
         let mut h = self.embed(ids)?;
         {
             let ctx = self.context(b, t, start, &pad, cache.as_deref())?;
+            let mut hq = None;
             for (i, layer) in self.layers.iter().enumerate() {
-                h = layer.forward(i, &h, &ctx)?;
+                let next = self.layers.get(i + 1).and_then(|l| l.input_quant());
+                (h, hq) = layer.forward_fused(i, &h, hq.as_ref(), next, &ctx, None)?;
             }
         }
         if let Some(c) = cache {

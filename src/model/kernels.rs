@@ -5,6 +5,8 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::layers::{ActQuant, RmsNorm};
+
 /// Fused implementations of pieces of the inference forward (and, where a hook says so, of
 /// the training forward: those carry their backward).
 pub trait Kernels: Send + Sync + std::fmt::Debug {
@@ -52,6 +54,20 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
     /// silu(g) · u elementwise, or None.
     fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>>;
 
+    /// The post-norm residual `h + norm(x)` (bf16 add of the rounded norm, as the model's own
+    /// ops compute it) in one kernel, or None. With `quant`, the result's rows may also come
+    /// back quantized per token in that format, for the Linear that reads them next
+    /// ([`LinearKernel::input_quant`]). Default: None (candle's ops).
+    fn add_rms_norm(
+        &self,
+        _h: &Tensor,
+        _x: &Tensor,
+        _norm: &RmsNorm,
+        _quant: Option<ActQuant>,
+    ) -> Result<Option<(Tensor, Option<QuantizedRows>)>> {
+        Ok(None)
+    }
+
     /// log-softmax over the last dimension, as f32, or None.
     fn log_softmax(&self, x: &Tensor) -> Result<Option<Tensor>>;
 }
@@ -73,4 +89,35 @@ pub struct QkvShape {
 pub trait LinearKernel: Send + Sync + std::fmt::Debug {
     /// x [rows, in] → [rows, out]
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// The per-token format this kernel quantizes its input to, so that the kernel producing
+    /// the input may quantize it on the way out instead ([`QuantizedRows`]). Default: None.
+    fn input_quant(&self) -> Option<ActQuant> {
+        None
+    }
+
+    /// [`LinearKernel::forward`] of rows `x` whose per-token quantization their producer made
+    /// (`xq`: used where it is in this kernel's format, which then skips its own quantizer),
+    /// returning with the output its rows quantized as `out_quant` where the kernel can (a
+    /// gated product's, for down's input). Default: the plain forward.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        _xq: Option<&QuantizedRows>,
+        _out_quant: Option<ActQuant>,
+    ) -> Result<(Tensor, Option<QuantizedRows>)> {
+        Ok((self.forward(x)?, None))
+    }
+}
+
+/// A Linear's input rows quantized per token by the kernel that produced them (the RMSNorm of
+/// the post-norm residual, a gated product's epilogue), exactly as the Linear's own kernel would
+/// quantize them: `bytes` [rows, in] (U8: int8, or e4m3 bits) and `scales` [rows] (F32). The
+/// model only carries it from the producer's hook to the consumer's kernel, beside the bf16
+/// rows it was made from.
+#[derive(Clone, Debug)]
+pub struct QuantizedRows {
+    pub format: ActQuant,
+    pub bytes: Tensor,
+    pub scales: Tensor,
 }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::config::Exaone4Config;
-pub use super::kernels::{Kernels, LinearKernel};
+pub use super::kernels::{Kernels, LinearKernel, QuantizedRows};
 
 /// Inference uses candle's fused kernels; training needs ops with a backward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -106,6 +106,26 @@ impl Linear {
     }
     pub fn in_features(&self) -> usize {
         self.weight.dim(1).unwrap_or(0)
+    }
+
+    /// The format in which this Linear's kernel would take its input quantized by the input's
+    /// producer ([`LinearKernel::input_quant`]); None without a kernel.
+    pub fn input_quant(&self) -> Option<ActQuant> {
+        self.kernel.as_ref().and_then(|k| k.input_quant())
+    }
+
+    /// The forward of an input `x` whose rows its producer quantized (`xq`), which the kernel
+    /// uses where it runs this Linear; otherwise the plain forward.
+    pub fn forward_quantized(&self, x: &Tensor, xq: Option<&QuantizedRows>) -> Result<Tensor> {
+        let (Some(k), Some(xq)) = (&self.kernel, xq) else {
+            return self.forward(x);
+        };
+        let dims = x.dims().to_vec();
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let (y, _) = k.forward_fused(&x.reshape((rows, ()))?, Some(xq), None)?;
+        let mut out = dims;
+        *out.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+        y.reshape(out)
     }
 }
 
@@ -387,20 +407,34 @@ impl Mlp {
         mode: Mode,
         kernels: Option<&dyn Kernels>,
     ) -> Result<Tensor> {
+        Ok(self.activation_fused(x, None, mode, kernels)?.0)
+    }
+
+    /// [`Mlp::activation`] of rows `x` that their producer may have quantized (`xq`), returning
+    /// the activation's rows quantized for down's kernel too where the gate/up kernel can.
+    pub fn activation_fused(
+        &self,
+        x: &Tensor,
+        xq: Option<&QuantizedRows>,
+        mode: Mode,
+        kernels: Option<&dyn Kernels>,
+    ) -> Result<(Tensor, Option<QuantizedRows>)> {
         if let Some(k) = &self.fused_gate_up {
             let dims = x.dims().to_vec();
             let rows = dims[..dims.len() - 1].iter().product::<usize>();
             let mut out = dims;
             *out.last_mut().expect("rank >= 1") = self.down_proj.in_features();
-            return k.forward(&x.reshape((rows, ()))?)?.reshape(out);
+            let x2 = x.reshape((rows, ()))?;
+            let (y, yq) = k.forward_fused(&x2, xq, self.down_proj.input_quant())?;
+            return Ok((y.reshape(out)?, yq));
         }
         let (g, u) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
         if let (Mode::Inference, Some(k)) = (mode, kernels) {
             if let Some(y) = k.silu_mul(&g, &u)? {
-                return Ok(y);
+                return Ok((y, None));
             }
         }
-        g.silu()? * u
+        Ok(((g.silu()? * u)?, None))
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode, kernels: Option<&dyn Kernels>) -> Result<Tensor> {

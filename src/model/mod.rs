@@ -15,7 +15,7 @@ pub mod tokenizer;
 pub use config::{Exaone4Config, LayerType, Llama3Scaling};
 pub use exaone4::{DecoderLayer, Exaone4};
 pub use generate::{generate, GenerateOptions, Sampling};
-pub use kernels::{Kernels, LinearKernel};
+pub use kernels::{Kernels, LinearKernel, QuantizedRows};
 pub use kv_cache::{CacheShape, KvCache};
 pub use layers::{ActQuant, Linear, Mode};
 pub use tokenizer::{ChatMessage, Tokenizer};

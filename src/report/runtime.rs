@@ -13,7 +13,7 @@ use crate::record::Results;
 use crate::runtime::Check;
 
 /// Column order of the table; variants absent from the results are left out.
-const VARIANTS: [(&str, &str); 11] = [
+const VARIANTS: [(&str, &str); 13] = [
     ("hf", "HF transformers (bf16, sdpa)"),
     ("candle-bf16", "ours: candle forward bf16"),
     ("engine-bf16", "ours: engine bf16, graph"),
@@ -30,7 +30,15 @@ const VARIANTS: [(&str, &str); 11] = [
     ("engine-w4a16-eager", "ours: engine W4A16, eager"),
     ("candle-w4a16", "ours: candle W4A16 kernels"),
     ("candle-w8a8-int8", "ours: candle W8A8 int8 GEMM"),
+    (
+        "candle-w8a8-int8-own-quantizers",
+        "ours: candle W8A8 int8, each product quantizing its own input",
+    ),
     ("candle-fp8", "ours: candle FP8 fp8 GEMM"),
+    (
+        "candle-fp8-own-quantizers",
+        "ours: candle FP8, each product quantizing its own input",
+    ),
 ];
 
 /// L4 memory bandwidth (NVIDIA datasheet), GB/s.

@@ -262,3 +262,42 @@ pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Re
         device,
     )
 }
+
+/// The candle forward of an 8-bit checkpoint with the quantized rows handed from producer to
+/// product (`quantized::set_handoff(true)`, the default) against the same model with every
+/// product quantizing its own input: logits of 2 × 16, 2 × 64 and 2 × 640 tokens (each 8-bit
+/// path) must be the same bits. `kernel_err` counts the logits that differ (0 passes).
+pub fn quant_handoff(dir: &std::path::Path, device: &Device, label: &str) -> Result<Check> {
+    let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut m = super::load_checkpoint(&ckpt, DType::BF16, device)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let n = super::quantized::attach(&mut m, &ckpt)?;
+    if n.int8 + n.fp8 == 0 {
+        candle_core::bail!("{}: no Linear stored as W8A8", dir.display());
+    }
+    let vocab = ckpt.config.vocab_size;
+    let mut differ = 0;
+    for t in [16, 64, 640] {
+        let x = to_tensor(&ids(2, t, vocab, 7), device)?;
+        let logits = |on| {
+            super::quantized::set_handoff(on);
+            let l = m.forward(&x, None).and_then(|l| flat(&l));
+            super::quantized::set_handoff(true);
+            l
+        };
+        let (a, b) = (logits(true)?, logits(false)?);
+        differ += a
+            .iter()
+            .zip(&b)
+            .filter(|(u, v)| u.to_bits() != v.to_bits())
+            .count();
+    }
+    Ok(Check {
+        what: format!(
+            "{label} quantized rows handed from producer to product: logits differing from each product quantizing its own input (0 passes)"
+        ),
+        kernel_err: differ as f64,
+        bf16_err: 0.0,
+        top1: 1.0,
+    })
+}

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::model::kernels::QkvShape;
-use crate::model::{Exaone4, Kernels};
+use crate::model::layers::RmsNorm;
+use crate::model::{ActQuant, Exaone4, Kernels, QuantizedRows};
 
 #[cfg(feature = "cuda")]
 pub mod int4;
@@ -178,6 +179,30 @@ impl Kernels for RuntimeKernels {
     }
     fn log_softmax(&self, x: &Tensor) -> Result<Option<Tensor>> {
         log_softmax_f32(x).map(Some)
+    }
+    fn add_rms_norm(
+        &self,
+        h: &Tensor,
+        x: &Tensor,
+        norm: &RmsNorm,
+        quant: Option<ActQuant>,
+    ) -> Result<Option<(Tensor, Option<QuantizedRows>)>> {
+        let n = h.dim(candle_core::D::Minus1)?;
+        if !h.device().is_cuda() || h.dtype() != DType::BF16 || x.dtype() != DType::BF16 {
+            return Ok(None);
+        }
+        if norm.weight.dtype() != DType::BF16 || !n.is_multiple_of(8) {
+            return Ok(None);
+        }
+        #[cfg(feature = "cuda")]
+        {
+            ops::add_rms_norm(h, x, &norm.weight, norm.eps, quant).map(Some)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = quant;
+            Ok(None)
+        }
     }
 }
 

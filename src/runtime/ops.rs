@@ -3,13 +3,18 @@
 //! products (QK-norm, RoPE and the heads' layouts in one pass).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use half::bf16;
 
 use super::launch::attention::{flash_fwd, Flash as FlashArgs};
-use super::launch::norm_rope::{qkv_heads as qkv_heads_kernel, silu_mul_flat, HeadRows, QkvHeads};
+use super::launch::gemm_q8::Q8Kind;
+use super::launch::norm_rope::{
+    qkv_heads as qkv_heads_kernel, rmsnorm_rows, silu_mul_flat, HeadRows, QkvHeads, RmsNormRows,
+};
+use super::launch::quant::rmsnorm_quant_rows;
 use super::launch::sampling::{log_softmax_rows, Logits};
-use super::launch::Dev;
+use super::launch::{cuda_tensor, cuda_view, fp8_supported, Dev};
+use crate::model::{ActQuant, QuantizedRows};
 
 struct Flash {
     causal: bool,
@@ -367,4 +372,80 @@ pub(crate) fn qkv_heads(
         .narrow(0, nq + nkv, nkv)?
         .reshape((b, heads_kv, t, head_dim))?;
     Ok((q, k, v))
+}
+
+/// h + rmsnorm(x)·w (each [.., n], bf16, CUDA; `rmsnorm_rows` adding the residual's rows: the
+/// model's `h + norm(x)` in one pass) and, with `quant`, the sum's rows quantized per token for
+/// the 8-bit Linear that reads them next (`rmsnorm_quant_rows`).
+pub(crate) fn add_rms_norm(
+    h: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    quant: Option<ActQuant>,
+) -> Result<(Tensor, Option<QuantizedRows>)> {
+    let dev = match h.device() {
+        candle_core::Device::Cuda(d) => d.clone(),
+        _ => candle_core::bail!("add_rms_norm runs on CUDA"),
+    };
+    let n = h.dim(D::Minus1)?;
+    if x.dims() != h.dims() || w.dims() != [n] {
+        candle_core::bail!(
+            "add_rms_norm: residual {:?}, input {:?}, weight {:?}",
+            h.dims(),
+            x.dims(),
+            w.dims()
+        );
+    }
+    let rows = h.elem_count() / n.max(1);
+    let (h, x, w) = (h.contiguous()?, x.contiguous()?, w.contiguous()?);
+    let ((hs, hl), (xs, xl), (ws, wl)) = (
+        h.storage_and_layout(),
+        x.storage_and_layout(),
+        w.storage_and_layout(),
+    );
+    let stream = dev.cuda_stream();
+    let (hv, xv, wv) = (
+        cuda_view::<bf16>(&hs, hl)?,
+        cuda_view::<bf16>(&xs, xl)?,
+        cuda_view::<bf16>(&ws, wl)?,
+    );
+    // SAFETY: uninitialised; the norm writes every row in full (and the quantizer its bytes and
+    // scales) before anything reads them.
+    let out = unsafe { dev.alloc::<bf16>(rows * n) }?;
+    let norm = RmsNormRows {
+        x: Dev::new(&xv, &stream),
+        w: Dev::new(&wv, &stream),
+        out: Dev::new(&out, &stream),
+        rows,
+        n,
+        eps: eps as f32,
+        prev: Some(Dev::new(&hv, &stream)),
+        row_step: 1,
+        row_off: 0,
+        idx: None,
+    };
+    let kind = match quant {
+        Some(ActQuant::Int8PerToken) => Some(Q8Kind::Int8),
+        Some(ActQuant::Fp8PerToken) if fp8_supported(&stream)? => Some(Q8Kind::Fp8),
+        _ => None,
+    };
+    let quantized = match (kind, quant) {
+        (Some(kind), Some(format)) => {
+            // SAFETY: as `out`.
+            let (q, sx) = unsafe { (dev.alloc::<u8>(rows * n)?, dev.alloc::<f32>(rows)?) };
+            let (qd, sxd) = (Dev::new(&q, &stream), Dev::new(&sx, &stream));
+            rmsnorm_quant_rows(&dev, &norm, kind, qd, sxd)?;
+            Some(QuantizedRows {
+                format,
+                bytes: cuda_tensor(q, &dev, (rows, n)),
+                scales: cuda_tensor(sx, &dev, rows),
+            })
+        }
+        _ => {
+            rmsnorm_rows(&dev, &norm)?;
+            None
+        }
+    };
+    Ok((cuda_tensor(out, &dev, h.shape()), quantized))
 }

@@ -6,9 +6,10 @@
 //! [`FP8_LT_MIN_ROWS`] rows on, cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it. The
 //! shared pieces (loading packed weights, the GEMMs, the thresholds) serve the engines too.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream};
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use candle_core::cuda::CudaDevice;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor,
@@ -18,12 +19,13 @@ use half::bf16;
 use super::launch::gemm::{gemm_bf16, gemm_int8};
 use super::launch::gemm_lt::Fp8Lt;
 use super::launch::gemm_q8::{
-    gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind,
+    gemm_fp8_lt_quant, gemm_int8_cublas, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, Q8Gemm,
+    Q8Kind,
 };
 use super::launch::quant::quant_rows_int8;
-use super::launch::{cuda_err, fp8_supported, Dev};
+use super::launch::{cuda_err, cuda_tensor, cuda_view, fp8_supported, Dev};
 use crate::checkpoint::Checkpoint;
-use crate::model::layers::LinearKernel;
+use crate::model::layers::{LinearKernel, QuantizedRows};
 use crate::model::{ActQuant, Exaone4};
 
 fn ck(e: crate::Error) -> candle_core::Error {
@@ -215,6 +217,116 @@ fn input<'a>(
     Ok((s.as_cuda_slice::<bf16>()?.slice(l.start_offset()..), m, k))
 }
 
+/// Rows quantized per token on the device: bytes [rows, n] and scales [rows].
+type Quantized = (CudaSlice<u8>, CudaSlice<f32>);
+
+/// Whether 8-bit Linears take their input quantized by its producer (see [`set_handoff`]).
+static HANDOFF: AtomicBool = AtomicBool::new(true);
+
+/// Turns on (the default) or off, for every model of the process, the hand-off of quantized
+/// rows into 8-bit Linears of the candle forward ([`QuantizedRows`]: the residual's RMSNorm and
+/// the gated product quantizing the next product's input on the way out). Off, each product
+/// quantizes its own input, as before the hand-off existed: the same values (checked bit for
+/// bit by `runtime::check::quant_handoff`), one pass more per product; for A/B timing.
+pub fn set_handoff(on: bool) {
+    HANDOFF.store(on, Ordering::Relaxed);
+}
+
+impl Q8Linear {
+    /// The per-token format of this Linear's activations.
+    fn format(&self) -> ActQuant {
+        match self.kind {
+            Q8Kind::Int8 => ActQuant::Int8PerToken,
+            Q8Kind::Fp8 => ActQuant::Fp8PerToken,
+        }
+    }
+
+    /// y [m, n] (gated: [m, n/2]) for the bf16 rows x [m, k]; `xq`: their per-token
+    /// quantization where their producer made it (else quantized here); with `out_quant`, a
+    /// gated product on a path whose epilogue sees whole rows (cuBLAS int8, cuBLASLt fp8) also
+    /// returns its output's quantization, for down's input.
+    fn run(
+        &self,
+        x: CudaView<bf16>,
+        m: usize,
+        xq: Option<(CudaView<u8>, CudaView<f32>)>,
+        out_quant: bool,
+    ) -> Result<(CudaSlice<bf16>, Option<Quantized>)> {
+        let (dev, n, k) = (&self.dev, self.w.n, self.w.k);
+        let n_out = if self.gated { n / 2 } else { n };
+        let stream = dev.cuda_stream();
+        // SAFETY: uninitialised, written in full by the GEMM's epilogue before it is read.
+        let y = unsafe { dev.alloc::<bf16>(m * n_out)? };
+        let own;
+        let (qd, sxd) = match &xq {
+            Some((q, sx)) => (Dev::new(q, &stream), Dev::new(sx, &stream)),
+            None => {
+                // SAFETY: uninitialised, written in full by the quantizer before the GEMM reads.
+                own = unsafe { (dev.alloc::<u8>(m * k)?, dev.alloc::<f32>(m)?) };
+                let (qd, sxd) = (Dev::new(&own.0, &stream), Dev::new(&own.1, &stream));
+                let xd = Dev::new(&x, &stream);
+                match self.kind {
+                    Q8Kind::Int8 => quant_rows_int8(dev, xd, qd, sxd, m, k)?,
+                    Q8Kind::Fp8 => quant_rows_fp8(dev, xd, qd, sxd, m, k)?,
+                }
+                (qd, sxd)
+            }
+        };
+        let g = Q8Gemm {
+            q: qd,
+            w: Dev::new(&self.w.w, &stream),
+            sx: sxd,
+            sw: Dev::new(&self.w.scale, &stream),
+            y: Dev::new(&y, &stream),
+            m,
+            n,
+            k,
+        };
+        let path = q8_path(self.kind, m);
+        let whole_rows = matches!(
+            (path, &self.lt),
+            (Q8Path::CublasInt8, _) | (Q8Path::CublasLtFp8, Some(_))
+        );
+        let yq = if out_quant && self.gated && whole_rows {
+            // SAFETY: uninitialised, written in full by the gated epilogue.
+            Some(unsafe { (dev.alloc::<u8>(m * n_out)?, dev.alloc::<f32>(m)?) })
+        } else {
+            None
+        };
+        let yqd = yq
+            .as_ref()
+            .map(|(q, s)| (Dev::new(q, &stream), Dev::new(s, &stream)));
+        match (path, &self.lt) {
+            (Q8Path::CublasInt8, _) => {
+                // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
+                let acc = unsafe { dev.alloc::<i32>(m * n)? };
+                let acc = Dev::new(&acc, &stream);
+                gemm_int8_cublas_quant(dev, &dev.cublas_handle(), &g, acc, self.gated, yqd)?;
+            }
+            (Q8Path::CublasLtFp8, Some(lt)) => {
+                // SAFETY: uninitialised, written in full by the GEMM before the gate reads it.
+                let gu = if self.gated {
+                    Some(unsafe { dev.alloc::<bf16>(m * n)? })
+                } else {
+                    None
+                };
+                let gu = gu.as_ref().map(|b| Dev::new(b, &stream));
+                gemm_fp8_lt_quant(dev, lt, &g, gu, yqd)?;
+            }
+            _ => gemm_q8(dev, self.kind, &g, self.gated, None)?,
+        }
+        Ok((y, yq))
+    }
+
+    fn n_out(&self) -> usize {
+        if self.gated {
+            self.w.n / 2
+        } else {
+            self.w.n
+        }
+    }
+}
+
 impl CustomOp1 for Q8Linear {
     fn name(&self) -> &'static str {
         "w8a8-linear"
@@ -227,55 +339,10 @@ impl CustomOp1 for Q8Linear {
         if k != self.w.k {
             candle_core::bail!("w8a8 Linear: input has {k} features, weight {}", self.w.k);
         }
-        let (dev, n) = (&self.dev, self.w.n);
-        let n_out = if self.gated { n / 2 } else { n };
-        let stream = dev.cuda_stream();
-        // SAFETY: uninitialised memory, each buffer written in full before it is read: q and sx
-        // by the quantizer, y by the GEMM's epilogue.
-        let (q, sx, y) = unsafe {
-            (
-                dev.alloc::<u8>(m * k)?,
-                dev.alloc::<f32>(m)?,
-                dev.alloc::<bf16>(m * n_out)?,
-            )
-        };
-        let (qd, sxd) = (Dev::new(&q, &stream), Dev::new(&sx, &stream));
-        let xd = Dev::new(&x, &stream);
-        match self.kind {
-            Q8Kind::Int8 => quant_rows_int8(dev, xd, qd, sxd, m, k)?,
-            Q8Kind::Fp8 => quant_rows_fp8(dev, xd, qd, sxd, m, k)?,
-        }
-        let g = Q8Gemm {
-            q: qd,
-            w: Dev::new(&self.w.w, &stream),
-            sx: sxd,
-            sw: Dev::new(&self.w.scale, &stream),
-            y: Dev::new(&y, &stream),
-            m,
-            n,
-            k,
-        };
-        match (q8_path(self.kind, m), &self.lt) {
-            (Q8Path::CublasInt8, _) => {
-                // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
-                let acc = unsafe { dev.alloc::<i32>(m * n)? };
-                let acc = Dev::new(&acc, &stream);
-                gemm_int8_cublas(dev, &dev.cublas_handle(), &g, acc, self.gated)?;
-            }
-            (Q8Path::CublasLtFp8, Some(lt)) => {
-                // SAFETY: uninitialised, written in full by the GEMM before the gate reads it.
-                let gu = if self.gated {
-                    Some(unsafe { dev.alloc::<bf16>(m * n)? })
-                } else {
-                    None
-                };
-                gemm_fp8_lt(dev, lt, &g, gu.as_ref().map(|b| Dev::new(b, &stream)))?;
-            }
-            _ => gemm_q8(dev, self.kind, &g, self.gated, None)?,
-        }
+        let (y, _) = self.run(x, m, None, false)?;
         Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            Shape::from((m, n_out)),
+            CudaStorage::wrap_cuda_slice(y, self.dev.clone()),
+            Shape::from((m, self.n_out())),
         ))
     }
 }
@@ -283,6 +350,66 @@ impl CustomOp1 for Q8Linear {
 impl LinearKernel for Q8Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(self)
+    }
+
+    fn input_quant(&self) -> Option<ActQuant> {
+        HANDOFF.load(Ordering::Relaxed).then(|| self.format())
+    }
+
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        xq: Option<&QuantizedRows>,
+        out_quant: Option<ActQuant>,
+    ) -> Result<(Tensor, Option<QuantizedRows>)> {
+        let fmt = self.format();
+        let xq = xq.filter(|q| q.format == fmt);
+        let out_quant = out_quant == Some(fmt) && self.gated;
+        if xq.is_none() && !out_quant {
+            return Ok((self.forward(x)?, None));
+        }
+        let x = x.contiguous()?;
+        let (m, k) = x.dims2()?;
+        if k != self.w.k || x.dtype() != DType::BF16 {
+            candle_core::bail!(
+                "w8a8 Linear: input {:?} {:?}, weight [_, {}]",
+                x.dims(),
+                x.dtype(),
+                self.w.k
+            );
+        }
+        if let Some(q) = xq {
+            if q.bytes.dims() != [m, k]
+                || q.bytes.dtype() != DType::U8
+                || q.scales.dims() != [m]
+                || q.scales.dtype() != DType::F32
+            {
+                candle_core::bail!(
+                    "w8a8 Linear: quantized rows {:?} {:?} / scales {:?} {:?} for input [{m}, {k}]",
+                    q.bytes.dims(),
+                    q.bytes.dtype(),
+                    q.scales.dims(),
+                    q.scales.dtype()
+                );
+            }
+        }
+        let (xs, xl) = x.storage_and_layout();
+        let xv = cuda_view::<bf16>(&xs, xl)?;
+        let guards = xq.map(|q| (q.bytes.storage_and_layout(), q.scales.storage_and_layout()));
+        let qv = match &guards {
+            Some(((bs, bl), (ss, sl))) => {
+                Some((cuda_view::<u8>(bs, bl)?, cuda_view::<f32>(ss, sl)?))
+            }
+            None => None,
+        };
+        let (y, yq) = self.run(xv, m, qv, out_quant)?;
+        let n_out = self.n_out();
+        let yq = yq.map(|(q, s)| QuantizedRows {
+            format: fmt,
+            bytes: cuda_tensor(q, &self.dev, (m, n_out)),
+            scales: cuda_tensor(s, &self.dev, m),
+        });
+        Ok((cuda_tensor(y, &self.dev, (m, n_out)), yq))
     }
 }
 

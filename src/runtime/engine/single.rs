@@ -63,14 +63,14 @@ impl DecodeEngine {
         );
         let dev = &self.dev;
         let act = self.d(&b.act);
-        let one_row = |x, w, out, accumulate| RmsNormRows {
+        let one_row = |x, w, out, accumulate: bool| RmsNormRows {
             x,
             w,
             out,
             rows: 1,
             n: h,
             eps,
-            accumulate,
+            prev: accumulate.then_some(out),
             row_step: 1,
             row_off: 0,
             idx: None,
@@ -152,7 +152,7 @@ impl DecodeEngine {
                     rmsnorm_rows(dev, &one_row(o, self.d(&l.post_attn), hs[mid], true))?;
                     self.mark("norm + residual")?;
                     let gemm = self.gemm();
-                    gemm.gated(&l.gate_up, hs[mid], gu, act, 1, Staged::default())?;
+                    gemm.gated(&l.gate_up, hs[mid], gu, act, 1, Staged::default(), None)?;
                     self.mark("gate/up GEMM + SiLU · up")?;
                     gemm.linear(&l.down, act, o, 1)?;
                     self.mark("down GEMM")?;

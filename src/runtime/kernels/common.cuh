@@ -100,13 +100,15 @@ __device__ __forceinline__ void quant_row_store(const uint4 *xr, float m, uint8_
 }
 
 // RMSNorm of input row in_row into output row blockIdx.x (rmsnorm_rows in norm_rope.cu, and the
-// fused quantizers below): y = bf16(x · rsqrt(mean x² + eps) · w), written (accumulate = 0) or
-// added to the output (accumulate = 1: bf16 add, `h + norm(o)` of the post-norm decoder layer).
-// n % 8 == 0; 16-byte loads. Returns the largest |value| this thread wrote.
-__device__ __forceinline__ float rmsnorm_row(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
-                                             int accumulate, int in_row, float *red) {
+// fused quantizers below): y = bf16(x · rsqrt(mean x² + eps) · w) — candle's rms_norm, one
+// rounding —, written (prev null) or added to row blockIdx.x of prev (bf16 add, `h + norm(o)` of
+// the post-norm decoder layer; prev may be out itself). n % 8 == 0; 16-byte loads. Returns the
+// largest |value| this thread wrote.
+__device__ __forceinline__ float rmsnorm_row(const bf16 *x, const bf16 *w, const bf16 *prev, bf16 *out, int n,
+                                             float eps, int in_row, float *red) {
     const uint4 *xr = (const uint4 *)(x + (size_t)in_row * n);
     uint4 *o = (uint4 *)(out + (size_t)blockIdx.x * n);
+    const uint4 *pr = prev ? (const uint4 *)(prev + (size_t)blockIdx.x * n) : nullptr;
     const uint4 *wr = (const uint4 *)w;
     float ss = 0.f, m = 0.f;
     for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
@@ -118,13 +120,13 @@ __device__ __forceinline__ float rmsnorm_row(const bf16 *x, const bf16 *w, bf16 
     ss = block_reduce(ss, red, false);
     float inv = rsqrtf(ss / n + eps);
     for (int c = threadIdx.x; c < n / 8; c += blockDim.x) {
-        uint4 v = xr[c], wv = wr[c], prev = accumulate ? o[c] : make_uint4(0, 0, 0, 0);
-        uint32_t u[4] = {v.x, v.y, v.z, v.w}, ww[4] = {wv.x, wv.y, wv.z, wv.w}, pp[4] = {prev.x, prev.y, prev.z, prev.w};
+        uint4 v = xr[c], wv = wr[c], p = pr ? pr[c] : make_uint4(0, 0, 0, 0);
+        uint32_t u[4] = {v.x, v.y, v.z, v.w}, ww[4] = {wv.x, wv.y, wv.z, wv.w}, pp[4] = {p.x, p.y, p.z, p.w};
         uint32_t res[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             float y0 = bf(tobf(lo_bf(u[i]) * inv * lo_bf(ww[i]))), y1 = bf(tobf(hi_bf(u[i]) * inv * hi_bf(ww[i])));
-            if (accumulate) { y0 += lo_bf(pp[i]); y1 += hi_bf(pp[i]); }
+            if (pr) { y0 += lo_bf(pp[i]); y1 += hi_bf(pp[i]); }
             __nv_bfloat162 r = __floats2bfloat162_rn(y0, y1);
             res[i] = *(uint32_t *)&r;
             m = fmaxf(m, fmaxf(fabsf(lo_bf(res[i])), fabsf(hi_bf(res[i]))));
@@ -138,13 +140,57 @@ __device__ __forceinline__ float rmsnorm_row(const bf16 *x, const bf16 *w, bf16 
 // 8-bit GEMM that reads it next: the bytes and scale quant_rows<Pack> would give on that output,
 // without a pass of its own (one launch and one read of the row less per product).
 template <class Pack>
-__device__ void rmsnorm_quant_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps, int accumulate,
+__device__ void rmsnorm_quant_rows(const bf16 *x, const bf16 *w, const bf16 *prev, bf16 *out, int n, float eps,
                                    uint8_t *q, float *scale) {
     __shared__ float red[32];
     grid_dep_sync();
-    float m = rmsnorm_row(x, w, out, n, eps, accumulate, blockIdx.x, red);
+    float m = rmsnorm_row(x, w, prev, out, n, eps, blockIdx.x, red);
     quant_row_store<Pack>((const uint4 *)(out + (size_t)blockIdx.x * n), block_reduce(m, red, true), q, scale, n);
 }
+
+// Row blockIdx.x of a SiLU-gated product whose output is also quantized per token for the 8-bit
+// GEMM that reads it next (down's input), without a pass of its own: `gate_up(c, g, u)` gives the
+// gate and up values of output chunk c (8 values each, already rounded to bf16 as the unfused
+// product rounds them); y [I] = bf16(bf16(silu(g)) · u) (silu_mul_rows' roundings), then
+// quant_row_store<Pack>'s bytes and scale of y. I % 8 == 0.
+template <class Pack, class GateUp>
+__device__ void silu_mul_quant_row(GateUp gate_up, bf16 *y, int I, uint8_t *q, float *scale) {
+    __shared__ float red[32];
+    uint4 *yr = (uint4 *)(y + (size_t)blockIdx.x * I);
+    float m = 0.f;
+    for (int c = threadIdx.x; c < I / 8; c += blockDim.x) {
+        float g[8], u[8];
+        gate_up(c, g, u);
+        uint32_t res[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float v0 = bf(tobf(g[2 * i] / (1.f + __expf(-g[2 * i])))) * u[2 * i];
+            float v1 = bf(tobf(g[2 * i + 1] / (1.f + __expf(-g[2 * i + 1])))) * u[2 * i + 1];
+            __nv_bfloat162 r = __floats2bfloat162_rn(v0, v1);
+            res[i] = *(uint32_t *)&r;
+            m = fmaxf(m, fmaxf(fabsf(lo_bf(res[i])), fabsf(hi_bf(res[i]))));
+        }
+        yr[c] = make_uint4(res[0], res[1], res[2], res[3]);
+    }
+    quant_row_store<Pack>(yr, block_reduce(m, red, true), q, scale, I);
+}
+
+// The gate and up values of chunk c (8 outputs) of a gated product stored as bf16 rows
+// gu [rows, 2I] = [gate | up] (row blockIdx.x), for silu_mul_quant_row.
+struct GateUpRows {
+    const bf16 *gu;
+    int I;
+    __device__ __forceinline__ void operator()(int c, float *g, float *u) const {
+        const bf16 *row = gu + (size_t)blockIdx.x * 2 * I;
+        uint4 gv = ((const uint4 *)row)[c], uv = ((const uint4 *)(row + I))[c];
+        uint32_t gg[4] = {gv.x, gv.y, gv.z, gv.w}, uu[4] = {uv.x, uv.y, uv.z, uv.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            g[2 * i] = lo_bf(gg[i]); g[2 * i + 1] = hi_bf(gg[i]);
+            u[2 * i] = lo_bf(uu[i]); u[2 * i + 1] = hi_bf(uu[i]);
+        }
+    }
+};
 
 // Per-token 8-bit quantization of x [rows, K] (one block per row, K % 8 == 0; a multiple of 32
 // threads for block_reduce): scale = max(|x|) / Pack::qmax (at least 1e-10), and each pair of

@@ -5,7 +5,8 @@
 // loads it only on such a device. Launcher: src/runtime/launch/gemm_q8.rs.
 //
 //   quant_rows_fp8(x, q, scale, K)                   q [rows, K] e4m3, scale [rows]
-//   rmsnorm_quant_fp8(x, w, out, n, eps, acc, q, s)  rmsnorm_rows + quant_rows_fp8 of its output
+//   rmsnorm_quant_fp8(x, w, prev, out, n, eps, q, s) rmsnorm_rows + quant_rows_fp8 of its output
+//   silu_mul_quant_fp8(gu, y, I, q, s)               silu_mul_rows + quant_rows_fp8 of its output
 //   gemm_fp8_<tile>, gemm_fp8_silu_<tile>            as gemm_q8_* (gemm_q8.cu; tiles: gemm_q8.cuh)
 
 #define Q8_FP8
@@ -26,9 +27,15 @@ extern "C" __global__ void quant_rows_fp8(const bf16 *x, uint8_t *q, float *scal
     quant_rows<PackE4M3>(x, q, scale, K);
 }
 // rmsnorm_rows whose output also leaves quant_rows_fp8's bytes and scale (as rmsnorm_quant_int8)
-extern "C" __global__ void rmsnorm_quant_fp8(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
-                                             int accumulate, uint8_t *q, float *scale) {
-    rmsnorm_quant_rows<PackE4M3>(x, w, out, n, eps, accumulate, q, scale);
+extern "C" __global__ void rmsnorm_quant_fp8(const bf16 *x, const bf16 *w, const bf16 *prev, bf16 *out, int n,
+                                             float eps, uint8_t *q, float *scale) {
+    rmsnorm_quant_rows<PackE4M3>(x, w, prev, out, n, eps, q, scale);
+}
+// silu_mul_rows whose output rows also leave quant_rows_fp8's bytes and scale for the fp8 GEMM
+// that reads them next (down's input, after cuBLASLt's gate/up product): one block per row.
+extern "C" __global__ void silu_mul_quant_fp8(const bf16 *gu, bf16 *y, int I, uint8_t *q, float *scale) {
+    grid_dep_sync();
+    silu_mul_quant_row<PackE4M3>(GateUpRows{gu, I}, y, I, q, scale);
 }
 
 Q8_KERNELS(gemm_fp8, q8::MmaE4M3)

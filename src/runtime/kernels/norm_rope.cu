@@ -14,13 +14,14 @@ extern "C" __global__ void embed_rows(const uint32_t *ids, const bf16 *table, bf
 }
 
 // RMSNorm of input row idx[blockIdx.x] (blockIdx.x * row_step + row_off where idx is null) into
-// output row blockIdx.x: rmsnorm_row (common.cuh), written or added to out.
-extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
-                                        int accumulate, int row_step, int row_off, const int *idx) {
+// output row blockIdx.x: rmsnorm_row (common.cuh), written or added to prev's row (prev may be
+// out: the residual in place; null: written).
+extern "C" __global__ void rmsnorm_rows(const bf16 *x, const bf16 *w, const bf16 *prev, bf16 *out, int n,
+                                        float eps, int row_step, int row_off, const int *idx) {
     grid_dep_sync();
     __shared__ float red[32];
     int in_row = idx ? idx[blockIdx.x] : blockIdx.x * row_step + row_off;
-    rmsnorm_row(x, w, out, n, eps, accumulate, in_row, red);
+    rmsnorm_row(x, w, prev, out, n, eps, in_row, red);
 }
 
 // SiLU-gated product: gu [R, 2I] = [gate | up] → out [R, I] = bf16(bf16(silu(g)) · u).

@@ -20,9 +20,9 @@ extern "C" __global__ void quant_rows_int8(const bf16 *x, uint8_t *q, float *sca
 }
 // rmsnorm_rows (one input row per output row) whose output also leaves quant_rows_int8's bytes
 // and scale for the int8 GEMM that reads it next (common.cuh, rmsnorm_quant_rows).
-extern "C" __global__ void rmsnorm_quant_int8(const bf16 *x, const bf16 *w, bf16 *out, int n, float eps,
-                                              int accumulate, uint8_t *q, float *scale) {
-    rmsnorm_quant_rows<PackInt8>(x, w, out, n, eps, accumulate, q, scale);
+extern "C" __global__ void rmsnorm_quant_int8(const bf16 *x, const bf16 *w, const bf16 *prev, bf16 *out, int n,
+                                              float eps, uint8_t *q, float *scale) {
+    rmsnorm_quant_rows<PackInt8>(x, w, prev, out, n, eps, q, scale);
 }
 
 // y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]) for the int32 result of an int8 GEMM; blockIdx.y = m,
@@ -61,4 +61,32 @@ extern "C" __global__ void int8_silu_epilogue(const int32_t *acc, const float *s
     for (int k = 0; k < 4; k++) v[k] = bf(tobf(g[k] / (1.f + __expf(-g[k])))) * u[k];
     __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
     ((uint2 *)(y + (size_t)m * I))[i4] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+}
+
+// int8_silu_epilogue whose output rows also leave quant_rows_int8's bytes and scale for the int8
+// GEMM that reads them next (down's input): one block per row (common.cuh, silu_mul_quant_row),
+// the same values as int8_silu_epilogue followed by quant_rows_int8. I % 8 == 0.
+struct GateUpInt8 {
+    const int32_t *acc;
+    const float *sx, *sw;
+    int I;
+    __device__ __forceinline__ void operator()(int c, float *g, float *u) const {
+        const int32_t *row = acc + (size_t)blockIdx.x * 2 * I;
+        float s = sx[blockIdx.x];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int4 ga = ((const int4 *)row)[2 * c + h], ua = ((const int4 *)(row + I))[2 * c + h];
+            float4 gw = ((const float4 *)sw)[2 * c + h], uw = ((const float4 *)(sw + I))[2 * c + h];
+            float *gh = g + 4 * h, *uh = u + 4 * h;
+            gh[0] = bf(tobf((float)ga.x * s * gw.x)); gh[1] = bf(tobf((float)ga.y * s * gw.y));
+            gh[2] = bf(tobf((float)ga.z * s * gw.z)); gh[3] = bf(tobf((float)ga.w * s * gw.w));
+            uh[0] = bf(tobf((float)ua.x * s * uw.x)); uh[1] = bf(tobf((float)ua.y * s * uw.y));
+            uh[2] = bf(tobf((float)ua.z * s * uw.z)); uh[3] = bf(tobf((float)ua.w * s * uw.w));
+        }
+    }
+};
+extern "C" __global__ void int8_silu_epilogue_quant(const int32_t *acc, const float *sx, const float *sw, bf16 *y,
+                                                    int I, uint8_t *q, float *scale) {
+    grid_dep_sync();
+    silu_mul_quant_row<PackInt8>(GateUpInt8{acc, sx, sw, I}, y, I, q, scale);
 }

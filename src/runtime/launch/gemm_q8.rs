@@ -244,8 +244,24 @@ pub(crate) fn gemm_int8_cublas(
     acc: Dev<i32>,
     gated: bool,
 ) -> Result<()> {
+    gemm_int8_cublas_quant(dev, blas, a, acc, gated, None)
+}
+
+/// [`gemm_int8_cublas`], gated, whose output rows also leave their per-token int8 quantization
+/// in `out_quant` (bytes [m, n/2], scales [m]) where given: the input of the int8 down product.
+pub(crate) fn gemm_int8_cublas_quant(
+    dev: &CudaDevice,
+    blas: &CudaBlas,
+    a: &Q8Gemm,
+    acc: Dev<i32>,
+    gated: bool,
+    out_quant: Option<(Dev<u8>, Dev<f32>)>,
+) -> Result<()> {
     use super::gemm::gemm_int8;
-    use super::quant::{int8_epilogue, int8_silu_epilogue, Int8Epilogue};
+    use super::quant::{int8_epilogue, int8_silu_epilogue, int8_silu_epilogue_quant, Int8Epilogue};
+    if out_quant.is_some() && !gated {
+        candle_core::bail!("gemm_int8_cublas: only the gated product quantizes its output");
+    }
     gemm_int8(blas, a.q, a.w, acc, a.m, a.n, a.k)?;
     let e = Int8Epilogue {
         acc,
@@ -255,10 +271,10 @@ pub(crate) fn gemm_int8_cublas(
         m: a.m,
         n: if gated { a.n / 2 } else { a.n },
     };
-    if gated {
-        int8_silu_epilogue(dev, &e)
-    } else {
-        int8_epilogue(dev, &e)
+    match (gated, out_quant) {
+        (true, Some((q, sx))) => int8_silu_epilogue_quant(dev, &e, q, sx),
+        (true, None) => int8_silu_epilogue(dev, &e),
+        (false, _) => int8_epilogue(dev, &e),
     }
 }
 
@@ -271,13 +287,77 @@ pub(crate) fn gemm_fp8_lt(
     a: &Q8Gemm,
     gu: Option<Dev<bf16>>,
 ) -> Result<()> {
-    match gu {
-        None => lt.gemm(a.q, a.w, a.sx, a.sw, a.y, a.m, a.n, a.k),
-        Some(gu) => {
+    gemm_fp8_lt_quant(dev, lt, a, gu, None)
+}
+
+/// [`gemm_fp8_lt`], gated, whose output rows also leave their per-token fp8 quantization in
+/// `out_quant` (bytes [m, n/2], scales [m]) where given ([`silu_mul_quant_fp8`]): the input of
+/// the fp8 down product.
+pub(crate) fn gemm_fp8_lt_quant(
+    dev: &CudaDevice,
+    lt: &super::gemm_lt::Fp8Lt,
+    a: &Q8Gemm,
+    gu: Option<Dev<bf16>>,
+    out_quant: Option<(Dev<u8>, Dev<f32>)>,
+) -> Result<()> {
+    match (gu, out_quant) {
+        (None, None) => lt.gemm(a.q, a.w, a.sx, a.sw, a.y, a.m, a.n, a.k),
+        (None, Some(_)) => {
+            candle_core::bail!("gemm_fp8_lt: only the gated product quantizes its output")
+        }
+        (Some(gu), quant) => {
             lt.gemm(a.q, a.w, a.sx, a.sw, gu, a.m, a.n, a.k)?;
-            super::norm_rope::silu_mul_rows(dev, gu, a.y, a.m, a.n / 2)
+            match quant {
+                Some((q, sx)) => silu_mul_quant_fp8(dev, gu, a.y, q, sx, a.m, a.n / 2),
+                None => super::norm_rope::silu_mul_rows(dev, gu, a.y, a.m, a.n / 2),
+            }
         }
     }
+}
+
+/// `silu_mul_rows` (y [rows, inter] = bf16(bf16(silu(gate)) · up) of gu [rows, 2·inter]) whose
+/// output rows also leave, in q [rows, inter] and scale [rows], exactly what [`quant_rows_fp8`]
+/// would make of them (sm_89+).
+pub(crate) fn silu_mul_quant_fp8(
+    dev: &CudaDevice,
+    gu: Dev<bf16>,
+    y: Dev<bf16>,
+    q: Dev<u8>,
+    scale: Dev<f32>,
+    rows: usize,
+    inter: usize,
+) -> Result<()> {
+    const K: &str = "silu_mul_quant_fp8";
+    require!(
+        K,
+        inter.is_multiple_of(8) && gu.aligned(16) && y.aligned(16),
+        "inter {inter}: 16-byte loads and stores of 8 values"
+    );
+    require!(
+        K,
+        gu.len() >= rows * 2 * inter && y.len() >= rows * inter,
+        "[{rows}, 2·{inter}] products and [{rows}, {inter}] outputs"
+    );
+    super::quant::check_quantized_rows(K, q, scale, rows, inter)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = func(dev, Module::GemmFp8, K)?;
+    let stream = dev.cuda_stream();
+    let i = int(inter, "inter")?;
+    let mut b = f.builder(&stream);
+    b.arg(&gu.addr)
+        .arg(&y.addr)
+        .arg(&i)
+        .arg(&q.addr)
+        .arg(&scale.addr);
+    let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
+    // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row r reads
+    // gu[r, 8c..8c+8] and gu[r, inter + 8c..] as 16-byte words for its chunks c < inter / 8
+    // (inter % 8 == 0 keeps the up half aligned), writes y[r, 8c..] as 16 bytes, q[r, 8c..] as
+    // 8 bytes and scale[r]: every buffer's length and alignment checked.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
 }
 
 /// q [rows, k] (fp8 e4m3 as bytes), scale [rows] = dynamic per-token fp8 quantization of

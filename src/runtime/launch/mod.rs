@@ -14,10 +14,12 @@ use std::marker::PhantomData;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::cuda::cudarc::driver::{
-    sys, CudaFunction, CudaStream, DevicePtr, DeviceSlice, DriverError, LaunchConfig,
+    sys, CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DeviceSlice, DriverError,
+    LaunchConfig,
 };
-use candle_core::cuda::{CudaDevice, DeviceId};
-use candle_core::Result;
+use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage, DeviceId};
+use candle_core::op::BackpropOp;
+use candle_core::{Layout, Result, Shape, Storage, Tensor};
 
 pub(crate) mod attention;
 pub(crate) mod gemm;
@@ -396,4 +398,24 @@ impl<'a, T> Dev<'a, T> {
 /// The address of an optional buffer, null where absent (the kernels test for null).
 pub(crate) fn or_null<T>(b: Option<Dev<'_, T>>) -> u64 {
     b.map_or(0, |b| b.addr)
+}
+
+/// The CUDA slice of a contiguous tensor of `T`, from its offset on.
+pub(crate) fn cuda_view<'a, T: CudaDType>(s: &'a Storage, l: &Layout) -> Result<CudaView<'a, T>> {
+    match s {
+        Storage::Cuda(c) if l.is_contiguous() => {
+            Ok(c.as_cuda_slice::<T>()?.slice(l.start_offset()..))
+        }
+        _ => candle_core::bail!("expected a contiguous CUDA tensor"),
+    }
+}
+
+/// A tensor of `shape` owning the device buffer `s`.
+pub(crate) fn cuda_tensor<T: CudaDType>(
+    s: CudaSlice<T>,
+    dev: &CudaDevice,
+    shape: impl Into<Shape>,
+) -> Tensor {
+    let st = Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone()));
+    Tensor::from_storage(st, shape, BackpropOp::none(), false)
 }

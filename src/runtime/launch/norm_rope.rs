@@ -61,8 +61,9 @@ pub(crate) struct RmsNormRows<'a> {
     /// values per row
     pub n: usize,
     pub eps: f32,
-    /// add to out (bf16 add, the post-norm residual) instead of overwriting it
-    pub accumulate: bool,
+    /// rows the norm is added to (bf16 add, the post-norm residual: `out` itself in place, or
+    /// another buffer of as many rows); None: out is overwritten
+    pub prev: Option<Dev<'a, bf16>>,
     /// input row of output row r: r · row_step + row_off, or idx[r] where given
     pub row_step: usize,
     pub row_off: usize,
@@ -103,6 +104,14 @@ impl RmsNormRows<'_> {
             "output of {} values",
             self.out.len()
         );
+        if let Some(p) = self.prev {
+            require!(
+                kernel,
+                p.aligned(16) && p.len() >= self.rows * n,
+                "residual of {} values, 16-byte aligned",
+                p.len()
+            );
+        }
         Ok(())
     }
 }
@@ -113,17 +122,12 @@ pub(crate) fn rmsnorm_rows(dev: &CudaDevice, a: &RmsNormRows) -> Result<()> {
     let n = a.n;
     let f = func(dev, Module::NormRope, K)?;
     let stream = dev.cuda_stream();
-    let (ni, acc) = (int(n, "n")?, a.accumulate as i32);
+    let (ni, prev) = (int(n, "n")?, or_null(a.prev));
     let (step, off) = (int(a.row_step, "row_step")?, int(a.row_off, "row_off")?);
     let mut b = f.builder(&stream);
-    b.arg(&a.x.addr).arg(&a.w.addr).arg(&a.out.addr);
+    b.arg(&a.x.addr).arg(&a.w.addr).arg(&prev).arg(&a.out.addr);
     let idx = or_null(a.idx);
-    b.arg(&ni)
-        .arg(&a.eps)
-        .arg(&acc)
-        .arg(&step)
-        .arg(&off)
-        .arg(&idx);
+    b.arg(&ni).arg(&a.eps).arg(&step).arg(&off).arg(&idx);
     let cfg = config((dim(a.rows, "rows")?, 1, 1), 256, 0)?;
     // SAFETY: one block of 256 threads (a multiple of 32, as block_reduce needs) per output row
     // reads its input row and the weight as 16-byte words and writes output row r: n % 8 == 0,

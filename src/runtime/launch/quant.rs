@@ -8,7 +8,7 @@ use half::bf16;
 
 use super::gemm_q8::Q8Kind;
 use super::norm_rope::RmsNormRows;
-use super::{config, cuda_err, dim, func, int, require, Dev, Module};
+use super::{config, cuda_err, dim, func, int, or_null, require, Dev, Module};
 
 /// q [rows, k] (int8, stored as bytes), scale [rows] = vLLM's dynamic per-token quantization of
 /// x [rows, k]: scale = max |x| / 127, q = round-half-even(x / scale).
@@ -95,25 +95,16 @@ pub(crate) fn rmsnorm_quant_rows(
         a.row_step == 1 && a.row_off == 0 && a.idx.is_none(),
         "output row r normalises input row r"
     );
-    require!(name, q.aligned(8), "q 8-byte aligned");
-    require!(
-        name,
-        q.len() >= rows * n && scale.len() >= rows,
-        "[{rows}, {n}] quantized rows and their scales"
-    );
+    check_quantized_rows(name, q, scale, rows, n)?;
     if rows == 0 {
         return Ok(());
     }
     let f = func(dev, module, name)?;
     let stream = dev.cuda_stream();
-    let (ni, acc) = (int(n, "n")?, a.accumulate as i32);
+    let (ni, prev) = (int(n, "n")?, or_null(a.prev));
     let mut b = f.builder(&stream);
-    b.arg(&a.x.addr).arg(&a.w.addr).arg(&a.out.addr);
-    b.arg(&ni)
-        .arg(&a.eps)
-        .arg(&acc)
-        .arg(&q.addr)
-        .arg(&scale.addr);
+    b.arg(&a.x.addr).arg(&a.w.addr).arg(&prev).arg(&a.out.addr);
+    b.arg(&ni).arg(&a.eps).arg(&q.addr).arg(&scale.addr);
     let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
     // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row r reads x[r]
     // and the weight as 16-byte words, writes out[r] (16-byte words), then q[r] (8-byte words)
@@ -213,6 +204,62 @@ pub(crate) fn int8_silu_epilogue(dev: &CudaDevice, a: &Int8Epilogue) -> Result<(
     // acc[m, n + 4i..], sw[4i..] and sw[n + 4i..] as 16-byte vectors (n % 4 == 0 keeps the up
     // half 16-byte aligned too) and writes y[m, 4i..4i+4]: acc [m, 2n], sw [2n], sx [m] and
     // y [m, n] inside their buffers, alignments checked.
+    unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+    Ok(())
+}
+
+/// Checks of a per-token quantization written beside rows of `n` values: q [rows, n] bytes
+/// (8-byte aligned: 8-byte stores) and scale [rows].
+pub(crate) fn check_quantized_rows(
+    kernel: &str,
+    q: Dev<u8>,
+    scale: Dev<f32>,
+    rows: usize,
+    n: usize,
+) -> Result<()> {
+    require!(kernel, q.aligned(8), "q 8-byte aligned");
+    require!(
+        kernel,
+        q.len() >= rows * n && scale.len() >= rows,
+        "[{rows}, {n}] quantized rows and their scales"
+    );
+    Ok(())
+}
+
+/// [`int8_silu_epilogue`] whose output rows also leave, in q [m, n] and scale [m], exactly what
+/// [`quant_rows_int8`] would make of them: down's input quantized without a pass of its own.
+pub(crate) fn int8_silu_epilogue_quant(
+    dev: &CudaDevice,
+    a: &Int8Epilogue,
+    q: Dev<u8>,
+    scale: Dev<f32>,
+) -> Result<()> {
+    const K: &str = "int8_silu_epilogue_quant";
+    a.check(K, 2 * a.n)?;
+    require!(
+        K,
+        a.n.is_multiple_of(8) && a.y.aligned(16),
+        "n {}: 16-byte stores of 8 outputs",
+        a.n
+    );
+    check_quantized_rows(K, q, scale, a.m, a.n)?;
+    if a.m == 0 {
+        return Ok(());
+    }
+    let f = func(dev, Module::Quant, K)?;
+    let stream = dev.cuda_stream();
+    let ni = int(a.n, "n")?;
+    let mut b = f.builder(&stream);
+    b.arg(&a.acc.addr)
+        .arg(&a.sx.addr)
+        .arg(&a.sw.addr)
+        .arg(&a.y.addr);
+    b.arg(&ni).arg(&q.addr).arg(&scale.addr);
+    let cfg = config((dim(a.m, "m")?, 1, 1), 256, 0)?;
+    // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row m reads
+    // acc[m, 8c..8c+8] and acc[m, n + 8c..], sw[8c..] and sw[n + 8c..] as 16-byte vectors for
+    // its chunks c < n / 8 (n % 8 == 0 keeps the up half aligned), sx[m], writes y[m, 8c..] as
+    // 16 bytes, q[m, 8c..] as 8 bytes and scale[m]: every buffer's length and alignment checked.
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }

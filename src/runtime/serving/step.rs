@@ -257,7 +257,7 @@ impl ServingEngine {
             rows,
             n: h,
             eps,
-            accumulate: true,
+            prev: Some(hb),
             row_step: 1,
             row_off: 0,
             idx: None,
@@ -307,9 +307,9 @@ impl ServingEngine {
             self.mark("o GEMM")?;
             let st = gemm.norm_residual(&norm_residual(self.d(&l.post_attn)), Some(&l.gate_up))?;
             self.mark("norm + residual")?;
-            gemm.gated(&l.gate_up, hb, gu, act, rows, st)?;
+            let st = gemm.gated(&l.gate_up, hb, gu, act, rows, st, Some(&l.down))?;
             self.mark("gate/up GEMM + SiLU · up")?;
-            gemm.linear(&l.down, act, o, rows)?;
+            gemm.linear_staged(&l.down, act, o, rows, st)?;
             self.mark("down GEMM")?;
             let next = self.w.layers.get(i + 1).map(|n| &n.qkv);
             staged = gemm.norm_residual(&norm_residual(self.d(&l.post_ff)), next)?;
@@ -326,7 +326,7 @@ impl ServingEngine {
             rows: n_sample,
             n: h,
             eps,
-            accumulate: false,
+            prev: None,
             row_step: 0,
             row_off: 0,
             idx: Some(sample),

@@ -47,10 +47,12 @@ pub fn run(
         }
         if let Some(w8) = w8a8 {
             checks.push(check::linear_kernels(w8, device, "W8A8")?);
+            checks.push(check::quant_handoff(w8, device, "W8A8")?);
         }
         if let Some(f8) = fp8 {
             if crate::runtime::launch::fp8_supported(&device.as_cuda_device()?.cuda_stream())? {
                 checks.push(check::linear_kernels(f8, device, "FP8")?);
+                checks.push(check::quant_handoff(f8, device, "FP8")?);
             }
         }
         for c in &checks {

@@ -9,10 +9,9 @@
 
 use std::sync::Arc;
 
-use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
-use candle_core::cuda::{CudaDevice, CudaStorage};
-use candle_core::op::BackpropOp;
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaStream};
+use candle_core::cuda::CudaDevice;
+use candle_core::{DType, Device, Tensor};
 use half::bf16;
 
 use super::gemm::{Lcg, MS, SHAPES};
@@ -21,9 +20,8 @@ use crate::runtime::launch::gemm_lt::Fp8Lt;
 use crate::runtime::launch::gemm_q8::{
     gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES,
 };
-use crate::runtime::launch::norm_rope::{rmsnorm_rows, RmsNormRows};
-use crate::runtime::launch::quant::{quant_rows_int8, rmsnorm_quant_rows};
-use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
+use crate::runtime::launch::quant::quant_rows_int8;
+use crate::runtime::launch::{cuda_err, cuda_tensor, fp8_supported, Dev};
 use crate::runtime::Check;
 use crate::Result;
 
@@ -36,16 +34,6 @@ fn rel(a: &Tensor, r: &Tensor) -> Result<f64> {
     let d = (a - r)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     let n = r.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     Ok((d / n.max(1e-30)).sqrt())
-}
-
-/// A device buffer as a candle tensor of `shape` (for the comparisons).
-fn tensor<T: candle_core::cuda::CudaDType + DeviceRepr>(
-    dev: &CudaDevice,
-    s: CudaSlice<T>,
-    shape: (usize, usize),
-) -> Tensor {
-    let st = Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone()));
-    Tensor::from_storage(st, shape, BackpropOp::none(), false)
 }
 
 /// 8-bit operands: the bytes the kernels read and the values they stand for.
@@ -186,7 +174,7 @@ impl Case {
             .alloc_zeros::<bf16>(self.m * self.outs())
             .map_err(cuda_err)?;
         f(&self.gemm(&s, &y))?;
-        self.check(what, tensor(dev, y, (self.m, self.outs())))
+        self.check(what, cuda_tensor(y, dev, (self.m, self.outs())))
     }
 
     /// Our GEMM on `tile` (None: the one the launcher picks).
@@ -296,80 +284,6 @@ fn quant_check(dev: &CudaDevice, kind: Q8Kind, m: usize, k: usize) -> Result<Che
     })
 }
 
-/// The RMSNorm + residual with the per-token quantizer of `kind` fused in (`rmsnorm_quant_rows`,
-/// what the serving engine runs before the q/k/v and gate/up products) against `rmsnorm_rows`
-/// followed by the quantizer on its output: the residual rows, the bytes and the scales must be
-/// the same bits. `kernel_err` counts the values that differ (0 passes).
-fn norm_quant_check(dev: &CudaDevice, kind: Q8Kind, m: usize, k: usize) -> Result<Check> {
-    let s = dev.cuda_stream();
-    let mut rng = Lcg(11 + m as u64);
-    let mut rows = |scale: f32| -> Vec<bf16> {
-        (0..m * k)
-            .map(|i| {
-                bf16::from_f32((rng.unit() * 2.0 - 1.0) * scale * (1.0 + (i % 89) as f32 / 8.0))
-            })
-            .collect()
-    };
-    let (xv, hv) = (rows(3.0), rows(1.0));
-    let wv: Vec<bf16> = (0..k)
-        .map(|i| bf16::from_f32(0.5 + (i % 13) as f32 / 10.0))
-        .collect();
-    let up = |v: &[bf16]| s.clone_htod(v).map_err(cuda_err);
-    let (x, w, h0, h1) = (up(&xv)?, up(&wv)?, up(&hv)?, up(&hv)?);
-    let bytes = || s.alloc_zeros::<u8>(m * k).map_err(cuda_err);
-    let scales = || s.alloc_zeros::<f32>(m).map_err(cuda_err);
-    let (q0, q1, s0, s1) = (bytes()?, bytes()?, scales()?, scales()?);
-    let norm = |out| RmsNormRows {
-        x: Dev::new(&x, &s),
-        w: Dev::new(&w, &s),
-        out,
-        rows: m,
-        n: k,
-        eps: 1e-5,
-        accumulate: true,
-        row_step: 1,
-        row_off: 0,
-        idx: None,
-    };
-    let (h0d, q0d, s0d) = (Dev::new(&h0, &s), Dev::new(&q0, &s), Dev::new(&s0, &s));
-    rmsnorm_rows(dev, &norm(h0d))?;
-    match kind {
-        Q8Kind::Int8 => quant_rows_int8(dev, h0d, q0d, s0d, m, k)?,
-        Q8Kind::Fp8 => quant_rows_fp8(dev, h0d, q0d, s0d, m, k)?,
-    }
-    let (q1d, s1d) = (Dev::new(&q1, &s), Dev::new(&s1, &s));
-    rmsnorm_quant_rows(dev, &norm(Dev::new(&h1, &s)), kind, q1d, s1d)?;
-    let rows_differ = differing(&s, &h0, &h1, |v: &bf16| v.to_bits() as u32)?;
-    let bytes_differ = differing(&s, &q0, &q1, |v: &u8| *v as u32)?;
-    let scales_differ = differing(&s, &s0, &s1, |v: &f32| v.to_bits())?;
-    let name = match kind {
-        Q8Kind::Int8 => "rmsnorm_quant_int8",
-        Q8Kind::Fp8 => "rmsnorm_quant_fp8",
-    };
-    Ok(Check {
-        what: format!(
-            "{name} m={m} k={k} (values differing from rmsnorm_rows + quantizer; 0 passes)"
-        ),
-        kernel_err: (rows_differ + bytes_differ + scales_differ) as f64,
-        bf16_err: 0.0,
-        top1: 1.0,
-    })
-}
-
-/// How many elements of two device buffers differ in their bits (`bits` of each).
-fn differing<T: DeviceRepr + Default + Clone>(
-    s: &Arc<CudaStream>,
-    a: &CudaSlice<T>,
-    b: &CudaSlice<T>,
-    bits: impl Fn(&T) -> u32,
-) -> Result<usize> {
-    let (a, b) = (
-        s.clone_dtoh(a).map_err(cuda_err)?,
-        s.clone_dtoh(b).map_err(cuda_err)?,
-    );
-    Ok(a.iter().zip(&b).filter(|(u, v)| bits(u) != bits(v)).count())
-}
-
 /// Every GEMM on every shape of the sweep at every M of the sweep and the awkward ones (3, 17,
 /// 255), picked tile; then K = 2064 (not a multiple of any K-tile) and N = 1040 (not a multiple
 /// of any N-tile) at the awkward M on every tile, plain and gated; then the quantizers, alone and
@@ -422,7 +336,7 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
     for (m, k) in [(1, 2048), (17, 2064), (255, 4096)] {
         for &kind in &kinds {
             out.push(quant_check(dev, kind, m, k)?);
-            out.push(norm_quant_check(dev, kind, m, k)?);
+            out.extend(super::fused_quant_checks::run(dev, kind, m, k)?);
         }
     }
     Ok(out)

@@ -82,9 +82,8 @@ mod cuda {
     use std::sync::Arc;
 
     use candle_core::cuda::cudarc::driver::{sys, CudaSlice, CudaStream};
-    use candle_core::cuda::{CudaDevice, CudaStorage};
-    use candle_core::op::BackpropOp;
-    use candle_core::{DType, Device, Storage, Tensor};
+    use candle_core::cuda::CudaDevice;
+    use candle_core::{DType, Device, Tensor};
     use half::bf16;
     use serde_json::json;
 
@@ -92,6 +91,7 @@ mod cuda {
     use crate::record::{Results, Variant};
     use crate::runtime::engine::weights::DENSE_GEMV_MAX_ROWS;
     use crate::runtime::int4::{sm_count_of, PackedInt4, W4Buffers, W4Route};
+    use crate::runtime::launch::cuda_tensor;
     use crate::runtime::launch::gemm::gemm_bf16;
     use crate::runtime::launch::gemm_w4::{plan_with, W4Plan, W4Tile};
     use crate::runtime::launch::gemv::{gemv_bf16, Dense};
@@ -146,11 +146,6 @@ mod cuda {
         x: CudaSlice<bf16>,
         reference: Tensor,
         bf16_err: f64,
-    }
-
-    fn tensor(dev: &CudaDevice, s: CudaSlice<bf16>, shape: (usize, usize)) -> Tensor {
-        let st = Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone()));
-        Tensor::from_storage(st, shape, BackpropOp::none(), false)
     }
 
     /// (relative L2, max abs) error of `y` against `r` (f32).
@@ -264,7 +259,7 @@ mod cuda {
             };
             let (n, m) = (self.n, m);
             let y = case.run(dev, &Kernel::BfCublas, 0)?;
-            case.bf16_err = errs(&tensor(dev, y, (m, n)), &case.reference)?.0;
+            case.bf16_err = errs(&cuda_tensor(y, dev, (m, n)), &case.reference)?.0;
             Ok(case)
         }
     }
@@ -427,7 +422,7 @@ mod cuda {
         repeats: Option<usize>,
     ) -> Result<W4Point> {
         let y = c.run(dev, kernel, 0)?;
-        let (rel_err, max_err) = errs(&tensor(dev, y, (c.m, c.n)), &c.reference)?;
+        let (rel_err, max_err) = errs(&cuda_tensor(y, dev, (c.m, c.n)), &c.reference)?;
         let check = Check {
             what: String::new(),
             kernel_err: rel_err,

@@ -57,6 +57,14 @@ impl super::Bench {
         if let (true, Some(pt)) = (breakdown, self.args.prefill.last()) {
             self.prefill_breakdown(r, variant, &m, pt)?;
         }
+        if n.int8 + n.fp8 > 0 {
+            // the same prefill with every 8-bit product quantizing its own input: what the
+            // quantized rows' hand-off from producer to product saves
+            crate::runtime::quantized::set_handoff(false);
+            let unfused = self.prefill(r, &format!("{variant}-own-quantizers"), &m);
+            crate::runtime::quantized::set_handoff(true);
+            unfused?;
+        }
         Ok(n)
     }
 

@@ -14,6 +14,8 @@
 
 pub mod checks;
 pub mod decode;
+#[cfg(feature = "cuda")]
+mod fused_quant_checks;
 pub mod gemm;
 #[cfg(feature = "cuda")]
 mod gemm_checks;
