@@ -3,7 +3,8 @@
 //! the same forward as the separate Linears, so does its q/k/v-heads hook done with candle's
 //! ops (the wiring the CUDA `qkv_heads` kernel plugs into), and the runtime report (its speed verdicts and
 //! numerical-check table) is pinned by a snapshot. The CUDA kernels themselves are checked on
-//! the GPU by `bench_runtime` (runtime::check), which fails when one is off.
+//! the GPU by `bench_runtime` (runtime::check), which fails when one is off. The hand-off of
+//! quantized rows from producer to product is checked here with W8A8 emulated on the CPU.
 
 use std::sync::Arc;
 
@@ -336,4 +337,152 @@ fn the_qkv_heads_hook_gives_the_forward_of_candles_ops() {
         d > 1e-3,
         "a hook without RoPE left the logits unchanged ({d})"
     );
+}
+
+/// A per-token int8 quantization as a test kernel stores it: bytes q + 128 and one f32 scale per
+/// row (the model carries `QuantizedRows` without looking inside).
+fn quantize_rows(x: &Tensor) -> Result<exaone_compress::model::QuantizedRows> {
+    let scale = (x.abs()?.max_keepdim(D::Minus1)? / 127.0)?.clamp(1e-10f32, f32::MAX)?;
+    let q = exaone_compress::model::layers::round_ties_even(&x.broadcast_div(&scale)?)?
+        .clamp(-128f32, 127f32)?;
+    Ok(exaone_compress::model::QuantizedRows {
+        format: exaone_compress::model::ActQuant::Int8PerToken,
+        bytes: (q + 128.0)?.to_dtype(DType::U8)?,
+        scales: scale.squeeze(1)?,
+    })
+}
+
+fn dequantize_rows(q: &exaone_compress::model::QuantizedRows) -> Result<Tensor> {
+    (q.bytes.to_dtype(DType::F32)? - 128.0)?.broadcast_mul(&q.scales.unsqueeze(1)?)
+}
+
+/// W8A8 emulated on the CPU as a kernel that takes its input quantized by the producer when
+/// `handoff` (counting the inputs it received so), else quantizes it itself; gated, it returns
+/// its output quantized for down when asked.
+#[derive(Debug)]
+struct Int8Emulated {
+    w: Tensor,
+    gated: bool,
+    handoff: bool,
+    received: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LinearKernel for Int8Emulated {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_fused(x, None, None)?.0)
+    }
+    fn input_quant(&self) -> Option<exaone_compress::model::ActQuant> {
+        self.handoff
+            .then_some(exaone_compress::model::ActQuant::Int8PerToken)
+    }
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        xq: Option<&exaone_compress::model::QuantizedRows>,
+        out_quant: Option<exaone_compress::model::ActQuant>,
+    ) -> Result<(Tensor, Option<exaone_compress::model::QuantizedRows>)> {
+        let xq = match xq {
+            Some(q) => {
+                assert_eq!(q.bytes.dims(), x.dims(), "rows handed to the wrong product");
+                self.received
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                q.clone()
+            }
+            None => quantize_rows(x)?,
+        };
+        let y = dequantize_rows(&xq)?.matmul(&self.w.t()?)?;
+        let y = match self.gated {
+            true => {
+                let n = y.dim(1)? / 2;
+                (y.narrow(1, 0, n)?.silu()? * y.narrow(1, n, n)?)?
+            }
+            false => y,
+        };
+        let yq = match (out_quant, self.gated) {
+            (Some(_), true) => Some(quantize_rows(&y)?),
+            _ => None,
+        };
+        Ok((y, yq))
+    }
+}
+
+/// The post-norm residual with its rows quantized for the next product when asked.
+#[derive(Debug)]
+struct NormQuantKernels;
+
+impl exaone_compress::model::Kernels for NormQuantKernels {
+    fn causal_attention_available(&self, _: &Device, _: DType, _: usize) -> bool {
+        false
+    }
+    fn causal_attention(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    fn silu_mul(&self, _: &Tensor, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    fn log_softmax(&self, _: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    fn add_rms_norm(
+        &self,
+        h: &Tensor,
+        x: &Tensor,
+        norm: &exaone_compress::model::layers::RmsNorm,
+        quant: Option<exaone_compress::model::ActQuant>,
+    ) -> Result<Option<(Tensor, Option<exaone_compress::model::QuantizedRows>)>> {
+        let s = (h + norm.forward(x, exaone_compress::model::Mode::Inference)?)?;
+        let n = s.dim(D::Minus1)?;
+        let q = match quant {
+            Some(_) => Some(quantize_rows(&s.reshape(((), n))?)?),
+            None => None,
+        };
+        Ok(Some((s, q)))
+    }
+}
+
+/// The model hands a product's input, quantized by the kernel that produced it, to the product's
+/// kernel: the residual's norm to gate/up and to the next layer's q/k/v, gate/up's epilogue to
+/// down — 3 per layer but the first layer's q/k/v — and the logits are the same bits as with
+/// every product quantizing its own input.
+#[test]
+fn quantized_rows_travel_from_producer_to_product() {
+    let (base, ids, _) = base_and_logits();
+    let run = |handoff: bool| {
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut m = base.share();
+        let kernel = |w: Tensor, gated| {
+            Arc::new(Int8Emulated {
+                w,
+                gated,
+                handoff,
+                received: received.clone(),
+            })
+        };
+        for l in m.layers.iter_mut() {
+            let (a, mlp) = (&mut l.self_attn, &mut l.mlp);
+            let qkv = Tensor::cat(&[&a.q_proj.weight, &a.k_proj.weight, &a.v_proj.weight], 0);
+            a.fused_qkv = Some(kernel(qkv.unwrap(), false));
+            a.o_proj.act_quant = Some(exaone_compress::model::ActQuant::Int8PerToken);
+            let gu = Tensor::cat(&[&mlp.gate_proj.weight, &mlp.up_proj.weight], 0).unwrap();
+            mlp.fused_gate_up = Some(kernel(gu, true));
+            mlp.down_proj.kernel = Some(kernel(mlp.down_proj.weight.clone(), false));
+        }
+        m.kernels = Some(Arc::new(NormQuantKernels));
+        let logits = m.forward(&ids, None).unwrap();
+        (logits, received.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let (with, handed) = run(true);
+    let (without, none) = run(false);
+    assert_eq!(handed, 3 * base.layers.len() - 1);
+    assert_eq!(none, 0);
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&with), bits(&without));
 }
