@@ -252,8 +252,7 @@ impl Q8Linear {
         xq: Option<(CudaView<u8>, CudaView<f32>)>,
         out_quant: bool,
     ) -> Result<(CudaSlice<bf16>, Option<Quantized>)> {
-        let (dev, n, k) = (&self.dev, self.w.n, self.w.k);
-        let n_out = if self.gated { n / 2 } else { n };
+        let (dev, n, k, n_out) = (&self.dev, self.w.n, self.w.k, self.n_out());
         let stream = dev.cuda_stream();
         // SAFETY: uninitialised, written in full by the GEMM's epilogue before it is read.
         let y = unsafe { dev.alloc::<bf16>(m * n_out)? };
