@@ -223,13 +223,20 @@ type Quantized = (CudaSlice<u8>, CudaSlice<f32>);
 /// Whether 8-bit Linears take their input quantized by its producer (see [`set_handoff`]).
 static HANDOFF: AtomicBool = AtomicBool::new(true);
 
-/// Turns on (the default) or off, for every model of the process, the hand-off of quantized
-/// rows into 8-bit Linears of the candle forward ([`QuantizedRows`]: the residual's RMSNorm and
-/// the gated product quantizing the next product's input on the way out). Off, each product
-/// quantizes its own input, as before the hand-off existed: the same values (checked bit for
-/// bit by `runtime::check::quant_handoff`), one pass more per product; for A/B timing.
+/// Turns on (the default) or off, for every model and engine of the process, the hand-off of
+/// quantized rows into 8-bit Linears ([`QuantizedRows`] in the candle forward, `Staged` in the
+/// decode and serving engines: the residual's RMSNorm and the gated product quantizing the next
+/// product's input on the way out). Off, each product quantizes its own input, as before the
+/// hand-off existed: the same values (checked bit for bit by `runtime::check::quant_handoff` and
+/// `serve::check::handoff`), one pass more per product; for A/B timing. The engines read it
+/// when a step is launched or captured as a graph: set it before loading one.
 pub fn set_handoff(on: bool) {
     HANDOFF.store(on, Ordering::Relaxed);
+}
+
+/// Whether the hand-off of [`set_handoff`] is on.
+pub fn handoff() -> bool {
+    HANDOFF.load(Ordering::Relaxed)
 }
 
 impl Q8Linear {
@@ -352,7 +359,7 @@ impl LinearKernel for Q8Linear {
     }
 
     fn input_quant(&self) -> Option<ActQuant> {
-        HANDOFF.load(Ordering::Relaxed).then(|| self.format())
+        handoff().then(|| self.format())
     }
 
     fn forward_fused(

@@ -29,6 +29,70 @@ fn reference_logits(model: &crate::Exaone4, ids: &[u32]) -> Result<Vec<Vec<f32>>
     Ok(model.logits(&h)?.to_vec2::<f32>()?)
 }
 
+/// The kept `(seq, position, logits)` of `workload` run on a fresh serving engine under `config`.
+fn kept_logits(
+    ckpt: &Checkpoint,
+    ordinal: usize,
+    workload: &Workload,
+    config: &SchedulerConfig,
+) -> Result<(super::metrics::RunReport, Vec<(usize, usize, Vec<f32>)>)> {
+    let (mut exec, config) =
+        CudaExecutor::load(ckpt, ordinal, config, KvBudget::Blocks(config.num_blocks))?;
+    exec.keep_logits = true;
+    let mut runner = Runner::new(exec, config, ckpt.config.vocab_size);
+    runner.check_invariants = true;
+    let report = runner.run(workload)?;
+    let kept = std::mem::take(&mut runner.executor.logits);
+    Ok((report, kept))
+}
+
+/// The serving engine with the 8-bit products' input quantized by its producer (the residual's
+/// RMSNorm, the gated product's epilogue: `runtime::quantized::set_handoff(true)`, the default)
+/// against the same engine with every product quantizing its own input: the logits of every
+/// sampled position must be the same bits. `kernel_err` counts the values that differ (0
+/// passes). Meaningful for W8A8 checkpoints, whose products are the ones handed quantized rows.
+pub fn handoff(
+    dir: &std::path::Path,
+    ordinal: usize,
+    workload: &Workload,
+    config: &SchedulerConfig,
+    what: &str,
+) -> Result<Check> {
+    let ckpt = Checkpoint::open(dir)?;
+    let on = kept_logits(&ckpt, ordinal, workload, config)?.1;
+    crate::runtime::quantized::set_handoff(false);
+    let off = kept_logits(&ckpt, ordinal, workload, config);
+    crate::runtime::quantized::set_handoff(true);
+    let off = off?.1;
+    if on.len() != off.len() || on.iter().zip(&off).any(|(a, b)| (a.0, a.1) != (b.0, b.1)) {
+        return Err(Error::Invalid(format!(
+            "{what}: the runs with and without the hand-off sampled different positions"
+        )));
+    }
+    let differ = on
+        .iter()
+        .zip(&off)
+        .map(|(a, b)| match a.2.len() == b.2.len() {
+            true => {
+                a.2.iter()
+                    .zip(&b.2)
+                    .filter(|(u, v)| u.to_bits() != v.to_bits())
+                    .count()
+            }
+            false => a.2.len().max(b.2.len()),
+        })
+        .sum::<usize>();
+    Ok(Check {
+        what: format!(
+            "{what}: logits differing from each product quantizing its own input ({} sampled positions; 0 passes)",
+            on.len()
+        ),
+        kernel_err: differ as f64,
+        bf16_err: 0.0,
+        top1: 1.0,
+    })
+}
+
 /// Runs `workload` on the serving engine under each of `configs` (block size, token budget,
 /// sequences; with the check's name) and compares every sampled position's logits with the f32
 /// forward, the f32 and bf16 reference models loaded once for all.
@@ -41,14 +105,7 @@ pub fn logits(
     let ckpt = Checkpoint::open(dir)?;
     let mut runs = vec![];
     for (config, what) in configs {
-        let (mut exec, config) =
-            CudaExecutor::load(&ckpt, ordinal, config, KvBudget::Blocks(config.num_blocks))?;
-        exec.keep_logits = true;
-        let mut runner = Runner::new(exec, config, ckpt.config.vocab_size);
-        runner.check_invariants = true;
-        let report = runner.run(workload)?;
-        let kept = std::mem::take(&mut runner.executor.logits);
-        drop(runner);
+        let (report, kept) = kept_logits(&ckpt, ordinal, workload, config)?;
         runs.push((*what, report, kept));
     }
     let device = Device::new_cuda(ordinal)?;

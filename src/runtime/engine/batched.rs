@@ -115,9 +115,9 @@ impl DecodeEngine {
             self.mark("o GEMV")?;
             let st = gemm.norm_residual(&norm_residual(self.d(&l.post_attn)), Some(&l.gate_up))?;
             self.mark("norm + residual")?;
-            gemm.gated(&l.gate_up, hb, gu, act, rows, st)?;
+            let st = gemm.gated(&l.gate_up, hb, gu, act, rows, st, Some(&l.down))?;
             self.mark("gate/up GEMM + SiLU · up")?;
-            gemm.linear(&l.down, act, o, rows)?;
+            gemm.linear_staged(&l.down, act, o, rows, st)?;
             self.mark("down GEMV")?;
             let next = self.w.layers.get(i + 1).map(|n| &n.qkv);
             staged = gemm.norm_residual(&norm_residual(self.d(&l.post_ff)), next)?;

@@ -152,7 +152,7 @@ impl DecodeEngine {
                     rmsnorm_rows(dev, &one_row(o, self.d(&l.post_attn), hs[mid], true))?;
                     self.mark("norm + residual")?;
                     let gemm = self.gemm();
-                    gemm.gated(&l.gate_up, hs[mid], gu, act, 1, Staged::default())?;
+                    gemm.gated(&l.gate_up, hs[mid], gu, act, 1, Staged::default(), None)?;
                     self.mark("gate/up GEMM + SiLU · up")?;
                     gemm.linear(&l.down, act, o, 1)?;
                     self.mark("down GEMM")?;

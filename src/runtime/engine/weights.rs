@@ -22,7 +22,7 @@ use crate::runtime::int4::W4Buffers;
 use crate::runtime::launch::gemm::gemm_bf16;
 use crate::runtime::launch::gemm_lt::Fp8Lt;
 use crate::runtime::launch::gemm_q8::{
-    gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind,
+    gemm_fp8_lt_quant, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind,
 };
 use crate::runtime::launch::gemv::{gemv_bf16, Dense};
 use crate::runtime::launch::norm_rope::silu_mul_rows;
@@ -456,6 +456,7 @@ impl<'a> Gemm<'a> {
     pub(crate) fn norm_residual(&self, norm: &RmsNormRows, next: Option<&Lin>) -> Result<Staged> {
         let s: &'a Scratch = self.scratch;
         let fused = next
+            .filter(|_| crate::runtime::quantized::handoff())
             .filter(|l| {
                 l.k == norm.n && norm.idx.is_none() && norm.row_step == 1 && norm.row_off == 0
             })
@@ -473,7 +474,9 @@ impl<'a> Gemm<'a> {
     /// weights: quantizes x per token into the scratch (unless `staged` says its producer did),
     /// then the GEMM scales (and gates) in its epilogue.
     /// `gu` (gated products only): room for the [rows, n] gate/up products where a path
-    /// materialises them.
+    /// materialises them. `quantize_out` (gated products whose next product, down, is of the
+    /// same kind): where the path's gate sees whole rows (cuBLAS int8, cuBLASLt fp8) it also
+    /// quantizes y into the scratch, said by the returned [`Staged`].
     #[allow(clippy::too_many_arguments)]
     fn q8(
         &self,
@@ -484,7 +487,8 @@ impl<'a> Gemm<'a> {
         rows: usize,
         gu: Option<Dev<bf16>>,
         staged: Staged,
-    ) -> Result<()> {
+        quantize_out: bool,
+    ) -> Result<Staged> {
         let gated = gu.is_some();
         let s: &'a Scratch = self.scratch;
         let q = self.d(s.q8.as_ref().ok_or_else(|| missing("8-bit"))?);
@@ -505,12 +509,31 @@ impl<'a> Gemm<'a> {
             n: w.n,
             k: w.k,
         };
+        // the gate's output quantized into the scratch the GEMM read its input from: the
+        // epilogue runs after the product, so the bytes it overwrites are no longer needed
+        let out = (gated && quantize_out).then_some((q, sx));
+        let done = Staged(Some((kind, y.addr(), rows)));
         match (q8_path(kind, rows), &s.acc, &s.fp8_lt) {
             (Q8Path::CublasInt8, Some(acc), _) => {
-                gemm_int8_cublas(self.dev, self.blas, &g, self.d(acc), gated)
+                gemm_int8_cublas_quant(self.dev, self.blas, &g, self.d(acc), gated, out)?;
+                Ok(if out.is_some() {
+                    done
+                } else {
+                    Staged::default()
+                })
             }
-            (Q8Path::CublasLtFp8, _, Some(lt)) => gemm_fp8_lt(self.dev, lt, &g, gu),
-            _ => gemm_q8(self.dev, kind, &g, gated, None),
+            (Q8Path::CublasLtFp8, _, Some(lt)) => {
+                gemm_fp8_lt_quant(self.dev, lt, &g, gu, out)?;
+                Ok(if out.is_some() {
+                    done
+                } else {
+                    Staged::default()
+                })
+            }
+            _ => {
+                gemm_q8(self.dev, kind, &g, gated, None)?;
+                Ok(Staged::default())
+            }
         }
     }
 
@@ -552,15 +575,23 @@ impl<'a> Gemm<'a> {
                 let buf = self.w4_buffers();
                 p.forward(self.dev, self.blas, self.stream, x, y, rows, &buf, None)
             }
-            Weights::Int8(w) => self.q8(Q8Kind::Int8, w, x, y, rows, None, staged),
-            Weights::Fp8(w) => self.q8(Q8Kind::Fp8, &w.0, x, y, rows, None, staged),
+            Weights::Int8(w) => self
+                .q8(Q8Kind::Int8, w, x, y, rows, None, staged, false)
+                .map(drop),
+            Weights::Fp8(w) => self
+                .q8(Q8Kind::Fp8, &w.0, x, y, rows, None, staged, false)
+                .map(drop),
         }
     }
 
     /// act [rows, n/2] = silu(gate) · up from the stacked gate/up Linear (gu [rows, n] holds the
     /// products where they are materialised; the 8-bit paths and the W4A16 GEMM gate in their
     /// epilogue), of an input its producer may have quantized already (`staged`, from
-    /// [`Gemm::norm_residual`]; `Staged::default()` where it did not).
+    /// [`Gemm::norm_residual`]; `Staged::default()` where it did not). Where `next` (the Linear
+    /// that reads act: down) is 8-bit of the same kind and the product's gate sees whole rows,
+    /// act's per-token quantization is left in the scratch too, and the returned [`Staged`]
+    /// lets `next` skip its quantizer.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn gated(
         &self,
         lin: &Lin,
@@ -569,13 +600,25 @@ impl<'a> Gemm<'a> {
         act: Dev<bf16>,
         rows: usize,
         staged: Staged,
-    ) -> Result<()> {
+        next: Option<&Lin>,
+    ) -> Result<Staged> {
+        let same = |kind| {
+            crate::runtime::quantized::handoff()
+                && next.and_then(Self::q8_kind) == Some(kind)
+                && next.is_some_and(|l| l.k == lin.n / 2)
+        };
         match &lin.w {
-            Weights::Int8(w) => return self.q8(Q8Kind::Int8, w, x, act, rows, Some(gu), staged),
-            Weights::Fp8(w) => return self.q8(Q8Kind::Fp8, &w.0, x, act, rows, Some(gu), staged),
+            Weights::Int8(w) => {
+                let q = same(Q8Kind::Int8);
+                return self.q8(Q8Kind::Int8, w, x, act, rows, Some(gu), staged, q);
+            }
+            Weights::Fp8(w) => {
+                let q = same(Q8Kind::Fp8);
+                return self.q8(Q8Kind::Fp8, &w.0, x, act, rows, Some(gu), staged, q);
+            }
             Weights::Int4(p) => {
                 let buf = self.w4_buffers();
-                return p.forward_gated(
+                p.forward_gated(
                     self.dev,
                     self.blas,
                     self.stream,
@@ -585,11 +628,13 @@ impl<'a> Gemm<'a> {
                     rows,
                     &buf,
                     None,
-                );
+                )?;
+                return Ok(Staged::default());
             }
             _ => {}
         }
         self.linear_staged(lin, x, gu, rows, staged)?;
-        silu_mul_rows(self.dev, gu, act, rows, lin.n / 2)
+        silu_mul_rows(self.dev, gu, act, rows, lin.n / 2)?;
+        Ok(Staged::default())
     }
 }

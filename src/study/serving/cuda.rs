@@ -76,7 +76,9 @@ impl CudaRun {
     /// 12 requests of the shipped shapes, decoding tokens packed (some steps replayed from
     /// graphs), run twice: with a small token budget (prompt chunks split across steps) and with
     /// one whose first step packs over [`crate::runtime::quantized::CUBLAS_INT8_MIN_ROWS`] prompt
-    /// tokens (the prefill chunks' own GEMM paths). Recorded as check rows; an error if one fails.
+    /// tokens (the prefill chunks' own GEMM paths); for W8A8 checkpoints, each run again with
+    /// every product quantizing its own input, which must give the same logits bit for bit
+    /// (`serve::check::handoff`). Recorded as check rows; an error if one fails.
     pub fn check(&self, r: &mut Results, label: &str, dir: &Path, w: &Workload) -> Result<()> {
         let mut reqs: Vec<_> = w.requests.iter().take(12).cloned().collect();
         for (i, q) in reqs.iter_mut().enumerate() {
@@ -96,7 +98,22 @@ impl CudaRun {
             format!("serving engine {label}, 2048-token steps"),
         );
         let configs = [(cfg(256), a.as_str()), (cfg(2048), b.as_str())];
-        let checks = crate::serve::check::logits(dir, self.ordinal, &small, &configs)?;
+        let mut checks = crate::serve::check::logits(dir, self.ordinal, &small, &configs)?;
+        // 8-bit activations: the quantized rows handed from producer to product give the same
+        // bits as each product quantizing its own input (both budgets: decode steps on our
+        // tiles, prompt chunks on cuBLAS int8 / cuBLASLt fp8, whose gate quantizes down's input)
+        let ckpt = crate::checkpoint::Checkpoint::open(dir)?;
+        let eight_bit = ckpt
+            .quant_info()?
+            .and_then(|q| q.scheme)
+            .is_some_and(|s| s.input_activations.is_some());
+        if eight_bit {
+            for (config, what) in &configs {
+                let what = format!("{what}, hand-off");
+                let c = crate::serve::check::handoff(dir, self.ordinal, &small, config, &what)?;
+                checks.push(c);
+            }
+        }
         for c in checks {
             let v = Variant::new("checks", "check", json!({}));
             r.add(
