@@ -29,13 +29,16 @@ fn reference_logits(model: &crate::Exaone4, ids: &[u32]) -> Result<Vec<Vec<f32>>
     Ok(model.logits(&h)?.to_vec2::<f32>()?)
 }
 
-/// The kept `(seq, position, logits)` of `workload` run on a fresh serving engine under `config`.
+/// `(seq, position, logits [vocab])` of every sampled position, in the order computed.
+type Kept = Vec<(usize, usize, Vec<f32>)>;
+
+/// The kept logits of `workload` run on a fresh serving engine under `config`.
 fn kept_logits(
     ckpt: &Checkpoint,
     ordinal: usize,
     workload: &Workload,
     config: &SchedulerConfig,
-) -> Result<(super::metrics::RunReport, Vec<(usize, usize, Vec<f32>)>)> {
+) -> Result<(super::metrics::RunReport, Kept)> {
     let (mut exec, config) =
         CudaExecutor::load(ckpt, ordinal, config, KvBudget::Blocks(config.num_blocks))?;
     exec.keep_logits = true;
