@@ -35,6 +35,23 @@ fn run() -> Result<()> {
             Ok((n.to_string(), PathBuf::from(d)))
         })
         .collect::<Result<_>>()?;
+    // every name and directory checked before the base is measured
+    let mut seen = std::collections::BTreeSet::from(["original".to_string()]);
+    for (name, dir) in &variants {
+        if name.trim().is_empty() {
+            anyhow::bail!(
+                "--variant ={}: the variant needs a name (NAME=DIR)",
+                dir.display()
+            );
+        }
+        if !seen.insert(name.clone()) {
+            anyhow::bail!(
+                "--variant {name}=…: the name {name:?} is taken (\"original\" is the base, --model); give each variant its own name"
+            );
+        }
+        exaone_compress::Checkpoint::open(dir)
+            .with_context(|| format!("--variant {name}={}", dir.display()))?;
+    }
     let mut s = Study::load("compare", a.study)?;
     s.plan(1 + variants.len());
     let base_dir = s.dir.clone();

@@ -123,6 +123,8 @@ pub fn write_output(
     fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
     let dir = parent_of(path);
+    // a folder the output names that does not exist yet is made (`check_destination` allows it)
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(&partial_prefix(path)?)
         .tempfile_in(dir)
@@ -148,6 +150,8 @@ pub fn write_output_via_path(
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     let dir = parent_of(path);
+    // a folder the output names that does not exist yet is made (`check_destination` allows it)
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(&partial_prefix(path)?)
         .tempfile_in(dir)

@@ -171,6 +171,12 @@ fn quantize_group_zero_and_bad_flags_fail_before_any_work() {
         ),
         // no tokenizer.json: the default model's tokenizer has ids the fixture's vocab lacks
         ("--scheme w4a16 --method gptq", "vocab_size"),
+        // the flag's file, said as such (not as a recipe's)
+        (
+            "--scheme w4a16 --method gptq --calib no-such-file.txt",
+            "calibration data",
+        ),
+        ("--scheme w4a16 --ignore ,", "--ignore: an empty pattern"),
     ] {
         fails(&format!("{q} {extra}"), &[want]);
         assert!(!out.exists());
@@ -544,4 +550,39 @@ fn dequant_of_a_dense_model_checks_what_it_copies() {
         assert!(!out.exists(), "{name}");
     }
     no_leftovers(tmp.path());
+}
+
+/// The study binaries refuse flags that contradict each other, and `compare` names it
+/// measures twice (or as the base), before any work: nothing is written.
+#[test]
+fn study_flags_that_contradict_each_other_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    let study = |bin: &str, args: &[&str]| {
+        let o = Command::new(bin).args(args).output().unwrap();
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let ec = env!("CARGO_BIN_EXE_eight_cases");
+    let e = study(ec, &["--resume", "--overwrite", "--out", s(&out)]);
+    assert!(e.contains("cannot be used with"), "{e}");
+    let ck = tmp.path().join("ck");
+    let e = study(
+        ec,
+        &["--checkpoints", s(&ck), "--keep", "none", "--out", s(&out)],
+    );
+    assert!(e.contains("--keep none"), "{e}");
+    assert!(!ck.exists());
+    let model = exaone_compress::default_model_dir();
+    let v = format!("a={}", s(&model));
+    let cmp = env!("CARGO_BIN_EXE_compare");
+    let e = study(cmp, &["--variant", &v, "--variant", &v, "--out", s(&out)]);
+    assert!(e.contains("the name \"a\" is taken"), "{e}");
+    let base = format!("original={}", s(&model));
+    let e = study(cmp, &["--variant", &base, "--out", s(&out)]);
+    assert!(e.contains("is taken"), "{e}");
+    let missing = format!("a={}", s(&tmp.path().join("nowhere")));
+    let e = study(cmp, &["--variant", &missing, "--out", s(&out)]);
+    assert!(e.contains("nowhere"), "{e}");
 }

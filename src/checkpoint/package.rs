@@ -64,8 +64,21 @@ fn unknown_keys(v: &Value, allowed: &[&str], at: &str, problems: &mut Vec<String
     }
 }
 
+/// The group sizes vLLM's Marlin kernel (W4A16 on the L4) takes, where they divide a Linear's
+/// inputs (vLLM's MARLIN_SUPPORTED_GROUP_SIZES, besides one group per row).
+pub const MARLIN_GROUP_SIZES: [usize; 3] = [32, 64, 128];
+
 /// Every problem that would make the directory fail to load or be scored wrongly.
 pub fn validate(dir: &Path) -> Vec<String> {
+    // two checks that reach the same cause say it once
+    let mut seen = std::collections::HashSet::new();
+    problems(dir)
+        .into_iter()
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
+}
+
+fn problems(dir: &Path) -> Vec<String> {
     // a directory that is not there has one problem, not one per file it lacks
     if !dir.is_dir() {
         return match Checkpoint::open(dir) {
@@ -266,7 +279,17 @@ fn quantized_linears_match(
             let has = |suffix: &str| ck.contains(&format!("{pre}.{suffix}"));
             let ignored = q.ignore.contains(&pre);
             if !has("weight_scale") {
-                if !ignored && !patterns && has("weight") {
+                let float = |i: &super::TensorInfo| {
+                    use safetensors::Dtype::{BF16, F16, F32};
+                    matches!(i.dtype, F32 | F16 | BF16)
+                };
+                let stored_quantized = has("weight_packed")
+                    || ck.info(&format!("{pre}.weight")).is_ok_and(|i| !float(i));
+                if stored_quantized {
+                    p.push(format!(
+                        "`{pre}` is stored quantized but has no weight_scale: it cannot be dequantized"
+                    ));
+                } else if !ignored && !patterns && has("weight") {
                     p.push(format!("`{pre}` is stored dense but is not in quantization_config.ignore (vLLM expects it quantized)"));
                 }
                 continue;
@@ -310,7 +333,9 @@ fn quantized_linears_match(
             // vLLM serves W4A16 on an L4 with Marlin, which takes groups of 32, 64 or 128 input
             // columns that divide the Linear's inputs (MARLIN_SUPPORTED_GROUP_SIZES), or one per row
             if let Strategy::Group(g) = s.weights.strategy {
-                if s.format() == "pack-quantized" && (![32, 64, 128].contains(&g) || inp % g != 0) {
+                if s.format() == "pack-quantized"
+                    && (!MARLIN_GROUP_SIZES.contains(&g) || inp % g != 0)
+                {
                     p.push(format!(
                         "`{pre}`: group size {g} over {inp} input columns: vLLM's Marlin kernel takes groups of 32, 64 or 128 that divide the inputs"
                     ));

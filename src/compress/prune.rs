@@ -97,7 +97,9 @@ pub fn choose(model: &Exaone4, rule: &DropRule, calib: Option<&[Vec<u32>]>) -> R
     let n = model.layers.len();
     let need = |k: usize| -> Result<()> {
         if k >= n {
-            candle_core::bail!("cannot drop {k} of {n} layers: at least one must remain");
+            return Err(candle_core::Error::Msg(format!(
+                "cannot drop {k} of {n} layers: at least one must remain"
+            )));
         }
         Ok(())
     };
@@ -109,7 +111,10 @@ pub fn choose(model: &Exaone4, rule: &DropRule, calib: Option<&[Vec<u32>]>) -> R
     let mut idx = match rule {
         DropRule::Explicit(v) => {
             if let Some(bad) = v.iter().find(|&&i| i >= n) {
-                candle_core::bail!("layer {bad} does not exist (the model has {n})");
+                return Err(candle_core::Error::Msg(format!(
+                    "layer {bad} does not exist: the model's {n} layers are numbered 0 to {}",
+                    n - 1
+                )));
             }
             v.clone()
         }
@@ -141,7 +146,9 @@ pub fn choose(model: &Exaone4, rule: &DropRule, calib: Option<&[Vec<u32>]>) -> R
     idx.sort();
     idx.dedup();
     if idx.len() >= n {
-        candle_core::bail!("cannot drop all {n} layers");
+        return Err(candle_core::Error::Msg(format!(
+            "cannot drop all {n} layers: at least one must remain"
+        )));
     }
     Ok(idx)
 }

@@ -48,8 +48,8 @@ pub struct StudyArgs {
     #[arg(long, value_enum)]
     pub keep: Option<Keep>,
     /// continue the study in --out: variants its results hold with the same recipe hash (and
-    /// measured the same way) are not measured again; those whose recipe changed are
-    #[arg(long)]
+    /// measured the same way) are carried over; the others are measured
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
     #[arg(long, default_value_t = 32)]
     pub calib_samples: usize,
@@ -247,6 +247,12 @@ impl Study {
             )));
         }
         if let Some(ck) = &args.checkpoints {
+            if args.keep == Some(Keep::None) {
+                return Err(Error::Flag(format!(
+                    "--checkpoints {} with --keep none: nothing would be kept there; drop one of them",
+                    ck.display()
+                )));
+            }
             check_checkpoints_dir(ck, args.overwrite)?;
         }
         let device = crate::runtime::open_device(&args.device)?;

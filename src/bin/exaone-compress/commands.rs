@@ -75,7 +75,17 @@ pub(crate) fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
         quantizer,
     };
     if let Err(e) = step.check() {
+        let e = e.to_string();
+        if e.starts_with("ignore") {
+            bail!("--{e}");
+        }
         bail!("--scheme {} --group {group}: {e}", scheme.name());
+    }
+    use exaone_compress::checkpoint::package::MARLIN_GROUP_SIZES;
+    if scheme.grouped() && !MARLIN_GROUP_SIZES.contains(&group) {
+        eprintln!(
+            "warning: --group {group}: vLLM serves W4A16 with its Marlin kernel, which takes groups of 32, 64 or 128 that divide the inputs; `package` will refuse this checkpoint"
+        );
     }
     let opts = exaone_compress::checkpoint::WriteOptions {
         side_files_from: Some(dir.clone()),
@@ -168,8 +178,14 @@ pub(crate) fn package(
 }
 
 pub(crate) fn info(m: &ModelArgs, json: bool) -> Result<()> {
+    // nothing runs on it, but a device this build or machine lacks is an error as elsewhere
+    exaone_compress::runtime::open_device(&m.device)?;
     let dir = m.dir()?;
     let ckpt = Checkpoint::open(&dir)?;
+    // the figures below read the config: say when the tensors disagree with it
+    if let Err(e) = ckpt.check_dense_shapes() {
+        eprintln!("warning: the config does not describe the tensors: {e} (`package --check` lists every problem)");
+    }
     let c = &ckpt.config;
     let full = c
         .layer_types

@@ -259,7 +259,7 @@ pub fn token_stream(dir: &Path, path: &Path, chat: bool) -> Result<TokenStream> 
     };
     let template = ChatTemplate::from_dir(&tdir)?;
     let docs = read_documents_with_template(path, &template, chat).map_err(|e| Error::Context {
-        context: format!("reading calibration text {}", path.display()),
+        context: format!("reading the text of {}", path.display()),
         source: Box::new(e),
     })?;
     TokenStream::from_lines(&tok, &docs, tok.token_id("[|endofturn|]"))
@@ -272,6 +272,13 @@ pub(super) fn read_source(
     ctx: &Ctx,
     what: &str,
 ) -> Result<PathBuf> {
+    // a file the user names now (not one a recipe recorded): said as the flag's file
+    if let (Source::Path(p), Check::Record) = (source, ctx.check) {
+        let path = ctx.root.join(p);
+        if !path.is_file() {
+            return Err(bad(format!("{what} {}: no such file", path.display())));
+        }
+    }
     let path = source.resolve(&ctx.root)?;
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     ctx.settle(hash, hash_bytes(&bytes), &|| {

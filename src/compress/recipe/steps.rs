@@ -31,7 +31,8 @@ where
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
-    /// drop decoder layers (config surgery, renumbering); stored in bf16
+    /// drop decoder layers (config surgery, renumbering); stored in bf16, or as the input
+    /// stores them where it is quantized
     Prune(PruneStep),
     /// logit distillation of the input (the student) towards a teacher; stored in bf16
     Distill(DistillStep),
@@ -230,12 +231,87 @@ fn run_prune(p: &mut PruneStep, input: &Path, out: &Path, ctx: &Ctx) -> Result<S
         d
     };
     let kept: Vec<usize> = (0..n).filter(|i| !dropped.contains(i)).collect();
-    let small = base.with_layers(&kept)?;
-    save_model(&small, out, Some(DType::BF16), &write_opts(input))?;
+    let ck = Checkpoint::open(input)?;
+    if ck.quant_info()?.is_some() {
+        save_pruned_as_stored(&ck, &base.config.with_layers(&kept), &kept, input, out)?;
+    } else {
+        let small = base.with_layers(&kept)?;
+        save_model(&small, out, Some(DType::BF16), &write_opts(input))?;
+    }
     Ok(StepReport {
         log: vec![],
         summary: format!("dropped layers {dropped:?}; {} remain", kept.len()),
     })
+}
+
+/// `name` renumbered for a model that keeps the layers `kept` (in order): None where it names no
+/// layer (`model.layers.I.…`), Some(None) where it names a dropped one.
+fn renumbered(name: &str, kept: &[usize]) -> Option<Option<String>> {
+    let (i, tail) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    Some(
+        kept.iter()
+            .position(|&k| k == i)
+            .map(|j| format!("model.layers.{j}.{tail}")),
+    )
+}
+
+/// Writes a pruned quantized (compressed-tensors) checkpoint as the input stores it: the kept
+/// layers' tensors copied byte for byte under their new numbers, the config's layer count and
+/// types (`cfg`) and its `quantization_config.ignore` entries that name a layer renumbered (a
+/// dropped layer's removed). A regex entry that names layers by number cannot be renumbered and
+/// is refused.
+fn save_pruned_as_stored(
+    ck: &Checkpoint,
+    cfg: &crate::Exaone4Config,
+    kept: &[usize],
+    input: &Path,
+    out: &Path,
+) -> Result<()> {
+    let mut value = cfg.to_value();
+    if let Some(ignore) = value
+        .pointer_mut("/quantization_config/ignore")
+        .and_then(|v| v.as_array_mut())
+    {
+        let mut renamed = vec![];
+        for e in ignore.drain(..) {
+            let Some(name) = e.as_str() else {
+                renamed.push(e);
+                continue;
+            };
+            let numbered = name.starts_with("re:")
+                && name.contains("layers")
+                && name.chars().any(|c| c.is_ascii_digit());
+            if numbered {
+                return Err(bad(format!(
+                    "prune: {}'s quantization ignore list names layers by number in the regex {name:?}, which cannot be renumbered; prune the dense model and quantize after",
+                    input.display()
+                )));
+            }
+            match renumbered(name, kept) {
+                None => renamed.push(e),
+                Some(Some(n)) => renamed.push(n.into()),
+                Some(None) => {}
+            }
+        }
+        *ignore = renamed;
+    }
+    let mut tensors = std::collections::BTreeMap::new();
+    for name in ck.names() {
+        let new = match renumbered(name, kept) {
+            None => name.clone(),
+            Some(Some(n)) => n,
+            Some(None) => continue,
+        };
+        let i = ck.info(name)?;
+        let raw = RawTensor {
+            dtype: i.dtype,
+            shape: i.shape.clone(),
+            data: ck.bytes(name)?.to_vec(),
+        };
+        tensors.insert(new, raw);
+    }
+    write_model_dir(out, cfg, Some(value), &tensors, &write_opts(input))
 }
 
 // ---- distill ---------------------------------------------------------------------------------
@@ -376,7 +452,7 @@ pub fn parse_group(s: &str, layers: Option<usize>) -> Result<ParamGroup> {
             Some(Ok(i)) if i < n => ParamGroup::Layers(vec![i]),
             Some(Ok(i)) => {
                 return Err(bad(format!(
-                    "train layer:{i}: the student has {n} layers (0..{n})"
+                    "train layer:{i}: the student's {n} layers are numbered 0 to {}", n.saturating_sub(1)
                 )))
             }
             _ => {
@@ -423,6 +499,31 @@ fn run_distill(d: &mut DistillStep, input: &Path, out: &Path, ctx: &Ctx) -> Resu
         return Err(bad(format!("distill: the teacher's vocab_size is {tv}, the student's {sv}: logits can only be distilled over one vocabulary")));
     }
     let cfg = d.config(student.layers.len())?;
+    // what would fail after the training fails before it
+    let ctx_len = student.config.max_position_embeddings;
+    if d.seq_len > ctx_len {
+        return Err(bad(format!(
+            "distill: windows of {} tokens exceed the student's context (max_position_embeddings {ctx_len})",
+            d.seq_len
+        )));
+    }
+    if ctx.device.is_cpu() {
+        // the student's logits, their gradient and the teacher's log-probabilities, in f32
+        let need = 3 * 4 * d.batch * d.seq_len * sv;
+        if let Some(have) = available_memory().filter(|&h| need as u64 > h) {
+            return Err(bad(format!(
+                "distill: a step of {} × {} tokens needs at least {:.1} GiB for its logits ({} × vocabulary {sv} × f32, three copies), more than the {:.1} GiB of memory available; use a smaller batch or seq_len",
+                d.batch,
+                d.seq_len,
+                need as f64 / (1u64 << 30) as f64,
+                d.batch * d.seq_len,
+                have as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    if Checkpoint::open(input)?.quant_info()?.is_some() {
+        stored_dense(&student, &cfg.groups, input)?;
+    }
     let stream = ctx.token_stream(input, &path, false)?;
     ctx.settle(
         &mut d.tokens_hash,
@@ -479,6 +580,7 @@ fn save_student(student: &Exaone4, groups: &[ParamGroup], input: &Path, out: &Pa
     if ck.quant_info()?.is_none() {
         return save_model(student, out, Some(DType::BF16), &write_opts(input));
     }
+    stored_dense(student, groups, input)?;
     let mut tensors = std::collections::BTreeMap::new();
     for name in ck.names() {
         let i = ck.info(name)?;
@@ -498,15 +600,6 @@ fn save_student(student: &Exaone4, groups: &[ParamGroup], input: &Path, out: &Pa
         } else {
             tensors.get(&name)
         };
-        match stored {
-            Some(r) if r.shape == t.dims() => {}
-            _ => {
-                return Err(bad(format!(
-                    "distill: {name} of the quantized checkpoint {} is not stored as a dense tensor; train norms, embedding or lm-head of a quantized model, or dequantize it first",
-                    input.display()
-                )))
-            }
-        }
         let dt = match stored.map(|r| r.dtype) {
             Some(safetensors::Dtype::F32) => DType::F32,
             Some(safetensors::Dtype::F16) => DType::F16,
@@ -524,6 +617,41 @@ fn save_student(student: &Exaone4, groups: &[ParamGroup], input: &Path, out: &Pa
     let mut cfg = student.config.clone();
     cfg.tie_word_embeddings = student.lm_head.is_none();
     write_model_dir(out, &cfg, Some(value), &tensors, &write_opts(input))
+}
+
+/// Every tensor `groups` trains is stored dense at its shape in the quantized checkpoint
+/// `input` (the trained tensors replace those; a quantized Linear cannot be replaced so).
+fn stored_dense(student: &Exaone4, groups: &[ParamGroup], input: &Path) -> Result<()> {
+    let ck = Checkpoint::open(input)?;
+    for (name, t) in student.named_tensors() {
+        if !groups.iter().any(|g| g.selects(&name)) {
+            continue;
+        }
+        let stored = match name.as_str() {
+            "lm_head.weight" => "model.embed_tokens.weight",
+            n => n,
+        };
+        let dense = |i: &crate::checkpoint::TensorInfo| {
+            use safetensors::Dtype::{BF16, F16, F32};
+            i.shape == t.dims() && matches!(i.dtype, F32 | F16 | BF16)
+        };
+        // (a W8A8 Linear's int8 weight has the dense shape: the dtype tells them apart)
+        if !ck.contains(stored) || !dense(ck.info(stored)?) {
+            return Err(bad(format!(
+                "distill: {name} of the quantized checkpoint {} is not stored as a dense tensor; train norms, embedding or lm-head of a quantized model, or dequantize it first",
+                input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The memory the system has available (Linux's MemAvailable), where it says.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The empty parameters of a dequantize step.
