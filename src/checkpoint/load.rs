@@ -54,7 +54,6 @@ impl Checkpoint {
     /// checked when they are dequantized). For commands that copy tensors through rather than
     /// load the model (`dequant`).
     pub fn check_dense_shapes(&self) -> Result<()> {
-        use safetensors::Dtype;
         let placeholder = || candle_core::Tensor::zeros(1, DType::F32, &Device::Cpu);
         Exaone4::build(
             self.config.clone(),
@@ -73,7 +72,7 @@ impl Checkpoint {
                         found: info.shape.clone(),
                     });
                 }
-                if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                if !info.is_float() {
                     return Err(Error::Dtype {
                         name: name.into(),
                         dtype: format!("{:?} (a dense weight is f32, f16 or bf16)", info.dtype),

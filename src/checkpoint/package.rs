@@ -279,12 +279,10 @@ fn quantized_linears_match(
             let has = |suffix: &str| ck.contains(&format!("{pre}.{suffix}"));
             let ignored = q.ignore.contains(&pre);
             if !has("weight_scale") {
-                let float = |i: &super::TensorInfo| {
-                    use safetensors::Dtype::{BF16, F16, F32};
-                    matches!(i.dtype, F32 | F16 | BF16)
-                };
                 let stored_quantized = has("weight_packed")
-                    || ck.info(&format!("{pre}.weight")).is_ok_and(|i| !float(i));
+                    || ck
+                        .info(&format!("{pre}.weight"))
+                        .is_ok_and(|i| !i.is_float());
                 if stored_quantized {
                     p.push(format!(
                         "`{pre}` is stored quantized but has no weight_scale: it cannot be dequantized"

@@ -21,6 +21,13 @@ pub struct TensorInfo {
     pub end: usize,
 }
 
+impl TensorInfo {
+    /// Stored as a dense floating-point tensor (f32, f16 or bf16), not as quantized bytes.
+    pub fn is_float(&self) -> bool {
+        matches!(self.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+    }
+}
+
 /// An opened model directory: its config and every tensor of every shard, memory-mapped.
 pub struct Checkpoint {
     pub dir: PathBuf,

@@ -631,10 +631,7 @@ fn stored_dense(student: &Exaone4, groups: &[ParamGroup], input: &Path) -> Resul
             "lm_head.weight" => "model.embed_tokens.weight",
             n => n,
         };
-        let dense = |i: &crate::checkpoint::TensorInfo| {
-            use safetensors::Dtype::{BF16, F16, F32};
-            i.shape == t.dims() && matches!(i.dtype, F32 | F16 | BF16)
-        };
+        let dense = |i: &crate::checkpoint::TensorInfo| i.shape == t.dims() && i.is_float();
         // (a W8A8 Linear's int8 weight has the dense shape: the dtype tells them apart)
         if !ck.contains(stored) || !dense(ck.info(stored)?) {
             return Err(bad(format!(
