@@ -8,7 +8,9 @@ use clap::Parser;
 use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
 
+/// The base model measured alone: perplexity, KL (a self-check), task accuracy, time per token → reports/baseline/.
 #[derive(Parser)]
+#[command(long_about = None)]
 struct Args {
     #[command(flatten)]
     study: StudyArgs,

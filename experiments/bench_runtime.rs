@@ -19,7 +19,9 @@ use exaone_compress::{default_model, runtime};
 use serde_json::json;
 use std::path::PathBuf;
 
+/// Runtime of a checkpoint and its compressed variants, ours beside HF transformers: load, prefill tokens/s, decode ms per step, peak memory.
 #[derive(Parser)]
+#[command(long_about = None)]
 struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
@@ -38,6 +40,9 @@ struct Args {
     dtype: String,
     #[arg(long, default_value = "reports/bench_runtime")]
     out: PathBuf,
+    /// replace the report already at --out (another experiment's, or one outside reports/)
+    #[arg(long)]
+    overwrite: bool,
     // --prefill, --decode-batches, --prompt-len, --new-tokens, --warmup, --repeats
     #[command(flatten)]
     bench: BenchArgs,
@@ -68,6 +73,8 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
+    exaone_compress::study::check_report_out(&a.out, "bench_runtime", a.overwrite)?;
+    let hf = a.hf_json.as_deref().map(bench::read_hf).transpose()?;
     let device = runtime::open_device(&a.device)?;
     let dtype = parse_dtype(&a.dtype, &device)?;
     let dir = a.model.clone().map_or_else(default_model, Ok)?;
@@ -123,8 +130,8 @@ fn run() -> Result<()> {
 
     bench::record_copy_bandwidth(&mut r, &device)?;
     bench::checks::record(&mut r, &checks);
-    if let Some(hf) = &a.hf_json {
-        bench::record_hf(&mut r, hf)?;
+    if let Some(hf) = &hf {
+        bench::record_hf(&mut r, hf);
     }
     r.save(&a.out)?;
     let command = a

@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use exaone_compress::study::{Study, StudyArgs};
 
+/// Any checkpoints side by side against a base, measured by the same suite (perplexity, KL, accuracy, size, time).
 #[derive(Parser)]
+#[command(long_about = None)]
 struct Args {
     #[command(flatten)]
     study: StudyArgs,
@@ -53,6 +55,9 @@ fn run() -> Result<()> {
             .with_context(|| format!("--variant {name}={}", dir.display()))?;
     }
     let mut s = Study::load("compare", a.study)?;
+    for (name, dir) in &variants {
+        s.refuse_input_inside(dir, &format!("--variant {name}="))?;
+    }
     s.plan(1 + variants.len());
     let base_dir = s.dir.clone();
     s.measure_dir("original", &base_dir)?;

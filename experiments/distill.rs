@@ -18,12 +18,15 @@ use exaone_compress::study::{Study, StudyArgs};
 use exaone_compress::train::TrainConfig;
 use serde_json::json;
 
+/// Healing a pruned model by logit distillation, by what is trained, against the pruned model unhealed → reports/distill/.
 #[derive(Parser)]
+#[command(long_about = None)]
 struct Args {
     #[command(flatten)]
     study: StudyArgs,
-    #[arg(long, default_value_t = 1)]
-    drop_layers: usize,
+    /// decoder layers to drop (at least 1, fewer than the model has)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    drop_layers: u64,
     #[arg(long, default_value_t = 60)]
     steps: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -39,7 +42,8 @@ fn run() -> Result<()> {
     let mut s = Study::load("distill", a.study)?;
     let base = s.base.share();
     let kl_probe = &s.suite.kl_sequences[..4.min(s.suite.kl_sequences.len())];
-    let drop = lowest(&drop_one_kl(&base, kl_probe, 4)?, a.drop_layers);
+    exaone_compress::study::check_drop_layers(a.drop_layers, base.layers.len())?;
+    let drop = lowest(&drop_one_kl(&base, kl_probe, 4)?, a.drop_layers as usize);
     let kept: Vec<usize> = (0..base.layers.len())
         .filter(|i| !drop.contains(i))
         .collect();
@@ -51,8 +55,10 @@ fn run() -> Result<()> {
         .filter(|(_, &k)| drop.iter().any(|&d| k + 1 == d || k == d + 1))
         .map(|(j, _)| j)
         .collect();
-    let val: Vec<Tensor> = s.calib[..2]
+    let val: Vec<Tensor> = s
+        .calib
         .iter()
+        .take(2)
         .map(|x| Tensor::from_vec(x.clone(), (1, x.len()), base.device()))
         .collect::<candle_core::Result<_>>()?;
     let (calib_len, seed) = (s.args.calib_len, s.args.seed);

@@ -12,12 +12,15 @@ use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
 use serde_json::json;
 
+/// Which layers to drop: Block Influence and drop-one KL, then each dropping rule's result measured → reports/prune/.
 #[derive(Parser)]
+#[command(long_about = None)]
 struct Args {
     #[command(flatten)]
     study: StudyArgs,
-    #[arg(long, default_value_t = 1)]
-    drop_layers: usize,
+    /// decoder layers to drop (at least 1, fewer than the model has)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    drop_layers: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,7 +31,8 @@ fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
     let mut s = Study::load("prune", a.study)?;
     let base = s.base.share();
-    let n = a.drop_layers;
+    exaone_compress::study::check_drop_layers(a.drop_layers, base.layers.len())?;
+    let n = a.drop_layers as usize;
     let probe: Vec<u32> = s.calib.iter().take(8).flatten().copied().collect();
     let len = s.calib[0].len();
     let ids = Tensor::from_vec(probe, (s.calib.len().min(8), len), base.device())?;

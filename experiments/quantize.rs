@@ -14,7 +14,9 @@ use exaone_compress::compress::recipe::{
 use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
 
+/// Quantization methods side by side: RTN, GPTQ, AWQ (W4A16), W8A8 and FP8, by quality and size → reports/quantize/.
 #[derive(Parser)]
+#[command(long_about = None)]
 struct Args {
     #[command(flatten)]
     study: StudyArgs,

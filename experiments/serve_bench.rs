@@ -19,7 +19,9 @@ use exaone_compress::record::Results;
 use exaone_compress::study::serving::{self, ServeArgs};
 use exaone_compress::{default_model, runtime, study::bench};
 
+/// Serving-regime speed as the evaluation measures it: the whole workload at once, continuous batching, time per generated token.
 #[derive(Parser)]
+#[command(long_about = None)]
 struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
@@ -37,6 +39,10 @@ struct Args {
     device: String,
     #[arg(long, default_value = "reports/serve_bench")]
     out: PathBuf,
+    /// replace the report already at --out (another experiment's, or one outside reports/), or
+    /// the file at --write-workload
+    #[arg(long)]
+    overwrite: bool,
     /// HF transformers' figures on the same requests (scripts/hf_serve.py)
     #[arg(long)]
     hf_json: Option<PathBuf>,
@@ -80,10 +86,12 @@ fn run() -> Result<()> {
     }
     let w = serving::workload(&a.serve)?;
     if let Some(p) = &a.write_workload {
-        w.write_jsonl(p)?;
+        w.write_jsonl(p, a.overwrite)?;
         eprintln!("{} requests → {}", w.len(), p.display());
         return Ok(());
     }
+    exaone_compress::study::check_report_out(&a.out, "serve_bench", a.overwrite)?;
+    let hf = a.hf_json.as_deref().map(bench::read_hf).transpose()?;
     let device = runtime::open_device(&a.device)?;
     let dir = a.model.clone().map_or_else(default_model, Ok)?;
     let name = Some(a.device_name.clone()).filter(|n| !n.is_empty());
@@ -99,8 +107,8 @@ fn run() -> Result<()> {
     .filter_map(|(l, d)| d.map(|d| (l, d)))
     .collect();
     serving::run_all(&mut r, &a.serve, &w, &device, &variants, a.long_requests)?;
-    if let Some(hf) = &a.hf_json {
-        bench::record_hf(&mut r, hf)?;
+    if let Some(hf) = &hf {
+        bench::record_hf(&mut r, hf);
     }
     r.save(&a.out)?;
     exaone_compress::report::serve::write(&r, &a.out, &command)?;

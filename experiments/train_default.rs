@@ -2,7 +2,7 @@
 //! post-norm, llama3 RoPE, tied embeddings) on the shipped Korean/English corpus.
 //!
 //!   cargo run --release --bin train_default -- --prepare-data --train-tokenizer   # CPU, once
-//!   cargo run --release --features cuda --bin train_default -- --device cuda --steps 3000 --seed 0
+//!   cargo run --release --features cuda --bin train_default -- --overwrite --device cuda --steps 3000
 //!
 //! Writes the model to `data/default-model/` and the training report to `reports/default-model/`.
 
@@ -19,7 +19,9 @@ use exaone_compress::model::Tokenizer;
 use exaone_compress::report::train::{self as train_report, device_label, Summary};
 use exaone_compress::train::default_model::{self as dm, Pretrain, Shape};
 
+/// Trains the embedded default model (a small EXAONE 4) on the shipped Korean/English corpus.
 #[derive(Parser)]
+#[command(long_about = None)]
 struct Args {
     /// rebuild data/text/{train,val,test}.jsonl from these offline corpora
     #[arg(long)]
@@ -55,6 +57,9 @@ struct Args {
     /// model directory to write
     #[arg(long, default_value = "data/default-model")]
     out: PathBuf,
+    /// replace the model (or tokenizer) already at --out — the shipped default model by default
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, default_value = "reports/default-model")]
     report: PathBuf,
     /// safety stop: end training after this many minutes even if steps remain (the report
@@ -72,6 +77,9 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let a = exaone_compress::study::parse_args::<Args>();
+    if a.train_tokenizer || !a.no_train {
+        dm::check_out(&a.out, a.overwrite)?;
+    }
     if a.prepare_data {
         let s = build_default_corpus(&a.corpora, &data_dir().join("text"))
             .context("building the corpus")?;
@@ -93,12 +101,7 @@ fn run() -> Result<()> {
     let [tr, va, te] = [&train_s, &val_s, &test_s].map(|s| s.ids.len());
     println!("tokens: train {tr} val {va} test {te}");
 
-    let shape = Shape {
-        layers: a.layers,
-        hidden: a.hidden,
-        intermediate: a.intermediate,
-    };
-    let cfg = shape.config(tok.vocab_size())?;
+    let cfg = Shape::new(a.layers, a.hidden, a.intermediate).config(tok.vocab_size())?;
     println!("model: {} parameters", cfg.num_parameters());
     let recipe = Pretrain {
         steps: a.steps,
@@ -108,17 +111,17 @@ fn run() -> Result<()> {
         seed: a.seed,
     };
     // as before this refactor, --max-minutes and --checkpoint-every do not reach the loop
-    let tc = recipe.train_config();
-    let ckpt_dir = a.out.with_extension("checkpoint");
+    let (tc, ckpt_dir) = (recipe.train_config(), dm::checkpoint_dir(&a.out));
     let run = dm::pretrain(&cfg, &recipe, &tc, &train_s, &val_s, &ckpt_dir, &device)?;
     dm::write_model(&run.model, &a.out, eos)?;
 
     // evaluate what was written (bf16 weights), in f32
     let shipped = load_model(&a.out, DType::F32, &device)?;
     let (w, st, b) = (dm::EVAL_WINDOW, dm::EVAL_STRIDE, dm::EVAL_BATCH);
-    let ppl_val = perplexity(&shipped, &val_s, w, st, b, None)?;
+    let eval = |s| perplexity(&shipped, s, w, st, b, None);
+    let ppl_val = eval(&val_s)?;
     println!("validation perplexity {:.3}", ppl_val.ppl);
-    let ppl_test = perplexity(&shipped, &test_s, w, st, b, None)?;
+    let ppl_test = eval(&test_s)?;
     let unigram = unigram_perplexity(&train_s.ids, &test_s.ids[1..], cfg.vocab_size);
     let summary = Summary {
         command: std::env::args().collect::<Vec<_>>().join(" "),

@@ -350,7 +350,9 @@ pub fn build_default_corpus(corpora: &Path, out: &Path) -> std::io::Result<Corpu
             text.push_str(&serde_json::json!({ "text": l }).to_string());
             text.push('\n');
         }
-        std::fs::write(out.join(format!("{name}.jsonl")), text)?;
+        // atomically: a split cut short would break every recipe that names it by hash
+        crate::fs::write_atomic(&out.join(format!("{name}.jsonl")), text.as_bytes())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
     }
     Ok(stats)
 }

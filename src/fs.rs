@@ -455,6 +455,8 @@ pub fn clean_stale(out: &Path) -> Vec<String> {
             _ => None,
         };
         match pid {
+            // this process's own work in progress (e.g. a study's scratch beside its checkpoints)
+            Some(pid) if pid == std::process::id() => {}
             Some(pid) if pid_alive(pid) && start.is_none_or(|t| start_time(pid) == Some(t)) => {
                 notes.push(format!(
                     "{} belongs to a run still going (pid {pid}); left alone",

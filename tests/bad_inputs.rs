@@ -373,6 +373,9 @@ fn config_values_that_give_garbage_are_refused() {
         ("pad_token_id", json!(70000), "pad_token_id"),
         ("sliding_window", json!(0), "sliding_window"),
         ("hidden_size", json!(1u64 << 62), "too large"),
+        // sized before any other check (an abort allocating the layer types, once)
+        ("num_hidden_layers", json!(1u64 << 40), "num_hidden_layers"),
+        ("num_hidden_layers", json!(0), "num_hidden_layers"),
     ] {
         std::fs::write(d.join("config.json"), &orig).unwrap();
         edit_config(d, |v| v[key] = value.clone());
@@ -585,4 +588,40 @@ fn study_flags_that_contradict_each_other_are_refused_before_any_work() {
     let missing = format!("a={}", s(&tmp.path().join("nowhere")));
     let e = study(cmp, &["--variant", &missing, "--out", s(&out)]);
     assert!(e.contains("nowhere"), "{e}");
+    let e = study(ec, &["--drop-layers", "0", "--out", s(&out)]);
+    assert!(e.contains("--drop-layers"), "{e}");
+    let e = study(ec, &["--drop-layers", "99", "--out", s(&out)]);
+    assert!(e.contains("drop at most"), "{e}");
+    // the benchmarks' counts and points, refused when read (one panicked, one became 1x512)
+    let br = env!("CARGO_BIN_EXE_bench_runtime");
+    for (flag, v) in [
+        ("--repeats", "0"),
+        ("--prefill", "8x"),
+        ("--prompt-len", "0"),
+    ] {
+        let e = study(br, &[flag, v, "--out", s(&out)]);
+        assert!(e.contains(flag) && e.contains("at least 1"), "{e}");
+    }
+    // and their reports never replace what is at --out without --overwrite
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("README.md"), "precious").unwrap();
+    let sb = env!("CARGO_BIN_EXE_serve_bench");
+    for bin in [br, sb] {
+        let o = Command::new(bin)
+            .args(["--out", s(&mine)])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(e.contains("not a report"), "{e}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(mine.join("README.md")).unwrap(),
+        "precious"
+    );
+    let wl = mine.join("README.md");
+    let e = study(sb, &["--write-workload", s(&wl)]);
+    assert!(e.contains("already exists") || e.contains("exists"), "{e}");
+    assert_eq!(std::fs::read_to_string(&wl).unwrap(), "precious");
 }

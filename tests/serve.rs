@@ -476,7 +476,7 @@ fn workload_jsonl_round_trip_and_errors() {
     w.requests[2].stop_ids = vec![14, 7];
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.jsonl");
-    w.write_jsonl(&path).unwrap();
+    w.write_jsonl(&path, false).unwrap();
     assert_eq!(Workload::from_jsonl(&path, None).unwrap(), w);
 
     let chat =

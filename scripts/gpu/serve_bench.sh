@@ -18,7 +18,7 @@ source scripts/gpu/random_1_2b.sh
 for s in w4a16 w8a8 fp8; do
   run .gpu/exaone-compress quantize --model "$RANDOM_1_2B" --device cuda --scheme $s --method rtn --out /tmp/r-$s --overwrite 2>&1 | tail -1
 done
-run .gpu/serve_bench --write-workload /tmp/mc.jsonl "$@" 2>&1 | tail -1
+run .gpu/serve_bench --write-workload /tmp/mc.jsonl --overwrite "$@" 2>&1 | tail -1
 python3 scripts/hf_serve.py "$RANDOM_1_2B" /tmp/mc.jsonl /tmp/hf_serve.json 2>&1 | grep -v Warning | tail -3
 run .gpu/serve_bench --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r-w8a8 --fp8 /tmp/r-fp8 --device cuda \
   --hf-json /tmp/hf_serve.json --device-name "$NAME" --model-name "random-weight EXAONE-4.0-1.2B shape" \

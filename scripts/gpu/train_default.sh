@@ -10,7 +10,7 @@ source "$(dirname "$0")/setup.sh"
 export GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 echo "== $GPU_NAME"
 echo "== train the default model ($STEPS steps)"
-time .gpu/run-on-gpu.sh .gpu/train_default --device cuda --steps "$STEPS" --seed 0 --max-minutes 5 2>&1 \
+time .gpu/run-on-gpu.sh .gpu/train_default --overwrite --device cuda --steps "$STEPS" --seed 0 --max-minutes 5 2>&1 \
   | tr '\r' '\n' | grep -v '^\s*$' | grep -v 'train \[' > "$OUT/train.log"; tail -8 "$OUT/train.log"
 echo "== HF transformers on the default model"
 python3 scripts/hf_check_default.py data/default-model "$OUT" 2>&1 | tail -6

@@ -198,6 +198,15 @@ impl Checkpoint {
                 found: info.shape.clone(),
             });
         }
+        // integers read as weights would be garbage (int8 -1 read as 255), not an approximation
+        let integer = !info.is_float() && !matches!(info.dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2);
+        if dtype.is_float() && integer {
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{name}` is stored as {:?} and no quantization_config describes it; a dense weight is a float (F32, F16, BF16, FP8)",
+                self.dir.display(),
+                info.dtype
+            )));
+        }
         let t = self.raw(name, &Device::Cpu)?;
         // convert on the CPU when narrowing so a bf16 file on a GPU moves half the bytes
         let t = if t.dtype() == dtype {

@@ -338,11 +338,23 @@ pub fn make(
     overwrite: bool,
     ctx: &Ctx,
 ) -> Result<(Recipe, StepReport)> {
+    refuse_data_inside(out, std::slice::from_ref(&step), ctx)?;
     let staging = Staging::new(out)?;
     let rep = step.run(input, &staging.model(), ctx)?;
     let mut r = recipe;
     r.steps.push(step);
     Ok((staging.publish(r, overwrite)?, rep))
+}
+
+/// Fails if a data file `steps` read lies in `out`: it would go with what `--overwrite`
+/// replaces, and the recipe written there would name a file that no longer exists.
+fn refuse_data_inside(out: &Path, steps: &[Step], ctx: &Ctx) -> Result<()> {
+    for src in steps.iter().flat_map(Step::data_sources) {
+        if let Ok(p) = src.resolve(&ctx.root) {
+            crate::fs::refuse_overlap(out, &[p.as_path()], false)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a checkpoint made in memory (`write(dir)` writes it into `dir`) with `recipe`, as
@@ -406,6 +418,7 @@ impl Recipe {
         if let Some(t) = &opts.teacher {
             crate::fs::refuse_overlap(out, &[t.as_path()], false)?;
         }
+        refuse_data_inside(out, &self.steps, ctx)?;
         let allow = opts.allow_mismatch;
         let id = ModelId::of(base)?;
         if id != self.base.id() {

@@ -8,6 +8,10 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+/// More decoder layers than any released model has by two orders of magnitude (EXAONE 4.0 32B:
+/// 64): a larger count is a corrupt config, refused before anything is sized by it.
+const MAX_LAYERS: usize = 4096;
+
 /// How one decoder layer attends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -166,6 +170,13 @@ impl Exaone4Config {
             None => num_attention_heads,
         };
         let num_hidden_layers = usize_field(&raw, "num_hidden_layers")?;
+        // checked before anything is sized by it (the layer types, the decoder's layers)
+        if !(1..=MAX_LAYERS).contains(&num_hidden_layers) {
+            return Err(Error::config(
+                "num_hidden_layers",
+                format!("{num_hidden_layers}: must be between 1 and {MAX_LAYERS}"),
+            ));
+        }
         let head_dim = match opt_usize(&raw, "head_dim")? {
             Some(d) => d,
             None => {

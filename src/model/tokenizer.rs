@@ -172,7 +172,7 @@ pub fn train_bpe(
     tk.train_from_files(&mut trainer, files).map_err(err)?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let path = out_dir.join("tokenizer.json");
-    tk.save(&path, false).map_err(err)?;
+    crate::fs::write_output_via_path(&path, true, |tmp| tk.save(tmp, false).map_err(err))?;
     let cfg = serde_json::json!({
         "add_bos_token": false,
         "add_eos_token": false,
@@ -186,12 +186,16 @@ pub fn train_bpe(
         "chat_template": CHAT_TEMPLATE_JINJA,
     });
     let p = out_dir.join("tokenizer_config.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&cfg).expect("json") + "\n")
-        .map_err(|e| Error::io(&p, e))?;
+    crate::fs::write_atomic(
+        &p,
+        (serde_json::to_string_pretty(&cfg).expect("json") + "\n").as_bytes(),
+    )?;
     let st = serde_json::json!({"bos_token": "[BOS]", "eos_token": "[|endofturn|]", "pad_token": "[PAD]", "unk_token": "[UNK]"});
     let p = out_dir.join("special_tokens_map.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&st).expect("json") + "\n")
-        .map_err(|e| Error::io(&p, e))?;
+    crate::fs::write_atomic(
+        &p,
+        (serde_json::to_string_pretty(&st).expect("json") + "\n").as_bytes(),
+    )?;
     Tokenizer::from_dir(out_dir)
 }
 

@@ -155,9 +155,13 @@ impl Workload {
         s
     }
 
-    /// Writes the JSONL atomically (a reader never sees half a workload).
-    pub fn write_jsonl(&self, path: &Path) -> Result<()> {
-        crate::fs::write_atomic(path, self.to_jsonl().as_bytes())
+    /// Writes the JSONL atomically (a reader never sees half a workload), replacing a file
+    /// already at `path` only when `replace`.
+    pub fn write_jsonl(&self, path: &Path, replace: bool) -> Result<()> {
+        let bytes = self.to_jsonl();
+        crate::fs::write_output(path, replace, |f| {
+            std::io::Write::write_all(f, bytes.as_bytes()).map_err(|e| Error::io(path, e))
+        })
     }
 
     /// Every request checked against the vocabulary, ids unique; the first fault, named.

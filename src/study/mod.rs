@@ -11,7 +11,7 @@ pub mod suite;
 pub mod variants;
 pub mod verdict;
 
-pub use setup::{Study, StudyArgs};
+pub use setup::{check_report_out, Study, StudyArgs};
 pub use suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 pub use variants::Keep;
 
@@ -27,6 +27,17 @@ pub fn parse_args<T: clap::Parser>() -> T {
         let _ = e.print();
         std::process::exit(1)
     })
+}
+
+/// `--drop-layers n` on a model of `layers` decoder layers: at least one must stay.
+pub fn check_drop_layers(n: u64, layers: usize) -> crate::error::Result<()> {
+    if n as usize >= layers {
+        return Err(crate::error::Error::Flag(format!(
+            "--drop-layers {n}: the model has {layers} decoder layers; drop at most {}",
+            layers.saturating_sub(1)
+        )));
+    }
+    Ok(())
 }
 
 /// What every binary sets up before any work: [`tune_allocator`] and [`pin_candle_threads`].

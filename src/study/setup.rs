@@ -175,6 +175,34 @@ fn check_checkpoints_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
     }
 }
 
+/// Fails if the input `dir` (named by `flag`) lies inside the report folder `out` or the
+/// checkpoints folder `ck_root`, which a study replaces or prunes.
+pub(crate) fn refuse_input_in_outputs(
+    dir: &std::path::Path,
+    flag: &str,
+    out: &std::path::Path,
+    ck_root: &std::path::Path,
+) -> Result<()> {
+    for (o, what) in [(ck_root, "--checkpoints"), (out, "--out")] {
+        crate::fs::refuse_overlap(o, &[dir], false).map_err(|_| {
+            Error::Flag(format!(
+                "{flag} {}: lies inside {what} {}, which the study replaces or prunes; copy the model elsewhere first",
+                dir.display(),
+                o.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether `out` may receive the report of a benchmark binary (`experiments/bench_runtime`,
+/// `serve_bench`): the studies' rule of [`check_report_dir`], where the default location is
+/// `reports/<experiment>`.
+pub fn check_report_out(out: &std::path::Path, experiment: &str, overwrite: bool) -> Result<()> {
+    let default = out == std::path::Path::new("reports").join(experiment);
+    check_report_dir(out, experiment, default, overwrite, false)
+}
+
 /// Whether `dir` may receive `experiment`'s report: it does not exist or is empty; or it holds a
 /// report and the user asked to replace it (`overwrite`), or it is the default location and holds
 /// this experiment's own earlier report (what rerunning the study regenerates).
@@ -185,8 +213,12 @@ fn check_report_dir(
     overwrite: bool,
     resume: bool,
 ) -> Result<()> {
+    // a run's temporaries (a killed run's are removed when the study starts) are not the user's
+    let temporary = |n: &str| n.starts_with('.') && n.contains(".partial-");
     let empty = match std::fs::read_dir(dir) {
-        Ok(mut rd) => rd.next().is_none(),
+        Ok(rd) => rd
+            .flatten()
+            .all(|e| temporary(&e.file_name().to_string_lossy())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
             return Err(Error::Flag(format!(
@@ -261,6 +293,13 @@ impl Study {
             .model
             .clone()
             .map_or_else(crate::data::default_model, Ok)?;
+        // a model inside the report or the checkpoints folder would be removed with what the
+        // study replaces there (an unkept checkpoint, a replaced report)
+        let ck_root = args
+            .checkpoints
+            .clone()
+            .unwrap_or_else(|| out.join("checkpoints"));
+        refuse_input_in_outputs(&dir, "--model", &out, &ck_root)?;
         // by role: the loader's own errors name the directory or file
         let base = crate::runtime::load_model(&dir, dtype, &device)
             .context(|| "loading the base model (--model)".to_string())?;
@@ -312,10 +351,6 @@ impl Study {
             &format!("{} ({:?})", args.device, dtype),
             &model_label(&dir),
         );
-        let ck_root = args
-            .checkpoints
-            .clone()
-            .unwrap_or_else(|| out.join("checkpoints"));
         let keep = args.keep.unwrap_or(match args.checkpoints {
             Some(_) => Keep::All,
             None => Keep::Recommended,
@@ -335,7 +370,17 @@ impl Study {
         let base_key = crate::compress::recipe::ModelId::of(&dir)
             .map(|id| format!("{} {}", id.config_hash, id.weights_hash))
             .unwrap_or_else(|_| model_label(&dir));
-        let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+        // beside the report, not in the system's temp folder: a run killed by a signal leaves
+        // it where the next run's clean-up (`fs::clean_stale`) finds and removes it
+        for note in crate::fs::clean_stale(&out) {
+            eprintln!("note: {note}");
+        }
+        let beside = crate::fs::parent_of(&out);
+        std::fs::create_dir_all(beside).map_err(|e| Error::io(beside, e))?;
+        let scratch = tempfile::Builder::new()
+            .prefix(&crate::fs::partial_prefix(&out)?)
+            .tempdir_in(beside)
+            .map_err(|e| Error::io(beside, e))?;
         let t0 = std::time::Instant::now();
         let started = t0;
         let eff = super::l4_speed::efficiencies_on(base.device(), &results.env.gpu)?;
@@ -485,6 +530,11 @@ impl Study {
     /// Loads a checkpoint directory as it is (compressed-tensors ones dequantized, W8A8/FP8
     /// activations quantized at run time) and evaluates it; size is the directory's, weight
     /// bytes per token follow its quantization_config.
+    /// Fails if the input `dir` (named by `flag`) lies where this study writes or prunes.
+    pub fn refuse_input_inside(&self, dir: &std::path::Path, flag: &str) -> Result<()> {
+        refuse_input_in_outputs(dir, flag, &self.out, &self.ck_root)
+    }
+
     pub fn measure_dir(&mut self, variant: &str, dir: &std::path::Path) -> Result<()> {
         let info = crate::checkpoint::Checkpoint::open(dir)?.quant_info()?;
         let method = match &info {

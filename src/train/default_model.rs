@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::{freeze, lm_loss, make_trainable, train_with_checkpoints, LogPoint, TrainConfig};
 use crate::checkpoint::{save_model, WriteOptions};
 use crate::data::{rng, TokenStream};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::init::random_model;
 use crate::model::tokenizer::apply_chat_template;
 use crate::model::{generate, ChatMessage, Exaone4, Exaone4Config, GenerateOptions, Tokenizer};
@@ -44,6 +44,14 @@ pub struct Shape {
 }
 
 impl Shape {
+    pub fn new(layers: usize, hidden: usize, intermediate: usize) -> Self {
+        Self {
+            layers,
+            hidden,
+            intermediate,
+        }
+    }
+
     /// The shape of the shipped default model.
     pub const DEFAULT: Shape = Shape {
         layers: 10,
@@ -152,6 +160,7 @@ pub fn pretrain(
             .collect::<candle_core::Result<_>>()?
     };
     let t0 = Instant::now();
+    let mut wrote_checkpoint = false;
     let log = train_with_checkpoints(
         &mut model,
         &vars,
@@ -168,6 +177,7 @@ pub fn pretrain(
             Ok(s / val_batches.len() as f64)
         },
         &mut |m, step| {
+            wrote_checkpoint = true;
             let o = WriteOptions {
                 overwrite: true,
                 ..Default::default()
@@ -177,7 +187,10 @@ pub fn pretrain(
         },
         "train",
     )?;
-    let _ = std::fs::remove_dir_all(checkpoint_dir);
+    // only what this run wrote: a folder of that name made by anyone else stays
+    if wrote_checkpoint {
+        let _ = std::fs::remove_dir_all(checkpoint_dir);
+    }
     let train_secs = t0.elapsed().as_secs_f64();
     freeze(&mut model);
     Ok(Pretrained {
@@ -187,28 +200,43 @@ pub fn pretrain(
     })
 }
 
+/// Whether `out` may receive a model (or a tokenizer): nothing of one there, or `overwrite`.
+pub fn check_out(out: &Path, overwrite: bool) -> Result<()> {
+    let has_model = ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .any(|f| out.join(f).exists());
+    if has_model && !overwrite {
+        return Err(crate::Error::Flag(format!(
+            "--out {}: a model is already there; pass --overwrite to replace it",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Where [`pretrain`] keeps its checkpoints for the model directory `out`: `<out>.checkpoint`
+/// beside it (the whole name kept: `exaone-4.0` gives `exaone-4.0.checkpoint`).
+pub fn checkpoint_dir(out: &Path) -> std::path::PathBuf {
+    let name = out
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().to_string());
+    out.with_file_name(format!("{name}.checkpoint"))
+}
+
 /// Writes `model` (bf16) as the model directory `out`, keeping the tokenizer files already in
-/// `out` and adding a greedy `generation_config.json` that stops at `eos`. The new directory
-/// is completed beside `out` (`<out>.new`) and only then swapped in.
+/// `out` and adding a greedy `generation_config.json` that stops at `eos`. The directory is
+/// completed beside `out` and swapped in by `save_model` (a killed run's leftovers are put back
+/// or removed by the next, `fs::clean_stale`), then the generation config replaced atomically.
 pub fn write_model(model: &Exaone4, out: &Path, eos: u32) -> Result<()> {
-    let staging = out.with_extension("new");
     let opts = WriteOptions {
         max_shard_bytes: 1 << 30,
         side_files_from: Some(out.to_path_buf()),
         overwrite: true,
     };
-    save_model(model, &staging, Some(DType::BF16), &opts)?;
+    save_model(model, out, Some(DType::BF16), &opts)?;
     let gen = serde_json::json!({"bos_token_id": 1, "eos_token_id": eos, "pad_token_id": 0, "do_sample": false, "transformers_version": "4.57.3"});
-    let path = staging.join("generation_config.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&gen).expect("json") + "\n",
-    )
-    .map_err(|e| Error::io(&path, e))?;
-    let old = out.with_extension("old");
-    std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-    std::fs::rename(&staging, out).map_err(|e| Error::io(&staging, e))?;
-    std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
+    let text = serde_json::to_string_pretty(&gen).expect("json") + "\n";
+    crate::fs::write_atomic(&out.join("generation_config.json"), text.as_bytes())
 }
 
 /// Greedy continuations ([`SAMPLE_TOKENS`] tokens, stopping at `eos`) of [`SAMPLE_PROMPTS`]

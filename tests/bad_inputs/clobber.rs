@@ -427,6 +427,60 @@ fn a_study_never_replaces_another_report_and_keeps_what_it_measured() {
     );
     let o = baseline(&[&["--out", s(&out), "--overwrite"][..], &small[..]].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    no_leftovers(&out);
+    no_leftovers(tmp.path());
+    // a model inside the report (or its checkpoints) would go with what the study replaces
+    let inside = copy_dir(
+        &exaone_compress::default_model_dir(),
+        &out.join("checkpoints/m"),
+    );
+    let o = baseline(&["--out", s(&out), "--overwrite", "--model", s(&inside)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("lies inside --checkpoints"), "{err}");
+    assert!(inside.join("model.safetensors").exists());
+}
+
+#[test]
+fn a_study_killed_by_a_signal_leaves_its_scratch_where_the_next_run_removes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("report");
+    let args = [
+        "--out",
+        s(&out),
+        "--eval-tokens",
+        "256",
+        "--speed-repeats",
+        "0",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baseline"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let scratch = || {
+        std::fs::read_dir(tmp.path()).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .find(|n| n.starts_with(".report.partial-"))
+        })
+    };
+    let t0 = std::time::Instant::now();
+    while scratch().is_none() && t0.elapsed().as_secs() < 60 {
+        assert!(child.try_wait().unwrap().is_none(), "the study ended first");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let left = scratch().expect("the study's scratch beside its report");
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    assert!(tmp.path().join(&left).exists());
+    // what the killed run left is no report of the user's: no --overwrite needed
+    let o = baseline(&[&args[..], &["--mc-items", "2", "--kl-sequences", "2"]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("removed") && err.contains(&left), "{err}");
+    no_leftovers(tmp.path());
 }
 
 #[test]

@@ -127,12 +127,28 @@ pub struct QuantizeStep {
 /// name itself, a dotted prefix (`model.layers.3`), a dotted suffix (`mlp.up_proj`, `up_proj`),
 /// or a glob in which `*` stands for any characters (`model.layers.*.self_attn.o_proj`).
 pub fn ignore_matches(p: &str, name: &str) -> bool {
+    // greedy with one backtrack point, the last `*`: linear in the name for any pattern (trying
+    // every split at every `*` is exponential in their number)
     fn glob(p: &[u8], s: &[u8]) -> bool {
-        match p.split_first() {
-            None => s.is_empty(),
-            Some((b'*', rest)) => (0..=s.len()).any(|k| glob(rest, &s[k..])),
-            Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+        let (mut i, mut j) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while j < s.len() {
+            if i < p.len() && p[i] == b'*' {
+                star = Some((i, j));
+                i += 1;
+            } else if i < p.len() && p[i] == s[j] {
+                i += 1;
+                j += 1;
+            } else if let Some((si, sj)) = star {
+                // the last `*` takes one more character
+                star = Some((si, sj + 1));
+                i = si + 1;
+                j = sj + 1;
+            } else {
+                return false;
+            }
         }
+        p[i..].iter().all(|&c| c == b'*')
     }
     if p.contains('*') {
         return glob(p.as_bytes(), name.as_bytes());

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::hash::hash_tokens;
 use super::quantize::run_quantize;
 use super::source::read_source;
-use super::{bad, within, Calibration, Check, Ctx, ModelRef, QuantizeStep, Source};
+use super::{bad, within, Calibration, Check, Ctx, ModelRef, QuantizeStep, Quantizer, Source};
 use crate::checkpoint::{save_model, write_model_dir, Checkpoint, RawTensor, WriteOptions};
 use crate::compress::distill::{distill_cached, DistillConfig, ParamGroup};
 use crate::compress::prune::{choose, DropRule};
@@ -81,6 +81,21 @@ impl Step {
                 format!("{} {s}{ig}", q.quantizer.name())
             }
             Self::Dequantize(_) => "dequantize".into(),
+        }
+    }
+
+    /// The data files the step reads (calibration texts, distillation data).
+    pub fn data_sources(&self) -> Vec<&Source> {
+        match self {
+            Self::Prune(p) => p.calibration.iter().map(|c| &c.data).collect(),
+            Self::Distill(d) => vec![&d.data],
+            Self::Quantize(q) => match &q.quantizer {
+                Quantizer::Gptq { calibration, .. } | Quantizer::Awq { calibration, .. } => {
+                    vec![&calibration.data]
+                }
+                _ => vec![],
+            },
+            Self::Dequantize(_) => vec![],
         }
     }
 

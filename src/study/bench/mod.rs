@@ -47,20 +47,44 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1x512,1x2048,8x512,8x2048"
+        default_value = "1x512,1x2048,8x512,8x2048",
+        value_parser = valid_point
     )]
     pub prefill: Vec<String>,
-    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    #[arg(long, value_delimiter = ',', default_value = "1,16", value_parser = at_least_one)]
     pub decode_batches: Vec<usize>,
     /// prompt tokens before decoding
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub prompt_len: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub new_tokens: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub repeats: usize,
+}
+
+/// A count of at least one (clap's ranged parsers do not take usize).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: a whole number of at least 1")),
+    }
+}
+
+/// A `BATCHxLENGTH` prefill point, both at least one, checked when the flag is read.
+fn valid_point(s: &str) -> std::result::Result<String, String> {
+    let ok = s
+        .split_once('x')
+        .and_then(|(b, t)| Some((at_least_one(b).ok()?, at_least_one(t).ok()?)))
+        .is_some();
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: a prefill point is BATCHxLENGTH, both at least 1 (e.g. 8x2048)"
+        ))
+    }
 }
 
 /// The settings and the device's memory sampler; the benchmarks are its methods.
@@ -109,7 +133,7 @@ impl Bench {
     }
 }
 
-/// A `BATCHxLENGTH` point; (1, 512) where it does not parse.
+/// A `BATCHxLENGTH` point (the flag's parser checked it; (1, 512) for text that bypassed it).
 pub fn point(p: &str) -> (usize, usize) {
     p.split_once('x')
         .and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)))
@@ -152,9 +176,7 @@ pub fn record_copy_bandwidth(r: &mut Results, device: &Device) -> Result<()> {
 
 /// Adds HF transformers' figures from `scripts/hf_bench.py`'s JSON (`{"transformers": version,
 /// "metrics": {name: {median, spread, unit}}}`) as variant `hf`.
-pub fn record_hf(r: &mut Results, path: &Path) -> Result<()> {
-    let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| Error::json(path, e))?;
+pub fn record_hf(r: &mut Results, v: &serde_json::Value) {
     for (k, x) in v["metrics"].as_object().into_iter().flatten() {
         let method = format!("transformers {}", v["transformers"].as_str().unwrap_or(""));
         let (m, s, u) = (
@@ -164,5 +186,18 @@ pub fn record_hf(r: &mut Results, path: &Path) -> Result<()> {
         );
         r.add(&Variant::new("hf", method, json!({})), k, m, s, u);
     }
-    Ok(())
+}
+
+/// HF transformers' figures as scripts/hf_bench.py and scripts/hf_serve.py write them: read
+/// before any measurement, so a wrong path costs nothing.
+pub fn read_hf(path: &Path) -> Result<serde_json::Value> {
+    let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| Error::json(path, e))?;
+    if !v["metrics"].is_object() {
+        return Err(Error::Invalid(format!(
+            "{}: no `metrics` object (not written by scripts/hf_bench.py or hf_serve.py?)",
+            path.display()
+        )));
+    }
+    Ok(v)
 }

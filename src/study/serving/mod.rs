@@ -209,6 +209,14 @@ pub fn measure<E: StepExecutor>(
     median.record(r, variant, tag);
     let m = |name: &str| format!("serve_{tag}_{name}");
     r.add(variant, &m("secs_per_token_spread"), spread, None, "s");
+    // one timed run has no spread to show (a 0 would read as none measured)
+    r.add(
+        variant,
+        &m("timed_runs"),
+        repeats.max(1) as f64,
+        None,
+        "runs",
+    );
     if let Some(rl) = roofline {
         let (ratios, weighted) = rl.ratios(&median.steps);
         let decode: Vec<f64> = median
