@@ -4,8 +4,8 @@
 
 use exaone_compress::record::{Results, Variant};
 use exaone_compress::report::chart::{
-    bars, hbars, line_chart, pareto_front, scatter_pareto, Bar, BarChart, Chart, Drawn, Frame,
-    Point, Role, Series, ValueAxis, CAVEAT_COLOR,
+    bars, hbars, line_chart, log_ticks, padded_range, pareto_front, scatter_pareto, Bar, BarChart,
+    Chart, Drawn, Frame, Point, Role, Series, ValueAxis, CAVEAT_COLOR,
 };
 use exaone_compress::report::layout::{place_labels, Rect};
 use exaone_compress::report::study::ReportOptions;
@@ -181,14 +181,15 @@ fn vertical_bars_with_long_labels_become_rows() {
 }
 
 #[test]
-fn the_value_axis_goes_logarithmic_across_two_decades() {
+fn the_value_axis_goes_logarithmic_across_a_decade_and_a_half() {
     let plan = |v: &[f64]| {
         let pts: Vec<(f64, Option<f64>)> = v.iter().map(|&x| (x, None)).collect();
         ValueAxis::plan(&pts, true)
     };
     assert!(plan(&[1.0, 100.0]).log);
     assert!(plan(&[27.0, 650.0, 9000.0]).log);
-    assert!(!plan(&[1.0, 99.0]).log);
+    assert!(plan(&[0.013, 0.81]).log);
+    assert!(!plan(&[1.0, 29.0]).log);
     assert!(!plan(&[0.38, 6.8]).log);
     // 0 cannot be on a log axis: linear from 0
     let z = plan(&[0.0, 1000.0]);
@@ -290,6 +291,26 @@ fn clustered_point_labels_do_not_overlap() {
             }
         }
     }
+}
+
+#[test]
+fn log_axes_get_ticks_between_powers_of_ten() {
+    // a serving throughput range: plotters' own ticks were the one power of ten inside it
+    assert_eq!(
+        log_ticks(1800.0, 45000.0),
+        [2000.0, 5000.0, 10000.0, 20000.0]
+    );
+    assert_eq!(log_ticks(6500.0, 9500.0), [7000.0, 8000.0, 9000.0]);
+    assert!(log_ticks(0.0, 10.0).is_empty());
+}
+
+#[test]
+fn a_scatter_axis_around_one_value_is_wide_enough_to_tick() {
+    // one point (the baseline report): every tick read "16.5213" on a 2e-9-wide axis
+    let r = padded_range(16.5213, 16.5213, 0.15);
+    assert!(r.end - r.start > 1.0 && r.contains(&16.5213), "{r:?}");
+    let r = padded_range(30.0, 40.0, 0.1);
+    assert_eq!((r.start, r.end), (29.0, 41.0));
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //!
 //! What the specs decide for the reader:
 //! - a bar chart has exactly one slot per bar;
-//! - a value axis spanning two decades or more is logarithmic; otherwise it starts at 0 where 0
+//! - a value axis spanning a decade and a half or more is logarithmic; otherwise it starts at 0 where 0
 //!   is meaningful, and near the data where it is not (perplexity), which its label says and
 //!   which is then drawn as dots with error bars, not bars whose lengths would mislead;
 //! - point labels of a scatter never overlap each other or another point: a label that cannot
@@ -25,8 +25,8 @@ mod bars;
 mod lines;
 mod scatter;
 pub use bars::{Bar, BarChart};
-pub use lines::{LegendAt, LineChart, Series};
-pub use scatter::{pareto_front, Point, ScatterChart};
+pub use lines::{log_ticks, LegendAt, LineChart, Series};
+pub use scatter::{padded_range, pareto_front, Point, ScatterChart};
 
 static FONT: Once = Once::new();
 const FONT_NAME: &str = "sans-serif";
@@ -242,11 +242,23 @@ impl Chart {
         }
     }
 
-    /// Writes the chart as a PNG file.
+    /// Writes the chart as a PNG file: drawn into a temporary sibling (named `.png`, which the
+    /// encoder goes by) and moved into place, so an interrupted draw never leaves half a chart.
     pub fn png(&self, path: &Path) -> ChartResult<Drawn> {
-        let root = BitMapBackend::new(path, self.size()).into_drawing_area();
-        let drawn = self.draw(&root)?;
-        root.present()?;
+        let dir = crate::fs::parent_of(path);
+        let tmp = tempfile::Builder::new()
+            .prefix(&crate::fs::partial_prefix(path)?)
+            .suffix(".png")
+            .tempfile_in(dir)?
+            .into_temp_path();
+        let drawn = {
+            let root = BitMapBackend::new(&tmp, self.size()).into_drawing_area();
+            let d = self.draw(&root)?;
+            root.present()?;
+            d
+        };
+        crate::fs::publish_mode(&tmp, false)?;
+        tmp.persist(path)?;
         Ok(drawn)
     }
 
@@ -304,7 +316,7 @@ pub fn scatter_pareto(
 }
 
 /// Vertical bars, one per label, as a PNG (0 taken as meaningful: the axis starts there unless
-/// the values span two decades, then it is logarithmic).
+/// the values span a decade and a half, then it is logarithmic).
 pub fn bars(
     path: &Path,
     title: &str,

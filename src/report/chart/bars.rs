@@ -149,6 +149,8 @@ impl BarChart {
         b.margin(MARGIN);
         if horizontal {
             b.x_label_area_size(45).y_label_area_size(self.label_area());
+            // room for the last value tick's text, centred on the plot's right edge
+            b.margin_right(MARGIN + 24);
         } else {
             b.x_label_area_size(48).y_label_area_size(VALUE_AREA);
         }

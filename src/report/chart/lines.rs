@@ -66,6 +66,28 @@ fn line_bounds(series: &[Series], log_y: bool) -> (f64, f64, f64, f64) {
     )
 }
 
+/// Ticks of a log axis from `lo` to `hi`: 1, 2 and 5 times the powers of ten between them, or
+/// every digit where those give fewer than three (plotters' own ticks on a log range narrower
+/// than a few decades are the powers of ten alone: one tick, or none).
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
+        return vec![];
+    }
+    let pick = |ms: &[f64]| -> Vec<f64> {
+        let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (k0..=k1)
+            .flat_map(|k| ms.iter().map(move |m| m * 10f64.powi(k)))
+            .filter(|v| *v >= lo && *v <= hi)
+            .collect()
+    };
+    let t = pick(&[1.0, 2.0, 5.0]);
+    if t.len() >= 3 {
+        t
+    } else {
+        pick(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    }
+}
+
 impl LineChart {
     pub fn size(&self) -> (u32, u32) {
         (900, 540 + self.frame.height(900) as u32)
@@ -81,7 +103,8 @@ impl LineChart {
         let (mut drawn, body) = self.frame.begin(root)?;
         let (x0, x1, y0, y1) = line_bounds(&self.series, self.log_y);
         if self.log_y {
-            self.lines_on(&body, x0..x1, (y0..y1).log_scale(), &mut drawn)?;
+            let y = (y0..y1).log_scale().with_key_points(log_ticks(y0, y1));
+            self.lines_on(&body, x0..x1, y, &mut drawn)?;
         } else {
             self.lines_on(&body, x0..x1, y0..y1, &mut drawn)?;
         }

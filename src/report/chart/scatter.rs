@@ -33,6 +33,19 @@ pub fn pareto_front(points: &[Point]) -> Vec<usize> {
     front
 }
 
+/// The axis range for data from `lo` to `hi` with `share` of the span added on each side; a
+/// span of (almost) nothing — one point, or equal values — gets 5% of the value instead, so the
+/// ticks say something (they all read the same value otherwise).
+pub fn padded_range(lo: f64, hi: f64, share: f64) -> std::ops::Range<f64> {
+    let scale = lo.abs().max(hi.abs()).max(1e-12);
+    let pad = if hi - lo > 1e-6 * scale {
+        (hi - lo) * share
+    } else {
+        0.05 * scale
+    };
+    (lo - pad)..(hi + pad)
+}
+
 /// Points with labels and error bars; the Pareto front (lower x, lower y better) is joined by a
 /// red line. Labels are placed so that none overlaps another label or point.
 #[derive(Clone, Debug)]
@@ -75,12 +88,11 @@ impl ScatterChart {
         } else {
             (x0, x1, y0, y1)
         };
-        let (px, py) = (((x1 - x0) * 0.15).max(1e-9), ((y1 - y0) * 0.1).max(1e-9));
         let mut chart = ChartBuilder::on(&body)
             .margin(MARGIN)
             .x_label_area_size(45)
             .y_label_area_size(VALUE_AREA)
-            .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))?;
+            .build_cartesian_2d(padded_range(x0, x1, 0.15), padded_range(y0, y1, 0.1))?;
         chart
             .configure_mesh()
             .x_desc(self.x_label.as_str())

@@ -28,7 +28,7 @@ pub(super) fn l4_paragraph(md: &mut String, r: &Results) {
     };
     let _ = writeln!(
         md,
-        "**SpeedNorm is projected, not timed.** The evaluation serves EXAONE-4.0-1.2B with vLLM on an NVIDIA L4, every prompt at once; there batched GEMMs, KV traffic and prefill set the time per generated token as much as weight bytes do, so batch-1 bytes (the predicted speed-up column) rank the variants wrongly. Each variant's shape — its share of the base's layers (the `l4_layers` row: that share of the 1.2B's 30) and its Linears' scheme — is carried onto EXAONE-4.0-1.2B and costed step by step (`study::l4_speed`, `eval::projection`) over the {} steps the crate's scheduler plans for {} multiple-choice prompts of the shipped text handed over at once, {} new tokens each, with vLLM's default limits, on the L4's datasheet (300 GB/s; dense 121 TFLOPS bf16, 242.5 TOPS int8 and TFLOPS fp8) at bandwidth × {:.3}, bf16 and fp8 GEMMs × {:.3}, int8 GEMMs × {:.3}, {how}, plus 200 µs per step. The bf16 1.2B projects to {:.1} µs per token; SpeedNorm = (T_base − T) ÷ T_base. Nothing is fitted to the leaderboard: `reports/serve_bench` sets the same projection beside the public results and says where it misses them (the physics gives W8A8 +0.12, where the public score implies +0.24–0.27, and cannot explain FP8's loss).\n",
+        "**SpeedNorm is projected, not timed.** The evaluation serves EXAONE-4.0-1.2B with vLLM on an NVIDIA L4, every prompt at once; there batched GEMMs, KV traffic and prefill set the time per generated token as much as weight bytes do, so batch-1 bytes (the predicted speed-up column) rank the variants wrongly. Each variant's shape — its share of the base's layers (the `l4_layers` row: that share of the 1.2B's 30) and its Linears' scheme — is carried onto EXAONE-4.0-1.2B and costed step by step (`study::l4_speed`, `eval::projection`) over the {} steps the crate's scheduler plans for {} multiple-choice prompts of the shipped text handed over at once, {} new tokens each, with vLLM's default limits, on the L4's datasheet (300 GB/s; dense 121 TFLOPS bf16, 242.5 TOPS int8 and TFLOPS fp8) at bandwidth × {:.3}, bf16 and fp8 GEMMs × {:.3}, int8 GEMMs × {:.3}, {how}, plus 200 µs per step. The bf16 1.2B projects to {:.1} µs per token; SpeedNorm = (T_base − T) ÷ T_base. Nothing is fitted to the leaderboard: `reports/serve_bench` sets the same projection beside the public results and says where it misses them (there the physics gives W8A8 less than half the speed term its public score implies, and cannot explain FP8's loss).\n",
         g("l4_steps"),
         g("l4_requests"),
         g("l4_new_tokens"),
@@ -126,10 +126,22 @@ pub(super) fn recommend(r: &Results) -> Vec<String> {
             speed_source(r)
         ));
     }
-    if let Some(v) = best(&|v| near_base(v, &|v| r.get(v, "size_mib"))) {
+    // sizes within 1% of the smallest are the same size for a user: the lowest KL among them
+    let smallest = vs
+        .iter()
+        .filter_map(|v| near_base(v, &|v| r.get(v, "size_mib")))
+        .filter(|x| x.is_finite())
+        .min_by(f64::total_cmp);
+    let as_small = |v: &String| {
+        near_base(v, &|v| r.get(v, "size_mib"))
+            .zip(smallest)
+            .is_some_and(|(s, m)| s <= m * 1.01)
+    };
+    if let Some(v) = best(&|v| as_small(v).then(|| r.get(v, "kl_mean")).flatten()) {
         out.push(format!(
-            "size-first (within 10% of the base's perplexity): **{v}** — {:.2} MiB on disk.",
-            r.get(&v, "size_mib").unwrap_or(f64::NAN)
+            "size-first (within 10% of the base's perplexity): **{v}** — {:.2} MiB on disk, the lowest KL to the base ({:.4}) among the variants within 1% of the smallest size.",
+            r.get(&v, "size_mib").unwrap_or(f64::NAN),
+            r.get(&v, "kl_mean").unwrap_or(f64::NAN)
         ));
     }
     let proxy = "competition proxy (0.5·PerfNorm + 0.5·SpeedNorm)";
@@ -150,8 +162,16 @@ pub(super) fn recommend(r: &Results) -> Vec<String> {
                     tied.len() + 1
                 )
             };
+            // the interval is PerfNorm's alone: say when the speed term's assumptions decide
+            let speed = match r.get(v, "l4_best_share") {
+                Some(s) if s < 1.0 => format!(
+                    " Its speed term is a projection on assumed L4 efficiencies: its point Score is the best in {:.0}% of the efficiency sets above, so the pick is not proven for the L4.",
+                    100.0 * s
+                ),
+                _ => String::new(),
+            };
             out.push(format!(
-                "{proxy}: **{v}**, Score {} — {how}.",
+                "{proxy}: **{v}**, Score {} — {how}.{speed}",
                 with_ci(r, v, "score", 3)
             ));
         }
