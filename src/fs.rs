@@ -105,6 +105,12 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether a directory entry named `name` is a run's temporary ([`partial_prefix`]'s names):
+/// never the user's.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".partial-")
+}
+
 /// The prefix of every temporary this process writes for destination `path`.
 pub fn partial_prefix(path: &Path) -> Result<String> {
     Ok(format!(
@@ -455,7 +461,7 @@ pub fn clean_stale(out: &Path) -> Vec<String> {
             _ => None,
         };
         match pid {
-            // this process's own work in progress (e.g. a study's scratch beside its checkpoints)
+            // this process's own work in progress (e.g. a study's scratch beside its report)
             Some(pid) if pid == std::process::id() => {}
             Some(pid) if pid_alive(pid) && start.is_none_or(|t| start_time(pid) == Some(t)) => {
                 notes.push(format!(

@@ -159,9 +159,11 @@ impl Workload {
     /// already at `path` only when `replace`.
     pub fn write_jsonl(&self, path: &Path, replace: bool) -> Result<()> {
         let bytes = self.to_jsonl();
-        crate::fs::write_output(path, replace, |f| {
-            std::io::Write::write_all(f, bytes.as_bytes()).map_err(|e| Error::io(path, e))
-        })
+        if replace {
+            crate::fs::write_atomic(path, bytes.as_bytes())
+        } else {
+            crate::fs::write_new(path, bytes.as_bytes())
+        }
     }
 
     /// Every request checked against the vocabulary, ids unique; the first fault, named.

@@ -214,11 +214,10 @@ fn check_report_dir(
     resume: bool,
 ) -> Result<()> {
     // a run's temporaries (a killed run's are removed when the study starts) are not the user's
-    let temporary = |n: &str| n.starts_with('.') && n.contains(".partial-");
     let empty = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .flatten()
-            .all(|e| temporary(&e.file_name().to_string_lossy())),
+            .all(|e| crate::fs::is_temporary(&e.file_name().to_string_lossy())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
             return Err(Error::Flag(format!(

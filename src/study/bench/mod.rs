@@ -74,11 +74,7 @@ fn at_least_one(s: &str) -> std::result::Result<usize, String> {
 
 /// A `BATCHxLENGTH` prefill point, both at least one, checked when the flag is read.
 fn valid_point(s: &str) -> std::result::Result<String, String> {
-    let ok = s
-        .split_once('x')
-        .and_then(|(b, t)| Some((at_least_one(b).ok()?, at_least_one(t).ok()?)))
-        .is_some();
-    if ok {
+    if parse_point(s).is_some_and(|(b, t)| b >= 1 && t >= 1) {
         Ok(s.to_string())
     } else {
         Err(format!(
@@ -135,9 +131,12 @@ impl Bench {
 
 /// A `BATCHxLENGTH` point (the flag's parser checked it; (1, 512) for text that bypassed it).
 pub fn point(p: &str) -> (usize, usize) {
+    parse_point(p).unwrap_or((1, 512))
+}
+
+fn parse_point(p: &str) -> Option<(usize, usize)> {
     p.split_once('x')
         .and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)))
-        .unwrap_or((1, 512))
 }
 
 /// `b` rows of `t` synthetic prompt ids ([`synthetic_ids`], one sequence across the rows).
