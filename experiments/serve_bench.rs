@@ -39,8 +39,8 @@ struct Args {
     device: String,
     #[arg(long, default_value = "reports/serve_bench")]
     out: PathBuf,
-    /// replace the report already at --out (another experiment's, or one outside reports/), or
-    /// the file at --write-workload
+    /// replace the report already at --out (another experiment's, or one outside reports/), the
+    /// file at --write-workload, or the answers' files in --gen-mc-samples
     #[arg(long)]
     overwrite: bool,
     /// HF transformers' figures on the same requests (scripts/hf_serve.py)
@@ -92,11 +92,7 @@ fn run() -> Result<()> {
     }
     exaone_compress::study::check_report_out(&a.out, "serve_bench", a.overwrite)?;
     let hf = a.hf_json.as_deref().map(bench::read_hf).transpose()?;
-    let device = runtime::open_device(&a.device)?;
     let dir = a.model.clone().map_or_else(default_model, Ok)?;
-    let name = Some(a.device_name.clone()).filter(|n| !n.is_empty());
-    let model = a.model_name.clone().unwrap_or(dir.display().to_string());
-    let mut r = Results::new("serve_bench", &name.unwrap_or(a.device.clone()), &model);
     let variants: Vec<(&str, PathBuf)> = [
         ("bf16", Some(dir.clone())),
         ("w4a16", a.w4a16.clone()),
@@ -106,6 +102,12 @@ fn run() -> Result<()> {
     .into_iter()
     .filter_map(|(l, d)| d.map(|d| (l, d)))
     .collect();
+    let labels: Vec<&str> = variants.iter().map(|v| v.0).collect();
+    serving::check_samples_out(&a.serve, &labels, a.overwrite)?;
+    let device = runtime::open_device(&a.device)?;
+    let name = Some(a.device_name.clone()).filter(|n| !n.is_empty());
+    let model = a.model_name.clone().unwrap_or(dir.display().to_string());
+    let mut r = Results::new("serve_bench", &name.unwrap_or(a.device.clone()), &model);
     serving::run_all(&mut r, &a.serve, &w, &device, &variants, a.long_requests)?;
     if let Some(hf) = &hf {
         bench::record_hf(&mut r, hf);

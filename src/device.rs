@@ -43,3 +43,11 @@ pub fn parse_dtype(s: &str, device: &Device) -> Result<DType> {
         }
     })
 }
+
+/// The memory the system has available (Linux's MemAvailable), where it says.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

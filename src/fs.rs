@@ -425,8 +425,28 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
 /// Finds what killed runs left beside `out`: `.NAME.partial-PID-*` temporaries (removed when
 /// process PID is gone; reported when it still runs or the name carries no PID), and
 /// `.NAME.old-PID-*` (a previous `out` moved aside by an overwrite that did not finish: put back
-/// when `out` is missing, else removed). Returns one note per thing found.
+/// when `out` is missing, else removed); and, where `out` is a folder (a report's), the same
+/// for the files written inside it (a run killed while writing its README.md leaves a
+/// `.README.md.partial-…` there). Returns one note per thing found.
 pub fn clean_stale(out: &Path) -> Vec<String> {
+    let mut notes = clean_stale_beside(out);
+    let inside: std::collections::BTreeSet<String> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            let at = n.rfind(".partial-").or_else(|| n.rfind(".old-"))?;
+            (n.starts_with('.') && at > 1).then(|| n[1..at].to_string())
+        })
+        .collect();
+    for name in inside {
+        notes.extend(clean_stale_beside(&out.join(name)));
+    }
+    notes
+}
+
+fn clean_stale_beside(out: &Path) -> Vec<String> {
     let Ok(name) = file_name_of(out) else {
         return vec![];
     };

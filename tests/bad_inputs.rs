@@ -624,4 +624,14 @@ fn study_flags_that_contradict_each_other_are_refused_before_any_work() {
     let e = study(sb, &["--write-workload", s(&wl)]);
     assert!(e.contains("already exists") || e.contains("exists"), "{e}");
     assert_eq!(std::fs::read_to_string(&wl).unwrap(), "precious");
+    // nor the answers an earlier run wrote, and a folder for answers needs answers to write
+    let answers = mine.join("gen_mc-bf16.jsonl");
+    std::fs::write(&answers, "earlier").unwrap();
+    for (extra, want) in [(None, "--gen-mc N"), (Some("4"), "--overwrite")] {
+        let mut args = vec!["--out", s(&out), "--gen-mc-samples", s(&mine)];
+        args.extend(extra.map(|n| ["--gen-mc", n]).iter().flatten());
+        let e = study(sb, &args);
+        assert!(e.contains("--gen-mc-samples") && e.contains(want), "{e}");
+    }
+    assert_eq!(std::fs::read_to_string(&answers).unwrap(), "earlier");
 }

@@ -167,7 +167,13 @@ fn a_study_keeps_its_variants_with_recipes_that_rebuild_them_and_resumes() {
     assert_eq!(base_rows(&again), base_rows(&r));
     assert_eq!(again.get("original", "drop_one_kl_layer_1"), Some(0.5));
     assert!(again.method_of("w8").contains("FP8"));
-    // --keep none: the study's own checkpoints directory is emptied of what it kept before
+    // --keep none: what an earlier run kept stays (it may be what the user meant to submit)
+    // until a run with --overwrite that keeps something else
+    assert!(out.join("checkpoints").join("chain").join("recipe.json").is_file());
+    let mut s = study(&out, &["--overwrite", "--keep", "none"]);
+    let base = s.base.share();
+    s.measure(&Variant::original(), &base).unwrap();
+    s.finish("Keep test", vec![], &[]).unwrap();
     assert!(!out.join("checkpoints").exists());
 }
 

@@ -362,7 +362,7 @@ impl Suite {
         use crate::eval::divergence::{base_logits, divergence_from_logits};
         let bar = stage_bar(format!("{who}: KL to the base"));
         let (seqs, batch) = (&self.kl_sequences, self.batch);
-        let r = if base.device().is_cpu() && !seqs.is_empty() {
+        let r = if base.device().is_cpu() && !seqs.is_empty() && self.base_logits_fit(base) {
             let logits = match self.base_logits.get() {
                 Some(l) => l,
                 None => {
@@ -376,6 +376,28 @@ impl Suite {
         };
         bar.finish_and_clear();
         Ok(r?)
+    }
+
+    /// Whether the base's logits on the KL sequences, kept for every variant, take at most half
+    /// the memory available (else each variant runs the base again: same figures, more time).
+    fn base_logits_fit(&self, base: &Exaone4) -> bool {
+        if self.base_logits.get().is_some() {
+            return true;
+        }
+        let tokens: usize = self.kl_sequences.iter().map(Vec::len).sum();
+        let need = (tokens * base.config.vocab_size * base.dtype().size_in_bytes()) as u64;
+        let fit = crate::device::available_memory().is_none_or(|have| need <= have / 2);
+        static SAID: std::sync::Once = std::sync::Once::new();
+        if !fit {
+            SAID.call_once(|| {
+                eprintln!(
+                    "KL: the base's logits on {} sequences ({:.1} GiB) are more than half the memory available; the base runs again for each variant instead of being kept",
+                    self.kl_sequences.len(),
+                    need as f64 / (1u64 << 30) as f64
+                )
+            });
+        }
+        fit
     }
 
     /// The base's per-item results (per-token NLL, multiple-choice and generated answers the

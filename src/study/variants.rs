@@ -368,9 +368,9 @@ impl super::Study {
 
     /// Keeps the checkpoints `--keep` names under the checkpoints directory (each with its
     /// recipe.json; a variant resumed, not built in this run, is built again unless the kept
-    /// one is already it), records where as [`KEPT_METRIC`] rows, and in the default directory
-    /// (`<out>/checkpoints`, the study's own) removes the variants an earlier run kept that this
-    /// one does not.
+    /// one is already it), records where as [`KEPT_METRIC`] rows; in the default directory
+    /// (`<out>/checkpoints`, the study's own) the variants an earlier run kept that this one does
+    /// not are removed with `--overwrite` and otherwise left in place (and named on stderr).
     pub(crate) fn keep_checkpoints(&mut self) -> Result<()> {
         let picked = |n: &str| self.results.get(n, "verdict_pick") == Some(1.0);
         let names: Vec<String> = match self.keep {
@@ -438,7 +438,21 @@ impl super::Study {
             self.results.add(&row, KEPT_METRIC, 1.0, None, "");
         }
         if own {
-            remove_unkept(&self.ck_root, &kept);
+            let earlier = unkept(&self.ck_root, &kept);
+            if self.args.overwrite {
+                for p in &earlier {
+                    let _ = std::fs::remove_dir_all(p);
+                }
+            } else if !earlier.is_empty() {
+                let list: Vec<String> = earlier.iter().map(|p| p.display().to_string()).collect();
+                eprintln!(
+                    "left in place {} checkpoint(s) an earlier run kept and this one does not (--overwrite removes them): {}",
+                    earlier.len(),
+                    list.join(", ")
+                );
+            }
+            // gone only if nothing is left in it
+            let _ = std::fs::remove_dir(&self.ck_root);
         }
         if self.keep != Keep::None && names.is_empty() {
             let keep = format!("{:?}", self.keep).to_lowercase();
@@ -448,18 +462,20 @@ impl super::Study {
     }
 }
 
-/// Removes from the study's own checkpoints directory the model directories (with a recipe)
-/// an earlier run kept that this one did not, and the directory itself when left empty.
-fn remove_unkept(root: &Path, kept: &[PathBuf]) {
+/// The model directories (with a recipe) in the study's own checkpoints directory that this
+/// run did not keep: an earlier run's, removed only with `--overwrite` (they may be what the
+/// user meant to submit).
+fn unkept(root: &Path, kept: &[PathBuf]) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(root) else {
-        return;
+        return vec![];
     };
-    for e in rd.flatten() {
-        let p = e.path();
-        let recipe = p.join(crate::compress::recipe::RECIPE_FILE);
-        if p.is_dir() && recipe.is_file() && !kept.contains(&p) {
-            let _ = std::fs::remove_dir_all(&p);
-        }
-    }
-    let _ = std::fs::remove_dir(root);
+    let mut found: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir() && p.join(crate::compress::recipe::RECIPE_FILE).is_file() && !kept.contains(p)
+        })
+        .collect();
+    found.sort();
+    found
 }

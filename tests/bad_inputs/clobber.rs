@@ -472,15 +472,22 @@ fn a_study_killed_by_a_signal_leaves_its_scratch_where_the_next_run_removes_it()
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let left = scratch().expect("the study's scratch beside its report");
+    let pid = child.id();
     child.kill().unwrap(); // SIGKILL: no destructor runs
     child.wait().unwrap();
     assert!(tmp.path().join(&left).exists());
+    // as a run killed while writing its README.md inside the report folder leaves it
+    std::fs::create_dir_all(&out).unwrap();
+    let half = out.join(format!(".README.md.partial-{pid}-x"));
+    std::fs::write(&half, "half a report").unwrap();
     // what the killed run left is no report of the user's: no --overwrite needed
     let o = baseline(&[&args[..], &["--mc-items", "2", "--kl-sequences", "2"]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("removed") && err.contains(&left), "{err}");
+    assert!(err.contains(".README.md.partial-") && !half.exists(), "{err}");
     no_leftovers(tmp.path());
+    no_leftovers(&out);
 }
 
 #[test]

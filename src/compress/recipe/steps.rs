@@ -525,7 +525,7 @@ fn run_distill(d: &mut DistillStep, input: &Path, out: &Path, ctx: &Ctx) -> Resu
     if ctx.device.is_cpu() {
         // the student's logits, their gradient and the teacher's log-probabilities, in f32
         let need = 3 * 4 * d.batch * d.seq_len * sv;
-        if let Some(have) = available_memory().filter(|&h| need as u64 > h) {
+        if let Some(have) = crate::device::available_memory().filter(|&h| need as u64 > h) {
             return Err(bad(format!(
                 "distill: a step of {} × {} tokens needs at least {:.1} GiB for its logits ({} × vocabulary {sv} × f32, three copies), more than the {:.1} GiB of memory available; use a smaller batch or seq_len",
                 d.batch,
@@ -656,14 +656,6 @@ fn stored_dense(student: &Exaone4, groups: &[ParamGroup], input: &Path) -> Resul
         }
     }
     Ok(())
-}
-
-/// The memory the system has available (Linux's MemAvailable), where it says.
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The empty parameters of a dequantize step.

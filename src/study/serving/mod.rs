@@ -135,7 +135,7 @@ pub fn gen_mc<E: StepExecutor>(
     );
     if let Some(d) = &a.gen_mc_samples {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-        res.write_jsonl(&d.join(format!("gen_mc-{}.jsonl", v.name)))?;
+        res.write_jsonl(&samples_file(d, &v.name))?;
     }
     eprintln!(
         "{}: {} generation-scored items in {:.1} s, accuracy {:.3}, {} without an answer",
@@ -145,6 +145,42 @@ pub fn gen_mc<E: StepExecutor>(
         res.accuracy,
         res.no_answer
     );
+    Ok(())
+}
+
+/// Where `--gen-mc-samples DIR` puts variant `label`'s answers.
+fn samples_file(dir: &Path, label: &str) -> std::path::PathBuf {
+    dir.join(format!("gen_mc-{label}.jsonl"))
+}
+
+/// Whether the answers of variants `labels` may go where `--gen-mc-samples` says, checked before
+/// any work: it needs `--gen-mc`, names a folder, and a variant's earlier file is replaced only
+/// with `overwrite`.
+pub fn check_samples_out(a: &ServeArgs, labels: &[&str], overwrite: bool) -> Result<()> {
+    let Some(d) = &a.gen_mc_samples else {
+        return Ok(());
+    };
+    if a.gen_mc == 0 {
+        return Err(Error::Flag(
+            "--gen-mc-samples: there are no answers to write without --gen-mc N (items per variant)"
+                .into(),
+        ));
+    }
+    if d.exists() && !d.is_dir() {
+        return Err(Error::Flag(format!(
+            "--gen-mc-samples {}: is a file, not a folder",
+            d.display()
+        )));
+    }
+    for l in labels {
+        let f = samples_file(d, l);
+        if f.exists() && !overwrite {
+            return Err(Error::Flag(format!(
+                "--gen-mc-samples: {} already exists; pass --overwrite to replace it",
+                f.display()
+            )));
+        }
+    }
     Ok(())
 }
 
