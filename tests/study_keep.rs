@@ -169,7 +169,11 @@ fn a_study_keeps_its_variants_with_recipes_that_rebuild_them_and_resumes() {
     assert!(again.method_of("w8").contains("FP8"));
     // --keep none: what an earlier run kept stays (it may be what the user meant to submit)
     // until a run with --overwrite that keeps something else
-    assert!(out.join("checkpoints").join("chain").join("recipe.json").is_file());
+    assert!(out
+        .join("checkpoints")
+        .join("chain")
+        .join("recipe.json")
+        .is_file());
     let mut s = study(&out, &["--overwrite", "--keep", "none"]);
     let base = s.base.share();
     s.measure(&Variant::original(), &base).unwrap();

@@ -241,7 +241,7 @@ pub fn markdown(r: &Results, command: &str) -> String {
     for v in present(r) {
         if let Some(b1) = r.get(v, "serve_b1_step_ms") {
             let s = r.spread(v, "serve_b1_step_ms").unwrap_or(f64::NAN);
-            let _ = writeln!(md, "| {v} | batch-1 decode step, same path (median ms [max − min]) | {b1:.3} [{s:.3}] |");
+            let _ = writeln!(md, "| {v} | batch-1 decode step, same path (median ms [max − min] over the repeats) | {b1:.3} [{s:.3}] |");
         }
         let long_rows = || {
             r.rows

@@ -473,7 +473,9 @@ fn unkept(root: &Path, kept: &[PathBuf]) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.is_dir() && p.join(crate::compress::recipe::RECIPE_FILE).is_file() && !kept.contains(p)
+            p.is_dir()
+                && p.join(crate::compress::recipe::RECIPE_FILE).is_file()
+                && !kept.contains(p)
         })
         .collect();
     found.sort();

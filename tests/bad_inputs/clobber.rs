@@ -485,7 +485,10 @@ fn a_study_killed_by_a_signal_leaves_its_scratch_where_the_next_run_removes_it()
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("removed") && err.contains(&left), "{err}");
-    assert!(err.contains(".README.md.partial-") && !half.exists(), "{err}");
+    assert!(
+        err.contains(".README.md.partial-") && !half.exists(),
+        "{err}"
+    );
     no_leftovers(tmp.path());
     no_leftovers(&out);
 }

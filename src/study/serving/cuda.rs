@@ -208,7 +208,7 @@ impl CudaRun {
         }
         if a.b1_tokens > 0 {
             runner.config = scheduler(a, 1, blocks);
-            batch1(r, &v, &mut runner, w, a.b1_tokens)?;
+            batch1(r, &v, &mut runner, w, a.b1_tokens, a.repeats as usize)?;
         }
         for b in [1, maxc] {
             let ctx = PROFILE_CONTEXT;

@@ -279,31 +279,37 @@ pub fn measure<E: StepExecutor>(
     Ok(median)
 }
 
-/// Batch-1 decoding on the same path: one request of the workload's first prompt, the median
-/// decode step in ms (spread: max − min over steps).
+/// Batch-1 decoding on the same path: one request of the workload's first prompt, run once
+/// untimed and `repeats` times timed; the median over the runs of each run's median decode
+/// step in ms (spread: max − min of those medians, as every other cell's is over its repeats).
 pub fn batch1<E: StepExecutor>(
     r: &mut Results,
     variant: &Variant,
     runner: &mut Runner<E>,
     w: &Workload,
     tokens: usize,
+    repeats: usize,
 ) -> Result<()> {
     let mut req = w.requests[0].clone();
     req.max_new_tokens = tokens;
     req.stop_ids.clear();
     let one = Workload::new(vec![req]);
     runner.run(&one)?;
-    let rep = runner.run(&one)?;
-    let steps: Vec<f64> = rep
-        .steps
-        .iter()
-        .filter(|s| s.prefill_tokens == 0)
-        .map(|s| s.secs * 1e3)
-        .collect();
-    if steps.is_empty() {
-        return Ok(());
+    let mut medians = vec![];
+    for _ in 0..repeats.max(1) {
+        let rep = runner.run(&one)?;
+        let steps: Vec<f64> = rep
+            .steps
+            .iter()
+            .filter(|s| s.prefill_tokens == 0)
+            .map(|s| s.secs * 1e3)
+            .collect();
+        if steps.is_empty() {
+            return Ok(());
+        }
+        medians.push(median_spread(steps).0);
     }
-    let (med, spread) = median_spread(steps);
+    let (med, spread) = median_spread(medians);
     r.add(variant, "serve_b1_step_ms", med, Some(spread), "ms");
     Ok(())
 }
@@ -363,7 +369,7 @@ pub fn run_cpu(
     }
     runner.config = scheduler(a, 1, blocks);
     if a.b1_tokens > 0 {
-        batch1(r, &variant, &mut runner, w, a.b1_tokens)?;
+        batch1(r, &variant, &mut runner, w, a.b1_tokens, a.repeats as usize)?;
     }
     runner.config = scheduler(a, a.concurrency.iter().copied().max().unwrap_or(1), blocks);
     gen_mc(r, &variant, &mut runner, dir, a)?;
