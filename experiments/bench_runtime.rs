@@ -81,11 +81,12 @@ fn run() -> Result<()> {
     let name = Some(&a.device_name)
         .filter(|n| !n.is_empty())
         .unwrap_or(&a.device);
-    let mut r = Results::new(
-        "bench_runtime",
-        &format!("{name} ({dtype:?})"),
-        &dir.display().to_string(),
-    );
+    // the sweep multiplies random operands of the 1.2B's shapes: no model in it
+    let model = match a.gemm_sweep {
+        true => "none (random operands of the 1.2B's GEMM shapes)".to_string(),
+        false => exaone_compress::study::model_label(&dir),
+    };
+    let mut r = Results::new("bench_runtime", &format!("{name} ({dtype:?})"), &model);
     if a.gemm_sweep {
         let (w4, checks) = (a.w4_only, a.checks_only);
         return Ok(bench::gemm::sweep(r, &device, &a.out, w4, checks)?);

@@ -11,7 +11,7 @@ pub mod suite;
 pub mod variants;
 pub mod verdict;
 
-pub use setup::{check_report_out, Study, StudyArgs};
+pub use setup::{check_report_out, model_label, Study, StudyArgs};
 pub use suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 pub use variants::Keep;
 

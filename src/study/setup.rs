@@ -135,7 +135,7 @@ pub struct Study {
 /// How a report names the base model: by role for the shipped default model, relative to the
 /// working directory when it lies below it, else as given — never a path of the machine that
 /// made the report when it can be helped.
-fn model_label(dir: &std::path::Path) -> String {
+pub fn model_label(dir: &std::path::Path) -> String {
     if dir == default_model_dir() {
         return "data/default-model (the shipped default model)".into();
     }

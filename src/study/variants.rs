@@ -454,9 +454,13 @@ impl super::Study {
             // gone only if nothing is left in it
             let _ = std::fs::remove_dir(&self.ck_root);
         }
-        if self.keep != Keep::None && names.is_empty() {
+        // said once, with the reason that holds (random weights said theirs above)
+        if self.keep != Keep::None && names.is_empty() && !self.args.random_weights {
             let keep = format!("{:?}", self.keep).to_lowercase();
-            eprintln!("--keep {keep}: no variant made by a recipe to keep (variants made in memory have no recipe and are not kept)");
+            match self.recipes.is_empty() {
+                true => eprintln!("--keep {keep}: no variant made by a recipe to keep (variants made in memory have no recipe and are not kept)"),
+                false => eprintln!("--keep {keep}: the report recommends no variant; no checkpoint kept (--keep all keeps every variant's)"),
+            }
         }
         Ok(())
     }
