@@ -19,7 +19,7 @@ struct Args {
     #[command(flatten)]
     study: StudyArgs,
     /// decoder layers to drop (at least 1, fewer than the model has)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = exaone_compress::study::at_least_one::<u64>)]
     drop_layers: u64,
 }
 

@@ -11,8 +11,8 @@ use crate::model::Tokenizer;
 /// The default model shipped in `data/default-model` (used when no `--model` is given), under
 /// [`data_dir`]. `EXAONE_COMPRESS_DEFAULT_MODEL` (kept for compatibility) overrides the model alone.
 pub fn default_model_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("EXAONE_COMPRESS_DEFAULT_MODEL") {
-        return p.into();
+    if let Some(p) = env_path("EXAONE_COMPRESS_DEFAULT_MODEL") {
+        return p;
     }
     data_dir().join("default-model")
 }
@@ -25,13 +25,10 @@ pub fn default_model() -> crate::Result<PathBuf> {
     if dir.join("config.json").is_file() {
         return Ok(dir);
     }
-    let looked = if let Some(p) = std::env::var_os("EXAONE_COMPRESS_DEFAULT_MODEL") {
-        format!("EXAONE_COMPRESS_DEFAULT_MODEL={}", Path::new(&p).display())
-    } else if let Some(p) = std::env::var_os("EXAONE_COMPRESS_DATA") {
-        format!(
-            "EXAONE_COMPRESS_DATA={} (its default-model/)",
-            Path::new(&p).display()
-        )
+    let looked = if let Some(p) = env_path("EXAONE_COMPRESS_DEFAULT_MODEL") {
+        format!("EXAONE_COMPRESS_DEFAULT_MODEL={}", p.display())
+    } else if let Some(p) = env_path("EXAONE_COMPRESS_DATA") {
+        format!("EXAONE_COMPRESS_DATA={} (its default-model/)", p.display())
     } else {
         data_candidates()
             .iter()
@@ -66,8 +63,8 @@ pub fn tokenizer_for_model(dir: &Path) -> crate::Result<(Tokenizer, bool)> {
 /// A candidate counts when it holds `default-model/config.json`. When none does, the source
 /// tree's path is returned, so that the error reading it names where data was expected.
 pub fn data_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("EXAONE_COMPRESS_DATA") {
-        return p.into();
+    if let Some(p) = env_path("EXAONE_COMPRESS_DATA") {
+        return p;
     }
     let mut candidates = data_candidates();
     let found = candidates
@@ -75,6 +72,14 @@ pub fn data_dir() -> PathBuf {
         .position(|d| d.join("default-model").join("config.json").is_file());
     // none: the source tree, the last candidate
     candidates.swap_remove(found.unwrap_or(candidates.len() - 1))
+}
+
+/// A path from environment variable `name`; set but empty counts as unset (as a shell's
+/// `VAR= cmd` means "none", not "the working directory").
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Where [`data_dir`] looks without the override, in order: beside the running binary, then

@@ -6,14 +6,24 @@ use crate::error::{Error, Result};
 
 /// `cpu`, `cuda` or `cuda:N`. (`runtime::open_device` also sets up the CUDA memory pool.)
 pub fn parse_device(s: &str) -> Result<Device> {
+    // a binary built without CUDA says how to get one, not candle's "not been built with cuda"
+    let cuda = |n: usize| -> Result<Device> {
+        if !cfg!(feature = "cuda") {
+            return Err(Error::Flag(format!(
+                "--device {s}: this binary was built for the CPU only; build one with \
+                 `cargo build --release --features cuda` (README: the CUDA build) or pass --device cpu"
+            )));
+        }
+        Ok(Device::new_cuda(n)?)
+    };
     Ok(match s {
         "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
+        "cuda" => cuda(0)?,
         s if s.starts_with("cuda:") => {
             let n = s[5..].parse().map_err(|_| {
                 Error::Flag(format!("--device {s:?}: N in cuda:N must be a number"))
             })?;
-            Device::new_cuda(n)?
+            cuda(n)?
         }
         other => {
             return Err(Error::Flag(format!(

@@ -11,6 +11,30 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// The files a model directory carries beside config.json and its weights, as the harness
+/// copies them from the model it read (tokenizer, chat template, generation settings).
+pub const MODEL_SIDE_FILES: &[&str] = &[
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+];
+
+/// Whether `name` is a file the harness writes into a model directory: config.json, the
+/// weights (`*.safetensors`, the shard index), [`MODEL_SIDE_FILES`] and the recipe
+/// (`recipe.json`). Anything else there is the user's: `--overwrite` does not replace it.
+pub fn is_model_file(name: &str) -> bool {
+    matches!(
+        name,
+        "config.json" | "recipe.json" | "model.safetensors.index.json"
+    ) || name.ends_with(".safetensors")
+        || MODEL_SIDE_FILES.contains(&name)
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,
 /// then renamed over `path` (replacing it, if it existed: callers decide whether they may).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -331,10 +355,35 @@ fn check_replaceable(out: &Path, m: &std::fs::Metadata, kind: OutputKind) -> Res
                 .map_err(|e| Error::io(out, e))?
                 .next()
                 .is_none();
-            if empty || out.join("config.json").is_file() {
-                Ok(())
-            } else {
-                refuse("is not a model directory (no config.json)")
+            if empty {
+                return Ok(());
+            }
+            if !out.join("config.json").is_file() {
+                return refuse("is not a model directory (no config.json)");
+            }
+            // a model directory with the user's notes or folders in it: replacing it loses them
+            let mut foreign: Vec<String> = std::fs::read_dir(out)
+                .map_err(|e| Error::io(out, e))?
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    match (dir, is_model_file(&name)) {
+                        _ if is_temporary(&name) => None,
+                        (false, true) => None,
+                        (true, _) => Some(format!("{name}/")),
+                        (false, false) => Some(name),
+                    }
+                })
+                .collect();
+            foreign.sort();
+            match foreign.is_empty() {
+                true => Ok(()),
+                false => refuse(&format!(
+                    "holds what the harness does not write there ({}), which replacing it would \
+                     lose; move that out or choose another --out",
+                    foreign.join(", ")
+                )),
             }
         }
         OutputKind::File => Ok(()),

@@ -635,3 +635,54 @@ fn study_flags_that_contradict_each_other_are_refused_before_any_work() {
     }
     assert_eq!(std::fs::read_to_string(&answers).unwrap(), "earlier");
 }
+
+#[test]
+fn errors_say_what_is_wrong_and_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = exaone_compress::default_model_dir();
+    let out = tmp.path().join("o");
+    let gptq = format!(
+        "quantize --model {} --scheme w4a16 --method gptq --out {}",
+        s(&m),
+        s(&out)
+    );
+    // a directory or an empty file given as the calibration text
+    fails(
+        &format!("{gptq} --calib {}", s(tmp.path())),
+        &["is a directory"],
+    );
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    fails(
+        &format!("{gptq} --calib {}", s(&empty)),
+        &["empty.txt", "holds no text"],
+    );
+    // a learning rate out of range: one message for both ends
+    for lr in ["0", "5"] {
+        let cmd = format!("distill --student {} --out {} --lr {lr}", s(&m), s(&out));
+        fails(&cmd, &["must be > 0 and at most 1"]);
+    }
+    // model.safetensors that is a directory
+    let d = copy_dir(&m, &tmp.path().join("d"));
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::fs::create_dir(d.join("model.safetensors")).unwrap();
+    fails(
+        &format!("info --model {}", s(&d)),
+        &["is a directory, not a safetensors file"],
+    );
+    // CUDA asked of a CPU build: how to get one
+    if !cfg!(feature = "cuda") {
+        fails(
+            &format!("info --model {} --device cuda", s(&m)),
+            &["built for the CPU only", "--features cuda"],
+        );
+    }
+    // an empty data override counts as unset (the default model is still found)
+    let o = Command::new(env!("CARGO_BIN_EXE_exaone-compress"))
+        .args(["info"])
+        .env("EXAONE_COMPRESS_DATA", "")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.exists());
+}

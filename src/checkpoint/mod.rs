@@ -7,6 +7,7 @@ pub mod package;
 pub mod qlinear;
 mod reader;
 pub mod scheme;
+mod stray;
 mod writer;
 
 pub use load::load_model;

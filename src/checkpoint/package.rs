@@ -126,6 +126,7 @@ fn problems(dir: &Path) -> Vec<String> {
     if !has_template {
         p.push("no chat template (chat_template.jinja or tokenizer_config.json's chat_template): the harness applies it".into());
     }
+    super::stray::stray_weights(dir, &mut p);
     let ck = match Checkpoint::open(dir) {
         Ok(c) => c,
         Err(e) => {
@@ -599,7 +600,6 @@ pub fn package(dir: &Path, out: &Path) -> Result<Vec<String>> {
 pub fn package_to(dir: &Path, out: &Path, overwrite: bool) -> Result<Vec<String>> {
     crate::fs::refuse_overlap(out, &[dir], true)?;
     crate::fs::check_destination(out, crate::fs::OutputKind::File, overwrite)?;
-    let mut notes = vec![];
     let problems = validate(dir);
     if !problems.is_empty() {
         return Err(Error::Invalid(format!(
@@ -609,6 +609,7 @@ pub fn package_to(dir: &Path, out: &Path, overwrite: bool) -> Result<Vec<String>
             problems.join("\n  - ")
         )));
     }
+    let mut notes = notes(dir);
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
@@ -659,10 +660,17 @@ pub fn package_to(dir: &Path, out: &Path, overwrite: bool) -> Result<Vec<String>
         let mut w = zw.finish().map_err(zip_err)?;
         w.flush().map_err(|e| Error::io(out, e))
     })?;
+    Ok(notes)
+}
+
+/// What `package` says beside a valid model (none of it stops the zip): files zipped that no
+/// loader reads, an lm_head that vLLM ignores.
+pub fn notes(dir: &Path) -> Vec<String> {
+    let mut notes = super::stray::foreign_files(dir);
     if ck_has_redundant_head(dir) {
         notes.push("lm_head.weight is in the files but tie_word_embeddings is true: vLLM ignores it (dead weight)".into());
     }
-    Ok(notes)
+    notes
 }
 
 fn ck_has_redundant_head(dir: &Path) -> bool {

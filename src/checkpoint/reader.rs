@@ -79,6 +79,13 @@ impl Checkpoint {
         let mut maps = Vec::with_capacity(files.len());
         let mut tensors = BTreeMap::new();
         for (idx, path) in files.into_iter().enumerate() {
+            // mapping a directory fails with "No such device": say what is wrong instead
+            if path.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{}: is a directory, not a safetensors file",
+                    path.display()
+                )));
+            }
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: the mapping is read-only; a checkpoint modified while open is the user's
             // problem, as with every mmap-based loader (transformers, candle, vLLM).
@@ -262,7 +269,7 @@ impl Checkpoint {
     }
 }
 
-fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;

@@ -15,16 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::Exaone4Config;
 
 /// Files of a model directory that are not weights and are carried over unchanged.
-pub const SIDE_FILES: &[&str] = &[
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-];
+pub const SIDE_FILES: &[&str] = crate::fs::MODEL_SIDE_FILES;
 
 /// A tensor ready to be written: any safetensors dtype, including those candle lacks (int8).
 #[derive(Clone, Debug)]

@@ -196,6 +196,12 @@ pub fn read_documents_with_template(
         }
     };
     let lines = crate::data::read_lines(path).map_err(|e| Error::io(path, e))?;
+    if lines.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: holds no text (every line empty); give a file with one document per line",
+            path.display()
+        )));
+    }
     if path.extension().is_none_or(|e| e != "jsonl") {
         return lines.into_iter().map(wrap).collect();
     }

@@ -504,3 +504,34 @@ impl Recipe {
         })
     }
 }
+
+/// A note when `dir`'s `recipe.json` cannot rebuild `dir` (`package` says it: the recipe goes
+/// into the submission): not a recipe this version reads, or one recorded for other weights or
+/// another config. None without a recipe, or when it is this checkpoint's.
+pub fn recipe_note(dir: &Path) -> Option<String> {
+    let path = dir.join(RECIPE_FILE);
+    if !path.is_file() {
+        return None;
+    }
+    let r = match Recipe::read(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            return Some(format!(
+                "{e}: `exaone-compress apply` cannot rebuild this checkpoint from it"
+            ))
+        }
+    };
+    let (want, have) = (r.result?, ModelId::of(dir).ok()?);
+    let what = match (
+        want.weights_hash == have.weights_hash,
+        want.config_hash == have.config_hash,
+    ) {
+        (true, true) => return None,
+        (false, _) => format!(
+            "weights {} where this directory's are {}",
+            want.weights_hash, have.weights_hash
+        ),
+        (true, false) => "the same weights with another config.json".to_string(),
+    };
+    Some(format!("{RECIPE_FILE} was recorded for another checkpoint ({what}): `exaone-compress apply` would not rebuild this one from it"))
+}

@@ -123,6 +123,24 @@ fn divergence_against(
     if n == 0 {
         candle_core::bail!("divergence: no sequences");
     }
+    // a model with NaN or inf logits (broken weights) has no KL: said, and NaN, never 0
+    // (`f64::max(NaN, 0.0)` is 0.0, which read as "identical to the base")
+    let bad = kls.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        eprintln!(
+            "warning: KL is not finite at {bad} of {n} positions (the model's logits hold NaN or inf: \
+             `exaone-compress package --check` finds weights that do); KL and top-1 are reported as NaN"
+        );
+        let nan = f64::NAN;
+        let d = Divergence {
+            tokens: n,
+            kl_mean: nan,
+            kl_stderr: nan,
+            kl_p99: nan,
+            top1: nan,
+        };
+        return Ok((d, per_sequence));
+    }
     let mean = kls.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
     let m = seq_means.len() as f64;
     let var = seq_means.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (m - 1.0).max(1.0);

@@ -119,6 +119,11 @@ pub fn generate_timed(
     let input = Tensor::from_vec(ids, (b, longest), &dev)?;
     let h = model.forward_hidden(&input, Some(&mut cache))?;
     let mut last = model.logits(&h.narrow(1, longest - 1, 1)?.squeeze(1)?)?; // [b, vocab]
+                                                                             // NaN logits argmax to token 0 every step: said once, not printed as an answer
+    let total = last.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    if !total.is_finite() {
+        eprintln!("warning: generate: the model's first logits are not finite (NaN or inf weights? `exaone-compress package --model DIR --check` finds them): what follows is meaningless");
+    }
 
     let vocab = model.config.vocab_size;
     let eos_mask = if opts.eos_ids.is_empty() || opts.min_new_tokens == 0 {

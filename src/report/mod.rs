@@ -12,11 +12,66 @@ use std::fmt::Write as _;
 use crate::error::{Error, Result};
 use crate::record::{Environment, Results};
 
-/// `text` (a command line, a model's path) with this machine's paths named by role, so a
-/// committed report names none: a path under the working directory becomes relative to it, one
-/// under `$OUT` (the GPU machine's output folder) or `$TMPDIR`/`/tmp` is written through that
-/// variable, and a path under the home folder through `~`. Relative paths and other words stay.
+/// `text`, a command line (shell words, as [`shell_words`] writes them), with this machine's
+/// paths named by role, so a committed report names none: a path under the working directory
+/// becomes relative to it, one under `$OUT` (the GPU machine's output folder) or
+/// `$TMPDIR`/`/tmp` is written through that variable, and a path under the home folder through
+/// `~`. Relative paths and other words stay; a word that needs quoting is quoted (outside the
+/// role, so `$TMPDIR` still expands), so the line can be pasted into a shell.
 pub fn by_role(text: &str) -> String {
+    let words =
+        shlex::split(text).unwrap_or_else(|| text.split_whitespace().map(str::to_string).collect());
+    words
+        .iter()
+        .map(|w| match role_of(w) {
+            Some((head, lead, rest)) => format!("{}{lead}{}", shell_word(head), shell_word(rest)),
+            None => shell_word(w).into_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One path (a model's, a checkpoint's) named by role as [`by_role`] does, not quoted.
+pub fn path_by_role(path: &str) -> String {
+    match role_of(path) {
+        Some((head, lead, rest)) => format!("{head}{lead}{rest}"),
+        None => path.to_string(),
+    }
+}
+
+/// Command-line words joined into one line a POSIX shell splits back into the same words
+/// (each quoted where it needs to be).
+pub fn shell_words<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> String {
+    words
+        .into_iter()
+        .map(|w| shell_word(w.as_ref()).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `w` as one shell word: as it is when every character is plain (letters, digits and
+/// `+-./:@_,=%^`), else single-quoted — except a leading role (`$OUT/`, `$TMPDIR/`, `~/`,
+/// as [`by_role`] writes them), which stays outside the quotes so that it expands.
+fn shell_word(w: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| c.is_alphanumeric() || "+-./:@_,=%^".contains(c);
+    if w.is_empty() {
+        return "".into();
+    }
+    for role in ["$OUT/", "$TMPDIR/", "~/"] {
+        if let Some(rest) = w.strip_prefix(role).filter(|r| !r.is_empty()) {
+            return format!("{role}{}", shell_word(rest)).into();
+        }
+    }
+    match w.chars().all(plain) {
+        true => w.into(),
+        false => format!("'{}'", w.replace('\'', r"'\''")).into(),
+    }
+}
+
+/// A word's path split by role: (what precedes the path, e.g. `--out=`; the role as written
+/// before the rest — `$TMPDIR/`, nothing for the working directory, `.` for that directory
+/// itself; the rest below the role's root). None when it lies under no root.
+fn role_of(w: &str) -> Option<(&str, String, &str)> {
     let cwd = std::env::current_dir()
         .ok()
         .map(|p| p.display().to_string());
@@ -35,30 +90,26 @@ pub fn by_role(text: &str) -> String {
     .into_iter()
     .flatten()
     .collect();
-    text.split(' ')
-        .map(|w| {
-            // a word may carry the path after `--flag=`
-            let (head, path) = match w.find('/') {
-                Some(i) if w[..i].ends_with('=') || i == 0 => (&w[..i], &w[i..]),
-                _ => return w.to_string(),
-            };
-            for (root, role) in &roots {
-                if let Some(rest) = path.strip_prefix(root.as_str()) {
-                    if rest.is_empty() || rest.starts_with('/') {
-                        let rest = rest.trim_start_matches('/');
-                        return match (role.as_str(), rest) {
-                            (".", "") => format!("{head}."),
-                            (".", r) => format!("{head}{r}"),
-                            (role, "") => format!("{head}{role}"),
-                            (role, r) => format!("{head}{role}/{r}"),
-                        };
-                    }
-                }
+    // a word may carry the path after `--flag=`
+    let (head, path) = match w.find('/') {
+        Some(i) if w[..i].ends_with('=') || i == 0 => (&w[..i], &w[i..]),
+        _ => return None,
+    };
+    for (root, role) in roots {
+        if let Some(rest) = path.strip_prefix(root.as_str()) {
+            if rest.is_empty() || rest.starts_with('/') {
+                let rest = rest.trim_start_matches('/');
+                let lead = match (role.as_str(), rest) {
+                    (".", "") => ".".to_string(),
+                    (".", _) => String::new(),
+                    (role, "") => role.to_string(),
+                    (role, _) => format!("{role}/"),
+                };
+                return Some((head, lead, rest));
             }
-            w.to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+        }
+    }
+    None
 }
 
 /// Draws a report's charts as PNG files in `out` (the error names the file that failed).
@@ -170,7 +221,7 @@ mod tests {
 
 #[cfg(test)]
 mod by_role_tests {
-    use super::by_role;
+    use super::{by_role, path_by_role, shell_words};
 
     #[test]
     fn machine_paths_are_named_by_role() {
@@ -188,5 +239,22 @@ mod by_role_tests {
         // not under a root: left as it is
         assert_eq!(by_role("/tmpfoo a/b --flag"), "/tmpfoo a/b --flag");
         assert_eq!(by_role(&cwd), ".");
+        // a path with a space stays one word when pasted; the role outside the quotes
+        assert_eq!(
+            by_role("x --out '/tmp/rep ü/a' 'it''s'"),
+            "x --out $TMPDIR/'rep ü/a' its"
+        );
+        assert_eq!(
+            by_role(&shell_words(["apply", "--recipe", "/tmp/a b/recipe.json"])),
+            "apply --recipe $TMPDIR/'a b/recipe.json'"
+        );
+        assert_eq!(path_by_role("/tmp/a b"), "$TMPDIR/a b");
+        // named by role twice (the rebuild row is): the same line
+        let once = by_role("x --out '/tmp/rep ü/a'");
+        assert_eq!(by_role(&once), once);
+        assert_eq!(
+            shlex::split(&shell_words(["it's", "x"])).unwrap(),
+            ["it's", "x"]
+        );
     }
 }

@@ -253,7 +253,7 @@ pub fn markdown(r: &Results, command: &str) -> String {
     let hf_version = r.method_of("hf");
     let mut md = format!(
         "# Runtime: ours vs HF transformers\n\nModel `{}`, device {}, commit {}, {}.\n\nCommand: `{}`\n\n",
-        super::by_role(&r.model),
+        super::path_by_role(&r.model),
         r.device,
         r.commit,
         r.timestamp,

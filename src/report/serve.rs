@@ -196,7 +196,7 @@ pub fn markdown(r: &Results, command: &str) -> String {
         md,
         "Device: {} · model: {} · commit {} · {}\n\nCommand: `{}`\n",
         r.device,
-        super::by_role(&r.model),
+        super::path_by_role(&r.model),
         r.commit,
         r.timestamp,
         super::by_role(command)

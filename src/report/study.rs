@@ -131,7 +131,7 @@ pub fn markdown(r: &Results, o: &ReportOptions) -> String {
     let _ = writeln!(md, "# {}\n", o.title);
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| command | `{}` |", super::by_role(&o.command));
-    let _ = writeln!(md, "| model | `{}` |", super::by_role(&r.model));
+    let _ = writeln!(md, "| model | `{}` |", super::path_by_role(&r.model));
     let _ = writeln!(
         md,
         "| model size | {}{} |",
@@ -350,7 +350,7 @@ fn kept_table(md: &mut String, r: &Results) {
     let _ = writeln!(md, "| variant | directory | recipe (steps) |");
     let _ = writeln!(md, "|---|---|---|");
     for (v, p) in &k {
-        let path = |key: &str| super::by_role(p[key].as_str().unwrap_or("?"));
+        let path = |key: &str| super::path_by_role(p[key].as_str().unwrap_or("?"));
         let _ = writeln!(
             md,
             "| {v} | `{}` | `{}`: {} |",

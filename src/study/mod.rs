@@ -15,6 +15,18 @@ pub use setup::{check_report_out, model_label, Study, StudyArgs};
 pub use suite::{add_scores, SaveTo, Suite, LEGACY_PROMPTS};
 pub use variants::Keep;
 
+/// A count flag of at least one, said in words (clap's ranged parser says "not in
+/// 1..18446744073709551615").
+pub fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(
+    s: &str,
+) -> std::result::Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 /// Parses an experiment binary's flags as the CLI does: `--help` and `--version` print and exit
 /// 0, any flag error prints clap's message and exits 1, like every other failure (clap itself
 /// would exit 2).

@@ -70,7 +70,7 @@ pub struct StudyArgs {
     #[arg(long, default_value_t = 40)]
     pub gen_mc: usize,
     /// the generated answers' token cap
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 16, value_parser = crate::study::at_least_one::<u64>)]
     pub gen_mc_tokens: u64,
     /// timed decode repeats per variant (0: no speed columns)
     #[arg(long, default_value_t = 3)]
@@ -599,7 +599,7 @@ impl Study {
         }
         ReportOptions {
             title: title.into(),
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: crate::report::shell_words(std::env::args()),
             notes,
             redact_timings: false,
             quality_meaningless: self.args.random_weights,

@@ -424,11 +424,17 @@ impl super::Study {
             let recipe = dest.join(crate::compress::recipe::RECIPE_FILE);
             // paths by role (`./…` below the working directory, `$TMPDIR/…`, `~/…`): the results
             // are committed with the report and name no path of the machine that made them
-            let rebuild = crate::report::by_role(&format!(
-                "exaone-compress apply --recipe {} --model {} --out DIR",
-                recipe.display(),
-                self.dir.display()
-            ));
+            let (recipe_s, base_s) = (recipe.display().to_string(), self.dir.display().to_string());
+            let rebuild = crate::report::by_role(&crate::report::shell_words([
+                "exaone-compress",
+                "apply",
+                "--recipe",
+                &recipe_s,
+                "--model",
+                &base_s,
+                "--out",
+                "DIR",
+            ]));
             let method = self.results.method_of(name);
             let row = crate::record::Variant::new(
                 name.clone(),

@@ -200,6 +200,10 @@ pub fn train_with_checkpoints(
         opt_v.step(&grads)?;
         let loss_v = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
+            // step 0's loss comes before any update: the weights, not the learning rate
+            if step == 0 {
+                candle_core::bail!("{label}: the loss is {loss_v} before any update: a model's weights hold NaN or inf (`exaone-compress package --model DIR --check` finds them)");
+            }
             candle_core::bail!("{label}: loss became {loss_v} at step {step} (lr {lr:.2e}); lower the learning rate");
         }
         let out_of_time = cfg.max_secs.is_some_and(|m| t0.elapsed().as_secs_f64() > m);

@@ -65,6 +65,20 @@ fn outputs_never_replace_what_the_user_owns() {
     succeeds(&format!("{deq} --out {}", s(&empty)));
     assert!(empty.join("config.json").is_file());
     fails(&format!("{deq} --out {}", s(&empty)), &["already exists"]);
+    // a model directory holding the user's notes or folders: --overwrite would lose them
+    std::fs::write(empty.join("NOTES.md"), "mine").unwrap();
+    std::fs::create_dir(empty.join("runs")).unwrap();
+    fails(
+        &format!("{deq} --out {} --overwrite", s(&empty)),
+        &["NOTES.md, runs/", "even with --overwrite"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(empty.join("NOTES.md")).unwrap(),
+        "mine"
+    );
+    std::fs::remove_file(empty.join("NOTES.md")).unwrap();
+    std::fs::remove_dir(empty.join("runs")).unwrap();
+    succeeds(&format!("{deq} --out {} --overwrite", s(&empty)));
     let prune = format!("prune --model {} --drop 1", s(&model));
     let cmd = format!("{prune} --out {} --overwrite", s(tmp.path()));
     fails(&cmd, &["contains the input"]);
@@ -320,6 +334,14 @@ fn package_checks_contents_not_just_names() {
         ),
         ("rope_theta 0", cfg("rope_theta", json!(0.0)), "rope_theta"),
         (
+            "a stray weights file beside model.safetensors (vLLM would load both)",
+            Box::new(|d| {
+                std::fs::copy(d.join("model.safetensors"), d.join("old-dense.safetensors"))
+                    .unwrap();
+            }),
+            "old-dense.safetensors: a weights file",
+        ),
+        (
             "generation_config temperature",
             Box::new(|d| {
                 std::fs::write(
@@ -539,4 +561,63 @@ fn package_check_writes_nothing_so_takes_no_output_flags() {
     let o = run(&format!("package --model {} --check", s(tmp.path())));
     let said = |l: &&str| l.contains(" config.json") || l.contains("/config.json");
     assert_eq!(o.stdout.lines().filter(said).count(), 1, "{}", o.stdout);
+}
+
+#[test]
+fn package_names_what_it_zips_beyond_the_model_and_a_recipe_of_other_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = copy_dir(&exaone_compress::default_model_dir(), &tmp.path().join("m"));
+    std::fs::write(m.join("my_api_key.txt"), "secret").unwrap();
+    // a recipe recorded for another checkpoint (a quantized one), copied here by hand
+    let q = tmp.path().join("q");
+    succeeds(&format!(
+        "quantize --model {} --scheme w8a8 --method rtn --out {}",
+        s(&m),
+        s(&q)
+    ));
+    std::fs::copy(q.join("recipe.json"), m.join("recipe.json")).unwrap();
+    let o = run(&format!("package --model {} --check", s(&m)));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for want in [
+        "my_api_key.txt is zipped too",
+        "recorded for another checkpoint",
+    ] {
+        assert!(o.stderr.contains(want), "{want}: {}", o.stderr);
+    }
+    // its own recipe: no note about it
+    let o = run(&format!("package --model {} --check", s(&q)));
+    assert!(!o.stderr.contains("recipe"), "{}", o.stderr);
+    // an unreadable recipe is said, and the zip is still written (vLLM does not read it)
+    std::fs::write(m.join("recipe.json"), "{}").unwrap();
+    let zip = tmp.path().join("s.zip");
+    let o = succeeds(&format!("package --model {} --out {}", s(&m), s(&zip)));
+    assert!(o.stderr.contains("cannot rebuild"), "{}", o.stderr);
+    assert!(zip.is_file());
+}
+
+#[test]
+fn a_model_with_nan_weights_has_no_kl_not_zero() {
+    use exaone_compress::eval::divergence;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = exaone_compress::default_model_dir();
+    let broken = copy_dir(&base, &tmp.path().join("broken"));
+    edit_tensors(&broken, |t| {
+        let w = t.get_mut("model.norm.weight").unwrap();
+        let nan = match w.dtype {
+            safetensors::Dtype::BF16 => half::bf16::NAN.to_le_bytes().to_vec(),
+            _ => f32::NAN.to_le_bytes().to_vec(),
+        };
+        w.data[..nan.len()].copy_from_slice(&nan);
+    });
+    let load =
+        |d: &Path| exaone_compress::checkpoint::load_model(d, DType::F32, &Device::Cpu).unwrap();
+    let seqs = vec![vec![1u32, 2, 3, 4], vec![5, 6, 7, 8]];
+    let d = divergence(&load(&base), &load(&broken), &seqs, 2, None).unwrap();
+    assert!(
+        d.kl_mean.is_nan() && d.kl_p99.is_nan() && d.top1.is_nan(),
+        "{d:?}"
+    );
+    // the same model: a finite 0
+    let same = divergence(&load(&base), &load(&base), &seqs, 2, None).unwrap();
+    assert!(same.kl_mean.abs() < 1e-6 && same.top1 == 1.0, "{same:?}");
 }

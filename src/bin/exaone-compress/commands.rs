@@ -154,6 +154,7 @@ pub(crate) fn package(
     overwrite: bool,
 ) -> Result<()> {
     use exaone_compress::checkpoint::package;
+    let recipe = || exaone_compress::compress::recipe::recipe_note(model);
     if check {
         let problems = package::validate(model);
         for p in &problems {
@@ -162,10 +163,16 @@ pub(crate) fn package(
         if !problems.is_empty() {
             bail!("{} problem(s) in {}", problems.len(), model.display());
         }
+        for note in package::notes(model).into_iter().chain(recipe()) {
+            eprintln!("note: {note}");
+        }
         println!("ok: {} is ready to package", model.display());
         return Ok(());
     }
-    for note in package::package_to(model, out, overwrite)? {
+    for note in package::package_to(model, out, overwrite)?
+        .into_iter()
+        .chain(recipe())
+    {
         eprintln!("note: {note}");
     }
     let size = std::fs::metadata(out)?.len();

@@ -221,11 +221,7 @@ pub fn rule(s: &str) -> Result<DropRule, String> {
 
 /// A whole number ≥ 1 (`--group`, `--calib-len`, `--calib-samples`, `--max-new-tokens`).
 pub fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("not a whole number ({e})")),
-    }
+    exaone_compress::study::at_least_one(s)
 }
 
 /// `--group`: a group holds at least 1 input column.
@@ -307,9 +303,11 @@ pub fn steps(s: &str) -> Result<usize, String> {
 
 /// `--lr`: in (0, 1].
 pub fn lr(s: &str) -> Result<f64, String> {
-    match ranged(s, 0.0..=1.0)? {
-        0.0 => Err("must be > 0 (and at most 1)".into()),
-        v => Ok(v),
+    // one message for both ends: "0..=1" would suggest 0 is allowed
+    match ranged(s, 0.0..=1.0) {
+        Ok(v) if v > 0.0 => Ok(v),
+        Err(e) if e.starts_with("not a number") => Err(e),
+        _ => Err("must be > 0 and at most 1".into()),
     }
 }
 

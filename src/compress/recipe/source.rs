@@ -276,7 +276,11 @@ pub(super) fn read_source(
     if let (Source::Path(p), Check::Record) = (source, ctx.check) {
         let path = ctx.root.join(p);
         if !path.is_file() {
-            return Err(bad(format!("{what} {}: no such file", path.display())));
+            let why = match path.is_dir() {
+                true => "is a directory; give a text file (one document per line or a JSONL)",
+                false => "no such file",
+            };
+            return Err(bad(format!("{what} {}: {why}", path.display())));
         }
     }
     let path = source.resolve(&ctx.root)?;

@@ -69,6 +69,8 @@ impl Step {
     /// The step in words, e.g. `drop[3] (kl:1)`, `gptq W4A16-g128-sym`, `kd[norms] × 60 steps`.
     pub fn describe(&self) -> String {
         match self {
+            // before it runs, a rule's layers are not chosen yet
+            Self::Prune(p) if p.dropped.is_empty() => format!("drop by {}", p.rule),
             Self::Prune(p) => format!("drop{:?} ({})", p.dropped, p.rule),
             Self::Distill(d) => format!("kd[{}] × {} steps", d.train.join(", "), d.steps),
             Self::Quantize(q) => {

@@ -51,25 +51,17 @@ pub struct BenchArgs {
         value_parser = valid_point
     )]
     pub prefill: Vec<String>,
-    #[arg(long, value_delimiter = ',', default_value = "1,16", value_parser = at_least_one)]
+    #[arg(long, value_delimiter = ',', default_value = "1,16", value_parser = crate::study::at_least_one::<usize>)]
     pub decode_batches: Vec<usize>,
     /// prompt tokens before decoding
-    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 128, value_parser = crate::study::at_least_one::<usize>)]
     pub prompt_len: usize,
-    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 64, value_parser = crate::study::at_least_one::<usize>)]
     pub new_tokens: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 5, value_parser = crate::study::at_least_one::<usize>)]
     pub repeats: usize,
-}
-
-/// A count of at least one (clap's ranged parsers do not take usize).
-fn at_least_one(s: &str) -> std::result::Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{s:?}: a whole number of at least 1")),
-    }
 }
 
 /// A `BATCHxLENGTH` prefill point, both at least one, checked when the flag is read.

@@ -38,10 +38,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "mc")]
     pub workload: String,
     /// requests in the workload
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 256, value_parser = crate::study::at_least_one::<u64>)]
     pub requests: u64,
     /// new tokens per request (stop ids off: every request generates exactly this many)
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 256, value_parser = crate::study::at_least_one::<u64>)]
     pub new_tokens: u64,
     /// concurrency limits (max_num_seqs) to run, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
@@ -59,7 +59,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub kv_blocks: Option<usize>,
     /// timed runs per point (median and max − min reported)
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = crate::study::at_least_one::<u64>)]
     pub repeats: u64,
     /// new tokens of the batch-1 decode measurement (0: skip it)
     #[arg(long, default_value_t = 256)]
