@@ -396,10 +396,15 @@ fn writer_never_clobbers_or_leaves_partial_output() {
     let e = save_model(&m, &out, None, &opts).unwrap_err().to_string();
     assert!(e.contains("not a model directory"), "{e}");
     assert!(out.join("precious.txt").exists());
-    // a model directory it replaces, once the new one is complete, leaving nothing aside
+    // nor a model directory holding a file the harness does not write (it would be lost)
     std::fs::write(out.join("config.json"), "{}").unwrap();
+    let e = save_model(&m, &out, None, &opts).unwrap_err().to_string();
+    assert!(e.contains("precious.txt"), "{e}");
+    assert!(out.join("precious.txt").exists());
+    // a model directory it replaces, once the new one is complete, leaving nothing aside
+    std::fs::remove_file(out.join("precious.txt")).unwrap();
     save_model(&m, &out, None, &opts).unwrap();
-    assert!(!out.join("precious.txt").exists() && out.join("model.safetensors").exists());
+    assert!(out.join("model.safetensors").exists());
     let names: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
