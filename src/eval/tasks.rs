@@ -206,10 +206,15 @@ pub fn multiple_choice_per_item(
             )));
         }
         let lls = options_log_likelihood(model, &p, &conts)?;
-        let mut best = (f64::MIN, 0);
-        let mut best_norm = (f64::MIN, 0);
+        // an option whose log-likelihood is NaN (a broken model) is never picked, and an item
+        // with no finite option is wrong — as the evaluation would score garbage — not option 0
+        let mut best = (f64::NEG_INFINITY, usize::MAX);
+        let mut best_norm = (f64::NEG_INFINITY, usize::MAX);
         for (k, &ll) in lls.iter().enumerate() {
             let bytes = it.choices[k].len().max(1) as f64;
+            if !ll.is_finite() {
+                continue;
+            }
             if ll > best.0 {
                 best = (ll, k);
             }

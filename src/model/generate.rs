@@ -121,8 +121,9 @@ pub fn generate_timed(
     let mut last = model.logits(&h.narrow(1, longest - 1, 1)?.squeeze(1)?)?; // [b, vocab]
                                                                              // NaN logits argmax to token 0 every step: said once, not printed as an answer
     let total = last.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    static SAID: std::sync::Once = std::sync::Once::new();
     if !total.is_finite() {
-        eprintln!("warning: generate: the model's first logits are not finite (NaN or inf weights? `exaone-compress package --model DIR --check` finds them): what follows is meaningless");
+        SAID.call_once(|| eprintln!("warning: generate: the model's first logits are not finite (NaN or inf weights? `exaone-compress package --model DIR --check` finds them): what follows is meaningless"));
     }
 
     let vocab = model.config.vocab_size;
