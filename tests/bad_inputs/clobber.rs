@@ -617,6 +617,23 @@ fn a_model_with_nan_weights_has_no_kl_not_zero() {
         d.kl_mean.is_nan() && d.kl_p99.is_nan() && d.top1.is_nan(),
         "{d:?}"
     );
+    // its multiple-choice items are wrong, whichever option is the label (not option 0's share)
+    let tok = exaone_compress::model::Tokenizer::from_dir(&base).unwrap();
+    let items: Vec<_> = (0..3)
+        .map(|label| exaone_compress::eval::McItem {
+            task: "t".into(),
+            prompt: "Question: 1 + 1 = ? Answer:".into(),
+            choices: vec![" 1".into(), " 2".into(), " 3".into()],
+            label,
+        })
+        .collect();
+    let mc = exaone_compress::eval::multiple_choice(&load(&broken), &tok, &items).unwrap();
+    assert_eq!((mc.acc, mc.acc_norm), (0.0, 0.0), "{mc:?}");
+    let mc = exaone_compress::eval::multiple_choice(&load(&base), &tok, &items).unwrap();
+    assert!(
+        (mc.acc - 1.0 / 3.0).abs() < 1e-9,
+        "one label of three is the base's pick: {mc:?}"
+    );
     // the same model: a finite 0
     let same = divergence(&load(&base), &load(&base), &seqs, 2, None).unwrap();
     assert!(same.kl_mean.abs() < 1e-6 && same.top1 == 1.0, "{same:?}");
