@@ -316,12 +316,7 @@ pub(crate) fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
+    let files = safetensors_in(dir).map_err(|e| Error::io(dir, e))?;
     if files.is_empty() {
         return Err(Error::io(
             dir,
@@ -331,5 +326,15 @@ pub(crate) fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
             ),
         ));
     }
+    Ok(files)
+}
+
+/// Every `*.safetensors` entry of `dir`, sorted.
+pub(crate) fn safetensors_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
     Ok(files)
 }

@@ -12,7 +12,7 @@ pub(super) fn stray_weights(dir: &Path, p: &mut Vec<String>) {
         return;
     };
     let indexed = dir.join("model.safetensors.index.json").is_file();
-    for path in safetensors_files(dir) {
+    for path in super::reader::safetensors_in(dir).unwrap_or_default() {
         if read.contains(&path) {
             continue;
         }
@@ -42,16 +42,4 @@ pub(super) fn foreign_files(dir: &Path) -> Vec<String> {
         .into_iter()
         .map(|n| format!("{n} is zipped too, though no model loader reads it: remove it from the directory if it is not meant to be submitted"))
         .collect()
-}
-
-fn safetensors_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    v.sort();
-    v
 }
