@@ -119,7 +119,8 @@ pub fn generate_timed(
     let input = Tensor::from_vec(ids, (b, longest), &dev)?;
     let h = model.forward_hidden(&input, Some(&mut cache))?;
     let mut last = model.logits(&h.narrow(1, longest - 1, 1)?.squeeze(1)?)?; // [b, vocab]
-                                                                             // NaN logits argmax to token 0 every step: said once, not printed as an answer
+
+    // NaN logits argmax to token 0 every step: said once, not printed as an answer
     let total = last.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
     static SAID: std::sync::Once = std::sync::Once::new();
     if !total.is_finite() {
