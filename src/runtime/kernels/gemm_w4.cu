@@ -70,6 +70,16 @@
 // these mma.sync tiles lose to cuBLAS's bf16 GEMM (Hopper's wgmma): the four products at 256
 // rows take 106 µs at each shape's best tile against 37.6 — so the runtime dequantizes and calls
 // cuBLAS there (src/runtime/int4.rs, GEMM_MAX_ROWS).
+// Tried and dropped (H200, 2026-12-03, PTX variants in one call; best tile per shape, the four
+// products summed at 64 / 256 / 2,048 rows, built-in 48.4 / 108.4 / 648.7 µs): Marlin's order
+// (every stage in flight, step k + 1's fragments read from shared memory while step k's mma
+// run, the barrier before a tile's last step) 49.8 / 109.3 / 656.4; l128 as one warp along M
+// with eight m16 tiles each (half the dequantization per mma) 48.2 / 115.9 / 695.3. Ablations
+// of l128 at 2,048 rows (scripts/w4_ablations.py, compute_80 PTX; gate/up 309 µs): without
+// the in-loop copies 246, without the mma (each replaced by a few ALU operations) 271,
+// without the barrier 279, without the dequantization 285. No one part holds the time; with
+// eight warps per multiprocessor the loop is bound by latency at ~230 TFLOP/s, and more of
+// what it does in parallel needs wgmma's asynchronous issue, which only Hopper has.
 
 #include "common.cuh"
 
