@@ -4,8 +4,9 @@
 # checks fail loudly; SKIP_SMOKE=1 skips it, SMOKE_ONLY=1 stops after it), then a random-weight
 # EXAONE-4.0-1.2B-shaped checkpoint written by transformers here, its W4A16, W8A8 and FP8 RTN
 # variants made by our CLI, HF's figures (scripts/hf_bench.py), ours. Arguments go to bench_runtime.
-# Duration on an H200 (2026-12-02, d919541): with SKIP_SMOKE=1 over 470 s, of which bench_runtime
-# itself 390 s; give it a device call of its own (10 minutes at most).
+# Duration on an H200 with SKIP_SMOKE=1: over 470 s (2026-12-02, d919541; bench_runtime itself
+# 390 s), 587 s in one call (2026-12-03, 62e5236): give it a device call of its own (10 minutes
+# at most) on a warm machine.
 set -uo pipefail
 source "$(dirname "$0")/setup.sh"
 run() { .gpu/run-on-gpu.sh "$@"; }
