@@ -12,12 +12,16 @@ use std::fmt::Write as _;
 use crate::error::{Error, Result};
 use crate::record::{Environment, Results};
 
+/// How [`by_role`] writes the temporary folder: `$TMPDIR` where it is set, else `/tmp`, so that a
+/// pasted line finds the path on a machine with either.
+pub const TMP_ROLE: &str = "${TMPDIR:-/tmp}";
+
 /// `text`, a command line (shell words, as [`shell_words`] writes them), with this machine's
 /// paths named by role, so a committed report names none: a path under the working directory
 /// becomes relative to it, one under `$OUT` (the GPU machine's output folder) or
-/// `$TMPDIR`/`/tmp` is written through that variable, and a path under the home folder through
-/// `~`. Relative paths and other words stay; a word that needs quoting is quoted (outside the
-/// role, so `$TMPDIR` still expands), so the line can be pasted into a shell.
+/// `$TMPDIR`/`/tmp` as [`TMP_ROLE`] (which expands to `/tmp` where TMPDIR is unset), and a
+/// path under the home folder through `~`. Relative paths and other words stay; a word that needs quoting is quoted (outside the
+/// role, so that it still expands), so the line can be pasted into a shell.
 pub fn by_role(text: &str) -> String {
     let words =
         shlex::split(text).unwrap_or_else(|| text.split_whitespace().map(str::to_string).collect());
@@ -50,16 +54,25 @@ pub fn shell_words<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> String 
 }
 
 /// `w` as one shell word: as it is when every character is plain (letters, digits and
-/// `+-./:@_,=%^`), else single-quoted — except a leading role (`$OUT/`, `$TMPDIR/`, `~/`,
+/// `+-./:@_,=%^`), else single-quoted — except a leading role (`$OUT/`, [`TMP_ROLE`]`/`, `~/`,
 /// as [`by_role`] writes them), which stays outside the quotes so that it expands.
 fn shell_word(w: &str) -> std::borrow::Cow<'_, str> {
     let plain = |c: char| c.is_alphanumeric() || "+-./:@_,=%^".contains(c);
     if w.is_empty() {
         return "".into();
     }
-    for role in ["$OUT/", "$TMPDIR/", "~/"] {
-        if let Some(rest) = w.strip_prefix(role).filter(|r| !r.is_empty()) {
-            return format!("{role}{}", shell_word(rest)).into();
+    // a `--flag=` before the role stays as it is too
+    let (head, body) = match w.find('=') {
+        Some(i) if w.starts_with('-') && w[..i].chars().all(plain) => w.split_at(i + 1),
+        _ => ("", w),
+    };
+    for role in ["$OUT", TMP_ROLE, "~"] {
+        match body.strip_prefix(role) {
+            Some("") => return w.into(),
+            Some(r) if r.len() > 1 && r.starts_with('/') => {
+                return format!("{head}{role}/{}", shell_word(&r[1..])).into()
+            }
+            _ => {}
         }
     }
     match w.chars().all(plain) {
@@ -69,7 +82,7 @@ fn shell_word(w: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// A word's path split by role: (what precedes the path, e.g. `--out=`; the role as written
-/// before the rest — `$TMPDIR/`, nothing for the working directory, `.` for that directory
+/// before the rest — `${TMPDIR:-/tmp}/`, nothing for the working directory, `.` for that directory
 /// itself; the rest below the role's root). None when it lies under no root.
 fn role_of(w: &str) -> Option<(&str, String, &str)> {
     let cwd = std::env::current_dir()
@@ -83,8 +96,8 @@ fn role_of(w: &str) -> Option<(&str, String, &str)> {
     let roots: Vec<(String, String)> = [
         var("OUT").map(|v| (v, "$OUT".to_string())),
         cwd.map(|v| (v, ".".to_string())),
-        var("TMPDIR").map(|v| (v, "$TMPDIR".to_string())),
-        Some(("/tmp".to_string(), "$TMPDIR".to_string())),
+        var("TMPDIR").map(|v| (v, TMP_ROLE.to_string())),
+        Some(("/tmp".to_string(), TMP_ROLE.to_string())),
         var("HOME").map(|v| (v, "~".to_string())),
     ]
     .into_iter()
@@ -234,7 +247,7 @@ mod by_role_tests {
         );
         assert_eq!(
             by_role("x --model /tmp/exaone12-random --out=/tmp/o reports/serve"),
-            "x --model $TMPDIR/exaone12-random --out=$TMPDIR/o reports/serve"
+            "x --model ${TMPDIR:-/tmp}/exaone12-random --out=${TMPDIR:-/tmp}/o reports/serve"
         );
         // not under a root: left as it is
         assert_eq!(by_role("/tmpfoo a/b --flag"), "/tmpfoo a/b --flag");
@@ -242,16 +255,22 @@ mod by_role_tests {
         // a path with a space stays one word when pasted; the role outside the quotes
         assert_eq!(
             by_role("x --out '/tmp/rep ü/a' 'it''s'"),
-            "x --out $TMPDIR/'rep ü/a' its"
+            "x --out ${TMPDIR:-/tmp}/'rep ü/a' its"
         );
         assert_eq!(
             by_role(&shell_words(["apply", "--recipe", "/tmp/a b/recipe.json"])),
-            "apply --recipe $TMPDIR/'a b/recipe.json'"
+            "apply --recipe ${TMPDIR:-/tmp}/'a b/recipe.json'"
         );
-        assert_eq!(path_by_role("/tmp/a b"), "$TMPDIR/a b");
+        assert_eq!(path_by_role("/tmp/a b"), "${TMPDIR:-/tmp}/a b");
         // named by role twice (the rebuild row is): the same line
-        let once = by_role("x --out '/tmp/rep ü/a'");
-        assert_eq!(by_role(&once), once);
+        for line in ["x --out '/tmp/rep ü/a'", "x --out=/tmp/o --model=/tmp"] {
+            let once = by_role(line);
+            assert_eq!(by_role(&once), once);
+        }
+        assert_eq!(
+            by_role("x --out=/tmp/o --model=/tmp"),
+            "x --out=${TMPDIR:-/tmp}/o --model=${TMPDIR:-/tmp}"
+        );
         assert_eq!(
             shlex::split(&shell_words(["it's", "x"])).unwrap(),
             ["it's", "x"]
