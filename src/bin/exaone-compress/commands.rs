@@ -81,11 +81,8 @@ pub(crate) fn quantize(m: &ModelArgs, flags: QuantizeFlags) -> Result<()> {
         }
         bail!("--scheme {} --group {group}: {e}", scheme.name());
     }
-    use exaone_compress::checkpoint::package::MARLIN_GROUP_SIZES;
-    if scheme.grouped() && !MARLIN_GROUP_SIZES.contains(&group) {
-        eprintln!(
-            "warning: --group {group}: vLLM serves W4A16 with its Marlin kernel, which takes groups of 32, 64 or 128 that divide the inputs; `package` will refuse this checkpoint"
-        );
+    if let Some(w) = step.serving_warning() {
+        eprintln!("warning: --{w}");
     }
     let opts = exaone_compress::checkpoint::WriteOptions {
         side_files_from: Some(dir.clone()),

@@ -145,6 +145,14 @@ pub(crate) fn distill(m: &ModelArgs, a: DistillArgs) -> Result<()> {
 
 pub(crate) fn apply(a: ApplyArgs) -> Result<()> {
     let r = Recipe::read(&a.recipe)?;
+    for (i, step) in r.steps.iter().enumerate() {
+        if let Some(w) = match step {
+            Step::Quantize(q) => q.serving_warning(),
+            _ => None,
+        } {
+            eprintln!("warning: {} step {}: {w}", display(&a.recipe), i + 1);
+        }
+    }
     let allow_mismatch = a.allow_mismatch;
     let mut ctx = Ctx::new(&a.device, Check::Verify { allow_mismatch })?;
     if let Some(root) = &a.relative_to {

@@ -196,3 +196,41 @@ impl ModelId {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Xxh64;
+
+    /// XXH64 against the reference implementation's digests (xxhash-rust 0.8, seed 0) of the
+    /// bytes `(i·31 + 7) mod 256`, across the tail and stripe boundaries, whole and streamed.
+    #[test]
+    fn xxh64_matches_the_reference() {
+        for (n, want) in [
+            (0usize, 0xef46db3751d8e999u64),
+            (1, 0xa96c7f0ce858bbb7),
+            (3, 0x56e6957632a487f9),
+            (4, 0xc60d15b1e3ff8f04),
+            (7, 0xafbefc3d6c6f9a8e),
+            (8, 0x3da5c7aa269683e0),
+            (31, 0x4a74f3a1a39ad4a1),
+            (32, 0x8d57d6a4671cc43d),
+            (33, 0x62c9fd21ed857664),
+            (63, 0x5c320a0d2707057f),
+            (64, 0x7bbabbc45729d17e),
+            (100, 0xefa0ad2d3e70c151),
+            (1000, 0x99594f4828043d35),
+            (4099, 0x98531e44aa4f969d),
+        ] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+            assert_eq!(Xxh64::default().update(&data).digest(), want, "{n} bytes");
+            let mut h = Xxh64::default();
+            for c in data.chunks(5) {
+                h.update(c);
+            }
+            assert_eq!(h.digest(), want, "{n} bytes in pieces");
+        }
+        let mut h = Xxh64::default();
+        h.update(b"abc").update(&[5u8; 40]).update(b"de");
+        assert_eq!(h.digest(), 0xb6eb3c6e039f95a4);
+    }
+}

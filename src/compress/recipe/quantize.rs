@@ -180,6 +180,17 @@ impl QuantizeStep {
         Ok(s)
     }
 
+    /// Why vLLM could not serve the result as the evaluation does, if it could not: a W4A16
+    /// group its Marlin kernel does not take (`package` refuses such a checkpoint). Said before
+    /// any work, by `quantize` and by `apply` for each such step of a recipe.
+    pub fn serving_warning(&self) -> Option<String> {
+        use crate::checkpoint::package::MARLIN_GROUP_SIZES;
+        let g = self.group.filter(|g| !MARLIN_GROUP_SIZES.contains(g))?;
+        Some(format!(
+            "group {g}: vLLM serves W4A16 with its Marlin kernel, which takes groups of 32, 64 or 128 that divide the inputs; `package` will refuse this checkpoint"
+        ))
+    }
+
     pub fn check(&self) -> Result<()> {
         let (s, grouped) = (self.scheme.word(), self.scheme.grouped());
         match self.group {

@@ -326,7 +326,14 @@ impl Calibration {
         let path = read_source(&self.data, &mut self.data_hash, ctx, "calibration data")?;
         let stream = ctx.token_stream(dir, &path, self.chat)?;
         let s = crate::compress::calibration::samples(&stream, self.samples, self.len, self.seed)
-            .map_err(|e| bad(format!("--calib-samples × --calib-len: {e}")))?;
+            .map_err(|e| {
+            // named as the user gave them: flags when making, the recipe's fields in `apply`
+            let what = match ctx.check {
+                Check::Record => "--calib-samples × --calib-len",
+                Check::Verify { .. } => "the recipe's calibration samples × len",
+            };
+            bad(format!("{what}: {e}"))
+        })?;
         ctx.settle(&mut self.tokens_hash, hash_tokens(&s), &|| {
             format!("the calibration windows drawn from {}", path.display())
         })?;
