@@ -49,6 +49,35 @@ pub fn write_atomic_with(
     write_output(path, true, |f| fill(f).map_err(|e| Error::io(path, e)))
 }
 
+/// Writes files that belong together (a table as parquet and CSV) atomically as a set: every
+/// temporary is written and flushed, and every destination checked to be no directory, before
+/// the first rename, so a failure leaves every old file as it was and the set changes in
+/// back-to-back renames, replacing what was there (callers decide whether they may).
+pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<()> {
+    let mut staged = Vec::with_capacity(files.len());
+    for &(path, bytes) in files {
+        if path.is_dir() {
+            return Err(Error::io(path, std::io::Error::other("is a directory")));
+        }
+        let dir = parent_of(path);
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&partial_prefix(path)?)
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        tmp.write_all(bytes)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(|e| Error::io(path, e))?;
+        publish_mode(tmp.path(), false)?;
+        staged.push((tmp, path));
+    }
+    for (tmp, path) in staged {
+        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+        sync_dir(parent_of(path));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically and only if nothing is there: the temporary file is moved
 /// into place with a no-replace rename, so a file that appears meanwhile is never clobbered.
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -590,17 +619,23 @@ pub fn move_into_place(tmp: &Path, out: &Path, kind: OutputKind, overwrite: bool
 }
 
 fn move_into_place_inner(tmp: &Path, out: &Path, kind: OutputKind, overwrite: bool) -> Result<()> {
+    let perms = std::fs::metadata(out).ok().map(|m| m.permissions());
     match rename_noreplace(tmp, out) {
         Ok(()) => return Ok(()),
         // an empty directory at `out` is taken: remove_dir removes only an empty one, and the
-        // no-replace rename fails if anything appeared there in between
+        // no-replace rename fails if anything appeared there in between; the output keeps the
+        // permissions the user gave that directory
         Err(e)
             if e.kind() == std::io::ErrorKind::AlreadyExists
                 && !overwrite
                 && kind == OutputKind::ModelDir
                 && std::fs::remove_dir(out).is_ok() =>
         {
-            return rename_noreplace(tmp, out).map_err(|e| exists_or_io(out, e));
+            rename_noreplace(tmp, out).map_err(|e| exists_or_io(out, e))?;
+            if let Some(p) = perms {
+                std::fs::set_permissions(out, p).map_err(|e| Error::io(out, e))?;
+            }
+            return Ok(());
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !overwrite => {
             return Err(Error::Output {

@@ -25,7 +25,7 @@ use std::path::Path;
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::fs::write_atomic_with;
+use crate::fs::write_atomic_all;
 
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -352,20 +352,18 @@ impl Results {
         self.save_as(dir, "results")
     }
 
-    /// Writes `dir/{stem}.parquet` and `dir/{stem}.csv`, each atomically.
+    /// Writes `dir/{stem}.parquet` and `dir/{stem}.csv` atomically as a pair
+    /// ([`write_atomic_all`]): a failure leaves both old files as they were.
     pub fn save_as(&self, dir: &Path, stem: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut df = self.to_dataframe()?;
-        let as_io = |e: PolarsError| std::io::Error::other(e.to_string());
-        write_atomic_with(&dir.join(format!("{stem}.parquet")), |f| {
-            ParquetWriter::new(f)
-                .finish(&mut df)
-                .map(|_| ())
-                .map_err(as_io)
-        })?;
-        write_atomic_with(&dir.join(format!("{stem}.csv")), |f| {
-            CsvWriter::new(f).finish(&mut df).map_err(as_io)
-        })
+        let (mut parquet, mut csv) = (Vec::new(), Vec::new());
+        ParquetWriter::new(&mut parquet).finish(&mut df)?;
+        CsvWriter::new(&mut csv).finish(&mut df)?;
+        write_atomic_all(&[
+            (&dir.join(format!("{stem}.parquet")), &parquet),
+            (&dir.join(format!("{stem}.csv")), &csv),
+        ])
     }
 
     /// Reads a results.parquet back (for regenerating a report from the file alone).

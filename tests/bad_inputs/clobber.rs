@@ -60,10 +60,20 @@ fn outputs_never_replace_what_the_user_owns() {
         &["input"],
     );
     // an empty directory made for the output is filled without --overwrite: nothing to lose
+    // ... and keeps the permissions the user gave it
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
+    #[cfg(unix)]
+    use std::os::unix::fs::PermissionsExt;
+    #[cfg(unix)]
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o750)).unwrap();
     succeeds(&format!("{deq} --out {}", s(&empty)));
     assert!(empty.join("config.json").is_file());
+    #[cfg(unix)]
+    assert_eq!(
+        std::fs::metadata(&empty).unwrap().permissions().mode() & 0o777,
+        0o750
+    );
     fails(&format!("{deq} --out {}", s(&empty)), &["already exists"]);
     // a model directory holding the user's notes or folders: --overwrite would lose them
     std::fs::write(empty.join("NOTES.md"), "mine").unwrap();
@@ -637,4 +647,30 @@ fn a_model_with_nan_weights_has_no_kl_not_zero() {
     // the same model: a finite 0
     let same = divergence(&load(&base), &load(&base), &seqs, 2, None).unwrap();
     assert!(same.kl_mean.abs() < 1e-6 && same.top1 == 1.0, "{same:?}");
+}
+
+#[test]
+fn results_are_saved_as_a_pair_or_not_at_all() {
+    use exaone_compress::record::{Results, Variant};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = Results::new("prune", "cpu", "m");
+    r.add(&Variant::original(), "x", 1.0, None, "");
+    r.save(tmp.path()).unwrap();
+    let old = std::fs::read(tmp.path().join("results.parquet")).unwrap();
+    // the CSV's destination cannot be replaced: the parquet beside it must stay the old one
+    std::fs::remove_file(tmp.path().join("results.csv")).unwrap();
+    std::fs::create_dir(tmp.path().join("results.csv")).unwrap();
+    r.add(&Variant::original(), "y", 2.0, None, "");
+    let err = r.save(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("results.csv"), "{err}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("results.parquet")).unwrap(),
+        old
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-"))
+        .collect();
+    assert!(left.is_empty(), "temporaries left: {left:?}");
 }
