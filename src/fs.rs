@@ -59,16 +59,7 @@ pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> Result<()> {
         if path.is_dir() {
             return Err(Error::io(path, std::io::Error::other("is a directory")));
         }
-        let dir = parent_of(path);
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&partial_prefix(path)?)
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
-        tmp.write_all(bytes)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(|e| Error::io(path, e))?;
-        publish_mode(tmp.path(), false)?;
+        let tmp = stage(path, |f| f.write_all(bytes).map_err(|e| Error::io(path, e)))?;
         staged.push((tmp, path));
     }
     for (tmp, path) in staged {
@@ -181,6 +172,23 @@ pub fn write_output(
     replace: bool,
     fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
+    let tmp = stage(path, fill)?;
+    if replace {
+        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    } else {
+        tmp.persist_noclobber(path)
+            .map_err(|e| exists_or_io(path, e.error))?;
+    }
+    sync_dir(parent_of(path));
+    Ok(())
+}
+
+/// A temporary sibling of `path` holding what `fill` wrote, flushed to disk and given the mode
+/// a new file gets: ready to be renamed into place (removed if dropped).
+fn stage(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<tempfile::NamedTempFile> {
     let dir = parent_of(path);
     // a folder the output names that does not exist yet is made (`check_destination` allows it)
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -191,14 +199,7 @@ pub fn write_output(
     fill(tmp.as_file_mut())?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     publish_mode(tmp.path(), false)?;
-    if replace {
-        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    } else {
-        tmp.persist_noclobber(path)
-            .map_err(|e| exists_or_io(path, e.error))?;
-    }
-    sync_dir(dir);
-    Ok(())
+    Ok(tmp)
 }
 
 /// Like [`write_output`] for writers that want a path rather than an open file (e.g. candle's
