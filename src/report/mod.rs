@@ -20,8 +20,9 @@ pub const TMP_ROLE: &str = "${TMPDIR:-/tmp}";
 /// paths named by role, so a committed report names none: a path under the working directory
 /// becomes relative to it, one under `$OUT` (the GPU machine's output folder) or
 /// `$TMPDIR`/`/tmp` as [`TMP_ROLE`] (which expands to `/tmp` where TMPDIR is unset), and a
-/// path under the home folder through `~`. Relative paths and other words stay; a word that needs quoting is quoted (outside the
-/// role, so that it still expands), so the line can be pasted into a shell.
+/// path under the home folder through `~`. Relative paths and other words stay; a word that
+/// needs quoting is quoted (outside the role, so that it still expands), so the line can be
+/// pasted into a shell.
 pub fn by_role(text: &str) -> String {
     let words =
         shlex::split(text).unwrap_or_else(|| text.split_whitespace().map(str::to_string).collect());
@@ -82,8 +83,8 @@ fn shell_word(w: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// A word's path split by role: (what precedes the path, e.g. `--out=`; the role as written
-/// before the rest — `${TMPDIR:-/tmp}/`, nothing for the working directory, `.` for that directory
-/// itself; the rest below the role's root). None when it lies under no root.
+/// before the rest — `${TMPDIR:-/tmp}/`, nothing for the working directory, `.` for that
+/// directory itself; the rest below the role's root). None when it lies under no root.
 fn role_of(w: &str) -> Option<(&str, String, &str)> {
     let cwd = std::env::current_dir()
         .ok()
