@@ -146,10 +146,7 @@ pub(crate) fn distill(m: &ModelArgs, a: DistillArgs) -> Result<()> {
 pub(crate) fn apply(a: ApplyArgs) -> Result<()> {
     let r = Recipe::read(&a.recipe)?;
     for (i, step) in r.steps.iter().enumerate() {
-        if let Some(w) = match step {
-            Step::Quantize(q) => q.serving_warning(),
-            _ => None,
-        } {
+        if let Some(w) = step.serving_warning() {
             eprintln!("warning: {} step {}: {w}", display(&a.recipe), i + 1);
         }
     }

@@ -101,6 +101,15 @@ impl Step {
         }
     }
 
+    /// Why vLLM could not serve what the step makes ([`QuantizeStep::serving_warning`]); None
+    /// for steps that quantize nothing.
+    pub fn serving_warning(&self) -> Option<String> {
+        match self {
+            Self::Quantize(q) => q.serving_warning(),
+            _ => None,
+        }
+    }
+
     /// The parameters within their ranges and combinations, before any work.
     pub fn check(&self) -> Result<()> {
         match self {
