@@ -80,10 +80,12 @@ pub fn perplexity_per_token(
                 .collect();
             let x = Tensor::from_vec(flat, (same.len(), len), &dev)?;
             let logits = model.forward(&x, None)?; // [b, len, V] f32
-            let lp = candle_nn::ops::log_softmax(
-                &logits.narrow(1, 0, len - 1)?.contiguous()?,
-                D::Minus1,
-            )?;
+            let logits = logits.narrow(1, 0, len - 1)?;
+            let lp = if crate::runtime::cpu_pointwise::available(&logits) {
+                crate::runtime::cpu_pointwise::log_softmax(&logits)?
+            } else {
+                candle_nn::ops::log_softmax(&logits.contiguous()?, D::Minus1)?
+            };
             let tgt = x
                 .narrow(1, 1, len - 1)?
                 .to_dtype(DType::U32)?

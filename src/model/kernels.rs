@@ -54,6 +54,12 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
     /// silu(g) · u elementwise, or None.
     fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>>;
 
+    /// [`Kernels::silu_mul`] carrying its backward (g and u receive gradients), for training
+    /// (`Mode::Differentiable`), or None. Default: None (candle's ops).
+    fn silu_mul_grad(&self, _g: &Tensor, _u: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// The post-norm residual `h + norm(x)` (bf16 add of the rounded norm, as the model's own
     /// ops compute it) in one kernel, or None. With `quant`, the result's rows may also come
     /// back quantized per token in that format, for the Linear that reads them next

@@ -429,8 +429,12 @@ impl Mlp {
             return Ok((y.reshape(out)?, yq));
         }
         let (g, u) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
-        if let (Mode::Inference, Some(k)) = (mode, kernels) {
-            if let Some(y) = k.silu_mul(&g, &u)? {
+        if let Some(k) = kernels {
+            let y = match mode {
+                Mode::Inference => k.silu_mul(&g, &u)?,
+                Mode::Differentiable => k.silu_mul_grad(&g, &u)?,
+            };
+            if let Some(y) = y {
                 return Ok((y, None));
             }
         }

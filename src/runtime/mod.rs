@@ -40,6 +40,7 @@ pub use launch::{programmatic_launch, programmatic_supported, set_programmatic_l
 pub mod check;
 pub mod cpu_attention;
 pub mod cpu_attention_grad;
+pub mod cpu_pointwise;
 #[cfg(feature = "cuda")]
 pub mod engine;
 #[cfg(feature = "cuda")]
@@ -95,21 +96,28 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tens
     }
 }
 
-/// log-softmax over the last dimension as f32: one fused pass on CUDA (bf16 or f32 logits);
-/// candle's ops in f32 elsewhere.
+/// log-softmax over the last dimension as f32: one fused pass on CUDA (bf16 or f32 logits),
+/// rows in parallel on the CPU in f32 ([`cpu_pointwise`]), candle's ops in f32 elsewhere.
 pub fn log_softmax_f32(x: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F32) {
         return ops::log_softmax(x);
     }
+    if cpu_pointwise::available(x) {
+        return cpu_pointwise::log_softmax(x);
+    }
     candle_nn::ops::log_softmax(&x.to_dtype(DType::F32)?, candle_core::D::Minus1)
 }
 
-/// silu(g) · u: one fused kernel on CUDA in bf16, candle's two ops elsewhere.
+/// silu(g) · u: one fused kernel on CUDA in bf16, one parallel pass on the CPU in f32
+/// ([`cpu_pointwise`]), candle's two ops elsewhere.
 pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if g.device().is_cuda() && g.dtype() == DType::BF16 && u.dtype() == DType::BF16 {
         return ops::silu_mul(g, u);
+    }
+    if cpu_pointwise::available(g) && cpu_pointwise::available(u) {
+        return cpu_pointwise::silu_mul(g, u);
     }
     g.silu()? * u
 }
@@ -176,6 +184,12 @@ impl Kernels for RuntimeKernels {
     }
     fn silu_mul(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
         silu_mul(g, u).map(Some)
+    }
+    fn silu_mul_grad(&self, g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
+        if cpu_pointwise::available(g) && cpu_pointwise::available(u) {
+            return cpu_pointwise::silu_mul_grad(g, u).map(Some);
+        }
+        Ok(None)
     }
     fn log_softmax(&self, x: &Tensor) -> Result<Option<Tensor>> {
         log_softmax_f32(x).map(Some)
