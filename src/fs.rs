@@ -25,14 +25,25 @@ pub const MODEL_SIDE_FILES: &[&str] = &[
 ];
 
 /// Whether `name` is a file the harness writes into a model directory: config.json, the
-/// weights (`*.safetensors`, the shard index), [`MODEL_SIDE_FILES`] and the recipe
-/// (`recipe.json`). Anything else there is the user's: `--overwrite` does not replace it.
+/// weights under the names it gives them (`model.safetensors`, or the shards
+/// `model-NNNNN-of-NNNNN.safetensors` and their index), [`MODEL_SIDE_FILES`] and the recipe
+/// (`recipe.json`). Anything else there is the user's — another `*.safetensors` too (a kept
+/// original, say): `--overwrite` does not replace it.
 pub fn is_model_file(name: &str) -> bool {
     matches!(
         name,
-        "config.json" | "recipe.json" | "model.safetensors.index.json"
-    ) || name.ends_with(".safetensors")
+        "config.json" | "recipe.json" | "model.safetensors" | "model.safetensors.index.json"
+    ) || is_shard_name(name)
         || MODEL_SIDE_FILES.contains(&name)
+}
+
+/// `model-NNNNN-of-NNNNN.safetensors`, the shards' names transformers and the harness write.
+fn is_shard_name(name: &str) -> bool {
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix("model-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+        .and_then(|r| r.split_once("-of-"))
+        .is_some_and(|(i, n)| digits(i) && digits(n))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,

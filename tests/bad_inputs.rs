@@ -8,6 +8,8 @@ mod clobber;
 mod common;
 #[path = "bad_inputs/fuzz.rs"]
 mod fuzz;
+#[path = "bad_inputs/nonfinite_and_inside.rs"]
+mod nonfinite_and_inside;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -411,7 +413,8 @@ fn rtn_refuses_nan_and_infinite_weights() {
             let w = t.get_mut("model.layers.0.mlp.up_proj.weight").unwrap();
             w.data[40..44].copy_from_slice(&bad.to_le_bytes());
         });
-        let out = tmp.path().join("q");
+        let dest = tempfile::tempdir().unwrap();
+        let out = dest.path().join("q");
         let cmd = format!(
             "quantize --model {} --scheme w4a16 --out {}",
             s(tmp.path()),
@@ -419,7 +422,7 @@ fn rtn_refuses_nan_and_infinite_weights() {
         );
         fails(&cmd, &["RTN", if bad.is_nan() { "NaN" } else { "inf" }]);
         assert!(!out.exists());
-        no_leftovers(tmp.path());
+        no_leftovers(dest.path());
     }
 }
 

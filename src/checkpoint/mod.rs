@@ -2,6 +2,7 @@
 //! writing them back atomically, and the compressed-tensors format.
 
 pub mod compressed_tensors;
+mod finite;
 mod load;
 pub mod package;
 pub mod qlinear;

@@ -554,6 +554,14 @@ fn contents(ck: &Checkpoint, tok: Option<&crate::model::Tokenizer>, p: &mut Vec<
             p.push(e.to_string());
         }
     }
+    // every dense weight finite (a NaN row of the embedding escapes a short prompt); where one
+    // is not, the logits below would only repeat it
+    let nonfinite =
+        super::finite::nonfinite_weights(&model, &|n| ck.contains(&format!("{n}_scale")));
+    if !nonfinite.is_empty() {
+        p.extend(nonfinite);
+        return;
+    }
     // a few tokens: the chat format when there is a tokenizer, else ids spread over the vocab
     let c = &model.config;
     let mut ids = tok

@@ -35,7 +35,9 @@ pub(super) fn foreign_files(dir: &Path) -> Vec<String> {
         .flatten()
         .filter(|e| e.path().is_file())
         .map(|e| e.file_name().to_string_lossy().to_string())
+        // weights files are the stray-weights check's (above): each is named once
         .filter(|n| !n.starts_with('.') && !crate::fs::is_model_file(n))
+        .filter(|n| !n.ends_with(".safetensors"))
         .collect();
     names.sort();
     names

@@ -99,11 +99,13 @@ impl Default for WriteOptions {
 
 /// Checks, before any long work, that a model directory can be written at `out` with `opts`:
 /// nothing there (or, with `overwrite`, a model directory or an empty one), not the input
-/// directory nor one containing it, a parent we can write in. Removes what killed runs left for
+/// directory, one containing it or one inside it (a model written into its input would be a
+/// foreign folder in that model: `package` leaves it out, `--overwrite` refuses it), a parent
+/// we can write in. Removes what killed runs left for
 /// `out` (printing a note about each); returns the notes.
 pub fn check_model_out(out: &Path, opts: &WriteOptions) -> Result<Vec<String>> {
     if let Some(src) = &opts.side_files_from {
-        crate::fs::refuse_overlap(out, &[src.as_path()], false)?;
+        crate::fs::refuse_overlap(out, &[src.as_path()], true)?;
     }
     crate::fs::check_destination(out, crate::fs::OutputKind::ModelDir, opts.overwrite)
 }

@@ -29,6 +29,21 @@ pub fn uniform(layers: usize, n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// `scores` where every layer's is finite; else an error naming the layers whose score is not
+/// (a model whose weights hold NaN or inf computes NaN scores, and ranking them would pick
+/// layers at random).
+fn finite_scores(scores: Vec<f64>, what: &str) -> Result<Vec<f64>> {
+    let bad: Vec<usize> = (0..scores.len())
+        .filter(|&i| !scores[i].is_finite())
+        .collect();
+    if bad.is_empty() {
+        return Ok(scores);
+    }
+    Err(candle_core::Error::Msg(format!(
+        "{what}: the scores of layer(s) {bad:?} are not finite, so the layers cannot be ranked: the model computes NaN or inf (its weights or config are broken; `exaone-compress package --model DIR --check` names what)"
+    )))
+}
+
 /// The indices of the `n` smallest scores, sorted.
 pub fn lowest(scores: &[f64], n: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
@@ -89,7 +104,10 @@ fn mean_kl(
         }
         n += kl.len();
     }
-    Ok((sum / n.max(1) as f64).max(0.0))
+    // rounding can leave a tiny negative mean; NaN (a broken model) must stay NaN, which
+    // f64::max would turn into 0, the best score
+    let mean = sum / n.max(1) as f64;
+    Ok(if mean < 0.0 { 0.0 } else { mean })
 }
 
 /// Resolves a rule to layer indices (sorted, unique), checking them.
@@ -136,11 +154,15 @@ pub fn choose(model: &Exaone4, rule: &DropRule, calib: Option<&[Vec<u32>]>) -> R
             let t = c[0].len();
             let flat: Vec<u32> = c.iter().flat_map(|s| s.iter().copied()).collect();
             let ids = Tensor::from_vec(flat, (c.len(), t), model.device())?;
-            lowest(&block_influence(model, &ids)?, *k)
+            lowest(
+                &finite_scores(block_influence(model, &ids)?, "Block Influence")?,
+                *k,
+            )
         }
         DropRule::MeasuredKl(k) => {
             need(*k)?;
-            lowest(&drop_one_kl(model, calib_ids()?, 8)?, *k)
+            let kl = drop_one_kl(model, calib_ids()?, 8)?;
+            lowest(&finite_scores(kl, "drop-one KL")?, *k)
         }
     };
     idx.sort();

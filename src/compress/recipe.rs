@@ -416,7 +416,7 @@ impl Recipe {
         }
         .check_destination(out)?;
         if let Some(t) = &opts.teacher {
-            crate::fs::refuse_overlap(out, &[t.as_path()], false)?;
+            crate::fs::refuse_overlap(out, &[t.as_path()], true)?;
         }
         refuse_data_inside(out, &self.steps, ctx)?;
         let allow = opts.allow_mismatch;

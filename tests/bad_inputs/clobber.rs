@@ -248,6 +248,16 @@ fn package_checks_contents_not_just_names() {
         };
         w.data[..nan.len()].copy_from_slice(&nan);
     };
+    // finite weights whose products overflow: only the test prompt's logits show it
+    let huge = |w: &mut RawTensor| {
+        let big = match w.dtype {
+            safetensors::Dtype::BF16 => half::bf16::MAX.to_le_bytes().to_vec(),
+            _ => f32::MAX.to_le_bytes().to_vec(),
+        };
+        for c in w.data.chunks_mut(big.len()) {
+            c.copy_from_slice(&big);
+        }
+    };
     let quant = json!({
         "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
         "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": "four",
@@ -326,6 +336,11 @@ fn package_checks_contents_not_just_names() {
         (
             "NaN in a norm",
             tensor("model.layers.2.post_attention_layernorm.weight", nan_first),
+            "`model.layers.2.post_attention_layernorm.weight` holds NaN at [0]",
+        ),
+        (
+            "a norm that overflows",
+            tensor("model.layers.2.post_attention_layernorm.weight", huge),
             "non-finite logits",
         ),
         (

@@ -109,7 +109,7 @@ pub(crate) fn distill(m: &ModelArgs, a: DistillArgs) -> Result<()> {
         overwrite: a.overwrite,
         ..Default::default()
     };
-    exaone_compress::fs::refuse_overlap(out, &[teacher.as_path()], false)?;
+    exaone_compress::fs::refuse_overlap(out, &[teacher.as_path()], true)?;
     opts.check_destination(out)?;
     let mut ctx = Ctx::new(&m.device, Check::Record)?;
     let teacher_ref = ModelRef::of(&teacher)?;
