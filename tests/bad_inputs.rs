@@ -378,6 +378,9 @@ fn config_values_that_give_garbage_are_refused() {
         // sized before any other check (an abort allocating the layer types, once)
         ("num_hidden_layers", json!(1u64 << 40), "num_hidden_layers"),
         ("num_hidden_layers", json!(0), "num_hidden_layers"),
+        ("dtype", json!("float9"), "not a dtype"),
+        ("dtype", json!(5), "not a dtype"),
+        ("dtype", json!("int8"), "not a dtype"),
     ] {
         std::fs::write(d.join("config.json"), &orig).unwrap();
         edit_config(d, |v| v[key] = value.clone());

@@ -282,6 +282,13 @@ fn a_tampered_recipe_or_another_base_fails_clearly_and_writes_nothing() {
             vec!["unknown field `colour`"],
         ),
         (
+            edited("dtype.json", &|v| {
+                v["dtype"] = "f8".into();
+                v.as_object_mut().unwrap().remove("checksum");
+            }),
+            vec!["dtype \"f8\"", "f32, bf16 or f16"],
+        ),
+        (
             edited("method.json", &|v| {
                 v["steps"][0]["quantizer"] = serde_json::json!({"method": "awq"});
                 v.as_object_mut().unwrap().remove("checksum");

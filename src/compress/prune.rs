@@ -75,11 +75,20 @@ pub fn block_influence(model: &Exaone4, ids: &Tensor) -> Result<Vec<f64>> {
 pub fn drop_one_kl(model: &Exaone4, sequences: &[Vec<u32>], batch: usize) -> Result<Vec<f64>> {
     let n = model.layers.len();
     let mut out = Vec::with_capacity(n);
+    // a forward of the model per layer: minutes on a CPU for the 1.2B
+    let bar = indicatif::ProgressBar::new(n as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "drop-one KL [{elapsed_precise}] {wide_bar} layer {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
     for i in 0..n {
         let kept: Vec<usize> = (0..n).filter(|&j| j != i).collect();
         let student = model.with_layers(&kept)?;
         out.push(mean_kl(model, &student, sequences, batch)?);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     Ok(out)
 }
 

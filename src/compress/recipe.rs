@@ -225,6 +225,12 @@ impl Recipe {
         if self.steps.is_empty() {
             return Err(bad("recipe: no steps"));
         }
+        if !["f32", "bf16", "f16"].contains(&self.dtype.as_str()) {
+            return Err(bad(format!(
+                "recipe: dtype {:?} is not a compute dtype the steps run in (f32, bf16 or f16)",
+                self.dtype
+            )));
+        }
         for (i, s) in self.steps.iter().enumerate() {
             s.check()
                 .map_err(|e| bad(format!("recipe step {} ({}): {e}", i + 1, s.kind())))?;

@@ -254,11 +254,27 @@ impl Exaone4Config {
             }
         }
 
-        let dtype = raw
-            .get("dtype")
-            .or_else(|| raw.get("torch_dtype"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        // vLLM maps the name to a torch dtype (its table of half/float16/float/float32/bfloat16)
+        // and fails on any other
+        let dtype = match ["dtype", "torch_dtype"]
+            .iter()
+            .find_map(|k| raw.get(*k).map(|v| (k, v)))
+        {
+            None | Some((_, Value::Null)) => None,
+            Some((_, Value::String(s)))
+                if ["bfloat16", "float16", "float32", "half", "float"].contains(&s.as_str()) =>
+            {
+                Some(s.clone())
+            }
+            Some((k, v)) => {
+                return Err(Error::config(
+                    k,
+                    format!(
+                    "{v}: not a dtype the model can be loaded in (bfloat16, float16 or float32)"
+                ),
+                ))
+            }
+        };
         let cfg = Self {
             vocab_size: usize_field(&raw, "vocab_size")?,
             hidden_size,

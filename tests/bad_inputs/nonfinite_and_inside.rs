@@ -1,6 +1,6 @@
 //! What a new user's trial found: a NaN in an embedding row that `package`'s test prompt never
 //! reads, a user's extra `*.safetensors` that `--overwrite` deleted, model outputs written inside
-//! the input model, and layer rankings by NaN scores.
+//! the input model, layer rankings by NaN scores, and a report given an empty command line.
 
 use super::*;
 
@@ -121,5 +121,22 @@ fn no_command_writes_a_model_inside_its_input() {
         fails(&cmd, &["lies inside the input directory"]);
         assert!(!sub.exists(), "`{cmd}` wrote into its input");
         no_leftovers(m);
+    }
+}
+
+#[test]
+fn a_report_needs_the_command_line_that_made_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    for blank in ["", "  "] {
+        let o = Command::new(env!("CARGO_BIN_EXE_exaone-compress"))
+            .args(["report", "--results", s(tmp.path()), "--command", blank])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("--command") && err.contains("not an empty one"),
+            "{err}"
+        );
     }
 }

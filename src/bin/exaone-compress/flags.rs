@@ -220,6 +220,14 @@ pub fn rule(s: &str) -> Result<DropRule, String> {
 }
 
 /// A whole number ≥ 1 (`--group`, `--calib-len`, `--calib-samples`, `--max-new-tokens`).
+/// A command line to print in a report: not blank.
+pub fn command_line(s: &str) -> Result<String, String> {
+    match s.trim().is_empty() {
+        true => Err("the command line that produced the results, not an empty one".into()),
+        false => Ok(s.to_string()),
+    }
+}
+
 pub fn at_least_one(s: &str) -> Result<usize, String> {
     exaone_compress::study::at_least_one(s)
 }

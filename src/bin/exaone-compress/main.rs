@@ -254,7 +254,7 @@ enum Cmd {
         #[arg(long)]
         results: PathBuf,
         /// the command line that produced the results, to print in the report
-        #[arg(long)]
+        #[arg(long, value_parser = checked(flags::command_line))]
         command: String,
     },
     /// Validate a model directory for the evaluation server and zip it as model/ (submit.zip)
