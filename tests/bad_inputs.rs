@@ -423,7 +423,13 @@ fn rtn_refuses_nan_and_infinite_weights() {
             s(tmp.path()),
             s(&out)
         );
-        fails(&cmd, &["RTN", if bad.is_nan() { "NaN" } else { "inf" }]);
+        fails(
+            &cmd,
+            &[
+                "model.layers.0.mlp.up_proj.weight: RTN",
+                if bad.is_nan() { "NaN" } else { "inf" },
+            ],
+        );
         assert!(!out.exists());
         no_leftovers(dest.path());
     }

@@ -393,8 +393,9 @@ pub fn dequantize_linear_shaped(
             return Err(bad(
                 &wname,
                 format!(
-                    "{} bytes for shape [{out}, {inp}] of 1-byte values",
-                    raw.len()
+                    "{} bytes for shape [{out}, {inp}]: an 8-bit weight stores one byte per value ({} bytes); is it stored in a wider dtype?",
+                    raw.len(),
+                    out * inp
                 ),
             ));
         }

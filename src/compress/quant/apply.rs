@@ -127,10 +127,9 @@ pub fn quantize_rtn(
             ignore.push(p);
             continue;
         }
-        linears.insert(
-            p.clone(),
-            rtn(&weights[&format!("{p}.weight")], &scheme.weights)?,
-        );
+        let q = rtn(&weights[&format!("{p}.weight")], &scheme.weights)
+            .map_err(|e| candle_core::Error::Msg(format!("{p}.weight: {e}")))?;
+        linears.insert(p.clone(), q);
     }
     let mut m = model.share();
     install(&mut m, &linears, scheme)?;
