@@ -207,13 +207,19 @@ pub fn generate_timed(
 }
 
 /// How many new tokens a prompt of `prompt_len` tokens may get when `requested` are asked for:
-/// no more than fit in the context (`max_position_embeddings`), computed without overflow.
+/// as many as keep every token that runs through the model within the context
+/// (`max_position_embeddings`) — the last new token is never run, so a prompt that fills the
+/// context still gets one, as vLLM gives it (a request stops once its tokens exceed
+/// `max_model_len`); none for a longer prompt. Computed without overflow.
 pub fn max_new_tokens_within(
     cfg: &super::Exaone4Config,
     prompt_len: usize,
     requested: usize,
 ) -> usize {
-    requested.min(cfg.max_position_embeddings.saturating_sub(prompt_len))
+    match cfg.max_position_embeddings.checked_sub(prompt_len) {
+        Some(left) => requested.min(left.saturating_add(1)),
+        None => 0,
+    }
 }
 
 /// Temperature must be finite and > 0, top-p in (0, 1]: the rule broken, naming the values by

@@ -394,9 +394,10 @@ fn run() -> Result<()> {
             );
             if room < max_new_tokens {
                 eprintln!(
-                    "note: --max-new-tokens {max_new_tokens} capped at {room}: a {}-token prompt leaves {room} positions of max_position_embeddings {}",
+                    "note: --max-new-tokens {max_new_tokens} capped at {room}: after a {}-token prompt, max_position_embeddings {} holds {} more tokens to run through the model, and the last new token is not run",
                     prompt_ids.len(),
-                    ckpt.config.max_position_embeddings
+                    ckpt.config.max_position_embeddings,
+                    room.saturating_sub(1)
                 );
             }
             let model = exaone_compress::runtime::load_checkpoint(&ckpt, dtype, &device)?;
