@@ -22,6 +22,7 @@ impl Checkpoint {
                 cfg.num_hidden_layers
             )));
         }
+        self.check_quant_layout()?;
         // tied: vLLM ignores any lm_head.weight in the file, and so does `build`
         let mut m = Exaone4::build(
             cfg,
@@ -53,6 +54,42 @@ impl Checkpoint {
     /// with the shape the config gives and a floating-point dtype (quantized Linears are
     /// checked when they are dequantized). For commands that copy tensors through rather than
     /// load the model (`dequant`).
+    /// Fails where the quantized Linears are not stored as `quantization_config` says: scales
+    /// without a quantization_config, packed int4 under an 8-bit format or 8-bit weights under
+    /// `pack-quantized`. The tensors alone could be dequantized, but vLLM reads them by the
+    /// config, so a model that ran here would not run there.
+    pub fn check_quant_layout(&self) -> Result<()> {
+        let q = self.quant_info()?;
+        let first = |packed: bool| {
+            self.names()
+                .filter_map(|n| n.strip_suffix(".weight_scale"))
+                .find(|p| self.contains(&format!("{p}.weight_packed")) == packed)
+                .map(str::to_string)
+        };
+        let (say, stored) = match &q {
+            None => match first(true).or_else(|| first(false)) {
+                Some(p) => (p, "quantized (it has a weight_scale)".to_string()),
+                None => return Ok(()),
+            },
+            Some(q) if q.format == "pack-quantized" => match first(false) {
+                Some(p) => (p, "as 8-bit weights, not packed int4".into()),
+                None => return Ok(()),
+            },
+            Some(_) => match first(true) {
+                Some(p) => (p, "as packed int4 (weight_packed)".into()),
+                None => return Ok(()),
+            },
+        };
+        let config = match &q {
+            None => "config.json has no quantization_config".to_string(),
+            Some(q) => format!("quantization_config.format is {:?}", q.format),
+        };
+        Err(Error::Invalid(format!(
+            "{}: `{say}` is stored {stored}, but {config}: the config does not describe the tensors (vLLM reads them by it; `exaone-compress package --model DIR --check` lists every mismatch)",
+            self.dir.display()
+        )))
+    }
+
     pub fn check_dense_shapes(&self) -> Result<()> {
         let placeholder = || candle_core::Tensor::zeros(1, DType::F32, &Device::Cpu);
         Exaone4::build(

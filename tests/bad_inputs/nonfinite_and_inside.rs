@@ -140,3 +140,28 @@ fn a_report_needs_the_command_line_that_made_it() {
         );
     }
 }
+
+#[test]
+fn a_quantization_config_that_does_not_describe_the_tensors_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, edit) in [
+        ("packed", json!({"format": "pack-quantized"})),
+        ("none", Value::Null),
+    ] {
+        let d = quantized(tmp.path(), name, Scheme::w8a8_int8());
+        edit_config(&d, |v| match &edit {
+            Value::Null => {
+                v.as_object_mut().unwrap().remove("quantization_config");
+            }
+            e => v["quantization_config"]["format"] = e["format"].clone(),
+        });
+        let want = ["does not describe the tensors"];
+        fails(
+            &format!("generate --model {} --ids 1,2 --max-new-tokens 1", s(&d)),
+            &want,
+        );
+        let out = tmp.path().join(format!("{name}-dense"));
+        fails(&format!("dequant --model {} --out {}", s(&d), s(&out)), &want);
+        assert!(!out.exists());
+    }
+}

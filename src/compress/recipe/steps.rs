@@ -138,6 +138,7 @@ impl Step {
             Self::Quantize(q) => run_quantize(q, input, out, ctx),
             Self::Dequantize(_) => {
                 let ck = Checkpoint::open(input)?;
+                ck.check_quant_layout()?;
                 let mut log = vec![];
                 if ck.quant_info()?.is_none() {
                     log.push(format!(
