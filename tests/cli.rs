@@ -451,7 +451,8 @@ fn chat_prompts_and_chat_calibration_use_the_directorys_template() {
         "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n",
     )
     .unwrap();
-    let out = t.path().join("q");
+    let dest = tempfile::tempdir().unwrap();
+    let out = dest.path().join("q");
     let q = [
         "quantize",
         "--model",

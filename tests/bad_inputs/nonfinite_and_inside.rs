@@ -161,7 +161,10 @@ fn a_quantization_config_that_does_not_describe_the_tensors_is_refused() {
             &want,
         );
         let out = tmp.path().join(format!("{name}-dense"));
-        fails(&format!("dequant --model {} --out {}", s(&d), s(&out)), &want);
+        fails(
+            &format!("dequant --model {} --out {}", s(&d), s(&out)),
+            &want,
+        );
         assert!(!out.exists());
     }
 }
