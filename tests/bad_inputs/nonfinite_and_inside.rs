@@ -1,6 +1,7 @@
 //! What a new user's trial found: a NaN in an embedding row that `package`'s test prompt never
 //! reads, a user's extra `*.safetensors` that `--overwrite` deleted, model outputs written inside
-//! the input model, layer rankings by NaN scores, and a report given an empty command line.
+//! the input model, layer rankings by NaN scores, a report given an empty command line, an
+//! ignore list that leaves nothing to quantize.
 
 use super::*;
 
@@ -164,6 +165,24 @@ fn a_quantization_config_that_does_not_describe_the_tensors_is_refused() {
         fails(
             &format!("dequant --model {} --out {}", s(&d), s(&out)),
             &want,
+        );
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn an_ignore_list_of_every_linear_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q");
+    let m = fixture("full_tied");
+    for ignore in ["model.layers.*", "model.layers"] {
+        fails(
+            &format!(
+                "quantize --model {} --scheme w8a8 --method rtn --ignore {ignore} --out {}",
+                s(&m),
+                s(&out)
+            ),
+            &["matches all", "nothing would be quantized"],
         );
         assert!(!out.exists());
     }

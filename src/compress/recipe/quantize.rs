@@ -289,6 +289,12 @@ impl QuantizeStep {
                 }
             }
         }
+        if layers > 0 && skipped.len() == layers * LINEAR_NAMES.len() {
+            return Err(bad(format!(
+                "ignore matches all {} decoder Linears of this {layers}-layer model: nothing would be quantized (the checkpoint would be the dense model under a quantization_config); leave some out of ignore",
+                skipped.len()
+            )));
+        }
         Ok(skipped)
     }
 }
