@@ -55,39 +55,68 @@ impl Checkpoint {
     /// checked when they are dequantized). For commands that copy tensors through rather than
     /// load the model (`dequant`).
     /// Fails where the quantized Linears are not stored as `quantization_config` says: scales
-    /// without a quantization_config, packed int4 under an 8-bit format or 8-bit weights under
-    /// `pack-quantized`. The tensors alone could be dequantized, but vLLM reads them by the
-    /// config, so a model that ran here would not run there.
+    /// without a quantization_config, or a Linear whose tensors are not those of the config's
+    /// scheme ([`Checkpoint::stored_as_scheme`]: packed int4 under an 8-bit format, a zero point
+    /// the scheme has no place for, …). The tensors alone could be dequantized, but vLLM reads
+    /// them by the config, so a model that ran here would not run there.
     pub fn check_quant_layout(&self) -> Result<()> {
-        let q = self.quant_info()?;
-        let first = |packed: bool| {
+        let scaled = || {
             self.names()
                 .filter_map(|n| n.strip_suffix(".weight_scale"))
-                .find(|p| self.contains(&format!("{p}.weight_packed")) == packed)
                 .map(str::to_string)
         };
-        let (say, stored) = match &q {
-            None => match first(true).or_else(|| first(false)) {
-                Some(p) => (p, "quantized (it has a weight_scale)".to_string()),
-                None => return Ok(()),
-            },
-            Some(q) if q.format == "pack-quantized" => match first(false) {
-                Some(p) => (p, "as 8-bit weights, not packed int4".into()),
-                None => return Ok(()),
-            },
-            Some(_) => match first(true) {
-                Some(p) => (p, "as packed int4 (weight_packed)".into()),
-                None => return Ok(()),
+        let problems: Vec<String> = match self.quant_info()? {
+            None => scaled()
+                .take(1)
+                .map(|p| format!("`{p}` is stored quantized (it has a weight_scale), but config.json has no quantization_config"))
+                .collect(),
+            Some(q) => match &q.scheme {
+                Some(s) => scaled().flat_map(|p| self.stored_as_scheme(&p, s)).collect(),
+                None => vec![],
             },
         };
-        let config = match &q {
-            None => "config.json has no quantization_config".to_string(),
-            Some(q) => format!("quantization_config.format is {:?}", q.format),
-        };
-        Err(Error::Invalid(format!(
-            "{}: `{say}` is stored {stored}, but {config}: the config does not describe the tensors (vLLM reads them by it; `exaone-compress package --model DIR --check` lists every mismatch)",
-            self.dir.display()
-        )))
+        match problems.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Invalid(format!(
+                "{}: {first}{}: the config does not describe the tensors (vLLM reads them by it; `exaone-compress package --model DIR --check` lists every mismatch)",
+                self.dir.display(),
+                match problems.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                }
+            ))),
+        }
+    }
+
+    /// How the quantized Linear `pre` is not stored as the scheme `s` says: each tensor of its
+    /// format (packed int4 with `weight_shape`, or an 8-bit `weight`) missing or out of place,
+    /// a zero point iff asymmetric, `g_idx` iff act-order "group" (one line each).
+    pub(crate) fn stored_as_scheme(&self, pre: &str, s: &super::scheme::Scheme) -> Vec<String> {
+        use super::scheme::ActOrder;
+        let has = |suffix: &str| self.contains(&format!("{pre}.{suffix}"));
+        let packed = s.format() == "pack-quantized";
+        let mut p = vec![];
+        for (suffix, want) in [
+            ("weight_packed", packed),
+            ("weight_shape", packed),
+            ("weight", !packed),
+            ("weight_zero_point", !s.weights.symmetric),
+            (
+                "weight_g_idx",
+                packed && s.weights.actorder == Some(ActOrder::Group),
+            ),
+        ] {
+            if has(suffix) != want {
+                p.push(format!(
+                    "`{pre}.{suffix}` is {} but the scheme {} (format {}) {} it",
+                    if want { "missing" } else { "present" },
+                    s.name(),
+                    s.format(),
+                    if want { "needs" } else { "has no place for" }
+                ));
+            }
+        }
+        p
     }
 
     pub fn check_dense_shapes(&self) -> Result<()> {

@@ -269,7 +269,7 @@ fn quantized_linears_match(
     q: &super::compressed_tensors::QuantInfo,
     p: &mut Vec<String>,
 ) {
-    use super::scheme::{ActOrder, Strategy};
+    use super::scheme::Strategy;
     let Some(s) = &q.scheme else {
         return;
     };
@@ -298,27 +298,7 @@ fn quantized_linears_match(
                     "`{pre}` is stored quantized but quantization_config.ignore lists it"
                 ));
             }
-            let packed = s.format() == "pack-quantized";
-            for (suffix, want) in [
-                ("weight_packed", packed),
-                ("weight_shape", packed),
-                ("weight", !packed),
-                ("weight_zero_point", !s.weights.symmetric),
-                (
-                    "weight_g_idx",
-                    packed && s.weights.actorder == Some(ActOrder::Group),
-                ),
-            ] {
-                if has(suffix) != want {
-                    p.push(format!(
-                        "`{pre}.{suffix}` is {} but the scheme {} (format {}) {} it",
-                        if want { "missing" } else { "present" },
-                        s.name(),
-                        s.format(),
-                        if want { "needs" } else { "has no place for" }
-                    ));
-                }
-            }
+            p.extend(ck.stored_as_scheme(&pre, s));
             let (Ok(scale), Ok(Some((_, _, inp)))) = (
                 ck.info(&format!("{pre}.weight_scale")),
                 ck.dequantized_shaped(&pre),
