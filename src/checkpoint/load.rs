@@ -71,7 +71,17 @@ impl Checkpoint {
                 .map(|p| format!("`{p}` is stored quantized (it has a weight_scale), but config.json has no quantization_config"))
                 .collect(),
             Some(q) => match &q.scheme {
-                Some(s) => scaled().flat_map(|p| self.stored_as_scheme(&p, s)).collect(),
+                Some(s) if s.format() != q.format => vec![format!(
+                    "quantization_config.format is {:?} but its scheme {} is stored as {:?}",
+                    q.format,
+                    s.name(),
+                    s.format()
+                )],
+                // how the values are read; a g_idx the dequantizer checks itself (range,
+                // length), and `package` refuses one the scheme has no place for
+                Some(s) => scaled()
+                    .flat_map(|p| self.stored_as_scheme(&p, s, false))
+                    .collect(),
                 None => vec![],
             },
         };
@@ -90,8 +100,14 @@ impl Checkpoint {
 
     /// How the quantized Linear `pre` is not stored as the scheme `s` says: each tensor of its
     /// format (packed int4 with `weight_shape`, or an 8-bit `weight`) missing or out of place,
-    /// a zero point iff asymmetric, `g_idx` iff act-order "group" (one line each).
-    pub(crate) fn stored_as_scheme(&self, pre: &str, s: &super::scheme::Scheme) -> Vec<String> {
+    /// a zero point iff asymmetric and, with `g_idx`, a `g_idx` iff act-order "group" (one line
+    /// each).
+    pub(crate) fn stored_as_scheme(
+        &self,
+        pre: &str,
+        s: &super::scheme::Scheme,
+        g_idx: bool,
+    ) -> Vec<String> {
         use super::scheme::ActOrder;
         let has = |suffix: &str| self.contains(&format!("{pre}.{suffix}"));
         let packed = s.format() == "pack-quantized";
@@ -106,7 +122,7 @@ impl Checkpoint {
                 packed && s.weights.actorder == Some(ActOrder::Group),
             ),
         ] {
-            if has(suffix) != want {
+            if has(suffix) != want && (g_idx || suffix != "weight_g_idx") {
                 p.push(format!(
                     "`{pre}.{suffix}` is {} but the scheme {} (format {}) {} it",
                     if want { "missing" } else { "present" },

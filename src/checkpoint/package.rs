@@ -298,7 +298,7 @@ fn quantized_linears_match(
                     "`{pre}` is stored quantized but quantization_config.ignore lists it"
                 ));
             }
-            p.extend(ck.stored_as_scheme(&pre, s));
+            p.extend(ck.stored_as_scheme(&pre, s, true));
             let (Ok(scale), Ok(Some((_, _, inp)))) = (
                 ck.info(&format!("{pre}.weight_scale")),
                 ck.dequantized_shaped(&pre),
