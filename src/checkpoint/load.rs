@@ -50,10 +50,6 @@ impl Checkpoint {
 }
 
 impl Checkpoint {
-    /// Checks, without reading any weight, that every dense tensor the model reads is there
-    /// with the shape the config gives and a floating-point dtype (quantized Linears are
-    /// checked when they are dequantized). For commands that copy tensors through rather than
-    /// load the model (`dequant`).
     /// Fails where the quantized Linears are not stored as `quantization_config` says: scales
     /// without a quantization_config, or a Linear whose tensors are not those of the config's
     /// scheme ([`Checkpoint::stored_as_scheme`]: packed int4 under an 8-bit format, a zero point
@@ -135,6 +131,10 @@ impl Checkpoint {
         p
     }
 
+    /// Checks, without reading any weight, that every dense tensor the model reads is there
+    /// with the shape the config gives and a floating-point dtype (quantized Linears are
+    /// checked when they are dequantized). For commands that copy tensors through rather than
+    /// load the model (`dequant`).
     pub fn check_dense_shapes(&self) -> Result<()> {
         let placeholder = || candle_core::Tensor::zeros(1, DType::F32, &Device::Cpu);
         Exaone4::build(
