@@ -82,12 +82,11 @@ pub fn untie(model: &mut Exaone4) -> Result<()> {
 
 /// Per-position KL(p ‖ q) [rows] and top-1 agreement [rows] for logits [rows, vocab].
 pub fn kl_rows(base_logits: &Tensor, logits: &Tensor) -> Result<(Vec<f32>, Vec<bool>)> {
-    use crate::runtime::cpu_pointwise;
-    let log_softmax = |x: &Tensor| match cpu_pointwise::available(x) {
-        true => cpu_pointwise::log_softmax(x),
-        false => candle_nn::ops::log_softmax(x, D::Minus1),
-    };
-    let (lp, lq) = (log_softmax(base_logits)?, log_softmax(logits)?);
+    use crate::runtime::cpu_pointwise::log_softmax_or_candle;
+    let (lp, lq) = (
+        log_softmax_or_candle(base_logits)?,
+        log_softmax_or_candle(logits)?,
+    );
     let kl = (lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?;
     let a = base_logits.argmax(D::Minus1)?;
     let b = logits.argmax(D::Minus1)?;

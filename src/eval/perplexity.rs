@@ -2,7 +2,7 @@
 //! scored with context, and the spread over windows. [`perplexity_per_token`] also returns every
 //! scored token's NLL, window by window, for paired comparisons (`eval::paired`).
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use indicatif::ProgressBar;
 
 use crate::data::TokenStream;
@@ -80,12 +80,11 @@ pub fn perplexity_per_token(
                 .collect();
             let x = Tensor::from_vec(flat, (same.len(), len), &dev)?;
             let logits = model.forward(&x, None)?; // [b, len, V] f32
-            let logits = logits.narrow(1, 0, len - 1)?;
-            let lp = if crate::runtime::cpu_pointwise::available(&logits) {
-                crate::runtime::cpu_pointwise::log_softmax(&logits)?
-            } else {
-                candle_nn::ops::log_softmax(&logits.contiguous()?, D::Minus1)?
-            };
+            let lp = crate::runtime::cpu_pointwise::log_softmax_or_candle(&logits.narrow(
+                1,
+                0,
+                len - 1,
+            )?)?;
             let tgt = x
                 .narrow(1, 1, len - 1)?
                 .to_dtype(DType::U32)?

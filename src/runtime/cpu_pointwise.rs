@@ -46,6 +46,16 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&LogSoftmax)
 }
 
+/// log-softmax over the last dimension: [`log_softmax`] where it runs, candle's op elsewhere
+/// (on CUDA too, where `runtime::log_softmax_f32` would switch to the fused kernel: evaluation
+/// keeps the numerics it has there).
+pub fn log_softmax_or_candle(x: &Tensor) -> Result<Tensor> {
+    match available(x) {
+        true => log_softmax(x),
+        false => candle_nn::ops::log_softmax(&x.contiguous()?, candle_core::D::Minus1),
+    }
+}
+
 /// The f32 values of a contiguous input, from its start offset.
 fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
