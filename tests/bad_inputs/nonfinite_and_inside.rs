@@ -1,7 +1,7 @@
 //! What a new user's trial found: a NaN in an embedding row that `package`'s test prompt never
 //! reads, a user's extra `*.safetensors` that `--overwrite` deleted, model outputs written inside
 //! the input model, layer rankings by NaN scores, a report given an empty command line, an
-//! ignore list that leaves nothing to quantize.
+//! ignore list that leaves nothing to quantize, a submission zip named otherwise.
 
 use super::*;
 
@@ -184,6 +184,18 @@ fn an_ignore_list_of_every_linear_is_refused_before_any_work() {
             ),
             &["matches all", "nothing would be quantized"],
         );
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn package_writes_only_what_is_named_a_zip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = fixture("full_tied");
+    for name in ["submit.tar", "submit", "zip"] {
+        let out = tmp.path().join(name);
+        let cmd = format!("package --model {} --out {}", s(&m), s(&out));
+        fails(&cmd, &["--out", "ending in .zip"]);
         assert!(!out.exists());
     }
 }

@@ -220,6 +220,16 @@ pub fn rule(s: &str) -> Result<DropRule, String> {
 }
 
 /// A whole number ≥ 1 (`--group`, `--calib-len`, `--calib-samples`, `--max-new-tokens`).
+/// Where `package` writes: a name ending in .zip, since a zip is what it writes and what the
+/// evaluation takes.
+pub fn zip_path(s: &str) -> Result<std::path::PathBuf, String> {
+    let p = std::path::PathBuf::from(s);
+    match p.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("zip") => Ok(p),
+        _ => Err("package writes a zip archive: give a name ending in .zip".into()),
+    }
+}
+
 /// A command line to print in a report: not blank.
 pub fn command_line(s: &str) -> Result<String, String> {
     match s.trim().is_empty() {

@@ -262,8 +262,8 @@ enum Cmd {
         /// the model directory to validate and zip
         #[arg(long)]
         model: PathBuf,
-        /// the zip to write
-        #[arg(long, default_value = "submit.zip")]
+        /// the zip to write (*.zip)
+        #[arg(long, default_value = "submit.zip", value_parser = checked(flags::zip_path))]
         out: PathBuf,
         /// only print the problems found; write nothing (so no --out, no --overwrite)
         #[arg(long, conflicts_with_all = ["out", "overwrite"])]
