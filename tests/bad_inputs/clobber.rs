@@ -13,9 +13,12 @@ fn outputs_never_replace_what_the_user_owns() {
     let st = std::fs::read(model.join("model.safetensors")).unwrap();
     let pkg = format!("package --model {}", s(&model));
     // package into the model directory, or onto one of its files: refused, even with --overwrite
-    for out in ["model.safetensors", "submit.zip"] {
+    for (out, why) in [
+        ("model.safetensors", "ending in .zip"),
+        ("submit.zip", "inside the input directory"),
+    ] {
         let cmd = format!("{pkg} --out {} --overwrite", s(&model.join(out)));
-        fails(&cmd, &["inside the input directory"]);
+        fails(&cmd, &[why]);
     }
     assert_eq!(std::fs::read(model.join("model.safetensors")).unwrap(), st);
     assert!(!model.join("submit.zip").exists());
