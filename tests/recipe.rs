@@ -282,6 +282,13 @@ fn a_tampered_recipe_or_another_base_fails_clearly_and_writes_nothing() {
             vec!["unknown field `colour`"],
         ),
         (
+            edited("group0.json", &|v| {
+                v["steps"][0]["group"] = 0.into();
+                v.as_object_mut().unwrap().remove("checksum");
+            }),
+            vec!["group 0: must be at least 1"],
+        ),
+        (
             edited("dtype.json", &|v| {
                 v["dtype"] = "f8".into();
                 v.as_object_mut().unwrap().remove("checksum");

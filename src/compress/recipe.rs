@@ -59,6 +59,24 @@ pub fn within<T: PartialOrd + std::fmt::Display>(
     )))
 }
 
+/// Fails unless `v` is at least `min`, naming `what` (a range with no upper end, which
+/// [`within`] would print as `min..=18446744073709551615`).
+pub fn at_least<T: PartialOrd + std::fmt::Display>(what: &str, v: T, min: T) -> Result<()> {
+    match v >= min {
+        true => Ok(()),
+        false => Err(bad(format!("{what} {v}: must be at least {min}"))),
+    }
+}
+
+/// Fails unless 0 < `v` ≤ `max`, naming `what` (an open lower end, which [`within`] would
+/// print as the smallest positive f64).
+pub fn positive_at_most(what: &str, v: f64, max: f64) -> Result<()> {
+    match v > 0.0 && v <= max {
+        true => Ok(()),
+        false => Err(bad(format!("{what} {v}: must be > 0 and at most {max}"))),
+    }
+}
+
 mod hash;
 mod quantize;
 mod source;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::steps::{required, write_opts, StepReport};
-use super::{bad, within, Calibration, Ctx};
+use super::{at_least, bad, within, Calibration, Ctx};
 use crate::compress::quant::apply::{quantize_awq, quantize_gptq, quantize_rtn, save_quantized};
 use crate::compress::quant::{awq::AwqConfig, gptq::GptqConfig, ActOrder, Scheme};
 use crate::error::Result;
@@ -204,7 +204,7 @@ impl QuantizeStep {
                     "group with scheme {s}: {s} quantizes whole output channels; group must be null"
                 )))
             }
-            Some(g) => within("group", g, &(1..=usize::MAX))?,
+            Some(g) => at_least("group", g, 1)?,
             None => {}
         }
         match &self.quantizer {

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::hash::hash_tokens;
 use super::quantize::run_quantize;
 use super::source::read_source;
-use super::{bad, within, Calibration, Check, Ctx, ModelRef, QuantizeStep, Quantizer, Source};
+use super::{
+    bad, positive_at_most, within, Calibration, Check, Ctx, ModelRef, QuantizeStep, Quantizer,
+    Source,
+};
 use crate::checkpoint::{save_model, write_model_dir, Checkpoint, RawTensor, WriteOptions};
 use crate::compress::distill::{distill_cached, DistillConfig, ParamGroup};
 use crate::compress::prune::{choose, DropRule};
@@ -411,7 +414,7 @@ impl DistillStep {
             return Err(bad("train: no parameter group (e.g. norms)"));
         }
         within("steps", self.steps, &(1..=10_000_000))?;
-        within("lr", self.lr, &(f64::MIN_POSITIVE..=1.0))?;
+        positive_at_most("lr", self.lr, 1.0)?;
         within("warmup_steps", self.warmup_steps, &(0..=self.steps))?;
         within("min_lr_ratio", self.min_lr_ratio, &(0.0..=1.0))?;
         within("weight_decay", self.weight_decay, &(0.0..=1.0))?;
