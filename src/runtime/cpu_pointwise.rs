@@ -10,6 +10,7 @@
 //! value, where libm's is within 1), so the last bits may differ from candle's.
 
 use crate::model::cpu_exp::{exp_minus_max, exp_shifted};
+use crate::model::grad_ops::contiguous_f32;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
@@ -56,15 +57,12 @@ pub fn log_softmax_or_candle(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The f32 values of a contiguous input, from its start offset.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: f32 only");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
+/// exp(−g) for every g, into `o` (of the same length): the sigmoid's denominator, less one.
+fn exp_neg(o: &mut [f32], g: &[f32]) {
+    for (o, &g) in o.iter_mut().zip(g) {
+        *o = -g;
     }
+    exp_shifted(o, 0.0);
 }
 
 struct SiluMul;
@@ -94,15 +92,15 @@ impl CustomOp2 for SiluMul {
         us: &CpuStorage,
         ul: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, u) = (values(gs, gl, "silu_mul")?, values(us, ul, "silu_mul")?);
+        let (g, u) = (
+            contiguous_f32(gs, gl, "silu_mul")?,
+            contiguous_f32(us, ul, "silu_mul")?,
+        );
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(o, (g, u))| {
-                for (o, &g) in o.iter_mut().zip(g) {
-                    *o = -g;
-                }
-                exp_shifted(o, 0.0);
+                exp_neg(o, g);
                 for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                     *o = g / (1.0 + *o) * u;
                 }
@@ -130,9 +128,9 @@ impl CustomOp3 for SiluMulGradG {
     ) -> Result<(CpuStorage, Shape)> {
         let op = "silu_mul backward";
         let (g, u, d) = (
-            values(gs, gl, op)?,
-            values(us, ul, op)?,
-            values(ds, dl, op)?,
+            contiguous_f32(gs, gl, op)?,
+            contiguous_f32(us, ul, op)?,
+            contiguous_f32(ds, dl, op)?,
         );
         if u.len() != g.len() || d.len() != g.len() {
             candle_core::bail!(
@@ -147,10 +145,7 @@ impl CustomOp3 for SiluMulGradG {
             .zip(g.par_chunks(CHUNK))
             .zip(u.par_chunks(CHUNK).zip(d.par_chunks(CHUNK)))
             .for_each(|((o, g), (u, d))| {
-                for (o, &g) in o.iter_mut().zip(g) {
-                    *o = -g;
-                }
-                exp_shifted(o, 0.0);
+                exp_neg(o, g);
                 for (((o, &g), &u), &d) in o.iter_mut().zip(g).zip(u).zip(d) {
                     let s = 1.0 / (1.0 + *o);
                     *o = d * u * (s * (1.0 + g * (1.0 - s)));
@@ -168,7 +163,7 @@ impl CustomOp1 for LogSoftmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = values(s, l, "log_softmax")?;
+        let x = contiguous_f32(s, l, "log_softmax")?;
         let n = l.dims().last().copied().unwrap_or(1);
         let mut out = x.to_vec();
         if n == 0 || out.is_empty() {
