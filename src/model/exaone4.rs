@@ -125,6 +125,7 @@ impl DecoderLayer {
         ctx: &Context,
         mut hook: Option<LinearHook>,
     ) -> Result<(Tensor, Option<QuantizedRows>)> {
+        let hooked = hook.is_some();
         let mut see = |n: &str, x: &Tensor| -> Result<()> {
             match hook.as_mut() {
                 Some(f) => f(n, x),
@@ -205,11 +206,15 @@ impl DecoderLayer {
         let (h, hq) = add_norm(h, &o, &self.post_attention_layernorm, gate_up_quant, ctx)?;
         see("mlp.gate_proj", &h)?;
         let kernels = ctx.kernels.as_deref();
-        let (act, aq) = self
-            .mlp
-            .activation_fused(&h, hq.as_ref(), ctx.mode, kernels)?;
-        see("mlp.down_proj", &act)?;
-        let m = self.mlp.down_proj.forward_quantized(&act, aq.as_ref())?;
+        let m = if hooked {
+            let (act, aq) = self
+                .mlp
+                .activation_fused(&h, hq.as_ref(), ctx.mode, kernels)?;
+            see("mlp.down_proj", &act)?;
+            self.mlp.down_proj.forward_quantized(&act, aq.as_ref())?
+        } else {
+            self.mlp.forward_fused(&h, hq.as_ref(), ctx.mode, kernels)?
+        };
         add_norm(&h, &m, &self.post_feedforward_layernorm, next, ctx)
     }
 }

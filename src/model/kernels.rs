@@ -114,6 +114,30 @@ pub trait LinearKernel: Send + Sync + std::fmt::Debug {
     ) -> Result<(Tensor, Option<QuantizedRows>)> {
         Ok((self.forward(x)?, None))
     }
+
+    /// A gated product's output (silu(gate) · up of rows `x`, `xq` as in
+    /// [`LinearKernel::forward_fused`]) as its rows quantized in `out_quant` alone, without the
+    /// bf16 rows, for a caller in which nothing else reads them (down's kernel takes the rows
+    /// through [`LinearKernel::forward_rows`]). None where this kernel cannot, before any work.
+    /// Default: None.
+    fn gated_rows(
+        &self,
+        _x: &Tensor,
+        _xq: Option<&QuantizedRows>,
+        _out_quant: ActQuant,
+    ) -> Result<Option<QuantizedRows>> {
+        Ok(None)
+    }
+
+    /// [`LinearKernel::forward`] of an input given only as its rows quantized by their producer.
+    /// A kernel whose [`LinearKernel::input_quant`] is `Some(format)` takes rows of that format.
+    /// Default: an error.
+    fn forward_rows(&self, xq: &QuantizedRows) -> Result<Tensor> {
+        candle_core::bail!(
+            "this Linear's kernel takes no input given only as {:?} rows",
+            xq.format
+        )
+    }
 }
 
 /// A Linear's input rows quantized per token by the kernel that produced them (the RMSNorm of

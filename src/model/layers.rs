@@ -441,8 +441,35 @@ impl Mlp {
         Ok(((g.silu()? * u)?, None))
     }
 
+    /// down(silu(x Gᵀ) · (x Uᵀ)) of rows `x` that their producer may have quantized (`xq`).
+    /// Where the gated kernel can hand its output's rows to down's kernel quantized alone
+    /// ([`LinearKernel::gated_rows`]), the activation's bf16 rows are never written: callers
+    /// that read the activation (calibration hooks) use [`Mlp::activation_fused`].
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        xq: Option<&QuantizedRows>,
+        mode: Mode,
+        kernels: Option<&dyn Kernels>,
+    ) -> Result<Tensor> {
+        let down = &self.down_proj;
+        if let (Some(g), Some(d), Some(fmt)) =
+            (&self.fused_gate_up, &down.kernel, down.input_quant())
+        {
+            let dims = x.dims().to_vec();
+            let rows = dims[..dims.len() - 1].iter().product::<usize>();
+            if let Some(aq) = g.gated_rows(&x.reshape((rows, ()))?, xq, fmt)? {
+                let mut out = dims;
+                *out.last_mut().expect("rank >= 1") = down.out_features();
+                return d.forward_rows(&aq)?.reshape(out);
+            }
+        }
+        let (act, aq) = self.activation_fused(x, xq, mode, kernels)?;
+        down.forward_quantized(&act, aq.as_ref())
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode, kernels: Option<&dyn Kernels>) -> Result<Tensor> {
-        self.down_proj.forward(&self.activation(x, mode, kernels)?)
+        self.forward_fused(x, None, mode, kernels)
     }
 }
 

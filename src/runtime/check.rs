@@ -53,7 +53,8 @@ fn agreement(a: &[usize], b: &[usize]) -> f64 {
 }
 
 /// Flash attention vs `attend` with an explicit causal mask, on random inputs: no cache, a
-/// chunk after cached keys, one decoding query; head sizes 64 and 128; GQA 4:1.
+/// chunk after cached keys, one decoding query; head sizes 64 (every tile the kernel offers)
+/// and 128; GQA 4:1. Leaves the default tile in place.
 pub fn attention(device: &Device) -> Result<Vec<Check>> {
     let mut out = vec![];
     for (t, l, d) in [(130, 130, 64), (37, 300, 64), (1, 77, 64), (100, 100, 128)] {
@@ -87,17 +88,60 @@ pub fn attention(device: &Device) -> Result<Vec<Check>> {
             Mode::Inference,
         )?)?;
         let bf = flat(&attend(&qb, &kb, &vb, Some(&mask), Mode::Inference)?)?;
-        let kern = super::fused_attention(&qb, &kb, &vb)?
-            .ok_or_else(|| candle_core::Error::Msg("fused attention unavailable".into()))?;
-        let kern = flat(&kern)?;
+        let mut eb = RelErr::default();
+        eb.add(&bf, &reference);
+        // every tile the kernel offers at this head size, the default last (left in place)
+        let default = super::FLASH_ROWS_DEFAULT;
+        let others = super::FLASH_ROWS
+            .into_iter()
+            .filter(|&r| r != default && d == 64);
+        for rows in others.chain([default]) {
+            super::set_flash_rows(rows)?;
+            let kern = super::fused_attention(&qb, &kb, &vb)?
+                .ok_or_else(|| candle_core::Error::Msg("fused attention unavailable".into()))?;
+            let mut ek = RelErr::default();
+            ek.add(&flat(&kern)?, &reference);
+            let tile = match rows {
+                64 => String::new(),
+                r => format!(", {r}-row tiles"),
+            };
+            out.push(Check {
+                what: format!("flash attention t={t} L={l} d={d}{tile}"),
+                kernel_err: ek.value(),
+                bf16_err: eb.value(),
+                top1: 1.0,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The fused log-softmax (`runtime::log_softmax_f32`) vs candle's in f32 on the same values,
+/// beside candle's in bf16 (the floor): bf16 rows of the 1.2B's vocabulary (staged in shared
+/// memory where the GPU has room), of a width that is a multiple of 8, and of an odd width and
+/// f32 rows (the plain kernel); logits of spread ~8 as a model's are.
+pub fn log_softmax(device: &Device) -> Result<Vec<Check>> {
+    let mut out = vec![];
+    for (rows, v, dtype) in [
+        (5, 102_400, DType::BF16),
+        (7, 1_000, DType::BF16),
+        (4, 1_003, DType::BF16),
+        (3, 2_048, DType::F32),
+    ] {
+        let x = (Tensor::randn(0f32, 8.0, (rows, v), device)?.to_dtype(dtype))?;
+        let reference =
+            candle_nn::ops::log_softmax(&x.to_dtype(DType::F32)?, candle_core::D::Minus1)?;
+        let floor = candle_nn::ops::log_softmax(&x.to_dtype(DType::BF16)?, candle_core::D::Minus1)?;
+        let kern = flat(&super::log_softmax_f32(&x)?)?;
+        let (reference, floor) = (flat(&reference)?, flat(&floor)?);
         let (mut ek, mut eb) = (RelErr::default(), RelErr::default());
         ek.add(&kern, &reference);
-        eb.add(&bf, &reference);
+        eb.add(&floor, &reference);
         out.push(Check {
-            what: format!("flash attention t={t} L={l} d={d}"),
+            what: format!("log-softmax {rows} x {v} {dtype:?}"),
             kernel_err: ek.value(),
             bf16_err: eb.value(),
-            top1: 1.0,
+            top1: agreement(&argmax_rows(&kern, v), &argmax_rows(&reference, v)),
         });
     }
     Ok(out)

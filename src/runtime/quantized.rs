@@ -19,8 +19,8 @@ use half::bf16;
 use super::launch::gemm::{gemm_bf16, gemm_int8};
 use super::launch::gemm_lt::Fp8Lt;
 use super::launch::gemm_q8::{
-    gemm_fp8_lt_quant, gemm_int8_cublas, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, Q8Gemm,
-    Q8Kind,
+    gemm_fp8_lt_quant, gemm_int8_cublas, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, OutQuant,
+    Q8Gemm, Q8Kind,
 };
 use super::launch::quant::quant_rows_int8;
 use super::launch::{cuda_err, cuda_tensor, cuda_view, fp8_supported, Dev};
@@ -239,6 +239,17 @@ pub fn handoff() -> bool {
     HANDOFF.load(Ordering::Relaxed)
 }
 
+/// What an 8-bit product leaves (see `Q8Linear::run`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Out {
+    /// its bf16 rows
+    Rows,
+    /// its bf16 rows and, gated where it can, their per-token quantization
+    RowsQuantized,
+    /// gated: the quantization alone
+    QuantizedOnly,
+}
+
 impl Q8Linear {
     /// The per-token format of this Linear's activations.
     fn format(&self) -> ActQuant {
@@ -248,29 +259,48 @@ impl Q8Linear {
         }
     }
 
+    /// Whether a gated product of `m` rows runs on a path whose epilogue sees whole rows
+    /// (cuBLAS int8, cuBLASLt fp8), so that it can quantize its output per token for down.
+    fn quantizes_out(&self, m: usize) -> bool {
+        self.gated
+            && matches!(
+                (q8_path(self.kind, m), &self.lt),
+                (Q8Path::CublasInt8, _) | (Q8Path::CublasLtFp8, Some(_))
+            )
+    }
+
     /// y [m, n] (gated: [m, n/2]) for the bf16 rows x [m, k]; `xq`: their per-token
-    /// quantization where their producer made it (else quantized here); with `out_quant`, a
-    /// gated product on a path whose epilogue sees whole rows (cuBLAS int8, cuBLASLt fp8) also
-    /// returns its output's quantization, for down's input.
+    /// quantization where their producer made it (else quantized here from x, which must then
+    /// be given); with `out`, a gated product that [`Self::quantizes_out`] also returns its
+    /// output's quantization, for down's input, and with `Out::QuantizedOnly` no bf16 rows.
     fn run(
         &self,
-        x: CudaView<bf16>,
+        x: Option<CudaView<bf16>>,
         m: usize,
         xq: Option<(CudaView<u8>, CudaView<f32>)>,
-        out_quant: bool,
-    ) -> Result<(CudaSlice<bf16>, Option<Quantized>)> {
+        out: Out,
+    ) -> Result<(Option<CudaSlice<bf16>>, Option<Quantized>)> {
         let (dev, n, k, n_out) = (&self.dev, self.w.n, self.w.k, self.n_out());
         let stream = dev.cuda_stream();
+        let out_quant = out != Out::Rows && self.quantizes_out(m);
+        if out == Out::QuantizedOnly && !out_quant {
+            candle_core::bail!("w8a8 Linear: this product cannot leave its output quantized alone");
+        }
+        let keep_y = out != Out::QuantizedOnly;
         // SAFETY: uninitialised, written in full by the GEMM's epilogue before it is read.
-        let y = unsafe { dev.alloc::<bf16>(m * n_out)? };
+        let y = match keep_y {
+            true => Some(unsafe { dev.alloc::<bf16>(m * n_out)? }),
+            false => None,
+        };
         let own;
-        let (qd, sxd) = match &xq {
-            Some((q, sx)) => (Dev::new(q, &stream), Dev::new(sx, &stream)),
-            None => {
+        let (qd, sxd) = match (&xq, &x) {
+            (Some((q, sx)), _) => (Dev::new(q, &stream), Dev::new(sx, &stream)),
+            (None, None) => candle_core::bail!("w8a8 Linear: neither rows nor their quantization"),
+            (None, Some(x)) => {
                 // SAFETY: uninitialised, written in full by the quantizer before the GEMM reads.
                 own = unsafe { (dev.alloc::<u8>(m * k)?, dev.alloc::<f32>(m)?) };
                 let (qd, sxd) = (Dev::new(&own.0, &stream), Dev::new(&own.1, &stream));
-                let xd = Dev::new(&x, &stream);
+                let xd = Dev::new(x, &stream);
                 match self.kind {
                     Q8Kind::Int8 => quant_rows_int8(dev, xd, qd, sxd, m, k)?,
                     Q8Kind::Fp8 => quant_rows_fp8(dev, xd, qd, sxd, m, k)?,
@@ -283,26 +313,23 @@ impl Q8Linear {
             w: Dev::new(&self.w.w, &stream),
             sx: sxd,
             sw: Dev::new(&self.w.scale, &stream),
-            y: Dev::new(&y, &stream),
+            y: y.as_ref().map_or_else(Dev::none, |y| Dev::new(y, &stream)),
             m,
             n,
             k,
         };
-        let path = q8_path(self.kind, m);
-        let whole_rows = matches!(
-            (path, &self.lt),
-            (Q8Path::CublasInt8, _) | (Q8Path::CublasLtFp8, Some(_))
-        );
-        let yq = if out_quant && self.gated && whole_rows {
+        let yq = if out_quant {
             // SAFETY: uninitialised, written in full by the gated epilogue.
             Some(unsafe { (dev.alloc::<u8>(m * n_out)?, dev.alloc::<f32>(m)?) })
         } else {
             None
         };
-        let yqd = yq
-            .as_ref()
-            .map(|(q, s)| (Dev::new(q, &stream), Dev::new(s, &stream)));
-        match (path, &self.lt) {
+        let yqd = yq.as_ref().map(|(q, s)| OutQuant {
+            q: Dev::new(q, &stream),
+            scale: Dev::new(s, &stream),
+            keep_y,
+        });
+        match (q8_path(self.kind, m), &self.lt) {
             (Q8Path::CublasInt8, _) => {
                 // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
                 let acc = unsafe { dev.alloc::<i32>(m * n)? };
@@ -345,7 +372,8 @@ impl CustomOp1 for Q8Linear {
         if k != self.w.k {
             candle_core::bail!("w8a8 Linear: input has {k} features, weight {}", self.w.k);
         }
-        let (y, _) = self.run(x, m, None, false)?;
+        let (y, _) = self.run(Some(x), m, None, Out::Rows)?;
+        let y = y.ok_or_else(|| candle_core::Error::Msg("w8a8 Linear: no output rows".into()))?;
         Ok((
             CudaStorage::wrap_cuda_slice(y, self.dev.clone()),
             Shape::from((m, self.n_out())),
@@ -374,16 +402,69 @@ impl LinearKernel for Q8Linear {
         if xq.is_none() && !out_quant {
             return Ok((self.forward(x)?, None));
         }
-        let x = x.contiguous()?;
-        let (m, k) = x.dims2()?;
-        if k != self.w.k || x.dtype() != DType::BF16 {
+        let out = if out_quant {
+            Out::RowsQuantized
+        } else {
+            Out::Rows
+        };
+        let (y, yq) = self.run_tensors(Some(x), xq, out)?;
+        let y = y.ok_or_else(|| candle_core::Error::Msg("w8a8 Linear: no output rows".into()))?;
+        Ok((y, yq))
+    }
+
+    fn gated_rows(
+        &self,
+        x: &Tensor,
+        xq: Option<&QuantizedRows>,
+        out_quant: ActQuant,
+    ) -> Result<Option<QuantizedRows>> {
+        let fmt = self.format();
+        if out_quant != fmt || !self.quantizes_out(x.dim(0)?) {
+            return Ok(None);
+        }
+        let xq = xq.filter(|q| q.format == fmt);
+        Ok(self.run_tensors(Some(x), xq, Out::QuantizedOnly)?.1)
+    }
+
+    fn forward_rows(&self, xq: &QuantizedRows) -> Result<Tensor> {
+        if xq.format != self.format() {
             candle_core::bail!(
-                "w8a8 Linear: input {:?} {:?}, weight [_, {}]",
-                x.dims(),
-                x.dtype(),
-                self.w.k
+                "w8a8 Linear: {:?} rows for a {:?} product",
+                xq.format,
+                self.format()
             );
         }
+        let (y, _) = self.run_tensors(None, Some(xq), Out::Rows)?;
+        y.ok_or_else(|| candle_core::Error::Msg("w8a8 Linear: no output rows".into()))
+    }
+}
+
+impl Q8Linear {
+    /// [`Q8Linear::run`] on tensors: rows `x` [m, k] (bf16) and/or their quantization `xq` in
+    /// this Linear's format, shapes checked; the outputs as tensors.
+    fn run_tensors(
+        &self,
+        x: Option<&Tensor>,
+        xq: Option<&QuantizedRows>,
+        out: Out,
+    ) -> Result<(Option<Tensor>, Option<QuantizedRows>)> {
+        let k = self.w.k;
+        let x = x.map(|x| x.contiguous()).transpose()?;
+        let m = match (&x, xq) {
+            (Some(x), _) => {
+                let (m, kx) = x.dims2()?;
+                if kx != k || x.dtype() != DType::BF16 {
+                    candle_core::bail!(
+                        "w8a8 Linear: input {:?} {:?}, weight [_, {k}]",
+                        x.dims(),
+                        x.dtype()
+                    );
+                }
+                m
+            }
+            (None, Some(q)) => q.bytes.dim(0)?,
+            (None, None) => candle_core::bail!("w8a8 Linear: no input"),
+        };
         if let Some(q) = xq {
             if q.bytes.dims() != [m, k]
                 || q.bytes.dtype() != DType::U8
@@ -399,8 +480,11 @@ impl LinearKernel for Q8Linear {
                 );
             }
         }
-        let (xs, xl) = x.storage_and_layout();
-        let xv = cuda_view::<bf16>(&xs, xl)?;
+        let xg = x.as_ref().map(|x| x.storage_and_layout());
+        let xv = match &xg {
+            Some((xs, xl)) => Some(cuda_view::<bf16>(xs, xl)?),
+            None => None,
+        };
         let guards = xq.map(|q| (q.bytes.storage_and_layout(), q.scales.storage_and_layout()));
         let qv = match &guards {
             Some(((bs, bl), (ss, sl))) => {
@@ -408,14 +492,14 @@ impl LinearKernel for Q8Linear {
             }
             None => None,
         };
-        let (y, yq) = self.run(xv, m, qv, out_quant)?;
+        let (y, yq) = self.run(xv, m, qv, out)?;
         let n_out = self.n_out();
         let yq = yq.map(|(q, s)| QuantizedRows {
-            format: fmt,
+            format: self.format(),
             bytes: cuda_tensor(q, &self.dev, (m, n_out)),
             scales: cuda_tensor(s, &self.dev, m),
         });
-        Ok((cuda_tensor(y, &self.dev, (m, n_out)), yq))
+        Ok((y.map(|y| cuda_tensor(y, &self.dev, (m, n_out))), yq))
     }
 }
 

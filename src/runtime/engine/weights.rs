@@ -22,7 +22,7 @@ use crate::runtime::int4::W4Buffers;
 use crate::runtime::launch::gemm::gemm_bf16;
 use crate::runtime::launch::gemm_lt::Fp8Lt;
 use crate::runtime::launch::gemm_q8::{
-    gemm_fp8_lt_quant, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind,
+    gemm_fp8_lt_quant, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, OutQuant, Q8Gemm, Q8Kind,
 };
 use crate::runtime::launch::gemv::{gemv_bf16, Dense};
 use crate::runtime::launch::norm_rope::silu_mul_rows;
@@ -510,8 +510,14 @@ impl<'a> Gemm<'a> {
             k: w.k,
         };
         // the gate's output quantized into the scratch the GEMM read its input from: the
-        // epilogue runs after the product, so the bytes it overwrites are no longer needed
-        let out = (gated && quantize_out).then_some((q, sx));
+        // epilogue runs after the product, so the bytes it overwrites are no longer needed.
+        // Only down's product reads it, from the scratch (`Staged` names y's address, not its
+        // contents): the bf16 rows are not written.
+        let out = (gated && quantize_out).then_some(OutQuant {
+            q,
+            scale: sx,
+            keep_y: false,
+        });
         let done = Staged(Some((kind, y.addr(), rows)));
         match (q8_path(kind, rows), &s.acc, &s.fp8_lt) {
             (Q8Path::CublasInt8, Some(acc), _) => {

@@ -152,11 +152,14 @@ __device__ void rmsnorm_quant_rows(const bf16 *x, const bf16 *w, const bf16 *pre
 // GEMM that reads it next (down's input), without a pass of its own: `gate_up(c, g, u)` gives the
 // gate and up values of output chunk c (8 values each, already rounded to bf16 as the unfused
 // product rounds them); y [I] = bf16(bf16(silu(g)) · u) (silu_mul_rows' roundings), then
-// quant_row_store<Pack>'s bytes and scale of y. I % 8 == 0.
+// quant_row_store<Pack>'s bytes and scale of y. I % 8 == 0. With y null, where only the 8-bit
+// product reads the activation, the row is staged in the block's dynamic shared memory (I · 2
+// bytes) instead of written out: at 16,384 rows of the 1.2B that is 134 MB per layer not written.
 template <class Pack, class GateUp>
 __device__ void silu_mul_quant_row(GateUp gate_up, bf16 *y, int I, uint8_t *q, float *scale) {
     __shared__ float red[32];
-    uint4 *yr = (uint4 *)(y + (size_t)blockIdx.x * I);
+    extern __shared__ __align__(16) unsigned char silu_stage[];
+    uint4 *yr = y ? (uint4 *)(y + (size_t)blockIdx.x * I) : (uint4 *)silu_stage;
     float m = 0.f;
     for (int c = threadIdx.x; c < I / 8; c += blockDim.x) {
         float g[8], u[8];

@@ -247,15 +247,26 @@ pub(crate) fn gemm_int8_cublas(
     gemm_int8_cublas_quant(dev, blas, a, acc, gated, None)
 }
 
+/// Where a gated 8-bit product also leaves its output's per-token quantization, the input of
+/// the next product (down): bytes [m, n/2] and scales [m]; `keep_y`: whether the bf16 rows are
+/// still written to the product's y (not where only that product reads them: the engines, and
+/// the candle forward without calibration hooks).
+#[derive(Clone, Copy)]
+pub(crate) struct OutQuant<'a> {
+    pub q: Dev<'a, u8>,
+    pub scale: Dev<'a, f32>,
+    pub keep_y: bool,
+}
+
 /// [`gemm_int8_cublas`], gated, whose output rows also leave their per-token int8 quantization
-/// in `out_quant` (bytes [m, n/2], scales [m]) where given: the input of the int8 down product.
+/// in `out_quant` where given: the input of the int8 down product.
 pub(crate) fn gemm_int8_cublas_quant(
     dev: &CudaDevice,
     blas: &CudaBlas,
     a: &Q8Gemm,
     acc: Dev<i32>,
     gated: bool,
-    out_quant: Option<(Dev<u8>, Dev<f32>)>,
+    out_quant: Option<OutQuant>,
 ) -> Result<()> {
     use super::gemm::gemm_int8;
     use super::quant::{int8_epilogue, int8_silu_epilogue, int8_silu_epilogue_quant, Int8Epilogue};
@@ -272,7 +283,7 @@ pub(crate) fn gemm_int8_cublas_quant(
         n: if gated { a.n / 2 } else { a.n },
     };
     match (gated, out_quant) {
-        (true, Some((q, sx))) => int8_silu_epilogue_quant(dev, &e, q, sx),
+        (true, Some(o)) => int8_silu_epilogue_quant(dev, &e, o.keep_y, o.q, o.scale),
         (true, None) => int8_silu_epilogue(dev, &e),
         (false, _) => int8_epilogue(dev, &e),
     }
@@ -298,7 +309,7 @@ pub(crate) fn gemm_fp8_lt_quant(
     lt: &super::gemm_lt::Fp8Lt,
     a: &Q8Gemm,
     gu: Option<Dev<bf16>>,
-    out_quant: Option<(Dev<u8>, Dev<f32>)>,
+    out_quant: Option<OutQuant>,
 ) -> Result<()> {
     match (gu, out_quant) {
         (None, None) => lt.gemm(a.q, a.w, a.sx, a.sw, a.y, a.m, a.n, a.k),
@@ -308,7 +319,10 @@ pub(crate) fn gemm_fp8_lt_quant(
         (Some(gu), quant) => {
             lt.gemm(a.q, a.w, a.sx, a.sw, gu, a.m, a.n, a.k)?;
             match quant {
-                Some((q, sx)) => silu_mul_quant_fp8(dev, gu, a.y, q, sx, a.m, a.n / 2),
+                Some(o) => {
+                    let y = o.keep_y.then_some(a.y);
+                    silu_mul_quant_fp8(dev, gu, y, o.q, o.scale, a.m, a.n / 2)
+                }
                 None => super::norm_rope::silu_mul_rows(dev, gu, a.y, a.m, a.n / 2),
             }
         }
@@ -317,11 +331,12 @@ pub(crate) fn gemm_fp8_lt_quant(
 
 /// `silu_mul_rows` (y [rows, inter] = bf16(bf16(silu(gate)) · up) of gu [rows, 2·inter]) whose
 /// output rows also leave, in q [rows, inter] and scale [rows], exactly what [`quant_rows_fp8`]
-/// would make of them (sm_89+).
+/// would make of them (sm_89+). With `y` None the bf16 rows are not written: where only the fp8
+/// product reads the activation.
 pub(crate) fn silu_mul_quant_fp8(
     dev: &CudaDevice,
     gu: Dev<bf16>,
-    y: Dev<bf16>,
+    y: Option<Dev<bf16>>,
     q: Dev<u8>,
     scale: Dev<f32>,
     rows: usize,
@@ -330,12 +345,12 @@ pub(crate) fn silu_mul_quant_fp8(
     const K: &str = "silu_mul_quant_fp8";
     require!(
         K,
-        inter.is_multiple_of(8) && gu.aligned(16) && y.aligned(16),
+        inter.is_multiple_of(8) && gu.aligned(16) && y.is_none_or(|y| y.aligned(16)),
         "inter {inter}: 16-byte loads and stores of 8 values"
     );
     require!(
         K,
-        gu.len() >= rows * 2 * inter && y.len() >= rows * inter,
+        gu.len() >= rows * 2 * inter && y.is_none_or(|y| y.len() >= rows * inter),
         "[{rows}, 2·{inter}] products and [{rows}, {inter}] outputs"
     );
     super::quant::check_quantized_rows(K, q, scale, rows, inter)?;
@@ -345,17 +360,19 @@ pub(crate) fn silu_mul_quant_fp8(
     let f = func(dev, Module::GemmFp8, K)?;
     let stream = dev.cuda_stream();
     let i = int(inter, "inter")?;
+    let (y, stage) = super::quant::staged_row(&f, y, inter)?;
     let mut b = f.builder(&stream);
     b.arg(&gu.addr)
-        .arg(&y.addr)
+        .arg(&y)
         .arg(&i)
         .arg(&q.addr)
         .arg(&scale.addr);
-    let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;
+    let cfg = config((dim(rows, "rows")?, 1, 1), 256, stage)?;
     // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row r reads
     // gu[r, 8c..8c+8] and gu[r, inter + 8c..] as 16-byte words for its chunks c < inter / 8
-    // (inter % 8 == 0 keeps the up half aligned), writes y[r, 8c..] as 16 bytes, q[r, 8c..] as
-    // 8 bytes and scale[r]: every buffer's length and alignment checked.
+    // (inter % 8 == 0 keeps the up half aligned), writes y[r, 8c..] as 16 bytes (or, y null,
+    // the same chunks of its inter · 2 bytes of shared memory), q[r, 8c..] as 8 bytes and
+    // scale[r]: every buffer's length and alignment checked.
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }

@@ -297,6 +297,17 @@ pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
     Ok(n.max(1) as usize)
 }
 
+/// The most shared memory one block may use on `dev` once a kernel opts in ([`allow_smem`]):
+/// 227 KiB on Hopper and the A100, 99 KiB on Ada (the L4).
+pub(crate) fn max_smem_per_block(dev: &CudaDevice) -> Result<usize> {
+    let n = dev
+        .cuda_stream()
+        .context()
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(cuda_err)?;
+    Ok(n.max(0) as usize)
+}
+
 /// Lets a kernel use more than the default 48 KiB of dynamic shared memory.
 pub(crate) fn allow_smem(k: &Kernel, bytes: usize) -> Result<()> {
     if bytes > 48 * 1024 {
@@ -367,6 +378,15 @@ impl<'a, T> Dev<'a, T> {
         Self {
             addr,
             len: DeviceSlice::len(buf),
+            _buf: PhantomData,
+        }
+    }
+
+    /// No buffer: address 0 (null to a kernel), no elements.
+    pub(crate) fn none() -> Self {
+        Self {
+            addr: 0,
+            len: 0,
             _buf: PhantomData,
         }
     }

@@ -8,7 +8,7 @@ use half::bf16;
 
 use super::gemm_q8::Q8Kind;
 use super::norm_rope::RmsNormRows;
-use super::{config, cuda_err, dim, func, int, or_null, require, Dev, Module};
+use super::{allow_smem, config, cuda_err, dim, func, int, or_null, require, Dev, Kernel, Module};
 
 /// q [rows, k] (int8, stored as bytes), scale [rows] = vLLM's dynamic per-token quantization of
 /// x [rows, k]: scale = max |x| / 127, q = round-half-even(x / scale).
@@ -127,8 +127,8 @@ pub(crate) struct Int8Epilogue<'a> {
 }
 
 impl Int8Epilogue<'_> {
-    /// `cols`: acc's columns (n, or 2n gated).
-    fn check(&self, kernel: &str, cols: usize) -> Result<()> {
+    /// `cols`: acc's columns (n, or 2n gated); `with_y`: whether the kernel writes y.
+    fn check(&self, kernel: &str, cols: usize, with_y: bool) -> Result<()> {
         let (m, n) = (self.m, self.n);
         require!(
             kernel,
@@ -140,7 +140,8 @@ impl Int8Epilogue<'_> {
             self.acc.aligned(16) && self.sw.aligned(16),
             "16-byte vector loads"
         );
-        require!(kernel, self.y.aligned(8), "8-byte stores");
+        let y_ok = |ok: bool| ok || !with_y;
+        require!(kernel, y_ok(self.y.aligned(8)), "8-byte stores");
         require!(
             kernel,
             self.acc.len() >= m * cols,
@@ -154,7 +155,7 @@ impl Int8Epilogue<'_> {
         );
         require!(
             kernel,
-            self.y.len() >= m * n,
+            y_ok(self.y.len() >= m * n),
             "output of {} values",
             self.y.len()
         );
@@ -165,7 +166,7 @@ impl Int8Epilogue<'_> {
 /// y[m, n] = bf16(acc[m, n] · sx[m] · sw[n]).
 pub(crate) fn int8_epilogue(dev: &CudaDevice, a: &Int8Epilogue) -> Result<()> {
     const K: &str = "int8_epilogue";
-    a.check(K, a.n)?;
+    a.check(K, a.n, true)?;
     let f = func(dev, Module::Quant, K)?;
     let stream = dev.cuda_stream();
     let (mi, ni) = (int(a.m, "m")?, int(a.n, "n")?);
@@ -188,7 +189,7 @@ pub(crate) fn int8_epilogue(dev: &CudaDevice, a: &Int8Epilogue) -> Result<()> {
 /// y [m, n] = bf16(bf16(silu(g)) · u) with g, u as `int8_epilogue` would give them.
 pub(crate) fn int8_silu_epilogue(dev: &CudaDevice, a: &Int8Epilogue) -> Result<()> {
     const K: &str = "int8_silu_epilogue";
-    a.check(K, 2 * a.n)?;
+    a.check(K, 2 * a.n, true)?;
     let f = func(dev, Module::Quant, K)?;
     let stream = dev.cuda_stream();
     let (mi, ni) = (int(a.m, "m")?, int(a.n, "n")?);
@@ -228,17 +229,20 @@ pub(crate) fn check_quantized_rows(
 
 /// [`int8_silu_epilogue`] whose output rows also leave, in q [m, n] and scale [m], exactly what
 /// [`quant_rows_int8`] would make of them: down's input quantized without a pass of its own.
+/// With `keep_y` false the bf16 rows are not written (`a.y` is not touched): where only the int8
+/// product reads the activation.
 pub(crate) fn int8_silu_epilogue_quant(
     dev: &CudaDevice,
     a: &Int8Epilogue,
+    keep_y: bool,
     q: Dev<u8>,
     scale: Dev<f32>,
 ) -> Result<()> {
     const K: &str = "int8_silu_epilogue_quant";
-    a.check(K, 2 * a.n)?;
+    a.check(K, 2 * a.n, keep_y)?;
     require!(
         K,
-        a.n.is_multiple_of(8) && a.y.aligned(16),
+        a.n.is_multiple_of(8) && (a.y.aligned(16) || !keep_y),
         "n {}: 16-byte stores of 8 outputs",
         a.n
     );
@@ -249,17 +253,25 @@ pub(crate) fn int8_silu_epilogue_quant(
     let f = func(dev, Module::Quant, K)?;
     let stream = dev.cuda_stream();
     let ni = int(a.n, "n")?;
+    let (y, stage) = staged_row(&f, keep_y.then_some(a.y), a.n)?;
     let mut b = f.builder(&stream);
-    b.arg(&a.acc.addr)
-        .arg(&a.sx.addr)
-        .arg(&a.sw.addr)
-        .arg(&a.y.addr);
+    b.arg(&a.acc.addr).arg(&a.sx.addr).arg(&a.sw.addr).arg(&y);
     b.arg(&ni).arg(&q.addr).arg(&scale.addr);
-    let cfg = config((dim(a.m, "m")?, 1, 1), 256, 0)?;
+    let cfg = config((dim(a.m, "m")?, 1, 1), 256, stage)?;
     // SAFETY: one block of 256 threads (a multiple of 32 for block_reduce) per row m reads
     // acc[m, 8c..8c+8] and acc[m, n + 8c..], sw[8c..] and sw[n + 8c..] as 16-byte vectors for
     // its chunks c < n / 8 (n % 8 == 0 keeps the up half aligned), sx[m], writes y[m, 8c..] as
-    // 16 bytes, q[m, 8c..] as 8 bytes and scale[m]: every buffer's length and alignment checked.
+    // 16 bytes (or, y null, the same chunks of its n · 2 bytes of shared memory), q[m, 8c..] as
+    // 8 bytes and scale[m]: every buffer's length and alignment checked.
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
+}
+
+/// The y argument of a gated quantizing epilogue (`silu_mul_quant_row` in common.cuh) and its
+/// dynamic shared memory: `y` where the bf16 rows are kept, else null and a row of `n` bf16
+/// staged in shared memory (allowed beyond 48 KiB where the GPU has it).
+pub(crate) fn staged_row(f: &Kernel, y: Option<Dev<bf16>>, n: usize) -> Result<(u64, usize)> {
+    let stage = if y.is_some() { 0 } else { 2 * n };
+    allow_smem(f, stage)?;
+    Ok((or_null(y), stage))
 }

@@ -1,11 +1,13 @@
 //! Launchers of `kernels/sampling.cu`: greedy argmax, the device-side advance of a replayed
-//! decode step, the one-pass log-softmax.
+//! decode step, the log-softmax.
 
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
-use super::{config, cuda_err, dim, func, int, require, Dev, Module};
+use super::{
+    allow_smem, config, cuda_err, dim, func, int, max_smem_per_block, require, Dev, Module,
+};
 
 /// out[r] = argmax_j logits[r, j] (lowest index among ties) for logits [rows, vocab].
 pub(crate) fn argmax_rows(
@@ -79,7 +81,9 @@ pub(crate) enum Logits<'a> {
     F32(Dev<'a, f32>),
 }
 
-/// out [rows, v] = x − logsumexp(x) over each row of x [rows, v], f32 out, one read of x.
+/// out [rows, v] = x − logsumexp(x) over each row of x [rows, v], f32 out: bf16 rows that fit
+/// the GPU's shared memory (v · 2 bytes, v % 8 == 0, 16-byte aligned) are read once
+/// (`log_softmax_bf16_staged`), others twice.
 pub(crate) fn log_softmax_rows(
     dev: &CudaDevice,
     x: Logits,
@@ -98,9 +102,27 @@ pub(crate) fn log_softmax_rows(
         "input of {len} values for [{rows}, {v}]"
     );
     require!(K, out.len() >= rows * v, "output of {} values", out.len());
-    let f = func(dev, Module::Sampling, K)?;
     let stream = dev.cuda_stream();
     let vi = int(v, "v")?;
+    if let Logits::Bf16(x) = x {
+        let stage = 2 * v;
+        let fits = stage <= max_smem_per_block(dev)?;
+        if fits && v.is_multiple_of(8) && x.aligned(16) && out.aligned(16) && rows > 0 {
+            const S: &str = "log_softmax_bf16_staged";
+            let f = func(dev, Module::Sampling, S)?;
+            allow_smem(&f, stage)?;
+            let mut b = f.builder(&stream);
+            b.arg(&x.addr).arg(&out.addr).arg(&vi);
+            let cfg = config((dim(rows, "rows")?, 1, 1), 1024, stage)?;
+            // SAFETY: one block of 1024 threads (32 warps: the 32-entry shared arrays) per row r
+            // reads x[r, ..v] as 16-byte chunks into its v · 2 bytes of shared memory and writes
+            // out[r, ..v] as 16-byte f32 chunks: both hold [rows, v] (checked), v % 8 == 0 and
+            // both 16-byte aligned, the shared memory within the device's limit (checked).
+            unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+            return Ok(());
+        }
+    }
+    let f = func(dev, Module::Sampling, K)?;
     let mut b = f.builder(&stream);
     b.arg(&addr).arg(&out.addr).arg(&vi).arg(&is_bf16);
     let cfg = config((dim(rows, "rows")?, 1, 1), 1024, 0)?;

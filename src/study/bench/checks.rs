@@ -11,7 +11,7 @@ use crate::record::{Results, Variant};
 use crate::runtime::Check;
 use crate::Result;
 
-/// On CUDA: fused attention; the decode engine (bf16 and, given, W4A16) at batch 1 and 2; the
+/// On CUDA: fused attention and log-softmax; the decode engine (bf16 and, given, W4A16) at batch 1 and 2; the
 /// quantized Linears of the given W4A16, W8A8 and (on GPUs with fp8 tensor cores) FP8
 /// checkpoints. Prints each check and whether
 /// graph replay picks the same tokens as eager launches (recorded as `graph_equals_eager`).
@@ -30,6 +30,7 @@ pub fn run(
     if device.is_cuda() {
         use crate::runtime::check;
         checks.extend(check::attention(device)?);
+        checks.extend(check::log_softmax(device)?);
         checks.push(check::forward(dir, device)?);
         let mut graph_same = true;
         for b in [1, 2] {
