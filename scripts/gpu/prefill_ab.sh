@@ -4,7 +4,7 @@
 # ("-" for none; e.g. VARIANT_ENVS="- EXAONE_COMPRESS_FLASH_ROWS=128": an A/B of a run-time switch
 # with no second binary), ROUNDS times alternately (default 1). Each run checks every kernel
 # first (bench_runtime fails on a wrong one) and times PREFILL (default 8x2048) with where its
-# time goes (layers, lm_head + log-softmax, the attention kernel at each tile), decode batch 1
+# time goes (layers, lm_head + log-softmax, the attention kernel), decode batch 1
 # only. Before them, unless SKIP_CHECKS=1, the W8A8 numerical checks alone (GEMMs, quantizers and
 # the fused quantizing epilogues; ~30 s). ≈ 2 minutes per run on an H200. Summary on stdout; every
 # log and report in $OUT/logs.tar.

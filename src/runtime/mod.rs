@@ -34,8 +34,6 @@ pub mod int4;
 pub(crate) mod launch;
 
 #[cfg(feature = "cuda")]
-pub use launch::attention::{flash_rows, set_flash_rows, FLASH_ROWS, FLASH_ROWS_DEFAULT};
-#[cfg(feature = "cuda")]
 pub use launch::{programmatic_launch, programmatic_supported, set_programmatic_launch};
 
 #[cfg(feature = "cuda")]

@@ -60,17 +60,15 @@ struct PagedKV {
     __device__ const bf16 *v(int j) const { return V + off(j); }
 };
 
-// One tile of 64 · MT queries (q0.. of T) of one head. Qb/Ob: the head's row 0, rows q_st/o_st
+// One tile of 64 queries (q0..q0+63 of T) of one head. Qb/Ob: the head's row 0, rows q_st/o_st
 // apart. Query i sees key j iff j < L, (!causal or j ≤ i + offset) and (window ≤ 0 or
 // j > i + offset − window): the window counts the token itself, as EXAONE's sliding layers do.
 // K/V tiles are double-buffered with cp.async (the next tile loads while this one computes);
-// MMA operands come from shared memory through ldmatrix (K as is, V transposed). Warp w holds
-// the m16 row tiles w·16 + 64·mt, mt < MT: with MT = 2 each K or V fragment read from shared
-// memory feeds two mma instead of one (FlashAttention-2's 128-row tile for head size 64).
-template <int D, int MT, class KV>
+// MMA operands come from shared memory through ldmatrix (K as is, V transposed).
+template <int D, class KV>
 __device__ void flash_tile(const bf16 *Qb, long long q_st, bf16 *Ob, long long o_st, KV kv, int T, int L, int q0,
                            int causal, int offset, int window, float scale_log2) {
-    constexpr int BR = 64 * MT, BC = 64, DS = D + 8;
+    constexpr int BR = 64, BC = 64, DS = D + 8;
     extern __shared__ __align__(16) unsigned char fsm[];
     bf16 *Qs = (bf16 *)fsm;
     bf16 *Ks = Qs + BR * DS;       // [2][BC * DS]
@@ -97,15 +95,12 @@ __device__ void flash_tile(const bf16 *Qb, long long q_st, bf16 *Ob, long long o
     };
     if (t1 > t0) load_kv(t0, 0);
     cp_commit();
-    uint32_t qa[MT][D / 16][4];
-    float o[MT][D / 8][4];
+    uint32_t qa[D / 16][4];
+    float o[D / 8][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int i = 0; i < D / 8; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
-    float m[MT][2], l[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++) m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0.f;
+    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    int r0 = warp * 16 + g;
     int lr = lane & 7, lm = lane >> 3;  // ldmatrix: row within a matrix, which matrix
     for (int tile = t0; tile < max(t1, t0 + 1); tile++) {
         int buf = (tile - t0) & 1;
@@ -119,126 +114,112 @@ __device__ void flash_tile(const bf16 *Qb, long long q_st, bf16 *Ob, long long o
         __syncthreads();
         if (tile == t0) {
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk++)
-                    ldsm4(qa[mt][kk], Qs + (mt * 64 + warp * 16 + (lm & 1) * 8 + lr) * DS + kk * 16 + (lm >> 1) * 8);
+            for (int kk = 0; kk < D / 16; kk++)
+                ldsm4(qa[kk], Qs + (warp * 16 + (lm & 1) * 8 + lr) * DS + kk * 16 + (lm >> 1) * 8);
         }
         if (t1 <= t0) break;
         const bf16 *ks = Ks + buf * BC * DS, *vs = Vs + buf * BC * DS;
         int k0 = tile * BC;
-        float s[MT][BC / 8][4];
+        float s[BC / 8][4];
 #pragma unroll
         for (int nt = 0; nt < BC / 8; nt++) {
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk += 2) {
                 uint32_t kb[4];
                 ldsm4(kb, ks + (nt * 8 + lr) * DS + kk * 16 + lm * 8);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma16816(s[mt][nt], qa[mt][kk], kb[0], kb[1]);
-                    mma16816(s[mt][nt], qa[mt][kk + 1], kb[2], kb[3]);
-                }
+                mma16816(s[nt], qa[kk], kb[0], kb[1]);
+                mma16816(s[nt], qa[kk + 1], kb[2], kb[3]);
             }
         }
         bool edge = k0 + BC > L || (causal && k0 + BC - 1 > q0 + offset) || window > 0;
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
         for (int i = 0; i < 2; i++) {
-            int row = q0 + mt * 64 + warp * 16 + g + 8 * i;
+            int row = q0 + r0 + 8 * i;
             float mx = NEG_INF;
 #pragma unroll
             for (int nt = 0; nt < BC / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    float v = s[mt][nt][2 * i + e] * scale_log2;
+                    float v = s[nt][2 * i + e] * scale_log2;
                     if (edge) {
                         int key = k0 + nt * 8 + cc + e;
                         if (!(key < L && (!causal || key <= row + offset) && (window <= 0 || key > row + offset - window)))
                             v = NEG_INF;
                     }
-                    s[mt][nt][2 * i + e] = v;
+                    s[nt][2 * i + e] = v;
                     mx = fmaxf(mx, v);
                 }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mnew = fmaxf(m[mt][i], mx);
+            float mnew = fmaxf(m[i], mx);
             float base = mnew == NEG_INF ? 0.f : mnew;
-            float alpha = exp2f(m[mt][i] - base);
-            m[mt][i] = mnew;
+            float alpha = exp2f(m[i] - base);
+            m[i] = mnew;
             float sum = 0.f;
 #pragma unroll
             for (int nt = 0; nt < BC / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
-                    float p = exp2f(s[mt][nt][2 * i + e] - base);
-                    s[mt][nt][2 * i + e] = p;
+                    float p = exp2f(s[nt][2 * i + e] - base);
+                    s[nt][2 * i + e] = p;
                     sum += p;
                 }
-            l[mt][i] = l[mt][i] * alpha + sum;
+            l[i] = l[i] * alpha + sum;
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt++) {
-                o[mt][dt][2 * i] *= alpha;
-                o[mt][dt][2 * i + 1] *= alpha;
+                o[dt][2 * i] *= alpha;
+                o[dt][2 * i + 1] *= alpha;
             }
         }
 #pragma unroll
         for (int kk = 0; kk < BC / 16; kk++) {
-            uint32_t pa[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-            }
+            uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
             for (int dt = 0; dt < D / 8; dt += 2) {
                 uint32_t vb[4];
                 ldsm4t(vb, vs + (kk * 16 + (lm & 1) * 8 + lr) * DS + (dt + (lm >> 1)) * 8);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma16816(o[mt][dt], pa[mt], vb[0], vb[1]);
-                    mma16816(o[mt][dt + 1], pa[mt], vb[2], vb[3]);
-                }
+                mma16816(o[dt], pa, vb[0], vb[1]);
+                mma16816(o[dt + 1], pa, vb[2], vb[3]);
             }
         }
         __syncthreads();  // this buffer is refilled two tiles on
     }
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
     for (int i = 0; i < 2; i++) {
-        l[mt][i] += __shfl_xor_sync(0xffffffffu, l[mt][i], 1);
-        l[mt][i] += __shfl_xor_sync(0xffffffffu, l[mt][i], 2);
-        int row = q0 + mt * 64 + warp * 16 + g + 8 * i;
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        int row = q0 + r0 + 8 * i;
         if (row >= T) continue;
-        float inv = l[mt][i] > 0.f ? 1.f / l[mt][i] : 0.f;
+        float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
         bf16 *orow = Ob + row * o_st;
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++)
-            *(__nv_bfloat162 *)(orow + dt * 8 + cc) =
-                __floats2bfloat162_rn(o[mt][dt][2 * i] * inv, o[mt][dt][2 * i + 1] * inv);
+            *(__nv_bfloat162 *)(orow + dt * 8 + cc) = __floats2bfloat162_rn(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
     }
 }
 
 // Flash attention of a batch: Q [B, H, T, D], K/V [B, Hkv, L, D] with given batch/head/token
 // strides (D contiguous); O [B, T, H, D] contiguous. Query i sees key j iff j < L and (!causal or
-// j ≤ i + offset). Grid (T / (64 · MT), H, B); blocks start in index order, so block x takes the
-// query tile gridDim.x − 1 − x: under a causal mask the longest tiles go first and the short
-// ones fill the last wave (as FlashAttention-2 orders them).
-template <int D, int MT>
+// j ≤ i + offset). Grid (T / 64, H, B); blocks start in index order, so block x takes query tile
+// T/64 − 1 − x: under a causal mask the longest tiles go first and the short ones fill the last
+// wave (as FlashAttention-2 orders them).
+// Tried and dropped (H200, 2026-12-03, scripts/gpu/prefill_ab.sh): FlashAttention-2's 128-row
+// tile for head size 64 (two m16 tiles per warp, each K/V fragment from shared memory feeding two
+// mma; 228 registers, two blocks per multiprocessor): the 30 layers' attention at 8 × 2048 took
+// 21.86 / 22.05 ms against 21.71 / 21.83 with 64-row tiles in two runs (~190 TFLOP/s both), so
+// fragment reads from shared memory are not what bounds this loop.
+template <int D>
 __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, int T, int L, int H, int Hkv,
                           long long q_sb, long long q_sh, long long q_st, long long k_sb, long long k_sh,
                           long long k_st, long long v_sb, long long v_sh, long long v_st, int causal, int offset,
                           float scale_log2) {
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / Hkv);
     DenseKV kv{K + b * k_sb + kvh * k_sh, V + b * v_sb + kvh * v_sh, k_st, v_st};
-    flash_tile<D, MT>(Q + b * q_sb + h * q_sh, q_st, O + ((size_t)b * T * H + h) * D, (long long)H * D, kv, T, L,
-                      (gridDim.x - 1 - blockIdx.x) * 64 * MT, causal, offset, 0, scale_log2);
+    flash_tile<D>(Q + b * q_sb + h * q_sh, q_st, O + ((size_t)b * T * H + h) * D, (long long)H * D, kv, T, L,
+                  (gridDim.x - 1 - blockIdx.x) * 64, causal, offset, 0, scale_log2);
 }
 
 #define FLASH_ARGS                                                                                              \
@@ -247,10 +228,8 @@ __device__ void flash_fwd(const bf16 *Q, const bf16 *K, const bf16 *V, bf16 *O, 
         long long v_sh, long long v_st, int causal, int offset, float scale_log2
 #define FLASH_PASS Q, K, V, O, T, L, H, Hkv, q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, causal, offset, scale_log2
 
-extern "C" __global__ void __launch_bounds__(128) flash_fwd_64(FLASH_ARGS) { grid_dep_sync(); flash_fwd<64, 1>(FLASH_PASS); }
-extern "C" __global__ void __launch_bounds__(128) flash_fwd_128(FLASH_ARGS) { grid_dep_sync(); flash_fwd<128, 1>(FLASH_PASS); }
-// 128-row tiles (two m16 tiles per warp) for head size 64
-extern "C" __global__ void __launch_bounds__(128) flash_fwd_64_m2(FLASH_ARGS) { grid_dep_sync(); flash_fwd<64, 2>(FLASH_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_64(FLASH_ARGS) { grid_dep_sync(); flash_fwd<64>(FLASH_PASS); }
+extern "C" __global__ void __launch_bounds__(128) flash_fwd_128(FLASH_ARGS) { grid_dep_sync(); flash_fwd<128>(FLASH_PASS); }
 
 // ---------------------------------------------------------------------------------------------
 // The serving engine's attention over the paged pool: kc/vc [blocks, Hkv, bs, D]; a sequence's
@@ -267,7 +246,7 @@ __device__ void flash_paged(const bf16 *q, const bf16 *kc, const bf16 *vc, bf16 
     int h = blockIdx.y, kvh = h / (H / Hkv);
     PagedKV kv{kc, vc, tables + (size_t)trow * stride, bs, Hkv, kvh, D};
     long long rs = (long long)H * D;
-    flash_tile<D, 1>(q + (size_t)row0 * rs + h * D, rs, o + (size_t)row0 * rs + h * D, rs, kv, len, ctx + len, q0, 1,
+    flash_tile<D>(q + (size_t)row0 * rs + h * D, rs, o + (size_t)row0 * rs + h * D, rs, kv, len, ctx + len, q0, 1,
                   ctx, window, scale_log2);
 }
 

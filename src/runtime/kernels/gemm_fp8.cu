@@ -5,6 +5,7 @@
 // loads it only on such a device. Launcher: src/runtime/launch/gemm_q8.rs.
 //
 //   quant_rows_fp8(x, q, scale, K)                   q [rows, K] e4m3, scale [rows]
+//   quant_rows_fp8_warp(x, q, scale, rows, K)        the same, one warp per row (K ≤ 4096)
 //   rmsnorm_quant_fp8(x, w, prev, out, n, eps, q, s) rmsnorm_rows + quant_rows_fp8 of its output
 //   silu_mul_quant_fp8(gu, y, I, q, s)               silu_mul_rows + quant_rows_fp8 of its output
 //   gemm_fp8_<tile>, gemm_fp8_silu_<tile>            as gemm_q8_* (gemm_q8.cu; tiles: gemm_q8.cuh)
@@ -25,6 +26,9 @@ struct PackE4M3 {
 };
 extern "C" __global__ void quant_rows_fp8(const bf16 *x, uint8_t *q, float *scale, int K) {
     quant_rows<PackE4M3>(x, q, scale, K);
+}
+extern "C" __global__ void quant_rows_fp8_warp(const bf16 *x, uint8_t *q, float *scale, int rows, int K) {
+    quant_rows_warp<PackE4M3>(x, q, scale, rows, K);
 }
 // rmsnorm_rows whose output also leaves quant_rows_fp8's bytes and scale (as rmsnorm_quant_int8)
 extern "C" __global__ void rmsnorm_quant_fp8(const bf16 *x, const bf16 *w, const bf16 *prev, bf16 *out, int n,

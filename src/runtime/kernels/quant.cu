@@ -18,6 +18,9 @@ struct PackInt8 {
 extern "C" __global__ void quant_rows_int8(const bf16 *x, uint8_t *q, float *scale, int K) {
     quant_rows<PackInt8>(x, q, scale, K);
 }
+extern "C" __global__ void quant_rows_int8_warp(const bf16 *x, uint8_t *q, float *scale, int rows, int K) {
+    quant_rows_warp<PackInt8>(x, q, scale, rows, K);
+}
 // rmsnorm_rows (one input row per output row) whose output also leaves quant_rows_int8's bytes
 // and scale for the int8 GEMM that reads it next (common.cuh, rmsnorm_quant_rows).
 extern "C" __global__ void rmsnorm_quant_int8(const bf16 *x, const bf16 *w, const bf16 *prev, bf16 *out, int n,

@@ -2,9 +2,6 @@
 //! decode engine's attention of each row over its KV cache, and the serving engine's attention
 //! over the paged KV pool (prompt chunks and single tokens).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
-
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
@@ -32,42 +29,6 @@ pub(crate) struct Flash<'a> {
     pub causal: bool,
 }
 
-/// Query rows per block of the flash kernel for head size 64 (head size 128 always takes 64):
-/// 64 (four warps of one m16 tile each) or 128 (two m16 tiles per warp, FlashAttention-2's
-/// tile, each K/V fragment read from shared memory feeding two products). The default is the
-/// faster on the H200 ([`FLASH_ROWS_DEFAULT`]); `EXAONE_COMPRESS_FLASH_ROWS` or
-/// [`set_flash_rows`] pick the other for timing and checks.
-fn flash_rows_switch() -> &'static AtomicUsize {
-    static ROWS: OnceLock<AtomicUsize> = OnceLock::new();
-    ROWS.get_or_init(|| {
-        let env = std::env::var("EXAONE_COMPRESS_FLASH_ROWS").ok();
-        let rows = env
-            .and_then(|v| v.trim().parse().ok())
-            .filter(|r| FLASH_ROWS.contains(r));
-        AtomicUsize::new(rows.unwrap_or(FLASH_ROWS_DEFAULT))
-    })
-}
-
-/// The flash kernel's query rows per block for head size 64, as [`flash_rows_switch`] offers.
-pub const FLASH_ROWS: [usize; 2] = [64, 128];
-/// The rows [`flash_rows`] gives unless told otherwise.
-pub const FLASH_ROWS_DEFAULT: usize = 64;
-
-/// Query rows per block the flash kernel takes for head size 64 now.
-pub fn flash_rows() -> usize {
-    flash_rows_switch().load(Ordering::Relaxed)
-}
-
-/// Makes the flash kernel take `rows` (one of [`FLASH_ROWS`]) query rows per block for head
-/// size 64 from the next launch on.
-pub fn set_flash_rows(rows: usize) -> Result<()> {
-    if !FLASH_ROWS.contains(&rows) {
-        candle_core::bail!("flash attention: {rows} query rows per block (one of {FLASH_ROWS:?})");
-    }
-    flash_rows_switch().store(rows, Ordering::Relaxed);
-    Ok(())
-}
-
 /// Elements a [batch, heads, tokens, d] layout with `strides` spans from its first element.
 fn extent(strides: [i64; 3], dims: [usize; 3], d: usize) -> Option<usize> {
     let mut e = d;
@@ -81,10 +42,9 @@ fn extent(strides: [i64; 3], dims: [usize; 3], d: usize) -> Option<usize> {
 pub(crate) fn flash_fwd(dev: &CudaDevice, a: &Flash) -> Result<()> {
     const K: &str = "flash_fwd";
     let (b, h, hkv, t, l, d) = (a.batch, a.heads, a.heads_kv, a.t, a.l, a.head_dim);
-    let (name, rows) = match (d, flash_rows()) {
-        (64, 128) => ("flash_fwd_64_m2", 128),
-        (64, _) => ("flash_fwd_64", 64),
-        (128, _) => ("flash_fwd_128", 64),
+    let name = match d {
+        64 => "flash_fwd_64",
+        128 => "flash_fwd_128",
         _ => candle_core::bail!("{K}: head_dim {d} (64 or 128)"),
     };
     require!(
@@ -119,8 +79,8 @@ pub(crate) fn flash_fwd(dev: &CudaDevice, a: &Flash) -> Result<()> {
         "output [b, t, h, d]"
     );
     let f = func(dev, Module::Attention, name)?;
-    // Q tile of `rows` + double-buffered K and V tiles of 64 rows, rows padded by 8 elements
-    let smem = (rows + 4 * 64) * (d + 8) * 2;
+    // Q tile + double-buffered K and V tiles, 64 rows each, rows padded by 8 elements
+    let smem = 5 * 64 * (d + 8) * 2;
     allow_smem(&f, smem)?;
     let stream = dev.cuda_stream();
     let scale_log2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
@@ -142,14 +102,13 @@ pub(crate) fn flash_fwd(dev: &CudaDevice, a: &Flash) -> Result<()> {
     }
     bld.arg(&causal).arg(&offset).arg(&scale_log2);
     let grid = (
-        dim(t.div_ceil(rows), "t / rows")?,
+        dim(t.div_ceil(64), "t / 64")?,
         dim(h, "heads")?,
         dim(b, "batch")?,
     );
     let cfg = config(grid, 128, smem)?;
-    // SAFETY: 128 threads (the kernel's __launch_bounds__: 4 warps × 16 query rows per m16
-    // tile, rows / 64 tiles each) and the (rows + 4 · 64) · (d + 8) bf16 of shared memory it
-    // indexes, allowed above; one block per `rows` queries. Q/K/V rows are copied
+    // SAFETY: 128 threads (the kernel's __launch_bounds__: 4 warps × 16 query rows) and the
+    // 5 · 64 · (d + 8) bf16 of shared memory it indexes, allowed above. Q/K/V rows are copied
     // with 16-byte cp.async: the base addresses 16-byte aligned and every stride a multiple of 8
     // elements (checked); rows past t or l are zero-filled without a read, and every row read
     // lies within its buffer (extent checked). head_dim is 64 or 128 and heads % heads_kv == 0

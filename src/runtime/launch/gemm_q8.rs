@@ -387,5 +387,6 @@ pub(crate) fn quant_rows_fp8(
     rows: usize,
     k: usize,
 ) -> Result<()> {
-    super::quant::quant_rows(dev, Module::GemmFp8, "quant_rows_fp8", x, q, scale, rows, k)
+    let names = ("quant_rows_fp8", "quant_rows_fp8_warp");
+    super::quant::quant_rows(dev, Module::GemmFp8, names, x, q, scale, rows, k)
 }

@@ -20,16 +20,22 @@ pub(crate) fn quant_rows_int8(
     rows: usize,
     k: usize,
 ) -> Result<()> {
-    quant_rows(dev, Module::Quant, "quant_rows_int8", x, q, scale, rows, k)
+    let names = ("quant_rows_int8", "quant_rows_int8_warp");
+    quant_rows(dev, Module::Quant, names, x, q, scale, rows, k)
 }
 
-/// Launches a per-token 8-bit quantizer `name` of `module` (int8 here, fp8 e4m3 in
-/// gemm_q8.rs): both read a row of bf16 and write its bytes and its scale.
+/// Values per row up to which the quantizers run one warp per row (`quant_rows_warp` in
+/// common.cuh: the row held in registers, 16 chunks of 8 values per lane), beyond one block.
+const WARP_ROW_MAX: usize = 32 * 8 * 16;
+
+/// Launches a per-token 8-bit quantizer of `module` (int8 here, fp8 e4m3 in gemm_q8.rs) named
+/// `names.0` (a block per row) or, for rows of at most [`WARP_ROW_MAX`] values, `names.1` (a
+/// warp per row): all read a row of bf16 and write its bytes and its scale, the same in both.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quant_rows(
     dev: &CudaDevice,
     module: Module,
-    name: &'static str,
+    (name, warp_name): (&'static str, &'static str),
     x: Dev<bf16>,
     q: Dev<u8>,
     scale: Dev<f32>,
@@ -60,9 +66,25 @@ pub(crate) fn quant_rows(
     if rows == 0 {
         return Ok(());
     }
-    let f = func(dev, module, name)?;
     let stream = dev.cuda_stream();
-    let ki = int(k, "k")?;
+    let (ki, ri) = (int(k, "k")?, int(rows, "rows")?);
+    if k <= WARP_ROW_MAX {
+        let f = func(dev, module, warp_name)?;
+        let mut b = f.builder(&stream);
+        b.arg(&x.addr)
+            .arg(&q.addr)
+            .arg(&scale.addr)
+            .arg(&ri)
+            .arg(&ki);
+        let cfg = config((dim(rows.div_ceil(8), "rows / 8")?, 1, 1), 256, 0)?;
+        // SAFETY: warp w of block i takes row 8i + w when below `rows` (tested in the kernel),
+        // reads x[r] as k / 8 ≤ 32 · 16 16-byte words (the chunks of its lanes' 16 registers)
+        // and writes q[r] as 8-byte words and scale[r]: k % 8 == 0, x 16-byte and q 8-byte
+        // aligned, all three buffers hold `rows` rows (checked).
+        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
+        return Ok(());
+    }
+    let f = func(dev, module, name)?;
     let mut b = f.builder(&stream);
     b.arg(&x.addr).arg(&q.addr).arg(&scale.addr).arg(&ki);
     let cfg = config((dim(rows, "rows")?, 1, 1), 256, 0)?;

@@ -106,29 +106,14 @@ impl super::Bench {
         let q = Tensor::randn(0f32, 1.0, (b, nh, t, d), &device)?.to_dtype(dt)?;
         let kv = Tensor::randn(0f32, 1.0, (b, kvh, t, d), &device)?.to_dtype(dt)?;
         let n = c.num_hidden_layers;
-        let attn_with = |rows| -> Result<_> {
-            crate::runtime::set_flash_rows(rows)?;
-            self.timed(|| {
-                sync_ms(&device, || {
-                    for _ in 0..n {
-                        crate::runtime::fused_attention(&q, &kv, &kv)?;
-                    }
-                    Ok(())
-                })
+        let attn = self.timed(|| {
+            sync_ms(&device, || {
+                for _ in 0..n {
+                    crate::runtime::fused_attention(&q, &kv, &kv)?;
+                }
+                Ok(())
             })
-        };
-        // every tile the flash kernel offers at this head size, the default last (left in place)
-        let default = crate::runtime::FLASH_ROWS_DEFAULT;
-        let mut tiles = vec![];
-        for rows in crate::runtime::FLASH_ROWS {
-            if rows != default && d == 64 {
-                tiles.push((
-                    format!("attention kernel, all layers, {rows}-row tiles"),
-                    attn_with(rows)?,
-                ));
-            }
-        }
-        let attn = attn_with(default)?;
+        })?;
         // causal attention: 2 matmuls of b·h·t²/2·d multiply-adds each
         let flops = 2.0 * 2.0 * (b * nh) as f64 * (t * t) as f64 / 2.0 * d as f64 * n as f64;
         let v = Variant::new(variant, "candle", json!({"point": pt}));
@@ -136,10 +121,7 @@ impl super::Bench {
             ("layers", &layers),
             ("lm_head + log-softmax", &head),
             ("attention kernel, all layers", &attn),
-        ]
-        .into_iter()
-        .chain(tiles.iter().map(|(w, t)| (w.as_str(), t)))
-        {
+        ] {
             let metric = format!("breakdown_ms {pt}: {what}");
             r.add(&v, &metric, tm.median, Some(tm.max - tm.min), "ms");
         }
