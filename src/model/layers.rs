@@ -84,6 +84,19 @@ impl ActQuant {
     }
 }
 
+/// The rows of `x` [.., in] as a Linear's kernel takes them (the product of the leading
+/// dimensions) and the shape [.., `features`] of its output.
+fn rows_of(x: &Tensor, features: usize) -> (usize, Vec<usize>) {
+    let mut dims = x.dims().to_vec();
+    let rows = dims[..dims.len().saturating_sub(1)]
+        .iter()
+        .product::<usize>();
+    if let Some(last) = dims.last_mut() {
+        *last = features;
+    }
+    (rows, dims)
+}
+
 /// A bias-free Linear, `y = x Wᵀ`, with `weight` [out, in] as in the checkpoint.
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -120,11 +133,8 @@ impl Linear {
         let (Some(k), Some(xq)) = (&self.kernel, xq) else {
             return self.forward(x);
         };
-        let dims = x.dims().to_vec();
-        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let (rows, out) = rows_of(x, self.weight.dim(0)?);
         let (y, _) = k.forward_fused(&x.reshape((rows, ()))?, Some(xq), None)?;
-        let mut out = dims;
-        *out.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
         y.reshape(out)
     }
 }
@@ -420,10 +430,7 @@ impl Mlp {
         kernels: Option<&dyn Kernels>,
     ) -> Result<(Tensor, Option<QuantizedRows>)> {
         if let Some(k) = &self.fused_gate_up {
-            let dims = x.dims().to_vec();
-            let rows = dims[..dims.len() - 1].iter().product::<usize>();
-            let mut out = dims;
-            *out.last_mut().expect("rank >= 1") = self.down_proj.in_features();
+            let (rows, out) = rows_of(x, self.down_proj.in_features());
             let x2 = x.reshape((rows, ()))?;
             let (y, yq) = k.forward_fused(&x2, xq, self.down_proj.input_quant())?;
             return Ok((y.reshape(out)?, yq));
@@ -456,11 +463,8 @@ impl Mlp {
         if let (Some(g), Some(d), Some(fmt)) =
             (&self.fused_gate_up, &down.kernel, down.input_quant())
         {
-            let dims = x.dims().to_vec();
-            let rows = dims[..dims.len() - 1].iter().product::<usize>();
+            let (rows, out) = rows_of(x, down.out_features());
             if let Some(aq) = g.gated_rows(&x.reshape((rows, ()))?, xq, fmt)? {
-                let mut out = dims;
-                *out.last_mut().expect("rank >= 1") = down.out_features();
                 return d.forward_rows(&aq)?.reshape(out);
             }
         }

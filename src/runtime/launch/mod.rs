@@ -287,25 +287,26 @@ pub(crate) fn fp8_supported(stream: &CudaStream) -> Result<bool> {
     Ok(compute_capability(stream)? >= (8, 9))
 }
 
+/// A device attribute of `dev` (negative values read as 0).
+fn attribute(dev: &CudaDevice, a: sys::CUdevice_attribute) -> Result<usize> {
+    let n = dev.cuda_stream().context().attribute(a).map_err(cuda_err)?;
+    Ok(n.max(0) as usize)
+}
+
 /// The device's number of streaming multiprocessors (the GEMMs size their grids by it).
 pub(crate) fn sm_count(dev: &CudaDevice) -> Result<usize> {
-    let n = dev
-        .cuda_stream()
-        .context()
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(cuda_err)?;
-    Ok(n.max(1) as usize)
+    let n = attribute(
+        dev,
+        sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+    )?;
+    Ok(n.max(1))
 }
 
 /// The most shared memory one block may use on `dev` once a kernel opts in ([`allow_smem`]):
 /// 227 KiB on Hopper and the A100, 99 KiB on Ada (the L4).
 pub(crate) fn max_smem_per_block(dev: &CudaDevice) -> Result<usize> {
-    let n = dev
-        .cuda_stream()
-        .context()
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-        .map_err(cuda_err)?;
-    Ok(n.max(0) as usize)
+    use sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN as OPTIN;
+    attribute(dev, OPTIN)
 }
 
 /// Lets a kernel use more than the default 48 KiB of dynamic shared memory.
