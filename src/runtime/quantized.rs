@@ -239,6 +239,11 @@ pub fn handoff() -> bool {
     HANDOFF.load(Ordering::Relaxed)
 }
 
+/// The bf16 rows of a product run with `Out::Rows` or `Out::RowsQuantized` (always there).
+fn output_rows<T>(y: Option<T>) -> Result<T> {
+    y.ok_or_else(|| candle_core::Error::Msg("w8a8 Linear: no output rows".into()))
+}
+
 /// What an 8-bit product leaves (see `Q8Linear::run`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Out {
@@ -358,88 +363,7 @@ impl Q8Linear {
             self.w.n
         }
     }
-}
 
-impl CustomOp1 for Q8Linear {
-    fn name(&self) -> &'static str {
-        "w8a8-linear"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("8-bit Linear runs on CUDA only")
-    }
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (x, m, k) = input(s, l)?;
-        if k != self.w.k {
-            candle_core::bail!("w8a8 Linear: input has {k} features, weight {}", self.w.k);
-        }
-        let (y, _) = self.run(Some(x), m, None, Out::Rows)?;
-        let y = y.ok_or_else(|| candle_core::Error::Msg("w8a8 Linear: no output rows".into()))?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, self.dev.clone()),
-            Shape::from((m, self.n_out())),
-        ))
-    }
-}
-
-impl LinearKernel for Q8Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(self)
-    }
-
-    fn input_quant(&self) -> Option<ActQuant> {
-        handoff().then(|| self.format())
-    }
-
-    fn forward_fused(
-        &self,
-        x: &Tensor,
-        xq: Option<&QuantizedRows>,
-        out_quant: Option<ActQuant>,
-    ) -> Result<(Tensor, Option<QuantizedRows>)> {
-        let fmt = self.format();
-        let xq = xq.filter(|q| q.format == fmt);
-        let out_quant = out_quant == Some(fmt) && self.gated;
-        if xq.is_none() && !out_quant {
-            return Ok((self.forward(x)?, None));
-        }
-        let out = if out_quant {
-            Out::RowsQuantized
-        } else {
-            Out::Rows
-        };
-        let (y, yq) = self.run_tensors(Some(x), xq, out)?;
-        let y = y.ok_or_else(|| candle_core::Error::Msg("w8a8 Linear: no output rows".into()))?;
-        Ok((y, yq))
-    }
-
-    fn gated_rows(
-        &self,
-        x: &Tensor,
-        xq: Option<&QuantizedRows>,
-        out_quant: ActQuant,
-    ) -> Result<Option<QuantizedRows>> {
-        let fmt = self.format();
-        if out_quant != fmt || !self.quantizes_out(x.dim(0)?) {
-            return Ok(None);
-        }
-        let xq = xq.filter(|q| q.format == fmt);
-        Ok(self.run_tensors(Some(x), xq, Out::QuantizedOnly)?.1)
-    }
-
-    fn forward_rows(&self, xq: &QuantizedRows) -> Result<Tensor> {
-        if xq.format != self.format() {
-            candle_core::bail!(
-                "w8a8 Linear: {:?} rows for a {:?} product",
-                xq.format,
-                self.format()
-            );
-        }
-        let (y, _) = self.run_tensors(None, Some(xq), Out::Rows)?;
-        y.ok_or_else(|| candle_core::Error::Msg("w8a8 Linear: no output rows".into()))
-    }
-}
-
-impl Q8Linear {
     /// [`Q8Linear::run`] on tensors: rows `x` [m, k] (bf16) and/or their quantization `xq` in
     /// this Linear's format, shapes checked; the outputs as tensors.
     fn run_tensors(
@@ -500,6 +424,85 @@ impl Q8Linear {
             scales: cuda_tensor(s, &self.dev, m),
         });
         Ok((y.map(|y| cuda_tensor(y, &self.dev, (m, n_out))), yq))
+    }
+}
+
+impl CustomOp1 for Q8Linear {
+    fn name(&self) -> &'static str {
+        "w8a8-linear"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("8-bit Linear runs on CUDA only")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (x, m, k) = input(s, l)?;
+        if k != self.w.k {
+            candle_core::bail!("w8a8 Linear: input has {k} features, weight {}", self.w.k);
+        }
+        let (y, _) = self.run(Some(x), m, None, Out::Rows)?;
+        let y = output_rows(y)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, self.dev.clone()),
+            Shape::from((m, self.n_out())),
+        ))
+    }
+}
+
+impl LinearKernel for Q8Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+
+    fn input_quant(&self) -> Option<ActQuant> {
+        handoff().then(|| self.format())
+    }
+
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        xq: Option<&QuantizedRows>,
+        out_quant: Option<ActQuant>,
+    ) -> Result<(Tensor, Option<QuantizedRows>)> {
+        let fmt = self.format();
+        let xq = xq.filter(|q| q.format == fmt);
+        let out_quant = out_quant == Some(fmt) && self.gated;
+        if xq.is_none() && !out_quant {
+            return Ok((self.forward(x)?, None));
+        }
+        let out = if out_quant {
+            Out::RowsQuantized
+        } else {
+            Out::Rows
+        };
+        let (y, yq) = self.run_tensors(Some(x), xq, out)?;
+        let y = output_rows(y)?;
+        Ok((y, yq))
+    }
+
+    fn gated_rows(
+        &self,
+        x: &Tensor,
+        xq: Option<&QuantizedRows>,
+        out_quant: ActQuant,
+    ) -> Result<Option<QuantizedRows>> {
+        let fmt = self.format();
+        if out_quant != fmt || !self.quantizes_out(x.dim(0)?) {
+            return Ok(None);
+        }
+        let xq = xq.filter(|q| q.format == fmt);
+        Ok(self.run_tensors(Some(x), xq, Out::QuantizedOnly)?.1)
+    }
+
+    fn forward_rows(&self, xq: &QuantizedRows) -> Result<Tensor> {
+        if xq.format != self.format() {
+            candle_core::bail!(
+                "w8a8 Linear: {:?} rows for a {:?} product",
+                xq.format,
+                self.format()
+            );
+        }
+        let (y, _) = self.run_tensors(None, Some(xq), Out::Rows)?;
+        output_rows(y)
     }
 }
 
