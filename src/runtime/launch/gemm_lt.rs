@@ -4,6 +4,13 @@
 //! warpgroup MMA that our `mma.sync` tiles (`gemm_q8`) cannot issue; cuBLASLt 12.9+ offers the
 //! scaling mode on sm_90 and later only, so [`Fp8Lt::probe`] tries it once and callers keep our
 //! tiles where it is refused (e.g. the L4's sm_89).
+//!
+//! Accumulation is cuBLASLt's fast mode (`CUBLASLT_MATMUL_DESC_FAST_ACCUM`: the fp8 MMA's own
+//! accumulator, not promoted to f32 every few K steps), as vLLM's Hopper fp8 GEMMs run it (CUTLASS's
+//! `KernelTmaWarpSpecialized…FP8FastAccum` schedules in every `sm90_fp8_config`), so the speed
+//! and the numerics measured here are the serving engine's. `EXAONE_COMPRESS_FP8_FAST_ACCUM=0`
+//! turns it off for a process (to time the same binary both ways); `runtime::check`'s tolerance
+//! holds either way (`reports/gemm_sweep/w8a8_checks.log`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +31,7 @@ pub(crate) struct Fp8Lt {
     workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
     algos: Mutex<HashMap<(usize, usize, usize), sys::cublasLtMatmulAlgo_t>>,
+    fast_accum: bool,
 }
 
 // SAFETY: a cuBLASLt handle is not tied to a thread (cuBLASLt's functions may be called from
@@ -83,6 +91,8 @@ impl Fp8Lt {
             workspace,
             stream: stream.clone(),
             algos: Mutex::new(HashMap::new()),
+            fast_accum: std::env::var("EXAONE_COMPRESS_FP8_FAST_ACCUM")
+                .map_or(true, |v| v.trim() != "0"),
         })
     }
 
@@ -167,6 +177,7 @@ impl Fp8Lt {
                 .map_err(|e| lt_err("descriptor attribute", e))
         };
         let op_t: i32 = 1; // CUBLAS_OP_T (cublasOperation_t is an int)
+        let fast = i8::from(self.fast_accum); // the attribute is an int8_t flag
         let mode = sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
         // column-major: A = W as [k, n] (op T → [n, k]) scaled per its n rows, B = q as [k, m]
         // scaled per its m columns, D = yᵀ [n, m]
@@ -174,6 +185,11 @@ impl Fp8Lt {
         let mode_p = &mode as *const _ as *const std::ffi::c_void;
         for (attr, ptr, size) in [
             (A::CUBLASLT_MATMUL_DESC_TRANSA, &op_t as *const _ as _, 4),
+            (
+                A::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+                &fast as *const _ as _,
+                1,
+            ),
             (A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, mode_p, 4),
             (A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, mode_p, 4),
             (
