@@ -22,7 +22,7 @@ run .gpu/serve_bench --write-workload /tmp/mc.jsonl --overwrite "$@" 2>&1 | tail
 python3 scripts/hf_serve.py "$RANDOM_1_2B" /tmp/mc.jsonl /tmp/hf_serve.json 2>&1 | grep -v Warning | tail -3
 run .gpu/serve_bench --model "$RANDOM_1_2B" --w4a16 /tmp/r-w4a16 --w8a8 /tmp/r-w8a8 --fp8 /tmp/r-fp8 --device cuda \
   --hf-json /tmp/hf_serve.json --device-name "$NAME" --model-name "random-weight EXAONE-4.0-1.2B shape" \
-  --gen-mc 1000 --out "$OUT/serve" --command "bash scripts/gpu/serve_bench.sh $*" "$@" 2>&1 | tee "$OUT/serve.log" | tail -40
+  --gen-mc 1000 --out "$OUT/serve" --command "${SKIP_SMOKE:+SKIP_SMOKE=1 }bash scripts/gpu/serve_bench.sh $*" "$@" 2>&1 | tee "$OUT/serve.log" | tail -40
 cp /tmp/hf_serve.json "$OUT/serve/" 2>/dev/null
 # the device tool returns at most 8 files: the report travels as one archive
 tar -C "$OUT" -cf "$OUT/serve.tar" serve && rm -rf "$OUT/serve"
