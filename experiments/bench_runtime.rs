@@ -34,9 +34,9 @@ struct Args {
     /// an FP8 (e4m3 weights, dynamic per-token fp8 activations) checkpoint of the same model
     #[arg(long)]
     fp8: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = exaone_compress::device::device_word)]
     device: String,
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = exaone_compress::device::dtype_word)]
     dtype: String,
     #[arg(long, default_value = "reports/bench_runtime")]
     out: PathBuf,

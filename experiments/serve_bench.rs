@@ -35,7 +35,7 @@ struct Args {
     /// sm_89+, dequantized to bf16 elsewhere
     #[arg(long)]
     fp8: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = exaone_compress::device::device_word)]
     device: String,
     #[arg(long, default_value = "reports/serve_bench")]
     out: PathBuf,

@@ -36,7 +36,7 @@ struct Args {
     /// stop after data/tokenizer preparation
     #[arg(long)]
     no_train: bool,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = exaone_compress::device::device_word)]
     device: String,
     #[arg(long, default_value_t = Pretrain::DEFAULT.steps)]
     steps: usize,

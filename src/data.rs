@@ -8,6 +8,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::model::Tokenizer;
 
+pub mod shipped;
+
 /// The default model shipped in `data/default-model` (used when no `--model` is given), under
 /// [`data_dir`]. `EXAONE_COMPRESS_DEFAULT_MODEL` (kept for compatibility) overrides the model alone.
 pub fn default_model_dir() -> PathBuf {
@@ -19,7 +21,7 @@ pub fn default_model_dir() -> PathBuf {
 
 /// [`default_model_dir`], or an error naming every place it was looked for (and how to point
 /// the binary at its data) when the shipped default model is in none of them: what a command
-/// run without `--model` says when the binary was moved without its data.
+/// run without `--model` says when the binary carries no data and none lies beside it.
 pub fn default_model() -> crate::Result<PathBuf> {
     let dir = default_model_dir();
     if dir.join("config.json").is_file() {
@@ -30,11 +32,18 @@ pub fn default_model() -> crate::Result<PathBuf> {
     } else if let Some(p) = env_path("EXAONE_COMPRESS_DATA") {
         format!("EXAONE_COMPRESS_DATA={} (its default-model/)", p.display())
     } else {
-        data_candidates()
+        let mut places: Vec<String> = data_candidates()
             .iter()
             .map(|d| d.join("default-model").display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        places.push(match written_out() {
+            Ok(Some(_)) => "the data compiled into this binary".into(),
+            Ok(None) => "nothing compiled in (built without the `embedded-data` feature)".into(),
+            Err(why) => {
+                format!("the data compiled into this binary, which could not be written out: {why}")
+            }
+        });
+        places.join(", ")
     };
     Err(crate::Error::Invalid(format!(
         "the shipped default model was not found (looked in {looked}): pass --model DIR, or \
@@ -56,22 +65,37 @@ pub fn tokenizer_for_model(dir: &Path) -> crate::Result<(Tokenizer, bool)> {
 
 /// The shipped data (the default model, text splits, benchmark items), found in this order:
 /// 1. `EXAONE_COMPRESS_DATA`, the one override, if set;
-/// 2. beside the running binary: `<bin dir>/data`, then `<bin dir>/../share/exaone-compress/data`
-///    (a binary copied or installed elsewhere takes its data along);
-/// 3. the source tree the binary was built from (`cargo run`, the tests).
+/// 2. beside the running binary: `<bin dir>/data`, then `<bin dir>/../share/exaone-compress/data`;
+/// 3. the copy compiled into the binary (feature `embedded-data`, on by default), written out
+///    once to the user's cache (`data::shipped`): a binary copied or installed anywhere runs
+///    without the source tree, whose path is never looked up.
 ///
-/// A candidate counts when it holds `default-model/config.json`. When none does, the source
-/// tree's path is returned, so that the error reading it names where data was expected.
+/// A candidate counts when it holds `default-model/config.json`. When none does, the first
+/// place beside the binary is returned, so that the error reading it names where data was
+/// expected.
 pub fn data_dir() -> PathBuf {
     if let Some(p) = env_path("EXAONE_COMPRESS_DATA") {
         return p;
     }
-    let mut candidates = data_candidates();
-    let found = candidates
-        .iter()
-        .position(|d| d.join("default-model").join("config.json").is_file());
-    // none: the source tree, the last candidate
-    candidates.swap_remove(found.unwrap_or(candidates.len() - 1))
+    let candidates = data_candidates();
+    if let Some(d) = (candidates.iter()).find(|d| d.join("default-model/config.json").is_file()) {
+        return d.clone();
+    }
+    match written_out() {
+        Ok(Some(d)) => d,
+        _ => candidates[0].clone(),
+    }
+}
+
+/// [`shipped::written_out`], done once per process (hashing the data to name its folder reads
+/// all of it); the error as text.
+fn written_out() -> std::result::Result<Option<PathBuf>, String> {
+    static ONCE: std::sync::OnceLock<std::result::Result<Option<PathBuf>, String>> =
+        std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        shipped::written_out().map_err(|e| format!("{} ({e})", shipped::cache_dir_hint()))
+    })
+    .clone()
 }
 
 /// A path from environment variable `name`; set but empty counts as unset (as a shell's
@@ -82,20 +106,18 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// Where [`data_dir`] looks without the override, in order: beside the running binary, then
-/// the source tree it was built from (last; the list is never empty).
+/// Where [`data_dir`] looks beside the running binary, in order (never empty: the working
+/// directory's `data` stands in when the binary's own path is unknown).
 fn data_candidates() -> Vec<PathBuf> {
-    let beside = std::env::current_exe()
+    let beside: Vec<PathBuf> = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
-        .map(|d| [d.join("data"), d.join("../share/exaone-compress/data")])
-        .into_iter()
-        .flatten();
-    beside
-        .chain(std::iter::once(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("data"),
-        ))
-        .collect()
+        .map(|d| vec![d.join("data"), d.join("../share/exaone-compress/data")])
+        .unwrap_or_default();
+    match beside.is_empty() {
+        true => vec![PathBuf::from("data")],
+        false => beside,
+    }
 }
 
 /// A split of the shipped corpus: `train`, `val` or `test` (JSONL, `{"text": ...}` a line).

@@ -4,6 +4,28 @@ use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
 
+/// `--device` checked when the command line is read (a clap value parser): `cpu`, `cuda` or
+/// `cuda:N`. Whether this binary and machine have the GPU is [`parse_device`]'s to say.
+pub fn device_word(s: &str) -> std::result::Result<String, String> {
+    let ok = s == "cpu"
+        || s == "cuda"
+        || s.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+    ok.then(|| s.to_string())
+        .ok_or_else(|| "unknown device (allowed: cpu, cuda, cuda:N with N a number)".into())
+}
+
+/// `--dtype` checked when the command line is read: the words [`parse_dtype`] takes.
+pub fn dtype_word(s: &str) -> std::result::Result<String, String> {
+    const WORDS: [&str; 7] = [
+        "auto", "f32", "float32", "bf16", "bfloat16", "f16", "float16",
+    ];
+    WORDS
+        .contains(&s)
+        .then(|| s.to_string())
+        .ok_or_else(|| "unknown dtype (allowed: auto, f32, bf16, f16)".into())
+}
+
 /// `cpu`, `cuda` or `cuda:N`. (`runtime::open_device` also sets up the CUDA memory pool.)
 pub fn parse_device(s: &str) -> Result<Device> {
     // a binary built without CUDA says how to get one, not candle's "not been built with cuda"

@@ -610,6 +610,24 @@ fn study_flags_that_contradict_each_other_are_refused_before_any_work() {
         let e = study(br, &[flag, v, "--out", s(&out)]);
         assert!(e.contains(flag) && e.contains("at least 1"), "{e}");
     }
+    // the studies' counts and words, refused when read, before the model loads
+    for (flag, v, want) in [
+        ("--calib-samples", "0", "at least 1"),
+        ("--calib-len", "0", "at least 1"),
+        ("--kl-sequences", "0", "at least 1"),
+        ("--eval-tokens", "1", "at least 2"),
+        ("--device", "gpu", "allowed: cpu, cuda"),
+        ("--dtype", "f8", "allowed: auto, f32"),
+    ] {
+        // clap's "invalid value", not the study's own error after loading the model
+        let e = study(ec, &[flag, v, "--out", s(&out)]);
+        assert!(e.contains(flag) && e.contains(want), "{e}");
+        assert!(e.contains("invalid value"), "{e}");
+    }
+    for bin in [br, env!("CARGO_BIN_EXE_serve_bench")] {
+        let e = study(bin, &["--device", "tpu", "--out", s(&out)]);
+        assert!(e.contains("--device") && e.contains("allowed"), "{e}");
+    }
     // and their reports never replace what is at --out without --overwrite
     let mine = tmp.path().join("mine");
     std::fs::create_dir(&mine).unwrap();

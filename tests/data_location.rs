@@ -1,5 +1,6 @@
-//! A built binary works wherever it is copied: it finds the shipped data beside itself, or where
-//! `EXAONE_COMPRESS_DATA` says, before the source tree it was built from.
+//! A built binary works wherever it is copied: it carries the shipped data and writes it out to
+//! the user's cache; data beside it, or where `EXAONE_COMPRESS_DATA` says, comes first; the source
+//! tree it was built from is never read.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,10 +17,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// `info` on the default model: the first line names the directory it loaded.
-fn info_path(bin: &Path, env: Option<&Path>) -> String {
+/// `info` on the default model with `cache` as the user's cache: the first line names the
+/// directory it loaded.
+fn info_path(bin: &Path, env: Option<&Path>, cache: &Path) -> String {
     let mut c = Command::new(bin);
-    c.arg("info").env_remove("EXAONE_COMPRESS_DEFAULT_MODEL");
+    c.arg("info")
+        .env_remove("EXAONE_COMPRESS_DEFAULT_MODEL")
+        .env("XDG_CACHE_HOME", cache);
     match env {
         Some(d) => c.env("EXAONE_COMPRESS_DATA", d),
         None => c.env_remove("EXAONE_COMPRESS_DATA"),
@@ -41,20 +45,57 @@ fn a_copied_binary_finds_its_data_beside_it_or_through_the_override() {
     std::fs::create_dir_all(&bin_dir).unwrap();
     let bin = bin_dir.join("exaone-compress");
     std::fs::copy(env!("CARGO_BIN_EXE_exaone-compress"), &bin).unwrap();
+    let cache = tmp.path().join("cache");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/default-model");
-    // nothing beside it: the source tree it was built from
-    assert_eq!(Path::new(&info_path(&bin, None)), shipped);
-    // data beside the binary wins over the source tree
+    // nothing beside it: the data it carries, written out to the cache, byte for byte the
+    // repository's, and written once
+    let written = info_path(&bin, None, &cache);
+    let written = Path::new(&written);
+    assert!(
+        written.starts_with(cache.join("exaone-compress")),
+        "{}",
+        written.display()
+    );
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(written.join(f)).unwrap(),
+            std::fs::read(shipped.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let text = written.parent().unwrap().join("text/train.jsonl");
+    assert_eq!(
+        std::fs::read(&text).unwrap(),
+        std::fs::read(shipped.join("../text/train.jsonl")).unwrap()
+    );
+    let stamp = std::fs::metadata(written.join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(Path::new(&info_path(&bin, None, &cache)), written);
+    let again = std::fs::metadata(written.join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(stamp, again, "written out again");
+    // nothing half-written is left beside it
+    let left: Vec<_> = std::fs::read_dir(cache.join("exaone-compress"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    // data beside the binary wins over the data it carries
     copy_dir(&shipped, &bin_dir.join("data/default-model"));
     assert_eq!(
-        Path::new(&info_path(&bin, None)),
+        Path::new(&info_path(&bin, None, &cache)),
         bin_dir.join("data/default-model")
     );
     // the override wins over both
     let other = tmp.path().join("elsewhere");
     copy_dir(&shipped, &other.join("default-model"));
     assert_eq!(
-        Path::new(&info_path(&bin, Some(&other))),
+        Path::new(&info_path(&bin, Some(&other), &cache)),
         other.join("default-model")
     );
 }

@@ -27,6 +27,15 @@ pub fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(
     }
 }
 
+/// A whole number of at least `MIN` (a clap value parser), with a message that says so.
+pub fn at_least<const MIN: usize>(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= MIN => Ok(n),
+        Ok(_) => Err(format!("must be at least {MIN}")),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 /// Parses an experiment binary's flags as the CLI does: `--help` and `--version` print and exit
 /// 0, any flag error prints clap's message and exits 1, like every other failure (clap itself
 /// would exit 2).

@@ -27,10 +27,10 @@ pub struct StudyArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// cpu, cuda or cuda:N
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = crate::device::device_word)]
     pub device: String,
     /// auto (f32 on CPU, bf16 on CUDA), f32, bf16, f16
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = crate::device::dtype_word)]
     pub dtype: String,
     /// where the report, charts and results.parquet go (default: reports/<experiment>)
     #[arg(long)]
@@ -51,15 +51,17 @@ pub struct StudyArgs {
     /// measured the same way) are carried over; the others are measured
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
-    #[arg(long, default_value_t = 32)]
+    /// calibration sequences (GPTQ, AWQ)
+    #[arg(long, default_value_t = 32, value_parser = crate::study::at_least_one::<usize>)]
     pub calib_samples: usize,
-    #[arg(long, default_value_t = 256)]
+    /// tokens per calibration sequence
+    #[arg(long, default_value_t = 256, value_parser = crate::study::at_least_one::<usize>)]
     pub calib_len: usize,
-    /// perplexity tokens (a prefix of the test split)
-    #[arg(long, default_value_t = 8192)]
+    /// perplexity tokens (a prefix of the test split; at least 2: one predicted from another)
+    #[arg(long, default_value_t = 8192, value_parser = crate::study::at_least::<2>)]
     pub eval_tokens: usize,
     /// sequences of 256 validation tokens for KL to the base
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::study::at_least_one::<usize>)]
     pub kl_sequences: usize,
     /// multiple-choice items (half KMMLU, half BIG-bench)
     #[arg(long, default_value_t = 40)]

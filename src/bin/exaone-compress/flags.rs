@@ -184,16 +184,6 @@ impl DtypeArg {
     }
 }
 
-/// `--device`: `cpu`, `cuda` or `cuda:N` (whether the device exists is checked when it is opened).
-pub fn device(s: &str) -> Result<String, String> {
-    let ok = s == "cpu"
-        || s == "cuda"
-        || s.strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
-    ok.then(|| s.to_string())
-        .ok_or_else(|| "unknown device (allowed: cpu, cuda, cuda:N with N a number)".into())
-}
-
 /// `--rule KIND:N`: uniform, first, last, bi (Block Influence), kl (measured KL).
 pub fn rule(s: &str) -> Result<DropRule, String> {
     let (kind, n) = s

@@ -53,7 +53,7 @@ struct ModelArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, cuda or cuda:N
-    #[arg(long, default_value = "cpu", value_parser = checked(flags::device))]
+    #[arg(long, default_value = "cpu", value_parser = checked(exaone_compress::device::device_word))]
     device: String,
 }
 

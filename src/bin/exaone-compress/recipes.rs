@@ -73,7 +73,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// cpu, cuda or cuda:N (bit for bit only on the device the recipe ran on)
-    #[arg(long, default_value = "cpu", value_parser = checked(flags::device))]
+    #[arg(long, default_value = "cpu", value_parser = checked(exaone_compress::device::device_word))]
     device: String,
     /// the teacher of a distill step whose teacher is not the base
     #[arg(long)]
