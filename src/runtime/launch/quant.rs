@@ -28,9 +28,19 @@ pub(crate) fn quant_rows_int8(
 /// common.cuh: the row held in registers, 16 chunks of 8 values per lane), beyond one block.
 const WARP_ROW_MAX: usize = 32 * 8 * 16;
 
+/// Blocks per multiprocessor the warp-per-row quantizer needs before it replaces the
+/// block-per-row one: with eight rows a block, a decode step's few rows leave most
+/// multiprocessors idle and each row's work on one warp. It came in for prefills (f19c0b3; no
+/// measurable change there) and was then taken at every row count; the serving engine's
+/// batch-1 decode step at that commit's successor (3c295b1, `reports/serve_bench`) read W8A8
+/// 1.532 and FP8 1.576 ms against 1.362 and 1.425 at 62e5236, the block-per-row kernels' last run
+/// there (bf16 1.390 against 1.399), so fewer rows than this go back to a block per row.
+const WARP_ROWS_MIN_BLOCKS_PER_SM: usize = 2;
+
 /// Launches a per-token 8-bit quantizer of `module` (int8 here, fp8 e4m3 in gemm_q8.rs) named
-/// `names.0` (a block per row) or, for rows of at most [`WARP_ROW_MAX`] values, `names.1` (a
-/// warp per row): all read a row of bf16 and write its bytes and its scale, the same in both.
+/// `names.0` (a block per row) or, for rows of at most [`WARP_ROW_MAX`] values and enough of
+/// them ([`WARP_ROWS_MIN_BLOCKS_PER_SM`]), `names.1` (a warp per row): all read a row of bf16 and
+/// write its bytes and its scale, the same in both.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quant_rows(
     dev: &CudaDevice,
@@ -68,7 +78,8 @@ pub(crate) fn quant_rows(
     }
     let stream = dev.cuda_stream();
     let (ki, ri) = (int(k, "k")?, int(rows, "rows")?);
-    if k <= WARP_ROW_MAX {
+    let many_rows = rows.div_ceil(8) >= WARP_ROWS_MIN_BLOCKS_PER_SM * super::sm_count(dev)?;
+    if k <= WARP_ROW_MAX && many_rows {
         let f = func(dev, module, warp_name)?;
         let mut b = f.builder(&stream);
         b.arg(&x.addr)

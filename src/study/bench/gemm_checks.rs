@@ -333,7 +333,10 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
             }
         }
     }
-    for (m, k) in [(1, 2048), (17, 2064), (255, 4096)] {
+    // the last: enough rows for the warp-per-row quantizer on this GPU (`launch::quant`), the
+    // others take the block-per-row one
+    let many = 16 * crate::runtime::launch::sm_count(dev)? + 3;
+    for (m, k) in [(1, 2048), (17, 2064), (255, 4096), (many, 2048)] {
         for &kind in &kinds {
             out.push(quant_check(dev, kind, m, k)?);
             out.extend(super::fused_quant_checks::run(dev, kind, m, k)?);
