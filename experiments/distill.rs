@@ -1,21 +1,20 @@
 //! Healing a pruned model by logit distillation, by what is trained — norms only, norms and the
 //! layers beside the cut, or the whole model — against the pruned model unhealed; and the
 //! reference pipeline's own "distillation" (untie lm_head, train it on the teacher's answers)
-//! with what it costs on disk.
+//! with what it costs on disk. The pruned and healed variants are made by their recipes (prune,
+//! then distill from the base), so `--keep` keeps them and `exaone-compress apply` rebuilds them;
+//! the reference step is not a recipe step and is measured in memory.
 //!
 //!   cargo run --release --bin distill [-- --steps 100 --model DIR --device cuda]
 
 use anyhow::Result;
-use candle_core::Tensor;
 use clap::Parser;
 use exaone_compress::compress::calibration::samples;
-use exaone_compress::compress::distill::{
-    distill, reference_lm_head_step, DistillConfig, ParamGroup,
-};
-use exaone_compress::compress::prune::{drop_one_kl, lowest};
+use exaone_compress::compress::distill::reference_lm_head_step;
+use exaone_compress::compress::prune::{drop_one_kl, lowest, DropRule};
+use exaone_compress::compress::recipe::{DistillStep, ModelRef, PruneStep, Step};
 use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
-use exaone_compress::train::TrainConfig;
 use serde_json::json;
 
 /// Healing a pruned model by logit distillation, by what is trained, against the pruned model unhealed → reports/distill/.
@@ -27,8 +26,10 @@ struct Args {
     /// decoder layers to drop (at least 1, fewer than the model has)
     #[arg(long, default_value_t = 1, value_parser = exaone_compress::study::at_least_one::<u64>)]
     drop_layers: u64,
-    #[arg(long, default_value_t = 60)]
+    /// distillation steps of each healed variant
+    #[arg(long, default_value_t = 60, value_parser = exaone_compress::study::at_least_one::<usize>)]
     steps: usize,
+    /// peak learning rate of each distillation
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
 }
@@ -47,7 +48,6 @@ fn run() -> Result<()> {
     let kept: Vec<usize> = (0..base.layers.len())
         .filter(|i| !drop.contains(i))
         .collect();
-    let pruned = base.with_layers(&kept)?;
     // the student's layers on either side of each cut
     let beside: Vec<usize> = kept
         .iter()
@@ -55,49 +55,36 @@ fn run() -> Result<()> {
         .filter(|(_, &k)| drop.iter().any(|&d| k + 1 == d || k == d + 1))
         .map(|(j, _)| j)
         .collect();
-    let val: Vec<Tensor> = s
-        .calib
-        .iter()
-        .take(2)
-        .map(|x| Tensor::from_vec(x.clone(), (1, x.len()), base.device()))
-        .collect::<candle_core::Result<_>>()?;
-    let (calib_len, seed) = (s.args.calib_len, s.args.seed);
-    let cfg = |groups: Vec<ParamGroup>| DistillConfig {
-        train: TrainConfig {
-            steps: a.steps,
-            lr: a.lr,
-            warmup_steps: a.steps / 10,
-            weight_decay: 0.0,
-            eval_every: 0,
-            ..Default::default()
-        },
-        temperature: 1.0,
-        groups,
-        batch: 8,
-        seq_len: calib_len,
-        seed: seed + 7,
+    let prune = Step::Prune(PruneStep::new(&DropRule::Explicit(drop.clone())));
+    let kd = |train: Vec<String>| {
+        let mut k = DistillStep::new(ModelRef::of(&s.dir)?, a.steps, None);
+        (k.seq_len, k.seed, k.lr, k.train) = (s.args.calib_len, s.args.seed + 7, a.lr, train);
+        anyhow::Ok(Step::Distill(k))
     };
-    s.measure(&Variant::original(), &base)?;
-    s.measure(
-        &Variant::new("pruned", format!("drop{drop:?}"), json!({"drop": drop})),
-        &pruned,
-    )?;
-    let all_layers = ParamGroup::Layers((0..kept.len()).collect());
-    for (name, groups) in [
-        ("kd[norms]", vec![ParamGroup::Norms]),
+    let norms = || vec!["norms".to_string()];
+    let layers = beside.iter().map(|j| format!("layer:{j}"));
+    let variants = [
+        ("pruned", vec![prune.clone()]),
+        ("pruned + kd[norms]", vec![prune.clone(), kd(norms())?]),
         (
-            "kd[norms + layers beside the cut]",
-            vec![ParamGroup::Norms, ParamGroup::Layers(beside.clone())],
+            "pruned + kd[norms + layers beside the cut]",
+            vec![
+                prune.clone(),
+                kd(norms().into_iter().chain(layers).collect())?,
+            ],
         ),
-        ("kd[all layers]", vec![ParamGroup::Norms, all_layers]),
-    ] {
-        let mut student = pruned.share();
-        let c = cfg(groups);
-        let train = s.train.clone();
-        let log = distill(&base, &mut student, &train, &val, &c)?;
-        let last = log.last().map(|p| p.loss).unwrap_or(f64::NAN);
-        let p = json!({"drop": drop, "groups": format!("{:?}", c.groups), "steps": a.steps, "lr": a.lr, "final_loss": last});
-        s.measure(&Variant::new(format!("pruned + {name}"), name, p), &student)?;
+        (
+            "pruned + kd[all layers]",
+            vec![
+                prune.clone(),
+                kd(vec!["norms".into(), "all-layers".into()])?,
+            ],
+        ),
+    ];
+    s.plan(2 + variants.len());
+    s.measure(&Variant::original(), &base)?;
+    for (name, steps) in variants {
+        s.measure_recipe(name, steps)?;
     }
     // the reference pipeline's step, on the unpruned model as it ran it
     let mut lm = base.share();

@@ -1,6 +1,8 @@
 //! Which layers to drop: every layer's Block Influence (1 − cos(h_in, h_out)) and its measured
 //! drop-one KL, then the same number of layers dropped by each rule — uniform (the reference
 //! pipeline's), last, lowest Block Influence, lowest measured KL — and each result measured.
+//! Every variant is made by its recipe (the layers it drops), so `--keep` keeps it and
+//! `exaone-compress apply` rebuilds it.
 //!
 //!   cargo run --release --bin prune [-- --drop-layers 2 --model DIR --device cuda]
 
@@ -8,9 +10,9 @@ use anyhow::Result;
 use candle_core::Tensor;
 use clap::Parser;
 use exaone_compress::compress::prune::{block_influence, choose, drop_one_kl, lowest, DropRule};
+use exaone_compress::compress::recipe::{PruneStep, Step};
 use exaone_compress::record::Variant;
 use exaone_compress::study::{Study, StudyArgs};
-use serde_json::json;
 
 /// Which layers to drop: Block Influence and drop-one KL, then each dropping rule's result measured → reports/prune/.
 #[derive(Parser)]
@@ -55,29 +57,21 @@ fn run() -> Result<()> {
             "nats",
         );
     }
-    s.measure(&Variant::original(), &base)?;
     let rules = [
         ("uniform", DropRule::Uniform(n)),
         ("last", DropRule::Last(n)),
         ("lowest Block Influence", DropRule::Explicit(lowest(&bi, n))),
         ("lowest drop-one KL", DropRule::Explicit(lowest(&kl, n))),
     ];
+    s.plan(1 + rules.len());
+    s.measure(&Variant::original(), &base)?;
     let mut notes = vec![];
     for (name, rule) in rules {
+        // the layers each rule chose, as the recipe's explicit list (the measured rules'
+        // scores are this study's; the list is what rebuilds the variant)
         let drop = choose(&base, &rule, None)?;
-        let kept: Vec<usize> = (0..base.layers.len())
-            .filter(|i| !drop.contains(i))
-            .collect();
-        let m = base.with_layers(&kept)?;
-        let variant = format!("{name} {drop:?}");
-        s.measure(
-            &Variant::new(
-                &variant,
-                format!("drop{drop:?}"),
-                json!({"rule": name, "drop": drop}),
-            ),
-            &m,
-        )?;
+        let step = Step::Prune(PruneStep::new(&DropRule::Explicit(drop.clone())));
+        s.measure_recipe(&format!("{name} {drop:?}"), vec![step])?;
         notes.push(format!("{name}: drops {drop:?}"));
     }
     notes.push(format!(
