@@ -17,8 +17,8 @@ use crate::record::{Environment, Results};
 pub const TMP_ROLE: &str = "${TMPDIR:-/tmp}";
 
 /// `text`, a command line (shell words, as [`shell_words`] writes them), with this machine's
-/// paths named by role, so a committed report names none: a path under the working directory
-/// becomes relative to it, one under `$OUT` (the GPU machine's output folder) or
+/// paths named by role, so a committed report names none: a path under the shipped data's folder
+/// becomes `data/…` (the repository's copy of it), one under the working directory relative to it, one under `$OUT` (the GPU machine's output folder) or
 /// `$TMPDIR`/`/tmp` as [`TMP_ROLE`] (which expands to `/tmp` where TMPDIR is unset), and a
 /// path under the home folder through `~`. Relative paths and other words stay; a word that
 /// needs quoting is quoted (outside the role, so that it still expands), so the line can be
@@ -94,7 +94,11 @@ fn role_of(w: &str) -> Option<(&str, String, &str)> {
             .ok()
             .filter(|v| v.starts_with('/') && v.len() > 1)
     };
+    // the shipped data wherever this binary reads it (written out to the user's cache, or
+    // EXAONE_COMPRESS_DATA): named as the repository's `data/`, which holds the same files
+    let data = crate::data::data_dir().display().to_string();
     let roots: Vec<(String, String)> = [
+        Some((data, "data".to_string())),
         var("OUT").map(|v| (v, "$OUT".to_string())),
         cwd.map(|v| (v, ".".to_string())),
         var("TMPDIR").map(|v| (v, TMP_ROLE.to_string())),
