@@ -33,7 +33,9 @@ fn main() {
 /// and Hopper alike), and for 9.0 (`<unit>.sm90.ptx`), loaded on Hopper and newer, where the
 /// kernels' programmatic-launch waits (`kernels/common.cuh`) are real instructions. A unit that
 /// needs newer instructions names its own base (gemm_fp8: the e4m3 mma of sm_89+, loaded only on
-/// such a GPU). `src/runtime/launch/mod.rs` loads each as a module of its own.
+/// such a GPU); a Hopper-only unit is built for compute_90a alone, under both names
+/// (gemm_q8_wgmma: the warpgroup MMA, loaded only on compute capability 9.0).
+/// `src/runtime/launch/mod.rs` loads each as a module of its own.
 fn compile_kernels() {
     const DIR: &str = "src/runtime/kernels";
     const UNITS: [&str; 7] = [
@@ -47,6 +49,8 @@ fn compile_kernels() {
     ];
     /// units built for a newer virtual architecture than compute_80
     const ARCH: [(&str, &str); 1] = [("gemm_fp8", "compute_89")];
+    /// units of sm_90a's instructions only (wgmma): the same PTX under both names
+    const HOPPER_ONLY: [&str; 1] = ["gemm_q8_wgmma"];
     // every file of the folder, headers included, so an edit to common.cuh rebuilds them all
     println!("cargo:rerun-if-changed={DIR}");
     for e in std::fs::read_dir(DIR).unwrap_or_else(|e| panic!("reading {DIR}: {e}")) {
@@ -60,7 +64,13 @@ fn compile_kernels() {
         .filter(|p| p.exists())
         .unwrap_or_else(|| "nvcc".into());
     let units = UNITS.iter().map(|u| (*u, "compute_80")).chain(ARCH);
-    let builds = units.flat_map(|(u, arch)| [(u, arch, ""), (u, "compute_90", ".sm90")]);
+    let builds = units
+        .flat_map(|(u, arch)| [(u, arch, ""), (u, "compute_90", ".sm90")])
+        .chain(
+            HOPPER_ONLY
+                .iter()
+                .flat_map(|u| [(*u, "compute_90a", ""), (*u, "compute_90a", ".sm90")]),
+        );
     for (unit, arch, flavour) in builds {
         let src = format!("{DIR}/{unit}.cu");
         let out = out_dir.join(format!("{unit}{flavour}.ptx"));

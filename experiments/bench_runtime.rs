@@ -7,7 +7,7 @@
 //! reference (runtime::check) and fails if one is off. The harness is `study::bench`.
 //!
 //!   bench_runtime --model DIR [--w4a16 DIR] [--w8a8 DIR] [--fp8 DIR] --device cuda --hf-json hf.json
-//!   bench_runtime --gemm-sweep [--w4-only] --device cuda --out DIR   (GEMM checks + sweeps only)
+//!   bench_runtime --gemm-sweep [--w4-only|--w8a8-only] --device cuda --out DIR  (GEMM checks + sweeps)
 //!   bench_runtime --gemm-sweep --checks-only --device cuda --out DIR  (the W8A8 checks alone)
 
 use anyhow::Result;
@@ -65,6 +65,9 @@ struct Args {
     /// the quantizer fused in), no timings
     #[arg(long, requires = "gemm_sweep", conflicts_with = "w4_only")]
     checks_only: bool,
+    /// with --gemm-sweep: the W8A8 checks and timings alone, no W4A16
+    #[arg(long, requires = "gemm_sweep", conflicts_with_all = ["w4_only", "checks_only"])]
+    w8a8_only: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,8 +91,8 @@ fn run() -> Result<()> {
     };
     let mut r = Results::new("bench_runtime", &format!("{name} ({dtype:?})"), &model);
     if a.gemm_sweep {
-        let (w4, checks) = (a.w4_only, a.checks_only);
-        return Ok(bench::gemm::sweep(r, &device, &a.out, w4, checks)?);
+        let part = bench::gemm::SweepPart::from_flags(a.w4_only, a.w8a8_only, a.checks_only);
+        return Ok(bench::gemm::sweep(r, &device, &a.out, part)?);
     }
     let bench = Bench::new(a.bench.clone(), &device);
     let (w4a16, w8a8) = (a.w4a16.as_deref(), a.w8a8.as_deref());
@@ -135,10 +138,8 @@ fn run() -> Result<()> {
         bench::record_hf(&mut r, hf);
     }
     r.save(&a.out)?;
-    let command = a
-        .command
-        .clone()
-        .unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let argv = || std::env::args().collect::<Vec<_>>().join(" ");
+    let command = a.command.clone().unwrap_or_else(argv);
     exaone_compress::report::runtime::write(&r, &a.out, &command)?;
     let failed = bench::checks::failed(&checks);
     if !failed.is_empty() {

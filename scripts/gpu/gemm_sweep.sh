@@ -4,14 +4,14 @@
 # same 8-bit operands on the 1.2B's four Linear shapes at M = 1 … 16384 and awkward M/N/K, then µs
 # and TOP/s of each beside cuBLAS bf16; then the W4A16 routes the same way (gemm_w4.rs) →
 # $OUT/gemm/results.{parquet,csv}, the tables in $OUT/gemm_sweep.txt, every check in
-# $OUT/gemm_checks.log. Then (SKIP_SMOKE=1 skips
+# $OUT/gemm_checks.log (SWEEP_FLAGS=--w8a8-only: the W8A8 part alone). Then (SKIP_SMOKE=1 skips
 # it) the default model's W8A8 RTN variant through the candle forward's Int8Linear (now on our
 # GEMM) and the decode-engine checks: bench_runtime's smoke run.
 set -uo pipefail
 source "$(dirname "$0")/setup.sh"
 run() { .gpu/run-on-gpu.sh "$@"; }
 nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader | head -1 | tee "$OUT/gpu.txt"
-run .gpu/bench_runtime --gemm-sweep --device cuda --out "$OUT/gemm" 2> "$OUT/gemm_checks.log" | tee "$OUT/gemm_sweep.txt"
+run .gpu/bench_runtime --gemm-sweep ${SWEEP_FLAGS:-} --device cuda --out "$OUT/gemm" 2> "$OUT/gemm_checks.log" | tee "$OUT/gemm_sweep.txt"
 status=${PIPESTATUS[0]}
 echo "checks: $(grep -c ' → ok$' "$OUT/gemm_checks.log") ok, $(grep -c ' → FAIL$' "$OUT/gemm_checks.log") failed (exit $status)"
 grep ' → FAIL$' "$OUT/gemm_checks.log" | head -20

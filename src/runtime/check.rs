@@ -268,7 +268,8 @@ fn logits_check(
 /// The candle forward with the quantized Linear kernels attached vs the same model emulating
 /// them on dequantized weights (f32 reference: the emulation in f32), logits of 2 × 16 tokens
 /// (below `quantized::FP8_LT_MIN_ROWS`: fp8 on our tiles), 2 × 64 (fp8 on cuBLASLt where the GPU
-/// runs it) and 2 × 640 (beyond `quantized::CUBLAS_INT8_MIN_ROWS`: int8 through cuBLAS).
+/// runs it) and 2 × 640 (beyond `quantized::CUBLAS_INT8_MIN_ROWS`: int8 through cuBLAS, or on
+/// Hopper our warpgroup-MMA tiles, as `quantized::q8_path` picks).
 pub fn linear_kernels(dir: &std::path::Path, device: &Device, label: &str) -> Result<Check> {
     let ckpt = Checkpoint::open(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let load = |dt| {

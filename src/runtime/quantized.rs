@@ -1,10 +1,11 @@
 //! Compressed Linears that run as compressed: W4A16 on compressed-tensors' packed int4
 //! weights (`int4`: a tensor-core GEMM on weights shuffled at load; re-exported here), and
 //! W8A8 through our 8-bit (int8, or fp8 on sm_89+) tensor-core GEMM with per-token activation
-//! and per-channel weight scales applied (and the SiLU gate taken) in its epilogue — from
-//! [`CUBLAS_INT8_MIN_ROWS`] rows on, cuBLAS's int8 GEMM and the scales in a second pass; from
-//! [`FP8_LT_MIN_ROWS`] rows on, cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it. The
-//! shared pieces (loading packed weights, the GEMMs, the thresholds) serve the engines too.
+//! and per-channel weight scales applied (and the SiLU gate taken) in its epilogue — on Hopper
+//! from 65 rows on its warpgroup-MMA tiles; elsewhere from [`CUBLAS_INT8_MIN_ROWS`] rows on,
+//! cuBLAS's int8 GEMM and the scales in a second pass; from [`FP8_LT_MIN_ROWS`] rows on,
+//! cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it ([`q8_path`]). The shared pieces
+//! (loading packed weights, the GEMMs, the thresholds) serve the engines too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use half::bf16;
 use super::launch::gemm::{gemm_bf16, gemm_int8};
 use super::launch::gemm_lt::Fp8Lt;
 use super::launch::gemm_q8::{
-    gemm_fp8_lt_quant, gemm_int8_cublas, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, OutQuant,
-    Q8Gemm, Q8Kind,
+    gemm_fp8_lt_quant, gemm_int8_cublas, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, wgmma_on,
+    OutQuant, Q8Gemm, Q8Kind,
 };
 use super::launch::quant::quant_rows_int8;
 use super::launch::{cuda_err, cuda_tensor, cuda_view, fp8_supported, Dev};
@@ -138,6 +139,8 @@ pub struct Q8Linear {
     dev: CudaDevice,
     /// cuBLASLt's row-wise scaled fp8 GEMM (fp8 Linears, where the GPU runs it)
     lt: Option<Arc<Fp8Lt>>,
+    /// whether our warpgroup-MMA tiles run here ([`wgmma_on`])
+    wgmma: bool,
 }
 
 impl Q8Linear {
@@ -154,12 +157,14 @@ impl Q8Linear {
             Q8Kind::Int8 => Int8Weights::load(ckpt, prefixes, &stream)?,
             Q8Kind::Fp8 => Fp8Weights::load(ckpt, prefixes, &stream)?.map(|w| w.0),
         };
+        let wgmma = wgmma_on(&stream)?;
         Ok(w.map(|w| Self {
             kind,
             w,
             gated,
             dev: dev.clone(),
             lt: lt.cloned(),
+            wgmma,
         }))
     }
 }
@@ -193,9 +198,16 @@ pub(crate) enum Q8Path {
     Tiles,
 }
 
-/// The path [`CUBLAS_INT8_MIN_ROWS`] and [`FP8_LT_MIN_ROWS`] choose for `rows` rows of `kind`.
-pub(crate) fn q8_path(kind: Q8Kind, rows: usize) -> Q8Path {
+/// The path for `rows` rows of `kind` (`gated`: the stacked gate/up product). Where our
+/// warpgroup-MMA tiles run (`wgmma`, Hopper), every int8 product and every gated fp8 one stays
+/// on our tiles, which take the warpgroup MMA from 65 rows (`launch::gemm_q8::pick_tile`): their
+/// epilogue scales and gates in registers, where cuBLAS int8 makes a second pass through int32
+/// and cuBLASLt's fp8 a pass for the gate. Elsewhere [`CUBLAS_INT8_MIN_ROWS`] and
+/// [`FP8_LT_MIN_ROWS`] choose.
+pub(crate) fn q8_path(kind: Q8Kind, rows: usize, gated: bool, wgmma: bool) -> Q8Path {
     match kind {
+        Q8Kind::Int8 if wgmma => Q8Path::Tiles,
+        Q8Kind::Fp8 if wgmma && gated => Q8Path::Tiles,
         Q8Kind::Int8 if rows >= CUBLAS_INT8_MIN_ROWS => Q8Path::CublasInt8,
         Q8Kind::Fp8 if rows >= FP8_LT_MIN_ROWS => Q8Path::CublasLtFp8,
         _ => Q8Path::Tiles,
@@ -269,7 +281,7 @@ impl Q8Linear {
     fn quantizes_out(&self, m: usize) -> bool {
         self.gated
             && matches!(
-                (q8_path(self.kind, m), &self.lt),
+                (q8_path(self.kind, m, self.gated, self.wgmma), &self.lt),
                 (Q8Path::CublasInt8, _) | (Q8Path::CublasLtFp8, Some(_))
             )
     }
@@ -334,7 +346,7 @@ impl Q8Linear {
             scale: Dev::new(s, &stream),
             keep_y,
         });
-        match (q8_path(self.kind, m), &self.lt) {
+        match (q8_path(self.kind, m, self.gated, self.wgmma), &self.lt) {
             (Q8Path::CublasInt8, _) => {
                 // SAFETY: uninitialised, written in full by the GEMM before the epilogue reads it.
                 let acc = unsafe { dev.alloc::<i32>(m * n)? };

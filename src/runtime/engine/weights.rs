@@ -22,14 +22,15 @@ use crate::runtime::int4::W4Buffers;
 use crate::runtime::launch::gemm::gemm_bf16;
 use crate::runtime::launch::gemm_lt::Fp8Lt;
 use crate::runtime::launch::gemm_q8::{
-    gemm_fp8_lt_quant, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, OutQuant, Q8Gemm, Q8Kind,
+    gemm_fp8_lt_quant, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, wgmma_on, OutQuant, Q8Gemm,
+    Q8Kind,
 };
 use crate::runtime::launch::gemv::{gemv_bf16, Dense};
 use crate::runtime::launch::norm_rope::silu_mul_rows;
 use crate::runtime::launch::norm_rope::{rmsnorm_rows, RmsNormRows};
 use crate::runtime::launch::quant::{quant_rows_int8, rmsnorm_quant_rows};
 use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
-use crate::runtime::quantized::{q8_path, Q8Path, CUBLAS_INT8_MIN_ROWS, FP8_LT_MIN_ROWS};
+use crate::runtime::quantized::{q8_path, Q8Path, FP8_LT_MIN_ROWS};
 use crate::runtime::quantized::{Fp8Weights, Int8Weights, PackedInt4};
 
 /// One (possibly stacked) Linear's weights.
@@ -339,17 +340,19 @@ impl ModelWeights {
             .filter(|l| matches!(l.w, Weights::Int8(_) | Weights::Fp8(_)))
             .map(|l| l.k)
             .max();
+        let wgmma = wgmma_on(s)?;
         let max_n_int8 = all()
             .filter(|l| matches!(l.w, Weights::Int8(_)))
             .map(|l| l.n)
             .max()
-            .filter(|_| rows >= CUBLAS_INT8_MIN_ROWS);
+            .filter(|_| q8_path(Q8Kind::Int8, rows, false, wgmma) == Q8Path::CublasInt8);
         // fp8 products of many rows go to cuBLASLt where it scales row-wise (Hopper on)
         let any_fp8 = all().any(|l| matches!(l.w, Weights::Fp8(_)));
         let fp8_lt = (any_fp8 && rows >= FP8_LT_MIN_ROWS)
             .then(|| Fp8Lt::probe_or_say(s, "fp8 GEMMs run on our tiles at every size"))
             .flatten();
         Ok(Scratch {
+            wgmma,
             fp8_lt,
             wtmp: some(w4.wtmp).map(|n| zeros(s, n)).transpose()?,
             w4ws: some(w4.ws).map(|n| zeros(s, n)).transpose()?,
@@ -387,11 +390,14 @@ pub(crate) struct Scratch {
     q8: Option<CudaSlice<u8>>,
     sx: Option<CudaSlice<f32>>,
     /// int32 products of cuBLAS's int8 GEMM, for W8A8 products of at least
-    /// [`CUBLAS_INT8_MIN_ROWS`] rows
+    /// `quantized::CUBLAS_INT8_MIN_ROWS` rows
     acc: Option<CudaSlice<i32>>,
     /// cuBLASLt's row-wise scaled fp8 GEMM, for fp8 products of at least [`FP8_LT_MIN_ROWS`]
     /// rows, where the GPU runs it
     fp8_lt: Option<Fp8Lt>,
+    /// whether our warpgroup-MMA tiles run here (`launch::gemm_q8::wgmma_on`; then
+    /// `quantized::q8_path` keeps int8 and gated fp8 products on our tiles)
+    wgmma: bool,
 }
 
 /// Rows up to which the engines' bf16 Linears run our GEMV rather than cuBLAS: in the H200 GEMM
@@ -410,9 +416,10 @@ pub(crate) struct Staged(Option<(Q8Kind, u64, usize)>);
 /// Runs Linears on one stream: bf16 by GEMV (one row) or cuBLAS, W4A16 by the W4 tensor-core
 /// GEMM (`PackedInt4::forward`: the GEMV or dequantize + cuBLAS at the row counts where they
 /// win), W8A8 (int8, fp8) by per-token quantization and our 8-bit tensor-core GEMM with the
-/// scales in its epilogue — for int8 products of [`CUBLAS_INT8_MIN_ROWS`] rows or more, cuBLAS's
-/// int8 GEMM and the scales in a second pass, as the candle forward does; for fp8 products of
-/// [`FP8_LT_MIN_ROWS`] rows or more, cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it.
+/// scales in its epilogue, as the candle forward does, on the path `quantized::q8_path` picks:
+/// on Hopper our warpgroup-MMA tiles from 65 rows (fp8: gated products; the others on cuBLASLt);
+/// elsewhere, from `CUBLAS_INT8_MIN_ROWS` rows cuBLAS's int8 GEMM and the scales in a second
+/// pass, from [`FP8_LT_MIN_ROWS`] rows cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it.
 pub(crate) struct Gemm<'a> {
     pub(crate) dev: &'a CudaDevice,
     pub(crate) blas: &'a CudaBlas,
@@ -519,7 +526,8 @@ impl<'a> Gemm<'a> {
             keep_y: false,
         });
         let done = Staged(Some((kind, y.addr(), rows)));
-        match (q8_path(kind, rows), &s.acc, &s.fp8_lt) {
+        let path = q8_path(kind, rows, gated, s.wgmma);
+        match (path, &s.acc, &s.fp8_lt) {
             (Q8Path::CublasInt8, Some(acc), _) => {
                 gemm_int8_cublas_quant(self.dev, self.blas, &g, self.d(acc), gated, out)?;
                 Ok(if out.is_some() {

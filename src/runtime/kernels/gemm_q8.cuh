@@ -83,6 +83,94 @@ template <int CPR> __device__ __forceinline__ int swz(int r, int c) {
     return c ^ ((r / per) & mask);
 }
 
+// B row of tile row r of N-tile nt, and whether it exists. Gated: in each group of 16 tile rows,
+// 8 gate rows (output columns oc) then the 8 up rows of the same columns.
+template <int BN, bool GATED> __device__ __forceinline__ int brow(int nt, int r, int N, bool &ok) {
+    if (!GATED) {
+        int g = nt * BN + r;
+        ok = g < N;
+        return g;
+    }
+    int oc = nt * (BN / 2) + (r / 16) * 8 + (r % 8);
+    ok = oc < N / 2;
+    return (r % 16) < 8 ? oc : oc + N / 2;
+}
+
+// The K-tile from byte k0 into one ring slot at sa (A's BM rows, then B's BN rows, BK bytes
+// each, chunks swizzled by swz), every thread of THREADS issuing its share of 16-byte chunks.
+template <int BM, int BN, int BK, int THREADS, bool GATED>
+__device__ __forceinline__ void load_stage(uint8_t *sa, const uint8_t *__restrict__ A, const uint8_t *__restrict__ B,
+                                           int m0, int nt, int M, int N, int K, int k0, int tid) {
+    constexpr int CPR = BK / 16;
+    uint8_t *sb = sa + BM * BK;
+#pragma unroll
+    for (int i = 0; i < (BM * CPR + THREADS - 1) / THREADS; i++) {
+        int id = tid + i * THREADS;
+        if ((BM * CPR) % THREADS == 0 || id < BM * CPR) {
+            int r = id / CPR, c = id % CPR, gk = k0 + c * 16;
+            bool ok = m0 + r < M && gk < K;
+            cp_async16(smem_addr(sa + r * BK + swz<CPR>(r, c) * 16), ok ? A + (size_t)(m0 + r) * K + gk : A, ok);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < (BN * CPR + THREADS - 1) / THREADS; i++) {
+        int id = tid + i * THREADS;
+        if ((BN * CPR) % THREADS == 0 || id < BN * CPR) {
+            int r = id / CPR, c = id % CPR, gk = k0 + c * 16;
+            bool ok;
+            int g = brow<BN, GATED>(nt, r, N, ok);
+            ok = ok && gk < K;
+            cp_async16(smem_addr(sb + r * BK + swz<CPR>(r, c) * 16), ok ? B + (size_t)g * K + gk : B, ok);
+        }
+    }
+}
+
+// The epilogue of one warp's 16 output rows from row0, in registers: fragment j (n8, j < NI)
+// register r (frag(j, r)) holds row g (+8 for r ≥ 2), columns 2t, 2t + 1 of its 8 — the mma.sync
+// accumulator layout, which wgmma's repeats per warp. col0: the weight row of fragment 0 (GATED:
+// the output column of pair 0, fragments 2p and 2p + 1 its gate and up). The scales, optionally
+// SiLU·mul, one bf16 store.
+template <int NI, bool GATED, class Frag>
+__device__ __forceinline__ void store_rows16(Frag frag, int row0, int col0, const float *__restrict__ sx,
+                                             const float *__restrict__ sw, bf16 *__restrict__ y, int M, int N,
+                                             int lane) {
+    const int g = lane >> 2, t = lane & 3, half = N / 2;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int row = row0 + g + 8 * h;
+        if (row >= M) continue;
+        const float s = sx[row];
+        if (!GATED) {
+            bf16 *yr = y + (size_t)row * N;
+#pragma unroll
+            for (int j = 0; j < NI; j++) {
+                int col = col0 + j * 8 + 2 * t;
+                if (col >= N) continue;
+                // (acc · sx) · sw in that order, as int8_epilogue
+                __nv_bfloat162 v = __floats2bfloat162_rn((float)frag(j, 2 * h) * s * sw[col],
+                                                         (float)frag(j, 2 * h + 1) * s * sw[col + 1]);
+                *(__nv_bfloat162 *)(yr + col) = v;
+            }
+        } else {
+            bf16 *yr = y + (size_t)row * half;
+#pragma unroll
+            for (int p = 0; p < NI / 2; p++) {
+                int col = col0 + p * 8 + 2 * t;
+                if (col >= half) continue;
+                float v[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    // as int8_silu_epilogue: g, u rounded to bf16, silu(g) rounded, times u
+                    float gt = bf(tobf((float)frag(2 * p, 2 * h + e) * s * sw[col + e]));
+                    float up = bf(tobf((float)frag(2 * p + 1, 2 * h + e) * s * sw[half + col + e]));
+                    v[e] = bf(tobf(gt / (1.f + __expf(-gt)))) * up;
+                }
+                *(__nv_bfloat162 *)(yr + col) = __floats2bfloat162_rn(v[0], v[1]);
+            }
+        }
+    }
+}
+
 // The kernel body: a BM × BN tile of y per CTA (blockIdx.x over N, blockIdx.y over M), warps
 // WM × WN × WK, a STAGES-deep ring of BK-byte K-tiles. N: rows of B (2I when GATED); y is [M, N]
 // or, GATED, [M, N/2].
@@ -108,46 +196,10 @@ __device__ __forceinline__ void gemm_q8(const uint8_t *__restrict__ A, const uin
     // (wk a compile-time 0 without split-K, so the k-step loop unrolls)
     const int wk = WK == 1 ? 0 : warp / (WM * WN), wmn = warp % (WM * WN), wm = wmn / WN, wn = wmn % WN;
     const int m0 = blockIdx.y * BM, nt = blockIdx.x;
-    const int half = N / 2; // gated: the up rows start here
     const int KT = (K + BK - 1) / BK;
 
-    // B row of tile row r, and whether it exists. Gated: in each group of 16 tile rows, 8 gate
-    // rows (output columns oc) then the 8 up rows of the same columns.
-    auto brow = [&](int r, bool &ok) {
-        if (!GATED) {
-            int g = nt * BN + r;
-            ok = g < N;
-            return g;
-        }
-        int oc = nt * (BN / 2) + (r / 16) * 8 + (r % 8);
-        ok = oc < half;
-        return (r % 16) < 8 ? oc : oc + half;
-    };
-
-    // K-tile kt → ring slot `stage`, every thread issuing its share of 16-byte chunks
     auto load = [&](int stage, int kt) {
-        uint8_t *sa = smem + stage * STAGE_BYTES, *sb = sa + BM * BK;
-        const int k0 = kt * BK;
-#pragma unroll
-        for (int i = 0; i < (BM * CPR + THREADS - 1) / THREADS; i++) {
-            int id = tid + i * THREADS;
-            if ((BM * CPR) % THREADS == 0 || id < BM * CPR) {
-                int r = id / CPR, c = id % CPR, gk = k0 + c * 16;
-                bool ok = m0 + r < M && gk < K;
-                cp_async16(smem_addr(sa + r * BK + swz<CPR>(r, c) * 16), ok ? A + (size_t)(m0 + r) * K + gk : A, ok);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < (BN * CPR + THREADS - 1) / THREADS; i++) {
-            int id = tid + i * THREADS;
-            if ((BN * CPR) % THREADS == 0 || id < BN * CPR) {
-                int r = id / CPR, c = id % CPR, gk = k0 + c * 16;
-                bool ok;
-                int g = brow(r, ok);
-                ok = ok && gk < K;
-                cp_async16(smem_addr(sb + r * BK + swz<CPR>(r, c) * 16), ok ? B + (size_t)g * K + gk : B, ok);
-            }
-        }
+        load_stage<BM, BN, BK, THREADS, GATED>(smem + stage * STAGE_BYTES, A, B, m0, nt, M, N, K, kt * BK, tid);
     };
 
     acc_t acc[MI][NI][4];
@@ -223,44 +275,11 @@ __device__ __forceinline__ void gemm_q8(const uint8_t *__restrict__ A, const uin
         }
     }
 
-    // epilogue: fragment (i, j) register r holds row g (+8 for r ≥ 2), columns 2t, 2t + 1
-    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int i = 0; i < MI; i++) {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int row = m0 + wm * TM + i * 16 + g + 8 * h;
-            if (row >= M) continue;
-            const float s = sx[row];
-            if (!GATED) {
-                bf16 *yr = y + (size_t)row * N;
-#pragma unroll
-                for (int j = 0; j < NI; j++) {
-                    int col = nt * BN + wn * TN + j * 8 + 2 * t;
-                    if (col >= N) continue;
-                    // (acc · sx) · sw in that order, as int8_epilogue
-                    __nv_bfloat162 v = __floats2bfloat162_rn((float)acc[i][j][2 * h] * s * sw[col],
-                                                             (float)acc[i][j][2 * h + 1] * s * sw[col + 1]);
-                    *(__nv_bfloat162 *)(yr + col) = v;
-                }
-            } else {
-                bf16 *yr = y + (size_t)row * half;
-#pragma unroll
-                for (int p = 0; p < NI / 2; p++) {
-                    int col = nt * (BN / 2) + wn * (TN / 2) + p * 8 + 2 * t;
-                    if (col >= half) continue;
-                    float v[2];
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        // as int8_silu_epilogue: g, u rounded to bf16, silu(g) rounded, times u
-                        float gt = bf(tobf((float)acc[i][2 * p][2 * h + e] * s * sw[col + e]));
-                        float up = bf(tobf((float)acc[i][2 * p + 1][2 * h + e] * s * sw[half + col + e]));
-                        v[e] = bf(tobf(gt / (1.f + __expf(-gt)))) * up;
-                    }
-                    *(__nv_bfloat162 *)(yr + col) = __floats2bfloat162_rn(v[0], v[1]);
-                }
-            }
-        }
+        const int col0 = GATED ? nt * (BN / 2) + wn * (TN / 2) : nt * BN + wn * TN;
+        store_rows16<NI, GATED>([&](int j, int r) { return acc[i][j][r]; }, m0 + wm * TM + i * 16, col0, sx, sw, y,
+                                M, N, lane);
     }
 }
 

@@ -1,13 +1,17 @@
-//! Launchers of `kernels/gemm_q8.cu` (int8) and `kernels/gemm_fp8.cu` (fp8 e4m3, sm_89+): the
-//! W8A8 tensor-core GEMM with the dequantization (and, gated, SiLU·mul) in its epilogue,
-//! y = bf16(q · Wᵀ · sx · sw), and the per-token fp8 activation quantization.
+//! Launchers of `kernels/gemm_q8.cu` (int8), `kernels/gemm_fp8.cu` (fp8 e4m3, sm_89+) and
+//! `kernels/gemm_q8_wgmma.cu` (both, on Hopper's warpgroup MMA): the W8A8 tensor-core GEMM with
+//! the dequantization (and, gated, SiLU·mul) in its epilogue, y = bf16(q · Wᵀ · sx · sw), and the
+//! per-token fp8 activation quantization.
 
 use candle_core::cuda::cudarc::cublas::CudaBlas;
+use candle_core::cuda::cudarc::driver::CudaStream;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
-use super::{allow_smem, config, cuda_err, dim, func, int, require, sm_count, Dev, Module};
+use super::{
+    allow_smem, config, cuda_err, dim, func, int, require, sm_count, wgmma_supported, Dev, Module,
+};
 
 /// The 8-bit format of both operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +23,9 @@ pub(crate) enum Q8Kind {
 }
 
 /// One CTA tile of the kernels: BM × BN outputs (BN weight rows; gated, BN / 2 outputs), BK-byte
-/// K-tiles through a `stages`-deep ring. Mirrors `Q8_TILES` in `kernels/gemm_q8.cuh`; the
-/// kernel is `gemm_{q8,fp8}[_silu]_<suffix>`.
+/// K-tiles through a `stages`-deep ring. Mirrors `Q8_TILES` in `kernels/gemm_q8.cuh` (mma.sync,
+/// every GPU) and `WG_TILES` in `kernels/gemm_q8_wgmma.cu` (`wgmma`: warpgroup MMA, compute
+/// capability 9.0 only); the kernel is `gemm_{q8,fp8}[_silu]_<suffix>` of that module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Q8Tile {
     pub name: &'static str,
@@ -31,6 +36,8 @@ pub struct Q8Tile {
     bk: usize,
     threads: u32,
     stages: usize,
+    /// a tile of the warpgroup-MMA module
+    pub wgmma: bool,
 }
 
 /// A tile of `Q8_TILES` by its kernel suffix.
@@ -47,6 +54,26 @@ macro_rules! tile {
             ($bm, $bn, $bk),
             $warps,
             $stages,
+            false,
+        )
+    };
+}
+
+/// A tile of `WG_TILES` (`kernels/gemm_q8_wgmma.cu`): 128-byte K-tiles, 64 rows per warpgroup.
+macro_rules! wg_tile {
+    ($name:literal, $suffix:literal, ($bm:expr, $bn:expr), $stages:expr) => {
+        Q8Tile::new(
+            $name,
+            [
+                concat!("gemm_q8_", $suffix),
+                concat!("gemm_q8_silu_", $suffix),
+                concat!("gemm_fp8_", $suffix),
+                concat!("gemm_fp8_silu_", $suffix),
+            ],
+            ($bm, $bn, 128),
+            $bm / 16,
+            $stages,
+            true,
         )
     };
 }
@@ -58,6 +85,7 @@ impl Q8Tile {
         (bm, bn, bk): (usize, usize, usize),
         warps: u32,
         stages: usize,
+        wgmma: bool,
     ) -> Self {
         Self {
             name,
@@ -67,11 +95,19 @@ impl Q8Tile {
             bk,
             threads: warps * 32,
             stages,
+            wgmma,
         }
     }
 
+    /// The dynamic shared memory: the ring (warpgroup-MMA tiles: and 1024 bytes of slack, for
+    /// the kernel to align the ring to the swizzle's period).
     fn smem(&self) -> usize {
-        self.stages * (self.bm + self.bn) * self.bk
+        self.stages * (self.bm + self.bn) * self.bk + if self.wgmma { 1024 } else { 0 }
+    }
+
+    /// Whether this tile's kernels run on `dev` (the warpgroup-MMA ones need sm_90a).
+    pub fn runs_on(&self, dev: &CudaDevice) -> Result<bool> {
+        Ok(!self.wgmma || wgmma_supported(&dev.cuda_stream())?)
     }
 
     /// CTAs for an [m, n] product (n weight rows).
@@ -98,10 +134,28 @@ pub const TILE_L: Q8Tile = tile!("l128x128", "l", (128, 128, 64), 8, 4);
 /// 128 × 128 with 128-byte K-tiles, 3 stages (96 KiB)
 pub const TILE_L128K: Q8Tile = tile!("l128x128k128", "l128k", (128, 128, 128), 8, 3);
 
-/// Every tile the kernels are built with (the benchmark times each).
-pub const TILES: [Q8Tile; 8] = [
-    TILE_S, TILE_S16, TILE_M, TILE_M128K, TILE_N32, TILE_W, TILE_L, TILE_L128K,
+/// warpgroup MMA, prefill: 128 × 256, two warpgroups, 4 stages (192 KiB)
+pub const TILE_WGL: Q8Tile = wg_tile!("wg128x256", "wl", (128, 256), 4);
+/// warpgroup MMA: 128 × 128, two warpgroups, 4 stages (128 KiB)
+pub const TILE_WGM: Q8Tile = wg_tile!("wg128x128", "wm", (128, 128), 4);
+/// warpgroup MMA, serving batches: 64 × 128, one warpgroup, 4 stages (96 KiB: two CTAs per SM)
+pub const TILE_WGS: Q8Tile = wg_tile!("wg64x128", "ws", (64, 128), 4);
+
+/// Every tile the kernels are built with (the benchmark times each; the last three run on
+/// compute capability 9.0 only: [`Q8Tile::runs_on`]).
+pub const TILES: [Q8Tile; 11] = [
+    TILE_S, TILE_S16, TILE_M, TILE_M128K, TILE_N32, TILE_W, TILE_L, TILE_L128K, TILE_WGL, TILE_WGM,
+    TILE_WGS,
 ];
+
+/// Whether the warpgroup-MMA tiles are used on the device of `stream`: where it runs them,
+/// unless `EXAONE_COMPRESS_WGMMA=0` (read once per process; for A/B timing of the same binary).
+pub(crate) fn wgmma_on(stream: &CudaStream) -> Result<bool> {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off =
+        *OFF.get_or_init(|| std::env::var("EXAONE_COMPRESS_WGMMA").is_ok_and(|v| v.trim() == "0"));
+    Ok(!off && wgmma_supported(stream)?)
+}
 
 /// The tile for an [m, n] product (n weight rows) on `sms` multiprocessors, by the int8 GEMM
 /// sweep (`bench_runtime --gemm-sweep`, H200, every tile forced at the 1.2B's four shapes):
@@ -111,8 +165,21 @@ pub const TILES: [Q8Tile; 8] = [
 /// 14.4 against 18.5), the wide product keeping 64-byte K-tiles (20.2 against 25.1); from
 /// M = 1024 128 × 128 with 128-byte K-tiles (15–20% faster than 64-byte ones). The decode tiles
 /// are used only where they give at least one CTA per SM or more rows would not help.
-pub fn pick_tile(m: usize, n: usize, sms: usize) -> Q8Tile {
+///
+/// With `wgmma` (Hopper), products of more than 64 rows take the warpgroup-MMA tiles instead:
+/// from 1024 rows the 128 × 256 one, below it 128 × 128 where that gives a CTA per SM, else
+/// 64 × 128.
+pub fn pick_tile(m: usize, n: usize, sms: usize, wgmma: bool) -> Q8Tile {
     let wide = n >= 8192;
+    if wgmma && m > 64 {
+        return if m >= 1024 {
+            TILE_WGL
+        } else if TILE_WGM.ctas(m, n) >= sms {
+            TILE_WGM
+        } else {
+            TILE_WGS
+        };
+    }
     if m <= 16 {
         if TILE_S.ctas(m, n) >= sms {
             TILE_S
@@ -163,7 +230,7 @@ pub(crate) fn gemm_q8(
     let (m, n, k) = (a.m, a.n, a.k);
     let tile = match tile {
         Some(t) => t,
-        None => pick_tile(m, n, sm_count(dev)?),
+        None => pick_tile(m, n, sm_count(dev)?, wgmma_on(&dev.cuda_stream())?),
     };
     let name = tile.kernels[(kind == Q8Kind::Fp8) as usize * 2 + gated as usize];
     require!(
@@ -200,9 +267,10 @@ pub(crate) fn gemm_q8(
     if m == 0 {
         return Ok(());
     }
-    let module = match kind {
-        Q8Kind::Int8 => Module::GemmQ8,
-        Q8Kind::Fp8 => Module::GemmFp8,
+    let module = match (tile.wgmma, kind) {
+        (true, _) => Module::GemmQ8Wgmma,
+        (false, Q8Kind::Int8) => Module::GemmQ8,
+        (false, Q8Kind::Fp8) => Module::GemmFp8,
     };
     let f = func(dev, module, name)?;
     allow_smem(&f, tile.smem())?;
@@ -229,7 +297,8 @@ pub(crate) fn gemm_q8(
     // sx[row < m] and sw[col < n], and writes bf16 pairs y[row < m, col < n or n/2] at even
     // columns of rows of even width (4-byte aligned base, checked). The dynamic shared memory is
     // the tile's ring, allowed above 48 KiB by allow_smem; the block size is the one the
-    // kernel's warp layout and __launch_bounds__ assume.
+    // kernel's warp layout and __launch_bounds__ assume (a warpgroup tile aligns its ring within
+    // the 1024 bytes of slack smem() adds).
     unsafe { b.launch(cfg) }.map_err(cuda_err)?;
     Ok(())
 }

@@ -37,6 +37,8 @@ pub(crate) enum Module {
     Attention,
     GemmFp8,
     GemmQ8,
+    /// Hopper's warpgroup-MMA tiles of the W8A8 GEMM (compute capability 9.0 only)
+    GemmQ8Wgmma,
     GemmW4,
     Gemv,
     NormRope,
@@ -98,6 +100,7 @@ impl Module {
             Module::Attention => "attention",
             Module::GemmFp8 => "gemm_fp8",
             Module::GemmQ8 => "gemm_q8",
+            Module::GemmQ8Wgmma => "gemm_q8_wgmma",
             Module::GemmW4 => "gemm_w4",
             Module::Gemv => "gemv",
             Module::NormRope => "norm_rope",
@@ -120,6 +123,7 @@ impl Module {
             Module::Attention => ptx!("attention"),
             Module::GemmFp8 => ptx!("gemm_fp8"),
             Module::GemmQ8 => ptx!("gemm_q8"),
+            Module::GemmQ8Wgmma => ptx!("gemm_q8_wgmma"),
             Module::GemmW4 => ptx!("gemm_w4"),
             Module::Gemv => ptx!("gemv"),
             Module::NormRope => ptx!("norm_rope"),
@@ -263,6 +267,12 @@ pub(crate) fn func(dev: &CudaDevice, module: Module, name: &'static str) -> Resu
             "{name}: this GPU (sm_{major}{minor}) lacks fp8 tensor-core instructions (sm_89+); FP8 runs dequantized to bf16"
         );
     }
+    if module == Module::GemmQ8Wgmma && !wgmma_supported(&stream)? {
+        let (major, minor) = compute_capability(&stream)?;
+        candle_core::bail!(
+            "{name}: built for sm_90a (Hopper's warpgroup MMA); this GPU is sm_{major}{minor}"
+        );
+    }
     let hopper = programmatic_supported(dev)?;
     let src = module.source(hopper)?;
     let f = dev
@@ -285,6 +295,12 @@ pub(crate) fn compute_capability(stream: &CudaStream) -> Result<(i32, i32)> {
 /// and up; the fp8 module (`Module::GemmFp8`, built for compute_89) loads only there.
 pub(crate) fn fp8_supported(stream: &CudaStream) -> Result<bool> {
     Ok(compute_capability(stream)? >= (8, 9))
+}
+
+/// Whether the device of `stream` runs sm_90a code (the warpgroup MMA of `Module::GemmQ8Wgmma`):
+/// compute capability exactly 9.0 (H100, H200; sm_90a code runs on no later GPU).
+pub(crate) fn wgmma_supported(stream: &CudaStream) -> Result<bool> {
+    Ok(compute_capability(stream)? == (9, 0))
 }
 
 /// A device attribute of `dev` (negative values read as 0).

@@ -47,10 +47,10 @@ impl Lcg {
     }
 }
 
-/// The checks, then the sweep, then the W4A16 sweep (`gemm_w4`: every route checked and timed
-/// beside our bf16 path), on `device`; rows (checks and timings) saved to `out`. An error off
-/// CUDA, and when a check fails (after saving).
-pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
+/// The checks, then the sweep, then (`with_w4`) the W4A16 sweep (`gemm_w4`: every route checked
+/// and timed beside our bf16 path), on `device`; rows (checks and timings) saved to `out`. An
+/// error off CUDA, and when a check fails (after saving).
+pub fn run(mut r: Results, device: &Device, out: &Path, with_w4: bool) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
         let checks = super::gemm_checks::run(d)?;
@@ -59,7 +59,10 @@ pub fn run(mut r: Results, device: &Device, out: &Path) -> Result<()> {
         // the timings say whether the failing kernel is worth fixing
         sweep::run(&mut r, d)?;
         // the W4A16 products, each route checked and timed beside our bf16 path
-        let w4_failed = w4_part(&mut r, device)?;
+        let w4_failed = match with_w4 {
+            true => w4_part(&mut r, device)?,
+            false => vec![],
+        };
         let failed: Vec<String> = failed.into_iter().chain(w4_failed).collect();
         r.save(out)?;
         if !failed.is_empty() {
@@ -115,19 +118,39 @@ fn report_checks(r: &mut Results, checks: &[crate::runtime::Check]) -> Vec<Strin
     super::checks::failed(checks)
 }
 
-/// `bench_runtime --gemm-sweep`: [`run`], with `w4_only` [`run_w4`], with `only_checks`
+/// What `bench_runtime --gemm-sweep` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepPart {
+    /// the W8A8 checks and sweep, then the W4A16 sweep
+    All,
+    /// `--w4-only`
+    W4,
+    /// `--w8a8-only`: the W8A8 checks and sweep
+    W8a8,
+    /// `--checks-only`: the W8A8 checks
+    Checks,
+}
+
+impl SweepPart {
+    /// The part the flags name (clap keeps them exclusive; `checks_only` wins, then `w4_only`).
+    pub fn from_flags(w4_only: bool, w8a8_only: bool, checks_only: bool) -> Self {
+        match (w4_only, w8a8_only, checks_only) {
+            (_, _, true) => SweepPart::Checks,
+            (true, _, _) => SweepPart::W4,
+            (_, true, _) => SweepPart::W8a8,
+            _ => SweepPart::All,
+        }
+    }
+}
+
+/// `bench_runtime --gemm-sweep`: [`run`] (with or without the W4A16 part), [`run_w4`] or
 /// [`checks_only`].
-pub fn sweep(
-    r: Results,
-    device: &Device,
-    out: &Path,
-    w4_only: bool,
-    only_checks: bool,
-) -> Result<()> {
-    match (w4_only, only_checks) {
-        (_, true) => checks_only(r, device, out),
-        (true, false) => run_w4(r, device, out),
-        (false, false) => run(r, device, out),
+pub fn sweep(r: Results, device: &Device, out: &Path, part: SweepPart) -> Result<()> {
+    match part {
+        SweepPart::Checks => checks_only(r, device, out),
+        SweepPart::W4 => run_w4(r, device, out),
+        SweepPart::W8a8 => run(r, device, out, false),
+        SweepPart::All => run(r, device, out, true),
     }
 }
 
@@ -192,8 +215,8 @@ mod sweep {
     use crate::runtime::launch::gemm::gemm_bf16;
     use crate::runtime::launch::gemm_lt::Fp8Lt;
     use crate::runtime::launch::gemm_q8::{
-        gemm_fp8_lt, gemm_int8_cublas, gemm_q8, pick_tile, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile,
-        TILES,
+        gemm_fp8_lt, gemm_int8_cublas, gemm_q8, pick_tile, quant_rows_fp8, wgmma_on, Q8Gemm,
+        Q8Kind, Q8Tile, TILES,
     };
     use crate::runtime::launch::quant::quant_rows_int8;
     use crate::runtime::launch::{cuda_err, fp8_supported, sm_count, Dev};
@@ -289,6 +312,13 @@ mod sweep {
             .then(|| Fp8Lt::probe_or_say(&s, "gemm sweep: no cuBLASLt row-wise fp8 column"))
             .flatten();
         let sms = sm_count(d)?;
+        let wgmma = wgmma_on(&s)?;
+        let mut runnable = vec![];
+        for t in TILES {
+            if t.runs_on(d)? {
+                runnable.push(t);
+            }
+        }
         let mut rng = Lcg(42);
         let mmax = *MS.iter().max().expect("rows");
         let mut table = vec![];
@@ -342,13 +372,18 @@ mod sweep {
                 let ours8 = |i: usize| ours(Q8Kind::Int8, &q8, w8(i), None);
                 us.push(("ours-int8".to_string(), time_us(&s, iters, &ours8)?));
                 // every tile forced, to see where pick_tile's thresholds should lie
-                for tile in TILES {
+                for &tile in &runnable {
                     let f = |i: usize| ours(Q8Kind::Int8, &q8, w8(i), Some(tile));
                     us.push((format!("int8@{}", tile.name), time_us(&s, iters, &f)?));
                 }
                 if fp8 {
                     let ours_f8 = |i: usize| ours(Q8Kind::Fp8, &qf8, wf8(i), None);
                     us.push(("ours-fp8".to_string(), time_us(&s, iters, &ours_f8)?));
+                    // the warpgroup-MMA tiles also take fp8 (the mma.sync ones: as int8)
+                    for tile in runnable.iter().filter(|t| t.wgmma) {
+                        let f = |i: usize| ours(Q8Kind::Fp8, &qf8, wf8(i), Some(*tile));
+                        us.push((format!("fp8@{}", tile.name), time_us(&s, iters, &f)?));
+                    }
                 }
                 let (q8d, qf8d) = (Dev::new(&q8, &s), Dev::new(&qf8, &s));
                 let gemm = |q, w| Q8Gemm {
@@ -380,7 +415,7 @@ mod sweep {
                     let qf = |_: usize| quant_rows_fp8(d, xd, qsd, sxd, m, k);
                     us.push(("quant-fp8".to_string(), time_us(&s, iters, &qf)?));
                 }
-                let tile = pick_tile(m, n, sms).name;
+                let tile = pick_tile(m, n, sms, wgmma).name;
                 let mut row = Row {
                     shape,
                     m,

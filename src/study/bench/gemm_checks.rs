@@ -285,10 +285,10 @@ fn quant_check(dev: &CudaDevice, kind: Q8Kind, m: usize, k: usize) -> Result<Che
 }
 
 /// Every GEMM on every shape of the sweep at every M of the sweep and the awkward ones (3, 17,
-/// 255), picked tile; then K = 2064 (not a multiple of any K-tile) and N = 1040 (not a multiple
-/// of any N-tile) at the awkward M on every tile, plain and gated; then the quantizers, alone and
-/// fused into the RMSNorm. fp8 only
-/// where the GPU has fp8 tensor cores.
+/// 255), picked tile and (Hopper) every warpgroup-MMA tile; then K = 2064 (not a multiple of any
+/// K-tile) and N = 1040 (not a multiple of any N-tile) at the awkward M on every tile the GPU
+/// runs, plain and gated; then the quantizers, alone and fused into the RMSNorm. fp8 only where
+/// the GPU has fp8 tensor cores.
 pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
     let s = dev.cuda_stream();
     let fp8 = fp8_supported(&s)?;
@@ -301,6 +301,12 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
     let lt = fp8
         .then(|| Fp8Lt::probe_or_say(&s, "gemm checks: cuBLASLt's row-wise fp8 GEMM not checked"))
         .flatten();
+    let mut tiles = vec![];
+    for t in TILES {
+        if t.runs_on(dev)? {
+            tiles.push(t);
+        }
+    }
     let mut out = vec![];
     let mut seed = 1;
     let ms = MS.iter().chain(&AWKWARD_M).copied();
@@ -310,6 +316,10 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
                 seed += 1;
                 let c = Case::new(dev, &s, kind, label, (m, n, k), gated, seed)?;
                 out.push(c.ours(dev, None)?);
+                // the warpgroup-MMA tiles at every shape and M, whichever the launcher picks
+                for &tile in tiles.iter().filter(|t| t.wgmma) {
+                    out.push(c.ours(dev, Some(tile))?);
+                }
                 match (kind, &lt) {
                     (Q8Kind::Int8, _) => out.push(c.cublas(dev)?),
                     (Q8Kind::Fp8, Some(lt)) => out.push(c.cublaslt(dev, lt)?),
@@ -324,7 +334,7 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
                 seed += 1;
                 let label = if gated { "odd-gated" } else { "odd" };
                 let c = Case::new(dev, &s, kind, label, (m, 1040, 2064), gated, seed)?;
-                for tile in TILES {
+                for &tile in &tiles {
                     out.push(c.ours(dev, Some(tile))?);
                 }
                 if let (Q8Kind::Fp8, Some(lt)) = (kind, &lt) {
