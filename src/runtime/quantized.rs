@@ -1,10 +1,11 @@
 //! Compressed Linears that run as compressed: W4A16 on compressed-tensors' packed int4
 //! weights (`int4`: a tensor-core GEMM on weights shuffled at load; re-exported here), and
 //! W8A8 through our 8-bit (int8, or fp8 on sm_89+) tensor-core GEMM with per-token activation
-//! and per-channel weight scales applied (and the SiLU gate taken) in its epilogue — on Hopper
-//! from 65 rows on its warpgroup-MMA tiles; elsewhere from [`CUBLAS_INT8_MIN_ROWS`] rows on,
-//! cuBLAS's int8 GEMM and the scales in a second pass; from [`FP8_LT_MIN_ROWS`] rows on,
-//! cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it ([`q8_path`]). The shared pieces
+//! and per-channel weight scales applied (and the SiLU gate taken) in its epilogue (on Hopper,
+//! plain int8 products of 1024 rows or more on its warpgroup-MMA tiles); from
+//! [`CUBLAS_INT8_MIN_ROWS`] rows on, the other int8 products on cuBLAS's int8 GEMM and the scales
+//! in a second pass; from [`FP8_LT_MIN_ROWS`] rows on, cuBLASLt's row-wise scaled fp8 GEMM where
+//! the GPU runs it ([`q8_path`]). The shared pieces
 //! (loading packed weights, the GEMMs, the thresholds) serve the engines too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -199,15 +200,15 @@ pub(crate) enum Q8Path {
 }
 
 /// The path for `rows` rows of `kind` (`gated`: the stacked gate/up product). Where our
-/// warpgroup-MMA tiles run (`wgmma`, Hopper), every int8 product and every gated fp8 one stays
-/// on our tiles, which take the warpgroup MMA from 65 rows (`launch::gemm_q8::pick_tile`): their
-/// epilogue scales and gates in registers, where cuBLAS int8 makes a second pass through int32
-/// and cuBLASLt's fp8 a pass for the gate. Elsewhere [`CUBLAS_INT8_MIN_ROWS`] and
-/// [`FP8_LT_MIN_ROWS`] choose.
+/// warpgroup-MMA tiles run (`wgmma`, Hopper), plain int8 products stay on our tiles, which take
+/// the warpgroup MMA from 1024 rows (`launch::gemm_q8::pick_tile`) with the scales in registers:
+/// at 2,048 rows 1.1–1.3× faster than cuBLAS int8 and its second pass through int32, at 16,384
+/// level with it (H200 sweep of 956da26). Gated int8 products keep cuBLAS (its epilogue also
+/// quantizes the output for down), and fp8 products cuBLASLt, both faster than ours there.
+/// Elsewhere [`CUBLAS_INT8_MIN_ROWS`] and [`FP8_LT_MIN_ROWS`] choose.
 pub(crate) fn q8_path(kind: Q8Kind, rows: usize, gated: bool, wgmma: bool) -> Q8Path {
     match kind {
-        Q8Kind::Int8 if wgmma => Q8Path::Tiles,
-        Q8Kind::Fp8 if wgmma && gated => Q8Path::Tiles,
+        Q8Kind::Int8 if wgmma && !gated => Q8Path::Tiles,
         Q8Kind::Int8 if rows >= CUBLAS_INT8_MIN_ROWS => Q8Path::CublasInt8,
         Q8Kind::Fp8 if rows >= FP8_LT_MIN_ROWS => Q8Path::CublasLtFp8,
         _ => Q8Path::Tiles,

@@ -345,7 +345,11 @@ impl ModelWeights {
             .filter(|l| matches!(l.w, Weights::Int8(_)))
             .map(|l| l.n)
             .max()
-            .filter(|_| q8_path(Q8Kind::Int8, rows, false, wgmma) == Q8Path::CublasInt8);
+            .filter(|_| {
+                let cublas =
+                    |gated| q8_path(Q8Kind::Int8, rows, gated, wgmma) == Q8Path::CublasInt8;
+                cublas(false) || cublas(true)
+            });
         // fp8 products of many rows go to cuBLASLt where it scales row-wise (Hopper on)
         let any_fp8 = all().any(|l| matches!(l.w, Weights::Fp8(_)));
         let fp8_lt = (any_fp8 && rows >= FP8_LT_MIN_ROWS)
@@ -396,7 +400,7 @@ pub(crate) struct Scratch {
     /// rows, where the GPU runs it
     fp8_lt: Option<Fp8Lt>,
     /// whether our warpgroup-MMA tiles run here (`launch::gemm_q8::wgmma_on`; then
-    /// `quantized::q8_path` keeps int8 and gated fp8 products on our tiles)
+    /// `quantized::q8_path` keeps plain int8 products on our tiles)
     wgmma: bool,
 }
 
@@ -416,10 +420,11 @@ pub(crate) struct Staged(Option<(Q8Kind, u64, usize)>);
 /// Runs Linears on one stream: bf16 by GEMV (one row) or cuBLAS, W4A16 by the W4 tensor-core
 /// GEMM (`PackedInt4::forward`: the GEMV or dequantize + cuBLAS at the row counts where they
 /// win), W8A8 (int8, fp8) by per-token quantization and our 8-bit tensor-core GEMM with the
-/// scales in its epilogue, as the candle forward does, on the path `quantized::q8_path` picks:
-/// on Hopper our warpgroup-MMA tiles from 65 rows (fp8: gated products; the others on cuBLASLt);
-/// elsewhere, from `CUBLAS_INT8_MIN_ROWS` rows cuBLAS's int8 GEMM and the scales in a second
-/// pass, from [`FP8_LT_MIN_ROWS`] rows cuBLASLt's row-wise scaled fp8 GEMM where the GPU runs it.
+/// scales in its epilogue, as the candle forward does, on the path `quantized::q8_path` picks: on
+/// Hopper plain int8 products of 1024 rows or more on our warpgroup-MMA tiles; from
+/// `CUBLAS_INT8_MIN_ROWS` rows the other int8 products on cuBLAS's int8 GEMM and the scales in a
+/// second pass, from [`FP8_LT_MIN_ROWS`] rows fp8 on cuBLASLt's row-wise scaled fp8 GEMM where the
+/// GPU runs it.
 pub(crate) struct Gemm<'a> {
     pub(crate) dev: &'a CudaDevice,
     pub(crate) blas: &'a CudaBlas,

@@ -15,9 +15,9 @@
 // 1024-byte-aligned base), so both operands are read by the tensor cores straight from shared
 // memory through descriptors, K-major as the 8-bit wgmma requires — A [M, K] and B [N, K] are both
 // K-contiguous already. The MMAs run asynchronously: each iteration issues the current K-tile's
-// MMAs, then waits only for the previous K-tile's, so the tensor cores work while the warps pass
-// the barrier and issue the next loads; a slot is refilled two iterations after its MMAs were
-// issued, when every warpgroup has waited for them (STAGES − 2 K-tiles in flight).
+// MMAs, then waits only for the previous K-tile's and, once every warpgroup has (a barrier the
+// tensor cores do not wait for: they are busy with the current K-tile), refills that K-tile's
+// slot — STAGES − 1 K-tiles in flight or in use, one being multiplied.
 //
 // Bounds as gemm_q8.cuh: M arbitrary, N % 8 == 0, K % 16 == 0 (zero-filled chunks past K).
 
@@ -105,8 +105,8 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
                                      int M, int N, int K) {
     typedef typename Wg::acc_t acc_t;
     constexpr int BM = 64 * WG, BK = 128, THREADS = 128 * WG, NB = BN / 128;
-    constexpr int STAGE_BYTES = (BM + BN) * BK, AHEAD = STAGES - 2;
-    static_assert(BN % 128 == 0 && AHEAD >= 1, "n128 accumulators; a K-tile in flight");
+    constexpr int STAGE_BYTES = (BM + BN) * BK;
+    static_assert(BN % 128 == 0 && STAGES >= 3, "n128 accumulators; K-tiles in flight beside two in use");
     extern __shared__ __align__(128) uint8_t smem_raw[];
     // the swizzle repeats every 1024 bytes from a 1024-aligned address (the launcher adds the
     // slack to the dynamic shared memory)
@@ -123,18 +123,14 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
         for (int i = 0; i < 64; i++) acc[j][i] = 0;
 
 #pragma unroll
-    for (int s = 0; s < AHEAD; s++) {
+    for (int s = 0; s < STAGES - 1; s++) {
         if (s < KT) q8::load_stage<BM, BN, BK, THREADS, GATED>(smem + s * STAGE_BYTES, A, B, m0, nt, M, N, K, s * BK, tid);
         cp_async_commit();
     }
     for (int kt = 0; kt < KT; kt++) {
-        cp_async_wait<AHEAD - 1>(); // K-tile kt has landed (this thread's chunks)…
-        fence_async_smem();         // …visible to the tensor cores' (async) reads…
-        __syncthreads();            // …everyone's; and K-tile kt − 2's MMAs are done in every warpgroup
-        if (kt + AHEAD < KT)
-            q8::load_stage<BM, BN, BK, THREADS, GATED>(smem + ((kt + AHEAD) % STAGES) * STAGE_BYTES, A, B, m0, nt, M,
-                                                       N, K, (kt + AHEAD) * BK, tid);
-        cp_async_commit();
+        cp_async_wait<STAGES - 2>(); // K-tile kt has landed (this thread's chunks)…
+        fence_async_smem();          // …visible to the tensor cores' (async) reads…
+        __syncthreads();             // …everyone's
         const uint32_t sa = smem_addr(smem + (kt % STAGES) * STAGE_BYTES) + wg * 64 * BK;
         const uint32_t sb = smem_addr(smem + (kt % STAGES) * STAGE_BYTES) + BM * BK;
 #pragma unroll
@@ -145,9 +141,14 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
 #pragma unroll
             for (int j = 0; j < NB; j++) Wg::mma(acc[j], desc(sa + ks * 32), desc(sb + j * 128 * BK + ks * 32));
         wg_commit();
-        wg_wait<1>(); // K-tile kt − 1's MMAs are done
+        wg_wait<1>(); // K-tile kt − 1's MMAs are done in this warpgroup…
 #pragma unroll
         for (int j = 0; j < NB; j++) pin(acc[j]);
+        __syncthreads(); // …and in every one (while kt's run): its slot takes K-tile kt + STAGES − 1
+        if (kt + STAGES - 1 < KT)
+            q8::load_stage<BM, BN, BK, THREADS, GATED>(smem + ((kt + STAGES - 1) % STAGES) * STAGE_BYTES, A, B, m0, nt,
+                                                       M, N, K, (kt + STAGES - 1) * BK, tid);
+        cp_async_commit();
     }
     wg_wait<0>();
 #pragma unroll
@@ -165,7 +166,7 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
 // The tiles (keep in step with the `w…` tiles of TILES in src/runtime/launch/gemm_q8.rs, which
 // sizes the grid and the dynamic shared memory, + 1024 bytes of alignment slack):
 //   wl: 128 × 256, two warpgroups, 4 stages of 48 KiB — prefill
-//   wm: 128 × 128, two warpgroups, 4 stages of 32 KiB
+//   wm: 128 × 128, two warpgroups, 3 stages of 32 KiB (two CTAs per SM, ≤ 128 registers)
 //   ws:  64 × 128, one warpgroup, 4 stages of 24 KiB (two CTAs per SM) — serving batches
 #define WG_KERNEL(name, WG, BN, STAGES, MINB, WGMMA, GATED)                                                 \
     extern "C" __global__ void __launch_bounds__(WG * 128, MINB)                                          \
@@ -176,7 +177,7 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
     }
 #define WG_TILES(prefix, WGMMA, GATED)                                                                      \
     WG_KERNEL(prefix##_wl, 2, 256, 4, 1, WGMMA, GATED)                                                    \
-    WG_KERNEL(prefix##_wm, 2, 128, 4, 1, WGMMA, GATED)                                                    \
+    WG_KERNEL(prefix##_wm, 2, 128, 3, 2, WGMMA, GATED)                                                    \
     WG_KERNEL(prefix##_ws, 1, 128, 4, 2, WGMMA, GATED)
 
 WG_TILES(gemm_q8, q8w::WgS8, false)

@@ -72,7 +72,7 @@ pub fn run(mut r: Results, device: &Device, out: &Path, with_w4: bool) -> Result
         }
         return Ok(());
     }
-    let _ = (&mut r, device, out);
+    let _ = (&mut r, device, out, with_w4);
     Err(needs_cuda())
 }
 
