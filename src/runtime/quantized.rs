@@ -202,9 +202,9 @@ pub(crate) enum Q8Path {
 /// The path for `rows` rows of `kind` (`gated`: the stacked gate/up product). Where our
 /// warpgroup-MMA tiles run (`wgmma`, Hopper), plain int8 products stay on our tiles, which take
 /// the warpgroup MMA from 1024 rows (`launch::gemm_q8::pick_tile`) with the scales in registers:
-/// at 2,048 rows 1.1–1.3× faster than cuBLAS int8 and its second pass through int32, at 16,384
-/// level with it (H200 sweep of 956da26). Gated int8 products keep cuBLAS (its epilogue also
-/// quantizes the output for down), and fp8 products cuBLASLt, both faster than ours there.
+/// at 2,048 rows 1.2–1.5× faster than cuBLAS int8 and its second pass through int32, at 16,384
+/// 1.02–1.07× (H200 sweep of 8140ea6). Gated int8 products keep cuBLAS (1.1× faster there, and
+/// its epilogue also quantizes the output for down), and fp8 products cuBLASLt (1.6× faster).
 /// Elsewhere [`CUBLAS_INT8_MIN_ROWS`] and [`FP8_LT_MIN_ROWS`] choose.
 pub(crate) fn q8_path(kind: Q8Kind, rows: usize, gated: bool, wgmma: bool) -> Q8Path {
     match kind {

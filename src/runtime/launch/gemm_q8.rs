@@ -166,13 +166,15 @@ pub(crate) fn wgmma_on(stream: &CudaStream) -> Result<bool> {
 /// M = 1024 128 × 128 with 128-byte K-tiles (15–20% faster than 64-byte ones). The decode tiles
 /// are used only where they give at least one CTA per SM or more rows would not help.
 ///
-/// With `wgmma` (Hopper), products of 1024 rows or more take the 128 × 256 warpgroup-MMA tile:
-/// at 2,048 rows it beats every mma.sync tile by 1.2–1.6× on all four shapes; below, the mma.sync
-/// tiles above win on three shapes of four (H200 sweep of 956da26).
+/// With `wgmma` (Hopper), products of 1024 rows or more take the 128 × 128 warpgroup-MMA tile
+/// (two CTAs per SM): in the H200 sweep of 8140ea6 it beats every other tile of ours at 2,048
+/// and 16,384 rows on all four shapes (the 128 × 256 one, one CTA per SM, by 1.05–1.4×; the
+/// mma.sync tiles by 1.6–1.9×); below 1024 rows the mma.sync tiles above win on three shapes of
+/// four.
 pub fn pick_tile(m: usize, n: usize, sms: usize, wgmma: bool) -> Q8Tile {
     let wide = n >= 8192;
     if wgmma && m >= 1024 {
-        return TILE_WGL;
+        return TILE_WGM;
     }
     if m <= 16 {
         if TILE_S.ctas(m, n) >= sms {
