@@ -66,6 +66,18 @@ fn study_flags_that_contradict_each_other_are_refused_before_any_work() {
         let e = study(bin, &["--device", "tpu", "--out", s(&out)]);
         assert!(e.contains("--device") && e.contains("allowed"), "{e}");
     }
+    // the GEMM sweep's parts: each only with --gemm-sweep, one at a time, and off CUDA an error
+    let e = study(br, &["--w8a8-only", "--out", s(&out)]);
+    assert!(e.contains("--gemm-sweep"), "{e}");
+    for other in ["--w4-only", "--checks-only"] {
+        let e = study(
+            br,
+            &["--gemm-sweep", "--w8a8-only", other, "--out", s(&out)],
+        );
+        assert!(e.contains("cannot be used with"), "{e}");
+    }
+    let e = study(br, &["--gemm-sweep", "--w8a8-only", "--out", s(&out)]);
+    assert!(e.contains("needs a CUDA build and --device cuda"), "{e}");
     // and their reports never replace what is at --out without --overwrite
     let mine = tmp.path().join("mine");
     std::fs::create_dir(&mine).unwrap();
