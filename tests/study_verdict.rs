@@ -466,3 +466,45 @@ fn a_generation_pass_the_base_cannot_answer_is_skipped_for_variants() {
         "{md}"
     );
 }
+
+/// The legacy prompts are rendered with the suite's chat template (the base's own, where the
+/// study sets it), not a format of ours: a template that raises is what the evaluation meets.
+#[test]
+fn legacy_prompts_are_rendered_with_the_suites_chat_template() {
+    use exaone_compress::model::chat_template::ChatTemplate;
+    let (base, mut suite) = default_suite(200);
+    suite.legacy_prompts = vec!["안녕하세요".into()];
+    suite.legacy_new_tokens = 4;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("chat_template.jinja"),
+        "{{ raise_exception('the test template saw: ' ~ messages[0]['content']) }}",
+    )
+    .unwrap();
+    suite.template = ChatTemplate::from_dir(tmp.path()).unwrap();
+    let stored = Stored {
+        size_bytes: 0,
+        weight_bytes: 1.0,
+        checkpoint: None,
+    };
+    let mut r = Results::new("t", "cpu (F32)", "data/default-model");
+    let e = suite
+        .evaluate(&mut r, &Variant::original(), &base, &base, &stored)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("the test template saw: 안녕하세요"),
+        "{e}"
+    );
+    // the default model's own template renders them
+    let (own, _) = exaone_compress::eval::generated::template_and_stops(
+        &default_model_dir(),
+        &suite.tokenizer,
+    )
+    .unwrap();
+    suite.template = own;
+    let mut r = Results::new("t", "cpu (F32)", "data/default-model");
+    suite
+        .evaluate(&mut r, &Variant::original(), &base, &base, &stored)
+        .unwrap();
+    assert_eq!(r.get("original", "legacy_exact_match"), Some(1.0));
+}

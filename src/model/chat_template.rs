@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 /// `add_generation_prompt`, the special tokens (`bos_token`, `eos_token`, …) and any extra
 /// keyword arguments (`enable_thinking`, …). Booleans and none print as Python prints them.
 /// A directory without a template gets the built-in EXAONE 4 format ([`apply_chat_template`]).
+#[derive(Clone)]
 pub struct ChatTemplate {
     jinja: Option<minijinja::Environment<'static>>,
     /// a `tool_use` template beside `default` (the named-templates form)

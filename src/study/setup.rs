@@ -334,9 +334,12 @@ impl Study {
         suite.mc_items = mc;
         suite.speed_repeats = args.speed_repeats;
         suite.legacy_prompts = LEGACY_PROMPTS.map(String::from).to_vec();
+        // the prompts are rendered with the base's own chat template, as the evaluation does
+        let (template, stop_ids) =
+            crate::eval::generated::template_and_stops(&tok_dir, &suite.tokenizer)?;
+        suite.template = template.clone();
         if args.gen_mc > 0 {
-            use crate::eval::generated::{template_and_stops, GenMcOptions};
-            let (template, stop_ids) = template_and_stops(&tok_dir, &suite.tokenizer)?;
+            use crate::eval::generated::GenMcOptions;
             suite.gen_mc = Some(super::suite::GenMcSuite {
                 items: crate::study::serving::korean_mc_items(args.gen_mc)?,
                 template,

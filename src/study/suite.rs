@@ -32,6 +32,9 @@ pub struct Suite {
     /// prompts compared with the base model's (similarity, exact match, empty answers)
     pub legacy_prompts: Vec<String>,
     pub legacy_new_tokens: usize,
+    /// the chat template the legacy prompts are rendered with: the base model's own
+    /// (`eval::generated::template_and_stops`; the built-in EXAONE 4 format by default)
+    pub template: crate::model::chat_template::ChatTemplate,
     /// the base model's legacy answers, generated once
     pub legacy_base: std::sync::OnceLock<Vec<String>>,
     /// the variant that is the base (`original`): its per-token NLLs and per-item results are
@@ -173,6 +176,7 @@ impl Suite {
             batch: 8,
             legacy_prompts: vec![],
             legacy_new_tokens: 32,
+            template: crate::model::chat_template::ChatTemplate::builtin(),
             legacy_base: Default::default(),
             base_variant: Variant::original().name,
             base_per_token: Default::default(),
@@ -263,20 +267,22 @@ impl Suite {
 
     /// Greedy answers to the legacy prompts, as text.
     fn legacy_answers(&self, model: &Exaone4) -> crate::Result<Vec<String>> {
-        use crate::model::tokenizer::apply_chat_template;
         use crate::model::{generate, ChatMessage, GenerateOptions};
         let eos: Vec<u32> = self
             .tokenizer
             .token_id("[|endofturn|]")
             .into_iter()
             .collect();
+        let no_thinking = serde_json::Map::from_iter([(
+            "enable_thinking".to_string(),
+            serde_json::Value::Bool(false),
+        )]);
         let mut out = vec![];
         for p in &self.legacy_prompts {
-            let ids = self.tokenizer.encode(&apply_chat_template(
-                &[ChatMessage::user(p)],
-                true,
-                false,
-            ))?;
+            let prompt = self
+                .template
+                .render(&[ChatMessage::user(p)], true, &no_thinking)?;
+            let ids = self.tokenizer.encode(&prompt)?;
             let opts = GenerateOptions::greedy(self.legacy_new_tokens, eos.clone());
             let g = generate(model, &[ids], &opts)?;
             out.push(self.tokenizer.decode(&g[0], true)?.trim().to_string());
