@@ -5,8 +5,8 @@
 //! plain int8 products of 1024 rows or more on its warpgroup-MMA tiles); from
 //! [`CUBLAS_INT8_MIN_ROWS`] rows on, the other int8 products on cuBLAS's int8 GEMM and the scales
 //! in a second pass; from [`FP8_LT_MIN_ROWS`] rows on, cuBLASLt's row-wise scaled fp8 GEMM where
-//! the GPU runs it ([`q8_path`]). The shared pieces
-//! (loading packed weights, the GEMMs, the thresholds) serve the engines too.
+//! the GPU runs it ([`q8_path`]). The shared pieces (loading packed weights, the GEMMs, the
+//! thresholds) serve the engines too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

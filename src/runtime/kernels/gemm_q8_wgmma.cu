@@ -1,9 +1,18 @@
 // W8A8 on Hopper's warpgroup MMA (wgmma, sm_90a only): the products of gemm_q8.cu (int8) and
 // gemm_fp8.cu (fp8 e4m3) — the same operands, scales, gated epilogue and rounding
 // (gemm_q8.cuh's load_stage and store_rows16) — for the row counts where the mma.sync tiles fall
-// behind cuBLAS (prefill chunks, serving batches: `reports/gemm_sweep`). build.rs builds this unit
-// for compute_90a alone; src/runtime/launch/mod.rs loads it only on a GPU of compute capability
-// 9.0. Launcher: src/runtime/launch/gemm_q8.rs (the tiles `w…` of its menu).
+// behind cuBLAS: plain int8 products of 1024 rows or more (prefills, prefill chunks) run on the
+// 128 × 128 tile (`quantized::q8_path`, `pick_tile`). build.rs builds this unit for compute_90a
+// alone; src/runtime/launch/mod.rs loads it only on a GPU of compute capability 9.0. Launcher:
+// src/runtime/launch/gemm_q8.rs (the tiles `w…` of its menu).
+//
+// Status (H200 sweep at 8140ea6, `reports/gemm_sweep`): the 128 × 128 tile is 1.32× faster than
+// cuBLAS int8 + our epilogue over the plain products at 2,048 rows and 1.04× at 16,384, slower on
+// the gated one (cuBLAS 1.1× ahead) and 1.2–1.7× slower per product than cuBLASLt's fp8 GEMM,
+// which loads by TMA in warp-specialized, persistent CTAs; the second CTA per SM (overlapping one
+// CTA's fill and epilogue with the other's MMAs) was worth 1.06–1.35×. The next step is that
+// structure: a producer warp issuing TMA loads, mbarrier-tracked stages, consumers that only
+// issue wgmma.
 //
 //   gemm_q8_<tile>, gemm_q8_silu_<tile>, gemm_fp8_<tile>, gemm_fp8_silu_<tile>
 //       (A, B, sx, sw, y, M, N, K): as gemm_q8.cu's kernels of the same names
@@ -165,9 +174,9 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
 
 // The tiles (keep in step with the `w…` tiles of TILES in src/runtime/launch/gemm_q8.rs, which
 // sizes the grid and the dynamic shared memory, + 1024 bytes of alignment slack):
-//   wl: 128 × 256, two warpgroups, 4 stages of 48 KiB — prefill
-//   wm: 128 × 128, two warpgroups, 3 stages of 32 KiB (two CTAs per SM, ≤ 128 registers)
-//   ws:  64 × 128, one warpgroup, 4 stages of 24 KiB (two CTAs per SM) — serving batches
+//   wl: 128 × 256, two warpgroups, 4 stages of 48 KiB (one CTA per SM; timed, not picked)
+//   wm: 128 × 128, two warpgroups, 3 stages of 32 KiB (two CTAs per SM, ≤ 128 registers): picked
+//   ws:  64 × 128, one warpgroup, 4 stages of 24 KiB (two CTAs per SM; timed, not picked)
 #define WG_KERNEL(name, WG, BN, STAGES, MINB, WGMMA, GATED)                                                 \
     extern "C" __global__ void __launch_bounds__(WG * 128, MINB)                                          \
         name(const uint8_t *A, const uint8_t *B, const float *sx, const float *sw, bf16 *y, int M, int N,  \

@@ -168,7 +168,7 @@ pub(crate) fn wgmma_on(stream: &CudaStream) -> Result<bool> {
 ///
 /// With `wgmma` (Hopper), products of 1024 rows or more take the 128 × 128 warpgroup-MMA tile
 /// (two CTAs per SM): in the H200 sweep of 8140ea6 it beats every other tile of ours at 2,048
-/// and 16,384 rows on all four shapes (the 128 × 256 one, one CTA per SM, by 1.05–1.4×; the
+/// and 16,384 rows on all four shapes (the 128 × 256 one, one CTA per SM, by 1.04–1.43×; the
 /// mma.sync tiles by 1.6–1.9×); below 1024 rows the mma.sync tiles above win on three shapes of
 /// four.
 pub fn pick_tile(m: usize, n: usize, sms: usize, wgmma: bool) -> Q8Tile {
