@@ -40,9 +40,13 @@ pub struct Q8Tile {
     pub wgmma: bool,
 }
 
-/// A tile of `Q8_TILES` by its kernel suffix.
+/// A tile of `Q8_TILES` by its kernel suffix (with `true` last: of `WG_TILES`).
 macro_rules! tile {
     ($name:literal, $suffix:literal, ($bm:expr, $bn:expr, $bk:expr), $warps:expr, $stages:expr) => {
+        tile!($name, $suffix, ($bm, $bn, $bk), $warps, $stages, false)
+    };
+    ($name:literal, $suffix:literal, ($bm:expr, $bn:expr, $bk:expr), $warps:expr, $stages:expr,
+     $wgmma:expr) => {
         Q8Tile::new(
             $name,
             [
@@ -54,7 +58,7 @@ macro_rules! tile {
             ($bm, $bn, $bk),
             $warps,
             $stages,
-            false,
+            $wgmma,
         )
     };
 }
@@ -62,19 +66,7 @@ macro_rules! tile {
 /// A tile of `WG_TILES` (`kernels/gemm_q8_wgmma.cu`): 128-byte K-tiles, 64 rows per warpgroup.
 macro_rules! wg_tile {
     ($name:literal, $suffix:literal, ($bm:expr, $bn:expr), $stages:expr) => {
-        Q8Tile::new(
-            $name,
-            [
-                concat!("gemm_q8_", $suffix),
-                concat!("gemm_q8_silu_", $suffix),
-                concat!("gemm_fp8_", $suffix),
-                concat!("gemm_fp8_silu_", $suffix),
-            ],
-            ($bm, $bn, 128),
-            $bm / 16,
-            $stages,
-            true,
-        )
+        tile!($name, $suffix, ($bm, $bn, 128), $bm / 16, $stages, true)
     };
 }
 
