@@ -97,11 +97,6 @@ impl Q8Tile {
         self.stages * (self.bm + self.bn) * self.bk + if self.wgmma { 1024 } else { 0 }
     }
 
-    /// Whether this tile's kernels run on `dev` (the warpgroup-MMA ones need sm_90a).
-    pub fn runs_on(&self, dev: &CudaDevice) -> Result<bool> {
-        Ok(!self.wgmma || wgmma_supported(&dev.cuda_stream())?)
-    }
-
     /// CTAs for an [m, n] product (n weight rows).
     fn ctas(&self, m: usize, n: usize) -> usize {
         m.div_ceil(self.bm) * n.div_ceil(self.bn)
@@ -134,11 +129,17 @@ pub const TILE_WGM: Q8Tile = wg_tile!("wg128x128", "wm", (128, 128), 3);
 pub const TILE_WGS: Q8Tile = wg_tile!("wg64x128", "ws", (64, 128), 4);
 
 /// Every tile the kernels are built with (the benchmark times each; the last three run on
-/// compute capability 9.0 only: [`Q8Tile::runs_on`]).
+/// compute capability 9.0 only: [`tiles_on`]).
 pub const TILES: [Q8Tile; 11] = [
     TILE_S, TILE_S16, TILE_M, TILE_M128K, TILE_N32, TILE_W, TILE_L, TILE_L128K, TILE_WGL, TILE_WGM,
     TILE_WGS,
 ];
+
+/// The tiles of [`TILES`] whose kernels run on `dev` (the warpgroup-MMA ones need sm_90a).
+pub fn tiles_on(dev: &CudaDevice) -> Result<Vec<Q8Tile>> {
+    let wgmma = wgmma_supported(&dev.cuda_stream())?;
+    Ok(TILES.into_iter().filter(|t| wgmma || !t.wgmma).collect())
+}
 
 /// Whether the warpgroup-MMA tiles are used on the device of `stream`: where it runs them,
 /// unless `EXAONE_COMPRESS_WGMMA=0` (read once per process; for A/B timing of the same binary).

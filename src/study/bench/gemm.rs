@@ -215,8 +215,8 @@ mod sweep {
     use crate::runtime::launch::gemm::gemm_bf16;
     use crate::runtime::launch::gemm_lt::Fp8Lt;
     use crate::runtime::launch::gemm_q8::{
-        gemm_fp8_lt, gemm_int8_cublas, gemm_q8, pick_tile, quant_rows_fp8, wgmma_on, Q8Gemm,
-        Q8Kind, Q8Tile, TILES,
+        gemm_fp8_lt, gemm_int8_cublas, gemm_q8, pick_tile, quant_rows_fp8, tiles_on, wgmma_on,
+        Q8Gemm, Q8Kind, Q8Tile,
     };
     use crate::runtime::launch::quant::quant_rows_int8;
     use crate::runtime::launch::{cuda_err, fp8_supported, sm_count, Dev};
@@ -313,12 +313,7 @@ mod sweep {
             .flatten();
         let sms = sm_count(d)?;
         let wgmma = wgmma_on(&s)?;
-        let mut runnable = vec![];
-        for t in TILES {
-            if t.runs_on(d)? {
-                runnable.push(t);
-            }
-        }
+        let runnable = tiles_on(d)?;
         let mut rng = Lcg(42);
         let mmax = *MS.iter().max().expect("rows");
         let mut table = vec![];

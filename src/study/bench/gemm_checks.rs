@@ -18,7 +18,7 @@ use super::gemm::{Lcg, MS, SHAPES};
 use crate::model::ActQuant;
 use crate::runtime::launch::gemm_lt::Fp8Lt;
 use crate::runtime::launch::gemm_q8::{
-    gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, Q8Gemm, Q8Kind, Q8Tile, TILES,
+    gemm_fp8_lt, gemm_int8_cublas, gemm_q8, quant_rows_fp8, tiles_on, Q8Gemm, Q8Kind, Q8Tile,
 };
 use crate::runtime::launch::quant::quant_rows_int8;
 use crate::runtime::launch::{cuda_err, cuda_tensor, fp8_supported, Dev};
@@ -301,12 +301,7 @@ pub fn run(dev: &CudaDevice) -> Result<Vec<Check>> {
     let lt = fp8
         .then(|| Fp8Lt::probe_or_say(&s, "gemm checks: cuBLASLt's row-wise fp8 GEMM not checked"))
         .flatten();
-    let mut tiles = vec![];
-    for t in TILES {
-        if t.runs_on(dev)? {
-            tiles.push(t);
-        }
-    }
+    let tiles = tiles_on(dev)?;
     let mut out = vec![];
     let mut seed = 1;
     let ms = MS.iter().chain(&AWKWARD_M).copied();
