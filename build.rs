@@ -34,7 +34,7 @@ fn main() {
 /// kernels' programmatic-launch waits (`kernels/common.cuh`) are real instructions. A unit that
 /// needs newer instructions names its own base (gemm_fp8: the e4m3 mma of sm_89+, loaded only on
 /// such a GPU); a Hopper-only unit is built for compute_90a alone, under both names
-/// (gemm_q8_wgmma: the warpgroup MMA, loaded only on compute capability 9.0).
+/// (gemm_q8_wgmma, gemm_w4_wgmma: the warpgroup MMA, loaded only on compute capability 9.0).
 /// `src/runtime/launch/mod.rs` loads each as a module of its own.
 fn compile_kernels() {
     const DIR: &str = "src/runtime/kernels";
@@ -50,7 +50,7 @@ fn compile_kernels() {
     /// units built for a newer virtual architecture than compute_80
     const ARCH: [(&str, &str); 1] = [("gemm_fp8", "compute_89")];
     /// units of sm_90a's instructions only (wgmma): the same PTX under both names
-    const HOPPER_ONLY: [&str; 1] = ["gemm_q8_wgmma"];
+    const HOPPER_ONLY: [&str; 2] = ["gemm_q8_wgmma", "gemm_w4_wgmma"];
     // every file of the folder, headers included, so an edit to common.cuh rebuilds them all
     println!("cargo:rerun-if-changed={DIR}");
     for e in std::fs::read_dir(DIR).unwrap_or_else(|e| panic!("reading {DIR}: {e}")) {

@@ -19,7 +19,7 @@ use super::launch::gemm::gemm_bf16;
 use super::launch::gemm_w4::{gemm_w4, plan_with, workspace, W4Plan, W4Scratch, W4Weights};
 use super::launch::gemv::{dequant_w4, gemv_w4, Int4};
 use super::launch::norm_rope::silu_mul_rows;
-use super::launch::{cuda_err, sm_count, Dev};
+use super::launch::{cuda_err, sm_count, wgmma_on, Dev};
 use super::w4_layout::{pair_rows, W4Tiles};
 use crate::checkpoint::{compressed_tensors::unpack_zero_points, Checkpoint};
 use crate::model::layers::LinearKernel;
@@ -70,6 +70,9 @@ pub struct PackedInt4 {
     /// two ≥ 32)
     gemv: Option<Box<GemvPacking>>,
     tc: Box<W4Weights>,
+    /// the GEMM's warpgroup-MMA tiles run on this device ([`wgmma_on`] at load): then the GEMM
+    /// takes every row count beyond the GEMV's, dequantize + cuBLAS none
+    wgmma: bool,
 }
 
 /// How one product runs.
@@ -291,6 +294,7 @@ impl PackedInt4 {
             asymmetric: zeros.is_some(),
             gemv,
             tc: Box::new(W4Weights::upload(&tiles, pairs, stream)?),
+            wgmma: wgmma_on(stream)?,
         })
     }
 
@@ -314,13 +318,13 @@ impl PackedInt4 {
     }
 
     /// The default route for `m` rows: the GEMM, except the GEMV up to [`GEMV_MAX_ROWS`] on
-    /// small weights and dequantize + cuBLAS beyond [`GEMM_MAX_ROWS`] rows, where the GEMVs'
-    /// packing exists.
+    /// small weights and, without the warpgroup-MMA tiles, dequantize + cuBLAS beyond
+    /// [`GEMM_MAX_ROWS`] rows, where the GEMVs' packing exists.
     pub fn route(&self, m: usize) -> W4Route {
         match m {
             _ if self.gemv.is_none() => W4Route::Gemm(None),
             m if m <= GEMV_MAX_ROWS && self.n * self.k <= GEMV_MAX_WEIGHTS => W4Route::Gemv,
-            m if m > GEMM_MAX_ROWS => W4Route::Dequant,
+            m if m > GEMM_MAX_ROWS && !self.wgmma => W4Route::Dequant,
             _ => W4Route::Gemm(None),
         }
     }
@@ -334,7 +338,7 @@ impl PackedInt4 {
                 ..W4Needs::default()
             },
             W4Route::Gemm(p) => {
-                let p = p.unwrap_or_else(|| plan_with(m, self.n, self.k, sms, None));
+                let p = p.unwrap_or_else(|| plan_with(m, self.n, self.k, sms, None, self.wgmma));
                 W4Needs {
                     ws: workspace(p, m, self.n).0,
                     xp: if self.tc.act_order() { m * self.k } else { 0 },
@@ -424,7 +428,14 @@ impl PackedInt4 {
     /// multiprocessors.
     pub(crate) fn needs_up_to(&self, sms: usize, rows: usize) -> W4Needs {
         let mut need = W4Needs::default();
-        for m in 1..=rows.min(GEMM_MAX_ROWS + 1) {
+        // split-K partials are needed up to GEMM_MAX_ROWS rows (beyond: dequantize + cuBLAS), or
+        // with the warpgroup-MMA tiles wherever their plan splits
+        let top = if self.wgmma {
+            rows
+        } else {
+            rows.min(GEMM_MAX_ROWS + 1)
+        };
+        for m in 1..=top {
             let x = self.needs(self.route(m), m, sms);
             need.ws = need.ws.max(x.ws);
         }

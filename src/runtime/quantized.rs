@@ -21,11 +21,11 @@ use half::bf16;
 use super::launch::gemm::{gemm_bf16, gemm_int8};
 use super::launch::gemm_lt::Fp8Lt;
 use super::launch::gemm_q8::{
-    gemm_fp8_lt_quant, gemm_int8_cublas, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, wgmma_on,
-    OutQuant, Q8Gemm, Q8Kind,
+    gemm_fp8_lt_quant, gemm_int8_cublas, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, OutQuant,
+    Q8Gemm, Q8Kind,
 };
 use super::launch::quant::quant_rows_int8;
-use super::launch::{cuda_err, cuda_tensor, cuda_view, fp8_supported, Dev};
+use super::launch::{cuda_err, cuda_tensor, cuda_view, fp8_supported, wgmma_on, Dev};
 use crate::checkpoint::Checkpoint;
 use crate::model::layers::{LinearKernel, QuantizedRows};
 use crate::model::{ActQuant, Exaone4};

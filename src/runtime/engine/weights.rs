@@ -22,13 +22,13 @@ use crate::runtime::int4::W4Buffers;
 use crate::runtime::launch::gemm::gemm_bf16;
 use crate::runtime::launch::gemm_lt::Fp8Lt;
 use crate::runtime::launch::gemm_q8::{
-    gemm_fp8_lt_quant, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, wgmma_on, OutQuant, Q8Gemm,
-    Q8Kind,
+    gemm_fp8_lt_quant, gemm_int8_cublas_quant, gemm_q8, quant_rows_fp8, OutQuant, Q8Gemm, Q8Kind,
 };
 use crate::runtime::launch::gemv::{gemv_bf16, Dense};
 use crate::runtime::launch::norm_rope::silu_mul_rows;
 use crate::runtime::launch::norm_rope::{rmsnorm_rows, RmsNormRows};
 use crate::runtime::launch::quant::{quant_rows_int8, rmsnorm_quant_rows};
+use crate::runtime::launch::wgmma_on;
 use crate::runtime::launch::{cuda_err, fp8_supported, Dev};
 use crate::runtime::quantized::{q8_path, Q8Path, FP8_LT_MIN_ROWS};
 use crate::runtime::quantized::{Fp8Weights, Int8Weights, PackedInt4};
@@ -399,7 +399,7 @@ pub(crate) struct Scratch {
     /// cuBLASLt's row-wise scaled fp8 GEMM, for fp8 products of at least [`FP8_LT_MIN_ROWS`]
     /// rows, where the GPU runs it
     fp8_lt: Option<Fp8Lt>,
-    /// whether our warpgroup-MMA tiles run here (`launch::gemm_q8::wgmma_on`; then
+    /// whether our warpgroup-MMA tiles run here (`launch::wgmma_on`; then
     /// `quantized::q8_path` keeps plain int8 products on our tiles)
     wgmma: bool,
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # nvcc-only sanity check of the runtime's kernels, no Rust build needed: every .cu file here must
-# compile to PTX for compute_80 (gemm_fp8.cu: compute_89; gemm_q8_wgmma.cu: compute_90a) with the
+# compile to PTX for compute_80 (gemm_fp8.cu: compute_89; the *_wgmma.cu units: compute_90a) with the
 # flags build.rs uses. Needs a CUDA toolkit's nvcc on PATH.
 #     src/runtime/kernels/check_ptx.sh [OUT_DIR]     # OUT_DIR keeps the .ptx files
 set -euo pipefail
@@ -11,7 +11,7 @@ status=0
 for cu in "$here"/*.cu; do
   name="$(basename "$cu" .cu)"
   arch=compute_80; [ "$name" = gemm_fp8 ] && arch=compute_89
-  [ "$name" = gemm_q8_wgmma ] && arch=compute_90a
+  case "$name" in *_wgmma) arch=compute_90a ;; esac
   if nvcc --ptx -arch=$arch -O3 -std=c++17 -o "$out/$name.ptx" "$cu"; then
     echo "ok   $name.cu: $(grep -c '^\.visible \.entry' "$out/$name.ptx") kernels"
   else

@@ -31,49 +31,16 @@
 // Bounds as gemm_q8.cuh: M arbitrary, N % 8 == 0, K % 16 == 0 (zero-filled chunks past K).
 
 #include "gemm_q8.cuh"
+#include "wgmma.cuh"
 
 namespace q8w {
 
 using q8::cp_async_commit;
 using q8::cp_async_wait;
 using q8::smem_addr;
-
-// The shared-memory matrix descriptor of an operand tile at `addr` (1024-byte aligned, or
-// advanced by whole k-steps within its 128-byte rows): K-major, 128-byte swizzle, 8-row groups
-// 1024 bytes apart (the stride byte offset); the leading byte offset is unused in this mode.
-__device__ __forceinline__ uint64_t desc(uint32_t addr) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 | (uint64_t)1 << 62;
-}
-
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_arrive() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wg_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Pins the accumulators between asynchronous MMAs (the compiler must not move their reads or
-// writes across a wgmma it cannot see into).
-__device__ __forceinline__ void pin(int (&d)[64]) {
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+r"(d[i])::"memory");
-}
-__device__ __forceinline__ void pin(float (&d)[64]) {
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// The 64 accumulator operands of an m64n128 wgmma: their place-holders and constraints (C: "+r"
-// for s32, "+f" for f32)
-#define WG_REGS                                                                                           \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
-    "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, " \
-    "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, " \
-    "%62, %63"
-#define WG_ACC8(C, d, i)                                                                                  \
-    C(d[i]), C(d[i + 1]), C(d[i + 2]), C(d[i + 3]), C(d[i + 4]), C(d[i + 5]), C(d[i + 6]), C(d[i + 7])
-#define WG_ACC(C, d)                                                                                      \
-    WG_ACC8(C, d, 0), WG_ACC8(C, d, 8), WG_ACC8(C, d, 16), WG_ACC8(C, d, 24), WG_ACC8(C, d, 32),          \
-        WG_ACC8(C, d, 40), WG_ACC8(C, d, 48), WG_ACC8(C, d, 56)
+using wg::desc;
+using wg::fence_async_smem;
+using wg::pin;
 
 // d (64 × 128 per warpgroup) += A (64 × 32, descriptor a) · B (128 × 32, descriptor b)ᵀ; the
 // predicate (scale-d, operand 66) set: accumulate
@@ -132,13 +99,13 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
         const uint32_t sb = smem_addr(smem + (kt % STAGES) * STAGE_BYTES) + BM * BK;
 #pragma unroll
         for (int j = 0; j < NB; j++) pin(acc[j]);
-        wg_arrive();
+        wg::arrive();
 #pragma unroll
         for (int ks = 0; ks < BK / 32; ks++)
 #pragma unroll
             for (int j = 0; j < NB; j++) Wg::mma(acc[j], desc(sa + ks * 32), desc(sb + j * 128 * BK + ks * 32));
-        wg_commit();
-        wg_wait<1>(); // K-tile kt − 1's MMAs are done in this warpgroup…
+        wg::commit();
+        wg::wait<1>(); // K-tile kt − 1's MMAs are done in this warpgroup…
 #pragma unroll
         for (int j = 0; j < NB; j++) pin(acc[j]);
         __syncthreads(); // …and in every one (while kt's run): its slot takes K-tile kt + STAGES − 1
@@ -147,7 +114,7 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
                                                        M, N, K, (kt + STAGES - 1) * BK, tid);
         cp_async_commit();
     }
-    wg_wait<0>();
+    wg::wait<0>();
 #pragma unroll
     for (int j = 0; j < NB; j++) pin(acc[j]);
 

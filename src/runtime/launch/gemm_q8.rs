@@ -4,13 +4,13 @@
 //! per-token fp8 activation quantization.
 
 use candle_core::cuda::cudarc::cublas::CudaBlas;
-use candle_core::cuda::cudarc::driver::CudaStream;
 use candle_core::cuda::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
 use super::{
-    allow_smem, config, cuda_err, dim, func, int, require, sm_count, wgmma_supported, Dev, Module,
+    allow_smem, config, cuda_err, dim, func, int, require, sm_count, wgmma_on, wgmma_supported,
+    Dev, Module,
 };
 
 /// The 8-bit format of both operands.
@@ -139,15 +139,6 @@ pub const TILES: [Q8Tile; 11] = [
 pub fn tiles_on(dev: &CudaDevice) -> Result<Vec<Q8Tile>> {
     let wgmma = wgmma_supported(&dev.cuda_stream())?;
     Ok(TILES.into_iter().filter(|t| wgmma || !t.wgmma).collect())
-}
-
-/// Whether the warpgroup-MMA tiles are used on the device of `stream`: where it runs them,
-/// unless `EXAONE_COMPRESS_WGMMA=0` (read once per process; for A/B timing of the same binary).
-pub(crate) fn wgmma_on(stream: &CudaStream) -> Result<bool> {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off =
-        *OFF.get_or_init(|| std::env::var("EXAONE_COMPRESS_WGMMA").is_ok_and(|v| v.trim() == "0"));
-    Ok(!off && wgmma_supported(stream)?)
 }
 
 /// The tile for an [m, n] product (n weight rows) on `sms` multiprocessors, by the int8 GEMM

@@ -1,4 +1,5 @@
-//! Launchers of `kernels/gemm_w4.cu`: the W4A16 tensor-core GEMM on weights in the layout of
+//! Launchers of `kernels/gemm_w4.cu` (mma.sync, every GPU) and `kernels/gemm_w4_wgmma.cu`
+//! (Hopper's warpgroup MMA): the W4A16 tensor-core GEMM on weights in the layout of
 //! [`crate::runtime::w4_layout`] (shuffled once at load), its tile and split-K choice, and the
 //! act-order column gather.
 
@@ -11,7 +12,8 @@ use candle_core::Result;
 use half::bf16;
 
 use super::{
-    allow_smem, config, cuda_err, dim, func, int, or_null, require, sm_count, Dev, Module,
+    allow_smem, config, cuda_err, dim, func, int, or_null, require, sm_count, wgmma_on,
+    wgmma_supported, Dev, Module,
 };
 use crate::runtime::w4_layout::{W4Tiles, K_ALIGN, N_ALIGN};
 
@@ -107,26 +109,63 @@ pub enum W4Tile {
     M64,
     /// 128 rows, K tiles of 64 (compute bound)
     L128,
+    /// warpgroup MMA (compute capability 9.0): 64 rows × 64 outputs, one warpgroup
+    Wg64x64,
+    /// warpgroup MMA: 128 rows × 64 outputs, one warpgroup
+    Wg128x64,
+    /// warpgroup MMA: 128 rows × 128 outputs, two warpgroups
+    Wg128x128,
+    /// warpgroup MMA: 256 rows × 128 outputs, two warpgroups (never split)
+    Wg256x128,
 }
 
 impl W4Tile {
-    pub const ALL: [W4Tile; 5] = [
+    /// Every tile the kernels are built with (the last four run on compute capability 9.0 only:
+    /// [`tiles_on`]).
+    pub const ALL: [W4Tile; 9] = [
         W4Tile::S16,
         W4Tile::N32,
         W4Tile::M32,
         W4Tile::M64,
         W4Tile::L128,
+        W4Tile::Wg64x64,
+        W4Tile::Wg128x64,
+        W4Tile::Wg128x128,
+        W4Tile::Wg256x128,
     ];
 
-    /// (BM, BN, BK, threads, dynamic shared memory bytes) as `Cfg` in the kernel computes them.
+    /// Whether the tile is one of `kernels/gemm_w4_wgmma.cu`'s (sm_90a).
+    pub fn wgmma(self) -> bool {
+        matches!(
+            self,
+            W4Tile::Wg64x64 | W4Tile::Wg128x64 | W4Tile::Wg128x128 | W4Tile::Wg256x128
+        )
+    }
+
+    /// (BM, BN, BK, threads, dynamic shared memory bytes) as `Cfg` in the kernel computes them
+    /// (BM rows of y, BN outputs).
     fn shape(self) -> (usize, usize, usize, u32, usize) {
+        if self.wgmma() {
+            // warpgroups (64 outputs each), rows; 4 stages of: the rows' 64-wide K slice
+            // (128 bytes each), the weight words, scale and zero-point rows, rounded up to
+            // 1024 bytes; + 1024 bytes of alignment slack
+            let (wg, bm): (usize, usize) = match self {
+                W4Tile::Wg64x64 => (1, 64),
+                W4Tile::Wg128x64 => (1, 128),
+                W4Tile::Wg128x128 => (2, 128),
+                _ => (2, 256),
+            };
+            let bn = 64 * wg;
+            let stage = (bm * 128 + 4 * (bn / 32) * 256 + 2 * 4 * bn * 2).next_multiple_of(1024);
+            return (bm, bn, 64, 128 * wg as u32, 4 * stage + 1024);
+        }
         // warps along M, N, K; m16 and n8 tiles per warp; k16 steps per warp and K tile; stages
         let (wm, wn, wk, mtw, ntw, ksw, stages) = match self {
             W4Tile::S16 => (1, 2, 4, 1, 8, 2, 4),
             W4Tile::N32 => (1, 1, 4, 1, 4, 2, 4),
             W4Tile::M32 => (1, 4, 2, 2, 4, 2, 4),
             W4Tile::M64 => (1, 4, 2, 4, 4, 2, 4),
-            W4Tile::L128 => (2, 4, 1, 4, 4, 4, 4),
+            _ => (2, 4, 1, 4, 4, 4, 4),
         };
         let (bm, bn, bk) = (16 * mtw * wm, 8 * ntw * wn, 16 * ksw * wk);
         let stage = bm * bk * 2 + (bk / 16) * (bn / 32) * 256 + 2 * (bk / 16) * bn * 2;
@@ -142,6 +181,10 @@ impl W4Tile {
             W4Tile::M32 => "m32",
             W4Tile::M64 => "m64",
             W4Tile::L128 => "l128",
+            W4Tile::Wg64x64 => "wg64x64",
+            W4Tile::Wg128x64 => "wg128x64",
+            W4Tile::Wg128x128 => "wg128x128",
+            W4Tile::Wg256x128 => "wg256x128",
         }
     }
 
@@ -157,19 +200,49 @@ impl W4Tile {
             (W4Tile::M64, true) => "gemm_w4_m64_z",
             (W4Tile::L128, false) => "gemm_w4_l128",
             (W4Tile::L128, true) => "gemm_w4_l128_z",
+            (W4Tile::Wg64x64, false) => "gemm_w4_wg64x64",
+            (W4Tile::Wg64x64, true) => "gemm_w4_wg64x64_z",
+            (W4Tile::Wg128x64, false) => "gemm_w4_wg128x64",
+            (W4Tile::Wg128x64, true) => "gemm_w4_wg128x64_z",
+            (W4Tile::Wg128x128, false) => "gemm_w4_wg128x128",
+            (W4Tile::Wg128x128, true) => "gemm_w4_wg128x128_z",
+            (W4Tile::Wg256x128, false) => "gemm_w4_wg256x128",
+            (W4Tile::Wg256x128, true) => "gemm_w4_wg256x128_z",
+        }
+    }
+
+    fn module(self) -> Module {
+        if self.wgmma() {
+            Module::GemmW4Wgmma
+        } else {
+            Module::GemmW4
         }
     }
 
     /// The most K splits worth their fixup (measured on an H200: beyond, re-reading the
     /// partials of many rows costs more than the parallelism gains).
-    fn max_splits(self) -> usize {
+    pub fn max_splits(self) -> usize {
         match self {
             W4Tile::S16 | W4Tile::N32 => 16,
             W4Tile::M32 => 8,
             W4Tile::M64 => 4,
             W4Tile::L128 => 2,
+            W4Tile::Wg64x64 => 8,
+            W4Tile::Wg128x64 => 4,
+            W4Tile::Wg128x128 => 2,
+            // its split-K fixup would need more registers than it has (the kernel traps)
+            W4Tile::Wg256x128 => 1,
         }
     }
+}
+
+/// The tiles of [`W4Tile::ALL`] whose kernels run on `dev` (the warpgroup-MMA ones need sm_90a).
+pub fn tiles_on(dev: &CudaDevice) -> Result<Vec<W4Tile>> {
+    let wgmma = wgmma_supported(&dev.cuda_stream())?;
+    Ok(W4Tile::ALL
+        .into_iter()
+        .filter(|t| wgmma || !t.wgmma())
+        .collect())
 }
 
 /// How one product is launched: the tile and the number of K splits (1: no partials).
@@ -179,8 +252,11 @@ pub struct W4Plan {
     pub splits: usize,
 }
 
-/// The plan for [m, k] × [n, k]ᵀ on `sms` multiprocessors with tile `tile` (None: by rows).
-/// Tiles (chosen from H200 sweeps, `bench::gemm_w4`): 16 rows up to 64, beyond 128 where that
+/// The plan for [m, k] × [n, k]ᵀ on `sms` multiprocessors with tile `tile` (None: by rows;
+/// `wgmma`: the GPU runs the warpgroup-MMA tiles and they are on, [`wgmma_on`]).
+/// With `wgmma`, from 17 rows: the warpgroup-MMA tiles, 64 rows up to 64, 128 × 64 beyond, the
+/// two-warpgroup tiles where they still make a block per multiprocessor.
+/// Else (chosen from H200 sweeps, `bench::gemm_w4`): 16 rows up to 64, beyond 128 where that
 /// still makes a block per multiprocessor, else 64. At 64 rows, with each plan's splits, the
 /// 16-row tile takes the 1.2B's four products in 49.3 µs, the 32-row tile in 51.0 (H200,
 /// 2026-12-02). K is split until there are
@@ -196,12 +272,25 @@ pub struct W4Plan {
 /// previous kernel, so more splits of fewer tiles overlap more of the weight stream with that
 /// kernel: at one block per multiprocessor the batch-16 step went from 1.56 to 1.63 ms (bf16
 /// 1.76 in both runs).
-pub fn plan_with(m: usize, n: usize, k: usize, sms: usize, tile: Option<W4Tile>) -> W4Plan {
+pub fn plan_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    sms: usize,
+    tile: Option<W4Tile>,
+    wgmma: bool,
+) -> W4Plan {
     let tiles_of = |t: W4Tile| {
         let (bm, bn, ..) = t.shape();
         m.div_ceil(bm) * n.div_ceil(bn)
     };
     let tile = tile.unwrap_or(match m {
+        17.. if wgmma => match m {
+            ..=64 => W4Tile::Wg64x64,
+            _ if tiles_of(W4Tile::Wg256x128) >= sms => W4Tile::Wg256x128,
+            _ if tiles_of(W4Tile::Wg128x128) >= sms => W4Tile::Wg128x128,
+            _ => W4Tile::Wg128x64,
+        },
         0..=64 => W4Tile::S16,
         _ if tiles_of(W4Tile::L128) >= sms => W4Tile::L128,
         _ => W4Tile::M64,
@@ -241,7 +330,7 @@ pub(crate) struct W4Scratch<'a> {
 /// them, by device handle, not by ordinal: a second `CudaDevice` on the same GPU loads its own
 /// module, whose functions start at the 48 KiB default (keyed by ordinal, the second handle's
 /// launches failed with CUDA_ERROR_INVALID_VALUE).
-fn allow_once(dev: &CudaDevice, name: &'static str, smem: usize) -> Result<()> {
+fn allow_once(dev: &CudaDevice, module: Module, name: &'static str, smem: usize) -> Result<()> {
     type Done = Mutex<HashSet<(candle_core::cuda::DeviceId, &'static str)>>;
     static DONE: OnceLock<Done> = OnceLock::new();
     let done = DONE.get_or_init(|| Mutex::new(HashSet::new()));
@@ -249,14 +338,15 @@ fn allow_once(dev: &CudaDevice, name: &'static str, smem: usize) -> Result<()> {
     if done.lock().expect("smem opt-in").contains(&key) {
         return Ok(());
     }
-    allow_smem(&func(dev, Module::GemmW4, name)?, smem)?;
+    allow_smem(&func(dev, module, name)?, smem)?;
     done.lock().expect("smem opt-in").insert(key);
     Ok(())
 }
 
 /// The default plan on `dev` for m rows of `w`.
 pub(crate) fn plan(dev: &CudaDevice, w: &W4, m: usize) -> Result<W4Plan> {
-    Ok(plan_with(m, w.n, w.k, sm_count(dev)?, None))
+    let wgmma = wgmma_on(&dev.cuda_stream())?;
+    Ok(plan_with(m, w.n, w.k, sm_count(dev)?, None, wgmma))
 }
 
 /// y [m, n] = x [m, k] · Wᵀ on W4A16 weights in the GEMM's layout (for gate/up pairs, in the
@@ -334,6 +424,13 @@ pub(crate) fn gemm_w4(
     if p.splits > 1 && !(ws_ok && locks_ok) {
         p.splits = 1;
     }
+    require!(
+        K,
+        p.splits <= 1 || p.tile.max_splits() > 1,
+        "tile {} runs unsplit ({} splits asked)",
+        p.tile.name(),
+        p.splits
+    );
     let x = match w.perm {
         Some(perm) => {
             let xp = scratch.xp.ok_or_else(|| {
@@ -348,8 +445,8 @@ pub(crate) fn gemm_w4(
     };
     let (bm, bn, bk, threads, smem) = p.tile.shape();
     let name = p.tile.kernel(w.zneg.is_some());
-    allow_once(dev, name, smem)?;
-    let f = func(dev, Module::GemmW4, name)?;
+    allow_once(dev, p.tile.module(), name, smem)?;
+    let f = func(dev, p.tile.module(), name)?;
     let stream = dev.cuda_stream();
     let ktiles = k.div_ceil(bk);
     let per = ktiles.div_ceil(p.splits);

@@ -40,6 +40,8 @@ pub(crate) enum Module {
     /// Hopper's warpgroup-MMA tiles of the W8A8 GEMM (compute capability 9.0 only)
     GemmQ8Wgmma,
     GemmW4,
+    /// Hopper's warpgroup-MMA tiles of the W4A16 GEMM (compute capability 9.0 only)
+    GemmW4Wgmma,
     Gemv,
     NormRope,
     Quant,
@@ -102,6 +104,7 @@ impl Module {
             Module::GemmQ8 => "gemm_q8",
             Module::GemmQ8Wgmma => "gemm_q8_wgmma",
             Module::GemmW4 => "gemm_w4",
+            Module::GemmW4Wgmma => "gemm_w4_wgmma",
             Module::Gemv => "gemv",
             Module::NormRope => "norm_rope",
             Module::Quant => "quant",
@@ -125,6 +128,7 @@ impl Module {
             Module::GemmQ8 => ptx!("gemm_q8"),
             Module::GemmQ8Wgmma => ptx!("gemm_q8_wgmma"),
             Module::GemmW4 => ptx!("gemm_w4"),
+            Module::GemmW4Wgmma => ptx!("gemm_w4_wgmma"),
             Module::Gemv => ptx!("gemv"),
             Module::NormRope => ptx!("norm_rope"),
             Module::Quant => ptx!("quant"),
@@ -267,7 +271,7 @@ pub(crate) fn func(dev: &CudaDevice, module: Module, name: &'static str) -> Resu
             "{name}: this GPU (sm_{major}{minor}) lacks fp8 tensor-core instructions (sm_89+); FP8 runs dequantized to bf16"
         );
     }
-    if module == Module::GemmQ8Wgmma && !wgmma_supported(&stream)? {
+    if matches!(module, Module::GemmQ8Wgmma | Module::GemmW4Wgmma) && !wgmma_supported(&stream)? {
         let (major, minor) = compute_capability(&stream)?;
         candle_core::bail!(
             "{name}: built for sm_90a (Hopper's warpgroup MMA); this GPU is sm_{major}{minor}"
@@ -297,10 +301,21 @@ pub(crate) fn fp8_supported(stream: &CudaStream) -> Result<bool> {
     Ok(compute_capability(stream)? >= (8, 9))
 }
 
-/// Whether the device of `stream` runs sm_90a code (the warpgroup MMA of `Module::GemmQ8Wgmma`):
-/// compute capability exactly 9.0 (H100, H200; sm_90a code runs on no later GPU).
+/// Whether the device of `stream` runs sm_90a code (the warpgroup MMA of `Module::GemmQ8Wgmma`
+/// and `Module::GemmW4Wgmma`): compute capability exactly 9.0 (H100, H200; sm_90a code runs on
+/// no later GPU).
 pub(crate) fn wgmma_supported(stream: &CudaStream) -> Result<bool> {
     Ok(compute_capability(stream)? == (9, 0))
+}
+
+/// Whether the warpgroup-MMA tiles (W8A8 and W4A16) are used on the device of `stream`: where
+/// it runs them, unless `EXAONE_COMPRESS_WGMMA=0` (read once per process; for A/B timing of the
+/// same binary).
+pub(crate) fn wgmma_on(stream: &CudaStream) -> Result<bool> {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    let off =
+        *OFF.get_or_init(|| std::env::var("EXAONE_COMPRESS_WGMMA").is_ok_and(|v| v.trim() == "0"));
+    Ok(!off && wgmma_supported(stream)?)
 }
 
 /// A device attribute of `dev` (negative values read as 0).

@@ -215,11 +215,11 @@ mod sweep {
     use crate::runtime::launch::gemm::gemm_bf16;
     use crate::runtime::launch::gemm_lt::Fp8Lt;
     use crate::runtime::launch::gemm_q8::{
-        gemm_fp8_lt, gemm_int8_cublas, gemm_q8, pick_tile, quant_rows_fp8, tiles_on, wgmma_on,
-        Q8Gemm, Q8Kind, Q8Tile,
+        gemm_fp8_lt, gemm_int8_cublas, gemm_q8, pick_tile, quant_rows_fp8, tiles_on, Q8Gemm,
+        Q8Kind, Q8Tile,
     };
     use crate::runtime::launch::quant::quant_rows_int8;
-    use crate::runtime::launch::{cuda_err, fp8_supported, sm_count, Dev};
+    use crate::runtime::launch::{cuda_err, fp8_supported, sm_count, wgmma_on, Dev};
     use crate::Result;
 
     /// Bytes of weights the launches of one timing cycle through (beyond any L2 cache).

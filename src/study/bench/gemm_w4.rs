@@ -93,9 +93,9 @@ mod cuda {
     use crate::runtime::int4::{sm_count_of, PackedInt4, W4Buffers, W4Route};
     use crate::runtime::launch::cuda_tensor;
     use crate::runtime::launch::gemm::gemm_bf16;
-    use crate::runtime::launch::gemm_w4::{plan_with, W4Plan, W4Tile};
+    use crate::runtime::launch::gemm_w4::{plan_with, tiles_on, W4Plan, W4Tile};
     use crate::runtime::launch::gemv::{gemv_bf16, Dense};
-    use crate::runtime::launch::{cuda_err, Dev};
+    use crate::runtime::launch::{cuda_err, wgmma_on, Dev};
     use crate::runtime::Check;
     use crate::Result;
 
@@ -473,12 +473,23 @@ mod cuda {
     }
 
     /// The tiles worth trying at m rows (all up to 256; the large ones beyond).
-    fn tiles(m: usize) -> Vec<W4Tile> {
-        if m <= 256 {
-            W4Tile::ALL.to_vec()
-        } else {
-            vec![W4Tile::M64, W4Tile::L128]
-        }
+    /// The tiles timed at m rows: every one this GPU runs up to 256 rows, beyond only the large
+    /// ones.
+    fn tiles(on: &[W4Tile], m: usize) -> Vec<W4Tile> {
+        let large = |t: &W4Tile| {
+            matches!(
+                t,
+                W4Tile::M64
+                    | W4Tile::L128
+                    | W4Tile::Wg128x64
+                    | W4Tile::Wg128x128
+                    | W4Tile::Wg256x128
+            )
+        };
+        on.iter()
+            .copied()
+            .filter(|t| m <= 256 || large(t))
+            .collect()
     }
 
     pub(super) fn sweep(
@@ -490,6 +501,7 @@ mod cuda {
     ) -> Result<Vec<W4Point>> {
         let stream = dev.cuda_stream();
         let sms = sm_count_of(&stream)?;
+        let (on, wgmma) = (tiles_on(dev)?, wgmma_on(&stream)?);
         let sym128 = Kind {
             group: 128,
             asym: false,
@@ -525,11 +537,13 @@ mod cuda {
                 }
                 // EXAONE_W4_TUNE=1: every tile at 1, 2, 4, 8 and 16 splits too (for the plan)
                 let tune = std::env::var_os("EXAONE_W4_TUNE").is_some();
-                for t in tiles(m) {
-                    let p = plan_with(m, n, k, sms, Some(t));
+                for t in tiles(&on, m) {
+                    let p = plan_with(m, n, k, sms, Some(t), wgmma);
                     ks.push(Kernel::W4(Some(W4Route::Gemm(Some(p)))));
                     let extra: &[usize] = if tune { &[1, 2, 4, 8, 16] } else { &[1] };
-                    for &splits in extra.iter().filter(|&&s| s != p.splits) {
+                    let splits_ok =
+                        |s: &&usize| **s != p.splits && (**s == 1 || t.max_splits() > 1);
+                    for &splits in extra.iter().filter(splits_ok) {
                         let q = W4Plan { tile: t, splits };
                         ks.push(Kernel::W4(Some(W4Route::Gemm(Some(q)))));
                     }
@@ -579,8 +593,8 @@ mod cuda {
             for m in [1, 3, 17, 100, 300] {
                 let c = w.rows(dev, m, 2000 + m as u64)?;
                 let mut ks = vec![Kernel::W4(None)];
-                for t in W4Tile::ALL {
-                    let p = plan_with(m, n, k, sms, Some(t));
+                for &t in &on {
+                    let p = plan_with(m, n, k, sms, Some(t), wgmma);
                     ks.push(Kernel::W4(Some(W4Route::Gemm(Some(p)))));
                     let one = W4Plan { tile: t, splits: 1 };
                     ks.push(Kernel::W4(Some(W4Route::Gemm(Some(one)))));

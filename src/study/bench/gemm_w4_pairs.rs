@@ -28,9 +28,9 @@ mod cuda {
 
     use super::W4Point;
     use crate::runtime::int4::{sm_count_of, PackedInt4, W4Buffers, W4Route};
-    use crate::runtime::launch::gemm_w4::{plan_with, workspace, W4Plan, W4Tile};
+    use crate::runtime::launch::gemm_w4::{plan_with, tiles_on, workspace, W4Plan};
     use crate::runtime::launch::norm_rope::silu_mul_rows;
-    use crate::runtime::launch::{cuda_err, Dev};
+    use crate::runtime::launch::{cuda_err, wgmma_on, Dev};
     use crate::Result;
 
     fn lcg(state: &mut u64) -> u32 {
@@ -44,6 +44,7 @@ mod cuda {
         let stream = dev.cuda_stream();
         let blas = dev.cublas_handle();
         let sms = sm_count_of(&stream)?;
+        let (on, wgmma) = (tiles_on(dev)?, wgmma_on(&stream)?);
         let mut out = vec![];
         // (pairs, k, group, asymmetric): the 1.2B's gate/up; a small one with K off the tiles
         let cases: [(usize, usize, usize, bool); 2] =
@@ -68,8 +69,8 @@ mod cuda {
                     .map(|_| bf16::from_f32((lcg(&mut st) % 2001) as f32 / 1000.0 - 1.0))
                     .collect();
                 let x = stream.clone_htod(&x).map_err(cuda_err)?;
-                for tile in W4Tile::ALL {
-                    let planned = plan_with(m, n, k, sms, Some(tile));
+                for &tile in &on {
+                    let planned = plan_with(m, n, k, sms, Some(tile), wgmma);
                     let one = W4Plan { tile, splits: 1 };
                     for p in [planned, one] {
                         let ws_len = workspace(p, m, n).0.max(1);
