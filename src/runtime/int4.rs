@@ -48,6 +48,14 @@ pub(crate) const GEMV_MAX_WEIGHTS: usize = 7 << 20;
 /// to dequantize + cuBLAS (13.4, 11.1, 29.6, 18.0).
 pub(crate) const GEMM_MAX_ROWS: usize = 64;
 
+/// With the warpgroup-MMA tiles (Hopper), products of at least [`WIDE_OUTS`] outputs (the
+/// stacked gate/up) stay on the GEMM up to this many rows: at 256 rows its 128 × 128 tile takes
+/// gate/up in 24.7 µs against dequantize + cuBLAS's 29.6, while q/k/v, o and down lose there
+/// (18.9, 14.4, 21.7 µs against 13.5, 11.2, 18.7; H200, `kernels/gemm_w4_wgmma.cu`'s status).
+/// From 2,048 rows dequantize + cuBLAS wins every shape (gate/up 109 µs against 162).
+pub(crate) const WIDE_MAX_ROWS: usize = 512;
+pub(crate) const WIDE_OUTS: usize = 8192;
+
 /// The checkpoint's packing as the GEMVs read it: [n, k/8] words, scales and zero points
 /// [n, k/group] in bf16.
 #[derive(Debug)]
@@ -70,8 +78,8 @@ pub struct PackedInt4 {
     /// two ≥ 32)
     gemv: Option<Box<GemvPacking>>,
     tc: Box<W4Weights>,
-    /// the GEMM's warpgroup-MMA tiles run on this device ([`wgmma_on`] at load): then the GEMM
-    /// takes every row count beyond the GEMV's, dequantize + cuBLAS none
+    /// the GEMM's warpgroup-MMA tiles run on this device ([`wgmma_on`] at load): then the
+    /// wide products stay on the GEMM to [`WIDE_MAX_ROWS`] rows
     wgmma: bool,
 }
 
@@ -318,13 +326,16 @@ impl PackedInt4 {
     }
 
     /// The default route for `m` rows: the GEMM, except the GEMV up to [`GEMV_MAX_ROWS`] on
-    /// small weights and, without the warpgroup-MMA tiles, dequantize + cuBLAS beyond
-    /// [`GEMM_MAX_ROWS`] rows, where the GEMVs' packing exists.
+    /// small weights and dequantize + cuBLAS beyond [`GEMM_MAX_ROWS`] rows, where the GEMVs'
+    /// packing exists — with the warpgroup-MMA tiles, beyond [`WIDE_MAX_ROWS`] on products of
+    /// [`WIDE_OUTS`] outputs or more.
     pub fn route(&self, m: usize) -> W4Route {
+        let wide = self.wgmma && self.n >= WIDE_OUTS;
+        let gemm_max = if wide { WIDE_MAX_ROWS } else { GEMM_MAX_ROWS };
         match m {
             _ if self.gemv.is_none() => W4Route::Gemm(None),
             m if m <= GEMV_MAX_ROWS && self.n * self.k <= GEMV_MAX_WEIGHTS => W4Route::Gemv,
-            m if m > GEMM_MAX_ROWS && !self.wgmma => W4Route::Dequant,
+            m if m > gemm_max => W4Route::Dequant,
             _ => W4Route::Gemm(None),
         }
     }
@@ -428,12 +439,12 @@ impl PackedInt4 {
     /// multiprocessors.
     pub(crate) fn needs_up_to(&self, sms: usize, rows: usize) -> W4Needs {
         let mut need = W4Needs::default();
-        // split-K partials are needed up to GEMM_MAX_ROWS rows (beyond: dequantize + cuBLAS), or
-        // with the warpgroup-MMA tiles wherever their plan splits
-        let top = if self.wgmma {
+        // split-K partials are needed up to the last row count the GEMM takes (beyond:
+        // dequantize + cuBLAS, or act-order weights, which stay on the GEMM, at every count)
+        let top = if self.gemv.is_none() {
             rows
         } else {
-            rows.min(GEMM_MAX_ROWS + 1)
+            rows.min(WIDE_MAX_ROWS.max(GEMM_MAX_ROWS) + 1)
         };
         for m in 1..=top {
             let x = self.needs(self.route(m), m, sms);

@@ -17,11 +17,26 @@
 // warpgroup its 64 outputs across all BN rows, as BN/128 accumulators of m64n128 (or one of
 // m64n64 for BN = 64) in registers. K walks in 64-wide K-tiles (128 bytes of bf16: one row of
 // wgmma's 128-byte swizzle per token) through a STAGES-deep cp.async ring holding each tile's
-// activations (swizzled, as gemm_q8_wgmma.cu lays out its operands), weight words and scales.
-// Each K-tile: the warps dequantize its four k16 steps into registers, issue their MMAs
-// asynchronously, and wait only for the previous K-tile's before that tile's slot is refilled,
-// so one K-tile's dequantization overlaps the previous one's MMAs. The A registers of a K-tile
-// must stay untouched until its MMAs complete, so two sets alternate.
+// activations (swizzled, as gemm_q8_wgmma.cu lays out its operands), weight words and scales,
+// STAGES − 2 K-tiles ahead. Each K-tile: one barrier (after which the slot of the K-tile before
+// the previous one is free and refilled), the warps dequantize its four k16 steps into
+// registers, issue their MMAs asynchronously and wait only for the previous K-tile's, so one
+// K-tile's dequantization overlaps the previous one's MMAs. The A registers of a K-tile must
+// stay untouched until its MMAs complete, so two sets alternate.
+//
+// Status (H200, `bench_runtime --gemm-sweep --w4-only`, 57d1f65 and the PTX variants of
+// `scripts/gpu/ptx_variants.sh` in the next call): every check passes (1,603 of 1,603 with these
+// tiles). At 2,048 rows and more the 256 × 128 tile is 1.6–1.9× faster than gemm_w4.cu's best
+// (gate/up at 16,384 rows: 1,266 µs against l128's 2,345) but reaches only ~45% of the tensor
+// cores' peak, 0.55× cuBLAS's bf16 GEMM (707 µs), where dequantize + cuBLAS takes 722. Ablations
+// of that case: without the in-loop copies 868 µs, without the MMAs 806 — the cp.async copies
+// by the MMA warps (the activations re-read from L2 by every output tile) hold the time, not
+// the MMAs; one barrier per K-tile instead of two took it to 1,139 (kept), a third stage less
+// moved nothing. So the routing (`launch::gemm_w4::plan_with`, `int4::PackedInt4::route`) uses
+// these tiles only where they win: 17–64 rows on the wide products (q/k/v 10.1 µs against the
+// 16-row tile's 11.7 at 64 rows; gate/up 14.4 against 17.6) and gate/up up to 512 rows (24.7
+// against dequantize + cuBLAS's 29.6 at 256). The next step is TMA loads (one instruction per
+// operand tile, multicast across a cluster) in a warp-specialized pipeline.
 //
 //   gemm_w4_<tile>, gemm_w4_<tile>_z: gemm_w4.cu's arguments (W4_ARGS)
 //
@@ -69,6 +84,7 @@ template <int WG, int BN_, int STAGES_> struct Cfg {
     static constexpr bool SPLIT = BM * (BN / 4) / THREADS <= 16;
     static constexpr int STAGE = (X_BYTES + Q_BYTES + 2 * S_BYTES + 1023) / 1024 * 1024;
     static_assert(BM % 64 == 0 && BM <= 256, "n64 or whole n128 accumulators");
+    static_assert(STAGES >= 3, "a K-tile in use, one being multiplied, one or more landing");
     static_assert((BM * 8) % THREADS == 0 && (KS * (BN / 32) * 16) % THREADS == 0, "whole copies");
     static_assert(KS * BN / 8 <= THREADS, "one scale copy per thread at most");
 };
@@ -159,11 +175,11 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
     const Loader<C, HAS_Z> ld(X, Q, S, Z, M, K, Np, G, srows, m0, n0);
     const uint32_t sbase = smem_u32(smem);
 #pragma unroll 1
-    for (int s = 0; s < C::STAGES - 1; s++)
+    for (int s = 0; s < C::STAGES - 2; s++)
         if (s < nt) ld.load_w(sbase + s * C::STAGE, t0 + s);
     grid_dep_sync();
 #pragma unroll 1
-    for (int s = 0; s < C::STAGES - 1; s++) {
+    for (int s = 0; s < C::STAGES - 2; s++) {
         if (s < nt) ld.load_x(sbase + s * C::STAGE, t0 + s);
         cp_commit();
     }
@@ -171,12 +187,22 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
     // this warp's rows of the A operand: outputs wg·64 + 16·warp … of the tile, word h of
     // block blk; this thread's two outputs (rows lane/4 and lane/4 + 8 of those 16)
     const int blk = wg * 2 + warp / 2, h = warp & 1, fl = wg * 64 + warp * 16 + (lane >> 2);
-    // one K-tile: dequantize its A fragments into `a`, issue its MMAs, wait for the previous
-    // K-tile's, refill that one's slot
+    // one K-tile: refill the slot of the K-tile before the previous one, dequantize this one's
+    // A fragments into `a`, issue its MMAs, wait for the previous K-tile's
     auto step = [&](int t, uint32_t(&a)[C::KS][4]) {
-        cp_wait<C::STAGES - 2>();  // K-tile t has landed (this thread's copies)…
+        cp_wait<C::STAGES - 3>();  // K-tile t has landed (this thread's copies)…
         wg::fence_async_smem();    // …visible to the tensor cores' (async) reads…
-        __syncthreads();           // …everyone's
+        __syncthreads();           // …everyone's; and every warpgroup is past K-tile t − 1's wait,
+                                   // so K-tile t − 2's MMAs are done: its slot takes t + STAGES − 2
+        {
+            const int nx = t + C::STAGES - 2;
+            if (nx < nt) {
+                const uint32_t base = sbase + (nx % C::STAGES) * C::STAGE;
+                ld.load_x(base, t0 + nx);
+                ld.load_w(base, t0 + nx);
+            }
+            cp_commit();
+        }
         const uint8_t *st = smem + (t % C::STAGES) * C::STAGE;
         const uint32_t *sq = (const uint32_t *)(st + C::X_BYTES);
         const uint16_t *ss = (const uint16_t *)(st + C::X_BYTES + C::Q_BYTES);
@@ -210,17 +236,9 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
             for (int j = 0; j < C::NB; j++)
                 Mma<C::MMA_N>::run(acc[j], a[ks], wg::desc(sx + j * 128 * 128 + ks * 32));
         wg::commit();
-        wg::wait<1>();  // K-tile t − 1's MMAs are done in this warpgroup…
+        wg::wait<1>();  // K-tile t − 1's MMAs are done in this warpgroup
 #pragma unroll
         for (int j = 0; j < C::NB; j++) wg::pin(acc[j]);
-        __syncthreads();  // …and in every one: its slot takes K-tile t + STAGES − 1
-        const int nx = t + C::STAGES - 1;
-        if (nx < nt) {
-            const uint32_t base = sbase + (nx % C::STAGES) * C::STAGE;
-            ld.load_x(base, t0 + nx);
-            ld.load_w(base, t0 + nx);
-        }
-        cp_commit();
     };
     uint32_t a0[C::KS][4], a1[C::KS][4];
     for (int t = 0; t < nt; t += 2) {
@@ -283,10 +301,11 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
 // The tiles (rows × outputs of y; keep in step with W4Tile's `wg…` tiles in
 // src/runtime/launch/gemm_w4.rs, which sizes the grid and the dynamic shared memory, + 1024
 // bytes of alignment slack):
-//   wg64x64:   one warpgroup, 64 rows,  4 stages of 11 KiB (17–64 rows)
-//   wg128x64:  one warpgroup, 128 rows, 4 stages of 19 KiB
-//   wg128x128: two warpgroups, 128 rows, 4 stages of 21 KiB
-//   wg256x128: two warpgroups, 256 rows, 4 stages of 39 KiB (one CTA per SM)
+//   wg64x64:   one warpgroup, 64 rows,  4 stages of 11 KiB (17–64 rows, wide products)
+//   wg128x64:  one warpgroup, 128 rows, 4 stages of 19 KiB (timed, not picked)
+//   wg128x128: two warpgroups, 128 rows, 4 stages of 21 KiB (gate/up, 65–512 rows)
+//   wg256x128: two warpgroups, 256 rows, 4 stages of 39 KiB (one CTA per SM; forced routes from
+//              1024 rows: act-order weights, which have no dequantize + cuBLAS route)
 #define W4_ARGS                                                                                          \
     const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, bf16 *Y, float *ws, unsigned *locks, \
         int M, int N, int K, int Np, int G, int tiles_per_split, int pairs

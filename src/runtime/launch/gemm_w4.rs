@@ -95,6 +95,10 @@ impl W4Weights {
     }
 }
 
+/// Outputs from which a product of 17–64 rows takes the 64 × 64 warpgroup-MMA tile (see
+/// [`plan_with`]).
+pub const WGMMA_MIN_OUTS: usize = 3072;
+
 /// A block tile of the kernel (rows × outputs; see the kernel file's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum W4Tile {
@@ -254,9 +258,13 @@ pub struct W4Plan {
 
 /// The plan for [m, k] × [n, k]ᵀ on `sms` multiprocessors with tile `tile` (None: by rows;
 /// `wgmma`: the GPU runs the warpgroup-MMA tiles and they are on, [`wgmma_on`]).
-/// With `wgmma`, from 17 rows: the warpgroup-MMA tiles, 64 rows up to 64, 128 × 64 beyond, the
-/// two-warpgroup tiles where they still make a block per multiprocessor.
-/// Else (chosen from H200 sweeps, `bench::gemm_w4`): 16 rows up to 64, beyond 128 where that
+/// With `wgmma` (H200 sweep, `kernels/gemm_w4_wgmma.cu`'s status): 17–64 rows on products of
+/// at least [`WGMMA_MIN_OUTS`] outputs the 64 × 64 warpgroup-MMA tile (q/k/v at 64 rows 10.1 µs
+/// against the 16-row tile's 11.7, gate/up 14.4 against 17.6; o and down stay on the 16-row
+/// tile: 8.3 and 12.1 against 10.1 and 12.6), from 65 rows 128 × 128 (gate/up at 256 rows 24.7
+/// against 64 × 64's 29.5), from 1024 rows 256 × 128 (1.6–1.9× the mma.sync tiles); beyond
+/// 64 rows `int4::PackedInt4::route` sends every product but the wide ones to dequantize +
+/// cuBLAS, which is faster there. Else (chosen from H200 sweeps, `bench::gemm_w4`): 16 rows up to 64, beyond 128 where that
 /// still makes a block per multiprocessor, else 64. At 64 rows, with each plan's splits, the
 /// 16-row tile takes the 1.2B's four products in 49.3 µs, the 32-row tile in 51.0 (H200,
 /// 2026-12-02). K is split until there are
@@ -285,11 +293,10 @@ pub fn plan_with(
         m.div_ceil(bm) * n.div_ceil(bn)
     };
     let tile = tile.unwrap_or(match m {
-        17.. if wgmma => match m {
-            ..=64 => W4Tile::Wg64x64,
-            _ if tiles_of(W4Tile::Wg256x128) >= sms => W4Tile::Wg256x128,
-            _ if tiles_of(W4Tile::Wg128x128) >= sms => W4Tile::Wg128x128,
-            _ => W4Tile::Wg128x64,
+        17..=64 if wgmma && n >= WGMMA_MIN_OUTS => W4Tile::Wg64x64,
+        65.. if wgmma => match m {
+            ..=1023 => W4Tile::Wg128x128,
+            _ => W4Tile::Wg256x128,
         },
         0..=64 => W4Tile::S16,
         _ if tiles_of(W4Tile::L128) >= sms => W4Tile::L128,
@@ -297,7 +304,12 @@ pub fn plan_with(
     });
     let (_, _, bk, _, _) = tile.shape();
     let ktiles = k.div_ceil(bk);
-    let per_sm = if m == 1 { 1 } else { 2 };
+    // the large warpgroup-MMA tiles fill a multiprocessor alone (64 × 64: measured at two)
+    let per_sm = if m == 1 || (tile.wgmma() && tile != W4Tile::Wg64x64) {
+        1
+    } else {
+        2
+    };
     let want = (per_sm * sms / tiles_of(tile).max(1))
         .min(tile.max_splits())
         .min(ktiles / 2)
