@@ -46,15 +46,15 @@ pub(crate) const GEMV_MAX_WEIGHTS: usize = 7 << 20;
 /// 23.8 and 15.9 (before, weights of at most 8 M values left the GEMM at 32 rows); at 256 rows
 /// the best tile and split of each shape (q/k/v 22.8, o 16.9, gate/up 38.8, down 27.4 µs) loses
 /// to dequantize + cuBLAS (13.4, 11.1, 29.6, 18.0).
+///
+/// With the warpgroup-MMA tiles (Hopper) too: timed alone, at 256 rows the 128 × 128 tile took
+/// the stacked gate/up in 24.7 µs against dequantize + cuBLAS's 29.6 (q/k/v, o and down lost:
+/// 18.9, 14.4, 21.7 against 13.5, 11.2, 18.7), but with gate/up routed to it up to 512 rows (and
+/// the 17–64-row tiles on) the serving engine's W4A16 throughput at 256 sequences was 3% lower
+/// than with neither, at 64 sequences 3% higher (H200, one call, two rounds each way: 32,204 and
+/// 32,551 tokens/s against 33,340 and 33,411 with `EXAONE_COMPRESS_WGMMA=0`; 20,196 and 20,024
+/// against 19,445 and 19,469). So only the 17–64-row tiles are used.
 pub(crate) const GEMM_MAX_ROWS: usize = 64;
-
-/// With the warpgroup-MMA tiles (Hopper), products of at least [`WIDE_OUTS`] outputs (the
-/// stacked gate/up) stay on the GEMM up to this many rows: at 256 rows its 128 × 128 tile takes
-/// gate/up in 24.7 µs against dequantize + cuBLAS's 29.6, while q/k/v, o and down lose there
-/// (18.9, 14.4, 21.7 µs against 13.5, 11.2, 18.7; H200, `kernels/gemm_w4_wgmma.cu`'s status).
-/// From 2,048 rows dequantize + cuBLAS wins every shape (gate/up 109 µs against 162).
-pub(crate) const WIDE_MAX_ROWS: usize = 512;
-pub(crate) const WIDE_OUTS: usize = 8192;
 
 /// The checkpoint's packing as the GEMVs read it: [n, k/8] words, scales and zero points
 /// [n, k/group] in bf16.
@@ -78,8 +78,8 @@ pub struct PackedInt4 {
     /// two ≥ 32)
     gemv: Option<Box<GemvPacking>>,
     tc: Box<W4Weights>,
-    /// the GEMM's warpgroup-MMA tiles run on this device ([`wgmma_on`] at load): then the
-    /// wide products stay on the GEMM to [`WIDE_MAX_ROWS`] rows
+    /// the GEMM's warpgroup-MMA tiles run on this device ([`wgmma_on`] at load; they change the
+    /// GEMM's plan, not the route)
     wgmma: bool,
 }
 
@@ -327,15 +327,12 @@ impl PackedInt4 {
 
     /// The default route for `m` rows: the GEMM, except the GEMV up to [`GEMV_MAX_ROWS`] on
     /// small weights and dequantize + cuBLAS beyond [`GEMM_MAX_ROWS`] rows, where the GEMVs'
-    /// packing exists — with the warpgroup-MMA tiles, beyond [`WIDE_MAX_ROWS`] on products of
-    /// [`WIDE_OUTS`] outputs or more.
+    /// packing exists.
     pub fn route(&self, m: usize) -> W4Route {
-        let wide = self.wgmma && self.n >= WIDE_OUTS;
-        let gemm_max = if wide { WIDE_MAX_ROWS } else { GEMM_MAX_ROWS };
         match m {
             _ if self.gemv.is_none() => W4Route::Gemm(None),
             m if m <= GEMV_MAX_ROWS && self.n * self.k <= GEMV_MAX_WEIGHTS => W4Route::Gemv,
-            m if m > gemm_max => W4Route::Dequant,
+            m if m > GEMM_MAX_ROWS => W4Route::Dequant,
             _ => W4Route::Gemm(None),
         }
     }
@@ -444,7 +441,7 @@ impl PackedInt4 {
         let top = if self.gemv.is_none() {
             rows
         } else {
-            rows.min(WIDE_MAX_ROWS.max(GEMM_MAX_ROWS) + 1)
+            rows.min(GEMM_MAX_ROWS + 1)
         };
         for m in 1..=top {
             let x = self.needs(self.route(m), m, sms);

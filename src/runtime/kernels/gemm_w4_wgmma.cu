@@ -34,9 +34,12 @@
 // the MMAs; one barrier per K-tile instead of two took it to 1,139 (kept), a third stage less
 // moved nothing. So the routing (`launch::gemm_w4::plan_with`, `int4::PackedInt4::route`) uses
 // these tiles only where they win: 17–64 rows on the wide products (q/k/v 10.1 µs against the
-// 16-row tile's 11.7 at 64 rows; gate/up 14.4 against 17.6) and gate/up up to 512 rows (24.7
-// against dequantize + cuBLAS's 29.6 at 256). The next step is TMA loads (one instruction per
-// operand tile, multicast across a cluster) in a warp-specialized pipeline.
+// 16-row tile's 11.7 at 64 rows; gate/up 14.4 against 17.6; the serving engine's W4A16
+// throughput at 64 sequences +3%), and for act-order weights beyond (no dequantize + cuBLAS
+// route). Gate/up at 256 rows, 24.7 µs against dequantize + cuBLAS's 29.6 timed alone, cost the
+// serving engine 3% at 256 sequences and is not routed (`int4::GEMM_MAX_ROWS`). The next step
+// is TMA loads (one instruction per operand tile, multicast across a cluster) in a
+// warp-specialized pipeline.
 //
 //   gemm_w4_<tile>, gemm_w4_<tile>_z: gemm_w4.cu's arguments (W4_ARGS)
 //
@@ -303,7 +306,7 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
 // bytes of alignment slack):
 //   wg64x64:   one warpgroup, 64 rows,  4 stages of 11 KiB (17–64 rows, wide products)
 //   wg128x64:  one warpgroup, 128 rows, 4 stages of 19 KiB (timed, not picked)
-//   wg128x128: two warpgroups, 128 rows, 4 stages of 21 KiB (gate/up, 65–512 rows)
+//   wg128x128: two warpgroups, 128 rows, 4 stages of 21 KiB (act-order weights, 65–1023 rows)
 //   wg256x128: two warpgroups, 256 rows, 4 stages of 39 KiB (one CTA per SM; forced routes from
 //              1024 rows: act-order weights, which have no dequantize + cuBLAS route)
 #define W4_ARGS                                                                                          \
