@@ -22,13 +22,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
-    unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
-    int n = pred ? 16 : 0;  // 0: zero-fill
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+// common.cuh's cp16 from a generic pointer into shared memory
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) { cp16(smem_u32(smem), gmem, pred); }
 
 __device__ __forceinline__ void ldsm4(uint32_t *r, const void *p) {
     unsigned sa = (unsigned)__cvta_generic_to_shared(p);

@@ -53,6 +53,23 @@ __device__ __forceinline__ void grid_dep_sync() {
     grid_dep_launch();
 }
 
+// Shared memory's 32-bit address of a generic pointer into it (cp.async's, ldmatrix's and the
+// wgmma descriptors' operand).
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte global → shared copy that bypasses L1, asynchronous; with pred false it writes 16
+// zero bytes and reads nothing (src-size 0: src may then be any valid address), which pads rows
+// and columns past a tensor's edge with zeros.
+__device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool pred) {
+    int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -31,19 +31,6 @@
 
 namespace q8 {
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// 16 bytes global → shared, asynchronously; with !valid the destination is zero-filled and the
-// source (then any valid address) is not read.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
-    int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 // volatile: must not move across the __syncthreads that publish a stage
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -109,7 +96,7 @@ __device__ __forceinline__ void load_stage(uint8_t *sa, const uint8_t *__restric
         if ((BM * CPR) % THREADS == 0 || id < BM * CPR) {
             int r = id / CPR, c = id % CPR, gk = k0 + c * 16;
             bool ok = m0 + r < M && gk < K;
-            cp_async16(smem_addr(sa + r * BK + swz<CPR>(r, c) * 16), ok ? A + (size_t)(m0 + r) * K + gk : A, ok);
+            cp16(smem_u32(sa + r * BK + swz<CPR>(r, c) * 16), ok ? A + (size_t)(m0 + r) * K + gk : A, ok);
         }
     }
 #pragma unroll
@@ -120,7 +107,7 @@ __device__ __forceinline__ void load_stage(uint8_t *sa, const uint8_t *__restric
             bool ok;
             int g = brow<BN, GATED>(nt, r, N, ok);
             ok = ok && gk < K;
-            cp_async16(smem_addr(sb + r * BK + swz<CPR>(r, c) * 16), ok ? B + (size_t)g * K + gk : B, ok);
+            cp16(smem_u32(sb + r * BK + swz<CPR>(r, c) * 16), ok ? B + (size_t)g * K + gk : B, ok);
         }
     }
 }
@@ -215,13 +202,13 @@ __device__ __forceinline__ void gemm_q8(const uint8_t *__restrict__ A, const uin
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < KT) load(s, s);
-        cp_async_commit();
+        cp_commit();
     }
     for (int kt = 0; kt < KT; kt++) {
-        cp_async_wait<STAGES - 2>(); // K-tile kt has landed (this thread's chunks)…
+        cp_wait<STAGES - 2>(); // K-tile kt has landed (this thread's chunks)…
         __syncthreads();             // …everyone's, and slot (kt − 1) % STAGES is free again
         if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
-        cp_async_commit();
+        cp_commit();
         const uint8_t *sa = smem + (kt % STAGES) * STAGE_BYTES, *sb = sa + BM * BK;
 #pragma unroll
         for (int ks = wk; ks < KSTEPS; ks += WK) {
@@ -230,14 +217,14 @@ __device__ __forceinline__ void gemm_q8(const uint8_t *__restrict__ A, const uin
             for (int i = 0; i < MI; i++) {
                 // lanes 0-15: rows 0-15, bytes 0-15; lanes 16-31: the same rows, bytes 16-31
                 int r = wm * TM + i * 16 + (lane & 15), c = ks * 2 + (lane >> 4);
-                ldmatrix_x4(smem_addr(sa + r * BK + swz<CPR>(r, c) * 16), a[i][0], a[i][1], a[i][2], a[i][3]);
+                ldmatrix_x4(smem_u32(sa + r * BK + swz<CPR>(r, c) * 16), a[i][0], a[i][1], a[i][2], a[i][3]);
             }
 #pragma unroll
             for (int p = 0; p < NI / 2; p++) {
                 // two n8 fragments: lanes 0-7 / 8-15 rows 0-7 bytes 0-15 / 16-31, lanes 16-31
                 // the same for rows 8-15
                 int r = wn * TN + p * 16 + (lane & 7) + ((lane >> 4) << 3), c = ks * 2 + ((lane >> 3) & 1);
-                ldmatrix_x4(smem_addr(sb + r * BK + swz<CPR>(r, c) * 16), b[2 * p][0], b[2 * p][1], b[2 * p + 1][0],
+                ldmatrix_x4(smem_u32(sb + r * BK + swz<CPR>(r, c) * 16), b[2 * p][0], b[2 * p][1], b[2 * p + 1][0],
                             b[2 * p + 1][1]);
             }
 #pragma unroll
@@ -249,7 +236,7 @@ __device__ __forceinline__ void gemm_q8(const uint8_t *__restrict__ A, const uin
 
     if (WK > 1) {
         // split-K: warps wk > 0 leave their partial sums in the (now idle) ring, wk == 0 adds
-        cp_async_wait<0>();
+        cp_wait<0>();
         __syncthreads();
         acc_t *red = (acc_t *)smem;
         if (wk > 0) {

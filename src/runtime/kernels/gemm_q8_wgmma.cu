@@ -35,9 +35,6 @@
 
 namespace q8w {
 
-using q8::cp_async_commit;
-using q8::cp_async_wait;
-using q8::smem_addr;
 using wg::desc;
 using wg::fence_async_smem;
 using wg::pin;
@@ -74,7 +71,7 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
     extern __shared__ __align__(128) uint8_t smem_raw[];
     // the swizzle repeats every 1024 bytes from a 1024-aligned address (the launcher adds the
     // slack to the dynamic shared memory)
-    uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+    uint8_t *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
 
     const int tid = threadIdx.x, wg = tid / 128, lane = tid & 31, warp = (tid % 128) / 32;
     const int m0 = blockIdx.y * BM, nt = blockIdx.x;
@@ -89,14 +86,14 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < KT) q8::load_stage<BM, BN, BK, THREADS, GATED>(smem + s * STAGE_BYTES, A, B, m0, nt, M, N, K, s * BK, tid);
-        cp_async_commit();
+        cp_commit();
     }
     for (int kt = 0; kt < KT; kt++) {
-        cp_async_wait<STAGES - 2>(); // K-tile kt has landed (this thread's chunks)…
+        cp_wait<STAGES - 2>(); // K-tile kt has landed (this thread's chunks)…
         fence_async_smem();          // …visible to the tensor cores' (async) reads…
         __syncthreads();             // …everyone's
-        const uint32_t sa = smem_addr(smem + (kt % STAGES) * STAGE_BYTES) + wg * 64 * BK;
-        const uint32_t sb = smem_addr(smem + (kt % STAGES) * STAGE_BYTES) + BM * BK;
+        const uint32_t sa = smem_u32(smem + (kt % STAGES) * STAGE_BYTES) + wg * 64 * BK;
+        const uint32_t sb = smem_u32(smem + (kt % STAGES) * STAGE_BYTES) + BM * BK;
 #pragma unroll
         for (int j = 0; j < NB; j++) pin(acc[j]);
         wg::arrive();
@@ -112,7 +109,7 @@ __device__ __forceinline__ void gemm(const uint8_t *__restrict__ A, const uint8_
         if (kt + STAGES - 1 < KT)
             q8::load_stage<BM, BN, BK, THREADS, GATED>(smem + ((kt + STAGES - 1) % STAGES) * STAGE_BYTES, A, B, m0, nt,
                                                        M, N, K, (kt + STAGES - 1) * BK, tid);
-        cp_async_commit();
+        cp_commit();
     }
     wg::wait<0>();
 #pragma unroll

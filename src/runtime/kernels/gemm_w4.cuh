@@ -8,21 +8,6 @@
 namespace w4 {
 
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global → shared copy that bypasses L1; with pred false it writes 16 zero bytes and
-// reads nothing (src-size 0), which pads rows past M and columns past K with zeros.
-__device__ __forceinline__ void cp16(uint32_t dst, const void *src, bool pred) {
-    int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 // (a & b) | c in one instruction: 0xf0, 0xcc, 0xaa are a, b, c's truth tables.
 __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
     uint32_t d;
@@ -58,6 +43,87 @@ __device__ __forceinline__ bf16 gated(float g, float u) {
 }
 
 __device__ __forceinline__ uint32_t dup(uint16_t h) { return (uint32_t)h | ((uint32_t)h << 16); }
+
+// A thread's share of one stage's copies, the same every K tile (the kernel's Cfg C gives the
+// tile — BM rows of x, BN outputs, BK of K in KS k16 steps, THREADS — and the stage's layout —
+// A_BYTES of activations, then Q_BYTES of weight words, then S_BYTES of scales and as many of
+// zero points — and asserts whole copies per thread): shared offsets, global bases and row/column predicates are computed once per block,
+// so a tile's copies cost a few instructions each. (Computing them per tile in generic loops cost
+// more issue slots than the tile's mma work: the main loop ran ~1 µs per K tile on an H200.)
+template <class C, bool HAS_Z> struct Loader {
+    static constexpr int CPR = C::BK / 8;                     // A: 16-byte chunks per row
+    static constexpr int NA = C::BM * CPR / C::THREADS;       // A chunks per thread
+    static constexpr int QPR = (C::BN / 32) * 16;             // Q: 16-byte chunks per k16 row
+    static constexpr int NQ = C::KS * QPR / C::THREADS;       // Q chunks per thread
+    static constexpr int SPR = C::BN / 8;                     // S: 16-byte chunks per row
+    const bf16 *x, *s, *z;
+    const uint32_t *q;
+    const bf16 *a_src[NA];
+    const uint32_t *q_src[NQ];
+    uint32_t a_dst[NA], q_dst[NQ], s_dst;
+    int a_col[NA], k, g, np, s_row, s_col, s_copies;
+    bool a_row[NA], q_ok[NQ], s_ok;
+    size_t q_step;  // words of Q per K tile
+
+    __device__ __forceinline__ Loader(const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, int M,
+                                      int K, int Np, int G, int srows, int m0, int n0)
+        : x(X), s(S), z(Z), q(Q), k(K), g(G), np(Np) {
+        const int tid = threadIdx.x, nblk = Np / 32;
+#pragma unroll
+        for (int u = 0; u < NA; u++) {
+            // chunk c of row r lands at c ^ (r & 7): the ldmatrix of 8 rows at one chunk column
+            // touches 8 distinct bank groups; with 64-wide K tiles (128-byte rows, from a
+            // 1024-byte aligned stage) this is wgmma's 128-byte swizzle
+            const int i = tid + u * C::THREADS, r = i / CPR, c = i % CPR;
+            a_dst[u] = (r * CPR + (c ^ (r & 7))) * 16;
+            a_row[u] = m0 + r < M;
+            a_col[u] = 8 * c;
+            a_src[u] = X + (size_t)(a_row[u] ? m0 + r : 0) * K + 8 * c;
+        }
+#pragma unroll
+        for (int u = 0; u < NQ; u++) {
+            // KS rows (k16 blocks) of BN/32 blocks of 256 bytes, contiguous per row in global memory
+            const int i = tid + u * C::THREADS, r = i / QPR, c = i % QPR, blk = n0 / 32 + c / 16;
+            q_ok[u] = blk < nblk;
+            q_src[u] = Q + ((size_t)r * nblk + (q_ok[u] ? blk : 0)) * 64 + (c % 16) * 4;
+            q_dst[u] = C::A_BYTES + i * 16;
+        }
+        q_step = (size_t)C::KS * nblk * 64;
+        // S (and Z): one row per k16 step, or a single row when a group spans the whole tile;
+        // at most KS · BN/8 ≤ THREADS chunks, so one per thread
+        s_copies = srows * SPR;
+        s_row = tid / SPR;
+        s_col = n0 + 8 * (tid % SPR);
+        s_ok = s_col < Np;
+        s_dst = C::A_BYTES + C::Q_BYTES + tid * 16;
+    }
+
+    // the activation copies of K tile `kt` into the stage at shared address `base`
+    __device__ __forceinline__ void load_a(uint32_t base, int kt) const {
+        const int k0 = kt * C::BK;
+#pragma unroll
+        for (int u = 0; u < NA; u++) {
+            const bool ok = a_row[u] && k0 + a_col[u] < k;
+            cp16(base + a_dst[u], ok ? a_src[u] + k0 : x, ok);
+        }
+    }
+    // the weight copies (words, scales, zero points) of K tile `kt`: no earlier kernel writes
+    // them, so the first stages' are requested before the wait for the previous kernel
+    __device__ __forceinline__ void load_w(uint32_t base, int kt) const {
+        const int k0 = kt * C::BK;
+#pragma unroll
+        for (int u = 0; u < NQ; u++) cp16(base + q_dst[u], q_ok[u] ? q_src[u] + kt * q_step : q, q_ok[u]);
+        if (threadIdx.x < s_copies) {
+            const size_t off = (size_t)((k0 + 16 * s_row) / g) * np + s_col;
+            cp16(base + s_dst, s_ok ? s + off : s, s_ok);
+            if (HAS_Z) cp16(base + s_dst + C::S_BYTES, s_ok ? z + off : z, s_ok);
+        }
+    }
+    __device__ __forceinline__ void load(uint32_t base, int kt) const {
+        load_a(base, kt);
+        load_w(base, kt);
+    }
+};
 
 // One output tile's split-K partials, as the last split to finish it sees them.
 struct Tile {

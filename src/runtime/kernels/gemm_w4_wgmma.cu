@@ -80,78 +80,17 @@ template <int WG, int BN_, int STAGES_> struct Cfg {
     static constexpr int BM = BN_, BN = 64 * WG;
     static constexpr int BK = 64, KS = BK / 16;
     static constexpr int MMA_N = BM < 128 ? BM : 128, NB = BM / MMA_N, ACC = MMA_N / 2;
-    // one stage: X [BM, 64] bf16 swizzled (1024-aligned), Q (KS × BN/32 blocks of 256 B), S and Z
+    // one stage (w4::Loader's layout): x [BM, 64] bf16 swizzled (1024-aligned), Q (KS × BN/32
+    // blocks of 256 B), S and Z
     // rows; rounded up to keep the next stage's X 1024-aligned
-    static constexpr int X_BYTES = BM * 128, Q_BYTES = KS * (BN / 32) * 256, S_BYTES = KS * BN * 2;
+    static constexpr int A_BYTES = BM * 128, Q_BYTES = KS * (BN / 32) * 256, S_BYTES = KS * BN * 2;
     // whether the launcher may split K (finish_split holds BM · BN/4 / THREADS positions per thread)
     static constexpr bool SPLIT = BM * (BN / 4) / THREADS <= 16;
-    static constexpr int STAGE = (X_BYTES + Q_BYTES + 2 * S_BYTES + 1023) / 1024 * 1024;
+    static constexpr int STAGE = (A_BYTES + Q_BYTES + 2 * S_BYTES + 1023) / 1024 * 1024;
     static_assert(BM % 64 == 0 && BM <= 256, "n64 or whole n128 accumulators");
     static_assert(STAGES >= 3, "a K-tile in use, one being multiplied, one or more landing");
     static_assert((BM * 8) % THREADS == 0 && (KS * (BN / 32) * 16) % THREADS == 0, "whole copies");
     static_assert(KS * BN / 8 <= THREADS, "one scale copy per thread at most");
-};
-
-// A thread's share of one stage's copies, computed once per block (as gemm_w4.cu's Loader).
-template <class C, bool HAS_Z> struct Loader {
-    static constexpr int NX = C::BM * 8 / C::THREADS;          // X: 16-byte chunks per thread
-    static constexpr int QPR = (C::BN / 32) * 16;              // Q: 16-byte chunks per k16 row
-    static constexpr int NQ = C::KS * QPR / C::THREADS;
-    static constexpr int SPR = C::BN / 8;                      // S: 16-byte chunks per row
-    const bf16 *x, *s, *z;
-    const uint32_t *q;
-    const bf16 *x_src[NX];
-    const uint32_t *q_src[NQ];
-    uint32_t x_dst[NX], q_dst[NQ], s_dst;
-    int x_col[NX], k, g, np, s_row, s_col, s_copies;
-    bool x_row[NX], q_ok[NQ], s_ok;
-    size_t q_step;
-
-    __device__ __forceinline__ Loader(const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, int M,
-                                      int K, int Np, int G, int srows, int m0, int n0)
-        : x(X), s(S), z(Z), q(Q), k(K), g(G), np(Np) {
-        const int tid = threadIdx.x, nblk = Np / 32;
-#pragma unroll
-        for (int u = 0; u < NX; u++) {
-            // row r's chunk c at chunk c ^ (r mod 8): wgmma's 128-byte swizzle
-            const int i = tid + u * C::THREADS, r = i / 8, c = i % 8;
-            x_dst[u] = r * 128 + ((c ^ (r & 7)) * 16);
-            x_row[u] = m0 + r < M;
-            x_col[u] = 8 * c;
-            x_src[u] = X + (size_t)(x_row[u] ? m0 + r : 0) * K + 8 * c;
-        }
-#pragma unroll
-        for (int u = 0; u < NQ; u++) {
-            const int i = tid + u * C::THREADS, r = i / QPR, c = i % QPR, blk = n0 / 32 + c / 16;
-            q_ok[u] = blk < nblk;
-            q_src[u] = Q + ((size_t)r * nblk + (q_ok[u] ? blk : 0)) * 64 + (c % 16) * 4;
-            q_dst[u] = C::X_BYTES + i * 16;
-        }
-        q_step = (size_t)C::KS * nblk * 64;
-        s_copies = srows * SPR;
-        s_row = tid / SPR;
-        s_col = n0 + 8 * (tid % SPR);
-        s_ok = s_col < Np;
-        s_dst = C::X_BYTES + C::Q_BYTES + tid * 16;
-    }
-    __device__ __forceinline__ void load_x(uint32_t base, int kt) const {
-        const int k0 = kt * C::BK;
-#pragma unroll
-        for (int u = 0; u < NX; u++) {
-            const bool ok = x_row[u] && k0 + x_col[u] < k;
-            cp16(base + x_dst[u], ok ? x_src[u] + k0 : x, ok);
-        }
-    }
-    __device__ __forceinline__ void load_w(uint32_t base, int kt) const {
-        const int k0 = kt * C::BK;
-#pragma unroll
-        for (int u = 0; u < NQ; u++) cp16(base + q_dst[u], q_ok[u] ? q_src[u] + kt * q_step : q, q_ok[u]);
-        if (threadIdx.x < s_copies) {
-            const size_t off = (size_t)((k0 + 16 * s_row) / g) * np + s_col;
-            cp16(base + s_dst, s_ok ? s + off : s, s_ok);
-            if (HAS_Z) cp16(base + s_dst + C::S_BYTES, s_ok ? z + off : z, s_ok);
-        }
-    }
 };
 
 template <class C, bool HAS_Z>
@@ -183,7 +122,7 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
     grid_dep_sync();
 #pragma unroll 1
     for (int s = 0; s < C::STAGES - 2; s++) {
-        if (s < nt) ld.load_x(sbase + s * C::STAGE, t0 + s);
+        if (s < nt) ld.load_a(sbase + s * C::STAGE, t0 + s);
         cp_commit();
     }
 
@@ -201,14 +140,14 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
             const int nx = t + C::STAGES - 2;
             if (nx < nt) {
                 const uint32_t base = sbase + (nx % C::STAGES) * C::STAGE;
-                ld.load_x(base, t0 + nx);
+                ld.load_a(base, t0 + nx);
                 ld.load_w(base, t0 + nx);
             }
             cp_commit();
         }
         const uint8_t *st = smem + (t % C::STAGES) * C::STAGE;
-        const uint32_t *sq = (const uint32_t *)(st + C::X_BYTES);
-        const uint16_t *ss = (const uint16_t *)(st + C::X_BYTES + C::Q_BYTES);
+        const uint32_t *sq = (const uint32_t *)(st + C::A_BYTES);
+        const uint16_t *ss = (const uint16_t *)(st + C::A_BYTES + C::Q_BYTES);
         const uint16_t *sz = ss + C::S_BYTES / 2;
         uint32_t sc[2], zn[2];
 #pragma unroll
