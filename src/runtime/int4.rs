@@ -436,9 +436,11 @@ impl PackedInt4 {
     /// multiprocessors.
     pub(crate) fn needs_up_to(&self, sms: usize, rows: usize) -> W4Needs {
         let mut need = W4Needs::default();
-        // split-K partials are needed up to the last row count the GEMM takes (beyond:
-        // dequantize + cuBLAS, or act-order weights, which stay on the GEMM, at every count)
-        let top = if self.gemv.is_none() {
+        // split-K partials are needed up to the last row count the GEMM takes: beyond, dequantize
+        // + cuBLAS; act-order weights stay on the GEMM at every count, and their warpgroup-MMA
+        // plans are the ones timed with partials (`reports/gemm_sweep`; elsewhere the GEMM runs
+        // their larger products unsplit, as before those tiles)
+        let top = if self.gemv.is_none() && self.wgmma {
             rows
         } else {
             rows.min(GEMM_MAX_ROWS + 1)

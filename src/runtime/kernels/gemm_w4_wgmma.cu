@@ -26,7 +26,7 @@
 //
 // Status (H200, `bench_runtime --gemm-sweep --w4-only`, 57d1f65 and the PTX variants of
 // `scripts/gpu/ptx_variants.sh` in the next call): every check passes (1,603 of 1,603 with these
-// tiles). At 2,048 rows and more the 256 × 128 tile is 1.6–1.9× faster than gemm_w4.cu's best
+// tiles; 1,598 of 1,598 at 55d487c, `reports/gemm_sweep`). At 2,048 rows and more the 256 × 128 tile is 1.6–1.9× faster than gemm_w4.cu's best
 // (gate/up at 16,384 rows: 1,266 µs against l128's 2,345) but reaches only ~45% of the tensor
 // cores' peak, 0.55× cuBLAS's bf16 GEMM (707 µs), where dequantize + cuBLAS takes 722. Ablations
 // of that case: without the in-loop copies 868 µs, without the MMAs 806 — the cp.async copies
