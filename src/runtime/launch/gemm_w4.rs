@@ -264,7 +264,9 @@ pub struct W4Plan {
 /// tile: 8.3 and 12.1 against 10.1 and 12.6), from 65 rows 128 × 128 (gate/up at 256 rows 24.7
 /// against 64 × 64's 29.5), from 1024 rows 256 × 128 (1.6–1.9× the mma.sync tiles). Beyond 64
 /// rows `int4::PackedInt4::route` sends every product to dequantize + cuBLAS where it can (the
-/// larger tiles run act-order weights, which have no such route). Else (chosen from H200 sweeps, `bench::gemm_w4`): 16 rows up to 64, beyond 128 where that
+/// larger tiles run act-order weights, which have no such route).
+///
+/// Else (chosen from H200 sweeps, `bench::gemm_w4`): 16 rows up to 64, beyond 128 where that
 /// still makes a block per multiprocessor, else 64. At 64 rows, with each plan's splits, the
 /// 16-row tile takes the 1.2B's four products in 49.3 µs, the 32-row tile in 51.0 (H200,
 /// 2026-12-02). K is split until there are
