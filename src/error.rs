@@ -114,12 +114,14 @@ impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
 
 /// An error and its causes as a person reads them: the first message, then each cause that the
 /// message before it does not already say (the crate's errors quote their source in their own
-/// text, which anyhow's report would print a second time under "Caused by").
+/// text, which anyhow's report would print a second time under "Caused by"). Without
+/// backtraces: candle writes one into its errors' text whenever `RUST_BACKTRACE` is set (for
+/// panics); [`exit`] prints one under `RUST_LIB_BACKTRACE=1` alone.
 pub fn describe(error: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut said = String::new();
     for e in error.chain() {
-        let msg = e.to_string();
+        let msg = without_backtrace(&e.to_string()).to_string();
         if said.contains(&msg) {
             continue;
         }
@@ -132,6 +134,15 @@ pub fn describe(error: &anyhow::Error) -> String {
         said.push('\n');
     }
     out
+}
+
+/// `msg` up to the backtrace candle appends to its errors' text (`{inner}\n{backtrace}`, the
+/// frames numbered from `   0: `).
+fn without_backtrace(msg: &str) -> &str {
+    match msg.find("\n   0: ") {
+        Some(i) => msg[..i].trim_end(),
+        None => msg,
+    }
 }
 
 /// What a binary's `main` returns: `Error: ` and [`describe`]'s text on stderr and exit status
@@ -164,6 +175,23 @@ mod tests {
         assert_eq!(
             describe(&a),
             "loading the model\n  caused by: /x: no such directory"
+        );
+    }
+
+    /// A candle error carrying a backtrace (as candle makes them under `RUST_BACKTRACE=1`)
+    /// reads as its message alone.
+    #[test]
+    fn candle_backtraces_are_not_in_the_message() {
+        let inner = candle_core::Error::Msg("calibration of 100000 samples".into());
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(e.to_string().contains("\n   0: "), "{e}");
+        let a = anyhow::Error::new(Error::from(e)).context("quantizing");
+        assert_eq!(
+            describe(&a),
+            "quantizing\n  caused by: calibration of 100000 samples"
         );
     }
 }

@@ -425,16 +425,18 @@ impl super::Study {
             // paths by role (`./…` below the working directory, `$TMPDIR/…`, `~/…`): the results
             // are committed with the report and name no path of the machine that made them
             let (recipe_s, base_s) = (recipe.display().to_string(), self.dir.display().to_string());
-            let rebuild = crate::report::by_role(&crate::report::shell_words([
-                "exaone-compress",
-                "apply",
-                "--recipe",
-                &recipe_s,
-                "--model",
-                &base_s,
-                "--out",
-                "DIR",
-            ]));
+            // the shipped default model is `apply`'s own default: named, its role (`data/…`)
+            // would hold only in the repository, wherever the binary finds its data
+            let base: &[&str] = if self.dir == crate::data::default_model_dir() {
+                &[]
+            } else {
+                &["--model", &base_s]
+            };
+            let words = ["exaone-compress", "apply", "--recipe", &recipe_s]
+                .into_iter()
+                .chain(base.iter().copied())
+                .chain(["--out", "DIR"]);
+            let rebuild = crate::report::by_role(&crate::report::shell_words(words));
             let method = self.results.method_of(name);
             let row = crate::record::Variant::new(
                 name.clone(),

@@ -409,6 +409,13 @@ fn run() -> Result<()> {
             if let Some(tok) = &tok {
                 println!("{}", tok.decode(&out, true)?);
             }
+            // an empty line alone would not say why
+            if out.first().is_some_and(|id| opts.eos_ids.contains(id)) {
+                eprintln!(
+                    "note: the model ended its reply at once (its first new token, {}, is an end-of-sequence token); --min-new-tokens N keeps it from stopping before N tokens",
+                    out[0]
+                );
+            }
             if print_ids {
                 println!("{}", serde_json::to_string(&out)?);
             }
