@@ -294,10 +294,6 @@ __device__ __forceinline__ void gemm_w4(const bf16 *__restrict__ X, const uint32
 //   m64:  BM 64,  BN 128, BK 64,  8 warps = 4 along N × 2 along K
 //   l128: BM 128, BN 128, BK 64,  8 warps = 2 along M × 4 along N   (compute bound)
 // All 4 stages deep (8 measured no faster on an H200: the main loop is not waiting on memory).
-#define W4_ARGS                                                                                          \
-    const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, bf16 *Y, float *ws, unsigned *locks, \
-        int M, int N, int K, int Np, int G, int tiles_per_split, int pairs
-#define W4_PASS X, Q, S, Z, Y, ws, locks, M, N, K, Np, G, tiles_per_split, pairs
 #define W4_KERNEL(name, WM, WN, WK, MTW, NTW, KSW, ST, MINB)                                             \
     extern "C" __global__ void __launch_bounds__(32 * WM * WN * WK, MINB) name(W4_ARGS) {                     \
         w4::gemm_w4<WM, WN, WK, MTW, NTW, KSW, ST, false>(W4_PASS);                                      \

@@ -241,3 +241,9 @@ __device__ __forceinline__ void finish_split(bf16 *__restrict__ Y, const float *
 }
 
 }  // namespace w4
+
+// The W4A16 GEMM kernels' arguments (both files' entries take the same), and their pass-through
+#define W4_ARGS                                                                                          \
+    const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, bf16 *Y, float *ws, unsigned *locks, \
+        int M, int N, int K, int Np, int G, int tiles_per_split, int pairs
+#define W4_PASS X, Q, S, Z, Y, ws, locks, M, N, K, Np, G, tiles_per_split, pairs

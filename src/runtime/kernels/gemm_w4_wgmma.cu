@@ -41,7 +41,7 @@
 // is TMA loads (one instruction per operand tile, multicast across a cluster) in a
 // warp-specialized pipeline.
 //
-//   gemm_w4_<tile>, gemm_w4_<tile>_z: gemm_w4.cu's arguments (W4_ARGS)
+//   gemm_w4_<tile>, gemm_w4_<tile>_z: gemm_w4.cu's arguments (W4_ARGS, gemm_w4.cuh)
 //
 // Bounds as gemm_w4.cu: M, N arbitrary, K % 16 == 0, groups of a multiple of 16.
 
@@ -226,15 +226,15 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
     if constexpr (!C::SPLIT) {
         __trap();
     } else {
-    float *part = ws + (size_t)blockIdx.z * M * N;
+        float *part = ws + (size_t)blockIdx.z * M * N;
 #pragma unroll
-    for (int j = 0; j < C::NB; j++)
+        for (int j = 0; j < C::NB; j++)
 #pragma unroll
-        for (int i = 0; i < C::ACC; i++) {
-            const int r = m0 + 128 * j + 8 * (i / 4) + 2 * (lane & 3) + (i & 1), c = col + 8 * ((i >> 1) & 1);
-            if (r < M && c < N) part[(size_t)r * N + c] = acc[j][i];
-        }
-    finish_split<C>(Y, ws, locks, M, N, m0, n0, pairs);
+            for (int i = 0; i < C::ACC; i++) {
+                const int r = m0 + 128 * j + 8 * (i / 4) + 2 * (lane & 3) + (i & 1), c = col + 8 * ((i >> 1) & 1);
+                if (r < M && c < N) part[(size_t)r * N + c] = acc[j][i];
+            }
+        finish_split<C>(Y, ws, locks, M, N, m0, n0, pairs);
     }
 }
 
@@ -248,10 +248,6 @@ __device__ __forceinline__ void gemm(const bf16 *__restrict__ X, const uint32_t 
 //   wg128x128: two warpgroups, 128 rows, 4 stages of 21 KiB (act-order weights, 65–1023 rows)
 //   wg256x128: two warpgroups, 256 rows, 4 stages of 39 KiB (one CTA per SM; forced routes from
 //              1024 rows: act-order weights, which have no dequantize + cuBLAS route)
-#define W4_ARGS                                                                                          \
-    const bf16 *X, const uint32_t *Q, const bf16 *S, const bf16 *Z, bf16 *Y, float *ws, unsigned *locks, \
-        int M, int N, int K, int Np, int G, int tiles_per_split, int pairs
-#define W4_PASS X, Q, S, Z, Y, ws, locks, M, N, K, Np, G, tiles_per_split, pairs
 #define WG_KERNEL(name, WG, BM, STAGES, MINB)                                                           \
     extern "C" __global__ void __launch_bounds__(WG * 128, MINB) name(W4_ARGS) {                          \
         w4w::gemm<w4w::Cfg<WG, BM, STAGES>, false>(W4_PASS);                                            \
