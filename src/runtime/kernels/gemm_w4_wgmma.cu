@@ -1,7 +1,8 @@
 // W4A16 on Hopper's warpgroup MMA (wgmma, sm_90a only): the product of gemm_w4.cu — y [M, N] =
 // x [M, K] · Wᵀ, x bf16, W int4 in gemm_w4.cu's shuffled layout, f32 accumulation, the same
-// split-K fixup and gate/up epilogues — for the row counts where gemm_w4.cu's mma.sync tiles lose
-// to cuBLAS's bf16 GEMM on Hopper (from 17 rows up: `launch::gemm_w4::plan_with`). build.rs
+// split-K fixup and gate/up epilogues — for the row counts where gemm_w4.cu's mma.sync tiles fall
+// behind on Hopper (17–64 rows on the wide products; act-order weights, which have no dequantize
+// + cuBLAS route, beyond: `launch::gemm_w4::plan_with`, `int4::PackedInt4::route`). build.rs
 // builds this unit for compute_90a alone; src/runtime/launch/mod.rs loads it only on a GPU of
 // compute capability 9.0. Launcher: src/runtime/launch/gemm_w4.rs (the `wg…` tiles of W4Tile).
 //
@@ -13,9 +14,9 @@
 // l/4 + 8, k = 2·(l mod 4) + {0, 1, 8, 9}), which is what each warp of a warpgroup holds of the
 // m64 × k16 A operand (warp w: rows 16w … 16w + 15).
 //
-// Structure: a CTA of WG warpgroups owns 64·WG outputs (y's columns) × BN rows (tokens); each
-// warpgroup its 64 outputs across all BN rows, as BN/128 accumulators of m64n128 (or one of
-// m64n64 for BN = 64) in registers. K walks in 64-wide K-tiles (128 bytes of bf16: one row of
+// Structure: a CTA of WG warpgroups owns 64·WG outputs (y's columns) × BM rows (tokens); each
+// warpgroup its 64 outputs across all BM rows, as BM/128 accumulators of m64n128 (or one of
+// m64n64 for BM = 64) in registers. K walks in 64-wide K-tiles (128 bytes of bf16: one row of
 // wgmma's 128-byte swizzle per token) through a STAGES-deep cp.async ring holding each tile's
 // activations (swizzled, as gemm_q8_wgmma.cu lays out its operands), weight words and scales,
 // STAGES − 2 K-tiles ahead. Each K-tile: one barrier (after which the slot of the K-tile before
@@ -26,20 +27,20 @@
 //
 // Status (H200, `bench_runtime --gemm-sweep --w4-only`, 57d1f65 and the PTX variants of
 // `scripts/gpu/ptx_variants.sh` in the next call): every check passes (1,603 of 1,603 with these
-// tiles; 1,598 of 1,598 at 55d487c, `reports/gemm_sweep`). At 2,048 rows and more the 256 × 128 tile is 1.6–1.9× faster than gemm_w4.cu's best
-// (gate/up at 16,384 rows: 1,266 µs against l128's 2,345) but reaches only ~45% of the tensor
-// cores' peak, 0.55× cuBLAS's bf16 GEMM (707 µs), where dequantize + cuBLAS takes 722. Ablations
-// of that case: without the in-loop copies 868 µs, without the MMAs 806 — the cp.async copies
-// by the MMA warps (the activations re-read from L2 by every output tile) hold the time, not
-// the MMAs; one barrier per K-tile instead of two took it to 1,139 (kept), a third stage less
-// moved nothing. So the routing (`launch::gemm_w4::plan_with`, `int4::PackedInt4::route`) uses
-// these tiles only where they win: 17–64 rows on the wide products (q/k/v 10.1 µs against the
-// 16-row tile's 11.7 at 64 rows; gate/up 14.4 against 17.6; the serving engine's W4A16
-// throughput at 64 sequences +3%), and for act-order weights beyond (no dequantize + cuBLAS
-// route). Gate/up at 256 rows, 24.7 µs against dequantize + cuBLAS's 29.6 timed alone, cost the
-// serving engine 3% at 256 sequences and is not routed (`int4::GEMM_MAX_ROWS`). The next step
-// is TMA loads (one instruction per operand tile, multicast across a cluster) in a
-// warp-specialized pipeline.
+// tiles; 1,598 of 1,598 at 55d487c, `reports/gemm_sweep`). At 2,048 rows and more the 256 × 128
+// tile is 1.6–2.1× faster than gemm_w4.cu's best (gate/up at 16,384 rows, 55d487c: 1,135 µs against
+// l128's 2,382) but only 0.5–0.65× cuBLAS's bf16 GEMM (706 µs there), where dequantize + cuBLAS
+// takes 722. Ablations of that case at 57d1f65 (1,266 µs as built): without the in-loop copies 868
+// µs, without the MMAs 806 — the cp.async copies by the MMA warps (the activations re-read from L2
+// by every output tile) hold the time, not the MMAs; one barrier per K-tile instead of two took it
+// to 1,139 (kept), a third stage less moved nothing. So the routing (`launch::gemm_w4::plan_with`,
+// `int4::PackedInt4::route`) uses these tiles only where they win: 17–64 rows on the wide products
+// (q/k/v 10.1 µs against the 16-row tile's 11.7 at 64 rows; gate/up 14.4 against 17.6; the serving
+// engine's W4A16 throughput at 64 sequences +3%), and for act-order weights beyond (no dequantize +
+// cuBLAS route). Gate/up at 256 rows, 24.7 µs against dequantize + cuBLAS's 29.6 timed alone, cost
+// the serving engine 3% at 256 sequences and is not routed (`int4::GEMM_MAX_ROWS`). The next step
+// is TMA loads (one instruction per operand tile, multicast across a cluster) in a warp-specialized
+// pipeline.
 //
 //   gemm_w4_<tile>, gemm_w4_<tile>_z: gemm_w4.cu's arguments (W4_ARGS, gemm_w4.cuh)
 //
